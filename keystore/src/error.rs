@@ -1,0 +1,147 @@
+//! Errors grouped by what the caller can do about them.
+
+use cryptoki::error::{Error as CkError, RvError};
+
+/// A keystore error. The variants say what the caller can do:
+///
+/// - [`Error::TokenUnavailable`]: retry later, alert an operator (HTTP 503);
+/// - [`Error::LoginFailed`]: fix the PIN in the configuration;
+/// - [`Error::KeyNotFound`]: the key was never generated or was destroyed;
+/// - [`Error::MechanismUnsupported`]: the token cannot do this algorithm;
+/// - [`Error::PoolExhausted`]: every session is busy: back off and retry;
+/// - [`Error::InvalidInput`]: the caller passed something malformed;
+/// - [`Error::Pkcs11`]: any other return value, tagged with the C function.
+///
+/// No message ever contains a PIN.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The module could not be loaded, the token is missing or does not answer.
+    #[error("token unavailable: {reason}")]
+    TokenUnavailable {
+        /// What went wrong, with the module path or token label.
+        reason: String,
+    },
+    /// The token refused the PIN (wrong, locked, or not initialised).
+    #[error("token login failed: {reason}")]
+    LoginFailed {
+        /// The token's answer, e.g. `CKR_PIN_INCORRECT`.
+        reason: String,
+    },
+    /// No private key with this reference is in the token.
+    #[error("key not found in the token (CKA_ID {id})")]
+    KeyNotFound {
+        /// The key's CKA_ID in hex.
+        id: String,
+    },
+    /// The token does not support the mechanism or key type.
+    #[error("mechanism not supported by the token: {mechanism}")]
+    MechanismUnsupported {
+        /// The mechanism, e.g. `CKM_RSA_PKCS_PSS`.
+        mechanism: String,
+    },
+    /// No session became free in time.
+    #[error("all {size} token sessions are busy (waited {waited_ms} ms)")]
+    PoolExhausted {
+        /// Number of sessions in the pool.
+        size: usize,
+        /// How long the caller waited.
+        waited_ms: u64,
+    },
+    /// The input cannot be signed as asked (e.g. a digest of the wrong length).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// Any other PKCS#11 failure.
+    #[error("PKCS#11 {function} returned {rv}")]
+    Pkcs11 {
+        /// The C function, e.g. `C_Sign`.
+        function: String,
+        /// The return value, e.g. `CKR_DEVICE_ERROR`.
+        rv: String,
+    },
+}
+
+/// Result with the keystore's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Whether the failure means the token (or its module) is not usable right now.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::TokenUnavailable { .. } | Error::PoolExhausted { .. })
+    }
+
+    /// Whether the session or the cached handles are stale and a re-login and a
+    /// fresh handle lookup may help.
+    pub(crate) fn is_stale(&self) -> bool {
+        matches!(self, Error::Pkcs11 { rv, .. } if STALE.contains(&rv.as_str()))
+    }
+}
+
+const STALE: &[&str] = &[
+    "CKR_USER_NOT_LOGGED_IN",
+    "CKR_OBJECT_HANDLE_INVALID",
+    "CKR_KEY_HANDLE_INVALID",
+    "CKR_SESSION_HANDLE_INVALID",
+    "CKR_SESSION_CLOSED",
+    "CKR_DEVICE_REMOVED",
+    "CKR_TOKEN_NOT_PRESENT",
+    "CKR_CRYPTOKI_NOT_INITIALIZED",
+];
+
+/// Name of a PKCS#11 return value as in the standard (`CKR_...`).
+pub(crate) fn rv_name(rv: RvError) -> String {
+    let debug = format!("{rv:?}");
+    let mut name = String::from("CKR_");
+    for (i, ch) in debug.chars().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(ch.to_ascii_uppercase());
+    }
+    name
+}
+
+/// Converts a cryptoki error into the group the caller can act on.
+pub(crate) fn from_cryptoki(err: CkError) -> Error {
+    match err {
+        CkError::LibraryLoading(e) => Error::TokenUnavailable {
+            reason: format!("cannot load the PKCS#11 module: {e}"),
+        },
+        CkError::Pkcs11(rv, function) => {
+            let name = rv_name(rv);
+            let function = format!("C_{function:?}");
+            match rv {
+                RvError::PinIncorrect
+                | RvError::PinLocked
+                | RvError::PinExpired
+                | RvError::PinInvalid
+                | RvError::PinLenRange
+                | RvError::UserPinNotInitialized => Error::LoginFailed { reason: name },
+                RvError::MechanismInvalid | RvError::MechanismParamInvalid | RvError::KeyTypeInconsistent => {
+                    Error::MechanismUnsupported { mechanism: format!("{name} from {function}") }
+                }
+                RvError::DeviceError | RvError::DeviceMemory | RvError::TokenNotRecognized => {
+                    Error::TokenUnavailable { reason: format!("{function} returned {name}") }
+                }
+                _ => Error::Pkcs11 { function, rv: name },
+            }
+        }
+        other => Error::Pkcs11 { function: "(cryptoki)".into(), rv: other.to_string() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rv_names_follow_the_standard() {
+        assert_eq!(rv_name(RvError::UserNotLoggedIn), "CKR_USER_NOT_LOGGED_IN");
+        assert_eq!(rv_name(RvError::PinIncorrect), "CKR_PIN_INCORRECT");
+    }
+
+    #[test]
+    fn wrong_pin_is_a_login_failure() {
+        let err = from_cryptoki(CkError::Pkcs11(RvError::PinIncorrect, cryptoki::context::Function::Login));
+        assert!(matches!(err, Error::LoginFailed { .. }), "{err:?}");
+    }
+}

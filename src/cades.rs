@@ -1,0 +1,388 @@
+//! CAdES-BES / baseline-B signatures: CMS `SignedData` (RFC 5652) with the
+//! signed attributes content-type, message-digest, signing-time and
+//! signing-certificate-v2 (RFC 5035).
+//!
+//! The builder separates "bytes to sign" from "assemble with the signature"
+//! (as x509-cert's `finalize()` / `assemble()`): [`SignedAttributes::to_be_signed`]
+//! gives the DER `SET OF Attribute` whose digest the token signs, and
+//! [`assemble`] wraps the signature value into the `ContentInfo`. The token call
+//! sits between the two and nothing else does.
+//!
+//! Everything that depends only on the signer's certificate (its
+//! IssuerAndSerialNumber, the signing-certificate-v2 attribute, the DER of the
+//! certificate set) is encoded once in a [`SignerIdentity`], so a signature costs
+//! four small attributes, one SHA-256 over them and one `C_Sign`.
+//!
+//! Output is DER. Attached (enveloping) signatures are produced as a prefix and a
+//! suffix around the content, so a document of any size is streamed twice (hash,
+//! then copy) and never held in memory.
+
+mod der_writer;
+mod ess;
+
+use std::io::{Read, Write};
+use std::time::SystemTime;
+
+use der::{Decode, Encode};
+use inkan_keystore::{DigestAlgorithm, KeyAlgorithm, KeyRef, Keystore, SignatureScheme};
+use sha2::Digest;
+use x509_cert::Certificate;
+
+use crate::config::RsaScheme;
+use der_writer::{header, tlv, Tag};
+
+pub use ess::signing_certificate_v2;
+
+/// A CAdES error.
+#[derive(Debug, thiserror::Error)]
+pub enum CadesError {
+    /// A certificate could not be parsed or encoded.
+    #[error("certificate: {0}")]
+    Certificate(String),
+    /// The digest does not fit its algorithm.
+    #[error("{0}")]
+    InvalidDigest(String),
+    /// The token failed.
+    #[error(transparent)]
+    Keystore(#[from] inkan_keystore::Error),
+    /// Reading the document or writing the signature failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// OIDs used here (RFC 5652, RFC 5035).
+mod oid {
+    use der::oid::ObjectIdentifier;
+    pub const DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
+    pub const SIGNED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
+    pub const CONTENT_TYPE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
+    pub const MESSAGE_DIGEST: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.4");
+    pub const SIGNING_TIME: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.5");
+    pub const SIGNING_CERTIFICATE_V2: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.2.47");
+    pub const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+}
+
+/// Everything about a signer that does not change between signatures, encoded once.
+#[derive(Clone, Debug)]
+pub struct SignerIdentity {
+    key: KeyRef,
+    key_algorithm: KeyAlgorithm,
+    rsa_scheme: RsaScheme,
+    certificate: Vec<u8>,
+    /// DER `IssuerAndSerialNumber`.
+    sid: Vec<u8>,
+    /// DER `Attribute` signing-certificate-v2.
+    signing_certificate: Vec<u8>,
+    /// DER `[0] IMPLICIT CertificateSet`: the signer's certificate, then the chain.
+    certificates: Vec<u8>,
+}
+
+impl SignerIdentity {
+    /// Prepares a signer: the token key, its certificate (DER) and the chain
+    /// certificates to include (DER, signer's issuer first). A certificate that
+    /// appears twice is included once.
+    pub fn new(
+        key: KeyRef,
+        key_algorithm: KeyAlgorithm,
+        rsa_scheme: RsaScheme,
+        certificate: &[u8],
+        chain: &[Vec<u8>],
+    ) -> Result<Self, CadesError> {
+        let cert = Certificate::from_der(certificate).map_err(|e| CadesError::Certificate(e.to_string()))?;
+        let enc = |e: der::Error| CadesError::Certificate(e.to_string());
+        let tbs = cert.tbs_certificate();
+        let issuer = tbs.issuer().to_der().map_err(enc)?;
+        let serial = tbs.serial_number().to_der().map_err(enc)?;
+        let mut sid_body = issuer.clone();
+        sid_body.extend_from_slice(&serial);
+        let sid = tlv(Tag::SEQUENCE, &sid_body);
+        let signing_certificate = signing_certificate_v2(certificate, &issuer, &serial);
+
+        let mut set_body = certificate.to_vec();
+        let mut seen: Vec<&[u8]> = vec![certificate];
+        for c in chain {
+            if !seen.contains(&c.as_slice()) {
+                Certificate::from_der(c).map_err(|e| CadesError::Certificate(format!("chain: {e}")))?;
+                set_body.extend_from_slice(c);
+                seen.push(c);
+            }
+        }
+        let certificates = tlv(Tag::CONTEXT_0_CONSTRUCTED, &set_body);
+        Ok(SignerIdentity {
+            key,
+            key_algorithm,
+            rsa_scheme,
+            certificate: certificate.to_vec(),
+            sid,
+            signing_certificate,
+            certificates,
+        })
+    }
+
+    /// The signer's certificate (DER).
+    pub fn certificate(&self) -> &[u8] {
+        &self.certificate
+    }
+
+    /// The token key.
+    pub fn key(&self) -> &KeyRef {
+        &self.key
+    }
+
+    /// The signature scheme for a digest algorithm.
+    pub fn scheme(&self, digest: DigestAlgorithm) -> SignatureScheme {
+        match (self.key_algorithm.is_rsa(), self.rsa_scheme) {
+            (true, RsaScheme::Pkcs1v15) => SignatureScheme::RsaPkcs1v15(digest),
+            (true, RsaScheme::Pss) => SignatureScheme::RsaPss(digest),
+            (false, _) => SignatureScheme::Ecdsa(digest),
+        }
+    }
+}
+
+/// The signed attributes of one signature.
+#[derive(Clone, Debug)]
+pub struct SignedAttributes {
+    /// The DER-sorted attributes, without the SET header.
+    body: Vec<u8>,
+}
+
+impl SignedAttributes {
+    /// Encodes content-type (id-data), message-digest, signing-time and
+    /// signing-certificate-v2, in DER `SET OF` order.
+    pub fn new(identity: &SignerIdentity, message_digest: &[u8], signing_time: SystemTime) -> Result<Self, CadesError> {
+        let enc = |e: der::Error| CadesError::InvalidDigest(e.to_string());
+        let attr = |oid: der::oid::ObjectIdentifier, value: &[u8]| -> Result<Vec<u8>, CadesError> {
+            let mut body = oid.to_der().map_err(enc)?;
+            body.extend_from_slice(&tlv(Tag::SET, value));
+            Ok(tlv(Tag::SEQUENCE, &body))
+        };
+        let time = x509_cert::time::Time::try_from(signing_time).map_err(enc)?.to_der().map_err(enc)?;
+        let mut attrs = [
+            attr(oid::CONTENT_TYPE, &oid::DATA.to_der().map_err(enc)?)?,
+            attr(oid::MESSAGE_DIGEST, &tlv(Tag::OCTET_STRING, message_digest))?,
+            attr(oid::SIGNING_TIME, &time)?,
+            identity.signing_certificate.clone(),
+        ];
+        // DER: the elements of a SET OF are sorted by their encodings (X.690 11.6).
+        attrs.sort();
+        Ok(SignedAttributes { body: attrs.concat() })
+    }
+
+    /// The DER `SET OF Attribute` that is hashed and signed (RFC 5652 5.4).
+    pub fn to_be_signed(&self) -> Vec<u8> {
+        tlv(Tag::SET, &self.body)
+    }
+}
+
+/// A finished signature around its (optional) content: `prefix || content || suffix`
+/// is the DER `ContentInfo`.
+#[derive(Clone, Debug)]
+pub struct Assembled {
+    /// Everything before the content.
+    pub prefix: Vec<u8>,
+    /// Everything after the content.
+    pub suffix: Vec<u8>,
+}
+
+impl Assembled {
+    /// The DER of a detached signature (no content between prefix and suffix).
+    pub fn into_detached(self) -> Vec<u8> {
+        let mut der = self.prefix;
+        der.extend_from_slice(&self.suffix);
+        der
+    }
+}
+
+fn algorithm_identifier(oid: der::oid::ObjectIdentifier, null_params: bool) -> Vec<u8> {
+    let mut body = oid.to_der().unwrap_or_default();
+    if null_params {
+        body.extend_from_slice(&[0x05, 0x00]);
+    }
+    tlv(Tag::SEQUENCE, &body)
+}
+
+fn signature_algorithm(scheme: SignatureScheme) -> Result<Vec<u8>, CadesError> {
+    Ok(match scheme {
+        // RFC 3370 2.2: rsaEncryption is what most validators expect in a SignerInfo.
+        SignatureScheme::RsaPkcs1v15(_) => algorithm_identifier(oid::RSA_ENCRYPTION, true),
+        other => inkan_keystore::signature_algorithm(other)?
+            .to_der()
+            .map_err(|e| CadesError::Certificate(e.to_string()))?,
+    })
+}
+
+/// Wraps a signature value into `ContentInfo { SignedData }`, with room for
+/// `content_len` bytes of enveloped content (`None`: detached).
+pub fn assemble(
+    identity: &SignerIdentity,
+    digest: DigestAlgorithm,
+    attributes: &SignedAttributes,
+    signature: &[u8],
+    content_len: Option<u64>,
+) -> Result<Assembled, CadesError> {
+    let digest_alg = algorithm_identifier(digest.oid(), false);
+    // SignerInfo (RFC 5652 5.3), version 1: sid is an IssuerAndSerialNumber.
+    let mut si = vec![0x02, 0x01, 0x01];
+    si.extend_from_slice(&identity.sid);
+    si.extend_from_slice(&digest_alg);
+    si.extend_from_slice(&tlv(Tag::CONTEXT_0_CONSTRUCTED, &attributes.body));
+    si.extend_from_slice(&signature_algorithm(identity.scheme(digest))?);
+    si.extend_from_slice(&tlv(Tag::OCTET_STRING, signature));
+    let signer_infos = tlv(Tag::SET, &tlv(Tag::SEQUENCE, &si));
+
+    // EncapsulatedContentInfo: eContentType id-data, eContent only when enveloping.
+    let data_oid = oid::DATA.to_der().map_err(|e| CadesError::Certificate(e.to_string()))?;
+    let mut eci_head = Vec::new();
+    let eci_len = match content_len {
+        None => data_oid.len() as u64,
+        Some(n) => {
+            let octets = header_len(n) as u64 + n;
+            data_oid.len() as u64 + header_len(octets) as u64 + octets
+        }
+    };
+    header(Tag::SEQUENCE, eci_len, &mut eci_head);
+    eci_head.extend_from_slice(&data_oid);
+    if let Some(n) = content_len {
+        header(Tag::CONTEXT_0_CONSTRUCTED, header_len(n) as u64 + n, &mut eci_head);
+        header(Tag::OCTET_STRING, n, &mut eci_head);
+    }
+
+    // SignedData (RFC 5652 5.1), version 1.
+    let mut sd_head = vec![0x02, 0x01, 0x01];
+    sd_head.extend_from_slice(&tlv(Tag::SET, &digest_alg));
+    let mut sd_tail = identity.certificates.clone();
+    sd_tail.extend_from_slice(&signer_infos);
+    let content_total = content_len.unwrap_or(0);
+    let sd_len = sd_head.len() as u64 + eci_head.len() as u64 + content_total + sd_tail.len() as u64;
+
+    let signed_data_oid = oid::SIGNED_DATA.to_der().map_err(|e| CadesError::Certificate(e.to_string()))?;
+    let explicit_len = header_len(sd_len) as u64 + sd_len;
+    let ci_len = signed_data_oid.len() as u64 + header_len(explicit_len) as u64 + explicit_len;
+
+    let mut prefix = Vec::with_capacity(64 + sd_head.len() + eci_head.len());
+    header(Tag::SEQUENCE, ci_len, &mut prefix);
+    prefix.extend_from_slice(&signed_data_oid);
+    header(Tag::CONTEXT_0_CONSTRUCTED, explicit_len, &mut prefix);
+    header(Tag::SEQUENCE, sd_len, &mut prefix);
+    prefix.extend_from_slice(&sd_head);
+    prefix.extend_from_slice(&eci_head);
+    Ok(Assembled { prefix, suffix: sd_tail })
+}
+
+fn header_len(len: u64) -> usize {
+    let mut v = Vec::with_capacity(10);
+    header(Tag::SEQUENCE, len, &mut v);
+    v.len()
+}
+
+/// Signs a precomputed digest of the content; returns the DER of a detached signature.
+pub fn sign_digest(
+    keystore: &Keystore,
+    identity: &SignerIdentity,
+    digest_alg: DigestAlgorithm,
+    message_digest: &[u8],
+    signing_time: SystemTime,
+) -> Result<Vec<u8>, CadesError> {
+    Ok(sign_parts(keystore, identity, digest_alg, message_digest, signing_time, None)?.into_detached())
+}
+
+/// Signs a digest and assembles around `content_len` bytes of content (or none).
+pub fn sign_parts(
+    keystore: &Keystore,
+    identity: &SignerIdentity,
+    digest_alg: DigestAlgorithm,
+    message_digest: &[u8],
+    signing_time: SystemTime,
+    content_len: Option<u64>,
+) -> Result<Assembled, CadesError> {
+    if message_digest.len() != digest_alg.len() {
+        return Err(CadesError::InvalidDigest(format!(
+            "a {} digest has {} bytes, not {}",
+            digest_alg.name(),
+            digest_alg.len(),
+            message_digest.len()
+        )));
+    }
+    let attributes = SignedAttributes::new(identity, message_digest, signing_time)?;
+    let to_sign = digest_alg.digest(&attributes.to_be_signed());
+    let signature = keystore.sign_digest(identity.key(), identity.scheme(digest_alg), &to_sign)?;
+    assemble(identity, digest_alg, &attributes, &signature, content_len)
+}
+
+/// Hashes a stream with constant memory; returns the digest and the byte count.
+pub fn hash_stream(digest_alg: DigestAlgorithm, mut reader: impl Read) -> std::io::Result<(Vec<u8>, u64)> {
+    fn run<D: Digest>(mut reader: impl Read) -> std::io::Result<(Vec<u8>, u64)> {
+        let mut hasher = D::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+            total += n as u64;
+        }
+        Ok((hasher.finalize().to_vec(), total))
+    }
+    match digest_alg {
+        DigestAlgorithm::Sha256 => run::<sha2::Sha256>(&mut reader),
+        DigestAlgorithm::Sha384 => run::<sha2::Sha384>(&mut reader),
+        DigestAlgorithm::Sha512 => run::<sha2::Sha512>(&mut reader),
+    }
+}
+
+/// Signs the file at `input`, writing DER to `out`: detached, or enveloping the
+/// content (read a second time, streamed). Returns the content's digest.
+pub fn sign_file(
+    keystore: &Keystore,
+    identity: &SignerIdentity,
+    digest_alg: DigestAlgorithm,
+    input: &std::path::Path,
+    attached: bool,
+    signing_time: SystemTime,
+    out: &mut impl Write,
+) -> Result<Vec<u8>, CadesError> {
+    let (digest, len) = hash_stream(digest_alg, std::fs::File::open(input)?)?;
+    let parts = sign_parts(keystore, identity, digest_alg, &digest, signing_time, attached.then_some(len))?;
+    out.write_all(&parts.prefix)?;
+    if attached {
+        let copied = std::io::copy(&mut std::fs::File::open(input)?.take(len), out)?;
+        if copied != len {
+            return Err(CadesError::Io(std::io::Error::other(format!(
+                "{} changed while it was being signed",
+                input.display()
+            ))));
+        }
+    }
+    out.write_all(&parts.suffix)?;
+    Ok(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_lengths() {
+        let mut v = Vec::new();
+        header(Tag::SEQUENCE, 0x7f, &mut v);
+        assert_eq!(v, [0x30, 0x7f]);
+        v.clear();
+        header(Tag::SEQUENCE, 0x80, &mut v);
+        assert_eq!(v, [0x30, 0x81, 0x80]);
+        v.clear();
+        header(Tag::SEQUENCE, 0x1_0000, &mut v);
+        assert_eq!(v, [0x30, 0x83, 0x01, 0x00, 0x00]);
+    }
+
+    #[test]
+    fn hashing_streams() {
+        let data = vec![7u8; 200_000];
+        let (d, n) = hash_stream(DigestAlgorithm::Sha256, &data[..]).expect("hash");
+        assert_eq!(n, 200_000);
+        assert_eq!(d, DigestAlgorithm::Sha256.digest(&data));
+    }
+}

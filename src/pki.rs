@@ -1,0 +1,156 @@
+//! Certificates: the HPKI and JPKI profiles, a small CA (for the fixture PKI,
+//! the demo and tests) and the checks made when a certificate is imported.
+
+pub mod ca;
+pub mod profile;
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use der::asn1::{PrintableStringRef, SetOfVec, Utf8StringRef};
+use der::{Decode, Encode};
+use rsa::signature::Verifier;
+use x509_cert::attr::AttributeTypeAndValue;
+use x509_cert::name::Name;
+use x509_cert::Certificate;
+
+/// A certificate problem, said so that an operator knows what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PkiError(pub String);
+
+impl From<der::Error> for PkiError {
+    fn from(e: der::Error) -> Self {
+        PkiError(format!("malformed ASN.1: {e}"))
+    }
+}
+
+/// Encodes DER as PEM with the given label (`CERTIFICATE`, `X509 CRL`, ...).
+pub fn to_pem(label: &'static str, der: &[u8]) -> String {
+    der::pem::encode_string(label, der::pem::LineEnding::LF, der).unwrap_or_default()
+}
+
+/// Reads every certificate in a PEM file (or one DER certificate).
+pub fn read_certificates(path: &Path) -> Result<Vec<Vec<u8>>, PkiError> {
+    let bytes = std::fs::read(path).map_err(|e| PkiError(format!("cannot read {}: {e}", path.display())))?;
+    parse_certificates(&bytes).map_err(|e| PkiError(format!("{}: {e}", path.display())))
+}
+
+/// Parses PEM (one or more `CERTIFICATE` blocks) or a single DER certificate.
+pub fn parse_certificates(bytes: &[u8]) -> Result<Vec<Vec<u8>>, PkiError> {
+    if bytes.starts_with(b"-----") || bytes.iter().take(64).all(|b| b.is_ascii()) && bytes.windows(5).any(|w| w == b"-----") {
+        let certs = Certificate::load_pem_chain(bytes).map_err(|e| PkiError(format!("not a PEM certificate: {e}")))?;
+        if certs.is_empty() {
+            return Err(PkiError("no certificate in the file".into()));
+        }
+        return certs.iter().map(|c| c.to_der().map_err(PkiError::from)).collect();
+    }
+    let cert = Certificate::from_der(bytes).map_err(|e| PkiError(format!("not a DER certificate: {e}")))?;
+    Ok(vec![cert.to_der()?])
+}
+
+/// One certificate from a file.
+pub fn read_certificate(path: &Path) -> Result<Certificate, PkiError> {
+    let der = read_certificates(path)?.into_iter().next().ok_or_else(|| PkiError("empty file".into()))?;
+    Ok(Certificate::from_der(&der)?)
+}
+
+/// The kind of string an attribute value is encoded as.
+#[derive(Clone, Copy, Debug)]
+pub enum StringKind {
+    /// PrintableString (country, serial numbers, ASCII names)
+    Printable,
+    /// UTF8String (names that may be Japanese)
+    Utf8,
+}
+
+/// Builds a distinguished name from (attribute type, kind, value), most general first.
+pub fn name(parts: &[(der::oid::ObjectIdentifier, StringKind, &str)]) -> Result<Name, PkiError> {
+    let mut rdns: Vec<SetOfVec<AttributeTypeAndValue>> = Vec::new();
+    for (oid, kind, value) in parts {
+        let value = match kind {
+            StringKind::Printable => der::Any::encode_from(&PrintableStringRef::new(value)?)?,
+            StringKind::Utf8 => der::Any::encode_from(&Utf8StringRef::new(value)?)?,
+        };
+        let mut rdn = SetOfVec::new();
+        rdn.insert(AttributeTypeAndValue { oid: *oid, value })?;
+        rdns.push(rdn);
+    }
+    Ok(Name::from_der(&rdns.to_der()?)?)
+}
+
+/// Renders a name like OpenSSL's RFC 2253 style (`CN=...,O=...,C=JP`).
+pub fn display_name(name: &Name) -> String {
+    name.to_string()
+}
+
+/// The certificate's serial number as upper-case hex.
+pub fn serial_hex(cert: &Certificate) -> String {
+    cert.tbs_certificate().serial_number().as_bytes().iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// notBefore / notAfter.
+pub fn validity(cert: &Certificate) -> (SystemTime, SystemTime) {
+    let v = cert.tbs_certificate().validity();
+    (v.not_before.to_system_time(), v.not_after.to_system_time())
+}
+
+/// Checks that `cert` is valid at `now`.
+pub fn check_validity(cert: &Certificate, now: SystemTime) -> Result<(), PkiError> {
+    let (not_before, not_after) = validity(cert);
+    if now > not_after {
+        return Err(PkiError(format!(
+            "the certificate expired on {} (serial {})",
+            cert.tbs_certificate().validity().not_after,
+            serial_hex(cert)
+        )));
+    }
+    if now < not_before {
+        return Err(PkiError(format!(
+            "the certificate is not valid before {} (serial {})",
+            cert.tbs_certificate().validity().not_before,
+            serial_hex(cert)
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that `issuer` signed `cert`: the names match and the signature verifies
+/// (RSA PKCS#1 v1.5 with SHA-256/384/512).
+pub fn check_issued_by(cert: &Certificate, issuer: &Certificate) -> Result<(), PkiError> {
+    let not_issued = || {
+        PkiError(format!(
+            "the certificate was not issued by the configured CA {} (its issuer is {})",
+            issuer.tbs_certificate().subject(),
+            cert.tbs_certificate().issuer()
+        ))
+    };
+    if cert.tbs_certificate().issuer() != issuer.tbs_certificate().subject() {
+        return Err(not_issued());
+    }
+    let tbs = cert.tbs_certificate().to_der()?;
+    let signature = cert.signature().as_bytes().ok_or_else(|| PkiError("signature is not a whole number of bytes".into()))?;
+    let spki = issuer.tbs_certificate().subject_public_key_info().to_der()?;
+    let oid = cert.signature_algorithm().oid;
+    use der::oid::db::rfc5912 as oids;
+    let verified = {
+        use rsa::pkcs8::DecodePublicKey;
+        let key = rsa::RsaPublicKey::from_public_key_der(&spki)
+            .map_err(|e| PkiError(format!("the CA's key is not an RSA key inkan can check: {e}")))?;
+        let sig = rsa::pkcs1v15::Signature::try_from(signature).map_err(|_| not_issued())?;
+        if oid == oids::SHA_256_WITH_RSA_ENCRYPTION {
+            rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(key).verify(&tbs, &sig).is_ok()
+        } else if oid == oids::SHA_384_WITH_RSA_ENCRYPTION {
+            rsa::pkcs1v15::VerifyingKey::<sha2::Sha384>::new(key).verify(&tbs, &sig).is_ok()
+        } else if oid == oids::SHA_512_WITH_RSA_ENCRYPTION {
+            rsa::pkcs1v15::VerifyingKey::<sha2::Sha512>::new(key).verify(&tbs, &sig).is_ok()
+        } else {
+            return Err(PkiError(format!("unsupported certificate signature algorithm {oid}")));
+        }
+    };
+    if verified {
+        Ok(())
+    } else {
+        Err(not_issued())
+    }
+}

@@ -1,0 +1,87 @@
+//! Schema migrations, applied in order; `PRAGMA user_version` is the count applied.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Each entry moves the schema one version forward. Never edit a released entry:
+/// append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: users, keys, audit
+    r#"
+    CREATE TABLE users (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL,
+        qualification TEXT NOT NULL,
+        status        TEXT NOT NULL CHECK (status IN ('active', 'disabled')),
+        created_at    INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE keys (
+        user_id      TEXT NOT NULL REFERENCES users(id),
+        generation   INTEGER NOT NULL CHECK (generation > 0),
+        algorithm    TEXT NOT NULL CHECK (algorithm IN ('rsa2048', 'rsa3072', 'p256')),
+        token_id     BLOB NOT NULL UNIQUE,
+        public_key   BLOB NOT NULL,
+        csr          BLOB NOT NULL,
+        certificate  BLOB,
+        state        TEXT NOT NULL CHECK (state IN ('pending', 'active', 'retired')),
+        created_at   INTEGER NOT NULL,
+        activated_at INTEGER,
+        retired_at   INTEGER,
+        PRIMARY KEY (user_id, generation),
+        CHECK (state != 'active' OR certificate IS NOT NULL)
+    ) STRICT;
+    -- exactly one active key per user at most
+    CREATE UNIQUE INDEX keys_one_active ON keys(user_id) WHERE state = 'active';
+    -- at most one key waiting for its certificate
+    CREATE UNIQUE INDEX keys_one_pending ON keys(user_id) WHERE state = 'pending';
+
+    CREATE TABLE audit (
+        seq        INTEGER PRIMARY KEY,
+        at         INTEGER NOT NULL,
+        actor      TEXT NOT NULL,
+        event      TEXT NOT NULL,
+        user_id    TEXT,
+        generation INTEGER,
+        digest     TEXT,
+        outcome    TEXT NOT NULL,
+        detail     TEXT NOT NULL,
+        prev_hash  BLOB NOT NULL,
+        hash       BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX audit_user ON audit(user_id, seq);
+    CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+
+    -- the last row's seq and hash, updated with every append: a deleted tail shows
+    CREATE TABLE audit_head (
+        id   INTEGER PRIMARY KEY CHECK (id = 1),
+        seq  INTEGER NOT NULL,
+        hash BLOB NOT NULL
+    ) STRICT;
+    "#,
+];
+
+/// Applies the missing migrations, each in its own transaction.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len() as i64;
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > known {
+        return Err(StoreError::TooNew { found: current, known });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+        // Another process may have migrated meanwhile.
+        let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if now > i as i64 {
+            continue;
+        }
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
