@@ -10,8 +10,9 @@ use der::{Decode, Encode};
 use rsa::pkcs8::DecodePrivateKey;
 use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::builder::profile::BuilderProfile;
-use x509_cert::builder::{Builder, CertificateBuilder, CrlBuilder};
-use x509_cert::crl::RevokedCert;
+use der::referenced::OwnedToRef;
+use x509_cert::builder::{Builder, CertificateBuilder};
+use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
 use x509_cert::ext::pkix::crl::CrlNumber;
 use x509_cert::ext::pkix::{AuthorityKeyIdentifier, SubjectKeyIdentifier};
 use x509_cert::ext::{Extension, ToExtension};
@@ -184,11 +185,35 @@ impl Ca {
             .iter()
             .map(|s| Ok(RevokedCert { serial_number: s.clone(), revocation_date: time(this_update)?, crl_entry_extensions: None }))
             .collect::<Result<_, PkiError>>()?;
+        // Built by hand rather than with x509-cert's CrlBuilder, which copies the
+        // issuer's own authorityKeyIdentifier (naming the issuer's issuer) into the
+        // CRL; OpenSSL then cannot match the CRL to its CA.
         let number = CrlNumber::try_from(number).map_err(|e| PkiError(e.to_string()))?;
-        let builder = CrlBuilder::new_with_this_update(&self.certificate, number, time(this_update)?)?
-            .with_next_update(Some(time(next_update)?))
-            .with_certificates(entries.into_iter());
-        let crl = builder.build::<_, rsa::pkcs1v15::Signature>(&self.key).map_err(build_error)?;
+        let issuer = self.certificate.tbs_certificate().subject().clone();
+        let ski = SubjectKeyIdentifier::try_from(self.certificate.tbs_certificate().subject_public_key_info().owned_to_ref())
+            .map_err(|e| PkiError(e.to_string()))?;
+        let aki = AuthorityKeyIdentifier { key_identifier: Some(ski.0), ..Default::default() };
+        let mut extensions = vec![(&number).to_extension(&issuer, &[])?];
+        extensions.push((&aki).to_extension(&issuer, &extensions)?);
+        let algorithm = spki::AlgorithmIdentifierOwned {
+            oid: der::oid::db::rfc5912::SHA_256_WITH_RSA_ENCRYPTION,
+            parameters: Some(der::asn1::Null.into()),
+        };
+        let tbs = TbsCertList {
+            version: x509_cert::Version::V2,
+            signature: algorithm.clone(),
+            issuer,
+            this_update: time(this_update)?,
+            next_update: Some(time(next_update)?),
+            revoked_certificates: (!entries.is_empty()).then_some(entries),
+            crl_extensions: Some(extensions),
+        };
+        let signature = rsa::signature::Signer::try_sign(&self.key, &tbs.to_der()?).map_err(|e| PkiError(e.to_string()))?;
+        let crl = CertificateList {
+            tbs_cert_list: tbs,
+            signature_algorithm: algorithm,
+            signature: der::asn1::BitString::from_bytes(&rsa::signature::SignatureEncoding::to_vec(&signature))?,
+        };
         Ok(crl.to_der()?)
     }
 }
