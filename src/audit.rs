@@ -176,7 +176,10 @@ pub fn verify(conn: &Connection) -> Result<Verification, StoreError> {
             return broken(expected_seq, format!("row {expected_seq} is missing (next row is {})", row.seq));
         }
         if stored_prev != prev {
-            return broken(row.seq, "its prev_hash does not match the previous row: a row before it was changed or removed".into());
+            return broken(
+                row.seq,
+                "its prev_hash does not match the previous row: a row before it was changed or removed".into(),
+            );
         }
         if canonical(&prev, &row)[..] != stored_hash[..] {
             return broken(row.seq, "its contents do not match its hash: the row was edited".into());
@@ -185,8 +188,9 @@ pub fn verify(conn: &Connection) -> Result<Verification, StoreError> {
         expected_seq += 1;
         count += 1;
     }
-    let head: Option<(i64, Vec<u8>)> =
-        conn.query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+    let head: Option<(i64, Vec<u8>)> = conn
+        .query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
     match head {
         None if count == 0 => {}
         None => return broken(count, "the chain head record is missing".into()),
@@ -194,7 +198,9 @@ pub fn verify(conn: &Connection) -> Result<Verification, StoreError> {
             if seq != count || hash != prev {
                 return broken(
                     count + 1,
-                    format!("the log ends at row {count} but its head records row {seq}: rows were deleted from the end"),
+                    format!(
+                        "the log ends at row {count} but its head records row {seq}: rows were deleted from the end"
+                    ),
                 );
             }
         }
@@ -249,7 +255,10 @@ mod tests {
         assert_eq!(v.rows, 3);
         assert!(v.broken.is_none());
 
-        store.conn().execute_batch("DROP TRIGGER audit_append_only_update; DROP TRIGGER audit_append_only_delete;").expect("drop");
+        store
+            .conn()
+            .execute_batch("DROP TRIGGER audit_append_only_update; DROP TRIGGER audit_append_only_delete;")
+            .expect("drop");
         store.conn().execute("UPDATE audit SET outcome = 'denied' WHERE seq = 2", []).expect("edit");
         let broken = verify(store.conn()).expect("verify").broken.expect("broken");
         assert_eq!(broken.seq, 2);
@@ -260,7 +269,10 @@ mod tests {
     fn deleted_tail_is_detected() {
         let (_dir, mut store) = store();
         store.write(|tx| append(tx, 1, &[ev("a"), ev("b")])).expect("append");
-        store.conn().execute_batch("DROP TRIGGER audit_append_only_delete; DELETE FROM audit WHERE seq = 2;").expect("delete");
+        store
+            .conn()
+            .execute_batch("DROP TRIGGER audit_append_only_delete; DELETE FROM audit WHERE seq = 2;")
+            .expect("delete");
         let broken = verify(store.conn()).expect("verify").broken.expect("broken");
         assert_eq!(broken.seq, 2);
     }

@@ -205,9 +205,9 @@ fn signature_algorithm(scheme: SignatureScheme) -> Result<Vec<u8>, CadesError> {
     Ok(match scheme {
         // RFC 3370 2.2: rsaEncryption is what most validators expect in a SignerInfo.
         SignatureScheme::RsaPkcs1v15(_) => algorithm_identifier(oid::RSA_ENCRYPTION, true),
-        other => inkan_keystore::signature_algorithm(other)?
-            .to_der()
-            .map_err(|e| CadesError::Certificate(e.to_string()))?,
+        other => {
+            inkan_keystore::signature_algorithm(other)?.to_der().map_err(|e| CadesError::Certificate(e.to_string()))?
+        }
     })
 }
 
@@ -295,11 +295,11 @@ pub fn sign_parts(
     signing_time: SystemTime,
     content_len: Option<u64>,
 ) -> Result<Assembled, CadesError> {
-    if message_digest.len() != digest_alg.len() {
+    if message_digest.len() != digest_alg.output_len() {
         return Err(CadesError::InvalidDigest(format!(
             "a {} digest has {} bytes, not {}",
             digest_alg.name(),
-            digest_alg.len(),
+            digest_alg.output_len(),
             message_digest.len()
         )));
     }

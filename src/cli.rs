@@ -269,11 +269,13 @@ fn keystore(config: &Config) -> Result<Keystore, CliError> {
 }
 
 fn write_file(path: &Path, contents: &[u8]) -> Result<(), CliError> {
-    crate::config::write_atomic(path, contents).map_err(|e| CliError { message: format!("cannot write {}: {e}", path.display()), code: 1 })
+    crate::config::write_atomic(path, contents)
+        .map_err(|e| CliError { message: format!("cannot write {}: {e}", path.display()), code: 1 })
 }
 
 fn key_line(k: &KeyView) -> String {
-    let mut line = format!("{}  gen {}  {:8} {:8} created {}", k.user_id, k.generation, k.algorithm, k.state, k.created_at);
+    let mut line =
+        format!("{}  gen {}  {:8} {:8} created {}", k.user_id, k.generation, k.algorithm, k.state, k.created_at);
     if let Some(serial) = &k.certificate_serial {
         line.push_str(&format!("  cert {serial}"));
         if let Some(na) = &k.certificate_not_after {
@@ -318,7 +320,10 @@ pub fn run(cli: Cli) -> Result<Output, CliError> {
             let store = store(&config)?;
             let v = audit::verify(store.conn())?;
             match &v.broken {
-                None => Ok(Output { text: format!("audit log intact: {} rows, hash chain verified", v.rows), json: serde_json::to_value(&v)? }),
+                None => Ok(Output {
+                    text: format!("audit log intact: {} rows, hash chain verified", v.rows),
+                    json: serde_json::to_value(&v)?,
+                }),
                 Some(b) => Err(CliError {
                     message: if cli.json {
                         serde_json::to_string(&v)?
@@ -354,7 +359,10 @@ pub fn run(cli: Cli) -> Result<Output, CliError> {
         Command::Demo => fixtures::demo(&config, &clock),
         Command::Dev(DevCommand::Fixtures { out }) => {
             let files = fixtures::generate(&out, &clock)?;
-            Ok(Output { text: format!("wrote {} files to {}", files.len(), out.display()), json: json!({ "out": out, "files": files }) })
+            Ok(Output {
+                text: format!("wrote {} files to {}", files.len(), out.display()),
+                json: json!({ "out": out, "files": files }),
+            })
         }
         Command::Dev(DevCommand::IssueCert { csr, out, qualification, ca_cert, ca_key, days, expired }) => {
             let cert = fixtures::issue_from_csr_file(&csr, &ca_cert, &ca_key, qualification, days, expired, &clock)?;
@@ -375,11 +383,12 @@ fn init(config: &Config) -> Result<Output, CliError> {
     }
     config.export_softhsm_conf();
     let (so_pin, user_pin) = config.init_pins()?;
-    let token = inkan_keystore::init_token(&config.token.module, &config.token.label, &so_pin, &user_pin).map_err(|e| {
-        CliError { message: format!("cannot set up the token {:?}: {e}", config.token.label), code: 1 }
-    })?;
+    let token = inkan_keystore::init_token(&config.token.module, &config.token.label, &so_pin, &user_pin)
+        .map_err(|e| CliError { message: format!("cannot set up the token {:?}: {e}", config.token.label), code: 1 })?;
     steps.push(match token {
-        TokenInit::Created => format!("token {:?} created (PINs in {})", config.token.label, config.pins_path().display()),
+        TokenInit::Created => {
+            format!("token {:?} created (PINs in {})", config.token.label, config.pins_path().display())
+        }
         TokenInit::Existing => format!("token {:?} exists", config.token.label),
     });
     // Check the PIN works.
@@ -403,7 +412,10 @@ fn user(config: &Config, clock: &dyn Clock, actor: &str, cmd: UserCommand) -> Re
         UserCommand::Add { user_id, name, qualification } => {
             let u = users::add(&mut store, clock, actor, &user_id, &name, qualification)?;
             Ok(Output {
-                text: format!("user {} ({}, {}) added\n  next: inkan key generate {} --csr-out {}.csr", u.id, u.name, u.qualification, u.id, u.id),
+                text: format!(
+                    "user {} ({}, {}) added\n  next: inkan key generate {} --csr-out {}.csr",
+                    u.id, u.name, u.qualification, u.id, u.id
+                ),
                 json: serde_json::to_value(&u)?,
             })
         }
@@ -412,14 +424,18 @@ fn user(config: &Config, clock: &dyn Clock, actor: &str, cmd: UserCommand) -> Re
             let text = if list.is_empty() {
                 "no users yet: add one with `inkan user add <USER_ID> --name <NAME> --qualification doctor`".into()
             } else {
-                list.iter().map(|u| format!("{}  {}  {}  {}", u.id, u.qualification, u.status, u.name)).collect::<Vec<_>>().join("\n")
+                list.iter()
+                    .map(|u| format!("{}  {}  {}  {}", u.id, u.qualification, u.status, u.name))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             };
             Ok(Output { text, json: serde_json::to_value(&list)? })
         }
         UserCommand::Show { user_id } => {
             let u = users::get(&store, &user_id)?;
             let keys: Vec<KeyView> = store.keys(Some(&user_id))?.iter().map(KeyView::from).collect();
-            let mut text = format!("{}  {}  {}  {}  created {}", u.id, u.name, u.qualification, u.status, rfc3339(u.created_at));
+            let mut text =
+                format!("{}  {}  {}  {}  created {}", u.id, u.name, u.qualification, u.status, rfc3339(u.created_at));
             for k in &keys {
                 text.push_str("\n  ");
                 text.push_str(&key_line(k));
@@ -428,7 +444,10 @@ fn user(config: &Config, clock: &dyn Clock, actor: &str, cmd: UserCommand) -> Re
         }
         UserCommand::Disable { user_id } => {
             let u = users::set_status(&mut store, clock, actor, &user_id, false)?;
-            Ok(Output { text: format!("user {} disabled: signing refused from now on", u.id), json: serde_json::to_value(&u)? })
+            Ok(Output {
+                text: format!("user {} disabled: signing refused from now on", u.id),
+                json: serde_json::to_value(&u)?,
+            })
         }
         UserCommand::Enable { user_id } => {
             let u = users::set_status(&mut store, clock, actor, &user_id, true)?;
@@ -440,8 +459,12 @@ fn user(config: &Config, clock: &dyn Clock, actor: &str, cmd: UserCommand) -> Re
 fn key(config: &Config, clock: &dyn Clock, actor: &str, cmd: KeyCommand) -> Result<Output, CliError> {
     let mut store = store(config)?;
     match cmd {
-        KeyCommand::Generate { user_id, alg, csr_out } => generate(config, &mut store, clock, actor, &user_id, alg, &csr_out, Purpose::First),
-        KeyCommand::Rotate { user_id, alg, csr_out } => generate(config, &mut store, clock, actor, &user_id, alg, &csr_out, Purpose::Rotation),
+        KeyCommand::Generate { user_id, alg, csr_out } => {
+            generate(config, &mut store, clock, actor, &user_id, alg, &csr_out, Purpose::First)
+        }
+        KeyCommand::Rotate { user_id, alg, csr_out } => {
+            generate(config, &mut store, clock, actor, &user_id, alg, &csr_out, Purpose::Rotation)
+        }
         KeyCommand::Csr { user_id, generation, csr_out } => {
             let pem = keys::csr(&store, &user_id, generation)?;
             write_file(&csr_out, pem.as_bytes())?;
@@ -450,7 +473,12 @@ fn key(config: &Config, clock: &dyn Clock, actor: &str, cmd: KeyCommand) -> Resu
         KeyCommand::ImportCert { user_id, cert } => {
             let k = keys::import_certificate(&mut store, config, clock, actor, &user_id, &cert)?;
             Ok(Output {
-                text: format!("certificate imported: {} key generation {} is active\n  {}", k.user_id, k.generation, key_line(&k)),
+                text: format!(
+                    "certificate imported: {} key generation {} is active\n  {}",
+                    k.user_id,
+                    k.generation,
+                    key_line(&k)
+                ),
                 json: serde_json::to_value(&k)?,
             })
         }
@@ -459,12 +487,19 @@ fn key(config: &Config, clock: &dyn Clock, actor: &str, cmd: KeyCommand) -> Resu
                 users::get(&store, u)?;
             }
             let keys: Vec<KeyView> = store.keys(user_id.as_deref())?.iter().map(KeyView::from).collect();
-            let text = if keys.is_empty() { "no keys".into() } else { keys.iter().map(key_line).collect::<Vec<_>>().join("\n") };
+            let text = if keys.is_empty() {
+                "no keys".into()
+            } else {
+                keys.iter().map(key_line).collect::<Vec<_>>().join("\n")
+            };
             Ok(Output { text, json: serde_json::to_value(&keys)? })
         }
         KeyCommand::Retire { user_id, generation } => {
             let k = keys::retire(&mut store, clock, actor, &user_id, generation)?;
-            Ok(Output { text: format!("{} key generation {} retired", k.user_id, k.generation), json: serde_json::to_value(&k)? })
+            Ok(Output {
+                text: format!("{} key generation {} retired", k.user_id, k.generation),
+                json: serde_json::to_value(&k)?,
+            })
         }
         KeyCommand::Inspect { user_id, generation } => {
             users::get(&store, &user_id)?;
@@ -473,7 +508,10 @@ fn key(config: &Config, clock: &dyn Clock, actor: &str, cmd: KeyCommand) -> Resu
                 Some(g) => records.iter().find(|k| k.generation == g),
                 None => records.iter().find(|k| k.state == "active"),
             }
-            .ok_or_else(|| CliError { message: format!("no such key of {user_id}: see `inkan key list {user_id}`"), code: 1 })?;
+            .ok_or_else(|| CliError {
+                message: format!("no such key of {user_id}: see `inkan key list {user_id}`"),
+                code: 1,
+            })?;
             let ks = keystore(config)?;
             let p = ks.protection(&inkan_keystore::KeyRef::from_id(record.token_id.clone()))?;
             let json = json!({

@@ -260,7 +260,10 @@ impl Config {
 
     /// The SoftHSM configuration file inkan uses, if any.
     pub fn softhsm_conf(&self) -> Option<PathBuf> {
-        self.token.softhsm_conf.clone().or_else(|| self.is_softhsm().then(|| self.data_dir.join("softhsm/softhsm2.conf")))
+        self.token
+            .softhsm_conf
+            .clone()
+            .or_else(|| self.is_softhsm().then(|| self.data_dir.join("softhsm/softhsm2.conf")))
     }
 
     /// The PINs file written by `inkan init`.

@@ -35,7 +35,11 @@ fn openssl(args: &[&str]) -> Result<(), PkiError> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(PkiError(format!("openssl {} failed: {}", args.first().unwrap_or(&""), String::from_utf8_lossy(&out.stderr))))
+        Err(PkiError(format!(
+            "openssl {} failed: {}",
+            args.first().unwrap_or(&""),
+            String::from_utf8_lossy(&out.stderr)
+        )))
     }
 }
 
@@ -59,7 +63,11 @@ fn cert_pem(cert: &x509_cert::Certificate) -> Result<String, PkiError> {
 }
 
 fn ca_name(org: &str, cn: &str) -> Result<x509_cert::name::Name, PkiError> {
-    pki::name(&[(rfc4519::C, StringKind::Printable, "JP"), (rfc4519::O, StringKind::Printable, org), (rfc4519::CN, StringKind::Printable, cn)])
+    pki::name(&[
+        (rfc4519::C, StringKind::Printable, "JP"),
+        (rfc4519::O, StringKind::Printable, org),
+        (rfc4519::CN, StringKind::Printable, cn),
+    ])
 }
 
 struct Holder {
@@ -83,7 +91,8 @@ pub fn generate(out: &Path, clock: &dyn Clock) -> Result<Vec<String>, PkiError> 
     let key = |name: &str| -> Result<rsa::RsaPrivateKey, PkiError> { new_key(&out.join(format!("{name}.key"))) };
 
     // HPKI: a root, a signing CA (second certificates) and an authentication CA (cards).
-    let hpki_root = Ca::new_root(ca_name("MEDIS-TEST", "inkan Test HPKI Root CA")?, key("hpki-root")?, start, now + 30 * YEAR)?;
+    let hpki_root =
+        Ca::new_root(ca_name("MEDIS-TEST", "inkan Test HPKI Root CA")?, key("hpki-root")?, start, now + 30 * YEAR)?;
     let mut sub = |file: &str, cn: &str, parent: &Ca, org: &str| -> Result<Ca, PkiError> {
         let k = key(file)?;
         let cert = parent.issue(Kind::SubCa, ca_name(org, cn)?, ca::public_key_info(&k)?, start, now + 20 * YEAR)?;
@@ -93,7 +102,8 @@ pub fn generate(out: &Path, clock: &dyn Clock) -> Result<Vec<String>, PkiError> 
     };
     let signing_ca = sub("hpki-signing-ca", "inkan Test HPKI Signing CA", &hpki_root, "MEDIS-TEST")?;
     let auth_ca = sub("hpki-auth-ca", "inkan Test HPKI CA forAuthentication-forIndividual", &hpki_root, "MEDIS-TEST")?;
-    let jpki_root = Ca::new_root(ca_name("JPKI-TEST", "inkan Test JPKI Root CA")?, key("jpki-root")?, start, now + 30 * YEAR)?;
+    let jpki_root =
+        Ca::new_root(ca_name("JPKI-TEST", "inkan Test JPKI Root CA")?, key("jpki-root")?, start, now + 30 * YEAR)?;
     let jpki_ca = sub("jpki-ca", "inkan Test JPKI User Authentication CA", &jpki_root, "JPKI-TEST")?;
     for (file, ca) in [("hpki-root", &hpki_root), ("jpki-root", &jpki_root)] {
         write(&out.join(format!("{file}.pem")), cert_pem(&ca.certificate)?.as_bytes(), &mut files)?;
@@ -116,10 +126,26 @@ pub fn generate(out: &Path, clock: &dyn Clock) -> Result<Vec<String>, PkiError> 
     files.push(out.join("server.key").display().to_string());
 
     let holders = [
-        Holder { name: "hpki-doctor", kind: HolderKind::Hpki { role: Qualification::Doctor, cn: "YAMADA TARO", id: "100001" }, expired: false },
-        Holder { name: "hpki-pharmacist", kind: HolderKind::Hpki { role: Qualification::Pharmacist, cn: "SATO HANAKO", id: "999001-jpa" }, expired: false },
-        Holder { name: "hpki-revoked", kind: HolderKind::Hpki { role: Qualification::Doctor, cn: "SUZUKI ICHIRO", id: "100002" }, expired: false },
-        Holder { name: "hpki-expired", kind: HolderKind::Hpki { role: Qualification::Doctor, cn: "TANAKA JIRO", id: "100003" }, expired: true },
+        Holder {
+            name: "hpki-doctor",
+            kind: HolderKind::Hpki { role: Qualification::Doctor, cn: "YAMADA TARO", id: "100001" },
+            expired: false,
+        },
+        Holder {
+            name: "hpki-pharmacist",
+            kind: HolderKind::Hpki { role: Qualification::Pharmacist, cn: "SATO HANAKO", id: "999001-jpa" },
+            expired: false,
+        },
+        Holder {
+            name: "hpki-revoked",
+            kind: HolderKind::Hpki { role: Qualification::Doctor, cn: "SUZUKI ICHIRO", id: "100002" },
+            expired: false,
+        },
+        Holder {
+            name: "hpki-expired",
+            kind: HolderKind::Hpki { role: Qualification::Doctor, cn: "TANAKA JIRO", id: "100003" },
+            expired: true,
+        },
         Holder { name: "jpki-1", kind: HolderKind::Jpki, expired: false },
         Holder { name: "jpki-2", kind: HolderKind::Jpki, expired: false },
         Holder { name: "jpki-revoked", kind: HolderKind::Jpki, expired: false },
@@ -140,7 +166,16 @@ pub fn generate(out: &Path, clock: &dyn Clock) -> Result<Vec<String>, PkiError> 
                     (rfc4519::CN, StringKind::Printable, cn),
                     (rfc4519::SERIAL_NUMBER, StringKind::Printable, id),
                 ])?;
-                (&auth_ca, auth_ca.issue(Kind::HpkiAuth { role: *role }, subject, ca::public_key_info(&k)?, not_before, not_after)?)
+                (
+                    &auth_ca,
+                    auth_ca.issue(
+                        Kind::HpkiAuth { role: *role },
+                        subject,
+                        ca::public_key_info(&k)?,
+                        not_before,
+                        not_after,
+                    )?,
+                )
             }
             HolderKind::Jpki => {
                 let mut random = [0u8; 8];
@@ -163,9 +198,20 @@ pub fn generate(out: &Path, clock: &dyn Clock) -> Result<Vec<String>, PkiError> 
             .map_err(|e| PkiError(e.to_string()))?;
         let p12 = out.join(format!("holders/{}.p12", h.name));
         openssl(&[
-            "pkcs12", "-export", "-in", &pem_path.to_string_lossy(), "-inkey", &key_path.to_string_lossy(),
-            "-certfile", &chain_path.to_string_lossy(), "-name", h.name, "-passout", &format!("pass:{P12_PASSWORD}"),
-            "-out", &p12.to_string_lossy(),
+            "pkcs12",
+            "-export",
+            "-in",
+            &pem_path.to_string_lossy(),
+            "-inkey",
+            &key_path.to_string_lossy(),
+            "-certfile",
+            &chain_path.to_string_lossy(),
+            "-name",
+            h.name,
+            "-passout",
+            &format!("pass:{P12_PASSWORD}"),
+            "-out",
+            &p12.to_string_lossy(),
         ])?;
         files.push(p12.display().to_string());
         if h.name == "hpki-revoked" {
@@ -204,7 +250,8 @@ pub fn issue_from_csr_file(
     let ca = Ca::load(ca_cert, ca_key)?;
     let request = std::fs::read(csr).map_err(|e| PkiError(format!("cannot read {}: {e}", csr.display())))?;
     let now = clock.now();
-    let (nb, na) = if expired { (now - 30 * DAY, now - DAY) } else { (now - Duration::from_secs(60), now + DAY * days as u32) };
+    let (nb, na) =
+        if expired { (now - 30 * DAY, now - DAY) } else { (now - Duration::from_secs(60), now + DAY * days as u32) };
     let kind = Kind::HpkiSigning { role, crl_url: "http://localhost:8443/crl/hpki-signing-ca.crl".into() };
     Ok(ca.issue_from_csr(kind, &request, nb, na)?.to_der()?)
 }
@@ -225,10 +272,8 @@ pub fn write_softhsm_conf(conf: &Path) -> Result<bool, PkiError> {
 }
 
 /// The demo users: (user ID, name, qualification).
-pub const DEMO_USERS: &[(&str, &str, Qualification)] = &[
-    ("100001", "山田 太郎", Qualification::Doctor),
-    ("999001-jpa", "佐藤 花子", Qualification::Pharmacist),
-];
+pub const DEMO_USERS: &[(&str, &str, Qualification)] =
+    &[("100001", "山田 太郎", Qualification::Doctor), ("999001-jpa", "佐藤 花子", Qualification::Pharmacist)];
 
 /// `inkan demo`: init, demo users with active keys and certificates from the
 /// fixture CA, then one signed demo document.
@@ -251,8 +296,16 @@ pub fn demo(config: &Config, clock: &dyn Clock) -> Result<Output, CliError> {
             let g = match store.keys(Some(id))?.iter().find(|k| k.state == "pending") {
                 Some(p) => pki::to_pem("CERTIFICATE REQUEST", &p.csr),
                 None => {
-                    crate::keys::generate(&mut store, &ks, clock, actor, id, inkan_keystore::KeyAlgorithm::Rsa2048, crate::keys::Purpose::First)?
-                        .csr_pem
+                    crate::keys::generate(
+                        &mut store,
+                        &ks,
+                        clock,
+                        actor,
+                        id,
+                        inkan_keystore::KeyAlgorithm::Rsa2048,
+                        crate::keys::Purpose::First,
+                    )?
+                    .csr_pem
                 }
             };
             let csr = config.data_dir.join(format!("demo-{id}.csr"));

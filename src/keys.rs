@@ -272,7 +272,10 @@ pub fn import_certificate(
     let Some(pending) = keys.iter().find(|k| k.public_key == spki && k.state == "pending") else {
         let other = keys.iter().find(|k| k.public_key == spki);
         return Err(KeyError::Certificate(PkiError(match other {
-            Some(k) => format!("the certificate is for generation {} of {user_id}, which is {}, not pending", k.generation, k.state),
+            Some(k) => format!(
+                "the certificate is for generation {} of {user_id}, which is {}, not pending",
+                k.generation, k.state
+            ),
             None => format!(
                 "the certificate's public key matches no pending key of {user_id}: \
                  issue it from the CSR of `inkan key generate` (see `inkan key list {user_id}`)"
@@ -314,13 +317,17 @@ pub fn import_certificate(
 }
 
 /// Retires one generation (pending or active).
-pub fn retire(store: &mut Store, clock: &dyn Clock, actor: &str, user_id: &str, generation: i64) -> Result<KeyView, KeyError> {
+pub fn retire(
+    store: &mut Store,
+    clock: &dyn Clock,
+    actor: &str,
+    user_id: &str,
+    generation: i64,
+) -> Result<KeyView, KeyError> {
     users::get(store, user_id)?;
-    let key = store
-        .keys(Some(user_id))?
-        .into_iter()
-        .find(|k| k.generation == generation)
-        .ok_or_else(|| KeyError::State(format!("user {user_id} has no key generation {generation}: see `inkan key list {user_id}`")))?;
+    let key = store.keys(Some(user_id))?.into_iter().find(|k| k.generation == generation).ok_or_else(|| {
+        KeyError::State(format!("user {user_id} has no key generation {generation}: see `inkan key list {user_id}`"))
+    })?;
     if key.state == "retired" {
         return Err(KeyError::State(format!("generation {generation} of {user_id} is already retired")));
     }
@@ -368,7 +375,13 @@ pub fn signer(store: &Store, config: &Config, user_id: &str) -> Result<(SignerId
     })?;
     let alg: KeyAlgorithm = key.algorithm.parse().map_err(KeyError::State)?;
     let cert = key.certificate.as_deref().ok_or_else(|| KeyError::State("active key without certificate".into()))?;
-    let identity = SignerIdentity::new(KeyRef::from_id(key.token_id.clone()), alg, config.signing.rsa_scheme, cert, &chain(config)?)?;
+    let identity = SignerIdentity::new(
+        KeyRef::from_id(key.token_id.clone()),
+        alg,
+        config.signing.rsa_scheme,
+        cert,
+        &chain(config)?,
+    )?;
     Ok((identity, key.generation))
 }
 
@@ -445,7 +458,14 @@ pub fn sign_file(
         )
     })?;
     std::fs::rename(&tmp, out).map_err(|e| KeyError::Io(format!("cannot write {}: {e}", out.display())))?;
-    Ok(Signed { user_id: user_id.to_owned(), generation, digest: digest_text, out: out.display().to_string(), attached, audit_seq })
+    Ok(Signed {
+        user_id: user_id.to_owned(),
+        generation,
+        digest: digest_text,
+        out: out.display().to_string(),
+        attached,
+        audit_seq,
+    })
 }
 
 /// Lower-case hex.

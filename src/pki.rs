@@ -38,7 +38,9 @@ pub fn read_certificates(path: &Path) -> Result<Vec<Vec<u8>>, PkiError> {
 
 /// Parses PEM (one or more `CERTIFICATE` blocks) or a single DER certificate.
 pub fn parse_certificates(bytes: &[u8]) -> Result<Vec<Vec<u8>>, PkiError> {
-    if bytes.starts_with(b"-----") || bytes.iter().take(64).all(|b| b.is_ascii()) && bytes.windows(5).any(|w| w == b"-----") {
+    if bytes.starts_with(b"-----")
+        || bytes.iter().take(64).all(|b| b.is_ascii()) && bytes.windows(5).any(|w| w == b"-----")
+    {
         let certs = Certificate::load_pem_chain(bytes).map_err(|e| PkiError(format!("not a PEM certificate: {e}")))?;
         if certs.is_empty() {
             return Err(PkiError("no certificate in the file".into()));
@@ -129,7 +131,8 @@ pub fn check_issued_by(cert: &Certificate, issuer: &Certificate) -> Result<(), P
         return Err(not_issued());
     }
     let tbs = cert.tbs_certificate().to_der()?;
-    let signature = cert.signature().as_bytes().ok_or_else(|| PkiError("signature is not a whole number of bytes".into()))?;
+    let signature =
+        cert.signature().as_bytes().ok_or_else(|| PkiError("signature is not a whole number of bytes".into()))?;
     let spki = issuer.tbs_certificate().subject_public_key_info().to_der()?;
     let oid = cert.signature_algorithm().oid;
     use der::oid::db::rfc5912 as oids;

@@ -101,7 +101,13 @@ fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
 }
 
 fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
-    Ok(User { id: row.get(0)?, name: row.get(1)?, qualification: row.get(2)?, status: row.get(3)?, created_at: row.get(4)? })
+    Ok(User {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        qualification: row.get(2)?,
+        status: row.get(3)?,
+        created_at: row.get(4)?,
+    })
 }
 
 impl Store {
@@ -144,22 +150,26 @@ impl Store {
     pub fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT id, name, qualification, status, created_at FROM users WHERE id = ?1", [id], user_from_row)
+            .query_row(
+                "SELECT id, name, qualification, status, created_at FROM users WHERE id = ?1",
+                [id],
+                user_from_row,
+            )
             .optional()?)
     }
 
     /// All users, by ID.
     pub fn users(&self) -> Result<Vec<User>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT id, name, qualification, status, created_at FROM users ORDER BY id")?;
+        let mut stmt =
+            self.conn.prepare("SELECT id, name, qualification, status, created_at FROM users ORDER BY id")?;
         let rows = stmt.query_map([], user_from_row)?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
     /// Keys of one user (or of everyone), oldest generation first.
     pub fn keys(&self, user_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {KEY_COLUMNS} FROM keys WHERE (?1 IS NULL OR user_id = ?1) ORDER BY user_id, generation"
-        );
+        let sql =
+            format!("SELECT {KEY_COLUMNS} FROM keys WHERE (?1 IS NULL OR user_id = ?1) ORDER BY user_id, generation");
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map([user_id], key_from_row)?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
@@ -213,7 +223,9 @@ pub mod tx {
 
     /// The next generation number of a user's keys.
     pub fn next_generation(tx: &Transaction<'_>, user_id: &str) -> Result<i64, StoreError> {
-        Ok(tx.query_row("SELECT COALESCE(MAX(generation), 0) + 1 FROM keys WHERE user_id = ?1", [user_id], |r| r.get(0))?)
+        Ok(tx.query_row("SELECT COALESCE(MAX(generation), 0) + 1 FROM keys WHERE user_id = ?1", [user_id], |r| {
+            r.get(0)
+        })?)
     }
 
     /// Retires the user's active key (if any); returns its generation.
@@ -236,7 +248,13 @@ pub mod tx {
     }
 
     /// Makes a pending key active with its certificate.
-    pub fn activate(tx: &Transaction<'_>, user_id: &str, generation: i64, certificate: &[u8], at: i64) -> Result<usize, StoreError> {
+    pub fn activate(
+        tx: &Transaction<'_>,
+        user_id: &str,
+        generation: i64,
+        certificate: &[u8],
+        at: i64,
+    ) -> Result<usize, StoreError> {
         Ok(tx.execute(
             "UPDATE keys SET state = 'active', certificate = ?3, activated_at = ?4 WHERE user_id = ?1 AND generation = ?2 AND state = 'pending'",
             params![user_id, generation, certificate, at],

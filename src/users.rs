@@ -39,7 +39,14 @@ pub fn validate_id(id: &str) -> Result<(), UserError> {
 }
 
 /// Adds a user.
-pub fn add(store: &mut Store, clock: &dyn Clock, actor: &str, id: &str, name: &str, qualification: Qualification) -> Result<User, UserError> {
+pub fn add(
+    store: &mut Store,
+    clock: &dyn Clock,
+    actor: &str,
+    id: &str,
+    name: &str,
+    qualification: Qualification,
+) -> Result<User, UserError> {
     validate_id(id)?;
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 200 {
@@ -53,26 +60,25 @@ pub fn add(store: &mut Store, clock: &dyn Clock, actor: &str, id: &str, name: &s
         status: "active".into(),
         created_at: now,
     };
-    store
-        .write(|t| {
-            if t.query_row("SELECT 1 FROM users WHERE id = ?1", [id], |_| Ok(())).is_ok() {
-                return Ok(Err(UserError::Duplicate(id.to_owned())));
-            }
-            tx::insert_user(t, &user)?;
-            audit::append(
-                t,
-                now,
-                &[Event {
-                    actor,
-                    event: "user.add",
-                    user_id: Some(id),
-                    outcome: "ok",
-                    detail: serde_json::json!({ "name": user.name, "qualification": user.qualification }),
-                    ..Default::default()
-                }],
-            )?;
-            Ok(Ok(()))
-        })??;
+    store.write(|t| {
+        if t.query_row("SELECT 1 FROM users WHERE id = ?1", [id], |_| Ok(())).is_ok() {
+            return Ok(Err(UserError::Duplicate(id.to_owned())));
+        }
+        tx::insert_user(t, &user)?;
+        audit::append(
+            t,
+            now,
+            &[Event {
+                actor,
+                event: "user.add",
+                user_id: Some(id),
+                outcome: "ok",
+                detail: serde_json::json!({ "name": user.name, "qualification": user.qualification }),
+                ..Default::default()
+            }],
+        )?;
+        Ok(Ok(()))
+    })??;
     Ok(user)
 }
 
@@ -82,7 +88,13 @@ pub fn get(store: &Store, id: &str) -> Result<User, UserError> {
 }
 
 /// Enables or disables a user.
-pub fn set_status(store: &mut Store, clock: &dyn Clock, actor: &str, id: &str, enabled: bool) -> Result<User, UserError> {
+pub fn set_status(
+    store: &mut Store,
+    clock: &dyn Clock,
+    actor: &str,
+    id: &str,
+    enabled: bool,
+) -> Result<User, UserError> {
     get(store, id)?;
     let status = if enabled { "active" } else { "disabled" };
     let now = clock.now_ms();

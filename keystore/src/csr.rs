@@ -55,7 +55,7 @@ fn pss_algorithm(d: DigestAlgorithm) -> Result<AlgorithmIdentifierOwned> {
             parameters: Some(der::Any::encode_from(&hash).map_err(invalid)?),
         },
         hash,
-        salt_len: d.len() as u32,
+        salt_len: d.output_len() as u32,
     };
     Ok(AlgorithmIdentifierOwned {
         oid: der::oid::db::rfc5912::ID_RSASSA_PSS,

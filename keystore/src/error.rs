@@ -103,9 +103,9 @@ pub(crate) fn rv_name(rv: RvError) -> String {
 /// Converts a cryptoki error into the group the caller can act on.
 pub(crate) fn from_cryptoki(err: CkError) -> Error {
     match err {
-        CkError::LibraryLoading(e) => Error::TokenUnavailable {
-            reason: format!("cannot load the PKCS#11 module: {e}"),
-        },
+        CkError::LibraryLoading(e) => {
+            Error::TokenUnavailable { reason: format!("cannot load the PKCS#11 module: {e}") }
+        }
         CkError::Pkcs11(rv, function) => {
             let name = rv_name(rv);
             let function = format!("C_{function:?}");

@@ -117,8 +117,15 @@ pub struct Keystore {
     label: String,
     pin: Pin,
     slot: Mutex<Option<Slot>>,
-    pool: Pool,
-    handles: RwLock<HashMap<KeyRef, ObjectHandle>>,
+    pool: Pool<Session>,
+    handles: RwLock<HashMap<KeyRef, CachedKey>>,
+}
+
+/// A resolved private key: its handle and whether it is an RSA key.
+#[derive(Clone, Copy, Debug)]
+struct CachedKey {
+    handle: ObjectHandle,
+    rsa: bool,
 }
 
 impl fmt::Debug for Keystore {
@@ -131,7 +138,10 @@ impl fmt::Debug for Keystore {
 pub(crate) fn load_module(path: &std::path::Path) -> Result<Pkcs11> {
     if !path.exists() {
         return Err(Error::TokenUnavailable {
-            reason: format!("PKCS#11 module {} does not exist (is SoftHSM installed? apt-get install -y softhsm2)", path.display()),
+            reason: format!(
+                "PKCS#11 module {} does not exist (is SoftHSM installed? apt-get install -y softhsm2)",
+                path.display()
+            ),
         });
     }
     let ctx = Pkcs11::new(path).map_err(from_cryptoki)?;
@@ -198,9 +208,9 @@ impl Keystore {
                 // The slot may have been renumbered (token re-initialised): look it up again next time.
                 *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 return Err(match from_cryptoki(e) {
-                    Error::Pkcs11 { function, rv } => {
-                        Error::TokenUnavailable { reason: format!("{function} returned {rv} for token {:?}", self.label) }
-                    }
+                    Error::Pkcs11 { function, rv } => Error::TokenUnavailable {
+                        reason: format!("{function} returned {rv} for token {:?}", self.label),
+                    },
                     other => other,
                 });
             }
@@ -211,7 +221,7 @@ impl Keystore {
         }
     }
 
-    fn lease(&self) -> Result<Lease<'_>> {
+    fn lease(&self) -> Result<Lease<'_, Session>> {
         self.pool.get(|| self.open_session())
     }
 
@@ -240,21 +250,28 @@ impl Keystore {
         self.handles.write().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    /// The private key's handle: from the cache, or found once and cached.
-    fn private_handle(&self, session: &Session, key: &KeyRef) -> Result<ObjectHandle> {
-        if let Some(h) = self.handles.read().unwrap_or_else(|p| p.into_inner()).get(key) {
-            return Ok(*h);
+    /// The private key's handle and type: from the cache, or found once and cached.
+    fn private_key(&self, session: &Session, key: &KeyRef) -> Result<CachedKey> {
+        if let Some(k) = self.handles.read().unwrap_or_else(|p| p.into_inner()).get(key) {
+            return Ok(*k);
         }
         let found = session
             .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(key.id().to_vec())])
             .map_err(from_cryptoki)?;
         let handle = *found.first().ok_or_else(|| Error::KeyNotFound { id: key.hex() })?;
-        self.handles.write().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), handle);
-        Ok(handle)
+        let rsa = matches!(
+            session.get_attributes(handle, &[AttributeType::KeyType]).map_err(from_cryptoki)?.first(),
+            Some(Attribute::KeyType(KeyType::RSA))
+        );
+        let cached = CachedKey { handle, rsa };
+        self.handles.write().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), cached);
+        Ok(cached)
     }
 
     fn find_one(&self, session: &Session, class: ObjectClass, key: &KeyRef) -> Result<ObjectHandle> {
-        let found = session.find_objects(&[Attribute::Class(class), Attribute::Id(key.id().to_vec())]).map_err(from_cryptoki)?;
+        let found = session
+            .find_objects(&[Attribute::Class(class), Attribute::Id(key.id().to_vec())])
+            .map_err(from_cryptoki)?;
         found.first().copied().ok_or_else(|| Error::KeyNotFound { id: key.hex() })
     }
 
@@ -302,9 +319,11 @@ impl Keystore {
                 private.push(Attribute::KeyType(KeyType::EC));
                 Mechanism::EccKeyPairGen
             };
-            let (pub_handle, priv_handle) = session.generate_key_pair(&mechanism, &public, &private).map_err(from_cryptoki)?;
+            let (pub_handle, priv_handle) =
+                session.generate_key_pair(&mechanism, &public, &private).map_err(from_cryptoki)?;
             let public_key_der = self.read_public_key(session, pub_handle, alg)?;
-            self.handles.write().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), priv_handle);
+            let cached = CachedKey { handle: priv_handle, rsa: alg.is_rsa() };
+            self.handles.write().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), cached);
             Ok(GeneratedKey { key: key.clone(), public_key_der })
         })
     }
@@ -353,11 +372,11 @@ impl Keystore {
     /// This is the hot path: one pool checkout, a cached handle, one `C_Sign`.
     pub fn sign_digest(&self, key: &KeyRef, scheme: SignatureScheme, digest: &[u8]) -> Result<Vec<u8>> {
         let alg = scheme.digest_algorithm();
-        if digest.len() != alg.len() {
+        if digest.len() != alg.output_len() {
             return Err(Error::InvalidInput(format!(
                 "a {} digest has {} bytes, not {}",
                 alg.name(),
-                alg.len(),
+                alg.output_len(),
                 digest.len()
             )));
         }
@@ -372,7 +391,7 @@ impl Keystore {
                 let params = PkcsPssParams {
                     hash_alg: hash_mechanism(alg),
                     mgf: mgf(alg),
-                    s_len: (alg.len() as u64).into(),
+                    s_len: (alg.output_len() as u64).into(),
                 };
                 self.sign_raw(key, &Mechanism::RsaPkcsPss(params), digest)
             }
@@ -390,11 +409,26 @@ impl Keystore {
     }
 
     fn sign_raw(&self, key: &KeyRef, mechanism: &Mechanism, data: &[u8]) -> Result<Vec<u8>> {
+        let wants_rsa = !matches!(mechanism, Mechanism::Ecdsa);
         self.with_session(|session| {
-            let handle = self.private_handle(session, key)?;
-            session.sign(mechanism, handle, data).map_err(|e| match from_cryptoki(e) {
-                Error::Pkcs11 { rv, .. } if rv == "CKR_KEY_TYPE_INCONSISTENT" || rv == "CKR_KEY_FUNCTION_NOT_PERMITTED" => {
-                    Error::MechanismUnsupported { mechanism: format!("{:?} with key {}", mechanism.mechanism_type(), key.hex()) }
+            let cached = self.private_key(session, key)?;
+            if cached.rsa != wants_rsa {
+                return Err(Error::MechanismUnsupported {
+                    mechanism: format!(
+                        "{:?} with the {} key {}",
+                        mechanism.mechanism_type(),
+                        if cached.rsa { "RSA" } else { "EC" },
+                        key.hex()
+                    ),
+                });
+            }
+            session.sign(mechanism, cached.handle, data).map_err(|e| match from_cryptoki(e) {
+                Error::Pkcs11 { rv, .. }
+                    if rv == "CKR_KEY_TYPE_INCONSISTENT" || rv == "CKR_KEY_FUNCTION_NOT_PERMITTED" =>
+                {
+                    Error::MechanismUnsupported {
+                        mechanism: format!("{:?} with key {}", mechanism.mechanism_type(), key.hex()),
+                    }
                 }
                 other => other,
             })
@@ -410,7 +444,7 @@ impl Keystore {
     /// Reads the private key's protection attributes.
     pub fn protection(&self, key: &KeyRef) -> Result<KeyProtection> {
         self.with_session(|session| {
-            let handle = self.private_handle(session, key)?;
+            let handle = self.private_key(session, key)?.handle;
             let attrs = session
                 .get_attributes(
                     handle,
@@ -458,7 +492,10 @@ impl Keystore {
     pub fn keys_labelled(&self, label: &str) -> Result<Vec<KeyRef>> {
         self.with_session(|session| {
             let found = session
-                .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Label(label.as_bytes().to_vec())])
+                .find_objects(&[
+                    Attribute::Class(ObjectClass::PRIVATE_KEY),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                ])
                 .map_err(from_cryptoki)?;
             let mut keys = Vec::new();
             for handle in found {

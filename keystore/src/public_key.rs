@@ -20,9 +20,15 @@ pub(crate) const SECP256R1: der::oid::ObjectIdentifier = der::oid::db::rfc5912::
 /// Encodes an RSA public key from `CKA_MODULUS` and `CKA_PUBLIC_EXPONENT`.
 pub(crate) fn rsa_spki(modulus: &[u8], exponent: &[u8]) -> Result<Vec<u8>> {
     let invalid = |e: der::Error| Error::InvalidInput(format!("RSA public key from the token: {e}"));
-    let key = RsaPublicKey { modulus: UintRef::new(modulus).map_err(invalid)?, public_exponent: UintRef::new(exponent).map_err(invalid)? };
+    let key = RsaPublicKey {
+        modulus: UintRef::new(modulus).map_err(invalid)?,
+        public_exponent: UintRef::new(exponent).map_err(invalid)?,
+    };
     let spki = SubjectPublicKeyInfoOwned {
-        algorithm: AlgorithmIdentifierOwned { oid: der::oid::db::rfc5912::RSA_ENCRYPTION, parameters: Some(der::asn1::Null.into()) },
+        algorithm: AlgorithmIdentifierOwned {
+            oid: der::oid::db::rfc5912::RSA_ENCRYPTION,
+            parameters: Some(der::asn1::Null.into()),
+        },
         subject_public_key: BitString::from_bytes(&key.to_der().map_err(invalid)?).map_err(invalid)?,
     };
     spki.to_der().map_err(invalid)
@@ -62,7 +68,7 @@ pub(crate) fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>> {
         r: UintRef<'a>,
         s: UintRef<'a>,
     }
-    if raw.is_empty() || raw.len() % 2 != 0 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) {
         return Err(Error::InvalidInput(format!("ECDSA signature of odd length {}", raw.len())));
     }
     let (r, s) = raw.split_at(raw.len() / 2);

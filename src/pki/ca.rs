@@ -6,11 +6,11 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use der::referenced::OwnedToRef;
 use der::{Decode, Encode};
 use rsa::pkcs8::DecodePrivateKey;
 use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::builder::profile::BuilderProfile;
-use der::referenced::OwnedToRef;
 use x509_cert::builder::{Builder, CertificateBuilder};
 use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
 use x509_cert::ext::pkix::crl::CrlNumber;
@@ -42,7 +42,8 @@ impl std::fmt::Debug for Ca {
 /// Reads an RSA private key from a PKCS#8 PEM file.
 pub fn read_key(path: &Path) -> Result<rsa::RsaPrivateKey, PkiError> {
     let text = std::fs::read_to_string(path).map_err(|e| PkiError(format!("cannot read {}: {e}", path.display())))?;
-    let (_, der) = der::pem::decode_vec(text.as_bytes()).map_err(|e| PkiError(format!("{}: not PEM: {e}", path.display())))?;
+    let (_, der) =
+        der::pem::decode_vec(text.as_bytes()).map_err(|e| PkiError(format!("{}: not PEM: {e}", path.display())))?;
     rsa::RsaPrivateKey::from_pkcs8_der(&der)
         .map_err(|e| PkiError(format!("{}: not a PKCS#8 RSA key: {e}", path.display())))
 }
@@ -130,7 +131,12 @@ impl Ca {
     }
 
     /// Makes a self-signed root CA.
-    pub fn new_root(subject: Name, key: rsa::RsaPrivateKey, not_before: SystemTime, not_after: SystemTime) -> Result<Ca, PkiError> {
+    pub fn new_root(
+        subject: Name,
+        key: rsa::RsaPrivateKey,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Ca, PkiError> {
         let spki = public_key_info(&key)?;
         let signer = SigningKey::new(key);
         let profile = Profile { issuer: subject.clone(), subject, kind: Kind::RootCa };
@@ -180,18 +186,31 @@ impl Ca {
     }
 
     /// Issues a CRL listing `revoked` serial numbers, valid from `this_update` to `next_update`.
-    pub fn crl(&self, number: u32, revoked: &[SerialNumber], this_update: SystemTime, next_update: SystemTime) -> Result<Vec<u8>, PkiError> {
+    pub fn crl(
+        &self,
+        number: u32,
+        revoked: &[SerialNumber],
+        this_update: SystemTime,
+        next_update: SystemTime,
+    ) -> Result<Vec<u8>, PkiError> {
         let entries: Vec<RevokedCert> = revoked
             .iter()
-            .map(|s| Ok(RevokedCert { serial_number: s.clone(), revocation_date: time(this_update)?, crl_entry_extensions: None }))
+            .map(|s| {
+                Ok(RevokedCert {
+                    serial_number: s.clone(),
+                    revocation_date: time(this_update)?,
+                    crl_entry_extensions: None,
+                })
+            })
             .collect::<Result<_, PkiError>>()?;
         // Built by hand rather than with x509-cert's CrlBuilder, which copies the
         // issuer's own authorityKeyIdentifier (naming the issuer's issuer) into the
         // CRL; OpenSSL then cannot match the CRL to its CA.
         let number = CrlNumber::try_from(number).map_err(|e| PkiError(e.to_string()))?;
         let issuer = self.certificate.tbs_certificate().subject().clone();
-        let ski = SubjectKeyIdentifier::try_from(self.certificate.tbs_certificate().subject_public_key_info().owned_to_ref())
-            .map_err(|e| PkiError(e.to_string()))?;
+        let ski =
+            SubjectKeyIdentifier::try_from(self.certificate.tbs_certificate().subject_public_key_info().owned_to_ref())
+                .map_err(|e| PkiError(e.to_string()))?;
         let aki = AuthorityKeyIdentifier { key_identifier: Some(ski.0), ..Default::default() };
         let mut extensions = vec![(&number).to_extension(&issuer, &[])?];
         extensions.push((&aki).to_extension(&issuer, &extensions)?);
@@ -208,7 +227,8 @@ impl Ca {
             revoked_certificates: (!entries.is_empty()).then_some(entries),
             crl_extensions: Some(extensions),
         };
-        let signature = rsa::signature::Signer::try_sign(&self.key, &tbs.to_der()?).map_err(|e| PkiError(e.to_string()))?;
+        let signature =
+            rsa::signature::Signer::try_sign(&self.key, &tbs.to_der()?).map_err(|e| PkiError(e.to_string()))?;
         let crl = CertificateList {
             tbs_cert_list: tbs,
             signature_algorithm: algorithm,

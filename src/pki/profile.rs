@@ -197,9 +197,9 @@ pub fn extensions(kind: &Kind) -> Result<Vec<Extension>, PkiError> {
         ],
         Kind::HpkiSigning { role, crl_url } => {
             let dp = CrlDistributionPoints(vec![DistributionPoint {
-                distribution_point: Some(DistributionPointName::FullName(vec![GeneralName::UniformResourceIdentifier(
-                    Ia5String::new(crl_url)?,
-                )])),
+                distribution_point: Some(DistributionPointName::FullName(vec![
+                    GeneralName::UniformResourceIdentifier(Ia5String::new(crl_url)?),
+                ])),
                 reasons: None,
                 crl_issuer: None,
             }]);
@@ -216,10 +216,7 @@ pub fn extensions(kind: &Kind) -> Result<Vec<Extension>, PkiError> {
             ext(ce::ID_CE_EXT_KEY_USAGE, false, &ExtendedKeyUsage(vec![oids::CLIENT_AUTH]))?,
             hc_role(*role)?,
         ],
-        Kind::JpkiAuth => vec![
-            key_usage(KeyUsages::DigitalSignature)?,
-            policies(oids::JPKI_AUTH_POLICY)?,
-        ],
+        Kind::JpkiAuth => vec![key_usage(KeyUsages::DigitalSignature)?, policies(oids::JPKI_AUTH_POLICY)?],
         Kind::TlsServer { dns, ips } => {
             let mut names = Vec::new();
             for d in dns {

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Prepares this machine and project for inkan; idempotent.
+#
+#  1. Installs what is missing on Debian: SoftHSM (softhsm2) and OpenSSL.
+#  2. Renders softhsm/softhsm2.conf.in into var/softhsm/softhsm2.conf, with the
+#     token directory var/softhsm/tokens inside the project.
+#  3. Initialises the token by its label (default "inkan", INKAN_TOKEN_LABEL)
+#     unless a token with that label exists. PINs come from INKAN_TOKEN_SO_PIN /
+#     INKAN_TOKEN_USER_PIN, else from var/token-pins.toml, else new random PINs
+#     are written there (mode 0600). Slots are never addressed by number:
+#     SoftHSM renumbers them when a token is initialised (--free picks a free one).
+#
+# Usage: softhsm/setup.sh [--deps-only]
+#   --deps-only   only step 1 (the test suite makes its own tokens in temp dirs)
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+module=${INKAN_TOKEN_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+
+need=()
+[ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]} ..." >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+[ "${1:-}" = "--deps-only" ] && exit 0
+
+data=${INKAN_DATA_DIR:-$root/var}
+label=${INKAN_TOKEN_LABEL:-inkan}
+mkdir -p "$data/softhsm/tokens"
+conf="$data/softhsm/softhsm2.conf"
+tokendir=$(cd "$data/softhsm/tokens" && pwd)
+if [ ! -f "$conf" ]; then
+  sed "s|@TOKENDIR@|$tokendir|" "$root/softhsm/softhsm2.conf.in" > "$conf"
+  echo "wrote $conf" >&2
+fi
+export SOFTHSM2_CONF="$conf"
+
+if softhsm2-util --show-slots 2>/dev/null | grep -Eq "^ *Label: *$label *$"; then
+  echo "token \"$label\" exists ($conf)" >&2
+  exit 0
+fi
+
+pins="$data/token-pins.toml"
+so_pin=${INKAN_TOKEN_SO_PIN:-}
+user_pin=${INKAN_TOKEN_USER_PIN:-}
+if [ -f "$pins" ]; then
+  [ -n "$so_pin" ] || so_pin=$(sed -n 's/^so_pin = "\(.*\)"$/\1/p' "$pins")
+  [ -n "$user_pin" ] || user_pin=$(sed -n 's/^user_pin = "\(.*\)"$/\1/p' "$pins")
+fi
+if [ -z "$so_pin" ] || [ -z "$user_pin" ]; then
+  rand() { LC_ALL=C tr -dc '0-9' </dev/urandom 2>/dev/null | head -c 16 || true; }
+  [ -n "$so_pin" ] || so_pin=$(rand)
+  [ -n "$user_pin" ] || user_pin=$(rand)
+  (umask 077; printf 'user_pin = "%s"\nso_pin = "%s"\n' "$user_pin" "$so_pin" > "$pins")
+  echo "wrote new random PINs to $pins" >&2
+fi
+softhsm2-util --module "$module" --init-token --free --label "$label" --so-pin "$so_pin" --pin "$user_pin" >/dev/null
+echo "token \"$label\" initialised ($conf)" >&2

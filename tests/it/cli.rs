@@ -1,0 +1,406 @@
+//! The operator CLI end to end: the real binary, SoftHSM, SQLite, openssl.
+
+use crate::harness::{fixture, openssl_print, openssl_verify, Env};
+
+fn s(p: &std::path::Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn lifecycle_generate_import_sign_rotate() {
+    let env = Env::new();
+    env.add_user("999001-jpa", "pharmacist");
+    let csr = env.path("gen1.csr");
+    let out = env.json(&["key", "generate", "999001-jpa", "--csr-out", s(&csr)]);
+    assert_eq!(out["key"]["state"], "pending");
+    assert_eq!(out["key"]["generation"], 1);
+    let csr_text = std::fs::read_to_string(&csr).expect("csr");
+    assert!(csr_text.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
+    // The CSR verifies with openssl and names the user.
+    let req = std::process::Command::new("openssl")
+        .args(["req", "-verify", "-noout", "-subject", "-in"])
+        .arg(&csr)
+        .output()
+        .expect("openssl");
+    assert!(req.status.success(), "{}", String::from_utf8_lossy(&req.stderr));
+    assert!(String::from_utf8_lossy(&req.stdout).contains("serialNumber = 999001-jpa"));
+
+    let cert1 = env.path("gen1.pem");
+    env.issue(&csr, &cert1, &["--qualification", "pharmacist"]);
+    let activated = env.json(&["key", "import-cert", "999001-jpa", s(&cert1)]);
+    assert_eq!(activated["state"], "active");
+
+    // Detached and attached signatures verify with openssl.
+    let doc = env.path("rx.txt");
+    std::fs::write(&doc, "処方箋\n".repeat(100)).expect("doc");
+    let sig1 = env.path("rx1.p7s");
+    env.ok(&["sign", "999001-jpa", s(&doc), "--out", s(&sig1)]);
+    let (ok, err) = openssl_verify(&sig1, Some(&doc));
+    assert!(ok, "openssl rejects the detached signature: {err}");
+    let printed = openssl_print(&sig1);
+    assert!(
+        printed.contains("id-smime-aa-signingCertificateV2") || printed.contains("1.2.840.113549.1.9.16.2.47"),
+        "{printed}"
+    );
+    for attr in ["contentType", "messageDigest", "signingTime"] {
+        assert!(printed.contains(attr), "missing {attr}: {printed}");
+    }
+    // A changed document no longer verifies.
+    let tampered = env.path("tampered.txt");
+    std::fs::write(&tampered, "処方箋\n".repeat(99)).expect("doc");
+    assert!(!openssl_verify(&sig1, Some(&tampered)).0);
+
+    let attached = env.path("rx1-attached.p7s");
+    env.ok(&["sign", "999001-jpa", s(&doc), "--out", s(&attached), "--attached"]);
+    assert!(openssl_verify(&attached, None).0);
+
+    // Rotation: a second generation, pending until its certificate is imported.
+    let csr2 = env.path("gen2.csr");
+    let rotated = env.json(&["key", "rotate", "999001-jpa", "--csr-out", s(&csr2)]);
+    assert_eq!(rotated["key"]["generation"], 2);
+    // Until the import, signatures still use generation 1.
+    let sig_between = env.path("between.p7s");
+    let signed = env.json(&["sign", "999001-jpa", s(&doc), "--out", s(&sig_between)]);
+    assert_eq!(signed["generation"], 1);
+    let cert2 = env.path("gen2.pem");
+    env.issue(&csr2, &cert2, &["--qualification", "pharmacist"]);
+    env.ok(&["key", "import-cert", "999001-jpa", s(&cert2)]);
+    let keys = env.json(&["key", "list", "999001-jpa"]);
+    let states: Vec<_> =
+        keys.as_array().expect("list").iter().map(|k| k["state"].as_str().unwrap_or("").to_owned()).collect();
+    assert_eq!(states, ["retired", "active"]);
+
+    let sig2 = env.path("rx2.p7s");
+    let signed = env.json(&["sign", "999001-jpa", s(&doc), "--out", s(&sig2)]);
+    assert_eq!(signed["generation"], 2);
+    assert!(openssl_verify(&sig2, Some(&doc)).0);
+    // The earlier signature still verifies, and the two name different certificates.
+    assert!(openssl_verify(&sig1, Some(&doc)).0);
+    let serial = |p: &std::path::Path| {
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in"])
+            .arg(p)
+            .output()
+            .expect("openssl");
+        String::from_utf8_lossy(&out.stdout).trim().trim_start_matches("serial=").to_owned()
+    };
+    let (s1, s2) = (serial(&cert1), serial(&cert2));
+    assert_ne!(s1, s2);
+    let p1 = openssl_print(&sig1).to_uppercase().replace(':', "");
+    let p2 = openssl_print(&sig2).to_uppercase().replace(':', "");
+    let dec = |hex: &str| u128::from_str_radix(hex, 16).map(|v| v.to_string()).unwrap_or_default();
+    assert!(p1.contains(&dec(&s1)) && !p1.contains(&dec(&s2)), "first signature names the first certificate");
+    assert!(p2.contains(&dec(&s2)), "second signature names the second certificate");
+
+    // Every step is in the audit log, and the chain verifies.
+    let tail = env.json(&["audit", "tail", "--user", "999001-jpa", "--limit", "100"]);
+    let events: Vec<_> =
+        tail.as_array().expect("rows").iter().rev().map(|r| r["event"].as_str().unwrap_or("").to_owned()).collect();
+    assert_eq!(
+        events,
+        [
+            "user.add",
+            "key.generate",
+            "key.activate",
+            "sign",
+            "sign",
+            "key.rotate",
+            "sign",
+            "key.activate",
+            "key.retire",
+            "sign"
+        ]
+    );
+    assert!(env.ok(&["audit", "verify"]).contains("intact"));
+}
+
+#[test]
+fn ec_p256_rsa3072_and_pss_signatures_verify() {
+    let env = Env::new();
+    let doc = env.path("doc.bin");
+    std::fs::write(&doc, vec![0x5a; 1024]).expect("doc");
+    for (id, alg) in [("200001", "p256"), ("200002", "rsa3072")] {
+        env.user_with_key(id, alg);
+        let sig = env.path(&format!("{id}.p7s"));
+        env.ok(&["sign", id, s(&doc), "--out", s(&sig)]);
+        let (ok, err) = openssl_verify(&sig, Some(&doc));
+        assert!(ok, "{alg}: {err}");
+    }
+    // RSA-PSS by configuration.
+    let sig = env.path("pss.p7s");
+    let r = env.run_with(&["sign", "200002", s(&doc), "--out", s(&sig)], &[("INKAN_SIGNING_RSA_SCHEME", "pss")]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(openssl_print(&sig).contains("rsassaPss"), "PSS algorithm identifier");
+    let (ok, err) = openssl_verify(&sig, Some(&doc));
+    assert!(ok, "pss: {err}");
+}
+
+#[test]
+fn large_document_attached_streams() {
+    let env = Env::new();
+    env.user_with_key("300001", "rsa2048");
+    let doc = env.path("big.bin");
+    let chunk: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
+    let mut data = Vec::new();
+    for _ in 0..6 {
+        data.extend_from_slice(&chunk);
+    }
+    std::fs::write(&doc, &data).expect("doc");
+    let sig = env.path("big.p7s");
+    env.ok(&["sign", "300001", s(&doc), "--out", s(&sig), "--attached"]);
+    assert!(std::fs::metadata(&sig).expect("sig").len() > data.len() as u64);
+    let out = std::process::Command::new("openssl")
+        .args(["cms", "-verify", "-binary", "-inform", "DER", "-in"])
+        .arg(&sig)
+        .arg("-CAfile")
+        .arg(crate::harness::ca_bundle())
+        .args(["-purpose", "any", "-out"])
+        .arg(env.path("extracted.bin"))
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(env.path("extracted.bin")).expect("extracted"), data);
+}
+
+#[test]
+fn keys_in_the_token_are_sensitive_and_sign_only() {
+    let env = Env::new();
+    env.user_with_key("400001", "rsa2048");
+    let p = env.json(&["key", "inspect", "400001"]);
+    assert_eq!(p["sensitive"], true);
+    assert_eq!(p["extractable"], false);
+    assert_eq!(p["always_sensitive"], true);
+    assert_eq!(p["never_extractable"], true);
+    assert_eq!(p["sign"], true);
+    assert_eq!(p["decrypt"], false);
+    assert_eq!(p["unwrap"], false);
+    assert_eq!(p["derive"], false);
+}
+
+#[test]
+fn unknown_and_duplicate_users_are_refused() {
+    let env = Env::new();
+    env.add_user("100001", "doctor");
+    let before = env.snapshot();
+    let err = env.fails(&["user", "add", "100001", "--name", "Again", "--qualification", "doctor"]);
+    assert!(err.contains("exists already"), "{err}");
+    let doc = env.path("d.txt");
+    std::fs::write(&doc, "x").expect("doc");
+    for args in [
+        vec!["user", "show", "nobody"],
+        vec!["key", "generate", "nobody", "--csr-out", "/tmp/never.csr"],
+        vec!["key", "list", "nobody"],
+        vec!["sign", "nobody", s(&doc), "--out", "/tmp/never.p7s"],
+    ] {
+        let err = env.fails(&args);
+        assert!(err.contains("unknown user \"nobody\""), "{args:?}: {err}");
+        assert!(err.contains("inkan user"), "says what to do: {err}");
+    }
+    let err = env.fails(&["user", "add", "bad id!", "--name", "X", "--qualification", "doctor"]);
+    assert!(err.contains("invalid user ID"), "{err}");
+    let r = env.run(&["user", "add", "100009", "--name", "X", "--qualification", "astronaut"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("unknown qualification"), "{}", r.stderr);
+    assert_eq!(env.snapshot(), before, "failed commands changed nothing");
+    assert!(!std::path::Path::new("/tmp/never.csr").exists());
+}
+
+#[test]
+fn certificate_import_refuses_foreign_expired_and_unmatched() {
+    let env = Env::new();
+    env.add_user("500001", "doctor");
+    env.add_user("500002", "doctor");
+    let csr1 = env.path("a.csr");
+    let csr2 = env.path("b.csr");
+    env.ok(&["key", "generate", "500001", "--csr-out", s(&csr1)]);
+    env.ok(&["key", "generate", "500002", "--csr-out", s(&csr2)]);
+    let before = env.snapshot();
+
+    // A certificate for another user's key.
+    let other = env.path("other.pem");
+    env.issue(&csr2, &other, &[]);
+    let err = env.fails(&["key", "import-cert", "500001", s(&other)]);
+    assert!(err.contains("matches no pending key of 500001"), "{err}");
+
+    // Expired.
+    let expired = env.path("expired.pem");
+    env.issue(&csr1, &expired, &["--expired"]);
+    let err = env.fails(&["key", "import-cert", "500001", s(&expired)]);
+    assert!(err.contains("expired"), "{err}");
+
+    // Issued by another CA (the HPKI authentication CA, not the signing CA).
+    let foreign = env.path("foreign.pem");
+    env.issue(
+        &csr1,
+        &foreign,
+        &["--ca-cert", s(&fixture("hpki-auth-ca.pem")), "--ca-key", s(&fixture("hpki-auth-ca.key"))],
+    );
+    let err = env.fails(&["key", "import-cert", "500001", s(&foreign)]);
+    assert!(err.contains("not issued by the configured CA"), "{err}");
+
+    // Garbage.
+    let junk = env.path("junk.pem");
+    std::fs::write(&junk, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").expect("junk");
+    let err = env.fails(&["key", "import-cert", "500001", s(&junk)]);
+    assert!(err.contains("certificate"), "{err}");
+    std::fs::write(&junk, [0x30, 0x03, 0x02, 0x01]).expect("junk");
+    env.fails(&["key", "import-cert", "500001", s(&junk)]);
+
+    assert_eq!(env.snapshot(), before, "refused imports changed nothing");
+    let keys = env.json(&["key", "list", "500001"]);
+    assert_eq!(keys[0]["state"], "pending");
+
+    // The right certificate is accepted; importing it again is refused.
+    let good = env.path("good.pem");
+    env.issue(&csr1, &good, &[]);
+    env.ok(&["key", "import-cert", "500001", s(&good)]);
+    let err = env.fails(&["key", "import-cert", "500001", s(&good)]);
+    assert!(err.contains("active, not pending"), "{err}");
+}
+
+#[test]
+fn signing_needs_an_active_key_and_an_enabled_user() {
+    let env = Env::new();
+    env.add_user("600001", "doctor");
+    let doc = env.path("d.txt");
+    std::fs::write(&doc, "x").expect("doc");
+    let out = env.path("d.p7s");
+    let before = env.snapshot();
+    let err = env.fails(&["sign", "600001", s(&doc), "--out", s(&out)]);
+    assert!(err.contains("no active key"), "{err}");
+    assert_eq!(env.snapshot(), before);
+    env.ok(&["key", "generate", "600001", "--csr-out", s(&env.path("p.csr"))]);
+    let err = env.fails(&["sign", "600001", s(&doc), "--out", s(&out)]);
+    assert!(err.contains("no active key"), "pending is not active: {err}");
+    assert!(!out.exists());
+
+    env.user_with_key("600002", "rsa2048");
+    env.ok(&["user", "disable", "600002"]);
+    let before = env.snapshot();
+    let err = env.fails(&["sign", "600002", s(&doc), "--out", s(&out)]);
+    assert!(err.contains("disabled"), "{err}");
+    assert!(!out.exists());
+    assert_eq!(env.snapshot(), before);
+    env.ok(&["user", "enable", "600002"]);
+    env.ok(&["sign", "600002", s(&doc), "--out", s(&out)]);
+    // A retired key signs no more.
+    env.ok(&["key", "retire", "600002", "--generation", "1"]);
+    let err = env.fails(&["sign", "600002", s(&doc), "--out", s(&env.path("r.p7s"))]);
+    assert!(err.contains("no active key"), "{err}");
+}
+
+#[test]
+fn token_problems_are_reported_and_change_nothing() {
+    let env = Env::new();
+    env.add_user("700001", "doctor");
+    let before = env.snapshot();
+    let csr = env.path("x.csr");
+    let csr_s = s(&csr);
+
+    let r = env.run_with(&["key", "generate", "700001", "--csr-out", csr_s], &[("INKAN_TOKEN_USER_PIN", "wrong-pin")]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("login failed") && r.stderr.contains("CKR_PIN_INCORRECT"), "{}", r.stderr);
+    assert!(!r.stderr.contains("wrong-pin"), "the PIN never reaches an error");
+
+    let r = env.run_with(&["key", "generate", "700001", "--csr-out", csr_s], &[("INKAN_TOKEN_LABEL", "no-such-token")]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("no token labelled \"no-such-token\""), "{}", r.stderr);
+
+    let r = env.run_with(
+        &["key", "generate", "700001", "--csr-out", csr_s],
+        &[("INKAN_TOKEN_MODULE", "/nonexistent/libpkcs11.so")],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("/nonexistent/libpkcs11.so") && r.stderr.contains("does not exist"), "{}", r.stderr);
+
+    assert_eq!(env.snapshot(), before);
+    assert!(!csr.exists());
+    // The right PIN still works afterwards (SoftHSM did not lock it).
+    env.ok(&["key", "generate", "700001", "--csr-out", csr_s]);
+}
+
+#[test]
+fn killed_key_generation_leaves_no_half_registered_key() {
+    let env = Env::new();
+    env.add_user("800001", "doctor");
+    let before = env.snapshot();
+    let csr = env.path("k.csr");
+    let r = env.run_with(
+        &["key", "generate", "800001", "--csr-out", s(&csr)],
+        &[("INKAN_DANGER_CRASH_AT", "after-token-keygen")],
+    );
+    assert_ne!(r.code, 0, "the process was killed");
+    assert_eq!(env.snapshot(), before, "nothing registered");
+    assert!(!csr.exists());
+    assert_eq!(env.json(&["key", "list", "800001"]).as_array().map(Vec::len), Some(0));
+    // The next generation cleans the orphan from the token and is generation 1.
+    let out = env.json(&["key", "generate", "800001", "--csr-out", s(&csr)]);
+    assert_eq!(out["orphans_removed"], 1);
+    assert_eq!(out["key"]["generation"], 1);
+    assert!(env.ok(&["audit", "verify"]).contains("intact"));
+}
+
+#[test]
+fn edited_or_truncated_audit_log_is_detected() {
+    let env = Env::new();
+    env.add_user("900001", "doctor");
+    env.add_user("900002", "doctor");
+    env.add_user("900003", "doctor");
+    assert_eq!(env.audit_rows(), 3);
+    let db = rusqlite::Connection::open(env.data().join("inkan.db")).expect("db");
+    let err = db.execute("UPDATE audit SET outcome = 'denied' WHERE seq = 2", []).expect_err("triggers refuse edits");
+    assert!(err.to_string().contains("append-only"));
+    db.execute_batch("DROP TRIGGER audit_append_only_update; UPDATE audit SET detail = '{}' WHERE seq = 2;")
+        .expect("tamper");
+    let r = env.run(&["audit", "verify"]);
+    assert_eq!(r.code, 3);
+    assert!(r.stderr.contains("broken at row 2") && r.stderr.contains("edited"), "{}", r.stderr);
+    let r = env.run(&["--json", "audit", "verify"]);
+    assert_eq!(r.code, 3);
+    let v: serde_json::Value = serde_json::from_str(&r.stderr).expect("json error");
+    assert_eq!(v["broken"]["seq"], 2);
+
+    let env = Env::new();
+    env.add_user("900001", "doctor");
+    env.add_user("900002", "doctor");
+    let db = rusqlite::Connection::open(env.data().join("inkan.db")).expect("db");
+    db.execute_batch("DROP TRIGGER audit_append_only_delete; DELETE FROM audit WHERE seq = 2;").expect("tamper");
+    let r = env.run(&["audit", "verify"]);
+    assert_eq!(r.code, 3);
+    assert!(r.stderr.contains("deleted"), "{}", r.stderr);
+}
+
+#[test]
+fn pending_key_csr_can_be_exported_again_and_one_pending_at_a_time() {
+    let env = Env::new();
+    env.add_user("110001", "dentist");
+    let csr = env.path("a.csr");
+    env.ok(&["key", "generate", "110001", "--csr-out", s(&csr)]);
+    let err = env.fails(&["key", "generate", "110001", "--csr-out", s(&env.path("b.csr"))]);
+    assert!(err.contains("pending key"), "{err}");
+    let again = env.path("again.csr");
+    env.ok(&["key", "csr", "110001", "--csr-out", s(&again)]);
+    assert_eq!(std::fs::read(&csr).expect("a"), std::fs::read(&again).expect("again"));
+    let err = env.fails(&["key", "rotate", "110001", "--csr-out", s(&env.path("c.csr"))]);
+    assert!(err.contains("pending key"), "{err}");
+    env.ok(&["key", "retire", "110001", "--generation", "1"]);
+    let err = env.fails(&["key", "rotate", "110001", "--csr-out", s(&env.path("c.csr"))]);
+    assert!(err.contains("no active key to rotate"), "{err}");
+}
+
+#[test]
+fn init_is_idempotent_and_json_everywhere() {
+    let env = Env::bare();
+    let first = env.json(&["init"]);
+    assert_eq!(first["token_created"], true);
+    let second = env.json(&["init"]);
+    assert_eq!(second["token_created"], false);
+    env.add_user("120001", "doctor");
+    let users = env.json(&["user", "list"]);
+    assert_eq!(users[0]["id"], "120001");
+    let shown = env.json(&["user", "show", "120001"]);
+    assert_eq!(shown["user"]["qualification"], "doctor");
+    let r = env.run(&["--json", "user", "show", "nobody"]);
+    let v: serde_json::Value = serde_json::from_str(r.stderr.trim()).expect("json error");
+    assert!(v["error"].as_str().unwrap_or("").contains("unknown user"));
+}

@@ -1,0 +1,259 @@
+//! Test environments: a temp directory with a config file, a SoftHSM token and
+//! a database, and helpers to run the real `inkan` binary against it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use serde_json::Value;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fixture file.
+pub fn fixture(rel: &str) -> PathBuf {
+    root().join("fixtures/pki").join(rel)
+}
+
+pub const USER_PIN: &str = "it-user-1234";
+pub const SO_PIN: &str = "it-so-5678";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// One isolated inkan installation.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+/// The result of running the binary.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    }
+}
+
+impl Env {
+    /// A new environment with `inkan init` done.
+    pub fn new() -> Env {
+        let env = Env::bare();
+        env.ok(&["init"]);
+        env
+    }
+
+    /// A new environment, nothing initialised.
+    pub fn bare() -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let label = format!("it-{}-{n}", std::process::id());
+        let config = dir.path().join("inkan.toml");
+        let text = format!(
+            r#"data_dir = "var"
+[token]
+label = "{label}"
+user_pin = "{USER_PIN}"
+so_pin = "{SO_PIN}"
+[pki]
+signing_ca = "{ca}"
+chain = ["{root}"]
+"#,
+            ca = fixture("hpki-signing-ca.pem").display(),
+            root = fixture("hpki-root.pem").display(),
+        );
+        std::fs::write(&config, text).expect("config");
+        Env { dir, config }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.path("var")
+    }
+
+    /// Runs `inkan --config <env> args...` with extra environment variables.
+    pub fn run_with(&self, args: &[&str], vars: &[(&str, &str)]) -> Run {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_inkan"));
+        cmd.arg("--config").arg(&self.config).args(args).current_dir(root());
+        cmd.env_remove("INKAN_CONFIG").env_remove("INKAN_TOKEN_USER_PIN").env_remove("INKAN_DANGER_CRASH_AT");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let Output { status, stdout, stderr } = cmd.output().expect("run inkan");
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_with(args, &[])
+    }
+
+    /// Runs and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "inkan {args:?} failed:\n{}\n{}", r.stdout, r.stderr);
+        r.stdout
+    }
+
+    /// Runs with `--json` and expects success.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let r = self.run(&a);
+        assert_eq!(r.code, 0, "inkan {args:?} failed:\n{}\n{}", r.stdout, r.stderr);
+        r.json()
+    }
+
+    /// Runs and expects failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert_ne!(r.code, 0, "inkan {args:?} should have failed:\n{}", r.stdout);
+        assert!(r.stderr.starts_with("error: "), "error output should say what failed: {}", r.stderr);
+        r.stderr
+    }
+
+    /// Adds a user.
+    pub fn add_user(&self, id: &str, qualification: &str) {
+        self.ok(&["user", "add", id, "--name", "試験 太郎", "--qualification", qualification]);
+    }
+
+    /// Issues a certificate for a CSR file with the fixture signing CA.
+    pub fn issue(&self, csr: &Path, out: &Path, extra: &[&str]) {
+        let mut args =
+            vec!["dev", "issue-cert", "--csr", csr.to_str().expect("utf-8"), "--out", out.to_str().expect("utf-8")];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+    }
+
+    /// A user with an active key of `alg`: returns the certificate path.
+    pub fn user_with_key(&self, id: &str, alg: &str) -> PathBuf {
+        self.add_user(id, "doctor");
+        let csr = self.path(&format!("{id}.csr"));
+        let cert = self.path(&format!("{id}.pem"));
+        self.ok(&["key", "generate", id, "--alg", alg, "--csr-out", csr.to_str().expect("utf-8")]);
+        self.issue(&csr, &cert, &[]);
+        self.ok(&["key", "import-cert", id, cert.to_str().expect("utf-8")]);
+        cert
+    }
+
+    /// Number of audit rows.
+    pub fn audit_rows(&self) -> i64 {
+        let v = self.json(&["audit", "verify"]);
+        v["rows"].as_i64().expect("rows")
+    }
+
+    /// A snapshot of the database tables that a failed command must not change.
+    pub fn snapshot(&self) -> String {
+        let conn = rusqlite::Connection::open(self.data().join("inkan.db")).expect("db");
+        let mut out = String::new();
+        for table in ["users", "keys", "audit"] {
+            let mut stmt = conn.prepare(&format!("SELECT * FROM {table}")).expect("select");
+            let n = stmt.column_count();
+            let rows = stmt
+                .query_map([], |r| {
+                    let mut line = Vec::new();
+                    for i in 0..n {
+                        line.push(format!("{:?}", r.get_ref(i)?));
+                    }
+                    Ok(line.join("|"))
+                })
+                .expect("query");
+            for row in rows {
+                out.push_str(&row.expect("row"));
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// The CA bundle that `openssl cms -verify` trusts.
+pub fn ca_bundle() -> PathBuf {
+    static BUNDLE: OnceLock<PathBuf> = OnceLock::new();
+    BUNDLE
+        .get_or_init(|| {
+            let path = std::env::temp_dir().join(format!("inkan-it-bundle-{}.pem", std::process::id()));
+            let text = [fixture("hpki-root.pem"), fixture("hpki-signing-ca.pem")]
+                .iter()
+                .map(|p| std::fs::read_to_string(p).expect("fixture"))
+                .collect::<String>();
+            std::fs::write(&path, text).expect("bundle");
+            path
+        })
+        .clone()
+}
+
+/// Runs `openssl cms -verify` on a DER signature; returns (success, stderr).
+pub fn openssl_verify(sig: &Path, content: Option<&Path>) -> (bool, String) {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["cms", "-verify", "-binary", "-inform", "DER", "-in"]).arg(sig);
+    if let Some(c) = content {
+        cmd.arg("-content").arg(c);
+    }
+    cmd.arg("-CAfile").arg(ca_bundle()).args(["-purpose", "any", "-out", "/dev/null"]);
+    let out = cmd.output().expect("openssl");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `openssl cms -cmsout -print` of a DER signature.
+pub fn openssl_print(sig: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(["cms", "-cmsout", "-print", "-inform", "DER", "-in"])
+        .arg(sig)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// In-process keystore tests share one SoftHSM configuration (SoftHSM reads it
+/// once per process); each test makes its own token label in it.
+pub struct SharedSoftHsm {
+    _dir: tempfile::TempDir,
+}
+
+static SOFTHSM: OnceLock<SharedSoftHsm> = OnceLock::new();
+static TOKEN_INIT: Mutex<()> = Mutex::new(());
+
+/// A new token in the process-wide SoftHSM; returns its keystore.
+pub fn token(pool_size: usize) -> (inkan::keystore::Keystore, String) {
+    SOFTHSM.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conf = dir.path().join("softhsm2.conf");
+        inkan::fixtures::write_softhsm_conf(&conf).expect("softhsm conf");
+        // Set before any thread of this process loads SoftHSM.
+        std::env::set_var("SOFTHSM2_CONF", &conf);
+        SharedSoftHsm { _dir: dir }
+    });
+    let label = format!("ks-{}", COUNTER.fetch_add(1, Ordering::SeqCst));
+    {
+        let _guard = TOKEN_INIT.lock().unwrap_or_else(|p| p.into_inner());
+        inkan::keystore::init_token(
+            Path::new(inkan::config::SOFTHSM_MODULE),
+            &label,
+            &inkan::keystore::Pin::new(SO_PIN),
+            &inkan::keystore::Pin::new(USER_PIN),
+        )
+        .expect("init token");
+    }
+    let mut cfg = inkan::keystore::KeystoreConfig::new(
+        inkan::config::SOFTHSM_MODULE,
+        label.clone(),
+        inkan::keystore::Pin::new(USER_PIN),
+    );
+    cfg.pool_size = pool_size;
+    (inkan::keystore::Keystore::open(cfg).expect("open keystore"), label)
+}

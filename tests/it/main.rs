@@ -1,0 +1,13 @@
+//! inkan's integration tests: one binary, real components only.
+//!
+//! - the `inkan` binary, run as an operator would, against
+//! - SoftHSM (each test its own token directory and label),
+//! - a real SQLite file,
+//! - signatures checked by `openssl cms -verify`.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::disallowed_methods)]
+
+mod cades;
+mod cli;
+mod harness;
+mod keystore;
