@@ -309,11 +309,32 @@ pub fn sign_parts(
     assemble(identity, digest_alg, &attributes, &signature, content_len)
 }
 
+/// Signs a document held in memory: detached, or enveloping it. Returns DER.
+pub fn sign_document(
+    keystore: &Keystore,
+    identity: &SignerIdentity,
+    digest_alg: DigestAlgorithm,
+    document: &[u8],
+    attached: bool,
+    signing_time: SystemTime,
+) -> Result<Vec<u8>, CadesError> {
+    let digest = digest_alg.digest(document);
+    let parts =
+        sign_parts(keystore, identity, digest_alg, &digest, signing_time, attached.then_some(document.len() as u64))?;
+    let mut der = parts.prefix;
+    der.reserve(parts.suffix.len() + if attached { document.len() } else { 0 });
+    if attached {
+        der.extend_from_slice(document);
+    }
+    der.extend_from_slice(&parts.suffix);
+    Ok(der)
+}
+
 /// Hashes a stream with constant memory; returns the digest and the byte count.
 pub fn hash_stream(digest_alg: DigestAlgorithm, mut reader: impl Read) -> std::io::Result<(Vec<u8>, u64)> {
     fn run<D: Digest>(mut reader: impl Read) -> std::io::Result<(Vec<u8>, u64)> {
         let mut hasher = D::new();
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; 32 * 1024];
         let mut total = 0u64;
         loop {
             let n = match reader.read(&mut buf) {
