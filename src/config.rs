@@ -35,6 +35,112 @@ pub struct Config {
     pub pki: PkiConfig,
     /// Signature formats.
     pub signing: SigningConfig,
+    /// The HTTPS service.
+    pub server: ServerConfig,
+    /// HPKI card login trust store.
+    pub hpki: CardTrustConfig,
+    /// JPKI (My Number card) login trust store.
+    pub jpki: CardTrustConfig,
+    /// Cloud Signature Consortium API.
+    pub csc: CscConfig,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Main HTTPS listener (no client certificate).
+    pub listen: String,
+    /// Card listener (asks for a TLS client certificate).
+    pub card_listen: String,
+    /// External URL of the main listener: the OIDC issuer.
+    pub public_url: String,
+    /// External URL of the card listener.
+    pub card_url: String,
+    /// TLS certificate chain (PEM).
+    pub tls_cert: PathBuf,
+    /// TLS private key (PEM, PKCS#8).
+    pub tls_key: PathBuf,
+    /// Auth session lifetime in hours.
+    pub session_hours: u64,
+    /// Largest JSON request body.
+    pub max_json_bytes: usize,
+    /// Largest document for `/api/v1/sign`.
+    pub max_document_bytes: usize,
+    /// Seconds a client has to send its request headers.
+    pub header_timeout_secs: u64,
+    /// Seconds in-flight requests get to finish on shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8443".into(),
+            card_listen: "127.0.0.1:8444".into(),
+            public_url: "https://localhost:8443".into(),
+            card_url: "https://localhost:8444".into(),
+            tls_cert: PathBuf::from("fixtures/pki/server.pem"),
+            tls_key: PathBuf::from("fixtures/pki/server.key"),
+            session_hours: 18,
+            max_json_bytes: 1 << 20,
+            max_document_bytes: 64 << 20,
+            header_timeout_secs: 10,
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+/// `[hpki]` / `[jpki]`: anchors, intermediates and CRLs for card login.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardTrustConfig {
+    /// Trust anchors (root CAs), PEM files.
+    pub anchors: Vec<PathBuf>,
+    /// Intermediate CAs, PEM files.
+    pub intermediates: Vec<PathBuf>,
+    /// CRLs (PEM or DER files), one per issuing CA at least.
+    pub crls: Vec<PathBuf>,
+    /// Accept CRLs past their nextUpdate (risky).
+    #[serde(default)]
+    pub danger_allow_stale_crl: bool,
+}
+
+impl CardTrustConfig {
+    fn hpki() -> Self {
+        CardTrustConfig {
+            anchors: vec![PathBuf::from("fixtures/pki/hpki-root.pem")],
+            intermediates: vec![PathBuf::from("fixtures/pki/hpki-auth-ca.pem")],
+            crls: vec![PathBuf::from("fixtures/pki/crl/hpki-auth-ca.crl.pem")],
+            danger_allow_stale_crl: false,
+        }
+    }
+
+    fn jpki() -> Self {
+        CardTrustConfig {
+            anchors: vec![PathBuf::from("fixtures/pki/jpki-root.pem")],
+            intermediates: vec![PathBuf::from("fixtures/pki/jpki-ca.pem")],
+            crls: vec![PathBuf::from("fixtures/pki/crl/jpki-ca.crl.pem")],
+            danger_allow_stale_crl: false,
+        }
+    }
+}
+
+/// `[csc]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CscConfig {
+    /// Sole Control Assurance Level: "1" (the auth session suffices) or "2"
+    /// (every signHash needs a SAD bound to exactly its hashes).
+    pub scal: String,
+    /// Lifetime of a SAD in seconds.
+    pub sad_lifetime_secs: u64,
+}
+
+impl Default for CscConfig {
+    fn default() -> Self {
+        CscConfig { scal: "1".into(), sad_lifetime_secs: 300 }
+    }
 }
 
 /// `[token]`
@@ -117,6 +223,10 @@ impl Default for Config {
             store: StoreConfig::default(),
             pki: PkiConfig::default(),
             signing: SigningConfig::default(),
+            server: ServerConfig::default(),
+            hpki: CardTrustConfig::hpki(),
+            jpki: CardTrustConfig::jpki(),
+            csc: CscConfig::default(),
         }
     }
 }
@@ -185,6 +295,7 @@ impl Config {
             None => Config::default(),
         };
         config.apply_env()?;
+        config.validate()?;
         Ok(config)
     }
 
@@ -203,6 +314,13 @@ impl Config {
         }
         fix(&mut self.pki.signing_ca);
         self.pki.chain.iter_mut().for_each(fix);
+        fix(&mut self.server.tls_cert);
+        fix(&mut self.server.tls_key);
+        for trust in [&mut self.hpki, &mut self.jpki] {
+            trust.anchors.iter_mut().for_each(fix);
+            trust.intermediates.iter_mut().for_each(fix);
+            trust.crls.iter_mut().for_each(fix);
+        }
     }
 
     fn apply_env(&mut self) -> Result<(), ConfigError> {
@@ -238,12 +356,43 @@ impl Config {
         if let Some(v) = var("INKAN_PKI_CHAIN") {
             self.pki.chain = v.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect();
         }
+        if let Some(v) = var("INKAN_SERVER_LISTEN") {
+            self.server.listen = v;
+        }
+        if let Some(v) = var("INKAN_SERVER_CARD_LISTEN") {
+            self.server.card_listen = v;
+        }
+        if let Some(v) = var("INKAN_SERVER_PUBLIC_URL") {
+            self.server.public_url = v;
+        }
+        if let Some(v) = var("INKAN_SERVER_CARD_URL") {
+            self.server.card_url = v;
+        }
+        if let Some(v) = var("INKAN_SERVER_SESSION_HOURS") {
+            self.server.session_hours = v
+                .parse()
+                .map_err(|_| ConfigError(format!("INKAN_SERVER_SESSION_HOURS must be a number, not {v:?}")))?;
+        }
+        if let Some(v) = var("INKAN_CSC_SCAL") {
+            self.csc.scal = v;
+        }
         if let Some(v) = var("INKAN_SIGNING_RSA_SCHEME") {
             self.signing.rsa_scheme = match v.as_str() {
                 "pkcs1v15" => RsaScheme::Pkcs1v15,
                 "pss" => RsaScheme::Pss,
                 _ => return Err(ConfigError(format!("INKAN_SIGNING_RSA_SCHEME must be pkcs1v15 or pss, not {v:?}"))),
             };
+        }
+        Ok(())
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !["1", "2"].contains(&self.csc.scal.as_str()) {
+            return Err(ConfigError(format!("[csc] scal must be \"1\" or \"2\", not {:?}", self.csc.scal)));
+        }
+        if self.server.session_hours == 0 {
+            return Err(ConfigError("[server] session_hours must be at least 1".into()));
         }
         Ok(())
     }

@@ -133,27 +133,53 @@ pub fn check_issued_by(cert: &Certificate, issuer: &Certificate) -> Result<(), P
     let tbs = cert.tbs_certificate().to_der()?;
     let signature =
         cert.signature().as_bytes().ok_or_else(|| PkiError("signature is not a whole number of bytes".into()))?;
-    let spki = issuer.tbs_certificate().subject_public_key_info().to_der()?;
-    let oid = cert.signature_algorithm().oid;
+    match verify_signature(
+        &tbs,
+        cert.signature_algorithm(),
+        signature,
+        issuer.tbs_certificate().subject_public_key_info(),
+    ) {
+        Ok(()) => Ok(()),
+        Err(SignatureCheck::Unsupported(e)) => Err(PkiError(e)),
+        Err(SignatureCheck::Invalid) => Err(not_issued()),
+    }
+}
+
+/// Why a signature did not verify.
+#[derive(Debug)]
+pub enum SignatureCheck {
+    /// The signature is wrong.
+    Invalid,
+    /// The algorithm or key is not one inkan checks.
+    Unsupported(String),
+}
+
+/// Verifies a signature made by `signer`'s key over `tbs` (RSA PKCS#1 v1.5 with
+/// SHA-256/384/512, the algorithms of the HPKI and JPKI CAs).
+pub fn verify_signature(
+    tbs: &[u8],
+    algorithm: &spki::AlgorithmIdentifierOwned,
+    signature: &[u8],
+    signer: &spki::SubjectPublicKeyInfoOwned,
+) -> Result<(), SignatureCheck> {
     use der::oid::db::rfc5912 as oids;
-    let verified = {
-        use rsa::pkcs8::DecodePublicKey;
-        let key = rsa::RsaPublicKey::from_public_key_der(&spki)
-            .map_err(|e| PkiError(format!("the CA's key is not an RSA key inkan can check: {e}")))?;
-        let sig = rsa::pkcs1v15::Signature::try_from(signature).map_err(|_| not_issued())?;
-        if oid == oids::SHA_256_WITH_RSA_ENCRYPTION {
-            rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(key).verify(&tbs, &sig).is_ok()
-        } else if oid == oids::SHA_384_WITH_RSA_ENCRYPTION {
-            rsa::pkcs1v15::VerifyingKey::<sha2::Sha384>::new(key).verify(&tbs, &sig).is_ok()
-        } else if oid == oids::SHA_512_WITH_RSA_ENCRYPTION {
-            rsa::pkcs1v15::VerifyingKey::<sha2::Sha512>::new(key).verify(&tbs, &sig).is_ok()
-        } else {
-            return Err(PkiError(format!("unsupported certificate signature algorithm {oid}")));
-        }
+    use rsa::pkcs8::DecodePublicKey;
+    let spki = signer.to_der().map_err(|e| SignatureCheck::Unsupported(e.to_string()))?;
+    let key = rsa::RsaPublicKey::from_public_key_der(&spki)
+        .map_err(|e| SignatureCheck::Unsupported(format!("the issuer's key is not an RSA key inkan can check: {e}")))?;
+    let sig = rsa::pkcs1v15::Signature::try_from(signature).map_err(|_| SignatureCheck::Invalid)?;
+    let ok = if algorithm.oid == oids::SHA_256_WITH_RSA_ENCRYPTION {
+        rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(key).verify(tbs, &sig).is_ok()
+    } else if algorithm.oid == oids::SHA_384_WITH_RSA_ENCRYPTION {
+        rsa::pkcs1v15::VerifyingKey::<sha2::Sha384>::new(key).verify(tbs, &sig).is_ok()
+    } else if algorithm.oid == oids::SHA_512_WITH_RSA_ENCRYPTION {
+        rsa::pkcs1v15::VerifyingKey::<sha2::Sha512>::new(key).verify(tbs, &sig).is_ok()
+    } else {
+        return Err(SignatureCheck::Unsupported(format!("unsupported signature algorithm {}", algorithm.oid)));
     };
-    if verified {
+    if ok {
         Ok(())
     } else {
-        Err(not_issued())
+        Err(SignatureCheck::Invalid)
     }
 }

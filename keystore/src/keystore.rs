@@ -134,8 +134,20 @@ impl fmt::Debug for Keystore {
     }
 }
 
-/// Loads and initialises a PKCS#11 module.
+/// One context per module path, shared by every keystore of the process.
+///
+/// `C_Initialize` must happen once per process, and SoftHSM 2.6 is not safe
+/// against a second thread entering the library while the first `C_Initialize`
+/// is still building its state (seen as crashes, `CKR_GENERAL_ERROR` and
+/// `CKR_SLOT_ID_INVALID`); slot enumeration is serialised for the same reason.
+static MODULES: Mutex<Vec<(PathBuf, Pkcs11)>> = Mutex::new(Vec::new());
+
+/// Loads and initialises a PKCS#11 module (once per process and path).
 pub(crate) fn load_module(path: &std::path::Path) -> Result<Pkcs11> {
+    let mut modules = MODULES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, ctx)) = modules.iter().find(|(p, _)| p == path) {
+        return Ok(ctx.clone());
+    }
     if !path.exists() {
         return Err(Error::TokenUnavailable {
             reason: format!(
@@ -146,13 +158,26 @@ pub(crate) fn load_module(path: &std::path::Path) -> Result<Pkcs11> {
     }
     let ctx = Pkcs11::new(path).map_err(from_cryptoki)?;
     match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(ctx),
-        Err(e) => Err(from_cryptoki(e)),
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(from_cryptoki(e)),
     }
+    modules.push((path.to_path_buf(), ctx.clone()));
+    Ok(ctx)
+}
+
+/// Holds the process-wide module lock (for slot enumeration and token initialisation).
+pub(crate) fn module_lock() -> std::sync::MutexGuard<'static, Vec<(PathBuf, Pkcs11)>> {
+    MODULES.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Finds the slot whose token has this label.
 pub(crate) fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot> {
+    let _serial = module_lock();
+    find_slot_locked(ctx, label)
+}
+
+/// [`find_slot`] for a caller that holds [`module_lock`].
+pub(crate) fn find_slot_locked(ctx: &Pkcs11, label: &str) -> Result<Slot> {
     for slot in ctx.get_slots_with_token().map_err(from_cryptoki)? {
         let info = ctx.get_token_info(slot).map_err(from_cryptoki)?;
         if info.label().trim_end() == label {
@@ -520,6 +545,20 @@ impl Keystore {
         })?;
         self.handles.write().unwrap_or_else(|p| p.into_inner()).remove(key);
         Ok(())
+    }
+
+    /// Logs the process out of the token: every session, as PKCS#11 defines it.
+    /// The next operation logs in again (and finds its key handles again).
+    pub fn logout(&self) -> Result<()> {
+        let lease = self.lease()?;
+        let result = match lease.logout() {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserNotLoggedIn, _)) => Ok(()),
+            Err(e) => Err(from_cryptoki(e)),
+        };
+        lease.discard();
+        self.pool.drain_idle();
+        self.forget_handles();
+        result
     }
 
     /// Checks that a session can be had and the token answers (for readiness probes).

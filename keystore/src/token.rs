@@ -6,7 +6,7 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::UserType;
 
 use crate::error::{from_cryptoki, Error, Result};
-use crate::keystore::{find_slot, load_module};
+use crate::keystore::{find_slot_locked, load_module, module_lock};
 use crate::pin::Pin;
 
 /// What [`init_token`] did.
@@ -24,7 +24,8 @@ pub enum TokenInit {
 /// SoftHSM renumbers slots when a token is initialised.
 pub fn init_token(module: &Path, label: &str, so_pin: &Pin, user_pin: &Pin) -> Result<TokenInit> {
     let ctx = load_module(module)?;
-    if find_slot(&ctx, label).is_ok() {
+    let _serial = module_lock();
+    if find_slot_locked(&ctx, label).is_ok() {
         return Ok(TokenInit::Existing);
     }
     let mut free = None;
@@ -38,7 +39,7 @@ pub fn init_token(module: &Path, label: &str, so_pin: &Pin, user_pin: &Pin) -> R
         reason: format!("no token labelled {label:?} and no free slot to create one in"),
     })?;
     ctx.init_token(slot, &so_pin.to_auth_pin(), label).map_err(from_cryptoki)?;
-    let slot = find_slot(&ctx, label)?;
+    let slot = find_slot_locked(&ctx, label)?;
     let session = ctx.open_rw_session(slot).map_err(from_cryptoki)?;
     session.login(UserType::So, Some(&so_pin.to_auth_pin())).map_err(from_cryptoki)?;
     session.init_pin(&user_pin.to_auth_pin()).map_err(from_cryptoki)?;

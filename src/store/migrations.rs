@@ -63,6 +63,55 @@ const MIGRATIONS: &[&str] = &[
         hash BLOB NOT NULL
     ) STRICT;
     "#,
+    // 2: the HTTPS service: signing clients, auth sessions, card mappings
+    r#"
+    CREATE TABLE clients (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL,
+        secret_hash   BLOB NOT NULL,
+        redirect_uris TEXT NOT NULL,
+        created_at    INTEGER NOT NULL
+    ) STRICT;
+
+    -- an auth session = an access token (stored as its SHA-256)
+    CREATE TABLE sessions (
+        token_hash BLOB PRIMARY KEY,
+        user_id    TEXT NOT NULL REFERENCES users(id),
+        method     TEXT NOT NULL CHECK (method IN ('hpki', 'jpki', 'fido')),
+        client_id  TEXT NOT NULL,
+        scope      TEXT NOT NULL,
+        auth_time  INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX sessions_user ON sessions(user_id);
+
+    -- HPKI card certificate (issuer, serial) -> user, maintained by operators
+    CREATE TABLE hpki_mappings (
+        issuer     BLOB NOT NULL,
+        serial     BLOB NOT NULL,
+        user_id    TEXT NOT NULL REFERENCES users(id),
+        subject    TEXT NOT NULL,
+        not_after  INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (issuer, serial)
+    ) STRICT;
+    CREATE INDEX hpki_mappings_user ON hpki_mappings(user_id);
+
+    -- My Number card certificate -> user; also found by public key
+    CREATE TABLE jpki_links (
+        issuer      BLOB NOT NULL,
+        serial      BLOB NOT NULL,
+        spki_sha256 BLOB NOT NULL,
+        user_id     TEXT NOT NULL REFERENCES users(id),
+        subject     TEXT NOT NULL,
+        not_after   INTEGER NOT NULL,
+        created_at  INTEGER NOT NULL,
+        PRIMARY KEY (issuer, serial)
+    ) STRICT;
+    CREATE INDEX jpki_links_spki ON jpki_links(spki_sha256);
+    CREATE INDEX jpki_links_user ON jpki_links(user_id);
+    "#,
 ];
 
 /// Applies the missing migrations, each in its own transaction.

@@ -220,35 +220,45 @@ pub fn openssl_print(sig: &Path) -> String {
 }
 
 /// In-process keystore tests share one SoftHSM configuration (SoftHSM reads it
-/// once per process); each test makes its own token label in it.
-pub struct SharedSoftHsm {
+/// once per process). Their tokens are all made before this process loads
+/// SoftHSM, by `softhsm2-util` in child processes: `C_InitToken` inside a process
+/// adds a slot, and SoftHSM 2.6 does not guard its slot list against threads
+/// using other slots at the same time (seen as crashes and CKR_MECHANISM_INVALID).
+struct SharedSoftHsm {
     _dir: tempfile::TempDir,
+    labels: Mutex<Vec<String>>,
 }
 
-static SOFTHSM: OnceLock<SharedSoftHsm> = OnceLock::new();
-static TOKEN_INIT: Mutex<()> = Mutex::new(());
+/// Tokens made up front; raise when adding in-process keystore tests.
+const PREMADE_TOKENS: usize = 10;
 
-/// A new token in the process-wide SoftHSM; returns its keystore.
+static SOFTHSM: OnceLock<SharedSoftHsm> = OnceLock::new();
+
+/// A fresh token in the process-wide SoftHSM; returns its keystore and label.
 pub fn token(pool_size: usize) -> (inkan::keystore::Keystore, String) {
-    SOFTHSM.get_or_init(|| {
+    let shared = SOFTHSM.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
         let conf = dir.path().join("softhsm2.conf");
         inkan::fixtures::write_softhsm_conf(&conf).expect("softhsm conf");
+        let labels: Vec<String> = (0..PREMADE_TOKENS).map(|i| format!("ks-{i}")).collect();
+        for label in &labels {
+            let out = Command::new("softhsm2-util")
+                .env("SOFTHSM2_CONF", &conf)
+                .args(["--init-token", "--free", "--label", label, "--so-pin", SO_PIN, "--pin", USER_PIN])
+                .output()
+                .expect("softhsm2-util");
+            assert!(out.status.success(), "softhsm2-util: {}", String::from_utf8_lossy(&out.stderr));
+        }
         // Set before any thread of this process loads SoftHSM.
         std::env::set_var("SOFTHSM2_CONF", &conf);
-        SharedSoftHsm { _dir: dir }
+        SharedSoftHsm { _dir: dir, labels: Mutex::new(labels) }
     });
-    let label = format!("ks-{}", COUNTER.fetch_add(1, Ordering::SeqCst));
-    {
-        let _guard = TOKEN_INIT.lock().unwrap_or_else(|p| p.into_inner());
-        inkan::keystore::init_token(
-            Path::new(inkan::config::SOFTHSM_MODULE),
-            &label,
-            &inkan::keystore::Pin::new(SO_PIN),
-            &inkan::keystore::Pin::new(USER_PIN),
-        )
-        .expect("init token");
-    }
+    let label = shared
+        .labels
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop()
+        .expect("all premade tokens are used: raise PREMADE_TOKENS in tests/it/harness.rs");
     let mut cfg = inkan::keystore::KeystoreConfig::new(
         inkan::config::SOFTHSM_MODULE,
         label.clone(),

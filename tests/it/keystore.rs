@@ -52,17 +52,17 @@ fn relogin_after_a_logout_elsewhere() {
     let scheme = SignatureScheme::RsaPkcs1v15(DigestAlgorithm::Sha256);
     ks.sign_digest(&key, scheme, &digest).expect("first signature caches the handle");
 
-    // Another session of this process logs out: PKCS#11 logs out every session.
-    let ctx = cryptoki::context::Pkcs11::new(inkan::config::SOFTHSM_MODULE).expect("module");
-    let _ = ctx.initialize(cryptoki::context::CInitializeArgs::new(cryptoki::context::CInitializeFlags::OS_LOCKING_OK));
-    let slot = ctx
-        .get_slots_with_token()
-        .expect("slots")
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).map(|i| i.label().trim_end() == label).unwrap_or(false))
-        .expect("slot");
-    let session = ctx.open_ro_session(slot).expect("session");
-    session.logout().expect("logout");
+    // A logout on any session logs out every session of the process, and
+    // SoftHSM forgets the private key handles.
+    // Here a second keystore of this process on the same token does it, so the
+    // first one's pooled session and cached handle go stale behind its back.
+    let other = inkan::keystore::Keystore::open(inkan::keystore::KeystoreConfig::new(
+        inkan::config::SOFTHSM_MODULE,
+        label,
+        inkan::keystore::Pin::new(crate::harness::USER_PIN),
+    ))
+    .expect("second keystore");
+    other.logout().expect("logout");
 
     // The keystore notices, logs in again, finds the handle again and signs.
     ks.sign_digest(&key, scheme, &digest).expect("signature after re-login");
