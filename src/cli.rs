@@ -61,6 +61,24 @@ pub enum Command {
     Audit(AuditCommand),
     /// Set up everything with demo users and sign a demo document.
     Demo,
+    /// Run the HTTPS service.
+    Serve {
+        /// Embedded defaults plus demo users, card mappings and a demo client (prints its secret).
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Signing systems (OpenID Connect clients).
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Auth sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// HPKI card certificates mapped to users.
+    #[command(subcommand)]
+    Hpki(HpkiCommand),
+    /// My Number card (JPKI) certificates linked to users.
+    #[command(subcommand)]
+    Jpki(JpkiCommand),
     /// Development tools: the fixture PKI (test keys only, never production).
     #[command(subcommand)]
     Dev(DevCommand),
@@ -162,6 +180,102 @@ pub enum KeyCommand {
         /// Generation (default: the active one).
         #[arg(long)]
         generation: Option<i64>,
+    },
+}
+
+/// `inkan client ...`
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Register a signing system; prints its client_id and secret (shown once).
+    Add {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Exact redirect URI (repeatable).
+        #[arg(long = "redirect-uri", required = true)]
+        redirect_uris: Vec<String>,
+        /// Choose the client_id (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// List clients.
+    List,
+    /// Remove a client and end its sessions.
+    Remove {
+        /// client_id
+        client_id: String,
+    },
+}
+
+/// `inkan session ...`
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// List sessions not yet expired.
+    List {
+        /// Only this user's.
+        user_id: Option<String>,
+    },
+    /// End a user's sessions, or everyone's.
+    Revoke {
+        /// The user.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        user_id: Option<String>,
+        /// Every session of every user.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// `inkan hpki ...`
+#[derive(Debug, Subcommand)]
+pub enum HpkiCommand {
+    /// Map an HPKI card certificate (its issuer and serial) to a user.
+    Map {
+        /// The user.
+        user_id: String,
+        /// The card's certificate (PEM or DER).
+        cert: PathBuf,
+    },
+    /// Remove a mapping.
+    Unmap {
+        /// The user.
+        user_id: String,
+        /// The card's certificate.
+        cert: PathBuf,
+    },
+    /// List mappings.
+    List {
+        /// Only this user's.
+        user_id: Option<String>,
+    },
+}
+
+/// `inkan jpki ...`
+#[derive(Debug, Subcommand)]
+pub enum JpkiCommand {
+    /// Link a My Number card certificate to a user.
+    Link {
+        /// The user.
+        user_id: String,
+        /// The card's user-authentication certificate (PEM or DER).
+        cert: PathBuf,
+    },
+    /// Unlink a card (or, without a certificate, all of the user's cards).
+    Unlink {
+        /// The user.
+        user_id: String,
+        /// The card's certificate.
+        cert: Option<PathBuf>,
+    },
+    /// List links.
+    List {
+        /// Only this user's.
+        user_id: Option<String>,
+    },
+    /// Import a renewal list: CSV `old_issuer_der_hex,old_serial_hex,new_cert_base64_der` per line.
+    ImportRenewals {
+        /// The CSV file.
+        file: PathBuf,
     },
 }
 
@@ -357,6 +471,14 @@ pub fn run(cli: Cli) -> Result<Output, CliError> {
             Ok(Output { text, json: serde_json::to_value(&rows)? })
         }
         Command::Demo => fixtures::demo(&config, &clock),
+        Command::Serve { demo } => {
+            crate::server::serve(config, demo).map_err(|message| CliError { message, code: 1 })?;
+            Ok(Output { text: String::new(), json: json!({ "stopped": true }) })
+        }
+        Command::Client(cmd) => client(&config, &clock, &actor, cmd),
+        Command::Session(cmd) => session(&config, &clock, &actor, cmd),
+        Command::Hpki(cmd) => hpki(&config, &clock, &actor, cmd),
+        Command::Jpki(cmd) => jpki(&config, &clock, &actor, cmd),
         Command::Dev(DevCommand::Fixtures { out }) => {
             let files = fixtures::generate(&out, &clock)?;
             Ok(Output {
@@ -521,6 +643,166 @@ fn key(config: &Config, clock: &dyn Clock, actor: &str, cmd: KeyCommand) -> Resu
                 "sign": p.sign, "decrypt": p.decrypt, "unwrap": p.unwrap, "derive": p.derive,
             });
             Ok(Output { text: serde_json::to_string_pretty(&json)?, json })
+        }
+    }
+}
+
+fn client(config: &Config, clock: &dyn Clock, actor: &str, cmd: ClientCommand) -> Result<Output, CliError> {
+    use crate::auth::clients;
+    let mut store = store(config)?;
+    match cmd {
+        ClientCommand::Add { name, redirect_uris, id } => {
+            let (c, secret) = clients::add(&mut store, clock, actor, &name, &redirect_uris, id.as_deref())?;
+            Ok(Output {
+                text: format!(
+                    "client {} registered\n  client_id:     {}\n  client_secret: {}   (shown only now: store it in the signing system)\n  redirect URIs: {}",
+                    c.name,
+                    c.id,
+                    secret,
+                    c.redirect_uris.join(", ")
+                ),
+                json: json!({ "client_id": c.id, "client_secret": secret, "name": c.name, "redirect_uris": c.redirect_uris }),
+            })
+        }
+        ClientCommand::List => {
+            let list = clients::list(&store)?;
+            let text = if list.is_empty() {
+                "no clients: register one with `inkan client add --name <NAME> --redirect-uri <URI>`".into()
+            } else {
+                list.iter()
+                    .map(|c| format!("{}  {}  {}", c.id, c.name, c.redirect_uris.join(" ")))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            Ok(Output { text, json: serde_json::to_value(&list)? })
+        }
+        ClientCommand::Remove { client_id } => {
+            let ended = clients::remove(&mut store, clock, actor, &client_id)?;
+            Ok(Output {
+                text: format!("client {client_id} removed ({ended} session(s) ended)"),
+                json: json!({ "client_id": client_id, "sessions_ended": ended }),
+            })
+        }
+    }
+}
+
+fn session(config: &Config, clock: &dyn Clock, actor: &str, cmd: SessionCommand) -> Result<Output, CliError> {
+    use crate::auth::session;
+    let mut store = store(config)?;
+    match cmd {
+        SessionCommand::List { user_id } => {
+            if let Some(u) = &user_id {
+                users::get(&store, u)?;
+            }
+            let list = session::list(store.conn(), clock.now_ms(), user_id.as_deref())?;
+            let text = if list.is_empty() {
+                "no active sessions".into()
+            } else {
+                list.iter()
+                    .map(|s| {
+                        format!(
+                            "{}  {}  {}  {}  login {}  until {}",
+                            s.id, s.user_id, s.method, s.client_id, s.auth_time, s.expires_at
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            Ok(Output { text, json: serde_json::to_value(&list)? })
+        }
+        SessionCommand::Revoke { user_id, all } => {
+            if let Some(u) = &user_id {
+                users::get(&store, u)?;
+            }
+            let target = if all { None } else { user_id.as_deref() };
+            let n = session::revoke(&mut store, clock.now_ms(), actor, target, None)?;
+            Ok(Output { text: format!("{n} session(s) ended"), json: json!({ "sessions_ended": n }) })
+        }
+    }
+}
+
+fn card_lines(list: &[crate::auth::cards::CardView]) -> String {
+    if list.is_empty() {
+        return "none".into();
+    }
+    list.iter()
+        .map(|c| {
+            format!("{}  serial {}  {}  (issuer {}, until {})", c.user_id, c.serial, c.subject, c.issuer, c.not_after)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn hpki(config: &Config, clock: &dyn Clock, actor: &str, cmd: HpkiCommand) -> Result<Output, CliError> {
+    use crate::auth::cards;
+    let mut store = store(config)?;
+    match cmd {
+        HpkiCommand::Map { user_id, cert } => {
+            let v = cards::hpki_map_file(&mut store, clock, actor, &user_id, &cert)?;
+            Ok(Output {
+                text: format!("HPKI card {} mapped to {}", v.subject, v.user_id),
+                json: serde_json::to_value(&v)?,
+            })
+        }
+        HpkiCommand::Unmap { user_id, cert } => {
+            cards::hpki_unmap(&mut store, clock, actor, &user_id, &cert)?;
+            Ok(Output { text: format!("HPKI card unmapped from {user_id}"), json: json!({ "user_id": user_id }) })
+        }
+        HpkiCommand::List { user_id } => {
+            let list = cards::list(store.conn(), "hpki", user_id.as_deref())?;
+            Ok(Output { text: card_lines(&list), json: serde_json::to_value(&list)? })
+        }
+    }
+}
+
+fn jpki(config: &Config, clock: &dyn Clock, actor: &str, cmd: JpkiCommand) -> Result<Output, CliError> {
+    use crate::auth::cards;
+    let mut store = store(config)?;
+    match cmd {
+        JpkiCommand::Link { user_id, cert } => {
+            let v = cards::jpki_link_file(&mut store, clock, actor, &user_id, &cert)?;
+            Ok(Output {
+                text: format!("My Number card (serial {}) linked to {}", v.serial, v.user_id),
+                json: serde_json::to_value(&v)?,
+            })
+        }
+        JpkiCommand::Unlink { user_id, cert } => {
+            let n = cards::jpki_unlink(&mut store, clock, actor, &user_id, cert.as_deref())?;
+            Ok(Output {
+                text: format!("{n} My Number card link(s) of {user_id} removed"),
+                json: json!({ "user_id": user_id, "removed": n }),
+            })
+        }
+        JpkiCommand::List { user_id } => {
+            let list = cards::list(store.conn(), "jpki", user_id.as_deref())?;
+            Ok(Output { text: card_lines(&list), json: serde_json::to_value(&list)? })
+        }
+        JpkiCommand::ImportRenewals { file } => {
+            let csv = std::fs::read_to_string(&file)
+                .map_err(|e| CliError { message: format!("cannot read {}: {e}", file.display()), code: 1 })?;
+            let quiet = std::env::var_os("INKAN_NO_PROGRESS").is_some();
+            let outcomes = cards::import_renewals(&mut store, clock, actor, &csv, |i, n| {
+                if !quiet && (i == n || i % 100 == 0) {
+                    eprint!("\rrenewals: {i}/{n}");
+                    if i == n {
+                        eprintln!();
+                    }
+                }
+            })?;
+            let moved = outcomes.iter().filter(|o| o.outcome == "moved").count();
+            let problems: Vec<String> = outcomes
+                .iter()
+                .filter(|o| o.outcome != "moved")
+                .map(|o| format!("  line {}: {}", o.line, o.outcome))
+                .collect();
+            Ok(Output {
+                text: format!(
+                    "{moved} link(s) moved to renewed certificates{}{}",
+                    if problems.is_empty() { "" } else { "\n" },
+                    problems.join("\n")
+                ),
+                json: json!({ "moved": moved, "lines": outcomes }),
+            })
         }
     }
 }

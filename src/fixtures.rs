@@ -275,12 +275,10 @@ pub fn write_softhsm_conf(conf: &Path) -> Result<bool, PkiError> {
 pub const DEMO_USERS: &[(&str, &str, Qualification)] =
     &[("100001", "山田 太郎", Qualification::Doctor), ("999001-jpa", "佐藤 花子", Qualification::Pharmacist)];
 
-/// `inkan demo`: init, demo users with active keys and certificates from the
-/// fixture CA, then one signed demo document.
-pub fn demo(config: &Config, clock: &dyn Clock) -> Result<Output, CliError> {
+/// Init plus the demo users with active keys and certificates from the fixture CA.
+pub fn demo_users(config: &Config, clock: &dyn Clock) -> Result<Vec<String>, CliError> {
     use crate::cli::{run, Cli, Command};
-    let init = run(Cli { config: None, json: false, command: Command::Init });
-    let init = init?;
+    let init = run(Cli { config: None, json: false, command: Command::Init })?;
     let mut store = crate::store::Store::open(&config.store_path())?;
     config.export_softhsm_conf();
     let ks = inkan_keystore::Keystore::open(config.keystore()?)?;
@@ -293,7 +291,7 @@ pub fn demo(config: &Config, clock: &dyn Clock) -> Result<Output, CliError> {
             crate::users::add(&mut store, clock, actor, id, name, *role)?;
         }
         if store.active_key(id)?.is_none() {
-            let g = match store.keys(Some(id))?.iter().find(|k| k.state == "pending") {
+            let csr_pem = match store.keys(Some(id))?.iter().find(|k| k.state == "pending") {
                 Some(p) => pki::to_pem("CERTIFICATE REQUEST", &p.csr),
                 None => {
                     crate::keys::generate(
@@ -309,7 +307,7 @@ pub fn demo(config: &Config, clock: &dyn Clock) -> Result<Output, CliError> {
                 }
             };
             let csr = config.data_dir.join(format!("demo-{id}.csr"));
-            std::fs::write(&csr, g)?;
+            std::fs::write(&csr, csr_pem)?;
             let cert = issue_from_csr_file(&csr, &ca_cert, &ca_key, *role, 1825, false, clock)?;
             let cert_path = config.data_dir.join(format!("demo-{id}.pem"));
             std::fs::write(&cert_path, pki::to_pem("CERTIFICATE", &cert))?;
@@ -317,10 +315,18 @@ pub fn demo(config: &Config, clock: &dyn Clock) -> Result<Output, CliError> {
         }
         lines.push(format!("demo user {id} ({name}, {}) has an active key", role.as_str()));
     }
+    Ok(lines)
+}
+
+/// `inkan demo`: [`demo_users`], then one signed demo document.
+pub fn demo(config: &Config, clock: &dyn Clock) -> Result<Output, CliError> {
+    let mut lines = demo_users(config, clock)?;
+    let mut store = crate::store::Store::open(&config.store_path())?;
+    let ks = inkan_keystore::Keystore::open(config.keystore()?)?;
     let doc = config.data_dir.join("demo-document.txt");
     std::fs::write(&doc, "処方箋 (demo prescription)\nRp.1 ロキソプロフェン錠60mg 3錠 分3 毎食後 5日分\n")?;
     let out = config.data_dir.join("demo-document.txt.p7s");
-    let signed = crate::keys::sign_file(&mut store, &ks, config, clock, actor, DEMO_USERS[0].0, &doc, &out, false)?;
+    let signed = crate::keys::sign_file(&mut store, &ks, config, clock, "demo", DEMO_USERS[0].0, &doc, &out, false)?;
     let bundle = config.data_dir.join("demo-ca-bundle.pem");
     let mut pem = std::fs::read_to_string(&config.pki.signing_ca)?;
     for c in &config.pki.chain {
@@ -335,6 +341,7 @@ pub fn demo(config: &Config, clock: &dyn Clock) -> Result<Output, CliError> {
         bundle.display()
     ));
     lines.push("inspect it:\n  openssl cms -cmsout -print -inform DER -in ".to_string() + &out.display().to_string());
+    lines.push("start the HTTPS service with the demo users and client:\n  cargo run --release -- serve --demo".into());
     Ok(Output {
         text: lines.join("\n"),
         json: json!({ "document": doc, "signature": out, "ca_bundle": bundle, "signer": signed.user_id, "users": DEMO_USERS.iter().map(|u| u.0).collect::<Vec<_>>() }),

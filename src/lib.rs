@@ -10,10 +10,13 @@
 //! - [`pki`]: certificate profiles (HPKI, JPKI), a small CA for fixtures and demos,
 //!   and the checks made when a certificate is imported;
 //! - [`keys`]: the key lifecycle (generate, CSR, import, rotate, retire) and signing;
+//! - [`auth`]: card certificates, auth sessions, OpenID Connect;
+//! - [`server`]: the HTTPS service (`inkan serve`): OIDC, signing API, CSC API;
 //! - [`cli`]: the operator CLI.
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod auth;
 pub mod cades;
 pub mod cli;
 pub mod clock;
@@ -21,6 +24,7 @@ pub mod config;
 pub mod fixtures;
 pub mod keys;
 pub mod pki;
+pub mod server;
 pub mod store;
 pub mod users;
 

@@ -427,6 +427,15 @@ impl Keystore {
         }
     }
 
+    /// ECDSA over a digest, returning the token's raw `r || s` (IEEE P1363), as
+    /// JWS ES256 wants it (RFC 7518 3.4).
+    pub fn sign_ecdsa_p1363(&self, key: &KeyRef, digest: &[u8]) -> Result<Vec<u8>> {
+        if digest.is_empty() || digest.len() > 64 {
+            return Err(Error::InvalidInput(format!("an ECDSA digest of {} bytes", digest.len())));
+        }
+        self.sign_raw(key, &Mechanism::Ecdsa, digest)
+    }
+
     /// One `C_SignInit` + `C_Sign` with a cached handle: the raw cost of a
     /// signature, without any formatting. Benchmarks compare against this.
     pub fn sign_raw_pkcs1(&self, key: &KeyRef, digest_info: &[u8]) -> Result<Vec<u8>> {

@@ -1,0 +1,43 @@
+//! Reading request bodies with limits and our error format.
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// 413 with a message that names the limit.
+pub fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request",
+        format!("the request body is larger than {limit} bytes"),
+    )
+}
+
+/// Reads the whole body, refusing more than `limit` bytes.
+pub async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut body = body;
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            if out.len() + data.len() > limit {
+                return Err(too_large(limit));
+            }
+            out.extend_from_slice(data);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads and parses a JSON body (unknown fields and wrong types are refused by
+/// the target type's serde attributes).
+pub async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
+    let bytes = read_limited(body, limit).await?;
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("the request body must be a JSON object"));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+}

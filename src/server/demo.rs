@@ -1,0 +1,311 @@
+//! Demo mode: the embedded defaults with demo users, card mappings and a demo
+//! signing client, and `/demo`, a small signing-system page that is an OpenID
+//! Connect client of inkan itself (as an e-prescription app would be): log in,
+//! pick a file, sign it, download the .p7s, see who signed and when.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::extract::{Multipart, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use base64ct::{Base64, Encoding};
+use inkan_keystore::DigestAlgorithm;
+
+use crate::auth::{b64url, random_token, token_hash};
+use crate::clock::{rfc3339, Clock};
+use crate::config::Config;
+
+use super::pages::{self, esc};
+use super::state::App;
+
+/// The demo client's ID.
+pub const DEMO_CLIENT: &str = "demo";
+
+/// Demo card holders and their users: (fixture holder, scheme, user ID).
+pub const DEMO_CARDS: &[(&str, &str, &str)] =
+    &[("hpki-doctor", "hpki", "100001"), ("hpki-pharmacist", "hpki", "999001-jpa"), ("jpki-1", "jpki", "100001")];
+
+/// Sets up the demo: `inkan demo`'s users and keys, the card mappings and links,
+/// and the demo client with a fresh secret. Returns (client ID, secret).
+pub fn prepare(config: &Config, clock: &dyn Clock) -> Result<(String, String), String> {
+    crate::fixtures::demo_users(config, clock).map_err(|e| e.message)?;
+    let mut store = crate::store::Store::open(&config.store_path()).map_err(|e| e.to_string())?;
+    for (holder, scheme, user) in DEMO_CARDS {
+        let path = crate::fixtures::fixture_path(&format!("holders/{holder}.pem"));
+        let der = crate::pki::read_certificates(&path).map_err(|e| e.to_string())?.remove(0);
+        let conn = store.conn();
+        let cert = <x509_cert::Certificate as der::Decode>::from_der(&der).map_err(|e| e.to_string())?;
+        let issuer = der::Encode::to_der(cert.tbs_certificate().issuer()).map_err(|e| e.to_string())?;
+        let serial = cert.tbs_certificate().serial_number().as_bytes().to_vec();
+        let known = if *scheme == "hpki" {
+            crate::auth::cards::hpki_user(conn, &issuer, &serial).map_err(|e| e.to_string())?.is_some()
+        } else {
+            crate::auth::cards::jpki_user(conn, &issuer, &serial, &[]).map_err(|e| e.to_string())?.is_some()
+        };
+        if !known {
+            if *scheme == "hpki" {
+                crate::auth::cards::hpki_map(&mut store, clock, "demo", user, &der).map_err(|e| e.to_string())?;
+            } else {
+                crate::auth::cards::jpki_link(&mut store, clock, "demo", user, &der).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    if crate::auth::clients::get(&store, DEMO_CLIENT).map_err(|e| e.to_string())?.is_some() {
+        crate::auth::clients::remove(&mut store, clock, "demo", DEMO_CLIENT).map_err(|e| e.to_string())?;
+    }
+    let redirect = format!("{}/demo/callback", config.server.public_url.trim_end_matches('/'));
+    let (client, secret) = crate::auth::clients::add(
+        &mut store,
+        clock,
+        "demo",
+        "inkan demo signing system",
+        &[redirect],
+        Some(DEMO_CLIENT),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok((client.id, secret))
+}
+
+/// What `serve --demo` prints.
+pub fn print_banner(config: &Config, client_id: &str, secret: &str) {
+    let base = config.server.public_url.trim_end_matches('/');
+    println!();
+    println!("demo mode: open {base}/demo  (the TLS certificate is from fixtures/pki/hpki-root.pem)");
+    println!(
+        "  demo users: 100001 (doctor, HPKI card fixtures/pki/holders/hpki-doctor.p12, My Number card jpki-1.p12),"
+    );
+    println!(
+        "              999001-jpa (pharmacist, HPKI card hpki-pharmacist.p12); .p12 password: {}",
+        crate::fixtures::P12_PASSWORD
+    );
+    println!("  demo client: client_id={client_id} client_secret={secret}");
+    println!("  redirect_uri: {base}/demo/callback");
+    println!("  OIDC discovery: {base}/.well-known/openid-configuration");
+}
+
+/// PKCE verifiers of demo logins in progress, by state.
+fn verifiers() -> &'static Mutex<HashMap<String, String>> {
+    static V: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    V.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|c| {
+        let (k, v) = c.trim().split_once('=')?;
+        (k == name).then(|| v.to_owned())
+    })
+}
+
+/// `GET /`: where to go.
+pub async fn index(State(app): State<Arc<App>>) -> Response {
+    let demo =
+        if app.demo_client.is_some() { "<a class=\"button\" href=\"/demo\">デモ署名システム</a>" } else { "" };
+    pages::page(
+        StatusCode::OK,
+        "inkan 電子署名基盤",
+        &format!("<p>HPKIセカンド電子証明書によるリモート署名サービスです。</p>{demo}<p class=\"note\">OpenID Connect: <code>/.well-known/openid-configuration</code>、CSC API: <code>/csc/v2/info</code></p>"),
+    )
+}
+
+/// `GET /demo`
+pub async fn page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if app.demo_client.is_none() {
+        return pages::error(
+            StatusCode::NOT_FOUND,
+            "ページがありません",
+            "デモは `inkan serve --demo` のときだけ使えます。",
+            "",
+        );
+    }
+    let token = cookie(&headers, "inkan_demo");
+    let bearer = token
+        .as_deref()
+        .and_then(|t| crate::auth::session::lookup(app.db().conn(), t).ok().flatten())
+        .filter(|b| b.expires_at > app.now_ms());
+    match bearer {
+        None => {
+            let links = [
+                ("hpki", "HPKIカードでログイン"),
+                ("jpki", "マイナンバーカードでログイン"),
+                ("", "ログイン方法を選ぶ"),
+            ]
+            .iter()
+            .map(|(acr, label)| format!("<a class=\"button\" href=\"/demo/callback?start={acr}\">{label}</a>"))
+            .collect::<String>();
+            pages::page(
+                StatusCode::OK,
+                "デモ署名システム (電子処方箋)",
+                &format!("<p>inkan にログインして、文書に電子署名します。</p>{links}"),
+            )
+        }
+        Some(b) => {
+            let name = crate::users::get(&app.db(), &b.user_id).map(|u| u.name).unwrap_or_default();
+            pages::page(
+                StatusCode::OK,
+                "デモ署名システム (電子処方箋)",
+                &format!(
+                    "<p>{name} さん ({id}) がログイン中です ({method}、{exp} まで有効)。</p>\
+<form method=\"post\" action=\"/demo/sign\" enctype=\"multipart/form-data\"><p><input type=\"file\" name=\"document\" required></p>\
+<button type=\"submit\">署名する</button></form>\
+<form method=\"post\" action=\"/demo/sign\" enctype=\"multipart/form-data\"><input type=\"hidden\" name=\"logout\" value=\"1\"><button type=\"submit\">ログアウト</button></form>",
+                    name = esc(&name),
+                    id = esc(&b.user_id),
+                    method = esc(&b.method),
+                    exp = esc(&rfc3339(b.expires_at)),
+                ),
+            )
+        }
+    }
+}
+
+/// `GET /demo/callback`: starts a login (`?start=<acr>`) or finishes one (`?code=&state=`).
+pub async fn callback(State(app): State<Arc<App>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some((client_id, secret)) = app.demo_client.clone() else {
+        return pages::error(StatusCode::NOT_FOUND, "ページがありません", "デモモードではありません。", "");
+    };
+    let base = app.config.server.public_url.trim_end_matches('/').to_owned();
+    let redirect_uri = format!("{base}/demo/callback");
+    if let Some(acr) = q.get("start") {
+        let state = random_token();
+        let verifier = random_token();
+        let challenge = b64url(&token_hash(&verifier));
+        verifiers().lock().unwrap_or_else(|p| p.into_inner()).insert(state.clone(), verifier);
+        let mut params = vec![
+            ("response_type", "code".to_owned()),
+            ("client_id", client_id),
+            ("redirect_uri", redirect_uri),
+            ("scope", "openid sign".to_owned()),
+            ("state", state),
+            ("nonce", random_token()),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256".to_owned()),
+        ];
+        if !acr.is_empty() {
+            params.push(("acr_values", acr.clone()));
+        }
+        return Redirect::to(&crate::auth::oidc::with_query(&format!("{base}/oidc/authorize"), &params))
+            .into_response();
+    }
+    if let Some(err) = q.get("error") {
+        return pages::error(
+            StatusCode::BAD_REQUEST,
+            "ログインできませんでした",
+            err,
+            q.get("error_description").map(String::as_str).unwrap_or(""),
+        );
+    }
+    let (Some(code), Some(state)) = (q.get("code"), q.get("state")) else {
+        return pages::error(
+            StatusCode::BAD_REQUEST,
+            "ログインできませんでした",
+            "code または state がありません。",
+            "",
+        );
+    };
+    let Some(verifier) = verifiers().lock().unwrap_or_else(|p| p.into_inner()).remove(state) else {
+        return pages::error(
+            StatusCode::BAD_REQUEST,
+            "ログインできませんでした",
+            "このログインは開始されていません。",
+            "もう一度ログインしてください。",
+        );
+    };
+    let client = match crate::auth::clients::get(&app.db(), &client_id) {
+        Ok(Some(c)) if c.check_secret(&secret) => c,
+        _ => return pages::error(StatusCode::INTERNAL_SERVER_ERROR, "エラー", "デモクライアントがありません。", ""),
+    };
+    let form: HashMap<String, String> = [
+        ("grant_type", "authorization_code".to_owned()),
+        ("code", code.clone()),
+        ("redirect_uri", redirect_uri),
+        ("code_verifier", verifier),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    match super::oidc::exchange(&app, &client, &form).await {
+        Ok(tokens) => {
+            let access = tokens["access_token"].as_str().unwrap_or_default();
+            let mut resp = Redirect::to("/demo").into_response();
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("inkan_demo={access}; Path=/demo; Secure; HttpOnly; SameSite=Lax"))
+            {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            resp
+        }
+        Err(e) => pages::error(StatusCode::BAD_REQUEST, "ログインできませんでした", &e.description, ""),
+    }
+}
+
+/// `POST /demo/sign`: signs the uploaded file with the logged-in user's key (or logs out).
+pub async fn sign(State(app): State<Arc<App>>, headers: HeaderMap, mut form: Multipart) -> Response {
+    let Some(token) = cookie(&headers, "inkan_demo") else { return Redirect::to("/demo").into_response() };
+    let mut document = None;
+    let mut file_name = "document".to_owned();
+    while let Ok(Some(field)) = form.next_field().await {
+        match field.name() {
+            Some("logout") => {
+                let _ = crate::auth::session::revoke_token(&mut app.db(), app.now_ms(), "demo", &token);
+                let mut resp = Redirect::to("/demo").into_response();
+                resp.headers_mut().insert(
+                    header::SET_COOKIE,
+                    HeaderValue::from_static("inkan_demo=; Path=/demo; Max-Age=0; Secure; HttpOnly"),
+                );
+                return resp;
+            }
+            Some("document") => {
+                file_name = field.file_name().unwrap_or("document").to_owned();
+                match field.bytes().await {
+                    Ok(b) => document = Some(b),
+                    Err(e) => return pages::error(StatusCode::BAD_REQUEST, "署名できませんでした", &e.to_string(), ""),
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(document) = document else {
+        return pages::error(StatusCode::BAD_REQUEST, "署名できませんでした", "ファイルがありません。", "");
+    };
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+        h.insert(header::AUTHORIZATION, v);
+    }
+    let result = async {
+        let bearer = app.bearer(&h)?;
+        let (identity, generation) = app.signer(&bearer)?;
+        let digest = DigestAlgorithm::Sha256.digest(&document);
+        let mut parts = super::api::sign_digests(
+            &app,
+            &bearer,
+            identity,
+            generation,
+            super::api::Batch {
+                alg: DigestAlgorithm::Sha256,
+                digests: vec![digest],
+                raw: false,
+                content_len: None,
+                via: "demo",
+            },
+        )
+        .await?;
+        Ok::<_, super::error::ApiError>((bearer, parts.pop().map(|p| p.into_detached()).unwrap_or_default()))
+    }
+    .await;
+    match result {
+        Ok((bearer, der)) => pages::page(
+            StatusCode::OK,
+            "署名しました",
+            &format!(
+                "<table><tr><th>文書</th><td>{f}</td></tr><tr><th>署名者</th><td>{u}</td></tr><tr><th>署名日時</th><td>{t}</td></tr><tr><th>形式</th><td>CAdES-BES (detached)</td></tr></table>\
+<a class=\"button\" download=\"{f}.p7s\" href=\"data:application/pkcs7-signature;base64,{b}\">署名ファイル (.p7s) をダウンロード</a><a class=\"button\" href=\"/demo\">戻る</a>",
+                f = esc(&file_name),
+                u = esc(&bearer.user_id),
+                t = esc(&rfc3339(app.now_ms())),
+                b = Base64::encode_string(&der),
+            ),
+        ),
+        Err(e) => pages::error(e.status, "署名できませんでした", &e.description, "もう一度ログインしてください。"),
+    }
+}

@@ -1,0 +1,53 @@
+//! `/healthz`, `/readyz`, `/metrics` and the fallback.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::state::App;
+
+/// The process is up.
+pub async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+/// The store and the token are usable.
+pub async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let store =
+        app.db().conn().query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ()).map_err(|e| e.to_string());
+    let ks = Arc::clone(&app.keystore);
+    let token = tokio::task::spawn_blocking(move || ks.ping().map_err(|e| e.to_string()))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    let ok = store.is_ok() && token.is_ok();
+    if let Err(e) = &token {
+        tracing::warn!("readyz: token: {e}");
+        app.metrics.token_error();
+    }
+    let body = json!({
+        "status": if ok { "ready" } else { "unavailable" },
+        "store": if store.is_ok() { "ok" } else { "unavailable" },
+        "token": if token.is_ok() { "ok" } else { "unavailable" },
+    });
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+/// Prometheus text.
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let active = crate::auth::session::count_active(app.db().conn(), app.now_ms()).unwrap_or(-1);
+    let mut resp = app.metrics.render(active).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    resp
+}
+
+/// 404 in the API error format.
+pub async fn not_found() -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response()
+}

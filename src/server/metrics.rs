@@ -1,0 +1,101 @@
+//! Prometheus metrics, in the text exposition format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds of the sign-latency histogram, in seconds.
+const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+/// The counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    signatures_ok: AtomicU64,
+    signatures_failed: AtomicU64,
+    token_errors: AtomicU64,
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts a finished request by route pattern and status.
+    pub fn request(&self, route: &str, status: u16) {
+        *self.requests.lock().unwrap_or_else(|p| p.into_inner()).entry((route.to_owned(), status)).or_default() += 1;
+    }
+
+    /// Counts signatures made (or failed) and their latency.
+    pub fn signatures(&self, n: u64, ok: bool, latency: Duration) {
+        if ok {
+            self.signatures_ok.fetch_add(n, Ordering::Relaxed);
+        } else {
+            self.signatures_failed.fetch_add(n, Ordering::Relaxed);
+        }
+        let secs = latency.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a token (PKCS#11) failure.
+    pub fn token_error(&self) {
+        self.token_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The exposition text.
+    pub fn render(&self, active_sessions: i64) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP inkan_http_requests_total HTTP requests by route and status.");
+        let _ = writeln!(out, "# TYPE inkan_http_requests_total counter");
+        for ((route, status), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(
+                out,
+                "inkan_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                route.replace('"', "'")
+            );
+        }
+        let _ = writeln!(out, "# HELP inkan_signatures_total Signatures by outcome.");
+        let _ = writeln!(out, "# TYPE inkan_signatures_total counter");
+        let _ =
+            writeln!(out, "inkan_signatures_total{{outcome=\"ok\"}} {}", self.signatures_ok.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "inkan_signatures_total{{outcome=\"error\"}} {}",
+            self.signatures_failed.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP inkan_sign_duration_seconds Time to sign a request (token and formatting, audit included)."
+        );
+        let _ = writeln!(out, "# TYPE inkan_sign_duration_seconds histogram");
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "inkan_sign_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                self.latency_buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "inkan_sign_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "inkan_sign_duration_seconds_sum {}",
+            self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "inkan_sign_duration_seconds_count {count}");
+        let _ = writeln!(out, "# HELP inkan_token_errors_total PKCS#11 token failures.");
+        let _ = writeln!(out, "# TYPE inkan_token_errors_total counter");
+        let _ = writeln!(out, "inkan_token_errors_total {}", self.token_errors.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP inkan_active_sessions Auth sessions not yet expired.");
+        let _ = writeln!(out, "# TYPE inkan_active_sessions gauge");
+        let _ = writeln!(out, "inkan_active_sessions {active_sessions}");
+        out
+    }
+}
