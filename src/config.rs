@@ -288,8 +288,9 @@ impl Config {
                     .map_err(|e| ConfigError(format!("cannot read the configuration file {}: {e}", path.display())))?;
                 let mut config: Config = toml::from_str(&text)
                     .map_err(|e| ConfigError(format!("configuration file {}: {e}", path.display())))?;
+                let table: toml::Table = toml::from_str(&text).unwrap_or_default();
                 let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-                config.make_relative_to(&base);
+                config.make_relative_to(&base, &table);
                 config
             }
             None => Config::default(),
@@ -299,27 +300,45 @@ impl Config {
         Ok(config)
     }
 
-    fn make_relative_to(&mut self, base: &Path) {
+    /// Makes the relative paths written in the file relative to the file's
+    /// directory; defaults the file does not set stay relative to the working directory.
+    fn make_relative_to(&mut self, base: &Path, file: &toml::Table) {
+        let set = |section: Option<&str>, key: &str| match section {
+            None => file.contains_key(key),
+            Some(s) => file.get(s).and_then(|v| v.as_table()).is_some_and(|t| t.contains_key(key)),
+        };
         let fix = |p: &mut PathBuf| {
             if p.is_relative() && !base.as_os_str().is_empty() {
                 *p = base.join(&*p);
             }
         };
-        fix(&mut self.data_dir);
-        if let Some(p) = self.store.path.as_mut() {
-            fix(p);
+        if set(None, "data_dir") {
+            fix(&mut self.data_dir);
         }
-        if let Some(p) = self.token.softhsm_conf.as_mut() {
-            fix(p);
+        if set(Some("store"), "path") {
+            self.store.path.iter_mut().for_each(fix);
         }
-        fix(&mut self.pki.signing_ca);
-        self.pki.chain.iter_mut().for_each(fix);
-        fix(&mut self.server.tls_cert);
-        fix(&mut self.server.tls_key);
-        for trust in [&mut self.hpki, &mut self.jpki] {
-            trust.anchors.iter_mut().for_each(fix);
-            trust.intermediates.iter_mut().for_each(fix);
-            trust.crls.iter_mut().for_each(fix);
+        if set(Some("token"), "softhsm_conf") {
+            self.token.softhsm_conf.iter_mut().for_each(fix);
+        }
+        if set(Some("pki"), "signing_ca") {
+            fix(&mut self.pki.signing_ca);
+        }
+        if set(Some("pki"), "chain") {
+            self.pki.chain.iter_mut().for_each(fix);
+        }
+        if set(Some("server"), "tls_cert") {
+            fix(&mut self.server.tls_cert);
+        }
+        if set(Some("server"), "tls_key") {
+            fix(&mut self.server.tls_key);
+        }
+        for (name, trust) in [("hpki", &mut self.hpki), ("jpki", &mut self.jpki)] {
+            if set(None, name) {
+                trust.anchors.iter_mut().for_each(fix);
+                trust.intermediates.iter_mut().for_each(fix);
+                trust.crls.iter_mut().for_each(fix);
+            }
         }
     }
 

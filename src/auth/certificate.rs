@@ -343,14 +343,23 @@ mod tests {
         let later = now() + std::time::Duration::from_secs(11 * 365 * 86_400);
         // Ten years on, the holder has expired first.
         assert!(matches!(hpki().validate(&fixture("holders/hpki-doctor.pem"), later), Err(CardCertError::Expired(_))));
+        // A CRL past its nextUpdate, properly signed by the CA.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pki");
+        let ca = crate::pki::ca::Ca::load(&dir.join("hpki-auth-ca.pem"), &dir.join("hpki-auth-ca.key")).expect("ca");
+        let day = std::time::Duration::from_secs(86_400);
+        let crl = ca.crl(2, &[], now() - 10 * day, now() - day).expect("crl");
         let mut stale = hpki();
-        stale.crls.iter_mut().for_each(|c| c.tbs_cert_list.next_update = Some(c.tbs_cert_list.this_update));
+        stale.crls = vec![CertificateList::from_der(&crl).expect("crl")];
         assert!(matches!(stale.validate(&fixture("holders/hpki-doctor.pem"), now()), Err(CardCertError::StaleCrl(_))));
         stale.allow_stale_crl = true;
         assert!(
-            matches!(stale.validate(&fixture("holders/hpki-doctor.pem"), now()), Err(CardCertError::NoCrl(_))),
-            "a tampered CRL no longer verifies"
+            stale.validate(&fixture("holders/hpki-doctor.pem"), now()).is_ok(),
+            "danger_allow_stale_crl accepts it"
         );
+        // A tampered CRL no longer verifies: as if there were none.
+        let mut tampered = hpki();
+        tampered.crls.iter_mut().for_each(|c| c.tbs_cert_list.revoked_certificates = None);
+        assert!(matches!(tampered.validate(&fixture("holders/hpki-revoked.pem"), now()), Err(CardCertError::NoCrl(_))));
     }
 
     #[test]

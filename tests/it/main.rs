@@ -10,4 +10,6 @@
 mod cades;
 mod cli;
 mod harness;
+mod http;
 mod keystore;
+mod service;
