@@ -69,6 +69,15 @@ impl Error {
         matches!(self, Error::TokenUnavailable { .. } | Error::PoolExhausted { .. })
     }
 
+    /// Whether the token looks gone, so that re-initialising the module may help.
+    pub(crate) fn needs_reset(&self) -> bool {
+        match self {
+            Error::TokenUnavailable { .. } => true,
+            Error::Pkcs11 { rv, .. } => RESET.contains(&rv.as_str()),
+            _ => false,
+        }
+    }
+
     /// Whether the session or the cached handles are stale and a re-login and a
     /// fresh handle lookup may help.
     pub(crate) fn is_stale(&self) -> bool {
@@ -82,6 +91,14 @@ const STALE: &[&str] = &[
     "CKR_KEY_HANDLE_INVALID",
     "CKR_SESSION_HANDLE_INVALID",
     "CKR_SESSION_CLOSED",
+    "CKR_DEVICE_REMOVED",
+    "CKR_TOKEN_NOT_PRESENT",
+    "CKR_CRYPTOKI_NOT_INITIALIZED",
+];
+
+const RESET: &[&str] = &[
+    "CKR_GENERAL_ERROR",
+    "CKR_DEVICE_ERROR",
     "CKR_DEVICE_REMOVED",
     "CKR_TOKEN_NOT_PRESENT",
     "CKR_CRYPTOKI_NOT_INITIALIZED",
@@ -119,7 +136,13 @@ pub(crate) fn from_cryptoki(err: CkError) -> Error {
                 RvError::MechanismInvalid | RvError::MechanismParamInvalid | RvError::KeyTypeInconsistent => {
                     Error::MechanismUnsupported { mechanism: format!("{name} from {function}") }
                 }
-                RvError::DeviceError | RvError::DeviceMemory | RvError::TokenNotRecognized => {
+                RvError::DeviceError
+                | RvError::DeviceMemory
+                | RvError::DeviceRemoved
+                | RvError::TokenNotPresent
+                | RvError::TokenNotRecognized
+                | RvError::GeneralError
+                | RvError::CryptokiNotInitialized => {
                     Error::TokenUnavailable { reason: format!("{function} returned {name}") }
                 }
                 _ => Error::Pkcs11 { function, rv: name },

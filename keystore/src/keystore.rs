@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -119,7 +119,14 @@ pub struct Keystore {
     slot: Mutex<Option<Slot>>,
     pool: Pool<Session>,
     handles: RwLock<HashMap<KeyRef, CachedKey>>,
+    /// Held shared by every operation while it uses a session, and exclusively
+    /// by [`Keystore::reset_module`], which so knows that no session is lent out.
+    gate: RwLock<()>,
+    last_reset: Mutex<Option<Instant>>,
 }
+
+/// How often at most the module is re-initialised after token failures.
+const RESET_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A resolved private key: its handle and whether it is an RSA key.
 #[derive(Clone, Copy, Debug)]
@@ -200,8 +207,11 @@ impl Keystore {
             slot: Mutex::new(Some(slot)),
             pool: Pool::new(config.pool_size.max(1), config.pool_wait),
             handles: RwLock::new(HashMap::new()),
+            gate: RwLock::new(()),
+            last_reset: Mutex::new(None),
         };
-        drop(ks.lease()?);
+        // No module reset here: a keystore that never worked has nothing to recover.
+        ks.with_session_inner(&|_: &Session| Ok(()))?;
         Ok(ks)
     }
 
@@ -253,7 +263,25 @@ impl Keystore {
     /// Runs `op` on a pooled session; if the session or a cached handle turned
     /// out to be stale, drops it, forgets all cached handles, logs in again on a
     /// fresh session and runs `op` once more.
+    ///
+    /// If the token looks gone (a device error, a general error, no token), the
+    /// module is finalised and initialised again, at most once a second, so a
+    /// token that comes back is used again without a restart. The failing call
+    /// still reports its error.
     fn with_session<T>(&self, op: impl Fn(&Session) -> Result<T>) -> Result<T> {
+        let result = {
+            let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+            self.with_session_inner(&op)
+        };
+        if let Err(e) = &result {
+            if e.needs_reset() {
+                self.reset_module();
+            }
+        }
+        result
+    }
+
+    fn with_session_inner<T>(&self, op: &impl Fn(&Session) -> Result<T>) -> Result<T> {
         let lease = self.lease()?;
         match op(&lease) {
             Err(e) if e.is_stale() => {
@@ -268,6 +296,30 @@ impl Keystore {
                 result
             }
             other => other,
+        }
+    }
+
+    /// Finalises and re-initialises the module (all sessions are idle meanwhile).
+    fn reset_module(&self) {
+        {
+            let mut last = self.last_reset.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < RESET_INTERVAL) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let _exclusive = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        self.pool.drain_idle();
+        self.forget_handles();
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let _serial = module_lock();
+        let _ = self.ctx.clone().finalize();
+        match self.ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => {
+                // Reported by the next operation, which will try again.
+                let _ = from_cryptoki(e);
+            }
         }
     }
 
@@ -559,6 +611,7 @@ impl Keystore {
     /// Logs the process out of the token: every session, as PKCS#11 defines it.
     /// The next operation logs in again (and finds its key handles again).
     pub fn logout(&self) -> Result<()> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let lease = self.lease()?;
         let result = match lease.logout() {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserNotLoggedIn, _)) => Ok(()),

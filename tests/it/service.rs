@@ -542,3 +542,39 @@ fn health_metrics_and_stale_crl() {
         assert!(metrics.contains(needle), "{needle} in\n{metrics}");
     }
 }
+
+#[test]
+fn token_unavailable_answers_503_and_recovers_without_restart() {
+    let env = service_env();
+    let server = Server::start(&env, &[]);
+    let client = register_client(&env);
+    let access = login(&server, &client, "hpki-doctor", "hpki")["access_token"].as_str().expect("at").to_owned();
+    let url = server.url("/api/v1/sign-hashes");
+    let body = json!({ "hashes": [Base64::encode_string(&[3u8; 32])] });
+    assert_eq!(Client::new().post_json(&url, &access, &body).status, 200);
+
+    // The token goes away (its directory disappears).
+    let tokens = env.data().join("softhsm/tokens");
+    let away = env.data().join("softhsm/tokens.away");
+    std::fs::rename(&tokens, &away).expect("move token away");
+    let r = Client::new().post_json(&url, &access, &body);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "temporarily_unavailable");
+    assert_eq!(Client::new().get(&server.url("/readyz"), &[]).status, 503);
+
+    // It comes back: signing works again, no restart.
+    std::fs::rename(&away, &tokens).expect("token back");
+    let started = std::time::Instant::now();
+    loop {
+        let r = Client::new().post_json(&url, &access, &body);
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "only 503 while recovering: {}", r.text());
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "no recovery");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(Client::new().get(&server.url("/readyz"), &[]).status, 200);
+    let metrics = Client::new().get(&server.url("/metrics"), &[]).text();
+    assert!(!metrics.contains("inkan_token_errors_total 0"), "token errors are counted");
+}
