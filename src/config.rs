@@ -178,11 +178,31 @@ impl fmt::Debug for TokenConfig {
 }
 
 /// `[store]`
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// SQLite file (default `<data_dir>/inkan.db`).
     pub path: Option<PathBuf>,
+    /// SQLite `synchronous` in WAL mode: `full` (default: every commit is on disk
+    /// before it returns, also across a power cut) or `normal` (survives a killed
+    /// process; a power cut may lose the last commits).
+    pub synchronous: Synchronous,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { path: None, synchronous: Synchronous::Full }
+    }
+}
+
+/// SQLite durability level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync on every commit.
+    Full,
+    /// fsync at checkpoints.
+    Normal,
 }
 
 /// `[pki]`
@@ -349,6 +369,13 @@ impl Config {
         }
         if let Some(v) = var("INKAN_STORE_PATH") {
             self.store.path = Some(v.into());
+        }
+        if let Some(v) = var("INKAN_STORE_SYNCHRONOUS") {
+            self.store.synchronous = match v.as_str() {
+                "full" => Synchronous::Full,
+                "normal" => Synchronous::Normal,
+                _ => return Err(ConfigError(format!("INKAN_STORE_SYNCHRONOUS must be full or normal, not {v:?}"))),
+            };
         }
         if let Some(v) = var("INKAN_TOKEN_MODULE") {
             self.token.module = v.into();

@@ -111,8 +111,13 @@ fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
 }
 
 impl Store {
-    /// Opens (creating if needed) and migrates the database file.
+    /// Opens (creating if needed) and migrates the database file, with `synchronous = FULL`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, crate::config::Synchronous::Full)
+    }
+
+    /// Opens with a chosen durability level.
+    pub fn open_with(path: &Path, synchronous: crate::config::Synchronous) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).map_err(|e| {
@@ -126,7 +131,11 @@ impl Store {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        let level = match synchronous {
+            crate::config::Synchronous::Full => "FULL",
+            crate::config::Synchronous::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", level)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let mut store = Store { conn };
         migrations::migrate(&mut store.conn)?;

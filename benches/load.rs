@@ -1,0 +1,308 @@
+//! Load benchmark against the real server (`cargo bench --bench load`).
+//!
+//! Sets up a temporary inkan (SoftHSM token, SQLite, a user with an RSA-2048
+//! key and certificate, a mapped HPKI card, a client), starts the release
+//! `inkan serve`, logs in with the HPKI card over TLS, then drives keep-alive
+//! HTTPS connections with a bearer token:
+//!
+//! - `sign-hashes` with one SHA-256 digest, and `sign` with a 1 KiB document;
+//! - closed loop at full speed: signatures/s and the server's CPU time per
+//!   signature (user+sys from /proc/PID/stat over the run);
+//! - open loop at half that rate: p50 / p99 latency.
+//!
+//! In the same command, the keystore's raw `C_Sign` CPU time per signature is
+//! measured in this process on the same token; the report gives the ratio
+//! (target: server CPU per signature <= 1.10 x raw; p99 <= 5 ms at half load).
+//! The load generator shares the 2 cores with the server: compare cost, not rate.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::disallowed_methods)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64ct::{Base64, Encoding};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+const CONNECTIONS: usize = 4;
+const RUN: Duration = Duration::from_secs(8);
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn inkan(config: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_inkan")).arg("--config").arg(config).args(args).current_dir(root()).output().expect("inkan");
+    assert!(out.status.success(), "inkan {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn certs(path: &Path) -> Vec<CertificateDer<'static>> {
+    inkan::pki::read_certificates(path).expect("certs").into_iter().map(CertificateDer::from).collect()
+}
+
+#[derive(Debug)]
+struct Card(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Card {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn tls_config(card: Option<&str>) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(&root().join("fixtures/pki/hpki-root.pem")) {
+        roots.add(c).expect("root");
+    }
+    let b = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().expect("tls").with_root_certificates(roots);
+    Arc::new(match card {
+        None => b.with_no_client_auth(),
+        Some(h) => {
+            let (_, key) = der::pem::decode_vec(&std::fs::read(root().join(format!("fixtures/pki/holders/{h}.key"))).expect("key")).expect("pem");
+            let key = rustls::crypto::ring::default_provider().key_provider.load_private_key(PrivateKeyDer::try_from(key).expect("der")).expect("key");
+            let ck = rustls::sign::CertifiedKey::new(certs(&root().join(format!("fixtures/pki/holders/{h}.pem"))), key);
+            b.with_client_cert_resolver(Arc::new(Card(Arc::new(ck))))
+        }
+    })
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(port: u16, config: Arc<rustls::ClientConfig>) -> Sender {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    let tls = tokio_rustls::TlsConnector::from(config).connect(ServerName::try_from("localhost").expect("name"), tcp).await.expect("tls");
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.expect("http");
+    tokio::spawn(conn);
+    sender
+}
+
+async fn send(sender: &mut Sender, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, Option<String>, Vec<u8>) {
+    let mut req = hyper::Request::builder().method(method).uri(path).header("host", "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    sender.ready().await.expect("ready");
+    let resp = sender.send_request(req.body(Full::new(Bytes::from(body))).expect("req")).await.expect("resp");
+    let status = resp.status().as_u16();
+    let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    (status, location, resp.into_body().collect().await.expect("body").to_bytes().to_vec())
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+fn ticks_per_second() -> f64 {
+    // Linux reports /proc times in USER_HZ, 100 on every mainstream configuration.
+    100.0
+}
+
+struct Load {
+    rate: f64,
+    cpu_per_sig_us: f64,
+}
+
+/// Closed loop: every connection sends as fast as it can for `RUN`.
+async fn closed_loop(port: u16, pid: u32, req: Arc<(String, String, Vec<u8>)>) -> Load {
+    let config = tls_config(None);
+    let mut senders = Vec::new();
+    for _ in 0..CONNECTIONS {
+        senders.push(connect(port, Arc::clone(&config)).await);
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpu0 = cpu_ticks(pid);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for mut s in senders {
+        let (done, stop, req) = (Arc::clone(&done), Arc::clone(&stop), Arc::clone(&req));
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let (status, _, body) = send(&mut s, "POST", &req.0, &[("authorization", &req.1)], req.2.clone()).await;
+                assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(RUN).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks(pid) - cpu0) as f64 / ticks_per_second();
+    let n = done.load(Ordering::Relaxed) as f64;
+    Load { rate: n / elapsed, cpu_per_sig_us: cpu / n * 1e6 }
+}
+
+/// Open loop at `rate` requests/s: returns (p50, p99) latency in ms.
+async fn open_loop(port: u16, rate: f64, req: Arc<(String, String, Vec<u8>)>) -> (f64, f64) {
+    let config = tls_config(None);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Instant>(10_000);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    for _ in 0..CONNECTIONS * 2 {
+        let mut s = connect(port, Arc::clone(&config)).await;
+        let (rx, req, lat) = (Arc::clone(&rx), Arc::clone(&req), Arc::clone(&latencies));
+        workers.push(tokio::spawn(async move {
+            loop {
+                let Some(scheduled) = rx.lock().await.recv().await else { break };
+                let (status, _, _) = send(&mut s, "POST", &req.0, &[("authorization", &req.1)], req.2.clone()).await;
+                assert_eq!(status, 200);
+                // Latency from when the request was due (no coordinated omission).
+                lat.lock().unwrap().push(scheduled.elapsed().as_secs_f64() * 1000.0);
+            }
+        }));
+    }
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    let mut next = start;
+    while start.elapsed() < RUN {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+        tx.send(next).await.expect("queue");
+        next += interval;
+    }
+    drop(tx);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    let mut l = latencies.lock().unwrap().clone();
+    l.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
+    (pct(0.50), pct(0.99))
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // cargo test --benches asks for a list; nothing to list.
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("inkan.toml");
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (main_port, card_port) = (free(), free());
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"var\"\n[token]\nlabel = \"load\"\nuser_pin = \"load-user\"\nso_pin = \"load-so\"\npool_size = 2\n[server]\nlisten = \"127.0.0.1:{main_port}\"\ncard_listen = \"127.0.0.1:{card_port}\"\npublic_url = \"https://localhost:{main_port}\"\ncard_url = \"https://localhost:{card_port}\"\n"
+        ),
+    )
+    .expect("config");
+    inkan(&config, &["init"]);
+    inkan(&config, &["user", "add", "100001", "--name", "負荷 太郎", "--qualification", "doctor"]);
+    let csr = dir.path().join("u.csr");
+    let cert = dir.path().join("u.pem");
+    inkan(&config, &["key", "generate", "100001", "--csr-out", csr.to_str().unwrap()]);
+    inkan(&config, &["dev", "issue-cert", "--csr", csr.to_str().unwrap(), "--out", cert.to_str().unwrap()]);
+    inkan(&config, &["key", "import-cert", "100001", cert.to_str().unwrap()]);
+    inkan(&config, &["hpki", "map", "100001", "fixtures/pki/holders/hpki-doctor.pem"]);
+    let client: serde_json::Value =
+        serde_json::from_str(&inkan(&config, &["--json", "client", "add", "--name", "load", "--redirect-uri", "https://rx.example/cb"])).expect("client");
+    let (client_id, secret) = (client["client_id"].as_str().unwrap().to_owned(), client["client_secret"].as_str().unwrap().to_owned());
+
+    let mut server: Child = Command::new(env!("CARGO_BIN_EXE_inkan"))
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("serve");
+    let pid = server.id();
+    while std::net::TcpStream::connect(("127.0.0.1", main_port)).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    let token = rt.block_on(async {
+        let verifier = inkan::auth::random_token();
+        let challenge = inkan::auth::b64url(&inkan::auth::token_hash(&verifier));
+        let mut main = connect(main_port, tls_config(None)).await;
+        let q = format!("/oidc/authorize?response_type=code&client_id={client_id}&redirect_uri=https%3A%2F%2Frx.example%2Fcb&scope=openid%20sign&code_challenge={challenge}&code_challenge_method=S256&acr_values=hpki");
+        let (_, loc, _) = send(&mut main, "GET", &q, &[], Vec::new()).await;
+        let loc = loc.expect("redirect");
+        let path = &loc[loc.find("/login").expect("login path")..];
+        let mut card = connect(card_port, tls_config(Some("hpki-doctor"))).await;
+        let (_, back, _) = send(&mut card, "GET", path, &[], Vec::new()).await;
+        let back = back.expect("code");
+        let code = back.split("code=").nth(1).unwrap().split('&').next().unwrap().to_owned();
+        let form = format!("grant_type=authorization_code&code={code}&redirect_uri=https%3A%2F%2Frx.example%2Fcb&code_verifier={verifier}&client_id={client_id}&client_secret={secret}");
+        let (status, _, body) = send(&mut main, "POST", "/oidc/token", &[("content-type", "application/x-www-form-urlencoded")], form.into_bytes()).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        v["access_token"].as_str().unwrap().to_owned()
+    });
+    let bearer = format!("Bearer {token}");
+
+    // Raw C_Sign CPU per signature, in this process, on the same token and key.
+    std::env::set_var("SOFTHSM2_CONF", dir.path().join("var/softhsm/softhsm2.conf"));
+    let ks = inkan::keystore::Keystore::open(inkan::keystore::KeystoreConfig::new(inkan::config::SOFTHSM_MODULE, "load", inkan::keystore::Pin::new("load-user"))).expect("keystore");
+    let key = {
+        let store = inkan::store::Store::open(&dir.path().join("var/inkan.db")).expect("db");
+        inkan::keystore::KeyRef::from_id(store.active_key("100001").expect("db").expect("key").token_id)
+    };
+    let mut di = vec![0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20];
+    di.extend_from_slice(&[9u8; 32]);
+    // Two threads, as the server's two pooled sessions.
+    let raw_n = 1000;
+    ks.sign_raw_pkcs1(&key, &di).expect("warm");
+    let ks = Arc::new(ks);
+    let me = std::process::id();
+    let c0 = cpu_ticks(me);
+    let t0 = Instant::now();
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (ks, key, di) = (Arc::clone(&ks), key.clone(), di.clone());
+            std::thread::spawn(move || {
+                for _ in 0..raw_n {
+                    ks.sign_raw_pkcs1(&key, &di).expect("raw");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("raw thread");
+    }
+    let raw_cpu_us = (cpu_ticks(me) - c0) as f64 / ticks_per_second() / (2 * raw_n) as f64 * 1e6;
+    let raw_rate = (2 * raw_n) as f64 / t0.elapsed().as_secs_f64();
+    drop(ks);
+
+    let hash_body = serde_json::json!({ "hashes": [Base64::encode_string(&[5u8; 32])] }).to_string().into_bytes();
+    let doc: Vec<u8> = (0..1024u32).map(|i| (i % 251) as u8).collect();
+    let scenarios = [
+        ("sign-hashes (1 SHA-256 digest, CAdES)", Arc::new(("/api/v1/sign-hashes".to_owned(), bearer.clone(), hash_body))),
+        ("sign (1 KiB document, detached CAdES)", Arc::new(("/api/v1/sign".to_owned(), bearer.clone(), doc))),
+    ];
+    println!("\nraw C_Sign (RSA-2048, SoftHSM, 2 threads, in-process): {raw_rate:.0}/s, CPU {raw_cpu_us:.0} µs per signature");
+    let mut report = Vec::new();
+    for (name, req) in scenarios {
+        let load = rt.block_on(closed_loop(main_port, pid, Arc::clone(&req)));
+        let (p50, p99) = rt.block_on(open_loop(main_port, load.rate / 2.0, req));
+        let line = format!(
+            "{name}: {:.0} signatures/s with {CONNECTIONS} keep-alive connections; server CPU {:.0} µs per signature = {:.3} x raw C_Sign (efficiency {:.0} %); at {:.0}/s: p50 {p50:.2} ms, p99 {p99:.2} ms",
+            load.rate,
+            load.cpu_per_sig_us,
+            load.cpu_per_sig_us / raw_cpu_us,
+            raw_cpu_us / load.cpu_per_sig_us * 100.0,
+            load.rate / 2.0
+        );
+        println!("{line}");
+        report.push(line);
+    }
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let _ = server.wait();
+    let _ = std::fs::write(root().join("target/load-summary.txt"), report.join("\n") + "\n");
+}
