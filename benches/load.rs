@@ -35,7 +35,13 @@ fn root() -> PathBuf {
 }
 
 fn inkan(config: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_inkan")).arg("--config").arg(config).args(args).current_dir(root()).output().expect("inkan");
+    let out = Command::new(env!("CARGO_BIN_EXE_inkan"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("inkan");
     assert!(out.status.success(), "inkan {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -62,12 +68,21 @@ fn tls_config(card: Option<&str>) -> Arc<rustls::ClientConfig> {
     for c in certs(&root().join("fixtures/pki/hpki-root.pem")) {
         roots.add(c).expect("root");
     }
-    let b = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().expect("tls").with_root_certificates(roots);
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("tls")
+        .with_root_certificates(roots);
     Arc::new(match card {
         None => b.with_no_client_auth(),
         Some(h) => {
-            let (_, key) = der::pem::decode_vec(&std::fs::read(root().join(format!("fixtures/pki/holders/{h}.key"))).expect("key")).expect("pem");
-            let key = rustls::crypto::ring::default_provider().key_provider.load_private_key(PrivateKeyDer::try_from(key).expect("der")).expect("key");
+            let (_, key) = der::pem::decode_vec(
+                &std::fs::read(root().join(format!("fixtures/pki/holders/{h}.key"))).expect("key"),
+            )
+            .expect("pem");
+            let key = rustls::crypto::ring::default_provider()
+                .key_provider
+                .load_private_key(PrivateKeyDer::try_from(key).expect("der"))
+                .expect("key");
             let ck = rustls::sign::CertifiedKey::new(certs(&root().join(format!("fixtures/pki/holders/{h}.pem"))), key);
             b.with_client_cert_resolver(Arc::new(Card(Arc::new(ck))))
         }
@@ -79,13 +94,22 @@ type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 async fn connect(port: u16, config: Arc<rustls::ClientConfig>) -> Sender {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
     tcp.set_nodelay(true).expect("nodelay");
-    let tls = tokio_rustls::TlsConnector::from(config).connect(ServerName::try_from("localhost").expect("name"), tcp).await.expect("tls");
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("tls");
     let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.expect("http");
     tokio::spawn(conn);
     sender
 }
 
-async fn send(sender: &mut Sender, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, Option<String>, Vec<u8>) {
+async fn send(
+    sender: &mut Sender,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, Option<String>, Vec<u8>) {
     let mut req = hyper::Request::builder().method(method).uri(path).header("host", "localhost");
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -185,6 +209,29 @@ async fn open_loop(port: u16, rate: f64, req: Arc<(String, String, Vec<u8>)>) ->
     (pct(0.50), pct(0.99))
 }
 
+/// CPU time per raw signature in this process (2 threads), and the rate.
+fn raw_cpu(ks: &Arc<inkan::keystore::Keystore>, key: &inkan::keystore::KeyRef, di: &[u8]) -> (f64, f64) {
+    let n = 1000;
+    let me = std::process::id();
+    let c0 = cpu_ticks(me);
+    let t0 = Instant::now();
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (ks, key, di) = (Arc::clone(ks), key.clone(), di.to_vec());
+            std::thread::spawn(move || {
+                for _ in 0..n {
+                    ks.sign_raw_pkcs1(&key, &di).expect("raw");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("raw thread");
+    }
+    let cpu = (cpu_ticks(me) - c0) as f64 / ticks_per_second() / (2 * n) as f64 * 1e6;
+    (cpu, (2 * n) as f64 / t0.elapsed().as_secs_f64())
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // cargo test --benches asks for a list; nothing to list.
@@ -208,9 +255,13 @@ fn main() {
     inkan(&config, &["dev", "issue-cert", "--csr", csr.to_str().unwrap(), "--out", cert.to_str().unwrap()]);
     inkan(&config, &["key", "import-cert", "100001", cert.to_str().unwrap()]);
     inkan(&config, &["hpki", "map", "100001", "fixtures/pki/holders/hpki-doctor.pem"]);
-    let client: serde_json::Value =
-        serde_json::from_str(&inkan(&config, &["--json", "client", "add", "--name", "load", "--redirect-uri", "https://rx.example/cb"])).expect("client");
-    let (client_id, secret) = (client["client_id"].as_str().unwrap().to_owned(), client["client_secret"].as_str().unwrap().to_owned());
+    let client: serde_json::Value = serde_json::from_str(&inkan(
+        &config,
+        &["--json", "client", "add", "--name", "load", "--redirect-uri", "https://rx.example/cb"],
+    ))
+    .expect("client");
+    let (client_id, secret) =
+        (client["client_id"].as_str().unwrap().to_owned(), client["client_secret"].as_str().unwrap().to_owned());
 
     let mut server: Child = Command::new(env!("CARGO_BIN_EXE_inkan"))
         .arg("--config")
@@ -249,48 +300,50 @@ fn main() {
 
     // Raw C_Sign CPU per signature, in this process, on the same token and key.
     std::env::set_var("SOFTHSM2_CONF", dir.path().join("var/softhsm/softhsm2.conf"));
-    let ks = inkan::keystore::Keystore::open(inkan::keystore::KeystoreConfig::new(inkan::config::SOFTHSM_MODULE, "load", inkan::keystore::Pin::new("load-user"))).expect("keystore");
+    let ks = inkan::keystore::Keystore::open(inkan::keystore::KeystoreConfig::new(
+        inkan::config::SOFTHSM_MODULE,
+        "load",
+        inkan::keystore::Pin::new("load-user"),
+    ))
+    .expect("keystore");
     let key = {
         let store = inkan::store::Store::open(&dir.path().join("var/inkan.db")).expect("db");
         inkan::keystore::KeyRef::from_id(store.active_key("100001").expect("db").expect("key").token_id)
     };
-    let mut di = vec![0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20];
+    let mut di = vec![
+        0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04,
+        0x20,
+    ];
     di.extend_from_slice(&[9u8; 32]);
-    // Two threads, as the server's two pooled sessions.
-    let raw_n = 1000;
+    // Two threads, as the server's two pooled sessions. Measured before and
+    // after the load runs; the mean is the baseline (the machine's speed drifts).
     ks.sign_raw_pkcs1(&key, &di).expect("warm");
     let ks = Arc::new(ks);
-    let me = std::process::id();
-    let c0 = cpu_ticks(me);
-    let t0 = Instant::now();
-    let threads: Vec<_> = (0..2)
-        .map(|_| {
-            let (ks, key, di) = (Arc::clone(&ks), key.clone(), di.clone());
-            std::thread::spawn(move || {
-                for _ in 0..raw_n {
-                    ks.sign_raw_pkcs1(&key, &di).expect("raw");
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("raw thread");
-    }
-    let raw_cpu_us = (cpu_ticks(me) - c0) as f64 / ticks_per_second() / (2 * raw_n) as f64 * 1e6;
-    let raw_rate = (2 * raw_n) as f64 / t0.elapsed().as_secs_f64();
-    drop(ks);
-
+    let raw = |ks: &Arc<inkan::keystore::Keystore>| raw_cpu(ks, &key, &di);
+    let (raw_cpu_before, raw_rate_before) = raw(&ks);
     let hash_body = serde_json::json!({ "hashes": [Base64::encode_string(&[5u8; 32])] }).to_string().into_bytes();
     let doc: Vec<u8> = (0..1024u32).map(|i| (i % 251) as u8).collect();
     let scenarios = [
-        ("sign-hashes (1 SHA-256 digest, CAdES)", Arc::new(("/api/v1/sign-hashes".to_owned(), bearer.clone(), hash_body))),
+        (
+            "sign-hashes (1 SHA-256 digest, CAdES)",
+            Arc::new(("/api/v1/sign-hashes".to_owned(), bearer.clone(), hash_body)),
+        ),
         ("sign (1 KiB document, detached CAdES)", Arc::new(("/api/v1/sign".to_owned(), bearer.clone(), doc))),
     ];
-    println!("\nraw C_Sign (RSA-2048, SoftHSM, 2 threads, in-process): {raw_rate:.0}/s, CPU {raw_cpu_us:.0} µs per signature");
-    let mut report = Vec::new();
+    let mut runs = Vec::new();
     for (name, req) in scenarios {
         let load = rt.block_on(closed_loop(main_port, pid, Arc::clone(&req)));
         let (p50, p99) = rt.block_on(open_loop(main_port, load.rate / 2.0, req));
+        runs.push((name, load, p50, p99));
+    }
+    let (raw_cpu_after, raw_rate_after) = raw(&ks);
+    let raw_cpu_us = (raw_cpu_before + raw_cpu_after) / 2.0;
+    let raw_rate = (raw_rate_before + raw_rate_after) / 2.0;
+    let mut report = vec![format!(
+        "raw C_Sign (RSA-2048, SoftHSM, 2 threads, in-process): {raw_rate:.0}/s, CPU {raw_cpu_us:.0} µs per signature (before {raw_cpu_before:.0}, after {raw_cpu_after:.0})"
+    )];
+    println!("\n{}", report[0]);
+    for (name, load, p50, p99) in runs {
         let line = format!(
             "{name}: {:.0} signatures/s with {CONNECTIONS} keep-alive connections; server CPU {:.0} µs per signature = {:.3} x raw C_Sign (efficiency {:.0} %); at {:.0}/s: p50 {p50:.2} ms, p99 {p99:.2} ms",
             load.rate,
@@ -302,6 +355,7 @@ fn main() {
         println!("{line}");
         report.push(line);
     }
+    drop(ks);
     let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
     let _ = server.wait();
     let _ = std::fs::write(root().join("target/load-summary.txt"), report.join("\n") + "\n");

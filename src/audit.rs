@@ -87,8 +87,10 @@ fn canonical(prev: &[u8], row: &Row) -> [u8; 32] {
 
 /// Appends events in order inside `tx`; returns the last sequence number.
 pub fn append(tx: &Transaction<'_>, at: i64, events: &[Event<'_>]) -> Result<i64, StoreError> {
-    let head: Option<(i64, Vec<u8>)> =
-        tx.query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+    let head: Option<(i64, Vec<u8>)> = tx
+        .prepare_cached("SELECT seq, hash FROM audit_head WHERE id = 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
     let (mut seq, mut prev) = head.unwrap_or((0, vec![0u8; 32]));
     let mut insert = tx.prepare_cached(
         "INSERT INTO audit (seq, at, actor, event, user_id, generation, digest, outcome, detail, prev_hash, hash)
@@ -123,10 +125,10 @@ pub fn append(tx: &Transaction<'_>, at: i64, events: &[Event<'_>]) -> Result<i64
         ])?;
         prev = hash.to_vec();
     }
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) ON CONFLICT (id) DO UPDATE SET seq = ?1, hash = ?2",
-        params![seq, prev],
-    )?;
+    )?
+    .execute(params![seq, prev])?;
     Ok(seq)
 }
 
