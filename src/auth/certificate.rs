@@ -363,6 +363,38 @@ mod tests {
     }
 
     #[test]
+    fn unknown_critical_extensions_are_refused_known_ones_accepted() {
+        use crate::pki::profile::{Kind, Qualification};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pki");
+        let ca = crate::pki::ca::Ca::load(&dir.join("hpki-auth-ca.pem"), &dir.join("hpki-auth-ca.key")).expect("ca");
+        let holder = Certificate::from_der(&fixture("holders/hpki-doctor.pem")[0]).expect("holder");
+        let issue = |critical: bool| {
+            let ext = x509_cert::ext::Extension {
+                extn_id: ObjectIdentifier::new_unwrap("1.3.6.1.4.1.99999.1"),
+                critical,
+                extn_value: der::asn1::OctetString::new(vec![0x05, 0x00]).expect("value"),
+            };
+            let kind = Kind::WithExtra(Box::new(Kind::HpkiAuth { role: Qualification::Doctor }), vec![ext]);
+            let day = std::time::Duration::from_secs(86_400);
+            let cert = ca
+                .issue(
+                    kind,
+                    holder.tbs_certificate().subject().clone(),
+                    holder.tbs_certificate().subject_public_key_info().clone(),
+                    now() - day,
+                    now() + day,
+                )
+                .expect("issue");
+            vec![cert.to_der().expect("der")]
+        };
+        assert_eq!(
+            hpki().validate(&issue(true), now()).err(),
+            Some(CardCertError::UnknownCriticalExtension("1.3.6.1.4.1.99999.1".into()))
+        );
+        assert!(hpki().validate(&issue(false), now()).is_ok(), "unknown but not critical is fine");
+    }
+
+    #[test]
     fn missing_crl_fails_closed() {
         let mut store = hpki();
         store.crls.clear();

@@ -115,6 +115,8 @@ pub enum Kind {
     },
     /// A JPKI user-authentication certificate.
     JpkiAuth,
+    /// Another kind with extra extensions (tests: unknown critical extensions).
+    WithExtra(Box<Kind>, Vec<Extension>),
     /// A TLS server certificate.
     TlsServer {
         /// DNS names.
@@ -217,6 +219,11 @@ pub fn extensions(kind: &Kind) -> Result<Vec<Extension>, PkiError> {
             hc_role(*role)?,
         ],
         Kind::JpkiAuth => vec![key_usage(KeyUsages::DigitalSignature)?, policies(oids::JPKI_AUTH_POLICY)?],
+        Kind::WithExtra(base, extra) => {
+            let mut exts = extensions(base)?;
+            exts.extend(extra.iter().cloned());
+            exts
+        }
         Kind::TlsServer { dns, ips } => {
             let mut names = Vec::new();
             for d in dns {

@@ -404,3 +404,39 @@ fn init_is_idempotent_and_json_everywhere() {
     let v: serde_json::Value = serde_json::from_str(r.stderr.trim()).expect("json error");
     assert!(v["error"].as_str().unwrap_or("").contains("unknown user"));
 }
+
+#[test]
+fn jpki_links_follow_renewed_cards() {
+    use base64ct::Encoding;
+    let env = Env::new();
+    env.add_user("130001", "doctor");
+    env.ok(&["jpki", "link", "130001", s(&fixture("holders/jpki-1.pem"))]);
+    // The same card cannot be linked to someone else.
+    env.add_user("130002", "doctor");
+    let err = env.fails(&["jpki", "link", "130002", s(&fixture("holders/jpki-1.pem"))]);
+    assert!(err.contains("already linked to another user"), "{err}");
+
+    // Renewal list: jpki-1's certificate was renewed as jpki-2's.
+    let old = inkan::pki::read_certificate(&fixture("holders/jpki-1.pem")).expect("old");
+    let new = inkan::pki::read_certificates(&fixture("holders/jpki-2.pem")).expect("new").remove(0);
+    let issuer = der::Encode::to_der(old.tbs_certificate().issuer()).expect("issuer");
+    let csv = format!(
+        "old_issuer,old_serial,new_certificate\n{},{},{}\n{},{},{}\n",
+        inkan::keys::hex(&issuer),
+        inkan::keys::hex(old.tbs_certificate().serial_number().as_bytes()),
+        base64ct::Base64::encode_string(&new),
+        inkan::keys::hex(&issuer),
+        "0badbeef",
+        base64ct::Base64::encode_string(&new),
+    );
+    let file = env.path("renewals.csv");
+    std::fs::write(&file, csv).expect("csv");
+    let out = env.json(&["jpki", "import-renewals", s(&file)]);
+    assert_eq!(out["moved"], 1);
+    let links = env.json(&["jpki", "list", "130001"]);
+    assert_eq!(links.as_array().map(Vec::len), Some(1));
+    let new_cert = inkan::pki::read_certificate(&fixture("holders/jpki-2.pem")).expect("new");
+    assert_eq!(links[0]["serial"], inkan::pki::serial_hex(&new_cert));
+    env.ok(&["jpki", "unlink", "130001"]);
+    assert_eq!(env.json(&["jpki", "list", "130001"]).as_array().map(Vec::len), Some(0));
+}
