@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares this machine and project for inkan; idempotent.
 #
-#  1. Installs what is missing on Debian: SoftHSM (softhsm2) and OpenSSL.
+#  1. Installs what is missing on Debian: SoftHSM (softhsm2) and OpenSSL; with
+#     --deps-only also PyJWT (pip), which the test suite uses as a stock OIDC client.
 #  2. Renders softhsm/softhsm2.conf.in into var/softhsm/softhsm2.conf, with the
 #     token directory var/softhsm/tokens inside the project.
 #  3. Initialises the token by its label (default "inkan", INKAN_TOKEN_LABEL)
@@ -20,12 +21,22 @@ module=${INKAN_TOKEN_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 need=()
 [ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ "${1:-}" = "--deps-only" ]; then
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+  python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} ..." >&2
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# The test suite checks the OpenID Connect provider with a stock library (PyJWT).
+if [ "${1:-}" = "--deps-only" ] && ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
+  echo "installing PyJWT for the tests ..." >&2
+  python3 -m pip install -q --disable-pip-version-check 'pyjwt[crypto]>=2.9' >/dev/null 2>&1 \
+    || python3 -m pip install -q --break-system-packages 'pyjwt[crypto]>=2.9' >/dev/null
 fi
 [ "${1:-}" = "--deps-only" ] && exit 0
 
