@@ -60,6 +60,23 @@ pub struct Row {
     pub detail: String,
 }
 
+impl Row {
+    /// Reads the columns `seq, at, actor, event, user_id, generation, digest, outcome, detail` (in that order).
+    fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+        Ok(Row {
+            seq: r.get(0)?,
+            at: r.get(1)?,
+            actor: r.get(2)?,
+            event: r.get(3)?,
+            user_id: r.get(4)?,
+            generation: r.get(5)?,
+            digest: r.get(6)?,
+            outcome: r.get(7)?,
+            detail: r.get(8)?,
+        })
+    }
+}
+
 fn canonical(prev: &[u8], row: &Row) -> [u8; 32] {
     fn field(h: &mut Sha256, v: Option<&[u8]>) {
         match v {
@@ -161,17 +178,7 @@ pub fn verify(conn: &Connection) -> Result<Verification, StoreError> {
     let mut count = 0;
     let broken = |seq: i64, reason: String| Ok(Verification { rows: seq - 1, broken: Some(Broken { seq, reason }) });
     while let Some(r) = rows.next()? {
-        let row = Row {
-            seq: r.get(0)?,
-            at: r.get(1)?,
-            actor: r.get(2)?,
-            event: r.get(3)?,
-            user_id: r.get(4)?,
-            generation: r.get(5)?,
-            digest: r.get(6)?,
-            outcome: r.get(7)?,
-            detail: r.get(8)?,
-        };
+        let row = Row::from_sql(r)?;
         let stored_prev: Vec<u8> = r.get(9)?;
         let stored_hash: Vec<u8> = r.get(10)?;
         if row.seq != expected_seq {
@@ -216,21 +223,7 @@ pub fn tail(conn: &Connection, user_id: Option<&str>, limit: i64) -> Result<Vec<
         "SELECT seq, at, actor, event, user_id, generation, digest, outcome, detail FROM audit
          WHERE (?1 IS NULL OR user_id = ?1) ORDER BY seq DESC LIMIT ?2",
     )?;
-    let rows = stmt
-        .query_map(params![user_id, limit], |r| {
-            Ok(Row {
-                seq: r.get(0)?,
-                at: r.get(1)?,
-                actor: r.get(2)?,
-                event: r.get(3)?,
-                user_id: r.get(4)?,
-                generation: r.get(5)?,
-                digest: r.get(6)?,
-                outcome: r.get(7)?,
-                detail: r.get(8)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+    let rows = stmt.query_map(params![user_id, limit], Row::from_sql)?.collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
 

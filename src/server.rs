@@ -260,7 +260,20 @@ impl Server {
             header_timeout,
             stop_rx,
         ));
+        // Expired sessions are useless; remove them now and then.
+        let purge_app = Arc::clone(&self.app);
+        let purge = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(600));
+            loop {
+                every.tick().await;
+                let now = purge_app.now_ms();
+                if let Err(e) = crate::auth::session::purge_expired(&mut purge_app.db(), now) {
+                    tracing::warn!("purging expired sessions: {e}");
+                }
+            }
+        });
         shutdown.await;
+        purge.abort();
         let _ = stop_tx.send(true);
         let _ = main.await;
         let _ = card.await;

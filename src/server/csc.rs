@@ -685,12 +685,8 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
                     der.extend_from_slice(&p.suffix);
                     with_signature.push(Base64::encode_string(&der));
                 }
-                (Some(_), false) => {
-                    let der = p.into_detached();
-                    with_signature.push(Base64::encode_string(&der));
-                    signature_objects.push(Base64::encode_string(&der));
-                }
-                (None, _) => signature_objects.push(Base64::encode_string(&p.into_detached())),
+                // Detached: the signature object alone, as for digests.
+                _ => signature_objects.push(Base64::encode_string(&p.into_detached())),
             }
         }
     }

@@ -91,7 +91,13 @@ fn hpki_login_then_sign_then_logout() {
     // A stock OIDC library accepts the discovery document, the JWKS and the ID token.
     let out = std::process::Command::new("python3")
         .arg(crate::harness::root().join("tests/oidc/stock_client.py"))
-        .args([&server.base, s(&fixture("hpki-root.pem")), &client.id, tokens["id_token"].as_str().expect("id"), "nonce-1"])
+        .args([
+            &server.base,
+            s(&fixture("hpki-root.pem")),
+            &client.id,
+            tokens["id_token"].as_str().expect("id"),
+            "nonce-1",
+        ])
         .output()
         .expect("python3");
     assert!(out.status.success(), "PyJWT refused: {}", String::from_utf8_lossy(&out.stderr));
