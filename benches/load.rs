@@ -27,7 +27,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-const CONNECTIONS: usize = 4;
+const CONNECTIONS: usize = 16;
 const RUN: Duration = Duration::from_secs(8);
 
 fn root() -> PathBuf {

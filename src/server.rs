@@ -109,9 +109,11 @@ pub fn trust_store(scheme: &'static str, c: &CardTrustConfig) -> Result<TrustSto
 pub fn build_app(config: Config, demo_client: Option<(String, String)>) -> Result<App, String> {
     config.export_softhsm_conf();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store =
-        Store::open(&config.store_path()).map_err(|e| format!("database {}: {e}", config.store_path().display()))?;
-    let audit_store = Store::open(&config.store_path()).map_err(|e| format!("database: {e}"))?;
+    let sync = config.store.synchronous;
+    let store = Store::open_with(&config.store_path(), sync)
+        .map_err(|e| format!("database {}: {e}", config.store_path().display()))?;
+    // The audit log gets its own connection (and thread): readers never wait for its fsyncs.
+    let audit_store = Store::open_with(&config.store_path(), sync).map_err(|e| format!("database: {e}"))?;
     let keystore = Keystore::open(config.keystore().map_err(|e| e.to_string())?)
         .map_err(|e| format!("token {:?}: {e} (run `inkan init`?)", config.token.label))?;
     let (platform, spki) = platform_key(&keystore).map_err(|e| format!("platform key: {e}"))?;
