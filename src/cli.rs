@@ -494,7 +494,8 @@ pub fn run(cli: Cli) -> Result<Output, CliError> {
     }
 }
 
-fn init(config: &Config) -> Result<Output, CliError> {
+/// `inkan init` for a loaded configuration.
+pub fn init(config: &Config) -> Result<Output, CliError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| CliError { message: format!("cannot create {}: {e}", config.data_dir.display()), code: 1 })?;
     let mut steps = Vec::new();

@@ -277,8 +277,7 @@ pub const DEMO_USERS: &[(&str, &str, Qualification)] =
 
 /// Init plus the demo users with active keys and certificates from the fixture CA.
 pub fn demo_users(config: &Config, clock: &dyn Clock) -> Result<Vec<String>, CliError> {
-    use crate::cli::{run, Cli, Command};
-    let init = run(Cli { config: None, json: false, command: Command::Init })?;
+    let init = crate::cli::init(config)?;
     let mut store = crate::store::Store::open(&config.store_path())?;
     config.export_softhsm_conf();
     let ks = inkan_keystore::Keystore::open(config.keystore()?)?;
