@@ -202,6 +202,7 @@ pub async fn sign(
             hasher.update(data);
             if !detached {
                 if kept.len() + data.len() > limit {
+                    super::body::drain(&mut body).await;
                     return Err(too_large(limit));
                 }
                 kept.extend_from_slice(data);

@@ -16,6 +16,21 @@ pub fn too_large(limit: usize) -> ApiError {
     )
 }
 
+/// How much of an oversized body is still read (and dropped) before answering
+/// 413, so that a client that sends it all reads the answer instead of a reset.
+const DRAIN_LIMIT: usize = 8 << 20;
+
+/// Reads and drops the rest of a refused body, up to [`DRAIN_LIMIT`] bytes.
+pub async fn drain(body: &mut Body) {
+    let mut drained = 0usize;
+    while drained < DRAIN_LIMIT {
+        match body.frame().await {
+            Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
+            _ => break,
+        }
+    }
+}
+
 /// Reads the whole body, refusing more than `limit` bytes.
 pub async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut body = body;
@@ -24,6 +39,7 @@ pub async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, ApiError>
         let frame = frame.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
         if let Some(data) = frame.data_ref() {
             if out.len() + data.len() > limit {
+                drain(&mut body).await;
                 return Err(too_large(limit));
             }
             out.extend_from_slice(data);
