@@ -168,8 +168,21 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the server for `env` with extra environment settings.
+    /// Starts the server for `env` with extra environment settings. The ports
+    /// are picked free just before; if another process takes one meanwhile, the
+    /// start is retried with new ones.
     pub fn start(env: &Env, vars: &[(&str, &str)]) -> Server {
+        for attempt in 1.. {
+            match Server::try_start(env, vars) {
+                Ok(server) => return server,
+                Err(e) if attempt < 4 && e.contains("cannot listen") => continue,
+                Err(e) => panic!("inkan serve did not start: {e}"),
+            }
+        }
+        unreachable!()
+    }
+
+    fn try_start(env: &Env, vars: &[(&str, &str)]) -> Result<Server, String> {
         let (main, card) = (free_port(), free_port());
         let base = format!("https://localhost:{main}");
         let card_url = format!("https://localhost:{card}");
@@ -195,14 +208,14 @@ impl Server {
                 if let Some(mut e) = server.child.stderr.take() {
                     let _ = std::io::Read::read_to_string(&mut e, &mut err);
                 }
-                panic!("inkan serve exited ({status}): {err}");
+                return Err(format!("exited ({status}): {err}"));
             }
             assert!(started.elapsed() < Duration::from_secs(20), "inkan serve did not come up");
             std::thread::sleep(Duration::from_millis(20));
         }
         // Both listeners are bound before the first is served.
         assert_eq!(Client::new().get(&format!("{}/healthz", server.base), &[]).status, 200);
-        server
+        Ok(server)
     }
 
     pub fn url(&self, path: &str) -> String {
