@@ -79,9 +79,62 @@ pub enum Command {
     /// My Number card (JPKI) certificates linked to users.
     #[command(subcommand)]
     Jpki(JpkiCommand),
+    /// Printed initial-registration codes (registration URL + password) for phones.
+    #[command(subcommand)]
+    Regcode(RegcodeCommand),
+    /// Users' registered phones (FIDO2 passkeys).
+    #[command(subcommand)]
+    Device(DeviceCommand),
     /// Development tools: the fixture PKI (test keys only, never production).
     #[command(subcommand)]
     Dev(DevCommand),
+}
+
+/// `inkan regcode ...`
+#[derive(Debug, Subcommand)]
+pub enum RegcodeCommand {
+    /// Issue a registration URL and password for a user (replaces the user's previous code).
+    Issue {
+        /// The user.
+        user_id: String,
+        /// The password to print on the notice (at least 6 characters; default: 10 random digits).
+        #[arg(long, conflicts_with = "birthdate")]
+        password: Option<String>,
+        /// Use the user's birth date as the password (YYYYMMDD; not printed back).
+        #[arg(long)]
+        birthdate: Option<String>,
+        /// Lifetime: `30d`, `72h`, `90m` (default: `[fido] regcode_days`).
+        #[arg(long)]
+        expires: Option<String>,
+        /// Also write the URL as a QR code (SVG) to this file.
+        #[arg(long)]
+        qr: Option<PathBuf>,
+    },
+    /// List codes (newest first).
+    List {
+        /// Only this user's.
+        user_id: Option<String>,
+    },
+    /// Revoke a user's active code.
+    Revoke {
+        /// The user.
+        user_id: String,
+    },
+}
+
+/// `inkan device ...`
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Show a user's registered phone.
+    Show {
+        /// The user.
+        user_id: String,
+    },
+    /// Remove a user's phone (lost or stolen): also ends the user's phone sessions.
+    Remove {
+        /// The user.
+        user_id: String,
+    },
 }
 
 /// `inkan user ...`
@@ -477,6 +530,8 @@ pub fn run(cli: Cli) -> Result<Output, CliError> {
         }
         Command::Client(cmd) => client(&config, &clock, &actor, cmd),
         Command::Session(cmd) => session(&config, &clock, &actor, cmd),
+        Command::Regcode(cmd) => regcode(&config, &clock, &actor, cmd),
+        Command::Device(cmd) => device(&config, &clock, &actor, cmd),
         Command::Hpki(cmd) => hpki(&config, &clock, &actor, cmd),
         Command::Jpki(cmd) => jpki(&config, &clock, &actor, cmd),
         Command::Dev(DevCommand::Fixtures { out }) => {
@@ -718,6 +773,123 @@ fn session(config: &Config, clock: &dyn Clock, actor: &str, cmd: SessionCommand)
             let target = if all { None } else { user_id.as_deref() };
             let n = session::revoke(&mut store, clock.now_ms(), actor, target, None)?;
             Ok(Output { text: format!("{n} session(s) ended"), json: json!({ "sessions_ended": n }) })
+        }
+    }
+}
+
+/// Parses `30d`, `72h`, `90m`, `45s` into milliseconds.
+fn parse_duration(text: &str) -> Result<i64, CliError> {
+    let bad = || CliError { message: format!("{text:?} is not a duration: write e.g. 30d, 72h or 90m"), code: 2 };
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: i64 = number.parse().map_err(|_| bad())?;
+    let unit_ms = match unit {
+        "d" => 86_400_000,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(unit_ms).filter(|ms| *ms > 0).ok_or_else(bad)
+}
+
+fn regcode(config: &Config, clock: &dyn Clock, actor: &str, cmd: RegcodeCommand) -> Result<Output, CliError> {
+    use crate::fido::regcode::{self, Password};
+    let mut store = store(config)?;
+    let now = clock.now_ms();
+    match cmd {
+        RegcodeCommand::Issue { user_id, password, birthdate, expires, qr } => {
+            let lifetime = match expires {
+                Some(e) => parse_duration(&e)?,
+                None => config.fido.regcode_days as i64 * 86_400_000,
+            };
+            let password = match (password, birthdate) {
+                (Some(p), _) => Password::Given(p),
+                (None, Some(d)) => Password::Birthdate(d),
+                (None, None) => Password::Generate,
+            };
+            let issued =
+                regcode::issue(&mut store, now, actor, &config.server.public_url, &user_id, password, lifetime)?;
+            if let Some(path) = &qr {
+                let code = qrcode::QrCode::new(issued.url.as_bytes())?;
+                let svg = code.render::<qrcode::render::svg::Color<'_>>().min_dimensions(240, 240).build();
+                write_file(path, svg.as_bytes())?;
+            }
+            let mut text = format!("registration URL for {}:\n  {}\n", issued.user_id, issued.url);
+            match &issued.password {
+                Some(p) => text.push_str(&format!("password: {p}\n")),
+                None => text.push_str("password: the user's birth date (YYYYMMDD)\n"),
+            }
+            text.push_str(&format!("valid until {}; any earlier code of this user no longer works", issued.expires_at));
+            if let Some(path) = &qr {
+                text.push_str(&format!("\nQR code written to {}", path.display()));
+            }
+            let mut json = serde_json::to_value(&issued)?;
+            json["qr"] = json!(qr);
+            Ok(Output { text, json })
+        }
+        RegcodeCommand::List { user_id } => {
+            if let Some(u) = &user_id {
+                users::get(&store, u)?;
+            }
+            let list = regcode::list(&store, now, user_id.as_deref())?;
+            let text = if list.is_empty() {
+                "no registration codes".into()
+            } else {
+                list.iter()
+                    .map(|c| {
+                        format!(
+                            "#{}  {}  {:8}  wrong passwords {}  issued {}  until {}",
+                            c.id, c.user_id, c.status, c.failures, c.issued_at, c.expires_at
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            Ok(Output { text, json: serde_json::to_value(&list)? })
+        }
+        RegcodeCommand::Revoke { user_id } => {
+            let revoked = regcode::revoke(&mut store, now, actor, &user_id)?;
+            let text = if revoked {
+                format!("the registration code of {user_id} is revoked")
+            } else {
+                format!("{user_id} has no active registration code (issue one with `inkan regcode issue {user_id}`)")
+            };
+            Ok(Output { text, json: json!({ "user_id": user_id, "revoked": revoked }) })
+        }
+    }
+}
+
+fn device(config: &Config, clock: &dyn Clock, actor: &str, cmd: DeviceCommand) -> Result<Output, CliError> {
+    use crate::fido::device;
+    let mut store = store(config)?;
+    match cmd {
+        DeviceCommand::Show { user_id } => {
+            users::get(&store, &user_id)?;
+            let view = device::get(store.conn(), &user_id)?.map(|d| d.view());
+            let text = match &view {
+                Some(d) => format!(
+                    "{}  {}  registered {}  last used {}  credential {}",
+                    d.user_id,
+                    d.label,
+                    d.registered_at,
+                    d.last_used_at.as_deref().unwrap_or("never"),
+                    d.credential_id
+                ),
+                None => format!("{user_id} has no registered phone (issue a code: `inkan regcode issue {user_id}`)"),
+            };
+            Ok(Output { text, json: json!({ "user_id": user_id, "device": view }) })
+        }
+        DeviceCommand::Remove { user_id } => {
+            users::get(&store, &user_id)?;
+            let removed = device::remove(&mut store, clock.now_ms(), actor, &user_id)?;
+            let text = match &removed {
+                Some(d) => format!(
+                    "removed the phone of {user_id} ({}); its phone sessions are ended. To register a new one: `inkan regcode issue {user_id}`",
+                    d.label
+                ),
+                None => format!("{user_id} has no registered phone: nothing removed"),
+            };
+            Ok(Output { text, json: json!({ "user_id": user_id, "removed": removed }) })
         }
     }
 }

@@ -43,6 +43,30 @@ pub struct Config {
     pub jpki: CardTrustConfig,
     /// Cloud Signature Consortium API.
     pub csc: CscConfig,
+    /// FIDO2 phones (WebAuthn), QR tickets, registration codes.
+    pub fido: FidoConfig,
+}
+
+/// `[fido]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FidoConfig {
+    /// WebAuthn relying-party ID: the host name of `[server] public_url` unless set.
+    pub rp_id: Option<String>,
+    /// Relying-party name shown by the phone.
+    pub rp_name: String,
+    /// Lifetime of a QR ticket in seconds (300).
+    pub ticket_secs: u64,
+    /// Wrong passwords that lock a registration code (5).
+    pub regcode_max_tries: u32,
+    /// Default lifetime of a registration code in days (30).
+    pub regcode_days: u64,
+}
+
+impl Default for FidoConfig {
+    fn default() -> Self {
+        FidoConfig { rp_id: None, rp_name: "inkan".into(), ticket_secs: 300, regcode_max_tries: 5, regcode_days: 30 }
+    }
 }
 
 /// `[server]`
@@ -247,6 +271,7 @@ impl Default for Config {
             hpki: CardTrustConfig::hpki(),
             jpki: CardTrustConfig::jpki(),
             csc: CscConfig::default(),
+            fido: FidoConfig::default(),
         }
     }
 }
@@ -419,6 +444,13 @@ impl Config {
                 .parse()
                 .map_err(|_| ConfigError(format!("INKAN_SERVER_SESSION_HOURS must be a number, not {v:?}")))?;
         }
+        if let Some(v) = var("INKAN_FIDO_RP_ID") {
+            self.fido.rp_id = Some(v);
+        }
+        if let Some(v) = var("INKAN_FIDO_TICKET_SECS") {
+            self.fido.ticket_secs =
+                v.parse().map_err(|_| ConfigError(format!("INKAN_FIDO_TICKET_SECS must be a number, not {v:?}")))?;
+        }
         if let Some(v) = var("INKAN_CSC_SCAL") {
             self.csc.scal = v;
         }
@@ -436,6 +468,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !["1", "2"].contains(&self.csc.scal.as_str()) {
             return Err(ConfigError(format!("[csc] scal must be \"1\" or \"2\", not {:?}", self.csc.scal)));
+        }
+        if self.fido.ticket_secs < 30 || self.fido.regcode_max_tries == 0 {
+            return Err(ConfigError("[fido] ticket_secs must be at least 30 and regcode_max_tries at least 1".into()));
         }
         if self.server.session_hours == 0 {
             return Err(ConfigError("[server] session_hours must be at least 1".into()));

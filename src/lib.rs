@@ -21,6 +21,7 @@ pub mod cades;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod fido;
 pub mod fixtures;
 pub mod keys;
 pub mod pki;

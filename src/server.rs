@@ -14,6 +14,7 @@ pub mod body;
 pub mod csc;
 pub mod demo;
 pub mod error;
+pub mod fido;
 pub mod health;
 pub mod metrics;
 pub mod oidc;
@@ -165,7 +166,19 @@ pub fn main_router(app: Arc<App>) -> Router {
         .route("/oidc/token", post(oidc::token))
         .route("/oidc/revoke", post(oidc::revoke))
         .route("/oidc/jwks", get(oidc::jwks))
-        .route("/login/fido", get(oidc::login_fido))
+        .route("/login/fido", get(fido::login_form).post(fido::login_start))
+        .route("/register", get(fido::register_index))
+        .route("/change", get(fido::change_form).post(fido::change_start))
+        .route("/pc", get(fido::pc_page))
+        .route("/pc/claim", get(fido::pc_claim))
+        .route("/pc/status", get(fido::pc_status))
+        .route("/pc/confirm", post(fido::pc_confirm))
+        .route("/m/{token}", get(fido::phone_page))
+        .route("/m/{token}/begin", post(fido::phone_begin))
+        .route("/m/{token}/finish", post(fido::phone_finish))
+        .route("/m/{token}/label", get(fido::label_page).post(fido::label_submit))
+        .route("/r/{code}", get(fido::regcode_page).post(fido::regcode_submit))
+        .route("/assets/inkan.js", get(pages::script))
         .route("/api/v1/me", get(api::me))
         .route("/api/v1/sign", post(api::sign))
         .route("/api/v1/sign-hashes", post(api::sign_hashes))
@@ -183,6 +196,9 @@ pub fn main_router(app: Arc<App>) -> Router {
 pub fn card_router(app: Arc<App>) -> Router {
     Router::new()
         .route("/login/{scheme}", get(oidc::login_card))
+        .route("/enroll/{scheme}", get(fido::enroll_card))
+        .route("/link/hpki", get(fido::link_hpki))
+        .route("/link/jpki", get(fido::link_jpki))
         .route("/healthz", get(health::healthz))
         .fallback(health::not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), count))

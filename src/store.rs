@@ -26,6 +26,9 @@ pub enum StoreError {
         /// Latest version this build knows.
         known: i64,
     },
+    /// A stored value cannot be read back.
+    #[error("stored data unreadable: {0}")]
+    Corrupt(String),
 }
 
 /// A user (a doctor, dentist or pharmacist).

@@ -79,18 +79,9 @@ pub async fn authorize(State(app): State<Arc<App>>, Query(params): Query<HashMap
     match acr {
         Some(Method::Hpki) => Redirect::to(&format!("{card}/login/hpki?req={}", oidc::urlencode(&id))).into_response(),
         Some(Method::Jpki) => Redirect::to(&format!("{card}/login/jpki?req={}", oidc::urlencode(&id))).into_response(),
-        Some(Method::Fido) => fido_not_enrolled(),
+        Some(Method::Fido) => Redirect::to(&format!("/login/fido?req={}", oidc::urlencode(&id))).into_response(),
         None => chooser(card, &id),
     }
-}
-
-fn fido_not_enrolled() -> Response {
-    pages::error(
-        StatusCode::OK,
-        "スマートフォンでログイン",
-        "スマートフォン(FIDO2)によるログインはまだ利用できません。",
-        "HPKIカードまたはマイナンバーカードでログインしてください。",
-    )
 }
 
 fn chooser(card: &str, id: &str) -> Response {
@@ -109,11 +100,6 @@ fn chooser(card: &str, id: &str) -> Response {
     )
 }
 
-/// `GET /login/fido` (main listener): not yet available.
-pub async fn login_fido() -> Response {
-    fido_not_enrolled()
-}
-
 /// `GET /login/hpki` and `/login/jpki` on the card listener: the certificate is the whole proof.
 pub async fn login_card(
     State(app): State<Arc<App>>,
@@ -126,7 +112,6 @@ pub async fn login_card(
         "jpki" => Method::Jpki,
         _ => return pages::error(StatusCode::NOT_FOUND, "ページがありません", "このページはありません。", ""),
     };
-    let card_name = if method == Method::Hpki { "HPKIカード" } else { "マイナンバーカード" };
     let now = app.now_ms();
     let Some(req_id) = params.get("req") else {
         return pages::error(
@@ -144,41 +129,9 @@ pub async fn login_card(
             "署名システムからもう一度ログインしてください。",
         );
     };
-    let store = if method == Method::Hpki { &app.hpki } else { &app.jpki };
-    let validated = match store.validate(&peer.0, app.clock.now()) {
-        Ok(v) => v,
-        Err(CardCertError::Missing) => {
-            return pages::error(
-                StatusCode::UNAUTHORIZED,
-                &format!("{card_name}が確認できません"),
-                &format!("{card_name}の証明書が送られていません。"),
-                "カードをICカードリーダーに置き、ブラウザで証明書を選んでから、署名システムからもう一度ログインしてください。",
-            )
-        }
-        Err(e) => {
-            tracing::info!("card login refused: {e}");
-            return pages::error(StatusCode::FORBIDDEN, &format!("{card_name}でログインできません"), &card_error_ja(&e), &e.to_string());
-        }
-    };
-    let user = {
-        let db = app.db();
-        let found = if method == Method::Hpki {
-            crate::auth::cards::hpki_user(db.conn(), &validated.issuer, &validated.serial)
-        } else {
-            crate::auth::cards::jpki_user(db.conn(), &validated.issuer, &validated.serial, &validated.spki_sha256)
-        };
-        match found {
-            Ok(u) => u,
-            Err(e) => return ApiError::internal(e).into_response(),
-        }
-    };
-    let Some(user_id) = user else {
-        let hint = if method == Method::Hpki {
-            "このHPKIカードは利用者として登録されていません。認証局(運用者)に連絡してください。"
-        } else {
-            "このマイナンバーカードは利用者に紐付けられていません。先にHPKIカードでマイナンバーカードを登録してください。"
-        };
-        return pages::error(StatusCode::FORBIDDEN, &format!("{card_name}が登録されていません"), hint, "");
+    let user_id = match card_user(&app, &peer, method) {
+        Ok(u) => u,
+        Err(page) => return page,
     };
     if let Some(hint) = &request.login_hint {
         if hint != &user_id {
@@ -189,18 +142,6 @@ pub async fn login_card(
                 "ご自身のカードでログインしてください。",
             );
         }
-    }
-    match crate::users::get(&app.db(), &user_id) {
-        Ok(u) if u.status == "active" => {}
-        Ok(_) => {
-            return pages::error(
-                StatusCode::FORBIDDEN,
-                "利用が停止されています",
-                "この利用者は利用停止中です。",
-                "認証局(運用者)に連絡してください。",
-            )
-        }
-        Err(e) => return ApiError::internal(e).into_response(),
     }
     let Some((code, request)) = app.pending.issue_code(req_id, &user_id, method, now) else {
         return pages::error(
@@ -215,6 +156,66 @@ pub async fn login_card(
         q.push(("state", s.clone()));
     }
     Redirect::to(&oidc::with_query(&request.redirect_uri, &q)).into_response()
+}
+
+/// Validates the card certificate of this connection against the scheme's
+/// trust store and finds its (active) user. Failures are pages that say why.
+pub fn card_user(app: &App, peer: &PeerCertificates, method: Method) -> Result<String, Response> {
+    let card_name = if method == Method::Hpki { "HPKIカード" } else { "マイナンバーカード" };
+    let store = if method == Method::Hpki { &app.hpki } else { &app.jpki };
+    let validated = match store.validate(&peer.0, app.clock.now()) {
+        Ok(v) => v,
+        Err(CardCertError::Missing) => {
+            return Err(pages::error(
+                StatusCode::UNAUTHORIZED,
+                &format!("{card_name}が確認できません"),
+                &format!("{card_name}の証明書が送られていません。"),
+                "カードをICカードリーダーに置き、ブラウザで証明書を選んでから、もう一度お試しください。",
+            ))
+        }
+        Err(e) => {
+            tracing::info!("card login refused: {e}");
+            return Err(pages::error(
+                StatusCode::FORBIDDEN,
+                &format!("{card_name}でログインできません"),
+                &card_error_ja(&e),
+                &e.to_string(),
+            ));
+        }
+    };
+    let user = {
+        let db = app.db();
+        let found = if method == Method::Hpki {
+            crate::auth::cards::hpki_user(db.conn(), &validated.issuer, &validated.serial)
+        } else {
+            crate::auth::cards::jpki_user(db.conn(), &validated.issuer, &validated.serial, &validated.spki_sha256)
+        };
+        match found {
+            Ok(u) => u,
+            Err(e) => return Err(ApiError::internal(e).into_response()),
+        }
+    };
+    let Some(user_id) = user else {
+        let hint = if method == Method::Hpki {
+            "このHPKIカードは利用者として登録されていません。認証局(運用者)に連絡してください。"
+        } else {
+            "このマイナンバーカードは利用者に紐付けられていません。先にHPKIカードでマイナンバーカードを登録してください。"
+        };
+        return Err(pages::error(StatusCode::FORBIDDEN, &format!("{card_name}が登録されていません"), hint, ""));
+    };
+    match crate::users::get(&app.db(), &user_id) {
+        Ok(u) if u.status == "active" => {}
+        Ok(_) => {
+            return Err(pages::error(
+                StatusCode::FORBIDDEN,
+                "利用が停止されています",
+                "この利用者は利用停止中です。",
+                "認証局(運用者)に連絡してください。",
+            ))
+        }
+        Err(e) => return Err(ApiError::internal(e).into_response()),
+    }
+    Ok(user_id)
 }
 
 fn card_error_ja(e: &CardCertError) -> String {
@@ -264,7 +265,7 @@ fn pct_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
-async fn read_form(app: &App, body: Body) -> Result<HashMap<String, String>, ApiError> {
+pub(crate) async fn read_form(app: &App, body: Body) -> Result<HashMap<String, String>, ApiError> {
     let bytes = super::body::read_limited(body, app.config.server.max_json_bytes).await?;
     serde_urlencoded_parse(&bytes)
 }

@@ -19,10 +19,12 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-const STYLE: &str = "body{font-family:system-ui,'Hiragino Sans','Noto Sans JP',sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;color:#222;line-height:1.6}\
+/// The pages' style sheet (inline: pages load nothing from elsewhere).
+pub const STYLE: &str = "body{font-family:system-ui,'Hiragino Sans','Noto Sans JP',sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;color:#222;line-height:1.6}\
 h1{font-size:1.4rem;border-bottom:2px solid #a33;padding-bottom:.3rem}\
 a.button,button{display:block;margin:.8rem 0;padding:.9rem 1rem;border:1px solid #a33;border-radius:.4rem;background:#fff;color:#a33;text-decoration:none;font-size:1.05rem;text-align:left;width:100%;cursor:pointer}\
 a.button:hover,button:hover{background:#fbeeee}.error{color:#a00}.note{color:#555;font-size:.9rem}\
+input{display:block;width:100%;box-sizing:border-box;padding:.6rem;font-size:1.05rem;margin:.3rem 0 .8rem}.qr svg{width:16rem;height:16rem}\
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}";
 
 /// A whole page with a status code. `body` is trusted HTML; escape inputs with [`esc`].
@@ -47,4 +49,86 @@ pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
 /// An error page.
 pub fn error(status: StatusCode, title: &str, message: &str, hint: &str) -> Response {
     page(status, title, &format!("<p class=\"error\">{}</p><p>{}</p>", esc(message), esc(hint)))
+}
+
+/// The pages rendered from templates (`src/server/templates`, minijinja with
+/// HTML auto-escaping).
+pub struct Templates(minijinja::Environment<'static>);
+
+const TEMPLATES: &[(&str, &str)] = &[
+    ("base.html", include_str!("templates/base.html")),
+    ("register_index.html", include_str!("templates/register_index.html")),
+    ("id_form.html", include_str!("templates/id_form.html")),
+    ("pc.html", include_str!("templates/pc.html")),
+    ("phone.html", include_str!("templates/phone.html")),
+    ("label.html", include_str!("templates/label.html")),
+    ("password.html", include_str!("templates/password.html")),
+    ("message.html", include_str!("templates/message.html")),
+];
+
+impl Templates {
+    /// Loads the embedded templates.
+    pub fn new() -> Result<Templates, String> {
+        let mut env = minijinja::Environment::new();
+        for (name, source) in TEMPLATES {
+            env.add_template(name, source).map_err(|e| format!("template {name}: {e}"))?;
+        }
+        Ok(Templates(env))
+    }
+
+    /// Renders a template into a page (with `title` and the style added).
+    pub fn render(&self, status: StatusCode, name: &str, title: &str, ctx: minijinja::Value) -> Response {
+        let ctx = minijinja::context! { title => title, style => STYLE, ..ctx };
+        let html = match self.0.get_template(name).and_then(|t| t.render(ctx)) {
+            Ok(html) => html,
+            Err(e) => {
+                tracing::error!("template {name}: {e}");
+                return (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
+            }
+        };
+        let mut resp = (status, html).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'"),
+        );
+        resp
+    }
+
+    /// A message page (`error` styles it as a failure).
+    pub fn message(&self, status: StatusCode, title: &str, message: &str, hint: &str) -> Response {
+        let error = !status.is_success();
+        self.render(status, "message.html", title, minijinja::context! { message, hint, error })
+    }
+}
+
+/// `GET /assets/inkan.js`: the pages' script.
+pub async fn script() -> Response {
+    let mut resp = include_str!("assets/inkan.js").into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=utf-8"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_renders_and_escapes() {
+        let t = Templates::new().expect("templates parse");
+        for (name, _) in TEMPLATES.iter().filter(|(n, _)| *n != "base.html") {
+            let resp = t.render(
+                StatusCode::OK,
+                name,
+                "<title>",
+                minijinja::context! { user_id => "<script>", step => "waiting", message => "m", qr => "<svg></svg>" },
+            );
+            assert_eq!(resp.status(), StatusCode::OK, "{name}");
+        }
+    }
 }

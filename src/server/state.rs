@@ -52,6 +52,10 @@ pub struct App {
     pub metrics: Metrics,
     /// Demo client (demo mode only): id and secret.
     pub demo_client: Option<(String, String)>,
+    /// The WebAuthn relying party.
+    pub rp: crate::fido::RelyingParty,
+    /// Page templates.
+    pub templates: super::pages::Templates,
 }
 
 impl App {
@@ -72,6 +76,8 @@ impl App {
     ) -> Result<App, String> {
         let kid = crate::auth::oidc::kid(platform_spki);
         let jwk = crate::auth::oidc::jwk(platform_spki, &kid).ok_or("the platform key is not a P-256 key")?;
+        let rp = crate::fido::RelyingParty::new(&config)?;
+        let templates = super::pages::Templates::new()?;
         Ok(App {
             config,
             clock,
@@ -89,12 +95,19 @@ impl App {
             sads: Sads::default(),
             metrics: Metrics::default(),
             demo_client,
+            rp,
+            templates,
         })
     }
 
     /// The store, for a short read or write.
     pub fn db(&self) -> MutexGuard<'_, Store> {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The store's lock, for work that must hold it only between slow steps.
+    pub fn db_mutex(&self) -> &Mutex<Store> {
+        &self.db
     }
 
     /// Now, in Unix ms.

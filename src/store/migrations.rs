@@ -112,6 +112,57 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jpki_links_spki ON jpki_links(spki_sha256);
     CREATE INDEX jpki_links_user ON jpki_links(user_id);
     "#,
+    // 3: FIDO2 phones, QR tickets, registration codes
+    r#"
+    -- one registered phone (passkey) per user
+    CREATE TABLE devices (
+        user_id       TEXT PRIMARY KEY REFERENCES users(id),
+        credential_id BLOB NOT NULL UNIQUE,
+        passkey       TEXT NOT NULL,
+        counter       INTEGER NOT NULL CHECK (counter >= 0),
+        label         TEXT NOT NULL,
+        created_at    INTEGER NOT NULL,
+        last_used_at  INTEGER
+    ) STRICT;
+
+    -- a QR ticket: one PC flow (login, enrollment, device change, card link) as a state machine
+    CREATE TABLE tickets (
+        id         INTEGER PRIMARY KEY,
+        phone_hash BLOB UNIQUE,
+        pc_hash    BLOB UNIQUE,
+        pc_claimed INTEGER NOT NULL CHECK (pc_claimed IN (0, 1)),
+        phase      INTEGER NOT NULL DEFAULT 0,
+        purpose    TEXT NOT NULL CHECK (purpose IN ('login', 'enroll', 'change', 'verify', 'link')),
+        via        TEXT NOT NULL CHECK (via IN ('hpki', 'jpki', 'fido', 'regcode')),
+        user_id    TEXT NOT NULL REFERENCES users(id),
+        oidc_req   TEXT,
+        regcode_id INTEGER,
+        action     TEXT NOT NULL CHECK (action IN ('authenticate', 'register', 'none')),
+        step       TEXT NOT NULL CHECK (step IN ('confirm', 'waiting', 'ceremony', 'done', 'collected', 'cancelled')),
+        ceremony   TEXT,
+        error      TEXT,
+        labelled   INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        CHECK (step = 'ceremony' OR ceremony IS NULL)
+    ) STRICT;
+    CREATE INDEX tickets_user ON tickets(user_id);
+    CREATE INDEX tickets_expiry ON tickets(expires_at);
+
+    -- printed initial-registration codes (URL + password)
+    CREATE TABLE regcodes (
+        id            INTEGER PRIMARY KEY,
+        code_hash     BLOB NOT NULL UNIQUE,
+        user_id       TEXT NOT NULL REFERENCES users(id),
+        password_hash TEXT NOT NULL,
+        failures      INTEGER NOT NULL DEFAULT 0,
+        status        TEXT NOT NULL CHECK (status IN ('active', 'locked', 'revoked', 'replaced')),
+        created_at    INTEGER NOT NULL,
+        expires_at    INTEGER NOT NULL
+    ) STRICT;
+    -- issuing a new code replaces the old one
+    CREATE UNIQUE INDEX regcodes_one_active ON regcodes(user_id) WHERE status = 'active';
+    "#,
 ];
 
 /// Applies the missing migrations, each in its own transaction.

@@ -1,0 +1,137 @@
+//! FIDO2 phones: the WebAuthn relying party (webauthn-rs), the one registered
+//! device per user, QR tickets and printed registration codes.
+//!
+//! Ceremony state (the challenge) lives in the ticket's row and is taken out on
+//! first use, so an assertion or attestation is accepted at most once; the sign
+//! counter is checked here as well as by webauthn-rs (a counter that does not
+//! grow is refused unless the authenticator always reports 0).
+
+pub mod device;
+pub mod regcode;
+pub mod ticket;
+
+use sha2::{Digest, Sha256};
+use webauthn_rs::prelude::{
+    AuthenticationResult, CreationChallengeResponse, Passkey, PasskeyAuthentication, PasskeyRegistration,
+    PublicKeyCredential, RegisterPublicKeyCredential, RequestChallengeResponse, Url, Uuid, Webauthn, WebauthnBuilder,
+};
+
+use crate::config::Config;
+
+/// What went wrong in a ceremony.
+#[derive(Debug, thiserror::Error)]
+pub enum FidoError {
+    /// The authenticator's response was refused (the client's fault).
+    #[error("{0}")]
+    Refused(String),
+    /// A server-side problem.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The WebAuthn relying party.
+pub struct RelyingParty {
+    webauthn: Webauthn,
+    /// The relying-party ID.
+    pub rp_id: String,
+    /// The origin phones must report.
+    pub origin: String,
+}
+
+impl RelyingParty {
+    /// Builds the relying party from `[fido]` and `[server] public_url`.
+    pub fn new(config: &Config) -> Result<RelyingParty, String> {
+        let origin = Url::parse(&config.server.public_url)
+            .map_err(|e| format!("[server] public_url {:?}: {e}", config.server.public_url))?;
+        let rp_id = match &config.fido.rp_id {
+            Some(id) => id.clone(),
+            None => origin.host_str().ok_or("[server] public_url has no host name")?.to_owned(),
+        };
+        let webauthn = WebauthnBuilder::new(&rp_id, &origin)
+            .and_then(|b| b.rp_name(&config.fido.rp_name).timeout(std::time::Duration::from_secs(120)).build())
+            .map_err(|e| format!("[fido] rp_id {rp_id:?} does not fit {origin}: {e}"))?;
+        Ok(RelyingParty { webauthn, rp_id, origin: origin.as_str().trim_end_matches('/').to_owned() })
+    }
+
+    /// Starts a registration (user verification required): the options for the
+    /// phone and the state to keep (JSON).
+    pub fn start_registration(&self, user_id: &str) -> Result<(CreationChallengeResponse, String), FidoError> {
+        let (options, state) = self
+            .webauthn
+            .start_passkey_registration(user_handle(user_id), user_id, user_id, None)
+            .map_err(|e| FidoError::Internal(e.to_string()))?;
+        Ok((options, to_json(&state)?))
+    }
+
+    /// Verifies a registration response against the kept state.
+    pub fn finish_registration(&self, response: &[u8], state: &str) -> Result<Passkey, FidoError> {
+        let response: RegisterPublicKeyCredential = parse_response(response)?;
+        let state: PasskeyRegistration =
+            serde_json::from_str(state).map_err(|e| FidoError::Internal(format!("ceremony state: {e}")))?;
+        self.webauthn
+            .finish_passkey_registration(&response, &state)
+            .map_err(|e| FidoError::Refused(format!("registration refused: {e}")))
+    }
+
+    /// Starts an authentication with the user's one device.
+    pub fn start_authentication(&self, passkey: &Passkey) -> Result<(RequestChallengeResponse, String), FidoError> {
+        let (options, state) = self
+            .webauthn
+            .start_passkey_authentication(std::slice::from_ref(passkey))
+            .map_err(|e| FidoError::Internal(e.to_string()))?;
+        Ok((options, to_json(&state)?))
+    }
+
+    /// Verifies an assertion against the kept state.
+    pub fn finish_authentication(&self, response: &[u8], state: &str) -> Result<AuthenticationResult, FidoError> {
+        let response: PublicKeyCredential = parse_response(response)?;
+        let state: PasskeyAuthentication =
+            serde_json::from_str(state).map_err(|e| FidoError::Internal(format!("ceremony state: {e}")))?;
+        self.webauthn
+            .finish_passkey_authentication(&response, &state)
+            .map_err(|e| FidoError::Refused(format!("sign-in refused: {e}")))
+    }
+}
+
+/// The WebAuthn user handle of a user: stable, so a phone that registers again
+/// replaces its own credential for the user instead of adding one.
+pub fn user_handle(user_id: &str) -> Uuid {
+    let digest = Sha256::digest(format!("inkan user handle\0{user_id}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Uuid::from_bytes(bytes)
+}
+
+/// Checks the sign counter: it must grow, unless the authenticator always reports 0.
+pub fn counter_ok(stored: u32, reported: u32) -> bool {
+    (stored == 0 && reported == 0) || reported > stored
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, FidoError> {
+    serde_json::to_string(value).map_err(|e| FidoError::Internal(e.to_string()))
+}
+
+fn parse_response<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, FidoError> {
+    serde_json::from_slice(bytes).map_err(|e| FidoError::Refused(format!("malformed WebAuthn response: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_must_grow_unless_always_zero() {
+        assert!(counter_ok(0, 0));
+        assert!(counter_ok(0, 1));
+        assert!(counter_ok(5, 6));
+        assert!(!counter_ok(5, 5));
+        assert!(!counter_ok(5, 4));
+        assert!(!counter_ok(5, 0));
+    }
+
+    #[test]
+    fn user_handles_are_stable_and_distinct() {
+        assert_eq!(user_handle("100001"), user_handle("100001"));
+        assert_ne!(user_handle("100001"), user_handle("100002"));
+    }
+}
