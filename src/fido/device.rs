@@ -123,7 +123,11 @@ pub fn install(
     if let Some(old) = &old {
         detail["replaced_credential_id"] = b64url(old).into();
     }
-    audit::append(tx, now, &[Event { actor, event, user_id: Some(user_id), outcome: "ok", detail, ..Default::default() }])?;
+    audit::append(
+        tx,
+        now,
+        &[Event { actor, event, user_id: Some(user_id), outcome: "ok", detail, ..Default::default() }],
+    )?;
     Ok(old)
 }
 

@@ -129,7 +129,9 @@ pub fn issue(
         Password::Given(p) if p.chars().count() >= 6 => (p.clone(), Some(p)),
         Password::Given(_) => return Err(RegcodeError::Invalid("the password must have at least 6 characters".into())),
         Password::Birthdate(d) if d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()) => (d, None),
-        Password::Birthdate(_) => return Err(RegcodeError::Invalid("the birth date must be 8 digits, YYYYMMDD".into())),
+        Password::Birthdate(_) => {
+            return Err(RegcodeError::Invalid("the birth date must be 8 digits, YYYYMMDD".into()))
+        }
         Password::Generate => {
             let p = generated_password();
             (p.clone(), Some(p))
@@ -182,7 +184,13 @@ pub fn revoke(store: &mut Store, now: i64, actor: &str, user_id: &str) -> Result
             audit::append(
                 t,
                 now,
-                &[Event { actor, event: "regcode.revoke", user_id: Some(user_id), outcome: "ok", ..Default::default() }],
+                &[Event {
+                    actor,
+                    event: "regcode.revoke",
+                    user_id: Some(user_id),
+                    outcome: "ok",
+                    ..Default::default()
+                }],
             )?;
         }
         Ok(n)
@@ -258,7 +266,13 @@ pub fn check(store: &Store, now: i64, code: &str) -> Result<String, RegcodeError
 
 /// Checks the password of a code (Argon2id: call off the async runtime). A
 /// wrong one counts; at `max_tries` the code locks.
-pub fn open(store: &std::sync::Mutex<Store>, now: i64, code: &str, password: &str, max_tries: u32) -> Result<Opened, RegcodeError> {
+pub fn open(
+    store: &std::sync::Mutex<Store>,
+    now: i64,
+    code: &str,
+    password: &str,
+    max_tries: u32,
+) -> Result<Opened, RegcodeError> {
     let row = {
         let db = store.lock().unwrap_or_else(|p| p.into_inner());
         let row = find(&db, code)?;
@@ -277,9 +291,13 @@ pub fn open(store: &std::sync::Mutex<Store>, now: i64, code: &str, password: &st
     }
     let failures = db.write(|t| {
         t.execute("UPDATE regcodes SET failures = failures + 1 WHERE id = ?1 AND status = 'active'", params![row.id])?;
-        let failures: u32 = t.query_row("SELECT failures FROM regcodes WHERE id = ?1", params![row.id], |r| r.get(0))?;
+        let failures: u32 =
+            t.query_row("SELECT failures FROM regcodes WHERE id = ?1", params![row.id], |r| r.get(0))?;
         if failures >= max_tries {
-            let n = t.execute("UPDATE regcodes SET status = 'locked' WHERE id = ?1 AND status = 'active'", params![row.id])?;
+            let n = t.execute(
+                "UPDATE regcodes SET status = 'locked' WHERE id = ?1 AND status = 'active'",
+                params![row.id],
+            )?;
             if n == 1 {
                 audit::append(
                     t,

@@ -220,7 +220,12 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Ticket> {
 }
 
 /// Creates a ticket; returns it with its PC token (the phone token follows from it).
-pub fn create(store: &mut Store, now: i64, lifetime_ms: i64, new: NewTicket<'_>) -> Result<(Ticket, String), StoreError> {
+pub fn create(
+    store: &mut Store,
+    now: i64,
+    lifetime_ms: i64,
+    new: NewTicket<'_>,
+) -> Result<(Ticket, String), StoreError> {
     let pc = random_token();
     let phone_hash = token_hash(&phone_token(&pc, 0));
     let id = store.write(|t| {
@@ -289,7 +294,13 @@ pub fn claim(store: &mut Store, pc_token: &str) -> Result<Option<Ticket>, StoreE
 /// The PC answers "replace the registered phone?": yes moves on to a fresh QR
 /// for the new phone (the old phone keeps working until it has registered);
 /// no cancels. False if the ticket was not waiting for the answer.
-pub fn answer_replace(store: &mut Store, now: i64, lifetime_ms: i64, pc_token: &str, yes: bool) -> Result<bool, StoreError> {
+pub fn answer_replace(
+    store: &mut Store,
+    now: i64,
+    lifetime_ms: i64,
+    pc_token: &str,
+    yes: bool,
+) -> Result<bool, StoreError> {
     let Some(ticket) = by_pc(store.conn(), pc_token)? else {
         return Ok(false);
     };
@@ -368,7 +379,9 @@ pub fn advance(tx: &rusqlite::Transaction<'_>, ticket: &Ticket) -> Result<bool, 
 
 /// The PC collects a finished ticket (a login's code is issued once).
 pub fn collect(store: &mut Store, id: i64) -> Result<bool, StoreError> {
-    store.write(|t| Ok(t.execute("UPDATE tickets SET step = 'collected' WHERE id = ?1 AND step = 'done'", params![id])? == 1))
+    store.write(|t| {
+        Ok(t.execute("UPDATE tickets SET step = 'collected' WHERE id = ?1 AND step = 'done'", params![id])? == 1)
+    })
 }
 
 /// Marks the label screen answered (once).

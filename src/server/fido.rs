@@ -126,10 +126,22 @@ pub async fn register_index(State(app): State<Arc<App>>) -> Response {
 /// `GET /login/fido?req=`: L1 starts: the user ID on the PC.
 pub async fn login_form(State(app): State<Arc<App>>, Query(params): Query<HashMap<String, String>>) -> Response {
     let Some(req) = params.get("req") else {
-        return msg(&app, StatusCode::BAD_REQUEST, "ログイン要求がありません", "ログイン要求が見つかりません。", "署名システムからもう一度ログインしてください。");
+        return msg(
+            &app,
+            StatusCode::BAD_REQUEST,
+            "ログイン要求がありません",
+            "ログイン要求が見つかりません。",
+            "署名システムからもう一度ログインしてください。",
+        );
     };
     let Some(request) = app.pending.request(req, app.now_ms()) else {
-        return msg(&app, StatusCode::BAD_REQUEST, "ログインの有効期限切れ", "このログイン要求は無効か、有効期限が切れています。", "署名システムからもう一度ログインしてください。");
+        return msg(
+            &app,
+            StatusCode::BAD_REQUEST,
+            "ログインの有効期限切れ",
+            "このログイン要求は無効か、有効期限が切れています。",
+            "署名システムからもう一度ログインしてください。",
+        );
     };
     app.templates.render(
         StatusCode::OK,
@@ -153,13 +165,31 @@ pub async fn login_start(State(app): State<Arc<App>>, body: Body) -> Response {
     };
     let user_id = form.get("user_id").map(|s| s.trim().to_owned()).unwrap_or_default();
     let Some(req) = form.get("req") else {
-        return msg(&app, StatusCode::BAD_REQUEST, "ログイン要求がありません", "ログイン要求が見つかりません。", "署名システムからもう一度ログインしてください。");
+        return msg(
+            &app,
+            StatusCode::BAD_REQUEST,
+            "ログイン要求がありません",
+            "ログイン要求が見つかりません。",
+            "署名システムからもう一度ログインしてください。",
+        );
     };
     let Some(request) = app.pending.request(req, app.now_ms()) else {
-        return msg(&app, StatusCode::BAD_REQUEST, "ログインの有効期限切れ", "このログイン要求は無効か、有効期限が切れています。", "署名システムからもう一度ログインしてください。");
+        return msg(
+            &app,
+            StatusCode::BAD_REQUEST,
+            "ログインの有効期限切れ",
+            "このログイン要求は無効か、有効期限が切れています。",
+            "署名システムからもう一度ログインしてください。",
+        );
     };
     if request.login_hint.as_ref().is_some_and(|h| h != &user_id) {
-        return msg(&app, StatusCode::FORBIDDEN, "本人IDが一致しません", "入力された本人IDと、署名システムが指定した本人IDが一致しません。", "ご自身の本人IDでログインしてください。");
+        return msg(
+            &app,
+            StatusCode::FORBIDDEN,
+            "本人IDが一致しません",
+            "入力された本人IDと、署名システムが指定した本人IDが一致しません。",
+            "ご自身の本人IDでログインしてください。",
+        );
     }
     if let Some(problem) = user_problem(&app, &user_id, true) {
         return problem;
@@ -304,13 +334,7 @@ fn not_found_page(app: &App) -> Response {
 }
 
 fn expired_page(app: &App) -> Response {
-    msg(
-        app,
-        StatusCode::GONE,
-        "有効期限切れ",
-        "QRコードの有効期限が切れました。",
-        "最初からやり直してください。",
-    )
+    msg(app, StatusCode::GONE, "有効期限切れ", "QRコードの有効期限が切れました。", "最初からやり直してください。")
 }
 
 fn pc_ticket(app: &App, headers: &HeaderMap) -> Result<(Ticket, String), Response> {
@@ -326,11 +350,7 @@ fn pc_ticket(app: &App, headers: &HeaderMap) -> Result<(Ticket, String), Respons
 
 fn qr_svg(text: &str) -> Result<String, String> {
     let code = qrcode::QrCode::new(text.as_bytes()).map_err(|e| e.to_string())?;
-    let svg = code
-        .render::<qrcode::render::svg::Color<'_>>()
-        .min_dimensions(240, 240)
-        .quiet_zone(true)
-        .build();
+    let svg = code.render::<qrcode::render::svg::Color<'_>>().min_dimensions(240, 240).quiet_zone(true).build();
     // Inline in the page: drop the XML declaration.
     Ok(match svg.find("<svg") {
         Some(i) => svg[i..].to_owned(),
@@ -368,8 +388,12 @@ pub async fn pc_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
         _ => String::new(),
     };
     let instruction = match (t.purpose, t.action) {
-        (Purpose::Login, _) => "登録済みのスマートフォンでQRコードを読み取り、「セキュリティキーによるサインイン」を押してください。",
-        (Purpose::Change, Action::Authenticate) => "変更前(登録済み)のスマートフォンでQRコードを読み取り、サインインしてください。",
+        (Purpose::Login, _) => {
+            "登録済みのスマートフォンでQRコードを読み取り、「セキュリティキーによるサインイン」を押してください。"
+        }
+        (Purpose::Change, Action::Authenticate) => {
+            "変更前(登録済み)のスマートフォンでQRコードを読み取り、サインインしてください。"
+        }
         (Purpose::Change, _) => "新しいスマートフォンでQRコードを読み取り、「登録」を押してください。",
         _ => "登録するスマートフォンでQRコードを読み取り、「登録」を押してください。",
     };
@@ -408,7 +432,8 @@ pub async fn pc_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
 /// `GET /pc/status`: what the PC page polls. A finished login hands out its
 /// authorization-code redirect here, once, and only to the PC's cookie.
 pub async fn pc_status(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let pc = pc_cookie(&headers).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request", "no ticket in this browser"))?;
+    let pc = pc_cookie(&headers)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request", "no ticket in this browser"))?;
     let t = ticket::by_pc(app.db().conn(), &pc)?
         .filter(|t| t.pc_claimed)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "invalid_request", "unknown ticket"))?;
@@ -430,7 +455,8 @@ pub async fn pc_status(State(app): State<Arc<App>>, headers: HeaderMap) -> Resul
                 out["redirect"] = crate::auth::oidc::with_query(&request.redirect_uri, &q).into();
             }
             None => {
-                out["error"] = "ログイン要求の有効期限が切れています。署名システムからもう一度ログインしてください。".into();
+                out["error"] =
+                    "ログイン要求の有効期限が切れています。署名システムからもう一度ログインしてください。".into();
             }
         }
         out["step"] = "collected".into();
@@ -492,14 +518,26 @@ pub async fn phone_page(State(app): State<Arc<App>>, Path(token): Path<String>) 
     match t.step {
         Step::Waiting | Step::Ceremony => {}
         Step::Confirm => {
-            return msg(&app, StatusCode::OK, "サインイン完了", "サインインしました。", "PCの画面で操作を続けてください。")
+            return msg(
+                &app,
+                StatusCode::OK,
+                "サインイン完了",
+                "サインインしました。",
+                "PCの画面で操作を続けてください。",
+            )
         }
         Step::Done | Step::Collected if t.action == Action::Register && !t.labelled => {
             return Redirect::to(&format!("/m/{token}/label")).into_response()
         }
         Step::Done | Step::Collected => return finished_page(&app, &t),
         Step::Cancelled => {
-            return msg(&app, StatusCode::GONE, "取り消されました", "この手続きは取り消されました。", "最初からやり直してください。")
+            return msg(
+                &app,
+                StatusCode::GONE,
+                "取り消されました",
+                "この手続きは取り消されました。",
+                "最初からやり直してください。",
+            )
         }
     }
     let (title, lead, button, note) = match t.action {
@@ -541,8 +579,9 @@ fn refused(description: impl Into<String>) -> ApiError {
 /// `POST /m/<token>/begin`: the WebAuthn options (the challenge is kept in the ticket).
 pub async fn phone_begin(State(app): State<Arc<App>>, Path(token): Path<String>) -> Result<Response, ApiError> {
     let now = app.now_ms();
-    let t = ticket::by_phone(app.db().conn(), &token)?
-        .ok_or_else(|| refused("このQRコードは無効か、既に使われています。PCの画面の最新のQRコードを読み取ってください。"))?;
+    let t = ticket::by_phone(app.db().conn(), &token)?.ok_or_else(|| {
+        refused("このQRコードは無効か、既に使われています。PCの画面の最新のQRコードを読み取ってください。")
+    })?;
     if t.expired(now) {
         return Err(refused("QRコードの有効期限が切れました。最初からやり直してください。"));
     }
@@ -551,7 +590,11 @@ pub async fn phone_begin(State(app): State<Arc<App>>, Path(token): Path<String>)
     }
     let user = crate::users::get(&app.db(), &t.user_id).map_err(ApiError::internal)?;
     if user.status != "active" {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "access_denied", "この利用者は利用停止中です。認証局に連絡してください。"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "この利用者は利用停止中です。認証局に連絡してください。",
+        ));
     }
     let (options, state) = match t.action {
         Action::Register => {
@@ -584,9 +627,8 @@ pub async fn phone_finish(
     let t = ticket::by_phone(app.db().conn(), &token)?
         .ok_or_else(|| refused("このQRコードは無効か、既に使われています。"))?;
     // Single use: the challenge is gone from here on, whatever the outcome.
-    let state = ticket::take(&mut app.db(), now, t.id)?.ok_or_else(|| {
-        refused("この認証要求は使用済みか、有効期限が切れています。もう一度ボタンを押してください。")
-    })?;
+    let state = ticket::take(&mut app.db(), now, t.id)?
+        .ok_or_else(|| refused("この認証要求は使用済みか、有効期限が切れています。もう一度ボタンを押してください。"))?;
     let outcome = match t.action {
         Action::Register => register(&app, &t, &bytes, &state, &headers, now),
         _ => authenticate(&app, &t, &bytes, &state, now),
@@ -622,7 +664,14 @@ fn auto_label(headers: &HeaderMap) -> String {
     kind.to_owned()
 }
 
-fn register(app: &App, t: &Ticket, bytes: &[u8], state: &str, headers: &HeaderMap, now: i64) -> Result<String, FidoError> {
+fn register(
+    app: &App,
+    t: &Ticket,
+    bytes: &[u8],
+    state: &str,
+    headers: &HeaderMap,
+    now: i64,
+) -> Result<String, FidoError> {
     let passkey = app.rp.finish_registration(bytes, state)?;
     let label = format!("{} {}", auto_label(headers), &rfc3339(now + 9 * 3_600_000)[..10]);
     let actor = format!("user:{}", t.user_id);
@@ -748,10 +797,34 @@ pub async fn label_submit(State(app): State<Arc<App>>, Path(token): Path<String>
 fn regcode_error_page(app: &App, e: &regcode::RegcodeError) -> Response {
     use regcode::RegcodeError as E;
     match e {
-        E::Unknown => msg(app, StatusCode::NOT_FOUND, "登録URLが無効です", "この登録URLは無効です。", "書面に記載されたURLを確認してください。"),
-        E::Expired => msg(app, StatusCode::GONE, "登録URLの有効期限切れ", "この登録URLは有効期限が切れています。", "認証局に連絡して、新しい登録URLの発行を受けてください。"),
-        E::Locked => msg(app, StatusCode::FORBIDDEN, "登録URLはロックされています", "パスワードを5回以上間違えたため、この登録URLは使えなくなりました。", "認証局に連絡して、新しい登録URLの発行を受けてください。"),
-        E::Revoked => msg(app, StatusCode::GONE, "登録URLは無効です", "この登録URLは無効になりました(新しい登録URLが発行されています)。", "最新の書面に記載されたURLを使うか、認証局に連絡してください。"),
+        E::Unknown => msg(
+            app,
+            StatusCode::NOT_FOUND,
+            "登録URLが無効です",
+            "この登録URLは無効です。",
+            "書面に記載されたURLを確認してください。",
+        ),
+        E::Expired => msg(
+            app,
+            StatusCode::GONE,
+            "登録URLの有効期限切れ",
+            "この登録URLは有効期限が切れています。",
+            "認証局に連絡して、新しい登録URLの発行を受けてください。",
+        ),
+        E::Locked => msg(
+            app,
+            StatusCode::FORBIDDEN,
+            "登録URLはロックされています",
+            "パスワードを5回以上間違えたため、この登録URLは使えなくなりました。",
+            "認証局に連絡して、新しい登録URLの発行を受けてください。",
+        ),
+        E::Revoked => msg(
+            app,
+            StatusCode::GONE,
+            "登録URLは無効です",
+            "この登録URLは無効になりました(新しい登録URLが発行されています)。",
+            "最新の書面に記載されたURLを使うか、認証局に連絡してください。",
+        ),
         other => internal(other),
     }
 }
@@ -783,10 +856,10 @@ pub async fn regcode_submit(State(app): State<Arc<App>>, Path(code): Path<String
     let code2 = code.clone();
     // Argon2 is slow on purpose: off the async workers.
     let opened = tokio::task::spawn_blocking(move || regcode::open(app2.db_mutex(), now, &code2, &password, max)).await;
-    let opened = match opened {
-        Ok(Ok(o)) => o,
-        Ok(Err(regcode::RegcodeError::WrongPassword { left })) => {
-            return app.templates.render(
+    let opened =
+        match opened {
+            Ok(Ok(o)) => o,
+            Ok(Err(regcode::RegcodeError::WrongPassword { left })) => return app.templates.render(
                 StatusCode::UNAUTHORIZED,
                 "password.html",
                 "スマートフォンの初期登録",
@@ -794,11 +867,10 @@ pub async fn regcode_submit(State(app): State<Arc<App>>, Path(code): Path<String
                     action => format!("/r/{code}"),
                     error => format!("パスワードが違います。あと{left}回間違えると、この登録URLは使えなくなります。"),
                 },
-            )
-        }
-        Ok(Err(e)) => return regcode_error_page(&app, &e),
-        Err(e) => return internal(e),
-    };
+            ),
+            Ok(Err(e)) => return regcode_error_page(&app, &e),
+            Err(e) => return internal(e),
+        };
     if let Some(problem) = user_problem(&app, &opened.user_id, false) {
         return problem;
     }
@@ -879,7 +951,13 @@ pub async fn link_jpki(
         Ok(Some(t)) if t.purpose == Purpose::Link && t.step == Step::Waiting && !t.expired(now) => t,
         Ok(Some(t)) if t.expired(now) => return expired_page(&app),
         Ok(_) => {
-            return msg(&app, StatusCode::BAD_REQUEST, "手続きが無効です", "この手続きは使用済みか、無効です。", "登録サイトから最初からやり直してください。")
+            return msg(
+                &app,
+                StatusCode::BAD_REQUEST,
+                "手続きが無効です",
+                "この手続きは使用済みか、無効です。",
+                "登録サイトから最初からやり直してください。",
+            )
         }
         Err(e) => return internal(e),
     };

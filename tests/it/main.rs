@@ -7,8 +7,10 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::disallowed_methods)]
 
+mod authenticator;
 mod cades;
 mod cli;
+mod fido;
 mod harness;
 mod http;
 mod keystore;
