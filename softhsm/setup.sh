@@ -2,7 +2,9 @@
 # Prepares this machine and project for inkan; idempotent.
 #
 #  1. Installs what is missing on Debian: SoftHSM (softhsm2) and OpenSSL; with
-#     --deps-only also PyJWT (pip), which the test suite uses as a stock OIDC client.
+#     --deps-only also what the test suite uses: PyJWT (pip) as a stock OIDC
+#     client, and Chromium (Debian's package, never a downloaded browser) with
+#     Node.js and playwright-core (tests/browser, pinned by its package-lock.json).
 #  2. Renders softhsm/softhsm2.conf.in into var/softhsm/softhsm2.conf, with the
 #     token directory var/softhsm/tokens inside the project.
 #  3. Initialises the token by its label (default "inkan", INKAN_TOKEN_LABEL)
@@ -24,6 +26,11 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ "${1:-}" = "--deps-only" ]; then
   command -v python3 >/dev/null 2>&1 || need+=(python3)
   python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+  [ -x /usr/bin/chromium ] || need+=(chromium)
+  command -v node >/dev/null 2>&1 || need+=(nodejs)
+  command -v npm >/dev/null 2>&1 || need+=(npm)
+  # Japanese glyphs, so the browser tests' screenshots are readable.
+  [ -n "$(fc-list :lang=ja 2>/dev/null)" ] || need+=(fonts-ipafont-gothic)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} ..." >&2
@@ -37,6 +44,11 @@ if [ "${1:-}" = "--deps-only" ] && ! python3 -c 'import jwt, cryptography' >/dev
   echo "installing PyJWT for the tests ..." >&2
   python3 -m pip install -q --disable-pip-version-check 'pyjwt[crypto]>=2.9' >/dev/null 2>&1 \
     || python3 -m pip install -q --break-system-packages 'pyjwt[crypto]>=2.9' >/dev/null
+fi
+# playwright-core drives Debian's Chromium in the browser tests (no browser download).
+if [ "${1:-}" = "--deps-only" ] && [ ! -d "$root/tests/browser/node_modules/playwright-core" ]; then
+  echo "installing playwright-core for the browser tests ..." >&2
+  (cd "$root/tests/browser" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
 fi
 [ "${1:-}" = "--deps-only" ] && exit 0
 

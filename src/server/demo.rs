@@ -101,6 +101,9 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 pub async fn index(State(app): State<Arc<App>>) -> Response {
     let demo =
         if app.demo_client.is_some() { "<a class=\"button\" href=\"/demo\">デモ署名システム</a>" } else { "" };
+    let demo = format!(
+        "{demo}<a class=\"button\" href=\"/register\">登録サイト(スマートフォン・マイナンバーカードの登録)</a>"
+    );
     pages::page(
         StatusCode::OK,
         "inkan 電子署名基盤",
@@ -128,6 +131,7 @@ pub async fn page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
             let links = [
                 ("hpki", "HPKIカードでログイン"),
                 ("jpki", "マイナンバーカードでログイン"),
+                ("fido", "スマートフォンでログイン"),
                 ("", "ログイン方法を選ぶ"),
             ]
             .iter()

@@ -172,8 +172,17 @@ impl Server {
     /// are picked free just before; if another process takes one meanwhile, the
     /// start is retried with new ones.
     pub fn start(env: &Env, vars: &[(&str, &str)]) -> Server {
+        Server::start_with(env, vars, false)
+    }
+
+    /// Starts `inkan serve --demo` (demo users, card mappings, demo client).
+    pub fn start_demo(env: &Env) -> Server {
+        Server::start_with(env, &[], true)
+    }
+
+    fn start_with(env: &Env, vars: &[(&str, &str)], demo: bool) -> Server {
         for attempt in 1.. {
-            match Server::try_start(env, vars) {
+            match Server::try_start(env, vars, demo) {
                 Ok(server) => return server,
                 Err(e) if attempt < 4 && e.contains("cannot listen") => continue,
                 Err(e) => panic!("inkan serve did not start: {e}"),
@@ -182,12 +191,15 @@ impl Server {
         unreachable!()
     }
 
-    fn try_start(env: &Env, vars: &[(&str, &str)]) -> Result<Server, String> {
+    fn try_start(env: &Env, vars: &[(&str, &str)], demo: bool) -> Result<Server, String> {
         let (main, card) = (free_port(), free_port());
         let base = format!("https://localhost:{main}");
         let card_url = format!("https://localhost:{card}");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_inkan"));
         cmd.arg("--config").arg(&env.config).arg("serve").current_dir(root());
+        if demo {
+            cmd.arg("--demo");
+        }
         cmd.env("INKAN_SERVER_LISTEN", format!("127.0.0.1:{main}"))
             .env("INKAN_SERVER_CARD_LISTEN", format!("127.0.0.1:{card}"))
             .env("INKAN_SERVER_PUBLIC_URL", &base)
@@ -210,7 +222,7 @@ impl Server {
                 }
                 return Err(format!("exited ({status}): {err}"));
             }
-            assert!(started.elapsed() < Duration::from_secs(20), "inkan serve did not come up");
+            assert!(started.elapsed() < Duration::from_secs(60), "inkan serve did not come up");
             std::thread::sleep(Duration::from_millis(20));
         }
         // Both listeners are bound before the first is served.

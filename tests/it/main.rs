@@ -8,6 +8,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::disallowed_methods)]
 
 mod authenticator;
+mod browser;
 mod cades;
 mod cli;
 mod fido;
