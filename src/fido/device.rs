@@ -94,15 +94,14 @@ pub fn get(conn: &Connection, user_id: &str) -> Result<Option<Device>, StoreErro
     }))
 }
 
-/// Installs a newly registered passkey as the user's device, replacing the old
-/// one in the same statement. Returns the replaced credential ID, if any.
+/// Installs a newly registered passkey as the user's device (counter 0),
+/// replacing the old one in the same statement. Returns the replaced credential ID, if any.
 pub fn install(
     tx: &Transaction<'_>,
     now: i64,
     actor: &str,
     user_id: &str,
     passkey: &Passkey,
-    counter: u32,
     label: &str,
     via: &str,
 ) -> Result<Option<Vec<u8>>, StoreError> {
@@ -113,10 +112,10 @@ pub fn install(
     let json = serde_json::to_string(passkey).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     tx.execute(
         "INSERT INTO devices (user_id, credential_id, passkey, counter, label, created_at, last_used_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)
+         VALUES (?1, ?2, ?3, 0, ?4, ?5, NULL)
          ON CONFLICT(user_id) DO UPDATE SET credential_id = excluded.credential_id, passkey = excluded.passkey,
              counter = excluded.counter, label = excluded.label, created_at = excluded.created_at, last_used_at = NULL",
-        params![user_id, credential_id, json, counter, label, now],
+        params![user_id, credential_id, json, label, now],
     )?;
     let event = if old.is_some() { "fido.replace" } else { "fido.register" };
     let mut detail = serde_json::json!({ "credential_id": b64url(credential_id), "label": label, "via": via });

@@ -272,7 +272,7 @@ pub async fn enroll_card(
     };
     let user_id = match super::oidc::card_user(&app, &peer, method) {
         Ok(u) => u,
-        Err(page) => return page,
+        Err(page) => return *page,
     };
     let has_device = match device::get(app.db().conn(), &user_id) {
         Ok(d) => d.is_some(),
@@ -337,14 +337,14 @@ fn expired_page(app: &App) -> Response {
     msg(app, StatusCode::GONE, "有効期限切れ", "QRコードの有効期限が切れました。", "最初からやり直してください。")
 }
 
-fn pc_ticket(app: &App, headers: &HeaderMap) -> Result<(Ticket, String), Response> {
+fn pc_ticket(app: &App, headers: &HeaderMap) -> Result<(Ticket, String), Box<Response>> {
     let Some(pc) = pc_cookie(headers) else {
-        return Err(not_found_page(app));
+        return Err(Box::new(not_found_page(app)));
     };
     match ticket::by_pc(app.db().conn(), &pc) {
         Ok(Some(t)) if t.pc_claimed => Ok((t, pc)),
-        Ok(_) => Err(not_found_page(app)),
-        Err(e) => Err(internal(e)),
+        Ok(_) => Err(Box::new(not_found_page(app))),
+        Err(e) => Err(Box::new(internal(e))),
     }
 }
 
@@ -368,7 +368,7 @@ fn clock_time(ms: i64) -> String {
 pub async fn pc_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let (t, pc) = match pc_ticket(&app, &headers) {
         Ok(x) => x,
-        Err(page) => return page,
+        Err(page) => return *page,
     };
     let now = app.now_ms();
     if t.expired(now) && t.step != Step::Cancelled {
@@ -474,7 +474,7 @@ pub async fn pc_confirm(State(app): State<Arc<App>>, headers: HeaderMap, body: B
     };
     let (t, pc) = match pc_ticket(&app, &headers) {
         Ok(x) => x,
-        Err(page) => return page,
+        Err(page) => return *page,
     };
     let yes = match form.get("answer").map(String::as_str) {
         Some("yes") => true,
@@ -681,7 +681,7 @@ fn register(
             if !ticket::advance(tx, t)? {
                 return Ok(false);
             }
-            device::install(tx, now, &actor, &t.user_id, &passkey, 0, &label, &t.via)?;
+            device::install(tx, now, &actor, &t.user_id, &passkey, &label, &t.via)?;
             Ok(true)
         })
         .map_err(store_err)?;
@@ -903,7 +903,7 @@ pub async fn regcode_submit(State(app): State<Arc<App>>, Path(code): Path<String
 pub async fn link_hpki(State(app): State<Arc<App>>, Extension(peer): Extension<PeerCertificates>) -> Response {
     let user_id = match super::oidc::card_user(&app, &peer, Method::Hpki) {
         Ok(u) => u,
-        Err(page) => return page,
+        Err(page) => return *page,
     };
     let created = ticket::create(
         &mut app.db(),
@@ -962,7 +962,7 @@ pub async fn link_jpki(
         Err(e) => return internal(e),
     };
     if let Err(e) = app.jpki.validate(&peer.0, app.clock.now()) {
-        return super::oidc::card_user(&app, &peer, Method::Jpki).err().unwrap_or_else(|| internal(e));
+        return super::oidc::card_user(&app, &peer, Method::Jpki).err().map(|p| *p).unwrap_or_else(|| internal(e));
     }
     let Some(cert) = peer.0.first() else {
         return not_found_page(&app);

@@ -131,7 +131,7 @@ pub async fn login_card(
     };
     let user_id = match card_user(&app, &peer, method) {
         Ok(u) => u,
-        Err(page) => return page,
+        Err(page) => return *page,
     };
     if let Some(hint) = &request.login_hint {
         if hint != &user_id {
@@ -160,27 +160,27 @@ pub async fn login_card(
 
 /// Validates the card certificate of this connection against the scheme's
 /// trust store and finds its (active) user. Failures are pages that say why.
-pub fn card_user(app: &App, peer: &PeerCertificates, method: Method) -> Result<String, Response> {
+pub fn card_user(app: &App, peer: &PeerCertificates, method: Method) -> Result<String, Box<Response>> {
     let card_name = if method == Method::Hpki { "HPKIカード" } else { "マイナンバーカード" };
     let store = if method == Method::Hpki { &app.hpki } else { &app.jpki };
     let validated = match store.validate(&peer.0, app.clock.now()) {
         Ok(v) => v,
         Err(CardCertError::Missing) => {
-            return Err(pages::error(
+            return Err(Box::new(pages::error(
                 StatusCode::UNAUTHORIZED,
                 &format!("{card_name}が確認できません"),
                 &format!("{card_name}の証明書が送られていません。"),
                 "カードをICカードリーダーに置き、ブラウザで証明書を選んでから、もう一度お試しください。",
-            ))
+            )))
         }
         Err(e) => {
             tracing::info!("card login refused: {e}");
-            return Err(pages::error(
+            return Err(Box::new(pages::error(
                 StatusCode::FORBIDDEN,
                 &format!("{card_name}でログインできません"),
                 &card_error_ja(&e),
                 &e.to_string(),
-            ));
+            )));
         }
     };
     let user = {
@@ -192,7 +192,7 @@ pub fn card_user(app: &App, peer: &PeerCertificates, method: Method) -> Result<S
         };
         match found {
             Ok(u) => u,
-            Err(e) => return Err(ApiError::internal(e).into_response()),
+            Err(e) => return Err(Box::new(ApiError::internal(e).into_response())),
         }
     };
     let Some(user_id) = user else {
@@ -201,19 +201,24 @@ pub fn card_user(app: &App, peer: &PeerCertificates, method: Method) -> Result<S
         } else {
             "このマイナンバーカードは利用者に紐付けられていません。先にHPKIカードでマイナンバーカードを登録してください。"
         };
-        return Err(pages::error(StatusCode::FORBIDDEN, &format!("{card_name}が登録されていません"), hint, ""));
+        return Err(Box::new(pages::error(
+            StatusCode::FORBIDDEN,
+            &format!("{card_name}が登録されていません"),
+            hint,
+            "",
+        )));
     };
     match crate::users::get(&app.db(), &user_id) {
         Ok(u) if u.status == "active" => {}
         Ok(_) => {
-            return Err(pages::error(
+            return Err(Box::new(pages::error(
                 StatusCode::FORBIDDEN,
                 "利用が停止されています",
                 "この利用者は利用停止中です。",
                 "認証局(運用者)に連絡してください。",
-            ))
+            )))
         }
-        Err(e) => return Err(ApiError::internal(e).into_response()),
+        Err(e) => return Err(Box::new(ApiError::internal(e).into_response())),
     }
     Ok(user_id)
 }

@@ -76,10 +76,15 @@ impl Templates {
         Ok(Templates(env))
     }
 
-    /// Renders a template into a page (with `title` and the style added).
-    pub fn render(&self, status: StatusCode, name: &str, title: &str, ctx: minijinja::Value) -> Response {
+    /// Renders a template to HTML (with `title` and the style added).
+    pub fn html(&self, name: &str, title: &str, ctx: minijinja::Value) -> Result<String, minijinja::Error> {
         let ctx = minijinja::context! { title => title, style => STYLE, ..ctx };
-        let html = match self.0.get_template(name).and_then(|t| t.render(ctx)) {
+        self.0.get_template(name).and_then(|t| t.render(ctx))
+    }
+
+    /// Renders a template into a page.
+    pub fn render(&self, status: StatusCode, name: &str, title: &str, ctx: minijinja::Value) -> Response {
+        let html = match self.html(name, title, ctx) {
             Ok(html) => html,
             Err(e) => {
                 tracing::error!("template {name}: {e}");
@@ -122,13 +127,15 @@ mod tests {
     fn every_template_renders_and_escapes() {
         let t = Templates::new().expect("templates parse");
         for (name, _) in TEMPLATES.iter().filter(|(n, _)| *n != "base.html") {
-            let resp = t.render(
-                StatusCode::OK,
-                name,
-                "<title>",
-                minijinja::context! { user_id => "<script>", step => "waiting", message => "m", qr => "<svg></svg>" },
-            );
-            assert_eq!(resp.status(), StatusCode::OK, "{name}");
+            let html = t
+                .html(
+                    name,
+                    "<b>title</b>",
+                    minijinja::context! { user_id => "<script>x</script>", step => "waiting", message => "<i>m</i>", qr => "<svg></svg>" },
+                )
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(html.contains("&lt;b&gt;title&lt;&#x2f;b&gt;"), "{name}: the title is escaped");
+            assert!(!html.contains("<script>x") && !html.contains("<i>m"), "{name}: inputs are escaped");
         }
     }
 }
