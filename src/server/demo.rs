@@ -82,6 +82,7 @@ pub fn print_banner(config: &Config, client_id: &str, secret: &str) {
     println!("  demo client: client_id={client_id} client_secret={secret}");
     println!("  redirect_uri: {base}/demo/callback");
     println!("  OIDC discovery: {base}/.well-known/openid-configuration");
+    println!("  registration site (phones, My Number cards): {base}/register");
 }
 
 /// PKCE verifiers of demo logins in progress, by state.
