@@ -95,6 +95,9 @@ pub struct ServerConfig {
     pub header_timeout_secs: u64,
     /// Seconds in-flight requests get to finish on shutdown.
     pub shutdown_grace_secs: u64,
+    /// Longest a signature's audit row waits for the rows of signatures still
+    /// under way, to share their commit (microseconds; 0 = never wait).
+    pub audit_window_us: u64,
 }
 
 impl Default for ServerConfig {
@@ -111,6 +114,7 @@ impl Default for ServerConfig {
             max_document_bytes: 64 << 20,
             header_timeout_secs: 10,
             shutdown_grace_secs: 20,
+            audit_window_us: 1000,
         }
     }
 }
@@ -438,6 +442,11 @@ impl Config {
         }
         if let Some(v) = var("INKAN_SERVER_CARD_URL") {
             self.server.card_url = v;
+        }
+        if let Some(v) = var("INKAN_SERVER_AUDIT_WINDOW_US") {
+            self.server.audit_window_us = v
+                .parse()
+                .map_err(|_| ConfigError(format!("INKAN_SERVER_AUDIT_WINDOW_US must be a number, not {v:?}")))?;
         }
         if let Some(v) = var("INKAN_SERVER_SESSION_HOURS") {
             self.server.session_hours = v

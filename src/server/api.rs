@@ -121,6 +121,7 @@ pub async fn sign_digests(
             )));
         }
     }
+    let announced = app.audit.expect();
     let now = app.clock.now();
     let ks = Arc::clone(&app.keystore);
     let id = Arc::clone(&identity);
@@ -171,7 +172,7 @@ pub async fn sign_digests(
             detail: json!({ "via": via, "format": if raw { "raw" } else { "cades-bes" }, "method": bearer.method }),
         })
         .collect();
-    app.audit.commit(app.now_ms(), records).await.map_err(ApiError::unavailable)?;
+    app.audit.commit(app.now_ms(), records, Some(announced)).await.map_err(ApiError::unavailable)?;
     app.metrics.signatures(n, true, started.elapsed());
     Ok(signatures)
 }

@@ -503,6 +503,7 @@ pub async fn sign_hash(State(app): State<Arc<App>>, headers: HeaderMap, body: Bo
     }
     let (identity, _) = app.signer(&bearer)?;
     let started = std::time::Instant::now();
+    let announced = app.audit.expect();
     let ks = Arc::clone(&app.keystore);
     let key = identity.key().clone();
     let to_sign = hashes.clone();
@@ -530,7 +531,7 @@ pub async fn sign_hash(State(app): State<Arc<App>>, headers: HeaderMap, body: Bo
             detail: json!({ "via": "csc.signHash", "signAlgo": req.sign_algo, "method": bearer.method }),
         })
         .collect();
-    app.audit.commit(app.now_ms(), records).await.map_err(ApiError::unavailable)?;
+    app.audit.commit(app.now_ms(), records, Some(announced)).await.map_err(ApiError::unavailable)?;
     app.metrics.signatures(hashes.len() as u64, true, started.elapsed());
     Ok(Json(json!({ "signatures": values.iter().map(|v| Base64::encode_string(v)).collect::<Vec<_>>() }))
         .into_response())

@@ -41,7 +41,15 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
 /// Prometheus text.
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     let active = crate::auth::session::count_active(app.db().conn(), app.now_ms()).unwrap_or(-1);
-    let mut resp = app.metrics.render(active).into_response();
+    let mut text = app.metrics.render(active);
+    let stats = app.audit.stats();
+    text.push_str(&format!(
+        "# HELP inkan_audit_commits_total Audit transactions committed.\n# TYPE inkan_audit_commits_total counter\ninkan_audit_commits_total {}\n\
+# HELP inkan_audit_rows_total Audit rows committed by the group-commit writer.\n# TYPE inkan_audit_rows_total counter\ninkan_audit_rows_total {}\n",
+        stats.commits.load(std::sync::atomic::Ordering::Relaxed),
+        stats.rows.load(std::sync::atomic::Ordering::Relaxed),
+    ));
+    let mut resp = text.into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     resp
