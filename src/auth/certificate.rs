@@ -48,6 +48,9 @@ pub enum CardCertError {
     /// Revoked in the CRL.
     #[error("the certificate has been revoked")]
     Revoked,
+    /// A CA of the chain is revoked in its issuer's CRL.
+    #[error("the issuing CA {0} has been revoked")]
+    CaRevoked(String),
     /// The CRL is out of date.
     #[error("the revocation list of {0} is out of date")]
     StaleCrl(String),
@@ -145,14 +148,13 @@ impl TrustStore {
         self.check_leaf_kind(&leaf)?;
 
         // Walk up: current -> its issuer, among presented and configured intermediates, until an anchor.
+        // `links` holds each (certificate, issuer) pair of the path.
         let mut current = leaf.clone();
-        let mut path_issuer: Option<Certificate> = None;
+        let mut links: Vec<(Certificate, Certificate)> = Vec::new();
         for depth in 0..6 {
             if let Some(anchor) = self.anchors.iter().find(|a| issued_by(&current, a)) {
-                if depth == 0 {
-                    path_issuer = Some(anchor.clone());
-                }
                 check_time(anchor, now)?;
+                links.push((current, anchor.clone()));
                 break;
             }
             let next = presented
@@ -164,16 +166,20 @@ impl TrustStore {
             check_extensions(&next)?;
             check_time(&next, now)?;
             check_ca(&next).map_err(|_| untrusted())?;
-            if depth == 0 {
-                path_issuer = Some(next.clone());
-            }
+            links.push((current, next.clone()));
             current = next;
             if depth == 5 {
                 return Err(untrusted());
             }
         }
-        let issuer = path_issuer.ok_or_else(untrusted)?;
-        self.check_revocation(&leaf, &issuer, now)?;
+        let mut links = links.into_iter();
+        let (_, issuer) = links.next().ok_or_else(untrusted)?;
+        // The card itself: its issuer's CRL is required.
+        self.check_revocation(&leaf, &issuer, now, true)?;
+        // Intermediate CAs: checked against their issuer's CRL (an ARL) when one is configured.
+        for (ca, ca_issuer) in links {
+            self.check_revocation(&ca, &ca_issuer, now, false)?;
+        }
 
         let tbs = leaf.tbs_certificate();
         Ok(ValidatedCert {
@@ -209,21 +215,32 @@ impl TrustStore {
         Ok(())
     }
 
-    fn check_revocation(&self, leaf: &Certificate, issuer: &Certificate, now: SystemTime) -> Result<(), CardCertError> {
+    /// Checks `cert` against its issuer's CRL; without one, `required` decides.
+    fn check_revocation(
+        &self,
+        cert: &Certificate,
+        issuer: &Certificate,
+        now: SystemTime,
+        required: bool,
+    ) -> Result<(), CardCertError> {
         let issuer_name = issuer.tbs_certificate().subject();
-        let crl = self
-            .crls
-            .iter()
-            .find(|crl| crl.tbs_cert_list.issuer == *issuer_name && crl_signed_by(crl, issuer))
-            .ok_or_else(|| CardCertError::NoCrl(issuer_name.to_string()))?;
+        let Some(crl) =
+            self.crls.iter().find(|crl| crl.tbs_cert_list.issuer == *issuer_name && crl_signed_by(crl, issuer))
+        else {
+            return if required { Err(CardCertError::NoCrl(issuer_name.to_string())) } else { Ok(()) };
+        };
         let this_update = crl.tbs_cert_list.this_update.to_system_time();
         let fresh = this_update <= now && crl.tbs_cert_list.next_update.is_some_and(|n| now <= n.to_system_time());
         if !fresh && !self.allow_stale_crl {
             return Err(CardCertError::StaleCrl(issuer_name.to_string()));
         }
-        let serial = leaf.tbs_certificate().serial_number();
+        let serial = cert.tbs_certificate().serial_number();
         if crl.tbs_cert_list.revoked_certificates.iter().flatten().any(|r| r.serial_number == *serial) {
-            return Err(CardCertError::Revoked);
+            return Err(if required {
+                CardCertError::Revoked
+            } else {
+                CardCertError::CaRevoked(cert.tbs_certificate().subject().to_string())
+            });
         }
         Ok(())
     }

@@ -230,6 +230,7 @@ fn card_error_ja(e: &CardCertError) -> String {
         CardCertError::Untrusted { .. } => "信頼できる認証局が発行した証明書ではありません。".into(),
         CardCertError::Expired(_) => "証明書の有効期限が切れています。".into(),
         CardCertError::Revoked => "証明書は失効しています。".into(),
+        CardCertError::CaRevoked(_) => "証明書を発行した認証局の証明書が失効しています。".into(),
         CardCertError::StaleCrl(_) | CardCertError::NoCrl(_) => {
             "証明書の失効確認ができません。しばらくしてからお試しください。".into()
         }

@@ -557,6 +557,41 @@ fn health_metrics_and_stale_crl() {
 }
 
 #[test]
+fn a_revoked_intermediate_ca_refuses_its_cards() {
+    let env = service_env();
+    // The HPKI root revokes the authentication CA in its ARL.
+    let root = inkan::pki::ca::Ca::load(&fixture("hpki-root.pem"), &fixture("hpki-root.key")).expect("root");
+    let auth_ca = inkan::pki::read_certificates(&fixture("hpki-auth-ca.pem")).expect("ca").remove(0);
+    let auth_ca = <x509_cert::Certificate as der::Decode>::from_der(&auth_ca).expect("ca");
+    let now = inkan::clock::Clock::now(&inkan::clock::SystemClock);
+    let day = std::time::Duration::from_secs(86_400);
+    let arl = root.crl(7, &[auth_ca.tbs_certificate().serial_number().clone()], now - day, now + day).expect("arl");
+    let arl_path = env.path("hpki-root.arl.pem");
+    std::fs::write(&arl_path, inkan::pki::to_pem("X509 CRL", &arl)).expect("arl");
+    let mut config = std::fs::read_to_string(&env.config).expect("config");
+    config.push_str(&format!(
+        "[hpki]\nanchors = [\"{}\"]\nintermediates = [\"{}\"]\ncrls = [\"{}\", \"{}\"]\n",
+        fixture("hpki-root.pem").display(),
+        fixture("hpki-auth-ca.pem").display(),
+        fixture("crl/hpki-auth-ca.crl.pem").display(),
+        arl_path.display()
+    ));
+    std::fs::write(&env.config, config).expect("config");
+    let server = Server::start(&env, &[]);
+    let client = register_client(&env);
+    let r = card_login(&server, &client, "hpki-doctor", "hpki", &pkce().1);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("認証局の証明書が失効"), "{}", r.text());
+    assert!(r.text().contains("has been revoked"), "{}", r.text());
+    // Without the ARL, the same card logs in (an ARL is checked when configured).
+    drop(server);
+    let config = std::fs::read_to_string(&env.config).expect("config");
+    std::fs::write(&env.config, config.replace(&format!(", \"{}\"", arl_path.display()), "")).expect("config");
+    let server = Server::start(&env, &[]);
+    login(&server, &client, "hpki-doctor", "hpki");
+}
+
+#[test]
 fn token_unavailable_answers_503_and_recovers_without_restart() {
     let env = service_env();
     let server = Server::start(&env, &[]);
