@@ -288,6 +288,10 @@ pub enum HpkiCommand {
         user_id: String,
         /// The card's certificate (PEM or DER).
         cert: PathBuf,
+        /// Map every card of this issuer with the certificate's subject
+        /// serialNumber (the registry number): renewed cards map too.
+        #[arg(long)]
+        by_subject: bool,
     },
     /// Remove a mapping.
     Unmap {
@@ -295,6 +299,9 @@ pub enum HpkiCommand {
         user_id: String,
         /// The card's certificate.
         cert: PathBuf,
+        /// Remove the subject mapping (see `map --by-subject`).
+        #[arg(long)]
+        by_subject: bool,
     },
     /// List mappings.
     List {
@@ -910,15 +917,34 @@ fn hpki(config: &Config, clock: &dyn Clock, actor: &str, cmd: HpkiCommand) -> Re
     use crate::auth::cards;
     let mut store = store(config)?;
     match cmd {
-        HpkiCommand::Map { user_id, cert } => {
+        HpkiCommand::Map { user_id, cert, by_subject: true } => {
+            let der = crate::pki::read_certificates(&cert)?.into_iter().next().ok_or_else(|| CliError {
+                message: format!("{}: no certificate in the file", cert.display()),
+                code: 1,
+            })?;
+            let v = cards::hpki_map_subject(&mut store, clock, actor, &user_id, &der)?;
+            Ok(Output {
+                text: format!("HPKI cards with {} (issuer {}) mapped to {}", v.subject, v.issuer, v.user_id),
+                json: serde_json::to_value(&v)?,
+            })
+        }
+        HpkiCommand::Map { user_id, cert, by_subject: false } => {
             let v = cards::hpki_map_file(&mut store, clock, actor, &user_id, &cert)?;
             Ok(Output {
                 text: format!("HPKI card {} mapped to {}", v.subject, v.user_id),
                 json: serde_json::to_value(&v)?,
             })
         }
-        HpkiCommand::Unmap { user_id, cert } => {
-            cards::hpki_unmap(&mut store, clock, actor, &user_id, &cert)?;
+        HpkiCommand::Unmap { user_id, cert, by_subject } => {
+            if by_subject {
+                let der = crate::pki::read_certificates(&cert)?.into_iter().next().ok_or_else(|| CliError {
+                    message: format!("{}: no certificate in the file", cert.display()),
+                    code: 1,
+                })?;
+                cards::hpki_unmap_subject(&mut store, clock, actor, &user_id, &der)?;
+            } else {
+                cards::hpki_unmap(&mut store, clock, actor, &user_id, &cert)?;
+            }
             Ok(Output { text: format!("HPKI card unmapped from {user_id}"), json: json!({ "user_id": user_id }) })
         }
         HpkiCommand::List { user_id } => {

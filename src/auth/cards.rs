@@ -1,7 +1,9 @@
 //! Which user a card certificate belongs to.
 //!
 //! HPKI: an operator maps a card certificate (issuer, serial) to a user with
-//! `inkan hpki map`. JPKI: a My Number card certificate has no personal data,
+//! `inkan hpki map`, or, with `--by-subject`, every card of that issuer whose
+//! subject serialNumber (the holder's registry number) is the same, which
+//! keeps working when the card is renewed. JPKI: a My Number card certificate has no personal data,
 //! so it is usable only once linked to a user (`inkan jpki link`, or E4
 //! enrollment); when the card's certificate is renewed, the operator imports
 //! the renewal list and the link follows the new certificate.
@@ -164,15 +166,142 @@ pub fn hpki_unmap(
     Ok(())
 }
 
-/// The user an HPKI card certificate is mapped to.
-pub fn hpki_user(conn: &Connection, issuer: &[u8], serial: &[u8]) -> Result<Option<String>, StoreError> {
-    Ok(conn
+/// The user an HPKI card certificate is mapped to: by (issuer, serial), else
+/// by (issuer, subject serialNumber).
+pub fn hpki_user(
+    conn: &Connection,
+    issuer: &[u8],
+    serial: &[u8],
+    subject_serial: Option<&str>,
+) -> Result<Option<String>, StoreError> {
+    let by_card = conn
         .query_row(
             "SELECT user_id FROM hpki_mappings WHERE issuer = ?1 AND serial = ?2",
             params![issuer, serial],
             |r| r.get(0),
         )
+        .optional()?;
+    if by_card.is_some() {
+        return Ok(by_card);
+    }
+    let Some(value) = subject_serial else {
+        return Ok(None);
+    };
+    Ok(conn
+        .query_row(
+            "SELECT user_id FROM hpki_subject_mappings WHERE issuer = ?1 AND attribute = 'serialNumber' AND value = ?2",
+            params![issuer, value],
+            |r| r.get(0),
+        )
         .optional()?)
+}
+
+/// The subject's serialNumber attribute (2.5.4.5), if there is exactly one.
+pub fn subject_serial_number(cert: &Certificate) -> Option<String> {
+    let oid = const_oid::db::rfc4519::SERIAL_NUMBER;
+    let mut values = cert.tbs_certificate().subject().iter().filter(|atv| atv.oid == oid).map(|atv| {
+        der::asn1::PrintableStringRef::try_from(&atv.value)
+            .map(|s| s.as_str().to_owned())
+            .or_else(|_| der::asn1::Utf8StringRef::try_from(&atv.value).map(|s| s.as_str().to_owned()))
+    });
+    match (values.next(), values.next()) {
+        (Some(Ok(v)), None) if !v.is_empty() => Some(v),
+        _ => None,
+    }
+}
+
+/// Maps every HPKI card of this certificate's issuer with the same subject
+/// serialNumber to a user.
+pub fn hpki_map_subject(
+    store: &mut Store,
+    clock: &dyn Clock,
+    actor: &str,
+    user_id: &str,
+    cert_der: &[u8],
+) -> Result<CardView, CardError> {
+    users::get(store, user_id)?;
+    let p = parse(cert_der)?;
+    let value = subject_serial_number(&p.cert).ok_or_else(|| {
+        CardError::State("the certificate has no (single) subject serialNumber: map it by card instead".into())
+    })?;
+    let now = clock.now_ms();
+    store.write(|t| {
+        let existing: Option<String> = t
+            .query_row(
+                "SELECT user_id FROM hpki_subject_mappings WHERE issuer = ?1 AND attribute = 'serialNumber' AND value = ?2",
+                params![p.issuer, value],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(other) = existing {
+            return Ok(Err(CardError::State(format!(
+                "serialNumber={value} of this issuer is already mapped to {other}: `inkan hpki unmap --by-subject` it first"
+            ))));
+        }
+        t.execute(
+            "INSERT INTO hpki_subject_mappings (issuer, attribute, value, user_id, created_at) VALUES (?1, 'serialNumber', ?2, ?3, ?4)",
+            params![p.issuer, value, user_id, now],
+        )?;
+        audit::append(
+            t,
+            now,
+            &[Event {
+                actor,
+                event: "hpki.map_subject",
+                user_id: Some(user_id),
+                outcome: "ok",
+                detail: serde_json::json!({ "serialNumber": value }),
+                ..Default::default()
+            }],
+        )?;
+        Ok(Ok(()))
+    })??;
+    Ok(CardView {
+        user_id: user_id.into(),
+        issuer: p.cert.tbs_certificate().issuer().to_string(),
+        serial: "*".into(),
+        subject: format!("serialNumber={value}"),
+        not_after: String::new(),
+    })
+}
+
+/// Removes a subject mapping (the issuer and serialNumber of this certificate).
+pub fn hpki_unmap_subject(
+    store: &mut Store,
+    clock: &dyn Clock,
+    actor: &str,
+    user_id: &str,
+    cert_der: &[u8],
+) -> Result<(), CardError> {
+    let p = parse(cert_der)?;
+    let value = subject_serial_number(&p.cert)
+        .ok_or_else(|| CardError::State("the certificate has no (single) subject serialNumber".into()))?;
+    let now = clock.now_ms();
+    let n = store.write(|t| {
+        let n = t.execute(
+            "DELETE FROM hpki_subject_mappings WHERE issuer = ?1 AND attribute = 'serialNumber' AND value = ?2 AND user_id = ?3",
+            params![p.issuer, value, user_id],
+        )?;
+        if n > 0 {
+            audit::append(
+                t,
+                now,
+                &[Event {
+                    actor,
+                    event: "hpki.unmap_subject",
+                    user_id: Some(user_id),
+                    outcome: "ok",
+                    detail: serde_json::json!({ "serialNumber": value }),
+                    ..Default::default()
+                }],
+            )?;
+        }
+        Ok(n)
+    })?;
+    if n == 0 {
+        return Err(CardError::State(format!("serialNumber={value} of this issuer is not mapped to {user_id}")));
+    }
+    Ok(())
 }
 
 /// Links a JPKI card certificate to a user. A card linked to someone else is refused.
@@ -308,6 +437,25 @@ pub fn list(conn: &Connection, scheme: &str, user_id: Option<&str>) -> Result<Ve
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
+    let mut rows = rows;
+    if scheme == "hpki" {
+        let mut stmt = conn.prepare(
+            "SELECT user_id, issuer, attribute, value FROM hpki_subject_mappings WHERE (?1 IS NULL OR user_id = ?1) ORDER BY user_id, created_at",
+        )?;
+        let by_subject = stmt
+            .query_map([user_id], |r| {
+                let issuer: Vec<u8> = r.get(1)?;
+                Ok(CardView {
+                    user_id: r.get(0)?,
+                    issuer: x509_cert::name::Name::from_der(&issuer).map(|n| n.to_string()).unwrap_or_default(),
+                    serial: "*".into(),
+                    subject: format!("{}={}", r.get::<_, String>(2)?, r.get::<_, String>(3)?),
+                    not_after: String::new(),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.extend(by_subject);
+    }
     Ok(rows)
 }
 

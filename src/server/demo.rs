@@ -39,7 +39,7 @@ pub fn prepare(config: &Config, clock: &dyn Clock) -> Result<(String, String), S
         let issuer = der::Encode::to_der(cert.tbs_certificate().issuer()).map_err(|e| e.to_string())?;
         let serial = cert.tbs_certificate().serial_number().as_bytes().to_vec();
         let known = if *scheme == "hpki" {
-            crate::auth::cards::hpki_user(conn, &issuer, &serial).map_err(|e| e.to_string())?.is_some()
+            crate::auth::cards::hpki_user(conn, &issuer, &serial, None).map_err(|e| e.to_string())?.is_some()
         } else {
             crate::auth::cards::jpki_user(conn, &issuer, &serial, &[]).map_err(|e| e.to_string())?.is_some()
         };

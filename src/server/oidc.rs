@@ -186,7 +186,12 @@ pub fn card_user(app: &App, peer: &PeerCertificates, method: Method) -> Result<S
     let user = {
         let db = app.db();
         let found = if method == Method::Hpki {
-            crate::auth::cards::hpki_user(db.conn(), &validated.issuer, &validated.serial)
+            crate::auth::cards::hpki_user(
+                db.conn(),
+                &validated.issuer,
+                &validated.serial,
+                crate::auth::cards::subject_serial_number(&validated.certificate).as_deref(),
+            )
         } else {
             crate::auth::cards::jpki_user(db.conn(), &validated.issuer, &validated.serial, &validated.spki_sha256)
         };

@@ -162,6 +162,18 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     -- issuing a new code replaces the old one
     CREATE UNIQUE INDEX regcodes_one_active ON regcodes(user_id) WHERE status = 'active';
+
+    -- HPKI cards mapped by a subject attribute (serialNumber: the registry number),
+    -- so that a renewed card of the same holder maps without an operator
+    CREATE TABLE hpki_subject_mappings (
+        issuer     BLOB NOT NULL,
+        attribute  TEXT NOT NULL CHECK (attribute IN ('serialNumber')),
+        value      TEXT NOT NULL,
+        user_id    TEXT NOT NULL REFERENCES users(id),
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (issuer, attribute, value)
+    ) STRICT;
+    CREATE INDEX hpki_subject_mappings_user ON hpki_subject_mappings(user_id);
     "#,
 ];
 

@@ -557,6 +557,53 @@ fn health_metrics_and_stale_crl() {
 }
 
 #[test]
+fn hpki_mapping_by_subject_serial_number_follows_a_renewed_card() {
+    use der::{Decode, Encode};
+    let env = service_env();
+    // The pharmacist's renewed card: same holder (subject, key), new certificate and serial.
+    let ca = inkan::pki::ca::Ca::load(&fixture("hpki-auth-ca.pem"), &fixture("hpki-auth-ca.key")).expect("ca");
+    let old = inkan::pki::read_certificates(&fixture("holders/hpki-pharmacist.pem")).expect("cert").remove(0);
+    let old = x509_cert::Certificate::from_der(&old).expect("cert");
+    let now = inkan::clock::Clock::now(&inkan::clock::SystemClock);
+    let day = std::time::Duration::from_secs(86_400);
+    let renewed = ca
+        .issue(
+            inkan::pki::profile::Kind::HpkiAuth { role: inkan::pki::profile::Qualification::Pharmacist },
+            old.tbs_certificate().subject().clone(),
+            old.tbs_certificate().subject_public_key_info().clone(),
+            now - day,
+            now + 365 * day,
+        )
+        .expect("renewed");
+    let renewed_pem = env.path("renewed.pem");
+    std::fs::write(&renewed_pem, inkan::pki::to_pem("CERTIFICATE", &renewed.to_der().expect("der"))).expect("pem");
+    let card = Client::with_cert(&renewed_pem, &fixture("holders/hpki-pharmacist.key"));
+    let server = Server::start(&env, &[]);
+    let client = register_client(&env);
+    let try_login = || {
+        let r = Client::new().get(&authorize_url(&server, &client, &pkce().1, &[("acr_values", "hpki")]), &[]);
+        card.get(&r.location(), &[])
+    };
+
+    // Mapped by card (issuer + serial): the renewed card is a different card.
+    env.ok(&["hpki", "map", "999001-jpa", s(&fixture("holders/hpki-pharmacist.pem"))]);
+    assert_eq!(try_login().status, 403);
+    // Mapped by subject serialNumber: the renewed card logs in.
+    let v = env.json(&["hpki", "map", "999001-jpa", s(&fixture("holders/hpki-pharmacist.pem")), "--by-subject"]);
+    assert_eq!(v["serial"], "*", "{v}");
+    let r = try_login();
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert!(r.location().contains("code="), "{}", r.location());
+    let list = env.json(&["hpki", "list", "999001-jpa"]);
+    assert_eq!(list.as_array().expect("list").len(), 2, "{list}");
+    // Mapped once only, and removable.
+    let err = env.fails(&["hpki", "map", "100001", s(&fixture("holders/hpki-pharmacist.pem")), "--by-subject"]);
+    assert!(err.contains("already mapped to 999001-jpa"), "{err}");
+    env.ok(&["hpki", "unmap", "999001-jpa", s(&fixture("holders/hpki-pharmacist.pem")), "--by-subject"]);
+    assert_eq!(try_login().status, 403);
+}
+
+#[test]
 fn a_revoked_intermediate_ca_refuses_its_cards() {
     let env = service_env();
     // The HPKI root revokes the authentication CA in its ARL.
