@@ -28,7 +28,11 @@ use hyper::body::Bytes;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 const CONNECTIONS: usize = 16;
-const RUN: Duration = Duration::from_secs(5);
+/// One closed-loop round; rounds alternate with raw C_Sign measurements so that
+/// the machine's drifting speed affects both sides alike.
+const RUN: Duration = Duration::from_millis(1500);
+/// The open-loop (latency) run.
+const OPEN_LOOP_RUN: Duration = Duration::from_secs(6);
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -205,7 +209,7 @@ async fn open_loop(port: u16, rate: f64, req: Arc<(String, String, Vec<u8>)>) ->
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now();
     let mut next = start;
-    while start.elapsed() < RUN {
+    while start.elapsed() < OPEN_LOOP_RUN {
         tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
         tx.send(next).await.expect("queue");
         next += interval;
@@ -222,7 +226,7 @@ async fn open_loop(port: u16, rate: f64, req: Arc<(String, String, Vec<u8>)>) ->
 
 /// CPU time per raw signature in this process (2 threads), and the rate.
 fn raw_cpu(ks: &Arc<inkan::keystore::Keystore>, key: &inkan::keystore::KeyRef, di: &[u8]) -> (f64, f64) {
-    let n = 1000;
+    let n = 400;
     let me = std::process::id();
     let c0 = cpu_ticks(me);
     let t0 = Instant::now();
@@ -346,7 +350,7 @@ fn main() {
     let only = std::env::var("INKAN_LOAD_ONLY").ok();
     let scenarios: Vec<_> =
         scenarios.into_iter().filter(|(name, _)| only.as_deref().is_none_or(|o| name.starts_with(o))).collect();
-    let rounds: usize = std::env::var("INKAN_LOAD_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let rounds: usize = std::env::var("INKAN_LOAD_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(8);
     let mut ratios: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); scenarios.len()];
     let mut batch: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
     let mut raw_before = (raw_cpu_before, raw_rate_before);

@@ -3,6 +3,7 @@
 pub mod cards;
 pub mod certificate;
 pub mod clients;
+pub mod epoch;
 pub mod oidc;
 pub mod session;
 

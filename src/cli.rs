@@ -462,6 +462,21 @@ fn key_line(k: &KeyView) -> String {
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<Output, CliError> {
     let config = Config::load(cli.config.as_deref())?;
+    let serving = matches!(cli.command, Command::Serve { .. });
+    let result = dispatch(cli, &config);
+    if !serving && config.store_path().exists() {
+        // Running servers re-read auth sessions (revocations, disabled users,
+        // new keys, removed devices take effect with their next request).
+        let epoch = crate::auth::epoch::path_for(&config.store_path());
+        if let Err(e) = crate::auth::epoch::bump(&epoch) {
+            eprintln!("warning: cannot update {}: {e}; a running server sees this change within 10 s", epoch.display());
+        }
+    }
+    result
+}
+
+fn dispatch(cli: Cli, config: &Config) -> Result<Output, CliError> {
+    let config = config.clone();
     let clock = SystemClock;
     let actor = actor();
     match cli.command {

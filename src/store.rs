@@ -140,6 +140,9 @@ impl Store {
         };
         conn.pragma_update(None, "synchronous", level)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Reads of the database file through a memory map: no read() per page when
+        // another connection's commit has emptied this connection's page cache.
+        conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
         let mut store = Store { conn };
         migrations::migrate(&mut store.conn)?;
         Ok(store)

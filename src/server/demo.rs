@@ -253,6 +253,7 @@ pub async fn sign(State(app): State<Arc<App>>, headers: HeaderMap, mut form: Mul
         match field.name() {
             Some("logout") => {
                 let _ = crate::auth::session::revoke_token(&mut app.db(), app.now_ms(), "demo", &token);
+                app.sessions_changed();
                 let mut resp = Redirect::to("/demo").into_response();
                 resp.headers_mut().insert(
                     header::SET_COOKIE,

@@ -372,6 +372,8 @@ pub async fn revoke(State(app): State<Arc<App>>, headers: HeaderMap, body: Body)
     if owner.as_deref() == Some(client.id.as_str()) {
         let mut db = app.db();
         session::revoke_token(&mut db, app.now_ms(), &format!("client:{}", client.id), token)?;
+        drop(db);
+        app.sessions_changed();
     }
     Ok(StatusCode::OK.into_response())
 }

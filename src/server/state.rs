@@ -18,6 +18,22 @@ use super::csc::Sads;
 use super::error::ApiError;
 use super::metrics::Metrics;
 
+/// Cached auth sessions. Emptied whenever the auth epoch changes; an entry read
+/// from the database is kept only if no change happened meanwhile (`generation`).
+#[derive(Default)]
+struct SessionCache {
+    stamp: Option<crate::auth::epoch::Stamp>,
+    generation: u64,
+    entries: HashMap<Vec<u8>, (Bearer, i64)>,
+}
+
+/// Sessions kept in memory at most (then the cache starts over).
+const MAX_CACHED_SESSIONS: usize = 100_000;
+/// How long a cached session is trusted without a database read, as a bound
+/// for changes that bypass the epoch (a process killed between its commit and
+/// its bump, an edit by hand).
+const SESSION_CACHE_TTL_MS: i64 = 10_000;
+
 /// Everything a request handler needs.
 pub struct App {
     /// Configuration.
@@ -34,6 +50,10 @@ pub struct App {
     pub chain: Vec<Vec<u8>>,
     /// Signer identities by (user, key generation).
     signers: Mutex<HashMap<(String, i64), Arc<SignerIdentity>>>,
+    /// Auth sessions by token hash, valid while the auth epoch file is unchanged.
+    sessions: Mutex<SessionCache>,
+    /// The auth epoch file (see [`crate::auth::epoch`]).
+    epoch_path: std::path::PathBuf,
     /// OIDC requests and codes in flight.
     pub pending: Pending,
     /// HPKI card trust store.
@@ -77,6 +97,9 @@ impl App {
         let kid = crate::auth::oidc::kid(platform_spki);
         let jwk = crate::auth::oidc::jwk(platform_spki, &kid).ok_or("the platform key is not a P-256 key")?;
         let rp = crate::fido::RelyingParty::new(&config)?;
+        let epoch_path = crate::auth::epoch::path_for(&config.store_path());
+        // Start from a known epoch (whatever changed before this start is in the database).
+        crate::auth::epoch::bump(&epoch_path).map_err(|e| format!("{}: {e}", epoch_path.display()))?;
         let templates = super::pages::Templates::new()?;
         Ok(App {
             config,
@@ -86,6 +109,8 @@ impl App {
             audit,
             chain,
             signers: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(SessionCache::default()),
+            epoch_path,
             pending: Pending::default(),
             hpki,
             jpki,
@@ -128,7 +153,8 @@ impl App {
             .map(str::trim)
             .filter(|t| !t.is_empty() && t.len() <= 256)
             .ok_or_else(|| ApiError::invalid_token("the Authorization header must be Bearer <access token>"))?;
-        let bearer = crate::auth::session::lookup(self.db().conn(), token)?
+        let bearer = self
+            .session(token)?
             .ok_or_else(|| ApiError::invalid_token("unknown or revoked access token: log in again"))?;
         if bearer.expires_at <= self.now_ms() {
             return Err(ApiError::invalid_token("the auth session has expired: log in again"));
@@ -137,6 +163,52 @@ impl App {
             return Err(ApiError::invalid_token("the user is disabled"));
         }
         Ok(bearer)
+    }
+
+    /// The auth session of a token: from memory while the auth epoch is
+    /// unchanged and the entry is fresh, else from the database.
+    fn session(&self, token: &str) -> Result<Option<Bearer>, ApiError> {
+        let hash = crate::auth::token_hash(token);
+        let now = self.now_ms();
+        let stamp = crate::auth::epoch::stamp(&self.epoch_path);
+        let generation = {
+            let mut cache = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.stamp != stamp || stamp.is_none() {
+                cache.entries.clear();
+                cache.stamp = stamp.clone();
+                cache.generation += 1;
+            }
+            if let Some((bearer, cached_at)) = cache.entries.get(&hash) {
+                if now - cached_at < SESSION_CACHE_TTL_MS {
+                    return Ok(Some(bearer.clone()));
+                }
+            }
+            cache.generation
+        };
+        let found = crate::auth::session::lookup(self.db().conn(), token)?;
+        if let (Some(bearer), Some(_)) = (&found, &stamp) {
+            let mut cache = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            // Only if nothing changed since this request looked at the epoch.
+            if cache.generation == generation {
+                if cache.entries.len() >= MAX_CACHED_SESSIONS {
+                    cache.entries.clear();
+                }
+                cache.entries.insert(hash, (bearer.clone(), now));
+            }
+        }
+        Ok(found)
+    }
+
+    /// After this process changed sessions (a logout): drop the cache here and
+    /// tell other processes through the epoch.
+    pub fn sessions_changed(&self) {
+        let mut cache = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        cache.entries.clear();
+        cache.generation += 1;
+        if let Err(e) = crate::auth::epoch::bump(&self.epoch_path) {
+            tracing::warn!("cannot update {}: {e}", self.epoch_path.display());
+        }
+        cache.stamp = crate::auth::epoch::stamp(&self.epoch_path);
     }
 
     /// The signer for a session's user: the active key with its certificate.
