@@ -203,3 +203,59 @@ impl Authenticator {
         c
     }
 }
+
+/// What the flows need from a phone: answer creation and request options.
+pub trait Phone {
+    /// `navigator.credentials.create`.
+    fn create(&mut self, options: &Value) -> Value;
+    /// `navigator.credentials.get`.
+    fn get(&mut self, options: &Value) -> Value;
+}
+
+impl Phone for Authenticator {
+    fn create(&mut self, options: &Value) -> Value {
+        self.register(options, &Hostile::default())
+    }
+
+    fn get(&mut self, options: &Value) -> Value {
+        self.assert(options, &Hostile::default())
+    }
+}
+
+/// webauthn-authenticator-rs's SoftPasskey: a phone written by others (the
+/// webauthn-rs project), for the well-behaved flows.
+pub struct StockPasskey {
+    inner: webauthn_authenticator_rs::softpasskey::SoftPasskey,
+    origin: webauthn_rs::prelude::Url,
+    /// The credential ID (base64url) of the last registration.
+    pub credential_id: Option<String>,
+}
+
+impl StockPasskey {
+    pub fn new(origin: &str) -> StockPasskey {
+        // `true`: the soft token claims user verification (it has no biometrics of its own).
+        StockPasskey {
+            inner: webauthn_authenticator_rs::softpasskey::SoftPasskey::new(true),
+            origin: webauthn_rs::prelude::Url::parse(origin).expect("origin"),
+            credential_id: None,
+        }
+    }
+}
+
+impl Phone for StockPasskey {
+    fn create(&mut self, options: &Value) -> Value {
+        use webauthn_authenticator_rs::WebauthnAuthenticator;
+        let options = serde_json::from_value(options.clone()).expect("creation options");
+        let answer = self.inner.do_registration(self.origin.clone(), options).expect("SoftPasskey registers");
+        let answer = serde_json::to_value(answer).expect("json");
+        self.credential_id = answer["id"].as_str().map(str::to_owned);
+        answer
+    }
+
+    fn get(&mut self, options: &Value) -> Value {
+        use webauthn_authenticator_rs::WebauthnAuthenticator;
+        let options = serde_json::from_value(options.clone()).expect("request options");
+        let answer = self.inner.do_authentication(self.origin.clone(), options).expect("SoftPasskey signs in");
+        serde_json::to_value(answer).expect("json")
+    }
+}

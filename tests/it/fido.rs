@@ -4,7 +4,7 @@
 use base64ct::Encoding;
 use serde_json::{json, Value};
 
-use crate::authenticator::{Authenticator, Hostile};
+use crate::authenticator::{Authenticator, Hostile, Phone, StockPasskey};
 use crate::harness::{fixture, Env};
 use crate::http::{authorize_url, exchange, pkce, query, register_client, Client, Resp, Server};
 
@@ -93,9 +93,9 @@ fn phone_finish(phone_url: &str, answer: &Value) -> Resp {
     Client::new().post(&format!("{phone_url}/finish"), &[("content-type", "application/json")], answer.to_string())
 }
 
-fn register_phone(server: &Server, phone_url: &str, auth: &mut Authenticator) {
+fn register_phone(server: &Server, phone_url: &str, auth: &mut dyn Phone) {
     let options = phone_begin(phone_url);
-    let r = phone_finish(phone_url, &auth.register(&options, &Hostile::default()));
+    let r = phone_finish(phone_url, &auth.create(&options));
     assert_eq!(r.status, 200, "{}", r.text());
     let next = r.json()["next"].as_str().expect("next").to_owned();
     assert!(next.ends_with("/label"), "{next}");
@@ -110,14 +110,14 @@ fn register_phone(server: &Server, phone_url: &str, auth: &mut Authenticator) {
     assert!(done.text().contains("完了"), "{}", done.text());
 }
 
-fn sign_in(phone_url: &str, auth: &mut Authenticator) {
+fn sign_in(phone_url: &str, auth: &mut dyn Phone) {
     let options = phone_begin(phone_url);
-    let r = phone_finish(phone_url, &auth.assert(&options, &Hostile::default()));
+    let r = phone_finish(phone_url, &auth.get(&options));
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
 /// E1 by HPKI card: returns the PC after the phone registered.
-fn enroll_by_card(server: &Server, holder: &str, scheme: &str, auth: &mut Authenticator, replace: bool) -> Pc {
+fn enroll_by_card(server: &Server, holder: &str, scheme: &str, auth: &mut dyn Phone, replace: bool) -> Pc {
     let r = Client::with_card(holder).get(&format!("{}/enroll/{scheme}", server.card), &[]);
     assert_eq!(r.status, 303, "{}", r.text());
     let claim = r.location();
@@ -157,7 +157,7 @@ fn fido_login_start(server: &Server, client: &crate::http::OidcClient, user: &st
 }
 
 /// L1 to the end: returns the token response.
-fn fido_login(server: &Server, client: &crate::http::OidcClient, user: &str, auth: &mut Authenticator) -> Value {
+fn fido_login(server: &Server, client: &crate::http::OidcClient, user: &str, auth: &mut dyn Phone) -> Value {
     let (mut pc, phone, verifier) = fido_login_start(server, client, user);
     sign_in(&phone, auth);
     let status = pc.status(server);
@@ -210,7 +210,8 @@ fn e1_enroll_by_hpki_then_l1_login_and_sign() {
     assert_eq!(r.status, 409, "{}", r.text());
     assert!(r.text().contains("スマートフォンが登録されていません"));
 
-    let mut phone = Authenticator::new(&server.base);
+    // The phone is webauthn-rs's own SoftPasskey here.
+    let mut phone = StockPasskey::new(&server.base);
     enroll_by_card(&server, "hpki-doctor", "hpki", &mut phone, false);
     let shown = env.json(&["device", "show", "100001"]);
     assert_eq!(shown["device"]["label"], "仕事用", "{shown}");
@@ -441,7 +442,8 @@ fn d1_device_change_keeps_the_old_phone_until_the_new_one_registered() {
     let env = fido_env();
     let server = Server::start(&env, &[]);
     let client = register_client(&env);
-    let mut old = Authenticator::new(&server.base);
+    // Both phones are SoftPasskeys (webauthn-authenticator-rs).
+    let mut old = StockPasskey::new(&server.base);
     enroll_by_card(&server, "hpki-doctor", "hpki", &mut old, false);
 
     // "No" cancels and changes nothing.
@@ -465,7 +467,7 @@ fn d1_device_change_keeps_the_old_phone_until_the_new_one_registered() {
     let new_url = pc.phone_url(&server);
     assert_ne!(new_url, url, "a fresh QR for the new phone");
     assert_eq!(Client::new().get(&url, &[]).status, 404, "the old phone's QR is spent");
-    let mut new = Authenticator::new(&server.base);
+    let mut new = StockPasskey::new(&server.base);
     // The new phone starts but the user walks away.
     let _ = phone_begin(&new_url);
     assert_eq!(device_row(&env, "100001").split('|').next(), before.split('|').next());
@@ -473,12 +475,20 @@ fn d1_device_change_keeps_the_old_phone_until_the_new_one_registered() {
 
     // Now complete it: the swap is atomic, the old phone stops.
     let options = phone_begin(&new_url);
-    assert_eq!(phone_finish(&new_url, &new.register(&options, &Hostile::default())).status, 200);
+    assert_eq!(phone_finish(&new_url, &new.create(&options)).status, 200);
     assert_eq!(pc.status(&server)["step"], "done");
     assert!(pc.get(&server.url("/pc")).text().contains("変更が完了しました"));
+    // The server now offers only the new credential: the old phone has nothing to sign with.
     let (_pc, url, _) = fido_login_start(&server, &client, "100001");
     let options = phone_begin(&url);
-    assert_eq!(phone_finish(&url, &old.assert(&options, &Hostile::default())).status, 400, "old phone refused");
+    let allowed: Vec<&str> = options["publicKey"]["allowCredentials"]
+        .as_array()
+        .expect("allowCredentials")
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    assert_eq!(allowed, vec![new.credential_id.as_deref().expect("new id")]);
+    assert_ne!(old.credential_id, new.credential_id);
     fido_login(&server, &client, "100001", &mut new);
     assert!(audit_events(&env).contains(&"fido.replace".to_owned()));
 
