@@ -19,6 +19,7 @@ use serde_json::json;
 
 use crate::audit::{self, Event};
 use crate::auth::b64url;
+use crate::auth::oidc::AuthRequest;
 use crate::auth::session::Method;
 use crate::clock::rfc3339;
 use crate::fido::ticket::{self, Action, NewTicket, Purpose, Step, Ticket};
@@ -123,25 +124,35 @@ pub async fn register_index(State(app): State<Arc<App>>) -> Response {
     app.templates.render(StatusCode::OK, "register_index.html", "登録サイト", context! { card_url => card(&app) })
 }
 
-/// `GET /login/fido?req=`: L1 starts: the user ID on the PC.
-pub async fn login_form(State(app): State<Arc<App>>, Query(params): Query<HashMap<String, String>>) -> Response {
-    let Some(req) = params.get("req") else {
-        return msg(
-            &app,
+/// The OIDC authorization request a FIDO login belongs to.
+fn pending_request(app: &App, req: Option<&String>) -> Result<(String, AuthRequest), Box<Response>> {
+    let again = "署名システムからもう一度ログインしてください。";
+    let Some(req) = req else {
+        return Err(Box::new(msg(
+            app,
             StatusCode::BAD_REQUEST,
             "ログイン要求がありません",
             "ログイン要求が見つかりません。",
-            "署名システムからもう一度ログインしてください。",
-        );
+            again,
+        )));
     };
-    let Some(request) = app.pending.request(req, app.now_ms()) else {
-        return msg(
-            &app,
+    match app.pending.request(req, app.now_ms()) {
+        Some(request) => Ok((req.clone(), request)),
+        None => Err(Box::new(msg(
+            app,
             StatusCode::BAD_REQUEST,
             "ログインの有効期限切れ",
             "このログイン要求は無効か、有効期限が切れています。",
-            "署名システムからもう一度ログインしてください。",
-        );
+            again,
+        ))),
+    }
+}
+
+/// `GET /login/fido?req=`: L1 starts: the user ID on the PC.
+pub async fn login_form(State(app): State<Arc<App>>, Query(params): Query<HashMap<String, String>>) -> Response {
+    let (req, request) = match pending_request(&app, params.get("req")) {
+        Ok(r) => r,
+        Err(page) => return *page,
     };
     app.templates.render(
         StatusCode::OK,
@@ -164,23 +175,9 @@ pub async fn login_start(State(app): State<Arc<App>>, body: Body) -> Response {
         Err(e) => return e.into_response(),
     };
     let user_id = form.get("user_id").map(|s| s.trim().to_owned()).unwrap_or_default();
-    let Some(req) = form.get("req") else {
-        return msg(
-            &app,
-            StatusCode::BAD_REQUEST,
-            "ログイン要求がありません",
-            "ログイン要求が見つかりません。",
-            "署名システムからもう一度ログインしてください。",
-        );
-    };
-    let Some(request) = app.pending.request(req, app.now_ms()) else {
-        return msg(
-            &app,
-            StatusCode::BAD_REQUEST,
-            "ログインの有効期限切れ",
-            "このログイン要求は無効か、有効期限が切れています。",
-            "署名システムからもう一度ログインしてください。",
-        );
+    let (req, request) = match pending_request(&app, form.get("req")) {
+        Ok(r) => r,
+        Err(page) => return *page,
     };
     if request.login_hint.as_ref().is_some_and(|h| h != &user_id) {
         return msg(
@@ -200,7 +197,7 @@ pub async fn login_start(State(app): State<Arc<App>>, body: Body) -> Response {
             purpose: Purpose::Login,
             via: "fido",
             user_id: &user_id,
-            oidc_req: Some(req),
+            oidc_req: Some(&req),
             regcode_id: None,
             action: Action::Authenticate,
             step: Step::Waiting,

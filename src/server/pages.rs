@@ -34,15 +34,23 @@ pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
 <title>{t} - inkan</title><style>{STYLE}</style></head><body><h1>{t}</h1>{body}<p class=\"note\">inkan 電子署名基盤</p></body></html>",
         t = esc(title)
     );
+    html_response(
+        status,
+        html,
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'",
+    )
+}
+
+/// An HTML answer with the headers every page carries (no caching, no framing,
+/// a content security policy, no referrer: page URLs may hold tickets).
+fn html_response(status: StatusCode, html: String, csp: &'static str) -> Response {
     let mut resp = (status, html).into_response();
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'"),
-    );
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
     resp
 }
 
@@ -91,17 +99,11 @@ impl Templates {
                 return (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
             }
         };
-        let mut resp = (status, html).into_response();
-        let headers = resp.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-        headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-        headers.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'"),
-        );
-        resp
+        html_response(
+            status,
+            html,
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'",
+        )
     }
 
     /// A message page (`error` styles it as a failure).
