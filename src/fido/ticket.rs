@@ -312,7 +312,8 @@ pub fn answer_replace(
     let n = store.write(|t| {
         Ok(if yes {
             t.execute(
-                "UPDATE tickets SET step = 'waiting', action = 'register', phase = ?2, phone_hash = ?3, error = NULL, expires_at = ?4
+                "UPDATE tickets SET step = 'waiting', action = 'register', phase = ?2, phone_hash = ?3, error = NULL,
+                        expires_at = ?4, replace_ok = 1
                  WHERE id = ?1 AND step = 'confirm'",
                 params![ticket.id, phase, phone_hash, now + lifetime_ms],
             )?
@@ -325,12 +326,12 @@ pub fn answer_replace(
 
 /// The phone starts its ceremony: the state is kept for exactly one answer. A
 /// new start replaces an unanswered challenge (the user cancelled the prompt).
-pub fn begin(store: &mut Store, now: i64, id: i64, ceremony: &str) -> Result<bool, StoreError> {
+pub fn begin(store: &mut Store, now: i64, ticket: &Ticket, ceremony: &str) -> Result<bool, StoreError> {
     let n = store.write(|t| {
         Ok(t.execute(
             "UPDATE tickets SET step = 'ceremony', ceremony = ?2, error = NULL
-             WHERE id = ?1 AND step IN ('waiting', 'ceremony') AND expires_at > ?3",
-            params![id, ceremony, now],
+             WHERE id = ?1 AND step IN ('waiting', 'ceremony') AND expires_at > ?3 AND phase = ?4",
+            params![ticket.id, ceremony, now, ticket.phase],
         )?)
     })?;
     Ok(n == 1)
@@ -375,6 +376,32 @@ pub fn advance(tx: &rusqlite::Transaction<'_>, ticket: &Ticket) -> Result<bool, 
         "UPDATE tickets SET step = ?2, error = NULL WHERE id = ?1 AND step = 'waiting' AND phase = ?3",
         params![ticket.id, next.as_str(), ticket.phase],
     )? == 1)
+}
+
+/// Whether the user said yes to replacing the registered phone on this ticket.
+pub fn replace_confirmed(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<bool, StoreError> {
+    Ok(tx.query_row("SELECT replace_ok FROM tickets WHERE id = ?1", params![id], |r| r.get::<_, i64>(0))? == 1)
+}
+
+/// A phone was registered for the user after this ticket began without one:
+/// the PC must answer the replace question first.
+pub fn require_confirmation(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE tickets SET step = 'confirm' WHERE id = ?1 AND step = 'waiting' AND pc_hash IS NOT NULL",
+        params![id],
+    )?;
+    Ok(())
+}
+
+/// Puts a used card-link ticket back (the link was refused, the user may try another card).
+pub fn untake_link(store: &mut Store, id: i64) -> Result<(), StoreError> {
+    store.write(|t| {
+        t.execute(
+            "UPDATE tickets SET step = 'waiting' WHERE id = ?1 AND step = 'collected' AND purpose = 'link'",
+            params![id],
+        )?;
+        Ok(())
+    })
 }
 
 /// The PC collects a finished ticket (a login's code is issued once).

@@ -606,7 +606,7 @@ pub async fn phone_begin(State(app): State<Arc<App>>, Path(token): Path<String>)
         }
         Action::None => return Err(refused("この手続きにスマートフォンの操作はありません。")),
     };
-    if !ticket::begin(&mut app.db(), now, t.id, &state)? {
+    if !ticket::begin(&mut app.db(), now, &t, &state)? {
         return Err(refused("QRコードの有効期限が切れたか、手続きが進んでいます。PCの画面を確認してください。"));
     }
     Ok(Json(options).into_response())
@@ -672,20 +672,34 @@ fn register(
     let passkey = app.rp.finish_registration(bytes, state)?;
     let label = format!("{} {}", auto_label(headers), &rfc3339(now + 9 * 3_600_000)[..10]);
     let actor = format!("user:{}", t.user_id);
-    let installed = app
+    enum Outcome {
+        Installed,
+        Moved,
+        NeedsConfirmation,
+    }
+    let outcome = app
         .db()
         .write(|tx| {
+            // A phone registered meanwhile (another ticket) is replaced only after a yes.
+            let has_device = device::get(tx, &t.user_id)?.is_some();
+            if has_device && !ticket::replace_confirmed(tx, t.id)? {
+                ticket::require_confirmation(tx, t.id)?;
+                return Ok(Outcome::NeedsConfirmation);
+            }
             if !ticket::advance(tx, t)? {
-                return Ok(false);
+                return Ok(Outcome::Moved);
             }
             device::install(tx, now, &actor, &t.user_id, &passkey, &label, &t.via)?;
-            Ok(true)
+            Ok(Outcome::Installed)
         })
         .map_err(store_err)?;
-    if !installed {
-        return Err(FidoError::Refused("the ticket moved on meanwhile".into()));
+    match outcome {
+        Outcome::Installed => Ok("/m/{token}/label".into()),
+        Outcome::Moved => Err(FidoError::Refused("the ticket moved on meanwhile".into())),
+        Outcome::NeedsConfirmation => Err(FidoError::Refused(
+            "a phone was registered for this user meanwhile: answer the replace question on the PC, or sign in with that phone".into(),
+        )),
     }
-    Ok("/m/{token}/label".into())
 }
 
 fn authenticate(app: &App, t: &Ticket, bytes: &[u8], state: &str, now: i64) -> Result<String, FidoError> {
@@ -964,10 +978,30 @@ pub async fn link_jpki(
     let Some(cert) = peer.0.first() else {
         return not_found_page(&app);
     };
+    // Consume the ticket first: one ticket links one card, also under concurrent requests.
+    match ticket::take_link(&mut app.db(), now, token) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return msg(
+                &app,
+                StatusCode::BAD_REQUEST,
+                "手続きが無効です",
+                "この手続きは使用済みか、無効です。",
+                "登録サイトから最初からやり直してください。",
+            )
+        }
+        Err(e) => return internal(e),
+    }
     let linked = {
         let mut db = app.db();
         crate::auth::cards::jpki_link(&mut db, app.clock.as_ref(), &format!("user:{}", t.user_id), &t.user_id, cert)
     };
+    if linked.is_err() {
+        // Nothing was linked: the user may try again with the right card.
+        if let Err(e) = ticket::untake_link(&mut app.db(), t.id) {
+            return internal(e);
+        }
+    }
     match linked {
         Ok(_) => {}
         Err(crate::auth::cards::CardError::State(_)) => {
@@ -980,9 +1014,6 @@ pub async fn link_jpki(
             )
         }
         Err(e) => return internal(e),
-    }
-    if let Err(e) = ticket::take_link(&mut app.db(), now, token) {
-        return internal(e);
     }
     msg(
         &app,

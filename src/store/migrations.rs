@@ -132,6 +132,7 @@ const MIGRATIONS: &[&str] = &[
         pc_hash    BLOB UNIQUE,
         pc_claimed INTEGER NOT NULL CHECK (pc_claimed IN (0, 1)),
         phase      INTEGER NOT NULL DEFAULT 0,
+        replace_ok INTEGER NOT NULL DEFAULT 0 CHECK (replace_ok IN (0, 1)),
         purpose    TEXT NOT NULL CHECK (purpose IN ('login', 'enroll', 'change', 'verify', 'link')),
         via        TEXT NOT NULL CHECK (via IN ('hpki', 'jpki', 'fido', 'regcode')),
         user_id    TEXT NOT NULL REFERENCES users(id),

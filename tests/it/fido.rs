@@ -572,3 +572,38 @@ fn expired_tickets_say_so() {
     assert!(pc.get(&server.url("/pc")).text().contains("有効期限が切れました"));
     assert_eq!(device_row(&env, "100001"), "");
 }
+
+#[test]
+fn a_phone_registered_meanwhile_is_replaced_only_after_a_yes() {
+    let env = fido_env();
+    let server = Server::start(&env, &[]);
+    // Two enrollments start while the user has no phone.
+    let open = || {
+        let r = Client::with_card("hpki-doctor").get(&format!("{}/enroll/hpki", server.card), &[]);
+        let mut pc = Pc::new();
+        pc.get(&r.location());
+        let url = pc.phone_url(&server);
+        (pc, url)
+    };
+    let (_, first_url) = open();
+    let (mut second_pc, second_url) = open();
+    let mut first = Authenticator::new(&server.base);
+    let mut second = Authenticator::new(&server.base);
+    let options = phone_begin(&second_url);
+    let second_answer = second.create(&options);
+    register_phone(&server, &first_url, &mut first);
+    let registered = device_row(&env, "100001");
+
+    // The second phone's answer does not silently replace the first phone.
+    let r = phone_finish(&second_url, &second_answer);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("replace question"), "{}", r.text());
+    assert_eq!(device_row(&env, "100001"), registered);
+    let page = second_pc.get(&server.url("/pc")).text();
+    assert!(page.contains("置き換えますか"), "the PC asks first: {page}");
+    // After a yes, the second phone registers on a fresh QR.
+    second_pc.post_form(&server.url("/pc/confirm"), &[("answer", "yes")]);
+    let url = second_pc.phone_url(&server);
+    register_phone(&server, &url, &mut second);
+    assert_ne!(device_row(&env, "100001"), registered);
+}
