@@ -54,11 +54,18 @@ impl RelyingParty {
     }
 
     /// Starts a registration (user verification required): the options for the
-    /// phone and the state to keep (JSON).
-    pub fn start_registration(&self, user_id: &str) -> Result<(CreationChallengeResponse, String), FidoError> {
+    /// phone and the state to keep (JSON). The current device is excluded: a
+    /// phone that holds it must not overwrite its credential (same user handle)
+    /// before the server has accepted the new one.
+    pub fn start_registration(
+        &self,
+        user_id: &str,
+        current: Option<&Passkey>,
+    ) -> Result<(CreationChallengeResponse, String), FidoError> {
+        let exclude = current.map(|p| vec![p.cred_id().clone()]);
         let (options, state) = self
             .webauthn
-            .start_passkey_registration(user_handle(user_id), user_id, user_id, None)
+            .start_passkey_registration(user_handle(user_id), user_id, user_id, exclude)
             .map_err(|e| FidoError::Internal(e.to_string()))?;
         Ok((options, to_json(&state)?))
     }

@@ -131,19 +131,20 @@ pub fn install(
 }
 
 /// Records a sign-in: the new counter and passkey state, only if the device is
-/// still the one that signed (a replacement in between makes this fail).
+/// still the one that signed and its counter still the one checked (a
+/// replacement or another sign-in in between makes this fail).
 pub fn record_use(
     tx: &Transaction<'_>,
     now: i64,
-    user_id: &str,
-    credential_id: &[u8],
+    device: &Device,
     passkey: &Passkey,
     counter: u32,
 ) -> Result<bool, StoreError> {
     let json = serde_json::to_string(passkey).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let n = tx.execute(
-        "UPDATE devices SET passkey = ?3, counter = ?4, last_used_at = ?5 WHERE user_id = ?1 AND credential_id = ?2",
-        params![user_id, credential_id, json, counter, now],
+        "UPDATE devices SET passkey = ?3, counter = ?4, last_used_at = ?5
+         WHERE user_id = ?1 AND credential_id = ?2 AND counter = ?6",
+        params![device.user_id, device.credential_id, json, counter, now, device.counter],
     )?;
     Ok(n == 1)
 }
@@ -156,10 +157,11 @@ pub fn set_label(tx: &Transaction<'_>, user_id: &str, label: &str) -> Result<boo
 /// Removes a user's device (lost phone): also ends the user's FIDO sessions and
 /// open tickets. Returns what was removed.
 pub fn remove(store: &mut Store, now: i64, actor: &str, user_id: &str) -> Result<Option<DeviceView>, StoreError> {
-    let Some(device) = get(store.conn(), user_id)? else {
-        return Ok(None);
-    };
     store.write(|t| {
+        // Read and delete in one transaction: the row removed is the row named in the audit.
+        let Some(device) = get(t, user_id)? else {
+            return Ok(None);
+        };
         t.execute("DELETE FROM devices WHERE user_id = ?1", params![user_id])?;
         let sessions =
             t.execute("DELETE FROM sessions WHERE user_id = ?1 AND method = 'fido'", params![user_id])?;
@@ -179,7 +181,6 @@ pub fn remove(store: &mut Store, now: i64, actor: &str, user_id: &str) -> Result
                 ..Default::default()
             }],
         )?;
-        Ok(())
-    })?;
-    Ok(Some(device.view()))
+        Ok(Some(device.view()))
+    })
 }

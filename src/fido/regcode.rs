@@ -1,7 +1,8 @@
 //! Printed initial-registration codes (E3, D4): a URL with a high-entropy code
 //! and a password (a birth date or a printed one), hashed with Argon2id. Wrong
 //! passwords count; at the limit the code locks. A new code for a user
-//! replaces the old one.
+//! replaces the old one; registering a phone uses the code up (a user who
+//! already has a phone is offered a sign-in with it instead).
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -29,6 +30,9 @@ pub enum RegcodeError {
     /// Revoked or replaced by a newer code.
     #[error("the registration code is no longer valid: use the newest one, or ask the CA for a new one")]
     Revoked,
+    /// A phone was registered with it.
+    #[error("the registration code has been used: ask the CA for a new one to register another phone")]
+    Used,
     /// Wrong password; this many tries are left.
     #[error("wrong password ({left} tries left)")]
     WrongPassword {
@@ -66,7 +70,7 @@ pub struct RegcodeView {
     pub id: i64,
     /// The user.
     pub user_id: String,
-    /// `active`, `locked`, `revoked`, `replaced`, or `expired`.
+    /// `active`, `used`, `locked`, `revoked`, `replaced`, or `expired`.
     pub status: String,
     /// Wrong passwords so far.
     pub failures: u32,
@@ -198,6 +202,12 @@ pub fn revoke(store: &mut Store, now: i64, actor: &str, user_id: &str) -> Result
     Ok(n > 0)
 }
 
+/// Uses a code up, inside the transaction that registered a phone with it.
+pub fn mark_used(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<(), StoreError> {
+    tx.execute("UPDATE regcodes SET status = 'used' WHERE id = ?1 AND status = 'active'", params![id])?;
+    Ok(())
+}
+
 /// Lists codes (newest first), of one user or all.
 pub fn list(store: &Store, now: i64, user_id: Option<&str>) -> Result<Vec<RegcodeView>, StoreError> {
     let mut stmt = store.conn().prepare(
@@ -252,6 +262,7 @@ fn usable(row: &Row, now: i64) -> Result<(), RegcodeError> {
     match row.status.as_str() {
         "locked" => Err(RegcodeError::Locked),
         "revoked" | "replaced" => Err(RegcodeError::Revoked),
+        "used" => Err(RegcodeError::Used),
         _ if row.expires_at <= now => Err(RegcodeError::Expired),
         _ => Ok(()),
     }

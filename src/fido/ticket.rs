@@ -278,17 +278,27 @@ pub fn by_phone(conn: &Connection, phone_token: &str) -> Result<Option<Ticket>, 
         .optional()?)
 }
 
-/// The PC takes its token over from a hand-off URL: once only.
-pub fn claim(store: &mut Store, pc_token: &str) -> Result<Option<Ticket>, StoreError> {
-    let hash = token_hash(pc_token);
+/// The PC takes its ticket over from a hand-off URL, once: the ticket gets a
+/// new PC token (returned, for the cookie) so that the one in the URL is spent.
+pub fn claim(store: &mut Store, handoff: &str) -> Result<Option<String>, StoreError> {
+    let Some(ticket) = by_pc(store.conn(), handoff)? else {
+        return Ok(None);
+    };
+    let pc = random_token();
+    let phone_hash = token_hash(&phone_token(&pc, ticket.phase));
     let n = store.write(|t| {
-        Ok(t.execute("UPDATE tickets SET pc_claimed = 1 WHERE pc_hash = ?1 AND pc_claimed = 0", params![hash])?)
+        Ok(t.execute(
+            "UPDATE tickets SET pc_claimed = 1, pc_hash = ?2, phone_hash = ?3 WHERE pc_hash = ?1 AND pc_claimed = 0",
+            params![token_hash(handoff), token_hash(&pc), phone_hash],
+        )?)
     })?;
-    if n == 1 {
-        by_pc(store.conn(), pc_token)
-    } else {
-        Ok(None)
-    }
+    Ok((n == 1).then_some(pc))
+}
+
+/// Cancels a ticket inside the caller's transaction.
+pub fn cancel(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<(), StoreError> {
+    tx.execute("UPDATE tickets SET step = 'cancelled', ceremony = NULL WHERE id = ?1", params![id])?;
+    Ok(())
 }
 
 /// The PC answers "replace the registered phone?": yes moves on to a fresh QR

@@ -1,7 +1,7 @@
 //! The phone pages and flows: L1 (FIDO login), E1–E4 (enrollment, card link),
 //! D1–D3 (device change), and the registration site.
 //!
-//! The PC holds its ticket in a cookie (`inkan_pc`) and follows the phone by
+//! The PC holds its ticket in a cookie (`__Host-inkan_pc`) and follows the phone by
 //! polling `/pc/status`; the phone works on the phone token from the QR code
 //! (`/m/<token>`). Cards are read on the card listener, which hands the PC its
 //! ticket through a one-time `/pc/claim` URL on the main listener.
@@ -29,7 +29,8 @@ use super::error::ApiError;
 use super::state::App;
 use super::PeerCertificates;
 
-const PC_COOKIE: &str = "inkan_pc";
+/// `__Host-`: only this host can set it (Secure, Path=/, no Domain).
+const PC_COOKIE: &str = "__Host-inkan_pc";
 /// Largest WebAuthn response accepted.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
@@ -71,6 +72,30 @@ fn with_pc_cookie(mut resp: Response, token: &str, max_age_secs: u64) -> Respons
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
     resp
+}
+
+/// Whether a state-changing request comes from another site (forged by a page
+/// the user visited): browsers say so in `Sec-Fetch-Site` and `Origin`.
+fn cross_site(app: &App, headers: &HeaderMap) -> bool {
+    // Browsers that send Sec-Fetch-Site: only our own pages (or the user typing) may act.
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return !matches!(site, "same-origin" | "none");
+    }
+    // Older browsers: the Origin, unless hidden ("null": our pages send no referrer).
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        Some("null") | None => false,
+        Some(origin) => origin != public(app),
+    }
+}
+
+fn forbidden_origin(app: &App) -> Response {
+    msg(
+        app,
+        StatusCode::FORBIDDEN,
+        "操作できません",
+        "別のサイトから送られた操作は受け付けません。",
+        "inkan の画面から操作してください。",
+    )
 }
 
 fn user_problem(app: &App, user_id: &str, need_device: bool) -> Option<Response> {
@@ -169,7 +194,10 @@ pub async fn login_form(State(app): State<Arc<App>>, Query(params): Query<HashMa
 }
 
 /// `POST /login/fido`: opens the L1 ticket and shows its QR code.
-pub async fn login_start(State(app): State<Arc<App>>, body: Body) -> Response {
+pub async fn login_start(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    if cross_site(&app, &headers) {
+        return forbidden_origin(&app);
+    }
     let form = match super::oidc::read_form(&app, body).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),
@@ -222,7 +250,10 @@ pub async fn change_form(State(app): State<Arc<App>>) -> Response {
 }
 
 /// `POST /change`: opens the D1 ticket (old phone first).
-pub async fn change_start(State(app): State<Arc<App>>, body: Body) -> Response {
+pub async fn change_start(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    if cross_site(&app, &headers) {
+        return forbidden_origin(&app);
+    }
     let form = match super::oidc::read_form(&app, body).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),
@@ -303,7 +334,8 @@ pub async fn pc_claim(State(app): State<Arc<App>>, Query(params): Query<HashMap<
         return not_found_page(&app);
     };
     match ticket::claim(&mut app.db(), h) {
-        Ok(Some(_)) => with_pc_cookie(Redirect::to("/pc").into_response(), h, 3600),
+        // The cookie gets a fresh token: the one in this URL (and the history) is spent.
+        Ok(Some(pc)) => with_pc_cookie(Redirect::to("/pc").into_response(), &pc, 3600),
         Ok(None) => msg(
             &app,
             StatusCode::BAD_REQUEST,
@@ -465,6 +497,9 @@ pub async fn pc_status(State(app): State<Arc<App>>, headers: HeaderMap) -> Resul
 
 /// `POST /pc/confirm`: the answer to "replace the registered phone?".
 pub async fn pc_confirm(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    if cross_site(&app, &headers) {
+        return forbidden_origin(&app);
+    }
     let form = match super::oidc::read_form(&app, body).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),
@@ -548,7 +583,11 @@ pub async fn phone_page(State(app): State<Arc<App>>, Path(token): Path<String>) 
             "ログイン",
             "「セキュリティキーによるサインイン」を押し、画面の案内に従って生体認証を行ってください。",
             "セキュリティキーによるサインイン",
-            "このスマートフォンに登録した本人IDでサインインします。",
+            match t.purpose {
+                Purpose::Change => "スマートフォンを変更(置き換え)するためのサインインです。ご自身がPCで「スマートフォンを変更する」を始めた場合だけ続けてください。心当たりがなければ中止し、認証局に連絡してください。",
+                Purpose::Login => "PCでのログインのためのサインインです。ご自身がいまPCでログインしている場合だけ続けてください。",
+                _ => "このスマートフォンに登録した本人IDでサインインします。",
+            },
         ),
     };
     app.templates.render(
@@ -574,7 +613,14 @@ fn refused(description: impl Into<String>) -> ApiError {
 }
 
 /// `POST /m/<token>/begin`: the WebAuthn options (the challenge is kept in the ticket).
-pub async fn phone_begin(State(app): State<Arc<App>>, Path(token): Path<String>) -> Result<Response, ApiError> {
+pub async fn phone_begin(
+    State(app): State<Arc<App>>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if cross_site(&app, &headers) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "access_denied", "requests from other sites are refused"));
+    }
     let now = app.now_ms();
     let t = ticket::by_phone(app.db().conn(), &token)?.ok_or_else(|| {
         refused("このQRコードは無効か、既に使われています。PCの画面の最新のQRコードを読み取ってください。")
@@ -595,7 +641,11 @@ pub async fn phone_begin(State(app): State<Arc<App>>, Path(token): Path<String>)
     }
     let (options, state) = match t.action {
         Action::Register => {
-            let (o, s) = app.rp.start_registration(&t.user_id).map_err(ApiError::internal)?;
+            let current = device::get(app.db().conn(), &t.user_id)?;
+            let (o, s) = app
+                .rp
+                .start_registration(&t.user_id, current.as_ref().map(|d| &d.passkey))
+                .map_err(ApiError::internal)?;
             (serde_json::to_value(o).map_err(ApiError::internal)?, s)
         }
         Action::Authenticate => {
@@ -619,6 +669,9 @@ pub async fn phone_finish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    if cross_site(&app, &headers) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "access_denied", "requests from other sites are refused"));
+    }
     let bytes = super::body::read_limited(body, MAX_RESPONSE_BYTES).await?;
     let now = app.now_ms();
     let t = ticket::by_phone(app.db().conn(), &token)?
@@ -676,6 +729,7 @@ fn register(
         Installed,
         Moved,
         NeedsConfirmation,
+        AlreadyRegistered,
     }
     let outcome = app
         .db()
@@ -683,6 +737,11 @@ fn register(
             // A phone registered meanwhile (another ticket) is replaced only after a yes.
             let has_device = device::get(tx, &t.user_id)?.is_some();
             if has_device && !ticket::replace_confirmed(tx, t.id)? {
+                if t.regcode_id.is_some() {
+                    // No PC to ask: a registration code does not replace a phone.
+                    ticket::cancel(tx, t.id)?;
+                    return Ok(Outcome::AlreadyRegistered);
+                }
                 ticket::require_confirmation(tx, t.id)?;
                 return Ok(Outcome::NeedsConfirmation);
             }
@@ -690,6 +749,9 @@ fn register(
                 return Ok(Outcome::Moved);
             }
             device::install(tx, now, &actor, &t.user_id, &passkey, &label, &t.via)?;
+            if let Some(code) = t.regcode_id {
+                regcode::mark_used(tx, code)?;
+            }
             Ok(Outcome::Installed)
         })
         .map_err(store_err)?;
@@ -698,6 +760,9 @@ fn register(
         Outcome::Moved => Err(FidoError::Refused("the ticket moved on meanwhile".into())),
         Outcome::NeedsConfirmation => Err(FidoError::Refused(
             "a phone was registered for this user meanwhile: answer the replace question on the PC, or sign in with that phone".into(),
+        )),
+        Outcome::AlreadyRegistered => Err(FidoError::Refused(
+            "a phone is already registered for this user: sign in with it, or ask the CA to remove it first".into(),
         )),
     }
 }
@@ -732,7 +797,7 @@ fn authenticate(app: &App, t: &Ticket, bytes: &[u8], state: &str, now: i64) -> R
             if !ticket::advance(tx, t)? {
                 return Ok(false);
             }
-            if !device::record_use(tx, now, &t.user_id, &device.credential_id, &passkey, result.counter())? {
+            if !device::record_use(tx, now, &device, &passkey, result.counter())? {
                 return Ok(false);
             }
             audit::append(
@@ -779,7 +844,15 @@ pub async fn label_page(State(app): State<Arc<App>>, Path(token): Path<String>) 
 }
 
 /// `POST /m/<token>/label`: OK keeps the (possibly edited) label, キャンセル the automatic one; both finish.
-pub async fn label_submit(State(app): State<Arc<App>>, Path(token): Path<String>, body: Body) -> Response {
+pub async fn label_submit(
+    State(app): State<Arc<App>>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if cross_site(&app, &headers) {
+        return forbidden_origin(&app);
+    }
     let form = match super::oidc::read_form(&app, body).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),
@@ -829,6 +902,13 @@ fn regcode_error_page(app: &App, e: &regcode::RegcodeError) -> Response {
             "パスワードを5回以上間違えたため、この登録URLは使えなくなりました。",
             "認証局に連絡して、新しい登録URLの発行を受けてください。",
         ),
+        E::Used => msg(
+            app,
+            StatusCode::GONE,
+            "登録URLは使用済みです",
+            "この登録URLでは既にスマートフォンが登録されています。",
+            "スマートフォンを変更する場合は登録サイトから手続きするか、認証局に連絡してください。",
+        ),
         E::Revoked => msg(
             app,
             StatusCode::GONE,
@@ -855,7 +935,15 @@ pub async fn regcode_page(State(app): State<Arc<App>>, Path(code): Path<String>)
 }
 
 /// `POST /r/<code>`: checks the password and opens a phone-only ticket.
-pub async fn regcode_submit(State(app): State<Arc<App>>, Path(code): Path<String>, body: Body) -> Response {
+pub async fn regcode_submit(
+    State(app): State<Arc<App>>,
+    Path(code): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if cross_site(&app, &headers) {
+        return forbidden_origin(&app);
+    }
     let form = match super::oidc::read_form(&app, body).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),

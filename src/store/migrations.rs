@@ -157,7 +157,7 @@ const MIGRATIONS: &[&str] = &[
         user_id       TEXT NOT NULL REFERENCES users(id),
         password_hash TEXT NOT NULL,
         failures      INTEGER NOT NULL DEFAULT 0,
-        status        TEXT NOT NULL CHECK (status IN ('active', 'locked', 'revoked', 'replaced')),
+        status        TEXT NOT NULL CHECK (status IN ('active', 'locked', 'revoked', 'replaced', 'used')),
         created_at    INTEGER NOT NULL,
         expires_at    INTEGER NOT NULL
     ) STRICT;

@@ -32,6 +32,7 @@ const browser = await chromium.launch({
 });
 const result = { screens: [] };
 let step = 'start';
+const open = []; // every page, for screenshots when a step fails
 
 async function shot(page, name) {
   const path = join(out, `${String(result.screens.length + 1).padStart(2, '0')}-${name}.png`);
@@ -62,6 +63,7 @@ try {
   });
   const pcPage = await pc.newPage();
   const phone = await phoneContext.newPage();
+  open.push(pcPage, phone);
   const cdp = await phoneContext.newCDPSession(phone);
   await cdp.send('WebAuthn.enable');
   const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
@@ -102,6 +104,7 @@ try {
   // ---- L1: log in to the demo signing system with the phone, then sign
   const pc2 = await browser.newContext({ ignoreHTTPSErrors: true, locale: 'ja-JP' });
   const pcLogin = await pc2.newPage();
+  open.push(pcLogin);
   await pcLogin.goto(`${base}/demo`);
   await expectText(pcLogin, 'スマートフォンでログイン', 'pc-l1-demo');
   await pcLogin.getByText('スマートフォンでログイン').click();
@@ -133,6 +136,13 @@ try {
   result.ok = false;
   result.failed_at = step;
   result.error = String(e && e.stack || e);
+  result.failed_pages = [];
+  for (const page of open) {
+    try {
+      await shot(page, `failed-${step}`);
+      result.failed_pages.push({ url: page.url(), text: (await page.textContent('body')).slice(0, 500) });
+    } catch (_) { /* page gone */ }
+  }
 } finally {
   await browser.close();
 }

@@ -124,7 +124,10 @@ fn enroll_by_card(server: &Server, holder: &str, scheme: &str, auth: &mut dyn Ph
     assert!(claim.starts_with(&server.url("/pc/claim?h=")), "{claim}");
     let mut pc = Pc::new();
     assert_eq!(pc.get(&claim).status, 303);
-    assert!(pc.cookie.is_some());
+    let cookie = pc.cookie.clone().expect("cookie");
+    assert!(cookie.starts_with("__Host-inkan_pc="), "{cookie}");
+    let handoff = query(&claim)["h"].clone();
+    assert!(!cookie.ends_with(&handoff), "the cookie holds a fresh token, not the one in the URL");
     // The hand-off URL works once.
     let again = Client::new().get(&claim, &[]);
     assert_eq!(again.status, 400, "{}", again.text());
@@ -394,16 +397,28 @@ fn e3_registration_code_with_password_lock_and_reissue() {
     register_phone(&server, &phone_url, &mut phone);
     assert_ne!(device_row(&env, "999001-jpa"), "");
 
-    // The same code for a user with a phone offers sign-in instead.
+    // Registering used the code up.
     let again = post("sakura-2026");
-    let page = Client::new().get(&server.url(&again.location()), &[]).text();
-    assert!(page.contains("セキュリティキーによるサインイン"), "{page}");
-    sign_in(&server.url(&again.location()), &mut phone);
+    assert_eq!(again.status, 410, "{}", again.text());
+    assert!(again.text().contains("使用済み"), "{}", again.text());
 
-    // D4: a new code replaces the old one.
+    // D4: a new code for a user with a phone offers sign-in instead of registration.
+    let signin = issue(&["--password", "momiji-2026"]);
+    let url_signin = signin["url"].as_str().expect("url").to_owned();
+    let r = Client::new().post(
+        &url_signin,
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "password=momiji-2026",
+    );
+    assert_eq!(r.status, 303, "{}", r.text());
+    let page = Client::new().get(&server.url(&r.location()), &[]).text();
+    assert!(page.contains("セキュリティキーによるサインイン"), "{page}");
+    sign_in(&server.url(&r.location()), &mut phone);
+
+    // A newer code replaces it.
     let second = issue(&["--birthdate", "19800123"]);
     assert!(second["password"].is_null(), "a birth date is not printed back");
-    let old = Client::new().get(&url, &[]);
+    let old = Client::new().get(&url_signin, &[]);
     assert_eq!(old.status, 410);
     assert!(old.text().contains("無効"), "{}", old.text());
 
@@ -420,6 +435,7 @@ fn e3_registration_code_with_password_lock_and_reissue() {
     let list = env.json(&["regcode", "list", "999001-jpa"]);
     assert_eq!(list[0]["status"], "locked", "{list}");
     assert_eq!(list[1]["status"], "replaced", "{list}");
+    assert_eq!(list[2]["status"], "used", "{list}");
 
     // An expired code says so.
     let third = issue(&["--expires", "1s"]);
@@ -601,9 +617,29 @@ fn a_phone_registered_meanwhile_is_replaced_only_after_a_yes() {
     assert_eq!(device_row(&env, "100001"), registered);
     let page = second_pc.get(&server.url("/pc")).text();
     assert!(page.contains("置き換えますか"), "the PC asks first: {page}");
-    // After a yes, the second phone registers on a fresh QR.
+    // A forged cross-site answer is refused.
+    let cookie = second_pc.cookie.clone().expect("cookie");
+    for (name, value) in [("origin", "https://evil.example"), ("sec-fetch-site", "cross-site")] {
+        let r = Client::new().post(
+            &server.url("/pc/confirm"),
+            &[("cookie", &cookie), ("content-type", "application/x-www-form-urlencoded"), (name, value)],
+            "answer=yes",
+        );
+        assert_eq!(r.status, 403, "{name}: {}", r.text());
+    }
+    assert!(second_pc.get(&server.url("/pc")).text().contains("置き換えますか"));
+    // After a yes, the second phone registers on a fresh QR; the phone's current
+    // credential is excluded (a phone holding it must not overwrite it early).
     second_pc.post_form(&server.url("/pc/confirm"), &[("answer", "yes")]);
     let url = second_pc.phone_url(&server);
+    let options = phone_begin(&url);
+    let excluded: Vec<&str> = options["publicKey"]["excludeCredentials"]
+        .as_array()
+        .expect("excludeCredentials")
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    assert_eq!(excluded, vec![base64ct::Base64UrlUnpadded::encode_string(&first.credential_id)]);
     register_phone(&server, &url, &mut second);
     assert_ne!(device_row(&env, "100001"), registered);
 }
