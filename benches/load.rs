@@ -175,15 +175,48 @@ async fn closed_loop(port: u16, pid: u32, req: Arc<(String, String, Vec<u8>)>) -
     Load { rate: n / elapsed, cpu_per_sig_us: cpu / n * 1e6 }
 }
 
-/// The audit writer's (commits, rows) from `/metrics`.
-async fn audit_stats(port: u16) -> (f64, f64) {
+/// Counters from `/metrics`.
+#[derive(Clone, Default)]
+struct Counters {
+    /// The sign-duration histogram: (upper bound in s, cumulative count).
+    buckets: Vec<(f64, f64)>,
+    /// The audit-wait histogram, alike.
+    audit_buckets: Vec<(f64, f64)>,
+    /// Audit transactions.
+    commits: f64,
+    /// Audit rows.
+    rows: f64,
+    /// Token sign calls.
+    token_calls: f64,
+    /// CPU seconds inside them.
+    token_cpu: f64,
+}
+
+/// The server's counters from `/metrics`.
+async fn counters(port: u16) -> Counters {
     let mut s = connect(port, tls_config(None)).await;
     let (_, _, body) = send(&mut s, "GET", "/metrics", &[], Vec::new()).await;
     let text = String::from_utf8_lossy(&body).into_owned();
     let value = |name: &str| {
         text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
     };
-    (value("inkan_audit_commits_total "), value("inkan_audit_rows_total "))
+    let histogram = |name: &str| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix("_bucket{le=\""))
+            .filter_map(|l| {
+                let (le, n) = l.split_once("\"} ")?;
+                Some((if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? }, n.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    Counters {
+        buckets: histogram("inkan_sign_duration_seconds"),
+        audit_buckets: histogram("inkan_audit_wait_seconds"),
+        commits: value("inkan_audit_commits_total "),
+        rows: value("inkan_audit_rows_total "),
+        token_calls: value("inkan_token_sign_calls_total "),
+        token_cpu: value("inkan_token_sign_cpu_seconds_total "),
+    }
 }
 
 /// Open loop at `rate` requests/s: returns (p50, p99) latency in ms.
@@ -206,15 +239,21 @@ async fn open_loop(port: u16, rate: f64, req: Arc<(String, String, Vec<u8>)>) ->
             }
         }));
     }
+    // The schedule runs on its own thread with the OS timer: tokio's timer wheel
+    // has a 1 ms resolution, and its lateness would count as the server's latency.
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let start = Instant::now();
-    let mut next = start;
-    while start.elapsed() < OPEN_LOOP_RUN {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
-        tx.send(next).await.expect("queue");
-        next += interval;
-    }
-    drop(tx);
+    let pacer = std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut next = start;
+        while start.elapsed() < OPEN_LOOP_RUN {
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            tx.blocking_send(next).expect("queue");
+            next += interval;
+        }
+    });
+    tokio::task::spawn_blocking(move || pacer.join().expect("pacer")).await.expect("pacer");
     for w in workers {
         w.await.expect("worker");
     }
@@ -353,14 +392,18 @@ fn main() {
     let rounds: usize = std::env::var("INKAN_LOAD_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(8);
     let mut ratios: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); scenarios.len()];
     let mut batch: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
+    // CPU per signature inside the server's token calls, per round.
+    let mut in_token: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
     let mut raw_before = (raw_cpu_before, raw_rate_before);
     let mut raw_all = vec![raw_before];
     for _ in 0..rounds {
         for (i, (_, req)) in scenarios.iter().enumerate() {
-            let (c0, r0) = rt.block_on(audit_stats(main_port));
+            let before = rt.block_on(counters(main_port));
             let load = rt.block_on(closed_loop(main_port, pid, Arc::clone(req)));
-            let (c1, r1) = rt.block_on(audit_stats(main_port));
-            batch[i].push((r1 - r0) / (c1 - c0).max(1.0));
+            let after = rt.block_on(counters(main_port));
+            batch[i].push((after.rows - before.rows) / (after.commits - before.commits).max(1.0));
+            in_token[i]
+                .push((after.token_cpu - before.token_cpu) / (after.token_calls - before.token_calls).max(1.0) * 1e6);
             let raw_after = raw(&ks);
             raw_all.push(raw_after);
             let baseline = (raw_before.0 + raw_after.0) / 2.0;
@@ -381,12 +424,39 @@ fn main() {
         let mut r = ratios[i].clone();
         r.sort_by(|a, b| a.0.total_cmp(&b.0));
         let (ratio, cpu, rate) = r[r.len() / 2];
+        let mut t = in_token[i].clone();
+        t.sort_by(|a, b| a.total_cmp(b));
+        let token_us = t[t.len() / 2];
+        let before = rt.block_on(counters(main_port));
         let (p50, p99) = rt.block_on(open_loop(main_port, rate / 2.0, Arc::clone(req)));
+        let after = rt.block_on(counters(main_port));
+        // The server's own view (sign + audit commit, from its histogram): which bucket holds p50 / p99.
+        let pct = |after: &[(f64, f64)], before: &[(f64, f64)], p: f64| {
+            let d: Vec<(f64, f64)> = after.iter().zip(before).map(|(a, b)| (a.0, a.1 - b.1)).collect();
+            let total = d.last().map(|x| x.1).unwrap_or(0.0);
+            d.iter().find(|x| x.1 >= total * p).map(|x| x.0 * 1000.0).unwrap_or(f64::NAN)
+        };
+        let (server_p50, server_p99) =
+            (pct(&after.buckets, &before.buckets, 0.5), pct(&after.buckets, &before.buckets, 0.99));
+        let (audit_p50, audit_p99) = (
+            pct(&after.audit_buckets, &before.audit_buckets, 0.5),
+            pct(&after.audit_buckets, &before.audit_buckets, 0.99),
+        );
+        // Latency at other rates (diagnostics): INKAN_LOAD_RATES=100,400
+        for extra in
+            std::env::var("INKAN_LOAD_RATES").unwrap_or_default().split(',').filter_map(|r| r.parse::<f64>().ok())
+        {
+            let (p50, p99) = rt.block_on(open_loop(main_port, extra, Arc::clone(req)));
+            println!("{name}: at {extra:.0}/s: p50 {p50:.2} ms, p99 {p99:.2} ms");
+        }
         let line = format!(
-            "{name}: {rate:.0} signatures/s with {CONNECTIONS} keep-alive connections; server CPU {cpu:.0} µs per signature = {ratio:.3} x raw C_Sign (median of {rounds} rounds: {}; efficiency {:.0} %; {:.1} audit rows per commit); at {:.0}/s: p50 {p50:.2} ms, p99 {p99:.2} ms",
+            "{name}: {rate:.0} signatures/s with {CONNECTIONS} keep-alive connections; server CPU {cpu:.0} µs per signature = {ratio:.3} x raw C_Sign (median of {rounds} rounds: {}; efficiency {:.0} %; {:.1} audit rows per commit); of which {token_us:.0} µs inside the token's C_Sign (= {:.3} x raw) and {:.0} µs ({:.1} %) everything else; at {:.0}/s: p50 {p50:.2} ms, p99 {p99:.2} ms (in the server, sign and audit commit: p50 <= {server_p50} ms, p99 <= {server_p99} ms; audit wait alone: p50 <= {audit_p50} ms, p99 <= {audit_p99} ms)",
             r.iter().map(|x| format!("{:.3}", x.0)).collect::<Vec<_>>().join(" "),
             100.0 / ratio,
             batch[i].iter().sum::<f64>() / batch[i].len().max(1) as f64,
+            token_us / raw_cpu_us,
+            cpu - token_us,
+            (cpu - token_us) / token_us * 100.0,
             rate / 2.0
         );
         println!("{line}");

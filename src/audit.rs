@@ -104,6 +104,13 @@ fn canonical(prev: &[u8], row: &Row) -> [u8; 32] {
 
 /// Appends events in order inside `tx`; returns the last sequence number.
 pub fn append(tx: &Transaction<'_>, at: i64, events: &[Event<'_>]) -> Result<i64, StoreError> {
+    Ok(append_groups(tx, &[(at, events)])?.pop().unwrap_or_default())
+}
+
+/// Appends groups of events (each with its own time) in order inside `tx`,
+/// reading and moving the chain head once; returns each group's last sequence
+/// number.
+pub fn append_groups(tx: &Transaction<'_>, groups: &[(i64, &[Event<'_>])]) -> Result<Vec<i64>, StoreError> {
     let head: Option<(i64, Vec<u8>)> = tx
         .prepare_cached("SELECT seq, hash FROM audit_head WHERE id = 1")?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -113,40 +120,44 @@ pub fn append(tx: &Transaction<'_>, at: i64, events: &[Event<'_>]) -> Result<i64
         "INSERT INTO audit (seq, at, actor, event, user_id, generation, digest, outcome, detail, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
-    for e in events {
-        seq += 1;
-        let row = Row {
-            seq,
-            at,
-            actor: e.actor.to_owned(),
-            event: e.event.to_owned(),
-            user_id: e.user_id.map(str::to_owned),
-            generation: e.generation,
-            digest: e.digest.map(str::to_owned),
-            outcome: e.outcome.to_owned(),
-            detail: e.detail.to_string(),
-        };
-        let hash = canonical(&prev, &row);
-        insert.execute(params![
-            row.seq,
-            row.at,
-            row.actor,
-            row.event,
-            row.user_id,
-            row.generation,
-            row.digest,
-            row.outcome,
-            row.detail,
-            prev,
-            &hash[..]
-        ])?;
-        prev = hash.to_vec();
+    let mut last = Vec::with_capacity(groups.len());
+    for (at, events) in groups {
+        for e in *events {
+            seq += 1;
+            let row = Row {
+                seq,
+                at: *at,
+                actor: e.actor.to_owned(),
+                event: e.event.to_owned(),
+                user_id: e.user_id.map(str::to_owned),
+                generation: e.generation,
+                digest: e.digest.map(str::to_owned),
+                outcome: e.outcome.to_owned(),
+                detail: e.detail.to_string(),
+            };
+            let hash = canonical(&prev, &row);
+            insert.execute(params![
+                row.seq,
+                row.at,
+                row.actor,
+                row.event,
+                row.user_id,
+                row.generation,
+                row.digest,
+                row.outcome,
+                row.detail,
+                prev,
+                &hash[..]
+            ])?;
+            prev = hash.to_vec();
+        }
+        last.push(seq);
     }
     tx.prepare_cached(
         "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) ON CONFLICT (id) DO UPDATE SET seq = ?1, hash = ?2",
     )?
     .execute(params![seq, prev])?;
-    Ok(seq)
+    Ok(last)
 }
 
 /// What [`verify`] found.

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -123,6 +124,29 @@ pub struct Keystore {
     /// by [`Keystore::reset_module`], which so knows that no session is lent out.
     gate: RwLock<()>,
     last_reset: Mutex<Option<Instant>>,
+    sign_time: SignTime,
+}
+
+/// Signatures made by the token and the CPU time this process spent in them
+/// (`C_SignInit` + `C_Sign`, measured on the calling thread). A software token
+/// such as SoftHSM signs on the caller's thread, so this splits a server's CPU
+/// time into the token's share and everything else.
+#[derive(Debug, Default)]
+pub struct SignTime {
+    calls: AtomicU64,
+    cpu_ns: AtomicU64,
+}
+
+impl SignTime {
+    /// Signatures so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Thread CPU time spent inside the token's sign calls so far.
+    pub fn cpu(&self) -> Duration {
+        Duration::from_nanos(self.cpu_ns.load(Ordering::Relaxed))
+    }
 }
 
 /// How often at most the module is re-initialised after token failures.
@@ -209,10 +233,16 @@ impl Keystore {
             handles: RwLock::new(HashMap::new()),
             gate: RwLock::new(()),
             last_reset: Mutex::new(None),
+            sign_time: SignTime::default(),
         };
         // No module reset here: a keystore that never worked has nothing to recover.
         ks.with_session_inner(&|_: &Session| Ok(()))?;
         Ok(ks)
+    }
+
+    /// Signatures made and the CPU time spent in the token's sign calls.
+    pub fn sign_time(&self) -> &SignTime {
+        &self.sign_time
     }
 
     /// The token's label.
@@ -508,7 +538,13 @@ impl Keystore {
                     ),
                 });
             }
-            session.sign(mechanism, cached.handle, data).map_err(|e| match from_cryptoki(e) {
+            let started = cpu_time::ThreadTime::try_now().ok();
+            let signed = session.sign(mechanism, cached.handle, data);
+            if let Some(cpu) = started.and_then(|t| t.try_elapsed().ok()) {
+                self.sign_time.calls.fetch_add(1, Ordering::Relaxed);
+                self.sign_time.cpu_ns.fetch_add(cpu.as_nanos() as u64, Ordering::Relaxed);
+            }
+            signed.map_err(|e| match from_cryptoki(e) {
                 Error::Pkcs11 { rv, .. }
                     if rv == "CKR_KEY_TYPE_INCONSISTENT" || rv == "CKR_KEY_FUNCTION_NOT_PERMITTED" =>
                 {

@@ -36,6 +36,6 @@ mod token;
 pub use algorithm::{DigestAlgorithm, KeyAlgorithm, SignatureScheme};
 pub use csr::{build_csr, signature_algorithm};
 pub use error::{Error, Result};
-pub use keystore::{GeneratedKey, KeyProtection, KeyRef, Keystore, KeystoreConfig};
+pub use keystore::{GeneratedKey, KeyProtection, KeyRef, Keystore, KeystoreConfig, SignTime};
 pub use pin::Pin;
 pub use token::{init_token, TokenInit};

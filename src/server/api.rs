@@ -172,7 +172,9 @@ pub async fn sign_digests(
             detail: json!({ "via": via, "format": if raw { "raw" } else { "cades-bes" }, "method": bearer.method }),
         })
         .collect();
+    let signed = Instant::now();
     app.audit.commit(app.now_ms(), records, Some(announced)).await.map_err(ApiError::unavailable)?;
+    app.metrics.audit_wait(signed.elapsed());
     app.metrics.signatures(n, true, started.elapsed());
     Ok(signatures)
 }

@@ -14,13 +14,13 @@
 //! where it saves the most work.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use crate::audit::{self, Event};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// An audit row owned by the queue.
 #[derive(Clone, Debug, Default)]
@@ -47,12 +47,31 @@ struct Job {
     done: oneshot::Sender<Result<i64, String>>,
 }
 
+/// What the writer thread and the requests share.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Wakes the writer: a first row, the last announced row, or a full batch.
+    wake: Condvar,
+    /// Rows announced and not yet queued (or dropped).
+    expected: AtomicUsize,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: Vec<Job>,
+    /// The writer sleeps until a first row comes.
+    idle: bool,
+    /// The writer stops once the queue is empty.
+    closed: bool,
+}
+
 /// The queue's sending side.
 #[derive(Clone)]
 pub struct AuditWriter {
-    tx: mpsc::Sender<Job>,
-    expected: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
     stats: Arc<Stats>,
+    _closer: Arc<Closer>,
 }
 
 /// Commits and rows so far (for `/metrics`: rows / commits is the batch size).
@@ -66,36 +85,85 @@ pub struct Stats {
 
 /// A row announced before signing: counted as expected until it is handed to
 /// [`AuditWriter::commit`] or dropped (the signature failed).
-pub struct Expected(Arc<AtomicUsize>);
+pub struct Expected(Option<Arc<Queue>>);
+
+impl Expected {
+    /// No longer expected; the caller holds the queue's lock and wakes the writer itself.
+    fn fulfil(mut self) {
+        if let Some(q) = self.0.take() {
+            q.expected.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
 
 impl Drop for Expected {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        // A row that will not come (the signature failed): a writer waiting for
+        // it need not wait any longer. Locking first means the writer is either
+        // before its check (and sees the new count) or asleep (and is woken).
+        if let Some(q) = self.0.take() {
+            if q.expected.fetch_sub(1, Ordering::AcqRel) == 1 {
+                drop(q.lock());
+                q.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// Closes the queue when the last [`AuditWriter`] is dropped: the writer commits
+/// what is queued and ends.
+struct Closer(Arc<Queue>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.wake.notify_one();
     }
 }
 
 /// Rows in one transaction at most.
 const MAX_BATCH: usize = 512;
 
-/// Collects a batch: everything queued, then, while announced rows are still
-/// expected, more until `window` after the first one.
-fn collect(rx: &mpsc::Receiver<Job>, first: Job, expected: &AtomicUsize, window: Duration) -> Vec<Job> {
-    let deadline = Instant::now() + window;
-    let mut batch = vec![first];
-    loop {
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for a batch: the first row, then, while announced rows are still
+    /// expected, more until `window` after the first one. The writer sleeps
+    /// meanwhile; a request wakes it only with the last expected row (or a full
+    /// batch), not with every row. `None` once closed and drained.
+    fn next_batch(&self, window: Duration) -> Option<Vec<Job>> {
+        let mut state = self.lock();
+        while state.jobs.is_empty() {
+            if state.closed {
+                return None;
+            }
+            state.idle = true;
+            state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
         }
-        if expected.load(Ordering::Acquire) == 0 || batch.len() >= MAX_BATCH {
-            return batch;
+        state.idle = false;
+        let deadline = Instant::now() + window;
+        while self.expected.load(Ordering::Acquire) > 0 && state.jobs.len() < MAX_BATCH && !state.closed {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            state = self.wake.wait_timeout(state, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
         }
-        let now = Instant::now();
-        if now >= deadline {
-            return batch;
+        let n = state.jobs.len().min(MAX_BATCH);
+        Some(state.jobs.drain(..n).collect())
+    }
+
+    /// Queues a job; `announced` stops being expected at the same moment.
+    fn push(&self, job: Job, announced: Option<Expected>) {
+        let mut state = self.lock();
+        state.jobs.push(job);
+        if let Some(a) = announced {
+            a.fulfil();
         }
-        match rx.recv_timeout(deadline - now) {
-            Ok(job) => batch.push(job),
-            Err(_) => return batch,
+        if state.idle || self.expected.load(Ordering::Acquire) == 0 || state.jobs.len() >= MAX_BATCH {
+            self.wake.notify_one();
         }
     }
 }
@@ -104,35 +172,34 @@ impl AuditWriter {
     /// Starts the writer thread on its own connection; `window` is the longest
     /// a row waits for announced ones.
     pub fn start(mut store: Store, window: Duration) -> AuditWriter {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let expected = Arc::new(AtomicUsize::new(0));
-        let waiting = Arc::clone(&expected);
+        let queue = Arc::new(Queue::default());
         let stats = Arc::new(Stats::default());
-        let counted = Arc::clone(&stats);
+        let (q, counted) = (Arc::clone(&queue), Arc::clone(&stats));
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let batch = collect(&rx, first, &waiting, window);
+                while let Some(batch) = q.next_batch(window) {
                     let result = store.write(|t| {
-                        let mut last = Vec::with_capacity(batch.len());
-                        for job in &batch {
-                            let events: Vec<Event<'_>> = job
-                                .records
-                                .iter()
-                                .map(|r| Event {
-                                    actor: &r.actor,
-                                    event: r.event,
-                                    user_id: r.user_id.as_deref(),
-                                    generation: r.generation,
-                                    digest: r.digest.as_deref(),
-                                    outcome: r.outcome,
-                                    detail: r.detail.clone(),
-                                })
-                                .collect();
-                            last.push(audit::append(t, job.at, &events)?);
-                        }
-                        Ok::<_, StoreError>(last)
+                        let events: Vec<Vec<Event<'_>>> = batch
+                            .iter()
+                            .map(|job| {
+                                job.records
+                                    .iter()
+                                    .map(|r| Event {
+                                        actor: &r.actor,
+                                        event: r.event,
+                                        user_id: r.user_id.as_deref(),
+                                        generation: r.generation,
+                                        digest: r.digest.as_deref(),
+                                        outcome: r.outcome,
+                                        detail: r.detail.clone(),
+                                    })
+                                    .collect()
+                            })
+                            .collect();
+                        let groups: Vec<(i64, &[Event<'_>])> =
+                            batch.iter().zip(&events).map(|(job, e)| (job.at, &e[..])).collect();
+                        audit::append_groups(t, &groups)
                     });
                     match result {
                         Ok(seqs) => {
@@ -153,7 +220,7 @@ impl AuditWriter {
                 }
             })
             .unwrap_or_else(|e| crate::server::fatal(format!("cannot start the audit writer: {e}")));
-        AuditWriter { tx, expected, stats }
+        AuditWriter { _closer: Arc::new(Closer(Arc::clone(&queue))), queue, stats }
     }
 
     /// Commits and rows so far.
@@ -163,17 +230,15 @@ impl AuditWriter {
 
     /// Announces a row before the work that will produce it (a signature).
     pub fn expect(&self) -> Expected {
-        self.expected.fetch_add(1, Ordering::AcqRel);
-        Expected(Arc::clone(&self.expected))
+        self.queue.expected.fetch_add(1, Ordering::AcqRel);
+        Expected(Some(Arc::clone(&self.queue)))
     }
 
     /// Commits rows; returns the last sequence number once they are durable.
     /// `announced` is what [`AuditWriter::expect`] returned for them, if anything.
     pub async fn commit(&self, at: i64, records: Vec<Record>, announced: Option<Expected>) -> Result<i64, String> {
         let (done, wait) = oneshot::channel();
-        // No longer expected: the writer need not wait for this row any more.
-        drop(announced);
-        self.tx.send(Job { at, records, done }).map_err(|_| "the audit writer stopped".to_string())?;
+        self.queue.push(Job { at, records, done }, announced);
         wait.await.map_err(|_| "the audit writer stopped".to_string())?
     }
 }
@@ -187,39 +252,71 @@ mod tests {
         Job { at: 0, records: Vec::new(), done }
     }
 
+    fn announce(q: &Arc<Queue>) -> Expected {
+        q.expected.fetch_add(1, Ordering::AcqRel);
+        Expected(Some(Arc::clone(q)))
+    }
+
     #[test]
     fn a_lone_row_is_not_held_back() {
-        let (tx, rx) = mpsc::channel();
-        let expected = AtomicUsize::new(0);
-        tx.send(job()).expect("send");
+        let q = Arc::new(Queue::default());
+        q.push(job(), None);
+        q.push(job(), None);
         let started = Instant::now();
-        let batch = collect(&rx, job(), &expected, Duration::from_secs(5));
+        let batch = q.next_batch(Duration::from_secs(5)).expect("batch");
         assert_eq!(batch.len(), 2);
         assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]
     fn announced_rows_are_waited_for_within_the_window() {
-        let (tx, rx) = mpsc::channel();
-        let expected = Arc::new(AtomicUsize::new(1));
+        let q = Arc::new(Queue::default());
+        let announced = announce(&q);
+        q.push(job(), None);
         let late = {
-            let tx = tx.clone();
-            let expected = Arc::clone(&expected);
+            let q = Arc::clone(&q);
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(20));
-                expected.fetch_sub(1, Ordering::AcqRel);
-                tx.send(job()).expect("send");
+                q.push(job(), Some(announced));
             })
         };
-        let batch = collect(&rx, job(), &expected, Duration::from_secs(5));
+        let started = Instant::now();
+        let batch = q.next_batch(Duration::from_secs(5)).expect("batch");
         late.join().expect("join");
         assert_eq!(batch.len(), 2, "the announced row joined the batch");
+        assert!(started.elapsed() < Duration::from_secs(1), "the last announced row ended the wait");
 
         // An announced row that never comes costs at most the window.
-        expected.fetch_add(1, Ordering::AcqRel);
+        let _never = announce(&q);
+        q.push(job(), None);
         let started = Instant::now();
-        let batch = collect(&rx, job(), &expected, Duration::from_millis(30));
+        let batch = q.next_batch(Duration::from_millis(30)).expect("batch");
         assert_eq!(batch.len(), 1);
         assert!(started.elapsed() >= Duration::from_millis(30));
+    }
+
+    #[test]
+    fn a_failed_signature_releases_the_wait() {
+        let q = Arc::new(Queue::default());
+        let announced = announce(&q);
+        q.push(job(), None);
+        let failed = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            drop(announced);
+        });
+        let started = Instant::now();
+        let batch = q.next_batch(Duration::from_secs(5)).expect("batch");
+        failed.join().expect("join");
+        assert_eq!(batch.len(), 1);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_closed_queue_is_drained_then_ends() {
+        let q = Arc::new(Queue::default());
+        q.push(job(), None);
+        drop(Closer(Arc::clone(&q)));
+        assert_eq!(q.next_batch(Duration::from_secs(5)).expect("batch").len(), 1);
+        assert!(q.next_batch(Duration::from_secs(5)).is_none());
     }
 }

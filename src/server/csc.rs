@@ -531,7 +531,9 @@ pub async fn sign_hash(State(app): State<Arc<App>>, headers: HeaderMap, body: Bo
             detail: json!({ "via": "csc.signHash", "signAlgo": req.sign_algo, "method": bearer.method }),
         })
         .collect();
+    let signed = std::time::Instant::now();
     app.audit.commit(app.now_ms(), records, Some(announced)).await.map_err(ApiError::unavailable)?;
+    app.metrics.audit_wait(signed.elapsed());
     app.metrics.signatures(hashes.len() as u64, true, started.elapsed());
     Ok(Json(json!({ "signatures": values.iter().map(|v| Base64::encode_string(v)).collect::<Vec<_>>() }))
         .into_response())

@@ -49,6 +49,13 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         stats.commits.load(std::sync::atomic::Ordering::Relaxed),
         stats.rows.load(std::sync::atomic::Ordering::Relaxed),
     ));
+    let token = app.keystore.sign_time();
+    text.push_str(&format!(
+        "# HELP inkan_token_sign_calls_total Signatures made by the token.\n# TYPE inkan_token_sign_calls_total counter\ninkan_token_sign_calls_total {}\n\
+# HELP inkan_token_sign_cpu_seconds_total CPU time of this process inside the token's sign calls (a software token signs on the caller's thread).\n# TYPE inkan_token_sign_cpu_seconds_total counter\ninkan_token_sign_cpu_seconds_total {:.6}\n",
+        token.calls(),
+        token.cpu().as_secs_f64(),
+    ));
     let mut resp = text.into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

@@ -9,6 +9,39 @@ use std::time::Duration;
 /// Upper bounds of the sign-latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
+/// A latency histogram with [`BUCKETS`].
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, latency: Duration) {
+        let secs = latency.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", self.buckets[i].load(Ordering::Relaxed));
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
 /// The counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -16,9 +49,8 @@ pub struct Metrics {
     signatures_ok: AtomicU64,
     signatures_failed: AtomicU64,
     token_errors: AtomicU64,
-    latency_buckets: [AtomicU64; BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_us: AtomicU64,
+    latency: Histogram,
+    audit_wait: Histogram,
 }
 
 impl Metrics {
@@ -34,14 +66,12 @@ impl Metrics {
         } else {
             self.signatures_failed.fetch_add(n, Ordering::Relaxed);
         }
-        let secs = latency.as_secs_f64();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us.fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        self.latency.observe(latency);
+    }
+
+    /// Records how long a request waited for its audit rows to be committed.
+    pub fn audit_wait(&self, wait: Duration) {
+        self.audit_wait.observe(wait);
     }
 
     /// Counts a token (PKCS#11) failure.
@@ -70,26 +100,16 @@ impl Metrics {
             "inkan_signatures_total{{outcome=\"error\"}} {}",
             self.signatures_failed.load(Ordering::Relaxed)
         );
-        let _ = writeln!(
-            out,
-            "# HELP inkan_sign_duration_seconds Time to sign a request (token and formatting, audit included)."
+        self.latency.render(
+            &mut out,
+            "inkan_sign_duration_seconds",
+            "Time to sign a request (token and formatting, audit included).",
         );
-        let _ = writeln!(out, "# TYPE inkan_sign_duration_seconds histogram");
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "inkan_sign_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-                self.latency_buckets[i].load(Ordering::Relaxed)
-            );
-        }
-        let count = self.latency_count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "inkan_sign_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "inkan_sign_duration_seconds_sum {}",
-            self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        self.audit_wait.render(
+            &mut out,
+            "inkan_audit_wait_seconds",
+            "Time a request waited for its audit rows to be durable (batching window and commit).",
         );
-        let _ = writeln!(out, "inkan_sign_duration_seconds_count {count}");
         let _ = writeln!(out, "# HELP inkan_token_errors_total PKCS#11 token failures.");
         let _ = writeln!(out, "# TYPE inkan_token_errors_total counter");
         let _ = writeln!(out, "inkan_token_errors_total {}", self.token_errors.load(Ordering::Relaxed));

@@ -672,4 +672,16 @@ fn token_unavailable_answers_503_and_recovers_without_restart() {
     assert_eq!(Client::new().get(&server.url("/readyz"), &[]).status, 200);
     let metrics = Client::new().get(&server.url("/metrics"), &[]).text();
     assert!(!metrics.contains("inkan_token_errors_total 0"), "token errors are counted");
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
+    };
+    // Two signatures went through, each waited for its audit row once; the
+    // token also signed the ID token, and the time spent in it is counted.
+    assert_eq!(value("inkan_signatures_total{outcome=\"ok\"}"), 2.0);
+    assert_eq!(value("inkan_audit_wait_seconds_count"), 2.0);
+    assert!(value("inkan_token_sign_calls_total") >= 3.0, "{metrics}");
+    assert!(value("inkan_token_sign_cpu_seconds_total") > 0.0, "{metrics}");
 }
