@@ -42,6 +42,8 @@ pub struct Record {
 }
 
 struct Job {
+    /// When it was queued (the commit window counts from the oldest job).
+    queued: Instant,
     at: i64,
     records: Vec<Record>,
     done: oneshot::Sender<Result<i64, String>>,
@@ -124,6 +126,53 @@ impl Drop for Closer {
 /// Rows in one transaction at most.
 const MAX_BATCH: usize = 512;
 
+/// How the process's CPU use is sampled to pick the commit window.
+const LOAD_SAMPLE: Duration = Duration::from_millis(100);
+
+/// Above this share of the cores in use, the full window applies.
+const BUSY: f64 = 0.75;
+
+/// The window under partial load, as a share of the full one.
+const IDLE_SHARE: u32 = 4;
+
+/// Picks the commit window from how busy the process is. With cores to spare,
+/// a short window (a quarter): latency wins, and the fsyncs cost CPU nobody
+/// else needs. With the cores busy, the full window: more rows share each
+/// commit, and the CPU saved goes to signatures.
+struct Load {
+    cores: f64,
+    since: Instant,
+    cpu: Option<cpu_time::ProcessTime>,
+    busy: bool,
+}
+
+impl Load {
+    fn new() -> Load {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        Load { cores, since: Instant::now(), cpu: cpu_time::ProcessTime::try_now().ok(), busy: false }
+    }
+
+    fn window(&mut self, full: Duration) -> Duration {
+        let elapsed = self.since.elapsed();
+        if elapsed >= LOAD_SAMPLE {
+            let used = self.cpu.and_then(|c| c.try_elapsed().ok());
+            if let Some(used) = used {
+                self.busy = used.as_secs_f64() / elapsed.as_secs_f64() / self.cores >= BUSY;
+            }
+            self.since = Instant::now();
+            self.cpu = cpu_time::ProcessTime::try_now().ok();
+        }
+        if self.busy {
+            full
+        } else {
+            full / IDLE_SHARE
+        }
+    }
+}
+
+/// How often the WAL is checkpointed (off the commit path).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
 impl Queue {
     fn lock(&self) -> MutexGuard<'_, QueueState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -143,7 +192,8 @@ impl Queue {
             state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         state.idle = false;
-        let deadline = Instant::now() + window;
+        // Jobs queued during the previous commit have waited already.
+        let deadline = state.jobs.iter().map(|j| j.queued).min().unwrap_or_else(Instant::now) + window;
         while self.expected.load(Ordering::Acquire) > 0 && state.jobs.len() < MAX_BATCH && !state.closed {
             let now = Instant::now();
             if now >= deadline {
@@ -171,14 +221,37 @@ impl Queue {
 impl AuditWriter {
     /// Starts the writer thread on its own connection; `window` is the longest
     /// a row waits for announced ones.
-    pub fn start(mut store: Store, window: Duration) -> AuditWriter {
+    ///
+    /// Commits never checkpoint the WAL (a checkpoint copies pages into the
+    /// database file and syncs it: milliseconds that every row of that batch
+    /// would wait). `checkpointer`, a connection of its own, does it on a thread
+    /// of its own every [`CHECKPOINT_EVERY`], concurrently with the commits.
+    pub fn start(mut store: Store, checkpointer: Store, window: Duration) -> AuditWriter {
+        if let Err(e) = store.conn().query_row("PRAGMA wal_autocheckpoint = 0", [], |_| Ok(())) {
+            tracing::warn!("audit connection: cannot turn off automatic checkpoints: {e}");
+        }
         let queue = Arc::new(Queue::default());
+        let q = Arc::clone(&queue);
+        std::thread::Builder::new()
+            .name("wal-checkpoint".into())
+            .spawn(move || loop {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                if q.lock().closed {
+                    return;
+                }
+                // PASSIVE: copies what no reader needs any more, never waits for anyone.
+                if let Err(e) = checkpointer.conn().query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!("WAL checkpoint failed: {e}");
+                }
+            })
+            .unwrap_or_else(|e| crate::server::fatal(format!("cannot start the checkpoint thread: {e}")));
         let stats = Arc::new(Stats::default());
         let (q, counted) = (Arc::clone(&queue), Arc::clone(&stats));
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                while let Some(batch) = q.next_batch(window) {
+                let mut load = Load::new();
+                while let Some(batch) = q.next_batch(load.window(window)) {
                     let result = store.write(|t| {
                         let events: Vec<Vec<Event<'_>>> = batch
                             .iter()
@@ -238,7 +311,7 @@ impl AuditWriter {
     /// `announced` is what [`AuditWriter::expect`] returned for them, if anything.
     pub async fn commit(&self, at: i64, records: Vec<Record>, announced: Option<Expected>) -> Result<i64, String> {
         let (done, wait) = oneshot::channel();
-        self.queue.push(Job { at, records, done }, announced);
+        self.queue.push(Job { queued: Instant::now(), at, records, done }, announced);
         wait.await.map_err(|_| "the audit writer stopped".to_string())?
     }
 }
@@ -249,7 +322,7 @@ mod tests {
 
     fn job() -> Job {
         let (done, _) = oneshot::channel();
-        Job { at: 0, records: Vec::new(), done }
+        Job { queued: Instant::now(), at: 0, records: Vec::new(), done }
     }
 
     fn announce(q: &Arc<Queue>) -> Expected {
@@ -288,8 +361,8 @@ mod tests {
 
         // An announced row that never comes costs at most the window.
         let _never = announce(&q);
-        q.push(job(), None);
         let started = Instant::now();
+        q.push(job(), None);
         let batch = q.next_batch(Duration::from_millis(30)).expect("batch");
         assert_eq!(batch.len(), 1);
         assert!(started.elapsed() >= Duration::from_millis(30));

@@ -7,7 +7,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Upper bounds of the sign-latency histogram, in seconds.
-const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+const BUCKETS: [f64; 16] =
+    [0.0005, 0.001, 0.0015, 0.002, 0.0025, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0];
 
 /// A latency histogram with [`BUCKETS`].
 #[derive(Debug, Default)]
