@@ -115,7 +115,6 @@ pub fn build_app(config: Config, demo_client: Option<(String, String)>) -> Resul
         .map_err(|e| format!("database {}: {e}", config.store_path().display()))?;
     // The audit log gets its own connection (and thread): readers never wait for its fsyncs.
     let audit_store = Store::open_with(&config.store_path(), sync).map_err(|e| format!("database: {e}"))?;
-    let checkpointer = Store::open_with(&config.store_path(), sync).map_err(|e| format!("database: {e}"))?;
     let keystore = Keystore::open(config.keystore().map_err(|e| e.to_string())?)
         .map_err(|e| format!("token {:?}: {e} (run `inkan init`?)", config.token.label))?;
     let (platform, spki) = platform_key(&keystore).map_err(|e| format!("platform key: {e}"))?;
@@ -128,7 +127,7 @@ pub fn build_app(config: Config, demo_client: Option<(String, String)>) -> Resul
         clock,
         Arc::new(keystore),
         store,
-        audit_writer::AuditWriter::start(audit_store, checkpointer, audit_window),
+        audit_writer::AuditWriter::start(audit_store, audit_window),
         chain,
         hpki,
         jpki,

@@ -170,8 +170,8 @@ impl Load {
     }
 }
 
-/// How often the WAL is checkpointed (off the commit path).
-pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// Commits between the writer's own WAL checkpoints (taken when no row waits).
+pub const CHECKPOINT_AFTER: u32 = 100;
 
 impl Queue {
     fn lock(&self) -> MutexGuard<'_, QueueState> {
@@ -222,35 +222,23 @@ impl AuditWriter {
     /// Starts the writer thread on its own connection; `window` is the longest
     /// a row waits for announced ones.
     ///
-    /// Commits never checkpoint the WAL (a checkpoint copies pages into the
-    /// database file and syncs it: milliseconds that every row of that batch
-    /// would wait). `checkpointer`, a connection of its own, does it on a thread
-    /// of its own every [`CHECKPOINT_EVERY`], concurrently with the commits.
-    pub fn start(mut store: Store, checkpointer: Store, window: Duration) -> AuditWriter {
-        if let Err(e) = store.conn().query_row("PRAGMA wal_autocheckpoint = 0", [], |_| Ok(())) {
-            tracing::warn!("audit connection: cannot turn off automatic checkpoints: {e}");
-        }
+    /// The writer checkpoints the WAL itself when it finds no row waiting after
+    /// [`CHECKPOINT_AFTER`] commits: a checkpoint copies pages into the database
+    /// file and syncs it, and rows that came meanwhile would wait for it. Done
+    /// by the only writer, it is complete, so the next commit starts the WAL
+    /// over (a checkpoint on another connection would always lag behind the
+    /// commits, and the WAL would grow for as long as the load lasts). SQLite's
+    /// automatic checkpoint (1000 pages) still bounds the WAL under load that
+    /// never pauses.
+    pub fn start(mut store: Store, window: Duration) -> AuditWriter {
         let queue = Arc::new(Queue::default());
-        let q = Arc::clone(&queue);
-        std::thread::Builder::new()
-            .name("wal-checkpoint".into())
-            .spawn(move || loop {
-                std::thread::sleep(CHECKPOINT_EVERY);
-                if q.lock().closed {
-                    return;
-                }
-                // PASSIVE: copies what no reader needs any more, never waits for anyone.
-                if let Err(e) = checkpointer.conn().query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!("WAL checkpoint failed: {e}");
-                }
-            })
-            .unwrap_or_else(|e| crate::server::fatal(format!("cannot start the checkpoint thread: {e}")));
         let stats = Arc::new(Stats::default());
         let (q, counted) = (Arc::clone(&queue), Arc::clone(&stats));
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
                 let mut load = Load::new();
+                let mut since_checkpoint = 0u32;
                 while let Some(batch) = q.next_batch(load.window(window)) {
                     let result = store.write(|t| {
                         let events: Vec<Vec<Event<'_>>> = batch
@@ -281,6 +269,14 @@ impl AuditWriter {
                             counted.rows.fetch_add(rows as u64, Ordering::Relaxed);
                             for (job, seq) in batch.into_iter().zip(seqs) {
                                 let _ = job.done.send(Ok(seq));
+                            }
+                            since_checkpoint += 1;
+                            if since_checkpoint >= CHECKPOINT_AFTER && q.lock().jobs.is_empty() {
+                                since_checkpoint = 0;
+                                if let Err(e) = store.conn().query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                                {
+                                    tracing::warn!("WAL checkpoint failed: {e}");
+                                }
                             }
                         }
                         Err(e) => {
