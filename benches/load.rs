@@ -142,6 +142,21 @@ struct Load {
     cpu_per_sig_us: f64,
 }
 
+/// One closed-loop round.
+#[derive(Clone, Copy)]
+struct Round {
+    /// Server CPU per signature over the round's raw baseline.
+    ratio: f64,
+    /// Server CPU per signature (µs).
+    cpu: f64,
+    /// Signatures/s.
+    rate: f64,
+    /// CPU per signature inside the server's token calls (µs).
+    token: f64,
+    /// The raw baseline (µs): mean of the raw runs before and after.
+    baseline: f64,
+}
+
 /// Closed loop: every connection sends as fast as it can for `RUN`.
 async fn closed_loop(port: u16, pid: u32, req: Arc<(String, String, Vec<u8>)>) -> Load {
     let config = tls_config(None);
@@ -390,8 +405,7 @@ fn main() {
     let scenarios: Vec<_> =
         scenarios.into_iter().filter(|(name, _)| only.as_deref().is_none_or(|o| name.starts_with(o))).collect();
     let rounds: usize = std::env::var("INKAN_LOAD_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(8);
-    // Per round: (ratio to raw, server CPU µs, rate, CPU µs inside the server's token calls, baseline µs).
-    let mut ratios: Vec<Vec<(f64, f64, f64, f64, f64)>> = vec![Vec::new(); scenarios.len()];
+    let mut ratios: Vec<Vec<Round>> = vec![Vec::new(); scenarios.len()];
     let mut batch: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
     let mut raw_before = (raw_cpu_before, raw_rate_before);
     let mut raw_all = vec![raw_before];
@@ -405,7 +419,13 @@ fn main() {
             let raw_after = raw(&ks);
             raw_all.push(raw_after);
             let baseline = (raw_before.0 + raw_after.0) / 2.0;
-            ratios[i].push((load.cpu_per_sig_us / baseline, load.cpu_per_sig_us, load.rate, token, baseline));
+            ratios[i].push(Round {
+                ratio: load.cpu_per_sig_us / baseline,
+                cpu: load.cpu_per_sig_us,
+                rate: load.rate,
+                token,
+                baseline,
+            });
             raw_before = raw_after;
         }
     }
@@ -420,10 +440,10 @@ fn main() {
     println!("\n{}", report[0]);
     for (i, (name, req)) in scenarios.iter().enumerate() {
         let mut r = ratios[i].clone();
-        r.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (ratio, cpu, rate, token_us, baseline) = r[r.len() / 2];
+        r.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
+        let Round { ratio, cpu, rate, token: token_us, baseline } = r[r.len() / 2];
         // Server CPU over the CPU of its own token calls, same round: free of the machine's drift.
-        let mut own: Vec<f64> = r.iter().map(|x| x.1 / x.3).collect();
+        let mut own: Vec<f64> = r.iter().map(|x| x.cpu / x.token).collect();
         own.sort_by(|a, b| a.total_cmp(b));
         let own = own[own.len() / 2];
         let before = rt.block_on(counters(main_port));
@@ -450,7 +470,7 @@ fn main() {
         }
         let line = format!(
             "{name}: {rate:.0} signatures/s with {CONNECTIONS} keep-alive connections; server CPU {cpu:.0} µs per signature = {ratio:.3} x raw C_Sign (median of {rounds} rounds: {}; efficiency {:.0} %; {:.1} audit rows per commit); of which {token_us:.0} µs inside the token's C_Sign (= {:.3} x that round's raw) and {:.0} µs everything else; server CPU = {own:.3} x its own C_Sign time (median over rounds, drift-free); at {:.0}/s: p50 {p50:.2} ms, p99 {p99:.2} ms (in the server, sign and audit commit: p50 <= {server_p50} ms, p99 <= {server_p99} ms; audit wait alone: p50 <= {audit_p50} ms, p99 <= {audit_p99} ms)",
-            r.iter().map(|x| format!("{:.3}", x.0)).collect::<Vec<_>>().join(" "),
+            r.iter().map(|x| format!("{:.3}", x.ratio)).collect::<Vec<_>>().join(" "),
             100.0 / ratio,
             batch[i].iter().sum::<f64>() / batch[i].len().max(1) as f64,
             token_us / baseline,
