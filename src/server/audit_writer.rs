@@ -3,15 +3,19 @@
 //! Every signature's audit row is committed before its response is sent. A
 //! dedicated thread owns a database connection; each request hands it its
 //! rows and waits. The thread commits a batch in one transaction (one WAL
-//! write and one fsync for many signatures).
+//! write and one sync for many signatures).
 //!
-//! Batches form by themselves only while an fsync is running; on a fast disk
+//! Batches form by themselves only while a sync is running; on a fast disk
 //! that is too short, and most commits would carry one row. So requests
 //! announce a row before they sign ([`AuditWriter::expect`]); when a row
-//! arrives while other signatures are still under way, the writer waits for
-//! them up to the commit window (`[server] audit_window_us`). A request that
-//! signs alone is committed at once: the window costs latency only under load,
-//! where it saves the most work.
+//! arrives while other signatures are still under way, the writer sleeps until
+//! the last of them has come or the commit window has passed, woken only by
+//! that last row. The window is `[server] audit_window_us` while the process
+//! keeps the cores busy (CPU is what batching saves), a quarter of it otherwise
+//! (latency matters more then). A request that signs alone is committed at once.
+//!
+//! If the writer thread ever ends, queued and later requests get an error
+//! instead of waiting forever.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -123,6 +127,18 @@ impl Drop for Closer {
     }
 }
 
+/// Held by the writer thread: however it ends (a panic included), the queue
+/// closes and its jobs are dropped, so their requests get an error at once.
+struct Stopped(Arc<Queue>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.closed = true;
+        state.jobs.clear();
+    }
+}
+
 /// Rows in one transaction at most.
 const MAX_BATCH: usize = 512;
 
@@ -205,9 +221,14 @@ impl Queue {
         Some(state.jobs.drain(..n).collect())
     }
 
-    /// Queues a job; `announced` stops being expected at the same moment.
+    /// Queues a job; `announced` stops being expected at the same moment. On a
+    /// closed queue the job is dropped (its request learns so from its channel).
     fn push(&self, job: Job, announced: Option<Expected>) {
         let mut state = self.lock();
+        if state.closed {
+            // Nobody will commit it: dropping the job answers its request.
+            return;
+        }
         state.jobs.push(job);
         if let Some(a) = announced {
             a.fulfil();
@@ -237,6 +258,7 @@ impl AuditWriter {
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
+                let _guard = Stopped(Arc::clone(&q));
                 let mut load = Load::new();
                 let mut since_checkpoint = 0u32;
                 while let Some(batch) = q.next_batch(load.window(window)) {
@@ -378,6 +400,18 @@ mod tests {
         failed.join().expect("join");
         assert_eq!(batch.len(), 1);
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_stopped_writer_answers_every_request() {
+        let q = Arc::new(Queue::default());
+        let (done, waiting) = oneshot::channel();
+        q.push(Job { queued: Instant::now(), at: 0, records: Vec::new(), done }, None);
+        drop(Stopped(Arc::clone(&q)));
+        assert!(waiting.blocking_recv().is_err(), "a queued request learns that the writer stopped");
+        let (done, later) = oneshot::channel();
+        q.push(Job { queued: Instant::now(), at: 0, records: Vec::new(), done }, None);
+        assert!(later.blocking_recv().is_err(), "so does a later one");
     }
 
     #[test]
