@@ -126,10 +126,16 @@ async fn send(
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
+    let (user, system) = cpu_split(pid);
+    user + system
+}
+
+/// (user, system) CPU ticks of a process.
+fn cpu_split(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
     let after = &stat[stat.rfind(')').expect("comm") + 2..];
     let f: Vec<&str> = after.split(' ').collect();
-    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+    (f[11].parse::<u64>().expect("utime"), f[12].parse::<u64>().expect("stime"))
 }
 
 fn ticks_per_second() -> f64 {
@@ -140,6 +146,8 @@ fn ticks_per_second() -> f64 {
 struct Load {
     rate: f64,
     cpu_per_sig_us: f64,
+    /// Of which system (kernel) time.
+    sys_per_sig_us: f64,
 }
 
 /// One closed-loop round.
@@ -155,6 +163,8 @@ struct Round {
     token: f64,
     /// The raw baseline (µs): mean of the raw runs before and after.
     baseline: f64,
+    /// Server system (kernel) CPU per signature (µs).
+    sys: f64,
 }
 
 /// Closed loop: every connection sends as fast as it can for `RUN`.
@@ -166,7 +176,7 @@ async fn closed_loop(port: u16, pid: u32, req: Arc<(String, String, Vec<u8>)>) -
     }
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let cpu0 = cpu_ticks(pid);
+    let (user0, sys0) = cpu_split(pid);
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for mut s in senders {
@@ -185,9 +195,11 @@ async fn closed_loop(port: u16, pid: u32, req: Arc<(String, String, Vec<u8>)>) -
         t.await.expect("task");
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = (cpu_ticks(pid) - cpu0) as f64 / ticks_per_second();
+    let (user1, sys1) = cpu_split(pid);
+    let cpu = (user1 + sys1 - user0 - sys0) as f64 / ticks_per_second();
+    let sys = (sys1 - sys0) as f64 / ticks_per_second();
     let n = done.load(Ordering::Relaxed) as f64;
-    Load { rate: n / elapsed, cpu_per_sig_us: cpu / n * 1e6 }
+    Load { rate: n / elapsed, cpu_per_sig_us: cpu / n * 1e6, sys_per_sig_us: sys / n * 1e6 }
 }
 
 /// Counters from `/metrics`.
@@ -425,6 +437,7 @@ fn main() {
                 rate: load.rate,
                 token,
                 baseline,
+                sys: load.sys_per_sig_us,
             });
             raw_before = raw_after;
         }
@@ -441,7 +454,7 @@ fn main() {
     for (i, (name, req)) in scenarios.iter().enumerate() {
         let mut r = ratios[i].clone();
         r.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
-        let Round { ratio, cpu, rate, token: token_us, baseline } = r[r.len() / 2];
+        let Round { ratio, cpu, rate, token: token_us, baseline, sys } = r[r.len() / 2];
         // Server CPU over the CPU of its own token calls, same round: free of the machine's drift.
         let mut own: Vec<f64> = r.iter().map(|x| x.cpu / x.token).collect();
         own.sort_by(|a, b| a.total_cmp(b));
@@ -469,7 +482,7 @@ fn main() {
             println!("{name}: at {extra:.0}/s: p50 {p50:.2} ms, p99 {p99:.2} ms");
         }
         let line = format!(
-            "{name}: {rate:.0} signatures/s with {CONNECTIONS} keep-alive connections; server CPU {cpu:.0} µs per signature = {ratio:.3} x raw C_Sign (median of {rounds} rounds: {}; efficiency {:.0} %; {:.1} audit rows per commit); of which {token_us:.0} µs inside the token's C_Sign (= {:.3} x that round's raw) and {:.0} µs everything else; server CPU = {own:.3} x its own C_Sign time (median over rounds, drift-free); at {:.0}/s: p50 {p50:.2} ms, p99 {p99:.2} ms (in the server, sign and audit commit: p50 <= {server_p50} ms, p99 <= {server_p99} ms; audit wait alone: p50 <= {audit_p50} ms, p99 <= {audit_p99} ms)",
+            "{name}: {rate:.0} signatures/s with {CONNECTIONS} keep-alive connections; server CPU {cpu:.0} µs per signature = {ratio:.3} x raw C_Sign (median of {rounds} rounds: {}; efficiency {:.0} %; {:.1} audit rows per commit); of which {token_us:.0} µs inside the token's C_Sign (= {:.3} x that round's raw) and {:.0} µs everything else ({sys:.0} µs of the total in the kernel); server CPU = {own:.3} x its own C_Sign time (median over rounds, drift-free); at {:.0}/s: p50 {p50:.2} ms, p99 {p99:.2} ms (in the server, sign and audit commit: p50 <= {server_p50} ms, p99 <= {server_p99} ms; audit wait alone: p50 <= {audit_p50} ms, p99 <= {audit_p99} ms)",
             r.iter().map(|x| format!("{:.3}", x.ratio)).collect::<Vec<_>>().join(" "),
             100.0 / ratio,
             batch[i].iter().sum::<f64>() / batch[i].len().max(1) as f64,
