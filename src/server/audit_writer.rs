@@ -187,7 +187,7 @@ impl Load {
 }
 
 /// Commits between the writer's own WAL checkpoints (taken when no row waits).
-pub const CHECKPOINT_AFTER: u32 = 100;
+const CHECKPOINT_AFTER: u32 = 100;
 
 impl Queue {
     fn lock(&self) -> MutexGuard<'_, QueueState> {
@@ -208,8 +208,9 @@ impl Queue {
             state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         state.idle = false;
-        // Jobs queued during the previous commit have waited already.
-        let deadline = state.jobs.iter().map(|j| j.queued).min().unwrap_or_else(Instant::now) + window;
+        // Jobs queued during the previous commit have waited already (jobs are
+        // queued in order: the first is the oldest).
+        let deadline = state.jobs.first().map_or_else(Instant::now, |j| j.queued) + window;
         while self.expected.load(Ordering::Acquire) > 0 && state.jobs.len() < MAX_BATCH && !state.closed {
             let now = Instant::now();
             if now >= deadline {
@@ -244,7 +245,7 @@ impl AuditWriter {
     /// a row waits for announced ones.
     ///
     /// The writer checkpoints the WAL itself when it finds no row waiting after
-    /// [`CHECKPOINT_AFTER`] commits: a checkpoint copies pages into the database
+    /// a hundred commits: a checkpoint copies pages into the database
     /// file and syncs it, and rows that came meanwhile would wait for it. Done
     /// by the only writer, it is complete, so the next commit starts the WAL
     /// over (a checkpoint on another connection would always lag behind the
@@ -412,6 +413,38 @@ mod tests {
         let (done, later) = oneshot::channel();
         q.push(Job { queued: Instant::now(), at: 0, records: Vec::new(), done }, None);
         assert!(later.blocking_recv().is_err(), "so does a later one");
+    }
+
+    #[test]
+    fn the_writer_keeps_the_wal_from_growing() {
+        // Real SQLite in a temporary directory. Commits one by one, as a quiet
+        // server does: the writer's own checkpoints let the WAL start over, so
+        // its file stays the size of about CHECKPOINT_AFTER commits.
+        let dir = tempfile::tempdir().expect("dir");
+        let db = dir.path().join("inkan.db");
+        let writer = AuditWriter::start(Store::open(&db).expect("store"), Duration::ZERO);
+        let wal = dir.path().join("inkan.db-wal");
+        let commit = |n: u32| {
+            for i in 0..n {
+                let (done, wait) = oneshot::channel();
+                let record = Record {
+                    actor: "test".into(),
+                    event: "sign",
+                    digest: Some(format!("sha256:{i:064x}")),
+                    outcome: "ok",
+                    detail: serde_json::json!({ "i": i }),
+                    ..Record::default()
+                };
+                writer.queue.push(Job { queued: Instant::now(), at: 0, records: vec![record], done }, None);
+                wait.blocking_recv().expect("answered").expect("committed");
+            }
+        };
+        commit(CHECKPOINT_AFTER);
+        let one_round = std::fs::metadata(&wal).expect("wal").len();
+        commit(3 * CHECKPOINT_AFTER);
+        let after = std::fs::metadata(&wal).expect("wal").len();
+        assert!(after < 2 * one_round, "WAL {after} bytes after 4 rounds of commits, {one_round} after one");
+        assert_eq!(writer.stats().rows.load(Ordering::Relaxed), u64::from(4 * CHECKPOINT_AFTER));
     }
 
     #[test]
