@@ -97,8 +97,10 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// Longest a signature's audit row waits for the rows of signatures still
     /// under way, to share their commit, while the cores are busy
-    /// (microseconds; 0 = never wait). With cores to spare, a quarter of it.
+    /// (microseconds; 0 = never wait).
     pub audit_window_us: u64,
+    /// The same with cores to spare (microseconds).
+    pub audit_idle_window_us: u64,
 }
 
 impl Default for ServerConfig {
@@ -115,7 +117,8 @@ impl Default for ServerConfig {
             max_document_bytes: 64 << 20,
             header_timeout_secs: 10,
             shutdown_grace_secs: 20,
-            audit_window_us: 2000,
+            audit_window_us: 6000,
+            audit_idle_window_us: 500,
         }
     }
 }
@@ -448,6 +451,11 @@ impl Config {
             self.server.audit_window_us = v
                 .parse()
                 .map_err(|_| ConfigError(format!("INKAN_SERVER_AUDIT_WINDOW_US must be a number, not {v:?}")))?;
+        }
+        if let Some(v) = var("INKAN_SERVER_AUDIT_IDLE_WINDOW_US") {
+            self.server.audit_idle_window_us = v
+                .parse()
+                .map_err(|_| ConfigError(format!("INKAN_SERVER_AUDIT_IDLE_WINDOW_US must be a number, not {v:?}")))?;
         }
         if let Some(v) = var("INKAN_SERVER_SESSION_HOURS") {
             self.server.session_hours = v

@@ -121,13 +121,16 @@ pub fn build_app(config: Config, demo_client: Option<(String, String)>) -> Resul
     let chain = crate::keys::chain(&config).map_err(|e| e.to_string())?;
     let hpki = trust_store("HPKI", &config.hpki)?;
     let jpki = trust_store("JPKI", &config.jpki)?;
-    let audit_window = Duration::from_micros(config.server.audit_window_us);
+    let audit_windows = audit_writer::Windows {
+        busy: Duration::from_micros(config.server.audit_window_us),
+        idle: Duration::from_micros(config.server.audit_idle_window_us),
+    };
     App::new(
         config,
         clock,
         Arc::new(keystore),
         store,
-        audit_writer::AuditWriter::start(audit_store, audit_window),
+        audit_writer::AuditWriter::start(audit_store, audit_windows),
         chain,
         hpki,
         jpki,

@@ -21,18 +21,53 @@ pub fn path_for(store_path: &Path) -> PathBuf {
 pub struct Stamp(String);
 
 /// The file's current value; `None` if it cannot be read (then nothing may be cached).
-///
-/// Read on every authenticated request, so with as few system calls as a file
-/// allows: open, one read (the value is a few dozen bytes), close.
 pub fn stamp(path: &Path) -> Option<Stamp> {
-    use std::io::Read;
-    let mut buf = [0u8; 128];
-    let n = std::fs::File::open(path).ok()?.read(&mut buf).ok()?;
-    // A value that fills the buffer was not written by `bump`: read it whole.
-    if n == buf.len() {
-        return std::fs::read_to_string(path).ok().filter(|v| !v.is_empty()).map(Stamp);
+    read_stamp(&mut std::fs::File::open(path).ok()?)
+}
+
+/// Reads the epoch file once per change: holds it open and returns the value
+/// read when it was opened for as long as that file is still linked.
+#[derive(Debug)]
+pub struct Watcher {
+    path: PathBuf,
+    open: std::sync::Mutex<Option<(std::fs::File, Stamp)>>,
+}
+
+impl Watcher {
+    /// Watches the epoch file at `path` (which need not exist yet).
+    pub fn new(path: PathBuf) -> Watcher {
+        Watcher { path, open: std::sync::Mutex::new(None) }
     }
-    std::str::from_utf8(&buf[..n]).ok().filter(|v| !v.is_empty()).map(|v| Stamp(v.to_owned()))
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The current value, as [`stamp`] would read it; `None` if it cannot be read.
+    pub fn stamp(&self) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((file, stamp)) = open.as_ref() {
+            // Renamed over (or deleted): no links left. A file edited in place
+            // is not how the epoch changes (see `bump`).
+            if file.metadata().is_ok_and(|m| m.nlink() > 0) {
+                return Some(stamp.clone());
+            }
+        }
+        *open = None;
+        let mut file = std::fs::File::open(&self.path).ok()?;
+        let stamp = read_stamp(&mut file)?;
+        *open = Some((file, stamp.clone()));
+        Some(stamp)
+    }
+}
+
+fn read_stamp(file: &mut std::fs::File) -> Option<Stamp> {
+    use std::io::Read;
+    let mut value = String::new();
+    file.read_to_string(&mut value).ok()?;
+    Some(value).filter(|v| !v.is_empty()).map(Stamp)
 }
 
 /// Replaces the file: every process that caches auth sessions of this
@@ -61,5 +96,28 @@ mod tests {
             bump(&path).expect("bump");
             assert_ne!(stamp(&path).expect("stamp"), first, "a new value each time, even within one clock tick");
         }
+    }
+
+    #[test]
+    fn the_watcher_sees_every_bump_at_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = path_for(&dir.path().join("inkan.db"));
+        let watcher = Watcher::new(path.clone());
+        assert_eq!(watcher.stamp(), None, "no file yet");
+        bump(&path).expect("bump");
+        let mut seen = watcher.stamp().expect("stamp");
+        assert_eq!(Some(&seen), stamp(&path).as_ref());
+        assert_eq!(watcher.stamp(), Some(seen.clone()), "unchanged while the file is");
+        for _ in 0..20 {
+            bump(&path).expect("bump");
+            let now = watcher.stamp().expect("stamp");
+            assert_ne!(now, seen, "the next read after a bump sees it");
+            assert_eq!(Some(&now), stamp(&path).as_ref());
+            seen = now;
+        }
+        std::fs::remove_file(&path).expect("rm");
+        assert_eq!(watcher.stamp(), None, "a deleted file: nothing may be cached");
+        bump(&path).expect("bump");
+        assert!(watcher.stamp().is_some_and(|s| s != seen));
     }
 }

@@ -11,7 +11,8 @@
 //! arrives while other signatures are still under way, the writer sleeps until
 //! the last of them has come or the commit window has passed, woken only by
 //! that last row. The window is `[server] audit_window_us` while the process
-//! keeps the cores busy (CPU is what batching saves), a quarter of it otherwise
+//! keeps the cores busy (CPU is what batching saves: under virtualisation a
+//! sync costs far more CPU than a row), `audit_idle_window_us` otherwise
 //! (latency matters more then). A request that signs alone is committed at once.
 //!
 //! If the writer thread ever ends, queued and later requests get an error
@@ -68,6 +69,10 @@ struct QueueState {
     jobs: Vec<Job>,
     /// The writer sleeps until a first row comes.
     idle: bool,
+    /// The writer sleeps (for a first row, or in its window): only then does
+    /// a row need to wake it (a notification is a system call even when
+    /// nobody waits).
+    waiting: bool,
     /// The writer stops once the queue is empty.
     closed: bool,
 }
@@ -108,8 +113,7 @@ impl Drop for Expected {
         // it need not wait any longer. Locking first means the writer is either
         // before its check (and sees the new count) or asleep (and is woken).
         if let Some(q) = self.0.take() {
-            if q.expected.fetch_sub(1, Ordering::AcqRel) == 1 {
-                drop(q.lock());
+            if q.expected.fetch_sub(1, Ordering::AcqRel) == 1 && q.lock().waiting {
                 q.wake.notify_one();
             }
         }
@@ -148,13 +152,19 @@ const LOAD_SAMPLE: Duration = Duration::from_millis(100);
 /// Above this share of the cores in use, the full window applies.
 const BUSY: f64 = 0.75;
 
-/// The window under partial load, as a share of the full one.
-const IDLE_SHARE: u32 = 4;
+/// The commit windows: while the cores are busy, and otherwise.
+#[derive(Clone, Copy, Debug)]
+pub struct Windows {
+    /// While the process uses most of the cores.
+    pub busy: Duration,
+    /// With cores to spare.
+    pub idle: Duration,
+}
 
 /// Picks the commit window from how busy the process is. With cores to spare,
-/// a short window (a quarter): latency wins, and the fsyncs cost CPU nobody
-/// else needs. With the cores busy, the full window: more rows share each
-/// commit, and the CPU saved goes to signatures.
+/// a short window: latency wins, and the syncs cost CPU nobody else needs.
+/// With the cores busy, the long window: more rows share each commit, and the
+/// CPU saved goes to signatures.
 struct Load {
     cores: f64,
     since: Instant,
@@ -168,7 +178,7 @@ impl Load {
         Load { cores, since: Instant::now(), cpu: cpu_time::ProcessTime::try_now().ok(), busy: false }
     }
 
-    fn window(&mut self, full: Duration) -> Duration {
+    fn window(&mut self, windows: Windows) -> Duration {
         let elapsed = self.since.elapsed();
         if elapsed >= LOAD_SAMPLE {
             let used = self.cpu.and_then(|c| c.try_elapsed().ok());
@@ -179,9 +189,9 @@ impl Load {
             self.cpu = cpu_time::ProcessTime::try_now().ok();
         }
         if self.busy {
-            full
+            windows.busy
         } else {
-            full / IDLE_SHARE
+            windows.idle
         }
     }
 }
@@ -205,7 +215,9 @@ impl Queue {
                 return None;
             }
             state.idle = true;
+            state.waiting = true;
             state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+            state.waiting = false;
         }
         state.idle = false;
         // Jobs queued during the previous commit have waited already (jobs are
@@ -216,7 +228,9 @@ impl Queue {
             if now >= deadline {
                 break;
             }
+            state.waiting = true;
             state = self.wake.wait_timeout(state, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            state.waiting = false;
         }
         let n = state.jobs.len().min(MAX_BATCH);
         Some(state.jobs.drain(..n).collect())
@@ -234,14 +248,15 @@ impl Queue {
         if let Some(a) = announced {
             a.fulfil();
         }
-        if state.idle || self.expected.load(Ordering::Acquire) == 0 || state.jobs.len() >= MAX_BATCH {
+        if state.waiting && (state.idle || self.expected.load(Ordering::Acquire) == 0 || state.jobs.len() >= MAX_BATCH)
+        {
             self.wake.notify_one();
         }
     }
 }
 
 impl AuditWriter {
-    /// Starts the writer thread on its own connection; `window` is the longest
+    /// Starts the writer thread on its own connection; `windows` say how long
     /// a row waits for announced ones.
     ///
     /// The writer checkpoints the WAL itself when it finds no row waiting after
@@ -252,7 +267,7 @@ impl AuditWriter {
     /// commits, and the WAL would grow for as long as the load lasts). SQLite's
     /// automatic checkpoint (1000 pages) still bounds the WAL under load that
     /// never pauses.
-    pub fn start(mut store: Store, window: Duration) -> AuditWriter {
+    pub fn start(mut store: Store, windows: Windows) -> AuditWriter {
         let queue = Arc::new(Queue::default());
         let stats = Arc::new(Stats::default());
         let (q, counted) = (Arc::clone(&queue), Arc::clone(&stats));
@@ -262,7 +277,7 @@ impl AuditWriter {
                 let _guard = Stopped(Arc::clone(&q));
                 let mut load = Load::new();
                 let mut since_checkpoint = 0u32;
-                while let Some(batch) = q.next_batch(load.window(window)) {
+                while let Some(batch) = q.next_batch(load.window(windows)) {
                     let result = store.write(|t| {
                         let events: Vec<Vec<Event<'_>>> = batch
                             .iter()
@@ -422,7 +437,10 @@ mod tests {
         // its file stays the size of about CHECKPOINT_AFTER commits.
         let dir = tempfile::tempdir().expect("dir");
         let db = dir.path().join("inkan.db");
-        let writer = AuditWriter::start(Store::open(&db).expect("store"), Duration::ZERO);
+        let writer = AuditWriter::start(
+            Store::open(&db).expect("store"),
+            Windows { busy: Duration::ZERO, idle: Duration::ZERO },
+        );
         let wal = dir.path().join("inkan.db-wal");
         let commit = |n: u32| {
             for i in 0..n {

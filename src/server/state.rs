@@ -53,7 +53,7 @@ pub struct App {
     /// Auth sessions by token hash, valid while the auth epoch file is unchanged.
     sessions: Mutex<SessionCache>,
     /// The auth epoch file (see [`crate::auth::epoch`]).
-    epoch_path: std::path::PathBuf,
+    epoch: crate::auth::epoch::Watcher,
     /// OIDC requests and codes in flight.
     pub pending: Pending,
     /// HPKI card trust store.
@@ -110,7 +110,7 @@ impl App {
             chain,
             signers: Mutex::new(HashMap::new()),
             sessions: Mutex::new(SessionCache::default()),
-            epoch_path,
+            epoch: crate::auth::epoch::Watcher::new(epoch_path),
             pending: Pending::default(),
             hpki,
             jpki,
@@ -170,7 +170,7 @@ impl App {
     fn session(&self, token: &str) -> Result<Option<Bearer>, ApiError> {
         let hash = crate::auth::token_hash(token);
         let now = self.now_ms();
-        let stamp = crate::auth::epoch::stamp(&self.epoch_path);
+        let stamp = self.epoch.stamp();
         let generation = {
             let mut cache = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
             if cache.stamp != stamp || stamp.is_none() {
@@ -205,10 +205,10 @@ impl App {
         let mut cache = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         cache.entries.clear();
         cache.generation += 1;
-        if let Err(e) = crate::auth::epoch::bump(&self.epoch_path) {
-            tracing::warn!("cannot update {}: {e}", self.epoch_path.display());
+        if let Err(e) = crate::auth::epoch::bump(self.epoch.path()) {
+            tracing::warn!("cannot update {}: {e}", self.epoch.path().display());
         }
-        cache.stamp = crate::auth::epoch::stamp(&self.epoch_path);
+        cache.stamp = self.epoch.stamp();
     }
 
     /// The signer for a session's user: the active key with its certificate.
