@@ -8,7 +8,7 @@
 //! - `sign-hashes` with one SHA-256 digest, and `sign` with a 1 KiB document;
 //! - closed loop at full speed: signatures/s and the server's CPU time per
 //!   signature (user+sys from /proc/PID/stat over the run);
-//! - open loop at half that rate: p50 / p99 latency.
+//! - open loop at half that rate (after a second's warm-up): p50 / p99 latency.
 //!
 //! In the same command, the keystore's raw `C_Sign` CPU time per signature is
 //! measured in this process on the same token; the report gives the ratio
@@ -33,6 +33,10 @@ const CONNECTIONS: usize = 16;
 const RUN: Duration = Duration::from_millis(1500);
 /// The open-loop (latency) run.
 const OPEN_LOOP_RUN: Duration = Duration::from_secs(6);
+/// Run at the same rate just before it, not recorded: the server adapts its
+/// audit commit window to its load (sampled every 100 ms), and the first
+/// requests after a full-speed round would meet the full-load window.
+const WARM_UP: Duration = Duration::from_secs(1);
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -167,7 +171,7 @@ struct Round {
     sys: f64,
 }
 
-/// Closed loop: every connection sends as fast as it can for `RUN`.
+/// Closed loop: every connection sends as fast as it can for `RUN` (`GET` without a body, else `POST`).
 async fn closed_loop(port: u16, pid: u32, req: Arc<(String, String, Vec<u8>)>) -> Load {
     let config = tls_config(None);
     let mut senders = Vec::new();
@@ -183,7 +187,8 @@ async fn closed_loop(port: u16, pid: u32, req: Arc<(String, String, Vec<u8>)>) -
         let (done, stop, req) = (Arc::clone(&done), Arc::clone(&stop), Arc::clone(&req));
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let (status, _, body) = send(&mut s, "POST", &req.0, &[("authorization", &req.1)], req.2.clone()).await;
+                let method = if req.2.is_empty() { "GET" } else { "POST" };
+                let (status, _, body) = send(&mut s, method, &req.0, &[("authorization", &req.1)], req.2.clone()).await;
                 assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -246,8 +251,8 @@ async fn counters(port: u16) -> Counters {
     }
 }
 
-/// Open loop at `rate` requests/s: returns (p50, p99) latency in ms.
-async fn open_loop(port: u16, rate: f64, req: Arc<(String, String, Vec<u8>)>) -> (f64, f64) {
+/// Open loop at `rate` requests/s for `run`: returns (p50, p99) latency in ms.
+async fn open_loop(port: u16, rate: f64, req: Arc<(String, String, Vec<u8>)>, run: Duration) -> (f64, f64) {
     let config = tls_config(None);
     let (tx, rx) = tokio::sync::mpsc::channel::<Instant>(10_000);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
@@ -272,7 +277,7 @@ async fn open_loop(port: u16, rate: f64, req: Arc<(String, String, Vec<u8>)>) ->
     let pacer = std::thread::spawn(move || {
         let start = Instant::now();
         let mut next = start;
-        while start.elapsed() < OPEN_LOOP_RUN {
+        while start.elapsed() < run {
             if let Some(wait) = next.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
@@ -413,6 +418,17 @@ fn main() {
     ];
     // Alternating rounds: every load run sits between two raw measurements, and
     // its ratio is taken against their mean (the machine's speed drifts).
+    // The HTTPS stack's own cost (diagnostic): `GET /healthz` under the same load.
+    if std::env::var_os("INKAN_LOAD_FLOOR").is_some() {
+        let healthz = Arc::new(("/healthz".to_owned(), bearer.clone(), Vec::new()));
+        for _ in 0..3 {
+            let l = rt.block_on(closed_loop(main_port, pid, Arc::clone(&healthz)));
+            println!(
+                "floor: GET /healthz {:.0}/s, server CPU {:.1} µs per request ({:.1} µs in the kernel)",
+                l.rate, l.cpu_per_sig_us, l.sys_per_sig_us
+            );
+        }
+    }
     let only = std::env::var("INKAN_LOAD_ONLY").ok();
     let scenarios: Vec<_> =
         scenarios.into_iter().filter(|(name, _)| only.as_deref().is_none_or(|o| name.starts_with(o))).collect();
@@ -459,8 +475,9 @@ fn main() {
         let mut own: Vec<f64> = r.iter().map(|x| x.cpu / x.token).collect();
         own.sort_by(|a, b| a.total_cmp(b));
         let own = own[own.len() / 2];
+        rt.block_on(open_loop(main_port, rate / 2.0, Arc::clone(req), WARM_UP));
         let before = rt.block_on(counters(main_port));
-        let (p50, p99) = rt.block_on(open_loop(main_port, rate / 2.0, Arc::clone(req)));
+        let (p50, p99) = rt.block_on(open_loop(main_port, rate / 2.0, Arc::clone(req), OPEN_LOOP_RUN));
         let after = rt.block_on(counters(main_port));
         // The server's own view (sign + audit commit, from its histogram): which bucket holds p50 / p99.
         let pct = |after: &[(f64, f64)], before: &[(f64, f64)], p: f64| {
@@ -478,7 +495,8 @@ fn main() {
         for extra in
             std::env::var("INKAN_LOAD_RATES").unwrap_or_default().split(',').filter_map(|r| r.parse::<f64>().ok())
         {
-            let (p50, p99) = rt.block_on(open_loop(main_port, extra, Arc::clone(req)));
+            rt.block_on(open_loop(main_port, extra, Arc::clone(req), WARM_UP));
+            let (p50, p99) = rt.block_on(open_loop(main_port, extra, Arc::clone(req), OPEN_LOOP_RUN));
             println!("{name}: at {extra:.0}/s: p50 {p50:.2} ms, p99 {p99:.2} ms");
         }
         let line = format!(
