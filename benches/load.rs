@@ -416,10 +416,8 @@ fn main() {
         ),
         ("sign (1 KiB document, detached CAdES)", Arc::new(("/api/v1/sign".to_owned(), bearer.clone(), doc))),
     ];
-    // Alternating rounds: every load run sits between two raw measurements, and
-    // its ratio is taken against their mean (the machine's speed drifts).
     // The HTTPS stack's own cost (diagnostic): `GET /healthz` under the same load.
-    if std::env::var_os("INKAN_LOAD_FLOOR").is_some() {
+    if std::env::var("INKAN_LOAD_FLOOR").is_ok_and(|v| !v.is_empty() && v != "0") {
         let healthz = Arc::new(("/healthz".to_owned(), bearer.clone(), Vec::new()));
         for _ in 0..3 {
             let l = rt.block_on(closed_loop(main_port, pid, Arc::clone(&healthz)));
@@ -429,6 +427,8 @@ fn main() {
             );
         }
     }
+    // Alternating rounds: every load run sits between two raw measurements, and
+    // its ratio is taken against their mean (the machine's speed drifts).
     let only = std::env::var("INKAN_LOAD_ONLY").ok();
     let scenarios: Vec<_> =
         scenarios.into_iter().filter(|(name, _)| only.as_deref().is_none_or(|o| name.starts_with(o))).collect();

@@ -103,6 +103,9 @@ pub struct ServerConfig {
     pub audit_idle_window_us: u64,
 }
 
+/// The longest commit window accepted (µs).
+const MAX_AUDIT_WINDOW_US: u64 = 1_000_000;
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -493,6 +496,11 @@ impl Config {
         if self.server.session_hours == 0 {
             return Err(ConfigError("[server] session_hours must be at least 1".into()));
         }
+        if self.server.audit_window_us > MAX_AUDIT_WINDOW_US || self.server.audit_idle_window_us > MAX_AUDIT_WINDOW_US {
+            return Err(ConfigError(format!(
+                "[server] audit_window_us and audit_idle_window_us must be at most {MAX_AUDIT_WINDOW_US} (1 s): every signature may wait that long"
+            )));
+        }
         Ok(())
     }
 
@@ -608,4 +616,21 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     f.write_all(contents)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_commit_windows_are_bounded() {
+        assert!(Config::default().validate().is_ok());
+        let mut config = Config::default();
+        config.server.audit_idle_window_us = 2_000_000;
+        let e = config.validate().expect_err("a 2 s window");
+        assert!(e.0.contains("audit_idle_window_us") && e.0.contains("at most"), "{}", e.0);
+        let mut config = Config::default();
+        config.server.audit_window_us = MAX_AUDIT_WINDOW_US;
+        assert!(config.validate().is_ok());
+    }
 }

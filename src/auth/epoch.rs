@@ -1,11 +1,19 @@
 //! The auth epoch: a small file next to the database that a process replaces
 //! (a new random value, written and renamed into place) after a change that may
 //! affect a live auth session: a revoked session, a disabled user, a new active
-//! key, a removed device. The server keeps auth sessions in memory and reads the
-//! file (a few bytes) per request; when it changed, the cache is emptied. The
-//! value is compared rather than the file's inode or time: inodes are reused
-//! and file times are coarse. A revocation by `inkan session revoke` in another process thus
-//! takes effect with the next request, without a database read per request.
+//! key, a removed device. The server keeps auth sessions in memory and checks
+//! the file per request; when it changed, the cache is emptied. A revocation by
+//! `inkan session revoke` in another process thus takes effect with the next
+//! request, without a database read per request.
+//!
+//! The server checks through a [`Watcher`], which keeps the file it last read
+//! open and asks per request only whether the path still names that file (one
+//! `stat`, compared by device and inode): `bump` renames a new file over it, so
+//! from that moment on the path names another inode, and the next request reads
+//! the new value. An inode number cannot be reused while the old file is held
+//! open, and unlike a link count this also holds when the file has other links
+//! or an NFS client keeps the replaced file under another name. Without a
+//! watcher, the value is compared ([`stamp`]); file times are too coarse.
 
 use std::path::{Path, PathBuf};
 
@@ -26,11 +34,21 @@ pub fn stamp(path: &Path) -> Option<Stamp> {
 }
 
 /// Reads the epoch file once per change: holds it open and returns the value
-/// read when it was opened for as long as that file is still linked.
+/// read from it for as long as the path names that file.
 #[derive(Debug)]
 pub struct Watcher {
     path: PathBuf,
-    open: std::sync::Mutex<Option<(std::fs::File, Stamp)>>,
+    open: std::sync::Mutex<Option<Read>>,
+}
+
+/// The file a [`Watcher`] read last.
+#[derive(Debug)]
+struct Read {
+    /// Kept open, so that its inode number stays its own.
+    _file: std::fs::File,
+    /// (device, inode).
+    id: (u64, u64),
+    value: Stamp,
 }
 
 impl Watcher {
@@ -48,17 +66,19 @@ impl Watcher {
     pub fn stamp(&self) -> Option<Stamp> {
         use std::os::unix::fs::MetadataExt;
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((file, stamp)) = open.as_ref() {
-            // Renamed over (or deleted): no links left. A file edited in place
-            // is not how the epoch changes (see `bump`).
-            if file.metadata().is_ok_and(|m| m.nlink() > 0) {
-                return Some(stamp.clone());
+        let now = std::fs::metadata(&self.path).ok().map(|m| (m.dev(), m.ino()));
+        if let (Some(read), Some(now)) = (open.as_ref(), now) {
+            // Still the same file (a file edited in place is not how the epoch
+            // changes: see `bump`).
+            if read.id == now {
+                return Some(read.value.clone());
             }
         }
         *open = None;
         let mut file = std::fs::File::open(&self.path).ok()?;
+        let meta = file.metadata().ok()?;
         let stamp = read_stamp(&mut file)?;
-        *open = Some((file, stamp.clone()));
+        *open = Some(Read { _file: file, id: (meta.dev(), meta.ino()), value: stamp.clone() });
         Some(stamp)
     }
 }
@@ -115,6 +135,13 @@ mod tests {
             assert_eq!(Some(&now), stamp(&path).as_ref());
             seen = now;
         }
+        // A second link to the file (a backup tool's hard link) must not hide a bump.
+        let link = dir.path().join("epoch-backup");
+        std::fs::hard_link(&path, &link).expect("link");
+        bump(&path).expect("bump");
+        let now = watcher.stamp().expect("stamp");
+        assert_ne!(now, seen, "a bump is seen although the old file is still linked elsewhere");
+        seen = now;
         std::fs::remove_file(&path).expect("rm");
         assert_eq!(watcher.stamp(), None, "a deleted file: nothing may be cached");
         bump(&path).expect("bump");
