@@ -26,7 +26,7 @@ pub fn path_for(store_path: &Path) -> PathBuf {
 
 /// One version of the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stamp(String);
+pub struct Stamp(std::sync::Arc<str>);
 
 /// The file's current value; `None` if it cannot be read (then nothing may be cached).
 pub fn stamp(path: &Path) -> Option<Stamp> {
@@ -87,7 +87,7 @@ fn read_stamp(file: &mut std::fs::File) -> Option<Stamp> {
     use std::io::Read;
     let mut value = String::new();
     file.read_to_string(&mut value).ok()?;
-    Some(value).filter(|v| !v.is_empty()).map(Stamp)
+    Some(value).filter(|v| !v.is_empty()).map(|v| Stamp(v.into()))
 }
 
 /// Replaces the file: every process that caches auth sessions of this

@@ -149,7 +149,7 @@ const MAX_BATCH: usize = 512;
 /// How the process's CPU use is sampled to pick the commit window.
 const LOAD_SAMPLE: Duration = Duration::from_millis(100);
 
-/// Above this share of the cores in use, the full window applies.
+/// Above this share of the cores in use, the busy window applies.
 const BUSY: f64 = 0.75;
 
 /// The commit windows: while the cores are busy, and otherwise.
@@ -277,7 +277,13 @@ impl AuditWriter {
                 let _guard = Stopped(Arc::clone(&q));
                 let mut load = Load::new();
                 let mut since_checkpoint = 0u32;
-                while let Some(batch) = q.next_batch(load.window(windows)) {
+                while let Some(mut batch) = q.next_batch(load.window(windows)) {
+                    // The details move into the events (the rows are the writer's now).
+                    let mut details: std::vec::IntoIter<serde_json::Value> = batch
+                        .iter_mut()
+                        .flat_map(|job| job.records.iter_mut().map(|r| r.detail.take()))
+                        .collect::<Vec<_>>()
+                        .into_iter();
                     let result = store.write(|t| {
                         let events: Vec<Vec<Event<'_>>> = batch
                             .iter()
@@ -291,7 +297,7 @@ impl AuditWriter {
                                         generation: r.generation,
                                         digest: r.digest.as_deref(),
                                         outcome: r.outcome,
-                                        detail: r.detail.clone(),
+                                        detail: details.next().unwrap_or_default(),
                                     })
                                     .collect()
                             })

@@ -20,11 +20,10 @@ struct Histogram {
 
 impl Histogram {
     fn observe(&self, latency: Duration) {
+        // One counter per bucket (not cumulative): one atomic add per request.
         let secs = latency.as_secs_f64();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(i) = BUCKETS.iter().position(|bound| secs <= *bound) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
@@ -33,10 +32,14 @@ impl Histogram {
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
+        // Prometheus buckets are cumulative.
+        let mut cumulative = 0;
         for (i, bound) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", self.buckets[i].load(Ordering::Relaxed));
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
-        let count = self.count.load(Ordering::Relaxed);
+        // Never below the buckets (a concurrent request may be half counted).
+        let count = self.count.load(Ordering::Relaxed).max(cumulative);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
         let _ = writeln!(out, "{name}_count {count}");
@@ -118,5 +121,32 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE inkan_active_sessions gauge");
         let _ = writeln!(out, "inkan_active_sessions {active_sessions}");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_render_cumulative() {
+        let h = Histogram::default();
+        for ms in [0.4, 1.2, 1.5, 2000.0] {
+            h.observe(Duration::from_secs_f64(ms / 1000.0));
+        }
+        let mut out = String::new();
+        h.render(&mut out, "t", "test");
+        let bucket = |le: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("t_bucket{{le=\"{le}\"}} ")))
+                .unwrap_or_else(|| panic!("{le} in {out}"))
+                .to_owned()
+        };
+        assert_eq!(bucket("0.0005"), "1");
+        assert_eq!(bucket("0.001"), "1");
+        assert_eq!(bucket("0.0015"), "3", "1.5 ms falls in le=0.0015, with everything below");
+        assert_eq!(bucket("1"), "3");
+        assert_eq!(bucket("+Inf"), "4", "2 s is above every bound");
+        assert!(out.contains("t_count 4\n"), "{out}");
     }
 }

@@ -684,4 +684,16 @@ fn token_unavailable_answers_503_and_recovers_without_restart() {
     assert_eq!(value("inkan_audit_wait_seconds_count"), 2.0);
     assert!(value("inkan_token_sign_calls_total") >= 3.0, "{metrics}");
     assert!(value("inkan_token_sign_cpu_seconds_total") > 0.0, "{metrics}");
+    // The two signatures' audit rows, with their details, and none for the refused one.
+    let rows = env.json(&["audit", "tail", "--limit", "50"]);
+    let signs: Vec<&serde_json::Value> =
+        rows.as_array().expect("rows").iter().filter(|r| r["event"] == "sign").collect();
+    assert_eq!(signs.len(), 2, "{rows}");
+    for row in signs {
+        let detail = row["detail"].to_string();
+        for part in ["api.sign-hashes", "cades-bes", "hpki"] {
+            assert!(detail.contains(part), "{part} in {row}");
+        }
+        assert_eq!(row["outcome"], "ok");
+    }
 }
