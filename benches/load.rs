@@ -393,8 +393,12 @@ fn main() {
     ))
     .expect("keystore");
     let key = {
-        let store = inkan::store::Store::open(&dir.path().join("var/inkan.db")).expect("db");
-        inkan::keystore::KeyRef::from_id(store.active_key("100001").expect("db").expect("key").token_id)
+        let keys: serde_json::Value =
+            serde_json::from_str(&inkan(&config, &["--json", "key", "list", "100001"])).expect("key list");
+        let hex = keys[0]["token_id"].as_str().expect("token id");
+        let id: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")).collect();
+        inkan::keystore::KeyRef::from_id(id)
     };
     let mut di = vec![
         0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04,

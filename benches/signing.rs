@@ -16,11 +16,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use der::{Decode, Encode};
-use inkan::cades::{self, SignerIdentity};
 use inkan::config::RsaScheme;
 use inkan::keystore::{DigestAlgorithm, KeyAlgorithm, KeyRef, Keystore, KeystoreConfig, Pin};
 use inkan::pki::ca::Ca;
 use inkan::pki::profile::{Kind, Qualification};
+use inkan::signing::cades::{self, SignerIdentity};
 
 const THREADS: [usize; 2] = [1, 2];
 
@@ -38,7 +38,7 @@ fn fixture(rel: &str) -> PathBuf {
 fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
     let conf = dir.path().join("softhsm2.conf");
-    inkan::fixtures::write_softhsm_conf(&conf).expect("softhsm conf");
+    inkan::setup::write_softhsm_conf(&conf).expect("softhsm conf");
     std::env::set_var("SOFTHSM2_CONF", &conf);
     let module = Path::new(inkan::config::SOFTHSM_MODULE);
     inkan::keystore::init_token(module, "bench", &Pin::new("so-bench"), &Pin::new("user-bench")).expect("token");

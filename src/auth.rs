@@ -1,11 +1,25 @@
-//! Authentication: card certificates, auth sessions, OpenID Connect.
+//! Authentication: who is asking, and how they proved it.
+//!
+//! - [`certificate`] validates card certificates per scheme, [`cards`] maps
+//!   them to users (HPKI mappings, My Number card links) and logs cards in;
+//! - [`oidc`] is the OpenID Connect provider the signing systems use;
+//! - [`sessions`] are what a login opens, and turn bearer tokens into a
+//!   [`principal::Principal`] (cached, kept true by the store's invalidation);
+//! - [`clients`] are the registered signing systems;
+//! - [`sad`] is CSC signature activation data.
+//!
+//! **A new login method**: a variant of [`sessions::Method`] (the session and
+//! the ID token's `acr` name it), the way it proves the user (a module here,
+//! as [`cards`]), and its pages in `server/`; a session opened by it signs
+//! like any other.
 
 pub mod cards;
 pub mod certificate;
 pub mod clients;
-pub mod epoch;
 pub mod oidc;
-pub mod session;
+pub mod principal;
+pub mod sad;
+pub mod sessions;
 
 use base64ct::{Base64UrlUnpadded, Encoding};
 use sha2::{Digest, Sha256};

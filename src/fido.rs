@@ -1,5 +1,7 @@
 //! FIDO2 phones: the WebAuthn relying party (webauthn-rs), the one registered
-//! device per user, QR tickets and printed registration codes.
+//! device per user ([`device`]), QR tickets as a typed state machine
+//! ([`ticket`]), printed registration codes ([`regcode`]), and the flows that
+//! tie them together for the PC and the phone pages ([`flows`]).
 //!
 //! Ceremony state (the challenge) lives in the ticket's row and is taken out on
 //! first use, so an assertion or attestation is accepted at most once; the sign
@@ -7,6 +9,7 @@
 //! grow is refused unless the authenticator always reports 0).
 
 pub mod device;
+pub mod flows;
 pub mod regcode;
 pub mod ticket;
 
@@ -17,16 +20,11 @@ use webauthn_rs::prelude::{
 };
 
 use crate::config::Config;
+use crate::error::{Credential, Error, Result};
 
-/// What went wrong in a ceremony.
-#[derive(Debug, thiserror::Error)]
-pub enum FidoError {
-    /// The authenticator's response was refused (the client's fault).
-    #[error("{0}")]
-    Refused(String),
-    /// A server-side problem.
-    #[error("internal error: {0}")]
-    Internal(String),
+/// A phone's answer refused.
+fn refused(reason: String) -> Error {
+    Error::Unauthenticated(Credential::Phone, reason)
 }
 
 /// The WebAuthn relying party.
@@ -40,16 +38,19 @@ pub struct RelyingParty {
 
 impl RelyingParty {
     /// Builds the relying party from `[fido]` and `[server] public_url`.
-    pub fn new(config: &Config) -> Result<RelyingParty, String> {
+    pub fn new(config: &Config) -> Result<RelyingParty> {
         let origin = Url::parse(&config.server.public_url)
-            .map_err(|e| format!("[server] public_url {:?}: {e}", config.server.public_url))?;
+            .map_err(|e| Error::Invalid(format!("[server] public_url {:?}: {e}", config.server.public_url)))?;
         let rp_id = match &config.fido.rp_id {
             Some(id) => id.clone(),
-            None => origin.host_str().ok_or("[server] public_url has no host name")?.to_owned(),
+            None => origin
+                .host_str()
+                .ok_or_else(|| Error::Invalid("[server] public_url has no host name".into()))?
+                .to_owned(),
         };
         let webauthn = WebauthnBuilder::new(&rp_id, &origin)
             .and_then(|b| b.rp_name(&config.fido.rp_name).timeout(std::time::Duration::from_secs(120)).build())
-            .map_err(|e| format!("[fido] rp_id {rp_id:?} does not fit {origin}: {e}"))?;
+            .map_err(|e| Error::Invalid(format!("[fido] rp_id {rp_id:?} does not fit {origin}: {e}")))?;
         Ok(RelyingParty { webauthn, rp_id, origin: origin.as_str().trim_end_matches('/').to_owned() })
     }
 
@@ -61,42 +62,41 @@ impl RelyingParty {
         &self,
         user_id: &str,
         current: Option<&Passkey>,
-    ) -> Result<(CreationChallengeResponse, String), FidoError> {
+    ) -> Result<(CreationChallengeResponse, String)> {
         let exclude = current.map(|p| vec![p.cred_id().clone()]);
         let (options, state) = self
             .webauthn
             .start_passkey_registration(user_handle(user_id), user_id, user_id, exclude)
-            .map_err(|e| FidoError::Internal(e.to_string()))?;
+            .map_err(Error::internal)?;
         Ok((options, to_json(&state)?))
     }
 
     /// Verifies a registration response against the kept state.
-    pub fn finish_registration(&self, response: &[u8], state: &str) -> Result<Passkey, FidoError> {
+    pub fn finish_registration(&self, response: &[u8], state: &str) -> Result<Passkey> {
         let response: RegisterPublicKeyCredential = parse_response(response)?;
         let state: PasskeyRegistration =
-            serde_json::from_str(state).map_err(|e| FidoError::Internal(format!("ceremony state: {e}")))?;
+            serde_json::from_str(state).map_err(|e| Error::Internal(format!("ceremony state: {e}")))?;
         self.webauthn
             .finish_passkey_registration(&response, &state)
-            .map_err(|e| FidoError::Refused(format!("registration refused: {e}")))
+            .map_err(|e| refused(format!("registration refused: {e}")))
     }
 
-    /// Starts an authentication with the user's one device.
-    pub fn start_authentication(&self, passkey: &Passkey) -> Result<(RequestChallengeResponse, String), FidoError> {
-        let (options, state) = self
-            .webauthn
-            .start_passkey_authentication(std::slice::from_ref(passkey))
-            .map_err(|e| FidoError::Internal(e.to_string()))?;
+    /// Starts an authentication with the user's device. The user's retired
+    /// devices are allowed too: a phone that still holds a replaced or removed
+    /// passkey then answers, and can be told why it no longer signs in.
+    pub fn start_authentication(&self, passkeys: &[Passkey]) -> Result<(RequestChallengeResponse, String)> {
+        let (options, state) = self.webauthn.start_passkey_authentication(passkeys).map_err(Error::internal)?;
         Ok((options, to_json(&state)?))
     }
 
     /// Verifies an assertion against the kept state.
-    pub fn finish_authentication(&self, response: &[u8], state: &str) -> Result<AuthenticationResult, FidoError> {
+    pub fn finish_authentication(&self, response: &[u8], state: &str) -> Result<AuthenticationResult> {
         let response: PublicKeyCredential = parse_response(response)?;
         let state: PasskeyAuthentication =
-            serde_json::from_str(state).map_err(|e| FidoError::Internal(format!("ceremony state: {e}")))?;
+            serde_json::from_str(state).map_err(|e| Error::Internal(format!("ceremony state: {e}")))?;
         self.webauthn
             .finish_passkey_authentication(&response, &state)
-            .map_err(|e| FidoError::Refused(format!("sign-in refused: {e}")))
+            .map_err(|e| refused(format!("sign-in refused: {e}")))
     }
 }
 
@@ -114,12 +114,12 @@ pub fn counter_ok(stored: u32, reported: u32) -> bool {
     (stored == 0 && reported == 0) || reported > stored
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, FidoError> {
-    serde_json::to_string(value).map_err(|e| FidoError::Internal(e.to_string()))
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(Error::internal)
 }
 
-fn parse_response<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, FidoError> {
-    serde_json::from_slice(bytes).map_err(|e| FidoError::Refused(format!("malformed WebAuthn response: {e}")))
+fn parse_response<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| refused(format!("malformed WebAuthn response: {e}")))
 }
 
 #[cfg(test)]

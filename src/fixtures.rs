@@ -1,5 +1,5 @@
-//! The fixture PKI (`inkan dev fixtures`), certificates for CSRs from the
-//! fixture CA (`inkan dev issue-cert`), and the demo set-up (`inkan demo`).
+//! The fixture PKI (`inkan dev fixtures`) and certificates for CSRs from the
+//! fixture CA (`inkan dev issue-cert`). Test keys only, never production.
 //!
 //! Keys are made by `openssl genpkey` (RSA-2048, PKCS#8) and PKCS#12 files by
 //! `openssl pkcs12`; everything else (certificates, extensions, CRLs) is built
@@ -12,11 +12,8 @@ use std::time::Duration;
 
 use der::oid::db::rfc4519;
 use der::Encode;
-use serde_json::json;
 
-use crate::cli::{CliError, Output};
 use crate::clock::Clock;
-use crate::config::Config;
 use crate::pki::ca::{self, Ca};
 use crate::pki::profile::{Kind, Qualification};
 use crate::pki::{self, PkiError, StringKind};
@@ -254,97 +251,6 @@ pub fn issue_from_csr_file(
         if expired { (now - 30 * DAY, now - DAY) } else { (now - Duration::from_secs(60), now + DAY * days as u32) };
     let kind = Kind::HpkiSigning { role, crl_url: "http://localhost:8443/crl/hpki-signing-ca.crl".into() };
     Ok(ca.issue_from_csr(kind, &request, nb, na)?.to_der()?)
-}
-
-/// Writes the SoftHSM configuration from `softhsm/softhsm2.conf.in` if it is
-/// missing, with its token directory beside it; returns whether it wrote.
-pub fn write_softhsm_conf(conf: &Path) -> Result<bool, PkiError> {
-    let dir = conf.parent().unwrap_or(Path::new("."));
-    let tokens = dir.join("tokens");
-    std::fs::create_dir_all(&tokens).map_err(|e| PkiError(format!("cannot create {}: {e}", tokens.display())))?;
-    if conf.exists() {
-        return Ok(false);
-    }
-    let tokens = std::fs::canonicalize(&tokens).map_err(|e| PkiError(e.to_string()))?;
-    let text = include_str!("../softhsm/softhsm2.conf.in").replace("@TOKENDIR@", &tokens.to_string_lossy());
-    std::fs::write(conf, text).map_err(|e| PkiError(format!("cannot write {}: {e}", conf.display())))?;
-    Ok(true)
-}
-
-/// The demo users: (user ID, name, qualification).
-pub const DEMO_USERS: &[(&str, &str, Qualification)] =
-    &[("100001", "山田 太郎", Qualification::Doctor), ("999001-jpa", "佐藤 花子", Qualification::Pharmacist)];
-
-/// Init plus the demo users with active keys and certificates from the fixture CA.
-pub fn demo_users(config: &Config, clock: &dyn Clock) -> Result<Vec<String>, CliError> {
-    let init = crate::cli::init(config)?;
-    let mut store = crate::store::Store::open(&config.store_path())?;
-    config.export_softhsm_conf();
-    let ks = inkan_keystore::Keystore::open(config.keystore()?)?;
-    let actor = "demo";
-    let ca_cert = config.pki.signing_ca.clone();
-    let ca_key = ca_cert.with_extension("key");
-    let mut lines = vec![init.text];
-    for (id, name, role) in DEMO_USERS {
-        if store.user(id)?.is_none() {
-            crate::users::add(&mut store, clock, actor, id, name, *role)?;
-        }
-        if store.active_key(id)?.is_none() {
-            let csr_pem = match store.keys(Some(id))?.iter().find(|k| k.state == "pending") {
-                Some(p) => pki::to_pem("CERTIFICATE REQUEST", &p.csr),
-                None => {
-                    crate::keys::generate(
-                        &mut store,
-                        &ks,
-                        clock,
-                        actor,
-                        id,
-                        inkan_keystore::KeyAlgorithm::Rsa2048,
-                        crate::keys::Purpose::First,
-                    )?
-                    .csr_pem
-                }
-            };
-            let csr = config.data_dir.join(format!("demo-{id}.csr"));
-            std::fs::write(&csr, csr_pem)?;
-            let cert = issue_from_csr_file(&csr, &ca_cert, &ca_key, *role, 1825, false, clock)?;
-            let cert_path = config.data_dir.join(format!("demo-{id}.pem"));
-            std::fs::write(&cert_path, pki::to_pem("CERTIFICATE", &cert))?;
-            crate::keys::import_certificate(&mut store, config, clock, actor, id, &cert_path)?;
-        }
-        lines.push(format!("demo user {id} ({name}, {}) has an active key", role.as_str()));
-    }
-    Ok(lines)
-}
-
-/// `inkan demo`: [`demo_users`], then one signed demo document.
-pub fn demo(config: &Config, clock: &dyn Clock) -> Result<Output, CliError> {
-    let mut lines = demo_users(config, clock)?;
-    let mut store = crate::store::Store::open(&config.store_path())?;
-    let ks = inkan_keystore::Keystore::open(config.keystore()?)?;
-    let doc = config.data_dir.join("demo-document.txt");
-    std::fs::write(&doc, "処方箋 (demo prescription)\nRp.1 ロキソプロフェン錠60mg 3錠 分3 毎食後 5日分\n")?;
-    let out = config.data_dir.join("demo-document.txt.p7s");
-    let signed = crate::keys::sign_file(&mut store, &ks, config, clock, "demo", DEMO_USERS[0].0, &doc, &out, false)?;
-    let bundle = config.data_dir.join("demo-ca-bundle.pem");
-    let mut pem = std::fs::read_to_string(&config.pki.signing_ca)?;
-    for c in &config.pki.chain {
-        pem.push_str(&std::fs::read_to_string(c)?);
-    }
-    std::fs::write(&bundle, pem)?;
-    lines.push(format!("signed {} as {} -> {}", doc.display(), signed.user_id, out.display()));
-    lines.push(format!(
-        "verify it:\n  openssl cms -verify -binary -inform DER -in {} -content {} -CAfile {} -purpose any -out /dev/null",
-        out.display(),
-        doc.display(),
-        bundle.display()
-    ));
-    lines.push("inspect it:\n  openssl cms -cmsout -print -inform DER -in ".to_string() + &out.display().to_string());
-    lines.push("start the HTTPS service with the demo users and client:\n  cargo run --release -- serve --demo".into());
-    Ok(Output {
-        text: lines.join("\n"),
-        json: json!({ "document": doc, "signature": out, "ca_bundle": bundle, "signer": signed.user_id, "users": DEMO_USERS.iter().map(|u| u.0).collect::<Vec<_>>() }),
-    })
 }
 
 /// Paths of the fixture PKI relative to the project root.

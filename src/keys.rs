@@ -1,5 +1,6 @@
 //! The second-key lifecycle: generate in the token, CSR, import the certificate
-//! (activating the key and retiring the previous one), rotate, retire, and sign.
+//! (activating the key and retiring the previous one), rotate, retire.
+//! Signing is [`crate::signing`]'s.
 //!
 //! Crash safety: a key pair is generated in the token first and registered in
 //! the store in one transaction afterwards. A process killed in between leaves
@@ -7,50 +8,18 @@
 //! generation for that user removes such orphans (they carry the user's label
 //! and an id the store does not know).
 
-use std::path::Path;
-use std::time::SystemTime;
-
 use der::{Decode, Encode};
 use inkan_keystore::{build_csr, DigestAlgorithm, KeyAlgorithm, KeyRef, Keystore};
 use serde::Serialize;
 use x509_cert::Certificate;
 
 use crate::audit::{self, Event};
-use crate::cades::{self, CadesError, SignerIdentity};
 use crate::clock::{rfc3339, Clock};
 use crate::config::Config;
+use crate::error::{Error, Missing, Result};
 use crate::pki::{self, PkiError, StringKind};
-use crate::store::{tx, KeyRecord, Store, StoreError, User};
-use crate::users::{self, UserError};
-
-/// A key operation that cannot be done, with what to do instead.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    /// See [`UserError`].
-    #[error(transparent)]
-    User(#[from] UserError),
-    /// The user is disabled.
-    #[error("user {0:?} is disabled: enable it with `inkan user enable {0}` first")]
-    Disabled(String),
-    /// The state of the user's keys does not allow this.
-    #[error("{0}")]
-    State(String),
-    /// The certificate cannot be accepted.
-    #[error("certificate refused: {0}")]
-    Certificate(#[from] PkiError),
-    /// The token failed.
-    #[error("token: {0}")]
-    Keystore(#[from] inkan_keystore::Error),
-    /// Building the signature failed.
-    #[error(transparent)]
-    Cades(#[from] CadesError),
-    /// The database failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A file could not be read or written.
-    #[error("{0}")]
-    Io(String),
-}
+use crate::store::Store;
+use crate::users::{self, KeyRecord, KeyState, User};
 
 /// A key as shown to operators.
 #[derive(Clone, Debug, Serialize)]
@@ -85,8 +54,8 @@ impl From<&KeyRecord> for KeyView {
         KeyView {
             user_id: k.user_id.clone(),
             generation: k.generation,
-            algorithm: k.algorithm.clone(),
-            state: k.state.clone(),
+            algorithm: k.algorithm.as_str().to_owned(),
+            state: k.state.as_str().to_owned(),
             token_id: KeyRef::from_id(k.token_id.clone()).hex(),
             certificate_serial: cert.as_ref().map(pki::serial_hex),
             certificate_subject: cert.as_ref().map(|c| c.tbs_certificate().subject().to_string()),
@@ -142,44 +111,29 @@ pub struct Generated {
     pub orphans_removed: usize,
 }
 
+fn state_error(message: String) -> Error {
+    Error::Conflict(message)
+}
+
 /// Generates a key pair in the token for `user_id`, makes its CSR and registers it as pending.
-pub fn generate(
-    store: &mut Store,
+pub async fn generate(
+    store: &dyn Store,
     keystore: &Keystore,
     clock: &dyn Clock,
     actor: &str,
     user_id: &str,
     alg: KeyAlgorithm,
     purpose: Purpose,
-) -> Result<Generated, KeyError> {
-    let user = users::get(store, user_id)?;
-    if user.status != "active" {
-        return Err(KeyError::Disabled(user.id));
+) -> Result<Generated> {
+    let (user, keys) = {
+        let mut tx = store.read().await?;
+        let user = users::get_in(&mut *tx, user_id).await?;
+        (user, tx.keys(Some(user_id)).await?)
+    };
+    if !user.is_active() {
+        return Err(users::disabled(user_id));
     }
-    let keys = store.keys(Some(user_id))?;
-    if let Some(p) = keys.iter().find(|k| k.state == "pending") {
-        return Err(KeyError::State(format!(
-            "user {user_id} already has a pending key (generation {g}) waiting for its certificate: \
-             import it with `inkan key import-cert {user_id} <CERT.pem>`, or drop it with \
-             `inkan key retire {user_id} --generation {g}`",
-            g = p.generation
-        )));
-    }
-    let active = keys.iter().find(|k| k.state == "active");
-    match (purpose, active) {
-        (Purpose::First, Some(a)) => {
-            return Err(KeyError::State(format!(
-                "user {user_id} has an active key (generation {}): for a renewal use `inkan key rotate {user_id}`",
-                a.generation
-            )))
-        }
-        (Purpose::Rotation, None) => {
-            return Err(KeyError::State(format!(
-                "user {user_id} has no active key to rotate: use `inkan key generate {user_id}`"
-            )))
-        }
-        _ => {}
-    }
+    check_new_key(&keys, user_id, purpose)?;
 
     // Orphans: key pairs with the user's label that the store does not know.
     let label = token_label(user_id);
@@ -193,7 +147,7 @@ pub fn generate(
     }
 
     let mut id = [0u8; 16];
-    getrandom::fill(&mut id).map_err(|e| KeyError::Io(format!("no randomness: {e}")))?;
+    getrandom::fill(&mut id).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
     let key = KeyRef::from_id(id.to_vec());
     let generated = keystore.generate_key_pair(alg, &key, &label)?;
     crash_point("after-token-keygen");
@@ -201,77 +155,126 @@ pub fn generate(
     let csr = build_csr(keystore, &key, &generated.public_key_der, subject(&user)?, scheme)?;
 
     let now = clock.now_ms();
-    let record = store.write(|t| {
-        let generation = tx::next_generation(t, user_id)?;
-        let record = KeyRecord {
-            user_id: user_id.to_owned(),
-            generation,
-            algorithm: alg.as_str().to_owned(),
-            token_id: key.id().to_vec(),
-            public_key: generated.public_key_der.clone(),
-            csr: csr.clone(),
-            certificate: None,
-            state: "pending".into(),
-            created_at: now,
-            activated_at: None,
-            retired_at: None,
-        };
-        tx::insert_key(t, &record)?;
-        audit::append(
-            t,
-            now,
-            &[Event {
-                actor,
-                event: if purpose == Purpose::Rotation { "key.rotate" } else { "key.generate" },
-                user_id: Some(user_id),
-                generation: Some(generation),
-                outcome: "ok",
-                detail: serde_json::json!({ "algorithm": alg.as_str(), "token_id": key.hex(), "orphans_removed": orphans_removed }),
-                ..Default::default()
-            }],
-        )?;
-        Ok(record)
-    })?;
+    let mut tx = store.write().await?;
+    // The state may have changed while the token worked.
+    check_new_key(&tx.keys(Some(user_id)).await?, user_id, purpose)?;
+    let generation = tx.next_generation(user_id).await?;
+    let record = KeyRecord {
+        user_id: user_id.to_owned(),
+        generation,
+        algorithm: alg,
+        token_id: key.id().to_vec(),
+        public_key: generated.public_key_der.clone(),
+        csr: csr.clone(),
+        certificate: None,
+        state: KeyState::Pending,
+        created_at: now,
+        activated_at: None,
+        retired_at: None,
+    };
+    tx.insert_key(&record).await?;
+    audit::append(
+        &mut *tx,
+        now,
+        &[Event {
+            actor,
+            event: if purpose == Purpose::Rotation { "key.rotate" } else { "key.generate" },
+            user_id: Some(user_id),
+            generation: Some(generation),
+            outcome: "ok",
+            detail: serde_json::json!({ "algorithm": alg.as_str(), "token_id": key.hex(), "orphans_removed": orphans_removed }),
+            ..Default::default()
+        }],
+    )
+    .await?;
+    tx.commit().await?;
     Ok(Generated { key: KeyView::from(&record), csr_pem: pki::to_pem("CERTIFICATE REQUEST", &csr), orphans_removed })
 }
 
-/// The CSR of a pending (or any) key generation, PEM.
-pub fn csr(store: &Store, user_id: &str, generation: Option<i64>) -> Result<String, KeyError> {
-    users::get(store, user_id)?;
-    let keys = store.keys(Some(user_id))?;
-    let key = match generation {
-        Some(g) => keys.iter().find(|k| k.generation == g),
-        None => keys.iter().find(|k| k.state == "pending"),
+/// Whether the user's keys allow a new one for `purpose`.
+fn check_new_key(keys: &[KeyRecord], user_id: &str, purpose: Purpose) -> Result<()> {
+    if let Some(p) = keys.iter().find(|k| k.state == KeyState::Pending) {
+        return Err(state_error(format!(
+            "user {user_id} already has a pending key (generation {g}) waiting for its certificate: \
+             import it with `inkan key import-cert {user_id} <CERT.pem>`, or drop it with \
+             `inkan key retire {user_id} --generation {g}`",
+            g = p.generation
+        )));
     }
-    .ok_or_else(|| KeyError::State(format!("user {user_id} has no such key: see `inkan key list {user_id}`")))?;
+    let active = keys.iter().find(|k| k.state == KeyState::Active);
+    match (purpose, active) {
+        (Purpose::First, Some(a)) => Err(state_error(format!(
+            "user {user_id} has an active key (generation {}): for a renewal use `inkan key rotate {user_id}`",
+            a.generation
+        ))),
+        (Purpose::Rotation, None) => {
+            Err(state_error(format!("user {user_id} has no active key to rotate: use `inkan key generate {user_id}`")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A user's keys (or everyone's), oldest generation first.
+pub async fn list(store: &dyn Store, user_id: Option<&str>) -> Result<Vec<KeyRecord>> {
+    let mut tx = store.read().await?;
+    if let Some(u) = user_id {
+        users::get_in(&mut *tx, u).await?;
+    }
+    Ok(tx.keys(user_id).await?)
+}
+
+/// One generation of a user's keys: the given one, or the one in `fallback` state.
+pub async fn find(store: &dyn Store, user_id: &str, generation: Option<i64>, fallback: KeyState) -> Result<KeyRecord> {
+    let keys = list(store, Some(user_id)).await?;
+    match generation {
+        Some(g) => keys.into_iter().find(|k| k.generation == g),
+        None => keys.into_iter().find(|k| k.state == fallback),
+    }
+    .ok_or_else(|| {
+        Error::NotFound(Missing::Key, format!("user {user_id} has no such key: see `inkan key list {user_id}`"))
+    })
+}
+
+/// The CSR of a pending (or any) key generation, PEM.
+pub async fn csr(store: &dyn Store, user_id: &str, generation: Option<i64>) -> Result<String> {
+    let key = find(store, user_id, generation, KeyState::Pending).await?;
     Ok(pki::to_pem("CERTIFICATE REQUEST", &key.csr))
+}
+
+fn refused(message: String) -> Error {
+    Error::Invalid(format!("certificate refused: {message}"))
 }
 
 /// Imports the certificate issued for a pending key: checks it was issued by the
 /// configured HPKI signing CA, is valid now and certifies the pending key; then
 /// activates the key and retires the previously active one, in one transaction.
-pub fn import_certificate(
-    store: &mut Store,
+pub async fn import_certificate(
+    store: &dyn Store,
     config: &Config,
     clock: &dyn Clock,
     actor: &str,
     user_id: &str,
-    cert_path: &Path,
-) -> Result<KeyView, KeyError> {
-    let user = users::get(store, user_id)?;
-    if user.status != "active" {
-        return Err(KeyError::Disabled(user.id));
-    }
-    let cert = pki::read_certificate(cert_path)?;
+    cert_der: &[u8],
+) -> Result<KeyView> {
+    let cert = Certificate::from_der(cert_der).map_err(|e| refused(PkiError::from(e).0))?;
     let ca = pki::read_certificate(&config.pki.signing_ca)
-        .map_err(|e| PkiError(format!("the configured signing CA ([pki] signing_ca): {e}")))?;
-    pki::check_issued_by(&cert, &ca)?;
-    pki::check_validity(&cert, clock.now())?;
-    let spki = cert.tbs_certificate().subject_public_key_info().to_der().map_err(PkiError::from)?;
-    let keys = store.keys(Some(user_id))?;
-    let Some(pending) = keys.iter().find(|k| k.public_key == spki && k.state == "pending") else {
+        .map_err(|e| Error::Invalid(format!("the configured signing CA ([pki] signing_ca): {e}")))?;
+    pki::check_issued_by(&cert, &ca).map_err(|e| refused(e.0))?;
+    pki::check_validity(&cert, clock.now()).map_err(|e| refused(e.0))?;
+    let spki = cert.tbs_certificate().subject_public_key_info().to_der().map_err(|e| refused(e.to_string()))?;
+    let cert_der = cert.to_der().map_err(|e| refused(e.to_string()))?;
+    let now = clock.now_ms();
+    let serial = pki::serial_hex(&cert);
+
+    let mut tx = store.write().await?;
+    let user = users::get_in(&mut *tx, user_id).await?;
+    if !user.is_active() {
+        return Err(users::disabled(user_id));
+    }
+    let keys = tx.keys(Some(user_id)).await?;
+    let Some(pending) = keys.iter().find(|k| k.public_key == spki && k.state == KeyState::Pending) else {
         let other = keys.iter().find(|k| k.public_key == spki);
-        return Err(KeyError::Certificate(PkiError(match other {
+        return Err(refused(match other {
             Some(k) => format!(
                 "the certificate is for generation {} of {user_id}, which is {}, not pending",
                 k.generation, k.state
@@ -280,77 +283,78 @@ pub fn import_certificate(
                 "the certificate's public key matches no pending key of {user_id}: \
                  issue it from the CSR of `inkan key generate` (see `inkan key list {user_id}`)"
             ),
-        })));
+        }));
     };
-    let cert_der = cert.to_der().map_err(PkiError::from)?;
     let generation = pending.generation;
-    let now = clock.now_ms();
-    let serial = pki::serial_hex(&cert);
-    store.write(|t| {
-        let retired = tx::retire_active(t, user_id, now)?;
-        tx::activate(t, user_id, generation, &cert_der, now)?;
-        let mut events = vec![Event {
+    let retired = keys.iter().find(|k| k.state == KeyState::Active).map(|k| k.generation);
+    if let Some(old) = retired {
+        tx.retire_key(user_id, old, now).await?;
+    }
+    tx.activate_key(user_id, generation, &cert_der, now).await?;
+    let mut events = vec![Event {
+        actor,
+        event: "key.activate",
+        user_id: Some(user_id),
+        generation: Some(generation),
+        outcome: "ok",
+        detail: serde_json::json!({ "certificate_serial": serial, "subject": cert.tbs_certificate().subject().to_string() }),
+        ..Default::default()
+    }];
+    if let Some(old) = retired {
+        events.push(Event {
             actor,
-            event: "key.activate",
+            event: "key.retire",
             user_id: Some(user_id),
-            generation: Some(generation),
+            generation: Some(old),
             outcome: "ok",
-            detail: serde_json::json!({ "certificate_serial": serial, "subject": cert.tbs_certificate().subject().to_string() }),
+            detail: serde_json::json!({ "reason": "superseded", "by_generation": generation }),
             ..Default::default()
-        }];
-        if let Some(old) = retired {
-            events.push(Event {
-                actor,
-                event: "key.retire",
-                user_id: Some(user_id),
-                generation: Some(old),
-                outcome: "ok",
-                detail: serde_json::json!({ "reason": "superseded", "by_generation": generation }),
-                ..Default::default()
-            });
-        }
-        audit::append(t, now, &events)?;
-        Ok(())
-    })?;
-    let record = store.keys(Some(user_id))?.into_iter().find(|k| k.generation == generation);
-    record.as_ref().map(KeyView::from).ok_or_else(|| KeyError::State("the key vanished".into()))
+        });
+    }
+    audit::append(&mut *tx, now, &events).await?;
+    let record = tx.keys(Some(user_id)).await?.into_iter().find(|k| k.generation == generation);
+    tx.commit().await?;
+    record.as_ref().map(KeyView::from).ok_or_else(|| Error::Internal("the key vanished".into()))
 }
 
 /// Retires one generation (pending or active).
-pub fn retire(
-    store: &mut Store,
+pub async fn retire(
+    store: &dyn Store,
     clock: &dyn Clock,
     actor: &str,
     user_id: &str,
     generation: i64,
-) -> Result<KeyView, KeyError> {
-    users::get(store, user_id)?;
-    let key = store.keys(Some(user_id))?.into_iter().find(|k| k.generation == generation).ok_or_else(|| {
-        KeyError::State(format!("user {user_id} has no key generation {generation}: see `inkan key list {user_id}`"))
-    })?;
-    if key.state == "retired" {
-        return Err(KeyError::State(format!("generation {generation} of {user_id} is already retired")));
-    }
+) -> Result<KeyView> {
     let now = clock.now_ms();
-    store.write(|t| {
-        tx::retire(t, user_id, generation, now)?;
-        audit::append(
-            t,
-            now,
-            &[Event {
-                actor,
-                event: "key.retire",
-                user_id: Some(user_id),
-                generation: Some(generation),
-                outcome: "ok",
-                detail: serde_json::json!({ "reason": "operator", "was": key.state }),
-                ..Default::default()
-            }],
-        )?;
-        Ok(())
+    let mut tx = store.write().await?;
+    users::get_in(&mut *tx, user_id).await?;
+    let key = tx.keys(Some(user_id)).await?.into_iter().find(|k| k.generation == generation).ok_or_else(|| {
+        Error::NotFound(
+            Missing::Key,
+            format!("user {user_id} has no key generation {generation}: see `inkan key list {user_id}`"),
+        )
     })?;
-    let record = store.keys(Some(user_id))?.into_iter().find(|k| k.generation == generation);
-    record.as_ref().map(KeyView::from).ok_or_else(|| KeyError::State("the key vanished".into()))
+    if key.state == KeyState::Retired {
+        return Err(state_error(format!("generation {generation} of {user_id} is already retired")));
+    }
+    tx.retire_key(user_id, generation, now).await?;
+    audit::append(
+        &mut *tx,
+        now,
+        &[Event {
+            actor,
+            event: "key.retire",
+            user_id: Some(user_id),
+            generation: Some(generation),
+            outcome: "ok",
+            detail: serde_json::json!({ "reason": "operator", "was": key.state.as_str() }),
+            ..Default::default()
+        }],
+    )
+    .await?;
+    let record = tx.keys(Some(user_id)).await?.into_iter().find(|k| k.generation == generation);
+    tx.commit().await?;
+    record.as_ref().map(KeyView::from).ok_or_else(|| Error::Internal("the key vanished".into()))
 }
 
 /// Reads the configured chain (signing CA first), DER.
@@ -360,112 +364,6 @@ pub fn chain(config: &Config) -> Result<Vec<Vec<u8>>, PkiError> {
         chain.extend(pki::read_certificates(p)?);
     }
     Ok(chain)
-}
-
-/// The signer identity of a user's active key.
-pub fn signer(store: &Store, config: &Config, user_id: &str) -> Result<(SignerIdentity, i64), KeyError> {
-    let user = users::get(store, user_id)?;
-    if user.status != "active" {
-        return Err(KeyError::Disabled(user.id));
-    }
-    let key = store.active_key(user_id)?.ok_or_else(|| {
-        KeyError::State(format!(
-            "user {user_id} has no active key: generate one with `inkan key generate {user_id}` and import its certificate"
-        ))
-    })?;
-    let alg: KeyAlgorithm = key.algorithm.parse().map_err(KeyError::State)?;
-    let cert = key.certificate.as_deref().ok_or_else(|| KeyError::State("active key without certificate".into()))?;
-    let identity = SignerIdentity::new(
-        KeyRef::from_id(key.token_id.clone()),
-        alg,
-        config.signing.rsa_scheme,
-        cert,
-        &chain(config)?,
-    )?;
-    Ok((identity, key.generation))
-}
-
-/// The outcome of a local signature.
-#[derive(Clone, Debug, Serialize)]
-pub struct Signed {
-    /// Signer.
-    pub user_id: String,
-    /// Key generation used.
-    pub generation: i64,
-    /// `sha256:<hex>` of the content.
-    pub digest: String,
-    /// Where the signature went.
-    pub out: String,
-    /// Whether the content is enveloped.
-    pub attached: bool,
-    /// Audit sequence number.
-    pub audit_seq: i64,
-}
-
-/// Signs a file with the user's active key (CLI `inkan sign`). The audit row is
-/// committed before the signature file appears.
-#[allow(clippy::too_many_arguments)]
-pub fn sign_file(
-    store: &mut Store,
-    keystore: &Keystore,
-    config: &Config,
-    clock: &dyn Clock,
-    actor: &str,
-    user_id: &str,
-    input: &Path,
-    out: &Path,
-    attached: bool,
-) -> Result<Signed, KeyError> {
-    let (identity, generation) = signer(store, config, user_id)?;
-    let file_name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = out.with_file_name(format!(".{file_name}.tmp"));
-    let result = (|| {
-        let mut w = std::io::BufWriter::new(
-            std::fs::File::create(&tmp).map_err(|e| KeyError::Io(format!("cannot write {}: {e}", tmp.display())))?,
-        );
-        let now: SystemTime = clock.now();
-        let digest = cades::sign_file(keystore, &identity, DigestAlgorithm::Sha256, input, attached, now, &mut w)
-            .map_err(|e| match e {
-                CadesError::Io(io) => KeyError::Io(format!("{}: {io}", input.display())),
-                other => KeyError::Cades(other),
-            })?;
-        let f = w.into_inner().map_err(|e| KeyError::Io(e.to_string()))?;
-        f.sync_all().map_err(|e| KeyError::Io(e.to_string()))?;
-        Ok::<_, KeyError>(digest)
-    })();
-    let digest = match result {
-        Ok(d) => d,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    let digest_text = format!("sha256:{}", hex(&digest));
-    let now = clock.now_ms();
-    let audit_seq = store.write(|t| {
-        audit::append(
-            t,
-            now,
-            &[Event {
-                actor,
-                event: "sign",
-                user_id: Some(user_id),
-                generation: Some(generation),
-                digest: Some(&digest_text),
-                outcome: "ok",
-                detail: serde_json::json!({ "format": "cades-bes", "attached": attached }),
-            }],
-        )
-    })?;
-    std::fs::rename(&tmp, out).map_err(|e| KeyError::Io(format!("cannot write {}: {e}", out.display())))?;
-    Ok(Signed {
-        user_id: user_id.to_owned(),
-        generation,
-        digest: digest_text,
-        out: out.display().to_string(),
-        attached,
-        audit_seq,
-    })
 }
 
 /// Lower-case hex.

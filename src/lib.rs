@@ -1,32 +1,46 @@
 //! inkan (印鑑, the personal seal): a remote-signing service for doctors and pharmacists.
 //!
 //! Each user's second signing key lives in a PKCS#11 token ([`inkan_keystore`]).
-//! This crate composes it with the rest of the service:
+//! This crate composes it with the rest of the service, in three layers; an
+//! arrow only ever points inwards:
 //!
-//! - [`config`]: one TOML file with environment overrides;
-//! - [`store`]: SQLite (WAL) with migrations: users, keys, audit;
-//! - [`audit`]: the append-only, hash-chained audit log;
-//! - [`cades`]: CAdES-BES / baseline-B `SignedData` over documents or digests;
-//! - [`pki`]: certificate profiles (HPKI, JPKI), a small CA for fixtures and demos,
-//!   and the checks made when a certificate is imported;
-//! - [`keys`]: the key lifecycle (generate, CSR, import, rotate, retire) and signing;
-//! - [`auth`]: card certificates, auth sessions, OpenID Connect;
-//! - [`server`]: the HTTPS service (`inkan serve`): OIDC, signing API, CSC API;
-//! - [`cli`]: the operator CLI.
+//! - **Adapters**: [`server`] (HTTPS: parse, authenticate the caller into a
+//!   principal, call one domain operation, render) and [`cli`] (one file per
+//!   command group). No SQL, no token calls, no flow decisions.
+//! - **Domain**: [`signing`] (one pipeline, formats behind a seam), [`auth`]
+//!   (cards, OpenID Connect, sessions, SADs), [`fido`] (phones: the typed
+//!   ticket state machine and its flows), [`users`] and [`keys`] (lifecycle),
+//!   [`audit`] (the hash chain and its group-commit writer), [`pki`]
+//!   (certificate profiles and checks), [`demo`] and [`setup`]. Each area
+//!   declares the storage it needs as a trait; errors are [`error::Error`].
+//! - **Infrastructure**: [`inkan_keystore`] (PKCS#11 only), [`store`] (the
+//!   storage seam and its SQLite implementation: nothing else names the
+//!   driver), [`config`], [`clock`], [`metrics`].
+//!
+//! Where a change goes:
+//! - a new signature format: a module in `signing/` behind [`signing::format`];
+//! - a second storage backend: a module in `store/` implementing [`store::Store`];
+//! - a new login method: [`auth`] (see its module docs) and its pages in `server/`;
+//! - a new phone flow: a ticket kind in [`fido::ticket`] and its operation in [`fido::flows`].
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod auth;
-pub mod cades;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod demo;
+pub mod error;
 pub mod fido;
 pub mod fixtures;
 pub mod keys;
+pub mod metrics;
 pub mod pki;
 pub mod server;
+pub mod setup;
+pub mod signing;
 pub mod store;
 pub mod users;
 
+pub use error::{Error, Result};
 pub use inkan_keystore as keystore;

@@ -7,16 +7,19 @@
 //!
 //! Graceful shutdown on SIGTERM or Ctrl-C: stop accepting, let in-flight
 //! requests finish (up to `[server] shutdown_grace_secs`).
+//!
+//! Only HTTP lives here: each handler parses, authenticates the caller into a
+//! principal, calls one domain operation and renders the answer (JSON, CSC,
+//! pages). Errors are mapped to statuses and OAuth/CSC codes in `error.rs`.
 
 pub mod api;
-pub mod audit_writer;
 pub mod body;
+pub mod cards;
 pub mod csc;
 pub mod demo;
 pub mod error;
 pub mod fido;
 pub mod health;
-pub mod metrics;
 pub mod oidc;
 pub mod pages;
 pub mod state;
@@ -33,112 +36,19 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use inkan_keystore::{KeyAlgorithm, KeyRef, Keystore};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::auth::certificate::TrustStore;
-use crate::clock::{Clock, SystemClock};
-use crate::config::{CardTrustConfig, Config};
-use crate::pki::profile::oids;
-use crate::store::Store;
+use crate::auth::cards::CardAuth;
+use crate::config::Config;
+use crate::error::{Error, Result};
 
 use self::state::App;
 
 /// The client certificates the peer presented on this connection (leaf first, DER).
 #[derive(Clone, Debug, Default)]
 pub struct PeerCertificates(pub Arc<Vec<Vec<u8>>>);
-
-/// Ends the process with a message (start-up failures that leave nothing to serve).
-pub fn fatal(message: String) -> ! {
-    eprintln!("error: {message}");
-    std::process::exit(1)
-}
-
-/// The platform key that signs ID tokens (P-256, in the token).
-const PLATFORM_KEY_ID: &[u8] = b"inkan-platform-es256-1";
-const PLATFORM_KEY_LABEL: &str = "inkan:platform";
-
-/// Finds or creates the platform key; returns it with its public key (SPKI DER).
-pub fn platform_key(keystore: &Keystore) -> Result<(KeyRef, Vec<u8>), inkan_keystore::Error> {
-    let key = KeyRef::from_id(PLATFORM_KEY_ID.to_vec());
-    if keystore.keys_labelled(PLATFORM_KEY_LABEL)?.contains(&key) {
-        let spki = keystore.public_key(&key, KeyAlgorithm::EcP256)?;
-        return Ok((key, spki));
-    }
-    let generated = keystore.generate_key_pair(KeyAlgorithm::EcP256, &key, PLATFORM_KEY_LABEL)?;
-    Ok((key, generated.public_key_der))
-}
-
-fn read_all(paths: &[std::path::PathBuf]) -> Result<Vec<Vec<u8>>, String> {
-    let mut out = Vec::new();
-    for p in paths {
-        out.extend(crate::pki::read_certificates(p).map_err(|e| e.to_string())?);
-    }
-    Ok(out)
-}
-
-fn read_crls(paths: &[std::path::PathBuf]) -> Result<Vec<Vec<u8>>, String> {
-    let mut out = Vec::new();
-    for p in paths {
-        let bytes = std::fs::read(p).map_err(|e| format!("cannot read CRL {}: {e}", p.display()))?;
-        if bytes.starts_with(b"-----") {
-            out.push(der::pem::decode_vec(&bytes).map_err(|e| format!("CRL {}: {e}", p.display()))?.1);
-        } else {
-            out.push(bytes);
-        }
-    }
-    Ok(out)
-}
-
-/// Builds a card trust store from configuration.
-pub fn trust_store(scheme: &'static str, c: &CardTrustConfig) -> Result<TrustStore, String> {
-    let policies = if scheme == "HPKI" { vec![oids::HPKI_AUTH_POLICY] } else { vec![oids::JPKI_AUTH_POLICY] };
-    TrustStore::new(
-        scheme,
-        read_all(&c.anchors)?,
-        read_all(&c.intermediates)?,
-        read_crls(&c.crls)?,
-        policies,
-        c.danger_allow_stale_crl,
-    )
-    .map_err(|e| format!("[{}] trust store: {e}", scheme.to_ascii_lowercase()))
-}
-
-/// Builds the state from the configuration (opens the store and the token).
-pub fn build_app(config: Config, demo_client: Option<(String, String)>) -> Result<App, String> {
-    config.export_softhsm_conf();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let sync = config.store.synchronous;
-    let store = Store::open_with(&config.store_path(), sync)
-        .map_err(|e| format!("database {}: {e}", config.store_path().display()))?;
-    // The audit log gets its own connection (and thread): readers never wait for its fsyncs.
-    let audit_store = Store::open_with(&config.store_path(), sync).map_err(|e| format!("database: {e}"))?;
-    let keystore = Keystore::open(config.keystore().map_err(|e| e.to_string())?)
-        .map_err(|e| format!("token {:?}: {e} (run `inkan init`?)", config.token.label))?;
-    let (platform, spki) = platform_key(&keystore).map_err(|e| format!("platform key: {e}"))?;
-    let chain = crate::keys::chain(&config).map_err(|e| e.to_string())?;
-    let hpki = trust_store("HPKI", &config.hpki)?;
-    let jpki = trust_store("JPKI", &config.jpki)?;
-    let audit_windows = audit_writer::Windows {
-        busy: Duration::from_micros(config.server.audit_window_us),
-        idle: Duration::from_micros(config.server.audit_idle_window_us),
-    };
-    App::new(
-        config,
-        clock,
-        Arc::new(keystore),
-        store,
-        audit_writer::AuditWriter::start(audit_store, audit_windows),
-        chain,
-        hpki,
-        jpki,
-        platform,
-        &spki,
-        demo_client,
-    )
-}
 
 /// Counts requests by route and status.
 async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
@@ -180,6 +90,7 @@ pub fn main_router(app: Arc<App>) -> Router {
         .route("/m/{token}", get(fido::phone_page))
         .route("/m/{token}/begin", post(fido::phone_begin))
         .route("/m/{token}/finish", post(fido::phone_finish))
+        .route("/m/{token}/failed", post(fido::phone_failed))
         .route("/m/{token}/label", get(fido::label_page).post(fido::label_submit))
         .route("/r/{code}", get(fido::regcode_page).post(fido::regcode_submit))
         .route("/assets/inkan.js", get(pages::script))
@@ -199,10 +110,10 @@ pub fn main_router(app: Arc<App>) -> Router {
 /// The card listener's routes.
 pub fn card_router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/login/{scheme}", get(oidc::login_card))
-        .route("/enroll/{scheme}", get(fido::enroll_card))
-        .route("/link/hpki", get(fido::link_hpki))
-        .route("/link/jpki", get(fido::link_jpki))
+        .route("/login/{scheme}", get(cards::login))
+        .route("/enroll/{scheme}", get(cards::enroll))
+        .route("/link/hpki", get(cards::link_hpki))
+        .route("/link/jpki", get(cards::link_jpki))
         .route("/healthz", get(health::healthz))
         .fallback(health::not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), count))
@@ -218,28 +129,19 @@ pub struct Server {
 
 impl Server {
     /// Binds both listeners.
-    pub async fn bind(app: App) -> Result<Server, String> {
+    pub async fn bind(app: App) -> Result<Server> {
         let app = Arc::new(app);
         let cfg = &app.config.server;
-        let cert =
-            std::fs::read(&cfg.tls_cert).map_err(|e| format!("TLS certificate {}: {e}", cfg.tls_cert.display()))?;
-        let key = std::fs::read(&cfg.tls_key).map_err(|e| format!("TLS key {}: {e}", cfg.tls_key.display()))?;
-        let mut hints = Vec::new();
-        for store_cfg in [&app.config.hpki, &app.config.jpki] {
-            for c in read_all(&store_cfg.intermediates)?.iter().chain(read_all(&store_cfg.anchors)?.iter()) {
-                if let Ok(cert) = <x509_cert::Certificate as der::Decode>::from_der(c) {
-                    if let Ok(name) = der::Encode::to_der(cert.tbs_certificate().subject()) {
-                        hints.push(name);
-                    }
-                }
-            }
-        }
+        let cert = std::fs::read(&cfg.tls_cert)
+            .map_err(|e| Error::Invalid(format!("TLS certificate {}: {e}", cfg.tls_cert.display())))?;
+        let key = std::fs::read(&cfg.tls_key)
+            .map_err(|e| Error::Invalid(format!("TLS key {}: {e}", cfg.tls_key.display())))?;
+        let hints = CardAuth::ca_names(&app.config)?;
         let main_tls = tls::server_config(&cert, &key, None)?;
         let card_tls = tls::server_config(&cert, &key, Some(Arc::new(tls::CardCertVerifier::new(hints))))?;
-        let main = TcpListener::bind(&cfg.listen).await.map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-        let card = TcpListener::bind(&cfg.card_listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", cfg.card_listen))?;
+        let listen = |addr: &str, e: std::io::Error| Error::Unavailable(format!("cannot listen on {addr}: {e}"));
+        let main = TcpListener::bind(&cfg.listen).await.map_err(|e| listen(&cfg.listen, e))?;
+        let card = TcpListener::bind(&cfg.card_listen).await.map_err(|e| listen(&cfg.card_listen, e))?;
         Ok(Server {
             app,
             main: (main, TlsAcceptor::from(Arc::new(main_tls))),
@@ -288,8 +190,8 @@ impl Server {
             let mut every = tokio::time::interval(Duration::from_secs(600));
             loop {
                 every.tick().await;
-                let now = purge_app.now_ms();
-                if let Err(e) = crate::auth::session::purge_expired(&mut purge_app.db(), now) {
+                let now = purge_app.clock.now_ms();
+                if let Err(e) = crate::auth::sessions::purge_expired(purge_app.store.as_ref(), now).await {
                     tracing::warn!("purging expired sessions: {e}");
                 }
             }
@@ -385,11 +287,12 @@ pub async fn shutdown_signal() {
 }
 
 /// `inkan serve [--demo]`: builds the state, binds, prints where to go, serves.
-pub fn serve(config: Config, demo_mode: bool) -> Result<(), String> {
-    let demo_client = if demo_mode { Some(demo::prepare(&config, &SystemClock)?) } else { None };
-    let app = build_app(config, demo_client)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+pub fn serve(config: Config, demo_mode: bool) -> Result<()> {
+    // The token's configuration is exported before any thread starts.
+    config.export_softhsm_conf();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Error::internal)?;
     runtime.block_on(async move {
+        let app = App::build(config, demo_mode).await?;
         let server = Server::bind(app).await?;
         let (main, card) = server.addresses();
         let app = server.app();

@@ -1,30 +1,192 @@
-//! Users: doctors, dentists and pharmacists known to inkan.
+//! Users (doctors, dentists and pharmacists) and the records of their keys,
+//! with the storage they need ([`UserStore`]).
+
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use inkan_keystore::KeyAlgorithm;
+use serde::Serialize;
 
 use crate::audit::{self, Event};
 use crate::clock::Clock;
+use crate::error::{Error, Forbidden, Missing, Result};
 use crate::pki::profile::Qualification;
-use crate::store::{tx, Store, StoreError, User};
+use crate::store::{Store, StoreError, Tx};
 
-/// A user operation that cannot be done, with what to do instead.
-#[derive(Debug, thiserror::Error)]
-pub enum UserError {
-    /// No such user.
-    #[error("unknown user {0:?}: list users with `inkan user list`, add one with `inkan user add`")]
-    Unknown(String),
-    /// The ID is taken.
-    #[error("user {0:?} exists already: see it with `inkan user show {0}`")]
-    Duplicate(String),
-    /// The ID or a field is malformed.
-    #[error("{0}")]
-    Invalid(String),
-    /// The database failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+/// Whether a user may sign and log in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserStatus {
+    /// May sign and log in.
+    Active,
+    /// Disabled by an operator.
+    Disabled,
+}
+
+impl UserStatus {
+    /// `active` or `disabled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Active => "active",
+            UserStatus::Disabled => "disabled",
+        }
+    }
+}
+
+impl FromStr for UserStatus {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "active" => Ok(UserStatus::Active),
+            "disabled" => Ok(UserStatus::Disabled),
+            other => Err(StoreError::Corrupt(format!("unknown user status {other:?}"))),
+        }
+    }
+}
+
+/// A user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct User {
+    /// User ID (本人ID), e.g. `999001-jpa`.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Qualification (`doctor`, `dentist`, `pharmacist`).
+    pub qualification: String,
+    /// Whether the user may sign.
+    pub status: UserStatus,
+    /// Creation time, Unix milliseconds.
+    pub created_at: i64,
+}
+
+impl User {
+    /// Whether the user may sign and log in.
+    pub fn is_active(&self) -> bool {
+        self.status == UserStatus::Active
+    }
+}
+
+/// Where a key generation stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    /// Generated, waiting for its certificate.
+    Pending,
+    /// Signs.
+    Active,
+    /// Signs no more.
+    Retired,
+}
+
+impl KeyState {
+    /// `pending`, `active` or `retired`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Pending => "pending",
+            KeyState::Active => "active",
+            KeyState::Retired => "retired",
+        }
+    }
+}
+
+impl fmt::Display for KeyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for KeyState {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "pending" => Ok(KeyState::Pending),
+            "active" => Ok(KeyState::Active),
+            "retired" => Ok(KeyState::Retired),
+            other => Err(StoreError::Corrupt(format!("unknown key state {other:?}"))),
+        }
+    }
+}
+
+/// A key generation of a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// Owner.
+    pub user_id: String,
+    /// 1, 2, ... per user.
+    pub generation: i64,
+    /// The key's algorithm.
+    pub algorithm: KeyAlgorithm,
+    /// `CKA_ID` in the token.
+    pub token_id: Vec<u8>,
+    /// DER SubjectPublicKeyInfo.
+    pub public_key: Vec<u8>,
+    /// DER PKCS#10 request.
+    pub csr: Vec<u8>,
+    /// DER certificate, once imported.
+    pub certificate: Option<Vec<u8>>,
+    /// Where it stands.
+    pub state: KeyState,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub activated_at: Option<i64>,
+    /// Unix milliseconds.
+    pub retired_at: Option<i64>,
+}
+
+/// A user's active key, as a login reads it with its session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActiveKey {
+    /// Its generation.
+    pub generation: i64,
+    /// `CKA_ID` in the token.
+    pub token_id: Vec<u8>,
+    /// Its algorithm.
+    pub algorithm: KeyAlgorithm,
+}
+
+/// Parses a stored key algorithm.
+pub fn parse_algorithm(s: &str) -> Result<KeyAlgorithm, StoreError> {
+    s.parse().map_err(|e: String| StoreError::Corrupt(e))
+}
+
+/// What users and keys need from storage.
+#[async_trait]
+pub trait UserStore: Send {
+    /// A user by ID.
+    async fn user(&mut self, id: &str) -> Result<Option<User>, StoreError>;
+    /// All users, by ID.
+    async fn users(&mut self) -> Result<Vec<User>, StoreError>;
+    /// Inserts a user ([`StoreError::Conflict`] if the ID exists).
+    async fn insert_user(&mut self, user: &User) -> Result<(), StoreError>;
+    /// Sets a user's status; false if there is no such user.
+    async fn set_user_status(&mut self, id: &str, status: UserStatus) -> Result<bool, StoreError>;
+    /// Keys of one user (or of everyone), by user and oldest generation first.
+    async fn keys(&mut self, user_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError>;
+    /// The user's active key, if any.
+    async fn active_key(&mut self, user_id: &str) -> Result<Option<KeyRecord>, StoreError>;
+    /// The next generation number of a user's keys.
+    async fn next_generation(&mut self, user_id: &str) -> Result<i64, StoreError>;
+    /// Inserts a key generation (at most one pending and one active per user).
+    async fn insert_key(&mut self, key: &KeyRecord) -> Result<(), StoreError>;
+    /// Makes a pending key active with its certificate; false if it was not pending.
+    async fn activate_key(
+        &mut self,
+        user_id: &str,
+        generation: i64,
+        certificate: &[u8],
+        at: i64,
+    ) -> Result<bool, StoreError>;
+    /// Retires one generation; false if it was retired already (or absent).
+    async fn retire_key(&mut self, user_id: &str, generation: i64, at: i64) -> Result<bool, StoreError>;
 }
 
 /// Checks a user ID (本人ID): 1 to 64 characters, ASCII letters, digits and `-`,
 /// such as `999001-jpa`, `F12345` or `R0000123`.
-pub fn validate_id(id: &str) -> Result<(), UserError> {
+pub fn validate_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -32,87 +194,107 @@ pub fn validate_id(id: &str) -> Result<(), UserError> {
     if ok {
         Ok(())
     } else {
-        Err(UserError::Invalid(format!(
-            "invalid user ID {id:?}: use 1-64 ASCII letters, digits and '-' (e.g. 999001-jpa)"
-        )))
+        Err(Error::Invalid(format!("invalid user ID {id:?}: use 1-64 ASCII letters, digits and '-' (e.g. 999001-jpa)")))
     }
 }
 
+/// The error for an unknown user ID, with what to do.
+pub fn unknown(id: &str) -> Error {
+    Error::NotFound(
+        Missing::User,
+        format!("unknown user {id:?}: list users with `inkan user list`, add one with `inkan user add`"),
+    )
+}
+
+/// The error for a disabled user, with what to do.
+pub fn disabled(id: &str) -> Error {
+    Error::Forbidden(
+        Forbidden::Disabled,
+        format!("user {id:?} is disabled: enable it with `inkan user enable {id}` first"),
+    )
+}
+
+/// A user that must exist, inside a transaction.
+pub async fn get_in(tx: &mut dyn Tx, id: &str) -> Result<User> {
+    tx.user(id).await?.ok_or_else(|| unknown(id))
+}
+
+/// A user that must exist.
+pub async fn get(store: &dyn Store, id: &str) -> Result<User> {
+    let mut tx = store.read().await?;
+    get_in(&mut *tx, id).await
+}
+
+/// All users, by ID.
+pub async fn list(store: &dyn Store) -> Result<Vec<User>> {
+    Ok(store.read().await?.users().await?)
+}
+
 /// Adds a user.
-pub fn add(
-    store: &mut Store,
+pub async fn add(
+    store: &dyn Store,
     clock: &dyn Clock,
     actor: &str,
     id: &str,
     name: &str,
     qualification: Qualification,
-) -> Result<User, UserError> {
+) -> Result<User> {
     validate_id(id)?;
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 200 {
-        return Err(UserError::Invalid("the name must have 1 to 200 characters".into()));
+        return Err(Error::Invalid("the name must have 1 to 200 characters".into()));
     }
     let now = clock.now_ms();
     let user = User {
         id: id.to_owned(),
         name: name.to_owned(),
         qualification: qualification.as_str().to_owned(),
-        status: "active".into(),
+        status: UserStatus::Active,
         created_at: now,
     };
-    store.write(|t| {
-        if t.query_row("SELECT 1 FROM users WHERE id = ?1", [id], |_| Ok(())).is_ok() {
-            return Ok(Err(UserError::Duplicate(id.to_owned())));
-        }
-        tx::insert_user(t, &user)?;
-        audit::append(
-            t,
-            now,
-            &[Event {
-                actor,
-                event: "user.add",
-                user_id: Some(id),
-                outcome: "ok",
-                detail: serde_json::json!({ "name": user.name, "qualification": user.qualification }),
-                ..Default::default()
-            }],
-        )?;
-        Ok(Ok(()))
-    })??;
+    let mut tx = store.write().await?;
+    if tx.user(id).await?.is_some() {
+        return Err(Error::Conflict(format!("user {id:?} exists already: see it with `inkan user show {id}`")));
+    }
+    tx.insert_user(&user).await?;
+    audit::append(
+        &mut *tx,
+        now,
+        &[Event {
+            actor,
+            event: "user.add",
+            user_id: Some(id),
+            outcome: "ok",
+            detail: serde_json::json!({ "name": user.name, "qualification": user.qualification }),
+            ..Default::default()
+        }],
+    )
+    .await?;
+    tx.commit().await?;
     Ok(user)
 }
 
-/// A user that must exist.
-pub fn get(store: &Store, id: &str) -> Result<User, UserError> {
-    store.user(id)?.ok_or_else(|| UserError::Unknown(id.to_owned()))
-}
-
 /// Enables or disables a user.
-pub fn set_status(
-    store: &mut Store,
-    clock: &dyn Clock,
-    actor: &str,
-    id: &str,
-    enabled: bool,
-) -> Result<User, UserError> {
-    get(store, id)?;
-    let status = if enabled { "active" } else { "disabled" };
+pub async fn set_status(store: &dyn Store, clock: &dyn Clock, actor: &str, id: &str, enabled: bool) -> Result<User> {
+    let status = if enabled { UserStatus::Active } else { UserStatus::Disabled };
     let now = clock.now_ms();
-    store.write(|t| {
-        tx::set_user_status(t, id, status)?;
-        audit::append(
-            t,
-            now,
-            &[Event {
-                actor,
-                event: if enabled { "user.enable" } else { "user.disable" },
-                user_id: Some(id),
-                outcome: "ok",
-                detail: serde_json::json!({}),
-                ..Default::default()
-            }],
-        )?;
-        Ok(())
-    })?;
-    get(store, id)
+    let mut tx = store.write().await?;
+    let mut user = get_in(&mut *tx, id).await?;
+    tx.set_user_status(id, status).await?;
+    audit::append(
+        &mut *tx,
+        now,
+        &[Event {
+            actor,
+            event: if enabled { "user.enable" } else { "user.disable" },
+            user_id: Some(id),
+            outcome: "ok",
+            detail: serde_json::json!({}),
+            ..Default::default()
+        }],
+    )
+    .await?;
+    tx.commit().await?;
+    user.status = status;
+    Ok(user)
 }

@@ -1,10 +1,11 @@
 //! Signing systems registered by operators: client ID, secret, redirect URIs.
 
-use rusqlite::{params, OptionalExtension};
+use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::audit::{self, Event};
 use crate::clock::Clock;
+use crate::error::{Credential, Error, Missing, Result};
 use crate::store::{Store, StoreError};
 
 /// A registered client.
@@ -18,8 +19,9 @@ pub struct Client {
     pub redirect_uris: Vec<String>,
     /// Unix ms.
     pub created_at: i64,
+    /// SHA-256 of the secret (the secret itself is shown once and never stored).
     #[serde(skip)]
-    secret_hash: Vec<u8>,
+    pub secret_hash: Vec<u8>,
 }
 
 impl Client {
@@ -29,27 +31,20 @@ impl Client {
     }
 }
 
-/// A client problem.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// Bad input.
-    #[error("{0}")]
-    Invalid(String),
-    /// Unknown client.
-    #[error("unknown client {0:?}: see `inkan client list`")]
-    Unknown(String),
-    /// Database.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+/// What clients need from storage.
+#[async_trait]
+pub trait ClientStore: Send {
+    /// A client by ID.
+    async fn client(&mut self, id: &str) -> Result<Option<Client>, StoreError>;
+    /// All clients, by ID.
+    async fn clients(&mut self) -> Result<Vec<Client>, StoreError>;
+    /// Registers a client ([`StoreError::Conflict`] if the ID exists).
+    async fn insert_client(&mut self, client: &Client) -> Result<(), StoreError>;
+    /// Removes a client and ends its sessions; returns the number of sessions ended.
+    async fn delete_client(&mut self, id: &str) -> Result<usize, StoreError>;
 }
 
-impl From<rusqlite::Error> for ClientError {
-    fn from(e: rusqlite::Error) -> Self {
-        ClientError::Store(e.into())
-    }
-}
-
-fn check_redirect_uri(uri: &str) -> Result<(), ClientError> {
+fn check_redirect_uri(uri: &str) -> Result<()> {
     let ok =
         (uri.starts_with("https://") || uri.starts_with("http://localhost") || uri.starts_with("http://127.0.0.1"))
             && !uri.contains('#')
@@ -57,26 +52,30 @@ fn check_redirect_uri(uri: &str) -> Result<(), ClientError> {
     if ok {
         Ok(())
     } else {
-        Err(ClientError::Invalid(format!(
+        Err(Error::Invalid(format!(
             "redirect URI {uri:?} must be https:// (or http://localhost for development) without a fragment"
         )))
     }
 }
 
+fn unknown(id: &str) -> Error {
+    Error::NotFound(Missing::Client, format!("unknown client {id:?}: see `inkan client list`"))
+}
+
 /// Registers a client; returns it and its secret (shown once, stored hashed).
-pub fn add(
-    store: &mut Store,
+pub async fn add(
+    store: &dyn Store,
     clock: &dyn Clock,
     actor: &str,
     name: &str,
     redirect_uris: &[String],
     id: Option<&str>,
-) -> Result<(Client, String), ClientError> {
+) -> Result<(Client, String)> {
     if name.trim().is_empty() {
-        return Err(ClientError::Invalid("the client needs a name".into()));
+        return Err(Error::Invalid("the client needs a name".into()));
     }
     if redirect_uris.is_empty() {
-        return Err(ClientError::Invalid("give at least one --redirect-uri".into()));
+        return Err(Error::Invalid("give at least one --redirect-uri".into()));
     }
     for uri in redirect_uris {
         check_redirect_uri(uri)?;
@@ -91,71 +90,68 @@ pub fn add(
         created_at: now,
         secret_hash: super::token_hash(&secret),
     };
-    let uris = serde_json::to_string(&client.redirect_uris).map_err(|e| ClientError::Invalid(e.to_string()))?;
-    store.write(|t| {
-        t.execute(
-            "INSERT INTO clients (id, name, secret_hash, redirect_uris, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![client.id, client.name, client.secret_hash, uris, now],
-        )?;
-        audit::append(t, now, &[Event { actor, event: "client.add", outcome: "ok", detail: serde_json::json!({ "client_id": client.id, "name": client.name, "redirect_uris": client.redirect_uris }), ..Default::default() }])?;
-        Ok(())
-    })
-    .map_err(|e| match e {
-        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-            ClientError::Invalid(format!("client {id:?} exists already"))
-        }
-        other => ClientError::Store(other),
-    })?;
+    let mut tx = store.write().await?;
+    if tx.client(&id).await?.is_some() {
+        return Err(Error::Conflict(format!("client {id:?} exists already")));
+    }
+    tx.insert_client(&client).await?;
+    audit::append(
+        &mut *tx,
+        now,
+        &[Event {
+            actor,
+            event: "client.add",
+            outcome: "ok",
+            detail: serde_json::json!({ "client_id": client.id, "name": client.name, "redirect_uris": client.redirect_uris }),
+            ..Default::default()
+        }],
+    )
+    .await?;
+    tx.commit().await?;
     Ok((client, secret))
 }
 
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Client> {
-    let uris: String = r.get(3)?;
-    Ok(Client {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        secret_hash: r.get(2)?,
-        redirect_uris: serde_json::from_str(&uris).unwrap_or_default(),
-        created_at: r.get(4)?,
-    })
-}
-
 /// A client by ID.
-pub fn get(store: &Store, id: &str) -> Result<Option<Client>, ClientError> {
-    Ok(store
-        .conn()
-        .query_row("SELECT id, name, secret_hash, redirect_uris, created_at FROM clients WHERE id = ?1", [id], from_row)
-        .optional()?)
+pub async fn get(store: &dyn Store, id: &str) -> Result<Option<Client>> {
+    Ok(store.read().await?.client(id).await?)
 }
 
 /// All clients.
-pub fn list(store: &Store) -> Result<Vec<Client>, ClientError> {
-    let mut stmt =
-        store.conn().prepare("SELECT id, name, secret_hash, redirect_uris, created_at FROM clients ORDER BY id")?;
-    let rows = stmt.query_map([], from_row)?.collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+pub async fn list(store: &dyn Store) -> Result<Vec<Client>> {
+    Ok(store.read().await?.clients().await?)
 }
 
-/// Removes a client and ends its sessions.
-pub fn remove(store: &mut Store, clock: &dyn Clock, actor: &str, id: &str) -> Result<usize, ClientError> {
-    if get(store, id)?.is_none() {
-        return Err(ClientError::Unknown(id.to_owned()));
+/// A client that proves itself with its secret.
+pub async fn authenticate(store: &dyn Store, id: &str, secret: &str) -> Result<Client> {
+    let refused = || Error::Unauthenticated(Credential::Client, "client authentication failed".into());
+    let client = get(store, id).await?.ok_or_else(refused)?;
+    if client.check_secret(secret) {
+        Ok(client)
+    } else {
+        Err(refused())
     }
+}
+
+/// Removes a client and ends its sessions; returns how many sessions ended.
+pub async fn remove(store: &dyn Store, clock: &dyn Clock, actor: &str, id: &str) -> Result<usize> {
     let now = clock.now_ms();
-    Ok(store.write(|t| {
-        t.execute("DELETE FROM clients WHERE id = ?1", [id])?;
-        let ended = t.execute("DELETE FROM sessions WHERE client_id = ?1", [id])?;
-        audit::append(
-            t,
-            now,
-            &[Event {
-                actor,
-                event: "client.remove",
-                outcome: "ok",
-                detail: serde_json::json!({ "client_id": id, "sessions_ended": ended }),
-                ..Default::default()
-            }],
-        )?;
-        Ok(ended)
-    })?)
+    let mut tx = store.write().await?;
+    if tx.client(id).await?.is_none() {
+        return Err(unknown(id));
+    }
+    let ended = tx.delete_client(id).await?;
+    audit::append(
+        &mut *tx,
+        now,
+        &[Event {
+            actor,
+            event: "client.remove",
+            outcome: "ok",
+            detail: serde_json::json!({ "client_id": id, "sessions_ended": ended }),
+            ..Default::default()
+        }],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(ended)
 }

@@ -1,14 +1,27 @@
-//! OpenID Connect provider logic (authorization code flow with PKCE), apart
-//! from HTTP: request validation, authorization codes, ID tokens, the JWKS.
+//! The OpenID Connect provider (authorization code flow with PKCE), apart
+//! from HTTP: request validation, authorization codes, the token exchange that
+//! opens an auth session, ID tokens signed by the platform key in the token,
+//! the JWKS.
+//!
+//! Pending requests and codes live for minutes in an [`OidcStore`] (memory on
+//! one node); codes are single use: taken out of the store on first use,
+//! whatever follows.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 
+use async_trait::async_trait;
+use inkan_keystore::{DigestAlgorithm, KeyAlgorithm, KeyRef, Keystore};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::{Credential, Error, Forbidden, Missing, Result};
+use crate::store::{Store, StoreError};
+
 use super::clients::Client;
-use super::session::Method;
+use super::sessions::{self, Method, Sessions};
 use super::{b64url, token_hash};
 
 /// How long an authorization request may take to finish (the user logs in meanwhile).
@@ -40,8 +53,10 @@ pub struct AuthRequest {
 }
 
 /// Why `/oidc/authorize` refuses.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum AuthorizeError {
+    /// The store failed: an error page (503 or 500).
+    Failed(Error),
     /// The client or redirect URI cannot be trusted: show a page, never redirect.
     Page(String),
     /// Tell the client, by redirecting with `error` (RFC 6749 4.1.2.1).
@@ -61,7 +76,7 @@ impl AuthorizeError {
     /// The redirect URL of a `Redirect` error.
     pub fn location(&self) -> Option<String> {
         match self {
-            AuthorizeError::Page(_) => None,
+            AuthorizeError::Page(_) | AuthorizeError::Failed(_) => None,
             AuthorizeError::Redirect { redirect_uri, error, description, state } => {
                 let mut q = vec![("error", error.to_string()), ("error_description", description.clone())];
                 if let Some(s) = state {
@@ -181,7 +196,7 @@ pub fn pkce_matches(verifier: &str, challenge: &str) -> bool {
 }
 
 /// An issued authorization code's contents.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Code {
     /// The request it answers.
     pub request: AuthRequest,
@@ -193,64 +208,6 @@ pub struct Code {
     pub auth_time: i64,
     /// Unix ms.
     pub expires_at: i64,
-}
-
-/// Pending authorization requests and codes (short-lived, in memory).
-#[derive(Debug, Default)]
-pub struct Pending {
-    requests: Mutex<HashMap<String, AuthRequest>>,
-    codes: Mutex<HashMap<Vec<u8>, Code>>,
-}
-
-impl Pending {
-    /// Keeps a request; returns its handle (used in the login URL).
-    pub fn put_request(&self, request: AuthRequest, now: i64) -> String {
-        let id = super::random_token();
-        let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, r| r.expires_at > now);
-        map.insert(id.clone(), request);
-        id
-    }
-
-    /// A pending request, if it exists and has not expired.
-    pub fn request(&self, id: &str, now: i64) -> Option<AuthRequest> {
-        let map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(id).filter(|r| r.expires_at > now).cloned()
-    }
-
-    /// Finishes a request: it is removed, and a single-use code is returned.
-    pub fn issue_code(
-        &self,
-        request_id: &str,
-        user_id: &str,
-        method: Method,
-        now: i64,
-    ) -> Option<(String, AuthRequest)> {
-        let request = self.requests.lock().unwrap_or_else(|p| p.into_inner()).remove(request_id)?;
-        if request.expires_at <= now {
-            return None;
-        }
-        let code = super::random_token();
-        let mut codes = self.codes.lock().unwrap_or_else(|p| p.into_inner());
-        codes.retain(|_, c| c.expires_at > now);
-        codes.insert(
-            token_hash(&code),
-            Code {
-                request: request.clone(),
-                user_id: user_id.to_owned(),
-                method,
-                auth_time: now,
-                expires_at: now + CODE_LIFETIME_MS,
-            },
-        );
-        Some((code, request))
-    }
-
-    /// Takes a code (single use: gone after this call, whatever the outcome).
-    pub fn take_code(&self, code: &str, now: i64) -> Option<Code> {
-        let c = self.codes.lock().unwrap_or_else(|p| p.into_inner()).remove(&token_hash(code))?;
-        (c.expires_at > now).then_some(c)
-    }
 }
 
 /// The JWK of the platform's P-256 key (from its SubjectPublicKeyInfo DER).
@@ -299,6 +256,228 @@ pub fn id_token_claims(issuer: &str, code: &Code, now: i64, lifetime_s: i64) -> 
         claims["nonce"] = json!(n);
     }
     claims
+}
+
+/// What pending logins need from storage: short-lived, each call atomic.
+#[async_trait]
+pub trait OidcStore: Send + Sync {
+    /// Keeps an authorization request under its handle until it expires.
+    async fn put_request(&self, id: &str, request: &AuthRequest, now: i64) -> Result<(), StoreError>;
+    /// A pending request, if it exists and has not expired.
+    async fn request(&self, id: &str, now: i64) -> Result<Option<AuthRequest>, StoreError>;
+    /// Takes a request out (single use), expired or not.
+    async fn take_request(&self, id: &str) -> Result<Option<AuthRequest>, StoreError>;
+    /// Keeps an issued code under the hash of its value until it expires.
+    async fn put_code(&self, code_hash: &[u8], code: &Code, now: i64) -> Result<(), StoreError>;
+    /// Takes a code out (single use), expired or not.
+    async fn take_code(&self, code_hash: &[u8]) -> Result<Option<Code>, StoreError>;
+}
+
+/// A validated authorization request, kept: where the user goes to log in.
+#[derive(Clone, Debug)]
+pub struct Authorized {
+    /// The request's handle (in the login URLs).
+    pub id: String,
+    /// The login method the client asked for, if any.
+    pub acr: Option<Method>,
+}
+
+/// An authorization code grant (RFC 6749 4.1.3, with RFC 7636's verifier).
+#[derive(Clone, Copy, Debug)]
+pub struct Grant<'a> {
+    /// The code.
+    pub code: &'a str,
+    /// The redirect URI of the authorization request.
+    pub redirect_uri: Option<&'a str>,
+    /// The PKCE verifier.
+    pub code_verifier: Option<&'a str>,
+}
+
+/// The tokens of a successful exchange.
+#[derive(Clone, Debug, Serialize)]
+pub struct Tokens {
+    /// The bearer token: the auth session.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds.
+    pub expires_in: i64,
+    /// The ES256 ID token.
+    pub id_token: String,
+    /// The granted scope.
+    pub scope: String,
+}
+
+/// The platform key that signs ID tokens (P-256, in the token).
+const PLATFORM_KEY_ID: &[u8] = b"inkan-platform-es256-1";
+const PLATFORM_KEY_LABEL: &str = "inkan:platform";
+
+/// Finds or creates the platform key; returns it with its public key (SPKI DER).
+pub fn platform_key(keystore: &Keystore) -> Result<(KeyRef, Vec<u8>), inkan_keystore::Error> {
+    let key = KeyRef::from_id(PLATFORM_KEY_ID.to_vec());
+    if keystore.keys_labelled(PLATFORM_KEY_LABEL)?.contains(&key) {
+        let spki = keystore.public_key(&key, KeyAlgorithm::EcP256)?;
+        return Ok((key, spki));
+    }
+    let generated = keystore.generate_key_pair(KeyAlgorithm::EcP256, &key, PLATFORM_KEY_LABEL)?;
+    Ok((key, generated.public_key_der))
+}
+
+/// The OpenID Connect provider.
+pub struct Provider {
+    issuer: String,
+    session_lifetime_ms: i64,
+    store: Arc<dyn Store>,
+    keystore: Arc<Keystore>,
+    clock: Arc<dyn Clock>,
+    platform_key: KeyRef,
+    kid: String,
+    jwk: Value,
+}
+
+impl Provider {
+    /// The provider of `[server] public_url`, with the platform key (created on first use).
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        keystore: Arc<Keystore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Provider> {
+        let (platform_key, spki) =
+            platform_key(&keystore).map_err(|e| Error::Unavailable(format!("platform key: {e}")))?;
+        let kid = kid(&spki);
+        let jwk = jwk(&spki, &kid).ok_or_else(|| Error::Internal("the platform key is not a P-256 key".into()))?;
+        Ok(Provider {
+            issuer: config.server.public_url.trim_end_matches('/').to_owned(),
+            session_lifetime_ms: config.server.session_hours as i64 * 3_600_000,
+            store,
+            keystore,
+            clock,
+            platform_key,
+            kid,
+            jwk,
+        })
+    }
+
+    /// The issuer (`[server] public_url`).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The JWK of the ID-token key.
+    pub fn jwk(&self) -> &Value {
+        &self.jwk
+    }
+
+    /// Validates `/oidc/authorize` and keeps the request for the login.
+    pub async fn authorize(&self, params: &HashMap<String, String>) -> Result<Authorized, AuthorizeError> {
+        let now = self.clock.now_ms();
+        let client = match params.get("client_id") {
+            Some(id) => super::clients::get(self.store.as_ref(), id).await.map_err(AuthorizeError::Failed)?,
+            None => None,
+        };
+        let request = validate_authorize(params, client.as_ref(), now)?;
+        let id = super::random_token();
+        self.store.oidc().put_request(&id, &request, now).await.map_err(|e| AuthorizeError::Failed(e.into()))?;
+        Ok(Authorized { id, acr: request.acr })
+    }
+
+    /// A pending request by its handle, if it exists and has not expired.
+    pub async fn pending(&self, id: &str) -> Result<AuthRequest> {
+        self.store.oidc().request(id, self.clock.now_ms()).await?.ok_or_else(|| {
+            Error::NotFound(Missing::Request, "the login request is unknown or has expired: log in again".into())
+        })
+    }
+
+    /// A user logged in for a pending request: the request is used up, and
+    /// the client's redirect URI with a single-use code (and its state) is
+    /// returned. A user other than the request's `login_hint` is refused (the
+    /// request stays).
+    pub async fn finish_login(&self, request_id: &str, user_id: &str, method: Method) -> Result<String> {
+        let now = self.clock.now_ms();
+        let pending = self.pending(request_id).await?;
+        if pending.login_hint.as_ref().is_some_and(|hint| hint != user_id) {
+            return Err(Error::Forbidden(
+                Forbidden::WrongUser,
+                "the user who logged in is not the login_hint of the request".into(),
+            ));
+        }
+        let gone =
+            || Error::NotFound(Missing::Request, "the login request is used or has expired: log in again".into());
+        let request = self.store.oidc().take_request(request_id).await?.ok_or_else(gone)?;
+        if request.expires_at <= now {
+            return Err(gone());
+        }
+        let code = super::random_token();
+        let issued = Code {
+            request: request.clone(),
+            user_id: user_id.to_owned(),
+            method,
+            auth_time: now,
+            expires_at: now + CODE_LIFETIME_MS,
+        };
+        self.store.oidc().put_code(&token_hash(&code), &issued, now).await?;
+        let mut q = vec![("code", code)];
+        if let Some(s) = &request.state {
+            q.push(("state", s.clone()));
+        }
+        Ok(with_query(&request.redirect_uri, &q))
+    }
+
+    /// Exchanges an authorization code of an authenticated client for an
+    /// access token (a new auth session) and an ID token.
+    pub async fn exchange(&self, client: &Client, grant: Grant<'_>) -> Result<Tokens> {
+        let refused = |d: &str| Error::Unauthenticated(Credential::Grant, d.to_owned());
+        let now = self.clock.now_ms();
+        // Single use: the code is gone from here on, whatever follows.
+        let code = self
+            .store
+            .oidc()
+            .take_code(&token_hash(grant.code))
+            .await?
+            .filter(|c| c.expires_at > now)
+            .ok_or_else(|| refused("the code is unknown, used or expired"))?;
+        if code.request.client_id != client.id {
+            return Err(refused("the code was issued to another client"));
+        }
+        if grant.redirect_uri != Some(code.request.redirect_uri.as_str()) {
+            return Err(refused("redirect_uri does not match the authorization request"));
+        }
+        let verifier = grant.code_verifier.ok_or_else(|| refused("missing code_verifier (PKCE)"))?;
+        if !pkce_matches(verifier, &code.request.code_challenge) {
+            return Err(refused("code_verifier does not match the code_challenge"));
+        }
+        let access = sessions::create(
+            self.store.as_ref(),
+            now,
+            &code.user_id,
+            code.method,
+            &client.id,
+            &code.request.scope,
+            code.auth_time,
+            self.session_lifetime_ms,
+        )
+        .await?;
+        let claims = id_token_claims(&self.issuer, &code, now, 3600);
+        let input = jws_signing_input(&self.kid, &claims);
+        let (ks, key) = (Arc::clone(&self.keystore), self.platform_key.clone());
+        let digest = DigestAlgorithm::Sha256.digest(input.as_bytes());
+        let sig = tokio::task::spawn_blocking(move || ks.sign_ecdsa_p1363(&key, &digest))
+            .await
+            .map_err(Error::internal)??;
+        Ok(Tokens {
+            access_token: access,
+            token_type: "Bearer",
+            expires_in: self.session_lifetime_ms / 1000,
+            id_token: format!("{input}.{}", b64url(&sig)),
+            scope: code.request.scope,
+        })
+    }
+
+    /// RFC 7009 revocation by a client (logout): see [`Sessions::logout`].
+    pub async fn revoke(&self, sessions: &Sessions, client: &Client, token: &str) -> Result<()> {
+        sessions.logout(&client.id, token).await
+    }
 }
 
 #[cfg(test)]

@@ -1,14 +1,19 @@
 //! The registered phone: one passkey per user. Registering a new one replaces
-//! the old in a single statement, so there is never a moment with neither.
+//! the old in the same transaction, so there is never a moment with neither.
+//! A replaced or removed phone is kept a while as retired (its passkey, when
+//! and why), so that the phone, if it still tries, is told why it no longer
+//! signs in instead of being sent to check its biometrics.
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use async_trait::async_trait;
 use serde::Serialize;
 use webauthn_rs::prelude::Passkey;
 
 use crate::audit::{self, Event};
 use crate::auth::b64url;
+use crate::auth::sessions::Method;
 use crate::clock::rfc3339;
-use crate::store::{Store, StoreError};
+use crate::error::Result;
+use crate::store::{Store, StoreError, Tx};
 
 /// A user's registered phone.
 #[derive(Clone, Debug)]
@@ -28,6 +33,48 @@ pub struct Device {
     /// Unix ms of the last sign-in.
     pub last_used_at: Option<i64>,
 }
+
+/// Why a phone was retired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Retirement {
+    /// Another phone was registered in its place.
+    Replaced,
+    /// An operator removed it (lost or stolen).
+    Removed,
+}
+
+impl Retirement {
+    /// `replaced` or `removed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Retirement::Replaced => "replaced",
+            Retirement::Removed => "removed",
+        }
+    }
+}
+
+/// A phone that no longer signs in.
+#[derive(Clone, Debug)]
+pub struct RetiredDevice {
+    /// Its former owner.
+    pub user_id: String,
+    /// WebAuthn credential ID.
+    pub credential_id: Vec<u8>,
+    /// Its passkey (to verify that a phone presenting it really holds it).
+    pub passkey: Passkey,
+    /// Its label.
+    pub label: String,
+    /// Unix ms of its registration.
+    pub registered_at: i64,
+    /// Unix ms.
+    pub retired_at: i64,
+    /// Why.
+    pub reason: Retirement,
+}
+
+/// Retired phones kept per user, newest first.
+pub const RETIRED_KEPT: usize = 3;
 
 /// A device as shown to operators (no key material).
 #[derive(Clone, Debug, Serialize)]
@@ -60,127 +107,123 @@ impl Device {
     }
 }
 
-/// The user's device, if any.
-pub fn get(conn: &Connection, user_id: &str) -> Result<Option<Device>, StoreError> {
-    let row = conn
-        .query_row(
-            "SELECT credential_id, passkey, counter, label, created_at, last_used_at FROM devices WHERE user_id = ?1",
-            params![user_id],
-            |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, Option<i64>>(5)?,
-                ))
-            },
-        )
-        .optional()?;
-    let Some((credential_id, passkey, counter, label, created_at, last_used_at)) = row else {
-        return Ok(None);
-    };
-    let passkey: Passkey = serde_json::from_str(&passkey)
-        .map_err(|e| StoreError::Corrupt(format!("device of {user_id}: stored passkey unreadable: {e}")))?;
-    Ok(Some(Device {
-        user_id: user_id.to_owned(),
-        credential_id,
-        passkey,
-        counter: u32::try_from(counter).unwrap_or(u32::MAX),
-        label,
-        created_at,
-        last_used_at,
-    }))
+/// What phones need from storage.
+#[async_trait]
+pub trait DeviceStore: Send {
+    /// The user's phone, if any.
+    async fn device(&mut self, user_id: &str) -> Result<Option<Device>, StoreError>;
+    /// Makes `device` the user's phone, replacing any other.
+    async fn put_device(&mut self, device: &Device) -> Result<(), StoreError>;
+    /// Records a sign-in: the new counter and passkey state, only if the
+    /// device is still the one that signed and its counter still
+    /// `expected_counter` (false otherwise).
+    async fn record_device_use(
+        &mut self,
+        user_id: &str,
+        credential_id: &[u8],
+        passkey: &Passkey,
+        counter: u32,
+        expected_counter: u32,
+        at: i64,
+    ) -> Result<bool, StoreError>;
+    /// Sets the label of the user's phone; false if there is none.
+    async fn set_device_label(&mut self, user_id: &str, label: &str) -> Result<bool, StoreError>;
+    /// Removes the user's phone; false if there was none.
+    async fn delete_device(&mut self, user_id: &str) -> Result<bool, StoreError>;
+    /// Keeps a retired phone (and forgets the user's oldest beyond [`RETIRED_KEPT`]).
+    async fn retire_device(&mut self, retired: &RetiredDevice) -> Result<(), StoreError>;
+    /// The user's retired phones, newest first.
+    async fn retired_devices(&mut self, user_id: &str) -> Result<Vec<RetiredDevice>, StoreError>;
 }
 
-/// Installs a newly registered passkey as the user's device (counter 0),
-/// replacing the old one in the same statement. Returns the replaced credential ID, if any.
-pub fn install(
-    tx: &Transaction<'_>,
+/// The user's phone, if any.
+pub async fn get(store: &dyn Store, user_id: &str) -> Result<Option<Device>> {
+    Ok(store.read().await?.device(user_id).await?)
+}
+
+/// Installs a newly registered passkey as the user's phone (counter 0),
+/// retiring the one it replaces, inside the caller's transaction. Returns the
+/// replaced credential ID, if any.
+pub async fn install(
+    tx: &mut dyn Tx,
     now: i64,
     actor: &str,
     user_id: &str,
     passkey: &Passkey,
     label: &str,
     via: &str,
-) -> Result<Option<Vec<u8>>, StoreError> {
-    let old: Option<Vec<u8>> = tx
-        .query_row("SELECT credential_id FROM devices WHERE user_id = ?1", params![user_id], |r| r.get(0))
-        .optional()?;
-    let credential_id: &[u8] = passkey.cred_id().as_ref();
-    let json = serde_json::to_string(passkey).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    tx.execute(
-        "INSERT INTO devices (user_id, credential_id, passkey, counter, label, created_at, last_used_at)
-         VALUES (?1, ?2, ?3, 0, ?4, ?5, NULL)
-         ON CONFLICT(user_id) DO UPDATE SET credential_id = excluded.credential_id, passkey = excluded.passkey,
-             counter = excluded.counter, label = excluded.label, created_at = excluded.created_at, last_used_at = NULL",
-        params![user_id, credential_id, json, label, now],
-    )?;
+) -> Result<Option<Vec<u8>>> {
+    let old = tx.device(user_id).await?;
+    let credential_id: Vec<u8> = AsRef::<[u8]>::as_ref(passkey.cred_id()).to_vec();
+    tx.put_device(&Device {
+        user_id: user_id.to_owned(),
+        credential_id: credential_id.clone(),
+        passkey: passkey.clone(),
+        counter: 0,
+        label: label.to_owned(),
+        created_at: now,
+        last_used_at: None,
+    })
+    .await?;
     let event = if old.is_some() { "fido.replace" } else { "fido.register" };
-    let mut detail = serde_json::json!({ "credential_id": b64url(credential_id), "label": label, "via": via });
+    let mut detail = serde_json::json!({ "credential_id": b64url(&credential_id), "label": label, "via": via });
     if let Some(old) = &old {
-        detail["replaced_credential_id"] = b64url(old).into();
+        detail["replaced_credential_id"] = b64url(&old.credential_id).into();
+        if old.credential_id != credential_id {
+            tx.retire_device(&retired(old, now, Retirement::Replaced)).await?;
+        }
     }
     audit::append(
-        tx,
+        &mut *tx,
         now,
         &[Event { actor, event, user_id: Some(user_id), outcome: "ok", detail, ..Default::default() }],
-    )?;
-    Ok(old)
+    )
+    .await?;
+    Ok(old.map(|d| d.credential_id))
 }
 
-/// Records a sign-in: the new counter and passkey state, only if the device is
-/// still the one that signed and its counter still the one checked (a
-/// replacement or another sign-in in between makes this fail).
-pub fn record_use(
-    tx: &Transaction<'_>,
-    now: i64,
-    device: &Device,
-    passkey: &Passkey,
-    counter: u32,
-) -> Result<bool, StoreError> {
-    let json = serde_json::to_string(passkey).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let n = tx.execute(
-        "UPDATE devices SET passkey = ?3, counter = ?4, last_used_at = ?5
-         WHERE user_id = ?1 AND credential_id = ?2 AND counter = ?6",
-        params![device.user_id, device.credential_id, json, counter, now, device.counter],
-    )?;
-    Ok(n == 1)
+fn retired(d: &Device, now: i64, reason: Retirement) -> RetiredDevice {
+    RetiredDevice {
+        user_id: d.user_id.clone(),
+        credential_id: d.credential_id.clone(),
+        passkey: d.passkey.clone(),
+        label: d.label.clone(),
+        registered_at: d.created_at,
+        retired_at: now,
+        reason,
+    }
 }
 
-/// Sets the label of the user's current device.
-pub fn set_label(tx: &Transaction<'_>, user_id: &str, label: &str) -> Result<bool, StoreError> {
-    Ok(tx.execute("UPDATE devices SET label = ?2 WHERE user_id = ?1", params![user_id, label])? == 1)
-}
-
-/// Removes a user's device (lost phone): also ends the user's FIDO sessions and
-/// open tickets. Returns what was removed.
-pub fn remove(store: &mut Store, now: i64, actor: &str, user_id: &str) -> Result<Option<DeviceView>, StoreError> {
-    store.write(|t| {
-        // Read and delete in one transaction: the row removed is the row named in the audit.
-        let Some(device) = get(t, user_id)? else {
-            return Ok(None);
-        };
-        t.execute("DELETE FROM devices WHERE user_id = ?1", params![user_id])?;
-        let sessions =
-            t.execute("DELETE FROM sessions WHERE user_id = ?1 AND method = 'fido'", params![user_id])?;
-        t.execute(
-            "UPDATE tickets SET step = 'cancelled', ceremony = NULL WHERE user_id = ?1 AND step NOT IN ('collected', 'cancelled')",
-            params![user_id],
-        )?;
-        audit::append(
-            t,
-            now,
-            &[Event {
-                actor,
-                event: "fido.remove",
-                user_id: Some(user_id),
-                outcome: "ok",
-                detail: serde_json::json!({ "credential_id": b64url(&device.credential_id), "sessions_revoked": sessions }),
-                ..Default::default()
-            }],
-        )?;
-        Ok(Some(device.view()))
-    })
+/// Removes a user's phone (lost or stolen): also ends the user's phone
+/// sessions and cancels the user's open tickets. Returns what was removed.
+pub async fn remove(store: &dyn Store, now: i64, actor: &str, user_id: &str) -> Result<Option<DeviceView>> {
+    let mut tx = store.write().await?;
+    crate::users::get_in(&mut *tx, user_id).await?;
+    // Read and delete in one transaction: the row removed is the row named in the audit.
+    let Some(device) = tx.device(user_id).await? else {
+        return Ok(None);
+    };
+    tx.delete_device(user_id).await?;
+    tx.retire_device(&retired(&device, now, Retirement::Removed)).await?;
+    let sessions = tx.delete_sessions(Some(user_id), Some(Method::Fido)).await?;
+    for ticket in tx.open_tickets(user_id).await? {
+        if let Ok(cancelled) = ticket.cancel() {
+            tx.update_ticket(&cancelled).await?;
+        }
+    }
+    audit::append(
+        &mut *tx,
+        now,
+        &[Event {
+            actor,
+            event: "fido.remove",
+            user_id: Some(user_id),
+            outcome: "ok",
+            detail: serde_json::json!({ "credential_id": b64url(&device.credential_id), "sessions_revoked": sessions }),
+            ..Default::default()
+        }],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(device.view()))
 }

@@ -6,48 +6,91 @@
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use rusqlite::{params, OptionalExtension};
+use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::audit::{self, Event};
 use crate::auth::{random_token, token_hash};
 use crate::clock::rfc3339;
+use crate::error::{Credential, Error, Forbidden, Gone, Missing, Result};
 use crate::store::{Store, StoreError};
-use crate::users::{self, UserError};
 
-/// What can go wrong with a registration code.
-#[derive(Debug, thiserror::Error)]
-pub enum RegcodeError {
-    /// No such code.
-    #[error("unknown registration code")]
-    Unknown,
-    /// Past its expiry.
-    #[error("the registration code has expired: ask the CA for a new one")]
-    Expired,
+/// Where a code stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Usable.
+    Active,
     /// Too many wrong passwords.
-    #[error("the registration code is locked after too many wrong passwords: ask the CA for a new one")]
     Locked,
-    /// Revoked or replaced by a newer code.
-    #[error("the registration code is no longer valid: use the newest one, or ask the CA for a new one")]
+    /// Revoked by an operator.
     Revoked,
+    /// A newer code replaced it.
+    Replaced,
     /// A phone was registered with it.
-    #[error("the registration code has been used: ask the CA for a new one to register another phone")]
     Used,
-    /// Wrong password; this many tries are left.
-    #[error("wrong password ({left} tries left)")]
-    WrongPassword {
-        /// Tries left before the code locks.
-        left: u32,
-    },
-    /// A bad argument (password format, duration).
-    #[error("{0}")]
-    Invalid(String),
+}
+
+impl Status {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Locked => "locked",
+            Status::Revoked => "revoked",
+            Status::Replaced => "replaced",
+            Status::Used => "used",
+        }
+    }
+
+    /// The status of a stored name.
+    pub fn parse(s: &str) -> Result<Status, StoreError> {
+        Ok(match s {
+            "active" => Status::Active,
+            "locked" => Status::Locked,
+            "revoked" => Status::Revoked,
+            "replaced" => Status::Replaced,
+            "used" => Status::Used,
+            other => return Err(StoreError::Corrupt(format!("unknown registration code status {other:?}"))),
+        })
+    }
+}
+
+/// A registration code as stored.
+#[derive(Clone, Debug)]
+pub struct Regcode {
+    /// Row ID.
+    pub id: i64,
     /// The user.
-    #[error(transparent)]
-    User(#[from] UserError),
-    /// The store.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    pub user_id: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Wrong passwords so far.
+    pub failures: u32,
+    /// Where it stands.
+    pub status: Status,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub expires_at: i64,
+}
+
+/// What registration codes need from storage.
+#[async_trait]
+pub trait RegcodeStore: Send {
+    /// Stores a new active code under the hash of its value, marking the
+    /// user's active code replaced; returns how many were replaced.
+    async fn insert_regcode(&mut self, code_hash: &[u8], code: &Regcode) -> Result<usize, StoreError>;
+    /// A code by the hash of its value.
+    async fn regcode_by_hash(&mut self, code_hash: &[u8]) -> Result<Option<Regcode>, StoreError>;
+    /// Moves a code from one status to another; false if it was not in `from`.
+    async fn set_regcode_status(&mut self, id: i64, from: Status, to: Status) -> Result<bool, StoreError>;
+    /// Revokes the user's active code; false if there was none.
+    async fn revoke_active_regcode(&mut self, user_id: &str) -> Result<bool, StoreError>;
+    /// Counts a wrong password of an active code; returns the failures so far.
+    async fn count_regcode_failure(&mut self, id: i64) -> Result<u32, StoreError>;
+    /// Codes of one user (or all), newest first.
+    async fn regcodes(&mut self, user_id: Option<&str>) -> Result<Vec<Regcode>, StoreError>;
 }
 
 /// A freshly issued code: shown once.
@@ -99,14 +142,11 @@ pub struct Opened {
     pub user_id: String,
 }
 
-fn hash_password(password: &str) -> Result<String, RegcodeError> {
+fn hash_password(password: &str) -> Result<String> {
     let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt).map_err(|e| RegcodeError::Invalid(format!("no randomness: {e}")))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| RegcodeError::Invalid(e.to_string()))?;
-    Ok(Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map_err(|e| RegcodeError::Invalid(e.to_string()))?
-        .to_string())
+    getrandom::fill(&mut salt).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
+    let salt = SaltString::encode_b64(&salt).map_err(Error::internal)?;
+    Ok(Argon2::default().hash_password(password.as_bytes(), &salt).map_err(Error::internal)?.to_string())
 }
 
 fn generated_password() -> String {
@@ -116,58 +156,62 @@ fn generated_password() -> String {
 }
 
 /// Issues a code for a user, replacing any active one.
-pub fn issue(
-    store: &mut Store,
+pub async fn issue(
+    store: &dyn Store,
     now: i64,
     actor: &str,
     public_url: &str,
     user_id: &str,
     password: Password,
     lifetime_ms: i64,
-) -> Result<Issued, RegcodeError> {
-    users::get(store, user_id)?;
+) -> Result<Issued> {
     if lifetime_ms <= 0 {
-        return Err(RegcodeError::Invalid("the expiry must be in the future".into()));
+        return Err(Error::Invalid("the expiry must be in the future".into()));
     }
     let (secret, shown) = match password {
         Password::Given(p) if p.chars().count() >= 6 => (p.clone(), Some(p)),
-        Password::Given(_) => return Err(RegcodeError::Invalid("the password must have at least 6 characters".into())),
+        Password::Given(_) => return Err(Error::Invalid("the password must have at least 6 characters".into())),
         Password::Birthdate(d) if d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()) => (d, None),
-        Password::Birthdate(_) => {
-            return Err(RegcodeError::Invalid("the birth date must be 8 digits, YYYYMMDD".into()))
-        }
+        Password::Birthdate(_) => return Err(Error::Invalid("the birth date must be 8 digits, YYYYMMDD".into())),
         Password::Generate => {
             let p = generated_password();
             (p.clone(), Some(p))
         }
     };
-    let hash = hash_password(&secret)?;
+    crate::users::get(store, user_id).await?;
+    let hash = tokio::task::spawn_blocking(move || hash_password(&secret)).await.map_err(Error::internal)??;
     let code = random_token();
-    let code_hash = token_hash(&code);
     let expires_at = now + lifetime_ms;
-    store.write(|t| {
-        let replaced = t.execute(
-            "UPDATE regcodes SET status = 'replaced' WHERE user_id = ?1 AND status = 'active'",
-            params![user_id],
-        )?;
-        t.execute(
-            "INSERT INTO regcodes (code_hash, user_id, password_hash, status, created_at, expires_at) VALUES (?1, ?2, ?3, 'active', ?4, ?5)",
-            params![code_hash, user_id, hash, now, expires_at],
-        )?;
-        audit::append(
-            t,
-            now,
-            &[Event {
-                actor,
-                event: "regcode.issue",
-                user_id: Some(user_id),
-                outcome: "ok",
-                detail: serde_json::json!({ "expires_at": rfc3339(expires_at), "replaced": replaced }),
-                ..Default::default()
-            }],
-        )?;
-        Ok(())
-    })?;
+    let mut tx = store.write().await?;
+    crate::users::get_in(&mut *tx, user_id).await?;
+    let replaced = tx
+        .insert_regcode(
+            &token_hash(&code),
+            &Regcode {
+                id: 0,
+                user_id: user_id.to_owned(),
+                password_hash: hash,
+                failures: 0,
+                status: Status::Active,
+                created_at: now,
+                expires_at,
+            },
+        )
+        .await?;
+    audit::append(
+        &mut *tx,
+        now,
+        &[Event {
+            actor,
+            event: "regcode.issue",
+            user_id: Some(user_id),
+            outcome: "ok",
+            detail: serde_json::json!({ "expires_at": rfc3339(expires_at), "replaced": replaced }),
+            ..Default::default()
+        }],
+    )
+    .await?;
+    tx.commit().await?;
     Ok(Issued {
         user_id: user_id.to_owned(),
         url: format!("{}/r/{code}", public_url.trim_end_matches('/')),
@@ -177,158 +221,127 @@ pub fn issue(
 }
 
 /// Revokes a user's active code. Returns whether there was one.
-pub fn revoke(store: &mut Store, now: i64, actor: &str, user_id: &str) -> Result<bool, RegcodeError> {
-    users::get(store, user_id)?;
-    let n = store.write(|t| {
-        let n = t.execute(
-            "UPDATE regcodes SET status = 'revoked' WHERE user_id = ?1 AND status = 'active'",
-            params![user_id],
-        )?;
-        if n > 0 {
-            audit::append(
-                t,
-                now,
-                &[Event {
-                    actor,
-                    event: "regcode.revoke",
-                    user_id: Some(user_id),
-                    outcome: "ok",
-                    ..Default::default()
-                }],
-            )?;
-        }
-        Ok(n)
-    })?;
-    Ok(n > 0)
-}
-
-/// Uses a code up, inside the transaction that registered a phone with it.
-pub fn mark_used(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<(), StoreError> {
-    tx.execute("UPDATE regcodes SET status = 'used' WHERE id = ?1 AND status = 'active'", params![id])?;
-    Ok(())
+pub async fn revoke(store: &dyn Store, now: i64, actor: &str, user_id: &str) -> Result<bool> {
+    let mut tx = store.write().await?;
+    crate::users::get_in(&mut *tx, user_id).await?;
+    if !tx.revoke_active_regcode(user_id).await? {
+        return Ok(false);
+    }
+    audit::append(
+        &mut *tx,
+        now,
+        &[Event { actor, event: "regcode.revoke", user_id: Some(user_id), outcome: "ok", ..Default::default() }],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// Lists codes (newest first), of one user or all.
-pub fn list(store: &Store, now: i64, user_id: Option<&str>) -> Result<Vec<RegcodeView>, StoreError> {
-    let mut stmt = store.conn().prepare(
-        "SELECT id, user_id, status, failures, created_at, expires_at FROM regcodes
-         WHERE ?1 IS NULL OR user_id = ?1 ORDER BY id DESC",
-    )?;
-    let rows = stmt.query_map(params![user_id], |r| {
-        let status: String = r.get(2)?;
-        let expires_at: i64 = r.get(5)?;
-        Ok(RegcodeView {
-            id: r.get(0)?,
-            user_id: r.get(1)?,
-            status: if status == "active" && expires_at <= now { "expired".into() } else { status },
-            failures: r.get(3)?,
-            issued_at: rfc3339(r.get(4)?),
-            expires_at: rfc3339(expires_at),
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-struct Row {
-    id: i64,
-    user_id: String,
-    password_hash: String,
-    status: String,
-    expires_at: i64,
-}
-
-fn find(store: &Store, code: &str) -> Result<Row, RegcodeError> {
-    store
-        .conn()
-        .query_row(
-            "SELECT id, user_id, password_hash, failures, status, expires_at FROM regcodes WHERE code_hash = ?1",
-            params![token_hash(code)],
-            |r| {
-                Ok(Row {
-                    id: r.get(0)?,
-                    user_id: r.get(1)?,
-                    password_hash: r.get(2)?,
-                    status: r.get(4)?,
-                    expires_at: r.get(5)?,
-                })
+pub async fn list(store: &dyn Store, now: i64, user_id: Option<&str>) -> Result<Vec<RegcodeView>> {
+    let mut tx = store.read().await?;
+    if let Some(u) = user_id {
+        crate::users::get_in(&mut *tx, u).await?;
+    }
+    Ok(tx
+        .regcodes(user_id)
+        .await?
+        .into_iter()
+        .map(|c| RegcodeView {
+            id: c.id,
+            user_id: c.user_id,
+            status: if c.status == Status::Active && c.expires_at <= now {
+                "expired".into()
+            } else {
+                c.status.as_str().into()
             },
-        )
-        .optional()
-        .map_err(StoreError::from)?
-        .ok_or(RegcodeError::Unknown)
+            failures: c.failures,
+            issued_at: rfc3339(c.created_at),
+            expires_at: rfc3339(c.expires_at),
+        })
+        .collect())
 }
 
-fn usable(row: &Row, now: i64) -> Result<(), RegcodeError> {
-    match row.status.as_str() {
-        "locked" => Err(RegcodeError::Locked),
-        "revoked" | "replaced" => Err(RegcodeError::Revoked),
-        "used" => Err(RegcodeError::Used),
-        _ if row.expires_at <= now => Err(RegcodeError::Expired),
-        _ => Ok(()),
+/// Why a code cannot be used, as an error.
+fn unusable(code: &Regcode, now: i64) -> Result<()> {
+    match code.status {
+        Status::Locked => Err(Error::Forbidden(
+            Forbidden::Locked,
+            "the registration code is locked after too many wrong passwords: ask the CA for a new one".into(),
+        )),
+        Status::Revoked | Status::Replaced => Err(Error::Gone(
+            Gone::Revoked,
+            "the registration code is no longer valid: use the newest one, or ask the CA for a new one".into(),
+        )),
+        Status::Used => Err(Error::Gone(
+            Gone::Used,
+            "the registration code has been used: ask the CA for a new one to register another phone".into(),
+        )),
+        Status::Active if code.expires_at <= now => {
+            Err(Error::Gone(Gone::Expired, "the registration code has expired: ask the CA for a new one".into()))
+        }
+        Status::Active => Ok(()),
     }
 }
 
-/// Whether a code can still be used (before the password is asked).
-pub fn check(store: &Store, now: i64, code: &str) -> Result<String, RegcodeError> {
-    let row = find(store, code)?;
-    usable(&row, now)?;
+async fn find(store: &dyn Store, code: &str) -> Result<Regcode> {
+    store
+        .read()
+        .await?
+        .regcode_by_hash(&token_hash(code))
+        .await?
+        .ok_or_else(|| Error::NotFound(Missing::Code, "unknown registration code".into()))
+}
+
+/// Whether a code can still be used (before the password is asked); returns its user.
+pub async fn check(store: &dyn Store, now: i64, code: &str) -> Result<String> {
+    let row = find(store, code).await?;
+    unusable(&row, now)?;
     Ok(row.user_id)
 }
 
-/// Checks the password of a code (Argon2id: call off the async runtime). A
-/// wrong one counts; at `max_tries` the code locks.
-pub fn open(
-    store: &std::sync::Mutex<Store>,
-    now: i64,
-    code: &str,
-    password: &str,
-    max_tries: u32,
-) -> Result<Opened, RegcodeError> {
-    let row = {
-        let db = store.lock().unwrap_or_else(|p| p.into_inner());
-        let row = find(&db, code)?;
-        usable(&row, now)?;
-        row
-    };
-    let good = PasswordHash::new(&row.password_hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
-        .map_err(|e| StoreError::Corrupt(format!("regcode {}: {e}", row.id)))?;
-    let mut db = store.lock().unwrap_or_else(|p| p.into_inner());
+/// Checks the password of a code (Argon2id, on the blocking pool). A wrong
+/// one counts; at `max_tries` the code locks.
+pub async fn open(store: &dyn Store, now: i64, code: &str, password: &str, max_tries: u32) -> Result<Opened> {
+    let row = find(store, code).await?;
+    unusable(&row, now)?;
+    let (hash, password) = (row.password_hash.clone(), password.to_owned());
+    let good = tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash).map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+    })
+    .await
+    .map_err(Error::internal)?
+    .map_err(|e| Error::Internal(format!("regcode {}: stored password hash unreadable: {e}", row.id)))?;
+    let mut tx = store.write().await?;
+    // Re-read: the code may have been locked or replaced meanwhile.
+    let row = tx
+        .regcode_by_hash(&token_hash(code))
+        .await?
+        .ok_or_else(|| Error::NotFound(Missing::Code, "unknown registration code".into()))?;
+    unusable(&row, now)?;
     if good {
-        // Re-read: the code may have been locked or replaced meanwhile.
-        let row = find(&db, code)?;
-        usable(&row, now)?;
         return Ok(Opened { id: row.id, user_id: row.user_id });
     }
-    let failures = db.write(|t| {
-        t.execute("UPDATE regcodes SET failures = failures + 1 WHERE id = ?1 AND status = 'active'", params![row.id])?;
-        let failures: u32 =
-            t.query_row("SELECT failures FROM regcodes WHERE id = ?1", params![row.id], |r| r.get(0))?;
-        if failures >= max_tries {
-            let n = t.execute(
-                "UPDATE regcodes SET status = 'locked' WHERE id = ?1 AND status = 'active'",
-                params![row.id],
-            )?;
-            if n == 1 {
-                audit::append(
-                    t,
-                    now,
-                    &[Event {
-                        actor: &format!("user:{}", row.user_id),
-                        event: "regcode.lock",
-                        user_id: Some(&row.user_id),
-                        outcome: "locked",
-                        detail: serde_json::json!({ "failures": failures }),
-                        ..Default::default()
-                    }],
-                )?;
-            }
-        }
-        Ok(failures)
-    })?;
-    if failures >= max_tries {
-        Err(RegcodeError::Locked)
-    } else {
-        Err(RegcodeError::WrongPassword { left: max_tries - failures })
+    let failures = tx.count_regcode_failure(row.id).await?;
+    if failures >= max_tries && tx.set_regcode_status(row.id, Status::Active, Status::Locked).await? {
+        audit::append(
+            &mut *tx,
+            now,
+            &[Event {
+                actor: &format!("user:{}", row.user_id),
+                event: "regcode.lock",
+                user_id: Some(&row.user_id),
+                outcome: "locked",
+                detail: serde_json::json!({ "failures": failures }),
+                ..Default::default()
+            }],
+        )
+        .await?;
     }
+    tx.commit().await?;
+    if failures >= max_tries {
+        unusable(&Regcode { status: Status::Locked, ..row }, now)?;
+    }
+    let left = max_tries - failures;
+    Err(Error::Unauthenticated(Credential::Password { left }, format!("wrong password ({left} tries left)")))
 }

@@ -1,65 +1,135 @@
 //! QR tickets: one PC flow (FIDO login, phone enrollment, device change, My
-//! Number card link) as a state machine persisted in one row.
+//! Number card link) as a typed state machine, persisted in one row.
 //!
-//! Two secrets belong to a ticket. The **PC token** sits in the PC browser's
-//! cookie (or, for the card-listener hand-off, in a one-time URL the PC claims);
-//! the **phone token** is in the QR code. The phone token is derived one-way
-//! from the PC token and the ticket's phase, so the PC page can redraw its QR
-//! while the store keeps only hashes, and a phone never learns the PC token:
-//! a phone alone cannot finish a PC login.
+//! A ticket's [`Kind`] says what it is for and carries what only that kind
+//! has (a login's pending OpenID Connect request, a registration code); the
+//! phone's [`Action`] follows from the kind and the phase, so a login that
+//! registers a phone cannot be written. Its [`Stage`] moves only through the
+//! transitions below, each of which consumes the ticket and returns the next
+//! one or a [`Refused`] that says why not. A stored row with an unknown value
+//! or a combination no transition makes is an error, never a guess.
 //!
 //! ```text
-//!   confirm ──yes──▶ waiting ◀──────────────┐ (ceremony taken: one try)
-//!      │               │ begin               │
-//!      no              ▼                     │
-//!      ▼            ceremony ── take ────────┘
-//!  cancelled           │ verified
-//!                      ▼
-//!        done (or confirm again: device change, old phone signed in)
-//!                      │ collect (login: the PC gets its code once)
-//!                      ▼
-//!                  collected
+//!   Confirm ──answer(yes)──▶ Waiting ◀────────────────────┐ take_ceremony
+//!      │                       │ begin                       │ (one answer per challenge)
+//!  answer(no)                  ▼                             │
+//!      ▼                    Ceremony ────────────────────────┘
+//!  Cancelled                   │ verified (after take_ceremony)
+//!                              ▼
+//!         Done  (a device change's old phone: Confirm, phase + 1 after yes)
+//!                              │ collect (a login's PC fetches its code, once)
+//!                              ▼
+//!                          Collected   (a card link: Waiting ⇄ Collected)
 //! ```
+//!
+//! Two secrets belong to a ticket. The **PC token** sits in the PC browser's
+//! cookie (or, for the card-listener hand-off, in a one-time URL the PC
+//! claims); the **phone token** is in the QR code. The phone token is derived
+//! one-way from the PC token and the ticket's phase, so the PC page can redraw
+//! its QR while the store keeps only hashes, and a phone never learns the PC
+//! token: a phone alone cannot finish a PC login.
+//!
+//! **A new phone flow**: a [`Kind`] variant (its stored names in
+//! [`Kind::names`] and [`Kind::from_names`], its phone action in
+//! [`Ticket::action`], the stages it may reach in [`Ticket::check`]), and the
+//! operation that opens it in [`super::flows`].
 
-use rusqlite::{params, Connection, OptionalExtension};
+use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
-use crate::auth::{b64url, random_token, token_hash};
-use crate::store::{Store, StoreError};
+use crate::auth::b64url;
+use crate::auth::sessions::Method;
+use crate::store::StoreError;
 
 /// What the ticket is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Purpose {
-    /// L1: FIDO login for an OIDC authorization request.
-    Login,
-    /// E1/E2/E3 (and D2/D3 with the replace question): register a phone.
-    Enroll,
-    /// D1: the old phone signs in, then the new one registers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// L1: a FIDO login for a pending OpenID Connect request (its handle).
+    Login {
+        /// The pending authorization request's handle.
+        request: String,
+    },
+    /// E1/E2 (D2/D3 when a phone is registered): a phone registered after a
+    /// card login on the PC.
+    CardEnroll {
+        /// The card that logged in: [`Method::Hpki`] or [`Method::Jpki`].
+        card: Method,
+    },
+    /// E3: a phone registered with a printed registration code (no PC).
+    CodeEnroll {
+        /// The registration code's row.
+        code: i64,
+    },
+    /// E3 for a user who has a phone: sign in with it to check it.
+    CodeVerify {
+        /// The registration code's row.
+        code: i64,
+    },
+    /// D1: the old phone signs in, then the new phone registers.
     Change,
-    /// E3 for a user who already has a phone: sign in to check it.
-    Verify,
-    /// E4: HPKI login done, the My Number card comes next.
+    /// E4: an HPKI card login on the PC, then the My Number card.
     Link,
 }
 
-impl Purpose {
-    fn as_str(self) -> &'static str {
+impl Kind {
+    /// The stored (purpose, via) of a kind.
+    pub fn names(&self) -> (&'static str, &'static str) {
         match self {
-            Purpose::Login => "login",
-            Purpose::Enroll => "enroll",
-            Purpose::Change => "change",
-            Purpose::Verify => "verify",
-            Purpose::Link => "link",
+            Kind::Login { .. } => ("login", "fido"),
+            Kind::CardEnroll { card: Method::Jpki } => ("enroll", "jpki"),
+            Kind::CardEnroll { .. } => ("enroll", "hpki"),
+            Kind::CodeEnroll { .. } => ("enroll", "regcode"),
+            Kind::CodeVerify { .. } => ("verify", "regcode"),
+            Kind::Change => ("change", "fido"),
+            Kind::Link => ("link", "hpki"),
         }
     }
 
-    fn parse(s: &str) -> Purpose {
-        match s {
-            "login" => Purpose::Login,
-            "enroll" => Purpose::Enroll,
-            "change" => Purpose::Change,
-            "verify" => Purpose::Verify,
-            _ => Purpose::Link,
+    /// The kind of a stored row: its purpose, via, request and code columns,
+    /// which must fit together.
+    pub fn from_names(
+        purpose: &str,
+        via: &str,
+        request: Option<String>,
+        code: Option<i64>,
+    ) -> Result<Kind, StoreError> {
+        let kind = match (purpose, via, request, code) {
+            ("login", "fido", Some(request), None) => Kind::Login { request },
+            ("enroll", "hpki", None, None) => Kind::CardEnroll { card: Method::Hpki },
+            ("enroll", "jpki", None, None) => Kind::CardEnroll { card: Method::Jpki },
+            ("enroll", "regcode", None, Some(code)) => Kind::CodeEnroll { code },
+            ("verify", "regcode", None, Some(code)) => Kind::CodeVerify { code },
+            ("change", "fido", None, None) => Kind::Change,
+            ("link", "hpki", None, None) => Kind::Link,
+            (p, v, r, c) => {
+                return Err(StoreError::Corrupt(format!(
+                    "ticket of unknown kind: purpose {p:?}, via {v:?}, request {}, code {}",
+                    if r.is_some() { "set" } else { "unset" },
+                    if c.is_some() { "set" } else { "unset" },
+                )))
+            }
+        };
+        Ok(kind)
+    }
+
+    /// How the user got here (`hpki`, `jpki`, `fido`, `regcode`), for the audit log.
+    pub fn via(&self) -> &'static str {
+        self.names().1
+    }
+
+    /// The pending OpenID Connect request of a login.
+    pub fn request(&self) -> Option<&str> {
+        match self {
+            Kind::Login { request } => Some(request),
+            _ => None,
+        }
+    }
+
+    /// The registration code of a code ticket.
+    pub fn code(&self) -> Option<i64> {
+        match self {
+            Kind::CodeEnroll { code } | Kind::CodeVerify { code } => Some(*code),
+            _ => None,
         }
     }
 }
@@ -76,121 +146,298 @@ pub enum Action {
 }
 
 impl Action {
-    fn as_str(self) -> &'static str {
+    /// `authenticate`, `register`, `none`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Action::Authenticate => "authenticate",
             Action::Register => "register",
             Action::None => "none",
         }
     }
-
-    fn parse(s: &str) -> Action {
-        match s {
-            "authenticate" => Action::Authenticate,
-            "register" => Action::Register,
-            _ => Action::None,
-        }
-    }
 }
 
 /// Where the ticket stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stage {
     /// The PC must answer "replace the registered phone?".
     Confirm,
-    /// QR shown; the phone has not (successfully) started.
+    /// QR shown; the phone holds no challenge.
     Waiting,
-    /// The phone holds a challenge.
-    Ceremony,
+    /// The phone holds a challenge; the ceremony's state (JSON) waits for its one answer.
+    Ceremony(String),
     /// Finished; for a login, the PC has not fetched its code yet.
     Done,
-    /// Finished and collected by the PC.
+    /// Finished and collected by the PC (a login), or used (a card link).
     Collected,
     /// Cancelled by the user or an operator.
     Cancelled,
 }
 
-impl Step {
+impl Stage {
     /// Lowercase name (also what the PC page polls).
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
-            Step::Confirm => "confirm",
-            Step::Waiting => "waiting",
-            Step::Ceremony => "ceremony",
-            Step::Done => "done",
-            Step::Collected => "collected",
-            Step::Cancelled => "cancelled",
+            Stage::Confirm => "confirm",
+            Stage::Waiting => "waiting",
+            Stage::Ceremony(_) => "ceremony",
+            Stage::Done => "done",
+            Stage::Collected => "collected",
+            Stage::Cancelled => "cancelled",
         }
     }
 
-    fn parse(s: &str) -> Step {
-        match s {
-            "confirm" => Step::Confirm,
-            "waiting" => Step::Waiting,
-            "ceremony" => Step::Ceremony,
-            "done" => Step::Done,
-            "collected" => Step::Collected,
-            _ => Step::Cancelled,
+    /// The stage of a stored step name and ceremony column.
+    pub fn from_parts(step: &str, ceremony: Option<String>) -> Result<Stage, StoreError> {
+        let bad = |what: &str| StoreError::Corrupt(format!("ticket step {step:?} {what}"));
+        match (step, ceremony) {
+            ("ceremony", Some(state)) => Ok(Stage::Ceremony(state)),
+            ("ceremony", None) => Err(bad("without its ceremony state")),
+            (_, Some(_)) => Err(bad("with a ceremony state")),
+            ("confirm", None) => Ok(Stage::Confirm),
+            ("waiting", None) => Ok(Stage::Waiting),
+            ("done", None) => Ok(Stage::Done),
+            ("collected", None) => Ok(Stage::Collected),
+            ("cancelled", None) => Ok(Stage::Cancelled),
+            _ => Err(bad("is unknown")),
         }
+    }
+
+    /// The ceremony state, if the phone holds a challenge.
+    pub fn ceremony(&self) -> Option<&str> {
+        match self {
+            Stage::Ceremony(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Finished (done or collected).
+    pub fn finished(&self) -> bool {
+        matches!(self, Stage::Done | Stage::Collected)
     }
 }
 
-/// A ticket row.
-#[derive(Clone, Debug)]
+/// A ticket.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ticket {
     /// Row ID.
     pub id: i64,
-    /// What for.
-    pub purpose: Purpose,
-    /// How the user got here: `hpki`, `jpki`, `fido`, `regcode`.
-    pub via: String,
     /// The user.
     pub user_id: String,
-    /// The OIDC authorization request (login).
-    pub oidc_req: Option<String>,
-    /// The registration code (E3).
-    pub regcode_id: Option<i64>,
-    /// Next phone action.
-    pub action: Action,
-    /// State.
-    pub step: Step,
-    /// Bumped when the QR changes (device change: old phone, then new phone).
+    /// What for.
+    pub kind: Kind,
+    /// Where it stands.
+    pub stage: Stage,
+    /// Bumped when the QR changes (a device change: old phone, then new phone).
     pub phase: i64,
-    /// Why the last phone attempt failed.
-    pub error: Option<String>,
+    /// The PC said yes to replacing the registered phone.
+    pub replace_confirmed: bool,
     /// Whether the label screen was answered.
     pub labelled: bool,
-    /// Whether the PC took its token over (card-listener hand-off).
+    /// Whether the PC holds its token (false until a card-listener hand-off is claimed).
     pub pc_claimed: bool,
+    /// Why the last phone attempt failed (shown on the PC).
+    pub error: Option<String>,
     /// Unix ms.
     pub expires_at: i64,
 }
 
-impl Ticket {
-    /// Whether the ticket is past its lifetime (finished tickets never expire).
-    pub fn expired(&self, now: i64) -> bool {
-        !matches!(self.step, Step::Done | Step::Collected) && self.expires_at <= now
-    }
+/// A transition the ticket's state does not allow.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// Past its lifetime.
+    #[error("the ticket has expired")]
+    Expired,
+    /// Not in a stage (or of a kind) where this can happen.
+    #[error("the ticket cannot {0} now")]
+    Stage(&'static str),
 }
 
-/// A new ticket.
-pub struct NewTicket<'a> {
-    /// What for.
-    pub purpose: Purpose,
-    /// How the user got here.
-    pub via: &'a str,
-    /// The user.
-    pub user_id: &'a str,
-    /// The OIDC request (login).
-    pub oidc_req: Option<&'a str>,
-    /// The registration code (E3).
-    pub regcode_id: Option<i64>,
-    /// First phone action.
-    pub action: Action,
-    /// First step (`Confirm` or `Waiting`).
-    pub step: Step,
-    /// Whether the PC already holds its token (false: it must claim it once).
-    pub pc_claimed: bool,
+impl Ticket {
+    /// A new ticket of `kind` for `user_id`: a card enrollment for a user who
+    /// has a phone starts with the replace question, the rest with the QR code.
+    pub fn new(kind: Kind, user_id: &str, has_device: bool, pc_claimed: bool, now: i64, lifetime_ms: i64) -> Ticket {
+        let stage = match kind {
+            Kind::CardEnroll { .. } if has_device => Stage::Confirm,
+            _ => Stage::Waiting,
+        };
+        Ticket {
+            id: 0,
+            user_id: user_id.to_owned(),
+            kind,
+            stage,
+            phase: 0,
+            replace_confirmed: false,
+            labelled: false,
+            pc_claimed,
+            error: None,
+            expires_at: now + lifetime_ms,
+        }
+    }
+
+    /// What the phone does next.
+    pub fn action(&self) -> Action {
+        match self.kind {
+            Kind::Login { .. } | Kind::CodeVerify { .. } => Action::Authenticate,
+            Kind::CardEnroll { .. } | Kind::CodeEnroll { .. } => Action::Register,
+            Kind::Change if self.phase == 0 => Action::Authenticate,
+            Kind::Change => Action::Register,
+            Kind::Link => Action::None,
+        }
+    }
+
+    /// Whether the ticket is past its lifetime (finished tickets never expire).
+    pub fn expired(&self, now: i64) -> bool {
+        !self.stage.finished() && self.expires_at <= now
+    }
+
+    /// Whether a stored ticket is one the transitions can make: its stage fits
+    /// its kind and phase.
+    pub fn check(self) -> Result<Ticket, StoreError> {
+        let ok = match (&self.kind, &self.stage) {
+            (_, Stage::Cancelled) => true,
+            (Kind::Link, stage) => matches!(stage, Stage::Waiting | Stage::Collected) && self.phase == 0,
+            (Kind::Login { .. }, stage) => !matches!(stage, Stage::Confirm) && self.phase == 0,
+            (Kind::CodeEnroll { .. } | Kind::CodeVerify { .. }, stage) => {
+                !matches!(stage, Stage::Confirm | Stage::Collected) && self.phase == 0
+            }
+            (Kind::CardEnroll { .. } | Kind::Change, stage) => !matches!(stage, Stage::Collected),
+        };
+        if ok && self.phase >= 0 {
+            Ok(self)
+        } else {
+            Err(StoreError::Corrupt(format!(
+                "ticket {} is {:?} at phase {} in stage {}: no transition leads there",
+                self.id,
+                self.kind.names(),
+                self.phase,
+                self.stage.as_str()
+            )))
+        }
+    }
+
+    fn expect(&self, now: i64, ok: bool, what: &'static str) -> Result<(), Refused> {
+        if self.expired(now) {
+            return Err(Refused::Expired);
+        }
+        if ok {
+            Ok(())
+        } else {
+            Err(Refused::Stage(what))
+        }
+    }
+
+    /// The phone starts its ceremony: the state is kept for exactly one answer.
+    /// A new start replaces an unanswered challenge (the user cancelled the prompt).
+    pub fn begin(self, now: i64, ceremony: String) -> Result<Ticket, Refused> {
+        let ok = matches!(self.stage, Stage::Waiting | Stage::Ceremony(_)) && self.action() != Action::None;
+        self.expect(now, ok, "start a phone ceremony")?;
+        Ok(Ticket { stage: Stage::Ceremony(ceremony), error: None, ..self })
+    }
+
+    /// Takes the ceremony state out (single use): the ticket is back to
+    /// waiting, whatever the verification then says.
+    pub fn take_ceremony(self, now: i64) -> Result<(Ticket, String), Refused> {
+        self.expect(now, matches!(self.stage, Stage::Ceremony(_)), "take an answer")?;
+        match self.stage {
+            Stage::Ceremony(state) => Ok((Ticket { stage: Stage::Waiting, ..self }, state)),
+            _ => Err(Refused::Stage("take an answer")),
+        }
+    }
+
+    /// The phone's answer was verified: the old phone of a device change goes
+    /// on to the replace question, everything else is done.
+    pub fn verified(self) -> Result<Ticket, Refused> {
+        if self.stage != Stage::Waiting || self.action() == Action::None {
+            return Err(Refused::Stage("finish a phone ceremony"));
+        }
+        let next = match (&self.kind, self.action()) {
+            (Kind::Change, Action::Authenticate) => Stage::Confirm,
+            _ => Stage::Done,
+        };
+        Ok(Ticket { stage: next, error: None, ..self })
+    }
+
+    /// A phone was registered for the user after this ticket began without
+    /// one: the PC must answer the replace question first.
+    pub fn ask_replace(self) -> Result<Ticket, Refused> {
+        let ok = self.stage == Stage::Waiting && matches!(self.kind, Kind::CardEnroll { .. } | Kind::Change);
+        if !ok {
+            return Err(Refused::Stage("ask the replace question"));
+        }
+        Ok(Ticket { stage: Stage::Confirm, ..self })
+    }
+
+    /// The PC answers "replace the registered phone?": yes moves on to a fresh
+    /// QR (the next phase) for the new phone, whose lifetime starts now; the
+    /// old phone keeps working until the new one has registered. No cancels.
+    pub fn answer(self, now: i64, yes: bool, lifetime_ms: i64) -> Result<Ticket, Refused> {
+        self.expect(now, self.stage == Stage::Confirm, "answer the replace question")?;
+        Ok(if yes {
+            Ticket {
+                stage: Stage::Waiting,
+                phase: self.phase + 1,
+                replace_confirmed: true,
+                error: None,
+                expires_at: now + lifetime_ms,
+                ..self
+            }
+        } else {
+            Ticket { stage: Stage::Cancelled, ..self }
+        })
+    }
+
+    /// The PC collects a finished login (its authorization code is issued once).
+    pub fn collect(self) -> Result<Ticket, Refused> {
+        if !matches!(self.kind, Kind::Login { .. }) || self.stage != Stage::Done {
+            return Err(Refused::Stage("be collected"));
+        }
+        Ok(Ticket { stage: Stage::Collected, ..self })
+    }
+
+    /// The label screen after a registration was answered (once).
+    pub fn label(self) -> Result<Ticket, Refused> {
+        if self.action() != Action::Register || !self.stage.finished() || self.labelled {
+            return Err(Refused::Stage("take a label"));
+        }
+        Ok(Ticket { labelled: true, ..self })
+    }
+
+    /// A card link's ticket is used by a My Number card login (once, before expiry).
+    pub fn use_link(self, now: i64) -> Result<Ticket, Refused> {
+        self.expect(now, self.kind == Kind::Link && self.stage == Stage::Waiting, "link a card")?;
+        Ok(Ticket { stage: Stage::Collected, ..self })
+    }
+
+    /// A used card link's ticket is put back (the card was refused; the user
+    /// may try another).
+    pub fn restore_link(self) -> Result<Ticket, Refused> {
+        if self.kind != Kind::Link || self.stage != Stage::Collected {
+            return Err(Refused::Stage("be used again"));
+        }
+        Ok(Ticket { stage: Stage::Waiting, ..self })
+    }
+
+    /// The PC took its ticket over from the card listener's hand-off URL (once).
+    pub fn claim(self) -> Result<Ticket, Refused> {
+        if self.pc_claimed {
+            return Err(Refused::Stage("be claimed again"));
+        }
+        Ok(Ticket { pc_claimed: true, ..self })
+    }
+
+    /// Cancelled (by the user, an operator, or because its phone went away).
+    /// A collected or cancelled ticket stays as it is.
+    pub fn cancel(self) -> Result<Ticket, Refused> {
+        if matches!(self.stage, Stage::Collected | Stage::Cancelled) {
+            return Err(Refused::Stage("be cancelled"));
+        }
+        Ok(Ticket { stage: Stage::Cancelled, ..self })
+    }
+
+    /// Notes why the phone's last attempt failed (the PC shows it).
+    pub fn with_error(self, error: String) -> Ticket {
+        Ticket { error: Some(error), ..self }
+    }
 }
 
 /// The phone token for a PC token and phase (one-way).
@@ -198,247 +445,207 @@ pub fn phone_token(pc_token: &str, phase: i64) -> String {
     b64url(&Sha256::digest(format!("inkan phone ticket\0{pc_token}\0{phase}").as_bytes()))
 }
 
-const COLUMNS: &str =
-    "id, purpose, via, user_id, oidc_req, regcode_id, action, step, phase, error, labelled, pc_claimed, expires_at";
-
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Ticket> {
-    Ok(Ticket {
-        id: r.get(0)?,
-        purpose: Purpose::parse(&r.get::<_, String>(1)?),
-        via: r.get(2)?,
-        user_id: r.get(3)?,
-        oidc_req: r.get(4)?,
-        regcode_id: r.get(5)?,
-        action: Action::parse(&r.get::<_, String>(6)?),
-        step: Step::parse(&r.get::<_, String>(7)?),
-        phase: r.get(8)?,
-        error: r.get(9)?,
-        labelled: r.get::<_, i64>(10)? == 1,
-        pc_claimed: r.get::<_, i64>(11)? == 1,
-        expires_at: r.get(12)?,
-    })
+/// What tickets need from storage. Tickets are read and written whole inside a
+/// write transaction: the transaction makes a read-decide-write atomic.
+#[async_trait]
+pub trait TicketStore: Send {
+    /// Stores a new ticket with the hashes of its tokens; returns its ID.
+    async fn insert_ticket(
+        &mut self,
+        ticket: &Ticket,
+        pc_hash: &[u8],
+        phone_hash: &[u8],
+        now: i64,
+    ) -> Result<i64, StoreError>;
+    /// A ticket by ID.
+    async fn ticket(&mut self, id: i64) -> Result<Option<Ticket>, StoreError>;
+    /// The ticket a PC token's hash stands for.
+    async fn ticket_by_pc(&mut self, pc_hash: &[u8]) -> Result<Option<Ticket>, StoreError>;
+    /// The ticket a phone token's hash stands for.
+    async fn ticket_by_phone(&mut self, phone_hash: &[u8]) -> Result<Option<Ticket>, StoreError>;
+    /// Writes a ticket's state (everything but its tokens).
+    async fn update_ticket(&mut self, ticket: &Ticket) -> Result<(), StoreError>;
+    /// Replaces a ticket's token hashes (a claimed hand-off, a new phase).
+    async fn set_ticket_tokens(&mut self, id: i64, pc_hash: &[u8], phone_hash: &[u8]) -> Result<(), StoreError>;
+    /// A user's tickets that are neither collected nor cancelled.
+    async fn open_tickets(&mut self, user_id: &str) -> Result<Vec<Ticket>, StoreError>;
+    /// Drops tickets that expired before `before`; returns how many.
+    async fn purge_tickets(&mut self, before: i64) -> Result<usize, StoreError>;
 }
 
-/// Creates a ticket; returns it with its PC token (the phone token follows from it).
-pub fn create(
-    store: &mut Store,
-    now: i64,
-    lifetime_ms: i64,
-    new: NewTicket<'_>,
-) -> Result<(Ticket, String), StoreError> {
-    let pc = random_token();
-    let phone_hash = token_hash(&phone_token(&pc, 0));
-    let id = store.write(|t| {
-        // Old tickets are kept a day for support questions, then dropped.
-        t.execute("DELETE FROM tickets WHERE expires_at < ?1", params![now - 86_400_000])?;
-        t.execute(
-            "INSERT INTO tickets (phone_hash, pc_hash, pc_claimed, purpose, via, user_id, oidc_req, regcode_id, action, step, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            params![
-                phone_hash,
-                token_hash(&pc),
-                new.pc_claimed as i64,
-                new.purpose.as_str(),
-                new.via,
-                new.user_id,
-                new.oidc_req,
-                new.regcode_id,
-                new.action.as_str(),
-                new.step.as_str(),
-                now,
-                now + lifetime_ms
-            ],
-        )?;
-        Ok(t.last_insert_rowid())
-    })?;
-    let ticket = by_id(store.conn(), id)?.ok_or_else(|| StoreError::Corrupt("ticket vanished".into()))?;
-    Ok((ticket, pc))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// A ticket by row ID.
-pub fn by_id(conn: &Connection, id: i64) -> Result<Option<Ticket>, StoreError> {
-    Ok(conn.query_row(&format!("SELECT {COLUMNS} FROM tickets WHERE id = ?1"), params![id], row).optional()?)
-}
+    const NOW: i64 = 1_000_000;
+    const LIFE: i64 = 300_000;
 
-/// The ticket a PC token stands for.
-pub fn by_pc(conn: &Connection, pc_token: &str) -> Result<Option<Ticket>, StoreError> {
-    Ok(conn
-        .query_row(&format!("SELECT {COLUMNS} FROM tickets WHERE pc_hash = ?1"), params![token_hash(pc_token)], row)
-        .optional()?)
-}
-
-/// The ticket a phone token (from the QR) stands for.
-pub fn by_phone(conn: &Connection, phone_token: &str) -> Result<Option<Ticket>, StoreError> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM tickets WHERE phone_hash = ?1"),
-            params![token_hash(phone_token)],
-            row,
-        )
-        .optional()?)
-}
-
-/// The PC takes its ticket over from a hand-off URL, once: the ticket gets a
-/// new PC token (returned, for the cookie) so that the one in the URL is spent.
-pub fn claim(store: &mut Store, handoff: &str) -> Result<Option<String>, StoreError> {
-    let Some(ticket) = by_pc(store.conn(), handoff)? else {
-        return Ok(None);
-    };
-    let pc = random_token();
-    let phone_hash = token_hash(&phone_token(&pc, ticket.phase));
-    let n = store.write(|t| {
-        Ok(t.execute(
-            "UPDATE tickets SET pc_claimed = 1, pc_hash = ?2, phone_hash = ?3 WHERE pc_hash = ?1 AND pc_claimed = 0",
-            params![token_hash(handoff), token_hash(&pc), phone_hash],
-        )?)
-    })?;
-    Ok((n == 1).then_some(pc))
-}
-
-/// Cancels a ticket inside the caller's transaction.
-pub fn cancel(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<(), StoreError> {
-    tx.execute("UPDATE tickets SET step = 'cancelled', ceremony = NULL WHERE id = ?1", params![id])?;
-    Ok(())
-}
-
-/// The PC answers "replace the registered phone?": yes moves on to a fresh QR
-/// for the new phone (the old phone keeps working until it has registered);
-/// no cancels. False if the ticket was not waiting for the answer.
-pub fn answer_replace(
-    store: &mut Store,
-    now: i64,
-    lifetime_ms: i64,
-    pc_token: &str,
-    yes: bool,
-) -> Result<bool, StoreError> {
-    let Some(ticket) = by_pc(store.conn(), pc_token)? else {
-        return Ok(false);
-    };
-    if ticket.step != Step::Confirm || ticket.expired(now) {
-        return Ok(false);
+    fn t(kind: Kind, has_device: bool) -> Ticket {
+        Ticket::new(kind, "u", has_device, true, NOW, LIFE)
     }
-    let phase = ticket.phase + 1;
-    let phone_hash = token_hash(&phone_token(pc_token, phase));
-    let n = store.write(|t| {
-        Ok(if yes {
-            t.execute(
-                "UPDATE tickets SET step = 'waiting', action = 'register', phase = ?2, phone_hash = ?3, error = NULL,
-                        expires_at = ?4, replace_ok = 1
-                 WHERE id = ?1 AND step = 'confirm'",
-                params![ticket.id, phase, phone_hash, now + lifetime_ms],
-            )?
-        } else {
-            t.execute("UPDATE tickets SET step = 'cancelled' WHERE id = ?1 AND step = 'confirm'", params![ticket.id])?
-        })
-    })?;
-    Ok(n == 1)
-}
 
-/// The phone starts its ceremony: the state is kept for exactly one answer. A
-/// new start replaces an unanswered challenge (the user cancelled the prompt).
-pub fn begin(store: &mut Store, now: i64, ticket: &Ticket, ceremony: &str) -> Result<bool, StoreError> {
-    let n = store.write(|t| {
-        Ok(t.execute(
-            "UPDATE tickets SET step = 'ceremony', ceremony = ?2, error = NULL
-             WHERE id = ?1 AND step IN ('waiting', 'ceremony') AND expires_at > ?3 AND phase = ?4",
-            params![ticket.id, ceremony, now, ticket.phase],
-        )?)
-    })?;
-    Ok(n == 1)
-}
+    fn login() -> Ticket {
+        t(Kind::Login { request: "req".into() }, true)
+    }
 
-/// Takes the ceremony state out (single use): the ticket is back to waiting,
-/// whatever the verification then says.
-pub fn take(store: &mut Store, now: i64, id: i64) -> Result<Option<String>, StoreError> {
-    store.write(|t| {
-        let state: Option<String> = t
-            .query_row(
-                "SELECT ceremony FROM tickets WHERE id = ?1 AND step = 'ceremony' AND expires_at > ?2",
-                params![id, now],
-                |r| r.get(0),
-            )
-            .optional()?
-            .flatten();
-        if state.is_some() {
-            t.execute("UPDATE tickets SET step = 'waiting', ceremony = NULL WHERE id = ?1", params![id])?;
+    /// Runs a phone ceremony to its verified end.
+    fn ceremony(ticket: Ticket) -> Ticket {
+        let (ticket, state) = ticket.begin(NOW, "state".into()).expect("begin").take_ceremony(NOW).expect("take");
+        assert_eq!(state, "state");
+        ticket.verified().expect("verified")
+    }
+
+    #[test]
+    fn a_login_waits_signs_in_once_and_is_collected_once() {
+        let ticket = login();
+        assert_eq!((ticket.stage.clone(), ticket.action()), (Stage::Waiting, Action::Authenticate));
+        let started = ticket.clone().begin(NOW, "s1".into()).expect("begin");
+        assert_eq!(started.stage, Stage::Ceremony("s1".into()));
+        // A new start replaces an unanswered challenge.
+        let restarted = started.begin(NOW, "s2".into()).expect("again");
+        let (waiting, state) = restarted.take_ceremony(NOW).expect("take");
+        assert_eq!(state, "s2");
+        assert_eq!(
+            waiting.clone().take_ceremony(NOW),
+            Err(Refused::Stage("take an answer")),
+            "one answer per challenge"
+        );
+        let done = waiting.verified().expect("verified");
+        assert_eq!(done.stage, Stage::Done);
+        let collected = done.clone().collect().expect("collect");
+        assert_eq!(collected.stage, Stage::Collected);
+        assert!(collected.clone().collect().is_err(), "a code is handed out once");
+        assert!(collected.clone().begin(NOW, "s".into()).is_err(), "a finished login takes no new ceremony");
+        assert!(collected.cancel().is_err(), "collected stays collected");
+        assert!(done.label().is_err(), "a login has no label screen");
+    }
+
+    #[test]
+    fn expiry_stops_every_step_but_not_a_finished_ticket() {
+        let late = NOW + LIFE;
+        let ticket = login();
+        assert!(ticket.expired(late));
+        assert_eq!(ticket.clone().begin(late, "s".into()), Err(Refused::Expired));
+        let held = ticket.clone().begin(NOW, "s".into()).expect("begin");
+        assert_eq!(held.take_ceremony(late), Err(Refused::Expired));
+        let done = ceremony(ticket);
+        assert!(!done.expired(late), "finished tickets never expire");
+        assert!(done.collect().is_ok());
+    }
+
+    #[test]
+    fn a_device_change_signs_in_asks_then_registers_in_a_new_phase() {
+        let ticket = t(Kind::Change, true);
+        assert_eq!(ticket.action(), Action::Authenticate);
+        let asked = ceremony(ticket);
+        assert_eq!(asked.stage, Stage::Confirm, "the old phone signed in: the PC asks");
+        assert!(asked.clone().begin(NOW, "s".into()).is_err(), "no ceremony while the PC decides");
+        let yes = asked.clone().answer(NOW + 1000, true, LIFE).expect("yes");
+        assert_eq!((yes.stage.clone(), yes.phase, yes.replace_confirmed), (Stage::Waiting, 1, true));
+        assert_eq!(yes.action(), Action::Register, "the next phase registers the new phone");
+        assert_eq!(yes.expires_at, NOW + 1000 + LIFE, "a fresh lifetime for the new QR code");
+        let done = ceremony(yes);
+        assert_eq!(done.stage, Stage::Done);
+        assert!(done.clone().collect().is_err(), "only logins are collected");
+        let labelled = done.label().expect("label");
+        assert!(labelled.labelled);
+        assert!(labelled.label().is_err(), "the label screen is answered once");
+        let no = asked.answer(NOW, false, LIFE).expect("no");
+        assert_eq!(no.stage, Stage::Cancelled);
+        assert!(no.answer(NOW, true, LIFE).is_err(), "a cancelled ticket takes no answer");
+    }
+
+    #[test]
+    fn a_card_enrollment_asks_first_when_a_phone_is_registered() {
+        let fresh = t(Kind::CardEnroll { card: Method::Hpki }, false);
+        assert_eq!((fresh.stage.clone(), fresh.action()), (Stage::Waiting, Action::Register));
+        let replacing = t(Kind::CardEnroll { card: Method::Jpki }, true);
+        assert_eq!(replacing.stage, Stage::Confirm);
+        assert!(replacing.clone().begin(NOW, "s".into()).is_err(), "no QR before the answer");
+        // A phone registered meanwhile by another ticket: the question comes back.
+        let asked = fresh.ask_replace().expect("ask");
+        assert_eq!(asked.stage, Stage::Confirm);
+        let yes = asked.answer(NOW, true, LIFE).expect("yes");
+        assert!(yes.replace_confirmed);
+        assert_eq!(ceremony(yes).stage, Stage::Done);
+    }
+
+    #[test]
+    fn code_tickets_never_ask_and_logins_cannot_register() {
+        let code = t(Kind::CodeEnroll { code: 7 }, false);
+        assert_eq!(code.action(), Action::Register);
+        assert!(code.clone().ask_replace().is_err(), "no PC to ask: a code ticket is cancelled instead");
+        assert_eq!(code.cancel().expect("cancel").stage, Stage::Cancelled);
+        let verify = t(Kind::CodeVerify { code: 7 }, true);
+        assert_eq!(verify.action(), Action::Authenticate);
+        assert_eq!(ceremony(verify).stage, Stage::Done);
+        assert!(login().ask_replace().is_err());
+        assert!(login().answer(NOW, true, LIFE).is_err(), "a login has no replace question");
+    }
+
+    #[test]
+    fn a_card_link_is_used_once_and_put_back_after_a_refused_card() {
+        let link = t(Kind::Link, false);
+        assert_eq!(link.action(), Action::None);
+        assert!(link.clone().begin(NOW, "s".into()).is_err(), "no phone step");
+        assert!(link.clone().verified().is_err());
+        let used = link.clone().use_link(NOW).expect("use");
+        assert_eq!(used.stage, Stage::Collected);
+        assert!(used.clone().use_link(NOW).is_err(), "one ticket links one card");
+        let back = used.restore_link().expect("restore");
+        assert_eq!(back.stage, Stage::Waiting);
+        assert!(back.clone().restore_link().is_err());
+        assert_eq!(link.use_link(NOW + LIFE), Err(Refused::Expired));
+        assert!(login().use_link(NOW).is_err(), "only a link ticket links");
+    }
+
+    #[test]
+    fn a_hand_off_is_claimed_once_and_cancel_keeps_finished_ones() {
+        let unclaimed = Ticket::new(Kind::CardEnroll { card: Method::Hpki }, "u", false, false, NOW, LIFE);
+        let claimed = unclaimed.claim().expect("claim");
+        assert!(claimed.pc_claimed);
+        assert!(claimed.clone().claim().is_err());
+        let done = ceremony(claimed);
+        assert_eq!(done.clone().cancel().expect("a removed phone cancels a done ticket").stage, Stage::Cancelled);
+        assert_eq!(done.with_error("x".into()).error.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn stored_rows_decode_to_kinds_or_fail() {
+        for kind in [
+            Kind::Login { request: "r".into() },
+            Kind::CardEnroll { card: Method::Hpki },
+            Kind::CardEnroll { card: Method::Jpki },
+            Kind::CodeEnroll { code: 3 },
+            Kind::CodeVerify { code: 3 },
+            Kind::Change,
+            Kind::Link,
+        ] {
+            let (purpose, via) = kind.names();
+            let back =
+                Kind::from_names(purpose, via, kind.request().map(str::to_owned), kind.code()).expect("round trip");
+            assert_eq!(back, kind);
         }
-        Ok(state)
-    })
-}
-
-/// Notes why the phone's last attempt failed (shown on the PC).
-pub fn note_error(store: &mut Store, id: i64, error: &str) -> Result<(), StoreError> {
-    store.write(|t| {
-        t.execute("UPDATE tickets SET error = ?2 WHERE id = ?1", params![id, error])?;
-        Ok(())
-    })
-}
-
-/// Moves a verified ticket on, inside the caller's transaction: to `Confirm`
-/// after the old phone of a device change signed in, else to `Done`.
-pub fn advance(tx: &rusqlite::Transaction<'_>, ticket: &Ticket) -> Result<bool, StoreError> {
-    let next = if ticket.purpose == Purpose::Change && ticket.action == Action::Authenticate {
-        Step::Confirm
-    } else {
-        Step::Done
-    };
-    Ok(tx.execute(
-        "UPDATE tickets SET step = ?2, error = NULL WHERE id = ?1 AND step = 'waiting' AND phase = ?3",
-        params![ticket.id, next.as_str(), ticket.phase],
-    )? == 1)
-}
-
-/// Whether the user said yes to replacing the registered phone on this ticket.
-pub fn replace_confirmed(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<bool, StoreError> {
-    Ok(tx.query_row("SELECT replace_ok FROM tickets WHERE id = ?1", params![id], |r| r.get::<_, i64>(0))? == 1)
-}
-
-/// A phone was registered for the user after this ticket began without one:
-/// the PC must answer the replace question first.
-pub fn require_confirmation(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<(), StoreError> {
-    tx.execute(
-        "UPDATE tickets SET step = 'confirm' WHERE id = ?1 AND step = 'waiting' AND pc_hash IS NOT NULL",
-        params![id],
-    )?;
-    Ok(())
-}
-
-/// Puts a used card-link ticket back (the link was refused, the user may try another card).
-pub fn untake_link(store: &mut Store, id: i64) -> Result<(), StoreError> {
-    store.write(|t| {
-        t.execute(
-            "UPDATE tickets SET step = 'waiting' WHERE id = ?1 AND step = 'collected' AND purpose = 'link'",
-            params![id],
-        )?;
-        Ok(())
-    })
-}
-
-/// The PC collects a finished ticket (a login's code is issued once).
-pub fn collect(store: &mut Store, id: i64) -> Result<bool, StoreError> {
-    store.write(|t| {
-        Ok(t.execute("UPDATE tickets SET step = 'collected' WHERE id = ?1 AND step = 'done'", params![id])? == 1)
-    })
-}
-
-/// Marks the label screen answered (once).
-pub fn mark_labelled(store: &mut Store, id: i64) -> Result<bool, StoreError> {
-    store.write(|t| Ok(t.execute("UPDATE tickets SET labelled = 1 WHERE id = ?1 AND labelled = 0", params![id])? == 1))
-}
-
-/// Uses a card-link ticket (E4): waiting → collected, once, before expiry.
-pub fn take_link(store: &mut Store, now: i64, pc_token: &str) -> Result<Option<Ticket>, StoreError> {
-    let Some(ticket) = by_pc(store.conn(), pc_token)? else {
-        return Ok(None);
-    };
-    if ticket.purpose != Purpose::Link {
-        return Ok(None);
+        for (purpose, via, request, code) in [
+            ("login", "fido", None, None),
+            ("login", "hpki", Some("r".to_owned()), None),
+            ("enroll", "fido", None, None),
+            ("enroll", "hpki", None, Some(1)),
+            ("verify", "hpki", None, None),
+            ("link", "jpki", None, None),
+            ("party", "fido", None, None),
+        ] {
+            assert!(Kind::from_names(purpose, via, request, code).is_err(), "{purpose}/{via} is not a kind");
+        }
+        assert!(Stage::from_parts("ceremony", None).is_err());
+        assert!(Stage::from_parts("waiting", Some("s".into())).is_err());
+        assert!(Stage::from_parts("sleeping", None).is_err());
+        assert_eq!(Stage::from_parts("ceremony", Some("s".into())).expect("ok"), Stage::Ceremony("s".into()));
+        // Combinations no transition makes.
+        assert!(Ticket { stage: Stage::Confirm, ..login() }.check().is_err());
+        assert!(Ticket { stage: Stage::Collected, ..t(Kind::Change, true) }.check().is_err());
+        assert!(Ticket { phase: 1, ..t(Kind::Link, false) }.check().is_err());
+        assert!(Ticket { stage: Stage::Cancelled, ..login() }.check().is_ok());
+        assert!(Ticket { stage: Stage::Confirm, phase: 1, ..t(Kind::Change, true) }.check().is_ok());
     }
-    let n = store.write(|t| {
-        Ok(t.execute(
-            "UPDATE tickets SET step = 'collected' WHERE id = ?1 AND step = 'waiting' AND expires_at > ?2",
-            params![ticket.id, now],
-        )?)
-    })?;
-    Ok((n == 1).then_some(ticket))
 }

@@ -1,20 +1,14 @@
-//! Reading request bodies with limits and our error format.
+//! Reading request bodies with limits.
 
+use std::collections::HashMap;
+
+use async_trait::async_trait;
 use axum::body::Body;
-use axum::http::StatusCode;
+use bytes::Bytes;
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
-use super::error::ApiError;
-
-/// 413 with a message that names the limit.
-pub fn too_large(limit: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "invalid_request",
-        format!("the request body is larger than {limit} bytes"),
-    )
-}
+use crate::error::{Error, Result};
 
 /// How much of an oversized body is still read (and dropped) before answering
 /// 413, so that a client that sends it all reads the answer instead of a reset.
@@ -32,15 +26,15 @@ pub async fn drain(body: &mut Body) {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes.
-pub async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+pub async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>> {
     let mut body = body;
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        let frame = frame.map_err(|e| Error::Invalid(format!("cannot read the request body: {e}")))?;
         if let Some(data) = frame.data_ref() {
             if out.len() + data.len() > limit {
                 drain(&mut body).await;
-                return Err(too_large(limit));
+                return Err(Error::TooLarge { limit });
             }
             out.extend_from_slice(data);
         }
@@ -50,10 +44,51 @@ pub async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, ApiError>
 
 /// Reads and parses a JSON body (unknown fields and wrong types are refused by
 /// the target type's serde attributes).
-pub async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
+pub async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T> {
     let bytes = read_limited(body, limit).await?;
     if bytes.is_empty() {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(Error::Invalid("the request body must be a JSON object".into()));
     }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| Error::Invalid(format!("invalid JSON: {e}")))
+}
+
+/// Reads a JSON body that may be empty (then the type's default).
+pub async fn read_json_or_empty<T: DeserializeOwned + Default>(body: Body, limit: usize) -> Result<T> {
+    let bytes = read_limited(body, limit).await?;
+    if bytes.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| Error::Invalid(format!("invalid JSON: {e}")))
+}
+
+/// Reads an `application/x-www-form-urlencoded` body; a repeated parameter is refused.
+pub async fn read_form(body: Body, limit: usize) -> Result<HashMap<String, String>> {
+    let bytes = read_limited(body, limit).await?;
+    let mut out = HashMap::new();
+    for (k, v) in form_urlencoded::parse(&bytes) {
+        if out.insert(k.to_string(), v.into_owned()).is_some() {
+            return Err(Error::Invalid(format!("parameter {k} is repeated")));
+        }
+    }
+    Ok(out)
+}
+
+/// A request body as a document the signing pipeline streams.
+pub struct BodyDocument(pub Body);
+
+#[async_trait]
+impl crate::signing::Document for BodyDocument {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        loop {
+            match self.0.frame().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(Error::Invalid(format!("cannot read the document: {e}"))),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
+    }
 }

@@ -6,11 +6,11 @@
 //! A credential is one key generation of the session's user; its ID is
 //! `<user ID>.g<generation>`. SCAL "1": the auth session suffices to sign;
 //! SCAL "2": every signHash needs a SAD from `credentials/authorize` bound to
-//! exactly its hashes. A SAD is single-use, expires, and caps the number of
+//! exactly its hashes (the signing pipeline enforces it; see
+//! [`crate::auth::sad`]). A SAD is single-use, expires, and caps the number of
 //! signatures.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -24,12 +24,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use x509_cert::Certificate;
 
-use crate::auth::session::Bearer;
-use crate::auth::token_hash;
+use crate::auth::principal::Principal;
+use crate::error::{Error, Result};
+use crate::signing::{Activation, Format, Payload, Request, MAX_HASHES};
 
-use super::api::{decode_hashes, require_sign_scope, sign_digests};
-use super::body::read_json;
-use super::error::ApiError;
+use super::api::decode_hashes;
+use super::body::{read_json, read_json_or_empty, read_limited};
 use super::state::App;
 
 mod oids {
@@ -44,69 +44,8 @@ mod oids {
     pub const EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
 }
 
-fn invalid(param: &str) -> ApiError {
-    ApiError::bad_request(format!("Invalid parameter {param}"))
-}
-
-/// Signature activation data in flight.
-#[derive(Debug, Default)]
-pub struct Sads(Mutex<HashMap<Vec<u8>, Sad>>);
-
-#[derive(Clone, Debug)]
-struct Sad {
-    session: Vec<u8>,
-    credential_id: String,
-    hashes: Option<Vec<Vec<u8>>>,
-    remaining: u32,
-    expires_at: i64,
-}
-
-impl Sads {
-    fn put(&self, sad: Sad, now: i64) -> String {
-        let token = crate::auth::random_token();
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, s| s.expires_at > now);
-        map.insert(token_hash(&token), sad);
-        token
-    }
-
-    /// Uses a SAD for `hashes`: it must belong to this session and credential,
-    /// be unexpired, allow this many signatures and, when bound to hashes, be
-    /// bound to exactly these. Single use: it is gone afterwards, whatever the outcome.
-    fn consume(
-        &self,
-        token: &str,
-        session: &[u8],
-        credential_id: &str,
-        hashes: &[Vec<u8>],
-        now: i64,
-    ) -> Result<(), ApiError> {
-        let sad = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&token_hash(token))
-            .ok_or_else(|| invalid("SAD"))?;
-        if sad.expires_at <= now {
-            return Err(ApiError::bad_request("SAD expired"));
-        }
-        if sad.session != session || sad.credential_id != credential_id {
-            return Err(invalid("SAD"));
-        }
-        if hashes.len() as u64 > u64::from(sad.remaining) {
-            return Err(ApiError::bad_request("Invalid parameter numSignatures: more hashes than the SAD authorizes"));
-        }
-        if let Some(bound) = &sad.hashes {
-            let mut a = bound.clone();
-            let mut b = hashes.to_vec();
-            a.sort();
-            b.sort();
-            if a != b {
-                return Err(ApiError::bad_request("Invalid parameter SAD: it was authorized for other hashes"));
-            }
-        }
-        Ok(())
-    }
+fn invalid(param: &str) -> Error {
+    Error::Invalid(format!("Invalid parameter {param}"))
 }
 
 /// The credential ID of a key generation.
@@ -115,24 +54,24 @@ fn credential_id(user_id: &str, generation: i64) -> String {
 }
 
 /// The session's active credential, if `id` names it.
-fn own_credential(bearer: &Bearer, id: &str) -> Result<i64, ApiError> {
-    match &bearer.active_key {
-        Some((generation, _, _)) if credential_id(&bearer.user_id, *generation) == id => Ok(*generation),
+fn own_credential(principal: &Principal, id: &str) -> Result<i64> {
+    match &principal.key {
+        Some(k) if credential_id(&principal.user_id, k.generation) == id => Ok(k.generation),
         _ => Err(invalid("credentialID")),
     }
 }
 
 /// `POST /csc/v2/info` (no authentication).
-pub async fn info(State(app): State<Arc<App>>, body: Body) -> Result<Response, ApiError> {
+pub async fn info(State(app): State<Arc<App>>, body: Body) -> Result<Response> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct Req {
         lang: Option<String>,
     }
-    let bytes = super::body::read_limited(body, app.config.server.max_json_bytes).await?;
+    let bytes = read_limited(body, app.config.server.max_json_bytes).await?;
     if !bytes.is_empty() {
-        serde_json::from_slice::<Req>(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+        serde_json::from_slice::<Req>(&bytes).map_err(|e| Error::Invalid(format!("invalid JSON: {e}")))?;
     }
     let base = app.config.server.public_url.trim_end_matches('/');
     Ok(Json(json!({
@@ -173,41 +112,30 @@ struct ListReq {
 }
 
 /// `POST /csc/v2/credentials/list`
-pub async fn credentials_list(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let bearer = app.bearer(&headers)?;
+pub async fn credentials_list(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let principal = app.principal(&headers).await?;
     let req: ListReq = read_json_or_empty(body, app.config.server.max_json_bytes).await?;
     if let Some(u) = &req.user_id {
-        if u != &bearer.user_id {
+        if u != &principal.user_id {
             return Err(invalid("userID"));
         }
     }
-    let ids: Vec<String> = bearer.active_key.iter().map(|(g, _, _)| credential_id(&bearer.user_id, *g)).collect();
+    let ids: Vec<String> = principal.key.iter().map(|k| credential_id(&principal.user_id, k.generation)).collect();
     let mut out = json!({ "credentialIDs": ids });
-    if req.credential_info == Some(true) && bearer.active_key.is_some() {
+    if req.credential_info == Some(true) && principal.key.is_some() {
         let info = credential_info(
             &app,
-            &bearer,
+            &principal,
             req.certificates.as_deref(),
             req.cert_info.unwrap_or(false),
             req.auth_info.unwrap_or(false),
-        )?;
+        )
+        .await?;
         let mut info = info;
         info["credentialID"] = json!(ids[0]);
         out["credentialInfos"] = json!([info]);
     }
     Ok(Json(out).into_response())
-}
-
-async fn read_json_or_empty<T: serde::de::DeserializeOwned + Default>(body: Body, limit: usize) -> Result<T, ApiError> {
-    let bytes = super::body::read_limited(body, limit).await?;
-    if bytes.is_empty() {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
 }
 
 /// X.509 time as CSC writes it: `YYYYMMDDHHMMSSZ` (GeneralizedTime).
@@ -216,15 +144,15 @@ fn csc_time(t: &x509_cert::time::Time) -> String {
     format!("{:04}{:02}{:02}{:02}{:02}{:02}Z", dt.year(), dt.month(), dt.day(), dt.hour(), dt.minutes(), dt.seconds())
 }
 
-fn credential_info(
+async fn credential_info(
     app: &App,
-    bearer: &Bearer,
+    principal: &Principal,
     certificates: Option<&str>,
     cert_info: bool,
     auth_info: bool,
-) -> Result<Value, ApiError> {
-    let (identity, _) = app.signer(bearer)?;
-    let cert = Certificate::from_der(identity.certificate()).map_err(ApiError::internal)?;
+) -> Result<Value> {
+    let signer = app.signing.signer(principal).await?;
+    let cert = Certificate::from_der(signer.certificate()).map_err(Error::internal)?;
     let spki = cert.tbs_certificate().subject_public_key_info();
     let is_ec = spki.algorithm.oid.to_string() == oids::EC_PUBLIC_KEY;
     let (algos, len) = if is_ec {
@@ -248,10 +176,10 @@ fn credential_info(
     let mut certs = Vec::new();
     match certificates.unwrap_or("single") {
         "none" => {}
-        "single" => certs.push(Base64::encode_string(identity.certificate())),
+        "single" => certs.push(Base64::encode_string(signer.certificate())),
         "chain" => {
-            certs.push(Base64::encode_string(identity.certificate()));
-            certs.extend(app.chain.iter().map(|c| Base64::encode_string(c)));
+            certs.push(Base64::encode_string(signer.certificate()));
+            certs.extend(signer.chain.iter().map(|c| Base64::encode_string(c)));
         }
         _ => return Err(invalid("certificates")),
     }
@@ -271,7 +199,7 @@ fn credential_info(
         "cert": cert_obj,
         "authMode": "oauth2code",
         "SCAL": scal,
-        "multisign": super::api::MAX_HASHES,
+        "multisign": MAX_HASHES,
         "lang": "ja-JP",
     });
     if is_ec {
@@ -308,21 +236,20 @@ struct InfoReq {
 }
 
 /// `POST /csc/v2/credentials/info`
-pub async fn credentials_info(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let bearer = app.bearer(&headers)?;
+pub async fn credentials_info(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let principal = app.principal(&headers).await?;
     let req: InfoReq = read_json(body, app.config.server.max_json_bytes).await?;
-    own_credential(&bearer, &req.credential_id)?;
-    Ok(Json(credential_info(
-        &app,
-        &bearer,
-        req.certificates.as_deref(),
-        req.cert_info.unwrap_or(false),
-        req.auth_info.unwrap_or(false),
-    )?)
+    own_credential(&principal, &req.credential_id)?;
+    Ok(Json(
+        credential_info(
+            &app,
+            &principal,
+            req.certificates.as_deref(),
+            req.cert_info.unwrap_or(false),
+            req.auth_info.unwrap_or(false),
+        )
+        .await?,
+    )
     .into_response())
 }
 
@@ -332,7 +259,7 @@ fn hashes_and_alg(
     hash: Option<Vec<String>>,
     oid: Option<&str>,
     algo: Option<&str>,
-) -> Result<(Vec<Vec<u8>>, Option<DigestAlgorithm>), ApiError> {
+) -> Result<(Vec<Vec<u8>>, Option<DigestAlgorithm>)> {
     let list = hashes.or(hash);
     let alg = match oid.or(algo) {
         Some(o) => Some(
@@ -348,8 +275,7 @@ fn hashes_and_alg(
         Some(l) => {
             let alg_for_len = alg.unwrap_or(DigestAlgorithm::Sha256);
             Ok((
-                decode_hashes(&l, alg_for_len)
-                    .map_err(|e| ApiError::bad_request(format!("Invalid parameter hashes: {}", e.description)))?,
+                decode_hashes(&l, alg_for_len).map_err(|e| Error::Invalid(format!("Invalid parameter hashes: {e}")))?,
                 Some(alg_for_len),
             ))
         }
@@ -379,38 +305,18 @@ struct AuthorizeReq {
 }
 
 /// `POST /csc/v2/credentials/authorize`
-pub async fn credentials_authorize(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let bearer = app.bearer(&headers)?;
-    require_sign_scope(&bearer)?;
+pub async fn credentials_authorize(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let principal = app.principal(&headers).await?;
+    // Refused before the body is read (the pipeline checks again).
+    principal.require_sign_scope()?;
     let req: AuthorizeReq = read_json(body, app.config.server.max_json_bytes).await?;
-    own_credential(&bearer, &req.credential_id)?;
-    if req.num_signatures == 0 || req.num_signatures as usize > super::api::MAX_HASHES {
+    let generation = own_credential(&principal, &req.credential_id)?;
+    if req.num_signatures == 0 || req.num_signatures as usize > MAX_HASHES {
         return Err(invalid("numSignatures"));
     }
     let (hashes, _) =
         hashes_and_alg(req.hashes, req.hash, req.hash_algorithm_oid.as_deref(), req.hash_algo.as_deref())?;
-    if !hashes.is_empty() && hashes.len() != req.num_signatures as usize {
-        return Err(ApiError::bad_request("Invalid parameter numSignatures: it must equal the number of hashes"));
-    }
-    if app.config.csc.scal == "2" && hashes.is_empty() {
-        return Err(ApiError::bad_request("Missing parameter hashes: SCAL 2 binds the SAD to the hashes"));
-    }
-    let now = app.now_ms();
-    let lifetime = app.config.csc.sad_lifetime_secs as i64;
-    let sad = app.sads.put(
-        Sad {
-            session: bearer.token_hash.clone(),
-            credential_id: req.credential_id,
-            hashes: (!hashes.is_empty()).then_some(hashes),
-            remaining: req.num_signatures,
-            expires_at: now + lifetime * 1000,
-        },
-        now,
-    );
+    let (sad, lifetime) = app.signing.authorize(&principal, generation, req.num_signatures, hashes).await?;
     Ok(Json(json!({ "SAD": sad, "expiresIn": lifetime })).into_response())
 }
 
@@ -444,7 +350,7 @@ struct SignHashReq {
 }
 
 /// The scheme for a CSC signAlgo with a key, and the digest algorithm it implies.
-fn scheme_for(sign_algo: &str, hash_alg: Option<DigestAlgorithm>, is_rsa: bool) -> Result<SignatureScheme, ApiError> {
+fn scheme_for(sign_algo: &str, hash_alg: Option<DigestAlgorithm>, is_rsa: bool) -> Result<SignatureScheme> {
     let implied = match sign_algo {
         oids::SHA256_WITH_RSA | oids::ECDSA_SHA256 => Some(DigestAlgorithm::Sha256),
         oids::SHA384_WITH_RSA | oids::ECDSA_SHA384 => Some(DigestAlgorithm::Sha384),
@@ -454,12 +360,12 @@ fn scheme_for(sign_algo: &str, hash_alg: Option<DigestAlgorithm>, is_rsa: bool) 
     };
     let alg = match (implied, hash_alg) {
         (Some(i), Some(h)) if i != h => {
-            return Err(ApiError::bad_request("Invalid parameter hashAlgorithmOID: it contradicts signAlgo"))
+            return Err(Error::Invalid("Invalid parameter hashAlgorithmOID: it contradicts signAlgo".into()))
         }
         (Some(i), _) => i,
         (None, Some(h)) => h,
         (None, None) => {
-            return Err(ApiError::bad_request("Missing parameter hashAlgorithmOID (required with this signAlgo)"))
+            return Err(Error::Invalid("Missing parameter hashAlgorithmOID (required with this signAlgo)".into()))
         }
     };
     let scheme = match sign_algo {
@@ -469,19 +375,19 @@ fn scheme_for(sign_algo: &str, hash_alg: Option<DigestAlgorithm>, is_rsa: bool) 
     };
     let fits = matches!(scheme, SignatureScheme::Ecdsa(_)) != is_rsa;
     if !fits {
-        return Err(ApiError::bad_request("Invalid parameter signAlgo: it does not fit the credential's key"));
+        return Err(Error::Invalid("Invalid parameter signAlgo: it does not fit the credential's key".into()));
     }
     Ok(scheme)
 }
 
 /// `POST /csc/v2/signatures/signHash`
-pub async fn sign_hash(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let bearer = app.bearer(&headers)?;
-    require_sign_scope(&bearer)?;
+pub async fn sign_hash(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let principal = app.principal(&headers).await?;
+    // Refused before the body is read (the pipeline checks again).
+    principal.require_sign_scope()?;
     let req: SignHashReq = read_json(body, app.config.server.max_json_bytes).await?;
-    let generation = own_credential(&bearer, &req.credential_id)?;
-    let (_, _, algorithm) = bearer.active_key.clone().ok_or_else(|| invalid("credentialID"))?;
-    let is_rsa = algorithm.starts_with("rsa");
+    let generation = own_credential(&principal, &req.credential_id)?;
+    let is_rsa = principal.key.as_ref().is_some_and(|k| k.algorithm.is_rsa());
     let oid_alg = match req.hash_algorithm_oid.as_deref().or(req.hash_algo.as_deref()) {
         Some(o) => Some(
             o.parse::<der::oid::ObjectIdentifier>()
@@ -493,50 +399,24 @@ pub async fn sign_hash(State(app): State<Arc<App>>, headers: HeaderMap, body: Bo
     };
     let scheme = scheme_for(&req.sign_algo, oid_alg, is_rsa)?;
     let alg = scheme.digest_algorithm();
-    let list = req.hashes.or(req.hash).ok_or_else(|| ApiError::bad_request("Missing parameter hashes"))?;
-    let hashes = decode_hashes(&list, alg)
-        .map_err(|e| ApiError::bad_request(format!("Invalid parameter hashes: {}", e.description)))?;
-    match (&req.sad, app.config.csc.scal.as_str()) {
-        (Some(sad), _) => app.sads.consume(sad, &bearer.token_hash, &req.credential_id, &hashes, app.now_ms())?,
-        (None, "2") => return Err(ApiError::bad_request("Missing parameter SAD (SCAL 2)")),
-        (None, _) => {}
-    }
-    let (identity, _) = app.signer(&bearer)?;
-    let started = std::time::Instant::now();
-    let announced = app.audit.expect();
-    let ks = Arc::clone(&app.keystore);
-    let key = identity.key().clone();
-    let to_sign = hashes.clone();
-    let values = tokio::task::spawn_blocking(move || {
-        to_sign.iter().map(|h| ks.sign_digest(&key, scheme, h)).collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    let values = match values {
-        Ok(v) => v,
-        Err(e) => {
-            app.metrics.signatures(hashes.len() as u64, false, started.elapsed());
-            return Err(e.into());
-        }
-    };
-    let records = hashes
-        .iter()
-        .map(|d| super::audit_writer::Record {
-            actor: format!("client:{}", bearer.client_id),
-            event: "sign",
-            user_id: Some(bearer.user_id.clone()),
-            generation: Some(generation),
-            digest: Some(format!("{}:{}", alg.name().to_ascii_lowercase().replace('-', ""), crate::keys::hex(d))),
-            outcome: "ok",
-            detail: json!({ "via": "csc.signHash", "signAlgo": req.sign_algo, "method": bearer.method }),
-        })
-        .collect();
-    let signed = std::time::Instant::now();
-    app.audit.commit(app.now_ms(), records, Some(announced)).await.map_err(ApiError::unavailable)?;
-    app.metrics.audit_wait(signed.elapsed());
-    app.metrics.signatures(hashes.len() as u64, true, started.elapsed());
-    Ok(Json(json!({ "signatures": values.iter().map(|v| Base64::encode_string(v)).collect::<Vec<_>>() }))
-        .into_response())
+    let list = req.hashes.or(req.hash).ok_or_else(|| Error::Invalid("Missing parameter hashes".into()))?;
+    let digests = decode_hashes(&list, alg).map_err(|e| Error::Invalid(format!("Invalid parameter hashes: {e}")))?;
+    let signed = app
+        .signing
+        .sign(
+            &principal,
+            Request {
+                payload: Payload::Digests { alg, digests },
+                format: Format::Raw(Some(scheme)),
+                generation: Some(generation),
+                activation: Activation::Csc(req.sad.as_deref()),
+                via: "csc.signHash",
+                detail: Some(json!({ "signAlgo": req.sign_algo })),
+            },
+        )
+        .await?;
+    let values: Vec<String> = signed.signatures.into_iter().map(|p| Base64::encode_string(&p.prefix)).collect();
+    Ok(Json(json!({ "signatures": values })).into_response())
 }
 
 /// One `documentDigests` entry of signDoc.
@@ -599,37 +479,37 @@ struct SignDocReq {
     return_validation_info: Option<bool>,
 }
 
-fn check_format(format: &str, level: Option<&str>) -> Result<(), ApiError> {
+fn check_format(format: &str, level: Option<&str>) -> Result<()> {
     if format != "C" {
-        return Err(ApiError::bad_request("Invalid parameter signature_format: only C (CAdES) is supported"));
+        return Err(Error::Invalid("Invalid parameter signature_format: only C (CAdES) is supported".into()));
     }
     if let Some(l) = level {
         if !l.eq_ignore_ascii_case("AdES-B-B") && !l.eq_ignore_ascii_case("AdES-B") {
-            return Err(ApiError::bad_request("Invalid parameter conformance_level: only AdES-B-B is supported"));
+            return Err(Error::Invalid("Invalid parameter conformance_level: only AdES-B-B is supported".into()));
         }
     }
     Ok(())
 }
 
 /// `POST /csc/v2/signatures/signDoc`: CAdES-BES for digests (detached) and documents.
-pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let bearer = app.bearer(&headers)?;
-    require_sign_scope(&bearer)?;
+///
+/// One SAD covers every hash of the request; the signatures are made per
+/// entry, each through the signing pipeline.
+pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let principal = app.principal(&headers).await?;
+    // Refused before the body is read (the pipeline checks again).
+    principal.require_sign_scope()?;
     let req: SignDocReq = read_json(body, app.config.server.max_document_bytes).await?;
     let credential = match &req.credential_id {
         Some(id) => id.clone(),
-        None => bearer
-            .active_key
+        None => principal
+            .key
             .iter()
-            .map(|(g, _, _)| credential_id(&bearer.user_id, *g))
+            .map(|k| credential_id(&principal.user_id, k.generation))
             .next()
             .ok_or_else(|| invalid("credentialID"))?,
     };
-    own_credential(&bearer, &credential)?;
-    let (identity, generation) = app.signer(&bearer)?;
-    let mut signature_objects = Vec::new();
-    let mut with_signature = Vec::new();
-    let mut all_hashes = Vec::new();
+    let generation = own_credential(&principal, &credential)?;
     struct Job {
         alg: DigestAlgorithm,
         hashes: Vec<Vec<u8>>,
@@ -645,9 +525,8 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
             .ok()
             .and_then(|o| DigestAlgorithm::from_oid(&o))
             .ok_or_else(|| invalid("hashAlgorithmOID"))?;
-        let hashes = decode_hashes(&dd.hashes, alg)
-            .map_err(|e| ApiError::bad_request(format!("Invalid parameter hashes: {}", e.description)))?;
-        all_hashes.extend(hashes.iter().cloned());
+        let hashes =
+            decode_hashes(&dd.hashes, alg).map_err(|e| Error::Invalid(format!("Invalid parameter hashes: {e}")))?;
         jobs.push(Job { alg, hashes, attached: false, content: None });
     }
     for doc in req.documents.iter().flatten() {
@@ -659,35 +538,40 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
             _ => return Err(invalid("signed_envelope_property")),
         };
         let digest = DigestAlgorithm::Sha256.digest(&content);
-        all_hashes.push(digest.clone());
         jobs.push(Job { alg: DigestAlgorithm::Sha256, hashes: vec![digest], attached, content: Some(content) });
     }
     if jobs.is_empty() {
-        return Err(ApiError::bad_request("Missing parameter documentDigests or documents"));
+        return Err(Error::Invalid("Missing parameter documentDigests or documents".into()));
     }
-    match (&req.sad, app.config.csc.scal.as_str()) {
-        (Some(sad), _) => app.sads.consume(sad, &bearer.token_hash, &credential, &all_hashes, app.now_ms())?,
-        (None, "2") => return Err(ApiError::bad_request("Missing parameter SAD (SCAL 2)")),
-        (None, _) => {}
-    }
+    // One SAD for the whole request: checked against every hash, once.
+    let all: Vec<Vec<u8>> = jobs.iter().flat_map(|j| j.hashes.iter().cloned()).collect();
+    app.signing.activate(&principal, generation, req.sad.as_deref(), &all).await?;
+    let mut signature_objects = Vec::new();
+    let mut with_signature = Vec::new();
     for Job { alg, hashes, attached, content } in jobs {
-        let len = content.as_ref().map(|c| c.len() as u64);
-        let batch = super::api::Batch {
-            alg,
-            digests: hashes,
-            raw: false,
-            content_len: if attached { len } else { None },
-            via: "csc.signDoc",
+        let payload = match (&content, attached) {
+            (Some(c), true) => {
+                Payload::Hashed { alg, digest: hashes.into_iter().next().unwrap_or_default(), len: c.len() as u64 }
+            }
+            _ => Payload::Digests { alg, digests: hashes },
         };
-        let parts = sign_digests(&app, &bearer, Arc::clone(&identity), generation, batch).await?;
-        for p in parts {
+        let signed = app
+            .signing
+            .sign(
+                &principal,
+                Request {
+                    payload,
+                    format: if attached { Format::CadesEnveloping } else { Format::CadesDetached },
+                    generation: Some(generation),
+                    activation: Activation::Granted,
+                    via: "csc.signDoc",
+                    detail: None,
+                },
+            )
+            .await?;
+        for p in signed.signatures {
             match (&content, attached) {
-                (Some(c), true) => {
-                    let mut der = p.prefix;
-                    der.extend_from_slice(c);
-                    der.extend_from_slice(&p.suffix);
-                    with_signature.push(Base64::encode_string(&der));
-                }
+                (Some(c), true) => with_signature.push(Base64::encode_string(&p.around(c))),
                 // Detached: the signature object alone, as for digests.
                 _ => signature_objects.push(Base64::encode_string(&p.into_detached())),
             }

@@ -1,7 +1,7 @@
-//! Demo mode: the embedded defaults with demo users, card mappings and a demo
-//! signing client, and `/demo`, a small signing-system page that is an OpenID
+//! Demo mode's pages: `/demo`, a small signing-system page that is an OpenID
 //! Connect client of inkan itself (as an e-prescription app would be): log in,
-//! pick a file, sign it, download the .p7s, see who signed and when.
+//! pick a file, sign it, download the .p7s, see who signed and when. The demo
+//! users, cards and client are set up by [`crate::demo`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -12,60 +12,15 @@ use axum::response::{IntoResponse, Redirect, Response};
 use base64ct::{Base64, Encoding};
 use inkan_keystore::DigestAlgorithm;
 
+use crate::auth::oidc::Grant;
 use crate::auth::{b64url, random_token, token_hash};
-use crate::clock::{rfc3339, Clock};
+use crate::clock::rfc3339;
 use crate::config::Config;
+use crate::signing::{Activation, Format, Payload, Request};
 
+use super::error::ApiError;
 use super::pages::{self, esc};
 use super::state::App;
-
-/// The demo client's ID.
-pub const DEMO_CLIENT: &str = "demo";
-
-/// Demo card holders and their users: (fixture holder, scheme, user ID).
-pub const DEMO_CARDS: &[(&str, &str, &str)] =
-    &[("hpki-doctor", "hpki", "100001"), ("hpki-pharmacist", "hpki", "999001-jpa"), ("jpki-1", "jpki", "100001")];
-
-/// Sets up the demo: `inkan demo`'s users and keys, the card mappings and links,
-/// and the demo client with a fresh secret. Returns (client ID, secret).
-pub fn prepare(config: &Config, clock: &dyn Clock) -> Result<(String, String), String> {
-    crate::fixtures::demo_users(config, clock).map_err(|e| e.message)?;
-    let mut store = crate::store::Store::open(&config.store_path()).map_err(|e| e.to_string())?;
-    for (holder, scheme, user) in DEMO_CARDS {
-        let path = crate::fixtures::fixture_path(&format!("holders/{holder}.pem"));
-        let der = crate::pki::read_certificates(&path).map_err(|e| e.to_string())?.remove(0);
-        let conn = store.conn();
-        let cert = <x509_cert::Certificate as der::Decode>::from_der(&der).map_err(|e| e.to_string())?;
-        let issuer = der::Encode::to_der(cert.tbs_certificate().issuer()).map_err(|e| e.to_string())?;
-        let serial = cert.tbs_certificate().serial_number().as_bytes().to_vec();
-        let known = if *scheme == "hpki" {
-            crate::auth::cards::hpki_user(conn, &issuer, &serial, None).map_err(|e| e.to_string())?.is_some()
-        } else {
-            crate::auth::cards::jpki_user(conn, &issuer, &serial, &[]).map_err(|e| e.to_string())?.is_some()
-        };
-        if !known {
-            if *scheme == "hpki" {
-                crate::auth::cards::hpki_map(&mut store, clock, "demo", user, &der).map_err(|e| e.to_string())?;
-            } else {
-                crate::auth::cards::jpki_link(&mut store, clock, "demo", user, &der).map_err(|e| e.to_string())?;
-            }
-        }
-    }
-    if crate::auth::clients::get(&store, DEMO_CLIENT).map_err(|e| e.to_string())?.is_some() {
-        crate::auth::clients::remove(&mut store, clock, "demo", DEMO_CLIENT).map_err(|e| e.to_string())?;
-    }
-    let redirect = format!("{}/demo/callback", config.server.public_url.trim_end_matches('/'));
-    let (client, secret) = crate::auth::clients::add(
-        &mut store,
-        clock,
-        "demo",
-        "inkan demo signing system",
-        &[redirect],
-        Some(DEMO_CLIENT),
-    )
-    .map_err(|e| e.to_string())?;
-    Ok((client.id, secret))
-}
 
 /// What `serve --demo` prints.
 pub fn print_banner(config: &Config, client_id: &str, secret: &str) {
@@ -122,12 +77,11 @@ pub async fn page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
             "",
         );
     }
-    let token = cookie(&headers, "inkan_demo");
-    let bearer = token
-        .as_deref()
-        .and_then(|t| crate::auth::session::lookup(app.db().conn(), t).ok().flatten())
-        .filter(|b| b.expires_at > app.now_ms());
-    match bearer {
+    let principal = match cookie(&headers, "inkan_demo") {
+        Some(t) => app.sessions.authenticate(&t).await.ok(),
+        None => None,
+    };
+    match principal {
         None => {
             let links = [
                 ("hpki", "HPKIカードでログイン"),
@@ -145,7 +99,8 @@ pub async fn page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
             )
         }
         Some(b) => {
-            let name = crate::users::get(&app.db(), &b.user_id).map(|u| u.name).unwrap_or_default();
+            let name = crate::users::get(app.store.as_ref(), &b.user_id).await.map(|u| u.name).unwrap_or_default();
+            let expires = b.session().map(|s| s.expires_at).unwrap_or_default();
             pages::page(
                 StatusCode::OK,
                 "デモ署名システム (電子処方箋)",
@@ -156,8 +111,8 @@ pub async fn page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 <form method=\"post\" action=\"/demo/sign\" enctype=\"multipart/form-data\"><input type=\"hidden\" name=\"logout\" value=\"1\"><button type=\"submit\">ログアウト</button></form>",
                     name = esc(&name),
                     id = esc(&b.user_id),
-                    method = esc(&b.method),
-                    exp = esc(&rfc3339(b.expires_at)),
+                    method = esc(b.method()),
+                    exp = esc(&rfc3339(expires)),
                 ),
             )
         }
@@ -216,22 +171,16 @@ pub async fn callback(State(app): State<Arc<App>>, Query(q): Query<HashMap<Strin
             "もう一度ログインしてください。",
         );
     };
-    let client = match crate::auth::clients::get(&app.db(), &client_id) {
-        Ok(Some(c)) if c.check_secret(&secret) => c,
-        _ => return pages::error(StatusCode::INTERNAL_SERVER_ERROR, "エラー", "デモクライアントがありません。", ""),
+    let client = match crate::auth::clients::authenticate(app.store.as_ref(), &client_id, &secret).await {
+        Ok(c) => c,
+        Err(_) => {
+            return pages::error(StatusCode::INTERNAL_SERVER_ERROR, "エラー", "デモクライアントがありません。", "")
+        }
     };
-    let form: HashMap<String, String> = [
-        ("grant_type", "authorization_code".to_owned()),
-        ("code", code.clone()),
-        ("redirect_uri", redirect_uri),
-        ("code_verifier", verifier),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    match super::oidc::exchange(&app, &client, &form).await {
+    let grant = Grant { code, redirect_uri: Some(&redirect_uri), code_verifier: Some(&verifier) };
+    match app.oidc.exchange(&client, grant).await {
         Ok(tokens) => {
-            let access = tokens["access_token"].as_str().unwrap_or_default();
+            let access = tokens.access_token;
             let mut resp = Redirect::to("/demo").into_response();
             if let Ok(v) =
                 HeaderValue::from_str(&format!("inkan_demo={access}; Path=/demo; Secure; HttpOnly; SameSite=Lax"))
@@ -240,7 +189,7 @@ pub async fn callback(State(app): State<Arc<App>>, Query(q): Query<HashMap<Strin
             }
             resp
         }
-        Err(e) => pages::error(StatusCode::BAD_REQUEST, "ログインできませんでした", &e.description, ""),
+        Err(e) => pages::error(StatusCode::BAD_REQUEST, "ログインできませんでした", &ApiError::from(e).description, ""),
     }
 }
 
@@ -252,8 +201,9 @@ pub async fn sign(State(app): State<Arc<App>>, headers: HeaderMap, mut form: Mul
     while let Ok(Some(field)) = form.next_field().await {
         match field.name() {
             Some("logout") => {
-                let _ = crate::auth::session::revoke_token(&mut app.db(), app.now_ms(), "demo", &token);
-                app.sessions_changed();
+                if let Err(e) = app.sessions.end("demo", &token).await {
+                    tracing::warn!("demo logout: {e}");
+                }
                 let mut resp = Redirect::to("/demo").into_response();
                 resp.headers_mut().insert(
                     header::SET_COOKIE,
@@ -274,29 +224,25 @@ pub async fn sign(State(app): State<Arc<App>>, headers: HeaderMap, mut form: Mul
     let Some(document) = document else {
         return pages::error(StatusCode::BAD_REQUEST, "署名できませんでした", "ファイルがありません。", "");
     };
-    let mut h = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
-        h.insert(header::AUTHORIZATION, v);
-    }
     let result = async {
-        let bearer = app.bearer(&h)?;
-        let (identity, generation) = app.signer(&bearer)?;
+        let principal = app.sessions.authenticate(&token).await?;
         let digest = DigestAlgorithm::Sha256.digest(&document);
-        let mut parts = super::api::sign_digests(
-            &app,
-            &bearer,
-            identity,
-            generation,
-            super::api::Batch {
-                alg: DigestAlgorithm::Sha256,
-                digests: vec![digest],
-                raw: false,
-                content_len: None,
-                via: "demo",
-            },
-        )
-        .await?;
-        Ok::<_, super::error::ApiError>((bearer, parts.pop().map(|p| p.into_detached()).unwrap_or_default()))
+        let signed = app
+            .signing
+            .sign(
+                &principal,
+                Request {
+                    payload: Payload::Digests { alg: DigestAlgorithm::Sha256, digests: vec![digest] },
+                    format: Format::CadesDetached,
+                    generation: None,
+                    activation: Activation::Session,
+                    via: "demo",
+                    detail: None,
+                },
+            )
+            .await?;
+        let der = signed.signatures.into_iter().next().map(|p| p.into_detached()).unwrap_or_default();
+        Ok::<_, crate::error::Error>((principal, der))
     }
     .await;
     match result {
@@ -312,6 +258,9 @@ pub async fn sign(State(app): State<Arc<App>>, headers: HeaderMap, mut form: Mul
                 b = Base64::encode_string(&der),
             ),
         ),
-        Err(e) => pages::error(e.status, "署名できませんでした", &e.description, "もう一度ログインしてください。"),
+        Err(e) => {
+            let e = ApiError::from(e);
+            pages::error(e.status, "署名できませんでした", &e.description, "もう一度ログインしてください。")
+        }
     }
 }

@@ -3,10 +3,14 @@
 //! 4xx: the client's fault, with a message it can act on. 503: the token or the
 //! store is unavailable. 500: an opaque body; the details go to the log only.
 //! The body is `{"error", "error_description"}` (the OAuth and CSC format).
+//! Pages (HTML, Japanese) pick their own words from the same [`Error`]s, in the
+//! page modules.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+
+use crate::error::{Credential, Error, Forbidden};
 
 /// An error answer.
 #[derive(Debug)]
@@ -30,12 +34,7 @@ impl ApiError {
         ApiError { status, error, description: description.into() }
     }
 
-    /// 401 invalid_token.
-    pub fn invalid_token(description: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::UNAUTHORIZED, error: "invalid_token", description: description.into() }
-    }
-
-    /// 503: the token or the store is unavailable.
+    /// 503: the token or the store is unavailable; `what` is logged.
     pub fn unavailable(what: impl std::fmt::Display) -> Self {
         tracing::warn!("unavailable: {what}");
         ApiError {
@@ -56,48 +55,29 @@ impl ApiError {
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        match &e {
-            crate::store::StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
-                if matches!(
-                    f.code,
-                    rusqlite::ErrorCode::DatabaseBusy
-                        | rusqlite::ErrorCode::DatabaseLocked
-                        | rusqlite::ErrorCode::CannotOpen
-                ) =>
-            {
-                ApiError::unavailable(e)
-            }
-            _ => ApiError::internal(e),
-        }
-    }
-}
-
-impl From<inkan_keystore::Error> for ApiError {
-    fn from(e: inkan_keystore::Error) -> Self {
-        use inkan_keystore::Error as K;
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        use StatusCode as S;
         match e {
-            K::TokenUnavailable { .. } | K::PoolExhausted { .. } | K::LoginFailed { .. } => ApiError::unavailable(e),
-            K::InvalidInput(m) => ApiError::bad_request(m),
-            K::MechanismUnsupported { .. } => ApiError::bad_request(format!("the key cannot do this: {e}")),
-            K::KeyNotFound { .. } => ApiError::unavailable(format!("key missing from the token: {e}")),
-            K::Pkcs11 { ref rv, .. }
-                if rv == "CKR_DEVICE_REMOVED" || rv == "CKR_TOKEN_NOT_PRESENT" || rv == "CKR_GENERAL_ERROR" =>
-            {
-                ApiError::unavailable(e)
-            }
-            other => ApiError::internal(other),
-        }
-    }
-}
-
-impl From<crate::cades::CadesError> for ApiError {
-    fn from(e: crate::cades::CadesError) -> Self {
-        match e {
-            crate::cades::CadesError::Keystore(k) => k.into(),
-            crate::cades::CadesError::InvalidDigest(m) => ApiError::bad_request(m),
-            other => ApiError::internal(other),
+            Error::Invalid(m) => ApiError::bad_request(m),
+            Error::TooLarge { limit } => ApiError::new(
+                S::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                format!("the request body is larger than {limit} bytes"),
+            ),
+            Error::Unauthenticated(Credential::Bearer, m) => ApiError::new(S::UNAUTHORIZED, "invalid_token", m),
+            Error::Unauthenticated(Credential::Client, m) => ApiError::new(S::UNAUTHORIZED, "invalid_client", m),
+            Error::Unauthenticated(Credential::Grant, m) => ApiError::new(S::BAD_REQUEST, "invalid_grant", m),
+            Error::Unauthenticated(Credential::Card(_), m) => ApiError::new(S::FORBIDDEN, "access_denied", m),
+            Error::Unauthenticated(Credential::Password { .. } | Credential::Phone, m) => ApiError::bad_request(m),
+            Error::Forbidden(Forbidden::Scope, m) => ApiError::new(S::FORBIDDEN, "insufficient_scope", m),
+            Error::Forbidden(Forbidden::NoActiveKey, m) => ApiError::new(S::FORBIDDEN, "invalid_request", m),
+            Error::Forbidden(_, m) => ApiError::new(S::FORBIDDEN, "access_denied", m),
+            Error::NotFound(_, m) => ApiError::new(S::NOT_FOUND, "invalid_request", m),
+            Error::Conflict(m) => ApiError::new(S::CONFLICT, "invalid_request", m),
+            Error::Gone(_, m) => ApiError::new(S::GONE, "invalid_request", m),
+            Error::Unavailable(m) => ApiError::unavailable(m),
+            Error::Internal(m) => ApiError::internal(m),
         }
     }
 }
@@ -114,5 +94,12 @@ impl IntoResponse for ApiError {
             }
         }
         resp
+    }
+}
+
+/// Domain errors answer as API errors.
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
     }
 }

@@ -1,10 +1,12 @@
-//! The phone pages and flows: L1 (FIDO login), E1–E4 (enrollment, card link),
-//! D1–D3 (device change), and the registration site.
+//! The phone pages: L1 (FIDO login), E1–E3 (phone enrollment), D1 (device
+//! change), the registration site, printed registration codes. The flows'
+//! decisions are [`crate::fido::flows`]'s; this module parses, calls one
+//! operation and renders (Japanese, from the templates).
 //!
-//! The PC holds its ticket in a cookie (`__Host-inkan_pc`) and follows the phone by
-//! polling `/pc/status`; the phone works on the phone token from the QR code
-//! (`/m/<token>`). Cards are read on the card listener, which hands the PC its
-//! ticket through a one-time `/pc/claim` URL on the main listener.
+//! The PC holds its ticket in a cookie (`__Host-inkan_pc`) and follows the
+//! phone by polling `/pc/status`; the phone works on the phone token from the
+//! QR code (`/m/<token>`). Cards are read on the card listener, which hands
+//! the PC its ticket through a one-time `/pc/claim` URL on the main listener.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,45 +15,37 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use minijinja::context;
 use serde_json::json;
 
-use crate::audit::{self, Event};
-use crate::auth::b64url;
-use crate::auth::oidc::AuthRequest;
-use crate::auth::session::Method;
 use crate::clock::rfc3339;
-use crate::fido::ticket::{self, Action, NewTicket, Purpose, Step, Ticket};
-use crate::fido::{device, regcode, FidoError};
+use crate::error::{Credential, Error, Forbidden, Gone, Missing};
+use crate::fido::device::Retirement;
+use crate::fido::flows::Failure;
+use crate::fido::ticket::{Action, Kind, Stage, Ticket};
 
+use super::body::{read_form, read_limited};
 use super::error::ApiError;
 use super::state::App;
-use super::PeerCertificates;
 
 /// `__Host-`: only this host can set it (Secure, Path=/, no Domain).
 const PC_COOKIE: &str = "__Host-inkan_pc";
 /// Largest WebAuthn response accepted.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
-fn lifetime_ms(app: &App) -> i64 {
-    app.config.fido.ticket_secs as i64 * 1000
-}
-
-fn public(app: &App) -> &str {
+/// The main listener's public URL, without a trailing slash.
+pub fn public(app: &App) -> &str {
     app.config.server.public_url.trim_end_matches('/')
 }
 
-fn card(app: &App) -> &str {
+/// The card listener's public URL, without a trailing slash.
+pub fn card(app: &App) -> &str {
     app.config.server.card_url.trim_end_matches('/')
 }
 
 fn msg(app: &App, status: StatusCode, title: &str, message: &str, hint: &str) -> Response {
     app.templates.message(status, title, message, hint)
-}
-
-fn internal(e: impl std::fmt::Display) -> Response {
-    ApiError::internal(e).into_response()
 }
 
 fn pc_cookie(headers: &HeaderMap) -> Option<String> {
@@ -98,50 +92,67 @@ fn forbidden_origin(app: &App) -> Response {
     )
 }
 
-fn user_problem(app: &App, user_id: &str, need_device: bool) -> Option<Response> {
-    let user = match crate::users::get(&app.db(), user_id) {
-        Ok(u) => u,
-        Err(crate::users::UserError::Unknown(_)) => {
-            return Some(msg(
-                app,
-                StatusCode::NOT_FOUND,
-                "本人IDが見つかりません",
-                "入力された本人IDは登録されていません。",
-                "本人IDを確認して、もう一度入力してください。",
-            ))
-        }
-        Err(e) => return Some(internal(e)),
-    };
-    if user.status != "active" {
-        return Some(msg(
+/// The page for a problem with the user an ID names.
+fn user_page(app: &App, e: Error) -> Response {
+    match e {
+        Error::NotFound(Missing::User, _) => msg(
+            app,
+            StatusCode::NOT_FOUND,
+            "本人IDが見つかりません",
+            "入力された本人IDは登録されていません。",
+            "本人IDを確認して、もう一度入力してください。",
+        ),
+        Error::Invalid(_) => msg(
+            app,
+            StatusCode::NOT_FOUND,
+            "本人IDが見つかりません",
+            "入力された本人IDは登録されていません。",
+            "本人IDを確認して、もう一度入力してください。",
+        ),
+        Error::Forbidden(Forbidden::Disabled, _) => msg(
             app,
             StatusCode::FORBIDDEN,
             "利用が停止されています",
             "この利用者は利用停止中です。",
             "認証局(運用者)に連絡してください。",
-        ));
+        ),
+        Error::Forbidden(Forbidden::NoDevice, _) => app.templates.render(
+            StatusCode::CONFLICT,
+            "message.html",
+            "スマートフォンが登録されていません",
+            context! {
+                message => "この本人IDにはスマートフォンが登録されていません。",
+                hint => "先に登録サイトでスマートフォンを登録してください。",
+                error => true,
+                link => "/register",
+                link_text => "登録サイトへ",
+            },
+        ),
+        Error::Forbidden(Forbidden::WrongUser, _) => msg(
+            app,
+            StatusCode::FORBIDDEN,
+            "本人IDが一致しません",
+            "入力された本人IDと、署名システムが指定した本人IDが一致しません。",
+            "ご自身の本人IDでログインしてください。",
+        ),
+        Error::NotFound(Missing::Request, _) => login_request_page(app, true),
+        other => other.into_response(),
     }
-    if need_device {
-        match device::get(app.db().conn(), user_id) {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return Some(app.templates.render(
-                    StatusCode::CONFLICT,
-                    "message.html",
-                    "スマートフォンが登録されていません",
-                    context! {
-                        message => "この本人IDにはスマートフォンが登録されていません。",
-                        hint => "先に登録サイトでスマートフォンを登録してください。",
-                        error => true,
-                        link => "/register",
-                        link_text => "登録サイトへ",
-                    },
-                ))
-            }
-            Err(e) => return Some(internal(e)),
-        }
+}
+
+fn login_request_page(app: &App, exists: bool) -> Response {
+    let again = "署名システムからもう一度ログインしてください。";
+    if exists {
+        msg(
+            app,
+            StatusCode::BAD_REQUEST,
+            "ログインの有効期限切れ",
+            "このログイン要求は無効か、有効期限が切れています。",
+            again,
+        )
+    } else {
+        msg(app, StatusCode::BAD_REQUEST, "ログイン要求がありません", "ログイン要求が見つかりません。", again)
     }
-    None
 }
 
 /// `GET /register`: the registration site's index.
@@ -149,35 +160,15 @@ pub async fn register_index(State(app): State<Arc<App>>) -> Response {
     app.templates.render(StatusCode::OK, "register_index.html", "登録サイト", context! { card_url => card(&app) })
 }
 
-/// The OIDC authorization request a FIDO login belongs to.
-fn pending_request(app: &App, req: Option<&String>) -> Result<(String, AuthRequest), Box<Response>> {
-    let again = "署名システムからもう一度ログインしてください。";
-    let Some(req) = req else {
-        return Err(Box::new(msg(
-            app,
-            StatusCode::BAD_REQUEST,
-            "ログイン要求がありません",
-            "ログイン要求が見つかりません。",
-            again,
-        )));
-    };
-    match app.pending.request(req, app.now_ms()) {
-        Some(request) => Ok((req.clone(), request)),
-        None => Err(Box::new(msg(
-            app,
-            StatusCode::BAD_REQUEST,
-            "ログインの有効期限切れ",
-            "このログイン要求は無効か、有効期限が切れています。",
-            again,
-        ))),
-    }
-}
-
 /// `GET /login/fido?req=`: L1 starts: the user ID on the PC.
 pub async fn login_form(State(app): State<Arc<App>>, Query(params): Query<HashMap<String, String>>) -> Response {
-    let (req, request) = match pending_request(&app, params.get("req")) {
+    let Some(req) = params.get("req") else {
+        return login_request_page(&app, false);
+    };
+    let request = match app.oidc.pending(req).await {
         Ok(r) => r,
-        Err(page) => return *page,
+        Err(Error::NotFound(..)) => return login_request_page(&app, true),
+        Err(e) => return e.into_response(),
     };
     app.templates.render(
         StatusCode::OK,
@@ -198,40 +189,18 @@ pub async fn login_start(State(app): State<Arc<App>>, headers: HeaderMap, body: 
     if cross_site(&app, &headers) {
         return forbidden_origin(&app);
     }
-    let form = match super::oidc::read_form(&app, body).await {
+    let form = match read_form(body, app.config.server.max_json_bytes).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
     let user_id = form.get("user_id").map(|s| s.trim().to_owned()).unwrap_or_default();
-    let (req, request) = match pending_request(&app, form.get("req")) {
-        Ok(r) => r,
-        Err(page) => return *page,
+    let Some(req) = form.get("req") else {
+        return login_request_page(&app, false);
     };
-    if request.login_hint.as_ref().is_some_and(|h| h != &user_id) {
-        return msg(
-            &app,
-            StatusCode::FORBIDDEN,
-            "本人IDが一致しません",
-            "入力された本人IDと、署名システムが指定した本人IDが一致しません。",
-            "ご自身の本人IDでログインしてください。",
-        );
+    match app.phones.start_login(&app.oidc, req, &user_id).await {
+        Ok(pc) => with_pc_cookie(Redirect::to("/pc").into_response(), &pc, 3600),
+        Err(e) => user_page(&app, e),
     }
-    if let Some(problem) = user_problem(&app, &user_id, true) {
-        return problem;
-    }
-    open_pc_ticket(
-        &app,
-        NewTicket {
-            purpose: Purpose::Login,
-            via: "fido",
-            user_id: &user_id,
-            oidc_req: Some(&req),
-            regcode_id: None,
-            action: Action::Authenticate,
-            step: Step::Waiting,
-            pc_claimed: true,
-        },
-    )
 }
 
 /// `GET /change`: D1 starts: the user ID on the PC.
@@ -254,77 +223,14 @@ pub async fn change_start(State(app): State<Arc<App>>, headers: HeaderMap, body:
     if cross_site(&app, &headers) {
         return forbidden_origin(&app);
     }
-    let form = match super::oidc::read_form(&app, body).await {
+    let form = match read_form(body, app.config.server.max_json_bytes).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
     let user_id = form.get("user_id").map(|s| s.trim().to_owned()).unwrap_or_default();
-    if let Some(problem) = user_problem(&app, &user_id, true) {
-        return problem;
-    }
-    open_pc_ticket(
-        &app,
-        NewTicket {
-            purpose: Purpose::Change,
-            via: "fido",
-            user_id: &user_id,
-            oidc_req: None,
-            regcode_id: None,
-            action: Action::Authenticate,
-            step: Step::Waiting,
-            pc_claimed: true,
-        },
-    )
-}
-
-fn open_pc_ticket(app: &App, new: NewTicket<'_>) -> Response {
-    let now = app.now_ms();
-    let created = ticket::create(&mut app.db(), now, lifetime_ms(app), new);
-    match created {
-        Ok((_, pc)) => with_pc_cookie(Redirect::to("/pc").into_response(), &pc, 3600),
-        Err(e) => internal(e),
-    }
-}
-
-/// `GET /enroll/hpki`, `/enroll/jpki` (card listener): E1/E2, and D2/D3 when a
-/// phone is already registered.
-pub async fn enroll_card(
-    State(app): State<Arc<App>>,
-    Extension(peer): Extension<PeerCertificates>,
-    Path(scheme): Path<String>,
-) -> Response {
-    let method = match scheme.as_str() {
-        "hpki" => Method::Hpki,
-        "jpki" => Method::Jpki,
-        _ => return msg(&app, StatusCode::NOT_FOUND, "ページがありません", "このページはありません。", ""),
-    };
-    let user_id = match super::oidc::card_user(&app, &peer, method) {
-        Ok(u) => u,
-        Err(page) => return *page,
-    };
-    let has_device = match device::get(app.db().conn(), &user_id) {
-        Ok(d) => d.is_some(),
-        Err(e) => return internal(e),
-    };
-    let now = app.now_ms();
-    let created = ticket::create(
-        &mut app.db(),
-        now,
-        lifetime_ms(&app),
-        NewTicket {
-            purpose: Purpose::Enroll,
-            via: method.as_str(),
-            user_id: &user_id,
-            oidc_req: None,
-            regcode_id: None,
-            action: Action::Register,
-            step: if has_device { Step::Confirm } else { Step::Waiting },
-            pc_claimed: false,
-        },
-    );
-    match created {
-        Ok((_, pc)) => Redirect::to(&format!("{}/pc/claim?h={pc}", public(&app))).into_response(),
-        Err(e) => internal(e),
+    match app.phones.start_change(&user_id).await {
+        Ok(pc) => with_pc_cookie(Redirect::to("/pc").into_response(), &pc, 3600),
+        Err(e) => user_page(&app, e),
     }
 }
 
@@ -333,21 +239,22 @@ pub async fn pc_claim(State(app): State<Arc<App>>, Query(params): Query<HashMap<
     let Some(h) = params.get("h") else {
         return not_found_page(&app);
     };
-    match ticket::claim(&mut app.db(), h) {
+    match app.phones.claim(h).await {
         // The cookie gets a fresh token: the one in this URL (and the history) is spent.
-        Ok(Some(pc)) => with_pc_cookie(Redirect::to("/pc").into_response(), &pc, 3600),
-        Ok(None) => msg(
+        Ok(pc) => with_pc_cookie(Redirect::to("/pc").into_response(), &pc, 3600),
+        Err(Error::NotFound(..) | Error::Gone(..)) => msg(
             &app,
             StatusCode::BAD_REQUEST,
             "このURLは使用済みです",
             "この手続きのURLは既に使われたか、無効です。",
             "登録サイトから最初からやり直してください。",
         ),
-        Err(e) => internal(e),
+        Err(e) => e.into_response(),
     }
 }
 
-fn not_found_page(app: &App) -> Response {
+/// The page for a ticket this browser does not hold.
+pub fn not_found_page(app: &App) -> Response {
     app.templates.render(
         StatusCode::NOT_FOUND,
         "message.html",
@@ -362,23 +269,13 @@ fn not_found_page(app: &App) -> Response {
     )
 }
 
-fn expired_page(app: &App) -> Response {
+/// The page for an expired QR code.
+pub fn expired_page(app: &App) -> Response {
     msg(app, StatusCode::GONE, "有効期限切れ", "QRコードの有効期限が切れました。", "最初からやり直してください。")
 }
 
-fn pc_ticket(app: &App, headers: &HeaderMap) -> Result<(Ticket, String), Box<Response>> {
-    let Some(pc) = pc_cookie(headers) else {
-        return Err(Box::new(not_found_page(app)));
-    };
-    match ticket::by_pc(app.db().conn(), &pc) {
-        Ok(Some(t)) if t.pc_claimed => Ok((t, pc)),
-        Ok(_) => Err(Box::new(not_found_page(app))),
-        Err(e) => Err(Box::new(internal(e))),
-    }
-}
-
-fn qr_svg(text: &str) -> Result<String, String> {
-    let code = qrcode::QrCode::new(text.as_bytes()).map_err(|e| e.to_string())?;
+fn qr_svg(text: &str) -> Result<String, Error> {
+    let code = qrcode::QrCode::new(text.as_bytes()).map_err(Error::internal)?;
     let svg = code.render::<qrcode::render::svg::Color<'_>>().min_dimensions(240, 240).quiet_zone(true).build();
     // Inline in the page: drop the XML declaration.
     Ok(match svg.find("<svg") {
@@ -387,53 +284,92 @@ fn qr_svg(text: &str) -> Result<String, String> {
     })
 }
 
+/// A time of day in Japan Standard Time (UTC+9), as the users read it.
 fn clock_time(ms: i64) -> String {
-    // Japan Standard Time (UTC+9), as the users read it.
     let jst = rfc3339(ms + 9 * 3_600_000);
     jst.get(11..19).unwrap_or_default().to_owned()
 }
 
+/// A date in Japan Standard Time.
+fn jst_date(ms: i64) -> String {
+    let jst = rfc3339(ms + 9 * 3_600_000);
+    jst.get(..10).unwrap_or_default().to_owned()
+}
+
+/// What the PC shows for a failure the phone had.
+fn failure_text(f: &Failure) -> String {
+    match f {
+        Failure::Refused(reason) => {
+            format!("スマートフォンの応答を確認できませんでした({reason})。もう一度お試しください。")
+        }
+        Failure::NoDevice => {
+            "この本人IDにはスマートフォンが登録されていません(削除されました)。登録サイトで登録し直してください。".into()
+        }
+        Failure::Disabled => "この利用者は利用停止中です。認証局に連絡してください。".into(),
+        Failure::Retired { reason: Retirement::Replaced, at } => format!(
+            "読み取ったスマートフォンの登録は、{}に別のスマートフォンに置き換えられたため無効です。現在登録されているスマートフォンで読み取ってください。",
+            jst_date(*at)
+        ),
+        Failure::Retired { reason: Retirement::Removed, at } => format!(
+            "読み取ったスマートフォンの登録は、{}に削除されたため無効です。登録サイトで登録し直してください。",
+            jst_date(*at)
+        ),
+        Failure::NotAllowed => "スマートフォンでの認証が完了しませんでした。このスマートフォンにこの本人IDの登録がない(別のスマートフォン、または変更・削除で無効になった)か、操作がキャンセルされました。".into(),
+    }
+}
+
+fn pc_ticket_error(app: &App, e: Error) -> Response {
+    match e {
+        Error::NotFound(Missing::Ticket, _) => not_found_page(app),
+        other => other.into_response(),
+    }
+}
+
 /// `GET /pc`: the PC side of a ticket.
 pub async fn pc_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let (t, pc) = match pc_ticket(&app, &headers) {
-        Ok(x) => x,
-        Err(page) => return *page,
+    let Some(pc) = pc_cookie(&headers) else {
+        return not_found_page(&app);
     };
+    let view = match app.phones.pc_view(&pc).await {
+        Ok(v) => v,
+        Err(e) => return pc_ticket_error(&app, e),
+    };
+    let t = view.ticket;
     let now = app.now_ms();
-    if t.expired(now) && t.step != Step::Cancelled {
+    if t.expired(now) && t.stage != Stage::Cancelled {
         return expired_page(&app);
     }
-    let title = match t.purpose {
-        Purpose::Login => "スマートフォンでログイン",
-        Purpose::Change => "スマートフォンを変更する",
+    let title = match t.kind {
+        Kind::Login { .. } => "スマートフォンでログイン",
+        Kind::Change => "スマートフォンを変更する",
         _ => "スマートフォンを登録する",
     };
-    let phone_url = format!("{}/m/{}", public(&app), ticket::phone_token(&pc, t.phase));
-    let qr = match t.step {
-        Step::Waiting | Step::Ceremony => match qr_svg(&phone_url) {
+    let phone_url = format!("{}/m/{}", public(&app), view.phone_token);
+    let qr = match t.stage {
+        Stage::Waiting | Stage::Ceremony(_) => match qr_svg(&phone_url) {
             Ok(svg) => svg,
-            Err(e) => return internal(e),
+            Err(e) => return e.into_response(),
         },
         _ => String::new(),
     };
-    let instruction = match (t.purpose, t.action) {
-        (Purpose::Login, _) => {
+    let instruction = match (&t.kind, t.action()) {
+        (Kind::Login { .. }, _) => {
             "登録済みのスマートフォンでQRコードを読み取り、「セキュリティキーによるサインイン」を押してください。"
         }
-        (Purpose::Change, Action::Authenticate) => {
+        (Kind::Change, Action::Authenticate) => {
             "変更前(登録済み)のスマートフォンでQRコードを読み取り、サインインしてください。"
         }
-        (Purpose::Change, _) => "新しいスマートフォンでQRコードを読み取り、「登録」を押してください。",
+        (Kind::Change, _) => "新しいスマートフォンでQRコードを読み取り、「登録」を押してください。",
         _ => "登録するスマートフォンでQRコードを読み取り、「登録」を押してください。",
     };
-    let question = if t.purpose == Purpose::Change {
+    let question = if t.kind == Kind::Change {
         "サインインしました。登録済みのスマートフォンを新しいスマートフォンに置き換えますか?"
     } else {
         "この本人IDには既にスマートフォンが登録されています。新しいスマートフォンに置き換えますか?"
     };
-    let done = match t.purpose {
-        Purpose::Login => "ログインしました。署名システムに戻ります…",
-        Purpose::Change => "スマートフォンの変更が完了しました。以前のスマートフォンは使えなくなりました。",
+    let done = match t.kind {
+        Kind::Login { .. } => "ログインしました。署名システムに戻ります…",
+        Kind::Change => "スマートフォンの変更が完了しました。以前のスマートフォンは使えなくなりました。",
         _ => "スマートフォンの登録が完了しました。",
     };
     let left = ((t.expires_at - now).max(0) / 1000) as u64;
@@ -442,7 +378,7 @@ pub async fn pc_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
         "pc.html",
         title,
         context! {
-            step => t.step.as_str(),
+            step => t.stage.as_str(),
             phase => t.phase,
             expires_in => left,
             expires_at => clock_time(t.expires_at),
@@ -453,7 +389,7 @@ pub async fn pc_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
             instruction => instruction,
             question => question,
             done => done,
-            error => t.error,
+            error => t.error.as_deref().map(|e| failure_text(&Failure::decode(e))),
         },
     )
 }
@@ -463,32 +399,24 @@ pub async fn pc_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
 pub async fn pc_status(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let pc = pc_cookie(&headers)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request", "no ticket in this browser"))?;
-    let t = ticket::by_pc(app.db().conn(), &pc)?
-        .filter(|t| t.pc_claimed)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "invalid_request", "unknown ticket"))?;
-    let now = app.now_ms();
+    let status = app.phones.pc_status(&app.oidc, &pc).await.map_err(|e| match e {
+        Error::NotFound(..) => ApiError::new(StatusCode::NOT_FOUND, "invalid_request", "unknown ticket"),
+        other => other.into(),
+    })?;
+    let t = &status.ticket;
     let mut out = json!({
-        "step": t.step.as_str(),
+        "step": t.stage.as_str(),
         "phase": t.phase,
-        "expired": t.expired(now),
-        "error": t.error,
+        "expired": t.expired(app.now_ms()),
+        "error": t.error.as_deref().map(|e| failure_text(&Failure::decode(e))),
     });
-    if t.purpose == Purpose::Login && t.step == Step::Done && ticket::collect(&mut app.db(), t.id)? {
-        let req = t.oidc_req.clone().unwrap_or_default();
-        match app.pending.issue_code(&req, &t.user_id, Method::Fido, now) {
-            Some((code, request)) => {
-                let mut q = vec![("code", code)];
-                if let Some(s) = &request.state {
-                    q.push(("state", s.clone()));
-                }
-                out["redirect"] = crate::auth::oidc::with_query(&request.redirect_uri, &q).into();
-            }
-            None => {
-                out["error"] =
-                    "ログイン要求の有効期限が切れています。署名システムからもう一度ログインしてください。".into();
-            }
+    match status.login {
+        Some(Some(redirect)) => out["redirect"] = redirect.into(),
+        Some(None) => {
+            out["error"] =
+                "ログイン要求の有効期限が切れています。署名システムからもう一度ログインしてください。".into();
         }
-        out["step"] = "collected".into();
+        None => {}
     }
     let mut resp = Json(out).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -500,56 +428,49 @@ pub async fn pc_confirm(State(app): State<Arc<App>>, headers: HeaderMap, body: B
     if cross_site(&app, &headers) {
         return forbidden_origin(&app);
     }
-    let form = match super::oidc::read_form(&app, body).await {
+    let form = match read_form(body, app.config.server.max_json_bytes).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
-    let (t, pc) = match pc_ticket(&app, &headers) {
-        Ok(x) => x,
-        Err(page) => return *page,
+    let Some(pc) = pc_cookie(&headers) else {
+        return not_found_page(&app);
     };
     let yes = match form.get("answer").map(String::as_str) {
         Some("yes") => true,
         Some("no") => false,
         _ => return ApiError::bad_request("answer must be yes or no").into_response(),
     };
-    match ticket::answer_replace(&mut app.db(), app.now_ms(), lifetime_ms(&app), &pc, yes) {
-        Ok(true) => Redirect::to("/pc").into_response(),
-        Ok(false) if t.expired(app.now_ms()) => expired_page(&app),
-        Ok(false) => Redirect::to("/pc").into_response(),
-        Err(e) => internal(e),
+    match app.phones.answer(&pc, yes).await {
+        Ok(_) | Err(Error::Conflict(_)) => Redirect::to("/pc").into_response(),
+        Err(Error::Gone(Gone::Expired, _)) => expired_page(&app),
+        Err(e) => pc_ticket_error(&app, e),
     }
 }
 
-enum PhoneTicket {
-    Ok(Ticket),
-    Page(Response),
-}
-
-fn phone_ticket(app: &App, token: &str) -> PhoneTicket {
-    match ticket::by_phone(app.db().conn(), token) {
-        Ok(Some(t)) if t.expired(app.now_ms()) => PhoneTicket::Page(expired_page(app)),
-        Ok(Some(t)) => PhoneTicket::Ok(t),
-        Ok(None) => PhoneTicket::Page(msg(
+/// The phone pages' answer to a ticket they cannot use.
+fn phone_ticket_page(app: &App, e: Error) -> Response {
+    match e {
+        Error::Gone(Gone::Expired, _) => expired_page(app),
+        Error::NotFound(..) => msg(
             app,
             StatusCode::NOT_FOUND,
             "QRコードが無効です",
             "このQRコードは無効か、既に使われています。",
             "PCの画面に表示されている最新のQRコードを読み取ってください。",
-        )),
-        Err(e) => PhoneTicket::Page(internal(e)),
+        ),
+        other => other.into_response(),
     }
 }
 
 /// `GET /m/<token>`: the phone page.
 pub async fn phone_page(State(app): State<Arc<App>>, Path(token): Path<String>) -> Response {
-    let t = match phone_ticket(&app, &token) {
-        PhoneTicket::Ok(t) => t,
-        PhoneTicket::Page(p) => return p,
+    let t = match app.phones.phone_view(&token).await {
+        Ok(t) => t,
+        Err(e) => return phone_ticket_page(&app, e),
     };
-    match t.step {
-        Step::Waiting | Step::Ceremony => {}
-        Step::Confirm => {
+    match t.stage {
+        Stage::Waiting | Stage::Ceremony(_) => {}
+        Stage::Confirm => {
             return msg(
                 &app,
                 StatusCode::OK,
@@ -558,11 +479,11 @@ pub async fn phone_page(State(app): State<Arc<App>>, Path(token): Path<String>) 
                 "PCの画面で操作を続けてください。",
             )
         }
-        Step::Done | Step::Collected if t.action == Action::Register && !t.labelled => {
+        Stage::Done | Stage::Collected if t.action() == Action::Register && !t.labelled => {
             return Redirect::to(&format!("/m/{token}/label")).into_response()
         }
-        Step::Done | Step::Collected => return finished_page(&app, &t),
-        Step::Cancelled => {
+        Stage::Done | Stage::Collected => return finished_page(&app, &t),
+        Stage::Cancelled => {
             return msg(
                 &app,
                 StatusCode::GONE,
@@ -572,7 +493,7 @@ pub async fn phone_page(State(app): State<Arc<App>>, Path(token): Path<String>) 
             )
         }
     }
-    let (title, lead, button, note) = match t.action {
+    let (title, lead, button, note) = match t.action() {
         Action::Register => (
             "登録",
             "「登録」を押し、画面の案内に従って生体認証(指紋・顔認証など)を行ってください。",
@@ -583,9 +504,9 @@ pub async fn phone_page(State(app): State<Arc<App>>, Path(token): Path<String>) 
             "ログイン",
             "「セキュリティキーによるサインイン」を押し、画面の案内に従って生体認証を行ってください。",
             "セキュリティキーによるサインイン",
-            match t.purpose {
-                Purpose::Change => "スマートフォンを変更(置き換え)するためのサインインです。ご自身がPCで「スマートフォンを変更する」を始めた場合だけ続けてください。心当たりがなければ中止し、認証局に連絡してください。",
-                Purpose::Login => "PCでのログインのためのサインインです。ご自身がいまPCでログインしている場合だけ続けてください。",
+            match t.kind {
+                Kind::Change => "スマートフォンを変更(置き換え)するためのサインインです。ご自身がPCで「スマートフォンを変更する」を始めた場合だけ続けてください。心当たりがなければ中止し、認証局に連絡してください。",
+                Kind::Login { .. } => "PCでのログインのためのサインインです。ご自身がいまPCでログインしている場合だけ続けてください。",
                 _ => "このスマートフォンに登録した本人IDでサインインします。",
             },
         ),
@@ -594,22 +515,59 @@ pub async fn phone_page(State(app): State<Arc<App>>, Path(token): Path<String>) 
         StatusCode::OK,
         "phone.html",
         title,
-        context! { action => if t.action == Action::Register { "register" } else { "authenticate" }, user_id => t.user_id, lead, button, note },
+        context! { action => if t.action() == Action::Register { "register" } else { "authenticate" }, user_id => t.user_id, lead, button, note },
     )
 }
 
 fn finished_page(app: &App, t: &Ticket) -> Response {
-    let (message, hint) = match (t.purpose, t.action) {
-        (Purpose::Login, _) => ("ログインしました。", "PCの画面に戻ってください。"),
-        (Purpose::Verify, _) => ("サインインしました。このスマートフォンは登録済みです。", ""),
-        (_, Action::Register) if t.via == "regcode" => ("スマートフォンの登録が完了しました。", ""),
+    let (message, hint) = match (&t.kind, t.action()) {
+        (Kind::Login { .. }, _) => ("ログインしました。", "PCの画面に戻ってください。"),
+        (Kind::CodeVerify { .. }, _) => ("サインインしました。このスマートフォンは登録済みです。", ""),
+        (Kind::CodeEnroll { .. }, _) => ("スマートフォンの登録が完了しました。", ""),
         _ => ("手続きが完了しました。", "PCの画面も完了になります。"),
     };
     msg(app, StatusCode::OK, "完了", message, hint)
 }
 
-fn refused(description: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+/// The phone script's error (JSON, shown on the phone): Japanese, naming the cause.
+fn phone_error(e: Error) -> ApiError {
+    let refused = |d: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", d);
+    match e {
+        Error::NotFound(..) => {
+            refused("このQRコードは無効か、既に使われています。PCの画面の最新のQRコードを読み取ってください。".into())
+        }
+        Error::Gone(Gone::Expired, _) => refused("QRコードの有効期限が切れました。最初からやり直してください。".into()),
+        Error::Gone(_, _) => {
+            refused("この認証要求は使用済みか、有効期限が切れています。もう一度ボタンを押してください。".into())
+        }
+        Error::Conflict(reason) => refused(failure_text(&Failure::Refused(reason))),
+        Error::Forbidden(Forbidden::Disabled, _) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "この利用者は利用停止中です。認証局に連絡してください。",
+        ),
+        Error::Forbidden(Forbidden::NoDevice, _) => refused(
+            "スマートフォンが登録されていません(削除されたか、まだ登録されていません)。先に登録してください。".into(),
+        ),
+        Error::Forbidden(Forbidden::Retired { removed, at }, _) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            failure_text(&Failure::Retired {
+                reason: if removed { Retirement::Removed } else { Retirement::Replaced },
+                at,
+            }),
+        ),
+        Error::Unauthenticated(Credential::Phone, reason) => refused(failure_text(&Failure::Refused(reason))),
+        Error::Invalid(_) => refused("この手続きにスマートフォンの操作はありません。".into()),
+        other => other.into(),
+    }
+}
+
+fn same_site_only(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    if cross_site(app, headers) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "access_denied", "requests from other sites are refused"));
+    }
+    Ok(())
 }
 
 /// `POST /m/<token>/begin`: the WebAuthn options (the challenge is kept in the ticket).
@@ -618,47 +576,11 @@ pub async fn phone_begin(
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if cross_site(&app, &headers) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "access_denied", "requests from other sites are refused"));
-    }
-    let now = app.now_ms();
-    let t = ticket::by_phone(app.db().conn(), &token)?.ok_or_else(|| {
-        refused("このQRコードは無効か、既に使われています。PCの画面の最新のQRコードを読み取ってください。")
+    same_site_only(&app, &headers)?;
+    let options = app.phones.begin(&token).await.map_err(|e| match e {
+        Error::Conflict(_) => ApiError::bad_request("この手続きは既に完了しているか、PCでの操作を待っています。"),
+        other => phone_error(other),
     })?;
-    if t.expired(now) {
-        return Err(refused("QRコードの有効期限が切れました。最初からやり直してください。"));
-    }
-    if !matches!(t.step, Step::Waiting | Step::Ceremony) {
-        return Err(refused("この手続きは既に完了しているか、PCでの操作を待っています。"));
-    }
-    let user = crate::users::get(&app.db(), &t.user_id).map_err(ApiError::internal)?;
-    if user.status != "active" {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "access_denied",
-            "この利用者は利用停止中です。認証局に連絡してください。",
-        ));
-    }
-    let (options, state) = match t.action {
-        Action::Register => {
-            let current = device::get(app.db().conn(), &t.user_id)?;
-            let (o, s) = app
-                .rp
-                .start_registration(&t.user_id, current.as_ref().map(|d| &d.passkey))
-                .map_err(ApiError::internal)?;
-            (serde_json::to_value(o).map_err(ApiError::internal)?, s)
-        }
-        Action::Authenticate => {
-            let device = device::get(app.db().conn(), &t.user_id)?
-                .ok_or_else(|| refused("スマートフォンが登録されていません。先に登録してください。"))?;
-            let (o, s) = app.rp.start_authentication(&device.passkey).map_err(ApiError::internal)?;
-            (serde_json::to_value(o).map_err(ApiError::internal)?, s)
-        }
-        Action::None => return Err(refused("この手続きにスマートフォンの操作はありません。")),
-    };
-    if !ticket::begin(&mut app.db(), now, &t, &state)? {
-        return Err(refused("QRコードの有効期限が切れたか、手続きが進んでいます。PCの画面を確認してください。"));
-    }
     Ok(Json(options).into_response())
 }
 
@@ -669,171 +591,37 @@ pub async fn phone_finish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if cross_site(&app, &headers) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "access_denied", "requests from other sites are refused"));
-    }
-    let bytes = super::body::read_limited(body, MAX_RESPONSE_BYTES).await?;
-    let now = app.now_ms();
-    let t = ticket::by_phone(app.db().conn(), &token)?
-        .ok_or_else(|| refused("このQRコードは無効か、既に使われています。"))?;
-    // Single use: the challenge is gone from here on, whatever the outcome.
-    let state = ticket::take(&mut app.db(), now, t.id)?
-        .ok_or_else(|| refused("この認証要求は使用済みか、有効期限が切れています。もう一度ボタンを押してください。"))?;
-    let outcome = match t.action {
-        Action::Register => register(&app, &t, &bytes, &state, &headers, now),
-        _ => authenticate(&app, &t, &bytes, &state, now),
-    };
-    match outcome {
-        Ok(next) => Ok(Json(json!({ "next": next.replace("{token}", &token) })).into_response()),
-        Err(FidoError::Refused(reason)) => {
-            tracing::info!(user = %t.user_id, "phone refused: {reason}");
-            let shown = format!("スマートフォンの応答を確認できませんでした({reason})。もう一度お試しください。");
-            ticket::note_error(&mut app.db(), t.id, &shown)?;
-            Err(refused(shown))
-        }
-        Err(FidoError::Internal(e)) => Err(ApiError::internal(e)),
-    }
+    same_site_only(&app, &headers)?;
+    let bytes = read_limited(body, MAX_RESPONSE_BYTES).await?;
+    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let next = app.phones.finish(&token, &bytes, user_agent).await.map_err(phone_error)?;
+    Ok(Json(json!({ "next": format!("/m/{token}{next}") })).into_response())
 }
 
-fn store_err(e: impl std::fmt::Display) -> FidoError {
-    FidoError::Internal(e.to_string())
-}
-
-/// A label from the browser's User-Agent (the user may change it).
-fn auto_label(headers: &HeaderMap) -> String {
-    let ua = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let kind = if ua.contains("iPhone") {
-        "iPhone"
-    } else if ua.contains("iPad") {
-        "iPad"
-    } else if ua.contains("Android") {
-        "Android"
-    } else {
-        "スマートフォン"
-    };
-    kind.to_owned()
-}
-
-fn register(
-    app: &App,
-    t: &Ticket,
-    bytes: &[u8],
-    state: &str,
-    headers: &HeaderMap,
-    now: i64,
-) -> Result<String, FidoError> {
-    let passkey = app.rp.finish_registration(bytes, state)?;
-    let label = format!("{} {}", auto_label(headers), &rfc3339(now + 9 * 3_600_000)[..10]);
-    let actor = format!("user:{}", t.user_id);
-    enum Outcome {
-        Installed,
-        Moved,
-        NeedsConfirmation,
-        AlreadyRegistered,
-    }
-    let outcome = app
-        .db()
-        .write(|tx| {
-            // A phone registered meanwhile (another ticket) is replaced only after a yes.
-            let has_device = device::get(tx, &t.user_id)?.is_some();
-            if has_device && !ticket::replace_confirmed(tx, t.id)? {
-                if t.regcode_id.is_some() {
-                    // No PC to ask: a registration code does not replace a phone.
-                    ticket::cancel(tx, t.id)?;
-                    return Ok(Outcome::AlreadyRegistered);
-                }
-                ticket::require_confirmation(tx, t.id)?;
-                return Ok(Outcome::NeedsConfirmation);
-            }
-            if !ticket::advance(tx, t)? {
-                return Ok(Outcome::Moved);
-            }
-            device::install(tx, now, &actor, &t.user_id, &passkey, &label, &t.via)?;
-            if let Some(code) = t.regcode_id {
-                regcode::mark_used(tx, code)?;
-            }
-            Ok(Outcome::Installed)
-        })
-        .map_err(store_err)?;
-    match outcome {
-        Outcome::Installed => Ok("/m/{token}/label".into()),
-        Outcome::Moved => Err(FidoError::Refused("the ticket moved on meanwhile".into())),
-        Outcome::NeedsConfirmation => Err(FidoError::Refused(
-            "a phone was registered for this user meanwhile: answer the replace question on the PC, or sign in with that phone".into(),
-        )),
-        Outcome::AlreadyRegistered => Err(FidoError::Refused(
-            "a phone is already registered for this user: sign in with it, or ask the CA to remove it first".into(),
-        )),
-    }
-}
-
-fn authenticate(app: &App, t: &Ticket, bytes: &[u8], state: &str, now: i64) -> Result<String, FidoError> {
-    let result = app.rp.finish_authentication(bytes, state)?;
-    let device = device::get(app.db().conn(), &t.user_id)
-        .map_err(store_err)?
-        .ok_or_else(|| FidoError::Refused("no registered device".into()))?;
-    let used: &[u8] = result.cred_id().as_ref();
-    if used != device.credential_id.as_slice() {
-        return Err(FidoError::Refused("the credential is not this user's registered device".into()));
-    }
-    if !crate::fido::counter_ok(device.counter, result.counter()) {
-        return Err(FidoError::Refused(format!(
-            "the sign counter went backwards ({} after {}): the authenticator may be cloned",
-            result.counter(),
-            device.counter
-        )));
-    }
-    let mut passkey = device.passkey.clone();
-    passkey.update_credential(&result);
-    let actor = format!("user:{}", t.user_id);
-    let purpose = match t.purpose {
-        Purpose::Login => "login",
-        Purpose::Change => "device_change",
-        _ => "check",
-    };
-    let ok = app
-        .db()
-        .write(|tx| {
-            if !ticket::advance(tx, t)? {
-                return Ok(false);
-            }
-            if !device::record_use(tx, now, &device, &passkey, result.counter())? {
-                return Ok(false);
-            }
-            audit::append(
-                tx,
-                now,
-                &[Event {
-                    actor: &actor,
-                    event: "fido.signin",
-                    user_id: Some(&t.user_id),
-                    outcome: "ok",
-                    detail: json!({ "purpose": purpose, "credential_id": b64url(&device.credential_id), "counter": result.counter() }),
-                    ..Default::default()
-                }],
-            )?;
-            Ok(true)
-        })
-        .map_err(store_err)?;
-    if !ok {
-        return Err(FidoError::Refused("the ticket or the device changed meanwhile".into()));
-    }
-    Ok("/m/{token}".into())
+/// `POST /m/<token>/failed`: the phone's browser gave up without an answer
+/// (`NotAllowedError`): noted for the PC; the answer is what the phone shows.
+pub async fn phone_failed(
+    State(app): State<Arc<App>>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    same_site_only(&app, &headers)?;
+    let has_device = app.phones.phone_gave_up(&token).await.map_err(phone_error)?;
+    let message = if has_device { failure_text(&Failure::NotAllowed) } else { failure_text(&Failure::NoDevice) };
+    Ok(Json(json!({ "message": message })).into_response())
 }
 
 /// `GET /m/<token>/label`: the label screen after a registration.
 pub async fn label_page(State(app): State<Arc<App>>, Path(token): Path<String>) -> Response {
-    let t = match phone_ticket(&app, &token) {
-        PhoneTicket::Ok(t) => t,
-        PhoneTicket::Page(p) => return p,
+    let (t, label) = match app.phones.label_view(&token).await {
+        Ok(x) => x,
+        Err(e) => return phone_ticket_page(&app, e),
     };
-    if t.action != Action::Register || !matches!(t.step, Step::Done | Step::Collected) || t.labelled {
-        return Redirect::to(&format!("/m/{token}")).into_response();
+    if t.expired(app.now_ms()) {
+        return expired_page(&app);
     }
-    let label = match device::get(app.db().conn(), &t.user_id) {
-        Ok(Some(d)) => d.label,
-        Ok(None) => String::new(),
-        Err(e) => return internal(e),
+    let Some(label) = label else {
+        return Redirect::to(&format!("/m/{token}")).into_response();
     };
     app.templates.render(
         StatusCode::OK,
@@ -853,84 +641,71 @@ pub async fn label_submit(
     if cross_site(&app, &headers) {
         return forbidden_origin(&app);
     }
-    let form = match super::oidc::read_form(&app, body).await {
+    let form = match read_form(body, app.config.server.max_json_bytes).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
-    let t = match phone_ticket(&app, &token) {
-        PhoneTicket::Ok(t) => t,
-        PhoneTicket::Page(p) => return p,
-    };
-    if t.action != Action::Register || !matches!(t.step, Step::Done | Step::Collected) {
-        return Redirect::to(&format!("/m/{token}")).into_response();
-    }
-    match ticket::mark_labelled(&mut app.db(), t.id) {
-        Ok(true) => {}
-        Ok(false) => return finished_page(&app, &t),
-        Err(e) => return internal(e),
-    }
-    let label: String = form.get("label").map(|l| l.trim().chars().take(64).collect()).unwrap_or_default();
-    if form.get("answer").map(String::as_str) == Some("ok") && !label.is_empty() {
-        if let Err(e) = app.db().write(|tx| device::set_label(tx, &t.user_id, &label)) {
-            return internal(e);
+    let label = (form.get("answer").map(String::as_str) == Some("ok")).then(|| form.get("label")).flatten();
+    match app.phones.label(&token, label.map(String::as_str)).await {
+        Ok((t, _)) if t.action() != Action::Register || !t.stage.finished() => {
+            Redirect::to(&format!("/m/{token}")).into_response()
         }
+        Ok((t, _)) => finished_page(&app, &t),
+        Err(e) => phone_ticket_page(&app, e),
     }
-    finished_page(&app, &t)
 }
 
-fn regcode_error_page(app: &App, e: &regcode::RegcodeError) -> Response {
-    use regcode::RegcodeError as E;
+fn regcode_error_page(app: &App, e: Error) -> Response {
     match e {
-        E::Unknown => msg(
+        Error::NotFound(..) => msg(
             app,
             StatusCode::NOT_FOUND,
             "登録URLが無効です",
             "この登録URLは無効です。",
             "書面に記載されたURLを確認してください。",
         ),
-        E::Expired => msg(
+        Error::Gone(Gone::Expired, _) => msg(
             app,
             StatusCode::GONE,
             "登録URLの有効期限切れ",
             "この登録URLは有効期限が切れています。",
             "認証局に連絡して、新しい登録URLの発行を受けてください。",
         ),
-        E::Locked => msg(
+        Error::Forbidden(Forbidden::Locked, _) => msg(
             app,
             StatusCode::FORBIDDEN,
             "登録URLはロックされています",
             "パスワードを5回以上間違えたため、この登録URLは使えなくなりました。",
             "認証局に連絡して、新しい登録URLの発行を受けてください。",
         ),
-        E::Used => msg(
+        Error::Gone(Gone::Used, _) => msg(
             app,
             StatusCode::GONE,
             "登録URLは使用済みです",
             "この登録URLでは既にスマートフォンが登録されています。",
             "スマートフォンを変更する場合は登録サイトから手続きするか、認証局に連絡してください。",
         ),
-        E::Revoked => msg(
+        Error::Gone(Gone::Revoked, _) => msg(
             app,
             StatusCode::GONE,
             "登録URLは無効です",
             "この登録URLは無効になりました(新しい登録URLが発行されています)。",
             "最新の書面に記載されたURLを使うか、認証局に連絡してください。",
         ),
-        other => internal(other),
+        other => user_page(app, other),
     }
 }
 
 /// `GET /r/<code>`: E3: a printed registration URL asks for its password.
 pub async fn regcode_page(State(app): State<Arc<App>>, Path(code): Path<String>) -> Response {
-    let checked = regcode::check(&app.db(), app.now_ms(), &code);
-    match checked {
+    match app.phones.regcode_check(&code).await {
         Ok(_) => app.templates.render(
             StatusCode::OK,
             "password.html",
             "スマートフォンの初期登録",
             context! { action => format!("/r/{code}") },
         ),
-        Err(e) => regcode_error_page(&app, &e),
+        Err(e) => regcode_error_page(&app, e),
     }
 }
 
@@ -944,170 +719,22 @@ pub async fn regcode_submit(
     if cross_site(&app, &headers) {
         return forbidden_origin(&app);
     }
-    let form = match super::oidc::read_form(&app, body).await {
+    let form = match read_form(body, app.config.server.max_json_bytes).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
     let password = form.get("password").cloned().unwrap_or_default();
-    let now = app.now_ms();
-    let max = app.config.fido.regcode_max_tries;
-    let app2 = Arc::clone(&app);
-    let code2 = code.clone();
-    // Argon2 is slow on purpose: off the async workers.
-    let opened = tokio::task::spawn_blocking(move || regcode::open(app2.db_mutex(), now, &code2, &password, max)).await;
-    let opened =
-        match opened {
-            Ok(Ok(o)) => o,
-            Ok(Err(regcode::RegcodeError::WrongPassword { left })) => return app.templates.render(
-                StatusCode::UNAUTHORIZED,
-                "password.html",
-                "スマートフォンの初期登録",
-                context! {
-                    action => format!("/r/{code}"),
-                    error => format!("パスワードが違います。あと{left}回間違えると、この登録URLは使えなくなります。"),
-                },
-            ),
-            Ok(Err(e)) => return regcode_error_page(&app, &e),
-            Err(e) => return internal(e),
-        };
-    if let Some(problem) = user_problem(&app, &opened.user_id, false) {
-        return problem;
+    match app.phones.regcode_open(&code, &password).await {
+        Ok(phone) => Redirect::to(&format!("/m/{phone}")).into_response(),
+        Err(Error::Unauthenticated(Credential::Password { left }, _)) => app.templates.render(
+            StatusCode::UNAUTHORIZED,
+            "password.html",
+            "スマートフォンの初期登録",
+            context! {
+                action => format!("/r/{code}"),
+                error => format!("パスワードが違います。あと{left}回間違えると、この登録URLは使えなくなります。"),
+            },
+        ),
+        Err(e) => regcode_error_page(&app, e),
     }
-    let has_device = match device::get(app.db().conn(), &opened.user_id) {
-        Ok(d) => d.is_some(),
-        Err(e) => return internal(e),
-    };
-    let created = ticket::create(
-        &mut app.db(),
-        now,
-        lifetime_ms(&app),
-        NewTicket {
-            purpose: if has_device { Purpose::Verify } else { Purpose::Enroll },
-            via: "regcode",
-            user_id: &opened.user_id,
-            oidc_req: None,
-            regcode_id: Some(opened.id),
-            action: if has_device { Action::Authenticate } else { Action::Register },
-            step: Step::Waiting,
-            pc_claimed: true,
-        },
-    );
-    match created {
-        Ok((t, pc)) => Redirect::to(&format!("/m/{}", ticket::phone_token(&pc, t.phase))).into_response(),
-        Err(e) => internal(e),
-    }
-}
-
-/// `GET /link/hpki` (card listener): E4 starts with the HPKI card.
-pub async fn link_hpki(State(app): State<Arc<App>>, Extension(peer): Extension<PeerCertificates>) -> Response {
-    let user_id = match super::oidc::card_user(&app, &peer, Method::Hpki) {
-        Ok(u) => u,
-        Err(page) => return *page,
-    };
-    let created = ticket::create(
-        &mut app.db(),
-        app.now_ms(),
-        lifetime_ms(&app),
-        NewTicket {
-            purpose: Purpose::Link,
-            via: "hpki",
-            user_id: &user_id,
-            oidc_req: None,
-            regcode_id: None,
-            action: Action::None,
-            step: Step::Waiting,
-            pc_claimed: true,
-        },
-    );
-    let pc = match created {
-        Ok((_, pc)) => pc,
-        Err(e) => return internal(e),
-    };
-    app.templates.render(
-        StatusCode::OK,
-        "message.html",
-        "マイナンバーカードを登録する",
-        context! {
-            message => format!("本人ID: {user_id}"),
-            hint => "HPKIカードで本人を確認しました。ICカードリーダーのカードをマイナンバーカードに差し替えてから「次へ」を押し、利用者証明用電子証明書の暗証番号(4桁)を入力してください。",
-            link => format!("{}/link/jpki?t={pc}", card(&app)),
-            link_text => "次へ",
-        },
-    )
-}
-
-/// `GET /link/jpki?t=` (card listener): E4 ends: links the My Number card.
-pub async fn link_jpki(
-    State(app): State<Arc<App>>,
-    Extension(peer): Extension<PeerCertificates>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
-    let now = app.now_ms();
-    let Some(token) = params.get("t") else {
-        return not_found_page(&app);
-    };
-    let t = match ticket::by_pc(app.db().conn(), token) {
-        Ok(Some(t)) if t.purpose == Purpose::Link && t.step == Step::Waiting && !t.expired(now) => t,
-        Ok(Some(t)) if t.expired(now) => return expired_page(&app),
-        Ok(_) => {
-            return msg(
-                &app,
-                StatusCode::BAD_REQUEST,
-                "手続きが無効です",
-                "この手続きは使用済みか、無効です。",
-                "登録サイトから最初からやり直してください。",
-            )
-        }
-        Err(e) => return internal(e),
-    };
-    if let Err(e) = app.jpki.validate(&peer.0, app.clock.now()) {
-        return super::oidc::card_user(&app, &peer, Method::Jpki).err().map(|p| *p).unwrap_or_else(|| internal(e));
-    }
-    let Some(cert) = peer.0.first() else {
-        return not_found_page(&app);
-    };
-    // Consume the ticket first: one ticket links one card, also under concurrent requests.
-    match ticket::take_link(&mut app.db(), now, token) {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            return msg(
-                &app,
-                StatusCode::BAD_REQUEST,
-                "手続きが無効です",
-                "この手続きは使用済みか、無効です。",
-                "登録サイトから最初からやり直してください。",
-            )
-        }
-        Err(e) => return internal(e),
-    }
-    let linked = {
-        let mut db = app.db();
-        crate::auth::cards::jpki_link(&mut db, app.clock.as_ref(), &format!("user:{}", t.user_id), &t.user_id, cert)
-    };
-    if linked.is_err() {
-        // Nothing was linked: the user may try again with the right card.
-        if let Err(e) = ticket::untake_link(&mut app.db(), t.id) {
-            return internal(e);
-        }
-    }
-    match linked {
-        Ok(_) => {}
-        Err(crate::auth::cards::CardError::State(_)) => {
-            return msg(
-                &app,
-                StatusCode::CONFLICT,
-                "登録できません",
-                "このマイナンバーカードは、既に別の利用者に登録されています。",
-                "ご自身のマイナンバーカードを使ってください。心当たりがない場合は認証局に連絡してください。",
-            )
-        }
-        Err(e) => return internal(e),
-    }
-    msg(
-        &app,
-        StatusCode::OK,
-        "完了",
-        &format!("マイナンバーカードを本人ID {} に登録しました。", t.user_id),
-        "これからはマイナンバーカードでもログインできます。",
-    )
 }

@@ -18,12 +18,11 @@ pub async fn healthz() -> Response {
 
 /// The store and the token are usable.
 pub async fn readyz(State(app): State<Arc<App>>) -> Response {
-    let store =
-        app.db().conn().query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ()).map_err(|e| e.to_string());
-    let ks = Arc::clone(&app.keystore);
-    let token = tokio::task::spawn_blocking(move || ks.ping().map_err(|e| e.to_string()))
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+    let store = app.store.ping().await;
+    if let Err(e) = &store {
+        tracing::warn!("readyz: store: {e}");
+    }
+    let token = app.signing.token_ready().await;
     let ok = store.is_ok() && token.is_ok();
     if let Err(e) = &token {
         tracing::warn!("readyz: token: {e}");
@@ -40,16 +39,18 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
 
 /// Prometheus text.
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let active = crate::auth::session::count_active(app.db().conn(), app.now_ms()).unwrap_or(-1);
+    let active = crate::auth::sessions::count_active(app.store.as_ref(), app.now_ms()).await.unwrap_or(-1);
     let mut text = app.metrics.render(active);
-    let stats = app.audit.stats();
-    text.push_str(&format!(
+    if let Some(writer) = app.signing.audit_writer() {
+        let stats = writer.stats();
+        text.push_str(&format!(
         "# HELP inkan_audit_commits_total Audit transactions committed.\n# TYPE inkan_audit_commits_total counter\ninkan_audit_commits_total {}\n\
 # HELP inkan_audit_rows_total Audit rows committed by the group-commit writer.\n# TYPE inkan_audit_rows_total counter\ninkan_audit_rows_total {}\n",
         stats.commits.load(std::sync::atomic::Ordering::Relaxed),
         stats.rows.load(std::sync::atomic::Ordering::Relaxed),
     ));
-    let token = app.keystore.sign_time();
+    }
+    let token = app.signing.token_sign_time();
     text.push_str(&format!(
         "# HELP inkan_token_sign_calls_total Signatures made by the token.\n# TYPE inkan_token_sign_calls_total counter\ninkan_token_sign_calls_total {}\n\
 # HELP inkan_token_sign_cpu_seconds_total CPU time of this process inside the token's sign calls (a software token signs on the caller's thread).\n# TYPE inkan_token_sign_cpu_seconds_total counter\ninkan_token_sign_cpu_seconds_total {:.6}\n",

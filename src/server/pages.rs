@@ -76,10 +76,11 @@ const TEMPLATES: &[(&str, &str)] = &[
 
 impl Templates {
     /// Loads the embedded templates.
-    pub fn new() -> Result<Templates, String> {
+    pub fn new() -> Result<Templates, crate::error::Error> {
         let mut env = minijinja::Environment::new();
         for (name, source) in TEMPLATES {
-            env.add_template(name, source).map_err(|e| format!("template {name}: {e}"))?;
+            env.add_template(name, source)
+                .map_err(|e| crate::error::Error::Internal(format!("template {name}: {e}")))?;
         }
         Ok(Templates(env))
     }

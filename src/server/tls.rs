@@ -8,7 +8,7 @@
 //! login route. The handshake still proves that the client holds the
 //! certificate's key: `CertificateVerify` is checked here against the key in
 //! the certificate. The chain is validated per scheme by
-//! [`crate::auth::certificate::TrustStore`] before any use.
+//! [`crate::auth::cards::CardAuth`] before any use.
 
 use std::sync::Arc;
 
@@ -19,29 +19,31 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, Error as TlsError, ServerConfig, SignatureScheme};
 
+use crate::error::Error;
+
 /// Builds a server configuration from PEM files.
 pub fn server_config(
     cert_pem: &[u8],
     key_pem: &[u8],
     client_auth: Option<Arc<CardCertVerifier>>,
-) -> Result<ServerConfig, String> {
+) -> Result<ServerConfig, Error> {
     let certs: Vec<CertificateDer<'static>> = crate::pki::parse_certificates(cert_pem)
-        .map_err(|e| format!("TLS certificate: {e}"))?
+        .map_err(|e| Error::Invalid(format!("TLS certificate: {e}")))?
         .into_iter()
         .map(CertificateDer::from)
         .collect();
-    let (_, key_der) = der::pem::decode_vec(key_pem).map_err(|e| format!("TLS key is not PEM: {e}"))?;
-    let key = PrivateKeyDer::try_from(key_der).map_err(|e| format!("TLS key: {e}"))?;
+    let (_, key_der) = der::pem::decode_vec(key_pem).map_err(|e| Error::Invalid(format!("TLS key is not PEM: {e}")))?;
+    let key = PrivateKeyDer::try_from(key_der).map_err(|e| Error::Invalid(format!("TLS key: {e}")))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+    let builder =
+        ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions().map_err(Error::internal)?;
     let builder = match client_auth {
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
-    let mut config =
-        builder.with_single_cert(certs, key).map_err(|e| format!("TLS key does not fit the certificate: {e}"))?;
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Invalid(format!("TLS key does not fit the certificate: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }

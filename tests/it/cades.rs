@@ -4,11 +4,11 @@
 use std::time::{Duration, SystemTime};
 
 use der::{Decode, Encode};
-use inkan::cades::{self, SignerIdentity};
 use inkan::config::RsaScheme;
 use inkan::keystore::{DigestAlgorithm, KeyAlgorithm, KeyRef};
 use inkan::pki::ca::Ca;
 use inkan::pki::profile::{Kind, Qualification};
+use inkan::signing::cades::{self, SignerIdentity};
 
 use crate::harness::{fixture, openssl_verify, token};
 

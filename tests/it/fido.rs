@@ -494,8 +494,9 @@ fn d1_device_change_keeps_the_old_phone_until_the_new_one_registered() {
     assert_eq!(phone_finish(&new_url, &new.create(&options)).status, 200);
     assert_eq!(pc.status(&server)["step"], "done");
     assert!(pc.get(&server.url("/pc")).text().contains("変更が完了しました"));
-    // The server now offers only the new credential: the old phone has nothing to sign with.
-    let (_pc, url, _) = fido_login_start(&server, &client, "100001");
+    // The old phone, which still holds its passkey, is told that it was
+    // replaced (and when), on the phone and on the PC, and logs nobody in.
+    let (mut pc, url, _) = fido_login_start(&server, &client, "100001");
     let options = phone_begin(&url);
     let allowed: Vec<&str> = options["publicKey"]["allowCredentials"]
         .as_array()
@@ -503,8 +504,16 @@ fn d1_device_change_keeps_the_old_phone_until_the_new_one_registered() {
         .iter()
         .filter_map(|c| c["id"].as_str())
         .collect();
-    assert_eq!(allowed, vec![new.credential_id.as_deref().expect("new id")]);
     assert_ne!(old.credential_id, new.credential_id);
+    assert_eq!(allowed.first().copied(), new.credential_id.as_deref(), "the registered phone first");
+    assert!(allowed.contains(&old.credential_id.as_deref().expect("old id")), "then the retired one");
+    let r = phone_finish(&url, &old.get(&options));
+    assert_eq!(r.status, 403, "{}", r.text());
+    let told = r.json()["error_description"].as_str().expect("description").to_owned();
+    assert!(told.contains("置き換えられた") && told.contains("無効"), "the phone is told why: {told}");
+    let status = pc.status(&server);
+    assert_eq!(status["step"], "waiting", "nobody logged in");
+    assert!(status["error"].as_str().is_some_and(|e| e.contains("置き換えられた")), "the PC is told too: {status}");
     fido_login(&server, &client, "100001", &mut new);
     assert!(audit_events(&env).contains(&"fido.replace".to_owned()));
 
@@ -532,7 +541,9 @@ fn d2_d3_cards_replace_e2_e4_link_and_operator_removal() {
     enroll_by_card(&server, "jpki-1", "jpki", &mut third, true);
     let (_pc, url, _) = fido_login_start(&server, &client, "100001");
     let options = phone_begin(&url);
-    assert_eq!(phone_finish(&url, &second.assert(&options, &Hostile::default())).status, 400);
+    let r = phone_finish(&url, &second.assert(&options, &Hostile::default()));
+    assert_eq!(r.status, 403, "a replaced phone is refused: {}", r.text());
+    assert!(r.text().contains("置き換えられた"), "{}", r.text());
     let tokens = fido_login(&server, &client, "100001", &mut third);
 
     // An unlinked My Number card cannot enroll.

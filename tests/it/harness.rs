@@ -239,7 +239,7 @@ pub fn token(pool_size: usize) -> (inkan::keystore::Keystore, String) {
     let shared = SOFTHSM.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
         let conf = dir.path().join("softhsm2.conf");
-        inkan::fixtures::write_softhsm_conf(&conf).expect("softhsm conf");
+        inkan::setup::write_softhsm_conf(&conf).expect("softhsm conf");
         let labels: Vec<String> = (0..PREMADE_TOKENS).map(|i| format!("ks-{i}")).collect();
         for label in &labels {
             let out = Command::new("softhsm2-util")

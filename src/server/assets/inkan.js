@@ -78,8 +78,16 @@
       }).then(function (result) {
         location.href = result.next;
       }).catch(function (err) {
-        showError(explain(err));
         button.disabled = false;
+        // The browser gave up without an answer: the phone may hold no passkey
+        // for this user (never registered, replaced, removed), or the user
+        // cancelled. The server notes it for the PC and says which it can tell.
+        if (err && err.name === 'NotAllowedError' && data.action !== 'register') {
+          post(base + '/failed').then(function (r) { showError(r.message || explain(err)); })
+            .catch(function () { showError(explain(err)); });
+          return;
+        }
+        showError(explain(err));
       });
     });
   }

@@ -1,10 +1,12 @@
-//! The auth epoch: a small file next to the database that a process replaces
-//! (a new random value, written and renamed into place) after a change that may
-//! affect a live auth session: a revoked session, a disabled user, a new active
-//! key, a removed device. The server keeps auth sessions in memory and checks
-//! the file per request; when it changed, the cache is emptied. A revocation by
-//! `inkan session revoke` in another process thus takes effect with the next
-//! request, without a database read per request.
+//! The auth epoch: SQLite's [`Invalidation`]. A small file next to the
+//! database that a process replaces (a new random value, written and renamed
+//! into place) after a change that may affect a live auth session: a revoked
+//! session, a disabled user, a new active key, a removed device. The server
+//! keeps auth sessions in memory and checks the file per request; when it
+//! changed, the cache is emptied. A revocation by `inkan session revoke` in
+//! another process thus takes effect with the next request, without a database
+//! read per request. The file must be on a local file system: the check
+//! compares the file's device and inode.
 //!
 //! The server checks through a [`Watcher`], which keeps the file it last read
 //! open and asks per request only whether the path still names that file (one
@@ -17,16 +19,15 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::auth::sessions::{Invalidation, Stamp};
+use crate::store::StoreError;
+
 /// The epoch file of a database.
 pub fn path_for(store_path: &Path) -> PathBuf {
     let mut name = store_path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".auth-epoch");
     store_path.with_file_name(name)
 }
-
-/// One version of the file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stamp(std::sync::Arc<str>);
 
 /// The file's current value; `None` if it cannot be read (then nothing may be cached).
 pub fn stamp(path: &Path) -> Option<Stamp> {
@@ -80,6 +81,28 @@ impl Watcher {
         let stamp = read_stamp(&mut file)?;
         *open = Some(Read { _file: file, id: (meta.dev(), meta.ino()), value: stamp.clone() });
         Some(stamp)
+    }
+}
+
+/// The epoch file of a database, watched.
+#[derive(Debug)]
+pub struct EpochFile(Watcher);
+
+impl EpochFile {
+    /// The epoch file at `path` (which need not exist yet).
+    pub fn new(path: PathBuf) -> EpochFile {
+        EpochFile(Watcher::new(path))
+    }
+}
+
+impl Invalidation for EpochFile {
+    fn stamp(&self) -> Option<Stamp> {
+        self.0.stamp()
+    }
+
+    fn bump(&self) -> Result<(), StoreError> {
+        bump(self.0.path())
+            .map_err(|e| StoreError::Unavailable(format!("cannot update {}: {e}", self.0.path().display())))
     }
 }
 

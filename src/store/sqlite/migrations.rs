@@ -2,7 +2,7 @@
 
 use rusqlite::Connection;
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// Each entry moves the schema one version forward. Never edit a released entry:
 /// append a new one.
@@ -175,6 +175,20 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (issuer, attribute, value)
     ) STRICT;
     CREATE INDEX hpki_subject_mappings_user ON hpki_subject_mappings(user_id);
+    "#,
+    // 4: phones that were replaced or removed, kept a while so that a phone
+    // still holding its old passkey can be told why it no longer signs in
+    r#"
+    CREATE TABLE retired_devices (
+        credential_id BLOB PRIMARY KEY,
+        user_id       TEXT NOT NULL REFERENCES users(id),
+        passkey       TEXT NOT NULL,
+        label         TEXT NOT NULL,
+        registered_at INTEGER NOT NULL,
+        retired_at    INTEGER NOT NULL,
+        reason        TEXT NOT NULL CHECK (reason IN ('replaced', 'removed'))
+    ) STRICT;
+    CREATE INDEX retired_devices_user ON retired_devices(user_id, retired_at);
     "#,
 ];
 

@@ -20,35 +20,20 @@
 mod der_writer;
 mod ess;
 
-use std::io::{Read, Write};
 use std::time::SystemTime;
 
 use der::{Decode, Encode};
 use inkan_keystore::{DigestAlgorithm, KeyAlgorithm, KeyRef, Keystore, SignatureScheme};
-use sha2::Digest;
 use x509_cert::Certificate;
 
 use crate::config::RsaScheme;
+use crate::error::{Error, Result};
 use der_writer::{header, tlv, Tag};
 
-pub use ess::signing_certificate_v2;
+use super::format::{Encoder, Parts, TokenSign};
+use super::Signer;
 
-/// A CAdES error.
-#[derive(Debug, thiserror::Error)]
-pub enum CadesError {
-    /// A certificate could not be parsed or encoded.
-    #[error("certificate: {0}")]
-    Certificate(String),
-    /// The digest does not fit its algorithm.
-    #[error("{0}")]
-    InvalidDigest(String),
-    /// The token failed.
-    #[error(transparent)]
-    Keystore(#[from] inkan_keystore::Error),
-    /// Reading the document or writing the signature failed.
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-}
+pub use ess::signing_certificate_v2;
 
 /// OIDs used here (RFC 5652, RFC 5035).
 mod oid {
@@ -87,9 +72,9 @@ impl SignerIdentity {
         rsa_scheme: RsaScheme,
         certificate: &[u8],
         chain: &[Vec<u8>],
-    ) -> Result<Self, CadesError> {
-        let cert = Certificate::from_der(certificate).map_err(|e| CadesError::Certificate(e.to_string()))?;
-        let enc = |e: der::Error| CadesError::Certificate(e.to_string());
+    ) -> Result<Self> {
+        let cert = Certificate::from_der(certificate).map_err(|e| Error::Invalid(format!("certificate: {e}")))?;
+        let enc = |e: der::Error| Error::Invalid(format!("certificate: {e}"));
         let tbs = cert.tbs_certificate();
         let issuer = tbs.issuer().to_der().map_err(enc)?;
         let serial = tbs.serial_number().to_der().map_err(enc)?;
@@ -102,7 +87,7 @@ impl SignerIdentity {
         let mut seen: Vec<&[u8]> = vec![certificate];
         for c in chain {
             if !seen.contains(&c.as_slice()) {
-                Certificate::from_der(c).map_err(|e| CadesError::Certificate(format!("chain: {e}")))?;
+                Certificate::from_der(c).map_err(|e| Error::Invalid(format!("certificate: chain: {e}")))?;
                 set_body.extend_from_slice(c);
                 seen.push(c);
             }
@@ -149,9 +134,9 @@ pub struct SignedAttributes {
 impl SignedAttributes {
     /// Encodes content-type (id-data), message-digest, signing-time and
     /// signing-certificate-v2, in DER `SET OF` order.
-    pub fn new(identity: &SignerIdentity, message_digest: &[u8], signing_time: SystemTime) -> Result<Self, CadesError> {
-        let enc = |e: der::Error| CadesError::InvalidDigest(e.to_string());
-        let attr = |oid: der::oid::ObjectIdentifier, value: &[u8]| -> Result<Vec<u8>, CadesError> {
+    pub fn new(identity: &SignerIdentity, message_digest: &[u8], signing_time: SystemTime) -> Result<Self> {
+        let enc = |e: der::Error| Error::Invalid(e.to_string());
+        let attr = |oid: der::oid::ObjectIdentifier, value: &[u8]| -> Result<Vec<u8>> {
             let mut body = oid.to_der().map_err(enc)?;
             body.extend_from_slice(&tlv(Tag::SET, value));
             Ok(tlv(Tag::SEQUENCE, &body))
@@ -201,13 +186,11 @@ fn algorithm_identifier(oid: der::oid::ObjectIdentifier, null_params: bool) -> V
     tlv(Tag::SEQUENCE, &body)
 }
 
-fn signature_algorithm(scheme: SignatureScheme) -> Result<Vec<u8>, CadesError> {
+fn signature_algorithm(scheme: SignatureScheme) -> Result<Vec<u8>> {
     Ok(match scheme {
         // RFC 3370 2.2: rsaEncryption is what most validators expect in a SignerInfo.
         SignatureScheme::RsaPkcs1v15(_) => algorithm_identifier(oid::RSA_ENCRYPTION, true),
-        other => {
-            inkan_keystore::signature_algorithm(other)?.to_der().map_err(|e| CadesError::Certificate(e.to_string()))?
-        }
+        other => inkan_keystore::signature_algorithm(other)?.to_der().map_err(Error::internal)?,
     })
 }
 
@@ -219,7 +202,7 @@ pub fn assemble(
     attributes: &SignedAttributes,
     signature: &[u8],
     content_len: Option<u64>,
-) -> Result<Assembled, CadesError> {
+) -> Result<Assembled> {
     let digest_alg = algorithm_identifier(digest.oid(), false);
     // SignerInfo (RFC 5652 5.3), version 1: sid is an IssuerAndSerialNumber.
     let mut si = vec![0x02, 0x01, 0x01];
@@ -231,7 +214,7 @@ pub fn assemble(
     let signer_infos = tlv(Tag::SET, &tlv(Tag::SEQUENCE, &si));
 
     // EncapsulatedContentInfo: eContentType id-data, eContent only when enveloping.
-    let data_oid = oid::DATA.to_der().map_err(|e| CadesError::Certificate(e.to_string()))?;
+    let data_oid = oid::DATA.to_der().map_err(Error::internal)?;
     let mut eci_head = Vec::new();
     let eci_len = match content_len {
         None => data_oid.len() as u64,
@@ -255,7 +238,7 @@ pub fn assemble(
     let content_total = content_len.unwrap_or(0);
     let sd_len = sd_head.len() as u64 + eci_head.len() as u64 + content_total + sd_tail.len() as u64;
 
-    let signed_data_oid = oid::SIGNED_DATA.to_der().map_err(|e| CadesError::Certificate(e.to_string()))?;
+    let signed_data_oid = oid::SIGNED_DATA.to_der().map_err(Error::internal)?;
     let explicit_len = header_len(sd_len) as u64 + sd_len;
     let ci_len = signed_data_oid.len() as u64 + header_len(explicit_len) as u64 + explicit_len;
 
@@ -282,11 +265,12 @@ pub fn sign_digest(
     digest_alg: DigestAlgorithm,
     message_digest: &[u8],
     signing_time: SystemTime,
-) -> Result<Vec<u8>, CadesError> {
+) -> Result<Vec<u8>> {
     Ok(sign_parts(keystore, identity, digest_alg, message_digest, signing_time, None)?.into_detached())
 }
 
-/// Signs a digest and assembles around `content_len` bytes of content (or none).
+/// Signs a digest with the token and assembles around `content_len` bytes of
+/// content (or none).
 pub fn sign_parts(
     keystore: &Keystore,
     identity: &SignerIdentity,
@@ -294,9 +278,24 @@ pub fn sign_parts(
     message_digest: &[u8],
     signing_time: SystemTime,
     content_len: Option<u64>,
-) -> Result<Assembled, CadesError> {
+) -> Result<Assembled> {
+    sign_with(identity, digest_alg, message_digest, signing_time, content_len, &mut |scheme, digest| {
+        keystore.sign_digest(identity.key(), scheme, digest)
+    })
+}
+
+/// Builds the signed attributes, has `token` sign their digest (the one token
+/// call), and assembles the signature.
+pub fn sign_with(
+    identity: &SignerIdentity,
+    digest_alg: DigestAlgorithm,
+    message_digest: &[u8],
+    signing_time: SystemTime,
+    content_len: Option<u64>,
+    token: &mut TokenSign<'_>,
+) -> Result<Assembled> {
     if message_digest.len() != digest_alg.output_len() {
-        return Err(CadesError::InvalidDigest(format!(
+        return Err(Error::Invalid(format!(
             "a {} digest has {} bytes, not {}",
             digest_alg.name(),
             digest_alg.output_len(),
@@ -305,7 +304,7 @@ pub fn sign_parts(
     }
     let attributes = SignedAttributes::new(identity, message_digest, signing_time)?;
     let to_sign = digest_alg.digest(&attributes.to_be_signed());
-    let signature = keystore.sign_digest(identity.key(), identity.scheme(digest_alg), &to_sign)?;
+    let signature = token(identity.scheme(digest_alg), &to_sign)?;
     assemble(identity, digest_alg, &attributes, &signature, content_len)
 }
 
@@ -317,7 +316,7 @@ pub fn sign_document(
     document: &[u8],
     attached: bool,
     signing_time: SystemTime,
-) -> Result<Vec<u8>, CadesError> {
+) -> Result<Vec<u8>> {
     let digest = digest_alg.digest(document);
     let parts =
         sign_parts(keystore, identity, digest_alg, &digest, signing_time, attached.then_some(document.len() as u64))?;
@@ -330,56 +329,35 @@ pub fn sign_document(
     Ok(der)
 }
 
-/// Hashes a stream with constant memory; returns the digest and the byte count.
-pub fn hash_stream(digest_alg: DigestAlgorithm, mut reader: impl Read) -> std::io::Result<(Vec<u8>, u64)> {
-    fn run<D: Digest>(mut reader: impl Read) -> std::io::Result<(Vec<u8>, u64)> {
-        let mut hasher = D::new();
-        let mut buf = vec![0u8; 32 * 1024];
-        let mut total = 0u64;
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            hasher.update(&buf[..n]);
-            total += n as u64;
-        }
-        Ok((hasher.finalize().to_vec(), total))
-    }
-    match digest_alg {
-        DigestAlgorithm::Sha256 => run::<sha2::Sha256>(&mut reader),
-        DigestAlgorithm::Sha384 => run::<sha2::Sha384>(&mut reader),
-        DigestAlgorithm::Sha512 => run::<sha2::Sha512>(&mut reader),
-    }
+/// CAdES-BES behind the format seam: detached, or enveloping the content.
+#[derive(Clone, Copy, Debug)]
+pub struct Cades {
+    /// Whether the content goes inside the signature.
+    pub enveloping: bool,
 }
 
-/// Signs the file at `input`, writing DER to `out`: detached, or enveloping the
-/// content (read a second time, streamed). Returns the content's digest.
-pub fn sign_file(
-    keystore: &Keystore,
-    identity: &SignerIdentity,
-    digest_alg: DigestAlgorithm,
-    input: &std::path::Path,
-    attached: bool,
-    signing_time: SystemTime,
-    out: &mut impl Write,
-) -> Result<Vec<u8>, CadesError> {
-    let (digest, len) = hash_stream(digest_alg, std::fs::File::open(input)?)?;
-    let parts = sign_parts(keystore, identity, digest_alg, &digest, signing_time, attached.then_some(len))?;
-    out.write_all(&parts.prefix)?;
-    if attached {
-        let copied = std::io::copy(&mut std::fs::File::open(input)?.take(len), out)?;
-        if copied != len {
-            return Err(CadesError::Io(std::io::Error::other(format!(
-                "{} changed while it was being signed",
-                input.display()
-            ))));
-        }
+impl Encoder for Cades {
+    fn name(&self) -> &'static str {
+        "cades-bes"
     }
-    out.write_all(&parts.suffix)?;
-    Ok(digest)
+
+    fn envelops(&self) -> bool {
+        self.enveloping
+    }
+
+    fn sign(
+        &self,
+        signer: &Signer,
+        digest_alg: DigestAlgorithm,
+        message_digest: &[u8],
+        signing_time: SystemTime,
+        content_len: Option<u64>,
+        token: &mut TokenSign<'_>,
+    ) -> Result<Parts> {
+        let content_len = if self.enveloping { content_len } else { None };
+        let a = sign_with(&signer.cades, digest_alg, message_digest, signing_time, content_len, token)?;
+        Ok(Parts { prefix: a.prefix, suffix: a.suffix })
+    }
 }
 
 #[cfg(test)]
@@ -397,13 +375,5 @@ mod tests {
         v.clear();
         header(Tag::SEQUENCE, 0x1_0000, &mut v);
         assert_eq!(v, [0x30, 0x83, 0x01, 0x00, 0x00]);
-    }
-
-    #[test]
-    fn hashing_streams() {
-        let data = vec![7u8; 200_000];
-        let (d, n) = hash_stream(DigestAlgorithm::Sha256, &data[..]).expect("hash");
-        assert_eq!(n, 200_000);
-        assert_eq!(d, DigestAlgorithm::Sha256.digest(&data));
     }
 }

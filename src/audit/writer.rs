@@ -1,8 +1,8 @@
 //! Group commit of audit rows.
 //!
 //! Every signature's audit row is committed before its response is sent. A
-//! dedicated thread owns a database connection; each request hands it its
-//! rows and waits. The thread commits a batch in one transaction (one WAL
+//! dedicated thread owns a database connection of its own ([`AuditLog`]); each
+//! request hands it its rows and waits. The thread commits a batch in one transaction (one WAL
 //! write and one sync for many signatures).
 //!
 //! Batches form by themselves only while a sync is running; on a fast disk
@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::audit::{self, Event};
-use crate::store::Store;
+use crate::error::Error;
+use crate::store::{AuditLog, StoreError};
 
 /// An audit row owned by the queue.
 #[derive(Clone, Debug, Default)]
@@ -51,7 +52,7 @@ struct Job {
     queued: Instant,
     at: i64,
     records: Vec<Record>,
-    done: oneshot::Sender<Result<i64, String>>,
+    done: oneshot::Sender<Result<i64, Error>>,
 }
 
 /// What the writer thread and the requests share.
@@ -259,81 +260,55 @@ impl AuditWriter {
     /// Starts the writer thread on its own connection; `windows` say how long
     /// a row waits for announced ones.
     ///
-    /// The writer checkpoints the WAL itself when it finds no row waiting after
-    /// a hundred commits: a checkpoint copies pages into the database
+    /// After a hundred commits, when it finds no row waiting, the writer gives
+    /// its connection a moment for maintenance ([`AuditLog::idle`]): SQLite
+    /// checkpoints its WAL then. A checkpoint copies pages into the database
     /// file and syncs it, and rows that came meanwhile would wait for it. Done
     /// by the only writer, it is complete, so the next commit starts the WAL
     /// over (a checkpoint on another connection would always lag behind the
     /// commits, and the WAL would grow for as long as the load lasts). SQLite's
     /// automatic checkpoint (1000 pages) still bounds the WAL under load that
     /// never pauses.
-    pub fn start(mut store: Store, windows: Windows) -> AuditWriter {
+    pub fn start(log: Box<dyn AuditLog>, windows: Windows) -> Result<AuditWriter, std::io::Error> {
         let queue = Arc::new(Queue::default());
         let stats = Arc::new(Stats::default());
         let (q, counted) = (Arc::clone(&queue), Arc::clone(&stats));
-        std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || {
-                let _guard = Stopped(Arc::clone(&q));
-                let mut load = Load::new();
-                let mut since_checkpoint = 0u32;
-                while let Some(mut batch) = q.next_batch(load.window(windows)) {
-                    // The details move into the events (the rows are the writer's now).
-                    let mut details: std::vec::IntoIter<serde_json::Value> = batch
-                        .iter_mut()
-                        .flat_map(|job| job.records.iter_mut().map(|r| r.detail.take()))
-                        .collect::<Vec<_>>()
-                        .into_iter();
-                    let result = store.write(|t| {
-                        let events: Vec<Vec<Event<'_>>> = batch
-                            .iter()
-                            .map(|job| {
-                                job.records
-                                    .iter()
-                                    .map(|r| Event {
-                                        actor: &r.actor,
-                                        event: r.event,
-                                        user_id: r.user_id.as_deref(),
-                                        generation: r.generation,
-                                        digest: r.digest.as_deref(),
-                                        outcome: r.outcome,
-                                        detail: details.next().unwrap_or_default(),
-                                    })
-                                    .collect()
-                            })
-                            .collect();
-                        let groups: Vec<(i64, &[Event<'_>])> =
-                            batch.iter().zip(&events).map(|(job, e)| (job.at, &e[..])).collect();
-                        audit::append_groups(t, &groups)
-                    });
-                    match result {
-                        Ok(seqs) => {
-                            let rows: usize = batch.iter().map(|j| j.records.len()).sum();
-                            counted.commits.fetch_add(1, Ordering::Relaxed);
-                            counted.rows.fetch_add(rows as u64, Ordering::Relaxed);
-                            for (job, seq) in batch.into_iter().zip(seqs) {
-                                let _ = job.done.send(Ok(seq));
-                            }
-                            since_checkpoint += 1;
-                            if since_checkpoint >= CHECKPOINT_AFTER && q.lock().jobs.is_empty() {
-                                since_checkpoint = 0;
-                                if let Err(e) = store.conn().query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                                {
-                                    tracing::warn!("WAL checkpoint failed: {e}");
-                                }
-                            }
+        // The writer drives its store's futures itself (SQLite's are ready at
+        // once; a networked store's make progress on this thread).
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("audit-writer".into()).spawn(move || {
+            let _guard = Stopped(Arc::clone(&q));
+            let mut log = log;
+            let mut load = Load::new();
+            let mut since_checkpoint = 0u32;
+            while let Some(mut batch) = q.next_batch(load.window(windows)) {
+                let result = runtime.block_on(commit_batch(&mut *log, &mut batch));
+                match result {
+                    Ok(seqs) => {
+                        let rows: usize = batch.iter().map(|j| j.records.len()).sum();
+                        counted.commits.fetch_add(1, Ordering::Relaxed);
+                        counted.rows.fetch_add(rows as u64, Ordering::Relaxed);
+                        for (job, seq) in batch.into_iter().zip(seqs) {
+                            let _ = job.done.send(Ok(seq));
                         }
-                        Err(e) => {
-                            tracing::error!("audit commit failed: {e}");
-                            for job in batch {
-                                let _ = job.done.send(Err(e.to_string()));
+                        since_checkpoint += 1;
+                        if since_checkpoint >= CHECKPOINT_AFTER && q.lock().jobs.is_empty() {
+                            since_checkpoint = 0;
+                            if let Err(e) = runtime.block_on(log.idle()) {
+                                tracing::warn!("audit log maintenance failed: {e}");
                             }
                         }
                     }
+                    Err(e) => {
+                        tracing::error!("audit commit failed: {e}");
+                        for job in batch {
+                            let _ = job.done.send(Err(Error::Unavailable(format!("audit commit failed: {e}"))));
+                        }
+                    }
                 }
-            })
-            .unwrap_or_else(|e| crate::server::fatal(format!("cannot start the audit writer: {e}")));
-        AuditWriter { _closer: Arc::new(Closer(Arc::clone(&queue))), queue, stats }
+            }
+        })?;
+        Ok(AuditWriter { _closer: Arc::new(Closer(Arc::clone(&queue))), queue, stats })
     }
 
     /// Commits and rows so far.
@@ -349,11 +324,44 @@ impl AuditWriter {
 
     /// Commits rows; returns the last sequence number once they are durable.
     /// `announced` is what [`AuditWriter::expect`] returned for them, if anything.
-    pub async fn commit(&self, at: i64, records: Vec<Record>, announced: Option<Expected>) -> Result<i64, String> {
+    pub async fn commit(&self, at: i64, records: Vec<Record>, announced: Option<Expected>) -> Result<i64, Error> {
         let (done, wait) = oneshot::channel();
         self.queue.push(Job { queued: Instant::now(), at, records, done }, announced);
-        wait.await.map_err(|_| "the audit writer stopped".to_string())?
+        wait.await.map_err(|_| Error::Unavailable("the audit writer stopped".into()))?
     }
+}
+
+/// Appends a batch's rows in one transaction and commits it; returns each
+/// job's last sequence number.
+async fn commit_batch(log: &mut dyn AuditLog, batch: &mut [Job]) -> Result<Vec<i64>, StoreError> {
+    // The details move into the events (the rows are the writer's now).
+    let mut details: std::vec::IntoIter<serde_json::Value> = batch
+        .iter_mut()
+        .flat_map(|job| job.records.iter_mut().map(|r| r.detail.take()))
+        .collect::<Vec<_>>()
+        .into_iter();
+    let events: Vec<Vec<Event<'_>>> = batch
+        .iter()
+        .map(|job| {
+            job.records
+                .iter()
+                .map(|r| Event {
+                    actor: &r.actor,
+                    event: r.event,
+                    user_id: r.user_id.as_deref(),
+                    generation: r.generation,
+                    digest: r.digest.as_deref(),
+                    outcome: r.outcome,
+                    detail: details.next().unwrap_or_default(),
+                })
+                .collect()
+        })
+        .collect();
+    let groups: Vec<(i64, &[Event<'_>])> = batch.iter().zip(&events).map(|(job, e)| (job.at, &e[..])).collect();
+    let mut tx = log.write().await?;
+    let seqs = audit::append_groups(&mut *tx, &groups).await?;
+    tx.commit().await?;
+    Ok(seqs)
 }
 
 #[cfg(test)]
@@ -443,10 +451,13 @@ mod tests {
         // its file stays the size of about CHECKPOINT_AFTER commits.
         let dir = tempfile::tempdir().expect("dir");
         let db = dir.path().join("inkan.db");
-        let writer = AuditWriter::start(
-            Store::open(&db).expect("store"),
-            Windows { busy: Duration::ZERO, idle: Duration::ZERO },
-        );
+        let store = crate::store::sqlite::SqliteStore::open(&db, crate::config::Synchronous::Full).expect("store");
+        let log = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(crate::store::Store::audit_log(&store))
+            .expect("audit log");
+        let writer = AuditWriter::start(log, Windows { busy: Duration::ZERO, idle: Duration::ZERO }).expect("writer");
         let wal = dir.path().join("inkan.db-wal");
         let commit = |n: u32| {
             for i in 0..n {

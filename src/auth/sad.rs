@@ -1,0 +1,80 @@
+//! Signature activation data (CSC `credentials/authorize`): a short-lived,
+//! single-use authorization to sign with one credential of one session, a
+//! number of times, optionally bound to exactly the hashes to be signed (what
+//! SCAL 2 requires).
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::store::{Store, StoreError};
+
+use super::token_hash;
+
+/// A SAD as stored (under the hash of its value).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sad {
+    /// The auth session it belongs to (token hash).
+    pub session: Vec<u8>,
+    /// The key generation it authorizes.
+    pub generation: i64,
+    /// The hashes it is bound to, if any.
+    pub hashes: Option<Vec<Vec<u8>>>,
+    /// Signatures it allows.
+    pub remaining: u32,
+    /// Unix ms.
+    pub expires_at: i64,
+}
+
+/// What SADs need from storage: short-lived, each call atomic.
+#[async_trait]
+pub trait SadStore: Send + Sync {
+    /// Keeps a SAD until it expires.
+    async fn put_sad(&self, sad_hash: &[u8], sad: &Sad, now: i64) -> Result<(), StoreError>;
+    /// Takes a SAD out (single use), expired or not.
+    async fn take_sad(&self, sad_hash: &[u8]) -> Result<Option<Sad>, StoreError>;
+}
+
+fn invalid(param: &str) -> Error {
+    Error::Invalid(format!("Invalid parameter {param}"))
+}
+
+/// Issues a SAD; returns its value.
+pub async fn authorize(store: &dyn Store, sad: Sad, now: i64) -> Result<String> {
+    let token = super::random_token();
+    store.sads().put_sad(&token_hash(&token), &sad, now).await?;
+    Ok(token)
+}
+
+/// Uses a SAD for `hashes`: it must belong to this session and key generation,
+/// be unexpired, allow this many signatures and, when bound to hashes, be bound
+/// to exactly these. Single use: it is gone afterwards, whatever the outcome.
+pub async fn consume(
+    store: &dyn Store,
+    token: &str,
+    session: &[u8],
+    generation: i64,
+    hashes: &[Vec<u8>],
+    now: i64,
+) -> Result<()> {
+    let sad = store.sads().take_sad(&token_hash(token)).await?.ok_or_else(|| invalid("SAD"))?;
+    if sad.expires_at <= now {
+        return Err(Error::Invalid("SAD expired".into()));
+    }
+    if sad.session != session || sad.generation != generation {
+        return Err(invalid("SAD"));
+    }
+    if hashes.len() as u64 > u64::from(sad.remaining) {
+        return Err(Error::Invalid("Invalid parameter numSignatures: more hashes than the SAD authorizes".into()));
+    }
+    if let Some(bound) = &sad.hashes {
+        let mut a = bound.clone();
+        let mut b = hashes.to_vec();
+        a.sort();
+        b.sort();
+        if a != b {
+            return Err(Error::Invalid("Invalid parameter SAD: it was authorized for other hashes".into()));
+        }
+    }
+    Ok(())
+}

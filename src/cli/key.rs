@@ -1,0 +1,168 @@
+//! `inkan key ...`: the second-key lifecycle.
+
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use inkan_keystore::{KeyAlgorithm, KeyRef};
+use serde_json::json;
+
+use super::{lines, read_certificate, write_file, CliError, Ctx, Output};
+use crate::keys::{self, KeyView, Purpose};
+use crate::users::KeyState;
+
+/// `inkan key ...`
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Generate a user's first key pair in the token and write its CSR (state: pending).
+    Generate {
+        /// User ID.
+        user_id: String,
+        /// rsa2048 (default), rsa3072 or p256.
+        #[arg(long, default_value = "rsa2048")]
+        alg: KeyAlgorithm,
+        /// Where to write the CSR (PEM).
+        #[arg(long, value_name = "FILE")]
+        csr_out: PathBuf,
+    },
+    /// HPKI card renewal: a next key generation, pending until its certificate is imported.
+    Rotate {
+        /// User ID.
+        user_id: String,
+        /// rsa2048 (default), rsa3072 or p256.
+        #[arg(long, default_value = "rsa2048")]
+        alg: KeyAlgorithm,
+        /// Where to write the CSR (PEM).
+        #[arg(long, value_name = "FILE")]
+        csr_out: PathBuf,
+    },
+    /// Write the CSR of a pending key again.
+    Csr {
+        /// User ID.
+        user_id: String,
+        /// Generation (default: the pending one).
+        #[arg(long)]
+        generation: Option<i64>,
+        /// Where to write the CSR (PEM).
+        #[arg(long, value_name = "FILE")]
+        csr_out: PathBuf,
+    },
+    /// Import the certificate of a pending key: activates it, retires the previous one.
+    ImportCert {
+        /// User ID.
+        user_id: String,
+        /// The certificate (PEM or DER).
+        cert: PathBuf,
+    },
+    /// List keys (of one user, or all).
+    List {
+        /// User ID.
+        user_id: Option<String>,
+    },
+    /// Retire a key generation: it signs no more.
+    Retire {
+        /// User ID.
+        user_id: String,
+        /// The generation to retire.
+        #[arg(long)]
+        generation: i64,
+    },
+    /// Show the protection attributes of a key in the token.
+    Inspect {
+        /// User ID.
+        user_id: String,
+        /// Generation (default: the active one).
+        #[arg(long)]
+        generation: Option<i64>,
+    },
+}
+
+/// One line per key, for people.
+pub fn key_line(k: &KeyView) -> String {
+    let mut line =
+        format!("{}  gen {}  {:8} {:8} created {}", k.user_id, k.generation, k.algorithm, k.state, k.created_at);
+    if let Some(serial) = &k.certificate_serial {
+        line.push_str(&format!("  cert {serial}"));
+        if let Some(na) = &k.certificate_not_after {
+            line.push_str(&format!(" until {na}"));
+        }
+    }
+    line
+}
+
+async fn generate(
+    ctx: &Ctx,
+    user_id: &str,
+    alg: KeyAlgorithm,
+    csr_out: &Path,
+    purpose: Purpose,
+) -> Result<Output, CliError> {
+    let store = ctx.store()?;
+    // Refuse early, before touching the token, when the user does not exist.
+    crate::users::get(store.as_ref(), user_id).await?;
+    let ks = ctx.keystore()?;
+    let g = keys::generate(store.as_ref(), &ks, ctx.clock.as_ref(), &ctx.actor, user_id, alg, purpose).await?;
+    write_file(csr_out, g.csr_pem.as_bytes())?;
+    Ok(Output::new(
+        format!(
+            "{} key generation {} ({}) generated in the token, pending its certificate\n  CSR written to {}\n  next: have the HPKI CA issue a certificate, then `inkan key import-cert {} <CERT.pem>`",
+            g.key.user_id,
+            g.key.generation,
+            g.key.algorithm,
+            csr_out.display(),
+            g.key.user_id
+        ),
+        json!({ "key": g.key, "csr_out": csr_out, "orphans_removed": g.orphans_removed }),
+    ))
+}
+
+/// Runs a `key` command.
+pub async fn run(ctx: &Ctx, cmd: KeyCommand) -> Result<Output, CliError> {
+    match cmd {
+        KeyCommand::Generate { user_id, alg, csr_out } => generate(ctx, &user_id, alg, &csr_out, Purpose::First).await,
+        KeyCommand::Rotate { user_id, alg, csr_out } => generate(ctx, &user_id, alg, &csr_out, Purpose::Rotation).await,
+        KeyCommand::Csr { user_id, generation, csr_out } => {
+            let pem = keys::csr(ctx.store()?.as_ref(), &user_id, generation).await?;
+            write_file(&csr_out, pem.as_bytes())?;
+            Ok(Output::new(format!("CSR written to {}", csr_out.display()), json!({ "csr_out": csr_out })))
+        }
+        KeyCommand::ImportCert { user_id, cert } => {
+            let store = ctx.store()?;
+            crate::users::get(store.as_ref(), &user_id).await?;
+            let der =
+                read_certificate(&cert).map_err(|e| CliError::from(format!("certificate refused: {}", e.message)))?;
+            let k =
+                keys::import_certificate(store.as_ref(), &ctx.config, ctx.clock.as_ref(), &ctx.actor, &user_id, &der)
+                    .await?;
+            Ok(Output::new(
+                format!(
+                    "certificate imported: {} key generation {} is active\n  {}",
+                    k.user_id,
+                    k.generation,
+                    key_line(&k)
+                ),
+                serde_json::to_value(&k)?,
+            ))
+        }
+        KeyCommand::List { user_id } => {
+            let keys: Vec<KeyView> =
+                keys::list(ctx.store()?.as_ref(), user_id.as_deref()).await?.iter().map(KeyView::from).collect();
+            Ok(Output::new(lines(&keys, "no keys", key_line), serde_json::to_value(&keys)?))
+        }
+        KeyCommand::Retire { user_id, generation } => {
+            let k = keys::retire(ctx.store()?.as_ref(), ctx.clock.as_ref(), &ctx.actor, &user_id, generation).await?;
+            Ok(Output::new(format!("{} key generation {} retired", k.user_id, k.generation), serde_json::to_value(&k)?))
+        }
+        KeyCommand::Inspect { user_id, generation } => {
+            let record = keys::find(ctx.store()?.as_ref(), &user_id, generation, KeyState::Active).await?;
+            let ks = ctx.keystore()?;
+            let p = ks.protection(&KeyRef::from_id(record.token_id.clone()))?;
+            let json = json!({
+                "user_id": user_id, "generation": record.generation,
+                "sensitive": p.sensitive, "extractable": p.extractable,
+                "always_sensitive": p.always_sensitive, "never_extractable": p.never_extractable,
+                "sign": p.sign, "decrypt": p.decrypt, "unwrap": p.unwrap, "derive": p.derive,
+            });
+            Ok(Output::new(serde_json::to_string_pretty(&json)?, json))
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! `inkan sign`: a signature made on the operator's machine, through the same
+//! pipeline as the service's.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::{CliError, Ctx, Output};
+use crate::auth::principal::Principal;
+use crate::error::{Error, Result};
+use crate::signing::{Activation, AuditSink, Document, Format, Payload, Request, Signing};
+
+/// Arguments of `inkan sign`.
+#[derive(Debug, clap::Args)]
+pub struct SignArgs {
+    /// The signer.
+    pub user_id: String,
+    /// The document.
+    pub input: PathBuf,
+    /// Where to write the signature (.p7s).
+    #[arg(long, value_name = "OUT.p7s")]
+    pub out: PathBuf,
+    /// Envelope the document in the signature (default: detached).
+    #[arg(long)]
+    pub attached: bool,
+}
+
+/// The outcome of a local signature.
+#[derive(Clone, Debug, Serialize)]
+pub struct Signed {
+    /// Signer.
+    pub user_id: String,
+    /// Key generation used.
+    pub generation: i64,
+    /// `sha256:<hex>` of the content.
+    pub digest: String,
+    /// Where the signature went.
+    pub out: String,
+    /// Whether the content is enveloped.
+    pub attached: bool,
+    /// Audit sequence number.
+    pub audit_seq: i64,
+}
+
+/// A file read in chunks.
+struct FileDocument(std::fs::File, PathBuf);
+
+#[async_trait]
+impl Document for FileDocument {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match self.0.read(&mut buf) {
+                Ok(0) => return Ok(None),
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(Some(Bytes::from(buf)));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::Invalid(format!("{}: {e}", self.1.display()))),
+            }
+        }
+    }
+}
+
+/// Signs the file at `input` into `out`: the signature is written to a
+/// temporary file beside `out` (an enveloped document is copied in from the
+/// file again, streamed), synced, and renamed into place after its audit row
+/// is committed.
+pub async fn sign_file(
+    signing: &Signing,
+    principal: &Principal,
+    input: &Path,
+    out: &Path,
+    format: Format,
+    activation: Activation<'_>,
+) -> Result<Signed, CliError> {
+    let open = |p: &Path| std::fs::File::open(p).map_err(|e| CliError::from(format!("{}: {e}", p.display())));
+    let mut document = FileDocument(open(input)?, input.to_path_buf());
+    let attached = format == Format::CadesEnveloping;
+    let mut signed = signing
+        .sign(
+            principal,
+            Request {
+                payload: Payload::Document { source: &mut document, keep: None },
+                format,
+                generation: None,
+                activation,
+                via: "cli",
+                detail: Some(serde_json::json!({ "attached": attached })),
+            },
+        )
+        .await?;
+    let parts = signed.signatures.pop().ok_or_else(|| CliError::from("no signature"))?;
+    let file_name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = out.with_file_name(format!(".{file_name}.tmp"));
+    let written = (|| -> Result<(), CliError> {
+        let cannot = |e: std::io::Error| CliError::from(format!("cannot write {}: {e}", tmp.display()));
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(cannot)?);
+        w.write_all(&parts.prefix).map_err(cannot)?;
+        if attached {
+            // As many bytes as were hashed (the signature's content length).
+            let signed_len = content_len(&document);
+            let copied = std::io::copy(&mut open(input)?.take(signed_len), &mut w).map_err(cannot)?;
+            if copied != signed_len {
+                return Err(CliError::from(format!("{} changed while it was being signed", input.display())));
+            }
+        }
+        w.write_all(&parts.suffix).map_err(cannot)?;
+        let f = w.into_inner().map_err(|e| cannot(e.into_error()))?;
+        f.sync_all().map_err(cannot)?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, out).map_err(|e| CliError::from(format!("cannot write {}: {e}", out.display())))?;
+    Ok(Signed {
+        user_id: principal.user_id.clone(),
+        generation: signed.generation,
+        digest: signed.digests.pop().unwrap_or_default(),
+        out: out.display().to_string(),
+        attached,
+        audit_seq: signed.audit_seq,
+    })
+}
+
+/// How many bytes of the file the signature was made over (what was read).
+fn content_len(document: &FileDocument) -> u64 {
+    use std::io::Seek;
+    let mut f = &document.0;
+    f.stream_position().unwrap_or(0)
+}
+
+/// `inkan sign USER INPUT --out OUT [--attached]`
+pub async fn run(ctx: &Ctx, args: SignArgs) -> Result<Output, CliError> {
+    let store = ctx.store()?;
+    // Refuse early, before touching the token: an unknown or disabled user, no active key, no file.
+    let principal = crate::signing::operator(store.as_ref(), &ctx.actor, &args.user_id).await?;
+    principal.active_key()?;
+    if !args.input.is_file() {
+        return Err(CliError { message: format!("{}: no such file", args.input.display()), code: 1 });
+    }
+    let signing = Signing::new(
+        &ctx.config,
+        Arc::new(ctx.keystore()?),
+        Arc::clone(&store),
+        Arc::clone(&ctx.clock),
+        AuditSink::Direct,
+        Default::default(),
+    )?;
+    let format = if args.attached { Format::CadesEnveloping } else { Format::CadesDetached };
+    let signed = sign_file(&signing, &principal, &args.input, &args.out, format, Activation::Session).await?;
+    let input = args.input.display();
+    Ok(Output::new(
+        format!(
+            "signed {input} as {} (key generation {}), {} signature written to {}\n  verify: openssl cms -verify -binary -inform DER -in {}{} -CAfile <(cat fixtures/pki/hpki-root.pem fixtures/pki/hpki-signing-ca.pem) -purpose any -out /dev/null",
+            signed.user_id,
+            signed.generation,
+            if args.attached { "attached" } else { "detached" },
+            signed.out,
+            signed.out,
+            if args.attached { String::new() } else { format!(" -content {input}") },
+        ),
+        serde_json::to_value(&signed)?,
+    ))
+}

@@ -1,0 +1,628 @@
+//! The phone flows: L1 (FIDO login), E1–E4 (enrollment, card link), D1–D3
+//! (device change), as operations the PC and phone pages call.
+//!
+//! Each operation reads a ticket inside a write transaction, asks the ticket
+//! for its next state ([`super::ticket`]), and writes it back with whatever
+//! else the step changes (a device, a registration code, the audit log) in the
+//! same transaction. WebAuthn verification and password hashing run between
+//! transactions, never inside one.
+//!
+//! When the phone fails, the ticket notes why ([`Failure`]) and the PC page
+//! shows it too.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use webauthn_rs::prelude::Passkey;
+
+use crate::audit::{self, Event};
+use crate::auth::b64url;
+use crate::auth::cards::CardAuth;
+use crate::auth::oidc::Provider;
+use crate::auth::sessions::Method;
+use crate::auth::{random_token, token_hash};
+use crate::clock::{rfc3339, Clock};
+use crate::config::Config;
+use crate::error::{Error, Forbidden, Gone, Missing, Result};
+use crate::store::{Store, Tx};
+
+use super::device::{self, Retirement};
+use super::regcode::{self, Status};
+use super::ticket::{phone_token, Action, Kind, Refused, Stage, Ticket};
+use super::RelyingParty;
+
+/// Why the phone's last attempt failed, as the ticket keeps it for the PC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum Failure {
+    /// inkan refused the phone's answer (the reason says why).
+    Refused(String),
+    /// The user has no registered phone (removed meanwhile).
+    NoDevice,
+    /// The user is disabled.
+    Disabled,
+    /// This phone's registration was replaced or removed (Unix ms).
+    Retired {
+        /// Why.
+        reason: Retirement,
+        /// When.
+        at: i64,
+    },
+    /// The phone's browser gave up without an answer: it holds no passkey
+    /// for this user, or the user cancelled.
+    NotAllowed,
+}
+
+impl Failure {
+    /// The stored form (the ticket's `error`).
+    pub fn encode(&self) -> String {
+        match self {
+            Failure::Refused(reason) => format!("refused:{reason}"),
+            Failure::NoDevice => "no_device".into(),
+            Failure::Disabled => "disabled".into(),
+            Failure::Retired { reason, at } => format!("retired:{}:{at}", reason.as_str()),
+            Failure::NotAllowed => "not_allowed".into(),
+        }
+    }
+
+    /// A stored failure (anything unknown is shown as it was stored, a refusal).
+    pub fn decode(text: &str) -> Failure {
+        match text.split_once(':') {
+            Some(("refused", reason)) => Failure::Refused(reason.to_owned()),
+            Some(("retired", rest)) => {
+                let (reason, at) = rest.split_once(':').unwrap_or((rest, "0"));
+                let reason = if reason == "removed" { Retirement::Removed } else { Retirement::Replaced };
+                Failure::Retired { reason, at: at.parse().unwrap_or(0) }
+            }
+            _ => match text {
+                "no_device" => Failure::NoDevice,
+                "disabled" => Failure::Disabled,
+                "not_allowed" => Failure::NotAllowed,
+                other => Failure::Refused(other.to_owned()),
+            },
+        }
+    }
+}
+
+/// The result of the PC's poll.
+#[derive(Clone, Debug)]
+pub struct PcStatus {
+    /// The ticket, after this poll.
+    pub ticket: Ticket,
+    /// For a finished login: where the PC goes with its authorization code
+    /// (`None` if the login request expired meanwhile).
+    pub login: Option<Option<String>>,
+}
+
+/// A PC ticket's page: the ticket and the phone token its QR code holds.
+#[derive(Clone, Debug)]
+pub struct PcView {
+    /// The ticket.
+    pub ticket: Ticket,
+    /// The phone token of the current phase.
+    pub phone_token: String,
+}
+
+/// The phone flows.
+pub struct Phones {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    rp: RelyingParty,
+    ticket_ms: i64,
+    regcode_max_tries: u32,
+}
+
+fn refused(e: Refused) -> Error {
+    match e {
+        Refused::Expired => Error::Gone(Gone::Expired, "the QR code has expired: start again".into()),
+        Refused::Stage(what) => Error::Conflict(format!("the ticket cannot {what} now: see the PC")),
+    }
+}
+
+fn unknown_ticket() -> Error {
+    Error::NotFound(Missing::Ticket, "unknown or used ticket".into())
+}
+
+impl Phones {
+    /// The flows with the relying party of `[fido]` and `[server] public_url`.
+    pub fn new(config: &Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<Phones> {
+        Ok(Phones {
+            store,
+            clock,
+            rp: RelyingParty::new(config)?,
+            ticket_ms: config.fido.ticket_secs as i64 * 1000,
+            regcode_max_tries: config.fido.regcode_max_tries,
+        })
+    }
+
+    /// The relying party.
+    pub fn rp(&self) -> &RelyingParty {
+        &self.rp
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Checks that a user exists, is enabled and (if `need_device`) has a phone.
+    async fn check_user(&self, tx: &mut dyn Tx, user_id: &str, need_device: bool) -> Result<bool> {
+        let user = crate::users::get_in(tx, user_id).await?;
+        if !user.is_active() {
+            return Err(crate::users::disabled(user_id));
+        }
+        let has_device = tx.device(user_id).await?.is_some();
+        if need_device && !has_device {
+            return Err(Error::Forbidden(Forbidden::NoDevice, format!("user {user_id} has no registered phone")));
+        }
+        Ok(has_device)
+    }
+
+    /// Opens a ticket for the user; returns the PC token.
+    async fn open(&self, user_id: &str, kind: Kind, need_device: bool, pc_claimed: bool) -> Result<String> {
+        let now = self.now();
+        let pc = random_token();
+        let mut tx = self.store.write().await?;
+        let has_device = self.check_user(&mut *tx, user_id, need_device).await?;
+        // Old tickets are kept a day for support questions, then dropped.
+        tx.purge_tickets(now - 86_400_000).await?;
+        let ticket = Ticket::new(kind, user_id, has_device, pc_claimed, now, self.ticket_ms);
+        tx.insert_ticket(&ticket, &token_hash(&pc), &token_hash(&phone_token(&pc, 0)), now).await?;
+        tx.commit().await?;
+        Ok(pc)
+    }
+
+    /// L1: a FIDO login for a pending OpenID Connect request; returns the PC token.
+    pub async fn start_login(&self, oidc: &Provider, request_id: &str, user_id: &str) -> Result<String> {
+        let request = oidc.pending(request_id).await?;
+        if request.login_hint.as_ref().is_some_and(|h| h != user_id) {
+            return Err(Error::Forbidden(
+                Forbidden::WrongUser,
+                "the user ID is not the login_hint of the request".into(),
+            ));
+        }
+        self.open(user_id, Kind::Login { request: request_id.to_owned() }, true, true).await
+    }
+
+    /// D1: the old phone signs in, then the new one registers; returns the PC token.
+    pub async fn start_change(&self, user_id: &str) -> Result<String> {
+        self.open(user_id, Kind::Change, true, true).await
+    }
+
+    /// E1/E2 (D2/D3) after a card login on the card listener; returns a
+    /// one-time hand-off token the PC claims on the main listener.
+    pub async fn start_card_enroll(&self, card: Method, user_id: &str) -> Result<String> {
+        self.open(user_id, Kind::CardEnroll { card }, false, false).await
+    }
+
+    /// E4 after an HPKI card login; returns the token of the My Number card step.
+    pub async fn start_link(&self, user_id: &str) -> Result<String> {
+        self.open(user_id, Kind::Link, false, true).await
+    }
+
+    /// The PC takes its ticket over from a hand-off token, once: the ticket
+    /// gets a fresh PC token (returned, for the cookie), so the one in the
+    /// hand-off URL is spent.
+    pub async fn claim(&self, handoff: &str) -> Result<String> {
+        let mut tx = self.store.write().await?;
+        let ticket = tx.ticket_by_pc(&token_hash(handoff)).await?.ok_or_else(unknown_ticket)?;
+        let ticket = ticket.claim().map_err(|_| Error::Gone(Gone::Used, "the hand-off URL has been used".into()))?;
+        let pc = random_token();
+        tx.update_ticket(&ticket).await?;
+        tx.set_ticket_tokens(ticket.id, &token_hash(&pc), &token_hash(&phone_token(&pc, ticket.phase))).await?;
+        tx.commit().await?;
+        Ok(pc)
+    }
+
+    async fn pc_ticket(&self, tx: &mut dyn Tx, pc: &str) -> Result<Ticket> {
+        tx.ticket_by_pc(&token_hash(pc)).await?.filter(|t| t.pc_claimed).ok_or_else(unknown_ticket)
+    }
+
+    /// The PC's page: its ticket and the phone token of its QR code.
+    pub async fn pc_view(&self, pc: &str) -> Result<PcView> {
+        let ticket = self.pc_ticket(&mut *self.store.read().await?, pc).await?;
+        let phone_token = phone_token(pc, ticket.phase);
+        Ok(PcView { ticket, phone_token })
+    }
+
+    /// What the PC polls. A finished login is collected here, once, and its
+    /// authorization code issued to this PC only.
+    pub async fn pc_status(&self, oidc: &Provider, pc: &str) -> Result<PcStatus> {
+        let mut tx = self.store.write().await?;
+        let ticket = self.pc_ticket(&mut *tx, pc).await?;
+        let Kind::Login { request } = &ticket.kind else {
+            return Ok(PcStatus { ticket, login: None });
+        };
+        if ticket.stage != Stage::Done {
+            return Ok(PcStatus { ticket, login: None });
+        }
+        let request = request.clone();
+        let collected = ticket.collect().map_err(refused)?;
+        tx.update_ticket(&collected).await?;
+        tx.commit().await?;
+        let redirect = match oidc.finish_login(&request, &collected.user_id, Method::Fido).await {
+            Ok(url) => Some(url),
+            Err(Error::NotFound(..)) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(PcStatus { ticket: collected, login: Some(redirect) })
+    }
+
+    /// The PC answers "replace the registered phone?".
+    pub async fn answer(&self, pc: &str, yes: bool) -> Result<Ticket> {
+        let now = self.now();
+        let mut tx = self.store.write().await?;
+        let ticket = self.pc_ticket(&mut *tx, pc).await?;
+        let next = ticket.answer(now, yes, self.ticket_ms).map_err(refused)?;
+        tx.update_ticket(&next).await?;
+        // A new phase: the QR code changes, the old phone token is spent.
+        tx.set_ticket_tokens(next.id, &token_hash(pc), &token_hash(&phone_token(pc, next.phase))).await?;
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    async fn phone_ticket(&self, tx: &mut dyn Tx, phone: &str) -> Result<Ticket> {
+        tx.ticket_by_phone(&token_hash(phone)).await?.ok_or_else(unknown_ticket)
+    }
+
+    /// The phone's page: the ticket (an expired one is an error).
+    pub async fn phone_view(&self, phone: &str) -> Result<Ticket> {
+        let ticket = self.phone_ticket(&mut *self.store.read().await?, phone).await?;
+        if ticket.expired(self.now()) {
+            return Err(refused(Refused::Expired));
+        }
+        Ok(ticket)
+    }
+
+    /// Notes a failure on a ticket (the PC shows it).
+    async fn note(&self, id: i64, failure: &Failure) -> Result<()> {
+        let mut tx = self.store.write().await?;
+        if let Some(ticket) = tx.ticket(id).await? {
+            tx.update_ticket(&ticket.with_error(failure.encode())).await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// The phone starts its WebAuthn ceremony: returns the options (JSON);
+    /// the challenge is kept in the ticket for exactly one answer.
+    pub async fn begin(&self, phone: &str) -> Result<serde_json::Value> {
+        let now = self.now();
+        let (ticket, user, device, retired) = {
+            let mut tx = self.store.read().await?;
+            let ticket = self.phone_ticket(&mut *tx, phone).await?;
+            let user = crate::users::get_in(&mut *tx, &ticket.user_id).await?;
+            let device = tx.device(&ticket.user_id).await?;
+            let retired = tx.retired_devices(&ticket.user_id).await?;
+            (ticket, user, device, retired)
+        };
+        if ticket.expired(now) {
+            return Err(refused(Refused::Expired));
+        }
+        if !matches!(ticket.stage, Stage::Waiting | Stage::Ceremony(_)) {
+            return Err(refused(Refused::Stage("start a phone ceremony")));
+        }
+        if !user.is_active() {
+            self.note(ticket.id, &Failure::Disabled).await?;
+            return Err(crate::users::disabled(&user.id));
+        }
+        let (options, state) = match ticket.action() {
+            Action::Register => {
+                let (o, s) = self.rp.start_registration(&ticket.user_id, device.as_ref().map(|d| &d.passkey))?;
+                (serde_json::to_value(o).map_err(Error::internal)?, s)
+            }
+            Action::Authenticate => {
+                let Some(device) = device else {
+                    self.note(ticket.id, &Failure::NoDevice).await?;
+                    return Err(Error::Forbidden(
+                        Forbidden::NoDevice,
+                        format!("user {} has no registered phone", user.id),
+                    ));
+                };
+                let mut passkeys: Vec<Passkey> = vec![device.passkey];
+                passkeys.extend(retired.into_iter().map(|r| r.passkey));
+                let (o, s) = self.rp.start_authentication(&passkeys)?;
+                (serde_json::to_value(o).map_err(Error::internal)?, s)
+            }
+            Action::None => return Err(Error::Invalid("this ticket has no phone step".into())),
+        };
+        let mut tx = self.store.write().await?;
+        let current = tx.ticket(ticket.id).await?.filter(|t| t.phase == ticket.phase).ok_or_else(unknown_ticket)?;
+        let started = current.begin(now, state).map_err(refused)?;
+        tx.update_ticket(&started).await?;
+        tx.commit().await?;
+        Ok(options)
+    }
+
+    /// The phone's answer to its ceremony, verified once per challenge.
+    /// Returns the phone's next page (relative to `/m/<token>`: `""` or `"/label"`).
+    pub async fn finish(&self, phone: &str, response: &[u8], user_agent: &str) -> Result<&'static str> {
+        let now = self.now();
+        // Single use: the challenge is gone from here on, whatever the outcome.
+        let (ticket, state) = {
+            let mut tx = self.store.write().await?;
+            let ticket = self.phone_ticket(&mut *tx, phone).await?;
+            let (waiting, state) = ticket.take_ceremony(now).map_err(|_| {
+                Error::Gone(Gone::Used, "the challenge is used or expired: press the button again".into())
+            })?;
+            tx.update_ticket(&waiting).await?;
+            tx.commit().await?;
+            (waiting, state)
+        };
+        let outcome = match ticket.action() {
+            Action::Register => self.register(&ticket, response, &state, user_agent, now).await,
+            Action::Authenticate => self.authenticate(&ticket, response, &state, now).await,
+            Action::None => Err(Error::Invalid("this ticket has no phone step".into())),
+        };
+        if let Err(e) = &outcome {
+            let failure = match e {
+                Error::Forbidden(Forbidden::Retired { removed, at }, _) => Some(Failure::Retired {
+                    reason: if *removed { Retirement::Removed } else { Retirement::Replaced },
+                    at: *at,
+                }),
+                Error::Forbidden(Forbidden::NoDevice, _) => Some(Failure::NoDevice),
+                Error::Unauthenticated(_, reason) | Error::Conflict(reason) => Some(Failure::Refused(reason.clone())),
+                _ => None,
+            };
+            if let Some(f) = failure {
+                tracing::info!(user = %ticket.user_id, "phone refused: {e}");
+                self.note(ticket.id, &f).await?;
+            }
+        }
+        outcome
+    }
+
+    async fn register(
+        &self,
+        t: &Ticket,
+        response: &[u8],
+        state: &str,
+        user_agent: &str,
+        now: i64,
+    ) -> Result<&'static str> {
+        let passkey = self.rp.finish_registration(response, state)?;
+        let label = format!("{} {}", auto_label(user_agent), rfc3339(now + 9 * 3_600_000).get(..10).unwrap_or(""));
+        let mut tx = self.store.write().await?;
+        let current = tx.ticket(t.id).await?.filter(|c| c.phase == t.phase).ok_or_else(unknown_ticket)?;
+        // A phone registered meanwhile (another ticket) is replaced only after a yes.
+        if tx.device(&t.user_id).await?.is_some() && !current.replace_confirmed {
+            if let Kind::CodeEnroll { .. } = current.kind {
+                // No PC to ask: a registration code does not replace a phone.
+                tx.update_ticket(&current.cancel().map_err(refused)?).await?;
+                tx.commit().await?;
+                return Err(Error::Conflict(
+                    "a phone is already registered for this user: sign in with it, or ask the CA to remove it first"
+                        .into(),
+                ));
+            }
+            tx.update_ticket(&current.ask_replace().map_err(refused)?).await?;
+            tx.commit().await?;
+            return Err(Error::Conflict(
+                "a phone was registered for this user meanwhile: answer the replace question on the PC, or sign in with that phone".into(),
+            ));
+        }
+        let done = current.verified().map_err(|_| Error::Conflict("the ticket moved on meanwhile".into()))?;
+        tx.update_ticket(&done).await?;
+        device::install(&mut *tx, now, &format!("user:{}", t.user_id), &t.user_id, &passkey, &label, t.kind.via())
+            .await?;
+        if let Some(code) = t.kind.code() {
+            tx.set_regcode_status(code, Status::Active, Status::Used).await?;
+        }
+        tx.commit().await?;
+        Ok("/label")
+    }
+
+    async fn authenticate(&self, t: &Ticket, response: &[u8], state: &str, now: i64) -> Result<&'static str> {
+        let result = self.rp.finish_authentication(response, state)?;
+        let used: &[u8] = result.cred_id().as_ref();
+        let mut tx = self.store.write().await?;
+        let Some(device) = tx.device(&t.user_id).await? else {
+            return Err(Error::Forbidden(Forbidden::NoDevice, "no registered device".into()));
+        };
+        if used != device.credential_id.as_slice() {
+            let retired = tx.retired_devices(&t.user_id).await?.into_iter().find(|r| r.credential_id == used);
+            return Err(match retired {
+                Some(r) => Error::Forbidden(
+                    Forbidden::Retired { removed: r.reason == Retirement::Removed, at: r.retired_at },
+                    format!("this phone's registration was {} on {}", r.reason.as_str(), rfc3339(r.retired_at)),
+                ),
+                None => Error::Unauthenticated(
+                    crate::error::Credential::Phone,
+                    "the credential is not this user's registered device".into(),
+                ),
+            });
+        }
+        if !super::counter_ok(device.counter, result.counter()) {
+            return Err(Error::Unauthenticated(
+                crate::error::Credential::Phone,
+                format!(
+                    "the sign counter went backwards ({} after {}): the authenticator may be cloned",
+                    result.counter(),
+                    device.counter
+                ),
+            ));
+        }
+        let mut passkey = device.passkey.clone();
+        passkey.update_credential(&result);
+        let moved = || Error::Conflict("the ticket or the device changed meanwhile".into());
+        let current = tx.ticket(t.id).await?.filter(|c| c.phase == t.phase).ok_or_else(moved)?;
+        let next = current.verified().map_err(|_| moved())?;
+        if !tx
+            .record_device_use(&t.user_id, &device.credential_id, &passkey, result.counter(), device.counter, now)
+            .await?
+        {
+            return Err(moved());
+        }
+        tx.update_ticket(&next).await?;
+        let purpose = match t.kind {
+            Kind::Login { .. } => "login",
+            Kind::Change => "device_change",
+            _ => "check",
+        };
+        audit::append(
+            &mut *tx,
+            now,
+            &[Event {
+                actor: &format!("user:{}", t.user_id),
+                event: "fido.signin",
+                user_id: Some(&t.user_id),
+                outcome: "ok",
+                detail: serde_json::json!({ "purpose": purpose, "credential_id": b64url(&device.credential_id), "counter": result.counter() }),
+                ..Default::default()
+            }],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok("")
+    }
+
+    /// The phone's browser gave up without an answer (`NotAllowedError`: no
+    /// passkey for this user on the phone, or the user cancelled). Noted for
+    /// the PC; returns whether the user has a phone at all (if not, that is
+    /// the cause).
+    pub async fn phone_gave_up(&self, phone: &str) -> Result<bool> {
+        let (ticket, has_device) = {
+            let mut tx = self.store.read().await?;
+            let ticket = self.phone_ticket(&mut *tx, phone).await?;
+            let has_device = tx.device(&ticket.user_id).await?.is_some();
+            (ticket, has_device)
+        };
+        let failure =
+            if has_device || ticket.action() == Action::Register { Failure::NotAllowed } else { Failure::NoDevice };
+        self.note(ticket.id, &failure).await?;
+        Ok(has_device)
+    }
+
+    /// The label screen after a registration: the ticket and the phone's
+    /// current label, or `None` if the screen is not (or no longer) due.
+    pub async fn label_view(&self, phone: &str) -> Result<(Ticket, Option<String>)> {
+        let mut tx = self.store.read().await?;
+        let ticket = self.phone_ticket(&mut *tx, phone).await?;
+        if ticket.action() != Action::Register || !ticket.stage.finished() || ticket.labelled {
+            return Ok((ticket, None));
+        }
+        let label = tx.device(&ticket.user_id).await?.map(|d| d.label).unwrap_or_default();
+        Ok((ticket, Some(label)))
+    }
+
+    /// Answers the label screen (once): OK with a label keeps it, cancel keeps
+    /// the automatic one. Returns the ticket, and whether this answer counted.
+    pub async fn label(&self, phone: &str, label: Option<&str>) -> Result<(Ticket, bool)> {
+        let mut tx = self.store.write().await?;
+        let ticket = self.phone_ticket(&mut *tx, phone).await?;
+        let Ok(labelled) = ticket.clone().label() else {
+            return Ok((ticket, false));
+        };
+        tx.update_ticket(&labelled).await?;
+        if let Some(l) = label.map(|l| l.trim().chars().take(64).collect::<String>()).filter(|l| !l.is_empty()) {
+            tx.set_device_label(&labelled.user_id, &l).await?;
+        }
+        tx.commit().await?;
+        Ok((labelled, true))
+    }
+
+    /// Whether a printed registration code can still be used.
+    pub async fn regcode_check(&self, code: &str) -> Result<String> {
+        regcode::check(self.store.as_ref(), self.now(), code).await
+    }
+
+    /// E3: the password of a printed code opens a phone-only ticket (register,
+    /// or sign in when the user has a phone); returns its phone token.
+    pub async fn regcode_open(&self, code: &str, password: &str) -> Result<String> {
+        let now = self.now();
+        let opened = regcode::open(self.store.as_ref(), now, code, password, self.regcode_max_tries).await?;
+        let pc = random_token();
+        let mut tx = self.store.write().await?;
+        let has_device = self.check_user(&mut *tx, &opened.user_id, false).await?;
+        let kind = if has_device { Kind::CodeVerify { code: opened.id } } else { Kind::CodeEnroll { code: opened.id } };
+        let ticket = Ticket::new(kind, &opened.user_id, has_device, true, now, self.ticket_ms);
+        tx.insert_ticket(&ticket, &token_hash(&pc), &token_hash(&phone_token(&pc, 0)), now).await?;
+        tx.commit().await?;
+        Ok(phone_token(&pc, 0))
+    }
+
+    /// E4 ends: the My Number card of this connection (validated) is linked
+    /// to the ticket's user. One ticket links one card; a refused card leaves
+    /// the ticket usable for another try. Returns the user.
+    pub async fn link(&self, cards: &CardAuth, token: &str, chain: &[Vec<u8>]) -> Result<String> {
+        let now = self.now();
+        let ticket = {
+            let mut tx = self.store.read().await?;
+            tx.ticket_by_pc(&token_hash(token)).await?.filter(|t| t.kind == Kind::Link).ok_or_else(unknown_ticket)?
+        };
+        if ticket.expired(now) {
+            return Err(refused(Refused::Expired));
+        }
+        if ticket.stage != Stage::Waiting {
+            return Err(Error::Gone(Gone::Used, "this card link has been used".into()));
+        }
+        cards.validate(Method::Jpki, chain, self.clock.now())?;
+        let cert = chain.first().ok_or_else(unknown_ticket)?;
+        // Use the ticket first: one ticket links one card, also under concurrent requests.
+        {
+            let mut tx = self.store.write().await?;
+            let current = tx.ticket(ticket.id).await?.ok_or_else(unknown_ticket)?;
+            let used =
+                current.use_link(now).map_err(|_| Error::Gone(Gone::Used, "this card link has been used".into()))?;
+            tx.update_ticket(&used).await?;
+            tx.commit().await?;
+        }
+        let linked = crate::auth::cards::jpki_link(
+            self.store.as_ref(),
+            self.clock.as_ref(),
+            &format!("user:{}", ticket.user_id),
+            &ticket.user_id,
+            cert,
+        )
+        .await;
+        if linked.is_err() {
+            // Nothing was linked: the user may try again with the right card.
+            let mut tx = self.store.write().await?;
+            if let Some(back) = tx.ticket(ticket.id).await?.and_then(|t| t.restore_link().ok()) {
+                tx.update_ticket(&back).await?;
+                tx.commit().await?;
+            }
+        }
+        linked?;
+        Ok(ticket.user_id)
+    }
+}
+
+/// A label from the browser's User-Agent (the user may change it).
+pub fn auto_label(user_agent: &str) -> &'static str {
+    if user_agent.contains("iPhone") {
+        "iPhone"
+    } else if user_agent.contains("iPad") {
+        "iPad"
+    } else if user_agent.contains("Android") {
+        "Android"
+    } else {
+        "スマートフォン"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_round_trip_through_the_ticket() {
+        for f in [
+            Failure::Refused("sign-in refused: bad origin".into()),
+            Failure::NoDevice,
+            Failure::Disabled,
+            Failure::Retired { reason: Retirement::Removed, at: 1_700_000_000_000 },
+            Failure::Retired { reason: Retirement::Replaced, at: 5 },
+            Failure::NotAllowed,
+        ] {
+            assert_eq!(Failure::decode(&f.encode()), f);
+        }
+        // A row written before failures were typed shows its text.
+        assert_eq!(Failure::decode("スマートフォンの応答…"), Failure::Refused("スマートフォンの応答…".into()));
+    }
+
+    #[test]
+    fn labels_follow_the_user_agent() {
+        assert_eq!(auto_label("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0)"), "iPhone");
+        assert_eq!(auto_label("Mozilla/5.0 (Linux; Android 14)"), "Android");
+        assert_eq!(auto_label(""), "スマートフォン");
+    }
+}

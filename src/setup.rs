@@ -1,0 +1,88 @@
+//! Setting up a data directory: the SoftHSM configuration, the token and its
+//! PINs, the database (`inkan init`, also the first step of the demo); and
+//! opening the token and the store as every command and the service do.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use inkan_keystore::{Keystore, TokenInit};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// What `inkan init` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Initialised {
+    /// What was done or found, for people.
+    #[serde(skip)]
+    pub steps: Vec<String>,
+    /// Whether the token was created now.
+    pub token_created: bool,
+}
+
+/// Writes the SoftHSM configuration from `softhsm/softhsm2.conf.in` if it is
+/// missing, with its token directory beside it; returns whether it wrote.
+pub fn write_softhsm_conf(conf: &Path) -> std::io::Result<bool> {
+    let dir = conf.parent().unwrap_or(Path::new("."));
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens)?;
+    if conf.exists() {
+        return Ok(false);
+    }
+    let tokens = std::fs::canonicalize(&tokens)?;
+    let text = include_str!("../softhsm/softhsm2.conf.in").replace("@TOKENDIR@", &tokens.to_string_lossy());
+    std::fs::write(conf, text)?;
+    Ok(true)
+}
+
+/// Creates the data directory, the SoftHSM configuration, the token (with
+/// random PINs unless configured) and the database. Idempotent.
+pub fn init(config: &Config) -> Result<Initialised> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", config.data_dir.display())))?;
+    let mut steps = Vec::new();
+    if let Some(conf) = config.softhsm_conf() {
+        if write_softhsm_conf(&conf).map_err(|e| Error::Unavailable(format!("{}: {e}", conf.display())))? {
+            steps.push(format!("SoftHSM configuration written to {}", conf.display()));
+        }
+    }
+    config.export_softhsm_conf();
+    let (so_pin, user_pin) = config.init_pins().map_err(|e| Error::Invalid(e.0))?;
+    let token = inkan_keystore::init_token(&config.token.module, &config.token.label, &so_pin, &user_pin)
+        .map_err(|e| Error::Unavailable(format!("cannot set up the token {:?}: {e}", config.token.label)))?;
+    steps.push(match token {
+        TokenInit::Created => {
+            format!("token {:?} created (PINs in {})", config.token.label, config.pins_path().display())
+        }
+        TokenInit::Existing => format!("token {:?} exists", config.token.label),
+    });
+    // Check the PIN works.
+    open_keystore(config)?;
+    open_store(config)?;
+    steps.push(format!("database {} ready", config.store_path().display()));
+    Ok(Initialised { steps, token_created: token == TokenInit::Created })
+}
+
+/// Opens the token, with a hint when it cannot be used.
+pub fn open_keystore(config: &Config) -> Result<Keystore> {
+    config.export_softhsm_conf();
+    let ks_config = config.keystore().map_err(|e| Error::Invalid(e.0))?;
+    Keystore::open(ks_config).map_err(|e| {
+        let hint = match &e {
+            inkan_keystore::Error::LoginFailed { .. } => {
+                " (check INKAN_TOKEN_USER_PIN or the pins file written by `inkan init`)"
+            }
+            inkan_keystore::Error::TokenUnavailable { .. } => " (run `inkan init`, or check [token] module and label)",
+            _ => "",
+        };
+        Error::Unavailable(format!("cannot use the token {:?}: {e}{hint}", config.token.label))
+    })
+}
+
+/// Opens (creating and migrating) the configured store.
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
+    crate::store::open(config)
+        .map_err(|e| Error::Unavailable(format!("cannot open the database {}: {e}", config.store_path().display())))
+}

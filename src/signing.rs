@@ -1,0 +1,512 @@
+//! The signing pipeline: one entry point for every signature inkan makes.
+//!
+//! [`Signing::sign`] takes a [`Principal`] and a [`Request`] (what to sign:
+//! digests or a document stream; the [`Format`]; the signature activation a
+//! CSC client brings) and returns the signatures, in order. On the way it does,
+//! once for every caller (`/api/v1/*`, CSC `signHash` and `signDoc`, the CLI's
+//! `inkan sign`, the demo):
+//!
+//! 1. authorization: the `sign` scope of the session, the user's active key
+//!    (and that it is the credential the caller named), the CSC SAD under
+//!    SCAL 2;
+//! 2. the digests: given, or hashed from the document as it streams in
+//!    (constant memory; an enveloped document is kept, up to a limit);
+//! 3. the signer: the user's active key with its certificate and chain,
+//!    encoded once and cached ([`signers`]);
+//! 4. the token: one `C_Sign` per signature, on the request's own worker for a
+//!    few signatures (moving them to the blocking pool costs two thread
+//!    hand-offs, more than it saves: measured), on the blocking pool for larger
+//!    batches so they do not stall other requests;
+//! 5. the audit rows, committed before the signatures are returned (group
+//!    commit when serving, see [`crate::audit::writer`]);
+//! 6. the metrics: signatures by outcome, latency, token errors, audit wait.
+//!
+//! Formats sit behind [`format`]'s seam: CAdES ([`cades`]) and raw
+//! signature values ([`raw`]) today.
+
+pub mod cades;
+pub mod format;
+pub mod raw;
+pub mod signers;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use inkan_keystore::{DigestAlgorithm, Keystore};
+use sha2::Digest;
+
+use crate::audit::writer::{AuditWriter, Expected, Record};
+use crate::audit::{self, Event};
+use crate::auth::principal::Principal;
+use crate::auth::sad;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::keys::hex;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+pub use format::{Format, Parts};
+pub use signers::{Signer, Signers};
+
+/// Batches up to this size are signed on the request's own worker thread.
+const INLINE_SIGNATURES: usize = 4;
+
+/// Most digests in one request.
+pub const MAX_HASHES: usize = 1000;
+
+/// A document the pipeline reads once, chunk by chunk (a request body, a file).
+#[async_trait]
+pub trait Document: Send {
+    /// The next chunk; `None` at the end.
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>>;
+}
+
+/// What to sign.
+pub enum Payload<'a> {
+    /// Digests of the content, made by the caller.
+    Digests {
+        /// Their hash algorithm.
+        alg: DigestAlgorithm,
+        /// The digests.
+        digests: Vec<Vec<u8>>,
+    },
+    /// A document the caller holds and has hashed itself: an enveloping
+    /// signature is assembled for its length, and the caller puts the document
+    /// between the signature's parts.
+    Hashed {
+        /// The hash algorithm.
+        alg: DigestAlgorithm,
+        /// The document's digest.
+        digest: Vec<u8>,
+        /// The document's length in bytes.
+        len: u64,
+    },
+    /// A document, hashed here with SHA-256 as it is read.
+    Document {
+        /// The document.
+        source: &'a mut dyn Document,
+        /// For an enveloping signature: keep the document (at most this many
+        /// bytes, else [`Error::TooLarge`]) and return it with the signature.
+        /// `None`: the caller has the document again (a file) and puts it
+        /// between the signature's parts itself.
+        keep: Option<usize>,
+    },
+}
+
+/// What activates a signature beyond the session (CSC `credentials/authorize`).
+#[derive(Clone, Copy, Debug)]
+pub enum Activation<'a> {
+    /// The session is enough (inkan's API, the CLI, the demo).
+    Session,
+    /// A CSC client: its SAD, if it sent one; under `[csc] scal = "2"` one is required.
+    Csc(Option<&'a str>),
+    /// A CSC request whose activation [`Signing::activate`] granted already
+    /// (`signDoc`: one SAD for all of its signatures).
+    Granted,
+}
+
+/// A signature request.
+pub struct Request<'a> {
+    /// What to sign.
+    pub payload: Payload<'a>,
+    /// How.
+    pub format: Format,
+    /// The key generation the caller named (a CSC credential), if any.
+    pub generation: Option<i64>,
+    /// Signature activation.
+    pub activation: Activation<'a>,
+    /// Which door it came through (`api.sign`, `csc.signHash`, `cli`, `demo`), for the audit log.
+    pub via: &'static str,
+    /// More audit detail (never a secret), merged into each row's.
+    pub detail: Option<serde_json::Value>,
+}
+
+/// The signatures of a request.
+#[derive(Debug)]
+pub struct Signed {
+    /// One per digest (or the document's), in order.
+    pub signatures: Vec<Parts>,
+    /// The document, when it was kept for an enveloping signature.
+    pub content: Option<Vec<u8>>,
+    /// The signed digests, `sha256:<hex>`, in order.
+    pub digests: Vec<String>,
+    /// The key generation that signed.
+    pub generation: i64,
+    /// The last audit row's sequence number.
+    pub audit_seq: i64,
+}
+
+/// Where the audit rows of signatures go.
+pub enum AuditSink {
+    /// The group-commit writer (the service).
+    Writer(AuditWriter),
+    /// One transaction per request on the store (the CLI).
+    Direct,
+}
+
+/// The pipeline.
+pub struct Signing {
+    keystore: Arc<Keystore>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    signers: Signers,
+    audit: AuditSink,
+    metrics: Arc<Metrics>,
+    scal2: bool,
+    sad_lifetime_ms: i64,
+}
+
+/// The audit name of a digest algorithm (`sha256`).
+fn digest_name(alg: DigestAlgorithm) -> String {
+    alg.name().to_ascii_lowercase().replace('-', "")
+}
+
+impl Signing {
+    /// The pipeline over a token and a store; `audit` says how its rows are committed.
+    pub fn new(
+        config: &Config,
+        keystore: Arc<Keystore>,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        audit: AuditSink,
+        metrics: Arc<Metrics>,
+    ) -> Result<Signing> {
+        let chain = crate::keys::chain(config)?;
+        Ok(Signing {
+            signers: Signers::new(Arc::clone(&store), config.signing.rsa_scheme, chain),
+            keystore,
+            store,
+            clock,
+            audit,
+            metrics,
+            scal2: config.csc.scal == "2",
+            sad_lifetime_ms: config.csc.sad_lifetime_secs as i64 * 1000,
+        })
+    }
+
+    /// Whether the token answers (a session of the pool can be used).
+    pub async fn token_ready(&self) -> Result<()> {
+        let ks = Arc::clone(&self.keystore);
+        Ok(tokio::task::spawn_blocking(move || ks.ping()).await.map_err(Error::internal)??)
+    }
+
+    /// Calls of the token's sign function so far, and the CPU time spent in them.
+    pub fn token_sign_time(&self) -> &inkan_keystore::SignTime {
+        self.keystore.sign_time()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The group-commit writer, if this pipeline has one.
+    pub fn audit_writer(&self) -> Option<&AuditWriter> {
+        match &self.audit {
+            AuditSink::Writer(w) => Some(w),
+            AuditSink::Direct => None,
+        }
+    }
+
+    /// The signer (active key, certificate, chain) of a principal.
+    pub async fn signer(&self, principal: &Principal) -> Result<Arc<Signer>> {
+        let key = principal.active_key()?;
+        self.signers.get(&principal.user_id, key).await
+    }
+
+    /// Issues signature activation data (CSC `credentials/authorize`) for the
+    /// principal's active key: `num` signatures, bound to `hashes` if given
+    /// (required under SCAL 2). Returns the SAD and its lifetime in seconds.
+    pub async fn authorize(
+        &self,
+        principal: &Principal,
+        generation: i64,
+        num: u32,
+        hashes: Vec<Vec<u8>>,
+    ) -> Result<(String, i64)> {
+        principal.require_sign_scope()?;
+        let key = principal.active_key()?;
+        let session = principal.session().ok_or_else(|| Error::Invalid("SADs belong to auth sessions".into()))?;
+        if key.generation != generation {
+            return Err(Error::Invalid("Invalid parameter credentialID".into()));
+        }
+        if num == 0 || num as usize > MAX_HASHES {
+            return Err(Error::Invalid("Invalid parameter numSignatures".into()));
+        }
+        if !hashes.is_empty() && hashes.len() != num as usize {
+            return Err(Error::Invalid("Invalid parameter numSignatures: it must equal the number of hashes".into()));
+        }
+        if self.scal2 && hashes.is_empty() {
+            return Err(Error::Invalid("Missing parameter hashes: SCAL 2 binds the SAD to the hashes".into()));
+        }
+        let now = self.clock.now_ms();
+        let token = sad::authorize(
+            self.store.as_ref(),
+            sad::Sad {
+                session: session.token_hash.clone(),
+                generation,
+                hashes: (!hashes.is_empty()).then_some(hashes),
+                remaining: num,
+                expires_at: now + self.sad_lifetime_ms,
+            },
+            now,
+        )
+        .await?;
+        Ok((token, self.sad_lifetime_ms / 1000))
+    }
+
+    /// Checks a CSC client's signature activation for `digests`: its SAD (used
+    /// up, whatever the outcome) must be this session's, for this key, and
+    /// cover the digests; under SCAL 2 a SAD is required.
+    pub async fn activate(
+        &self,
+        principal: &Principal,
+        generation: i64,
+        sad: Option<&str>,
+        digests: &[Vec<u8>],
+    ) -> Result<()> {
+        match (sad, principal.session()) {
+            (Some(token), Some(session)) => {
+                sad::consume(self.store.as_ref(), token, &session.token_hash, generation, digests, self.clock.now_ms())
+                    .await
+            }
+            (Some(_), None) => Err(Error::Invalid("Invalid parameter SAD".into())),
+            (None, _) if self.scal2 => Err(Error::Invalid("Missing parameter SAD (SCAL 2)".into())),
+            (None, _) => Ok(()),
+        }
+    }
+
+    /// Signs: see the module documentation.
+    pub async fn sign(&self, principal: &Principal, request: Request<'_>) -> Result<Signed> {
+        let started = Instant::now();
+        // 1. Authorization.
+        principal.require_sign_scope()?;
+        let key = principal.active_key()?.clone();
+        if request.generation.is_some_and(|g| g != key.generation) {
+            return Err(Error::Invalid("Invalid parameter credentialID".into()));
+        }
+        let encoder = request.format.encoder();
+        // 2. The digests.
+        let (alg, digests, content_len, content) = match request.payload {
+            Payload::Digests { alg, digests } => {
+                if digests.is_empty() {
+                    return Err(Error::Invalid("hashes must hold at least one digest".into()));
+                }
+                if digests.len() > MAX_HASHES {
+                    return Err(Error::Invalid(format!("at most {MAX_HASHES} hashes per request")));
+                }
+                if let Some(d) = digests.iter().find(|d| d.len() != alg.output_len()) {
+                    return Err(Error::Invalid(format!(
+                        "a {} digest has {} bytes, not {}",
+                        alg.name(),
+                        alg.output_len(),
+                        d.len()
+                    )));
+                }
+                (alg, digests, None, None)
+            }
+            Payload::Hashed { alg, digest, len } => {
+                if digest.len() != alg.output_len() {
+                    return Err(Error::Invalid(format!(
+                        "a {} digest has {} bytes, not {}",
+                        alg.name(),
+                        alg.output_len(),
+                        digest.len()
+                    )));
+                }
+                (alg, vec![digest], Some(len), None)
+            }
+            Payload::Document { source, keep } => {
+                let keep = if encoder.envelops() { keep } else { None };
+                let (digest, len, content) = hash_document(source, keep).await?;
+                (DigestAlgorithm::Sha256, vec![digest], Some(len), content)
+            }
+        };
+        // The CSC signature activation, for exactly these digests.
+        if let Activation::Csc(sad) = request.activation {
+            self.activate(principal, key.generation, sad, &digests).await?;
+        }
+        // 3. The signer.
+        let signer = self.signers.get(&principal.user_id, &key).await?;
+        // 4. The token.
+        let announced = self.announce();
+        let now = self.clock.now();
+        let n = digests.len() as u64;
+        let result = self.run(Arc::clone(&signer), encoder, alg, digests.clone(), now, content_len).await;
+        let signatures = match result {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.signatures(n, false, started.elapsed());
+                return Err(e);
+            }
+        };
+        // 5. The audit rows, durable before anything is returned.
+        let mut detail = serde_json::json!({
+            "via": request.via,
+            "format": request.format.encoder().name(),
+            "method": principal.method(),
+        });
+        if let (Some(extra), Some(obj)) = (request.detail.as_ref().and_then(|d| d.as_object()), detail.as_object_mut())
+        {
+            obj.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let names: Vec<String> = digests.iter().map(|d| format!("{}:{}", digest_name(alg), hex(d))).collect();
+        let signed = Instant::now();
+        let audit_seq = self.commit(principal, key.generation, &names, detail, announced).await?;
+        self.metrics.audit_wait(signed.elapsed());
+        // 6. The metrics.
+        self.metrics.signatures(n, true, started.elapsed());
+        Ok(Signed { signatures, content, digests: names, generation: key.generation, audit_seq })
+    }
+
+    fn announce(&self) -> Option<Expected> {
+        match &self.audit {
+            AuditSink::Writer(w) => Some(w.expect()),
+            AuditSink::Direct => None,
+        }
+    }
+
+    /// The token calls, inline for a few signatures, else on the blocking pool.
+    async fn run(
+        &self,
+        signer: Arc<Signer>,
+        encoder: Box<dyn format::Encoder>,
+        alg: DigestAlgorithm,
+        digests: Vec<Vec<u8>>,
+        at: SystemTime,
+        content_len: Option<u64>,
+    ) -> Result<Vec<Parts>> {
+        let (ks, metrics) = (Arc::clone(&self.keystore), Arc::clone(&self.metrics));
+        let inline = digests.len() <= INLINE_SIGNATURES;
+        let work = move || {
+            let mut token = |scheme, digest: &[u8]| {
+                ks.sign_digest(&signer.key, scheme, digest).inspect_err(|e| {
+                    if e.is_unavailable() || matches!(e, inkan_keystore::Error::Pkcs11 { .. }) {
+                        metrics.token_error();
+                    }
+                })
+            };
+            digests.iter().map(|d| encoder.sign(&signer, alg, d, at, content_len, &mut token)).collect()
+        };
+        if inline {
+            work()
+        } else {
+            tokio::task::spawn_blocking(work).await.map_err(Error::internal)?
+        }
+    }
+
+    /// Commits the signatures' audit rows; returns the last sequence number.
+    async fn commit(
+        &self,
+        principal: &Principal,
+        generation: i64,
+        digests: &[String],
+        detail: serde_json::Value,
+        announced: Option<Expected>,
+    ) -> Result<i64> {
+        let at = self.clock.now_ms();
+        match &self.audit {
+            AuditSink::Writer(w) => {
+                let records = digests
+                    .iter()
+                    .map(|d| Record {
+                        actor: principal.actor.clone(),
+                        event: "sign",
+                        user_id: Some(principal.user_id.clone()),
+                        generation: Some(generation),
+                        digest: Some(d.clone()),
+                        outcome: "ok",
+                        detail: detail.clone(),
+                    })
+                    .collect();
+                w.commit(at, records, announced).await
+            }
+            AuditSink::Direct => {
+                let events: Vec<Event<'_>> = digests
+                    .iter()
+                    .map(|d| Event {
+                        actor: &principal.actor,
+                        event: "sign",
+                        user_id: Some(&principal.user_id),
+                        generation: Some(generation),
+                        digest: Some(d),
+                        outcome: "ok",
+                        detail: detail.clone(),
+                    })
+                    .collect();
+                let mut tx = self.store.write().await?;
+                let seq = audit::append(&mut *tx, at, &events).await?;
+                tx.commit().await?;
+                Ok(seq)
+            }
+        }
+    }
+}
+
+/// The principal of an operator signing for a user (the CLI): the user must
+/// exist and be enabled; the key is the user's active one.
+pub async fn operator(store: &dyn Store, actor: &str, user_id: &str) -> Result<Principal> {
+    let mut tx = store.read().await?;
+    let user = crate::users::get_in(&mut *tx, user_id).await?;
+    if !user.is_active() {
+        return Err(crate::users::disabled(user_id));
+    }
+    let key = tx.active_key(user_id).await?.map(|k| crate::users::ActiveKey {
+        generation: k.generation,
+        token_id: k.token_id,
+        algorithm: k.algorithm,
+    });
+    Ok(Principal::operator(actor, user_id, key))
+}
+
+/// Hashes a document with SHA-256 in constant memory, keeping it when asked
+/// (at most `keep` bytes). Returns the digest, the length and the kept bytes.
+async fn hash_document(source: &mut dyn Document, keep: Option<usize>) -> Result<(Vec<u8>, u64, Option<Vec<u8>>)> {
+    let mut hasher = sha2::Sha256::new();
+    let mut kept = keep.map(|_| Vec::new());
+    let mut len: u64 = 0;
+    while let Some(chunk) = source.next_chunk().await? {
+        len += chunk.len() as u64;
+        hasher.update(&chunk);
+        if let (Some(buf), Some(limit)) = (kept.as_mut(), keep) {
+            if buf.len() + chunk.len() > limit {
+                return Err(Error::TooLarge { limit });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+    }
+    Ok((hasher.finalize().to_vec(), len, kept))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Chunks(Vec<Bytes>);
+
+    #[async_trait]
+    impl Document for Chunks {
+        async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+            Ok(if self.0.is_empty() { None } else { Some(self.0.remove(0)) })
+        }
+    }
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(f)
+    }
+
+    #[test]
+    fn documents_are_hashed_in_chunks_and_kept_only_within_the_limit() {
+        let data = vec![7u8; 200_000];
+        let chunks = || Chunks(data.chunks(32 * 1024).map(Bytes::copy_from_slice).collect());
+        let (digest, len, kept) = run(hash_document(&mut chunks(), None)).expect("hash");
+        assert_eq!((digest, len, kept), (DigestAlgorithm::Sha256.digest(&data), 200_000, None));
+        let (_, _, kept) = run(hash_document(&mut chunks(), Some(200_000))).expect("kept");
+        assert_eq!(kept.as_deref(), Some(&data[..]));
+        let err = run(hash_document(&mut chunks(), Some(100_000))).expect_err("too large");
+        assert!(matches!(err, Error::TooLarge { limit: 100_000 }), "{err}");
+    }
+}

@@ -1,0 +1,95 @@
+//! Signers: a user's active key with its certificate and chain, and what each
+//! format encodes once from them, cached by (user, key generation). A key
+//! generation's certificate never changes, so an entry stays true; a new active
+//! key is a new generation, which a principal brings from its session.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use inkan_keystore::{KeyAlgorithm, KeyRef};
+
+use crate::config::RsaScheme;
+use crate::error::{Error, Result};
+use crate::store::Store;
+use crate::users::ActiveKey;
+
+use super::cades::SignerIdentity;
+
+/// A user's key, ready to sign.
+#[derive(Debug)]
+pub struct Signer {
+    /// The user.
+    pub user_id: String,
+    /// The key generation.
+    pub generation: i64,
+    /// The token key.
+    pub key: KeyRef,
+    /// Its algorithm.
+    pub algorithm: KeyAlgorithm,
+    /// The chain certificates included in signatures (signing CA first), DER.
+    pub chain: Arc<Vec<Vec<u8>>>,
+    /// What CAdES encodes once per signer.
+    pub cades: SignerIdentity,
+}
+
+impl Signer {
+    /// The signer's certificate (DER).
+    pub fn certificate(&self) -> &[u8] {
+        self.cades.certificate()
+    }
+}
+
+/// Signers kept in memory at most (then the cache starts over).
+const MAX_CACHED_SIGNERS: usize = 100_000;
+
+/// The signer cache.
+pub struct Signers {
+    store: Arc<dyn Store>,
+    rsa_scheme: RsaScheme,
+    chain: Arc<Vec<Vec<u8>>>,
+    cache: Mutex<HashMap<(String, i64), Arc<Signer>>>,
+}
+
+impl Signers {
+    /// Signers of `store`'s keys, with the configured RSA scheme and chain.
+    pub fn new(store: Arc<dyn Store>, rsa_scheme: RsaScheme, chain: Vec<Vec<u8>>) -> Signers {
+        Signers { store, rsa_scheme, chain: Arc::new(chain), cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// The signer of a user's active key.
+    pub async fn get(&self, user_id: &str, key: &ActiveKey) -> Result<Arc<Signer>> {
+        let cache_key = (user_id.to_owned(), key.generation);
+        if let Some(s) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key) {
+            return Ok(Arc::clone(s));
+        }
+        let certificate = self
+            .store
+            .read()
+            .await?
+            .keys(Some(user_id))
+            .await?
+            .into_iter()
+            .find(|k| k.generation == key.generation)
+            .and_then(|k| k.certificate)
+            .ok_or_else(|| {
+                Error::Internal(format!("active key {}.g{} without certificate", user_id, key.generation))
+            })?;
+        let token_key = KeyRef::from_id(key.token_id.clone());
+        let cades = SignerIdentity::new(token_key.clone(), key.algorithm, self.rsa_scheme, &certificate, &self.chain)
+            .map_err(|e| Error::Internal(format!("signer {user_id}.g{}: {e}", key.generation)))?;
+        let signer = Arc::new(Signer {
+            user_id: user_id.to_owned(),
+            generation: key.generation,
+            key: token_key,
+            algorithm: key.algorithm,
+            chain: Arc::clone(&self.chain),
+            cades,
+        });
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_CACHED_SIGNERS {
+            cache.clear();
+        }
+        cache.insert(cache_key, Arc::clone(&signer));
+        Ok(signer)
+    }
+}

@@ -1,0 +1,147 @@
+//! The audit log's rows and head. Triggers (migration 1) refuse `UPDATE` and
+//! `DELETE` on the rows.
+
+use std::ops::DerefMut;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection};
+
+use super::{optional, SqliteTx};
+use crate::audit::{AuditStore, ChainedRow, Row};
+use crate::store::StoreError;
+
+/// Reads `seq, at, actor, event, user_id, generation, digest, outcome, detail` (in that order).
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        seq: r.get(0)?,
+        at: r.get(1)?,
+        actor: r.get(2)?,
+        event: r.get(3)?,
+        user_id: r.get(4)?,
+        generation: r.get(5)?,
+        digest: r.get(6)?,
+        outcome: r.get(7)?,
+        detail: r.get(8)?,
+    })
+}
+
+#[async_trait]
+impl<C: DerefMut<Target = Connection> + Send> AuditStore for SqliteTx<C> {
+    async fn audit_head(&mut self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+        let mut stmt = self.conn().prepare_cached("SELECT seq, hash FROM audit_head WHERE id = 1")?;
+        optional(stmt.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
+    }
+
+    async fn insert_audit(&mut self, row: &Row, prev_hash: &[u8], hash: &[u8]) -> Result<(), StoreError> {
+        self.writing()?
+            .prepare_cached(
+                "INSERT INTO audit (seq, at, actor, event, user_id, generation, digest, outcome, detail, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
+                row.seq,
+                row.at,
+                row.actor,
+                row.event,
+                row.user_id,
+                row.generation,
+                row.digest,
+                row.outcome,
+                row.detail,
+                prev_hash,
+                hash
+            ])?;
+        Ok(())
+    }
+
+    async fn set_audit_head(&mut self, seq: i64, hash: &[u8]) -> Result<(), StoreError> {
+        self.writing()?
+            .prepare_cached(
+                "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET seq = ?1, hash = ?2",
+            )?
+            .execute(params![seq, hash])?;
+        Ok(())
+    }
+
+    async fn audit_rows(&mut self, after_seq: i64, limit: usize) -> Result<Vec<ChainedRow>, StoreError> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT seq, at, actor, event, user_id, generation, digest, outcome, detail, prev_hash, hash
+             FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt
+            .query_map(params![after_seq, limit as i64], |r| {
+                Ok(ChainedRow { row: row(r)?, prev_hash: r.get(9)?, hash: r.get(10)? })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    async fn audit_tail(&mut self, user_id: Option<&str>, limit: i64) -> Result<Vec<Row>, StoreError> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT seq, at, actor, event, user_id, generation, digest, outcome, detail FROM audit
+             WHERE (?1 IS NULL OR user_id = ?1) ORDER BY seq DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![user_id, limit], row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::audit::{self, Event};
+    use crate::store::sqlite::tests::{run, store};
+    use crate::store::Store;
+
+    fn ev(event: &str) -> Event<'_> {
+        Event { actor: "test", event, outcome: "ok", detail: serde_json::json!({}), ..Default::default() }
+    }
+
+    async fn append(store: &dyn Store, events: &[Event<'_>]) {
+        let mut tx = store.write().await.expect("write");
+        audit::append(&mut *tx, 1, events).await.expect("append");
+        tx.commit().await.expect("commit");
+    }
+
+    #[test]
+    fn chain_verifies_and_detects_edits_and_truncation() {
+        let (dir, store) = store();
+        run(async {
+            append(&store, &[ev("a"), ev("b"), ev("c")]).await;
+            let v = audit::verify(&store).await.expect("verify");
+            assert_eq!(v.rows, 3);
+            assert!(v.broken.is_none());
+            let conn = rusqlite::Connection::open(dir.path().join("t.db")).expect("db");
+            conn.execute_batch("DROP TRIGGER audit_append_only_update; DROP TRIGGER audit_append_only_delete;")
+                .expect("drop");
+            conn.execute("UPDATE audit SET outcome = 'denied' WHERE seq = 2", []).expect("edit");
+            let broken = audit::verify(&store).await.expect("verify").broken.expect("broken");
+            assert_eq!(broken.seq, 2);
+            assert!(broken.reason.contains("edited"), "{}", broken.reason);
+        });
+    }
+
+    #[test]
+    fn deleted_tail_is_detected() {
+        let (dir, store) = store();
+        run(async {
+            append(&store, &[ev("a"), ev("b")]).await;
+            let conn = rusqlite::Connection::open(dir.path().join("t.db")).expect("db");
+            conn.execute_batch("DROP TRIGGER audit_append_only_delete; DELETE FROM audit WHERE seq = 2;")
+                .expect("delete");
+            let broken = audit::verify(&store).await.expect("verify").broken.expect("broken");
+            assert_eq!(broken.seq, 2);
+        });
+    }
+
+    #[test]
+    fn triggers_refuse_updates() {
+        let (dir, store) = store();
+        run(async {
+            append(&store, &[ev("a")]).await;
+        });
+        let conn = rusqlite::Connection::open(dir.path().join("t.db")).expect("db");
+        let err = conn.execute("UPDATE audit SET outcome = 'x'", []).expect_err("refused");
+        assert!(err.to_string().contains("append-only"), "{err}");
+    }
+}
