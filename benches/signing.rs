@@ -20,7 +20,7 @@ use inkan::config::RsaScheme;
 use inkan::keystore::{DigestAlgorithm, KeyAlgorithm, KeyRef, Keystore, KeystoreConfig, Pin};
 use inkan::pki::ca::Ca;
 use inkan::pki::profile::{Kind, Qualification};
-use inkan::signing::cades::{self, SignerIdentity};
+use inkan::signing::signed_data::{self as cades, SignerIdentity};
 
 const THREADS: [usize; 2] = [1, 2];
 

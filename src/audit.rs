@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::store::{Store, StoreError};
+use crate::storage::{StoreError, Transaction, Transactions};
 
 /// One audit event to append.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -92,6 +92,20 @@ pub trait AuditStore: Send {
     async fn audit_tail(&mut self, user_id: Option<&str>, limit: i64) -> Result<Vec<Row>, StoreError>;
 }
 
+/// A transaction that only appends to the audit log (the group-commit writer's).
+pub trait AuditTx: AuditStore + Transaction {}
+impl<T: AuditStore + Transaction + ?Sized> AuditTx for T {}
+
+/// A connection of its own for the audit log's group-commit writer, so that
+/// request transactions never wait for its syncs.
+#[async_trait]
+pub trait AuditLog: Send {
+    /// Starts a write transaction on this connection.
+    async fn write(&mut self) -> Result<Box<dyn AuditTx + '_>, StoreError>;
+    /// Called when no row waits: a moment for maintenance (SQLite checkpoints its WAL).
+    async fn idle(&mut self) -> Result<(), StoreError>;
+}
+
 fn canonical(prev: &[u8], row: &Row) -> [u8; 32] {
     fn field(h: &mut Sha256, v: Option<&[u8]>) {
         match v {
@@ -119,14 +133,17 @@ fn canonical(prev: &[u8], row: &Row) -> [u8; 32] {
 
 /// Appends events in order inside the caller's transaction; returns the last
 /// sequence number.
-pub async fn append(tx: &mut dyn AuditStore, at: i64, events: &[Event<'_>]) -> Result<i64, StoreError> {
+pub async fn append<A: AuditStore + ?Sized>(tx: &mut A, at: i64, events: &[Event<'_>]) -> Result<i64, StoreError> {
     Ok(append_groups(tx, &[(at, events)]).await?.pop().unwrap_or_default())
 }
 
 /// Appends groups of events (each with its own time) in order inside the
 /// caller's transaction, reading and moving the chain head once; returns each
 /// group's last sequence number.
-pub async fn append_groups(tx: &mut dyn AuditStore, groups: &[(i64, &[Event<'_>])]) -> Result<Vec<i64>, StoreError> {
+pub async fn append_groups<A: AuditStore + ?Sized>(
+    tx: &mut A,
+    groups: &[(i64, &[Event<'_>])],
+) -> Result<Vec<i64>, StoreError> {
     let (mut seq, mut prev) = tx.audit_head().await?.unwrap_or((0, vec![0u8; 32]));
     let mut last = Vec::with_capacity(groups.len());
     for (at, events) in groups {
@@ -175,7 +192,7 @@ pub struct Broken {
 const VERIFY_PAGE: usize = 10_000;
 
 /// Walks the whole chain, in pages of rows.
-pub async fn verify(store: &dyn Store) -> Result<Verification, StoreError> {
+pub async fn verify<T: AuditTx + ?Sized>(store: &dyn Transactions<T>) -> Result<Verification, StoreError> {
     let mut prev = vec![0u8; 32];
     let mut expected_seq = 1;
     let mut count = 0;
@@ -223,6 +240,10 @@ pub async fn verify(store: &dyn Store) -> Result<Verification, StoreError> {
 }
 
 /// The latest rows, newest first (optionally of one user).
-pub async fn tail(store: &dyn Store, user_id: Option<&str>, limit: i64) -> Result<Vec<Row>, StoreError> {
+pub async fn tail<T: AuditTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    user_id: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Row>, StoreError> {
     store.read().await?.audit_tail(user_id, limit).await
 }

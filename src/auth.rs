@@ -1,7 +1,7 @@
 //! Authentication: who is asking, and how they proved it.
 //!
-//! - [`certificate`] validates card certificates per scheme, [`cards`] maps
-//!   them to users (HPKI mappings, My Number card links) and logs cards in;
+//! - [`cards`] maps card certificates to users (HPKI mappings, My Number
+//!   card links) and logs cards in (the chain is validated by [`crate::pki::trust`]);
 //! - [`oidc`] is the OpenID Connect provider the signing systems use;
 //! - [`sessions`] are what a login opens, and turn bearer tokens into a
 //!   [`principal::Principal`] (cached, kept true by the store's invalidation);
@@ -14,7 +14,6 @@
 //! like any other.
 
 pub mod cards;
-pub mod certificate;
 pub mod clients;
 pub mod oidc;
 pub mod principal;
@@ -22,7 +21,41 @@ pub mod sad;
 pub mod sessions;
 
 use base64ct::{Base64UrlUnpadded, Encoding};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
+
+/// How the user logged in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// HPKI card (TLS client certificate).
+    Hpki,
+    /// My Number card (JPKI client certificate).
+    Jpki,
+    /// FIDO2 phone.
+    Fido,
+}
+
+impl Method {
+    /// `hpki`, `jpki`, `fido` (also the OIDC `acr` value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Hpki => "hpki",
+            Method::Jpki => "jpki",
+            Method::Fido => "fido",
+        }
+    }
+
+    /// Parses an `acr_values` entry (or a stored value).
+    pub fn parse(s: &str) -> Option<Method> {
+        match s {
+            "hpki" => Some(Method::Hpki),
+            "jpki" => Some(Method::Jpki),
+            "fido" => Some(Method::Fido),
+            _ => None,
+        }
+    }
+}
 
 /// A random token of 32 bytes (256 bits), base64url without padding.
 pub fn random_token() -> String {

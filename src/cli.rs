@@ -8,6 +8,7 @@
 
 mod audit;
 mod client;
+mod context;
 mod dev;
 mod device;
 mod hpki;
@@ -19,15 +20,13 @@ mod setup;
 mod sign;
 mod user;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use serde_json::Value;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::SystemClock;
 use crate::config::Config;
-use crate::store::Store;
 
 pub use audit::AuditCommand;
 pub use client::ClientCommand;
@@ -39,6 +38,8 @@ pub use key::KeyCommand;
 pub use regcode::RegcodeCommand;
 pub use session::SessionCommand;
 pub use user::UserCommand;
+
+pub use context::{CliError, Ctx, Output};
 
 /// inkan: remote signing for doctors and pharmacists.
 #[derive(Debug, Parser)]
@@ -102,93 +103,6 @@ pub enum Command {
     Dev(DevCommand),
 }
 
-/// A command's result: JSON for scripts, text for people.
-pub struct Output {
-    /// The JSON document.
-    pub json: Value,
-    /// The text.
-    pub text: String,
-}
-
-impl Output {
-    /// An output from its text and JSON.
-    pub fn new(text: impl Into<String>, json: Value) -> Output {
-        Output { text: text.into(), json }
-    }
-}
-
-/// A CLI failure: the message (no secrets) and the exit code.
-#[derive(Debug)]
-pub struct CliError {
-    /// What went wrong and what to do.
-    pub message: String,
-    /// Exit code.
-    pub code: i32,
-}
-
-impl<E: std::fmt::Display> From<E> for CliError {
-    fn from(e: E) -> Self {
-        CliError { message: e.to_string(), code: 1 }
-    }
-}
-
-/// What every command handler gets.
-pub struct Ctx {
-    /// The configuration.
-    pub config: Config,
-    /// Time.
-    pub clock: Arc<dyn Clock>,
-    /// Who acts, for the audit log: `cli:<os user>`.
-    pub actor: String,
-    /// Whether `--json` was given.
-    pub json: bool,
-}
-
-impl Ctx {
-    /// The store (opened, created and migrated as needed).
-    pub fn store(&self) -> Result<Arc<dyn Store>, CliError> {
-        Ok(crate::setup::open_store(&self.config)?)
-    }
-
-    /// The token.
-    pub fn keystore(&self) -> Result<crate::keystore::Keystore, CliError> {
-        Ok(crate::setup::open_keystore(&self.config)?)
-    }
-
-    /// Now, Unix ms.
-    pub fn now_ms(&self) -> i64 {
-        self.clock.now_ms()
-    }
-}
-
-fn actor() -> String {
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "operator".into());
-    format!("cli:{user}")
-}
-
-/// Writes a file atomically, with an error that names it.
-pub fn write_file(path: &Path, contents: &[u8]) -> Result<(), CliError> {
-    crate::config::write_atomic(path, contents)
-        .map_err(|e| CliError { message: format!("cannot write {}: {e}", path.display()), code: 1 })
-}
-
-/// The first certificate in a file (PEM or DER).
-pub fn read_certificate(path: &Path) -> Result<Vec<u8>, CliError> {
-    crate::pki::read_certificates(path)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| CliError { message: format!("{}: no certificate in the file", path.display()), code: 1 })
-}
-
-/// Lines of a list, or `empty` when there are none.
-pub fn lines<T>(items: &[T], empty: &str, line: impl Fn(&T) -> String) -> String {
-    if items.is_empty() {
-        empty.to_owned()
-    } else {
-        items.iter().map(line).collect::<Vec<_>>().join("\n")
-    }
-}
-
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<Output, CliError> {
     let config = Config::load(cli.config.as_deref())?;
@@ -196,15 +110,17 @@ pub fn run(cli: Cli) -> Result<Output, CliError> {
         crate::server::serve(config, demo)?;
         return Ok(Output::new("", serde_json::json!({ "stopped": true })));
     }
-    let ctx = Ctx { config, clock: Arc::new(SystemClock), actor: actor(), json: cli.json };
+    let ctx = Ctx { config, clock: Arc::new(SystemClock), actor: context::actor(), json: cli.json };
     // Commands read and write the store through its (async) seam; the CLI
     // runs them one at a time on a runtime of its own.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let result = runtime.block_on(dispatch(&ctx, cli.command));
-    if crate::store::exists(&ctx.config) {
+    if ctx.config.store_path().exists() {
         // Running servers re-read auth sessions (revocations, disabled users,
         // new keys, removed devices take effect with their next request).
-        if let Err(e) = crate::store::open(&ctx.config).and_then(|s| s.invalidation().bump()) {
+        let bumped = crate::setup::open_store(&ctx.config)
+            .and_then(|s| s.invalidation().bump().map_err(crate::error::Error::from));
+        if let Err(e) = bumped {
             eprintln!(
                 "warning: cannot tell running servers about this change ({e}); they see it within {} s",
                 crate::auth::sessions::CACHE_TTL_MS / 1000

@@ -32,6 +32,7 @@ const ACTOR: &str = "demo";
 /// signing CA (`[pki] signing_ca`, its key beside it) issued. Returns a line
 /// per user.
 pub async fn users(config: &Config, store: &dyn Store, keystore: &Keystore, clock: &dyn Clock) -> Result<Vec<String>> {
+    let store = store.tx();
     let ca_cert = config.pki.signing_ca.clone();
     let ca = Ca::load(&ca_cert, &ca_cert.with_extension("key"))?;
     let mut lines = Vec::new();
@@ -66,6 +67,7 @@ pub async fn users(config: &Config, store: &dyn Store, keystore: &Keystore, cloc
 /// mapped or linked to their users unless they already are (to anyone).
 pub async fn cards(store: &dyn Store, clock: &dyn Clock, fixtures: &std::path::Path) -> Result<()> {
     use crate::auth::cards;
+    let store = store.tx();
     use der::{Decode, Encode};
     for (holder, scheme, user) in DEMO_CARDS {
         let path = fixtures.join(format!("holders/{holder}.pem"));
@@ -100,6 +102,7 @@ pub async fn cards(store: &dyn Store, clock: &dyn Clock, fixtures: &std::path::P
 /// returns its ID and secret.
 pub async fn client(config: &Config, store: &dyn Store, clock: &dyn Clock) -> Result<(String, String)> {
     use crate::auth::clients;
+    let store = store.tx();
     if clients::get(store, DEMO_CLIENT).await?.is_some() {
         clients::remove(store, clock, ACTOR, DEMO_CLIENT).await?;
     }

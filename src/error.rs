@@ -9,8 +9,8 @@
 //! from the variant and its reason, never from the message. No message holds a
 //! secret.
 
-use crate::auth::certificate::CardCertError;
-use crate::store::StoreError;
+use crate::pki::trust::CardCertError;
+use crate::storage::StoreError;
 
 /// A domain operation that cannot be done.
 #[derive(Debug, thiserror::Error)]

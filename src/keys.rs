@@ -18,8 +18,8 @@ use crate::clock::{rfc3339, Clock};
 use crate::config::Config;
 use crate::error::{Error, Missing, Result};
 use crate::pki::{self, PkiError, StringKind};
-use crate::store::Store;
-use crate::users::{self, KeyRecord, KeyState, User};
+use crate::storage::Transactions;
+use crate::users::{self, KeyRecord, KeyState, User, UsersTx};
 
 /// A key as shown to operators.
 #[derive(Clone, Debug, Serialize)]
@@ -116,8 +116,8 @@ fn state_error(message: String) -> Error {
 }
 
 /// Generates a key pair in the token for `user_id`, makes its CSR and registers it as pending.
-pub async fn generate(
-    store: &dyn Store,
+pub async fn generate<T: UsersTx + ?Sized>(
+    store: &dyn Transactions<T>,
     keystore: &Keystore,
     clock: &dyn Clock,
     actor: &str,
@@ -215,7 +215,7 @@ fn check_new_key(keys: &[KeyRecord], user_id: &str, purpose: Purpose) -> Result<
 }
 
 /// A user's keys (or everyone's), oldest generation first.
-pub async fn list(store: &dyn Store, user_id: Option<&str>) -> Result<Vec<KeyRecord>> {
+pub async fn list<T: UsersTx + ?Sized>(store: &dyn Transactions<T>, user_id: Option<&str>) -> Result<Vec<KeyRecord>> {
     let mut tx = store.read().await?;
     if let Some(u) = user_id {
         users::get_in(&mut *tx, u).await?;
@@ -224,7 +224,12 @@ pub async fn list(store: &dyn Store, user_id: Option<&str>) -> Result<Vec<KeyRec
 }
 
 /// One generation of a user's keys: the given one, or the one in `fallback` state.
-pub async fn find(store: &dyn Store, user_id: &str, generation: Option<i64>, fallback: KeyState) -> Result<KeyRecord> {
+pub async fn find<T: UsersTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    user_id: &str,
+    generation: Option<i64>,
+    fallback: KeyState,
+) -> Result<KeyRecord> {
     let keys = list(store, Some(user_id)).await?;
     match generation {
         Some(g) => keys.into_iter().find(|k| k.generation == g),
@@ -236,7 +241,11 @@ pub async fn find(store: &dyn Store, user_id: &str, generation: Option<i64>, fal
 }
 
 /// The CSR of a pending (or any) key generation, PEM.
-pub async fn csr(store: &dyn Store, user_id: &str, generation: Option<i64>) -> Result<String> {
+pub async fn csr<T: UsersTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    user_id: &str,
+    generation: Option<i64>,
+) -> Result<String> {
     let key = find(store, user_id, generation, KeyState::Pending).await?;
     Ok(pki::to_pem("CERTIFICATE REQUEST", &key.csr))
 }
@@ -248,8 +257,8 @@ fn refused(message: String) -> Error {
 /// Imports the certificate issued for a pending key: checks it was issued by the
 /// configured HPKI signing CA, is valid now and certifies the pending key; then
 /// activates the key and retires the previously active one, in one transaction.
-pub async fn import_certificate(
-    store: &dyn Store,
+pub async fn import_certificate<T: UsersTx + ?Sized>(
+    store: &dyn Transactions<T>,
     config: &Config,
     clock: &dyn Clock,
     actor: &str,
@@ -318,8 +327,8 @@ pub async fn import_certificate(
 }
 
 /// Retires one generation (pending or active).
-pub async fn retire(
-    store: &dyn Store,
+pub async fn retire<T: UsersTx + ?Sized>(
+    store: &dyn Transactions<T>,
     clock: &dyn Clock,
     actor: &str,
     user_id: &str,

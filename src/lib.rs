@@ -39,6 +39,7 @@ pub mod pki;
 pub mod server;
 pub mod setup;
 pub mod signing;
+pub mod storage;
 pub mod store;
 pub mod users;
 

@@ -1,8 +1,11 @@
 //! Certificates: the HPKI and JPKI profiles, a small CA (for the fixture PKI,
-//! the demo and tests) and the checks made when a certificate is imported.
+//! the demo and tests), the checks made when a certificate is imported, and
+//! the validation of card certificates against a scheme's trust store
+//! ([`trust`]).
 
 pub mod ca;
 pub mod profile;
+pub mod trust;
 
 use std::path::Path;
 use std::time::SystemTime;

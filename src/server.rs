@@ -45,10 +45,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 
 use self::state::App;
-
-/// The client certificates the peer presented on this connection (leaf first, DER).
-#[derive(Clone, Debug, Default)]
-pub struct PeerCertificates(pub Arc<Vec<Vec<u8>>>);
+use self::tls::PeerCertificates;
 
 /// Counts requests by route and status.
 async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {

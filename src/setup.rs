@@ -81,8 +81,9 @@ pub fn open_keystore(config: &Config) -> Result<Keystore> {
     })
 }
 
-/// Opens (creating and migrating) the configured store.
+/// Opens (creating and migrating) the configured store: SQLite at `[store] path`.
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
-    crate::store::open(config)
+    crate::store::sqlite::SqliteStore::open(&config.store_path(), config.store.synchronous)
+        .map(|s| Arc::new(s) as Arc<dyn Store>)
         .map_err(|e| Error::Unavailable(format!("cannot open the database {}: {e}", config.store_path().display())))
 }

@@ -21,12 +21,13 @@
 //!    commit when serving, see [`crate::audit::writer`]);
 //! 6. the metrics: signatures by outcome, latency, token errors, audit wait.
 //!
-//! Formats sit behind [`format`]'s seam: CAdES ([`cades`]) and raw
-//! signature values ([`raw`]) today.
+//! Formats sit behind [`format`]'s seam: CAdES ([`cades`], built by
+//! [`signed_data`]) and raw signature values ([`raw`]) today.
 
 pub mod cades;
 pub mod format;
 pub mod raw;
+pub mod signed_data;
 pub mod signers;
 
 use std::sync::Arc;
@@ -34,21 +35,23 @@ use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use inkan_keystore::{DigestAlgorithm, Keystore};
+use inkan_keystore::{DigestAlgorithm, Keystore, SignatureScheme};
 use sha2::Digest;
 
 use crate::audit::writer::{AuditWriter, Expected, Record};
 use crate::audit::{self, Event};
 use crate::auth::principal::Principal;
 use crate::auth::sad;
+use crate::auth::sad::SadStore;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::keys::hex;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::storage::Transactions;
+use crate::users::UsersTx;
 
-pub use format::{Format, Parts};
+pub use format::Parts;
 pub use signers::{Signer, Signers};
 
 /// Batches up to this size are signed on the request's own worker thread.
@@ -56,6 +59,29 @@ const INLINE_SIGNATURES: usize = 4;
 
 /// Most digests in one request.
 pub const MAX_HASHES: usize = 1000;
+
+/// The formats callers choose from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// CAdES-BES / baseline-B, detached (a `.p7s` beside the document).
+    CadesDetached,
+    /// CAdES-BES / baseline-B enveloping the document.
+    CadesEnveloping,
+    /// The bare signature value (PKCS#1 v1.5, PSS or ECDSA), with the
+    /// credential's default scheme unless one is given.
+    Raw(Option<SignatureScheme>),
+}
+
+impl Format {
+    /// The format's encoder.
+    pub fn encoder(self) -> Box<dyn format::Encoder> {
+        match self {
+            Format::CadesDetached => Box::new(cades::Cades { enveloping: false }),
+            Format::CadesEnveloping => Box::new(cades::Cades { enveloping: true }),
+            Format::Raw(scheme) => Box::new(raw::Raw { scheme }),
+        }
+    }
+}
 
 /// A document the pipeline reads once, chunk by chunk (a request body, a file).
 #[async_trait]
@@ -148,11 +174,12 @@ pub enum AuditSink {
 }
 
 /// The pipeline.
-pub struct Signing {
+pub struct Signing<T: ?Sized + Send> {
     keystore: Arc<Keystore>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn Transactions<T>>,
+    sads: Arc<dyn SadStore>,
     clock: Arc<dyn Clock>,
-    signers: Signers,
+    signers: Signers<T>,
     audit: AuditSink,
     metrics: Arc<Metrics>,
     scal2: bool,
@@ -164,21 +191,24 @@ fn digest_name(alg: DigestAlgorithm) -> String {
     alg.name().to_ascii_lowercase().replace('-', "")
 }
 
-impl Signing {
-    /// The pipeline over a token and a store; `audit` says how its rows are committed.
+impl<T: UsersTx + ?Sized> Signing<T> {
+    /// The pipeline over a token and a store (SADs in `sads`); `audit` says
+    /// how its rows are committed.
     pub fn new(
         config: &Config,
         keystore: Arc<Keystore>,
-        store: Arc<dyn Store>,
+        store: Arc<dyn Transactions<T>>,
+        sads: Arc<dyn SadStore>,
         clock: Arc<dyn Clock>,
         audit: AuditSink,
         metrics: Arc<Metrics>,
-    ) -> Result<Signing> {
+    ) -> Result<Self> {
         let chain = crate::keys::chain(config)?;
         Ok(Signing {
             signers: Signers::new(Arc::clone(&store), config.signing.rsa_scheme, chain),
             keystore,
             store,
+            sads,
             clock,
             audit,
             metrics,
@@ -244,7 +274,7 @@ impl Signing {
         }
         let now = self.clock.now_ms();
         let token = sad::authorize(
-            self.store.as_ref(),
+            self.sads.as_ref(),
             sad::Sad {
                 session: session.token_hash.clone(),
                 generation,
@@ -270,7 +300,7 @@ impl Signing {
     ) -> Result<()> {
         match (sad, principal.session()) {
             (Some(token), Some(session)) => {
-                sad::consume(self.store.as_ref(), token, &session.token_hash, generation, digests, self.clock.now_ms())
+                sad::consume(self.sads.as_ref(), token, &session.token_hash, generation, digests, self.clock.now_ms())
                     .await
             }
             (Some(_), None) => Err(Error::Invalid("Invalid parameter SAD".into())),
@@ -448,7 +478,11 @@ impl Signing {
 
 /// The principal of an operator signing for a user (the CLI): the user must
 /// exist and be enabled; the key is the user's active one.
-pub async fn operator(store: &dyn Store, actor: &str, user_id: &str) -> Result<Principal> {
+pub async fn operator<T: UsersTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    actor: &str,
+    user_id: &str,
+) -> Result<Principal> {
     let mut tx = store.read().await?;
     let user = crate::users::get_in(&mut *tx, user_id).await?;
     if !user.is_active() {

@@ -8,11 +8,12 @@ use async_trait::async_trait;
 use inkan_keystore::KeyAlgorithm;
 use serde::Serialize;
 
+use crate::audit::AuditStore;
 use crate::audit::{self, Event};
 use crate::clock::Clock;
 use crate::error::{Error, Forbidden, Missing, Result};
 use crate::pki::profile::Qualification;
-use crate::store::{Store, StoreError, Tx};
+use crate::storage::{StoreError, Transaction, Transactions};
 
 /// Whether a user may sign and log in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -184,6 +185,10 @@ pub trait UserStore: Send {
     async fn retire_key(&mut self, user_id: &str, generation: i64, at: i64) -> Result<bool, StoreError>;
 }
 
+/// What user operations need in one transaction.
+pub trait UsersTx: UserStore + AuditStore + Transaction {}
+impl<T: UserStore + AuditStore + Transaction + ?Sized> UsersTx for T {}
+
 /// Checks a user ID (本人ID): 1 to 64 characters, ASCII letters, digits and `-`,
 /// such as `999001-jpa`, `F12345` or `R0000123`.
 pub fn validate_id(id: &str) -> Result<()> {
@@ -215,24 +220,24 @@ pub fn disabled(id: &str) -> Error {
 }
 
 /// A user that must exist, inside a transaction.
-pub async fn get_in(tx: &mut dyn Tx, id: &str) -> Result<User> {
+pub async fn get_in<U: UserStore + ?Sized>(tx: &mut U, id: &str) -> Result<User> {
     tx.user(id).await?.ok_or_else(|| unknown(id))
 }
 
 /// A user that must exist.
-pub async fn get(store: &dyn Store, id: &str) -> Result<User> {
+pub async fn get<T: UserStore + Transaction + ?Sized>(store: &dyn Transactions<T>, id: &str) -> Result<User> {
     let mut tx = store.read().await?;
     get_in(&mut *tx, id).await
 }
 
 /// All users, by ID.
-pub async fn list(store: &dyn Store) -> Result<Vec<User>> {
+pub async fn list<T: UserStore + Transaction + ?Sized>(store: &dyn Transactions<T>) -> Result<Vec<User>> {
     Ok(store.read().await?.users().await?)
 }
 
 /// Adds a user.
-pub async fn add(
-    store: &dyn Store,
+pub async fn add<T: UsersTx + ?Sized>(
+    store: &dyn Transactions<T>,
     clock: &dyn Clock,
     actor: &str,
     id: &str,
@@ -275,7 +280,13 @@ pub async fn add(
 }
 
 /// Enables or disables a user.
-pub async fn set_status(store: &dyn Store, clock: &dyn Clock, actor: &str, id: &str, enabled: bool) -> Result<User> {
+pub async fn set_status<T: UsersTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    clock: &dyn Clock,
+    actor: &str,
+    id: &str,
+    enabled: bool,
+) -> Result<User> {
     let status = if enabled { UserStatus::Active } else { UserStatus::Disabled };
     let now = clock.now_ms();
     let mut tx = store.write().await?;

@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::audit::AuditLog;
 use crate::audit::{self, Event};
 use crate::error::Error;
-use crate::store::{AuditLog, StoreError};
+use crate::storage::StoreError;
 
 /// An audit row owned by the queue.
 #[derive(Clone, Debug, Default)]

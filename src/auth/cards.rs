@@ -20,16 +20,18 @@ use der::{Decode, Encode};
 use serde::Serialize;
 use x509_cert::Certificate;
 
+use crate::audit::AuditStore;
 use crate::audit::{self, Event};
 use crate::clock::{rfc3339, unix_ms, Clock};
 use crate::config::{CardTrustConfig, Config};
 use crate::error::{Credential, Error, Forbidden, Missing, Result};
 use crate::pki::profile::oids;
 use crate::pki::{self, PkiError};
-use crate::store::{Store, StoreError};
+use crate::storage::{StoreError, Transaction, Transactions};
+use crate::users::UserStore;
 
-use super::certificate::{CardCertError, TrustStore};
-use super::sessions::Method;
+use super::Method;
+use crate::pki::trust::{CardCertError, TrustStore};
 
 /// An HPKI card certificate mapped to a user.
 #[derive(Clone, Debug)]
@@ -118,6 +120,10 @@ pub trait CardStore: Send {
     async fn jpki_links(&mut self, user_id: Option<&str>) -> Result<Vec<JpkiLink>, StoreError>;
 }
 
+/// What card operations need in one transaction.
+pub trait CardsTx: CardStore + UserStore + AuditStore + Transaction {}
+impl<T: CardStore + UserStore + AuditStore + Transaction + ?Sized> CardsTx for T {}
+
 /// A card certificate as shown to operators.
 #[derive(Clone, Debug, Serialize)]
 pub struct CardView {
@@ -175,8 +181,8 @@ fn view(p: &Parsed, user_id: &str) -> CardView {
 }
 
 /// Maps an HPKI card certificate to a user.
-pub async fn hpki_map(
-    store: &dyn Store,
+pub async fn hpki_map<T: CardsTx + ?Sized>(
+    store: &dyn Transactions<T>,
     clock: &dyn Clock,
     actor: &str,
     user_id: &str,
@@ -218,8 +224,8 @@ pub async fn hpki_map(
 }
 
 /// Removes an HPKI card mapping of a user.
-pub async fn hpki_unmap(
-    store: &dyn Store,
+pub async fn hpki_unmap<T: CardsTx + ?Sized>(
+    store: &dyn Transactions<T>,
     clock: &dyn Clock,
     actor: &str,
     user_id: &str,
@@ -264,8 +270,8 @@ pub fn subject_serial_number(cert: &Certificate) -> Option<String> {
 
 /// Maps every HPKI card of this certificate's issuer with the same subject
 /// serialNumber to a user.
-pub async fn hpki_map_subject(
-    store: &dyn Store,
+pub async fn hpki_map_subject<T: CardsTx + ?Sized>(
+    store: &dyn Transactions<T>,
     clock: &dyn Clock,
     actor: &str,
     user_id: &str,
@@ -314,8 +320,8 @@ pub async fn hpki_map_subject(
 }
 
 /// Removes a subject mapping (the issuer and serialNumber of this certificate).
-pub async fn hpki_unmap_subject(
-    store: &dyn Store,
+pub async fn hpki_unmap_subject<T: CardsTx + ?Sized>(
+    store: &dyn Transactions<T>,
     clock: &dyn Clock,
     actor: &str,
     user_id: &str,
@@ -351,8 +357,8 @@ pub async fn hpki_unmap_subject(
 
 /// Links a JPKI card certificate to a user. A card linked to someone else is
 /// refused; linking a card twice to the same user changes nothing.
-pub async fn jpki_link(
-    store: &dyn Store,
+pub async fn jpki_link<T: CardsTx + ?Sized>(
+    store: &dyn Transactions<T>,
     clock: &dyn Clock,
     actor: &str,
     user_id: &str,
@@ -400,8 +406,8 @@ pub async fn jpki_link(
 }
 
 /// Unlinks a user's JPKI card(s): the given certificate, or all of them.
-pub async fn jpki_unlink(
-    store: &dyn Store,
+pub async fn jpki_unlink<T: CardsTx + ?Sized>(
+    store: &dyn Transactions<T>,
     clock: &dyn Clock,
     actor: &str,
     user_id: &str,
@@ -436,7 +442,11 @@ pub async fn jpki_unlink(
 }
 
 /// Card mappings (`hpki`, with subject mappings) or links (`jpki`) of a user, or all.
-pub async fn list(store: &dyn Store, scheme: Method, user_id: Option<&str>) -> Result<Vec<CardView>> {
+pub async fn list<T: CardsTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    scheme: Method,
+    user_id: Option<&str>,
+) -> Result<Vec<CardView>> {
     let mut tx = store.read().await?;
     if let Some(u) = user_id {
         crate::users::get_in(&mut *tx, u).await?;
@@ -490,8 +500,8 @@ pub struct RenewalOutcome {
 /// (a header line starting with `old_` is skipped). Each link of an old
 /// certificate follows its new certificate, one transaction per line; a bad
 /// line is reported and the others go on. `progress` is called per line.
-pub async fn import_renewals(
-    store: &dyn Store,
+pub async fn import_renewals<T: CardsTx + ?Sized>(
+    store: &dyn Transactions<T>,
     clock: &dyn Clock,
     actor: &str,
     csv: &str,
@@ -520,7 +530,12 @@ pub async fn import_renewals(
     Ok(out)
 }
 
-async fn renew_line(store: &dyn Store, clock: &dyn Clock, actor: &str, line: &str) -> Result<Option<String>> {
+async fn renew_line<T: CardsTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    clock: &dyn Clock,
+    actor: &str,
+    line: &str,
+) -> Result<Option<String>> {
     use base64ct::Encoding;
     let fields: Vec<&str> = line.split(',').map(str::trim).collect();
     let [issuer_hex, serial_hex, new_b64] = fields[..] else {
@@ -641,7 +656,7 @@ impl CardAuth {
         scheme: Method,
         chain: &[Vec<u8>],
         now: SystemTime,
-    ) -> Result<super::certificate::ValidatedCert> {
+    ) -> Result<crate::pki::trust::ValidatedCert> {
         let store = if scheme == Method::Jpki { &self.jpki } else { &self.hpki };
         store.validate(chain, now).map_err(|e| {
             if e != CardCertError::Missing {
@@ -654,9 +669,9 @@ impl CardAuth {
 
     /// The enabled user a card certificate chain belongs to: validated, then
     /// looked up by the scheme's mapping.
-    pub async fn identify(
+    pub async fn identify<T: CardsTx + ?Sized>(
         &self,
-        store: &dyn Store,
+        store: &dyn Transactions<T>,
         scheme: Method,
         chain: &[Vec<u8>],
         now: SystemTime,

@@ -3,10 +3,11 @@
 use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::audit::AuditStore;
 use crate::audit::{self, Event};
 use crate::clock::Clock;
 use crate::error::{Credential, Error, Missing, Result};
-use crate::store::{Store, StoreError};
+use crate::storage::{StoreError, Transaction, Transactions};
 
 /// A registered client.
 #[derive(Clone, Debug, Serialize)]
@@ -44,6 +45,10 @@ pub trait ClientStore: Send {
     async fn delete_client(&mut self, id: &str) -> Result<usize, StoreError>;
 }
 
+/// What client operations need in one transaction.
+pub trait ClientsTx: ClientStore + AuditStore + Transaction {}
+impl<T: ClientStore + AuditStore + Transaction + ?Sized> ClientsTx for T {}
+
 fn check_redirect_uri(uri: &str) -> Result<()> {
     let ok =
         (uri.starts_with("https://") || uri.starts_with("http://localhost") || uri.starts_with("http://127.0.0.1"))
@@ -63,8 +68,8 @@ fn unknown(id: &str) -> Error {
 }
 
 /// Registers a client; returns it and its secret (shown once, stored hashed).
-pub async fn add(
-    store: &dyn Store,
+pub async fn add<T: ClientsTx + ?Sized>(
+    store: &dyn Transactions<T>,
     clock: &dyn Clock,
     actor: &str,
     name: &str,
@@ -112,17 +117,21 @@ pub async fn add(
 }
 
 /// A client by ID.
-pub async fn get(store: &dyn Store, id: &str) -> Result<Option<Client>> {
+pub async fn get<T: ClientsTx + ?Sized>(store: &dyn Transactions<T>, id: &str) -> Result<Option<Client>> {
     Ok(store.read().await?.client(id).await?)
 }
 
 /// All clients.
-pub async fn list(store: &dyn Store) -> Result<Vec<Client>> {
+pub async fn list<T: ClientsTx + ?Sized>(store: &dyn Transactions<T>) -> Result<Vec<Client>> {
     Ok(store.read().await?.clients().await?)
 }
 
 /// A client that proves itself with its secret.
-pub async fn authenticate(store: &dyn Store, id: &str, secret: &str) -> Result<Client> {
+pub async fn authenticate<T: ClientsTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    id: &str,
+    secret: &str,
+) -> Result<Client> {
     let refused = || Error::Unauthenticated(Credential::Client, "client authentication failed".into());
     let client = get(store, id).await?.ok_or_else(refused)?;
     if client.check_secret(secret) {
@@ -133,7 +142,12 @@ pub async fn authenticate(store: &dyn Store, id: &str, secret: &str) -> Result<C
 }
 
 /// Removes a client and ends its sessions; returns how many sessions ended.
-pub async fn remove(store: &dyn Store, clock: &dyn Clock, actor: &str, id: &str) -> Result<usize> {
+pub async fn remove<T: ClientsTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    clock: &dyn Clock,
+    actor: &str,
+    id: &str,
+) -> Result<usize> {
     let now = clock.now_ms();
     let mut tx = store.write().await?;
     if tx.client(id).await?.is_none() {

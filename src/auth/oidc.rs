@@ -18,10 +18,12 @@ use serde_json::{json, Value};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Credential, Error, Forbidden, Missing, Result};
-use crate::store::{Store, StoreError};
+use crate::storage::{StoreError, Transactions};
 
 use super::clients::Client;
-use super::sessions::{self, Method, Sessions};
+use super::clients::ClientsTx;
+use super::sessions::{self, Sessions, SessionsTx};
+use super::Method;
 use super::{b64url, token_hash};
 
 /// How long an authorization request may take to finish (the user logs in meanwhile).
@@ -323,11 +325,16 @@ pub fn platform_key(keystore: &Keystore) -> Result<(KeyRef, Vec<u8>), inkan_keys
     Ok((key, generated.public_key_der))
 }
 
+/// What the provider needs in one transaction.
+pub trait ProviderTx: ClientsTx + SessionsTx {}
+impl<T: ClientsTx + SessionsTx + ?Sized> ProviderTx for T {}
+
 /// The OpenID Connect provider.
-pub struct Provider {
+pub struct Provider<T: ?Sized + Send> {
     issuer: String,
     session_lifetime_ms: i64,
-    store: Arc<dyn Store>,
+    store: Arc<dyn Transactions<T>>,
+    pending: Arc<dyn OidcStore>,
     keystore: Arc<Keystore>,
     clock: Arc<dyn Clock>,
     platform_key: KeyRef,
@@ -335,14 +342,16 @@ pub struct Provider {
     jwk: Value,
 }
 
-impl Provider {
-    /// The provider of `[server] public_url`, with the platform key (created on first use).
+impl<T: ProviderTx + ?Sized> Provider<T> {
+    /// The provider of `[server] public_url`, with the platform key (created
+    /// on first use); pending requests and codes are kept in `pending`.
     pub fn new(
         config: &Config,
-        store: Arc<dyn Store>,
+        store: Arc<dyn Transactions<T>>,
+        pending: Arc<dyn OidcStore>,
         keystore: Arc<Keystore>,
         clock: Arc<dyn Clock>,
-    ) -> Result<Provider> {
+    ) -> Result<Self> {
         let (platform_key, spki) =
             platform_key(&keystore).map_err(|e| Error::Unavailable(format!("platform key: {e}")))?;
         let kid = kid(&spki);
@@ -351,6 +360,7 @@ impl Provider {
             issuer: config.server.public_url.trim_end_matches('/').to_owned(),
             session_lifetime_ms: config.server.session_hours as i64 * 3_600_000,
             store,
+            pending,
             keystore,
             clock,
             platform_key,
@@ -378,13 +388,13 @@ impl Provider {
         };
         let request = validate_authorize(params, client.as_ref(), now)?;
         let id = super::random_token();
-        self.store.oidc().put_request(&id, &request, now).await.map_err(|e| AuthorizeError::Failed(e.into()))?;
+        self.pending.put_request(&id, &request, now).await.map_err(|e| AuthorizeError::Failed(e.into()))?;
         Ok(Authorized { id, acr: request.acr })
     }
 
     /// A pending request by its handle, if it exists and has not expired.
     pub async fn pending(&self, id: &str) -> Result<AuthRequest> {
-        self.store.oidc().request(id, self.clock.now_ms()).await?.ok_or_else(|| {
+        self.pending.request(id, self.clock.now_ms()).await?.ok_or_else(|| {
             Error::NotFound(Missing::Request, "the login request is unknown or has expired: log in again".into())
         })
     }
@@ -404,7 +414,7 @@ impl Provider {
         }
         let gone =
             || Error::NotFound(Missing::Request, "the login request is used or has expired: log in again".into());
-        let request = self.store.oidc().take_request(request_id).await?.ok_or_else(gone)?;
+        let request = self.pending.take_request(request_id).await?.ok_or_else(gone)?;
         if request.expires_at <= now {
             return Err(gone());
         }
@@ -416,7 +426,7 @@ impl Provider {
             auth_time: now,
             expires_at: now + CODE_LIFETIME_MS,
         };
-        self.store.oidc().put_code(&token_hash(&code), &issued, now).await?;
+        self.pending.put_code(&token_hash(&code), &issued, now).await?;
         let mut q = vec![("code", code)];
         if let Some(s) = &request.state {
             q.push(("state", s.clone()));
@@ -431,8 +441,7 @@ impl Provider {
         let now = self.clock.now_ms();
         // Single use: the code is gone from here on, whatever follows.
         let code = self
-            .store
-            .oidc()
+            .pending
             .take_code(&token_hash(grant.code))
             .await?
             .filter(|c| c.expires_at > now)
@@ -475,7 +484,7 @@ impl Provider {
     }
 
     /// RFC 7009 revocation by a client (logout): see [`Sessions::logout`].
-    pub async fn revoke(&self, sessions: &Sessions, client: &Client, token: &str) -> Result<()> {
+    pub async fn revoke(&self, sessions: &Sessions<T>, client: &Client, token: &str) -> Result<()> {
         sessions.logout(&client.id, token).await
     }
 }

@@ -3,7 +3,7 @@
 use crate::error::{Error, Forbidden, Result};
 use crate::users::ActiveKey;
 
-use super::sessions::Method;
+use super::Method;
 
 /// An authenticated caller acting for a user.
 #[derive(Clone, Debug)]

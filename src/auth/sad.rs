@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::store::{Store, StoreError};
+use crate::storage::StoreError;
 
 use super::token_hash;
 
@@ -40,9 +40,9 @@ fn invalid(param: &str) -> Error {
 }
 
 /// Issues a SAD; returns its value.
-pub async fn authorize(store: &dyn Store, sad: Sad, now: i64) -> Result<String> {
+pub async fn authorize(store: &dyn SadStore, sad: Sad, now: i64) -> Result<String> {
     let token = super::random_token();
-    store.sads().put_sad(&token_hash(&token), &sad, now).await?;
+    store.put_sad(&token_hash(&token), &sad, now).await?;
     Ok(token)
 }
 
@@ -50,14 +50,14 @@ pub async fn authorize(store: &dyn Store, sad: Sad, now: i64) -> Result<String> 
 /// be unexpired, allow this many signatures and, when bound to hashes, be bound
 /// to exactly these. Single use: it is gone afterwards, whatever the outcome.
 pub async fn consume(
-    store: &dyn Store,
+    store: &dyn SadStore,
     token: &str,
     session: &[u8],
     generation: i64,
     hashes: &[Vec<u8>],
     now: i64,
 ) -> Result<()> {
-    let sad = store.sads().take_sad(&token_hash(token)).await?.ok_or_else(|| invalid("SAD"))?;
+    let sad = store.take_sad(&token_hash(token)).await?.ok_or_else(|| invalid("SAD"))?;
     if sad.expires_at <= now {
         return Err(Error::Invalid("SAD expired".into()));
     }

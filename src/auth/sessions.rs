@@ -15,46 +15,16 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::audit::AuditStore;
 use crate::audit::{self, Event};
 use crate::clock::{rfc3339, Clock};
 use crate::error::{Credential, Error, Result};
-use crate::store::{Store, StoreError};
+use crate::storage::{StoreError, Transaction, Transactions};
+use crate::users::UserStore;
 use crate::users::{ActiveKey, UserStatus};
 
 use super::principal::{Authority, Principal, SessionGrant};
-
-/// How the user logged in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// HPKI card (TLS client certificate).
-    Hpki,
-    /// My Number card (JPKI client certificate).
-    Jpki,
-    /// FIDO2 phone.
-    Fido,
-}
-
-impl Method {
-    /// `hpki`, `jpki`, `fido` (also the OIDC `acr` value).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Hpki => "hpki",
-            Method::Jpki => "jpki",
-            Method::Fido => "fido",
-        }
-    }
-
-    /// Parses an `acr_values` entry (or a stored value).
-    pub fn parse(s: &str) -> Option<Method> {
-        match s {
-            "hpki" => Some(Method::Hpki),
-            "jpki" => Some(Method::Jpki),
-            "fido" => Some(Method::Fido),
-            _ => None,
-        }
-    }
-}
+use super::Method;
 
 /// A session as stored.
 #[derive(Clone, Debug)]
@@ -151,10 +121,14 @@ pub trait Invalidation: Send + Sync {
     fn bump(&self) -> Result<(), StoreError>;
 }
 
+/// What session operations need in one transaction.
+pub trait SessionsTx: SessionStore + UserStore + AuditStore + Transaction {}
+impl<T: SessionStore + UserStore + AuditStore + Transaction + ?Sized> SessionsTx for T {}
+
 /// Opens a session; returns the bearer token.
 #[allow(clippy::too_many_arguments)]
-pub async fn create(
-    store: &dyn Store,
+pub async fn create<T: SessionsTx + ?Sized>(
+    store: &dyn Transactions<T>,
     now: i64,
     user_id: &str,
     method: Method,
@@ -194,7 +168,12 @@ pub async fn create(
 }
 
 /// Ends one session by its token (logout); returns whether it existed.
-pub async fn revoke_token(store: &dyn Store, now: i64, actor: &str, token: &str) -> Result<bool> {
+pub async fn revoke_token<T: SessionsTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    now: i64,
+    actor: &str,
+    token: &str,
+) -> Result<bool> {
     let mut tx = store.write().await?;
     let Some(user) = tx.delete_session(&super::token_hash(token)).await? else {
         return Ok(false);
@@ -217,8 +196,8 @@ pub async fn revoke_token(store: &dyn Store, now: i64, actor: &str, token: &str)
 }
 
 /// Ends sessions of one user (optionally only those of one method), or of everyone.
-pub async fn revoke(
-    store: &dyn Store,
+pub async fn revoke<T: SessionsTx + ?Sized>(
+    store: &dyn Transactions<T>,
     now: i64,
     actor: &str,
     user_id: Option<&str>,
@@ -247,7 +226,11 @@ pub async fn revoke(
 }
 
 /// Sessions not yet expired (of one user, or all).
-pub async fn list(store: &dyn Store, now: i64, user_id: Option<&str>) -> Result<Vec<SessionView>> {
+pub async fn list<T: SessionsTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    now: i64,
+    user_id: Option<&str>,
+) -> Result<Vec<SessionView>> {
     let mut tx = store.read().await?;
     if let Some(u) = user_id {
         crate::users::get_in(&mut *tx, u).await?;
@@ -256,12 +239,12 @@ pub async fn list(store: &dyn Store, now: i64, user_id: Option<&str>) -> Result<
 }
 
 /// Number of sessions not yet expired.
-pub async fn count_active(store: &dyn Store, now: i64) -> Result<i64> {
+pub async fn count_active<T: SessionsTx + ?Sized>(store: &dyn Transactions<T>, now: i64) -> Result<i64> {
     Ok(store.read().await?.count_sessions(now).await?)
 }
 
 /// Removes expired sessions.
-pub async fn purge_expired(store: &dyn Store, now: i64) -> Result<usize> {
+pub async fn purge_expired<T: SessionsTx + ?Sized>(store: &dyn Transactions<T>, now: i64) -> Result<usize> {
     let mut tx = store.write().await?;
     let n = tx.purge_sessions(now).await?;
     tx.commit().await?;
@@ -285,18 +268,21 @@ struct Cache {
 }
 
 /// Bearer tokens to principals, with a cache kept true by the store's [`Invalidation`].
-pub struct Sessions {
-    store: Arc<dyn Store>,
+pub struct Sessions<T: ?Sized + Send> {
+    store: Arc<dyn Transactions<T>>,
     clock: Arc<dyn Clock>,
     invalidation: Arc<dyn Invalidation>,
     cache: Mutex<Cache>,
 }
 
-impl Sessions {
-    /// Sessions of `store`; starts from a fresh stamp (whatever changed before
-    /// is in the store).
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<Sessions> {
-        let invalidation = store.invalidation();
+impl<T: SessionsTx + ?Sized> Sessions<T> {
+    /// Sessions of `store`, whose changes `invalidation` announces; starts
+    /// from a fresh stamp (whatever changed before is in the store).
+    pub fn new(
+        store: Arc<dyn Transactions<T>>,
+        invalidation: Arc<dyn Invalidation>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
         invalidation.bump()?;
         Ok(Sessions { store, clock, invalidation, cache: Mutex::new(Cache::default()) })
     }

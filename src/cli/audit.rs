@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 
-use super::{CliError, Ctx, Output};
+use super::context::{CliError, Ctx, Output};
 use crate::audit;
 use crate::clock::rfc3339;
 

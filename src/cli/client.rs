@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{lines, CliError, Ctx, Output};
+use super::context::{lines, CliError, Ctx, Output};
 use crate::auth::clients;
 
 /// `inkan client ...`

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{write_file, CliError, Ctx, Output};
+use super::context::{write_file, CliError, Ctx, Output};
 use crate::fixtures;
 use crate::pki::profile::Qualification;
 

@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{CliError, Ctx, Output};
+use super::context::{CliError, Ctx, Output};
 use crate::fido::device;
 
 /// `inkan device ...`

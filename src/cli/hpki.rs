@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{read_certificate, CliError, Ctx, Output};
+use super::context::{read_certificate, CliError, Ctx, Output};
 use crate::auth::cards::{self, CardView};
-use crate::auth::sessions::Method;
+use crate::auth::Method;
 
 /// `inkan hpki ...`
 #[derive(Debug, Subcommand)]
@@ -42,7 +42,7 @@ pub enum HpkiCommand {
 
 /// Card lines for people.
 pub fn card_lines(list: &[CardView]) -> String {
-    super::lines(list, "none", |c| {
+    super::context::lines(list, "none", |c| {
         format!("{}  serial {}  {}  (issuer {}, until {})", c.user_id, c.serial, c.subject, c.issuer, c.not_after)
     })
 }

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{hpki::card_lines, read_certificate, CliError, Ctx, Output};
+use super::context::{read_certificate, CliError, Ctx, Output};
+use super::hpki::card_lines;
 use crate::auth::cards;
-use crate::auth::sessions::Method;
+use crate::auth::Method;
 
 /// `inkan jpki ...`
 #[derive(Debug, Subcommand)]

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use inkan_keystore::{KeyAlgorithm, KeyRef};
 use serde_json::json;
 
-use super::{lines, read_certificate, write_file, CliError, Ctx, Output};
+use super::context::{lines, read_certificate, write_file, CliError, Ctx, Output};
 use crate::keys::{self, KeyView, Purpose};
 use crate::users::KeyState;
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{lines, write_file, CliError, Ctx, Output};
+use super::context::{lines, write_file, CliError, Ctx, Output};
 use crate::fido::regcode::{self, Password};
 
 /// `inkan regcode ...`

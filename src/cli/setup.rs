@@ -2,9 +2,9 @@
 
 use serde_json::json;
 
-use super::{CliError, Ctx, Output};
+use super::context::{CliError, Ctx, Output};
 use crate::demo::DEMO_USERS;
-use crate::signing::{Activation, AuditSink, Format, Signing};
+use crate::signing::{Activation, Format};
 
 /// `inkan init`
 pub fn init(ctx: &Ctx) -> Result<Output, CliError> {
@@ -25,21 +25,13 @@ pub async fn demo(ctx: &Ctx) -> Result<Output, CliError> {
     let config = &ctx.config;
     let mut lines = crate::setup::init(config)?.steps;
     let store = ctx.store()?;
-    let keystore = std::sync::Arc::new(ctx.keystore()?);
-    lines.extend(crate::demo::users(config, store.as_ref(), &keystore, ctx.clock.as_ref()).await?);
+    lines.extend(crate::demo::users(config, store.as_ref(), &ctx.keystore()?, ctx.clock.as_ref()).await?);
     let doc = config.data_dir.join("demo-document.txt");
     std::fs::write(&doc, "処方箋 (demo prescription)\nRp.1 ロキソプロフェン錠60mg 3錠 分3 毎食後 5日分\n")?;
     let out = config.data_dir.join("demo-document.txt.p7s");
-    let signing = Signing::new(
-        config,
-        keystore,
-        std::sync::Arc::clone(&store),
-        std::sync::Arc::clone(&ctx.clock),
-        AuditSink::Direct,
-        Default::default(),
-    )?;
+    let signing = ctx.signing(&store)?;
     let signer = DEMO_USERS[0].0;
-    let principal = crate::signing::operator(store.as_ref(), "demo", signer).await?;
+    let principal = crate::signing::operator(store.tx(), "demo", signer).await?;
     super::sign::sign_file(&signing, &principal, &doc, &out, Format::CadesDetached, Activation::Session).await?;
     let bundle = config.data_dir.join("demo-ca-bundle.pem");
     let mut pem = std::fs::read_to_string(&config.pki.signing_ca)?;

@@ -3,16 +3,16 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::{CliError, Ctx, Output};
+use super::context::{CliError, Ctx, Output};
 use crate::auth::principal::Principal;
 use crate::error::{Error, Result};
-use crate::signing::{Activation, AuditSink, Document, Format, Payload, Request, Signing};
+use crate::signing::{Activation, Document, Format, Payload, Request, Signing};
+use crate::store::Tx;
 
 /// Arguments of `inkan sign`.
 #[derive(Debug, clap::Args)]
@@ -72,7 +72,7 @@ impl Document for FileDocument {
 /// file again, streamed), synced, and renamed into place after its audit row
 /// is committed.
 pub async fn sign_file(
-    signing: &Signing,
+    signing: &Signing<dyn Tx>,
     principal: &Principal,
     input: &Path,
     out: &Path,
@@ -141,19 +141,12 @@ fn content_len(document: &FileDocument) -> u64 {
 pub async fn run(ctx: &Ctx, args: SignArgs) -> Result<Output, CliError> {
     let store = ctx.store()?;
     // Refuse early, before touching the token: an unknown or disabled user, no active key, no file.
-    let principal = crate::signing::operator(store.as_ref(), &ctx.actor, &args.user_id).await?;
+    let principal = crate::signing::operator(store.tx(), &ctx.actor, &args.user_id).await?;
     principal.active_key()?;
     if !args.input.is_file() {
         return Err(CliError { message: format!("{}: no such file", args.input.display()), code: 1 });
     }
-    let signing = Signing::new(
-        &ctx.config,
-        Arc::new(ctx.keystore()?),
-        Arc::clone(&store),
-        Arc::clone(&ctx.clock),
-        AuditSink::Direct,
-        Default::default(),
-    )?;
+    let signing = ctx.signing(&store)?;
     let format = if args.attached { Format::CadesEnveloping } else { Format::CadesDetached };
     let signed = sign_file(&signing, &principal, &args.input, &args.out, format, Activation::Session).await?;
     let input = args.input.display();

@@ -3,7 +3,8 @@
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{key::key_line, lines, CliError, Ctx, Output};
+use super::context::{lines, CliError, Ctx, Output};
+use super::key::key_line;
 use crate::clock::rfc3339;
 use crate::keys::{self, KeyView};
 use crate::pki::profile::Qualification;

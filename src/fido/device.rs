@@ -8,12 +8,17 @@ use async_trait::async_trait;
 use serde::Serialize;
 use webauthn_rs::prelude::Passkey;
 
+use crate::audit::AuditStore;
 use crate::audit::{self, Event};
 use crate::auth::b64url;
-use crate::auth::sessions::Method;
+use crate::auth::sessions::SessionStore;
+use crate::auth::Method;
 use crate::clock::rfc3339;
 use crate::error::Result;
-use crate::store::{Store, StoreError, Tx};
+use crate::storage::{StoreError, Transaction, Transactions};
+use crate::users::UserStore;
+
+use super::ticket::TicketStore;
 
 /// A user's registered phone.
 #[derive(Clone, Debug)]
@@ -136,16 +141,20 @@ pub trait DeviceStore: Send {
     async fn retired_devices(&mut self, user_id: &str) -> Result<Vec<RetiredDevice>, StoreError>;
 }
 
+/// What phone operations need in one transaction.
+pub trait DevicesTx: DeviceStore + UserStore + SessionStore + TicketStore + AuditStore + Transaction {}
+impl<T: DeviceStore + UserStore + SessionStore + TicketStore + AuditStore + Transaction + ?Sized> DevicesTx for T {}
+
 /// The user's phone, if any.
-pub async fn get(store: &dyn Store, user_id: &str) -> Result<Option<Device>> {
+pub async fn get<T: DevicesTx + ?Sized>(store: &dyn Transactions<T>, user_id: &str) -> Result<Option<Device>> {
     Ok(store.read().await?.device(user_id).await?)
 }
 
 /// Installs a newly registered passkey as the user's phone (counter 0),
 /// retiring the one it replaces, inside the caller's transaction. Returns the
 /// replaced credential ID, if any.
-pub async fn install(
-    tx: &mut dyn Tx,
+pub async fn install<X: DeviceStore + AuditStore + ?Sized>(
+    tx: &mut X,
     now: i64,
     actor: &str,
     user_id: &str,
@@ -196,7 +205,12 @@ fn retired(d: &Device, now: i64, reason: Retirement) -> RetiredDevice {
 
 /// Removes a user's phone (lost or stolen): also ends the user's phone
 /// sessions and cancels the user's open tickets. Returns what was removed.
-pub async fn remove(store: &dyn Store, now: i64, actor: &str, user_id: &str) -> Result<Option<DeviceView>> {
+pub async fn remove<T: DevicesTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    now: i64,
+    actor: &str,
+    user_id: &str,
+) -> Result<Option<DeviceView>> {
     let mut tx = store.write().await?;
     crate::users::get_in(&mut *tx, user_id).await?;
     // Read and delete in one transaction: the row removed is the row named in the audit.

@@ -17,17 +17,17 @@ use webauthn_rs::prelude::Passkey;
 
 use crate::audit::{self, Event};
 use crate::auth::b64url;
-use crate::auth::cards::CardAuth;
-use crate::auth::oidc::Provider;
-use crate::auth::sessions::Method;
+use crate::auth::cards::{CardAuth, CardsTx};
+use crate::auth::oidc::{Provider, ProviderTx};
+use crate::auth::Method;
 use crate::auth::{random_token, token_hash};
 use crate::clock::{rfc3339, Clock};
 use crate::config::Config;
 use crate::error::{Error, Forbidden, Gone, Missing, Result};
-use crate::store::{Store, Tx};
+use crate::storage::Transactions;
 
-use super::device::{self, Retirement};
-use super::regcode::{self, Status};
+use super::device::{self, DevicesTx, Retirement};
+use super::regcode::{self, RegcodesTx, Status};
 use super::ticket::{phone_token, Action, Kind, Refused, Stage, Ticket};
 use super::RelyingParty;
 
@@ -102,9 +102,13 @@ pub struct PcView {
     pub phone_token: String,
 }
 
+/// What the phone flows need in one transaction.
+pub trait PhonesTx: DevicesTx + RegcodesTx + CardsTx {}
+impl<T: DevicesTx + RegcodesTx + CardsTx + ?Sized> PhonesTx for T {}
+
 /// The phone flows.
-pub struct Phones {
-    store: Arc<dyn Store>,
+pub struct Phones<T: ?Sized + Send> {
+    store: Arc<dyn Transactions<T>>,
     clock: Arc<dyn Clock>,
     rp: RelyingParty,
     ticket_ms: i64,
@@ -122,9 +126,9 @@ fn unknown_ticket() -> Error {
     Error::NotFound(Missing::Ticket, "unknown or used ticket".into())
 }
 
-impl Phones {
+impl<T: PhonesTx + ?Sized> Phones<T> {
     /// The flows with the relying party of `[fido]` and `[server] public_url`.
-    pub fn new(config: &Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<Phones> {
+    pub fn new(config: &Config, store: Arc<dyn Transactions<T>>, clock: Arc<dyn Clock>) -> Result<Self> {
         Ok(Phones {
             store,
             clock,
@@ -144,7 +148,7 @@ impl Phones {
     }
 
     /// Checks that a user exists, is enabled and (if `need_device`) has a phone.
-    async fn check_user(&self, tx: &mut dyn Tx, user_id: &str, need_device: bool) -> Result<bool> {
+    async fn check_user(&self, tx: &mut T, user_id: &str, need_device: bool) -> Result<bool> {
         let user = crate::users::get_in(tx, user_id).await?;
         if !user.is_active() {
             return Err(crate::users::disabled(user_id));
@@ -171,7 +175,12 @@ impl Phones {
     }
 
     /// L1: a FIDO login for a pending OpenID Connect request; returns the PC token.
-    pub async fn start_login(&self, oidc: &Provider, request_id: &str, user_id: &str) -> Result<String> {
+    pub async fn start_login<P: ProviderTx + ?Sized>(
+        &self,
+        oidc: &Provider<P>,
+        request_id: &str,
+        user_id: &str,
+    ) -> Result<String> {
         let request = oidc.pending(request_id).await?;
         if request.login_hint.as_ref().is_some_and(|h| h != user_id) {
             return Err(Error::Forbidden(
@@ -212,7 +221,7 @@ impl Phones {
         Ok(pc)
     }
 
-    async fn pc_ticket(&self, tx: &mut dyn Tx, pc: &str) -> Result<Ticket> {
+    async fn pc_ticket(&self, tx: &mut T, pc: &str) -> Result<Ticket> {
         tx.ticket_by_pc(&token_hash(pc)).await?.filter(|t| t.pc_claimed).ok_or_else(unknown_ticket)
     }
 
@@ -225,7 +234,7 @@ impl Phones {
 
     /// What the PC polls. A finished login is collected here, once, and its
     /// authorization code issued to this PC only.
-    pub async fn pc_status(&self, oidc: &Provider, pc: &str) -> Result<PcStatus> {
+    pub async fn pc_status<P: ProviderTx + ?Sized>(&self, oidc: &Provider<P>, pc: &str) -> Result<PcStatus> {
         let mut tx = self.store.write().await?;
         let ticket = self.pc_ticket(&mut *tx, pc).await?;
         let Kind::Login { request } = &ticket.kind else {
@@ -259,7 +268,7 @@ impl Phones {
         Ok(next)
     }
 
-    async fn phone_ticket(&self, tx: &mut dyn Tx, phone: &str) -> Result<Ticket> {
+    async fn phone_ticket(&self, tx: &mut T, phone: &str) -> Result<Ticket> {
         tx.ticket_by_phone(&token_hash(phone)).await?.ok_or_else(unknown_ticket)
     }
 

@@ -9,11 +9,12 @@ use argon2::Argon2;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::audit::{self, Event};
+use crate::audit::{self, AuditStore, Event};
 use crate::auth::{random_token, token_hash};
 use crate::clock::rfc3339;
 use crate::error::{Credential, Error, Forbidden, Gone, Missing, Result};
-use crate::store::{Store, StoreError};
+use crate::storage::{StoreError, Transaction, Transactions};
+use crate::users::UserStore;
 
 /// Where a code stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -93,6 +94,10 @@ pub trait RegcodeStore: Send {
     async fn regcodes(&mut self, user_id: Option<&str>) -> Result<Vec<Regcode>, StoreError>;
 }
 
+/// What registration-code operations need in one transaction.
+pub trait RegcodesTx: RegcodeStore + UserStore + AuditStore + Transaction {}
+impl<T: RegcodeStore + UserStore + AuditStore + Transaction + ?Sized> RegcodesTx for T {}
+
 /// A freshly issued code: shown once.
 #[derive(Clone, Debug, Serialize)]
 pub struct Issued {
@@ -156,8 +161,8 @@ fn generated_password() -> String {
 }
 
 /// Issues a code for a user, replacing any active one.
-pub async fn issue(
-    store: &dyn Store,
+pub async fn issue<T: RegcodesTx + ?Sized>(
+    store: &dyn Transactions<T>,
     now: i64,
     actor: &str,
     public_url: &str,
@@ -221,7 +226,12 @@ pub async fn issue(
 }
 
 /// Revokes a user's active code. Returns whether there was one.
-pub async fn revoke(store: &dyn Store, now: i64, actor: &str, user_id: &str) -> Result<bool> {
+pub async fn revoke<T: RegcodesTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    now: i64,
+    actor: &str,
+    user_id: &str,
+) -> Result<bool> {
     let mut tx = store.write().await?;
     crate::users::get_in(&mut *tx, user_id).await?;
     if !tx.revoke_active_regcode(user_id).await? {
@@ -238,7 +248,11 @@ pub async fn revoke(store: &dyn Store, now: i64, actor: &str, user_id: &str) -> 
 }
 
 /// Lists codes (newest first), of one user or all.
-pub async fn list(store: &dyn Store, now: i64, user_id: Option<&str>) -> Result<Vec<RegcodeView>> {
+pub async fn list<T: RegcodesTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    now: i64,
+    user_id: Option<&str>,
+) -> Result<Vec<RegcodeView>> {
     let mut tx = store.read().await?;
     if let Some(u) = user_id {
         crate::users::get_in(&mut *tx, u).await?;
@@ -284,7 +298,7 @@ fn unusable(code: &Regcode, now: i64) -> Result<()> {
     }
 }
 
-async fn find(store: &dyn Store, code: &str) -> Result<Regcode> {
+async fn find<T: RegcodesTx + ?Sized>(store: &dyn Transactions<T>, code: &str) -> Result<Regcode> {
     store
         .read()
         .await?
@@ -294,7 +308,7 @@ async fn find(store: &dyn Store, code: &str) -> Result<Regcode> {
 }
 
 /// Whether a code can still be used (before the password is asked); returns its user.
-pub async fn check(store: &dyn Store, now: i64, code: &str) -> Result<String> {
+pub async fn check<T: RegcodesTx + ?Sized>(store: &dyn Transactions<T>, now: i64, code: &str) -> Result<String> {
     let row = find(store, code).await?;
     unusable(&row, now)?;
     Ok(row.user_id)
@@ -302,7 +316,13 @@ pub async fn check(store: &dyn Store, now: i64, code: &str) -> Result<String> {
 
 /// Checks the password of a code (Argon2id, on the blocking pool). A wrong
 /// one counts; at `max_tries` the code locks.
-pub async fn open(store: &dyn Store, now: i64, code: &str, password: &str, max_tries: u32) -> Result<Opened> {
+pub async fn open<T: RegcodesTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    now: i64,
+    code: &str,
+    password: &str,
+    max_tries: u32,
+) -> Result<Opened> {
     let row = find(store, code).await?;
     unusable(&row, now)?;
     let (hash, password) = (row.password_hash.clone(), password.to_owned());

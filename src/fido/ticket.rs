@@ -38,8 +38,8 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 use crate::auth::b64url;
-use crate::auth::sessions::Method;
-use crate::store::StoreError;
+use crate::auth::Method;
+use crate::storage::StoreError;
 
 /// What the ticket is for.
 #[derive(Clone, Debug, PartialEq, Eq)]

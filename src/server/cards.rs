@@ -12,13 +12,13 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
 use minijinja::context;
 
-use crate::auth::certificate::CardCertError;
-use crate::auth::sessions::Method;
+use crate::auth::Method;
 use crate::error::{Credential, Error, Forbidden, Gone, Missing};
+use crate::pki::trust::CardCertError;
 
 use super::pages;
 use super::state::App;
-use super::PeerCertificates;
+use super::tls::PeerCertificates;
 
 fn scheme(path: &str) -> Option<Method> {
     match path {

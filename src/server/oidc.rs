@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::auth::clients::Client;
 use crate::auth::oidc::{self, AuthorizeError, Grant};
-use crate::auth::sessions::Method;
+use crate::auth::Method;
 use crate::error::{Credential, Error, Result};
 
 use super::body::read_form;

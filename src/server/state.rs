@@ -17,7 +17,8 @@ use crate::error::{Credential, Error, Result};
 use crate::fido::flows::Phones;
 use crate::metrics::Metrics;
 use crate::signing::{AuditSink, Signing};
-use crate::store::Store;
+use crate::storage::Transactions;
+use crate::store::{Store, Tx};
 
 use super::pages::Templates;
 
@@ -30,15 +31,15 @@ pub struct App {
     /// The store.
     pub store: Arc<dyn Store>,
     /// Bearer tokens to principals.
-    pub sessions: Sessions,
+    pub sessions: Sessions<dyn Tx>,
     /// The signing pipeline (with the token).
-    pub signing: Signing,
+    pub signing: Signing<dyn Tx>,
     /// The OpenID Connect provider.
-    pub oidc: Provider,
+    pub oidc: Provider<dyn Tx>,
     /// Card login.
     pub cards: CardAuth,
     /// The phone flows.
-    pub phones: Phones,
+    pub phones: Phones<dyn Tx>,
     /// Prometheus counters.
     pub metrics: Arc<Metrics>,
     /// Page templates.
@@ -75,19 +76,22 @@ impl App {
         // The audit log gets its own connection (and thread): readers never wait for its syncs.
         let writer = AuditWriter::start(store.audit_log().await?, windows)
             .map_err(|e| Error::Internal(format!("cannot start the audit writer: {e}")))?;
+        // Every domain part opens its transactions on the store.
+        let tx = || -> Arc<dyn Transactions<dyn Tx>> { Arc::clone(&store) as Arc<dyn Transactions<dyn Tx>> };
         let signing = Signing::new(
             &config,
             Arc::clone(&keystore),
-            Arc::clone(&store),
+            tx(),
+            store.sads(),
             Arc::clone(&clock),
             AuditSink::Writer(writer),
             Arc::clone(&metrics),
         )?;
         Ok(App {
-            sessions: Sessions::new(Arc::clone(&store), Arc::clone(&clock))?,
-            oidc: Provider::new(&config, Arc::clone(&store), keystore, Arc::clone(&clock))?,
+            sessions: Sessions::new(tx(), store.invalidation(), Arc::clone(&clock))?,
+            oidc: Provider::new(&config, tx(), store.oidc(), keystore, Arc::clone(&clock))?,
             cards: CardAuth::from_config(&config)?,
-            phones: Phones::new(&config, Arc::clone(&store), Arc::clone(&clock))?,
+            phones: Phones::new(&config, tx(), Arc::clone(&clock))?,
             templates: Templates::new()?,
             signing,
             metrics,

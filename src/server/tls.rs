@@ -21,6 +21,10 @@ use rustls::{DigitallySignedStruct, DistinguishedName, Error as TlsError, Server
 
 use crate::error::Error;
 
+/// The client certificates the peer presented on this connection (leaf first, DER).
+#[derive(Clone, Debug, Default)]
+pub struct PeerCertificates(pub Arc<Vec<Vec<u8>>>);
+
 /// Builds a server configuration from PEM files.
 pub fn server_config(
     cert_pem: &[u8],

@@ -8,8 +8,8 @@
 //! ([`Parts`]), so the pipeline never copies a document it streams.
 //!
 //! **A new format** (XAdES next): a module in `signing/` with an [`Encoder`],
-//! and a [`Format`] variant that names it. Callers choose the variant; nothing
-//! else changes.
+//! and a [`super::Format`] variant that names it. Callers choose the variant;
+//! nothing else changes.
 
 use std::time::SystemTime;
 
@@ -17,9 +17,7 @@ use inkan_keystore::{DigestAlgorithm, SignatureScheme};
 
 use crate::error::Result;
 
-use super::cades::Cades;
-use super::raw::Raw;
-use super::Signer;
+use super::signers::Signer;
 
 /// The token's signature with a scheme over a digest: one `C_Sign`.
 pub type TokenSign<'a> = dyn FnMut(SignatureScheme, &[u8]) -> inkan_keystore::Result<Vec<u8>> + 'a;
@@ -74,27 +72,4 @@ pub trait Encoder: Send + Sync {
         content_len: Option<u64>,
         token: &mut TokenSign<'_>,
     ) -> Result<Parts>;
-}
-
-/// The formats callers choose from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// CAdES-BES / baseline-B, detached (a `.p7s` beside the document).
-    CadesDetached,
-    /// CAdES-BES / baseline-B enveloping the document.
-    CadesEnveloping,
-    /// The bare signature value (PKCS#1 v1.5, PSS or ECDSA), with the
-    /// credential's default scheme unless one is given.
-    Raw(Option<SignatureScheme>),
-}
-
-impl Format {
-    /// The format's encoder.
-    pub fn encoder(self) -> Box<dyn Encoder> {
-        match self {
-            Format::CadesDetached => Box::new(Cades { enveloping: false }),
-            Format::CadesEnveloping => Box::new(Cades { enveloping: true }),
-            Format::Raw(scheme) => Box::new(Raw { scheme }),
-        }
-    }
 }

@@ -9,7 +9,7 @@ use inkan_keystore::{DigestAlgorithm, SignatureScheme};
 use crate::error::{Error, Result};
 
 use super::format::{Encoder, Parts, TokenSign};
-use super::Signer;
+use super::signers::Signer;
 
 /// The raw format: the credential's default scheme for the digest, or `scheme`.
 #[derive(Clone, Copy, Debug)]

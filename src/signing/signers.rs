@@ -10,10 +10,10 @@ use inkan_keystore::{KeyAlgorithm, KeyRef};
 
 use crate::config::RsaScheme;
 use crate::error::{Error, Result};
-use crate::store::Store;
-use crate::users::ActiveKey;
+use crate::storage::{Transaction, Transactions};
+use crate::users::{ActiveKey, UserStore};
 
-use super::cades::SignerIdentity;
+use super::signed_data::SignerIdentity;
 
 /// A user's key, ready to sign.
 #[derive(Debug)]
@@ -43,16 +43,16 @@ impl Signer {
 const MAX_CACHED_SIGNERS: usize = 100_000;
 
 /// The signer cache.
-pub struct Signers {
-    store: Arc<dyn Store>,
+pub struct Signers<T: ?Sized + Send> {
+    store: Arc<dyn Transactions<T>>,
     rsa_scheme: RsaScheme,
     chain: Arc<Vec<Vec<u8>>>,
     cache: Mutex<HashMap<(String, i64), Arc<Signer>>>,
 }
 
-impl Signers {
+impl<T: UserStore + Transaction + ?Sized> Signers<T> {
     /// Signers of `store`'s keys, with the configured RSA scheme and chain.
-    pub fn new(store: Arc<dyn Store>, rsa_scheme: RsaScheme, chain: Vec<Vec<u8>>) -> Signers {
+    pub fn new(store: Arc<dyn Transactions<T>>, rsa_scheme: RsaScheme, chain: Vec<Vec<u8>>) -> Self {
         Signers { store, rsa_scheme, chain: Arc::new(chain), cache: Mutex::new(HashMap::new()) }
     }
 

@@ -38,11 +38,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode};
 
+use crate::audit::{AuditLog, AuditTx};
 use crate::auth::oidc::OidcStore;
 use crate::auth::sad::SadStore;
 use crate::auth::sessions::Invalidation;
 use crate::config::Synchronous;
-use crate::store::{AuditLog, AuditTx, Store, StoreError, Transaction, Tx};
+use crate::storage::{StoreError, Transaction, Transactions};
+use crate::store::{Store, Tx};
 
 use super::memory::Memory;
 
@@ -73,8 +75,8 @@ impl From<rusqlite::Error> for StoreError {
 pub struct SqliteStore {
     path: PathBuf,
     synchronous: Synchronous,
-    conn: tokio::sync::Mutex<Connection>,
-    memory: Memory,
+    conn: Arc<tokio::sync::Mutex<Connection>>,
+    memory: Arc<Memory>,
     epoch: Arc<epoch::EpochFile>,
 }
 
@@ -119,37 +121,47 @@ impl SqliteStore {
         Ok(SqliteStore {
             path: path.to_path_buf(),
             synchronous,
-            conn: tokio::sync::Mutex::new(conn),
-            memory: Memory::default(),
+            conn: Arc::new(tokio::sync::Mutex::new(conn)),
+            memory: Arc::new(Memory::default()),
             epoch: Arc::new(epoch::EpochFile::new(epoch::path_for(path))),
         })
     }
 
-    async fn begin(&self, writable: bool) -> Result<SqliteTx<tokio::sync::MutexGuard<'_, Connection>>, StoreError> {
-        SqliteTx::begin(self.conn.lock().await, writable)
+    async fn begin(&self, writable: bool) -> Result<SqliteTx<Shared>, StoreError> {
+        SqliteTx::begin(Arc::clone(&self.conn).lock_owned().await, writable)
+    }
+}
+
+/// The shared connection, held by one transaction at a time.
+type Shared = tokio::sync::OwnedMutexGuard<Connection>;
+
+#[async_trait]
+impl Transactions<dyn Tx> for SqliteStore {
+    async fn read(&self) -> Result<Box<dyn Tx>, StoreError> {
+        Ok(Box::new(self.begin(false).await?))
+    }
+
+    async fn write(&self) -> Result<Box<dyn Tx>, StoreError> {
+        Ok(Box::new(self.begin(true).await?))
     }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn read(&self) -> Result<Box<dyn Tx + '_>, StoreError> {
-        Ok(Box::new(self.begin(false).await?))
-    }
-
-    async fn write(&self) -> Result<Box<dyn Tx + '_>, StoreError> {
-        Ok(Box::new(self.begin(true).await?))
+    fn tx(&self) -> &dyn Transactions<dyn Tx> {
+        self
     }
 
     async fn audit_log(&self) -> Result<Box<dyn AuditLog>, StoreError> {
         Ok(Box::new(SqliteAuditLog { conn: connect(&self.path, self.synchronous)? }))
     }
 
-    fn oidc(&self) -> &dyn OidcStore {
-        &self.memory
+    fn oidc(&self) -> Arc<dyn OidcStore> {
+        Arc::clone(&self.memory) as Arc<dyn OidcStore>
     }
 
-    fn sads(&self) -> &dyn SadStore {
-        &self.memory
+    fn sads(&self) -> Arc<dyn SadStore> {
+        Arc::clone(&self.memory) as Arc<dyn SadStore>
     }
 
     fn invalidation(&self) -> Arc<dyn Invalidation> {
@@ -216,7 +228,6 @@ impl<C: DerefMut<Target = Connection> + Send> Transaction for SqliteTx<C> {
 }
 
 impl<C: DerefMut<Target = Connection> + Send> Tx for SqliteTx<C> {}
-impl<C: DerefMut<Target = Connection> + Send> AuditTx for SqliteTx<C> {}
 
 /// The audit writer's own connection.
 struct SqliteAuditLog {

@@ -8,7 +8,7 @@ use inkan::config::RsaScheme;
 use inkan::keystore::{DigestAlgorithm, KeyAlgorithm, KeyRef};
 use inkan::pki::ca::Ca;
 use inkan::pki::profile::{Kind, Qualification};
-use inkan::signing::cades::{self, SignerIdentity};
+use inkan::signing::signed_data::{self as cades, SignerIdentity};
 
 use crate::harness::{fixture, openssl_verify, token};
 

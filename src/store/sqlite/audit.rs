@@ -8,7 +8,7 @@ use rusqlite::{params, Connection};
 
 use super::{optional, SqliteTx};
 use crate::audit::{AuditStore, ChainedRow, Row};
-use crate::store::StoreError;
+use crate::storage::StoreError;
 
 /// Reads `seq, at, actor, event, user_id, generation, digest, outcome, detail` (in that order).
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {

@@ -6,8 +6,9 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
 use super::{optional, SqliteTx};
-use crate::auth::sessions::{Method, Session, SessionRecord, SessionStore};
-use crate::store::StoreError;
+use crate::auth::sessions::{Session, SessionRecord, SessionStore};
+use crate::auth::Method;
+use crate::storage::StoreError;
 use crate::users::{parse_algorithm, ActiveKey};
 
 fn method(s: &str) -> Result<Method, StoreError> {

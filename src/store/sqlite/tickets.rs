@@ -9,7 +9,7 @@ use rusqlite::{params, Connection};
 
 use super::{optional, SqliteTx};
 use crate::fido::ticket::{Kind, Stage, Ticket, TicketStore};
-use crate::store::StoreError;
+use crate::storage::StoreError;
 
 const COLUMNS: &str = "id, purpose, via, user_id, oidc_req, regcode_id, action, step, ceremony, phase, error, \
                        labelled, pc_claimed, expires_at, replace_ok";

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
 use super::{optional, SqliteTx};
-use crate::store::StoreError;
+use crate::storage::StoreError;
 use crate::users::{parse_algorithm, KeyRecord, KeyState, User, UserStatus, UserStore};
 
 const USER_COLUMNS: &str = "id, name, qualification, status, created_at";

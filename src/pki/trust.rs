@@ -25,7 +25,8 @@ use x509_cert::crl::CertificateList;
 use x509_cert::ext::pkix::{BasicConstraints, CertificatePolicies, KeyUsage, KeyUsages};
 use x509_cert::Certificate;
 
-use crate::pki::{self, PkiError};
+use super::PkiError;
+use crate::pki;
 
 /// Why a card certificate was refused. The messages are shown to users.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -1,0 +1,338 @@
+//! CMS `SignedData` (RFC 5652) as CAdES-BES / baseline-B wants it: the
+//! signed attributes content-type, message-digest, signing-time and
+//! signing-certificate-v2 (RFC 5035). The format behind the seam is
+//! [`super::cades`]; this is its encoder, also usable on its own.
+//!
+//! The builder separates "bytes to sign" from "assemble with the signature"
+//! (as x509-cert's `finalize()` / `assemble()`): [`SignedAttributes::to_be_signed`]
+//! gives the DER `SET OF Attribute` whose digest the token signs, and
+//! [`assemble`] wraps the signature value into the `ContentInfo`. The token call
+//! sits between the two and nothing else does.
+//!
+//! Everything that depends only on the signer's certificate (its
+//! IssuerAndSerialNumber, the signing-certificate-v2 attribute, the DER of the
+//! certificate set) is encoded once in a [`SignerIdentity`], so a signature costs
+//! four small attributes, one SHA-256 over them and one `C_Sign`.
+//!
+//! Output is DER. Attached (enveloping) signatures are produced as a prefix and a
+//! suffix around the content, so a document of any size is streamed twice (hash,
+//! then copy) and never held in memory.
+
+mod der_writer;
+mod ess;
+mod oid;
+
+use std::time::SystemTime;
+
+use der::{Decode, Encode};
+use inkan_keystore::{DigestAlgorithm, KeyAlgorithm, KeyRef, Keystore, SignatureScheme};
+use x509_cert::Certificate;
+
+use crate::config::RsaScheme;
+use crate::error::{Error, Result};
+use der_writer::{header, tlv, Tag};
+
+/// The token's signature with a scheme over a digest: one `C_Sign`.
+type TokenSign<'a> = dyn FnMut(SignatureScheme, &[u8]) -> inkan_keystore::Result<Vec<u8>> + 'a;
+
+pub use ess::signing_certificate_v2;
+
+/// Everything about a signer that does not change between signatures, encoded once.
+#[derive(Clone, Debug)]
+pub struct SignerIdentity {
+    key: KeyRef,
+    key_algorithm: KeyAlgorithm,
+    rsa_scheme: RsaScheme,
+    certificate: Vec<u8>,
+    /// DER `IssuerAndSerialNumber`.
+    sid: Vec<u8>,
+    /// DER `Attribute` signing-certificate-v2.
+    signing_certificate: Vec<u8>,
+    /// DER `[0] IMPLICIT CertificateSet`: the signer's certificate, then the chain.
+    certificates: Vec<u8>,
+}
+
+impl SignerIdentity {
+    /// Prepares a signer: the token key, its certificate (DER) and the chain
+    /// certificates to include (DER, signer's issuer first). A certificate that
+    /// appears twice is included once.
+    pub fn new(
+        key: KeyRef,
+        key_algorithm: KeyAlgorithm,
+        rsa_scheme: RsaScheme,
+        certificate: &[u8],
+        chain: &[Vec<u8>],
+    ) -> Result<Self> {
+        let cert = Certificate::from_der(certificate).map_err(|e| Error::Invalid(format!("certificate: {e}")))?;
+        let enc = |e: der::Error| Error::Invalid(format!("certificate: {e}"));
+        let tbs = cert.tbs_certificate();
+        let issuer = tbs.issuer().to_der().map_err(enc)?;
+        let serial = tbs.serial_number().to_der().map_err(enc)?;
+        let mut sid_body = issuer.clone();
+        sid_body.extend_from_slice(&serial);
+        let sid = tlv(Tag::SEQUENCE, &sid_body);
+        let signing_certificate = signing_certificate_v2(certificate, &issuer, &serial);
+
+        let mut set_body = certificate.to_vec();
+        let mut seen: Vec<&[u8]> = vec![certificate];
+        for c in chain {
+            if !seen.contains(&c.as_slice()) {
+                Certificate::from_der(c).map_err(|e| Error::Invalid(format!("certificate: chain: {e}")))?;
+                set_body.extend_from_slice(c);
+                seen.push(c);
+            }
+        }
+        let certificates = tlv(Tag::CONTEXT_0_CONSTRUCTED, &set_body);
+        Ok(SignerIdentity {
+            key,
+            key_algorithm,
+            rsa_scheme,
+            certificate: certificate.to_vec(),
+            sid,
+            signing_certificate,
+            certificates,
+        })
+    }
+
+    /// The signer's certificate (DER).
+    pub fn certificate(&self) -> &[u8] {
+        &self.certificate
+    }
+
+    /// The token key.
+    pub fn key(&self) -> &KeyRef {
+        &self.key
+    }
+
+    /// The signature scheme for a digest algorithm.
+    pub fn scheme(&self, digest: DigestAlgorithm) -> SignatureScheme {
+        match (self.key_algorithm.is_rsa(), self.rsa_scheme) {
+            (true, RsaScheme::Pkcs1v15) => SignatureScheme::RsaPkcs1v15(digest),
+            (true, RsaScheme::Pss) => SignatureScheme::RsaPss(digest),
+            (false, _) => SignatureScheme::Ecdsa(digest),
+        }
+    }
+}
+
+/// The signed attributes of one signature.
+#[derive(Clone, Debug)]
+pub struct SignedAttributes {
+    /// The DER-sorted attributes, without the SET header.
+    body: Vec<u8>,
+}
+
+impl SignedAttributes {
+    /// Encodes content-type (id-data), message-digest, signing-time and
+    /// signing-certificate-v2, in DER `SET OF` order.
+    pub fn new(identity: &SignerIdentity, message_digest: &[u8], signing_time: SystemTime) -> Result<Self> {
+        let enc = |e: der::Error| Error::Invalid(e.to_string());
+        let attr = |oid: der::oid::ObjectIdentifier, value: &[u8]| -> Result<Vec<u8>> {
+            let mut body = oid.to_der().map_err(enc)?;
+            body.extend_from_slice(&tlv(Tag::SET, value));
+            Ok(tlv(Tag::SEQUENCE, &body))
+        };
+        let time = x509_cert::time::Time::try_from(signing_time).map_err(enc)?.to_der().map_err(enc)?;
+        let mut attrs = [
+            attr(oid::CONTENT_TYPE, &oid::DATA.to_der().map_err(enc)?)?,
+            attr(oid::MESSAGE_DIGEST, &tlv(Tag::OCTET_STRING, message_digest))?,
+            attr(oid::SIGNING_TIME, &time)?,
+            identity.signing_certificate.clone(),
+        ];
+        // DER: the elements of a SET OF are sorted by their encodings (X.690 11.6).
+        attrs.sort();
+        Ok(SignedAttributes { body: attrs.concat() })
+    }
+
+    /// The DER `SET OF Attribute` that is hashed and signed (RFC 5652 5.4).
+    pub fn to_be_signed(&self) -> Vec<u8> {
+        tlv(Tag::SET, &self.body)
+    }
+}
+
+/// A finished signature around its (optional) content: `prefix || content || suffix`
+/// is the DER `ContentInfo`.
+#[derive(Clone, Debug)]
+pub struct Assembled {
+    /// Everything before the content.
+    pub prefix: Vec<u8>,
+    /// Everything after the content.
+    pub suffix: Vec<u8>,
+}
+
+impl Assembled {
+    /// The DER of a detached signature (no content between prefix and suffix).
+    pub fn into_detached(self) -> Vec<u8> {
+        let mut der = self.prefix;
+        der.extend_from_slice(&self.suffix);
+        der
+    }
+}
+
+fn algorithm_identifier(oid: der::oid::ObjectIdentifier, null_params: bool) -> Vec<u8> {
+    let mut body = oid.to_der().unwrap_or_default();
+    if null_params {
+        body.extend_from_slice(&[0x05, 0x00]);
+    }
+    tlv(Tag::SEQUENCE, &body)
+}
+
+fn signature_algorithm(scheme: SignatureScheme) -> Result<Vec<u8>> {
+    Ok(match scheme {
+        // RFC 3370 2.2: rsaEncryption is what most validators expect in a SignerInfo.
+        SignatureScheme::RsaPkcs1v15(_) => algorithm_identifier(oid::RSA_ENCRYPTION, true),
+        other => inkan_keystore::signature_algorithm(other)?.to_der().map_err(Error::internal)?,
+    })
+}
+
+/// Wraps a signature value into `ContentInfo { SignedData }`, with room for
+/// `content_len` bytes of enveloped content (`None`: detached).
+pub fn assemble(
+    identity: &SignerIdentity,
+    digest: DigestAlgorithm,
+    attributes: &SignedAttributes,
+    signature: &[u8],
+    content_len: Option<u64>,
+) -> Result<Assembled> {
+    let digest_alg = algorithm_identifier(digest.oid(), false);
+    // SignerInfo (RFC 5652 5.3), version 1: sid is an IssuerAndSerialNumber.
+    let mut si = vec![0x02, 0x01, 0x01];
+    si.extend_from_slice(&identity.sid);
+    si.extend_from_slice(&digest_alg);
+    si.extend_from_slice(&tlv(Tag::CONTEXT_0_CONSTRUCTED, &attributes.body));
+    si.extend_from_slice(&signature_algorithm(identity.scheme(digest))?);
+    si.extend_from_slice(&tlv(Tag::OCTET_STRING, signature));
+    let signer_infos = tlv(Tag::SET, &tlv(Tag::SEQUENCE, &si));
+
+    // EncapsulatedContentInfo: eContentType id-data, eContent only when enveloping.
+    let data_oid = oid::DATA.to_der().map_err(Error::internal)?;
+    let mut eci_head = Vec::new();
+    let eci_len = match content_len {
+        None => data_oid.len() as u64,
+        Some(n) => {
+            let octets = header_len(n) as u64 + n;
+            data_oid.len() as u64 + header_len(octets) as u64 + octets
+        }
+    };
+    header(Tag::SEQUENCE, eci_len, &mut eci_head);
+    eci_head.extend_from_slice(&data_oid);
+    if let Some(n) = content_len {
+        header(Tag::CONTEXT_0_CONSTRUCTED, header_len(n) as u64 + n, &mut eci_head);
+        header(Tag::OCTET_STRING, n, &mut eci_head);
+    }
+
+    // SignedData (RFC 5652 5.1), version 1.
+    let mut sd_head = vec![0x02, 0x01, 0x01];
+    sd_head.extend_from_slice(&tlv(Tag::SET, &digest_alg));
+    let mut sd_tail = identity.certificates.clone();
+    sd_tail.extend_from_slice(&signer_infos);
+    let content_total = content_len.unwrap_or(0);
+    let sd_len = sd_head.len() as u64 + eci_head.len() as u64 + content_total + sd_tail.len() as u64;
+
+    let signed_data_oid = oid::SIGNED_DATA.to_der().map_err(Error::internal)?;
+    let explicit_len = header_len(sd_len) as u64 + sd_len;
+    let ci_len = signed_data_oid.len() as u64 + header_len(explicit_len) as u64 + explicit_len;
+
+    let mut prefix = Vec::with_capacity(64 + sd_head.len() + eci_head.len());
+    header(Tag::SEQUENCE, ci_len, &mut prefix);
+    prefix.extend_from_slice(&signed_data_oid);
+    header(Tag::CONTEXT_0_CONSTRUCTED, explicit_len, &mut prefix);
+    header(Tag::SEQUENCE, sd_len, &mut prefix);
+    prefix.extend_from_slice(&sd_head);
+    prefix.extend_from_slice(&eci_head);
+    Ok(Assembled { prefix, suffix: sd_tail })
+}
+
+fn header_len(len: u64) -> usize {
+    let mut v = Vec::with_capacity(10);
+    header(Tag::SEQUENCE, len, &mut v);
+    v.len()
+}
+
+/// Signs a precomputed digest of the content; returns the DER of a detached signature.
+pub fn sign_digest(
+    keystore: &Keystore,
+    identity: &SignerIdentity,
+    digest_alg: DigestAlgorithm,
+    message_digest: &[u8],
+    signing_time: SystemTime,
+) -> Result<Vec<u8>> {
+    Ok(sign_parts(keystore, identity, digest_alg, message_digest, signing_time, None)?.into_detached())
+}
+
+/// Signs a digest with the token and assembles around `content_len` bytes of
+/// content (or none).
+pub fn sign_parts(
+    keystore: &Keystore,
+    identity: &SignerIdentity,
+    digest_alg: DigestAlgorithm,
+    message_digest: &[u8],
+    signing_time: SystemTime,
+    content_len: Option<u64>,
+) -> Result<Assembled> {
+    sign_with(identity, digest_alg, message_digest, signing_time, content_len, &mut |scheme, digest| {
+        keystore.sign_digest(identity.key(), scheme, digest)
+    })
+}
+
+/// Builds the signed attributes, has `token` sign their digest (the one token
+/// call), and assembles the signature.
+pub fn sign_with(
+    identity: &SignerIdentity,
+    digest_alg: DigestAlgorithm,
+    message_digest: &[u8],
+    signing_time: SystemTime,
+    content_len: Option<u64>,
+    token: &mut TokenSign<'_>,
+) -> Result<Assembled> {
+    if message_digest.len() != digest_alg.output_len() {
+        return Err(Error::Invalid(format!(
+            "a {} digest has {} bytes, not {}",
+            digest_alg.name(),
+            digest_alg.output_len(),
+            message_digest.len()
+        )));
+    }
+    let attributes = SignedAttributes::new(identity, message_digest, signing_time)?;
+    let to_sign = digest_alg.digest(&attributes.to_be_signed());
+    let signature = token(identity.scheme(digest_alg), &to_sign)?;
+    assemble(identity, digest_alg, &attributes, &signature, content_len)
+}
+
+/// Signs a document held in memory: detached, or enveloping it. Returns DER.
+pub fn sign_document(
+    keystore: &Keystore,
+    identity: &SignerIdentity,
+    digest_alg: DigestAlgorithm,
+    document: &[u8],
+    attached: bool,
+    signing_time: SystemTime,
+) -> Result<Vec<u8>> {
+    let digest = digest_alg.digest(document);
+    let parts =
+        sign_parts(keystore, identity, digest_alg, &digest, signing_time, attached.then_some(document.len() as u64))?;
+    let mut der = parts.prefix;
+    der.reserve(parts.suffix.len() + if attached { document.len() } else { 0 });
+    if attached {
+        der.extend_from_slice(document);
+    }
+    der.extend_from_slice(&parts.suffix);
+    Ok(der)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_lengths() {
+        let mut v = Vec::new();
+        header(Tag::SEQUENCE, 0x7f, &mut v);
+        assert_eq!(v, [0x30, 0x7f]);
+        v.clear();
+        header(Tag::SEQUENCE, 0x80, &mut v);
+        assert_eq!(v, [0x30, 0x81, 0x80]);
+        v.clear();
+        header(Tag::SEQUENCE, 0x1_0000, &mut v);
+        assert_eq!(v, [0x30, 0x83, 0x01, 0x00, 0x00]);
+    }
+}
