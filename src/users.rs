@@ -151,7 +151,7 @@ pub struct ActiveKey {
 
 /// Parses a stored key algorithm.
 pub fn parse_algorithm(s: &str) -> Result<KeyAlgorithm, StoreError> {
-    s.parse().map_err(|e: String| StoreError::Corrupt(e))
+    s.parse().map_err(|e: inkan_keystore::Error| StoreError::Corrupt(e.to_string()))
 }
 
 /// What users and keys need from storage.

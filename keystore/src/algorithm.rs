@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 use der::oid::ObjectIdentifier;
 
+use crate::error::Error;
+
 /// The kind of key pair generated in the token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KeyAlgorithm {
@@ -57,13 +59,13 @@ impl fmt::Display for KeyAlgorithm {
 }
 
 impl FromStr for KeyAlgorithm {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
         match s.to_ascii_lowercase().as_str() {
             "rsa2048" | "rsa-2048" => Ok(KeyAlgorithm::Rsa2048),
             "rsa3072" | "rsa-3072" => Ok(KeyAlgorithm::Rsa3072),
             "p256" | "p-256" | "ec-p256" | "ecdsa-p256" => Ok(KeyAlgorithm::EcP256),
-            _ => Err(format!("unknown key algorithm {s:?}: use rsa2048, rsa3072 or p256")),
+            _ => Err(Error::InvalidInput(format!("unknown key algorithm {s:?}: use rsa2048, rsa3072 or p256"))),
         }
     }
 }
@@ -145,13 +147,13 @@ impl DigestAlgorithm {
 }
 
 impl FromStr for DigestAlgorithm {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
         match s.to_ascii_uppercase().replace('_', "-").as_str() {
             "SHA-256" | "SHA256" => Ok(DigestAlgorithm::Sha256),
             "SHA-384" | "SHA384" => Ok(DigestAlgorithm::Sha384),
             "SHA-512" | "SHA512" => Ok(DigestAlgorithm::Sha512),
-            _ => Err(format!("unknown hash algorithm {s:?}: use SHA-256, SHA-384 or SHA-512")),
+            _ => Err(Error::InvalidInput(format!("unknown hash algorithm {s:?}: use SHA-256, SHA-384 or SHA-512"))),
         }
     }
 }
@@ -212,8 +214,8 @@ mod tests {
 
     #[test]
     fn names_parse() {
-        assert_eq!("rsa2048".parse::<KeyAlgorithm>(), Ok(KeyAlgorithm::Rsa2048));
-        assert_eq!("SHA-384".parse::<DigestAlgorithm>(), Ok(DigestAlgorithm::Sha384));
+        assert_eq!("rsa2048".parse::<KeyAlgorithm>().ok(), Some(KeyAlgorithm::Rsa2048));
+        assert_eq!("SHA-384".parse::<DigestAlgorithm>().ok(), Some(DigestAlgorithm::Sha384));
         assert!("md5".parse::<DigestAlgorithm>().is_err());
     }
 }

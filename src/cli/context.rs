@@ -93,7 +93,7 @@ pub fn actor() -> String {
 
 /// Writes a file atomically, with an error that names it.
 pub fn write_file(path: &Path, contents: &[u8]) -> Result<(), CliError> {
-    crate::config::write_atomic(path, contents)
+    write_atomic(path, contents)
         .map_err(|e| CliError { message: format!("cannot write {}: {e}", path.display()), code: 1 })
 }
 
@@ -112,4 +112,15 @@ pub fn lines<T>(items: &[T], empty: &str, line: impl Fn(&T) -> String) -> String
     } else {
         items.iter().map(line).collect::<Vec<_>>().join("\n")
     }
+}
+
+/// Writes a file atomically (temp file in the same directory + fsync + rename).
+fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }

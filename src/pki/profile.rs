@@ -83,13 +83,13 @@ impl Qualification {
 }
 
 impl std::str::FromStr for Qualification {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = super::PkiError;
+    fn from_str(s: &str) -> Result<Self, super::PkiError> {
         match s.to_ascii_lowercase().as_str() {
             "doctor" | "medical doctor" => Ok(Qualification::Doctor),
             "dentist" => Ok(Qualification::Dentist),
             "pharmacist" => Ok(Qualification::Pharmacist),
-            _ => Err(format!("unknown qualification {s:?}: use doctor, dentist or pharmacist")),
+            _ => Err(super::PkiError(format!("unknown qualification {s:?}: use doctor, dentist or pharmacist"))),
         }
     }
 }

@@ -151,8 +151,7 @@ pub async fn sign_hashes(State(app): State<Arc<App>>, headers: HeaderMap, body: 
     // Refused before the body is read (the pipeline checks again).
     principal.require_sign_scope()?;
     let req: SignHashes = read_json(body, app.config.server.max_json_bytes).await?;
-    let alg: DigestAlgorithm =
-        req.hash_algorithm.as_deref().unwrap_or("SHA-256").parse().map_err(|e: String| Error::Invalid(e))?;
+    let alg: DigestAlgorithm = req.hash_algorithm.as_deref().unwrap_or("SHA-256").parse()?;
     let format = match req.format.as_deref().unwrap_or("cades") {
         "cades" => Format::CadesDetached,
         "raw" => Format::Raw(None),

@@ -1,0 +1,218 @@
+//! Environment overrides: every setting has one, named `INKAN_<SECTION>_<KEY>`
+//! (`INKAN_DATA_DIR` for the top-level `data_dir`). One table lists them with
+//! their kind; the values go into the configuration's TOML table before it is
+//! read, so they are checked exactly like the file's. Paths given in the
+//! environment are relative to the working directory.
+
+use super::schema::ConfigError;
+
+/// How a variable's text becomes a TOML value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Text.
+    Str,
+    /// A path.
+    Path,
+    /// Paths separated by `:`.
+    Paths,
+    /// A non-negative integer.
+    Int,
+    /// `true`/`false` (or `1`/`0`).
+    Bool,
+    /// One of these words.
+    Choice(&'static [&'static str]),
+}
+
+/// One setting: its key in the file (`section.key`, or `key` at the top) and kind.
+#[derive(Clone, Copy, Debug)]
+pub struct Setting {
+    /// `section.key` or `key`.
+    pub key: &'static str,
+    /// How its text is read.
+    pub kind: Kind,
+}
+
+impl Setting {
+    /// The environment variable: `INKAN_` and the key in capitals, `.` as `_`.
+    pub fn var(&self) -> String {
+        format!("INKAN_{}", self.key.replace('.', "_").to_ascii_uppercase())
+    }
+}
+
+const fn s(key: &'static str, kind: Kind) -> Setting {
+    Setting { key, kind }
+}
+
+use Kind::{Bool, Choice, Int, Path, Paths, Str};
+
+/// Every setting of the configuration.
+pub const SETTINGS: &[Setting] = &[
+    s("data_dir", Path),
+    s("token.module", Path),
+    s("token.label", Str),
+    s("token.user_pin", Str),
+    s("token.so_pin", Str),
+    s("token.softhsm_conf", Path),
+    s("token.pool_size", Int),
+    s("store.path", Path),
+    s("store.synchronous", Choice(&["full", "normal"])),
+    s("pki.signing_ca", Path),
+    s("pki.chain", Paths),
+    s("signing.rsa_scheme", Choice(&["pkcs1v15", "pss"])),
+    s("server.listen", Str),
+    s("server.card_listen", Str),
+    s("server.public_url", Str),
+    s("server.card_url", Str),
+    s("server.tls_cert", Path),
+    s("server.tls_key", Path),
+    s("server.session_hours", Int),
+    s("server.max_json_bytes", Int),
+    s("server.max_document_bytes", Int),
+    s("server.header_timeout_secs", Int),
+    s("server.shutdown_grace_secs", Int),
+    s("server.audit_window_us", Int),
+    s("server.audit_idle_window_us", Int),
+    s("hpki.anchors", Paths),
+    s("hpki.intermediates", Paths),
+    s("hpki.crls", Paths),
+    s("hpki.danger_allow_stale_crl", Bool),
+    s("jpki.anchors", Paths),
+    s("jpki.intermediates", Paths),
+    s("jpki.crls", Paths),
+    s("jpki.danger_allow_stale_crl", Bool),
+    s("csc.scal", Choice(&["1", "2"])),
+    s("csc.sad_lifetime_secs", Int),
+    s("fido.rp_id", Str),
+    s("fido.rp_name", Str),
+    s("fido.ticket_secs", Int),
+    s("fido.regcode_max_tries", Int),
+    s("fido.regcode_days", Int),
+];
+
+/// The TOML value of a variable's text, or what is wrong with it.
+fn value(setting: &Setting, text: &str) -> Result<toml::Value, ConfigError> {
+    let var = setting.var();
+    Ok(match setting.kind {
+        Str | Path => toml::Value::String(text.to_owned()),
+        Paths => toml::Value::Array(
+            text.split(':').filter(|p| !p.is_empty()).map(|p| toml::Value::String(p.to_owned())).collect(),
+        ),
+        Int => toml::Value::Integer(
+            text.trim()
+                .parse::<u32>()
+                .map(i64::from)
+                .map_err(|_| ConfigError(format!("{var} must be a number, not {text:?}")))?,
+        ),
+        Bool => toml::Value::Boolean(match text.trim() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => return Err(ConfigError(format!("{var} must be true or false, not {text:?}"))),
+        }),
+        Choice(words) => {
+            if !words.contains(&text) {
+                return Err(ConfigError(format!("{var} must be {}, not {text:?}", words.join(" or "))));
+            }
+            toml::Value::String(text.to_owned())
+        }
+    })
+}
+
+/// Puts the value of every set variable into the configuration's table
+/// (`lookup` reads a variable; empty values count as unset). A section the
+/// table does not have starts from its default (`defaults`, the embedded
+/// configuration as a table), so one variable changes one setting.
+pub fn apply(
+    table: &mut toml::Table,
+    defaults: &toml::Table,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for setting in SETTINGS {
+        let Some(text) = lookup(&setting.var()).filter(|v| !v.is_empty()) else { continue };
+        let value = value(setting, &text)?;
+        match setting.key.split_once('.') {
+            None => {
+                table.insert(setting.key.to_owned(), value);
+            }
+            Some((section, key)) => {
+                let entry = table.entry(section.to_owned()).or_insert_with(|| {
+                    defaults.get(section).cloned().unwrap_or_else(|| toml::Value::Table(toml::Table::new()))
+                });
+                let toml::Value::Table(section_table) = entry else {
+                    return Err(ConfigError(format!("[{section}] in the configuration file is not a section")));
+                };
+                section_table.insert(key.to_owned(), value);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// Every leaf key of a TOML table, as `section.key`.
+    fn keys(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in table {
+            let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            match v {
+                toml::Value::Table(t) => keys(t, &key, out),
+                _ => out.push(key),
+            }
+        }
+    }
+
+    fn defaults_table() -> toml::Table {
+        toml::Table::try_from(Config::default()).expect("serialise")
+    }
+
+    #[test]
+    fn every_setting_has_an_override_and_every_override_a_setting() {
+        let table = defaults_table();
+        let mut defaults = Vec::new();
+        keys(&table, "", &mut defaults);
+        let listed: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
+        for key in &defaults {
+            assert!(listed.contains(&key.as_str()), "{key} has no environment override");
+        }
+        // Settings without a default value are not serialised: they must
+        // still be settings of the schema (an override for a key the schema
+        // does not know would fail when the configuration is read).
+        for setting in SETTINGS {
+            let mut table = toml::Table::new();
+            let sample = match setting.kind {
+                Kind::Choice(words) => words[0].to_owned(),
+                Kind::Int => "7".into(),
+                Kind::Bool => "true".into(),
+                _ => "x".into(),
+            };
+            apply(&mut table, &defaults_table(), |v| (v == setting.var()).then(|| sample.clone())).expect("apply");
+            let parsed: Result<Config, _> = table.try_into();
+            assert!(parsed.is_ok(), "{}: {:?}", setting.var(), parsed.err());
+        }
+        assert_eq!(SETTINGS.len(), 40, "the README promises an override for each of the 40 settings");
+    }
+
+    #[test]
+    fn values_are_checked_and_name_their_variable() {
+        let mut table = toml::Table::new();
+        let d = defaults_table();
+        let err =
+            apply(&mut table, &d, |v| (v == "INKAN_SERVER_SESSION_HOURS").then(|| "soon".into())).expect_err("bad");
+        assert!(err.0.contains("INKAN_SERVER_SESSION_HOURS") && err.0.contains("number"), "{err}");
+        let err = apply(&mut table, &d, |v| (v == "INKAN_STORE_SYNCHRONOUS").then(|| "off".into())).expect_err("bad");
+        assert!(err.0.contains("full or normal"), "{err}");
+        apply(&mut table, &d, |v| match v {
+            "INKAN_PKI_CHAIN" => Some("a.pem:b.pem".into()),
+            "INKAN_HPKI_DANGER_ALLOW_STALE_CRL" => Some("1".into()),
+            "INKAN_DATA_DIR" => Some("/srv/inkan".into()),
+            _ => None,
+        })
+        .expect("apply");
+        let config: Config = table.try_into().expect("config");
+        assert_eq!(config.pki.chain, vec![std::path::PathBuf::from("a.pem"), "b.pem".into()]);
+        assert!(config.hpki.danger_allow_stale_crl);
+        assert_eq!(config.data_dir, std::path::PathBuf::from("/srv/inkan"));
+    }
+}

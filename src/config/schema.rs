@@ -1,0 +1,311 @@
+//! The configuration's schema: every setting, its type and its default (the
+//! embedded defaults: everything under `./var`, the fixture PKI, SoftHSM).
+//! Where the values come from is `config.rs`'s; the environment's names for
+//! them are `env.rs`'s.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration problem, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for the database, SoftHSM's token files and generated secrets (`var`).
+    pub data_dir: PathBuf,
+    /// The PKCS#11 token holding the signing keys.
+    pub token: TokenConfig,
+    /// The SQLite store.
+    pub store: StoreConfig,
+    /// Certificates inkan trusts and includes.
+    pub pki: PkiConfig,
+    /// Signature formats.
+    pub signing: SigningConfig,
+    /// The HTTPS service.
+    pub server: ServerConfig,
+    /// HPKI card login trust store.
+    pub hpki: CardTrustConfig,
+    /// JPKI (My Number card) login trust store.
+    pub jpki: CardTrustConfig,
+    /// Cloud Signature Consortium API.
+    pub csc: CscConfig,
+    /// FIDO2 phones (WebAuthn), QR tickets, registration codes.
+    pub fido: FidoConfig,
+}
+
+/// `[fido]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FidoConfig {
+    /// WebAuthn relying-party ID: the host name of `[server] public_url` unless set.
+    pub rp_id: Option<String>,
+    /// Relying-party name shown by the phone.
+    pub rp_name: String,
+    /// Lifetime of a QR ticket in seconds (300).
+    pub ticket_secs: u64,
+    /// Wrong passwords that lock a registration code (5).
+    pub regcode_max_tries: u32,
+    /// Default lifetime of a registration code in days (30).
+    pub regcode_days: u64,
+}
+
+impl Default for FidoConfig {
+    fn default() -> Self {
+        FidoConfig { rp_id: None, rp_name: "inkan".into(), ticket_secs: 300, regcode_max_tries: 5, regcode_days: 30 }
+    }
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Main HTTPS listener (no client certificate).
+    pub listen: String,
+    /// Card listener (asks for a TLS client certificate).
+    pub card_listen: String,
+    /// External URL of the main listener: the OIDC issuer.
+    pub public_url: String,
+    /// External URL of the card listener.
+    pub card_url: String,
+    /// TLS certificate chain (PEM).
+    pub tls_cert: PathBuf,
+    /// TLS private key (PEM, PKCS#8).
+    pub tls_key: PathBuf,
+    /// Auth session lifetime in hours.
+    pub session_hours: u64,
+    /// Largest JSON request body.
+    pub max_json_bytes: usize,
+    /// Largest document for `/api/v1/sign`.
+    pub max_document_bytes: usize,
+    /// Seconds a client has to send its request headers.
+    pub header_timeout_secs: u64,
+    /// Seconds in-flight requests get to finish on shutdown.
+    pub shutdown_grace_secs: u64,
+    /// Longest a signature's audit row waits for the rows of signatures still
+    /// under way, to share their commit, while the cores are busy
+    /// (microseconds; 0 = never wait).
+    pub audit_window_us: u64,
+    /// The same with cores to spare (microseconds).
+    pub audit_idle_window_us: u64,
+}
+
+/// The longest commit window accepted (µs).
+pub const MAX_AUDIT_WINDOW_US: u64 = 1_000_000;
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8443".into(),
+            card_listen: "127.0.0.1:8444".into(),
+            public_url: "https://localhost:8443".into(),
+            card_url: "https://localhost:8444".into(),
+            tls_cert: PathBuf::from("fixtures/pki/server.pem"),
+            tls_key: PathBuf::from("fixtures/pki/server.key"),
+            session_hours: 18,
+            max_json_bytes: 1 << 20,
+            max_document_bytes: 64 << 20,
+            header_timeout_secs: 10,
+            shutdown_grace_secs: 20,
+            audit_window_us: 6000,
+            audit_idle_window_us: 500,
+        }
+    }
+}
+
+/// `[hpki]` / `[jpki]`: anchors, intermediates and CRLs for card login.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardTrustConfig {
+    /// Trust anchors (root CAs), PEM files.
+    pub anchors: Vec<PathBuf>,
+    /// Intermediate CAs, PEM files.
+    pub intermediates: Vec<PathBuf>,
+    /// CRLs (PEM or DER files), one per issuing CA at least.
+    pub crls: Vec<PathBuf>,
+    /// Accept CRLs past their nextUpdate (risky).
+    #[serde(default)]
+    pub danger_allow_stale_crl: bool,
+}
+
+impl CardTrustConfig {
+    fn hpki() -> Self {
+        CardTrustConfig {
+            anchors: vec![PathBuf::from("fixtures/pki/hpki-root.pem")],
+            intermediates: vec![PathBuf::from("fixtures/pki/hpki-auth-ca.pem")],
+            crls: vec![PathBuf::from("fixtures/pki/crl/hpki-auth-ca.crl.pem")],
+            danger_allow_stale_crl: false,
+        }
+    }
+
+    fn jpki() -> Self {
+        CardTrustConfig {
+            anchors: vec![PathBuf::from("fixtures/pki/jpki-root.pem")],
+            intermediates: vec![PathBuf::from("fixtures/pki/jpki-ca.pem")],
+            crls: vec![PathBuf::from("fixtures/pki/crl/jpki-ca.crl.pem")],
+            danger_allow_stale_crl: false,
+        }
+    }
+}
+
+/// `[csc]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CscConfig {
+    /// Sole Control Assurance Level: "1" (the auth session suffices) or "2"
+    /// (every signHash needs a SAD bound to exactly its hashes).
+    pub scal: String,
+    /// Lifetime of a SAD in seconds.
+    pub sad_lifetime_secs: u64,
+}
+
+impl Default for CscConfig {
+    fn default() -> Self {
+        CscConfig { scal: "1".into(), sad_lifetime_secs: 300 }
+    }
+}
+
+/// `[token]`
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// PKCS#11 module (`/usr/lib/softhsm/libsofthsm2.so`).
+    pub module: PathBuf,
+    /// Token label (`inkan`).
+    pub label: String,
+    /// User PIN (better: `INKAN_TOKEN_USER_PIN` or the pins file).
+    #[serde(skip_serializing)]
+    pub user_pin: Option<String>,
+    /// Security officer PIN, only used by `inkan init` to create the token.
+    #[serde(skip_serializing)]
+    pub so_pin: Option<String>,
+    /// SoftHSM configuration file; inkan sets `SOFTHSM2_CONF` to it before loading
+    /// the module. Default: `<data_dir>/softhsm/softhsm2.conf` when the module is SoftHSM.
+    pub softhsm_conf: Option<PathBuf>,
+    /// Sessions in the pool (0 = one per CPU).
+    pub pool_size: usize,
+}
+
+impl fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("module", &self.module)
+            .field("label", &self.label)
+            .field("user_pin", &self.user_pin.as_ref().map(|_| "***"))
+            .field("so_pin", &self.so_pin.as_ref().map(|_| "***"))
+            .field("softhsm_conf", &self.softhsm_conf)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+/// `[store]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// SQLite file (default `<data_dir>/inkan.db`).
+    pub path: Option<PathBuf>,
+    /// SQLite `synchronous` in WAL mode: `full` (default: every commit is on disk
+    /// before it returns, also across a power cut) or `normal` (survives a killed
+    /// process; a power cut may lose the last commits).
+    pub synchronous: Synchronous,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { path: None, synchronous: Synchronous::Full }
+    }
+}
+
+/// SQLite durability level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync on every commit.
+    Full,
+    /// fsync at checkpoints.
+    Normal,
+}
+
+/// `[pki]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PkiConfig {
+    /// The HPKI CA that issues second certificates; `key import-cert` accepts
+    /// only certificates it signed.
+    pub signing_ca: PathBuf,
+    /// Further certificates of the chain up to the root, included in signatures
+    /// after the signing CA.
+    pub chain: Vec<PathBuf>,
+}
+
+/// RSA signature scheme for CAdES signatures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RsaScheme {
+    /// RSASSA-PKCS1-v1_5 (the default; what HPKI validators expect).
+    Pkcs1v15,
+    /// RSASSA-PSS.
+    Pss,
+}
+
+/// `[signing]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningConfig {
+    /// `pkcs1v15` (default) or `pss`.
+    pub rsa_scheme: RsaScheme,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("var"),
+            token: TokenConfig::default(),
+            store: StoreConfig::default(),
+            pki: PkiConfig::default(),
+            signing: SigningConfig::default(),
+            server: ServerConfig::default(),
+            hpki: CardTrustConfig::hpki(),
+            jpki: CardTrustConfig::jpki(),
+            csc: CscConfig::default(),
+            fido: FidoConfig::default(),
+        }
+    }
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        TokenConfig {
+            module: PathBuf::from(SOFTHSM_MODULE),
+            label: "inkan".into(),
+            user_pin: None,
+            so_pin: None,
+            softhsm_conf: None,
+            pool_size: 0,
+        }
+    }
+}
+
+impl Default for PkiConfig {
+    fn default() -> Self {
+        PkiConfig {
+            signing_ca: PathBuf::from("fixtures/pki/hpki-signing-ca.pem"),
+            chain: vec![PathBuf::from("fixtures/pki/hpki-root.pem")],
+        }
+    }
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        SigningConfig { rsa_scheme: RsaScheme::Pkcs1v15 }
+    }
+}
+
+/// Debian's SoftHSM module.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";

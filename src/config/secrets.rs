@@ -1,0 +1,106 @@
+//! Secrets of the configuration: the token's PINs. Given in the file or the
+//! environment (`INKAN_TOKEN_USER_PIN`, `INKAN_TOKEN_SO_PIN`), else read from
+//! the PINs file `inkan init` writes (`<data_dir>/token-pins.toml`, mode 0600,
+//! random PINs the first time). PINs never appear in logs or errors.
+
+use std::path::Path;
+
+use inkan_keystore::Pin;
+use serde::{Deserialize, Serialize};
+
+use super::schema::{ConfigError, TokenConfig};
+
+/// The token PINs file written by `inkan init`.
+#[derive(Deserialize, Serialize)]
+struct PinsFile {
+    user_pin: String,
+    so_pin: String,
+}
+
+fn read(path: &Path) -> Option<PinsFile> {
+    let text = std::fs::read_to_string(path).ok()?;
+    toml::from_str(&text).ok()
+}
+
+/// The user PIN: configured, else from the PINs file at `pins`.
+pub fn user_pin(token: &TokenConfig, pins: &Path) -> Result<Pin, ConfigError> {
+    if let Some(p) = &token.user_pin {
+        return Ok(Pin::new(p.clone()));
+    }
+    read(pins).map(|f| Pin::new(f.user_pin)).ok_or_else(|| {
+        ConfigError(format!(
+            "no token user PIN: set INKAN_TOKEN_USER_PIN, or run `inkan init` to create {}",
+            pins.display()
+        ))
+    })
+}
+
+/// The SO and user PINs for `inkan init`: configured ones, the PINs file's, or
+/// new random ones (then written to the PINs file, mode 0600).
+pub fn init_pins(token: &TokenConfig, pins: &Path) -> Result<(Pin, Pin), ConfigError> {
+    let existing = read(pins);
+    let so = token.so_pin.clone().or_else(|| existing.as_ref().map(|f| f.so_pin.clone()));
+    let user = token.user_pin.clone().or_else(|| existing.as_ref().map(|f| f.user_pin.clone()));
+    if let (Some(so), Some(user)) = (&so, &user) {
+        return Ok((Pin::new(so.clone()), Pin::new(user.clone())));
+    }
+    let so = match so {
+        Some(p) => p,
+        None => random_pin()?,
+    };
+    let user = match user {
+        Some(p) => p,
+        None => random_pin()?,
+    };
+    let text = toml::to_string(&PinsFile { user_pin: user.clone(), so_pin: so.clone() })
+        .map_err(|e| ConfigError(format!("PINs file: {e}")))?;
+    write_private(pins, text.as_bytes()).map_err(|e| ConfigError(format!("cannot write {}: {e}", pins.display())))?;
+    Ok((Pin::new(so), Pin::new(user)))
+}
+
+/// A random 16-digit PIN; an error if the system gives no randomness.
+fn random_pin() -> Result<String, ConfigError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| ConfigError(format!("the operating system gives no randomness for a PIN: {e}")))?;
+    // 256 % 10 = 6: digits 0-5 are a little more likely (entropy > 52 bits for 16 digits).
+    Ok(bytes.iter().map(|b| char::from(b'0' + b % 10)).collect())
+}
+
+/// Writes a file readable by its owner only, atomically (temp file + rename).
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_writes_random_pins_once_and_configured_ones_win() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let pins = dir.path().join("var/token-pins.toml");
+        let token = TokenConfig::default();
+        let (so, user) = init_pins(&token, &pins).expect("init");
+        assert_eq!((so.expose().len(), user.expose().len()), (16, 16));
+        assert_ne!(so.expose(), user.expose());
+        assert_eq!(std::fs::metadata(&pins).expect("file").permissions().mode() & 0o777, 0o600);
+        let (so2, user2) = init_pins(&token, &pins).expect("again");
+        assert_eq!((so2.expose(), user2.expose()), (so.expose(), user.expose()), "read back, not replaced");
+        assert_eq!(user_pin(&token, &pins).expect("user pin").expose(), user.expose());
+        let configured = TokenConfig { user_pin: Some("4321".into()), ..TokenConfig::default() };
+        assert_eq!(user_pin(&configured, &pins).expect("configured").expose(), "4321");
+        let missing = user_pin(&token, &dir.path().join("none.toml")).expect_err("no PIN");
+        assert!(missing.0.contains("INKAN_TOKEN_USER_PIN"), "{missing}");
+    }
+}
