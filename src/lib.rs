@@ -11,11 +11,12 @@
 //!   (cards, OpenID Connect, sessions, SADs), [`fido`] (phones: the typed
 //!   ticket state machine and its flows), [`users`] and [`keys`] (lifecycle),
 //!   [`audit`] (the hash chain and its group-commit writer), [`pki`]
-//!   (certificate profiles and checks), [`demo`] and [`setup`]. Each area
-//!   declares the storage it needs as a trait; errors are [`error::Error`].
-//! - **Infrastructure**: [`inkan_keystore`] (PKCS#11 only), [`store`] (the
-//!   storage seam and its SQLite implementation: nothing else names the
-//!   driver), [`config`], [`clock`], [`metrics`].
+//!   (certificate profiles and checks), [`demo`] and [`setup`], assembled by
+//!   [`service`]. Each area declares the storage it needs as a trait
+//!   ([`storage`]); errors are [`error::Error`].
+//! - **Infrastructure**: [`inkan_keystore`] (PKCS#11 only), [`store`] (every
+//!   area's storage composed, and its SQLite implementation: nothing else
+//!   names the driver), [`config`], [`clock`], [`metrics`].
 //!
 //! Where a change goes:
 //! - a new signature format: a module in `signing/` behind [`signing::format`];
@@ -37,6 +38,7 @@ pub mod keys;
 pub mod metrics;
 pub mod pki;
 pub mod server;
+pub mod service;
 pub mod setup;
 pub mod signing;
 pub mod storage;

@@ -1,105 +1,37 @@
-//! The service's shared state: the domain's parts, assembled once, and what
-//! only HTTP needs (templates, the demo client).
+//! The HTTP layer's state: the service, and what only HTTP needs (templates).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::ops::Deref;
 
 use axum::http::HeaderMap;
 
-use crate::audit::writer::{AuditWriter, Windows};
-use crate::auth::cards::CardAuth;
-use crate::auth::oidc::Provider;
 use crate::auth::principal::Principal;
-use crate::auth::sessions::Sessions;
-use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::error::{Credential, Error, Result};
-use crate::fido::flows::Phones;
-use crate::metrics::Metrics;
-use crate::signing::{AuditSink, Signing};
-use crate::storage::Transactions;
-use crate::store::{Store, Tx};
+use crate::service::Service;
 
 use super::pages::Templates;
 
-/// Everything a request handler needs.
+/// Everything a request handler needs: the service (its parts are reached
+/// through it, `app.signing`, `app.sessions`, ...) and the page templates.
 pub struct App {
-    /// Configuration.
-    pub config: Config,
-    /// Time.
-    pub clock: Arc<dyn Clock>,
-    /// The store.
-    pub store: Arc<dyn Store>,
-    /// Bearer tokens to principals.
-    pub sessions: Sessions<dyn Tx>,
-    /// The signing pipeline (with the token).
-    pub signing: Signing<dyn Tx>,
-    /// The OpenID Connect provider.
-    pub oidc: Provider<dyn Tx>,
-    /// Card login.
-    pub cards: CardAuth,
-    /// The phone flows.
-    pub phones: Phones<dyn Tx>,
-    /// Prometheus counters.
-    pub metrics: Arc<Metrics>,
+    /// The domain.
+    pub service: Service,
     /// Page templates.
     pub templates: Templates,
-    /// Demo client (demo mode only): id and secret.
-    pub demo_client: Option<(String, String)>,
+}
+
+impl Deref for App {
+    type Target = Service;
+
+    fn deref(&self) -> &Service {
+        &self.service
+    }
 }
 
 impl App {
-    /// Opens the store and the token and assembles the state; in demo mode,
-    /// sets up the demo users, cards and client first.
+    /// The service and the templates.
     pub async fn build(config: Config, demo_mode: bool) -> Result<App> {
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        if demo_mode {
-            crate::setup::init(&config)?;
-        }
-        let store = crate::setup::open_store(&config)?;
-        let keystore = Arc::new(crate::setup::open_keystore(&config).map_err(|e| match e {
-            Error::Unavailable(m) => Error::Unavailable(format!("{m} (run `inkan init`?)")),
-            other => other,
-        })?);
-        let demo_client = if demo_mode {
-            crate::demo::users(&config, store.as_ref(), &keystore, clock.as_ref()).await?;
-            crate::demo::cards(store.as_ref(), clock.as_ref(), &crate::fixtures::fixture_path("")).await?;
-            Some(crate::demo::client(&config, store.as_ref(), clock.as_ref()).await?)
-        } else {
-            None
-        };
-        let metrics = Arc::new(Metrics::default());
-        let windows = Windows {
-            busy: Duration::from_micros(config.server.audit_window_us),
-            idle: Duration::from_micros(config.server.audit_idle_window_us),
-        };
-        // The audit log gets its own connection (and thread): readers never wait for its syncs.
-        let writer = AuditWriter::start(store.audit_log().await?, windows)
-            .map_err(|e| Error::Internal(format!("cannot start the audit writer: {e}")))?;
-        // Every domain part opens its transactions on the store.
-        let tx = || -> Arc<dyn Transactions<dyn Tx>> { Arc::clone(&store) as Arc<dyn Transactions<dyn Tx>> };
-        let signing = Signing::new(
-            &config,
-            Arc::clone(&keystore),
-            tx(),
-            store.sads(),
-            Arc::clone(&clock),
-            AuditSink::Writer(writer),
-            Arc::clone(&metrics),
-        )?;
-        Ok(App {
-            sessions: Sessions::new(tx(), store.invalidation(), Arc::clone(&clock))?,
-            oidc: Provider::new(&config, tx(), store.oidc(), keystore, Arc::clone(&clock))?,
-            cards: CardAuth::from_config(&config)?,
-            phones: Phones::new(&config, tx(), Arc::clone(&clock))?,
-            templates: Templates::new()?,
-            signing,
-            metrics,
-            store,
-            clock,
-            config,
-            demo_client,
-        })
+        Ok(App { service: Service::open(config, demo_mode).await?, templates: Templates::new()? })
     }
 
     /// Now, in Unix ms.

@@ -15,4 +15,5 @@ mod fido;
 mod harness;
 mod http;
 mod keystore;
+mod layout;
 mod service;

@@ -1,0 +1,213 @@
+//! The house rules, checked on the source: each piece in its layer.
+//!
+//! - the database driver is named only under `src/store/sqlite/`;
+//! - `src/server/` makes no token call and opens no transaction (it calls one
+//!   domain operation per request);
+//! - no import cycle between modules (at the depth of files and of the
+//!   modules they contain);
+//! - the README names every setting's environment override.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::harness::root;
+
+/// Every `.rs` file under `dir`, with its path relative to `src/`.
+fn sources(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read");
+                out.push((path.strip_prefix(root().join("src")).expect("under src").to_path_buf(), text));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The code of a file without its comments and its unit tests.
+fn code(text: &str) -> String {
+    let without_tests = match text.find("#[cfg(test)]") {
+        Some(i) => &text[..i],
+        None => text,
+    };
+    without_tests.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn the_database_driver_is_named_only_in_its_backend() {
+    for (path, text) in sources(&root().join("src")) {
+        if path.starts_with("store/sqlite") || path == Path::new("store/sqlite.rs") {
+            continue;
+        }
+        assert!(!code(&text).contains("rusqlite"), "src/{} names rusqlite", path.display());
+    }
+}
+
+#[test]
+fn the_http_layer_makes_no_token_call_and_opens_no_transaction() {
+    let forbidden = [
+        "sign_digest",
+        "sign_raw",
+        "sign_message",
+        "sign_ecdsa_p1363",
+        "generate_key_pair",
+        "Keystore",
+        ".write().await",
+        ".read().await",
+        "Transactions",
+        "Transaction",
+    ];
+    for (path, text) in sources(&root().join("src/server")) {
+        let code = code(&text);
+        for f in forbidden {
+            assert!(!code.contains(f), "src/{} uses {f}", path.display());
+        }
+    }
+}
+
+/// The module a path of segments names: the longest prefix that is a module.
+fn module_of(modules: &BTreeSet<Vec<String>>, path: &[String]) -> Option<Vec<String>> {
+    (1..=path.len()).rev().map(|n| path[..n].to_vec()).find(|p| modules.contains(p))
+}
+
+/// The modules each module refers to (`crate::`, `super::` and child paths).
+fn imports() -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
+    let files = sources(&root().join("src"));
+    let module = |p: &Path| -> Vec<String> {
+        let mut parts: Vec<String> = p.with_extension("").iter().map(|s| s.to_string_lossy().into_owned()).collect();
+        if parts == ["lib"] || parts == ["main"] {
+            parts.clear();
+        }
+        parts
+    };
+    let modules: BTreeSet<Vec<String>> = files.iter().map(|(p, _)| module(p)).collect();
+    let ident = |s: &str| -> String { s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect() };
+    let mut graph = BTreeMap::new();
+    for (path, text) in &files {
+        let me = module(path);
+        let code = code(text);
+        let parent: Vec<String> = me.iter().take(me.len().saturating_sub(1)).cloned().collect();
+        let mut refs: Vec<Vec<String>> = Vec::new();
+        // Paths after `crate::` and `super::`, with `{a, b::c}` groups opened.
+        for (anchor, base) in [("crate::", Vec::new()), ("super::", parent.clone())] {
+            for (i, _) in code.match_indices(anchor) {
+                let rest = &code[i + anchor.len()..];
+                if let Some(group) = rest.strip_prefix('{') {
+                    let end = group.find('}').unwrap_or(group.len());
+                    for item in group[..end].split(',') {
+                        let segs: Vec<String> =
+                            item.trim().split("::").map(ident).take_while(|s| !s.is_empty()).collect();
+                        refs.push(base.iter().cloned().chain(segs).collect());
+                    }
+                } else {
+                    let segs: Vec<String> = rest.split("::").map(ident).take_while(|s| !s.is_empty()).collect();
+                    refs.push(base.iter().cloned().chain(segs).collect());
+                }
+            }
+        }
+        // A file's own child modules, used by their relative path.
+        for m in modules.iter().filter(|m| m.len() == me.len() + 1 && m.starts_with(&me)) {
+            let name = &m[me.len()];
+            let used = code.match_indices(&format!("{name}::")).any(|(i, _)| {
+                !code[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                    || code[..i].ends_with("self::")
+            });
+            if used {
+                refs.push(m.clone());
+            }
+        }
+        let targets: &mut BTreeSet<Vec<String>> = graph.entry(me.clone()).or_default();
+        for r in refs {
+            if let Some(m) = module_of(&modules, &r).or_else(|| (r.len() <= me.len()).then(|| r.clone())) {
+                if m != me && modules.contains(&m) {
+                    targets.insert(m);
+                }
+            }
+        }
+    }
+    graph
+}
+
+/// A cycle in the graph of modules cut at `depth` segments, if there is one.
+fn cycle(graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>, depth: usize) -> Option<Vec<String>> {
+    let cut = |m: &Vec<String>| m.iter().take(depth).cloned().collect::<Vec<_>>().join("::");
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (from, tos) in graph {
+        for to in tos {
+            let (a, b) = (cut(from), cut(to));
+            if a != b {
+                edges.entry(a).or_default().insert(b);
+            }
+        }
+    }
+    // Depth-first search for a back edge.
+    fn visit(
+        n: &str,
+        edges: &BTreeMap<String, BTreeSet<String>>,
+        state: &mut BTreeMap<String, u8>,
+        path: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        state.insert(n.to_owned(), 1);
+        path.push(n.to_owned());
+        for m in edges.get(n).into_iter().flatten() {
+            match state.get(m.as_str()) {
+                Some(1) => {
+                    let start = path.iter().position(|p| p == m).unwrap_or(0);
+                    let mut c = path[start..].to_vec();
+                    c.push(m.clone());
+                    return Some(c);
+                }
+                Some(_) => {}
+                None => {
+                    if let Some(c) = visit(m, edges, state, path) {
+                        return Some(c);
+                    }
+                }
+            }
+        }
+        path.pop();
+        state.insert(n.to_owned(), 2);
+        None
+    }
+    let mut state = BTreeMap::new();
+    let nodes: Vec<String> = edges.keys().cloned().collect();
+    for n in nodes {
+        if !state.contains_key(&n) {
+            if let Some(c) = visit(&n, &edges, &mut state, &mut Vec::new()) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn no_module_imports_a_module_that_imports_it() {
+    let graph = imports();
+    assert!(graph.len() > 40, "the source was read: {} modules", graph.len());
+    // The check itself: a cycle is found when there is one.
+    let mut looped = graph.clone();
+    looped.entry(vec!["storage".into()]).or_default().insert(vec!["server".into()]);
+    assert!(cycle(&looped, 1).is_some(), "a planted cycle is found");
+    for depth in 1..=3 {
+        if let Some(c) = cycle(&graph, depth) {
+            panic!("import cycle between modules: {}", c.join(" → "));
+        }
+    }
+}
+
+#[test]
+fn the_readme_names_every_environment_override() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README");
+    for setting in inkan::config::env::SETTINGS {
+        let var = setting.var();
+        assert!(readme.contains(&var), "README.md does not name {var}");
+    }
+}
