@@ -14,6 +14,11 @@
 //! measured in this process on the same token; the report gives the ratio
 //! (target: server CPU per signature <= 1.10 x raw; p99 <= 5 ms at half load).
 //! The load generator shares the 2 cores with the server: compare cost, not rate.
+//!
+//! `INKAN_LOAD_BASELINE=<an inkan binary>` runs a second build (its own data
+//! directory, token and server) in the same rounds, alternating which goes
+//! first, and reports this build's server CPU per signature over the
+//! baseline's, paired by round; the latency runs of both share one rate.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
@@ -42,14 +47,8 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn inkan(config: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_inkan"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("inkan");
+fn inkan(bin: &Path, config: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin).arg("--config").arg(config).args(args).current_dir(root()).output().expect("inkan");
     assert!(out.status.success(), "inkan {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -318,74 +317,129 @@ fn raw_cpu(ks: &Arc<inkan::keystore::Keystore>, key: &inkan::keystore::KeyRef, d
     (cpu, (2 * n) as f64 / t0.elapsed().as_secs_f64())
 }
 
+/// One server under load: its binary, its own data directory, token and ports.
+struct Target {
+    /// `this build` or `baseline`.
+    name: &'static str,
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    config: PathBuf,
+    main_port: u16,
+    server: Child,
+    pid: u32,
+    bearer: String,
+}
+
+impl Target {
+    /// Sets up a data directory with the `bin` binary's CLI (a user with an
+    /// RSA-2048 key and certificate, a mapped card, a client), starts its
+    /// server, and logs in with the card.
+    fn start(name: &'static str, bin: &Path, label: &str, rt: &tokio::runtime::Runtime) -> Target {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = dir.path().join("inkan.toml");
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (main_port, card_port) = (free(), free());
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"var\"\n[token]\nlabel = \"{label}\"\nuser_pin = \"load-user\"\nso_pin = \"load-so\"\npool_size = 2\n[server]\nlisten = \"127.0.0.1:{main_port}\"\ncard_listen = \"127.0.0.1:{card_port}\"\npublic_url = \"https://localhost:{main_port}\"\ncard_url = \"https://localhost:{card_port}\"\n"
+            ),
+        )
+        .expect("config");
+        let cli = |args: &[&str]| inkan(bin, &config, args);
+        cli(&["init"]);
+        cli(&["user", "add", "100001", "--name", "負荷 太郎", "--qualification", "doctor"]);
+        let csr = dir.path().join("u.csr");
+        let cert = dir.path().join("u.pem");
+        cli(&["key", "generate", "100001", "--csr-out", csr.to_str().unwrap()]);
+        cli(&["dev", "issue-cert", "--csr", csr.to_str().unwrap(), "--out", cert.to_str().unwrap()]);
+        cli(&["key", "import-cert", "100001", cert.to_str().unwrap()]);
+        cli(&["hpki", "map", "100001", "fixtures/pki/holders/hpki-doctor.pem"]);
+        let client: serde_json::Value = serde_json::from_str(&cli(&[
+            "--json",
+            "client",
+            "add",
+            "--name",
+            "load",
+            "--redirect-uri",
+            "https://rx.example/cb",
+        ]))
+        .expect("client");
+        let (client_id, secret) =
+            (client["client_id"].as_str().unwrap().to_owned(), client["client_secret"].as_str().unwrap().to_owned());
+        let server: Child = Command::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("serve");
+        let pid = server.id();
+        while std::net::TcpStream::connect(("127.0.0.1", main_port)).is_err() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let token = rt.block_on(async {
+            let verifier = inkan::auth::random_token();
+            let challenge = inkan::auth::b64url(&inkan::auth::token_hash(&verifier));
+            let mut main = connect(main_port, tls_config(None)).await;
+            let q = format!("/oidc/authorize?response_type=code&client_id={client_id}&redirect_uri=https%3A%2F%2Frx.example%2Fcb&scope=openid%20sign&code_challenge={challenge}&code_challenge_method=S256&acr_values=hpki");
+            let (_, loc, _) = send(&mut main, "GET", &q, &[], Vec::new()).await;
+            let loc = loc.expect("redirect");
+            let path = &loc[loc.find("/login").expect("login path")..];
+            let mut card = connect(card_port, tls_config(Some("hpki-doctor"))).await;
+            let (_, back, _) = send(&mut card, "GET", path, &[], Vec::new()).await;
+            let back = back.expect("code");
+            let code = back.split("code=").nth(1).unwrap().split('&').next().unwrap().to_owned();
+            let form = format!("grant_type=authorization_code&code={code}&redirect_uri=https%3A%2F%2Frx.example%2Fcb&code_verifier={verifier}&client_id={client_id}&client_secret={secret}");
+            let (status, _, body) = send(&mut main, "POST", "/oidc/token", &[("content-type", "application/x-www-form-urlencoded")], form.into_bytes()).await;
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            v["access_token"].as_str().unwrap().to_owned()
+        });
+        let path = dir.path().to_path_buf();
+        Target { name, _dir: dir, dir: path, config, main_port, server, pid, bearer: format!("Bearer {token}") }
+    }
+
+    /// The request of a scenario, for this target.
+    fn request(&self, path: &str, body: &[u8]) -> Arc<(String, String, Vec<u8>)> {
+        Arc::new((path.to_owned(), self.bearer.clone(), body.to_vec()))
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status();
+        let _ = self.server.wait();
+    }
+}
+
+/// One target's results in a scenario.
+#[derive(Default)]
+struct Results {
+    rounds: Vec<Round>,
+    batch: Vec<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // cargo test --benches asks for a list; nothing to list.
     }
-    let dir = tempfile::tempdir().expect("dir");
-    let config = dir.path().join("inkan.toml");
-    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (main_port, card_port) = (free(), free());
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"var\"\n[token]\nlabel = \"load\"\nuser_pin = \"load-user\"\nso_pin = \"load-so\"\npool_size = 2\n[server]\nlisten = \"127.0.0.1:{main_port}\"\ncard_listen = \"127.0.0.1:{card_port}\"\npublic_url = \"https://localhost:{main_port}\"\ncard_url = \"https://localhost:{card_port}\"\n"
-        ),
-    )
-    .expect("config");
-    inkan(&config, &["init"]);
-    inkan(&config, &["user", "add", "100001", "--name", "負荷 太郎", "--qualification", "doctor"]);
-    let csr = dir.path().join("u.csr");
-    let cert = dir.path().join("u.pem");
-    inkan(&config, &["key", "generate", "100001", "--csr-out", csr.to_str().unwrap()]);
-    inkan(&config, &["dev", "issue-cert", "--csr", csr.to_str().unwrap(), "--out", cert.to_str().unwrap()]);
-    inkan(&config, &["key", "import-cert", "100001", cert.to_str().unwrap()]);
-    inkan(&config, &["hpki", "map", "100001", "fixtures/pki/holders/hpki-doctor.pem"]);
-    let client: serde_json::Value = serde_json::from_str(&inkan(
-        &config,
-        &["--json", "client", "add", "--name", "load", "--redirect-uri", "https://rx.example/cb"],
-    ))
-    .expect("client");
-    let (client_id, secret) =
-        (client["client_id"].as_str().unwrap().to_owned(), client["client_secret"].as_str().unwrap().to_owned());
-
-    let mut server: Child = Command::new(env!("CARGO_BIN_EXE_inkan"))
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .current_dir(root())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("serve");
-    let pid = server.id();
-    while std::net::TcpStream::connect(("127.0.0.1", main_port)).is_err() {
-        std::thread::sleep(Duration::from_millis(20));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    // This build, and (INKAN_LOAD_BASELINE=<an inkan binary>) another one to
+    // compare with, round by round in the same run.
+    let mut targets = vec![Target::start("this build", Path::new(env!("CARGO_BIN_EXE_inkan")), "load", &rt)];
+    if let Some(bin) = std::env::var_os("INKAN_LOAD_BASELINE").filter(|b| !b.is_empty()) {
+        targets.push(Target::start("baseline", Path::new(&bin), "load-baseline", &rt));
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
-    let token = rt.block_on(async {
-        let verifier = inkan::auth::random_token();
-        let challenge = inkan::auth::b64url(&inkan::auth::token_hash(&verifier));
-        let mut main = connect(main_port, tls_config(None)).await;
-        let q = format!("/oidc/authorize?response_type=code&client_id={client_id}&redirect_uri=https%3A%2F%2Frx.example%2Fcb&scope=openid%20sign&code_challenge={challenge}&code_challenge_method=S256&acr_values=hpki");
-        let (_, loc, _) = send(&mut main, "GET", &q, &[], Vec::new()).await;
-        let loc = loc.expect("redirect");
-        let path = &loc[loc.find("/login").expect("login path")..];
-        let mut card = connect(card_port, tls_config(Some("hpki-doctor"))).await;
-        let (_, back, _) = send(&mut card, "GET", path, &[], Vec::new()).await;
-        let back = back.expect("code");
-        let code = back.split("code=").nth(1).unwrap().split('&').next().unwrap().to_owned();
-        let form = format!("grant_type=authorization_code&code={code}&redirect_uri=https%3A%2F%2Frx.example%2Fcb&code_verifier={verifier}&client_id={client_id}&client_secret={secret}");
-        let (status, _, body) = send(&mut main, "POST", "/oidc/token", &[("content-type", "application/x-www-form-urlencoded")], form.into_bytes()).await;
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
-        v["access_token"].as_str().unwrap().to_owned()
-    });
-    let bearer = format!("Bearer {token}");
-
-    // Raw C_Sign CPU per signature, in this process, on the same token and key.
-    std::env::set_var("SOFTHSM2_CONF", dir.path().join("var/softhsm/softhsm2.conf"));
+    // Raw C_Sign CPU per signature, in this process, on this build's token and key.
+    let main_target = &targets[0];
+    std::env::set_var("SOFTHSM2_CONF", main_target.dir.join("var/softhsm/softhsm2.conf"));
     let ks = inkan::keystore::Keystore::open(inkan::keystore::KeystoreConfig::new(
         inkan::config::SOFTHSM_MODULE,
         "load",
@@ -393,8 +447,12 @@ fn main() {
     ))
     .expect("keystore");
     let key = {
-        let keys: serde_json::Value =
-            serde_json::from_str(&inkan(&config, &["--json", "key", "list", "100001"])).expect("key list");
+        let keys: serde_json::Value = serde_json::from_str(&inkan(
+            Path::new(env!("CARGO_BIN_EXE_inkan")),
+            &main_target.config,
+            &["--json", "key", "list", "100001"],
+        ))
+        .expect("key list");
         let hex = keys[0]["token_id"].as_str().expect("token id");
         let id: Vec<u8> =
             (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")).collect();
@@ -413,53 +471,62 @@ fn main() {
     let (raw_cpu_before, raw_rate_before) = raw(&ks);
     let hash_body = serde_json::json!({ "hashes": [Base64::encode_string(&[5u8; 32])] }).to_string().into_bytes();
     let doc: Vec<u8> = (0..1024u32).map(|i| (i % 251) as u8).collect();
-    let scenarios = [
-        (
-            "sign-hashes (1 SHA-256 digest, CAdES)",
-            Arc::new(("/api/v1/sign-hashes".to_owned(), bearer.clone(), hash_body)),
-        ),
-        ("sign (1 KiB document, detached CAdES)", Arc::new(("/api/v1/sign".to_owned(), bearer.clone(), doc))),
+    let scenarios: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("sign-hashes (1 SHA-256 digest, CAdES)", "/api/v1/sign-hashes", hash_body),
+        ("sign (1 KiB document, detached CAdES)", "/api/v1/sign", doc),
     ];
     // The HTTPS stack's own cost (diagnostic): `GET /healthz` under the same load.
     if std::env::var("INKAN_LOAD_FLOOR").is_ok_and(|v| !v.is_empty() && v != "0") {
-        let healthz = Arc::new(("/healthz".to_owned(), bearer.clone(), Vec::new()));
-        for _ in 0..3 {
-            let l = rt.block_on(closed_loop(main_port, pid, Arc::clone(&healthz)));
-            println!(
-                "floor: GET /healthz {:.0}/s, server CPU {:.1} µs per request ({:.1} µs in the kernel)",
-                l.rate, l.cpu_per_sig_us, l.sys_per_sig_us
-            );
+        for t in &targets {
+            let healthz = t.request("/healthz", &[]);
+            for _ in 0..3 {
+                let l = rt.block_on(closed_loop(t.main_port, t.pid, Arc::clone(&healthz)));
+                println!(
+                    "floor ({}): GET /healthz {:.0}/s, server CPU {:.1} µs per request ({:.1} µs in the kernel)",
+                    t.name, l.rate, l.cpu_per_sig_us, l.sys_per_sig_us
+                );
+            }
         }
     }
     // Alternating rounds: every load run sits between two raw measurements, and
-    // its ratio is taken against their mean (the machine's speed drifts).
+    // its ratio is taken against their mean (the machine's speed drifts); with
+    // a baseline, both builds run in every round, one after the other.
     let only = std::env::var("INKAN_LOAD_ONLY").ok();
     let scenarios: Vec<_> =
-        scenarios.into_iter().filter(|(name, _)| only.as_deref().is_none_or(|o| name.starts_with(o))).collect();
+        scenarios.into_iter().filter(|(name, _, _)| only.as_deref().is_none_or(|o| name.starts_with(o))).collect();
     let rounds: usize = std::env::var("INKAN_LOAD_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(8);
-    let mut ratios: Vec<Vec<Round>> = vec![Vec::new(); scenarios.len()];
-    let mut batch: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
+    let mut results: Vec<Vec<Results>> =
+        scenarios.iter().map(|_| targets.iter().map(|_| Results::default()).collect()).collect();
     let mut raw_before = (raw_cpu_before, raw_rate_before);
     let mut raw_all = vec![raw_before];
-    for _ in 0..rounds {
-        for (i, (_, req)) in scenarios.iter().enumerate() {
-            let before = rt.block_on(counters(main_port));
-            let load = rt.block_on(closed_loop(main_port, pid, Arc::clone(req)));
-            let after = rt.block_on(counters(main_port));
-            batch[i].push((after.rows - before.rows) / (after.commits - before.commits).max(1.0));
-            let token = (after.token_cpu - before.token_cpu) / (after.token_calls - before.token_calls).max(1.0) * 1e6;
-            let raw_after = raw(&ks);
-            raw_all.push(raw_after);
-            let baseline = (raw_before.0 + raw_after.0) / 2.0;
-            ratios[i].push(Round {
-                ratio: load.cpu_per_sig_us / baseline,
-                cpu: load.cpu_per_sig_us,
-                rate: load.rate,
-                token,
-                baseline,
-                sys: load.sys_per_sig_us,
-            });
-            raw_before = raw_after;
+    for round in 0..rounds {
+        for (i, (_, path, body)) in scenarios.iter().enumerate() {
+            // Which build goes first alternates from round to round.
+            let order: Vec<usize> =
+                if round % 2 == 0 { (0..targets.len()).collect() } else { (0..targets.len()).rev().collect() };
+            for j in order {
+                let t = &targets[j];
+                let req = t.request(path, body);
+                let before = rt.block_on(counters(t.main_port));
+                let load = rt.block_on(closed_loop(t.main_port, t.pid, req));
+                let after = rt.block_on(counters(t.main_port));
+                let token =
+                    (after.token_cpu - before.token_cpu) / (after.token_calls - before.token_calls).max(1.0) * 1e6;
+                let raw_after = raw(&ks);
+                raw_all.push(raw_after);
+                let baseline = (raw_before.0 + raw_after.0) / 2.0;
+                let r = &mut results[i][j];
+                r.batch.push((after.rows - before.rows) / (after.commits - before.commits).max(1.0));
+                r.rounds.push(Round {
+                    ratio: load.cpu_per_sig_us / baseline,
+                    cpu: load.cpu_per_sig_us,
+                    rate: load.rate,
+                    token,
+                    baseline,
+                    sys: load.sys_per_sig_us,
+                });
+                raw_before = raw_after;
+            }
         }
     }
     let raw_cpu_us = raw_all.iter().map(|r| r.0).sum::<f64>() / raw_all.len() as f64;
@@ -471,52 +538,72 @@ fn main() {
         raw_all.iter().map(|r| r.0).fold(0.0, f64::max),
     )];
     println!("\n{}", report[0]);
-    for (i, (name, req)) in scenarios.iter().enumerate() {
-        let mut r = ratios[i].clone();
-        r.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
-        let Round { ratio, cpu, rate, token: token_us, baseline, sys } = r[r.len() / 2];
-        // Server CPU over the CPU of its own token calls, same round: free of the machine's drift.
-        let mut own: Vec<f64> = r.iter().map(|x| x.cpu / x.token).collect();
-        own.sort_by(|a, b| a.total_cmp(b));
-        let own = own[own.len() / 2];
-        rt.block_on(open_loop(main_port, rate / 2.0, Arc::clone(req), WARM_UP));
-        let before = rt.block_on(counters(main_port));
-        let (p50, p99) = rt.block_on(open_loop(main_port, rate / 2.0, Arc::clone(req), OPEN_LOOP_RUN));
-        let after = rt.block_on(counters(main_port));
-        // The server's own view (sign + audit commit, from its histogram): which bucket holds p50 / p99.
-        let pct = |after: &[(f64, f64)], before: &[(f64, f64)], p: f64| {
-            let d: Vec<(f64, f64)> = after.iter().zip(before).map(|(a, b)| (a.0, a.1 - b.1)).collect();
-            let total = d.last().map(|x| x.1).unwrap_or(0.0);
-            d.iter().find(|x| x.1 >= total * p).map(|x| x.0 * 1000.0).unwrap_or(f64::NAN)
-        };
-        let (server_p50, server_p99) =
-            (pct(&after.buckets, &before.buckets, 0.5), pct(&after.buckets, &before.buckets, 0.99));
-        let (audit_p50, audit_p99) = (
-            pct(&after.audit_buckets, &before.audit_buckets, 0.5),
-            pct(&after.audit_buckets, &before.audit_buckets, 0.99),
-        );
-        // Latency at other rates (diagnostics): INKAN_LOAD_RATES=100,400
-        for extra in
-            std::env::var("INKAN_LOAD_RATES").unwrap_or_default().split(',').filter_map(|r| r.parse::<f64>().ok())
-        {
-            rt.block_on(open_loop(main_port, extra, Arc::clone(req), WARM_UP));
-            let (p50, p99) = rt.block_on(open_loop(main_port, extra, Arc::clone(req), OPEN_LOOP_RUN));
-            println!("{name}: at {extra:.0}/s: p50 {p50:.2} ms, p99 {p99:.2} ms");
+    for (i, (name, path, body)) in scenarios.iter().enumerate() {
+        // The latency runs share one rate: half this build's median rate.
+        let shared_rate = median(results[i][0].rounds.iter().map(|r| r.rate).collect()) / 2.0;
+        for (j, t) in targets.iter().enumerate() {
+            let req = t.request(path, body);
+            let mut r = results[i][j].rounds.clone();
+            r.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
+            let Round { ratio, cpu, rate, token: token_us, baseline, sys } = r[r.len() / 2];
+            // Server CPU over the CPU of its own token calls, same round: free of the machine's drift.
+            let own = median(r.iter().map(|x| x.cpu / x.token).collect());
+            rt.block_on(open_loop(t.main_port, shared_rate, Arc::clone(&req), WARM_UP));
+            let before = rt.block_on(counters(t.main_port));
+            let (p50, p99) = rt.block_on(open_loop(t.main_port, shared_rate, Arc::clone(&req), OPEN_LOOP_RUN));
+            let after = rt.block_on(counters(t.main_port));
+            // The server's own view (sign + audit commit, from its histogram): which bucket holds p50 / p99.
+            let pct = |after: &[(f64, f64)], before: &[(f64, f64)], p: f64| {
+                let d: Vec<(f64, f64)> = after.iter().zip(before).map(|(a, b)| (a.0, a.1 - b.1)).collect();
+                let total = d.last().map(|x| x.1).unwrap_or(0.0);
+                d.iter().find(|x| x.1 >= total * p).map(|x| x.0 * 1000.0).unwrap_or(f64::NAN)
+            };
+            let (server_p50, server_p99) =
+                (pct(&after.buckets, &before.buckets, 0.5), pct(&after.buckets, &before.buckets, 0.99));
+            let (audit_p50, audit_p99) = (
+                pct(&after.audit_buckets, &before.audit_buckets, 0.5),
+                pct(&after.audit_buckets, &before.audit_buckets, 0.99),
+            );
+            // Latency at other rates (diagnostics): INKAN_LOAD_RATES=100,400
+            for extra in
+                std::env::var("INKAN_LOAD_RATES").unwrap_or_default().split(',').filter_map(|r| r.parse::<f64>().ok())
+            {
+                rt.block_on(open_loop(t.main_port, extra, Arc::clone(&req), WARM_UP));
+                let (p50, p99) = rt.block_on(open_loop(t.main_port, extra, Arc::clone(&req), OPEN_LOOP_RUN));
+                println!("{name} ({}): at {extra:.0}/s: p50 {p50:.2} ms, p99 {p99:.2} ms", t.name);
+            }
+            let batch = &results[i][j].batch;
+            let line = format!(
+                "{name} ({}): {rate:.0} signatures/s with {CONNECTIONS} keep-alive connections; server CPU {cpu:.0} µs per signature = {ratio:.3} x raw C_Sign (median of {rounds} rounds: {}; efficiency {:.0} %; {:.1} audit rows per commit); of which {token_us:.0} µs inside the token's C_Sign (= {:.3} x that round's raw) and {:.0} µs everything else ({sys:.0} µs of the total in the kernel); server CPU = {own:.3} x its own C_Sign time (median over rounds, drift-free); at {shared_rate:.0}/s: p50 {p50:.2} ms, p99 {p99:.2} ms (in the server, sign and audit commit: p50 <= {server_p50} ms, p99 <= {server_p99} ms; audit wait alone: p50 <= {audit_p50} ms, p99 <= {audit_p99} ms)",
+                t.name,
+                r.iter().map(|x| format!("{:.3}", x.ratio)).collect::<Vec<_>>().join(" "),
+                100.0 / ratio,
+                batch.iter().sum::<f64>() / batch.len().max(1) as f64,
+                token_us / baseline,
+                cpu - token_us,
+            );
+            println!("{line}");
+            report.push(line);
         }
-        let line = format!(
-            "{name}: {rate:.0} signatures/s with {CONNECTIONS} keep-alive connections; server CPU {cpu:.0} µs per signature = {ratio:.3} x raw C_Sign (median of {rounds} rounds: {}; efficiency {:.0} %; {:.1} audit rows per commit); of which {token_us:.0} µs inside the token's C_Sign (= {:.3} x that round's raw) and {:.0} µs everything else ({sys:.0} µs of the total in the kernel); server CPU = {own:.3} x its own C_Sign time (median over rounds, drift-free); at {:.0}/s: p50 {p50:.2} ms, p99 {p99:.2} ms (in the server, sign and audit commit: p50 <= {server_p50} ms, p99 <= {server_p99} ms; audit wait alone: p50 <= {audit_p50} ms, p99 <= {audit_p99} ms)",
-            r.iter().map(|x| format!("{:.3}", x.ratio)).collect::<Vec<_>>().join(" "),
-            100.0 / ratio,
-            batch[i].iter().sum::<f64>() / batch[i].len().max(1) as f64,
-            token_us / baseline,
-            cpu - token_us,
-            rate / 2.0
-        );
-        println!("{line}");
-        report.push(line);
+        if targets.len() == 2 {
+            // Paired by round: this build's server CPU per signature over the baseline's.
+            let pairs: Vec<f64> =
+                results[i][0].rounds.iter().zip(&results[i][1].rounds).map(|(a, b)| a.cpu / b.cpu).collect();
+            let own = |j: usize| median(results[i][j].rounds.iter().map(|x| x.cpu / x.token).collect());
+            let line = format!(
+                "{name}: this build / baseline, server CPU per signature, paired by round: {:.3} (rounds {}); drift-free (CPU over its own C_Sign): {:.3} vs {:.3}",
+                median(pairs.clone()),
+                pairs.iter().map(|p| format!("{p:.3}")).collect::<Vec<_>>().join(" "),
+                own(0),
+                own(1),
+            );
+            println!("{line}");
+            report.push(line);
+        }
     }
     drop(ks);
-    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-    let _ = server.wait();
+    for t in targets {
+        t.stop();
+    }
     let _ = std::fs::write(root().join("target/load-summary.txt"), report.join("\n") + "\n");
 }

@@ -8,7 +8,7 @@
 //! - [`clients`] are the registered signing systems;
 //! - [`sad`] is CSC signature activation data.
 //!
-//! **A new login method**: a variant of [`sessions::Method`] (the session and
+//! **A new login method**: a variant of [`Method`] (the session and
 //! the ID token's `acr` name it), the way it proves the user (a module here,
 //! as [`cards`]), and its pages in `server/`; a session opened by it signs
 //! like any other.

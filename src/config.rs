@@ -7,7 +7,7 @@
 //! directory (the project root).
 //!
 //! - [`schema`]: every setting, its type and default;
-//! - [`env`]: the environment override of every setting (`INKAN_<SECTION>_<KEY>`);
+//! - [`mod@env`]: the environment override of every setting (`INKAN_<SECTION>_<KEY>`);
 //! - [`secrets`]: the token PINs (configured, or the PINs file `inkan init` writes).
 
 pub mod env;

@@ -21,7 +21,7 @@
 //!    commit when serving, see [`crate::audit::writer`]);
 //! 6. the metrics: signatures by outcome, latency, token errors, audit wait.
 //!
-//! Formats sit behind [`format`]'s seam: CAdES ([`cades`], built by
+//! Formats sit behind [`mod@format`]'s seam: CAdES ([`cades`], built by
 //! [`signed_data`]) and raw signature values ([`raw`]) today.
 
 pub mod cades;
@@ -319,6 +319,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
             return Err(Error::Invalid("Invalid parameter credentialID".into()));
         }
         let encoder = request.format.encoder();
+        let format_name = encoder.name();
         // 2. The digests.
         let (alg, digests, content_len, content) = match request.payload {
             Payload::Digests { alg, digests } => {
@@ -376,7 +377,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         // 5. The audit rows, durable before anything is returned.
         let mut detail = serde_json::json!({
             "via": request.via,
-            "format": request.format.encoder().name(),
+            "format": format_name,
             "method": principal.method(),
         });
         if let (Some(extra), Some(obj)) = (request.detail.as_ref().and_then(|d| d.as_object()), detail.as_object_mut())

@@ -9,7 +9,7 @@
 //! operator imports the renewal list and the link follows the new certificate.
 //!
 //! [`CardAuth`] is card login: the presented chain validated against the
-//! scheme's trust store ([`super::certificate`]), then the mapping, then the
+//! scheme's trust store ([`crate::pki::trust`]), then the mapping, then the
 //! user's status.
 
 use std::path::PathBuf;

@@ -648,4 +648,85 @@ mod tests {
         assert!(Ticket { stage: Stage::Cancelled, ..login() }.check().is_ok());
         assert!(Ticket { stage: Stage::Confirm, phase: 1, ..t(Kind::Change, true) }.check().is_ok());
     }
+
+    /// Every transition from every stage of every kind: legal exactly where
+    /// the flows need it (the table is the specification), refused elsewhere.
+    #[test]
+    fn every_transition_from_every_state_is_legal_or_refused() {
+        type Spec = fn(&Ticket) -> bool;
+        type Step = fn(Ticket) -> Result<Ticket, Refused>;
+        let kinds = [
+            Kind::Login { request: "r".into() },
+            Kind::CardEnroll { card: Method::Hpki },
+            Kind::CodeEnroll { code: 1 },
+            Kind::CodeVerify { code: 1 },
+            Kind::Change,
+            Kind::Link,
+        ];
+        let stages = [
+            Stage::Confirm,
+            Stage::Waiting,
+            Stage::Ceremony("s".into()),
+            Stage::Done,
+            Stage::Collected,
+            Stage::Cancelled,
+        ];
+        let table: [(&str, Spec, Step); 11] = [
+            (
+                "begin",
+                |t| matches!(t.stage, Stage::Waiting | Stage::Ceremony(_)) && t.kind != Kind::Link,
+                |t| t.begin(NOW, "new".into()),
+            ),
+            ("take_ceremony", |t| matches!(t.stage, Stage::Ceremony(_)), |t| t.take_ceremony(NOW).map(|(t, _)| t)),
+            ("verified", |t| t.stage == Stage::Waiting && t.kind != Kind::Link, Ticket::verified),
+            (
+                "ask_replace",
+                |t| t.stage == Stage::Waiting && matches!(t.kind, Kind::CardEnroll { .. } | Kind::Change),
+                Ticket::ask_replace,
+            ),
+            ("answer", |t| t.stage == Stage::Confirm, |t| t.answer(NOW, true, LIFE)),
+            ("collect", |t| matches!(t.kind, Kind::Login { .. }) && t.stage == Stage::Done, Ticket::collect),
+            ("label", |t| t.action() == Action::Register && t.stage.finished() && !t.labelled, Ticket::label),
+            ("use_link", |t| t.kind == Kind::Link && t.stage == Stage::Waiting, |t| t.use_link(NOW)),
+            ("restore_link", |t| t.kind == Kind::Link && t.stage == Stage::Collected, Ticket::restore_link),
+            ("claim", |t| !t.pc_claimed, Ticket::claim),
+            ("cancel", |t| !matches!(t.stage, Stage::Collected | Stage::Cancelled), Ticket::cancel),
+        ];
+        let mut checked = 0;
+        for kind in &kinds {
+            for stage in &stages {
+                for phase in [0, 1] {
+                    for flag in [false, true] {
+                        let ticket = Ticket {
+                            stage: stage.clone(),
+                            phase,
+                            labelled: flag,
+                            pc_claimed: flag,
+                            ..t(kind.clone(), false)
+                        };
+                        // Only states the transitions can reach (what `check` lets a stored row be).
+                        let Ok(ticket) = ticket.check() else { continue };
+                        for (name, legal, step) in &table {
+                            let outcome = step(ticket.clone());
+                            assert_eq!(
+                                outcome.is_ok(),
+                                legal(&ticket),
+                                "{name} from {:?} {} phase {phase} flag {flag}: {outcome:?}",
+                                kind.names(),
+                                stage.as_str()
+                            );
+                            if let Ok(next) = outcome {
+                                assert!(
+                                    next.clone().check().is_ok(),
+                                    "{name} leads to a state a row cannot hold: {next:?}"
+                                );
+                            }
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 500, "{checked} transitions checked");
+    }
 }

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 /// 413, so that a client that sends it all reads the answer instead of a reset.
 const DRAIN_LIMIT: usize = 8 << 20;
 
-/// Reads and drops the rest of a refused body, up to [`DRAIN_LIMIT`] bytes.
+/// Reads and drops the rest of a refused body, up to 8 MiB.
 pub async fn drain(body: &mut Body) {
     let mut drained = 0usize;
     while drained < DRAIN_LIMIT {
