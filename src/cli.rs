@@ -106,6 +106,9 @@ pub enum Command {
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<Output, CliError> {
     let config = Config::load(cli.config.as_deref())?;
+    // SoftHSM reads its configuration from the environment: set it while this
+    // process has one thread.
+    config.export_softhsm_conf();
     if let Command::Serve { demo } = cli.command {
         crate::server::serve(config, demo)?;
         return Ok(Output::new("", serde_json::json!({ "stopped": true })));
@@ -118,9 +121,7 @@ pub fn run(cli: Cli) -> Result<Output, CliError> {
     if ctx.config.store_path().exists() {
         // Running servers re-read auth sessions (revocations, disabled users,
         // new keys, removed devices take effect with their next request).
-        let bumped = crate::setup::open_store(&ctx.config)
-            .and_then(|s| s.invalidation().bump().map_err(crate::error::Error::from));
-        if let Err(e) = bumped {
+        if let Err(e) = crate::setup::invalidation(&ctx.config).bump() {
             eprintln!(
                 "warning: cannot tell running servers about this change ({e}); they see it within {} s",
                 crate::auth::sessions::CACHE_TTL_MS / 1000

@@ -166,4 +166,30 @@ mod tests {
         config.server.audit_window_us = MAX_AUDIT_WINDOW_US;
         assert!(config.validate().is_ok());
     }
+
+    #[test]
+    fn paths_written_in_a_file_are_relative_to_it_and_the_module_is_left_alone() {
+        let mut table: toml::Table = toml::from_str(
+            r#"
+            data_dir = "var"
+            [token]
+            module = "libsofthsm2.so"
+            [store]
+            path = "/abs/inkan.db"
+            [hpki]
+            anchors = ["a.pem", "/etc/b.pem"]
+            intermediates = []
+            crls = ["c.crl"]
+            "#,
+        )
+        .expect("toml");
+        relative_to(&mut table, Path::new("/etc/inkan"));
+        let config: Config = table.try_into().expect("config");
+        assert_eq!(config.data_dir, PathBuf::from("/etc/inkan/var"));
+        assert_eq!(config.token.module, PathBuf::from("libsofthsm2.so"), "the loader searches a bare name");
+        assert_eq!(config.store.path, Some(PathBuf::from("/abs/inkan.db")));
+        assert_eq!(config.hpki.anchors, vec![PathBuf::from("/etc/inkan/a.pem"), PathBuf::from("/etc/b.pem")]);
+        assert_eq!(config.hpki.crls, vec![PathBuf::from("/etc/inkan/c.crl")]);
+        assert_eq!(config.pki.signing_ca, Config::default().pki.signing_ca, "defaults stay as they are");
+    }
 }

@@ -146,7 +146,8 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(_) => Error::Unavailable(e.to_string()),
-            StoreError::Conflict(m) => Error::Conflict(m),
+            // A uniqueness rule the domain did not check first: a fault, not
+            // the caller's (the domain checks the clashes it expects).
             StoreError::TooNew { .. } => Error::Unavailable(e.to_string()),
             other => Error::Internal(other.to_string()),
         }

@@ -285,7 +285,11 @@ pub async fn shutdown_signal() {
 
 /// `inkan serve [--demo]`: builds the state, binds, prints where to go, serves.
 pub fn serve(config: Config, demo_mode: bool) -> Result<()> {
-    // The token's configuration is exported before any thread starts.
+    // Before any thread starts: the demo's token and database (which exports
+    // SoftHSM's configuration once it exists), or the configuration alone.
+    if demo_mode {
+        crate::setup::init(&config)?;
+    }
     config.export_softhsm_conf();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Error::internal)?;
     runtime.block_on(async move {

@@ -42,13 +42,10 @@ pub struct Service {
 }
 
 impl Service {
-    /// Opens the store and the token and assembles the domain; in demo mode,
-    /// sets up the demo users, cards and client first.
+    /// Opens the store and the token and assembles the domain; in demo mode
+    /// (after `setup::init`), sets up the demo users, cards and client first.
     pub async fn open(config: Config, demo_mode: bool) -> Result<Service> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        if demo_mode {
-            crate::setup::init(&config)?;
-        }
         let store = crate::setup::open_store(&config)?;
         let keystore = Arc::new(crate::setup::open_keystore(&config).map_err(|e| match e {
             Error::Unavailable(m) => Error::Unavailable(format!("{m} (run `inkan init`?)")),

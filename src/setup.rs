@@ -8,6 +8,7 @@ use std::sync::Arc;
 use inkan_keystore::{Keystore, TokenInit};
 use serde::Serialize;
 
+use crate::auth::sessions::Invalidation;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -48,6 +49,7 @@ pub fn init(config: &Config) -> Result<Initialised> {
             steps.push(format!("SoftHSM configuration written to {}", conf.display()));
         }
     }
+    // Before any thread starts: `inkan init` and `serve --demo` run this first.
     config.export_softhsm_conf();
     let (so_pin, user_pin) = config.init_pins().map_err(|e| Error::Invalid(e.0))?;
     let token = inkan_keystore::init_token(&config.token.module, &config.token.label, &so_pin, &user_pin)
@@ -65,9 +67,10 @@ pub fn init(config: &Config) -> Result<Initialised> {
     Ok(Initialised { steps, token_created: token == TokenInit::Created })
 }
 
-/// Opens the token, with a hint when it cannot be used.
+/// Opens the token, with a hint when it cannot be used. SoftHSM's
+/// configuration must have been exported first ([`Config::export_softhsm_conf`],
+/// before any thread starts).
 pub fn open_keystore(config: &Config) -> Result<Keystore> {
-    config.export_softhsm_conf();
     let ks_config = config.keystore().map_err(|e| Error::Invalid(e.0))?;
     Keystore::open(ks_config).map_err(|e| {
         let hint = match &e {
@@ -79,6 +82,13 @@ pub fn open_keystore(config: &Config) -> Result<Keystore> {
         };
         Error::Unavailable(format!("cannot use the token {:?}: {e}{hint}", config.token.label))
     })
+}
+
+/// How the configured store tells running servers that auth state changed,
+/// without opening the database (the CLI's note after every command).
+pub fn invalidation(config: &Config) -> Arc<dyn Invalidation> {
+    let epoch = crate::store::sqlite::epoch::path_for(&config.store_path());
+    Arc::new(crate::store::sqlite::epoch::EpochFile::new(epoch))
 }
 
 /// Opens (creating and migrating) the configured store: SQLite at `[store] path`.

@@ -522,7 +522,6 @@ pub async fn import_renewals<T: CardsTx + ?Sized>(
                 outcome: "unknown: no link for the old certificate".into(),
                 user_id: None,
             },
-            Err(e @ (Error::Unavailable(_) | Error::Internal(_))) => return Err(e),
             Err(e) => RenewalOutcome { line: i + 1, outcome: format!("error: {e}"), user_id: None },
         };
         out.push(outcome);

@@ -48,7 +48,8 @@ use Kind::{Bool, Choice, Int, Path, Paths, Str};
 /// Every setting of the configuration.
 pub const SETTINGS: &[Setting] = &[
     s("data_dir", Path),
-    s("token.module", Path),
+    // A library path or a bare name the loader searches: never rewritten.
+    s("token.module", Str),
     s("token.label", Str),
     s("token.user_pin", Str),
     s("token.so_pin", Str),
@@ -99,9 +100,10 @@ fn value(setting: &Setting, text: &str) -> Result<toml::Value, ConfigError> {
         ),
         Int => toml::Value::Integer(
             text.trim()
-                .parse::<u32>()
-                .map(i64::from)
-                .map_err(|_| ConfigError(format!("{var} must be a number, not {text:?}")))?,
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| i64::try_from(n).ok())
+                .ok_or_else(|| ConfigError(format!("{var} must be a number, not {text:?}")))?,
         ),
         Bool => toml::Value::Boolean(match text.trim() {
             "true" | "1" => true,

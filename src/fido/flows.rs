@@ -50,6 +50,8 @@ pub enum Failure {
     /// The phone's browser gave up without an answer: it holds no passkey
     /// for this user, or the user cancelled.
     NotAllowed,
+    /// A message stored as it is shown (tickets of an earlier inkan).
+    Shown(String),
 }
 
 impl Failure {
@@ -61,10 +63,11 @@ impl Failure {
             Failure::Disabled => "disabled".into(),
             Failure::Retired { reason, at } => format!("retired:{}:{at}", reason.as_str()),
             Failure::NotAllowed => "not_allowed".into(),
+            Failure::Shown(text) => text.clone(),
         }
     }
 
-    /// A stored failure (anything unknown is shown as it was stored, a refusal).
+    /// A stored failure (anything else is shown as it was stored).
     pub fn decode(text: &str) -> Failure {
         match text.split_once(':') {
             Some(("refused", reason)) => Failure::Refused(reason.to_owned()),
@@ -77,7 +80,7 @@ impl Failure {
                 "no_device" => Failure::NoDevice,
                 "disabled" => Failure::Disabled,
                 "not_allowed" => Failure::NotAllowed,
-                other => Failure::Refused(other.to_owned()),
+                other => Failure::Shown(other.to_owned()),
             },
         }
     }
@@ -164,8 +167,9 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
     async fn open(&self, user_id: &str, kind: Kind, need_device: bool, pc_claimed: bool) -> Result<String> {
         let now = self.now();
         let pc = random_token();
+        // Read first: an unknown or disabled user costs no write lock.
+        let has_device = self.check_user(&mut *self.store.read().await?, user_id, need_device).await?;
         let mut tx = self.store.write().await?;
-        let has_device = self.check_user(&mut *tx, user_id, need_device).await?;
         // Old tickets are kept a day for support questions, then dropped.
         tx.purge_tickets(now - 86_400_000).await?;
         let ticket = Ticket::new(kind, user_id, has_device, pc_claimed, now, self.ticket_ms);
@@ -211,9 +215,15 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
     /// gets a fresh PC token (returned, for the cookie), so the one in the
     /// hand-off URL is spent.
     pub async fn claim(&self, handoff: &str) -> Result<String> {
+        let used = || Error::Gone(Gone::Used, "the hand-off URL has been used".into());
+        // Read first: an unknown or spent token costs no write lock.
+        let found = self.store.read().await?.ticket_by_pc(&token_hash(handoff)).await?.ok_or_else(unknown_ticket)?;
+        if found.pc_claimed {
+            return Err(used());
+        }
         let mut tx = self.store.write().await?;
         let ticket = tx.ticket_by_pc(&token_hash(handoff)).await?.ok_or_else(unknown_ticket)?;
-        let ticket = ticket.claim().map_err(|_| Error::Gone(Gone::Used, "the hand-off URL has been used".into()))?;
+        let ticket = ticket.claim().map_err(|_| used())?;
         let pc = random_token();
         tx.update_ticket(&ticket).await?;
         tx.set_ticket_tokens(ticket.id, &token_hash(&pc), &token_hash(&phone_token(&pc, ticket.phase))).await?;
@@ -235,6 +245,13 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
     /// What the PC polls. A finished login is collected here, once, and its
     /// authorization code issued to this PC only.
     pub async fn pc_status<P: ProviderTx + ?Sized>(&self, oidc: &Provider<P>, pc: &str) -> Result<PcStatus> {
+        // The poll reads; only a finished login is written (collected), and
+        // its state is read again inside the write transaction.
+        let collectable = |t: &Ticket| matches!(t.kind, Kind::Login { .. }) && t.stage == Stage::Done;
+        let ticket = self.pc_ticket(&mut *self.store.read().await?, pc).await?;
+        if !collectable(&ticket) {
+            return Ok(PcStatus { ticket, login: None });
+        }
         let mut tx = self.store.write().await?;
         let ticket = self.pc_ticket(&mut *tx, pc).await?;
         let Kind::Login { request } = &ticket.kind else {
@@ -258,6 +275,9 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
     /// The PC answers "replace the registered phone?".
     pub async fn answer(&self, pc: &str, yes: bool) -> Result<Ticket> {
         let now = self.now();
+        // Read first: a ticket that is not waiting for the answer costs no write lock.
+        let found = self.pc_ticket(&mut *self.store.read().await?, pc).await?;
+        found.answer(now, yes, self.ticket_ms).map_err(refused)?;
         let mut tx = self.store.write().await?;
         let ticket = self.pc_ticket(&mut *tx, pc).await?;
         let next = ticket.answer(now, yes, self.ticket_ms).map_err(refused)?;
@@ -326,6 +346,12 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
                         format!("user {} has no registered phone", user.id),
                     ));
                 };
+                // The registered phone first, then the retired ones: a phone
+                // that still holds a retired passkey answers, and is told why
+                // it no longer signs in. Credential IDs are not secrets (the
+                // current one is offered to whoever holds the QR code anyway);
+                // this tells such a holder at most that the user changed
+                // phones, up to RETIRED_KEPT times.
                 let mut passkeys: Vec<Passkey> = vec![device.passkey];
                 passkeys.extend(retired.into_iter().map(|r| r.passkey));
                 let (o, s) = self.rp.start_authentication(&passkeys)?;
@@ -345,6 +371,10 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
     /// Returns the phone's next page (relative to `/m/<token>`: `""` or `"/label"`).
     pub async fn finish(&self, phone: &str, response: &[u8], user_agent: &str) -> Result<&'static str> {
         let now = self.now();
+        let used = || Error::Gone(Gone::Used, "the challenge is used or expired: press the button again".into());
+        // Read first: a phone holding no challenge costs no write lock.
+        let found = self.phone_ticket(&mut *self.store.read().await?, phone).await?;
+        found.take_ceremony(now).map_err(|_| used())?;
         // Single use: the challenge is gone from here on, whatever the outcome.
         let (ticket, state) = {
             let mut tx = self.store.write().await?;
@@ -485,9 +515,9 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
 
     /// The phone's browser gave up without an answer (`NotAllowedError`: no
     /// passkey for this user on the phone, or the user cancelled). Noted for
-    /// the PC; returns whether the user has a phone at all (if not, that is
-    /// the cause).
-    pub async fn phone_gave_up(&self, phone: &str) -> Result<bool> {
+    /// the PC; returns the failure noted (a sign-in for a user who has no
+    /// phone at all says so).
+    pub async fn phone_gave_up(&self, phone: &str) -> Result<Failure> {
         let (ticket, has_device) = {
             let mut tx = self.store.read().await?;
             let ticket = self.phone_ticket(&mut *tx, phone).await?;
@@ -497,7 +527,7 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
         let failure =
             if has_device || ticket.action() == Action::Register { Failure::NotAllowed } else { Failure::NoDevice };
         self.note(ticket.id, &failure).await?;
-        Ok(has_device)
+        Ok(failure)
     }
 
     /// The label screen after a registration: the ticket and the phone's
@@ -515,6 +545,11 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
     /// Answers the label screen (once): OK with a label keeps it, cancel keeps
     /// the automatic one. Returns the ticket, and whether this answer counted.
     pub async fn label(&self, phone: &str, label: Option<&str>) -> Result<(Ticket, bool)> {
+        // Read first: a ticket that takes no label costs no write lock.
+        let found = self.phone_ticket(&mut *self.store.read().await?, phone).await?;
+        if found.clone().label().is_err() {
+            return Ok((found, false));
+        }
         let mut tx = self.store.write().await?;
         let ticket = self.phone_ticket(&mut *tx, phone).await?;
         let Ok(labelled) = ticket.clone().label() else {
@@ -624,8 +659,8 @@ mod tests {
         ] {
             assert_eq!(Failure::decode(&f.encode()), f);
         }
-        // A row written before failures were typed shows its text.
-        assert_eq!(Failure::decode("スマートフォンの応答…"), Failure::Refused("スマートフォンの応答…".into()));
+        // A row written before failures were typed shows its text as it is.
+        assert_eq!(Failure::decode("スマートフォンの応答…"), Failure::Shown("スマートフォンの応答…".into()));
     }
 
     #[test]

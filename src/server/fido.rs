@@ -315,6 +315,7 @@ fn failure_text(f: &Failure) -> String {
             jst_date(*at)
         ),
         Failure::NotAllowed => "スマートフォンでの認証が完了しませんでした。このスマートフォンにこの本人IDの登録がない(別のスマートフォン、または変更・削除で無効になった)か、操作がキャンセルされました。".into(),
+        Failure::Shown(text) => text.clone(),
     }
 }
 
@@ -435,6 +436,10 @@ pub async fn pc_confirm(State(app): State<Arc<App>>, headers: HeaderMap, body: B
     let Some(pc) = pc_cookie(&headers) else {
         return not_found_page(&app);
     };
+    // The ticket first (a browser that holds none gets the page saying so).
+    if let Err(e) = app.phones.pc_view(&pc).await {
+        return pc_ticket_error(&app, e);
+    }
     let yes = match form.get("answer").map(String::as_str) {
         Some("yes") => true,
         Some("no") => false,
@@ -606,9 +611,8 @@ pub async fn phone_failed(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     same_site_only(&app, &headers)?;
-    let has_device = app.phones.phone_gave_up(&token).await.map_err(phone_error)?;
-    let message = if has_device { failure_text(&Failure::NotAllowed) } else { failure_text(&Failure::NoDevice) };
-    Ok(Json(json!({ "message": message })).into_response())
+    let failure = app.phones.phone_gave_up(&token).await.map_err(phone_error)?;
+    Ok(Json(json!({ "message": failure_text(&failure) })).into_response())
 }
 
 /// `GET /m/<token>/label`: the label screen after a registration.
@@ -647,6 +651,7 @@ pub async fn label_submit(
     };
     let label = (form.get("answer").map(String::as_str) == Some("ok")).then(|| form.get("label")).flatten();
     match app.phones.label(&token, label.map(String::as_str)).await {
+        Ok((t, _)) if t.expired(app.now_ms()) => expired_page(&app),
         Ok((t, _)) if t.action() != Action::Register || !t.stage.finished() => {
             Redirect::to(&format!("/m/{token}")).into_response()
         }

@@ -654,3 +654,34 @@ fn a_phone_registered_meanwhile_is_replaced_only_after_a_yes() {
     register_phone(&server, &url, &mut second);
     assert_ne!(device_row(&env, "100001"), registered);
 }
+
+#[test]
+fn a_phone_that_gives_up_is_told_the_possible_causes_and_the_pc_shows_them() {
+    let env = fido_env();
+    let server = Server::start(&env, &[]);
+    let client = register_client(&env);
+    let mut phone = Authenticator::new(&server.base);
+    enroll_by_card(&server, "hpki-doctor", "hpki", &mut phone, false);
+    let (mut pc, url, _) = fido_login_start(&server, &client, "100001");
+    let _ = phone_begin(&url);
+    // The browser's NotAllowedError (no passkey for the user here, or cancelled), as the page script reports it.
+    let failed = |headers: &[(&str, &str)]| {
+        let mut h = vec![("content-type", "application/json")];
+        h.extend_from_slice(headers);
+        Client::new().post(&format!("{url}/failed"), &h, "{}")
+    };
+    assert_eq!(failed(&[("sec-fetch-site", "cross-site")]).status, 403, "not from another site");
+    let r = failed(&[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let told = r.json()["message"].as_str().expect("message").to_owned();
+    assert!(told.contains("登録がない") && told.contains("キャンセル"), "both possible causes: {told}");
+    let status = pc.status(&server);
+    assert_eq!(status["error"].as_str(), Some(told.as_str()), "the PC shows it too: {status}");
+    assert_eq!(status["step"], "ceremony", "nothing else changed");
+    // The same ticket still signs in with the registered phone.
+    sign_in(&url, &mut phone);
+    assert!(pc.status(&server)["redirect"].as_str().is_some());
+    // A phone token that does not exist is refused as such.
+    let r = Client::new().post(&server.url("/m/no-such-token/failed"), &[("content-type", "application/json")], "{}");
+    assert_eq!(r.status, 400, "{}", r.text());
+}
