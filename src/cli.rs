@@ -121,7 +121,7 @@ pub fn run(cli: Cli) -> Result<Output, CliError> {
     if ctx.config.store_path().exists() {
         // Running servers re-read auth sessions (revocations, disabled users,
         // new keys, removed devices take effect with their next request).
-        if let Err(e) = crate::setup::invalidation(&ctx.config).bump() {
+        if let Err(e) = runtime.block_on(crate::setup::invalidation(&ctx.config).bump()) {
             eprintln!(
                 "warning: cannot tell running servers about this change ({e}); they see it within {} s",
                 crate::auth::sessions::CACHE_TTL_MS / 1000
@@ -133,7 +133,7 @@ pub fn run(cli: Cli) -> Result<Output, CliError> {
 
 async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CliError> {
     match command {
-        Command::Init => setup::init(ctx),
+        Command::Init => setup::init(ctx).await,
         Command::Demo => setup::demo(ctx).await,
         Command::Serve { .. } => Err(CliError { message: "serve runs outside the CLI's runtime".into(), code: 1 }),
         Command::User(cmd) => user::run(ctx, cmd).await,

@@ -288,7 +288,7 @@ pub fn serve(config: Config, demo_mode: bool) -> Result<()> {
     // Before any thread starts: the demo's token and database (which exports
     // SoftHSM's configuration once it exists), or the configuration alone.
     if demo_mode {
-        crate::setup::init(&config)?;
+        crate::setup::init_token(&config)?;
     }
     config.export_softhsm_conf();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Error::internal)?;

@@ -46,7 +46,7 @@ impl Service {
     /// (after `setup::init`), sets up the demo users, cards and client first.
     pub async fn open(config: Config, demo_mode: bool) -> Result<Service> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let store = crate::setup::open_store(&config)?;
+        let store = crate::setup::open_store(&config).await?;
         let keystore = Arc::new(crate::setup::open_keystore(&config).map_err(|e| match e {
             Error::Unavailable(m) => Error::Unavailable(format!("{m} (run `inkan init`?)")),
             other => other,
@@ -78,7 +78,7 @@ impl Service {
             Arc::clone(&metrics),
         )?;
         Ok(Service {
-            sessions: Sessions::new(tx(), store.invalidation(), Arc::clone(&clock))?,
+            sessions: Sessions::new(tx(), store.invalidation(), Arc::clone(&clock)).await?,
             oidc: Provider::new(&config, tx(), store.oidc(), keystore, Arc::clone(&clock))?,
             cards: CardAuth::from_config(&config)?,
             phones: Phones::new(&config, tx(), Arc::clone(&clock))?,

@@ -38,9 +38,9 @@ pub fn write_softhsm_conf(conf: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// Creates the data directory, the SoftHSM configuration, the token (with
-/// random PINs unless configured) and the database. Idempotent.
-pub fn init(config: &Config) -> Result<Initialised> {
+/// Creates the data directory, the SoftHSM configuration and the token (with
+/// random PINs unless configured). Idempotent. The database is [`init`]'s.
+pub fn init_token(config: &Config) -> Result<Initialised> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", config.data_dir.display())))?;
     let mut steps = Vec::new();
@@ -62,9 +62,15 @@ pub fn init(config: &Config) -> Result<Initialised> {
     });
     // Check the PIN works.
     open_keystore(config)?;
-    open_store(config)?;
-    steps.push(format!("database {} ready", config.store_path().display()));
     Ok(Initialised { steps, token_created: token == TokenInit::Created })
+}
+
+/// [`init_token`], then the database (created and migrated).
+pub async fn init(config: &Config) -> Result<Initialised> {
+    let mut done = init_token(config)?;
+    let store = open_store(config).await?;
+    done.steps.push(format!("database {} ready", store.describe()));
+    Ok(done)
 }
 
 /// Opens the token, with a hint when it cannot be used. SoftHSM's
@@ -92,7 +98,7 @@ pub fn invalidation(config: &Config) -> Arc<dyn Invalidation> {
 }
 
 /// Opens (creating and migrating) the configured store: SQLite at `[store] path`.
-pub fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
     crate::store::sqlite::SqliteStore::open(&config.store_path(), config.store.synchronous)
         .map(|s| Arc::new(s) as Arc<dyn Store>)
         .map_err(|e| Error::Unavailable(format!("cannot open the database {}: {e}", config.store_path().display())))

@@ -114,11 +114,13 @@ pub struct Stamp(pub Arc<str>);
 
 /// How caches of auth sessions learn that something changed (a revoked
 /// session, a disabled user, a new active key, a removed device).
+#[async_trait]
 pub trait Invalidation: Send + Sync {
-    /// The current version; `None` if it cannot be known (then nothing may be cached).
+    /// The current version; `None` if it cannot be known (then nothing may be
+    /// cached). Called per request: answers from memory or a `stat`.
     fn stamp(&self) -> Option<Stamp>;
     /// Tells every cache (in every process or node) that the auth state changed.
-    fn bump(&self) -> Result<(), StoreError>;
+    async fn bump(&self) -> Result<(), StoreError>;
 }
 
 /// What session operations need in one transaction.
@@ -278,12 +280,12 @@ pub struct Sessions<T: ?Sized + Send> {
 impl<T: SessionsTx + ?Sized> Sessions<T> {
     /// Sessions of `store`, whose changes `invalidation` announces; starts
     /// from a fresh stamp (whatever changed before is in the store).
-    pub fn new(
+    pub async fn new(
         store: Arc<dyn Transactions<T>>,
         invalidation: Arc<dyn Invalidation>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
-        invalidation.bump()?;
+        invalidation.bump().await?;
         Ok(Sessions { store, clock, invalidation, cache: Mutex::new(Cache::default()) })
     }
 
@@ -354,13 +356,20 @@ impl<T: SessionsTx + ?Sized> Sessions<T> {
 
     /// After this process changed sessions: drop the cache here and tell
     /// everyone else through the store.
-    pub fn changed(&self) {
+    pub async fn changed(&self) {
+        self.forget();
+        if let Err(e) = self.invalidation.bump().await {
+            tracing::warn!("cannot announce a session change: {e}");
+        }
+        // Entries read from now on belong to the new stamp (or none are kept).
+        self.forget();
+    }
+
+    /// Empties this process's cache.
+    fn forget(&self) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.entries.clear();
         cache.generation += 1;
-        if let Err(e) = self.invalidation.bump() {
-            tracing::warn!("cannot announce a session change: {e}");
-        }
         cache.stamp = self.invalidation.stamp();
     }
 
@@ -370,7 +379,7 @@ impl<T: SessionsTx + ?Sized> Sessions<T> {
         let owner = self.store.read().await?.session(&super::token_hash(token)).await?;
         if owner.is_some_and(|r| r.session.client_id == client_id) {
             revoke_token(self.store.as_ref(), self.clock.now_ms(), &format!("client:{client_id}"), token).await?;
-            self.changed();
+            self.changed().await;
         }
         Ok(())
     }
@@ -378,7 +387,7 @@ impl<T: SessionsTx + ?Sized> Sessions<T> {
     /// Ends a session by its token (a page's own logout, as in the demo).
     pub async fn end(&self, actor: &str, token: &str) -> Result<()> {
         revoke_token(self.store.as_ref(), self.clock.now_ms(), actor, token).await?;
-        self.changed();
+        self.changed().await;
         Ok(())
     }
 }

@@ -24,7 +24,7 @@ pub enum AuditCommand {
 
 /// Runs an `audit` command; a broken chain exits with code 3.
 pub async fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<Output, CliError> {
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     match cmd {
         AuditCommand::Verify => {
             let v = audit::verify(store.as_ref()).await?;

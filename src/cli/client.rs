@@ -32,7 +32,7 @@ pub enum ClientCommand {
 
 /// Runs a `client` command.
 pub async fn run(ctx: &Ctx, cmd: ClientCommand) -> Result<Output, CliError> {
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     let store = store.as_ref();
     match cmd {
         ClientCommand::Add { name, redirect_uris, id } => {

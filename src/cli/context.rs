@@ -56,8 +56,8 @@ pub struct Ctx {
 
 impl Ctx {
     /// The store (opened, created and migrated as needed).
-    pub fn store(&self) -> Result<Arc<dyn Store>, CliError> {
-        Ok(crate::setup::open_store(&self.config)?)
+    pub async fn store(&self) -> Result<Arc<dyn Store>, CliError> {
+        Ok(crate::setup::open_store(&self.config).await?)
     }
 
     /// The token.

@@ -23,7 +23,7 @@ pub enum DeviceCommand {
 
 /// Runs a `device` command.
 pub async fn run(ctx: &Ctx, cmd: DeviceCommand) -> Result<Output, CliError> {
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     let store = store.as_ref();
     match cmd {
         DeviceCommand::Show { user_id } => {

@@ -49,7 +49,7 @@ pub fn card_lines(list: &[CardView]) -> String {
 
 /// Runs an `hpki` command.
 pub async fn run(ctx: &Ctx, cmd: HpkiCommand) -> Result<Output, CliError> {
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     let (store, clock) = (store.as_ref(), ctx.clock.as_ref());
     match cmd {
         HpkiCommand::Map { user_id, cert, by_subject } => {

@@ -41,7 +41,7 @@ pub enum JpkiCommand {
 
 /// Runs a `jpki` command.
 pub async fn run(ctx: &Ctx, cmd: JpkiCommand) -> Result<Output, CliError> {
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     let (store, clock) = (store.as_ref(), ctx.clock.as_ref());
     match cmd {
         JpkiCommand::Link { user_id, cert } => {

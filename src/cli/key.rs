@@ -96,7 +96,7 @@ async fn generate(
     csr_out: &Path,
     purpose: Purpose,
 ) -> Result<Output, CliError> {
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     // Refuse early, before touching the token, when the user does not exist.
     crate::users::get(store.as_ref(), user_id).await?;
     let ks = ctx.keystore()?;
@@ -121,12 +121,12 @@ pub async fn run(ctx: &Ctx, cmd: KeyCommand) -> Result<Output, CliError> {
         KeyCommand::Generate { user_id, alg, csr_out } => generate(ctx, &user_id, alg, &csr_out, Purpose::First).await,
         KeyCommand::Rotate { user_id, alg, csr_out } => generate(ctx, &user_id, alg, &csr_out, Purpose::Rotation).await,
         KeyCommand::Csr { user_id, generation, csr_out } => {
-            let pem = keys::csr(ctx.store()?.as_ref(), &user_id, generation).await?;
+            let pem = keys::csr(ctx.store().await?.as_ref(), &user_id, generation).await?;
             write_file(&csr_out, pem.as_bytes())?;
             Ok(Output::new(format!("CSR written to {}", csr_out.display()), json!({ "csr_out": csr_out })))
         }
         KeyCommand::ImportCert { user_id, cert } => {
-            let store = ctx.store()?;
+            let store = ctx.store().await?;
             crate::users::get(store.as_ref(), &user_id).await?;
             let der =
                 read_certificate(&cert).map_err(|e| CliError::from(format!("certificate refused: {}", e.message)))?;
@@ -145,15 +145,16 @@ pub async fn run(ctx: &Ctx, cmd: KeyCommand) -> Result<Output, CliError> {
         }
         KeyCommand::List { user_id } => {
             let keys: Vec<KeyView> =
-                keys::list(ctx.store()?.as_ref(), user_id.as_deref()).await?.iter().map(KeyView::from).collect();
+                keys::list(ctx.store().await?.as_ref(), user_id.as_deref()).await?.iter().map(KeyView::from).collect();
             Ok(Output::new(lines(&keys, "no keys", key_line), serde_json::to_value(&keys)?))
         }
         KeyCommand::Retire { user_id, generation } => {
-            let k = keys::retire(ctx.store()?.as_ref(), ctx.clock.as_ref(), &ctx.actor, &user_id, generation).await?;
+            let k =
+                keys::retire(ctx.store().await?.as_ref(), ctx.clock.as_ref(), &ctx.actor, &user_id, generation).await?;
             Ok(Output::new(format!("{} key generation {} retired", k.user_id, k.generation), serde_json::to_value(&k)?))
         }
         KeyCommand::Inspect { user_id, generation } => {
-            let record = keys::find(ctx.store()?.as_ref(), &user_id, generation, KeyState::Active).await?;
+            let record = keys::find(ctx.store().await?.as_ref(), &user_id, generation, KeyState::Active).await?;
             let ks = ctx.keystore()?;
             let p = ks.protection(&KeyRef::from_id(record.token_id.clone()))?;
             let json = json!({

@@ -57,7 +57,7 @@ fn parse_duration(text: &str) -> Result<i64, CliError> {
 
 /// Runs a `regcode` command.
 pub async fn run(ctx: &Ctx, cmd: RegcodeCommand) -> Result<Output, CliError> {
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     let store = store.as_ref();
     let now = ctx.now_ms();
     match cmd {

@@ -27,7 +27,7 @@ pub enum SessionCommand {
 
 /// Runs a `session` command.
 pub async fn run(ctx: &Ctx, cmd: SessionCommand) -> Result<Output, CliError> {
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     match cmd {
         SessionCommand::List { user_id } => {
             let list = sessions::list(store.as_ref(), ctx.now_ms(), user_id.as_deref()).await?;

@@ -7,8 +7,8 @@ use crate::demo::DEMO_USERS;
 use crate::signing::{Activation, Format};
 
 /// `inkan init`
-pub fn init(ctx: &Ctx) -> Result<Output, CliError> {
-    let done = crate::setup::init(&ctx.config)?;
+pub async fn init(ctx: &Ctx) -> Result<Output, CliError> {
+    let done = crate::setup::init(&ctx.config).await?;
     Ok(Output::new(
         done.steps.join("\n"),
         json!({
@@ -23,8 +23,8 @@ pub fn init(ctx: &Ctx) -> Result<Output, CliError> {
 /// `inkan demo`: init, the demo users, and one signed demo document.
 pub async fn demo(ctx: &Ctx) -> Result<Output, CliError> {
     let config = &ctx.config;
-    let mut lines = crate::setup::init(config)?.steps;
-    let store = ctx.store()?;
+    let mut lines = crate::setup::init(config).await?.steps;
+    let store = ctx.store().await?;
     lines.extend(crate::demo::users(config, store.as_ref(), &ctx.keystore()?, ctx.clock.as_ref()).await?);
     let doc = config.data_dir.join("demo-document.txt");
     std::fs::write(&doc, "処方箋 (demo prescription)\nRp.1 ロキソプロフェン錠60mg 3錠 分3 毎食後 5日分\n")?;

@@ -139,7 +139,7 @@ fn content_len(document: &FileDocument) -> u64 {
 
 /// `inkan sign USER INPUT --out OUT [--attached]`
 pub async fn run(ctx: &Ctx, args: SignArgs) -> Result<Output, CliError> {
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     // Refuse early, before touching the token: an unknown or disabled user, no active key, no file.
     let principal = crate::signing::operator(store.tx(), &ctx.actor, &args.user_id).await?;
     principal.active_key()?;

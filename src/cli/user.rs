@@ -45,7 +45,7 @@ pub enum UserCommand {
 
 /// Runs a `user` command.
 pub async fn run(ctx: &Ctx, cmd: UserCommand) -> Result<Output, CliError> {
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     let store = store.as_ref();
     let clock = ctx.clock.as_ref();
     match cmd {

@@ -95,12 +95,13 @@ impl EpochFile {
     }
 }
 
+#[async_trait::async_trait]
 impl Invalidation for EpochFile {
     fn stamp(&self) -> Option<Stamp> {
         self.0.stamp()
     }
 
-    fn bump(&self) -> Result<(), StoreError> {
+    async fn bump(&self) -> Result<(), StoreError> {
         bump(self.0.path())
             .map_err(|e| StoreError::Unavailable(format!("cannot update {}: {e}", self.0.path().display())))
     }
