@@ -19,6 +19,14 @@
 //! directory, token and server) in the same rounds, alternating which goes
 //! first, and reports this build's server CPU per signature over the
 //! baseline's, paired by round; the latency runs of both share one rate.
+//!
+//! `INKAN_LOAD_MODE=postgres` compares the stores instead: this build on a
+//! throwaway PostgreSQL cluster (started here, on the same two cores, every
+//! commit flushed as SQLite's `synchronous = full` does) against this build
+//! on SQLite; the server's CPU then includes PostgreSQL's processes.
+//! `INKAN_LOAD_MODE=nodes` runs two nodes (one database, one token) against
+//! one node, connections spread over the nodes: combined throughput and CPU
+//! per signature, paired by round.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
@@ -31,6 +39,11 @@ use base64ct::{Base64, Encoding};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// The tests' throwaway PostgreSQL clusters (`initdb`/`pg_ctl` in a temp directory).
+#[allow(dead_code)]
+#[path = "../tests/it/postgres.rs"]
+mod postgres;
 
 const CONNECTIONS: usize = 16;
 /// One closed-loop round; rounds alternate with raw C_Sign measurements so that
@@ -135,10 +148,29 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 /// (user, system) CPU ticks of a process.
 fn cpu_split(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    try_cpu_split(pid).expect("the process runs")
+}
+
+/// (user, system) CPU ticks of a process, if it still runs.
+fn try_cpu_split(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = after.split(' ').collect();
-    (f[11].parse::<u64>().expect("utime"), f[12].parse::<u64>().expect("stime"))
+    Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
+}
+
+/// The processes whose parent is `pid` (PostgreSQL's backends and workers).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        if after.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
 }
 
 fn ticks_per_second() -> f64 {
@@ -170,16 +202,23 @@ struct Round {
     sys: f64,
 }
 
-/// Closed loop: every connection sends as fast as it can for `RUN` (`GET` without a body, else `POST`).
-async fn closed_loop(port: u16, pid: u32, req: Arc<(String, String, Vec<u8>)>) -> Load {
+/// (user, system) CPU ticks of a set of processes (the ones still running).
+fn cpu_split_all(pids: &[u32]) -> (u64, u64) {
+    pids.iter().filter_map(|p| try_cpu_split(*p)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+/// Closed loop: every connection sends as fast as it can for `RUN` (`GET`
+/// without a body, else `POST`), the connections spread over `ports`; the
+/// CPU is that of the processes `pids`.
+async fn closed_loop(ports: &[u16], pids: &[u32], req: Arc<(String, String, Vec<u8>)>) -> Load {
     let config = tls_config(None);
     let mut senders = Vec::new();
-    for _ in 0..CONNECTIONS {
-        senders.push(connect(port, Arc::clone(&config)).await);
+    for i in 0..CONNECTIONS {
+        senders.push(connect(ports[i % ports.len()], Arc::clone(&config)).await);
     }
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let (user0, sys0) = cpu_split(pid);
+    let (user0, sys0) = cpu_split_all(pids);
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for mut s in senders {
@@ -199,7 +238,7 @@ async fn closed_loop(port: u16, pid: u32, req: Arc<(String, String, Vec<u8>)>) -
         t.await.expect("task");
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let (user1, sys1) = cpu_split(pid);
+    let (user1, sys1) = cpu_split_all(pids);
     let cpu = (user1 + sys1 - user0 - sys0) as f64 / ticks_per_second();
     let sys = (sys1 - sys0) as f64 / ticks_per_second();
     let n = done.load(Ordering::Relaxed) as f64;
@@ -223,8 +262,37 @@ struct Counters {
     token_cpu: f64,
 }
 
-/// The server's counters from `/metrics`.
-async fn counters(port: u16) -> Counters {
+impl Counters {
+    /// Another node's counters added to these.
+    fn add(mut self, other: Counters) -> Counters {
+        let sum = |a: &mut Vec<(f64, f64)>, b: Vec<(f64, f64)>| {
+            if a.is_empty() {
+                *a = b;
+            } else {
+                a.iter_mut().zip(b).for_each(|(x, y)| x.1 += y.1);
+            }
+        };
+        sum(&mut self.buckets, other.buckets);
+        sum(&mut self.audit_buckets, other.audit_buckets);
+        self.commits += other.commits;
+        self.rows += other.rows;
+        self.token_calls += other.token_calls;
+        self.token_cpu += other.token_cpu;
+        self
+    }
+}
+
+/// The counters of every node, added.
+async fn counters(ports: &[u16]) -> Counters {
+    let mut all = Counters::default();
+    for port in ports {
+        all = all.add(node_counters(*port).await);
+    }
+    all
+}
+
+/// One node's counters from `/metrics`.
+async fn node_counters(port: u16) -> Counters {
     let mut s = connect(port, tls_config(None)).await;
     let (_, _, body) = send(&mut s, "GET", "/metrics", &[], Vec::new()).await;
     let text = String::from_utf8_lossy(&body).into_owned();
@@ -251,14 +319,14 @@ async fn counters(port: u16) -> Counters {
 }
 
 /// Open loop at `rate` requests/s for `run`: returns (p50, p99) latency in ms.
-async fn open_loop(port: u16, rate: f64, req: Arc<(String, String, Vec<u8>)>, run: Duration) -> (f64, f64) {
+async fn open_loop(ports: &[u16], rate: f64, req: Arc<(String, String, Vec<u8>)>, run: Duration) -> (f64, f64) {
     let config = tls_config(None);
     let (tx, rx) = tokio::sync::mpsc::channel::<Instant>(10_000);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let mut workers = Vec::new();
-    for _ in 0..CONNECTIONS * 2 {
-        let mut s = connect(port, Arc::clone(&config)).await;
+    for i in 0..CONNECTIONS * 2 {
+        let mut s = connect(ports[i % ports.len()], Arc::clone(&config)).await;
         let (rx, req, lat) = (Arc::clone(&rx), Arc::clone(&req), Arc::clone(&latencies));
         workers.push(tokio::spawn(async move {
             loop {
@@ -317,32 +385,52 @@ fn raw_cpu(ks: &Arc<inkan::keystore::Keystore>, key: &inkan::keystore::KeyRef, d
     (cpu, (2 * n) as f64 / t0.elapsed().as_secs_f64())
 }
 
-/// One server under load: its binary, its own data directory, token and ports.
+/// One `inkan serve` process.
+struct Node {
+    server: Child,
+    pid: u32,
+    main_port: u16,
+}
+
+/// What is under load: one build's server (or several nodes of it), with its
+/// own data directory, token and database.
 struct Target {
-    /// `this build` or `baseline`.
+    /// `this build`, `baseline`, `postgres`, `two nodes`, ...
     name: &'static str,
     _dir: tempfile::TempDir,
     dir: PathBuf,
     config: PathBuf,
-    main_port: u16,
-    server: Child,
-    pid: u32,
+    nodes: Vec<Node>,
+    /// The PostgreSQL cluster of its database: its processes' CPU is the server's too.
+    cluster: Option<Arc<postgres::Cluster>>,
     bearer: String,
 }
 
 impl Target {
     /// Sets up a data directory with the `bin` binary's CLI (a user with an
-    /// RSA-2048 key and certificate, a mapped card, a client), starts its
-    /// server, and logs in with the card.
-    fn start(name: &'static str, bin: &Path, label: &str, rt: &tokio::runtime::Runtime) -> Target {
+    /// RSA-2048 key and certificate, a mapped card, a client), on SQLite or on
+    /// a database of `cluster`, starts `nodes` servers on it, and logs in with
+    /// the card on the first.
+    fn start(
+        name: &'static str,
+        bin: &Path,
+        label: &str,
+        cluster: Option<Arc<postgres::Cluster>>,
+        nodes: usize,
+        rt: &tokio::runtime::Runtime,
+    ) -> Target {
         let dir = tempfile::tempdir().expect("dir");
         let config = dir.path().join("inkan.toml");
         let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let (main_port, card_port) = (free(), free());
+        let store = match &cluster {
+            Some(c) => format!("[store]\nurl = \"{}\"\n", c.create_database().url()),
+            None => String::new(),
+        };
         std::fs::write(
             &config,
             format!(
-                "data_dir = \"var\"\n[token]\nlabel = \"{label}\"\nuser_pin = \"load-user\"\nso_pin = \"load-so\"\npool_size = 2\n[server]\nlisten = \"127.0.0.1:{main_port}\"\ncard_listen = \"127.0.0.1:{card_port}\"\npublic_url = \"https://localhost:{main_port}\"\ncard_url = \"https://localhost:{card_port}\"\n"
+                "data_dir = \"var\"\n[token]\nlabel = \"{label}\"\nuser_pin = \"load-user\"\nso_pin = \"load-so\"\npool_size = 2\n[server]\nlisten = \"127.0.0.1:{main_port}\"\ncard_listen = \"127.0.0.1:{card_port}\"\npublic_url = \"https://localhost:{main_port}\"\ncard_url = \"https://localhost:{card_port}\"\n{store}"
             ),
         )
         .expect("config");
@@ -367,18 +455,23 @@ impl Target {
         .expect("client");
         let (client_id, secret) =
             (client["client_id"].as_str().unwrap().to_owned(), client["client_secret"].as_str().unwrap().to_owned());
-        let server: Child = Command::new(bin)
-            .arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .current_dir(root())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("serve");
-        let pid = server.id();
-        while std::net::TcpStream::connect(("127.0.0.1", main_port)).is_err() {
-            std::thread::sleep(Duration::from_millis(20));
+        // The first node listens where the file says; the others (same
+        // configuration, same token, same database) on ports of their own.
+        let nodes: Vec<Node> = (0..nodes)
+            .map(|i| {
+                let (port, card) = if i == 0 { (main_port, card_port) } else { (free(), free()) };
+                let mut cmd = Command::new(bin);
+                cmd.arg("--config").arg(&config).arg("serve").current_dir(root());
+                cmd.env("INKAN_SERVER_LISTEN", format!("127.0.0.1:{port}"))
+                    .env("INKAN_SERVER_CARD_LISTEN", format!("127.0.0.1:{card}"));
+                let server = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().expect("serve");
+                Node { pid: server.id(), server, main_port: port }
+            })
+            .collect();
+        for node in &nodes {
+            while std::net::TcpStream::connect(("127.0.0.1", node.main_port)).is_err() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         let token = rt.block_on(async {
             let verifier = inkan::auth::random_token();
@@ -399,7 +492,7 @@ impl Target {
             v["access_token"].as_str().unwrap().to_owned()
         });
         let path = dir.path().to_path_buf();
-        Target { name, _dir: dir, dir: path, config, main_port, server, pid, bearer: format!("Bearer {token}") }
+        Target { name, _dir: dir, dir: path, config, nodes, cluster, bearer: format!("Bearer {token}") }
     }
 
     /// The request of a scenario, for this target.
@@ -407,9 +500,27 @@ impl Target {
         Arc::new((path.to_owned(), self.bearer.clone(), body.to_vec()))
     }
 
-    fn stop(mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status();
-        let _ = self.server.wait();
+    /// The nodes' HTTPS ports.
+    fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.main_port).collect()
+    }
+
+    /// The processes whose CPU is the server's: the nodes, and PostgreSQL's.
+    fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.nodes.iter().map(|n| n.pid).collect();
+        if let Some(c) = &self.cluster {
+            let postmaster = c.postmaster();
+            pids.push(postmaster);
+            pids.extend(children(postmaster));
+        }
+        pids
+    }
+
+    fn stop(self) {
+        for mut node in self.nodes {
+            let _ = Command::new("kill").arg("-TERM").arg(node.pid.to_string()).status();
+            let _ = node.server.wait();
+        }
     }
 }
 
@@ -431,11 +542,34 @@ fn main() {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
     // This build, and (INKAN_LOAD_BASELINE=<an inkan binary>) another one to
-    // compare with, round by round in the same run.
-    let mut targets = vec![Target::start("this build", Path::new(env!("CARGO_BIN_EXE_inkan")), "load", &rt)];
-    if let Some(bin) = std::env::var_os("INKAN_LOAD_BASELINE").filter(|b| !b.is_empty()) {
-        targets.push(Target::start("baseline", Path::new(&bin), "load-baseline", &rt));
-    }
+    // compare with, round by round in the same run; or this build on
+    // PostgreSQL against SQLite, or two nodes against one.
+    let this = Path::new(env!("CARGO_BIN_EXE_inkan"));
+    let mode = std::env::var("INKAN_LOAD_MODE").unwrap_or_default();
+    let targets = match mode.as_str() {
+        "" => {
+            let mut t = vec![Target::start("this build", this, "load", None, 1, &rt)];
+            if let Some(bin) = std::env::var_os("INKAN_LOAD_BASELINE").filter(|b| !b.is_empty()) {
+                t.push(Target::start("baseline", Path::new(&bin), "load-baseline", None, 1, &rt));
+            }
+            t
+        }
+        "postgres" => {
+            let cluster = Arc::new(postgres::Cluster::durable());
+            vec![
+                Target::start("postgres", this, "load", Some(cluster), 1, &rt),
+                Target::start("sqlite", this, "load-sqlite", None, 1, &rt),
+            ]
+        }
+        "nodes" => {
+            let cluster = Arc::new(postgres::Cluster::durable());
+            vec![
+                Target::start("two nodes", this, "load", Some(Arc::clone(&cluster)), 2, &rt),
+                Target::start("one node", this, "load-one", Some(cluster), 1, &rt),
+            ]
+        }
+        other => panic!("INKAN_LOAD_MODE must be postgres or nodes, not {other:?}"),
+    };
 
     // Raw C_Sign CPU per signature, in this process, on this build's token and key.
     let main_target = &targets[0];
@@ -480,7 +614,7 @@ fn main() {
         for t in &targets {
             let healthz = t.request("/healthz", &[]);
             for _ in 0..3 {
-                let l = rt.block_on(closed_loop(t.main_port, t.pid, Arc::clone(&healthz)));
+                let l = rt.block_on(closed_loop(&t.ports(), &t.pids(), Arc::clone(&healthz)));
                 println!(
                     "floor ({}): GET /healthz {:.0}/s, server CPU {:.1} µs per request ({:.1} µs in the kernel)",
                     t.name, l.rate, l.cpu_per_sig_us, l.sys_per_sig_us
@@ -507,9 +641,9 @@ fn main() {
             for j in order {
                 let t = &targets[j];
                 let req = t.request(path, body);
-                let before = rt.block_on(counters(t.main_port));
-                let load = rt.block_on(closed_loop(t.main_port, t.pid, req));
-                let after = rt.block_on(counters(t.main_port));
+                let before = rt.block_on(counters(&t.ports()));
+                let load = rt.block_on(closed_loop(&t.ports(), &t.pids(), req));
+                let after = rt.block_on(counters(&t.ports()));
                 let token =
                     (after.token_cpu - before.token_cpu) / (after.token_calls - before.token_calls).max(1.0) * 1e6;
                 let raw_after = raw(&ks);
@@ -548,10 +682,10 @@ fn main() {
             let Round { ratio, cpu, rate, token: token_us, baseline, sys } = r[r.len() / 2];
             // Server CPU over the CPU of its own token calls, same round: free of the machine's drift.
             let own = median(r.iter().map(|x| x.cpu / x.token).collect());
-            rt.block_on(open_loop(t.main_port, shared_rate, Arc::clone(&req), WARM_UP));
-            let before = rt.block_on(counters(t.main_port));
-            let (p50, p99) = rt.block_on(open_loop(t.main_port, shared_rate, Arc::clone(&req), OPEN_LOOP_RUN));
-            let after = rt.block_on(counters(t.main_port));
+            rt.block_on(open_loop(&t.ports(), shared_rate, Arc::clone(&req), WARM_UP));
+            let before = rt.block_on(counters(&t.ports()));
+            let (p50, p99) = rt.block_on(open_loop(&t.ports(), shared_rate, Arc::clone(&req), OPEN_LOOP_RUN));
+            let after = rt.block_on(counters(&t.ports()));
             // The server's own view (sign + audit commit, from its histogram): which bucket holds p50 / p99.
             let pct = |after: &[(f64, f64)], before: &[(f64, f64)], p: f64| {
                 let d: Vec<(f64, f64)> = after.iter().zip(before).map(|(a, b)| (a.0, a.1 - b.1)).collect();
@@ -568,8 +702,8 @@ fn main() {
             for extra in
                 std::env::var("INKAN_LOAD_RATES").unwrap_or_default().split(',').filter_map(|r| r.parse::<f64>().ok())
             {
-                rt.block_on(open_loop(t.main_port, extra, Arc::clone(&req), WARM_UP));
-                let (p50, p99) = rt.block_on(open_loop(t.main_port, extra, Arc::clone(&req), OPEN_LOOP_RUN));
+                rt.block_on(open_loop(&t.ports(), extra, Arc::clone(&req), WARM_UP));
+                let (p50, p99) = rt.block_on(open_loop(&t.ports(), extra, Arc::clone(&req), OPEN_LOOP_RUN));
                 println!("{name} ({}): at {extra:.0}/s: p50 {p50:.2} ms, p99 {p99:.2} ms", t.name);
             }
             let batch = &results[i][j].batch;
@@ -586,14 +720,21 @@ fn main() {
             report.push(line);
         }
         if targets.len() == 2 {
-            // Paired by round: this build's server CPU per signature over the baseline's.
+            // Paired by round: the first target's server CPU per signature
+            // (and rate) over the second's.
             let pairs: Vec<f64> =
                 results[i][0].rounds.iter().zip(&results[i][1].rounds).map(|(a, b)| a.cpu / b.cpu).collect();
+            let rates: Vec<f64> =
+                results[i][0].rounds.iter().zip(&results[i][1].rounds).map(|(a, b)| a.rate / b.rate).collect();
             let own = |j: usize| median(results[i][j].rounds.iter().map(|x| x.cpu / x.token).collect());
             let line = format!(
-                "{name}: this build / baseline, server CPU per signature, paired by round: {:.3} (rounds {}); drift-free (CPU over its own C_Sign): {:.3} vs {:.3}",
+                "{name}: {} / {}, server CPU per signature, paired by round: {:.3} (rounds {}); signatures/s: {:.3} (rounds {}); drift-free (CPU over its own C_Sign): {:.3} vs {:.3}",
+                targets[0].name,
+                targets[1].name,
                 median(pairs.clone()),
                 pairs.iter().map(|p| format!("{p:.3}")).collect::<Vec<_>>().join(" "),
+                median(rates.clone()),
+                rates.iter().map(|p| format!("{p:.3}")).collect::<Vec<_>>().join(" "),
                 own(0),
                 own(1),
             );
@@ -605,5 +746,7 @@ fn main() {
     for t in targets {
         t.stop();
     }
-    let _ = std::fs::write(root().join("target/load-summary.txt"), report.join("\n") + "\n");
+    let summary =
+        if mode.is_empty() { "target/load-summary.txt".to_owned() } else { format!("target/load-summary-{mode}.txt") };
+    let _ = std::fs::write(root().join(summary), report.join("\n") + "\n");
 }

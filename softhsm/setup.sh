@@ -4,7 +4,9 @@
 #  1. Installs what is missing on Debian: SoftHSM (softhsm2) and OpenSSL; with
 #     --deps-only also what the test suite uses: PyJWT (pip) as a stock OIDC
 #     client, and Chromium (Debian's package, never a downloaded browser) with
-#     Node.js and playwright-core (tests/browser, pinned by its package-lock.json).
+#     Node.js and playwright-core (tests/browser, pinned by its package-lock.json),
+#     and Debian's PostgreSQL server (the tests start throwaway clusters of
+#     their own in temp directories; nothing is started here).
 #  2. Renders softhsm/softhsm2.conf.in into var/softhsm/softhsm2.conf, with the
 #     token directory var/softhsm/tokens inside the project.
 #  3. Initialises the token by its label (default "inkan", INKAN_TOKEN_LABEL)
@@ -31,6 +33,9 @@ if [ "${1:-}" = "--deps-only" ]; then
   command -v npm >/dev/null 2>&1 || need+=(npm)
   # Japanese glyphs, so the browser tests' screenshots are readable.
   [ -n "$(fc-list :lang=ja 2>/dev/null)" ] || need+=(fonts-ipafont-gothic)
+  # initdb and pg_ctl for the PostgreSQL tests (the package's own cluster,
+  # if it starts one, is not used).
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} ..." >&2

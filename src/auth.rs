@@ -21,11 +21,11 @@ pub mod sad;
 pub mod sessions;
 
 use base64ct::{Base64UrlUnpadded, Encoding};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// How the user logged in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// HPKI card (TLS client certificate).

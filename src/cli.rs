@@ -113,14 +113,21 @@ pub fn run(cli: Cli) -> Result<Output, CliError> {
         crate::server::serve(config, demo)?;
         return Ok(Output::new("", serde_json::json!({ "stopped": true })));
     }
-    let ctx = Ctx { config, clock: Arc::new(SystemClock), actor: context::actor(), json: cli.json };
+    let ctx = Ctx {
+        config,
+        clock: Arc::new(SystemClock),
+        actor: context::actor(),
+        json: cli.json,
+        opened: Default::default(),
+    };
     // Commands read and write the store through its (async) seam; the CLI
     // runs them one at a time on a runtime of its own.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let result = runtime.block_on(dispatch(&ctx, cli.command));
-    if ctx.config.store_path().exists() {
+    if ctx.opened.load(std::sync::atomic::Ordering::Relaxed) {
         // Running servers re-read auth sessions (revocations, disabled users,
-        // new keys, removed devices take effect with their next request).
+        // new keys, removed devices take effect with their next request; on
+        // PostgreSQL, within a second on every node).
         if let Err(e) = runtime.block_on(crate::setup::invalidation(&ctx.config).bump()) {
             eprintln!(
                 "warning: cannot tell running servers about this change ({e}); they see it within {} s",

@@ -94,6 +94,17 @@ impl Config {
                 "[server] audit_window_us and audit_idle_window_us must be at most {MAX_AUDIT_WINDOW_US} (1 s): every signature may wait that long"
             )));
         }
+        if let Some(url) = &self.store.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError(format!(
+                    "[store] url must be a postgres:// URL, not {:?}",
+                    schema::redact_url(url)
+                )));
+            }
+        }
+        if self.store.max_connections == 0 {
+            return Err(ConfigError("[store] max_connections must be at least 1".into()));
+        }
         Ok(())
     }
 
@@ -147,6 +158,9 @@ impl Config {
         if self.token.pool_size > 0 {
             ks.pool_size = self.token.pool_size;
         }
+        // Processes sharing SoftHSM's token directory (nodes, the CLI) order
+        // their writes of it through a lock file beside its configuration.
+        ks.lock_file = self.softhsm_conf().and_then(|c| c.parent().map(|d| d.join("inkan-token.lock")));
         Ok(ks)
     }
 }

@@ -135,25 +135,65 @@ pub async fn generate<T: UsersTx + ?Sized>(
     }
     check_new_key(&keys, user_id, purpose)?;
 
-    // Orphans: key pairs with the user's label that the store does not know.
+    // Orphans: key pairs with the user's label that the store does not know,
+    // left by a process killed between the token and the store. One may also
+    // be another process's (a node, the CLI) generating for this user at this
+    // moment: they are removed only once this key is recorded, after which
+    // no other new key of this user can be.
     let label = token_label(user_id);
     let known: Vec<&[u8]> = keys.iter().map(|k| k.token_id.as_slice()).collect();
-    let mut orphans_removed = 0;
-    for key in keystore.keys_labelled(&label)? {
-        if !known.contains(&key.id()) {
-            keystore.destroy(&key)?;
-            orphans_removed += 1;
-        }
-    }
+    let orphans: Vec<KeyRef> =
+        keystore.keys_labelled(&label)?.into_iter().filter(|k| !known.contains(&k.id())).collect();
 
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
     let key = KeyRef::from_id(id.to_vec());
     let generated = keystore.generate_key_pair(alg, &key, &label)?;
     crash_point("after-token-keygen");
-    let scheme = alg.default_scheme(DigestAlgorithm::Sha256);
-    let csr = build_csr(keystore, &key, &generated.public_key_der, subject(&user)?, scheme)?;
+    let recorded = async {
+        let scheme = alg.default_scheme(DigestAlgorithm::Sha256);
+        let csr = build_csr(keystore, &key, &generated.public_key_der, subject(&user)?, scheme)?;
+        let public_key = generated.public_key_der.clone();
+        record_new_key(store, clock, actor, user_id, alg, purpose, &key, public_key, csr, orphans.len()).await
+    }
+    .await;
+    let (tx, generated) = match recorded {
+        Ok(done) => done,
+        Err(e) => {
+            // Another process was quicker, or the store failed before the
+            // commit: the key pair is nobody's.
+            if let Err(e) = keystore.destroy(&key) {
+                tracing::warn!("cannot remove the unrecorded key pair {}: {e}", key.hex());
+            }
+            return Err(e);
+        }
+    };
+    // A failed commit may still have committed: the key pair stays (a later
+    // generation removes it if it is not recorded).
+    tx.commit().await?;
+    for orphan in &orphans {
+        if let Err(e) = keystore.destroy(orphan) {
+            tracing::warn!("cannot remove the orphaned key pair {}: {e}", orphan.hex());
+        }
+    }
+    Ok(generated)
+}
 
+/// The store half of [`generate`]: the pending key's record, if the user's
+/// keys still allow it, in a transaction left for the caller to commit.
+#[allow(clippy::too_many_arguments)]
+async fn record_new_key<T: UsersTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    clock: &dyn Clock,
+    actor: &str,
+    user_id: &str,
+    alg: KeyAlgorithm,
+    purpose: Purpose,
+    key: &KeyRef,
+    public_key: Vec<u8>,
+    csr: Vec<u8>,
+    orphans_removed: usize,
+) -> Result<(Box<T>, Generated)> {
     let now = clock.now_ms();
     let mut tx = store.write().await?;
     // The state may have changed while the token worked.
@@ -164,7 +204,7 @@ pub async fn generate<T: UsersTx + ?Sized>(
         generation,
         algorithm: alg,
         token_id: key.id().to_vec(),
-        public_key: generated.public_key_der.clone(),
+        public_key,
         csr: csr.clone(),
         certificate: None,
         state: KeyState::Pending,
@@ -187,8 +227,10 @@ pub async fn generate<T: UsersTx + ?Sized>(
         }],
     )
     .await?;
-    tx.commit().await?;
-    Ok(Generated { key: KeyView::from(&record), csr_pem: pki::to_pem("CERTIFICATE REQUEST", &csr), orphans_removed })
+    Ok((
+        tx,
+        Generated { key: KeyView::from(&record), csr_pem: pki::to_pem("CERTIFICATE REQUEST", &csr), orphans_removed },
+    ))
 }
 
 /// Whether the user's keys allow a new one for `purpose`.

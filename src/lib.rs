@@ -43,6 +43,7 @@ pub mod setup;
 pub mod signing;
 pub mod storage;
 pub mod store;
+pub mod throttle;
 pub mod users;
 
 pub use error::{Error, Result};

@@ -60,8 +60,11 @@ pub fn init_token(config: &Config) -> Result<Initialised> {
         }
         TokenInit::Existing => format!("token {:?} exists", config.token.label),
     });
-    // Check the PIN works.
-    open_keystore(config)?;
+    // Check the PIN works, and make the key that signs ID tokens now: nodes
+    // started together afterwards find it instead of each making one.
+    let keystore = open_keystore(config)?;
+    crate::auth::oidc::platform_key(&keystore)
+        .map_err(|e| Error::Unavailable(format!("cannot make the platform key in the token: {e}")))?;
     Ok(Initialised { steps, token_created: token == TokenInit::Created })
 }
 
@@ -91,14 +94,27 @@ pub fn open_keystore(config: &Config) -> Result<Keystore> {
 }
 
 /// How the configured store tells running servers that auth state changed,
-/// without opening the database (the CLI's note after every command).
+/// without opening the store (the CLI's note after every command): SQLite's
+/// epoch file, or PostgreSQL's version row over a connection of its own.
 pub fn invalidation(config: &Config) -> Arc<dyn Invalidation> {
+    if config.store.url.is_some() {
+        return Arc::new(crate::store::postgres::epoch::PgBump::new(&config.store));
+    }
     let epoch = crate::store::sqlite::epoch::path_for(&config.store_path());
     Arc::new(crate::store::sqlite::epoch::EpochFile::new(epoch))
 }
 
-/// Opens (creating and migrating) the configured store: SQLite at `[store] path`.
+/// Opens (creating and migrating) the configured store: PostgreSQL at
+/// `[store] url`, else SQLite at `[store] path`.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
+    if let Some(url) = &config.store.url {
+        return crate::store::postgres::PgStore::open(&config.store)
+            .await
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(|e| {
+                Error::Unavailable(format!("cannot open the database {}: {e}", crate::config::redact_url(url)))
+            });
+    }
     crate::store::sqlite::SqliteStore::open(&config.store_path(), config.store.synchronous)
         .map(|s| Arc::new(s) as Arc<dyn Store>)
         .map_err(|e| Error::Unavailable(format!("cannot open the database {}: {e}", config.store_path().display())))

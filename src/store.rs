@@ -8,15 +8,17 @@
 //! ([`SessionStore`]), card mappings ([`CardStore`]), phones ([`DeviceStore`]),
 //! tickets ([`TicketStore`]), registration codes ([`RegcodeStore`]), and for
 //! short-lived state, pending logins ([`OidcStore`]), SADs ([`SadStore`]) and
-//! the session cache's [`Invalidation`]. [`sqlite`] implements them all, with
-//! [`memory`] for the short-lived state of one node; nothing outside `store/`
-//! names a database driver.
+//! the session cache's [`Invalidation`]. [`sqlite`] implements them all for one
+//! node, with [`memory`] for its short-lived state; [`postgres`] implements
+//! them for several nodes sharing one database. Nothing outside `store/` names
+//! a database driver.
 //!
-//! **A second backend** (PostgreSQL next): a module here that implements
-//! [`Store`] and the area traits for its transaction type, and a branch in
+//! **Another backend**: a module here that implements [`Store`] and the area
+//! traits for its transaction type, and a branch in
 //! [`crate::setup::open_store`]. Nothing else changes.
 
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;

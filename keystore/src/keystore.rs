@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::lockfile::TokenLock;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
@@ -34,6 +35,9 @@ pub struct KeystoreConfig {
     pub pool_size: usize,
     /// How long a caller waits for a free session before [`Error::PoolExhausted`].
     pub pool_wait: Duration,
+    /// A lock file that orders the processes sharing a SoftHSM token directory
+    /// (see the module `lockfile`): `None` for a token that needs none.
+    pub lock_file: Option<PathBuf>,
 }
 
 impl KeystoreConfig {
@@ -46,6 +50,7 @@ impl KeystoreConfig {
             user_pin,
             pool_size: cpus,
             pool_wait: Duration::from_secs(5),
+            lock_file: None,
         }
     }
 }
@@ -125,6 +130,7 @@ pub struct Keystore {
     gate: RwLock<()>,
     last_reset: Mutex<Option<Instant>>,
     sign_time: SignTime,
+    lock: TokenLock,
 }
 
 /// Signatures made by the token and the CPU time this process spent in them
@@ -222,6 +228,8 @@ impl Keystore {
     /// Loads the module, finds the token by label and logs in (checking the PIN now,
     /// so that a wrong PIN is reported at start-up and not at the first signature).
     pub fn open(config: KeystoreConfig) -> Result<Keystore> {
+        let lock = TokenLock::new(config.lock_file.clone());
+        let _writing = lock.exclusive()?;
         let ctx = load_module(&config.module)?;
         let slot = find_slot(&ctx, &config.token_label)?;
         let ks = Keystore {
@@ -234,6 +242,7 @@ impl Keystore {
             gate: RwLock::new(()),
             last_reset: Mutex::new(None),
             sign_time: SignTime::default(),
+            lock: lock.clone(),
         };
         // No module reset here: a keystore that never worked has nothing to recover.
         ks.with_session_inner(&|_: &Session| Ok(()))?;
@@ -280,6 +289,8 @@ impl Keystore {
                 });
             }
         };
+        // A login rewrites the token's file (SoftHSM).
+        let _writing = self.lock.exclusive()?;
         match session.login(UserType::User, Some(&self.pin.to_auth_pin())) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
             Err(e) => Err(from_cryptoki(e)),
@@ -339,6 +350,8 @@ impl Keystore {
             *last = Some(Instant::now());
         }
         let _exclusive = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        // Locks are taken in this order everywhere: the gate, then the file.
+        let _writing = self.lock.exclusive();
         self.pool.drain_idle();
         self.forget_handles();
         *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -362,9 +375,12 @@ impl Keystore {
         if let Some(k) = self.handles.read().unwrap_or_else(|p| p.into_inner()).get(key) {
             return Ok(*k);
         }
-        let found = session
-            .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(key.id().to_vec())])
-            .map_err(from_cryptoki)?;
+        let found = {
+            let _reading = self.lock.shared()?;
+            session
+                .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(key.id().to_vec())])
+                .map_err(from_cryptoki)?
+        };
         let handle = *found.first().ok_or_else(|| Error::KeyNotFound { id: key.hex() })?;
         let rsa = matches!(
             session.get_attributes(handle, &[AttributeType::KeyType]).map_err(from_cryptoki)?.first(),
@@ -376,6 +392,7 @@ impl Keystore {
     }
 
     fn find_one(&self, session: &Session, class: ObjectClass, key: &KeyRef) -> Result<ObjectHandle> {
+        let _reading = self.lock.shared()?;
         let found = session
             .find_objects(&[Attribute::Class(class), Attribute::Id(key.id().to_vec())])
             .map_err(from_cryptoki)?;
@@ -389,6 +406,7 @@ impl Keystore {
     /// `label` as `CKA_LABEL`. Fails if a key with this id exists already.
     pub fn generate_key_pair(&self, alg: KeyAlgorithm, key: &KeyRef, label: &str) -> Result<GeneratedKey> {
         self.with_session(|session| {
+            let _writing = self.lock.exclusive()?;
             let taken = session.find_objects(&[Attribute::Id(key.id().to_vec())]).map_err(from_cryptoki)?;
             if !taken.is_empty() {
                 return Err(Error::InvalidInput(format!("a key with CKA_ID {} exists already", key.hex())));
@@ -613,6 +631,7 @@ impl Keystore {
     /// token: for maintenance, never for the sign path.
     pub fn keys_labelled(&self, label: &str) -> Result<Vec<KeyRef>> {
         self.with_session(|session| {
+            let _reading = self.lock.shared()?;
             let found = session
                 .find_objects(&[
                     Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -635,6 +654,7 @@ impl Keystore {
     /// not an error.
     pub fn destroy(&self, key: &KeyRef) -> Result<()> {
         self.with_session(|session| {
+            let _writing = self.lock.exclusive()?;
             for handle in session.find_objects(&[Attribute::Id(key.id().to_vec())]).map_err(from_cryptoki)? {
                 session.destroy_object(handle).map_err(from_cryptoki)?;
             }

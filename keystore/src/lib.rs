@@ -28,6 +28,7 @@ mod algorithm;
 mod csr;
 mod error;
 mod keystore;
+mod lockfile;
 mod pin;
 mod pool;
 mod public_key;

@@ -22,6 +22,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Failed commits, logged one line a second at most.
+static FAILED_LOG: crate::throttle::Throttle = crate::throttle::Throttle::new();
+
 use tokio::sync::oneshot;
 
 use crate::audit::AuditLog;
@@ -301,7 +304,11 @@ impl AuditWriter {
                         }
                     }
                     Err(e) => {
-                        tracing::error!("audit commit failed: {e}");
+                        match FAILED_LOG.admit() {
+                            Some(0) => tracing::error!("audit commit failed: {e}"),
+                            Some(n) => tracing::error!("audit commit failed: {e} (and {n} more since the last line)"),
+                            None => {}
+                        }
                         for job in batch {
                             let _ = job.done.send(Err(Error::Unavailable(format!("audit commit failed: {e}"))));
                         }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use inkan_keystore::{DigestAlgorithm, KeyAlgorithm, KeyRef, Keystore};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::clock::Clock;
@@ -32,7 +32,7 @@ pub const REQUEST_LIFETIME_MS: i64 = 10 * 60 * 1000;
 pub const CODE_LIFETIME_MS: i64 = 60 * 1000;
 
 /// A validated authorization request, waiting for the user to log in.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AuthRequest {
     /// client_id
     pub client_id: String,
@@ -198,7 +198,7 @@ pub fn pkce_matches(verifier: &str, challenge: &str) -> bool {
 }
 
 /// An issued authorization code's contents.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Code {
     /// The request it answers.
     pub request: AuthRequest,

@@ -2,6 +2,7 @@
 //! clock, actor, the store and the token on demand), the output, the error.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -52,11 +53,15 @@ pub struct Ctx {
     pub actor: String,
     /// Whether `--json` was given.
     pub json: bool,
+    /// Whether the command opened the store (then running servers are told
+    /// to re-read auth sessions afterwards).
+    pub opened: AtomicBool,
 }
 
 impl Ctx {
     /// The store (opened, created and migrated as needed).
     pub async fn store(&self) -> Result<Arc<dyn Store>, CliError> {
+        self.opened.store(true, Ordering::Relaxed);
         Ok(crate::setup::open_store(&self.config).await?)
     }
 

@@ -57,6 +57,10 @@ pub const SETTINGS: &[Setting] = &[
     s("token.pool_size", Int),
     s("store.path", Path),
     s("store.synchronous", Choice(&["full", "normal"])),
+    s("store.url", Str),
+    s("store.password", Str),
+    s("store.max_connections", Int),
+    s("store.ca", Path),
     s("pki.signing_ca", Path),
     s("pki.chain", Paths),
     s("signing.rsa_scheme", Choice(&["pkcs1v15", "pss"])),
@@ -193,7 +197,7 @@ mod tests {
             let parsed: Result<Config, _> = table.try_into();
             assert!(parsed.is_ok(), "{}: {:?}", setting.var(), parsed.err());
         }
-        assert_eq!(SETTINGS.len(), 40, "the README promises an override for each of the 40 settings");
+        assert_eq!(SETTINGS.len(), 44, "the README promises an override for each of the 44 settings");
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The PKCS#11 token holding the signing keys.
     pub token: TokenConfig,
-    /// The SQLite store.
+    /// The database: SQLite (one node, the default) or PostgreSQL (several nodes).
     pub store: StoreConfig,
     /// Certificates inkan trusts and includes.
     pub pki: PkiConfig,
@@ -205,21 +205,97 @@ impl fmt::Debug for TokenConfig {
 }
 
 /// `[store]`
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// SQLite file (default `<data_dir>/inkan.db`).
+    /// SQLite file (default `<data_dir>/inkan.db`); unused with `url`.
     pub path: Option<PathBuf>,
     /// SQLite `synchronous` in WAL mode: `full` (default: every commit is on disk
     /// before it returns, also across a power cut) or `normal` (survives a killed
     /// process; a power cut may lose the last commits).
     pub synchronous: Synchronous,
+    /// PostgreSQL instead of SQLite, shared by every node:
+    /// `postgres://user@host:5432/inkan` (a secret if it holds a password).
+    pub url: Option<String>,
+    /// The PostgreSQL password, if not in `url` (a secret: prefer
+    /// `INKAN_STORE_PASSWORD` to the file).
+    pub password: Option<String>,
+    /// Connections each node keeps to PostgreSQL for requests (16); the audit
+    /// writer and the session-cache listener have one each besides.
+    pub max_connections: u32,
+    /// PEM file of the CA that issued PostgreSQL's server certificate: with it,
+    /// connections use TLS and verify the server's name; without it, TLS is off
+    /// (a `sslmode=require` in `url` is then refused).
+    pub ca: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { path: None, synchronous: Synchronous::Full }
+        StoreConfig {
+            path: None,
+            synchronous: Synchronous::Full,
+            url: None,
+            password: None,
+            max_connections: 16,
+            ca: None,
+        }
     }
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("path", &self.path)
+            .field("synchronous", &self.synchronous)
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("max_connections", &self.max_connections)
+            .field("ca", &self.ca)
+            .finish()
+    }
+}
+
+/// A database URL without its password (`postgres://user:***@host/db`), for
+/// messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // Key-value form (`host=... password=...`): keep the keys only.
+        return url
+            .split_whitespace()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    // A password may also come as a query parameter.
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("&");
+            format!("{path}?{query}")
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 /// SQLite durability level.
@@ -309,3 +385,30 @@ impl Default for SigningConfig {
 
 /// Debian's SoftHSM module.
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_passwords_never_show() {
+        for (url, shown) in [
+            ("postgres://inkan:s3cret@db.example:5432/inkan", "postgres://inkan:***@db.example:5432/inkan"),
+            (
+                "postgres://inkan@db/inkan?password=s3cret&sslmode=require",
+                "postgres://inkan@db/inkan?password=***&sslmode=require",
+            ),
+            ("postgresql://a:b:c@h", "postgresql://a:***@h"),
+            ("host=db password=s3cret user=inkan", "host=db password=*** user=inkan"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+        let config = StoreConfig {
+            url: Some("postgres://inkan:s3cret@db/inkan".into()),
+            password: Some("hunter2".into()),
+            ..StoreConfig::default()
+        };
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cret") && !debug.contains("hunter2"), "{debug}");
+    }
+}

@@ -34,9 +34,15 @@ impl ApiError {
         ApiError { status, error, description: description.into() }
     }
 
-    /// 503: the token or the store is unavailable; `what` is logged.
+    /// 503: the token or the store is unavailable; `what` is logged (one line
+    /// a second at most: while the database is away, every request would log).
     pub fn unavailable(what: impl std::fmt::Display) -> Self {
-        tracing::warn!("unavailable: {what}");
+        if let Some(suppressed) = UNAVAILABLE_LOG.admit() {
+            match suppressed {
+                0 => tracing::warn!("unavailable: {what}"),
+                n => tracing::warn!("unavailable: {what} (and {n} more answered 503 since the last line)"),
+            }
+        }
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             error: "temporarily_unavailable",
@@ -54,6 +60,9 @@ impl ApiError {
         }
     }
 }
+
+/// The 503 lines.
+static UNAVAILABLE_LOG: crate::throttle::Throttle = crate::throttle::Throttle::new();
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {

@@ -347,11 +347,10 @@ fn edited_or_truncated_audit_log_is_detected() {
     env.add_user("900002", "doctor");
     env.add_user("900003", "doctor");
     assert_eq!(env.audit_rows(), 3);
-    let db = rusqlite::Connection::open(env.data().join("inkan.db")).expect("db");
-    let err = db.execute("UPDATE audit SET outcome = 'denied' WHERE seq = 2", []).expect_err("triggers refuse edits");
-    assert!(err.to_string().contains("append-only"));
-    db.execute_batch("DROP TRIGGER audit_append_only_update; UPDATE audit SET detail = '{}' WHERE seq = 2;")
-        .expect("tamper");
+    let err = env.sql("UPDATE audit SET outcome = 'denied' WHERE seq = 2").expect_err("triggers refuse edits");
+    assert!(err.contains("append-only"), "{err}");
+    let on = if env.on_postgres() { " ON audit" } else { "" };
+    env.sql_ok(&format!("DROP TRIGGER audit_append_only_update{on}; UPDATE audit SET detail = '{{}}' WHERE seq = 2"));
     let r = env.run(&["audit", "verify"]);
     assert_eq!(r.code, 3);
     assert!(r.stderr.contains("broken at row 2") && r.stderr.contains("edited"), "{}", r.stderr);
@@ -363,8 +362,12 @@ fn edited_or_truncated_audit_log_is_detected() {
     let env = Env::new();
     env.add_user("900001", "doctor");
     env.add_user("900002", "doctor");
-    let db = rusqlite::Connection::open(env.data().join("inkan.db")).expect("db");
-    db.execute_batch("DROP TRIGGER audit_append_only_delete; DELETE FROM audit WHERE seq = 2;").expect("tamper");
+    if env.on_postgres() {
+        let err = env.sql("TRUNCATE audit").expect_err("truncation refused");
+        assert!(err.contains("append-only"), "{err}");
+    }
+    let on = if env.on_postgres() { " ON audit" } else { "" };
+    env.sql_ok(&format!("DROP TRIGGER audit_append_only_delete{on}; DELETE FROM audit WHERE seq = 2"));
     let r = env.run(&["audit", "verify"]);
     assert_eq!(r.code, 3);
     assert!(r.stderr.contains("deleted"), "{}", r.stderr);

@@ -25,13 +25,13 @@ fn fido_env() -> Env {
 }
 
 /// The PC browser: a client with a cookie jar of one cookie.
-struct Pc {
+pub struct Pc {
     client: Client,
-    cookie: Option<String>,
+    pub cookie: Option<String>,
 }
 
 impl Pc {
-    fn new() -> Pc {
+    pub fn new() -> Pc {
         Pc { client: Client::new(), cookie: None }
     }
 
@@ -41,14 +41,14 @@ impl Pc {
         }
     }
 
-    fn get(&mut self, url: &str) -> Resp {
+    pub fn get(&mut self, url: &str) -> Resp {
         let cookie = self.cookie.clone().unwrap_or_default();
         let r = self.client.get(url, &[("cookie", &cookie)]);
         self.keep(&r);
         r
     }
 
-    fn post_form(&mut self, url: &str, form: &[(&str, &str)]) -> Resp {
+    pub fn post_form(&mut self, url: &str, form: &[(&str, &str)]) -> Resp {
         let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
         let cookie = self.cookie.clone().unwrap_or_default();
         let r =
@@ -58,7 +58,7 @@ impl Pc {
     }
 
     /// The phone URL shown under the QR code.
-    fn phone_url(&mut self, server: &Server) -> String {
+    pub fn phone_url(&mut self, server: &Server) -> String {
         let page = self.get(&server.url("/pc"));
         assert_eq!(page.status, 200, "{}", page.text());
         let text = unescape(&page.text());
@@ -68,7 +68,7 @@ impl Pc {
         text[start..start + text[start..].find('"').expect("end")].to_owned()
     }
 
-    fn status(&mut self, server: &Server) -> Value {
+    pub fn status(&mut self, server: &Server) -> Value {
         let r = self.get(&server.url("/pc/status"));
         assert_eq!(r.status, 200, "{}", r.text());
         r.json()
@@ -81,7 +81,7 @@ fn unescape(html: &str) -> String {
 }
 
 /// Phone side: open the page, begin, answer with the authenticator.
-fn phone_begin(phone_url: &str) -> Value {
+pub fn phone_begin(phone_url: &str) -> Value {
     let page = Client::new().get(phone_url, &[]);
     assert_eq!(page.status, 200, "{}", page.text());
     let r = Client::new().post(&format!("{phone_url}/begin"), &[("content-type", "application/json")], "{}");
@@ -89,7 +89,7 @@ fn phone_begin(phone_url: &str) -> Value {
     r.json()
 }
 
-fn phone_finish(phone_url: &str, answer: &Value) -> Resp {
+pub fn phone_finish(phone_url: &str, answer: &Value) -> Resp {
     Client::new().post(&format!("{phone_url}/finish"), &[("content-type", "application/json")], answer.to_string())
 }
 
@@ -110,7 +110,7 @@ fn register_phone(server: &Server, phone_url: &str, auth: &mut dyn Phone) {
     assert!(done.text().contains("完了"), "{}", done.text());
 }
 
-fn sign_in(phone_url: &str, auth: &mut dyn Phone) {
+pub fn sign_in(phone_url: &str, auth: &mut dyn Phone) {
     let options = phone_begin(phone_url);
     let r = phone_finish(phone_url, &auth.get(&options));
     assert_eq!(r.status, 200, "{}", r.text());
@@ -173,13 +173,9 @@ fn fido_login(server: &Server, client: &crate::http::OidcClient, user: &str, aut
 }
 
 fn device_row(env: &Env, user: &str) -> String {
-    let conn = rusqlite::Connection::open(env.data().join("inkan.db")).expect("db");
-    conn.query_row(
-        "SELECT quote(credential_id) || '|' || counter || '|' || label || '|' || ifnull(last_used_at, '') FROM devices WHERE user_id = ?1",
-        [user],
-        |r| r.get::<_, String>(0),
-    )
-    .unwrap_or_default()
+    env.sql_ok(&format!("SELECT credential_id, counter, label, last_used_at FROM devices WHERE user_id = '{user}'"))
+        .pop()
+        .unwrap_or_default()
 }
 
 fn audit_events(env: &Env) -> Vec<String> {
@@ -591,8 +587,7 @@ fn expired_tickets_say_so() {
     let url = pc.phone_url(&server);
     let options = phone_begin(&url);
     // Move the ticket's expiry into the past (as 30 s passing would).
-    let conn = rusqlite::Connection::open(env.data().join("inkan.db")).expect("db");
-    conn.execute("UPDATE tickets SET expires_at = expires_at - 3600000", []).expect("age");
+    env.sql_ok("UPDATE tickets SET expires_at = expires_at - 3600000");
     let r = phone_finish(&url, &phone.register(&options, &Hostile::default()));
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(Client::new().get(&url, &[]).status, 410);

@@ -8,6 +8,8 @@ use std::sync::{Mutex, OnceLock};
 
 use serde_json::Value;
 
+use super::postgres;
+
 /// The repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -23,10 +25,14 @@ pub const SO_PIN: &str = "it-so-5678";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// One isolated inkan installation.
+/// One isolated inkan installation: its own directory, token and database
+/// (a SQLite file, or with `INKAN_TEST_STORE=postgres` a database of its own
+/// on the shared throwaway cluster).
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// The PostgreSQL database, if the store is PostgreSQL.
+    pub db: Option<postgres::Database>,
 }
 
 /// The result of running the binary.
@@ -50,8 +56,20 @@ impl Env {
         env
     }
 
-    /// A new environment, nothing initialised.
+    /// A new environment, nothing initialised, on the selected store.
     pub fn bare() -> Env {
+        Env::bare_on(postgres::selected())
+    }
+
+    /// A new environment, nothing initialised, on PostgreSQL (the shared
+    /// cluster) or SQLite.
+    pub fn bare_on(pg: bool) -> Env {
+        Env::bare_with(pg.then(|| postgres::shared().create_database()))
+    }
+
+    /// A new environment, nothing initialised, on this PostgreSQL database
+    /// (else SQLite).
+    pub fn bare_with(db: Option<postgres::Database>) -> Env {
         let dir = tempfile::tempdir().expect("temp dir");
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let label = format!("it-{}-{n}", std::process::id());
@@ -69,8 +87,60 @@ chain = ["{root}"]
             ca = fixture("hpki-signing-ca.pem").display(),
             root = fixture("hpki-root.pem").display(),
         );
+        let text = match &db {
+            Some(db) => format!("{text}[store]\nurl = \"{}\"\n", db.url()),
+            None => text,
+        };
         std::fs::write(&config, text).expect("config");
-        Env { dir, config }
+        Env { dir, config, db }
+    }
+
+    /// Runs SQL statements on the environment's database directly (as an
+    /// attacker with file or database access would); returns the rows of the
+    /// last one, columns separated by `|` (NULL as empty), or the database's
+    /// error.
+    pub fn sql(&self, sql: &str) -> Result<Vec<String>, String> {
+        match &self.db {
+            Some(db) => db.psql(sql),
+            None => {
+                let conn = rusqlite::Connection::open(self.data().join("inkan.db")).map_err(|e| e.to_string())?;
+                let (init, last) = match sql.trim().trim_end_matches(';').rsplit_once(';') {
+                    Some((init, last)) => (init, last),
+                    None => ("", sql),
+                };
+                conn.execute_batch(init).map_err(|e| e.to_string())?;
+                let mut stmt = conn.prepare(last).map_err(|e| e.to_string())?;
+                let n = stmt.column_count();
+                let mut rows = stmt.query([]).map_err(|e| e.to_string())?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next().map_err(|e| e.to_string())? {
+                    let mut line = Vec::new();
+                    for i in 0..n {
+                        line.push(match r.get_ref(i).map_err(|e| e.to_string())? {
+                            rusqlite::types::ValueRef::Null => String::new(),
+                            rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                            rusqlite::types::ValueRef::Real(v) => v.to_string(),
+                            rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                            rusqlite::types::ValueRef::Blob(b) => {
+                                format!("\\x{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+                            }
+                        });
+                    }
+                    out.push(line.join("|"));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// [`Env::sql`], expecting success.
+    pub fn sql_ok(&self, sql: &str) -> Vec<String> {
+        self.sql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Whether the store is PostgreSQL.
+    pub fn on_postgres(&self) -> bool {
+        self.db.is_some()
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -157,22 +227,10 @@ chain = ["{root}"]
 
     /// A snapshot of the database tables that a failed command must not change.
     pub fn snapshot(&self) -> String {
-        let conn = rusqlite::Connection::open(self.data().join("inkan.db")).expect("db");
         let mut out = String::new();
-        for table in ["users", "keys", "audit"] {
-            let mut stmt = conn.prepare(&format!("SELECT * FROM {table}")).expect("select");
-            let n = stmt.column_count();
-            let rows = stmt
-                .query_map([], |r| {
-                    let mut line = Vec::new();
-                    for i in 0..n {
-                        line.push(format!("{:?}", r.get_ref(i)?));
-                    }
-                    Ok(line.join("|"))
-                })
-                .expect("query");
-            for row in rows {
-                out.push_str(&row.expect("row"));
+        for (table, order) in [("users", "id"), ("keys", "user_id, generation"), ("audit", "seq")] {
+            for row in self.sql_ok(&format!("SELECT * FROM {table} ORDER BY {order}")) {
+                out.push_str(&row);
                 out.push('\n');
             }
         }

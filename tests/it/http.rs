@@ -122,6 +122,24 @@ impl Client {
     }
 
     pub fn request(&self, method: &str, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
+        self.try_request(method, url, headers, body).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+    }
+
+    /// [`Client::post_json`] that reports a failed connection instead of panicking.
+    pub fn try_post_json(&self, url: &str, bearer: &str, body: &serde_json::Value) -> Result<Resp, String> {
+        let auth = format!("Bearer {bearer}");
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        self.try_request("POST", url, &headers, body.to_string().into_bytes())
+    }
+
+    /// A request; `Err` when no response came (connection refused or cut).
+    pub fn try_request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Resp, String> {
         let rest = url.strip_prefix("https://").expect("https URL");
         let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
         let (host, port) = authority.rsplit_once(':').expect("port");
@@ -135,23 +153,24 @@ impl Client {
         let req = req.body(Full::new(Bytes::from(body))).expect("request");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
-            let tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+            let tcp = tokio::net::TcpStream::connect(&addr).await.map_err(|e| format!("connect: {e}"))?;
             let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(ServerName::try_from(host).expect("name"), tcp)
+                .connect(ServerName::try_from(host).map_err(|e| e.to_string())?, tcp)
                 .await
-                .expect("TLS handshake");
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.expect("http");
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("http: {e}"))?;
             tokio::spawn(conn);
-            let resp = sender.send_request(req).await.expect("response");
+            let resp = sender.send_request(req).await.map_err(|e| format!("response: {e}"))?;
             let status = resp.status().as_u16();
             let headers = resp
                 .headers()
                 .iter()
                 .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
                 .collect();
-            let body = resp.into_body().collect().await.expect("body").to_bytes().to_vec();
-            Resp { status, headers, body }
+            let body = resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes().to_vec();
+            Ok(Resp { status, headers, body })
         })
     }
 }
@@ -160,11 +179,34 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
-/// A running `inkan serve`.
+/// A running `inkan serve`. Its output is read as it comes (a server that
+/// logs much must never block on a full pipe) and kept.
 pub struct Server {
     pub child: Child,
     pub base: String,
     pub card: String,
+    stdout: Output,
+    stderr: Output,
+}
+
+/// A child's output stream, drained into memory by a thread.
+struct Output(Option<std::thread::JoinHandle<String>>);
+
+impl Output {
+    fn drain(stream: Option<impl std::io::Read + Send + 'static>) -> Output {
+        Output(stream.map(|mut s| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let _ = s.read_to_end(&mut bytes);
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+        }))
+    }
+
+    /// Everything, once the child has exited.
+    fn collect(&mut self) -> String {
+        self.0.take().and_then(|t| t.join().ok()).unwrap_or_default()
+    }
 }
 
 impl Server {
@@ -210,17 +252,13 @@ impl Server {
         for (k, v) in vars {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("start inkan serve");
-        let server = Server { child, base, card: card_url };
+        let mut child = cmd.spawn().expect("start inkan serve");
+        let (stdout, stderr) = (Output::drain(child.stdout.take()), Output::drain(child.stderr.take()));
+        let mut server = Server { child, base, card: card_url, stdout, stderr };
         let started = Instant::now();
-        let mut server = server;
         while std::net::TcpStream::connect(format!("127.0.0.1:{main}")).is_err() {
             if let Ok(Some(status)) = server.child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = server.child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
-                return Err(format!("exited ({status}): {err}"));
+                return Err(format!("exited ({status}): {}", server.stderr.collect()));
             }
             assert!(started.elapsed() < Duration::from_secs(60), "inkan serve did not come up");
             std::thread::sleep(Duration::from_millis(20));
@@ -234,17 +272,20 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// Kills the server (SIGKILL) and returns what it wrote to stderr.
+    pub fn kill(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr.collect()
+    }
+
     /// Sends SIGTERM and waits; returns (exit code, stdout).
     pub fn stop(mut self) -> (Option<i32>, String) {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                let mut out = String::new();
-                if let Some(mut s) = self.child.stdout.take() {
-                    let _ = std::io::Read::read_to_string(&mut s, &mut out);
-                }
-                return (status.code(), out);
+                return (status.code(), self.stdout.collect());
             }
             assert!(started.elapsed() < Duration::from_secs(30), "inkan serve did not stop");
             std::thread::sleep(Duration::from_millis(20));
@@ -348,4 +389,25 @@ pub fn login(server: &Server, client: &OidcClient, holder: &str, acr: &str) -> s
     let t = exchange(server, client, code, &verifier);
     assert_eq!(t.status, 200, "token: {}", t.text());
     t.json()
+}
+
+/// How long a change made elsewhere (the CLI, another node) may take to reach
+/// a server's session cache on PostgreSQL: inkan's bound (900 ms) and a margin
+/// for a loaded test machine. With SQLite it takes effect on the next request.
+pub const PROPAGATION: Duration = Duration::from_millis(1_500);
+
+/// The answer to `request` after a change made by another process: with
+/// SQLite the first answer (every request checks the epoch file); with
+/// PostgreSQL the first answer that is `expected`, trying for [`PROPAGATION`]
+/// (the notification of a change usually arrives within a millisecond, but
+/// nothing orders it before the next request).
+pub fn after_change(env: &Env, expected: u16, mut request: impl FnMut() -> Resp) -> Resp {
+    let started = Instant::now();
+    loop {
+        let r = request();
+        if r.status == expected || !env.on_postgres() || started.elapsed() > PROPAGATION {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -41,12 +41,19 @@ fn code(text: &str) -> String {
 }
 
 #[test]
-fn the_database_driver_is_named_only_in_its_backend() {
+fn each_database_driver_is_named_only_in_its_backend() {
+    let drivers =
+        [("store/sqlite", &["rusqlite"][..]), ("store/postgres", &["tokio_postgres", "deadpool_postgres"][..])];
     for (path, text) in sources(&root().join("src")) {
-        if path.starts_with("store/sqlite") || path == Path::new("store/sqlite.rs") {
-            continue;
+        let code = code(&text);
+        for (backend, names) in drivers {
+            if path.starts_with(backend) || path == Path::new(&format!("{backend}.rs")) {
+                continue;
+            }
+            for name in names {
+                assert!(!code.contains(name), "src/{} names {name}, a driver of {backend}", path.display());
+            }
         }
-        assert!(!code(&text).contains("rusqlite"), "src/{} names rusqlite", path.display());
     }
 }
 

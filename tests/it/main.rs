@@ -2,7 +2,8 @@
 //!
 //! - the `inkan` binary, run as an operator would, against
 //! - SoftHSM (each test its own token directory and label),
-//! - a real SQLite file,
+//! - a real SQLite file, or with `INKAN_TEST_STORE=postgres` a real PostgreSQL
+//!   server (a throwaway cluster the tests start, `postgres.rs`),
 //! - signatures checked by `openssl cms -verify`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::disallowed_methods)]
@@ -11,9 +12,12 @@ mod authenticator;
 mod browser;
 mod cades;
 mod cli;
+mod database;
 mod fido;
 mod harness;
 mod http;
 mod keystore;
 mod layout;
+mod nodes;
+mod postgres;
 mod service;

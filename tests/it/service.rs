@@ -5,7 +5,9 @@ use base64ct::{Base64, Encoding};
 use serde_json::json;
 
 use crate::harness::{fixture, openssl_verify, Env};
-use crate::http::{authorize_url, card_login, exchange, login, pkce, query, register_client, Client, Server};
+use crate::http::{
+    after_change, authorize_url, card_login, exchange, login, pkce, query, register_client, Client, Server,
+};
 
 fn s(p: &std::path::Path) -> &str {
     p.to_str().expect("utf-8")
@@ -307,22 +309,21 @@ fn bearer_tokens_and_sessions() {
     assert_eq!(listed.as_array().map(Vec::len), Some(1));
 
     // An expired session.
-    let db = rusqlite::Connection::open(env.data().join("inkan.db")).expect("db");
-    db.execute("UPDATE sessions SET expires_at = 1", []).expect("expire");
-    let r = Client::new().post_json(&url, &access, &body);
+    env.sql_ok("UPDATE sessions SET expires_at = 1");
+    let r = after_change(&env, 401, || Client::new().post_json(&url, &access, &body));
     assert_eq!(r.status, 401);
     assert!(r.json()["error_description"].as_str().unwrap_or("").contains("expired"));
 
     // Disabling a user stops their sessions at once.
     let access = login(&server, &client, "hpki-doctor", "hpki")["access_token"].as_str().expect("at").to_owned();
     env.ok(&["user", "disable", "100001"]);
-    assert_eq!(Client::new().post_json(&url, &access, &body).status, 401);
+    assert_eq!(after_change(&env, 401, || Client::new().post_json(&url, &access, &body)).status, 401);
     env.ok(&["user", "enable", "100001"]);
-    assert_eq!(Client::new().post_json(&url, &access, &body).status, 200);
+    assert_eq!(after_change(&env, 200, || Client::new().post_json(&url, &access, &body)).status, 200);
 
     // The operator revokes the user's sessions.
     env.ok(&["session", "revoke", "100001"]);
-    assert_eq!(Client::new().post_json(&url, &access, &body).status, 401);
+    assert_eq!(after_change(&env, 401, || Client::new().post_json(&url, &access, &body)).status, 401);
 }
 
 #[test]
