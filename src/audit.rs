@@ -90,6 +90,18 @@ pub trait AuditStore: Send {
     async fn audit_rows(&mut self, after_seq: i64, limit: usize) -> Result<Vec<ChainedRow>, StoreError>;
     /// The latest rows, newest first (optionally of one user).
     async fn audit_tail(&mut self, user_id: Option<&str>, limit: i64) -> Result<Vec<Row>, StoreError>;
+    /// Appends rows (in order, already chained to the head) and moves the
+    /// head to the last: row by row unless the store can do it at once (a
+    /// networked database in one statement).
+    async fn append_audit(&mut self, rows: &[ChainedRow]) -> Result<(), StoreError> {
+        for r in rows {
+            self.insert_audit(&r.row, &r.prev_hash, &r.hash).await?;
+        }
+        if let Some(last) = rows.last() {
+            self.set_audit_head(last.row.seq, &last.hash).await?;
+        }
+        Ok(())
+    }
 }
 
 /// A transaction that only appends to the audit log (the group-commit writer's).
@@ -146,6 +158,7 @@ pub async fn append_groups<A: AuditStore + ?Sized>(
 ) -> Result<Vec<i64>, StoreError> {
     let (mut seq, mut prev) = tx.audit_head().await?.unwrap_or((0, vec![0u8; 32]));
     let mut last = Vec::with_capacity(groups.len());
+    let mut rows = Vec::with_capacity(groups.iter().map(|(_, e)| e.len()).sum());
     for (at, events) in groups {
         for e in *events {
             seq += 1;
@@ -160,13 +173,12 @@ pub async fn append_groups<A: AuditStore + ?Sized>(
                 outcome: e.outcome.to_owned(),
                 detail: e.detail.to_string(),
             };
-            let hash = canonical(&prev, &row);
-            tx.insert_audit(&row, &prev, &hash).await?;
-            prev = hash.to_vec();
+            let hash = canonical(&prev, &row).to_vec();
+            rows.push(ChainedRow { row, prev_hash: std::mem::replace(&mut prev, hash.clone()), hash });
         }
         last.push(seq);
     }
-    tx.set_audit_head(seq, &prev).await?;
+    tx.append_audit(&rows).await?;
     Ok(last)
 }
 

@@ -66,6 +66,10 @@ use connect::Connect;
 /// "inkan" and 1 (writers).
 const WRITE_LOCK: i64 = 0x696e_6b61_6e00_0001;
 
+/// How a write transaction begins: with the write lock.
+static WRITE_BEGIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"));
+
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         if let Some(db) = e.as_db_error() {
@@ -209,26 +213,40 @@ pub struct PgTx {
     /// `None` once handed to the rollback task.
     conn: Option<Object>,
     mode: Mode,
+    /// The `BEGIN` (with the write lock) not yet sent: it goes in one round
+    /// trip with the first read, or alone before the first write.
+    pending: Option<&'static str>,
     /// Begun and neither committed nor rolled back.
     open: bool,
 }
 
+/// What a transaction of each mode begins with.
+fn begin_sql(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Read => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        Mode::Write => WRITE_BEGIN.as_str(),
+        Mode::Append => "BEGIN",
+    }
+}
+
 impl PgTx {
     async fn begin(conn: Object, mode: Mode) -> Result<PgTx, StoreError> {
-        let sql = match mode {
-            Mode::Read => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".to_owned(),
-            Mode::Write => format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"),
-            Mode::Append => "BEGIN".to_owned(),
-        };
-        let mut tx = PgTx { conn: Some(conn), mode, open: false };
-        tx.client()?.batch_execute(&sql).await?;
-        tx.open = true;
-        Ok(tx)
+        Ok(PgTx { conn: Some(conn), mode, pending: Some(begin_sql(mode)), open: false })
     }
 
     /// The connection (present until the transaction ends).
     fn client(&self) -> Result<&Object, StoreError> {
         self.conn.as_ref().ok_or_else(|| StoreError::Failed("the transaction has ended".into()))
+    }
+
+    /// Sends the `BEGIN` if it has not gone yet.
+    async fn begun(&mut self) -> Result<(), StoreError> {
+        if let Some(begin) = self.pending.take() {
+            // Part of it may succeed: from now on a drop rolls back.
+            self.open = true;
+            self.client()?.batch_execute(begin).await?;
+        }
+        Ok(())
     }
 
     /// Whether this transaction may write.
@@ -245,35 +263,51 @@ impl PgTx {
         }
     }
 
-    /// Rows of a query.
-    async fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+    /// Rows of a query; the first read of a transaction carries its `BEGIN`
+    /// (pipelined: sent first, answered first, one round trip for both).
+    async fn rows(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        let stmt = self.client()?.prepare_cached(sql).await?;
+        let pending = self.pending.take();
         let client = self.client()?;
-        let stmt = client.prepare_cached(sql).await?;
-        Ok(client.query(&stmt, params).await?)
+        match pending {
+            Some(begin) => {
+                let (begun, rows) = tokio::join!(biased; client.batch_execute(begin), client.query(&stmt, params));
+                // The BEGIN went first: whatever its answer, a transaction
+                // may be open, and a drop rolls it back.
+                self.open = true;
+                begun?;
+                Ok(rows?)
+            }
+            None => Ok(client.query(&stmt, params).await?),
+        }
     }
 
     /// At most one row of a query.
-    async fn row(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StoreError> {
-        let client = self.client()?;
-        let stmt = client.prepare_cached(sql).await?;
-        Ok(client.query_opt(&stmt, params).await?)
+    async fn row(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StoreError> {
+        let mut rows = self.rows(sql, params).await?;
+        if rows.len() > 1 {
+            return Err(StoreError::Corrupt(format!("{} rows where one was expected", rows.len())));
+        }
+        Ok(rows.pop())
     }
 
     /// A write; returns the rows it changed. Refused in a read transaction.
-    async fn exec(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+    async fn exec(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
         if !self.writable() {
             return Err(StoreError::ReadOnly);
         }
+        self.begun().await?;
         let client = self.client()?;
         let stmt = client.prepare_cached(sql).await?;
         Ok(client.execute(&stmt, params).await?)
     }
 
     /// A write that returns rows. Refused in a read transaction.
-    async fn exec_rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+    async fn exec_rows(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
         if !self.writable() {
             return Err(StoreError::ReadOnly);
         }
+        self.begun().await?;
         self.rows(sql, params).await
     }
 }
@@ -303,6 +337,10 @@ impl Drop for PgTx {
 #[async_trait]
 impl Transaction for PgTx {
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        if self.pending.take().is_some() {
+            // Nothing was read or written: nothing to commit.
+            return Ok(());
+        }
         let result = self.client()?.batch_execute("COMMIT").await;
         match result {
             Ok(()) => {

@@ -79,6 +79,52 @@ impl AuditStore for PgTx {
         rows.iter().map(|r| Ok(ChainedRow { row: row(r)?, prev_hash: get(r, 9)?, hash: get(r, 10)? })).collect()
     }
 
+    async fn append_audit(&mut self, rows: &[ChainedRow]) -> Result<(), StoreError> {
+        let Some(last) = rows.last() else { return Ok(()) };
+        // One statement (one round trip) for a whole group commit: the rows as
+        // arrays, and the head.
+        let seq: Vec<i64> = rows.iter().map(|r| r.row.seq).collect();
+        let at: Vec<i64> = rows.iter().map(|r| r.row.at).collect();
+        let actor: Vec<&str> = rows.iter().map(|r| r.row.actor.as_str()).collect();
+        let event: Vec<&str> = rows.iter().map(|r| r.row.event.as_str()).collect();
+        let user_id: Vec<Option<&str>> = rows.iter().map(|r| r.row.user_id.as_deref()).collect();
+        let generation: Vec<Option<i64>> = rows.iter().map(|r| r.row.generation).collect();
+        let digest: Vec<Option<&str>> = rows.iter().map(|r| r.row.digest.as_deref()).collect();
+        let outcome: Vec<&str> = rows.iter().map(|r| r.row.outcome.as_str()).collect();
+        let detail: Vec<&str> = rows.iter().map(|r| r.row.detail.as_str()).collect();
+        let prev_hash: Vec<&[u8]> = rows.iter().map(|r| r.prev_hash.as_slice()).collect();
+        let hash: Vec<&[u8]> = rows.iter().map(|r| r.hash.as_slice()).collect();
+        let n = self
+            .exec(
+                "WITH appended AS (
+                     INSERT INTO audit (seq, at, actor, event, user_id, generation, digest, outcome, detail, prev_hash, hash)
+                     SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[],
+                                          $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BYTEA[], $11::BYTEA[])
+                 )
+                 UPDATE audit_head SET seq = $12, hash = $13 WHERE id = 1",
+                &[
+                    &seq,
+                    &at,
+                    &actor,
+                    &event,
+                    &user_id,
+                    &generation,
+                    &digest,
+                    &outcome,
+                    &detail,
+                    &prev_hash,
+                    &hash,
+                    &last.row.seq,
+                    &last.hash,
+                ],
+            )
+            .await?;
+        if n != 1 {
+            return Err(StoreError::Corrupt("the audit head row is missing".into()));
+        }
+        Ok(())
+    }
+
     async fn audit_tail(&mut self, user_id: Option<&str>, limit: i64) -> Result<Vec<Row>, StoreError> {
         let rows = self
             .rows(

@@ -9,7 +9,7 @@ use crate::auth::cards::{CardStore, HpkiMapping, JpkiLink, SubjectMapping};
 use crate::storage::StoreError;
 
 impl PgTx {
-    async fn user_of(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<String>, StoreError> {
+    async fn user_of(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<String>, StoreError> {
         self.row(sql, params).await?.as_ref().map(|r| get(r, 0)).transpose()
     }
 }

@@ -35,7 +35,7 @@ fn decode(r: &Row) -> Result<Ticket, StoreError> {
 }
 
 impl PgTx {
-    async fn ticket_where(&self, filter: &str, value: &(dyn ToSql + Sync)) -> Result<Option<Ticket>, StoreError> {
+    async fn ticket_where(&mut self, filter: &str, value: &(dyn ToSql + Sync)) -> Result<Option<Ticket>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM tickets WHERE {filter}");
         self.row(&sql, &[value]).await?.as_ref().map(decode).transpose()
     }
