@@ -44,7 +44,7 @@ fn setup() -> Setup {
     inkan::setup::write_softhsm_conf(&conf).expect("softhsm conf");
     std::env::set_var("SOFTHSM2_CONF", &conf);
     let module = Path::new(inkan::config::SOFTHSM_MODULE);
-    inkan::keystore::init_token(module, "bench", &Pin::new("so-bench"), &Pin::new("user-bench")).expect("token");
+    inkan::keystore::init_token(module, "bench", &Pin::new("so-bench"), &Pin::new("user-bench"), None).expect("token");
     let mut cfg = KeystoreConfig::new(module, "bench", Pin::new("user-bench"));
     cfg.pool_size = 2;
     let keystore = Arc::new(Keystore::open(cfg).expect("keystore"));

@@ -158,10 +158,15 @@ impl Config {
         if self.token.pool_size > 0 {
             ks.pool_size = self.token.pool_size;
         }
-        // Processes sharing SoftHSM's token directory (nodes, the CLI) order
-        // their writes of it through a lock file beside its configuration.
-        ks.lock_file = self.softhsm_conf().and_then(|c| c.parent().map(|d| d.join("inkan-token.lock")));
+        ks.lock_file = self.token_lock_file();
         Ok(ks)
+    }
+
+    /// The lock file through which processes sharing SoftHSM's token
+    /// directory (nodes, the CLI) order their writes of it: beside SoftHSM's
+    /// configuration; none for other modules.
+    pub fn token_lock_file(&self) -> Option<PathBuf> {
+        self.softhsm_conf().and_then(|c| c.parent().map(|d| d.join("inkan-token.lock")))
     }
 }
 

@@ -21,6 +21,9 @@ pub struct Initialised {
     pub steps: Vec<String>,
     /// Whether the token was created now.
     pub token_created: bool,
+    /// The database (`sqlite:<path>` or the PostgreSQL URL without its
+    /// password), once [`init`] opened it.
+    pub database: Option<String>,
 }
 
 /// Writes the SoftHSM configuration from `softhsm/softhsm2.conf.in` if it is
@@ -52,8 +55,10 @@ pub fn init_token(config: &Config) -> Result<Initialised> {
     // Before any thread starts: `inkan init` and `serve --demo` run this first.
     config.export_softhsm_conf();
     let (so_pin, user_pin) = config.init_pins().map_err(|e| Error::Invalid(e.0))?;
-    let token = inkan_keystore::init_token(&config.token.module, &config.token.label, &so_pin, &user_pin)
-        .map_err(|e| Error::Unavailable(format!("cannot set up the token {:?}: {e}", config.token.label)))?;
+    let lock = config.token_lock_file();
+    let token =
+        inkan_keystore::init_token(&config.token.module, &config.token.label, &so_pin, &user_pin, lock.as_deref())
+            .map_err(|e| Error::Unavailable(format!("cannot set up the token {:?}: {e}", config.token.label)))?;
     steps.push(match token {
         TokenInit::Created => {
             format!("token {:?} created (PINs in {})", config.token.label, config.pins_path().display())
@@ -65,7 +70,7 @@ pub fn init_token(config: &Config) -> Result<Initialised> {
     let keystore = open_keystore(config)?;
     crate::auth::oidc::platform_key(&keystore)
         .map_err(|e| Error::Unavailable(format!("cannot make the platform key in the token: {e}")))?;
-    Ok(Initialised { steps, token_created: token == TokenInit::Created })
+    Ok(Initialised { steps, token_created: token == TokenInit::Created, database: None })
 }
 
 /// [`init_token`], then the database (created and migrated).
@@ -73,6 +78,7 @@ pub async fn init(config: &Config) -> Result<Initialised> {
     let mut done = init_token(config)?;
     let store = open_store(config).await?;
     done.steps.push(format!("database {} ready", store.describe()));
+    done.database = Some(store.describe());
     Ok(done)
 }
 

@@ -7,6 +7,7 @@ use cryptoki::session::UserType;
 
 use crate::error::{from_cryptoki, Error, Result};
 use crate::keystore::{find_slot_locked, load_module, module_lock};
+use crate::lockfile::TokenLock;
 use crate::pin::Pin;
 
 /// What [`init_token`] did.
@@ -21,8 +22,16 @@ pub enum TokenInit {
 /// Makes sure a token labelled `label` exists: if none does, initialises the
 /// first free slot (SoftHSM always offers one) with the SO PIN and sets the
 /// user PIN. Idempotent. The slot is found again by label afterwards, because
-/// SoftHSM renumbers slots when a token is initialised.
-pub fn init_token(module: &Path, label: &str, so_pin: &Pin, user_pin: &Pin) -> Result<TokenInit> {
+/// SoftHSM renumbers slots when a token is initialised. `lock_file` is the
+/// keystore's (see [`crate::KeystoreConfig::lock_file`]): held throughout.
+pub fn init_token(
+    module: &Path,
+    label: &str,
+    so_pin: &Pin,
+    user_pin: &Pin,
+    lock_file: Option<&Path>,
+) -> Result<TokenInit> {
+    let _writing = TokenLock::new(lock_file.map(Path::to_path_buf)).exclusive()?;
     let ctx = load_module(module)?;
     let _serial = module_lock();
     if find_slot_locked(&ctx, label).is_ok() {

@@ -13,7 +13,7 @@ pub async fn init(ctx: &Ctx) -> Result<Output, CliError> {
         done.steps.join("\n"),
         json!({
             "data_dir": ctx.config.data_dir,
-            "database": ctx.config.store_path(),
+            "database": done.database,
             "token": ctx.config.token.label,
             "token_created": done.token_created,
         }),

@@ -269,16 +269,25 @@ pub fn redact_url(url: &str) -> String {
             .collect::<Vec<_>>()
             .join(" ");
     };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
+    // The user information ends at the first `@`, as the driver reads it
+    // (a password may hold `/`, `?` or `:`; an `@` in it must be %-encoded).
+    let (authority, tail) = match rest.find('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let shown = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => userinfo.to_owned(),
+            };
+            let after = &rest[at..];
+            match after.find(['/', '?']) {
+                Some(i) => (format!("{shown}{}", &after[..i]), &after[i..]),
+                None => (format!("{shown}{after}"), ""),
+            }
+        }
+        None => match rest.find(['/', '?']) {
+            Some(i) => (rest[..i].to_owned(), &rest[i..]),
+            None => (rest.to_owned(), ""),
         },
-        None => authority.to_owned(),
     };
     // A password may also come as a query parameter.
     let tail = match tail.split_once('?') {
@@ -399,6 +408,8 @@ mod tests {
                 "postgres://inkan@db/inkan?password=***&sslmode=require",
             ),
             ("postgresql://a:b:c@h", "postgresql://a:***@h"),
+            ("postgres://u:ab/cd?e@db:5432/x?sslmode=require", "postgres://u:***@db:5432/x?sslmode=require"),
+            ("postgres://db.example/inkan", "postgres://db.example/inkan"),
             ("host=db password=s3cret user=inkan", "host=db password=*** user=inkan"),
         ] {
             assert_eq!(redact_url(url), shown);

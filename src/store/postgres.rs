@@ -12,9 +12,13 @@
 //! as with SQLite: what a write transaction has read stays true until it
 //! commits. The audit writer's transactions do not take it; they lock the
 //! chain's head row (`audit_head ... FOR UPDATE`), as request transactions
-//! that append audit rows do, so two nodes never fork the chain. A transaction
-//! dropped without a commit is rolled back on a task of its own before its
-//! connection goes back to the pool.
+//! that append audit rows do, so two nodes never fork the chain. Writing
+//! transactions commit with `synchronous_commit = on` whatever the server's
+//! default. A transaction dropped without a commit (also a request's future
+//! dropped mid-query) is rolled back on a task of its own before its
+//! connection goes back to the pool; a transaction left idle on a connection
+//! whose node died is ended by PostgreSQL after 10 s, and a lock is waited
+//! for 5 s at most (`connect.rs`).
 //!
 //! **Short-lived state** (pending OpenID Connect requests and codes, CSC SADs)
 //! lives in `UNLOGGED` tables ([`short`]): any node can finish a login another
@@ -67,8 +71,9 @@ use connect::Connect;
 const WRITE_LOCK: i64 = 0x696e_6b61_6e00_0001;
 
 /// How a write transaction begins: with the write lock.
-static WRITE_BEGIN: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"));
+static WRITE_BEGIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+});
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -82,7 +87,6 @@ impl From<tokio_postgres::Error> for StoreError {
                 // many connections, disk full; shutting down, starting up;
                 // lock not available; wrong credentials
                 "40" | "08" | "53" | "57" | "55" | "28" => StoreError::Unavailable(message),
-                "22" => StoreError::Corrupt(message),
                 _ => StoreError::Failed(message),
             };
         }
@@ -225,7 +229,9 @@ fn begin_sql(mode: Mode) -> &'static str {
     match mode {
         Mode::Read => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         Mode::Write => WRITE_BEGIN.as_str(),
-        Mode::Append => "BEGIN",
+        // A commit is acknowledged only once it is flushed (and, with
+        // synchronous standbys, on them), whatever the server's default.
+        Mode::Append => "BEGIN; SET LOCAL synchronous_commit = on",
     }
 }
 
@@ -268,17 +274,26 @@ impl PgTx {
     async fn rows(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
         let stmt = self.client()?.prepare_cached(sql).await?;
         let pending = self.pending.take();
+        if pending.is_some() {
+            // From the moment the BEGIN may be sent, a drop (also of this
+            // future, when a client goes away) rolls back.
+            self.open = true;
+        }
         let client = self.client()?;
-        match pending {
+        let result = match pending {
             Some(begin) => {
                 let (begun, rows) = tokio::join!(biased; client.batch_execute(begin), client.query(&stmt, params));
-                // The BEGIN went first: whatever its answer, a transaction
-                // may be open, and a drop rolls it back.
-                self.open = true;
                 begun?;
-                Ok(rows?)
+                rows
             }
-            None => Ok(client.query(&stmt, params).await?),
+            None => client.query(&stmt, params).await,
+        };
+        match result {
+            Ok(rows) => Ok(rows),
+            // Text with a NUL byte, which PostgreSQL cannot hold, matches no
+            // row (as it finds none in SQLite).
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::CHARACTER_NOT_IN_REPERTOIRE) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
         }
     }
 

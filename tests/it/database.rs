@@ -26,18 +26,22 @@ fn both_backends_have_the_same_schema_version_tables_columns_and_indexes() {
 
     assert_eq!(sqlite.sql_ok("PRAGMA user_version"), pg.sql_ok("SELECT version FROM inkan_schema"));
 
+    // Each column with whether it may be NULL (a primary key column may not,
+    // in SQLite's STRICT tables as in PostgreSQL).
     let sqlite_columns = set(sqlite.sql_ok(
-        "SELECT m.name || '.' || p.name FROM sqlite_master m, pragma_table_info(m.name) p WHERE m.type = 'table'",
+        "SELECT m.name || '.' || p.name || CASE WHEN p.\"notnull\" = 1 OR p.pk > 0 THEN ' not null' ELSE '' END
+         FROM sqlite_master m, pragma_table_info(m.name) p WHERE m.type = 'table'",
     ));
     let pg_columns = set(pg.sql_ok(
-        "SELECT table_name || '.' || column_name FROM information_schema.columns WHERE table_schema = 'public'",
+        "SELECT table_name || '.' || column_name || CASE WHEN is_nullable = 'NO' THEN ' not null' ELSE '' END
+         FROM information_schema.columns WHERE table_schema = 'public'",
     ));
     let shared: BTreeSet<String> = pg_columns
         .iter()
         .filter(|c| !POSTGRES_ONLY.contains(&c.split('.').next().unwrap_or_default()))
         .cloned()
         .collect();
-    assert_eq!(sqlite_columns, shared, "a migration was added to one backend only");
+    assert_eq!(sqlite_columns, shared, "a migration was added to one backend only, or differs");
     assert!(sqlite_columns.len() > 80, "the schema was read: {sqlite_columns:?}");
 
     let sqlite_indexes =
@@ -123,9 +127,12 @@ fn database_passwords_stay_out_of_messages() {
     env.ok(&["init"]);
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let in_url = format!("postgres://inkan:s3cret-pw@127.0.0.1:{port}/nowhere");
+    // A password may hold characters that end a URL's host part elsewhere.
+    let odd = format!("postgres://inkan:s3cret-pw/x?y@127.0.0.1:{port}/nowhere");
     let apart = format!("postgres://inkan@127.0.0.1:{port}/nowhere");
     for vars in [
         vec![("INKAN_STORE_URL", in_url.as_str())],
+        vec![("INKAN_STORE_URL", odd.as_str())],
         vec![("INKAN_STORE_URL", apart.as_str()), ("INKAN_STORE_PASSWORD", "s3cret-pw")],
     ] {
         let r = env.run_with(&["user", "list"], &vars);

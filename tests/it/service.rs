@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::harness::{fixture, openssl_verify, Env};
 use crate::http::{
-    after_change, authorize_url, card_login, exchange, login, pkce, query, register_client, Client, Server,
+    after_change, authorize_url, card_login, exchange, login, pkce, query, register_client, Client, OidcClient, Server,
 };
 
 fn s(p: &std::path::Path) -> &str {
@@ -356,6 +356,12 @@ fn malformed_requests_are_refused() {
     assert_eq!(r.status, 413, "{}", r.text());
     // Unknown endpoints answer in the same format.
     assert_eq!(Client::new().get(&server.url("/api/v1/nothing"), &[]).json()["error"], "not_found");
+    // A NUL byte in a looked-up name finds nothing (PostgreSQL cannot hold
+    // one in text; SQLite has none stored): an unknown client, not a 500.
+    let (_, challenge) = pkce();
+    let nul = OidcClient { id: "no\0such".into(), secret: String::new(), redirect: client.redirect.clone() };
+    let r = Client::new().get(&authorize_url(&server, &nul, &challenge, &[]), &[]);
+    assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(env.audit_rows(), before, "no signature was made or logged");
 }
 

@@ -73,7 +73,7 @@ impl CardStore for PgTx {
         let rows = self
             .rows(
                 "SELECT issuer, serial, user_id, subject, not_after, created_at FROM hpki_mappings
-                 WHERE ($1::TEXT IS NULL OR user_id = $1) ORDER BY user_id, created_at",
+                 WHERE ($1::TEXT IS NULL OR user_id = $1) ORDER BY user_id COLLATE \"C\", created_at",
                 &[&user_id],
             )
             .await?;
@@ -95,7 +95,7 @@ impl CardStore for PgTx {
         let rows = self
             .rows(
                 "SELECT issuer, attribute, value, user_id, created_at FROM hpki_subject_mappings
-                 WHERE ($1::TEXT IS NULL OR user_id = $1) ORDER BY user_id, created_at",
+                 WHERE ($1::TEXT IS NULL OR user_id = $1) ORDER BY user_id COLLATE \"C\", created_at",
                 &[&user_id],
             )
             .await?;
@@ -165,7 +165,7 @@ impl CardStore for PgTx {
         let rows = self
             .rows(
                 "SELECT issuer, serial, spki_sha256, user_id, subject, not_after, created_at FROM jpki_links
-                 WHERE ($1::TEXT IS NULL OR user_id = $1) ORDER BY user_id, created_at",
+                 WHERE ($1::TEXT IS NULL OR user_id = $1) ORDER BY user_id COLLATE \"C\", created_at",
                 &[&user_id],
             )
             .await?;

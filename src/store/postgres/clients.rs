@@ -25,7 +25,7 @@ impl ClientStore for PgTx {
     }
 
     async fn clients(&mut self) -> Result<Vec<Client>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM clients ORDER BY id");
+        let sql = format!("SELECT {COLUMNS} FROM clients ORDER BY id COLLATE \"C\"");
         self.rows(&sql, &[]).await?.iter().map(client).collect()
     }
 

@@ -17,6 +17,10 @@ use crate::storage::StoreError;
 pub const POOL_WAIT: Duration = Duration::from_secs(5);
 /// How long connecting to PostgreSQL may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a statement waits for a lock (then 503).
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long PostgreSQL keeps a transaction that does nothing (a node gone).
+pub const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(10);
 
 /// How to reach the database: its settings and TLS.
 #[derive(Clone)]
@@ -50,6 +54,16 @@ impl Connect {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.keepalives(true).keepalives_idle(Duration::from_secs(30));
+        // A node that dies while it holds a lock (the writers' lock, the
+        // audit head) must not stop the others: PostgreSQL ends its
+        // transaction when it stays idle, and nobody waits for a lock for long.
+        let options = format!(
+            "{} -c lock_timeout={}ms -c idle_in_transaction_session_timeout={}ms",
+            config.get_options().unwrap_or_default(),
+            LOCK_TIMEOUT.as_millis(),
+            IDLE_IN_TRANSACTION.as_millis()
+        );
+        config.options(options.trim());
         let tls = match &store.ca {
             Some(ca) => {
                 let pem =
@@ -160,9 +174,11 @@ impl Connect {
             });
             Ok(client)
         }
+        let mut config = self.config.clone();
+        config.application_name("inkan auth-epoch listener");
         match &self.tls {
-            Some(tls) => run(&self.config, tls.clone(), notified).await,
-            None => run(&self.config, NoTls, notified).await,
+            Some(tls) => run(&config, tls.clone(), notified).await,
+            None => run(&config, NoTls, notified).await,
         }
     }
 }

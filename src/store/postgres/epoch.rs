@@ -1,5 +1,8 @@
 //! The auth epoch on PostgreSQL: one version row (`auth_epoch`), bumped with a
-//! `NOTIFY` after every change that may affect a live auth session.
+//! `NOTIFY` by every change that may affect a live auth session: by triggers
+//! in the changing transaction itself (sessions, users' status, keys; see
+//! migration 2), so that a change is announced exactly when it commits, and
+//! by [`Invalidation::bump`] after the domain's own changes.
 //!
 //! Each node keeps a connection that `LISTEN`s, so a bump anywhere reaches
 //! every node's session cache in about a millisecond. Notifications carry no

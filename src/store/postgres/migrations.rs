@@ -151,6 +151,33 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX jpki_links_spki ON jpki_links(spki_sha256);
     CREATE INDEX jpki_links_user ON jpki_links(user_id);
+
+    -- PostgreSQL only: a change of what a cached auth session depends on (the
+    -- session, its user's status, the user's keys) moves the auth epoch in the
+    -- same transaction, whatever made it (a node, the CLI, a hand edit): every
+    -- node hears of it when it commits.
+    CREATE FUNCTION inkan_auth_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE v BIGINT;
+        BEGIN
+            IF EXISTS (SELECT 1 FROM changed) THEN
+                UPDATE auth_epoch SET version = version + 1 WHERE id = 1 RETURNING version INTO v;
+                PERFORM pg_notify('inkan_auth_epoch', v::TEXT);
+            END IF;
+            RETURN NULL;
+        END
+    $$;
+    CREATE TRIGGER sessions_updated_auth AFTER UPDATE ON sessions
+        REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION inkan_auth_changed();
+    CREATE TRIGGER sessions_deleted_auth AFTER DELETE ON sessions
+        REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION inkan_auth_changed();
+    CREATE TRIGGER users_updated_auth AFTER UPDATE ON users
+        REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION inkan_auth_changed();
+    CREATE TRIGGER users_deleted_auth AFTER DELETE ON users
+        REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION inkan_auth_changed();
+    CREATE TRIGGER keys_updated_auth AFTER UPDATE ON keys
+        REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION inkan_auth_changed();
+    CREATE TRIGGER keys_deleted_auth AFTER DELETE ON keys
+        REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION inkan_auth_changed();
     "#,
     // 3: FIDO2 phones, QR tickets, registration codes
     r#"

@@ -91,7 +91,7 @@ impl SessionStore for PgTx {
     async fn sessions(&mut self, now: i64, user_id: Option<&str>) -> Result<Vec<Session>, StoreError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM sessions WHERE expires_at > $1 AND ($2::TEXT IS NULL OR user_id = $2)
-             ORDER BY user_id, auth_time"
+             ORDER BY user_id COLLATE \"C\", auth_time"
         );
         self.rows(&sql, &[&now, &user_id]).await?.iter().map(session).collect()
     }

@@ -46,7 +46,7 @@ impl UserStore for PgTx {
     }
 
     async fn users(&mut self) -> Result<Vec<User>, StoreError> {
-        let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY id");
+        let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY id COLLATE \"C\"");
         self.rows(&sql, &[]).await?.iter().map(user).collect()
     }
 
@@ -62,7 +62,7 @@ impl UserStore for PgTx {
 
     async fn keys(&mut self, user_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
         let sql = format!(
-            "SELECT {KEY_COLUMNS} FROM keys WHERE ($1::TEXT IS NULL OR user_id = $1) ORDER BY user_id, generation"
+            "SELECT {KEY_COLUMNS} FROM keys WHERE ($1::TEXT IS NULL OR user_id = $1) ORDER BY user_id COLLATE \"C\", generation"
         );
         self.rows(&sql, &[&user_id]).await?.iter().map(key).collect()
     }
