@@ -117,6 +117,37 @@ pub fn card_router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// Both listeners, bound, with their TLS configurations.
+pub struct Listeners {
+    main: (TcpListener, TlsAcceptor),
+    card: (TcpListener, TlsAcceptor),
+}
+
+impl Listeners {
+    /// Reads the TLS certificate and key and binds both listeners: before
+    /// anything is changed, so that a second start on ports in use fails
+    /// without touching the running instance's state.
+    pub async fn bind(config: &Config) -> Result<Listeners> {
+        let cfg = &config.server;
+        let cert = std::fs::read(&cfg.tls_cert)
+            .map_err(|e| Error::Invalid(format!("TLS certificate {}: {e}", cfg.tls_cert.display())))?;
+        let key = std::fs::read(&cfg.tls_key)
+            .map_err(|e| Error::Invalid(format!("TLS key {}: {e}", cfg.tls_key.display())))?;
+        let hints = CardAuth::ca_names(config)?;
+        let main_tls = tls::server_config(&cert, &key, None)?;
+        let card_tls = tls::server_config(&cert, &key, Some(Arc::new(tls::CardCertVerifier::new(hints))))?;
+        let listen = |addr: &str, e: std::io::Error| {
+            Error::Unavailable(format!("cannot listen on {addr}: {e} (is inkan already running there?)"))
+        };
+        let main = TcpListener::bind(&cfg.listen).await.map_err(|e| listen(&cfg.listen, e))?;
+        let card = TcpListener::bind(&cfg.card_listen).await.map_err(|e| listen(&cfg.card_listen, e))?;
+        Ok(Listeners {
+            main: (main, TlsAcceptor::from(Arc::new(main_tls))),
+            card: (card, TlsAcceptor::from(Arc::new(card_tls))),
+        })
+    }
+}
+
 /// A bound server, ready to run.
 pub struct Server {
     app: Arc<App>,
@@ -125,25 +156,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds both listeners.
+    /// Binds both listeners for `app`.
     pub async fn bind(app: App) -> Result<Server> {
-        let app = Arc::new(app);
-        let cfg = &app.config.server;
-        let cert = std::fs::read(&cfg.tls_cert)
-            .map_err(|e| Error::Invalid(format!("TLS certificate {}: {e}", cfg.tls_cert.display())))?;
-        let key = std::fs::read(&cfg.tls_key)
-            .map_err(|e| Error::Invalid(format!("TLS key {}: {e}", cfg.tls_key.display())))?;
-        let hints = CardAuth::ca_names(&app.config)?;
-        let main_tls = tls::server_config(&cert, &key, None)?;
-        let card_tls = tls::server_config(&cert, &key, Some(Arc::new(tls::CardCertVerifier::new(hints))))?;
-        let listen = |addr: &str, e: std::io::Error| Error::Unavailable(format!("cannot listen on {addr}: {e}"));
-        let main = TcpListener::bind(&cfg.listen).await.map_err(|e| listen(&cfg.listen, e))?;
-        let card = TcpListener::bind(&cfg.card_listen).await.map_err(|e| listen(&cfg.card_listen, e))?;
-        Ok(Server {
-            app,
-            main: (main, TlsAcceptor::from(Arc::new(main_tls))),
-            card: (card, TlsAcceptor::from(Arc::new(card_tls))),
-        })
+        let listeners = Listeners::bind(&app.config).await?;
+        Ok(Server::on(app, listeners))
+    }
+
+    /// `app` on listeners bound before it was built.
+    pub fn on(app: App, listeners: Listeners) -> Server {
+        Server { app: Arc::new(app), main: listeners.main, card: listeners.card }
     }
 
     /// The bound addresses (main, card).
@@ -293,8 +314,11 @@ pub fn serve(config: Config, demo_mode: bool) -> Result<()> {
     config.export_softhsm_conf();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Error::internal)?;
     runtime.block_on(async move {
+        // The ports first: a start that cannot listen changes nothing (the
+        // demo set-up replaces the demo client and its sessions).
+        let listeners = Listeners::bind(&config).await?;
         let app = App::build(config, demo_mode).await?;
-        let server = Server::bind(app).await?;
+        let server = Server::on(app, listeners);
         let (main, card) = server.addresses();
         let app = server.app();
         println!("inkan is listening:");

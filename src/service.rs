@@ -46,6 +46,9 @@ impl Service {
     /// (after `setup::init`), sets up the demo users, cards and client first.
     pub async fn open(config: Config, demo_mode: bool) -> Result<Service> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        if !demo_mode {
+            crate::setup::require_database(&config)?;
+        }
         let store = crate::setup::open_store(&config).await?;
         let keystore = Arc::new(crate::setup::open_keystore(&config).map_err(|e| match e {
             Error::Unavailable(m) => Error::Unavailable(format!("{m} (run `inkan init`?)")),

@@ -44,9 +44,15 @@ pub fn write_softhsm_conf(conf: &Path) -> std::io::Result<bool> {
 /// Creates the data directory, the SoftHSM configuration and the token (with
 /// random PINs unless configured). Idempotent. The database is [`init`]'s.
 pub fn init_token(config: &Config) -> Result<Initialised> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", config.data_dir.display())))?;
     let mut steps = Vec::new();
+    let shown = std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
+    if !config.data_dir.exists() {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", shown.display())))?;
+        steps.push(format!("data directory {} created", shown.display()));
+    } else {
+        steps.push(format!("data directory {}", shown.display()));
+    }
     if let Some(conf) = config.softhsm_conf() {
         if write_softhsm_conf(&conf).map_err(|e| Error::Unavailable(format!("{}: {e}", conf.display())))? {
             steps.push(format!("SoftHSM configuration written to {}", conf.display()));
@@ -77,7 +83,14 @@ pub fn init_token(config: &Config) -> Result<Initialised> {
 pub async fn init(config: &Config) -> Result<Initialised> {
     let mut done = init_token(config)?;
     let store = open_store(config).await?;
-    done.steps.push(format!("database {} ready", store.describe()));
+    let described = match &config.store.url {
+        Some(_) => store.describe(),
+        None => {
+            let path = config.store_path();
+            format!("sqlite:{}", std::path::absolute(&path).unwrap_or(path).display())
+        }
+    };
+    done.steps.push(format!("database {described} ready"));
     done.database = Some(store.describe());
     Ok(done)
 }
@@ -108,6 +121,25 @@ pub fn invalidation(config: &Config) -> Arc<dyn Invalidation> {
     }
     let epoch = crate::store::sqlite::epoch::path_for(&config.store_path());
     Arc::new(crate::store::sqlite::epoch::EpochFile::new(epoch))
+}
+
+/// Refuses to go on when the configured SQLite database does not exist:
+/// only `inkan init` (and the demo) make one, so that a command run in the
+/// wrong directory says so instead of working on a new, empty database.
+pub fn require_database(config: &Config) -> Result<()> {
+    if config.store.url.is_some() {
+        return Ok(());
+    }
+    let path = config.store_path();
+    if path.exists() {
+        return Ok(());
+    }
+    let shown = std::path::absolute(&path).unwrap_or(path);
+    Err(Error::Unavailable(format!(
+        "no inkan database at {}: run `inkan init` to make one there, or point --config (or INKAN_CONFIG) at the \
+         installation's configuration file",
+        shown.display()
+    )))
 }
 
 /// Opens (creating and migrating) the configured store: PostgreSQL at

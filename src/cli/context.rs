@@ -61,6 +61,9 @@ pub struct Ctx {
 impl Ctx {
     /// The store (opened, created and migrated as needed).
     pub async fn store(&self) -> Result<Arc<dyn Store>, CliError> {
+        // Only `inkan init` makes a database: a command run in the wrong
+        // directory says so instead of working on a new, empty one.
+        crate::setup::require_database(&self.config)?;
         self.opened.store(true, Ordering::Relaxed);
         Ok(crate::setup::open_store(&self.config).await?)
     }

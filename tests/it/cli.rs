@@ -443,3 +443,19 @@ fn jpki_links_follow_renewed_cards() {
     env.ok(&["jpki", "unlink", "130001"]);
     assert_eq!(env.json(&["jpki", "list", "130001"]).as_array().map(Vec::len), Some(0));
 }
+
+#[test]
+fn commands_before_init_say_where_they_looked_and_make_nothing() {
+    // SQLite's behaviour (a PostgreSQL database is made by its operator).
+    let env = Env::bare_on(false);
+    for args in [&["user", "list"][..], &["user", "show", "100001"], &["audit", "verify"]] {
+        let err = env.fails(args);
+        assert!(err.contains("no inkan database at") && err.contains("inkan init"), "{err}");
+        assert!(err.contains(&env.data().join("inkan.db").display().to_string()), "names the path: {err}");
+    }
+    assert!(!env.data().join("inkan.db").exists(), "no database was made");
+    let out = env.ok(&["init"]);
+    assert!(out.contains(&format!("data directory {} created", env.data().display())), "{out}");
+    assert!(out.contains(&format!("database sqlite:{} ready", env.data().join("inkan.db").display())), "{out}");
+    assert_eq!(env.json(&["user", "list"]), serde_json::json!([]));
+}

@@ -704,3 +704,24 @@ fn token_unavailable_answers_503_and_recovers_without_restart() {
         assert_eq!(row["outcome"], "ok");
     }
 }
+
+#[test]
+fn a_second_demo_start_on_ports_in_use_changes_nothing() {
+    let env = Env::new();
+    let server = Server::start_demo(&env);
+    let clients = env.json(&["client", "list"]);
+    let rows = env.audit_rows();
+    let port = |url: &str| url.rsplit(':').next().expect("port").to_owned();
+    let r = env.run_with(
+        &["serve", "--demo"],
+        &[
+            ("INKAN_SERVER_LISTEN", &format!("127.0.0.1:{}", port(&server.base))),
+            ("INKAN_SERVER_CARD_LISTEN", &format!("127.0.0.1:{}", port(&server.card))),
+        ],
+    );
+    assert_ne!(r.code, 0, "the ports are taken");
+    assert!(r.stderr.contains("cannot listen") && r.stderr.contains("already running"), "{}", r.stderr);
+    assert_eq!(env.json(&["client", "list"]), clients, "the running instance's demo client is untouched");
+    assert_eq!(env.audit_rows(), rows, "nothing was written");
+    assert_eq!(Client::new().get(&server.url("/readyz"), &[]).status, 200);
+}
