@@ -399,7 +399,6 @@ struct Target {
     name: &'static str,
     _dir: tempfile::TempDir,
     dir: PathBuf,
-    config: PathBuf,
     nodes: Vec<Node>,
     /// The PostgreSQL cluster of its database: its processes' CPU is the server's too.
     cluster: Option<Arc<postgres::Cluster>>,
@@ -492,7 +491,7 @@ impl Target {
             v["access_token"].as_str().unwrap().to_owned()
         });
         let path = dir.path().to_path_buf();
-        Target { name, _dir: dir, dir: path, config, nodes, cluster, bearer: format!("Bearer {token}") }
+        Target { name, _dir: dir, dir: path, nodes, cluster, bearer: format!("Bearer {token}") }
     }
 
     /// The request of a scenario, for this target.
@@ -580,18 +579,9 @@ fn main() {
         inkan::keystore::Pin::new("load-user"),
     ))
     .expect("keystore");
-    let key = {
-        let keys: serde_json::Value = serde_json::from_str(&inkan(
-            Path::new(env!("CARGO_BIN_EXE_inkan")),
-            &main_target.config,
-            &["--json", "key", "list", "100001"],
-        ))
-        .expect("key list");
-        let hex = keys[0]["token_id"].as_str().expect("token id");
-        let id: Vec<u8> =
-            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")).collect();
-        inkan::keystore::KeyRef::from_id(id)
-    };
+    // A key of the kind the server's users have (wrapped, by default), made
+    // for this measurement: the raw cost of its signatures once unwrapped.
+    let key = ks.generate_key(inkan::keystore::KeyAlgorithm::Rsa2048, "load-raw", b"load-raw").expect("raw key").key;
     let mut di = vec![
         0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04,
         0x20,

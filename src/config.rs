@@ -159,6 +159,14 @@ impl Config {
             ks.pool_size = self.token.pool_size;
         }
         ks.lock_file = self.token_lock_file();
+        ks.key_storage = match self.token.key_storage {
+            schema::KeyStorage::Wrapped => inkan_keystore::KeyStorage::Wrapped,
+            schema::KeyStorage::Object => inkan_keystore::KeyStorage::Object,
+        };
+        if self.token.cache_size == 0 {
+            return Err(ConfigError("[token] cache_size must be at least 1".into()));
+        }
+        ks.cache_size = self.token.cache_size;
         Ok(ks)
     }
 

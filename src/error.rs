@@ -162,6 +162,8 @@ impl From<inkan_keystore::Error> for Error {
                 Error::Unavailable(format!("token: {e}"))
             }
             K::KeyNotFound { .. } => Error::Unavailable(format!("key missing from the token: {e}")),
+            // The stored key does not match its record: data, not the caller.
+            K::KeyRefused { .. } => Error::Internal(format!("token: {e}")),
             K::InvalidInput(m) => Error::Invalid(m),
             K::MechanismUnsupported { .. } => Error::Invalid(format!("the key cannot do this: {e}")),
             K::Pkcs11 { ref rv, .. }

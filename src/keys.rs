@@ -2,9 +2,10 @@
 //! (activating the key and retiring the previous one), rotate, retire.
 //! Signing is [`crate::signing`]'s.
 //!
-//! Crash safety: a key pair is generated in the token first and registered in
-//! the store in one transaction afterwards. A process killed in between leaves
-//! an unregistered key pair in the token and nothing in the store; the next
+//! Crash safety: a key is generated first and registered in the store in one
+//! transaction afterwards. A wrapped key (the default) leaves nothing in the
+//! token, so a process killed in between leaves nothing at all. A key pair
+//! kept as token objects is left unregistered in the token; the next
 //! generation for that user removes such orphans (they carry the user's label
 //! and an id the store does not know).
 
@@ -32,8 +33,12 @@ pub struct KeyView {
     pub algorithm: String,
     /// State.
     pub state: String,
-    /// `CKA_ID` in hex.
+    /// The key's short name in the token: a token object's `CKA_ID` in hex, or
+    /// the start of a wrapped key's SHA-256.
     pub token_id: String,
+    /// `wrapped` (kept outside the token under its key-encryption key) or
+    /// `object` (a key pair in the token).
+    pub storage: String,
     /// Certificate serial (hex), once imported.
     pub certificate_serial: Option<String>,
     /// Certificate subject.
@@ -56,7 +61,8 @@ impl From<&KeyRecord> for KeyView {
             generation: k.generation,
             algorithm: k.algorithm.as_str().to_owned(),
             state: k.state.as_str().to_owned(),
-            token_id: KeyRef::from_id(k.token_id.clone()).hex(),
+            token_id: key_ref(k).hex(),
+            storage: key_ref(k).storage().as_str().to_owned(),
             certificate_serial: cert.as_ref().map(pki::serial_hex),
             certificate_subject: cert.as_ref().map(|c| c.tbs_certificate().subject().to_string()),
             certificate_not_after: cert.as_ref().map(|c| c.tbs_certificate().validity().not_after.to_string()),
@@ -65,6 +71,18 @@ impl From<&KeyRecord> for KeyView {
             retired_at: k.retired_at.map(rfc3339),
         }
     }
+}
+
+/// What a user's key is bound to in the keystore: its owner and generation.
+/// A wrapped key's MAC covers it, so a key copied into another user's row, or
+/// another generation's, is refused.
+pub fn binding(user_id: &str, generation: i64) -> Vec<u8> {
+    format!("inkan-user-key\0{user_id}\0{generation}").into_bytes()
+}
+
+/// The keystore's reference to a stored key, with its binding.
+pub fn key_ref(record: &KeyRecord) -> KeyRef {
+    KeyRef::from_stored(record.token_id.as_slice(), &binding(&record.user_id, record.generation), &record.public_key)
 }
 
 /// The `CKA_LABEL` of all of a user's key objects.
@@ -143,18 +161,20 @@ pub async fn generate<T: UsersTx + ?Sized>(
     let label = token_label(user_id);
     let known: Vec<&[u8]> = keys.iter().map(|k| k.token_id.as_slice()).collect();
     let orphans: Vec<KeyRef> =
-        keystore.keys_labelled(&label)?.into_iter().filter(|k| !known.contains(&k.id())).collect();
+        keystore.keys_labelled(&label)?.into_iter().filter(|k| !known.contains(&k.stored())).collect();
 
-    let mut id = [0u8; 16];
-    getrandom::fill(&mut id).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
-    let key = KeyRef::from_id(id.to_vec());
-    let generated = keystore.generate_key_pair(alg, &key, &label)?;
+    // The key is bound to the generation it will have: the next one now,
+    // checked again when it is recorded.
+    let generation = keys.iter().map(|k| k.generation).max().unwrap_or(0) + 1;
+    let generated = keystore.generate_key(alg, &label, &binding(user_id, generation))?;
+    let key = generated.key.clone();
     crash_point("after-token-keygen");
     let recorded = async {
         let scheme = alg.default_scheme(DigestAlgorithm::Sha256);
         let csr = build_csr(keystore, &key, &generated.public_key_der, subject(&user)?, scheme)?;
         let public_key = generated.public_key_der.clone();
-        record_new_key(store, clock, actor, user_id, alg, purpose, &key, public_key, csr, orphans.len()).await
+        let new = NewKey { user_id, generation, alg, purpose, key: &key, public_key, csr };
+        record_new_key(store, clock, actor, new, orphans.len()).await
     }
     .await;
     let (tx, generated) = match recorded {
@@ -179,31 +199,42 @@ pub async fn generate<T: UsersTx + ?Sized>(
     Ok(generated)
 }
 
+/// A key made by [`generate`], to be recorded.
+struct NewKey<'a> {
+    user_id: &'a str,
+    generation: i64,
+    alg: KeyAlgorithm,
+    purpose: Purpose,
+    key: &'a KeyRef,
+    public_key: Vec<u8>,
+    csr: Vec<u8>,
+}
+
 /// The store half of [`generate`]: the pending key's record, if the user's
 /// keys still allow it, in a transaction left for the caller to commit.
-#[allow(clippy::too_many_arguments)]
 async fn record_new_key<T: UsersTx + ?Sized>(
     store: &dyn Transactions<T>,
     clock: &dyn Clock,
     actor: &str,
-    user_id: &str,
-    alg: KeyAlgorithm,
-    purpose: Purpose,
-    key: &KeyRef,
-    public_key: Vec<u8>,
-    csr: Vec<u8>,
+    new: NewKey<'_>,
     orphans_removed: usize,
 ) -> Result<(Box<T>, Generated)> {
+    let NewKey { user_id, generation, alg, purpose, key, public_key, csr } = new;
     let now = clock.now_ms();
     let mut tx = store.write().await?;
     // The state may have changed while the token worked.
     check_new_key(&tx.keys(Some(user_id)).await?, user_id, purpose)?;
-    let generation = tx.next_generation(user_id).await?;
+    if tx.next_generation(user_id).await? != generation {
+        return Err(state_error(format!(
+            "another key was made for user {user_id} meanwhile (generation {generation} is taken): see \
+             `inkan key list {user_id}`"
+        )));
+    }
     let record = KeyRecord {
         user_id: user_id.to_owned(),
         generation,
         algorithm: alg,
-        token_id: key.id().to_vec(),
+        token_id: key.stored().to_vec(),
         public_key,
         csr: csr.clone(),
         certificate: None,
@@ -222,7 +253,12 @@ async fn record_new_key<T: UsersTx + ?Sized>(
             user_id: Some(user_id),
             generation: Some(generation),
             outcome: "ok",
-            detail: serde_json::json!({ "algorithm": alg.as_str(), "token_id": key.hex(), "orphans_removed": orphans_removed }),
+            detail: serde_json::json!({
+                "algorithm": alg.as_str(),
+                "token_id": key.hex(),
+                "storage": key.storage().as_str(),
+                "orphans_removed": orphans_removed,
+            }),
             ..Default::default()
         }],
     )

@@ -76,6 +76,13 @@ pub fn init_token(config: &Config) -> Result<Initialised> {
     let keystore = open_keystore(config)?;
     crate::auth::oidc::platform_key(&keystore)
         .map_err(|e| Error::Unavailable(format!("cannot make the platform key in the token: {e}")))?;
+    // The key-encryption key and its MAC key, which every wrapped user key needs.
+    let wrapping = keystore
+        .prepare_wrapping()
+        .map_err(|e| Error::Unavailable(format!("cannot make the key-encryption key in the token: {e}")))?;
+    if wrapping.created {
+        steps.push(format!("key-encryption key {} created in the token", wrapping.kek_index));
+    }
     Ok(Initialised { steps, token_created: token == TokenInit::Created, database: None })
 }
 

@@ -30,6 +30,7 @@ pub mod raw;
 pub mod signed_data;
 pub mod signers;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -228,6 +229,11 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         self.keystore.sign_time()
     }
 
+    /// The figures of the keystore's cache of unwrapped keys.
+    pub fn key_cache(&self) -> inkan_keystore::CacheStats {
+        self.keystore.cache_stats()
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
@@ -366,11 +372,16 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         let announced = self.announce();
         let now = self.clock.now();
         let n = digests.len() as u64;
-        let result = self.run(Arc::clone(&signer), encoder, alg, digests.clone(), now, content_len).await;
+        let refused = Arc::new(AtomicBool::new(false));
+        let result =
+            self.run(Arc::clone(&signer), encoder, alg, digests.clone(), now, content_len, Arc::clone(&refused)).await;
         let signatures = match result {
             Ok(s) => s,
             Err(e) => {
                 self.metrics.signatures(n, false, started.elapsed());
+                if refused.load(Ordering::Relaxed) {
+                    self.audit_refused(principal, key.generation, &e).await;
+                }
                 return Err(e);
             }
         };
@@ -400,7 +411,43 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         }
     }
 
+    /// Records that the keystore refused the user's wrapped key (its MAC does
+    /// not match the row it was read from: the row was altered, or the key was
+    /// copied from another user's) and says so in the log. Nothing was signed.
+    async fn audit_refused(&self, principal: &Principal, generation: i64, e: &Error) {
+        tracing::error!(
+            user = %principal.user_id,
+            generation,
+            "the stored key was refused and nothing was signed: {e} (was the keys table edited? compare with \
+             `inkan key list {}` and the audit log)",
+            principal.user_id
+        );
+        let recorded = async {
+            let mut tx = self.store.write().await?;
+            audit::append(
+                &mut *tx,
+                self.clock.now_ms(),
+                &[Event {
+                    actor: &principal.actor,
+                    event: "key.refused",
+                    user_id: Some(&principal.user_id),
+                    generation: Some(generation),
+                    outcome: "refused",
+                    detail: serde_json::json!({ "reason": "the wrapped key's MAC does not match its record" }),
+                    ..Default::default()
+                }],
+            )
+            .await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = recorded {
+            tracing::error!("cannot record the refused key in the audit log: {e}");
+        }
+    }
+
     /// The token calls, inline for a few signatures, else on the blocking pool.
+    #[allow(clippy::too_many_arguments)]
     async fn run(
         &self,
         signer: Arc<Signer>,
@@ -409,6 +456,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         digests: Vec<Vec<u8>>,
         at: SystemTime,
         content_len: Option<u64>,
+        refused: Arc<AtomicBool>,
     ) -> Result<Vec<Parts>> {
         let (ks, metrics) = (Arc::clone(&self.keystore), Arc::clone(&self.metrics));
         let inline = digests.len() <= INLINE_SIGNATURES;
@@ -417,6 +465,9 @@ impl<T: UsersTx + ?Sized> Signing<T> {
                 ks.sign_digest(&signer.key, scheme, digest).inspect_err(|e| {
                     if e.is_unavailable() || matches!(e, inkan_keystore::Error::Pkcs11 { .. }) {
                         metrics.token_error();
+                    }
+                    if matches!(e, inkan_keystore::Error::KeyRefused { .. }) {
+                        refused.store(true, Ordering::Relaxed);
                     }
                 })
             };

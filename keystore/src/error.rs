@@ -7,6 +7,7 @@ use cryptoki::error::{Error as CkError, RvError};
 /// - [`Error::TokenUnavailable`]: retry later, alert an operator (HTTP 503);
 /// - [`Error::LoginFailed`]: fix the PIN in the configuration;
 /// - [`Error::KeyNotFound`]: the key was never generated or was destroyed;
+/// - [`Error::KeyRefused`]: a wrapped key's MAC does not match: never use it, alert;
 /// - [`Error::MechanismUnsupported`]: the token cannot do this algorithm;
 /// - [`Error::PoolExhausted`]: every session is busy: back off and retry;
 /// - [`Error::InvalidInput`]: the caller passed something malformed;
@@ -46,6 +47,13 @@ pub enum Error {
         size: usize,
         /// How long the caller waited.
         waited_ms: u64,
+    },
+    /// A wrapped key was refused before use: its MAC does not match its blob,
+    /// public key and binding (copied into another record, or altered).
+    #[error("wrapped key refused: {reason}")]
+    KeyRefused {
+        /// What did not match.
+        reason: String,
     },
     /// The input cannot be signed as asked (e.g. a digest of the wrong length).
     #[error("invalid input: {0}")]

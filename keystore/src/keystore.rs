@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,10 @@ use crate::error::{from_cryptoki, Error, Result};
 use crate::pin::Pin;
 use crate::pool::{Lease, Pool};
 use crate::public_key;
+use crate::wrapped;
+
+/// Unwrapped keys cached by default.
+pub const DEFAULT_CACHE_SIZE: usize = 10_000;
 
 /// Where the token is and how to use it.
 #[derive(Clone, Debug)]
@@ -38,6 +42,11 @@ pub struct KeystoreConfig {
     /// A lock file that orders the processes sharing a SoftHSM token directory
     /// (see the module `lockfile`): `None` for a token that needs none.
     pub lock_file: Option<PathBuf>,
+    /// How [`Keystore::generate_key`] keeps new keys (existing keys of either
+    /// kind are always usable).
+    pub key_storage: KeyStorage,
+    /// Unwrapped keys kept in the token at most (least recently used evicted).
+    pub cache_size: usize,
 }
 
 impl KeystoreConfig {
@@ -51,36 +60,131 @@ impl KeystoreConfig {
             pool_size: cpus,
             pool_wait: Duration::from_secs(5),
             lock_file: None,
+            key_storage: KeyStorage::Wrapped,
+            cache_size: DEFAULT_CACHE_SIZE,
         }
     }
 }
 
-/// An opaque reference to a key pair in the token: its `CKA_ID`.
+/// How new keys are kept ([`KeystoreConfig::key_storage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KeyStorage {
+    /// Each private key wrapped under the token's key-encryption key and kept
+    /// by the caller; unwrapped into a session object when used (the default:
+    /// a token holds a handful of objects whatever the number of users).
+    #[default]
+    Wrapped,
+    /// Each key pair as two token objects (inkan's first layout).
+    Object,
+}
+
+impl KeyStorage {
+    /// `wrapped` or `object`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStorage::Wrapped => "wrapped",
+            KeyStorage::Object => "object",
+        }
+    }
+}
+
+impl std::str::FromStr for KeyStorage {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "wrapped" => Ok(KeyStorage::Wrapped),
+            "object" => Ok(KeyStorage::Object),
+            other => Err(Error::InvalidInput(format!("key storage {other:?}: expected \"wrapped\" or \"object\""))),
+        }
+    }
+}
+
+/// An opaque reference to a key: what the caller stores (a token object's
+/// `CKA_ID`, or a wrapped key), with what a wrapped key is bound to.
 ///
-/// Callers store the id (e.g. in a database) and never see object handles.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct KeyRef(Arc<[u8]>);
+/// Callers keep [`KeyRef::stored`] (e.g. in a database) with the public key,
+/// and rebuild the reference with [`KeyRef::from_stored`] and the same binding;
+/// they never see object handles, nor need to know how the key is kept.
+#[derive(Clone)]
+pub struct KeyRef(Arc<KeyRefInner>);
+
+struct KeyRefInner {
+    stored: Vec<u8>,
+    binding: Vec<u8>,
+    public_key: Vec<u8>,
+    /// SHA-256 over all three: equality, hashing and display use it, so the
+    /// sign path never hashes a 1 KB blob.
+    digest: [u8; 32],
+}
 
 impl KeyRef {
-    /// A reference from a stored `CKA_ID`.
+    /// A reference to a key pair in the token by its `CKA_ID`.
     pub fn from_id(id: impl Into<Vec<u8>>) -> Self {
-        KeyRef(Arc::from(id.into()))
+        KeyRef::new(id.into(), Vec::new(), Vec::new())
     }
 
-    /// The `CKA_ID` bytes.
-    pub fn id(&self) -> &[u8] {
-        &self.0
+    /// A reference from what [`KeyRef::stored`] returned, with the binding and
+    /// public key given when the key was generated. A wrapped key is checked
+    /// against both before the token unwraps it.
+    pub fn from_stored(stored: impl Into<Vec<u8>>, binding: &[u8], public_key_der: &[u8]) -> Self {
+        KeyRef::new(stored.into(), binding.to_vec(), public_key_der.to_vec())
     }
 
-    /// The `CKA_ID` in lower-case hex.
+    fn new(stored: Vec<u8>, binding: Vec<u8>, public_key: Vec<u8>) -> Self {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for part in [&stored, &binding, &public_key] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        KeyRef(Arc::new(KeyRefInner { stored, binding, public_key, digest: h.finalize().into() }))
+    }
+
+    /// The bytes to store.
+    pub fn stored(&self) -> &[u8] {
+        &self.0.stored
+    }
+
+    /// How this key is kept.
+    pub fn storage(&self) -> KeyStorage {
+        if wrapped::is_wrapped(&self.0.stored) {
+            KeyStorage::Wrapped
+        } else {
+            KeyStorage::Object
+        }
+    }
+
+    /// A short printable name for logs and listings: an object's `CKA_ID` in
+    /// hex, or the first 16 bytes of the SHA-256 of a wrapped key.
     pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        let shown: &[u8] = match self.storage() {
+            KeyStorage::Object => &self.0.stored,
+            KeyStorage::Wrapped => {
+                use sha2::Digest;
+                return sha2::Sha256::digest(&self.0.stored)[..16].iter().map(|b| format!("{b:02x}")).collect();
+            }
+        };
+        shown.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl PartialEq for KeyRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.digest == other.0.digest
+    }
+}
+
+impl Eq for KeyRef {}
+
+impl std::hash::Hash for KeyRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(&self.0.digest[..8]);
     }
 }
 
 impl fmt::Debug for KeyRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyRef({})", self.hex())
+        write!(f, "KeyRef({}, {})", self.storage().as_str(), self.hex())
     }
 }
 
@@ -120,11 +224,27 @@ pub struct KeyProtection {
 /// session from the pool for its duration.
 pub struct Keystore {
     ctx: Pkcs11,
+    module: PathBuf,
     label: String,
     pin: Pin,
     slot: Mutex<Option<Slot>>,
     pool: Pool<Session>,
-    handles: RwLock<HashMap<KeyRef, CachedKey>>,
+    /// Private keys in use: token objects found once, and wrapped keys
+    /// unwrapped into session objects of `holder` (at most `cache_size` of
+    /// those, least recently used evicted).
+    handles: RwLock<HashMap<KeyRef, Arc<CachedKey>>>,
+    /// The session that owns the unwrapped keys: a session object lives as
+    /// long as the session that made it, so unwrapping happens here and
+    /// signing in any pooled session. Held while unwrapping or evicting.
+    holder: Mutex<Option<Session>>,
+    /// KEK and MAC key handles by KEK index, and the newest index.
+    wrapping: RwLock<WrappingKeys>,
+    key_storage: KeyStorage,
+    cache_size: usize,
+    cache: CacheCounters,
+    tick: AtomicU64,
+    /// Wrapped keys in `handles`.
+    wrapped_entries: AtomicUsize,
     /// Held shared by every operation while it uses a session, and exclusively
     /// by [`Keystore::reset_module`], which so knows that no session is lent out.
     gate: RwLock<()>,
@@ -159,10 +279,59 @@ impl SignTime {
 const RESET_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A resolved private key: its handle and whether it is an RSA key.
-#[derive(Clone, Copy, Debug)]
+///
+/// A wrapped key's entry is destroyed on eviction only when nobody else holds
+/// its `Arc` (a signer clones it under the map's read lock; the evictor checks
+/// under the write lock), so a handle is never destroyed under a signature.
+#[derive(Debug)]
 struct CachedKey {
     handle: ObjectHandle,
     rsa: bool,
+    wrapped: bool,
+    last_use: AtomicU64,
+}
+
+/// The token's wrapping keys, found once.
+#[derive(Debug, Default)]
+struct WrappingKeys {
+    /// KEK index → (KEK, MAC key).
+    by_index: HashMap<u32, (ObjectHandle, ObjectHandle)>,
+    /// The newest KEK's index, once looked up (`Some(None)`: there is none).
+    newest: Option<Option<u32>>,
+}
+
+#[derive(Debug, Default)]
+struct CacheCounters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// The unwrapped-key cache's figures (for `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Unwrapped keys it may hold.
+    pub capacity: usize,
+    /// Unwrapped keys it holds.
+    pub entries: usize,
+    /// Uses of a wrapped key found unwrapped.
+    pub hits: u64,
+    /// Uses of a wrapped key that had to be unwrapped.
+    pub misses: u64,
+    /// Unwrapped keys destroyed to make room.
+    pub evictions: u64,
+    /// Wrapped keys refused because their MAC did not match.
+    pub refused: u64,
+}
+
+/// What [`Keystore::prepare_wrapping`] found or made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WrappingReady {
+    /// The newest KEK's index.
+    pub kek_index: u32,
+    /// Whether this call created it.
+    pub created: bool,
 }
 
 impl fmt::Debug for Keystore {
@@ -234,11 +403,19 @@ impl Keystore {
         let slot = find_slot(&ctx, &config.token_label)?;
         let ks = Keystore {
             ctx,
+            module: config.module,
             label: config.token_label,
             pin: config.user_pin,
             slot: Mutex::new(Some(slot)),
             pool: Pool::new(config.pool_size.max(1), config.pool_wait),
             handles: RwLock::new(HashMap::new()),
+            holder: Mutex::new(None),
+            wrapping: RwLock::new(WrappingKeys::default()),
+            key_storage: config.key_storage,
+            cache_size: config.cache_size.max(1),
+            cache: CacheCounters::default(),
+            tick: AtomicU64::new(0),
+            wrapped_entries: AtomicUsize::new(0),
             gate: RwLock::new(()),
             last_reset: Mutex::new(None),
             sign_time: SignTime::default(),
@@ -366,19 +543,37 @@ impl Keystore {
         }
     }
 
+    /// Forgets every cached handle and closes the session holding the
+    /// unwrapped keys (which destroys them). A signature in flight with one of
+    /// them fails as stale and is retried; SoftHSM never reuses a handle.
     fn forget_handles(&self) {
-        self.handles.write().unwrap_or_else(|p| p.into_inner()).clear();
+        {
+            let mut handles = self.handles.write().unwrap_or_else(|p| p.into_inner());
+            handles.clear();
+            self.wrapped_entries.store(0, Ordering::Relaxed);
+        }
+        *self.wrapping.write().unwrap_or_else(|p| p.into_inner()) = WrappingKeys::default();
+        let holder = self.holder.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(holder);
     }
 
-    /// The private key's handle and type: from the cache, or found once and cached.
-    fn private_key(&self, session: &Session, key: &KeyRef) -> Result<CachedKey> {
+    /// The private key's handle and type: from the cache, or found (an
+    /// object) or unwrapped (a wrapped key) once and cached.
+    fn private_key(&self, session: &Session, key: &KeyRef) -> Result<Arc<CachedKey>> {
         if let Some(k) = self.handles.read().unwrap_or_else(|p| p.into_inner()).get(key) {
-            return Ok(*k);
+            if k.wrapped {
+                k.last_use.store(self.tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+                self.cache.hits.fetch_add(1, Ordering::Relaxed);
+            }
+            return Ok(Arc::clone(k));
+        }
+        if key.storage() == KeyStorage::Wrapped {
+            return self.unwrap(session, key);
         }
         let found = {
             let _reading = self.lock.shared()?;
             session
-                .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(key.id().to_vec())])
+                .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(key.stored().to_vec())])
                 .map_err(from_cryptoki)?
         };
         let handle = *found.first().ok_or_else(|| Error::KeyNotFound { id: key.hex() })?;
@@ -386,15 +581,291 @@ impl Keystore {
             session.get_attributes(handle, &[AttributeType::KeyType]).map_err(from_cryptoki)?.first(),
             Some(Attribute::KeyType(KeyType::RSA))
         );
-        let cached = CachedKey { handle, rsa };
-        self.handles.write().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), cached);
+        let cached = Arc::new(CachedKey { handle, rsa, wrapped: false, last_use: AtomicU64::new(0) });
+        self.handles.write().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), Arc::clone(&cached));
         Ok(cached)
+    }
+
+    /// A cache miss of a wrapped key: checks its MAC (in `session`), then
+    /// unwraps it in the holder session, making room first.
+    fn unwrap(&self, session: &Session, key: &KeyRef) -> Result<Arc<CachedKey>> {
+        let parsed = match wrapped::Wrapped::parse(key.stored()) {
+            Ok(p) => p,
+            Err(e) => {
+                self.cache.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        let (kek, mac_key) = match self.wrapping_keys(session, parsed.kek_index) {
+            Ok(keys) => keys,
+            Err(e) => {
+                // A KEK newer than the token's newest was never made: the
+                // stored key was altered. Otherwise the token is not there,
+                // or lost its KEK: unavailable.
+                self.wrapping.write().unwrap_or_else(|p| p.into_inner()).newest = None;
+                if matches!(self.newest_kek(session), Ok(Some(newest)) if parsed.kek_index > newest) {
+                    self.cache.refused.fetch_add(1, Ordering::Relaxed);
+                    return Err(Error::KeyRefused {
+                        reason: format!(
+                            "wrapped key {} names key-encryption key {}, which token {:?} never had",
+                            key.hex(),
+                            parsed.kek_index,
+                            self.label
+                        ),
+                    });
+                }
+                return Err(e);
+            }
+        };
+        let input =
+            wrapped::mac_input(parsed.key_type, parsed.kek_index, parsed.blob, &key.0.public_key, &key.0.binding);
+        let mac = session.sign(&Mechanism::Sha256Hmac, mac_key, &input).map_err(from_cryptoki)?;
+        if !wrapped::macs_equal(&mac, parsed.mac) {
+            self.cache.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::KeyRefused {
+                reason: format!(
+                    "the MAC of wrapped key {} does not match its blob, public key and binding \
+                     (copied from another record, or altered)",
+                    key.hex()
+                ),
+            });
+        }
+        let mut holder = self.holder.lock().unwrap_or_else(|p| p.into_inner());
+        // Another thread may have unwrapped it meanwhile.
+        if let Some(k) = self.handles.read().unwrap_or_else(|p| p.into_inner()).get(key) {
+            self.cache.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Arc::clone(k));
+        }
+        if holder.is_none() {
+            *holder = Some(self.open_session()?);
+        }
+        let Some(owner) = holder.as_ref() else {
+            return Err(Error::TokenUnavailable { reason: "no session to unwrap keys in".into() });
+        };
+        self.evict(owner);
+        let rsa = parsed.key_type == wrapped::WrappedType::Rsa;
+        let template = [
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(if rsa { KeyType::RSA } else { KeyType::EC }),
+            Attribute::Token(false),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+        ];
+        let handle = match owner.unwrap_key(&Mechanism::AesKeyWrapPad, kek, parsed.blob, &template) {
+            Ok(h) => h,
+            Err(e) => {
+                let e = from_cryptoki(e);
+                if e.is_stale() {
+                    // The holder itself is gone: start over with a new one.
+                    *holder = None;
+                }
+                return Err(e);
+            }
+        };
+        self.cache.misses.fetch_add(1, Ordering::Relaxed);
+        let cached = Arc::new(CachedKey {
+            handle,
+            rsa,
+            wrapped: true,
+            last_use: AtomicU64::new(self.tick.fetch_add(1, Ordering::Relaxed)),
+        });
+        if self.handles.write().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), Arc::clone(&cached)).is_none() {
+            self.wrapped_entries.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(cached)
+    }
+
+    /// Makes room for one more unwrapped key: when the cache is full, removes
+    /// the least recently used ~1 % of the entries nobody is using and
+    /// destroys their objects (in the holder session, which the caller holds).
+    fn evict(&self, owner: &Session) {
+        let victims: Vec<Arc<CachedKey>> = {
+            if self.wrapped_entries.load(Ordering::Relaxed) < self.cache_size {
+                return;
+            }
+            let mut handles = self.handles.write().unwrap_or_else(|p| p.into_inner());
+            let mut idle: Vec<(u64, KeyRef)> = handles
+                .iter()
+                .filter(|(_, k)| k.wrapped && Arc::strong_count(k) == 1)
+                .map(|(r, k)| (k.last_use.load(Ordering::Relaxed), r.clone()))
+                .collect();
+            let n = (self.cache_size / 100).max(1).min(idle.len());
+            if n == 0 {
+                return;
+            }
+            if n < idle.len() {
+                idle.select_nth_unstable_by_key(n - 1, |(t, _)| *t);
+            }
+            idle.truncate(n);
+            let removed: Vec<_> = idle.iter().filter_map(|(_, r)| handles.remove(r)).collect();
+            self.wrapped_entries.fetch_sub(removed.len(), Ordering::Relaxed);
+            removed
+        };
+        for victim in victims {
+            self.cache.evictions.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = owner.destroy_object(victim.handle) {
+                // Nothing refers to it any more; it dies with the holder session.
+                let _ = from_cryptoki(e);
+            }
+        }
+    }
+
+    /// The KEK and MAC key of `index`, found once.
+    fn wrapping_keys(&self, session: &Session, index: u32) -> Result<(ObjectHandle, ObjectHandle)> {
+        if let Some(k) = self.wrapping.read().unwrap_or_else(|p| p.into_inner()).by_index.get(&index) {
+            return Ok(*k);
+        }
+        let find = |id: Vec<u8>| -> Result<Option<ObjectHandle>> {
+            let _reading = self.lock.shared()?;
+            let found = session
+                .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Id(id)])
+                .map_err(from_cryptoki)?;
+            Ok(found.first().copied())
+        };
+        // The wrapping keys are always there: a token that has lost them is
+        // not the token it was (or not there at all).
+        let missing = || Error::TokenUnavailable {
+            reason: format!(
+                "key-encryption key {index} or its MAC key is not in token {:?} (run `inkan init` on a new token; \
+                 a token that lost it cannot unwrap the keys it wrapped)",
+                self.label
+            ),
+        };
+        let kek = find(wrapped::kek_id(index))?.ok_or_else(missing)?;
+        let mac = find(wrapped::mac_key_id(index))?.ok_or_else(missing)?;
+        self.wrapping.write().unwrap_or_else(|p| p.into_inner()).by_index.insert(index, (kek, mac));
+        Ok((kek, mac))
+    }
+
+    /// The newest KEK's index in the token, if there is one.
+    fn newest_kek(&self, session: &Session) -> Result<Option<u32>> {
+        if let Some(newest) = self.wrapping.read().unwrap_or_else(|p| p.into_inner()).newest {
+            return Ok(newest);
+        }
+        let newest = {
+            let _reading = self.lock.shared()?;
+            let found = session
+                .find_objects(&[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::Label(wrapped::WRAPPING_LABEL.as_bytes().to_vec()),
+                ])
+                .map_err(from_cryptoki)?;
+            let mut newest = None;
+            for handle in found {
+                if let Some(Attribute::Id(id)) =
+                    session.get_attributes(handle, &[AttributeType::Id]).map_err(from_cryptoki)?.into_iter().next()
+                {
+                    newest = newest.max(wrapped::index_of(&id, "inkan-kek-"));
+                }
+            }
+            newest
+        };
+        self.wrapping.write().unwrap_or_else(|p| p.into_inner()).newest = Some(newest);
+        Ok(newest)
+    }
+
+    /// Makes sure the token holds a key-encryption key and its MAC key
+    /// (`inkan init`): creates index 1 if there is none. Idempotent; a MAC key
+    /// left alone by a killed run is reused.
+    ///
+    /// The KEK is AES-256, sensitive, never extractable, not modifiable,
+    /// allowed `CKM_AES_KEY_WRAP_PAD` only, and its `CKA_UNWRAP_TEMPLATE`
+    /// forces every key it unwraps to be sensitive and non-extractable. The
+    /// MAC key is a 32-byte generic secret allowed `CKM_SHA256_HMAC` only.
+    pub fn prepare_wrapping(&self) -> Result<WrappingReady> {
+        self.with_session(|session| {
+            let _writing = self.lock.exclusive()?;
+            self.wrapping.write().unwrap_or_else(|p| p.into_inner()).newest = None;
+            if let Some(index) = self.newest_kek(session)? {
+                return Ok(WrappingReady { kek_index: index, created: false });
+            }
+            let index = 1;
+            let common = |id: Vec<u8>| {
+                vec![
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Id(id),
+                    Attribute::Label(wrapped::WRAPPING_LABEL.as_bytes().to_vec()),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Modifiable(false),
+                    Attribute::Derive(false),
+                    Attribute::ValueLen(32.into()),
+                ]
+            };
+            let has = |id: Vec<u8>| -> Result<bool> {
+                Ok(!session
+                    .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Id(id)])
+                    .map_err(from_cryptoki)?
+                    .is_empty())
+            };
+            if !has(wrapped::mac_key_id(index))? {
+                let mut mac = common(wrapped::mac_key_id(index));
+                mac.extend([
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::GENERIC_SECRET),
+                    Attribute::Sign(true),
+                    Attribute::Verify(true),
+                    Attribute::Encrypt(false),
+                    Attribute::Decrypt(false),
+                    Attribute::Wrap(false),
+                    Attribute::Unwrap(false),
+                    Attribute::AllowedMechanisms(vec![MechanismType::SHA256_HMAC]),
+                ]);
+                session.generate_key(&Mechanism::GenericSecretKeyGen, &mac).map_err(from_cryptoki)?;
+            }
+            let mut kek = common(wrapped::kek_id(index));
+            kek.extend([
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Wrap(true),
+                Attribute::Unwrap(true),
+                Attribute::Encrypt(false),
+                Attribute::Decrypt(false),
+                Attribute::Sign(false),
+                Attribute::Verify(false),
+                Attribute::AllowedMechanisms(vec![MechanismType::AES_KEY_WRAP_PAD]),
+            ]);
+            let unwrap_template = [Attribute::Sensitive(true), Attribute::Extractable(false)];
+            inkan_pkcs11_ffi::generate_key_with_unwrap_template(
+                &self.module,
+                session,
+                &Mechanism::AesKeyGen,
+                &kek,
+                &unwrap_template,
+            )
+            .map_err(from_cryptoki)?;
+            self.wrapping.write().unwrap_or_else(|p| p.into_inner()).newest = Some(Some(index));
+            Ok(WrappingReady { kek_index: index, created: true })
+        })
+    }
+
+    /// The unwrapped-key cache's figures.
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            capacity: self.cache_size,
+            entries: self.wrapped_entries.load(Ordering::Relaxed),
+            hits: self.cache.hits.load(Ordering::Relaxed),
+            misses: self.cache.misses.load(Ordering::Relaxed),
+            evictions: self.cache.evictions.load(Ordering::Relaxed),
+            refused: self.cache.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// How [`Keystore::generate_key`] keeps new keys.
+    pub fn key_storage(&self) -> KeyStorage {
+        self.key_storage
     }
 
     fn find_one(&self, session: &Session, class: ObjectClass, key: &KeyRef) -> Result<ObjectHandle> {
         let _reading = self.lock.shared()?;
         let found = session
-            .find_objects(&[Attribute::Class(class), Attribute::Id(key.id().to_vec())])
+            .find_objects(&[Attribute::Class(class), Attribute::Id(key.stored().to_vec())])
             .map_err(from_cryptoki)?;
         found.first().copied().ok_or_else(|| Error::KeyNotFound { id: key.hex() })
     }
@@ -407,7 +878,7 @@ impl Keystore {
     pub fn generate_key_pair(&self, alg: KeyAlgorithm, key: &KeyRef, label: &str) -> Result<GeneratedKey> {
         self.with_session(|session| {
             let _writing = self.lock.exclusive()?;
-            let taken = session.find_objects(&[Attribute::Id(key.id().to_vec())]).map_err(from_cryptoki)?;
+            let taken = session.find_objects(&[Attribute::Id(key.stored().to_vec())]).map_err(from_cryptoki)?;
             if !taken.is_empty() {
                 return Err(Error::InvalidInput(format!("a key with CKA_ID {} exists already", key.hex())));
             }
@@ -415,7 +886,7 @@ impl Keystore {
                 vec![
                     Attribute::Token(true),
                     Attribute::Private(private),
-                    Attribute::Id(key.id().to_vec()),
+                    Attribute::Id(key.stored().to_vec()),
                     Attribute::Label(label.as_bytes().to_vec()),
                     Attribute::Modifiable(false),
                     Attribute::Derive(false),
@@ -447,9 +918,99 @@ impl Keystore {
             let (pub_handle, priv_handle) =
                 session.generate_key_pair(&mechanism, &public, &private).map_err(from_cryptoki)?;
             let public_key_der = self.read_public_key(session, pub_handle, alg)?;
-            let cached = CachedKey { handle: priv_handle, rsa: alg.is_rsa() };
+            let cached = Arc::new(CachedKey {
+                handle: priv_handle,
+                rsa: alg.is_rsa(),
+                wrapped: false,
+                last_use: AtomicU64::new(0),
+            });
             self.handles.write().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), cached);
             Ok(GeneratedKey { key: key.clone(), public_key_der })
+        })
+    }
+
+    /// Generates a user's key as configured ([`KeystoreConfig::key_storage`]),
+    /// bound to `binding` (the caller's name for whose key this is, e.g. its
+    /// owner and generation): a wrapped key refuses to be used under any other
+    /// binding or public key. Object keys get a random `CKA_ID` and `label`.
+    pub fn generate_key(&self, alg: KeyAlgorithm, label: &str, binding: &[u8]) -> Result<GeneratedKey> {
+        match self.key_storage {
+            KeyStorage::Object => {
+                let mut id = [0u8; 16];
+                loop {
+                    getrandom::fill(&mut id)
+                        .map_err(|e| Error::TokenUnavailable { reason: format!("no randomness for a key id: {e}") })?;
+                    if !wrapped::is_wrapped(&id) {
+                        break;
+                    }
+                }
+                let generated = self.generate_key_pair(alg, &KeyRef::from_id(id.to_vec()), label)?;
+                let key = KeyRef::from_stored(id.to_vec(), binding, &generated.public_key_der);
+                Ok(GeneratedKey { key, public_key_der: generated.public_key_der })
+            }
+            KeyStorage::Wrapped => self.generate_wrapped(alg, binding),
+        }
+    }
+
+    /// Generates a key pair as session objects, wraps the private key under the
+    /// newest KEK, MACs the blob with its public key and binding, and destroys
+    /// both objects. Nothing stays in the token.
+    fn generate_wrapped(&self, alg: KeyAlgorithm, binding: &[u8]) -> Result<GeneratedKey> {
+        self.with_session(|session| {
+            let index = self.newest_kek(session)?.ok_or_else(|| Error::TokenUnavailable {
+                reason: format!("token {:?} has no key-encryption key: run `inkan init`", self.label),
+            })?;
+            let (kek, mac_key) = self.wrapping_keys(session, index)?;
+            let mut public = vec![
+                Attribute::Token(false),
+                Attribute::Private(false),
+                Attribute::Verify(true),
+                Attribute::Encrypt(false),
+                Attribute::Wrap(false),
+                Attribute::Derive(false),
+            ];
+            let mut private = vec![
+                Attribute::Token(false),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                // Only so that it can be wrapped, once, here.
+                Attribute::Extractable(true),
+                Attribute::Sign(true),
+                Attribute::SignRecover(false),
+                Attribute::Decrypt(false),
+                Attribute::Unwrap(false),
+                Attribute::Derive(false),
+            ];
+            let (mechanism, key_type) = if alg.is_rsa() {
+                public.push(Attribute::ModulusBits((alg.bits() as u64).into()));
+                public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+                public.push(Attribute::KeyType(KeyType::RSA));
+                private.push(Attribute::KeyType(KeyType::RSA));
+                (Mechanism::RsaPkcsKeyPairGen, wrapped::WrappedType::Rsa)
+            } else {
+                public.push(Attribute::EcParams(public_key::ec_params(alg)?));
+                public.push(Attribute::KeyType(KeyType::EC));
+                private.push(Attribute::KeyType(KeyType::EC));
+                (Mechanism::EccKeyPairGen, wrapped::WrappedType::Ec)
+            };
+            let (pub_handle, priv_handle) =
+                session.generate_key_pair(&mechanism, &public, &private).map_err(from_cryptoki)?;
+            let made = (|| {
+                let public_key_der = self.read_public_key(session, pub_handle, alg)?;
+                let blob = session.wrap_key(&Mechanism::AesKeyWrapPad, kek, priv_handle).map_err(from_cryptoki)?;
+                Ok::<_, Error>((public_key_der, blob))
+            })();
+            for handle in [priv_handle, pub_handle] {
+                if let Err(e) = session.destroy_object(handle) {
+                    // A session object: it goes with the session at the latest.
+                    let _ = from_cryptoki(e);
+                }
+            }
+            let (public_key_der, blob) = made?;
+            let input = wrapped::mac_input(key_type, index, &blob, &public_key_der, binding);
+            let mac = session.sign(&Mechanism::Sha256Hmac, mac_key, &input).map_err(from_cryptoki)?;
+            let stored = wrapped::Wrapped::encode(key_type, index, &mac, &blob);
+            Ok(GeneratedKey { key: KeyRef::from_stored(stored, binding, &public_key_der), public_key_der })
         })
     }
 
@@ -479,8 +1040,13 @@ impl Keystore {
         }
     }
 
-    /// The public key of a key pair, as DER `SubjectPublicKeyInfo`.
+    /// The public key of a key pair, as DER `SubjectPublicKeyInfo`: read from
+    /// the token for an object, the one its MAC binds for a wrapped key.
     pub fn public_key(&self, key: &KeyRef, alg: KeyAlgorithm) -> Result<Vec<u8>> {
+        if key.storage() == KeyStorage::Wrapped {
+            self.with_session(|session| self.private_key(session, key).map(|_| ()))?;
+            return Ok(key.0.public_key.clone());
+        }
         self.with_session(|session| {
             let handle = self.find_one(session, ObjectClass::PUBLIC_KEY, key)?;
             self.read_public_key(session, handle, alg)
@@ -652,10 +1218,24 @@ impl Keystore {
 
     /// Destroys both halves of a key pair. Destroying a key that is not there is
     /// not an error.
+    ///
+    /// A wrapped key is not in the token: this only destroys its unwrapped
+    /// copy, if cached (the caller deletes the stored form).
     pub fn destroy(&self, key: &KeyRef) -> Result<()> {
+        if key.storage() == KeyStorage::Wrapped {
+            let holder = self.holder.lock().unwrap_or_else(|p| p.into_inner());
+            let removed = self.handles.write().unwrap_or_else(|p| p.into_inner()).remove(key);
+            if let Some(cached) = removed {
+                self.wrapped_entries.fetch_sub(1, Ordering::Relaxed);
+                if let (Some(owner), 1) = (holder.as_ref(), Arc::strong_count(&cached)) {
+                    let _ = owner.destroy_object(cached.handle);
+                }
+            }
+            return Ok(());
+        }
         self.with_session(|session| {
             let _writing = self.lock.exclusive()?;
-            for handle in session.find_objects(&[Attribute::Id(key.id().to_vec())]).map_err(from_cryptoki)? {
+            for handle in session.find_objects(&[Attribute::Id(key.stored().to_vec())]).map_err(from_cryptoki)? {
                 session.destroy_object(handle).map_err(from_cryptoki)?;
             }
             Ok(())
@@ -677,6 +1257,14 @@ impl Keystore {
         self.pool.drain_idle();
         self.forget_handles();
         result
+    }
+
+    /// Runs `f` on a pooled, logged-in session of the token. Only for tests
+    /// that check what the token itself enforces (e.g. that the KEK refuses
+    /// to unwrap a readable key): inkan never uses it.
+    #[doc(hidden)]
+    pub fn danger_with_raw_session<T>(&self, f: impl Fn(&Session) -> T) -> Result<T> {
+        self.with_session(|session| Ok(f(session)))
     }
 
     /// Checks that a session can be had and the token answers (for readiness probes).

@@ -33,10 +33,14 @@ mod pin;
 mod pool;
 mod public_key;
 mod token;
+mod wrapped;
 
 pub use algorithm::{DigestAlgorithm, KeyAlgorithm, SignatureScheme};
 pub use csr::{build_csr, signature_algorithm};
 pub use error::{Error, Result};
-pub use keystore::{GeneratedKey, KeyProtection, KeyRef, Keystore, KeystoreConfig, SignTime};
+pub use keystore::{
+    CacheStats, GeneratedKey, KeyProtection, KeyRef, KeyStorage, Keystore, KeystoreConfig, SignTime, WrappingReady,
+    DEFAULT_CACHE_SIZE,
+};
 pub use pin::Pin;
 pub use token::{init_token, TokenInit};

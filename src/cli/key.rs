@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
-use inkan_keystore::{KeyAlgorithm, KeyRef};
+use inkan_keystore::KeyAlgorithm;
 use serde_json::json;
 
 use super::context::{lines, read_certificate, write_file, CliError, Ctx, Output};
@@ -78,8 +78,10 @@ pub enum KeyCommand {
 
 /// One line per key, for people.
 pub fn key_line(k: &KeyView) -> String {
-    let mut line =
-        format!("{}  gen {}  {:8} {:8} created {}", k.user_id, k.generation, k.algorithm, k.state, k.created_at);
+    let mut line = format!(
+        "{}  gen {}  {:8} {:8} {:7} created {}",
+        k.user_id, k.generation, k.algorithm, k.state, k.storage, k.created_at
+    );
     if let Some(serial) = &k.certificate_serial {
         line.push_str(&format!("  cert {serial}"));
         if let Some(na) = &k.certificate_not_after {
@@ -156,14 +158,23 @@ pub async fn run(ctx: &Ctx, cmd: KeyCommand) -> Result<Output, CliError> {
         KeyCommand::Inspect { user_id, generation } => {
             let record = keys::find(ctx.store().await?.as_ref(), &user_id, generation, KeyState::Active).await?;
             let ks = ctx.keystore()?;
-            let p = ks.protection(&KeyRef::from_id(record.token_id.clone()))?;
+            let key = crate::keys::key_ref(&record);
+            let p = ks.protection(&key)?;
             let json = json!({
-                "user_id": user_id, "generation": record.generation,
+                "user_id": user_id, "generation": record.generation, "storage": key.storage().as_str(),
                 "sensitive": p.sensitive, "extractable": p.extractable,
                 "always_sensitive": p.always_sensitive, "never_extractable": p.never_extractable,
                 "sign": p.sign, "decrypt": p.decrypt, "unwrap": p.unwrap, "derive": p.derive,
             });
-            Ok(Output::new(serde_json::to_string_pretty(&json)?, json))
+            let mut text = serde_json::to_string_pretty(&json)?;
+            if key.storage() == inkan_keystore::KeyStorage::Wrapped {
+                text.push_str(
+                    "\nwrapped: kept outside the token under its key-encryption key; the copy unwrapped for signing \
+                     is sensitive and non-extractable (the key-encryption key's unwrap template forces it), and \
+                     PKCS#11 reports always_sensitive and never_extractable false for every unwrapped key",
+                );
+            }
+            Ok(Output::new(text, json))
         }
     }
 }

@@ -55,6 +55,8 @@ pub const SETTINGS: &[Setting] = &[
     s("token.so_pin", Str),
     s("token.softhsm_conf", Path),
     s("token.pool_size", Int),
+    s("token.key_storage", Choice(&["wrapped", "object"])),
+    s("token.cache_size", Int),
     s("store.path", Path),
     s("store.synchronous", Choice(&["full", "normal"])),
     s("store.url", Str),
@@ -197,7 +199,7 @@ mod tests {
             let parsed: Result<Config, _> = table.try_into();
             assert!(parsed.is_ok(), "{}: {:?}", setting.var(), parsed.err());
         }
-        assert_eq!(SETTINGS.len(), 44, "the README promises an override for each of the 44 settings");
+        assert_eq!(SETTINGS.len(), 46, "the README promises an override for each of the 46 settings");
     }
 
     #[test]

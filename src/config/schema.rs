@@ -189,6 +189,24 @@ pub struct TokenConfig {
     pub softhsm_conf: Option<PathBuf>,
     /// Sessions in the pool (0 = one per CPU).
     pub pool_size: usize,
+    /// How new keys are kept: `wrapped` (default: outside the token, wrapped
+    /// by its key-encryption key) or `object` (a key pair in the token).
+    /// Keys of either kind keep working whatever this says.
+    pub key_storage: KeyStorage,
+    /// Wrapped keys kept unwrapped in the token at most (least recently used
+    /// evicted); each holds a session object in the token.
+    pub cache_size: usize,
+}
+
+/// `[token] key_storage`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStorage {
+    /// Outside the token, wrapped (the default).
+    #[default]
+    Wrapped,
+    /// Two token objects per key.
+    Object,
 }
 
 impl fmt::Debug for TokenConfig {
@@ -200,6 +218,8 @@ impl fmt::Debug for TokenConfig {
             .field("so_pin", &self.so_pin.as_ref().map(|_| "***"))
             .field("softhsm_conf", &self.softhsm_conf)
             .field("pool_size", &self.pool_size)
+            .field("key_storage", &self.key_storage)
+            .field("cache_size", &self.cache_size)
             .finish()
     }
 }
@@ -373,6 +393,8 @@ impl Default for TokenConfig {
             so_pin: None,
             softhsm_conf: None,
             pool_size: 0,
+            key_storage: KeyStorage::Wrapped,
+            cache_size: inkan_keystore::DEFAULT_CACHE_SIZE,
         }
     }
 }

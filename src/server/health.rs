@@ -57,6 +57,29 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         token.calls(),
         token.cpu().as_secs_f64(),
     ));
+    let cache = app.signing.key_cache();
+    text.push_str(&format!(
+        "# HELP inkan_key_cache_hits_total Signatures with a wrapped key already unwrapped in the token.
+# TYPE inkan_key_cache_hits_total counter
+inkan_key_cache_hits_total {}
+# HELP inkan_key_cache_misses_total Wrapped keys unwrapped into the token (C_UnwrapKey).
+# TYPE inkan_key_cache_misses_total counter
+inkan_key_cache_misses_total {}
+# HELP inkan_key_cache_evictions_total Unwrapped keys destroyed to make room.
+# TYPE inkan_key_cache_evictions_total counter
+inkan_key_cache_evictions_total {}
+# HELP inkan_key_cache_refused_total Wrapped keys refused because their MAC did not match.
+# TYPE inkan_key_cache_refused_total counter
+inkan_key_cache_refused_total {}
+# HELP inkan_key_cache_entries Unwrapped keys held in the token.
+# TYPE inkan_key_cache_entries gauge
+inkan_key_cache_entries {}
+# HELP inkan_key_cache_capacity Unwrapped keys the cache may hold ([token] cache_size).
+# TYPE inkan_key_cache_capacity gauge
+inkan_key_cache_capacity {}
+",
+        cache.hits, cache.misses, cache.evictions, cache.refused, cache.entries, cache.capacity,
+    ));
     let mut resp = text.into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

@@ -62,20 +62,22 @@ impl<T: UserStore + Transaction + ?Sized> Signers<T> {
         if let Some(s) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key) {
             return Ok(Arc::clone(s));
         }
-        let certificate = self
+        let record = self
             .store
             .read()
             .await?
             .keys(Some(user_id))
             .await?
             .into_iter()
-            .find(|k| k.generation == key.generation)
-            .and_then(|k| k.certificate)
-            .ok_or_else(|| {
-                Error::Internal(format!("active key {}.g{} without certificate", user_id, key.generation))
-            })?;
-        let token_key = KeyRef::from_id(key.token_id.clone());
-        let cades = SignerIdentity::new(token_key.clone(), key.algorithm, self.rsa_scheme, &certificate, &self.chain)
+            .find(|k| k.generation == key.generation && k.token_id == key.token_id)
+            .ok_or_else(|| Error::Internal(format!("active key {}.g{} not in the store", user_id, key.generation)))?;
+        let certificate = record.certificate.as_deref().ok_or_else(|| {
+            Error::Internal(format!("active key {}.g{} without certificate", user_id, key.generation))
+        })?;
+        // Bound to its owner and generation: a wrapped key copied from another
+        // row is refused by the keystore when it is first used.
+        let token_key = crate::keys::key_ref(&record);
+        let cades = SignerIdentity::new(token_key.clone(), key.algorithm, self.rsa_scheme, certificate, &self.chain)
             .map_err(|e| Error::Internal(format!("signer {user_id}.g{}: {e}", key.generation)))?;
         let signer = Arc::new(Signer {
             user_id: user_id.to_owned(),

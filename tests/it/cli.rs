@@ -162,19 +162,55 @@ fn large_document_attached_streams() {
     assert_eq!(std::fs::read(env.path("extracted.bin")).expect("extracted"), data);
 }
 
+/// Generates and activates a key for a new user with `INKAN_TOKEN_KEY_STORAGE=storage`.
+fn user_with_key_kept(env: &Env, id: &str, storage: &str) {
+    env.add_user(id, "doctor");
+    let (csr, cert) = (env.path(&format!("{id}.csr")), env.path(&format!("{id}.pem")));
+    let r = env.run_with(&["key", "generate", id, "--csr-out", s(&csr)], &[("INKAN_TOKEN_KEY_STORAGE", storage)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    env.issue(&csr, &cert, &[]);
+    env.ok(&["key", "import-cert", id, s(&cert)]);
+}
+
 #[test]
-fn keys_in_the_token_are_sensitive_and_sign_only() {
+fn keys_are_sensitive_and_sign_only_wrapped_or_in_the_token_side_by_side() {
     let env = Env::new();
+    // A key from before wrapped keys (a key pair in the token), and a new one.
+    user_with_key_kept(&env, "400002", "object");
     env.user_with_key("400001", "rsa2048");
-    let p = env.json(&["key", "inspect", "400001"]);
-    assert_eq!(p["sensitive"], true);
-    assert_eq!(p["extractable"], false);
-    assert_eq!(p["always_sensitive"], true);
-    assert_eq!(p["never_extractable"], true);
-    assert_eq!(p["sign"], true);
-    assert_eq!(p["decrypt"], false);
-    assert_eq!(p["unwrap"], false);
-    assert_eq!(p["derive"], false);
+    let wrapped = env.json(&["key", "inspect", "400001"]);
+    let object = env.json(&["key", "inspect", "400002"]);
+    assert_eq!(wrapped["storage"], "wrapped");
+    assert_eq!(object["storage"], "object");
+    for p in [&wrapped, &object] {
+        assert_eq!(p["sensitive"], true, "{p}");
+        assert_eq!(p["extractable"], false, "{p}");
+        assert_eq!(p["sign"], true, "{p}");
+        assert_eq!(p["decrypt"], false, "{p}");
+        assert_eq!(p["unwrap"], false, "{p}");
+        assert_eq!(p["derive"], false, "{p}");
+    }
+    // Generated in the token and never out of it; an unwrapped key was, as a
+    // blob (PKCS#11 then reports both false).
+    assert_eq!(object["always_sensitive"], true);
+    assert_eq!(object["never_extractable"], true);
+    assert_eq!(wrapped["always_sensitive"], false);
+    assert_eq!(wrapped["never_extractable"], false);
+    assert!(env.ok(&["key", "inspect", "400001"]).contains("wrapped"));
+
+    let list = env.json(&["key", "list"]);
+    let storage: Vec<_> =
+        list.as_array().expect("keys").iter().map(|k| (k["user_id"].clone(), k["storage"].clone())).collect();
+    assert!(storage.contains(&(serde_json::json!("400001"), serde_json::json!("wrapped"))), "{storage:?}");
+    assert!(storage.contains(&(serde_json::json!("400002"), serde_json::json!("object"))), "{storage:?}");
+    let doc = env.path("doc.txt");
+    std::fs::write(&doc, "side by side").expect("doc");
+    for id in ["400001", "400002"] {
+        let sig = env.path(&format!("{id}.p7s"));
+        env.ok(&["sign", id, s(&doc), "--out", s(&sig)]);
+        let (ok, err) = openssl_verify(&sig, Some(&doc));
+        assert!(ok, "{id}: {err}");
+    }
 }
 
 #[test]
@@ -322,21 +358,30 @@ fn token_problems_are_reported_and_change_nothing() {
 #[test]
 fn killed_key_generation_leaves_no_half_registered_key() {
     let env = Env::new();
-    env.add_user("800001", "doctor");
-    let before = env.snapshot();
-    let csr = env.path("k.csr");
-    let r = env.run_with(
-        &["key", "generate", "800001", "--csr-out", s(&csr)],
-        &[("INKAN_DANGER_CRASH_AT", "after-token-keygen")],
-    );
-    assert_ne!(r.code, 0, "the process was killed");
-    assert_eq!(env.snapshot(), before, "nothing registered");
-    assert!(!csr.exists());
-    assert_eq!(env.json(&["key", "list", "800001"]).as_array().map(Vec::len), Some(0));
-    // The next generation cleans the orphan from the token and is generation 1.
-    let out = env.json(&["key", "generate", "800001", "--csr-out", s(&csr)]);
-    assert_eq!(out["orphans_removed"], 1);
-    assert_eq!(out["key"]["generation"], 1);
+    // A wrapped key leaves nothing in the token; a key pair in the token is
+    // an orphan that the next generation removes.
+    for (user, storage, orphans) in [("800001", "wrapped", 0), ("800002", "object", 1)] {
+        env.add_user(user, "doctor");
+        let before = env.snapshot();
+        let csr = env.path("k.csr");
+        let vars = [("INKAN_TOKEN_KEY_STORAGE", storage)];
+        let r = env.run_with(
+            &["key", "generate", user, "--csr-out", s(&csr)],
+            &[vars[0], ("INKAN_DANGER_CRASH_AT", "after-token-keygen")],
+        );
+        assert_ne!(r.code, 0, "the process was killed");
+        assert_eq!(env.snapshot(), before, "nothing registered");
+        assert!(!csr.exists());
+        assert_eq!(env.json(&["key", "list", user]).as_array().map(Vec::len), Some(0));
+        // The next generation cleans any orphan from the token and is generation 1.
+        let r = env.run_with(&["--json", "key", "generate", user, "--csr-out", s(&csr)], &vars);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let out = r.json();
+        assert_eq!(out["orphans_removed"], orphans, "{storage}");
+        assert_eq!(out["key"]["generation"], 1);
+        assert_eq!(out["key"]["storage"], storage);
+        std::fs::remove_file(&csr).expect("csr");
+    }
     assert!(env.ok(&["audit", "verify"]).contains("intact"));
 }
 
@@ -458,4 +503,32 @@ fn commands_before_init_say_where_they_looked_and_make_nothing() {
     assert!(out.contains(&format!("data directory {} created", env.data().display())), "{out}");
     assert!(out.contains(&format!("database sqlite:{} ready", env.data().join("inkan.db").display())), "{out}");
     assert_eq!(env.json(&["user", "list"]), serde_json::json!([]));
+}
+
+#[test]
+fn a_wrapped_key_moved_to_another_user_is_refused_and_audited() {
+    let env = Env::new();
+    env.user_with_key("410001", "p256");
+    env.user_with_key("410002", "p256");
+    let doc = env.path("doc.txt");
+    std::fs::write(&doc, "mine").expect("doc");
+    let sig = env.path("a.p7s");
+    env.ok(&["sign", "410001", s(&doc), "--out", s(&sig)]);
+    // Someone with write access to the database gives 410001's row the key of
+    // 410002 (token_id is unique: 410002's row gets another value).
+    env.sql_ok(
+        "CREATE TEMP TABLE moved AS SELECT token_id FROM keys WHERE user_id = '410002'; \
+         UPDATE keys SET token_id = csr WHERE user_id = '410002'; \
+         UPDATE keys SET token_id = (SELECT token_id FROM moved) WHERE user_id = '410001'",
+    );
+    let before = env.audit_rows();
+    std::fs::remove_file(&sig).expect("rm");
+    let r = env.run(&["sign", "410001", s(&doc), "--out", s(&sig)]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("refused") && r.stderr.contains("MAC"), "{}", r.stderr);
+    assert!(!sig.exists(), "nothing signed");
+    let rows = env.json(&["audit", "tail", "--limit", "1"]);
+    assert_eq!(rows[0]["event"], "key.refused", "{rows}");
+    assert_eq!(rows[0]["user_id"], "410001", "{rows}");
+    assert_eq!(env.audit_rows(), before + 1);
 }

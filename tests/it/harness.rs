@@ -288,12 +288,20 @@ struct SharedSoftHsm {
 }
 
 /// Tokens made up front; raise when adding in-process keystore tests.
-const PREMADE_TOKENS: usize = 10;
+const PREMADE_TOKENS: usize = 16;
 
 static SOFTHSM: OnceLock<SharedSoftHsm> = OnceLock::new();
 
 /// A fresh token in the process-wide SoftHSM; returns its keystore and label.
 pub fn token(pool_size: usize) -> (inkan::keystore::Keystore, String) {
+    token_with(pool_size, |_| {})
+}
+
+/// [`token`] with the keystore's settings adjusted by `adjust`.
+pub fn token_with(
+    pool_size: usize,
+    adjust: impl FnOnce(&mut inkan::keystore::KeystoreConfig),
+) -> (inkan::keystore::Keystore, String) {
     let shared = SOFTHSM.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
         let conf = dir.path().join("softhsm2.conf");
@@ -323,5 +331,6 @@ pub fn token(pool_size: usize) -> (inkan::keystore::Keystore, String) {
         inkan::keystore::Pin::new(USER_PIN),
     );
     cfg.pool_size = pool_size;
+    adjust(&mut cfg);
     (inkan::keystore::Keystore::open(cfg).expect("open keystore"), label)
 }

@@ -653,9 +653,9 @@ fn token_unavailable_answers_503_and_recovers_without_restart() {
     let access = login(&server, &client, "hpki-doctor", "hpki")["access_token"].as_str().expect("at").to_owned();
     let url = server.url("/api/v1/sign-hashes");
     let body = json!({ "hashes": [Base64::encode_string(&[3u8; 32])] });
-    assert_eq!(Client::new().post_json(&url, &access, &body).status, 200);
 
-    // The token goes away (its directory disappears).
+    // The token goes away (its directory disappears). A key already unwrapped
+    // would still sign from SoftHSM's memory: this one is not yet.
     let tokens = env.data().join("softhsm/tokens");
     let away = env.data().join("softhsm/tokens.away");
     std::fs::rename(&tokens, &away).expect("move token away");
@@ -677,6 +677,7 @@ fn token_unavailable_answers_503_and_recovers_without_restart() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert_eq!(Client::new().get(&server.url("/readyz"), &[]).status, 200);
+    assert_eq!(Client::new().post_json(&url, &access, &body).status, 200);
     let metrics = Client::new().get(&server.url("/metrics"), &[]).text();
     assert!(!metrics.contains("inkan_token_errors_total 0"), "token errors are counted");
     let value = |name: &str| -> f64 {
@@ -690,6 +691,11 @@ fn token_unavailable_answers_503_and_recovers_without_restart() {
     assert_eq!(value("inkan_signatures_total{outcome=\"ok\"}"), 2.0);
     assert_eq!(value("inkan_audit_wait_seconds_count"), 2.0);
     assert!(value("inkan_token_sign_calls_total") >= 3.0, "{metrics}");
+    // The user's wrapped key was unwrapped once, then found in the cache.
+    assert_eq!(value("inkan_key_cache_misses_total"), 1.0, "{metrics}");
+    assert_eq!(value("inkan_key_cache_hits_total"), 1.0, "{metrics}");
+    assert_eq!(value("inkan_key_cache_entries"), 1.0, "{metrics}");
+    assert_eq!(value("inkan_key_cache_refused_total"), 0.0, "{metrics}");
     assert!(value("inkan_token_sign_cpu_seconds_total") > 0.0, "{metrics}");
     // The two signatures' audit rows, with their details, and none for the refused one.
     let rows = env.json(&["audit", "tail", "--limit", "50"]);
