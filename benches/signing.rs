@@ -9,7 +9,13 @@
 //!
 //! Each at 1 and 2 threads, first as criterion benchmarks, then in alternating
 //! rounds whose median CAdES/raw throughput ratio is printed (target: >= 0.95
-//! at 2 threads). Run: `cargo bench --bench signing`.
+//! at 2 threads).
+//!
+//! Then wrapped keys against the token-object key, raw `C_Sign`, 1 thread, in
+//! alternating rounds: a wrapped key found unwrapped in the cache (a hit: the
+//! goal is the object key's cost), and two wrapped keys taking turns in a
+//! cache of one (every signature a miss: MAC check + `C_UnwrapKey` + evicting
+//! the other; the goal is at most 1 ms above a hit). Run: `cargo bench --bench signing`.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
@@ -32,6 +38,11 @@ struct Setup {
     keystore: Arc<Keystore>,
     key: KeyRef,
     signer: Arc<Signer>,
+    /// A wrapped key in `keystore`.
+    wrapped: KeyRef,
+    /// A keystore on the same token with a cache of one, and two wrapped keys.
+    small: Arc<Keystore>,
+    pair: [KeyRef; 2],
 }
 
 fn fixture(rel: &str) -> PathBuf {
@@ -47,7 +58,12 @@ fn setup() -> Setup {
     inkan::keystore::init_token(module, "bench", &Pin::new("so-bench"), &Pin::new("user-bench"), None).expect("token");
     let mut cfg = KeystoreConfig::new(module, "bench", Pin::new("user-bench"));
     cfg.pool_size = 2;
-    let keystore = Arc::new(Keystore::open(cfg).expect("keystore"));
+    let keystore = Arc::new(Keystore::open(cfg.clone()).expect("keystore"));
+    keystore.prepare_wrapping().expect("KEK");
+    let wrapped = keystore.generate_key(KeyAlgorithm::Rsa2048, "", b"bench-wrapped").expect("wrapped").key;
+    cfg.cache_size = 1;
+    let small = Arc::new(Keystore::open(cfg).expect("small keystore"));
+    let pair = [b"pair-0", b"pair-1"].map(|b| small.generate_key(KeyAlgorithm::Rsa2048, "", b).expect("pair").key);
     let key = KeyRef::from_id(b"bench".to_vec());
     let generated = keystore.generate_key_pair(KeyAlgorithm::Rsa2048, &key, "bench").expect("key");
     let ca = Ca::load(&fixture("hpki-signing-ca.pem"), &fixture("hpki-signing-ca.key")).expect("fixture CA");
@@ -83,7 +99,7 @@ fn setup() -> Setup {
         chain: Arc::new(chain),
         cades: identity,
     };
-    Setup { _dir: dir, keystore, key, signer: Arc::new(signer) }
+    Setup { _dir: dir, keystore, key, signer: Arc::new(signer), wrapped, small, pair }
 }
 
 /// Runs `op` `iters` times on each of `threads` threads; returns the wall time.
@@ -198,6 +214,67 @@ fn main() {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    lines.extend(wrapped_summary(&s));
     let _ = std::fs::create_dir_all(target.join("criterion"));
     let _ = std::fs::write(target.join("criterion/signing-summary.txt"), lines.join("\n") + "\n");
+}
+
+/// Object key, wrapped hit and wrapped miss, raw `C_Sign`, 1 thread, in
+/// alternating rounds of 400 signatures each; prints and returns the lines.
+fn wrapped_summary(s: &Setup) -> Vec<String> {
+    let mut di = vec![
+        0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04,
+        0x20,
+    ];
+    di.extend_from_slice(&DigestAlgorithm::Sha256.digest(b"wrapped"));
+    let per_signature = |n: u32, mut op: Box<dyn FnMut(u32)>| {
+        let started = Instant::now();
+        for i in 0..n {
+            op(i);
+        }
+        started.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+    };
+    const ROUNDS: usize = 7;
+    const N: u32 = 400;
+    let (mut object, mut hit, mut miss) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let (ks, key, d) = (Arc::clone(&s.keystore), s.key.clone(), di.clone());
+        object.push(per_signature(N, Box::new(move |_| drop(ks.sign_raw_pkcs1(&key, &d).expect("object")))));
+        let (ks, key, d) = (Arc::clone(&s.keystore), s.wrapped.clone(), di.clone());
+        hit.push(per_signature(N, Box::new(move |_| drop(ks.sign_raw_pkcs1(&key, &d).expect("hit")))));
+        let (ks, pair, d) = (Arc::clone(&s.small), s.pair.clone(), di.clone());
+        miss.push(per_signature(
+            N,
+            Box::new(move |i| drop(ks.sign_raw_pkcs1(&pair[(i % 2) as usize], &d).expect("miss"))),
+        ));
+    }
+    let ratios: Vec<f64> = hit.iter().zip(&object).map(|(h, o)| h / o).collect();
+    let extra: Vec<f64> = miss.iter().zip(&hit).map(|(m, h)| m - h).collect();
+    let stats = s.small.cache_stats();
+    let lines = vec![
+        format!(
+            "wrapped keys, raw C_Sign RSA-2048, 1 thread, {ROUNDS} alternating rounds of {N}: object key {:.0} µs, \
+             wrapped hit {:.0} µs, wrapped miss {:.0} µs",
+            median(object),
+            median(hit),
+            median(miss)
+        ),
+        format!(
+            "  hit/object time ratio {:.3} (rounds {:.3}..{:.3}); miss - hit {:.0} µs (rounds {:.0}..{:.0}); \
+             small cache: {} misses, {} evictions, {} entries",
+            median(ratios.clone()),
+            ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            ratios.iter().copied().fold(0.0, f64::max),
+            median(extra.clone()),
+            extra.iter().copied().fold(f64::INFINITY, f64::min),
+            extra.iter().copied().fold(0.0, f64::max),
+            stats.misses,
+            stats.evictions,
+            stats.entries,
+        ),
+    ];
+    for l in &lines {
+        println!("{l}");
+    }
+    lines
 }

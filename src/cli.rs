@@ -14,6 +14,7 @@ mod device;
 mod hpki;
 mod jpki;
 mod key;
+mod progress;
 mod regcode;
 mod session;
 mod setup;

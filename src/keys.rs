@@ -100,15 +100,6 @@ pub fn subject(user: &User) -> Result<x509_cert::name::Name, PkiError> {
     ])
 }
 
-/// Test hook: `INKAN_DANGER_CRASH_AT=<point>` aborts the process at that point,
-/// as a `kill -9` would, so tests can prove crash safety. Never set it in production.
-fn crash_point(point: &str) {
-    if std::env::var("INKAN_DANGER_CRASH_AT").is_ok_and(|p| p == point) {
-        eprintln!("INKAN_DANGER_CRASH_AT={point}: aborting");
-        std::process::abort();
-    }
-}
-
 /// Whether the new key is a first key or a renewal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Purpose {
@@ -168,7 +159,7 @@ pub async fn generate<T: UsersTx + ?Sized>(
     let generation = keys.iter().map(|k| k.generation).max().unwrap_or(0) + 1;
     let generated = keystore.generate_key(alg, &label, &binding(user_id, generation))?;
     let key = generated.key.clone();
-    crash_point("after-token-keygen");
+    users::crash_point("after-token-keygen");
     let recorded = async {
         let scheme = alg.default_scheme(DigestAlgorithm::Sha256);
         let csr = build_csr(keystore, &key, &generated.public_key_der, subject(&user)?, scheme)?;

@@ -245,10 +245,7 @@ pub async fn add<T: UsersTx + ?Sized>(
     qualification: Qualification,
 ) -> Result<User> {
     validate_id(id)?;
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(Error::Invalid("the name must have 1 to 200 characters".into()));
-    }
+    let name = checked_name(name)?;
     let now = clock.now_ms();
     let user = User {
         id: id.to_owned(),
@@ -277,6 +274,154 @@ pub async fn add<T: UsersTx + ?Sized>(
     .await?;
     tx.commit().await?;
     Ok(user)
+}
+
+/// Test hook: `INKAN_DANGER_CRASH_AT=<point>` aborts the process at that point,
+/// as a `kill -9` would, so tests can prove crash safety. Never set it in production.
+pub(crate) fn crash_point(point: &str) {
+    if std::env::var("INKAN_DANGER_CRASH_AT").is_ok_and(|p| p == point) {
+        eprintln!("INKAN_DANGER_CRASH_AT={point}: aborting");
+        std::process::abort();
+    }
+}
+
+/// Checks a user's display name; returns it trimmed.
+fn checked_name(name: &str) -> Result<&str> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(Error::Invalid("the name must have 1 to 200 characters".into()));
+    }
+    Ok(name)
+}
+
+/// One user to import (a row of `inkan user import`).
+#[derive(Clone, Debug)]
+pub struct ImportRow {
+    /// The row's line in the file (for the report).
+    pub line: usize,
+    /// User ID.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// `doctor`, `dentist` or `pharmacist`.
+    pub qualification: String,
+}
+
+/// A row that was not imported, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImportFailure {
+    /// The line in the file.
+    pub line: usize,
+    /// The user ID as written (may be malformed).
+    pub user_id: String,
+    /// What is wrong, and what to do.
+    pub error: String,
+}
+
+/// What an import did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ImportReport {
+    /// Rows read.
+    pub rows: usize,
+    /// Users added.
+    pub added: usize,
+    /// Rows whose user exists already with the same name and qualification
+    /// (an import run again after a kill finds these).
+    pub unchanged: usize,
+    /// Rows refused, each with its reason.
+    pub failed: Vec<ImportFailure>,
+}
+
+/// Users committed per transaction by [`import`]: a killed import loses at
+/// most the batch in flight, which a second run adds.
+pub const IMPORT_BATCH: usize = 500;
+
+/// Adds users in batches, one transaction (and one audit row per user) per
+/// batch; a row that is malformed, or names an existing user with other data,
+/// is reported and the others go on. A user that exists with the same data is
+/// counted as unchanged, so running an import again adds only what is missing.
+/// `progress` is called with the rows done after each batch.
+pub async fn import<T: UsersTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    clock: &dyn Clock,
+    actor: &str,
+    rows: &[ImportRow],
+    mut report: ImportReport,
+    progress: &mut (dyn FnMut(usize) + Send),
+) -> Result<ImportReport> {
+    report.rows += rows.len();
+    let mut done = 0;
+    for batch in rows.chunks(IMPORT_BATCH) {
+        let now = clock.now_ms();
+        let mut tx = store.write().await?;
+        let mut added: Vec<User> = Vec::new();
+        let mut in_batch = std::collections::HashSet::new();
+        for row in batch {
+            let checked = (|| {
+                validate_id(&row.id)?;
+                let name = checked_name(&row.name)?;
+                let q: Qualification = row.qualification.trim().parse().map_err(|_| {
+                    Error::Invalid(format!(
+                        "qualification {:?} is not doctor, dentist or pharmacist",
+                        row.qualification.trim()
+                    ))
+                })?;
+                Ok::<_, Error>((name.to_owned(), q.as_str().to_owned()))
+            })();
+            let (name, qualification) = match checked {
+                Ok(v) => v,
+                Err(e) => {
+                    report.failed.push(ImportFailure { line: row.line, user_id: row.id.clone(), error: e.to_string() });
+                    continue;
+                }
+            };
+            if !in_batch.insert(row.id.clone()) {
+                report.failed.push(ImportFailure {
+                    line: row.line,
+                    user_id: row.id.clone(),
+                    error: "the same user ID is on an earlier line of the file".into(),
+                });
+                continue;
+            }
+            match tx.user(&row.id).await? {
+                Some(u) if u.name == name && u.qualification == qualification => report.unchanged += 1,
+                Some(u) => report.failed.push(ImportFailure {
+                    line: row.line,
+                    user_id: row.id.clone(),
+                    error: format!(
+                        "user {} exists already as {} ({}): change the row, or the user with `inkan user show {}`",
+                        u.id, u.name, u.qualification, u.id
+                    ),
+                }),
+                None => {
+                    let user =
+                        User { id: row.id.clone(), name, qualification, status: UserStatus::Active, created_at: now };
+                    tx.insert_user(&user).await?;
+                    added.push(user);
+                }
+            }
+        }
+        let events: Vec<Event<'_>> = added
+            .iter()
+            .map(|u| Event {
+                actor,
+                event: "user.add",
+                user_id: Some(&u.id),
+                outcome: "ok",
+                detail: serde_json::json!({ "name": u.name, "qualification": u.qualification, "via": "import" }),
+                ..Default::default()
+            })
+            .collect();
+        if !events.is_empty() {
+            audit::append(&mut *tx, now, &events).await?;
+        }
+        tx.commit().await?;
+        crash_point("user-import-after-batch");
+        report.added += added.len();
+        done += batch.len();
+        progress(done);
+    }
+    Ok(report)
 }
 
 /// Enables or disables a user.

@@ -376,21 +376,46 @@ pub(crate) fn module_lock() -> std::sync::MutexGuard<'static, Vec<(PathBuf, Pkcs
     MODULES.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Finds the slot whose token has this label.
-pub(crate) fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot> {
+/// Finds the slot whose token has this label, in the module at `module`.
+pub(crate) fn find_slot(ctx: &Pkcs11, module: &std::path::Path, label: &str) -> Result<Slot> {
     let _serial = module_lock();
-    find_slot_locked(ctx, label)
+    find_slot_locked(ctx, module, label)
 }
 
 /// [`find_slot`] for a caller that holds [`module_lock`].
-pub(crate) fn find_slot_locked(ctx: &Pkcs11, label: &str) -> Result<Slot> {
-    for slot in ctx.get_slots_with_token().map_err(from_cryptoki)? {
-        let info = ctx.get_token_info(slot).map_err(from_cryptoki)?;
-        if info.label().trim_end() == label {
-            return Ok(slot);
+///
+/// A slot whose token information the module cannot give, or gives in a
+/// form `cryptoki` cannot read (Debian 12's openCryptoki 3.8 writes the time
+/// against the standard), is skipped: it says nothing about the others. The
+/// error then names the module, those slots and the call that failed.
+pub(crate) fn find_slot_locked(ctx: &Pkcs11, module: &std::path::Path, label: &str) -> Result<Slot> {
+    let slots = ctx.get_slots_with_token().map_err(|e| in_module(from_cryptoki(e), module, "C_GetSlotList"))?;
+    let mut skipped = Vec::new();
+    for slot in slots {
+        match ctx.get_token_info(slot) {
+            Ok(info) if info.label().trim_end() == label => return Ok(slot),
+            Ok(_) => {}
+            Err(e) => skipped.push(format!("slot {}: C_GetTokenInfo failed ({e}), skipped", slot.id())),
         }
     }
-    Err(Error::TokenUnavailable { reason: format!("no token labelled {label:?} (run `inkan init` to create it)") })
+    let skipped = if skipped.is_empty() { String::new() } else { format!("; {}", skipped.join("; ")) };
+    Err(Error::TokenUnavailable {
+        reason: format!(
+            "no token labelled {label:?} in PKCS#11 module {}{skipped} (run `inkan init` to create it)",
+            module.display()
+        ),
+    })
+}
+
+/// An error of a call to the module at `module`, naming both.
+pub(crate) fn in_module(e: Error, module: &std::path::Path, call: &str) -> Error {
+    match e {
+        Error::TokenUnavailable { reason } => {
+            Error::TokenUnavailable { reason: format!("{call} of PKCS#11 module {}: {reason}", module.display()) }
+        }
+        Error::Pkcs11 { function, rv } => Error::Pkcs11 { function: format!("{function} ({})", module.display()), rv },
+        other => other,
+    }
 }
 
 impl Keystore {
@@ -400,7 +425,7 @@ impl Keystore {
         let lock = TokenLock::new(config.lock_file.clone());
         let _writing = lock.exclusive()?;
         let ctx = load_module(&config.module)?;
-        let slot = find_slot(&ctx, &config.token_label)?;
+        let slot = find_slot(&ctx, &config.module, &config.token_label)?;
         let ks = Keystore {
             ctx,
             module: config.module,
@@ -446,7 +471,7 @@ impl Keystore {
         if let Some(s) = *slot {
             return Ok(s);
         }
-        let found = find_slot(&self.ctx, &self.label)?;
+        let found = find_slot(&self.ctx, &self.module, &self.label)?;
         *slot = Some(found);
         Ok(found)
     }
@@ -547,14 +572,16 @@ impl Keystore {
     /// unwrapped keys (which destroys them). A signature in flight with one of
     /// them fails as stale and is retried; SoftHSM never reuses a handle.
     fn forget_handles(&self) {
+        // The holder first, as `unwrap` takes them: no unwrap can then insert
+        // a handle of the session about to be closed after the map is cleared.
+        let mut holder = self.holder.lock().unwrap_or_else(|p| p.into_inner());
         {
             let mut handles = self.handles.write().unwrap_or_else(|p| p.into_inner());
             handles.clear();
             self.wrapped_entries.store(0, Ordering::Relaxed);
         }
         *self.wrapping.write().unwrap_or_else(|p| p.into_inner()) = WrappingKeys::default();
-        let holder = self.holder.lock().unwrap_or_else(|p| p.into_inner()).take();
-        drop(holder);
+        drop(holder.take());
     }
 
     /// The private key's handle and type: from the cache, or found (an
@@ -599,15 +626,15 @@ impl Keystore {
         let (kek, mac_key) = match self.wrapping_keys(session, parsed.kek_index) {
             Ok(keys) => keys,
             Err(e) => {
-                // A KEK newer than the token's newest was never made: the
-                // stored key was altered. Otherwise the token is not there,
-                // or lost its KEK: unavailable.
+                // The token answers and holds KEKs, but not this one: the
+                // stored key was altered (or its KEK destroyed). A token with
+                // no KEK at all is not there: unavailable.
                 self.wrapping.write().unwrap_or_else(|p| p.into_inner()).newest = None;
-                if matches!(self.newest_kek(session), Ok(Some(newest)) if parsed.kek_index > newest) {
+                if matches!(self.newest_kek(session), Ok(Some(_))) {
                     self.cache.refused.fetch_add(1, Ordering::Relaxed);
                     return Err(Error::KeyRefused {
                         reason: format!(
-                            "wrapped key {} names key-encryption key {}, which token {:?} never had",
+                            "wrapped key {} names key-encryption key {}, which token {:?} does not hold",
                             key.hex(),
                             parsed.kek_index,
                             self.label
@@ -957,8 +984,10 @@ impl Keystore {
     /// both objects. Nothing stays in the token.
     fn generate_wrapped(&self, alg: KeyAlgorithm, binding: &[u8]) -> Result<GeneratedKey> {
         self.with_session(|session| {
-            let index = self.newest_kek(session)?.ok_or_else(|| Error::TokenUnavailable {
-                reason: format!("token {:?} has no key-encryption key: run `inkan init`", self.label),
+            // Not a token failure (no module reset): an installation from
+            // before wrapped keys that has not run `inkan init` since.
+            let index = self.newest_kek(session)?.ok_or_else(|| Error::KeyNotFound {
+                id: format!("key-encryption key: token {:?} has none yet, run `inkan init` to make it", self.label),
             })?;
             let (kek, mac_key) = self.wrapping_keys(session, index)?;
             let mut public = vec![
@@ -1224,9 +1253,15 @@ impl Keystore {
     pub fn destroy(&self, key: &KeyRef) -> Result<()> {
         if key.storage() == KeyStorage::Wrapped {
             let holder = self.holder.lock().unwrap_or_else(|p| p.into_inner());
-            let removed = self.handles.write().unwrap_or_else(|p| p.into_inner()).remove(key);
+            let removed = {
+                let mut handles = self.handles.write().unwrap_or_else(|p| p.into_inner());
+                let removed = handles.remove(key);
+                if removed.is_some() {
+                    self.wrapped_entries.fetch_sub(1, Ordering::Relaxed);
+                }
+                removed
+            };
             if let Some(cached) = removed {
-                self.wrapped_entries.fetch_sub(1, Ordering::Relaxed);
                 if let (Some(owner), 1) = (holder.as_ref(), Arc::strong_count(&cached)) {
                     let _ = owner.destroy_object(cached.handle);
                 }

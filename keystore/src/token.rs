@@ -6,7 +6,7 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::UserType;
 
 use crate::error::{from_cryptoki, Error, Result};
-use crate::keystore::{find_slot_locked, load_module, module_lock};
+use crate::keystore::{find_slot_locked, in_module, load_module, module_lock};
 use crate::lockfile::TokenLock;
 use crate::pin::Pin;
 
@@ -34,21 +34,25 @@ pub fn init_token(
     let _writing = TokenLock::new(lock_file.map(Path::to_path_buf)).exclusive()?;
     let ctx = load_module(module)?;
     let _serial = module_lock();
-    if find_slot_locked(&ctx, label).is_ok() {
+    if find_slot_locked(&ctx, module, label).is_ok() {
         return Ok(TokenInit::Existing);
     }
     let mut free = None;
-    for slot in ctx.get_slots_with_token().map_err(from_cryptoki)? {
-        if !ctx.get_token_info(slot).map_err(from_cryptoki)?.token_initialized() {
+    for slot in ctx.get_slots_with_token().map_err(|e| in_module(from_cryptoki(e), module, "C_GetSlotList"))? {
+        // A slot whose information cannot be read is not one to initialise.
+        if ctx.get_token_info(slot).is_ok_and(|info| !info.token_initialized()) {
             free = Some(slot);
             break;
         }
     }
     let slot = free.ok_or_else(|| Error::TokenUnavailable {
-        reason: format!("no token labelled {label:?} and no free slot to create one in"),
+        reason: format!(
+            "no token labelled {label:?} and no free slot to create one in, in PKCS#11 module {}",
+            module.display()
+        ),
     })?;
     ctx.init_token(slot, &so_pin.to_auth_pin(), label).map_err(from_cryptoki)?;
-    let slot = find_slot_locked(&ctx, label)?;
+    let slot = find_slot_locked(&ctx, module, label)?;
     let session = ctx.open_rw_session(slot).map_err(from_cryptoki)?;
     session.login(UserType::So, Some(&so_pin.to_auth_pin())).map_err(from_cryptoki)?;
     session.init_pin(&user_pin.to_auth_pin()).map_err(from_cryptoki)?;

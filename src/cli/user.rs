@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::context::{lines, CliError, Ctx, Output};
 use super::key::key_line;
+use super::progress::Progress;
 use crate::clock::rfc3339;
 use crate::keys::{self, KeyView};
 use crate::pki::profile::Qualification;
@@ -23,6 +24,14 @@ pub enum UserCommand {
         /// doctor, dentist or pharmacist.
         #[arg(long)]
         qualification: Qualification,
+    },
+    /// Add many users from a CSV file: `user_id,name,qualification[,birth date]`
+    /// per line (a header line and `#` comments are skipped). Rows in error are
+    /// reported and the others imported; run it again after fixing them or
+    /// after a kill: existing identical users are left as they are.
+    Import {
+        /// The CSV file (UTF-8).
+        file: std::path::PathBuf,
     },
     /// List users.
     List,
@@ -59,6 +68,37 @@ pub async fn run(ctx: &Ctx, cmd: UserCommand) -> Result<Output, CliError> {
                 serde_json::to_value(&u)?,
             ))
         }
+        UserCommand::Import { file } => {
+            let text = std::fs::read_to_string(&file).map_err(|e| CliError {
+                message: format!("cannot read {} ({e}): give a UTF-8 CSV file", file.display()),
+                code: 1,
+            })?;
+            let (rows, failed) = parse_users_csv(&text);
+            let report = users::ImportReport { rows: failed.len(), failed, ..Default::default() };
+            let mut bar = Progress::new("users", rows.len(), ctx.json);
+            let mut progress = |done: usize| bar.set(done);
+            let report = users::import(store, clock, &ctx.actor, &rows, report, &mut progress).await?;
+            let mut text = format!(
+                "{} rows: {} users added, {} already there, {} refused",
+                report.rows,
+                report.added,
+                report.unchanged,
+                report.failed.len()
+            );
+            for f in &report.failed {
+                text.push_str(&format!("\n  line {}: {}: {}", f.line, f.user_id, f.error));
+            }
+            if !report.failed.is_empty() {
+                text.push_str("\n  fix these rows and run the same command again: imported users are kept");
+            }
+            let json = serde_json::to_value(&report)?;
+            if report.failed.is_empty() {
+                Ok(Output::new(text, json))
+            } else {
+                // Exit 4: done, except the rows reported.
+                Err(CliError { message: if ctx.json { json.to_string() } else { text }, code: 4 })
+            }
+        }
         UserCommand::List => {
             let list = users::list(store).await?;
             let text = lines(
@@ -93,5 +133,93 @@ pub async fn run(ctx: &Ctx, cmd: UserCommand) -> Result<Output, CliError> {
             let u = users::set_status(store, clock, &ctx.actor, &user_id, true).await?;
             Ok(Output::new(format!("user {} enabled", u.id), serde_json::to_value(&u)?))
         }
+    }
+}
+
+/// Splits one CSV line into fields: commas, with `"..."` quoting (`""` is a quote).
+fn csv_fields(line: &str) -> Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut chars = line.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (false, '"') if field.trim().is_empty() => {
+                field.clear();
+                quoted = true;
+            }
+            (false, ',') => fields.push(std::mem::take(&mut field)),
+            (_, c) => field.push(c),
+        }
+    }
+    if quoted {
+        return Err("a quoted field is not closed".into());
+    }
+    fields.push(field);
+    Ok(fields)
+}
+
+/// The rows of a user CSV file, and the lines that cannot be rows.
+fn parse_users_csv(text: &str) -> (Vec<users::ImportRow>, Vec<users::ImportFailure>) {
+    let (mut rows, mut failed) = (Vec::new(), Vec::new());
+    let mut first = true;
+    for (i, line) in text.lines().enumerate() {
+        let line_no = i + 1;
+        let line = line.trim_start_matches('\u{feff}').trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let fields = match csv_fields(line) {
+            Ok(f) => f,
+            Err(e) => {
+                failed.push(users::ImportFailure { line: line_no, user_id: String::new(), error: e });
+                continue;
+            }
+        };
+        let id = fields[0].trim().to_owned();
+        if std::mem::take(&mut first) && ["user_id", "id", "本人id"].contains(&id.to_lowercase().as_str()) {
+            continue;
+        }
+        let fail = |error: String| users::ImportFailure { line: line_no, user_id: id.clone(), error };
+        if !(3..=4).contains(&fields.len()) {
+            failed.push(fail(format!("{} fields: a row is user_id,name,qualification[,birth date]", fields.len())));
+            continue;
+        }
+        if let Some(birth) = fields.get(3).map(|b| b.trim()).filter(|b| !b.is_empty()) {
+            if birth.len() != 8 || !birth.bytes().all(|b| b.is_ascii_digit()) {
+                failed.push(fail(format!("birth date {birth:?}: write 8 digits, YYYYMMDD")));
+                continue;
+            }
+        }
+        rows.push(users::ImportRow { line: line_no, id, name: fields[1].clone(), qualification: fields[2].clone() });
+    }
+    (rows, failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_rows_quotes_headers_and_bad_lines() {
+        let text = "user_id,name,qualification\n\
+                    # a comment\n\
+                    100001,山田 太郎,doctor\n\
+                    \"100002\",\"佐藤, \"\"花子\"\"\",pharmacist,19800123\r\n\
+                    \n\
+                    100003,only two\n\
+                    100004,\"open,dentist\n";
+        let (rows, failed) = parse_users_csv(text);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!((rows[0].line, rows[0].id.as_str(), rows[0].name.as_str()), (3, "100001", "山田 太郎"));
+        assert_eq!((rows[1].id.as_str(), rows[1].name.as_str()), ("100002", "佐藤, \"花子\""));
+        assert_eq!(failed.iter().map(|f| f.line).collect::<Vec<_>>(), vec![6, 7]);
+        assert!(failed[0].error.contains("2 fields"), "{failed:?}");
+        assert!(failed[1].error.contains("not closed"), "{failed:?}");
     }
 }

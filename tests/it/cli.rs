@@ -532,3 +532,52 @@ fn a_wrapped_key_moved_to_another_user_is_refused_and_audited() {
     assert_eq!(rows[0]["user_id"], "410001", "{rows}");
     assert_eq!(env.audit_rows(), before + 1);
 }
+
+#[test]
+fn user_import_reports_bad_rows_and_resumes_after_a_kill() {
+    let env = Env::new();
+    env.add_user("500000", "doctor");
+    let mut csv = String::from("user_id,name,qualification,birth_date\n");
+    for i in 1..=1200 {
+        csv.push_str(&format!("5{i:05},利用者 {i},pharmacist,19800101\n"));
+    }
+    csv.push_str("500000,別人,dentist\n"); // line 1202: exists with other data
+    csv.push_str("bad id!,名前,doctor\n"); // 1203
+    csv.push_str("501300,名前,nurse\n"); // 1204
+    csv.push_str("501301,名前,doctor,1980-01-01\n"); // 1205
+    csv.push_str("500001,again,doctor\n"); // 1206: the ID of line 2
+    let file = env.path("users.csv");
+    std::fs::write(&file, csv).expect("csv");
+    let users = || env.json(&["user", "list"]).as_array().map(Vec::len).unwrap_or(0);
+
+    // Killed after its first batch: that batch is in, nothing else, nothing half.
+    let r = env.run_with(&["user", "import", s(&file)], &[("INKAN_DANGER_CRASH_AT", "user-import-after-batch")]);
+    assert_ne!(r.code, 0, "killed");
+    assert_eq!(users(), 1 + inkan::users::IMPORT_BATCH);
+
+    // Run again: the rest goes in, the bad rows are reported with their line, exit 4.
+    let r = env.run(&["--json", "user", "import", s(&file)]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stderr).expect("json report");
+    assert_eq!(report["rows"], 1205);
+    assert_eq!(report["added"], 1200 - inkan::users::IMPORT_BATCH);
+    assert_eq!(report["unchanged"], inkan::users::IMPORT_BATCH);
+    let mut lines: Vec<i64> =
+        report["failed"].as_array().expect("failed").iter().map(|f| f["line"].as_i64().expect("line")).collect();
+    lines.sort();
+    assert_eq!(lines, vec![1202, 1203, 1204, 1205, 1206], "{report}");
+    let text = report["failed"].to_string();
+    assert!(text.contains("exists already") && text.contains("nurse") && text.contains("YYYYMMDD"), "{text}");
+    assert_eq!(users(), 1201);
+    let shown = env.json(&["user", "show", "500777"]);
+    assert_eq!(shown["user"]["name"], "利用者 777", "{shown}");
+    assert!(env.ok(&["audit", "verify"]).contains("intact"));
+    assert_eq!(env.audit_rows(), 1 + 1200, "one user.add row per user, once");
+
+    // A third run changes nothing; the text form says what to do.
+    let r = env.run(&["user", "import", s(&file)]);
+    assert_eq!(r.code, 4);
+    assert!(r.stderr.contains("0 users added, 1200 already there, 5 refused"), "{}", r.stderr);
+    assert!(r.stderr.contains("line 1204: 501300: qualification \"nurse\""), "{}", r.stderr);
+    assert_eq!(users(), 1201);
+}

@@ -125,6 +125,8 @@ fn errors_say_what_went_wrong() {
     missing_token.token_label = "no-such-label".into();
     let err = inkan::keystore::Keystore::open(missing_token).expect_err("no token");
     assert!(err.is_unavailable(), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("no-such-label") && message.contains(inkan::config::SOFTHSM_MODULE), "{message}");
     assert!(!format!("{err} {err:?}").contains("not-the-pin"));
 }
 
