@@ -3,6 +3,8 @@
 //! mapped and linked to them, and a demo signing client (`serve --demo`,
 //! `inkan demo`). Every step is skipped when already done.
 
+use std::sync::Arc;
+
 use inkan_keystore::{KeyAlgorithm, Keystore};
 
 use crate::clock::Clock;
@@ -31,7 +33,12 @@ const ACTOR: &str = "demo";
 /// The demo users, each with an active key whose certificate the fixture
 /// signing CA (`[pki] signing_ca`, its key beside it) issued. Returns a line
 /// per user.
-pub async fn users(config: &Config, store: &dyn Store, keystore: &Keystore, clock: &dyn Clock) -> Result<Vec<String>> {
+pub async fn users(
+    config: &Config,
+    store: &dyn Store,
+    keystore: &Arc<Keystore>,
+    clock: &dyn Clock,
+) -> Result<Vec<String>> {
     let store = store.tx();
     let ca_cert = config.pki.signing_ca.clone();
     let ca = Ca::load(&ca_cert, &ca_cert.with_extension("key"))?;

@@ -9,6 +9,8 @@
 //! generation for that user removes such orphans (they carry the user's label
 //! and an id the store does not know).
 
+use std::sync::Arc;
+
 use der::{Decode, Encode};
 use inkan_keystore::{build_csr, DigestAlgorithm, KeyAlgorithm, KeyRef, Keystore};
 use serde::Serialize;
@@ -127,7 +129,7 @@ fn state_error(message: String) -> Error {
 /// Generates a key pair in the token for `user_id`, makes its CSR and registers it as pending.
 pub async fn generate<T: UsersTx + ?Sized>(
     store: &dyn Transactions<T>,
-    keystore: &Keystore,
+    keystore: &Arc<Keystore>,
     clock: &dyn Clock,
     actor: &str,
     user_id: &str,
@@ -150,19 +152,33 @@ pub async fn generate<T: UsersTx + ?Sized>(
     // moment: they are removed only once this key is recorded, after which
     // no other new key of this user can be.
     let label = token_label(user_id);
-    let known: Vec<&[u8]> = keys.iter().map(|k| k.token_id.as_slice()).collect();
-    let orphans: Vec<KeyRef> =
-        keystore.keys_labelled(&label)?.into_iter().filter(|k| !known.contains(&k.stored())).collect();
-
+    let known: Vec<Vec<u8>> = keys.iter().map(|k| k.token_id.clone()).collect();
     // The key is bound to the generation it will have: the next one now,
     // checked again when it is recorded.
     let generation = keys.iter().map(|k| k.generation).max().unwrap_or(0) + 1;
-    let generated = keystore.generate_key(alg, &label, &binding(user_id, generation))?;
+    // The token's work runs on the blocking pool, so that bulk generation
+    // runs one key per core.
+    let (orphans, generated) = {
+        let (ks, label, bound) = (Arc::clone(keystore), label.clone(), binding(user_id, generation));
+        tokio::task::spawn_blocking(move || {
+            let orphans: Vec<KeyRef> =
+                ks.keys_labelled(&label)?.into_iter().filter(|k| !known.iter().any(|s| s == k.stored())).collect();
+            Ok::<_, Error>((orphans, ks.generate_key(alg, &label, &bound)?))
+        })
+        .await
+        .map_err(Error::internal)??
+    };
     let key = generated.key.clone();
     users::crash_point("after-token-keygen");
     let recorded = async {
         let scheme = alg.default_scheme(DigestAlgorithm::Sha256);
-        let csr = build_csr(keystore, &key, &generated.public_key_der, subject(&user)?, scheme)?;
+        let csr = {
+            let (ks, key, spki, subject) =
+                (Arc::clone(keystore), key.clone(), generated.public_key_der.clone(), subject(&user)?);
+            tokio::task::spawn_blocking(move || build_csr(&ks, &key, &spki, subject, scheme))
+                .await
+                .map_err(Error::internal)??
+        };
         let public_key = generated.public_key_der.clone();
         let new = NewKey { user_id, generation, alg, purpose, key: &key, public_key, csr };
         record_new_key(store, clock, actor, new, orphans.len()).await

@@ -138,6 +138,17 @@ pub struct KeyRecord {
     pub retired_at: Option<i64>,
 }
 
+/// Where an enabled user's keys stand ([`UserStore::key_status`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// The user.
+    pub user_id: String,
+    /// Whether the user has an active key.
+    pub active: bool,
+    /// The generation of the user's pending key, if any.
+    pub pending: Option<i64>,
+}
+
 /// A user's active key, as a login reads it with its session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ActiveKey {
@@ -167,6 +178,9 @@ pub trait UserStore: Send {
     async fn set_user_status(&mut self, id: &str, status: UserStatus) -> Result<bool, StoreError>;
     /// Keys of one user (or of everyone), by user and oldest generation first.
     async fn keys(&mut self, user_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Every enabled user, by ID, with whether they have an active key and
+    /// their pending key's generation (for the bulk key commands: no blobs read).
+    async fn key_status(&mut self) -> Result<Vec<KeyStatus>, StoreError>;
     /// The user's active key, if any.
     async fn active_key(&mut self, user_id: &str) -> Result<Option<KeyRecord>, StoreError>;
     /// The next generation number of a user's keys.

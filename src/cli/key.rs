@@ -7,33 +7,56 @@ use inkan_keystore::KeyAlgorithm;
 use serde_json::json;
 
 use super::context::{lines, read_certificate, write_file, CliError, Ctx, Output};
+
+mod bulk;
 use crate::keys::{self, KeyView, Purpose};
 use crate::users::KeyState;
 
 /// `inkan key ...`
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
-    /// Generate a user's first key pair in the token and write its CSR (state: pending).
+    /// Generate a user's first key and write its CSR (state: pending); or,
+    /// with --all-without-key, one for every enabled user without an active
+    /// key, a CSR file per user in --csr-dir (run it again after a kill).
     Generate {
         /// User ID.
-        user_id: String,
+        #[arg(required_unless_present = "all_without_key", conflicts_with = "all_without_key")]
+        user_id: Option<String>,
         /// rsa2048 (default), rsa3072 or p256.
         #[arg(long, default_value = "rsa2048")]
         alg: KeyAlgorithm,
         /// Where to write the CSR (PEM).
-        #[arg(long, value_name = "FILE")]
-        csr_out: PathBuf,
+        #[arg(long, value_name = "FILE", required_unless_present = "all_without_key")]
+        csr_out: Option<PathBuf>,
+        /// Every enabled user without an active key (with --csr-dir).
+        #[arg(long, requires = "csr_dir")]
+        all_without_key: bool,
+        /// The folder for the CSRs of a bulk run (`<USER_ID>.csr`).
+        #[arg(long, value_name = "DIR", conflicts_with = "csr_out")]
+        csr_dir: Option<PathBuf>,
     },
-    /// HPKI card renewal: a next key generation, pending until its certificate is imported.
+    /// HPKI card renewal: a next key generation, pending until its certificate
+    /// is imported; or, with --users FILE or --all, for many users (a CA
+    /// renewal), a CSR file per user in --csr-dir.
     Rotate {
         /// User ID.
-        user_id: String,
+        #[arg(required_unless_present_any = ["all", "users"], conflicts_with_all = ["all", "users"])]
+        user_id: Option<String>,
         /// rsa2048 (default), rsa3072 or p256.
         #[arg(long, default_value = "rsa2048")]
         alg: KeyAlgorithm,
         /// Where to write the CSR (PEM).
-        #[arg(long, value_name = "FILE")]
-        csr_out: PathBuf,
+        #[arg(long, value_name = "FILE", required_unless_present_any = ["all", "users"])]
+        csr_out: Option<PathBuf>,
+        /// A file of user IDs, one per line (the first field of a CSV line).
+        #[arg(long, value_name = "FILE", conflicts_with = "all", requires = "csr_dir")]
+        users: Option<PathBuf>,
+        /// Every enabled user with an active key.
+        #[arg(long, requires = "csr_dir")]
+        all: bool,
+        /// The folder for the CSRs of a bulk run (`<USER_ID>.csr`).
+        #[arg(long, value_name = "DIR", conflicts_with = "csr_out")]
+        csr_dir: Option<PathBuf>,
     },
     /// Write the CSR of a pending key again.
     Csr {
@@ -46,12 +69,19 @@ pub enum KeyCommand {
         #[arg(long, value_name = "FILE")]
         csr_out: PathBuf,
     },
-    /// Import the certificate of a pending key: activates it, retires the previous one.
+    /// Import the certificate of a pending key: activates it, retires the
+    /// previous one. With --dir: every certificate in a folder, each matched
+    /// to its user by the subject's serialNumber (else the file name).
     ImportCert {
         /// User ID.
-        user_id: String,
+        #[arg(required_unless_present = "dir", conflicts_with = "dir")]
+        user_id: Option<String>,
         /// The certificate (PEM or DER).
-        cert: PathBuf,
+        #[arg(required_unless_present = "dir")]
+        cert: Option<PathBuf>,
+        /// A folder of certificates (.pem, .crt, .cer, .der).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
     /// List keys (of one user, or all).
     List {
@@ -101,7 +131,7 @@ async fn generate(
     let store = ctx.store().await?;
     // Refuse early, before touching the token, when the user does not exist.
     crate::users::get(store.as_ref(), user_id).await?;
-    let ks = ctx.keystore()?;
+    let ks = std::sync::Arc::new(ctx.keystore()?);
     let g = keys::generate(store.as_ref(), &ks, ctx.clock.as_ref(), &ctx.actor, user_id, alg, purpose).await?;
     write_file(csr_out, g.csr_pem.as_bytes())?;
     Ok(Output::new(
@@ -120,14 +150,37 @@ async fn generate(
 /// Runs a `key` command.
 pub async fn run(ctx: &Ctx, cmd: KeyCommand) -> Result<Output, CliError> {
     match cmd {
-        KeyCommand::Generate { user_id, alg, csr_out } => generate(ctx, &user_id, alg, &csr_out, Purpose::First).await,
-        KeyCommand::Rotate { user_id, alg, csr_out } => generate(ctx, &user_id, alg, &csr_out, Purpose::Rotation).await,
+        KeyCommand::Generate { user_id: Some(user_id), alg, csr_out: Some(csr_out), .. } => {
+            generate(ctx, &user_id, alg, &csr_out, Purpose::First).await
+        }
+        KeyCommand::Generate { alg, csr_dir: Some(dir), all_without_key: true, .. } => {
+            let store = ctx.store().await?;
+            let targets = store.tx().read().await.map_err(crate::error::Error::from)?.key_status().await;
+            let targets: Vec<_> =
+                targets.map_err(crate::error::Error::from)?.into_iter().filter(|k| !k.active).collect();
+            bulk::generate(ctx, targets, alg, &dir, Purpose::First).await
+        }
+        KeyCommand::Rotate { user_id: Some(user_id), alg, csr_out: Some(csr_out), .. } => {
+            generate(ctx, &user_id, alg, &csr_out, Purpose::Rotation).await
+        }
+        KeyCommand::Rotate { alg, users, all, csr_dir: Some(dir), .. } => {
+            let store = ctx.store().await?;
+            let status = store.tx().read().await.map_err(crate::error::Error::from)?.key_status().await;
+            let status = status.map_err(crate::error::Error::from)?;
+            let targets = bulk::chosen(status, users.as_deref(), all)?;
+            bulk::generate(ctx, targets, alg, &dir, Purpose::Rotation).await
+        }
+        KeyCommand::Generate { .. } | KeyCommand::Rotate { .. } => Err(CliError {
+            message: "give a user ID and --csr-out, or a bulk selection with --csr-dir".into(),
+            code: 2,
+        }),
+        KeyCommand::ImportCert { dir: Some(dir), .. } => bulk::import_certificates(ctx, &dir).await,
         KeyCommand::Csr { user_id, generation, csr_out } => {
             let pem = keys::csr(ctx.store().await?.as_ref(), &user_id, generation).await?;
             write_file(&csr_out, pem.as_bytes())?;
             Ok(Output::new(format!("CSR written to {}", csr_out.display()), json!({ "csr_out": csr_out })))
         }
-        KeyCommand::ImportCert { user_id, cert } => {
+        KeyCommand::ImportCert { user_id: Some(user_id), cert: Some(cert), .. } => {
             let store = ctx.store().await?;
             crate::users::get(store.as_ref(), &user_id).await?;
             let der =
@@ -144,6 +197,9 @@ pub async fn run(ctx: &Ctx, cmd: KeyCommand) -> Result<Output, CliError> {
                 ),
                 serde_json::to_value(&k)?,
             ))
+        }
+        KeyCommand::ImportCert { .. } => {
+            Err(CliError { message: "give a user ID and a certificate file, or --dir".into(), code: 2 })
         }
         KeyCommand::List { user_id } => {
             let keys: Vec<KeyView> =

@@ -25,7 +25,9 @@ pub async fn demo(ctx: &Ctx) -> Result<Output, CliError> {
     let config = &ctx.config;
     let mut lines = crate::setup::init(config).await?.steps;
     let store = ctx.store().await?;
-    lines.extend(crate::demo::users(config, store.as_ref(), &ctx.keystore()?, ctx.clock.as_ref()).await?);
+    lines.extend(
+        crate::demo::users(config, store.as_ref(), &std::sync::Arc::new(ctx.keystore()?), ctx.clock.as_ref()).await?,
+    );
     let doc = config.data_dir.join("demo-document.txt");
     std::fs::write(&doc, "処方箋 (demo prescription)\nRp.1 ロキソプロフェン錠60mg 3錠 分3 毎食後 5日分\n")?;
     let out = config.data_dir.join("demo-document.txt.p7s");

@@ -581,3 +581,73 @@ fn user_import_reports_bad_rows_and_resumes_after_a_kill() {
     assert!(r.stderr.contains("line 1204: 501300: qualification \"nurse\""), "{}", r.stderr);
     assert_eq!(users(), 1201);
 }
+
+#[test]
+fn bulk_key_commands_report_bad_input_and_resume_after_a_kill() {
+    let env = Env::new();
+    for i in 1..=6 {
+        env.add_user(&format!("60000{i}"), "doctor");
+    }
+    env.ok(&["user", "disable", "600006"]);
+    env.user_with_key("600007", "p256");
+    let csrs = env.path("csrs");
+    let generate = ["key", "generate", "--all-without-key", "--alg", "p256", "--csr-dir", s(&csrs)];
+
+    // Killed after two users; run again: the rest get keys, the two get their CSRs again.
+    let r = env.run_with(&generate, &[("INKAN_DANGER_CRASH_AT", "key-bulk-after-2")]);
+    assert_ne!(r.code, 0, "killed");
+    let mut again = vec!["--json"];
+    again.extend(generate);
+    let out = env.json(&again[1..]);
+    assert_eq!(out["users"], 5, "enabled users without an active key: {out}");
+    assert_eq!(out["generated"].as_u64().unwrap_or(0) + out["csr_rewritten"].as_u64().unwrap_or(0), 5, "{out}");
+    assert!(out["csr_rewritten"].as_u64().unwrap_or(0) >= 2, "{out}");
+    for i in 1..=5 {
+        let id = format!("60000{i}");
+        assert_eq!(env.json(&["key", "list", &id]).as_array().map(Vec::len), Some(1), "one key for {id}");
+        assert!(csrs.join(format!("{id}.csr")).exists());
+    }
+    assert!(env.json(&["key", "list", "600006"]).as_array().is_some_and(Vec::is_empty), "disabled: none");
+
+    // Certificates for them all in a folder, with a file that is not one.
+    let certs = env.path("certs");
+    std::fs::create_dir_all(&certs).expect("certs");
+    for i in 1..=5 {
+        env.issue(&csrs.join(format!("60000{i}.csr")), &certs.join(format!("60000{i}.pem")), &[]);
+    }
+    std::fs::write(certs.join("zz-garbage.pem"), "not a certificate").expect("garbage");
+    let import = ["key", "import-cert", "--dir", s(&certs)];
+    let r = env.run_with(&import, &[("INKAN_DANGER_CRASH_AT", "key-bulk-after-2")]);
+    assert_ne!(r.code, 0, "killed");
+    let r = env.run(&["--json", "key", "import-cert", "--dir", s(&certs)]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stderr).expect("report");
+    assert_eq!((report["imported"].clone(), report["unchanged"].clone()), (3.into(), 2.into()), "{report}");
+    assert_eq!(report["failed"][0]["user_id"], "zz-garbage.pem", "{report}");
+    let doc = env.path("doc.txt");
+    std::fs::write(&doc, "bulk").expect("doc");
+    let sig = env.path("doc.p7s");
+    env.ok(&["sign", "600003", s(&doc), "--out", s(&sig)]);
+    assert!(openssl_verify(&sig, Some(&doc)).0);
+
+    // A rotation list with a user that cannot be rotated changes nothing.
+    let list = env.path("rotate.csv");
+    std::fs::write(&list, "user_id\n600001\n600002,any other field\nnobody\n").expect("list");
+    let before = env.snapshot();
+    let r = env.run(&["key", "rotate", "--users", s(&list), "--csr-dir", s(&env.path("renewal"))]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("nobody") && r.stderr.contains("nothing was done"), "{}", r.stderr);
+    assert_eq!(env.snapshot(), before);
+    std::fs::write(&list, "600001\n600002\n").expect("list");
+    let out = env.json(&["key", "rotate", "--users", s(&list), "--csr-dir", s(&env.path("renewal"))]);
+    assert_eq!(out["generated"], 2, "{out}");
+    // Then everyone: the two pending renewals are resumed, the others rotated.
+    let out = env.json(&["key", "rotate", "--all", "--alg", "p256", "--csr-dir", s(&env.path("renewal"))]);
+    assert_eq!(
+        (out["users"].clone(), out["generated"].clone(), out["csr_rewritten"].clone()),
+        (6.into(), 4.into(), 2.into()),
+        "{out}"
+    );
+    assert!(env.path("renewal/600007.csr").exists());
+    assert!(env.ok(&["audit", "verify"]).contains("intact"));
+}

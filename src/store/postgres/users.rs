@@ -6,7 +6,7 @@ use tokio_postgres::Row;
 use super::row::get;
 use super::PgTx;
 use crate::storage::StoreError;
-use crate::users::{parse_algorithm, KeyRecord, KeyState, User, UserStatus, UserStore};
+use crate::users::{parse_algorithm, KeyRecord, KeyState, KeyStatus, User, UserStatus, UserStore};
 
 const USER_COLUMNS: &str = "id, name, qualification, status, created_at";
 const KEY_COLUMNS: &str =
@@ -48,6 +48,17 @@ impl UserStore for PgTx {
     async fn users(&mut self) -> Result<Vec<User>, StoreError> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY id COLLATE \"C\"");
         self.rows(&sql, &[]).await?.iter().map(user).collect()
+    }
+
+    async fn key_status(&mut self) -> Result<Vec<KeyStatus>, StoreError> {
+        let sql = "SELECT u.id, EXISTS (SELECT 1 FROM keys k WHERE k.user_id = u.id AND k.state = 'active'), \
+     (SELECT generation FROM keys k WHERE k.user_id = u.id AND k.state = 'pending') \
+     FROM users u WHERE u.status = 'active' ORDER BY u.id COLLATE \"C\"";
+        self.rows(sql, &[])
+            .await?
+            .iter()
+            .map(|r| Ok(KeyStatus { user_id: get(r, 0)?, active: get(r, 1)?, pending: get(r, 2)? }))
+            .collect()
     }
 
     async fn insert_user(&mut self, u: &User) -> Result<(), StoreError> {

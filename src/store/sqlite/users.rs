@@ -7,7 +7,7 @@ use rusqlite::{params, Connection};
 
 use super::{optional, SqliteTx};
 use crate::storage::StoreError;
-use crate::users::{parse_algorithm, KeyRecord, KeyState, User, UserStatus, UserStore};
+use crate::users::{parse_algorithm, KeyRecord, KeyState, KeyStatus, User, UserStatus, UserStore};
 
 const USER_COLUMNS: &str = "id, name, qualification, status, created_at";
 const KEY_COLUMNS: &str =
@@ -76,6 +76,17 @@ impl<C: DerefMut<Target = Connection> + Send> UserStore for SqliteTx<C> {
         let mut stmt = self.conn().prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"))?;
         let rows = stmt.query_map([], user_from_row)?;
         collect(rows)
+    }
+
+    async fn key_status(&mut self) -> Result<Vec<KeyStatus>, StoreError> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT u.id, EXISTS (SELECT 1 FROM keys k WHERE k.user_id = u.id AND k.state = 'active'), \
+     (SELECT generation FROM keys k WHERE k.user_id = u.id AND k.state = 'pending') \
+     FROM users u WHERE u.status = 'active' ORDER BY u.id",
+        )?;
+        let rows =
+            stmt.query_map([], |r| Ok(KeyStatus { user_id: r.get(0)?, active: r.get(1)?, pending: r.get(2)? }))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     async fn insert_user(&mut self, user: &User) -> Result<(), StoreError> {
