@@ -11,10 +11,21 @@ use crate::fido::regcode::{self, Password};
 /// `inkan regcode ...`
 #[derive(Debug, Subcommand)]
 pub enum RegcodeCommand {
-    /// Issue a registration URL and password for a user (replaces the user's previous code).
+    /// Issue a registration URL and password for a user (replaces the user's
+    /// previous code); or, with --users FILE --out-dir DIR, a printable notice
+    /// (`<USER_ID>.html`, QR code inside) for each user in the file, with the
+    /// birth date as password where the file has one (else a random one).
+    /// Run again after a kill: users whose notice is in DIR are left alone.
     Issue {
         /// The user.
-        user_id: String,
+        #[arg(required_unless_present = "users", conflicts_with = "users")]
+        user_id: Option<String>,
+        /// A CSV file: `user_id[,name,qualification[,birth date]]` per line (as for `user import`).
+        #[arg(long, value_name = "FILE", requires = "out_dir", conflicts_with_all = ["password", "birthdate", "qr"])]
+        users: Option<PathBuf>,
+        /// The folder for the notices of --users.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
         /// The password to print on the notice (at least 6 characters; default: 10 random digits).
         #[arg(long, conflicts_with = "birthdate")]
         password: Option<String>,
@@ -61,7 +72,17 @@ pub async fn run(ctx: &Ctx, cmd: RegcodeCommand) -> Result<Output, CliError> {
     let store = store.as_ref();
     let now = ctx.now_ms();
     match cmd {
-        RegcodeCommand::Issue { user_id, password, birthdate, expires, qr } => {
+        RegcodeCommand::Issue { users: Some(file), out_dir: Some(dir), expires, .. } => {
+            let lifetime = match expires {
+                Some(e) => parse_duration(&e)?,
+                None => ctx.config.fido.regcode_days as i64 * 86_400_000,
+            };
+            notices(ctx, store, &file, &dir, lifetime).await
+        }
+        RegcodeCommand::Issue { user_id: None, .. } | RegcodeCommand::Issue { users: Some(_), .. } => {
+            Err(CliError { message: "give a user ID, or --users FILE with --out-dir DIR".into(), code: 2 })
+        }
+        RegcodeCommand::Issue { user_id: Some(user_id), password, birthdate, expires, qr, .. } => {
             let lifetime = match expires {
                 Some(e) => parse_duration(&e)?,
                 None => ctx.config.fido.regcode_days as i64 * 86_400_000,
@@ -112,4 +133,148 @@ pub async fn run(ctx: &Ctx, cmd: RegcodeCommand) -> Result<Output, CliError> {
             Ok(Output::new(text, json!({ "user_id": user_id, "revoked": revoked })))
         }
     }
+}
+
+/// One user a bulk issue could not serve.
+#[derive(Debug, serde::Serialize)]
+struct NoticeFailure {
+    line: usize,
+    user_id: String,
+    error: String,
+}
+
+/// What `regcode issue --users` did.
+#[derive(Debug, Default, serde::Serialize)]
+struct NoticeReport {
+    users: usize,
+    issued: usize,
+    /// Users whose notice was in the folder already (a run again): left alone.
+    unchanged: usize,
+    failed: Vec<NoticeFailure>,
+}
+
+/// `regcode issue --users FILE --out-dir DIR`: a notice per user, one Argon2
+/// hash per core at a time.
+async fn notices(
+    ctx: &Ctx,
+    store: &dyn crate::store::Store,
+    file: &std::path::Path,
+    dir: &std::path::Path,
+    lifetime: i64,
+) -> Result<Output, CliError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError { message: format!("cannot read {} ({e})", file.display()), code: 1 })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CliError { message: format!("cannot make {} ({e})", dir.display()), code: 1 })?;
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let fields: Vec<&str> = line.split(',').map(|f| f.trim().trim_matches('"')).collect();
+        let id = fields[0].trim_start_matches('\u{feff}');
+        if id.is_empty() || id.starts_with('#') || (i == 0 && id.eq_ignore_ascii_case("user_id")) {
+            continue;
+        }
+        rows.push((i + 1, id.to_owned(), fields.get(3).filter(|b| !b.is_empty()).map(|b| (*b).to_owned())));
+    }
+    let report = std::sync::Mutex::new(NoticeReport { users: rows.len(), ..Default::default() });
+    let bar = std::sync::Mutex::new(super::progress::Progress::new("notices", rows.len(), ctx.json));
+    let queue = std::sync::Mutex::new(rows.into_iter());
+    let done = std::sync::Mutex::new(0usize);
+    let now = ctx.now_ms();
+    let worker = || async {
+        loop {
+            let Some((line, user_id, birth)) = queue.lock().unwrap_or_else(|p| p.into_inner()).next() else { break };
+            let path = dir.join(format!("{user_id}.html"));
+            let outcome = async {
+                if crate::users::validate_id(&user_id).is_ok() && path.exists() {
+                    return Ok::<_, CliError>(false);
+                }
+                let user = crate::users::get(store.tx(), &user_id).await?;
+                let password = birth.clone().map(Password::Birthdate).unwrap_or(Password::Generate);
+                let issued = regcode::issue(
+                    store.tx(),
+                    now,
+                    &ctx.actor,
+                    &ctx.config.server.public_url,
+                    &user_id,
+                    password,
+                    lifetime,
+                )
+                .await?;
+                write_file(&path, notice(&user, &issued)?.as_bytes())?;
+                Ok(true)
+            }
+            .await;
+            {
+                let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
+                match outcome {
+                    Ok(true) => r.issued += 1,
+                    Ok(false) => r.unchanged += 1,
+                    Err(e) => r.failed.push(NoticeFailure { line, user_id, error: e.message }),
+                }
+            }
+            let n = {
+                let mut d = done.lock().unwrap_or_else(|p| p.into_inner());
+                *d += 1;
+                *d
+            };
+            bar.lock().unwrap_or_else(|p| p.into_inner()).set(n);
+            crate::users::crash_point(&format!("regcode-bulk-after-{n}"));
+        }
+    };
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    futures_util::future::join_all((0..workers).map(|_| worker())).await;
+    let mut report = report.into_inner().unwrap_or_else(|p| p.into_inner());
+    report.failed.sort_by_key(|f| f.line);
+    let mut text = format!(
+        "{} users: {} notices written to {}, {} there already (left alone), {} failed",
+        report.users,
+        report.issued,
+        dir.display(),
+        report.unchanged,
+        report.failed.len()
+    );
+    for f in &report.failed {
+        text.push_str(&format!("\n  line {}: {}: {}", f.line, f.user_id, f.error));
+    }
+    let json = serde_json::to_value(&report)?;
+    if report.failed.is_empty() {
+        text.push_str("\n  print the notices and hand each to its user; each replaces any earlier code of that user");
+        Ok(Output::new(text, json))
+    } else {
+        text.push_str("\n  fix these and run the same command again: notices written are kept");
+        Err(CliError { message: if ctx.json { json.to_string() } else { text }, code: 4 })
+    }
+}
+
+/// Text for HTML.
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
+/// A printable notice (A4, Japanese) with the QR code, the URL, the password
+/// (or where to find it) and the expiry.
+fn notice(user: &crate::users::User, issued: &regcode::Issued) -> Result<String, CliError> {
+    let qr = qrcode::QrCode::new(issued.url.as_bytes())?;
+    let svg = qr.render::<qrcode::render::svg::Color<'_>>().min_dimensions(240, 240).build();
+    let password = match &issued.password {
+        Some(p) => format!("<strong class=\"pw\">{}</strong>", escape(p)),
+        None => "ご自身の生年月日（西暦8桁、例: 19800123）".to_owned(),
+    };
+    Ok(format!(
+        "<!doctype html>\n<html lang=\"ja\"><head><meta charset=\"utf-8\">\
+         <title>HPKIセカンド電子証明書 初期登録用QR — {id}</title>\
+         <style>@page{{size:A4;margin:20mm}}body{{font-family:sans-serif;line-height:1.6}}\
+         .pw{{font-size:1.6em;letter-spacing:.15em}}.url{{word-break:break-all;font-size:.85em}}</style></head>\n\
+         <body><h1>HPKIセカンド電子証明書 初期登録用QR</h1>\n\
+         <p>{name} 様（本人ID: {id}）</p>\n\
+         <p>スマートフォンのカメラで下のQRコードを読み取り、表示された画面でパスワードを入力して、\
+         スマートフォンを登録してください。登録できる端末は1台です。</p>\n{svg}\n\
+         <p class=\"url\">URL: {url}</p>\n<p>パスワード: {password}</p>\n\
+         <p>有効期限: {expires}（期限を過ぎたとき、またはパスワードを続けて間違えたときは、再発行を申請してください）</p>\n\
+         <p>このご案内は本人以外に見せないでください。</p></body></html>\n",
+        id = escape(&user.id),
+        name = escape(&user.name),
+        url = escape(&issued.url),
+        expires = escape(&issued.expires_at),
+    ))
 }

@@ -651,3 +651,42 @@ fn bulk_key_commands_report_bad_input_and_resume_after_a_kill() {
     assert!(env.path("renewal/600007.csr").exists());
     assert!(env.ok(&["audit", "verify"]).contains("intact"));
 }
+
+#[test]
+fn bulk_regcode_notices_resume_and_report_unknown_users() {
+    let env = Env::new();
+    for id in ["700101", "700102", "700103"] {
+        env.add_user(id, "pharmacist");
+    }
+    let file = env.path("users.csv");
+    std::fs::write(
+        &file,
+        "user_id,name,qualification,birth_date\n700101,a,pharmacist,19750615\n700102,b,pharmacist\n\
+         700999,nobody,doctor\n700103,c,pharmacist,19700101\n",
+    )
+    .expect("csv");
+    let out = env.path("notices");
+    let args = ["regcode", "issue", "--users", s(&file), "--out-dir", s(&out)];
+    let r = env.run_with(&args, &[("INKAN_DANGER_CRASH_AT", "regcode-bulk-after-1")]);
+    assert_ne!(r.code, 0, "killed");
+    let r = env.run(&["--json", "regcode", "issue", "--users", s(&file), "--out-dir", s(&out)]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stderr).expect("report");
+    assert_eq!(report["users"], 4);
+    assert_eq!(report["issued"].as_u64().unwrap_or(0) + report["unchanged"].as_u64().unwrap_or(0), 3, "{report}");
+    assert_eq!(report["failed"][0]["user_id"], "700999", "{report}");
+    assert_eq!(report["failed"][0]["line"], 4, "{report}");
+    let generated = std::fs::read_to_string(out.join("700102.html")).expect("notice");
+    assert!(generated.contains("初期登録用QR") && generated.contains("<svg") && generated.contains("700102"));
+    assert!(generated.contains("class=\"pw\""), "a generated password is printed");
+    let birth = std::fs::read_to_string(out.join("700101.html")).expect("notice");
+    assert!(birth.contains("生年月日") && !birth.contains("19750615"), "the birth date is not printed");
+    let codes = env.json(&["regcode", "list"]);
+    let active: Vec<_> = codes.as_array().expect("codes").iter().filter(|c| c["status"] == "active").collect();
+    assert_eq!(active.len(), 3, "one active code per user: {codes}");
+    // A third run leaves the notices (and their codes) alone.
+    let r = env.run(&["regcode", "issue", "--users", s(&file), "--out-dir", s(&out)]);
+    assert_eq!(r.code, 4);
+    assert!(r.stderr.contains("0 notices written") && r.stderr.contains("3 there already"), "{}", r.stderr);
+    assert_eq!(env.json(&["regcode", "list"]), codes);
+}
