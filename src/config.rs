@@ -138,8 +138,8 @@ impl Config {
 
     /// The SO and user PINs for `inkan init`: configured ones, the PINs file's,
     /// or new random ones (then written to the PINs file, mode 0600).
-    pub fn init_pins(&self) -> Result<(Pin, Pin), ConfigError> {
-        secrets::init_pins(&self.token, &self.pins_path())
+    pub fn init_pins(&self, limits: (usize, usize)) -> Result<(Pin, Pin), ConfigError> {
+        secrets::init_pins(&self.token, &self.pins_path(), limits)
     }
 
     /// Sets `SOFTHSM2_CONF` for the module about to be loaded (before any thread starts).

@@ -60,21 +60,37 @@ pub fn init_token(config: &Config) -> Result<Initialised> {
     }
     // Before any thread starts: `inkan init` and `serve --demo` run this first.
     config.export_softhsm_conf();
-    let (so_pin, user_pin) = config.init_pins().map_err(|e| Error::Invalid(e.0))?;
+    let limits = inkan_keystore::pin_limits(&config.token.module, &config.token.label)
+        .map_err(|e| Error::Unavailable(format!("cannot set up the token {:?}: {e}", config.token.label)))?;
+    let (so_pin, user_pin) = config.init_pins((limits.min, limits.max)).map_err(|e| Error::Invalid(e.0))?;
     let lock = config.token_lock_file();
     let token =
         inkan_keystore::init_token(&config.token.module, &config.token.label, &so_pin, &user_pin, lock.as_deref())
             .map_err(|e| Error::Unavailable(format!("cannot set up the token {:?}: {e}", config.token.label)))?;
+    // The PINs file appears once the token has its PINs.
+    crate::config::secrets::commit_pins(&config.pins_path()).map_err(|e| Error::Unavailable(e.0))?;
     steps.push(match token {
         TokenInit::Created => {
             format!("token {:?} created (PINs in {})", config.token.label, config.pins_path().display())
         }
+        TokenInit::Finished => format!(
+            "token {:?} finished: an earlier init was stopped before its user PIN was set (PINs in {})",
+            config.token.label,
+            config.pins_path().display()
+        ),
         TokenInit::Existing => format!("token {:?} exists", config.token.label),
     });
+    if token != TokenInit::Existing && crate::config::secrets::is_default_so_pin(&so_pin) {
+        steps.push(
+            "warning: the SO PIN is the module's well-known default: change it with the module's own tool \
+             (openCryptoki: pkcsconf -P), then give the new one as INKAN_TOKEN_SO_PIN"
+                .to_owned(),
+        );
+    }
     // Check the PIN works, and make the key that signs ID tokens now: nodes
     // started together afterwards find it instead of each making one.
     let keystore = open_keystore(config)?;
-    crate::auth::oidc::platform_key(&keystore)
+    crate::auth::oidc::platform_key(&keystore, config.server.id_token_alg)
         .map_err(|e| Error::Unavailable(format!("cannot make the platform key in the token: {e}")))?;
     // The key-encryption key and its MAC key, which every wrapped user key needs.
     let wrapping = keystore

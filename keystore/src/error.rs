@@ -91,6 +91,13 @@ impl Error {
     pub(crate) fn is_stale(&self) -> bool {
         matches!(self, Error::Pkcs11 { rv, .. } if STALE.contains(&rv.as_str()))
     }
+
+    /// [`Error::is_stale`], or a general error, which some modules answer for
+    /// a handle used after a logout elsewhere (kryoptic): worth one retry on
+    /// a fresh session before the module is reset.
+    pub(crate) fn may_be_stale(&self) -> bool {
+        self.is_stale() || matches!(self, Error::TokenUnavailable { reason } if reason.ends_with("CKR_GENERAL_ERROR"))
+    }
 }
 
 const STALE: &[&str] = &[

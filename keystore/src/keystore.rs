@@ -241,6 +241,9 @@ pub struct Keystore {
     wrapping: RwLock<WrappingKeys>,
     key_storage: KeyStorage,
     cache_size: usize,
+    /// The module's function list, for the calls `cryptoki` cannot make.
+    ext: std::sync::OnceLock<inkan_pkcs11_ffi::Module>,
+    wrap_mechanisms: std::sync::OnceLock<[cryptoki_sys::CK_MECHANISM_TYPE; 2]>,
     cache: CacheCounters,
     tick: AtomicU64,
     /// Wrapped keys in `handles`.
@@ -438,6 +441,8 @@ impl Keystore {
             wrapping: RwLock::new(WrappingKeys::default()),
             key_storage: config.key_storage,
             cache_size: config.cache_size.max(1),
+            ext: std::sync::OnceLock::new(),
+            wrap_mechanisms: std::sync::OnceLock::new(),
             cache: CacheCounters::default(),
             tick: AtomicU64::new(0),
             wrapped_entries: AtomicUsize::new(0),
@@ -527,7 +532,7 @@ impl Keystore {
     fn with_session_inner<T>(&self, op: &impl Fn(&Session) -> Result<T>) -> Result<T> {
         let lease = self.lease()?;
         match op(&lease) {
-            Err(e) if e.is_stale() => {
+            Err(e) if e.may_be_stale() => {
                 lease.discard();
                 self.pool.drain_idle();
                 self.forget_handles();
@@ -683,10 +688,11 @@ impl Keystore {
             Attribute::Unwrap(false),
             Attribute::Derive(false),
         ];
-        let handle = match owner.unwrap_key(&Mechanism::AesKeyWrapPad, kek, parsed.blob, &template) {
+        let handle = match self.with_wrap_mechanism(|m| {
+            self.ext()?.unwrap_key(owner, m, kek, parsed.blob, &template).map_err(from_cryptoki)
+        }) {
             Ok(h) => h,
             Err(e) => {
-                let e = from_cryptoki(e);
                 if e.is_stale() {
                     // The holder itself is gone: start over with a new one.
                     *holder = None;
@@ -801,7 +807,8 @@ impl Keystore {
     /// left alone by a killed run is reused.
     ///
     /// The KEK is AES-256, sensitive, never extractable, not modifiable,
-    /// allowed `CKM_AES_KEY_WRAP_PAD` only, and its `CKA_UNWRAP_TEMPLATE`
+    /// allowed one mechanism only (`CKM_AES_KEY_WRAP_KWP`, RFC 5649, where the
+    /// token offers it, else `CKM_AES_KEY_WRAP_PAD`, SoftHSM's RFC 5649), and its `CKA_UNWRAP_TEMPLATE`
     /// forces every key it unwraps to be sensitive and non-extractable. The
     /// MAC key is a 32-byte generic secret allowed `CKM_SHA256_HMAC` only.
     pub fn prepare_wrapping(&self) -> Result<WrappingReady> {
@@ -856,20 +863,48 @@ impl Keystore {
                 Attribute::Decrypt(false),
                 Attribute::Sign(false),
                 Attribute::Verify(false),
-                Attribute::AllowedMechanisms(vec![MechanismType::AES_KEY_WRAP_PAD]),
             ]);
             let unwrap_template = [Attribute::Sensitive(true), Attribute::Extractable(false)];
-            inkan_pkcs11_ffi::generate_key_with_unwrap_template(
-                &self.module,
-                session,
-                &Mechanism::AesKeyGen,
-                &kek,
-                &unwrap_template,
-            )
-            .map_err(from_cryptoki)?;
+            let allowed = [self.wrap_mechanisms()?[0]];
+            self.ext()?
+                .generate_key_with_unwrap_template(session, &Mechanism::AesKeyGen, &kek, &allowed, &unwrap_template)
+                .map_err(from_cryptoki)?;
             self.wrapping.write().unwrap_or_else(|p| p.into_inner()).newest = Some(Some(index));
             Ok(WrappingReady { kek_index: index, created: true })
         })
+    }
+
+    /// The module's function list (for what `cryptoki` cannot call), opened once.
+    fn ext(&self) -> Result<&inkan_pkcs11_ffi::Module> {
+        if let Some(ext) = self.ext.get() {
+            return Ok(ext);
+        }
+        let ext = inkan_pkcs11_ffi::Module::open(&self.module)
+            .map_err(|e| in_module(from_cryptoki(e), &self.module, "C_GetFunctionList"))?;
+        Ok(self.ext.get_or_init(|| ext))
+    }
+
+    /// The AES key-wrap mechanisms for private keys this token offers, the
+    /// preferred first: RFC 5649 is `CKM_AES_KEY_WRAP_KWP` in PKCS#11 3.0
+    /// (kryoptic) and `CKM_AES_KEY_WRAP_PAD` in SoftHSM 2.6.
+    fn wrap_mechanisms(&self) -> Result<[cryptoki_sys::CK_MECHANISM_TYPE; 2]> {
+        use inkan_pkcs11_ffi::{CKM_AES_KEY_WRAP_KWP as KWP, CKM_AES_KEY_WRAP_PAD as PAD};
+        if let Some(m) = self.wrap_mechanisms.get() {
+            return Ok(*m);
+        }
+        let offered = self.ext()?.mechanisms(self.slot()?).map_err(from_cryptoki)?;
+        let order = if offered.contains(&KWP) || !offered.contains(&PAD) { [KWP, PAD] } else { [PAD, KWP] };
+        Ok(*self.wrap_mechanisms.get_or_init(|| order))
+    }
+
+    /// Runs `op` with the preferred key-wrap mechanism, and with the other if
+    /// the token refuses the first (a KEK made before the module learnt KWP).
+    fn with_wrap_mechanism<T>(&self, op: impl Fn(cryptoki_sys::CK_MECHANISM_TYPE) -> Result<T>) -> Result<T> {
+        let [first, second] = self.wrap_mechanisms()?;
+        match op(first) {
+            Err(Error::MechanismUnsupported { .. }) => op(second),
+            other => other,
+        }
     }
 
     /// The unwrapped-key cache's figures.
@@ -1026,7 +1061,9 @@ impl Keystore {
                 session.generate_key_pair(&mechanism, &public, &private).map_err(from_cryptoki)?;
             let made = (|| {
                 let public_key_der = self.read_public_key(session, pub_handle, alg)?;
-                let blob = session.wrap_key(&Mechanism::AesKeyWrapPad, kek, priv_handle).map_err(from_cryptoki)?;
+                let blob = self.with_wrap_mechanism(|m| {
+                    self.ext()?.wrap_key(session, m, kek, priv_handle).map_err(from_cryptoki)
+                })?;
                 Ok::<_, Error>((public_key_der, blob))
             })();
             for handle in [priv_handle, pub_handle] {

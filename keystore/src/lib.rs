@@ -43,4 +43,4 @@ pub use keystore::{
     DEFAULT_CACHE_SIZE,
 };
 pub use pin::Pin;
-pub use token::{init_token, TokenInit};
+pub use token::{init_token, pin_limits, PinLimits, TokenInit};

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, IdTokenAlg};
 use crate::error::{Credential, Error, Forbidden, Missing, Result};
 use crate::storage::{StoreError, Transactions};
 
@@ -212,18 +212,37 @@ pub struct Code {
     pub expires_at: i64,
 }
 
-/// The JWK of the platform's P-256 key (from its SubjectPublicKeyInfo DER).
-pub fn jwk(spki_der: &[u8], kid: &str) -> Option<Value> {
+/// The JWK of the platform key (from its SubjectPublicKeyInfo DER): P-256
+/// for ES256, RSA for RS256.
+pub fn jwk(spki_der: &[u8], kid: &str, alg: IdTokenAlg) -> Option<Value> {
     use der::Decode;
     let spki = spki::SubjectPublicKeyInfoRef::from_der(spki_der).ok()?;
-    let point = spki.subject_public_key.as_bytes()?;
-    if point.len() != 65 || point[0] != 4 {
-        return None;
+    let key = spki.subject_public_key.as_bytes()?;
+    match alg {
+        IdTokenAlg::ES256 => {
+            if key.len() != 65 || key[0] != 4 {
+                return None;
+            }
+            Some(json!({
+                "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
+                "x": b64url(&key[1..33]), "y": b64url(&key[33..65]),
+            }))
+        }
+        IdTokenAlg::RS256 => {
+            let rsa = RsaPublicKey::from_der(key).ok()?;
+            Some(json!({
+                "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
+                "n": b64url(rsa.n.as_bytes()), "e": b64url(rsa.e.as_bytes()),
+            }))
+        }
     }
-    Some(json!({
-        "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
-        "x": b64url(&point[1..33]), "y": b64url(&point[33..65]),
-    }))
+}
+
+/// PKCS#1 `RSAPublicKey`.
+#[derive(der::Sequence)]
+struct RsaPublicKey<'a> {
+    n: der::asn1::UintRef<'a>,
+    e: der::asn1::UintRef<'a>,
 }
 
 /// The key ID: base64url of the first 12 bytes of SHA-256 over the SPKI.
@@ -237,8 +256,8 @@ fn token_hash_bytes(data: &[u8]) -> Vec<u8> {
 }
 
 /// The signing input of a JWS (compact): `base64url(header) . base64url(payload)`.
-pub fn jws_signing_input(kid: &str, claims: &Value) -> String {
-    let header = json!({ "alg": "ES256", "typ": "JWT", "kid": kid });
+pub fn jws_signing_input(alg: IdTokenAlg, kid: &str, claims: &Value) -> String {
+    let header = json!({ "alg": alg.as_str(), "typ": "JWT", "kid": kid });
     format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()))
 }
 
@@ -304,24 +323,37 @@ pub struct Tokens {
     pub token_type: &'static str,
     /// Seconds.
     pub expires_in: i64,
-    /// The ES256 ID token.
+    /// The ID token (ES256 or RS256, `[server] id_token_alg`).
     pub id_token: String,
     /// The granted scope.
     pub scope: String,
 }
 
-/// The platform key that signs ID tokens (P-256, in the token).
-const PLATFORM_KEY_ID: &[u8] = b"inkan-platform-es256-1";
+/// The platform key that signs ID tokens (in the token): one per algorithm.
 const PLATFORM_KEY_LABEL: &str = "inkan:platform";
 
-/// Finds or creates the platform key; returns it with its public key (SPKI DER).
-pub fn platform_key(keystore: &Keystore) -> Result<(KeyRef, Vec<u8>), inkan_keystore::Error> {
-    let key = KeyRef::from_id(PLATFORM_KEY_ID.to_vec());
+fn platform_key_id(alg: IdTokenAlg) -> &'static [u8] {
+    match alg {
+        IdTokenAlg::ES256 => b"inkan-platform-es256-1",
+        IdTokenAlg::RS256 => b"inkan-platform-rs256-1",
+    }
+}
+
+fn platform_key_algorithm(alg: IdTokenAlg) -> KeyAlgorithm {
+    match alg {
+        IdTokenAlg::ES256 => KeyAlgorithm::EcP256,
+        IdTokenAlg::RS256 => KeyAlgorithm::Rsa2048,
+    }
+}
+
+/// Finds or creates the platform key for `alg`; returns it with its public key (SPKI DER).
+pub fn platform_key(keystore: &Keystore, alg: IdTokenAlg) -> Result<(KeyRef, Vec<u8>), inkan_keystore::Error> {
+    let key = KeyRef::from_id(platform_key_id(alg).to_vec());
     if keystore.keys_labelled(PLATFORM_KEY_LABEL)?.contains(&key) {
-        let spki = keystore.public_key(&key, KeyAlgorithm::EcP256)?;
+        let spki = keystore.public_key(&key, platform_key_algorithm(alg))?;
         return Ok((key, spki));
     }
-    let generated = keystore.generate_key_pair(KeyAlgorithm::EcP256, &key, PLATFORM_KEY_LABEL)?;
+    let generated = keystore.generate_key_pair(platform_key_algorithm(alg), &key, PLATFORM_KEY_LABEL)?;
     Ok((key, generated.public_key_der))
 }
 
@@ -338,6 +370,7 @@ pub struct Provider<T: ?Sized + Send> {
     keystore: Arc<Keystore>,
     clock: Arc<dyn Clock>,
     platform_key: KeyRef,
+    alg: IdTokenAlg,
     kid: String,
     jwk: Value,
 }
@@ -352,10 +385,17 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
         keystore: Arc<Keystore>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
-        let (platform_key, spki) =
-            platform_key(&keystore).map_err(|e| Error::Unavailable(format!("platform key: {e}")))?;
+        let alg = config.server.id_token_alg;
+        let (platform_key, spki) = platform_key(&keystore, alg).map_err(|e| {
+            Error::Unavailable(format!(
+                "platform key for {} ID tokens: {e} (the token must do {}; see [server] id_token_alg)",
+                alg.as_str(),
+                platform_key_algorithm(alg)
+            ))
+        })?;
         let kid = kid(&spki);
-        let jwk = jwk(&spki, &kid).ok_or_else(|| Error::Internal("the platform key is not a P-256 key".into()))?;
+        let jwk = jwk(&spki, &kid, alg)
+            .ok_or_else(|| Error::Internal(format!("the platform key is not a {} key", alg.as_str())))?;
         Ok(Provider {
             issuer: config.server.public_url.trim_end_matches('/').to_owned(),
             session_lifetime_ms: config.server.session_hours as i64 * 3_600_000,
@@ -364,6 +404,7 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
             keystore,
             clock,
             platform_key,
+            alg,
             kid,
             jwk,
         })
@@ -377,6 +418,11 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
     /// The JWK of the ID-token key.
     pub fn jwk(&self) -> &Value {
         &self.jwk
+    }
+
+    /// The ID tokens' algorithm.
+    pub fn id_token_alg(&self) -> IdTokenAlg {
+        self.alg
     }
 
     /// Validates `/oidc/authorize` and keeps the request for the login.
@@ -468,12 +514,17 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
         )
         .await?;
         let claims = id_token_claims(&self.issuer, &code, now, 3600);
-        let input = jws_signing_input(&self.kid, &claims);
-        let (ks, key) = (Arc::clone(&self.keystore), self.platform_key.clone());
+        let input = jws_signing_input(self.alg, &self.kid, &claims);
+        let (ks, key, alg) = (Arc::clone(&self.keystore), self.platform_key.clone(), self.alg);
         let digest = DigestAlgorithm::Sha256.digest(input.as_bytes());
-        let sig = tokio::task::spawn_blocking(move || ks.sign_ecdsa_p1363(&key, &digest))
-            .await
-            .map_err(Error::internal)??;
+        let sig = tokio::task::spawn_blocking(move || match alg {
+            IdTokenAlg::ES256 => ks.sign_ecdsa_p1363(&key, &digest),
+            IdTokenAlg::RS256 => {
+                ks.sign_digest(&key, inkan_keystore::SignatureScheme::RsaPkcs1v15(DigestAlgorithm::Sha256), &digest)
+            }
+        })
+        .await
+        .map_err(Error::internal)??;
         Ok(Tokens {
             access_token: access,
             token_type: "Bearer",

@@ -79,6 +79,7 @@ pub const SETTINGS: &[Setting] = &[
     s("server.shutdown_grace_secs", Int),
     s("server.audit_window_us", Int),
     s("server.audit_idle_window_us", Int),
+    s("server.id_token_alg", Choice(&["ES256", "RS256"])),
     s("hpki.anchors", Paths),
     s("hpki.intermediates", Paths),
     s("hpki.crls", Paths),
@@ -199,7 +200,7 @@ mod tests {
             let parsed: Result<Config, _> = table.try_into();
             assert!(parsed.is_ok(), "{}: {:?}", setting.var(), parsed.err());
         }
-        assert_eq!(SETTINGS.len(), 46, "the README promises an override for each of the 46 settings");
+        assert_eq!(SETTINGS.len(), 47, "the README promises an override for each of the 47 settings");
     }
 
     #[test]

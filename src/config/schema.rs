@@ -93,6 +93,30 @@ pub struct ServerConfig {
     pub audit_window_us: u64,
     /// The same with cores to spare (microseconds).
     pub audit_idle_window_us: u64,
+    /// The algorithm of the ID tokens (and of the platform key in the token
+    /// that signs them): `ES256` (default; the token must do EC P-256) or
+    /// `RS256` (RSA-2048).
+    pub id_token_alg: IdTokenAlg,
+}
+
+/// `[server] id_token_alg`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum IdTokenAlg {
+    /// ECDSA P-256 with SHA-256.
+    #[default]
+    ES256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256, RSA-2048.
+    RS256,
+}
+
+impl IdTokenAlg {
+    /// `ES256` or `RS256`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdTokenAlg::ES256 => "ES256",
+            IdTokenAlg::RS256 => "RS256",
+        }
+    }
 }
 
 /// The longest commit window accepted (µs).
@@ -114,6 +138,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 20,
             audit_window_us: 6000,
             audit_idle_window_us: 500,
+            id_token_alg: IdTokenAlg::ES256,
         }
     }
 }

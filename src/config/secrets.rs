@@ -35,32 +35,66 @@ pub fn user_pin(token: &TokenConfig, pins: &Path) -> Result<Pin, ConfigError> {
     })
 }
 
-/// The SO and user PINs for `inkan init`: configured ones, the PINs file's, or
-/// new random ones (then written to the PINs file, mode 0600).
-pub fn init_pins(token: &TokenConfig, pins: &Path) -> Result<(Pin, Pin), ConfigError> {
-    let existing = read(pins);
+/// Where `inkan init` keeps new random PINs until the token has them: the
+/// PINs file only appears once the token is made, and a killed init finds
+/// them here to finish the token with.
+pub fn pending_path(pins: &Path) -> std::path::PathBuf {
+    pins.with_extension("pending")
+}
+
+/// The SO and user PINs for `inkan init`: configured ones, the PINs file's, a
+/// killed init's pending ones, or new random ones of a length the token takes
+/// (`limits`: its shortest and longest PIN), kept in the pending file (mode
+/// 0600) until [`commit_pins`].
+pub fn init_pins(token: &TokenConfig, pins: &Path, limits: (usize, usize)) -> Result<(Pin, Pin), ConfigError> {
+    let existing = read(pins).or_else(|| read(&pending_path(pins)));
     let so = token.so_pin.clone().or_else(|| existing.as_ref().map(|f| f.so_pin.clone()));
     let user = token.user_pin.clone().or_else(|| existing.as_ref().map(|f| f.user_pin.clone()));
     if let (Some(so), Some(user)) = (&so, &user) {
         return Ok((Pin::new(so.clone()), Pin::new(user.clone())));
     }
+    let (min, max) = limits;
+    if max < min || max < 4 {
+        return Err(ConfigError(format!(
+            "the token takes PINs of {min} to {max} characters: set INKAN_TOKEN_USER_PIN and INKAN_TOKEN_SO_PIN"
+        )));
+    }
+    let length = 16usize.clamp(min.max(4), max);
     let so = match so {
         Some(p) => p,
-        None => random_pin()?,
+        None => random_pin(length)?,
     };
     let user = match user {
         Some(p) => p,
-        None => random_pin()?,
+        None => random_pin(length)?,
     };
     let text = toml::to_string(&PinsFile { user_pin: user.clone(), so_pin: so.clone() })
         .map_err(|e| ConfigError(format!("PINs file: {e}")))?;
-    write_private(pins, text.as_bytes()).map_err(|e| ConfigError(format!("cannot write {}: {e}", pins.display())))?;
+    let pending = pending_path(pins);
+    write_private(&pending, text.as_bytes())
+        .map_err(|e| ConfigError(format!("cannot write {}: {e}", pending.display())))?;
     Ok((Pin::new(so), Pin::new(user)))
 }
 
-/// A random 16-digit PIN; an error if the system gives no randomness.
-fn random_pin() -> Result<String, ConfigError> {
-    let mut bytes = [0u8; 16];
+/// Makes pending PINs the PINs file, once the token has them.
+pub fn commit_pins(pins: &Path) -> Result<bool, ConfigError> {
+    let pending = pending_path(pins);
+    if !pending.exists() {
+        return Ok(false);
+    }
+    std::fs::rename(&pending, pins).map_err(|e| ConfigError(format!("cannot write {}: {e}", pins.display())))?;
+    Ok(true)
+}
+
+/// Whether an SO PIN is a module's well-known default (openCryptoki ships
+/// `87654321`): anyone can then re-initialise the token.
+pub fn is_default_so_pin(pin: &Pin) -> bool {
+    ["87654321", "12345678", "1234", "0000"].contains(&pin.expose())
+}
+
+/// A random PIN of `length` digits; an error if the system gives no randomness.
+fn random_pin(length: usize) -> Result<String, ConfigError> {
+    let mut bytes = vec![0u8; length];
     getrandom::fill(&mut bytes)
         .map_err(|e| ConfigError(format!("the operating system gives no randomness for a PIN: {e}")))?;
     // 256 % 10 = 6: digits 0-5 are a little more likely (entropy > 52 bits for 16 digits).
@@ -91,16 +125,35 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let pins = dir.path().join("var/token-pins.toml");
         let token = TokenConfig::default();
-        let (so, user) = init_pins(&token, &pins).expect("init");
+        let (so, user) = init_pins(&token, &pins, (4, 255)).expect("init");
         assert_eq!((so.expose().len(), user.expose().len()), (16, 16));
         assert_ne!(so.expose(), user.expose());
+        assert!(!pins.exists(), "no PINs file before the token has them");
+        let pending = pending_path(&pins);
+        assert_eq!(std::fs::metadata(&pending).expect("file").permissions().mode() & 0o777, 0o600);
+        let (so1, user1) = init_pins(&token, &pins, (4, 255)).expect("after a kill");
+        assert_eq!((so1.expose(), user1.expose()), (so.expose(), user.expose()), "a killed init's PINs, again");
+        assert!(commit_pins(&pins).expect("commit"));
+        assert!(pins.exists() && !pending.exists());
         assert_eq!(std::fs::metadata(&pins).expect("file").permissions().mode() & 0o777, 0o600);
-        let (so2, user2) = init_pins(&token, &pins).expect("again");
+        let (so2, user2) = init_pins(&token, &pins, (4, 255)).expect("again");
         assert_eq!((so2.expose(), user2.expose()), (so.expose(), user.expose()), "read back, not replaced");
         assert_eq!(user_pin(&token, &pins).expect("user pin").expose(), user.expose());
         let configured = TokenConfig { user_pin: Some("4321".into()), ..TokenConfig::default() };
         assert_eq!(user_pin(&configured, &pins).expect("configured").expose(), "4321");
         let missing = user_pin(&token, &dir.path().join("none.toml")).expect_err("no PIN");
         assert!(missing.0.contains("INKAN_TOKEN_USER_PIN"), "{missing}");
+    }
+
+    #[test]
+    fn random_pins_fit_the_token() {
+        let dir = tempfile::tempdir().expect("dir");
+        let token = TokenConfig::default();
+        let (so, user) = init_pins(&token, &dir.path().join("a.toml"), (4, 8)).expect("4-8");
+        assert_eq!((so.expose().len(), user.expose().len()), (8, 8), "openCryptoki: at most 8");
+        let (so, _) = init_pins(&token, &dir.path().join("b.toml"), (20, 64)).expect("20-64");
+        assert_eq!(so.expose().len(), 20);
+        assert!(init_pins(&token, &dir.path().join("c.toml"), (4, 3)).is_err());
+        assert!(is_default_so_pin(&Pin::new("87654321")) && !is_default_so_pin(&so));
     }
 }

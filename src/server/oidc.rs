@@ -35,7 +35,7 @@ pub async fn discovery(State(app): State<Arc<App>>) -> Response {
         "response_types_supported": ["code"],
         "grant_types_supported": ["authorization_code"],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["ES256"],
+        "id_token_signing_alg_values_supported": [app.oidc.id_token_alg().as_str()],
         "scopes_supported": ["openid", "sign"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],

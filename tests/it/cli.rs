@@ -690,3 +690,26 @@ fn bulk_regcode_notices_resume_and_report_unknown_users() {
     assert!(r.stderr.contains("0 notices written") && r.stderr.contains("3 there already"), "{}", r.stderr);
     assert_eq!(env.json(&["regcode", "list"]), codes);
 }
+
+#[test]
+fn an_init_killed_half_way_is_finished_and_writes_its_pins_only_then() {
+    let env = Env::bare();
+    // Random PINs this time: no PINs in the configuration.
+    let config = std::fs::read_to_string(&env.config).expect("config");
+    let config: String = config.lines().filter(|l| !l.contains("_pin")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&env.config, config).expect("config");
+    let pins = env.data().join("token-pins.toml");
+    let r = env.run_with(&["init"], &[("INKAN_DANGER_CRASH_AT", "init-after-init-token")]);
+    assert_ne!(r.code, 0, "killed between C_InitToken and C_InitPIN");
+    assert!(!pins.exists(), "no PINs file for a token that is not made");
+    assert!(env.data().join("token-pins.pending").exists(), "the PINs the token was begun with");
+
+    let out = env.ok(&["init"]);
+    assert!(out.contains("finished"), "{out}");
+    assert!(pins.exists() && !env.data().join("token-pins.pending").exists());
+    let text = std::fs::read_to_string(&pins).expect("pins");
+    assert!(text.contains("user_pin") && !out.contains(text.lines().next().unwrap_or("?")), "PINs not printed");
+    env.add_user("140001", "doctor");
+    env.ok(&["key", "generate", "140001", "--csr-out", s(&env.path("k.csr"))]);
+    assert_eq!(env.json(&["init"])["token_created"], false, "idempotent");
+}

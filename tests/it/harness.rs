@@ -277,13 +277,21 @@ pub fn openssl_print(sig: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The PKCS#11 module of the in-process keystore tests: `INKAN_TEST_PKCS11_MODULE`
+/// (another implementation, set up by `softhsm/second-module.sh`), else SoftHSM.
+pub fn module() -> String {
+    std::env::var("INKAN_TEST_PKCS11_MODULE").unwrap_or_else(|_| inkan::config::SOFTHSM_MODULE.to_owned())
+}
+
 /// In-process keystore tests share one SoftHSM configuration (SoftHSM reads it
 /// once per process). Their tokens are all made before this process loads
 /// SoftHSM, by `softhsm2-util` in child processes: `C_InitToken` inside a process
 /// adds a slot, and SoftHSM 2.6 does not guard its slot list against threads
 /// using other slots at the same time (seen as crashes and CKR_MECHANISM_INVALID).
+/// Another module's tokens are made in this process, one after the other,
+/// before any test uses one.
 struct SharedSoftHsm {
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     labels: Mutex<Vec<String>>,
 }
 
@@ -302,11 +310,27 @@ pub fn token_with(
     pool_size: usize,
     adjust: impl FnOnce(&mut inkan::keystore::KeystoreConfig),
 ) -> (inkan::keystore::Keystore, String) {
+    let module = module();
     let shared = SOFTHSM.get_or_init(|| {
+        let labels: Vec<String> = (0..PREMADE_TOKENS).map(|i| format!("ks-{i}")).collect();
+        if module != inkan::config::SOFTHSM_MODULE {
+            for label in &labels {
+                inkan::keystore::init_token(
+                    Path::new(&module),
+                    label,
+                    &inkan::keystore::Pin::new(SO_PIN),
+                    &inkan::keystore::Pin::new(USER_PIN),
+                    None,
+                )
+                .unwrap_or_else(|e| {
+                    panic!("{module}: a token for {label}: {e} (the module needs {PREMADE_TOKENS} free slots)")
+                });
+            }
+            return SharedSoftHsm { _dir: None, labels: Mutex::new(labels) };
+        }
         let dir = tempfile::tempdir().expect("temp dir");
         let conf = dir.path().join("softhsm2.conf");
         inkan::setup::write_softhsm_conf(&conf).expect("softhsm conf");
-        let labels: Vec<String> = (0..PREMADE_TOKENS).map(|i| format!("ks-{i}")).collect();
         for label in &labels {
             let out = Command::new("softhsm2-util")
                 .env("SOFTHSM2_CONF", &conf)
@@ -317,7 +341,7 @@ pub fn token_with(
         }
         // Set before any thread of this process loads SoftHSM.
         std::env::set_var("SOFTHSM2_CONF", &conf);
-        SharedSoftHsm { _dir: dir, labels: Mutex::new(labels) }
+        SharedSoftHsm { _dir: Some(dir), labels: Mutex::new(labels) }
     });
     let label = shared
         .labels
@@ -325,11 +349,8 @@ pub fn token_with(
         .unwrap_or_else(|p| p.into_inner())
         .pop()
         .expect("all premade tokens are used: raise PREMADE_TOKENS in tests/it/harness.rs");
-    let mut cfg = inkan::keystore::KeystoreConfig::new(
-        inkan::config::SOFTHSM_MODULE,
-        label.clone(),
-        inkan::keystore::Pin::new(USER_PIN),
-    );
+    let mut cfg =
+        inkan::keystore::KeystoreConfig::new(module.as_str(), label.clone(), inkan::keystore::Pin::new(USER_PIN));
     cfg.pool_size = pool_size;
     adjust(&mut cfg);
     (inkan::keystore::Keystore::open(cfg).expect("open keystore"), label)

@@ -731,3 +731,28 @@ fn a_second_demo_start_on_ports_in_use_changes_nothing() {
     assert_eq!(env.audit_rows(), rows, "nothing was written");
     assert_eq!(Client::new().get(&server.url("/readyz"), &[]).status, 200);
 }
+
+#[test]
+fn id_tokens_can_be_rs256_for_tokens_without_ec() {
+    let env = service_env();
+    let server = Server::start(&env, &[("INKAN_SERVER_ID_TOKEN_ALG", "RS256")]);
+    let client = register_client(&env);
+    let discovery = Client::new().get(&server.url("/.well-known/openid-configuration"), &[]).json();
+    assert_eq!(discovery["id_token_signing_alg_values_supported"], json!(["RS256"]));
+    let jwks = Client::new().get(&server.url("/oidc/jwks"), &[]).json();
+    assert_eq!((jwks["keys"][0]["kty"].clone(), jwks["keys"][0]["alg"].clone()), (json!("RSA"), json!("RS256")));
+    let tokens = login(&server, &client, "hpki-doctor", "hpki");
+    let id_token = tokens["id_token"].as_str().expect("id token");
+    let header: serde_json::Value = serde_json::from_slice(
+        &base64ct::Base64UrlUnpadded::decode_vec(id_token.split('.').next().expect("header")).expect("b64"),
+    )
+    .expect("header");
+    assert_eq!(header["alg"], "RS256");
+    // A stock library checks the RS256 signature against the JWKS.
+    let out = std::process::Command::new("python3")
+        .arg(crate::harness::root().join("tests/oidc/stock_client.py"))
+        .args([&server.base, s(&fixture("hpki-root.pem")), &client.id, id_token, "nonce-1", "RS256"])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "PyJWT refused: {}", String::from_utf8_lossy(&out.stderr));
+}

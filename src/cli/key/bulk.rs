@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::super::context::{read_certificate, write_file, CliError, Ctx, Output};
-use super::super::progress::Progress;
+use crate::cli::context::{read_certificate, write_file, CliError, Ctx, Output};
+use crate::cli::progress::Progress;
 use crate::keys::{self, Purpose};
 use crate::users::KeyStatus;
 use inkan_keystore::KeyAlgorithm;
