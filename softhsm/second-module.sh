@@ -24,22 +24,30 @@ mkdir -p "$WORK"
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need clang && [ ! -e /usr/lib/llvm-14/lib/libclang.so ] && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
     echo "second-module: installing libclang-dev (bindgen needs it)" >&2
-    apt-get install -y libclang-dev >/dev/null
+    apt-get install -y libclang-dev >/dev/null || { apt-get update >/dev/null && apt-get install -y libclang-dev >/dev/null; }
 fi
 for tool in make gcc perl; do
     need "$tool" || { echo "second-module: $tool is missing (apt-get install -y build-essential perl)" >&2; exit 1; }
 done
 
 # The crates' sources: `cargo info` downloads a crate into the registry cache.
+CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
 crate_dir() {
     name=$1 version=$2
-    crate=$(ls "$HOME"/.cargo/registry/cache/*/"$name-$version.crate" 2>/dev/null | head -1 || true)
+    crate=$(ls "$CARGO_HOME"/registry/cache/*/"$name-$version.crate" 2>/dev/null | head -1 || true)
     if [ -z "$crate" ]; then
-        (cd "$WORK" && cargo info "$name@$version" >/dev/null 2>&1)
-        crate=$(ls "$HOME"/.cargo/registry/cache/*/"$name-$version.crate" | head -1)
+        (cd "$WORK" && cargo info "$name@$version" >/dev/null) ||
+            { echo "second-module: cannot download $name $version from the registry" >&2; exit 1; }
+        crate=$(ls "$CARGO_HOME"/registry/cache/*/"$name-$version.crate" 2>/dev/null | head -1 || true)
+        [ -n "$crate" ] || { echo "second-module: $name $version is not in $CARGO_HOME/registry/cache" >&2; exit 1; }
     fi
     mkdir -p "$WORK/src"
-    [ -d "$WORK/src/$name-$version" ] || tar xzf "$crate" -C "$WORK/src"
+    if [ ! -d "$WORK/src/$name-$version" ]; then
+        # Extracted whole or not at all (a killed run leaves no half tree).
+        rm -rf "$WORK/src/.partial" && mkdir "$WORK/src/.partial"
+        tar xzf "$crate" -C "$WORK/src/.partial"
+        mv "$WORK/src/.partial/$name-$version" "$WORK/src/$name-$version"
+    fi
     echo "$WORK/src/$name-$version"
 }
 
@@ -49,6 +57,7 @@ if [ ! -f "$MODULE" ]; then
         src=$(crate_dir openssl-src "$OPENSSL_SRC")
         rm -rf "$OPENSSL"
         cp -r "$src/openssl" "$OPENSSL"
+        # Built in place; a killed build starts over (libcrypto.a is made last).
         echo "second-module: building OpenSSL $(cat "$OPENSSL/VERSION.dat" | sed -n 's/^MAJOR=//p').x statically (a few minutes)" >&2
         # no-module/no-legacy: the crate's trimmed sources cannot build the
         # legacy provider, which kryoptic does not use.
@@ -72,7 +81,7 @@ fi
 # Sixteen empty slots (one per in-process keystore test token), in a
 # directory of their own.
 TOKENS=$(mktemp -d)
-trap 'rm -rf "$TOKENS"' EXIT
+trap 'rm -rf "$TOKENS"' EXIT INT TERM
 for i in $(seq 1 16); do
     printf '[[slots]]\nslot = %s\ndbtype = "sqlite"\ndbargs = "%s/token-%s.sql"\n\n' "$i" "$TOKENS" "$i"
 done >"$TOKENS/kryoptic.conf"

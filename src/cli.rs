@@ -9,6 +9,7 @@
 mod audit;
 mod client;
 mod context;
+mod csv;
 mod dev;
 mod device;
 mod hpki;

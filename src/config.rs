@@ -138,7 +138,7 @@ impl Config {
 
     /// The SO and user PINs for `inkan init`: configured ones, the PINs file's,
     /// or new random ones (then written to the PINs file, mode 0600).
-    pub fn init_pins(&self, limits: (usize, usize)) -> Result<(Pin, Pin), ConfigError> {
+    pub fn init_pins(&self, limits: (usize, usize)) -> Result<(Pin, Pin, secrets::PinSource), ConfigError> {
         secrets::init_pins(&self.token, &self.pins_path(), limits)
     }
 

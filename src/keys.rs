@@ -206,6 +206,204 @@ pub async fn generate<T: UsersTx + ?Sized>(
     Ok(generated)
 }
 
+/// Generates keys for many users at once (the bulk commands): their records
+/// are read in one transaction, the token's work runs on `workers` blocking
+/// threads, and the keys are recorded in one transaction with their audit
+/// rows (a user whose keys changed meanwhile is refused, the others go on).
+/// A kill before that commit records none of them (wrapped keys leave
+/// nothing behind; key pairs in the token are orphans the next generation
+/// for that user removes). Returns each user's outcome, in order.
+#[allow(clippy::too_many_arguments)]
+pub async fn generate_many<T: UsersTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    keystore: &Arc<Keystore>,
+    clock: &dyn Clock,
+    actor: &str,
+    user_ids: &[String],
+    alg: KeyAlgorithm,
+    purpose: Purpose,
+    workers: usize,
+) -> Result<Vec<(String, Result<Generated>)>> {
+    struct Prepared {
+        at: usize,
+        user: User,
+        generation: i64,
+        known: Vec<Vec<u8>>,
+    }
+    let mut outcomes: Vec<Option<Result<Generated>>> = (0..user_ids.len()).map(|_| None).collect();
+    let mut prepared = Vec::new();
+    {
+        let mut tx = store.read().await?;
+        for (at, user_id) in user_ids.iter().enumerate() {
+            let checked = async {
+                let user = users::get_in(&mut *tx, user_id).await?;
+                if !user.is_active() {
+                    return Err(users::disabled(user_id));
+                }
+                let keys = tx.keys(Some(user_id)).await?;
+                check_new_key(&keys, user_id, purpose)?;
+                let generation = keys.iter().map(|k| k.generation).max().unwrap_or(0) + 1;
+                Ok(Prepared { at, user, generation, known: keys.into_iter().map(|k| k.token_id).collect() })
+            }
+            .await;
+            match checked {
+                Ok(p) => prepared.push(p),
+                Err(e) => outcomes[at] = Some(Err(e)),
+            }
+        }
+    }
+    // The token: each worker takes every `workers`-th user.
+    let workers = workers.max(1);
+    let scheme = alg.default_scheme(DigestAlgorithm::Sha256);
+    /// One user's token work: position, user, generation, known ids, CSR subject.
+    type Work = (usize, String, i64, Vec<Vec<u8>>, x509_cert::name::Name);
+    let mut lanes: Vec<Vec<Work>> = (0..workers).map(|_| Vec::new()).collect();
+    for (i, p) in prepared.iter().enumerate() {
+        lanes[i % workers].push((p.at, p.user.id.clone(), p.generation, p.known.clone(), subject(&p.user)?));
+    }
+    type Made = (usize, Result<(Vec<KeyRef>, inkan_keystore::GeneratedKey, Vec<u8>)>);
+    let tasks: Vec<_> = lanes
+        .into_iter()
+        .map(|lane| {
+            let ks = Arc::clone(keystore);
+            tokio::task::spawn_blocking(move || -> Vec<Made> {
+                lane.into_iter()
+                    .map(|(at, user_id, generation, known, subject)| {
+                        let made = (|| {
+                            let label = token_label(&user_id);
+                            let orphans: Vec<KeyRef> = ks
+                                .keys_labelled(&label)?
+                                .into_iter()
+                                .filter(|k| !known.iter().any(|s| s == k.stored()))
+                                .collect();
+                            let generated = ks.generate_key(alg, &label, &binding(&user_id, generation))?;
+                            let csr = build_csr(&ks, &generated.key, &generated.public_key_der, subject, scheme);
+                            match csr {
+                                Ok(csr) => Ok((orphans, generated, csr)),
+                                Err(e) => {
+                                    let _ = ks.destroy(&generated.key);
+                                    Err(Error::from(e))
+                                }
+                            }
+                        })();
+                        (at, made)
+                    })
+                    .collect()
+            })
+        })
+        .collect();
+    let mut made = Vec::new();
+    for task in tasks {
+        made.extend(task.await.map_err(Error::internal)?);
+    }
+    made.sort_by_key(|(at, _)| *at);
+    users::crash_point("after-token-keygen");
+
+    // The store: one transaction for all of them.
+    let now = clock.now_ms();
+    let mut tx = store.write().await?;
+    let mut recorded: Vec<(usize, Vec<KeyRef>, Generated)> = Vec::new();
+    let mut unrecorded: Vec<KeyRef> = Vec::new();
+    let mut events_of: Vec<(String, i64, serde_json::Value)> = Vec::new();
+    for (at, result) in made {
+        let (orphans, generated, csr) = match result {
+            Ok(m) => m,
+            Err(e) => {
+                outcomes[at] = Some(Err(e));
+                continue;
+            }
+        };
+        let user_id = &user_ids[at];
+        let Some(generation) = prepared.iter().find(|p| p.at == at).map(|p| p.generation) else { continue };
+        let allowed = async {
+            check_new_key(&tx.keys(Some(user_id)).await?, user_id, purpose)?;
+            if tx.next_generation(user_id).await? != generation {
+                return Err(state_error(format!("another key was made for user {user_id} meanwhile")));
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = allowed {
+            unrecorded.push(generated.key.clone());
+            outcomes[at] = Some(Err(e));
+            continue;
+        }
+        let record = KeyRecord {
+            user_id: user_id.clone(),
+            generation,
+            algorithm: alg,
+            token_id: generated.key.stored().to_vec(),
+            public_key: generated.public_key_der.clone(),
+            csr: csr.clone(),
+            certificate: None,
+            state: KeyState::Pending,
+            created_at: now,
+            activated_at: None,
+            retired_at: None,
+        };
+        tx.insert_key(&record).await?;
+        events_of.push((
+            user_id.clone(),
+            generation,
+            serde_json::json!({
+                "algorithm": alg.as_str(),
+                "token_id": generated.key.hex(),
+                "storage": generated.key.storage().as_str(),
+                "orphans_removed": orphans.len(),
+                "via": "bulk",
+            }),
+        ));
+        let view = Generated {
+            key: KeyView::from(&record),
+            csr_pem: pki::to_pem("CERTIFICATE REQUEST", &csr),
+            orphans_removed: orphans.len(),
+        };
+        recorded.push((at, orphans, view));
+    }
+    let events: Vec<Event<'_>> = events_of
+        .iter()
+        .map(|(user_id, generation, detail)| Event {
+            actor,
+            event: if purpose == Purpose::Rotation { "key.rotate" } else { "key.generate" },
+            user_id: Some(user_id),
+            generation: Some(*generation),
+            outcome: "ok",
+            detail: detail.clone(),
+            ..Default::default()
+        })
+        .collect();
+    if !events.is_empty() {
+        audit::append(&mut *tx, now, &events).await?;
+    }
+    // A failed commit may still have committed: the recorded keys stay (a
+    // later generation removes key pairs that are not recorded).
+    let committed = tx.commit().await;
+    let ks = Arc::clone(keystore);
+    let orphans: Vec<KeyRef> = match committed {
+        Ok(()) => recorded.iter().flat_map(|(_, o, _)| o.iter().cloned()).collect(),
+        Err(_) => Vec::new(),
+    };
+    tokio::task::spawn_blocking(move || {
+        for key in unrecorded.iter().chain(&orphans) {
+            if let Err(e) = ks.destroy(key) {
+                tracing::warn!("cannot remove the unrecorded or orphaned key pair {}: {e}", key.hex());
+            }
+        }
+    })
+    .await
+    .map_err(Error::internal)?;
+    committed?;
+    for (at, _, generated) in recorded {
+        outcomes[at] = Some(Ok(generated));
+    }
+    Ok(user_ids
+        .iter()
+        .cloned()
+        .zip(outcomes)
+        .map(|(u, o)| (u, o.unwrap_or_else(|| Err(Error::Internal("no outcome".into())))))
+        .collect())
+}
+
 /// A key made by [`generate`], to be recorded.
 struct NewKey<'a> {
     user_id: &'a str,

@@ -62,13 +62,13 @@ pub fn init_token(config: &Config) -> Result<Initialised> {
     config.export_softhsm_conf();
     let limits = inkan_keystore::pin_limits(&config.token.module, &config.token.label)
         .map_err(|e| Error::Unavailable(format!("cannot set up the token {:?}: {e}", config.token.label)))?;
-    let (so_pin, user_pin) = config.init_pins((limits.min, limits.max)).map_err(|e| Error::Invalid(e.0))?;
+    let (so_pin, user_pin, source) = config.init_pins((limits.min, limits.max)).map_err(|e| Error::Invalid(e.0))?;
     let lock = config.token_lock_file();
     let token =
         inkan_keystore::init_token(&config.token.module, &config.token.label, &so_pin, &user_pin, lock.as_deref())
             .map_err(|e| Error::Unavailable(format!("cannot set up the token {:?}: {e}", config.token.label)))?;
     // The PINs file appears once the token has its PINs.
-    crate::config::secrets::commit_pins(&config.pins_path()).map_err(|e| Error::Unavailable(e.0))?;
+    crate::config::secrets::settle_pins(&config.pins_path(), source).map_err(|e| Error::Unavailable(e.0))?;
     steps.push(match token {
         TokenInit::Created => {
             format!("token {:?} created (PINs in {})", config.token.label, config.pins_path().display())

@@ -369,7 +369,7 @@ pub async fn import<T: UsersTx + ?Sized>(
         let now = clock.now_ms();
         let mut tx = store.write().await?;
         let mut added: Vec<User> = Vec::new();
-        let mut in_batch = std::collections::HashSet::new();
+        let mut in_batch: std::collections::HashMap<String, (String, String)> = std::collections::HashMap::new();
         for row in batch {
             let checked = (|| {
                 validate_id(&row.id)?;
@@ -389,13 +389,24 @@ pub async fn import<T: UsersTx + ?Sized>(
                     continue;
                 }
             };
-            if !in_batch.insert(row.id.clone()) {
-                report.failed.push(ImportFailure {
-                    line: row.line,
-                    user_id: row.id.clone(),
-                    error: "the same user ID is on an earlier line of the file".into(),
-                });
-                continue;
+            // A line repeated in the file is the same user again; the same ID
+            // with other data is refused.
+            match in_batch.get(&row.id) {
+                Some(first) if *first == (name.clone(), qualification.clone()) => {
+                    report.unchanged += 1;
+                    continue;
+                }
+                Some(_) => {
+                    report.failed.push(ImportFailure {
+                        line: row.line,
+                        user_id: row.id.clone(),
+                        error: "the same user ID is on an earlier line of the file with other data".into(),
+                    });
+                    continue;
+                }
+                None => {
+                    in_batch.insert(row.id.clone(), (name.clone(), qualification.clone()));
+                }
             }
             match tx.user(&row.id).await? {
                 Some(u) if u.name == name && u.qualification == qualification => report.unchanged += 1,

@@ -1,5 +1,6 @@
 //! `inkan regcode ...`: printed initial-registration codes for phones.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 
 use clap::Subcommand;
@@ -164,18 +165,32 @@ async fn notices(
 ) -> Result<Output, CliError> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| CliError { message: format!("cannot read {} ({e})", file.display()), code: 1 })?;
-    std::fs::create_dir_all(dir)
+    // The notices hold passwords: the folder is its owner's only.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
         .map_err(|e| CliError { message: format!("cannot make {} ({e})", dir.display()), code: 1 })?;
     let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let fields: Vec<&str> = line.split(',').map(|f| f.trim().trim_matches('"')).collect();
-        let id = fields[0].trim_start_matches('\u{feff}');
-        if id.is_empty() || id.starts_with('#') || (i == 0 && id.eq_ignore_ascii_case("user_id")) {
+    let mut failed = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for line in super::csv::lines(&text) {
+        let fields = match line.fields {
+            Ok(f) => f,
+            Err(e) => {
+                failed.push(NoticeFailure { line: line.number, user_id: String::new(), error: e });
+                continue;
+            }
+        };
+        let id = fields[0].trim().to_owned();
+        // One code per user: a repeated line would replace a printed one.
+        if !seen.insert(id.clone()) {
             continue;
         }
-        rows.push((i + 1, id.to_owned(), fields.get(3).filter(|b| !b.is_empty()).map(|b| (*b).to_owned())));
+        let birth = fields.get(3).map(|b| b.trim().to_owned()).filter(|b| !b.is_empty());
+        rows.push((line.number, id, birth));
     }
-    let report = std::sync::Mutex::new(NoticeReport { users: rows.len(), ..Default::default() });
+    let report = std::sync::Mutex::new(NoticeReport { users: rows.len() + failed.len(), failed, ..Default::default() });
     let bar = std::sync::Mutex::new(super::progress::Progress::new("notices", rows.len(), ctx.json));
     let queue = std::sync::Mutex::new(rows.into_iter());
     let done = std::sync::Mutex::new(0usize);
@@ -200,7 +215,8 @@ async fn notices(
                     lifetime,
                 )
                 .await?;
-                write_file(&path, notice(&user, &issued)?.as_bytes())?;
+                crate::config::secrets::write_private(&path, notice(&user, &issued)?.as_bytes())
+                    .map_err(|e| CliError { message: format!("cannot write {} ({e})", path.display()), code: 1 })?;
                 Ok(true)
             }
             .await;

@@ -136,45 +136,12 @@ pub async fn run(ctx: &Ctx, cmd: UserCommand) -> Result<Output, CliError> {
     }
 }
 
-/// Splits one CSV line into fields: commas, with `"..."` quoting (`""` is a quote).
-fn csv_fields(line: &str) -> Result<Vec<String>, String> {
-    let mut fields = Vec::new();
-    let mut field = String::new();
-    let mut chars = line.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (true, '"') if chars.peek() == Some(&'"') => {
-                chars.next();
-                field.push('"');
-            }
-            (true, '"') => quoted = false,
-            (false, '"') if field.trim().is_empty() => {
-                field.clear();
-                quoted = true;
-            }
-            (false, ',') => fields.push(std::mem::take(&mut field)),
-            (_, c) => field.push(c),
-        }
-    }
-    if quoted {
-        return Err("a quoted field is not closed".into());
-    }
-    fields.push(field);
-    Ok(fields)
-}
-
 /// The rows of a user CSV file, and the lines that cannot be rows.
 fn parse_users_csv(text: &str) -> (Vec<users::ImportRow>, Vec<users::ImportFailure>) {
     let (mut rows, mut failed) = (Vec::new(), Vec::new());
-    let mut first = true;
-    for (i, line) in text.lines().enumerate() {
-        let line_no = i + 1;
-        let line = line.trim_start_matches('\u{feff}').trim_end_matches('\r');
-        if line.trim().is_empty() || line.trim_start().starts_with('#') {
-            continue;
-        }
-        let fields = match csv_fields(line) {
+    for line in super::csv::lines(text) {
+        let line_no = line.number;
+        let fields = match line.fields {
             Ok(f) => f,
             Err(e) => {
                 failed.push(users::ImportFailure { line: line_no, user_id: String::new(), error: e });
@@ -182,9 +149,6 @@ fn parse_users_csv(text: &str) -> (Vec<users::ImportRow>, Vec<users::ImportFailu
             }
         };
         let id = fields[0].trim().to_owned();
-        if std::mem::take(&mut first) && ["user_id", "id", "本人id"].contains(&id.to_lowercase().as_str()) {
-            continue;
-        }
         let fail = |error: String| users::ImportFailure { line: line_no, user_id: id.clone(), error };
         if !(3..=4).contains(&fields.len()) {
             failed.push(fail(format!("{} fields: a row is user_id,name,qualification[,birth date]", fields.len())));

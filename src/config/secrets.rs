@@ -46,12 +46,20 @@ pub fn pending_path(pins: &Path) -> std::path::PathBuf {
 /// killed init's pending ones, or new random ones of a length the token takes
 /// (`limits`: its shortest and longest PIN), kept in the pending file (mode
 /// 0600) until [`commit_pins`].
-pub fn init_pins(token: &TokenConfig, pins: &Path, limits: (usize, usize)) -> Result<(Pin, Pin), ConfigError> {
-    let existing = read(pins).or_else(|| read(&pending_path(pins)));
+pub fn init_pins(
+    token: &TokenConfig,
+    pins: &Path,
+    limits: (usize, usize),
+) -> Result<(Pin, Pin, PinSource), ConfigError> {
+    let (existing, source) = match read(pins) {
+        Some(f) => (Some(f), PinSource::File),
+        None => (read(&pending_path(pins)), PinSource::Pending),
+    };
     let so = token.so_pin.clone().or_else(|| existing.as_ref().map(|f| f.so_pin.clone()));
     let user = token.user_pin.clone().or_else(|| existing.as_ref().map(|f| f.user_pin.clone()));
     if let (Some(so), Some(user)) = (&so, &user) {
-        return Ok((Pin::new(so.clone()), Pin::new(user.clone())));
+        let source = if token.so_pin.is_some() && token.user_pin.is_some() { PinSource::Configured } else { source };
+        return Ok((Pin::new(so.clone()), Pin::new(user.clone()), source));
     }
     let (min, max) = limits;
     if max < min || max < 4 {
@@ -73,7 +81,36 @@ pub fn init_pins(token: &TokenConfig, pins: &Path, limits: (usize, usize)) -> Re
     let pending = pending_path(pins);
     write_private(&pending, text.as_bytes())
         .map_err(|e| ConfigError(format!("cannot write {}: {e}", pending.display())))?;
-    Ok((Pin::new(so), Pin::new(user)))
+    Ok((Pin::new(so), Pin::new(user), PinSource::New))
+}
+
+/// Where [`init_pins`] found the PINs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinSource {
+    /// Both in the configuration (file or environment).
+    Configured,
+    /// The PINs file.
+    File,
+    /// A killed init's pending file.
+    Pending,
+    /// Made now (in the pending file).
+    New,
+}
+
+/// After the token has its PINs: pending PINs become the PINs file if they
+/// are the ones used; a stale pending file (PINs given otherwise since) goes.
+pub fn settle_pins(pins: &Path, source: PinSource) -> Result<bool, ConfigError> {
+    match source {
+        PinSource::Pending | PinSource::New => commit_pins(pins),
+        PinSource::Configured | PinSource::File => {
+            let pending = pending_path(pins);
+            if pending.exists() {
+                std::fs::remove_file(&pending)
+                    .map_err(|e| ConfigError(format!("cannot remove {}: {e}", pending.display())))?;
+            }
+            Ok(false)
+        }
+    }
 }
 
 /// Makes pending PINs the PINs file, once the token has them.
@@ -125,18 +162,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let pins = dir.path().join("var/token-pins.toml");
         let token = TokenConfig::default();
-        let (so, user) = init_pins(&token, &pins, (4, 255)).expect("init");
+        let (so, user, source) = init_pins(&token, &pins, (4, 255)).expect("init");
+        assert_eq!(source, PinSource::New);
         assert_eq!((so.expose().len(), user.expose().len()), (16, 16));
         assert_ne!(so.expose(), user.expose());
         assert!(!pins.exists(), "no PINs file before the token has them");
         let pending = pending_path(&pins);
         assert_eq!(std::fs::metadata(&pending).expect("file").permissions().mode() & 0o777, 0o600);
-        let (so1, user1) = init_pins(&token, &pins, (4, 255)).expect("after a kill");
+        let (so1, user1, source) = init_pins(&token, &pins, (4, 255)).expect("after a kill");
+        assert_eq!(source, PinSource::Pending);
         assert_eq!((so1.expose(), user1.expose()), (so.expose(), user.expose()), "a killed init's PINs, again");
         assert!(commit_pins(&pins).expect("commit"));
         assert!(pins.exists() && !pending.exists());
         assert_eq!(std::fs::metadata(&pins).expect("file").permissions().mode() & 0o777, 0o600);
-        let (so2, user2) = init_pins(&token, &pins, (4, 255)).expect("again");
+        let (so2, user2, _) = init_pins(&token, &pins, (4, 255)).expect("again");
         assert_eq!((so2.expose(), user2.expose()), (so.expose(), user.expose()), "read back, not replaced");
         assert_eq!(user_pin(&token, &pins).expect("user pin").expose(), user.expose());
         let configured = TokenConfig { user_pin: Some("4321".into()), ..TokenConfig::default() };
@@ -149,11 +188,21 @@ mod tests {
     fn random_pins_fit_the_token() {
         let dir = tempfile::tempdir().expect("dir");
         let token = TokenConfig::default();
-        let (so, user) = init_pins(&token, &dir.path().join("a.toml"), (4, 8)).expect("4-8");
+        let (so, user, _) = init_pins(&token, &dir.path().join("a.toml"), (4, 8)).expect("4-8");
         assert_eq!((so.expose().len(), user.expose().len()), (8, 8), "openCryptoki: at most 8");
-        let (so, _) = init_pins(&token, &dir.path().join("b.toml"), (20, 64)).expect("20-64");
+        let (so, _, _) = init_pins(&token, &dir.path().join("b.toml"), (20, 64)).expect("20-64");
         assert_eq!(so.expose().len(), 20);
         assert!(init_pins(&token, &dir.path().join("c.toml"), (4, 3)).is_err());
         assert!(is_default_so_pin(&Pin::new("87654321")) && !is_default_so_pin(&so));
+        // Pending PINs of a failed run, then PINs given in the configuration:
+        // the pending ones must not become the PINs file.
+        let pins = dir.path().join("c.toml");
+        init_pins(&token, &pins, (4, 255)).expect("pending");
+        let given =
+            TokenConfig { user_pin: Some("111111".into()), so_pin: Some("222222".into()), ..TokenConfig::default() };
+        let (_, _, source) = init_pins(&given, &pins, (4, 255)).expect("configured");
+        assert_eq!(source, PinSource::Configured);
+        assert!(!settle_pins(&pins, source).expect("settle"));
+        assert!(!pins.exists() && !pending_path(&pins).exists(), "stale pending PINs removed, never committed");
     }
 }

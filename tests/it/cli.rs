@@ -594,7 +594,7 @@ fn bulk_key_commands_report_bad_input_and_resume_after_a_kill() {
     let generate = ["key", "generate", "--all-without-key", "--alg", "p256", "--csr-dir", s(&csrs)];
 
     // Killed after two users; run again: the rest get keys, the two get their CSRs again.
-    let r = env.run_with(&generate, &[("INKAN_DANGER_CRASH_AT", "key-bulk-after-2")]);
+    let r = env.run_with(&generate, &[("INKAN_DANGER_CRASH_AT", "key-bulk-after-2"), ("INKAN_DANGER_BULK_CHUNK", "2")]);
     assert_ne!(r.code, 0, "killed");
     let mut again = vec!["--json"];
     again.extend(generate);
@@ -649,6 +649,16 @@ fn bulk_key_commands_report_bad_input_and_resume_after_a_kill() {
         "{out}"
     );
     assert!(env.path("renewal/600007.csr").exists());
+    // The renewals imported, the same rotation run again rotates nobody twice.
+    let renewed = env.path("renewed");
+    std::fs::create_dir_all(&renewed).expect("renewed");
+    for id in ["600001", "600002", "600003", "600004", "600005", "600007"] {
+        env.issue(&env.path(&format!("renewal/{id}.csr")), &renewed.join(format!("{id}.pem")), &[]);
+    }
+    let out = env.json(&["key", "import-cert", "--dir", s(&renewed)]);
+    assert_eq!(out["imported"], 6, "{out}");
+    let out = env.json(&["key", "rotate", "--all", "--alg", "p256", "--csr-dir", s(&env.path("renewal"))]);
+    assert_eq!((out["generated"].clone(), out["already"].clone()), (0.into(), 6.into()), "{out}");
     assert!(env.ok(&["audit", "verify"]).contains("intact"));
 }
 

@@ -6,11 +6,11 @@
 //! a certificate already imported counts as unchanged.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::cli::context::{read_certificate, write_file, CliError, Ctx, Output};
+use crate::cli::context::{read_certificate, CliError, Ctx, Output};
 use crate::cli::progress::Progress;
 use crate::keys::{self, Purpose};
 use crate::users::KeyStatus;
@@ -34,6 +34,9 @@ struct GenerateReport {
     generated: usize,
     /// Users whose new key was pending already (a resumed run): CSR written again.
     csr_rewritten: usize,
+    /// Users whose rotation is done already (its CSR in the folder is their
+    /// active key's): left alone.
+    already: usize,
     /// Users not served.
     failed: Vec<Failure>,
     /// Keys generated per second.
@@ -44,9 +47,8 @@ struct GenerateReport {
 /// of a CSV line; `#` comments and a header skipped) or `--all`: enabled users
 /// with an active key (or, resumed, a pending one).
 pub fn chosen(status: Vec<KeyStatus>, file: Option<&Path>, all: bool) -> Result<Vec<KeyStatus>, CliError> {
-    let rotatable = |k: &KeyStatus| k.active || k.pending.is_some();
     if all {
-        return Ok(status.into_iter().filter(rotatable).collect());
+        return Ok(status.into_iter().filter(|k| k.active).collect());
     }
     let Some(file) = file else {
         return Err(CliError { message: "give --users FILE or --all".into(), code: 2 });
@@ -56,14 +58,17 @@ pub fn chosen(status: Vec<KeyStatus>, file: Option<&Path>, all: bool) -> Result<
     let by_id: std::collections::HashMap<&str, &KeyStatus> = status.iter().map(|k| (k.user_id.as_str(), k)).collect();
     let (mut chosen, mut unknown) = (Vec::new(), Vec::new());
     let mut seen = std::collections::HashSet::new();
-    for line in text.lines() {
-        let id = line.split(',').next().unwrap_or("").trim().trim_matches('"');
-        if id.is_empty() || id.starts_with('#') || id.eq_ignore_ascii_case("user_id") || !seen.insert(id.to_owned()) {
+    for line in crate::cli::csv::lines(&text) {
+        let id = match &line.fields {
+            Ok(f) => f[0].trim().to_owned(),
+            Err(e) => format!("line {}: {e}", line.number),
+        };
+        if !seen.insert(id.clone()) {
             continue;
         }
-        match by_id.get(id) {
-            Some(k) if rotatable(k) => chosen.push((*k).clone()),
-            _ => unknown.push(id.to_owned()),
+        match by_id.get(id.as_str()) {
+            Some(k) if k.active => chosen.push((*k).clone()),
+            _ => unknown.push(id),
         }
     }
     if !unknown.is_empty() {
@@ -96,57 +101,69 @@ pub async fn generate(
     let store = ctx.store().await?;
     let keystore = Arc::new(ctx.keystore()?);
     let workers = keystore.pool_size().max(1);
-    let report = Mutex::new(GenerateReport { users: targets.len(), ..Default::default() });
-    let bar = Mutex::new(Progress::new("keys", targets.len(), ctx.json));
-    let queue = Mutex::new(targets.into_iter());
-    let done = Mutex::new(0usize);
+    let mut report = GenerateReport { users: targets.len(), ..Default::default() };
+    let mut bar = Progress::new("keys", targets.len(), ctx.json);
     let started = std::time::Instant::now();
-    let worker = || async {
-        loop {
-            let Some(target) = queue.lock().unwrap_or_else(|p| p.into_inner()).next() else { break };
+    // Users per transaction. Test hook: INKAN_DANGER_BULK_CHUNK.
+    let chunk = std::env::var("INKAN_DANGER_BULK_CHUNK").ok().and_then(|c| c.parse().ok()).unwrap_or(CHUNK).max(1);
+    let mut done = 0;
+    for part in targets.chunks(chunk) {
+        let mut fresh = Vec::new();
+        for target in part {
             let csr = dir.join(format!("{}.csr", target.user_id));
             let outcome = match target.pending {
                 // A resumed run: the key is there, its CSR file may not be.
-                Some(generation) => {
-                    keys::csr(store.tx(), &target.user_id, Some(generation)).await.map(|pem| (pem, false))
+                Some(generation) => match keys::csr(store.tx(), &target.user_id, Some(generation)).await {
+                    Ok(pem) => write_csr(&csr, &pem).map(|()| Made::Rewritten),
+                    Err(e) => Err(CliError::from(e)),
+                },
+                // Run again after the certificates were imported: the CSR in
+                // the folder is the active key's, which this rotation made.
+                None if purpose == Purpose::Rotation && rotated_already(store.tx(), &target.user_id, &csr).await => {
+                    Ok(Made::Already)
                 }
                 None => {
-                    keys::generate(store.tx(), &keystore, ctx.clock.as_ref(), &ctx.actor, &target.user_id, alg, purpose)
-                        .await
-                        .map(|g| (g.csr_pem, true))
+                    fresh.push(target.user_id.clone());
+                    continue;
                 }
             };
-            let outcome = outcome.map_err(CliError::from).and_then(|(pem, new)| {
-                write_file(&csr, pem.as_bytes())?;
-                Ok(new)
-            });
-            {
-                let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
-                match outcome {
-                    Ok(true) => r.generated += 1,
-                    Ok(false) => r.csr_rewritten += 1,
-                    Err(e) => r.failed.push(Failure { user_id: target.user_id.clone(), error: e.message }),
-                }
-            }
-            let n = {
-                let mut d = done.lock().unwrap_or_else(|p| p.into_inner());
-                *d += 1;
-                *d
-            };
-            bar.lock().unwrap_or_else(|p| p.into_inner()).set(n);
-            crate::users::crash_point(&format!("key-bulk-after-{n}"));
+            report.count(&target.user_id, outcome);
         }
-    };
-    futures_util::future::join_all((0..workers).map(|_| worker())).await;
-    let mut report = report.into_inner().unwrap_or_else(|p| p.into_inner());
+        if !fresh.is_empty() {
+            let made = keys::generate_many(
+                store.tx(),
+                &keystore,
+                ctx.clock.as_ref(),
+                &ctx.actor,
+                &fresh,
+                alg,
+                purpose,
+                workers,
+            )
+            .await?;
+            for (user_id, outcome) in made {
+                let csr = dir.join(format!("{user_id}.csr"));
+                let outcome = match outcome {
+                    Ok(g) => write_csr(&csr, &g.csr_pem).map(|()| Made::Generated),
+                    Err(e) => Err(CliError::from(e)),
+                };
+                report.count(&user_id, outcome);
+            }
+        }
+        done += part.len();
+        bar.set(done);
+        crate::users::crash_point(&format!("key-bulk-after-{done}"));
+    }
     report.keys_per_second = report.generated as f64 / started.elapsed().as_secs_f64().max(0.001);
     let verb = if purpose == Purpose::Rotation { "rotated" } else { "generated" };
     let mut text = format!(
-        "{} users: {} keys {verb} ({:.1}/s), {} CSRs written again for pending keys, {} failed; CSRs in {}",
+        "{} users: {} keys {verb} ({:.1}/s), {} CSRs written again for pending keys, {} done before, {} failed; \
+         CSRs in {}",
         report.users,
         report.generated,
         report.keys_per_second,
         report.csr_rewritten,
+        report.already,
         report.failed.len(),
         dir.display()
     );
@@ -157,6 +174,54 @@ pub async fn generate(
         serde_json::to_value(&report)?,
         "next: have the HPKI CA issue the certificates, then `inkan key import-cert --dir <CERTS>`",
     )
+}
+
+/// Users per transaction in a bulk generation.
+const CHUNK: usize = 64;
+
+/// What one user of a bulk generation got.
+enum Made {
+    /// A new key, with its CSR.
+    Generated,
+    /// The CSR of the pending key again.
+    Rewritten,
+    /// Nothing: done by an earlier run.
+    Already,
+}
+
+impl GenerateReport {
+    fn count(&mut self, user_id: &str, outcome: Result<Made, CliError>) {
+        match outcome {
+            Ok(Made::Generated) => self.generated += 1,
+            Ok(Made::Rewritten) => self.csr_rewritten += 1,
+            Ok(Made::Already) => self.already += 1,
+            Err(e) => self.failed.push(Failure { user_id: user_id.to_owned(), error: e.message }),
+        }
+    }
+}
+
+/// Writes a CSR file whole (a temporary file renamed), without waiting for
+/// the disk: a CSR lost to a power cut is written again by the next run,
+/// from the pending key.
+fn write_csr(path: &Path, pem: &str) -> Result<(), CliError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, pem)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| CliError { message: format!("cannot write {} ({e})", path.display()), code: 1 })
+}
+
+/// Whether `csr` is the CSR of the user's active key (a rotation done and imported).
+async fn rotated_already(
+    store: &dyn crate::storage::Transactions<dyn crate::store::Tx>,
+    user_id: &str,
+    csr: &Path,
+) -> bool {
+    let Ok(existing) = std::fs::read_to_string(csr) else { return false };
+    let Ok(keys) = keys::list(store, Some(user_id)).await else { return false };
+    keys.iter().any(|k| {
+        k.state == crate::users::KeyState::Active && crate::pki::to_pem("CERTIFICATE REQUEST", &k.csr) == existing
+    })
 }
 
 /// What a bulk certificate import did.
