@@ -161,8 +161,7 @@ pub async fn generate<T: UsersTx + ?Sized>(
     let (orphans, generated) = {
         let (ks, label, bound) = (Arc::clone(keystore), label.clone(), binding(user_id, generation));
         tokio::task::spawn_blocking(move || {
-            let orphans: Vec<KeyRef> =
-                ks.keys_labelled(&label)?.into_iter().filter(|k| !known.iter().any(|s| s == k.stored())).collect();
+            let orphans = orphans(&ks, &label, &known)?;
             Ok::<_, Error>((orphans, ks.generate_key(alg, &label, &bound)?))
         })
         .await
@@ -271,11 +270,7 @@ pub async fn generate_many<T: UsersTx + ?Sized>(
                     .map(|(at, user_id, generation, known, subject)| {
                         let made = (|| {
                             let label = token_label(&user_id);
-                            let orphans: Vec<KeyRef> = ks
-                                .keys_labelled(&label)?
-                                .into_iter()
-                                .filter(|k| !known.iter().any(|s| s == k.stored()))
-                                .collect();
+                            let orphans = orphans(&ks, &label, &known)?;
                             let generated = ks.generate_key(alg, &label, &binding(&user_id, generation))?;
                             let csr = build_csr(&ks, &generated.key, &generated.public_key_der, subject, scheme);
                             match csr {
@@ -402,6 +397,17 @@ pub async fn generate_many<T: UsersTx + ?Sized>(
         .zip(outcomes)
         .map(|(u, o)| (u, o.unwrap_or_else(|| Err(Error::Internal("no outcome".into())))))
         .collect())
+}
+
+/// Key pairs in the token with the user's label that the store does not
+/// know. Only keys kept as token objects leave such orphans: with wrapped
+/// keys (which leave nothing in the token) the search is skipped, because
+/// `C_FindObjects` also walks every unwrapped key in the cache.
+fn orphans(keystore: &Keystore, label: &str, known: &[Vec<u8>]) -> Result<Vec<KeyRef>> {
+    if keystore.key_storage() == inkan_keystore::KeyStorage::Wrapped {
+        return Ok(Vec::new());
+    }
+    Ok(keystore.keys_labelled(label)?.into_iter().filter(|k| !known.iter().any(|s| s == k.stored())).collect())
 }
 
 /// A key made by [`generate`], to be recorded.
