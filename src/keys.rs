@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use der::{Decode, Encode};
-use inkan_keystore::{build_csr, DigestAlgorithm, KeyAlgorithm, KeyRef, Keystore};
+use inkan_keystore::{DigestAlgorithm, KeyAlgorithm, KeyRef, Keystore};
 use serde::Serialize;
 use x509_cert::Certificate;
 
@@ -158,11 +158,14 @@ pub async fn generate<T: UsersTx + ?Sized>(
     let generation = keys.iter().map(|k| k.generation).max().unwrap_or(0) + 1;
     // The token's work runs on the blocking pool, so that bulk generation
     // runs one key per core.
-    let (orphans, generated) = {
-        let (ks, label, bound) = (Arc::clone(keystore), label.clone(), binding(user_id, generation));
+    let scheme = alg.default_scheme(DigestAlgorithm::Sha256);
+    let (orphans, generated, csr) = {
+        let (ks, label, bound, subject) =
+            (Arc::clone(keystore), label.clone(), binding(user_id, generation), subject(&user)?);
         tokio::task::spawn_blocking(move || {
             let orphans = orphans(&ks, &label, &known)?;
-            Ok::<_, Error>((orphans, ks.generate_key(alg, &label, &bound)?))
+            let (generated, csr) = ks.generate_key_with_csr(alg, &label, &bound, &subject, scheme)?;
+            Ok::<_, Error>((orphans, generated, csr))
         })
         .await
         .map_err(Error::internal)??
@@ -170,14 +173,6 @@ pub async fn generate<T: UsersTx + ?Sized>(
     let key = generated.key.clone();
     users::crash_point("after-token-keygen");
     let recorded = async {
-        let scheme = alg.default_scheme(DigestAlgorithm::Sha256);
-        let csr = {
-            let (ks, key, spki, subject) =
-                (Arc::clone(keystore), key.clone(), generated.public_key_der.clone(), subject(&user)?);
-            tokio::task::spawn_blocking(move || build_csr(&ks, &key, &spki, subject, scheme))
-                .await
-                .map_err(Error::internal)??
-        };
         let public_key = generated.public_key_der.clone();
         let new = NewKey { user_id, generation, alg, purpose, key: &key, public_key, csr };
         record_new_key(store, clock, actor, new, orphans.len()).await
@@ -271,15 +266,14 @@ pub async fn generate_many<T: UsersTx + ?Sized>(
                         let made = (|| {
                             let label = token_label(&user_id);
                             let orphans = orphans(&ks, &label, &known)?;
-                            let generated = ks.generate_key(alg, &label, &binding(&user_id, generation))?;
-                            let csr = build_csr(&ks, &generated.key, &generated.public_key_der, subject, scheme);
-                            match csr {
-                                Ok(csr) => Ok((orphans, generated, csr)),
-                                Err(e) => {
-                                    let _ = ks.destroy(&generated.key);
-                                    Err(Error::from(e))
-                                }
-                            }
+                            let (generated, csr) = ks.generate_key_with_csr(
+                                alg,
+                                &label,
+                                &binding(&user_id, generation),
+                                &subject,
+                                scheme,
+                            )?;
+                            Ok((orphans, generated, csr))
                         })();
                         (at, made)
                     })

@@ -72,6 +72,17 @@ pub fn build_csr(
     subject: Name,
     scheme: SignatureScheme,
 ) -> Result<Vec<u8>> {
+    csr_signed_by(public_key_der, subject, scheme, |message| keystore.sign_message(key, scheme, message))
+}
+
+/// A PKCS#10 request for `public_key_der` and `subject`, whose
+/// `CertificationRequestInfo` DER `sign` signs with `scheme`.
+pub(crate) fn csr_signed_by(
+    public_key_der: &[u8],
+    subject: Name,
+    scheme: SignatureScheme,
+    sign: impl FnOnce(&[u8]) -> Result<Vec<u8>>,
+) -> Result<Vec<u8>> {
     let invalid = |e: der::Error| Error::InvalidInput(format!("certification request: {e}"));
     let info = CertReqInfo {
         version: Version::V1,
@@ -80,7 +91,7 @@ pub fn build_csr(
         attributes: Default::default(),
     };
     let to_sign = info.to_der().map_err(invalid)?;
-    let signature = keystore.sign_message(key, scheme, &to_sign)?;
+    let signature = sign(&to_sign)?;
     CertReq {
         info,
         algorithm: signature_algorithm(scheme)?,

@@ -1014,10 +1014,53 @@ impl Keystore {
         }
     }
 
+    /// [`Keystore::generate_key`], and the key's PKCS#10 request for `subject`
+    /// signed with `scheme`. A wrapped key signs its request before it is
+    /// wrapped, so it is not unwrapped again for it.
+    pub fn generate_key_with_csr(
+        &self,
+        alg: KeyAlgorithm,
+        label: &str,
+        binding: &[u8],
+        subject: &x509_cert::name::Name,
+        scheme: SignatureScheme,
+    ) -> Result<(GeneratedKey, Vec<u8>)> {
+        match self.key_storage {
+            KeyStorage::Object => {
+                let generated = self.generate_key(alg, label, binding)?;
+                let csr =
+                    crate::csr::build_csr(self, &generated.key, &generated.public_key_der, subject.clone(), scheme);
+                match csr {
+                    Ok(csr) => Ok((generated, csr)),
+                    Err(e) => {
+                        let _ = self.destroy(&generated.key);
+                        Err(e)
+                    }
+                }
+            }
+            KeyStorage::Wrapped => {
+                let (generated, csr) = self.generate_wrapped_with(alg, binding, Some((subject, scheme)))?;
+                let csr = csr.ok_or_else(|| Error::InvalidInput("no certification request was made".into()))?;
+                Ok((generated, csr))
+            }
+        }
+    }
+
     /// Generates a key pair as session objects, wraps the private key under the
     /// newest KEK, MACs the blob with its public key and binding, and destroys
     /// both objects. Nothing stays in the token.
     fn generate_wrapped(&self, alg: KeyAlgorithm, binding: &[u8]) -> Result<GeneratedKey> {
+        self.generate_wrapped_with(alg, binding, None).map(|(g, _)| g)
+    }
+
+    /// [`Keystore::generate_wrapped`], signing a PKCS#10 request for `csr`'s
+    /// subject with the new private key before it is wrapped.
+    fn generate_wrapped_with(
+        &self,
+        alg: KeyAlgorithm,
+        binding: &[u8],
+        csr: Option<(&x509_cert::name::Name, SignatureScheme)>,
+    ) -> Result<(GeneratedKey, Option<Vec<u8>>)> {
         self.with_session(|session| {
             // Not a token failure (no module reset): an installation from
             // before wrapped keys that has not run `inkan init` since.
@@ -1061,10 +1104,21 @@ impl Keystore {
                 session.generate_key_pair(&mechanism, &public, &private).map_err(from_cryptoki)?;
             let made = (|| {
                 let public_key_der = self.read_public_key(session, pub_handle, alg)?;
+                let request = match csr {
+                    Some((subject, scheme)) => {
+                        Some(crate::csr::csr_signed_by(&public_key_der, subject.clone(), scheme, |message| {
+                            let digest = scheme.digest_algorithm().digest(message);
+                            let (mechanism, data) = token_input(scheme, &digest);
+                            let signature = session.sign(&mechanism, priv_handle, &data).map_err(from_cryptoki)?;
+                            finish_signature(scheme, signature)
+                        })?)
+                    }
+                    None => None,
+                };
                 let blob = self.with_wrap_mechanism(|m| {
                     self.ext()?.wrap_key(session, m, kek, priv_handle).map_err(from_cryptoki)
                 })?;
-                Ok::<_, Error>((public_key_der, blob))
+                Ok::<_, Error>((public_key_der, blob, request))
             })();
             for handle in [priv_handle, pub_handle] {
                 if let Err(e) = session.destroy_object(handle) {
@@ -1072,11 +1126,11 @@ impl Keystore {
                     let _ = from_cryptoki(e);
                 }
             }
-            let (public_key_der, blob) = made?;
+            let (public_key_der, blob, request) = made?;
             let input = wrapped::mac_input(key_type, index, &blob, &public_key_der, binding);
             let mac = session.sign(&Mechanism::Sha256Hmac, mac_key, &input).map_err(from_cryptoki)?;
             let stored = wrapped::Wrapped::encode(key_type, index, &mac, &blob);
-            Ok(GeneratedKey { key: KeyRef::from_stored(stored, binding, &public_key_der), public_key_der })
+            Ok((GeneratedKey { key: KeyRef::from_stored(stored, binding, &public_key_der), public_key_der }, request))
         })
     }
 
@@ -1137,26 +1191,9 @@ impl Keystore {
                 digest.len()
             )));
         }
-        match scheme {
-            SignatureScheme::RsaPkcs1v15(_) => {
-                let mut info = Vec::with_capacity(19 + digest.len());
-                info.extend_from_slice(alg.digest_info_prefix());
-                info.extend_from_slice(digest);
-                self.sign_raw(key, &Mechanism::RsaPkcs, &info)
-            }
-            SignatureScheme::RsaPss(_) => {
-                let params = PkcsPssParams {
-                    hash_alg: hash_mechanism(alg),
-                    mgf: mgf(alg),
-                    s_len: (alg.output_len() as u64).into(),
-                };
-                self.sign_raw(key, &Mechanism::RsaPkcsPss(params), digest)
-            }
-            SignatureScheme::Ecdsa(_) => {
-                let raw = self.sign_raw(key, &Mechanism::Ecdsa, digest)?;
-                public_key::ecdsa_raw_to_der(&raw)
-            }
-        }
+        let (mechanism, data) = token_input(scheme, digest);
+        let signature = self.sign_raw(key, &mechanism, &data)?;
+        finish_signature(scheme, signature)
     }
 
     /// ECDSA over a digest, returning the token's raw `r || s` (IEEE P1363), as
@@ -1342,6 +1379,35 @@ impl Keystore {
     /// Checks that a session can be had and the token answers (for readiness probes).
     pub fn ping(&self) -> Result<()> {
         self.with_session(|session| session.get_session_info().map(|_| ()).map_err(from_cryptoki))
+    }
+}
+
+/// What the token signs for `scheme` over `digest`: the mechanism and its input
+/// (RSA PKCS#1 v1.5: the `DigestInfo`; PSS: MGF1 on the same hash, salt = hash
+/// length; ECDSA: the digest).
+fn token_input(scheme: SignatureScheme, digest: &[u8]) -> (Mechanism<'static>, Vec<u8>) {
+    let alg = scheme.digest_algorithm();
+    match scheme {
+        SignatureScheme::RsaPkcs1v15(_) => {
+            let mut info = Vec::with_capacity(19 + digest.len());
+            info.extend_from_slice(alg.digest_info_prefix());
+            info.extend_from_slice(digest);
+            (Mechanism::RsaPkcs, info)
+        }
+        SignatureScheme::RsaPss(_) => {
+            let params =
+                PkcsPssParams { hash_alg: hash_mechanism(alg), mgf: mgf(alg), s_len: (alg.output_len() as u64).into() };
+            (Mechanism::RsaPkcsPss(params), digest.to_vec())
+        }
+        SignatureScheme::Ecdsa(_) => (Mechanism::Ecdsa, digest.to_vec()),
+    }
+}
+
+/// The token's signature as `scheme` encodes it (ECDSA: `r || s` to DER).
+fn finish_signature(scheme: SignatureScheme, signature: Vec<u8>) -> Result<Vec<u8>> {
+    match scheme {
+        SignatureScheme::Ecdsa(_) => public_key::ecdsa_raw_to_der(&signature),
+        _ => Ok(signature),
     }
 }
 

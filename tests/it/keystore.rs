@@ -177,6 +177,22 @@ fn wrapped_keys_sign_survive_a_restart_and_leave_nothing_in_the_token() {
     assert!(rsa_verify(&rsa.public_key_der, msg, &sig));
     let sig = ks.sign_message(&ec.key, SignatureScheme::Ecdsa(DigestAlgorithm::Sha256), msg).expect("ec sign");
     assert!(ec_verifies(&ec.public_key_der, msg, &sig));
+    // A request signed by the new key before it is wrapped: no unwrap for it.
+    let misses = ks.cache_stats().misses;
+    let subject = inkan::pki::name(&[(der::oid::db::rfc4519::CN, inkan::pki::StringKind::Utf8, "w1")]).expect("name");
+    let (made, csr) = ks
+        .generate_key_with_csr(
+            KeyAlgorithm::EcP256,
+            "",
+            &binding("w1", 3),
+            &subject,
+            SignatureScheme::Ecdsa(DigestAlgorithm::Sha256),
+        )
+        .expect("key and csr");
+    assert_eq!(ks.cache_stats().misses, misses, "signed before wrapping");
+    let request = <x509_cert::request::CertReq as der::Decode>::from_der(&csr).expect("csr");
+    let info = der::Encode::to_der(&request.info).expect("info");
+    assert!(ec_verifies(&made.public_key_der, &info, request.signature.raw_bytes()), "the CSR verifies");
     let p = ks.protection(&rsa.key).expect("protection");
     assert!(p.sensitive && !p.extractable && p.sign && !p.decrypt && !p.unwrap && !p.derive, "{p:?}");
 
