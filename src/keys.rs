@@ -126,7 +126,13 @@ fn state_error(message: String) -> Error {
     Error::Conflict(message)
 }
 
-/// Generates a key pair in the token for `user_id`, makes its CSR and registers it as pending.
+/// Every enabled user's key status (for the bulk key commands).
+pub async fn status<T: UsersTx + ?Sized>(store: &dyn Transactions<T>) -> Result<Vec<users::KeyStatus>> {
+    Ok(store.read().await?.key_status().await?)
+}
+
+/// Generates a key for `user_id` (in the token, or wrapped), makes its CSR
+/// and registers it as pending: [`generate_many`] for one user.
 pub async fn generate<T: UsersTx + ?Sized>(
     store: &dyn Transactions<T>,
     keystore: &Arc<Keystore>,
@@ -136,68 +142,9 @@ pub async fn generate<T: UsersTx + ?Sized>(
     alg: KeyAlgorithm,
     purpose: Purpose,
 ) -> Result<Generated> {
-    let (user, keys) = {
-        let mut tx = store.read().await?;
-        let user = users::get_in(&mut *tx, user_id).await?;
-        (user, tx.keys(Some(user_id)).await?)
-    };
-    if !user.is_active() {
-        return Err(users::disabled(user_id));
-    }
-    check_new_key(&keys, user_id, purpose)?;
-
-    // Orphans: key pairs with the user's label that the store does not know,
-    // left by a process killed between the token and the store. One may also
-    // be another process's (a node, the CLI) generating for this user at this
-    // moment: they are removed only once this key is recorded, after which
-    // no other new key of this user can be.
-    let label = token_label(user_id);
-    let known: Vec<Vec<u8>> = keys.iter().map(|k| k.token_id.clone()).collect();
-    // The key is bound to the generation it will have: the next one now,
-    // checked again when it is recorded.
-    let generation = keys.iter().map(|k| k.generation).max().unwrap_or(0) + 1;
-    // The token's work runs on the blocking pool, so that bulk generation
-    // runs one key per core.
-    let scheme = alg.default_scheme(DigestAlgorithm::Sha256);
-    let (orphans, generated, csr) = {
-        let (ks, label, bound, subject) =
-            (Arc::clone(keystore), label.clone(), binding(user_id, generation), subject(&user)?);
-        tokio::task::spawn_blocking(move || {
-            let orphans = orphans(&ks, &label, &known)?;
-            let (generated, csr) = ks.generate_key_with_csr(alg, &label, &bound, &subject, scheme)?;
-            Ok::<_, Error>((orphans, generated, csr))
-        })
-        .await
-        .map_err(Error::internal)??
-    };
-    let key = generated.key.clone();
-    users::crash_point("after-token-keygen");
-    let recorded = async {
-        let public_key = generated.public_key_der.clone();
-        let new = NewKey { user_id, generation, alg, purpose, key: &key, public_key, csr };
-        record_new_key(store, clock, actor, new, orphans.len()).await
-    }
-    .await;
-    let (tx, generated) = match recorded {
-        Ok(done) => done,
-        Err(e) => {
-            // Another process was quicker, or the store failed before the
-            // commit: the key pair is nobody's.
-            if let Err(e) = keystore.destroy(&key) {
-                tracing::warn!("cannot remove the unrecorded key pair {}: {e}", key.hex());
-            }
-            return Err(e);
-        }
-    };
-    // A failed commit may still have committed: the key pair stays (a later
-    // generation removes it if it is not recorded).
-    tx.commit().await?;
-    for orphan in &orphans {
-        if let Err(e) = keystore.destroy(orphan) {
-            tracing::warn!("cannot remove the orphaned key pair {}: {e}", orphan.hex());
-        }
-    }
-    Ok(generated)
+    let users = [user_id.to_owned()];
+    let mut made = generate_many(store, keystore, clock, actor, &users, alg, purpose, 1).await?;
+    made.pop().map(|(_, outcome)| outcome).unwrap_or_else(|| Err(Error::Internal("no outcome".into())))
 }
 
 /// Generates keys for many users at once (the bulk commands): their records
@@ -307,7 +254,10 @@ pub async fn generate_many<T: UsersTx + ?Sized>(
         let allowed = async {
             check_new_key(&tx.keys(Some(user_id)).await?, user_id, purpose)?;
             if tx.next_generation(user_id).await? != generation {
-                return Err(state_error(format!("another key was made for user {user_id} meanwhile")));
+                return Err(state_error(format!(
+                    "another key was made for user {user_id} meanwhile (generation {generation} is taken): see \
+                     `inkan key list {user_id}`"
+                )));
             }
             Ok(())
         }
@@ -339,7 +289,6 @@ pub async fn generate_many<T: UsersTx + ?Sized>(
                 "token_id": generated.key.hex(),
                 "storage": generated.key.storage().as_str(),
                 "orphans_removed": orphans.len(),
-                "via": "bulk",
             }),
         ));
         let view = Generated {
@@ -402,76 +351,6 @@ fn orphans(keystore: &Keystore, label: &str, known: &[Vec<u8>]) -> Result<Vec<Ke
         return Ok(Vec::new());
     }
     Ok(keystore.keys_labelled(label)?.into_iter().filter(|k| !known.iter().any(|s| s == k.stored())).collect())
-}
-
-/// A key made by [`generate`], to be recorded.
-struct NewKey<'a> {
-    user_id: &'a str,
-    generation: i64,
-    alg: KeyAlgorithm,
-    purpose: Purpose,
-    key: &'a KeyRef,
-    public_key: Vec<u8>,
-    csr: Vec<u8>,
-}
-
-/// The store half of [`generate`]: the pending key's record, if the user's
-/// keys still allow it, in a transaction left for the caller to commit.
-async fn record_new_key<T: UsersTx + ?Sized>(
-    store: &dyn Transactions<T>,
-    clock: &dyn Clock,
-    actor: &str,
-    new: NewKey<'_>,
-    orphans_removed: usize,
-) -> Result<(Box<T>, Generated)> {
-    let NewKey { user_id, generation, alg, purpose, key, public_key, csr } = new;
-    let now = clock.now_ms();
-    let mut tx = store.write().await?;
-    // The state may have changed while the token worked.
-    check_new_key(&tx.keys(Some(user_id)).await?, user_id, purpose)?;
-    if tx.next_generation(user_id).await? != generation {
-        return Err(state_error(format!(
-            "another key was made for user {user_id} meanwhile (generation {generation} is taken): see \
-             `inkan key list {user_id}`"
-        )));
-    }
-    let record = KeyRecord {
-        user_id: user_id.to_owned(),
-        generation,
-        algorithm: alg,
-        token_id: key.stored().to_vec(),
-        public_key,
-        csr: csr.clone(),
-        certificate: None,
-        state: KeyState::Pending,
-        created_at: now,
-        activated_at: None,
-        retired_at: None,
-    };
-    tx.insert_key(&record).await?;
-    audit::append(
-        &mut *tx,
-        now,
-        &[Event {
-            actor,
-            event: if purpose == Purpose::Rotation { "key.rotate" } else { "key.generate" },
-            user_id: Some(user_id),
-            generation: Some(generation),
-            outcome: "ok",
-            detail: serde_json::json!({
-                "algorithm": alg.as_str(),
-                "token_id": key.hex(),
-                "storage": key.storage().as_str(),
-                "orphans_removed": orphans_removed,
-            }),
-            ..Default::default()
-        }],
-    )
-    .await?;
-    Ok((
-        tx,
-        Generated { key: KeyView::from(&record), csr_pem: pki::to_pem("CERTIFICATE REQUEST", &csr), orphans_removed },
-    ))
 }
 
 /// Whether the user's keys allow a new one for `purpose`.

@@ -154,19 +154,15 @@ pub async fn run(ctx: &Ctx, cmd: KeyCommand) -> Result<Output, CliError> {
             generate(ctx, &user_id, alg, &csr_out, Purpose::First).await
         }
         KeyCommand::Generate { alg, csr_dir: Some(dir), all_without_key: true, .. } => {
-            let store = ctx.store().await?;
-            let targets = store.tx().read().await.map_err(crate::error::Error::from)?.key_status().await;
-            let targets: Vec<_> =
-                targets.map_err(crate::error::Error::from)?.into_iter().filter(|k| !k.active).collect();
+            let status = keys::status(ctx.store().await?.tx()).await?;
+            let targets: Vec<_> = status.into_iter().filter(|k| !k.active).collect();
             bulk::generate(ctx, targets, alg, &dir, Purpose::First).await
         }
         KeyCommand::Rotate { user_id: Some(user_id), alg, csr_out: Some(csr_out), .. } => {
             generate(ctx, &user_id, alg, &csr_out, Purpose::Rotation).await
         }
         KeyCommand::Rotate { alg, users, all, csr_dir: Some(dir), .. } => {
-            let store = ctx.store().await?;
-            let status = store.tx().read().await.map_err(crate::error::Error::from)?.key_status().await;
-            let status = status.map_err(crate::error::Error::from)?;
+            let status = keys::status(ctx.store().await?.tx()).await?;
             let targets = bulk::chosen(status, users.as_deref(), all)?;
             bulk::generate(ctx, targets, alg, &dir, Purpose::Rotation).await
         }
