@@ -23,6 +23,9 @@ use crate::pool::{Lease, Pool};
 use crate::public_key;
 use crate::wrapped;
 
+mod kek;
+pub use kek::{create_trusted_kek, KekInfo, KekKind};
+
 /// Unwrapped keys cached by default.
 pub const DEFAULT_CACHE_SIZE: usize = 10_000;
 
@@ -152,6 +155,12 @@ impl KeyRef {
         } else {
             KeyStorage::Object
         }
+    }
+
+    /// The index of the key-encryption key a wrapped key is wrapped under
+    /// (`None` for a token object, or stored bytes that are not a wrapped key).
+    pub fn kek_index(&self) -> Option<u32> {
+        wrapped::Wrapped::parse(&self.0.stored).ok().map(|w| w.kek_index)
     }
 
     /// A short printable name for logs and listings: an object's `CKA_ID` in
@@ -297,10 +306,19 @@ struct CachedKey {
 /// The token's wrapping keys, found once.
 #[derive(Debug, Default)]
 struct WrappingKeys {
-    /// KEK index → (KEK, MAC key).
-    by_index: HashMap<u32, (ObjectHandle, ObjectHandle)>,
+    /// KEK index → its KEK and MAC key.
+    by_index: HashMap<u32, WrapKeys>,
     /// The newest KEK's index, once looked up (`Some(None)`: there is none).
     newest: Option<Option<u32>>,
+}
+
+/// A KEK and its MAC key, and whether the token trusts the KEK (then the
+/// keys it unwraps can be wrapped again, under trusted keys only).
+#[derive(Clone, Copy, Debug)]
+struct WrapKeys {
+    kek: ObjectHandle,
+    mac: ObjectHandle,
+    trusted: bool,
 }
 
 #[derive(Debug, Default)]
@@ -628,7 +646,7 @@ impl Keystore {
                 return Err(e);
             }
         };
-        let (kek, mac_key) = match self.wrapping_keys(session, parsed.kek_index) {
+        let keys = match self.wrapping_keys(session, parsed.kek_index) {
             Ok(keys) => keys,
             Err(e) => {
                 // The token answers and holds KEKs, but not this one: the
@@ -649,19 +667,7 @@ impl Keystore {
                 return Err(e);
             }
         };
-        let input =
-            wrapped::mac_input(parsed.key_type, parsed.kek_index, parsed.blob, &key.0.public_key, &key.0.binding);
-        let mac = session.sign(&Mechanism::Sha256Hmac, mac_key, &input).map_err(from_cryptoki)?;
-        if !wrapped::macs_equal(&mac, parsed.mac) {
-            self.cache.refused.fetch_add(1, Ordering::Relaxed);
-            return Err(Error::KeyRefused {
-                reason: format!(
-                    "the MAC of wrapped key {} does not match its blob, public key and binding \
-                     (copied from another record, or altered)",
-                    key.hex()
-                ),
-            });
-        }
+        self.check_mac(session, key, &parsed, keys.mac)?;
         let mut holder = self.holder.lock().unwrap_or_else(|p| p.into_inner());
         // Another thread may have unwrapped it meanwhile.
         if let Some(k) = self.handles.read().unwrap_or_else(|p| p.into_inner()).get(key) {
@@ -676,20 +682,9 @@ impl Keystore {
         };
         self.evict(owner);
         let rsa = parsed.key_type == wrapped::WrappedType::Rsa;
-        let template = [
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::KeyType(if rsa { KeyType::RSA } else { KeyType::EC }),
-            Attribute::Token(false),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Sign(true),
-            Attribute::Decrypt(false),
-            Attribute::Unwrap(false),
-            Attribute::Derive(false),
-        ];
+        let template = unwrap_template(parsed.key_type, false, keys.trusted);
         let handle = match self.with_wrap_mechanism(|m| {
-            self.ext()?.unwrap_key(owner, m, kek, parsed.blob, &template).map_err(from_cryptoki)
+            self.ext()?.unwrap_key(owner, m, keys.kek, parsed.blob, &template).map_err(from_cryptoki)
         }) {
             Ok(h) => h,
             Err(e) => {
@@ -748,8 +743,27 @@ impl Keystore {
         }
     }
 
+    /// Refuses a wrapped key whose MAC does not cover its blob, public key
+    /// and binding.
+    fn check_mac(&self, session: &Session, key: &KeyRef, parsed: &wrapped::Wrapped, mac_key: ObjectHandle) -> Result<()> {
+        let input =
+            wrapped::mac_input(parsed.key_type, parsed.kek_index, parsed.blob, &key.0.public_key, &key.0.binding);
+        let mac = session.sign(&Mechanism::Sha256Hmac, mac_key, &input).map_err(from_cryptoki)?;
+        if wrapped::macs_equal(&mac, parsed.mac) {
+            return Ok(());
+        }
+        self.cache.refused.fetch_add(1, Ordering::Relaxed);
+        Err(Error::KeyRefused {
+            reason: format!(
+                "the MAC of wrapped key {} does not match its blob, public key and binding \
+                 (copied from another record, or altered)",
+                key.hex()
+            ),
+        })
+    }
+
     /// The KEK and MAC key of `index`, found once.
-    fn wrapping_keys(&self, session: &Session, index: u32) -> Result<(ObjectHandle, ObjectHandle)> {
+    fn wrapping_keys(&self, session: &Session, index: u32) -> Result<WrapKeys> {
         if let Some(k) = self.wrapping.read().unwrap_or_else(|p| p.into_inner()).by_index.get(&index) {
             return Ok(*k);
         }
@@ -771,8 +785,13 @@ impl Keystore {
         };
         let kek = find(wrapped::kek_id(index))?.ok_or_else(missing)?;
         let mac = find(wrapped::mac_key_id(index))?.ok_or_else(missing)?;
-        self.wrapping.write().unwrap_or_else(|p| p.into_inner()).by_index.insert(index, (kek, mac));
-        Ok((kek, mac))
+        let trusted = matches!(
+            session.get_attributes(kek, &[AttributeType::Trusted]).map_err(from_cryptoki)?.first(),
+            Some(Attribute::Trusted(true))
+        );
+        let keys = WrapKeys { kek, mac, trusted };
+        self.wrapping.write().unwrap_or_else(|p| p.into_inner()).by_index.insert(index, keys);
+        Ok(keys)
     }
 
     /// The newest KEK's index in the token, if there is one.
@@ -802,78 +821,6 @@ impl Keystore {
         Ok(newest)
     }
 
-    /// Makes sure the token holds a key-encryption key and its MAC key
-    /// (`inkan init`): creates index 1 if there is none. Idempotent; a MAC key
-    /// left alone by a killed run is reused.
-    ///
-    /// The KEK is AES-256, sensitive, never extractable, not modifiable,
-    /// allowed one mechanism only (`CKM_AES_KEY_WRAP_KWP`, RFC 5649, where the
-    /// token offers it, else `CKM_AES_KEY_WRAP_PAD`, SoftHSM's RFC 5649), and its `CKA_UNWRAP_TEMPLATE`
-    /// forces every key it unwraps to be sensitive and non-extractable. The
-    /// MAC key is a 32-byte generic secret allowed `CKM_SHA256_HMAC` only.
-    pub fn prepare_wrapping(&self) -> Result<WrappingReady> {
-        self.with_session(|session| {
-            let _writing = self.lock.exclusive()?;
-            self.wrapping.write().unwrap_or_else(|p| p.into_inner()).newest = None;
-            if let Some(index) = self.newest_kek(session)? {
-                return Ok(WrappingReady { kek_index: index, created: false });
-            }
-            let index = 1;
-            let common = |id: Vec<u8>| {
-                vec![
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Id(id),
-                    Attribute::Label(wrapped::WRAPPING_LABEL.as_bytes().to_vec()),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(false),
-                    Attribute::Modifiable(false),
-                    Attribute::Derive(false),
-                    Attribute::ValueLen(32.into()),
-                ]
-            };
-            let has = |id: Vec<u8>| -> Result<bool> {
-                Ok(!session
-                    .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Id(id)])
-                    .map_err(from_cryptoki)?
-                    .is_empty())
-            };
-            if !has(wrapped::mac_key_id(index))? {
-                let mut mac = common(wrapped::mac_key_id(index));
-                mac.extend([
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::KeyType(KeyType::GENERIC_SECRET),
-                    Attribute::Sign(true),
-                    Attribute::Verify(true),
-                    Attribute::Encrypt(false),
-                    Attribute::Decrypt(false),
-                    Attribute::Wrap(false),
-                    Attribute::Unwrap(false),
-                    Attribute::AllowedMechanisms(vec![MechanismType::SHA256_HMAC]),
-                ]);
-                session.generate_key(&Mechanism::GenericSecretKeyGen, &mac).map_err(from_cryptoki)?;
-            }
-            let mut kek = common(wrapped::kek_id(index));
-            kek.extend([
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::Wrap(true),
-                Attribute::Unwrap(true),
-                Attribute::Encrypt(false),
-                Attribute::Decrypt(false),
-                Attribute::Sign(false),
-                Attribute::Verify(false),
-            ]);
-            let unwrap_template = [Attribute::Sensitive(true), Attribute::Extractable(false)];
-            let allowed = [self.wrap_mechanisms()?[0]];
-            self.ext()?
-                .generate_key_with_unwrap_template(session, &Mechanism::AesKeyGen, &kek, &allowed, &unwrap_template)
-                .map_err(from_cryptoki)?;
-            self.wrapping.write().unwrap_or_else(|p| p.into_inner()).newest = Some(Some(index));
-            Ok(WrappingReady { kek_index: index, created: true })
-        })
-    }
-
     /// The module's function list (for what `cryptoki` cannot call), opened once.
     fn ext(&self) -> Result<&inkan_pkcs11_ffi::Module> {
         if let Some(ext) = self.ext.get() {
@@ -888,13 +835,11 @@ impl Keystore {
     /// preferred first: RFC 5649 is `CKM_AES_KEY_WRAP_KWP` in PKCS#11 3.0
     /// (kryoptic) and `CKM_AES_KEY_WRAP_PAD` in SoftHSM 2.6.
     fn wrap_mechanisms(&self) -> Result<[cryptoki_sys::CK_MECHANISM_TYPE; 2]> {
-        use inkan_pkcs11_ffi::{CKM_AES_KEY_WRAP_KWP as KWP, CKM_AES_KEY_WRAP_PAD as PAD};
         if let Some(m) = self.wrap_mechanisms.get() {
             return Ok(*m);
         }
         let offered = self.ext()?.mechanisms(self.slot()?).map_err(from_cryptoki)?;
-        let order = if offered.contains(&KWP) || !offered.contains(&PAD) { [KWP, PAD] } else { [PAD, KWP] };
-        Ok(*self.wrap_mechanisms.get_or_init(|| order))
+        Ok(*self.wrap_mechanisms.get_or_init(|| kek::wrap_mechanisms(&offered)))
     }
 
     /// Runs `op` with the preferred key-wrap mechanism, and with the other if
@@ -1067,7 +1012,7 @@ impl Keystore {
             let index = self.newest_kek(session)?.ok_or_else(|| Error::KeyNotFound {
                 id: format!("key-encryption key: token {:?} has none yet, run `inkan init` to make it", self.label),
             })?;
-            let (kek, mac_key) = self.wrapping_keys(session, index)?;
+            let keys = self.wrapping_keys(session, index)?;
             let mut public = vec![
                 Attribute::Token(false),
                 Attribute::Private(false),
@@ -1080,8 +1025,10 @@ impl Keystore {
                 Attribute::Token(false),
                 Attribute::Private(true),
                 Attribute::Sensitive(true),
-                // Only so that it can be wrapped, once, here.
+                // Only so that it can be wrapped, here (and, under a
+                // trusted KEK, again by a KEK rotation).
                 Attribute::Extractable(true),
+                Attribute::WrapWithTrusted(keys.trusted),
                 Attribute::Sign(true),
                 Attribute::SignRecover(false),
                 Attribute::Decrypt(false),
@@ -1116,7 +1063,7 @@ impl Keystore {
                     None => None,
                 };
                 let blob = self.with_wrap_mechanism(|m| {
-                    self.ext()?.wrap_key(session, m, kek, priv_handle).map_err(from_cryptoki)
+                    self.ext()?.wrap_key(session, m, keys.kek, priv_handle).map_err(from_cryptoki)
                 })?;
                 Ok::<_, Error>((public_key_der, blob, request))
             })();
@@ -1128,7 +1075,7 @@ impl Keystore {
             }
             let (public_key_der, blob, request) = made?;
             let input = wrapped::mac_input(key_type, index, &blob, &public_key_der, binding);
-            let mac = session.sign(&Mechanism::Sha256Hmac, mac_key, &input).map_err(from_cryptoki)?;
+            let mac = session.sign(&Mechanism::Sha256Hmac, keys.mac, &input).map_err(from_cryptoki)?;
             let stored = wrapped::Wrapped::encode(key_type, index, &mac, &blob);
             Ok((GeneratedKey { key: KeyRef::from_stored(stored, binding, &public_key_der), public_key_der }, request))
         })
@@ -1385,6 +1332,30 @@ impl Keystore {
 /// What the token signs for `scheme` over `digest`: the mechanism and its input
 /// (RSA PKCS#1 v1.5: the `DigestInfo`; PSS: MGF1 on the same hash, salt = hash
 /// length; ECDSA: the digest).
+/// The template a wrapped private key is unwrapped with: a sensitive,
+/// sign-only session object; `extractable` only to be wrapped again (a KEK
+/// rotation), which a trusted KEK's unwrap template allows under trusted keys
+/// only (`CKA_WRAP_WITH_TRUSTED`) and a strict KEK's not at all.
+fn unwrap_template(key_type: wrapped::WrappedType, extractable: bool, trusted: bool) -> Vec<Attribute> {
+    let rsa = key_type == wrapped::WrappedType::Rsa;
+    let mut template = vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(if rsa { KeyType::RSA } else { KeyType::EC }),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(extractable),
+        Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+    ];
+    if trusted {
+        template.push(Attribute::WrapWithTrusted(true));
+    }
+    template
+}
+
 fn token_input(scheme: SignatureScheme, digest: &[u8]) -> (Mechanism<'static>, Vec<u8>) {
     let alg = scheme.digest_algorithm();
     match scheme {

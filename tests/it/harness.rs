@@ -296,7 +296,7 @@ struct SharedSoftHsm {
 }
 
 /// Tokens made up front; raise when adding in-process keystore tests.
-const PREMADE_TOKENS: usize = 16;
+const PREMADE_TOKENS: usize = 20;
 
 static SOFTHSM: OnceLock<SharedSoftHsm> = OnceLock::new();
 
