@@ -14,6 +14,7 @@ mod dev;
 mod device;
 mod hpki;
 mod jpki;
+mod kek;
 mod key;
 mod progress;
 mod regcode;
@@ -36,6 +37,7 @@ pub use dev::DevCommand;
 pub use device::DeviceCommand;
 pub use hpki::HpkiCommand;
 pub use jpki::JpkiCommand;
+pub use kek::KekCommand;
 pub use key::KeyCommand;
 pub use regcode::RegcodeCommand;
 pub use session::SessionCommand;
@@ -69,6 +71,9 @@ pub enum Command {
     /// Manage users' second keys and certificates.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// The token's key-encryption keys (status, rotation).
+    #[command(subcommand)]
+    Kek(KekCommand),
     /// Sign a file locally with a user's active key (CAdES-BES, DER).
     Sign(sign::SignArgs),
     /// The audit log.
@@ -147,6 +152,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CliError> {
         Command::Serve { .. } => Err(CliError { message: "serve runs outside the CLI's runtime".into(), code: 1 }),
         Command::User(cmd) => user::run(ctx, cmd).await,
         Command::Key(cmd) => key::run(ctx, cmd).await,
+        Command::Kek(cmd) => kek::run(ctx, cmd).await,
         Command::Sign(args) => sign::run(ctx, args).await,
         Command::Audit(cmd) => audit::run(ctx, cmd).await,
         Command::Client(cmd) => client::run(ctx, cmd).await,

@@ -136,6 +136,11 @@ impl Config {
         secrets::user_pin(&self.token, &self.pins_path())
     }
 
+    /// The security officer's PIN (for `inkan kek rotate` with trusted KEKs).
+    pub fn so_pin(&self) -> Result<Pin, ConfigError> {
+        secrets::so_pin(&self.token, &self.pins_path())
+    }
+
     /// The SO and user PINs for `inkan init`: configured ones, the PINs file's,
     /// or new random ones (then written to the PINs file, mode 0600).
     pub fn init_pins(&self, limits: (usize, usize)) -> Result<(Pin, Pin, secrets::PinSource), ConfigError> {

@@ -34,6 +34,7 @@ pub mod demo;
 pub mod error;
 pub mod fido;
 pub mod fixtures;
+pub mod kek;
 pub mod keys;
 pub mod metrics;
 pub mod pki;

@@ -89,9 +89,51 @@ pub fn init_token(config: &Config) -> Result<Initialised> {
     }
     // Check the PIN works, and make the key that signs ID tokens now: nodes
     // started together afterwards find it instead of each making one.
-    let keystore = open_keystore(config)?;
+    let mut keystore = open_keystore(config)?;
     crate::auth::oidc::platform_key(&keystore, config.server.id_token_alg)
         .map_err(|e| Error::Unavailable(format!("cannot make the platform key in the token: {e}")))?;
+    if config.token.kek == crate::config::schema::KekKind::Trusted {
+        keystore.check_trust_reserved().map_err(|e| Error::Unavailable(e.to_string()))?;
+        let newest = keystore.newest_kek_index().map_err(|e| Error::Unavailable(e.to_string()))?;
+        match newest {
+            None => {
+                // The security officer logs in while this process's user is not.
+                drop(keystore);
+                inkan_keystore::create_trusted_kek(
+                    &config.token.module,
+                    &config.token.label,
+                    &so_pin,
+                    lock.as_deref(),
+                    1,
+                )
+                .map_err(|e| Error::Unavailable(format!("cannot make the trusted key-encryption key: {e}")))?;
+                keystore = open_keystore(config)?;
+                steps.push("trusted key-encryption key 1 created by the security officer".to_owned());
+                if config.is_softhsm() {
+                    steps.push(
+                        "warning: SoftHSM keeps a trusted KEK (a public object) unencrypted in its token \
+                         directory: whoever reads that directory can unwrap every user's key. Use [token] kek = \
+                         \"trusted\" with an HSM; on SoftHSM keep \"strict\""
+                            .to_owned(),
+                    );
+                }
+            }
+            Some(index) => {
+                let strict = keystore
+                    .keks()
+                    .map_err(|e| Error::Unavailable(e.to_string()))?
+                    .iter()
+                    .any(|k| k.index == index && k.kind == inkan_keystore::KekKind::Strict);
+                if strict {
+                    steps.push(format!(
+                        "note: KEK {index} is strict ([token] kek was \"strict\" when it was made): \
+                         `inkan kek rotate` makes a trusted one for new keys; keys under KEK {index} move only \
+                         by rotating them (inkan key rotate)"
+                    ));
+                }
+            }
+        }
+    }
     // The key-encryption key and its MAC key, which every wrapped user key needs.
     let wrapping = keystore
         .prepare_wrapping()

@@ -197,6 +197,18 @@ pub trait UserStore: Send {
     ) -> Result<bool, StoreError>;
     /// Retires one generation; false if it was retired already (or absent).
     async fn retire_key(&mut self, user_id: &str, generation: i64, at: i64) -> Result<bool, StoreError>;
+    /// Up to `limit` keys of any state after `after` (user, generation), in
+    /// that order (the database's): for commands that walk every key.
+    async fn keys_after(&mut self, after: Option<(&str, i64)>, limit: usize) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Replaces a key's stored reference (a KEK rotation wrapped it again) if
+    /// it is still `old`; false otherwise (changed or gone meanwhile).
+    async fn replace_key_ref(
+        &mut self,
+        user_id: &str,
+        generation: i64,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<bool, StoreError>;
 }
 
 /// What user operations need in one transaction.
@@ -290,11 +302,13 @@ pub async fn add<T: UsersTx + ?Sized>(
     Ok(user)
 }
 
-/// Test hook: `INKAN_DANGER_CRASH_AT=<point>` aborts the process at that point,
-/// as a `kill -9` would, so tests can prove crash safety. Never set it in production.
+/// Test hook: `INKAN_DANGER_CRASH_AT=<point>` kills the process at that
+/// point with `kill -9` (SIGKILL: no destructor, no flush; `abort` if `kill`
+/// cannot be run), so tests can prove crash safety. Never set it in production.
 pub(crate) fn crash_point(point: &str) {
     if std::env::var("INKAN_DANGER_CRASH_AT").is_ok_and(|p| p == point) {
-        eprintln!("INKAN_DANGER_CRASH_AT={point}: aborting");
+        eprintln!("INKAN_DANGER_CRASH_AT={point}: kill -9");
+        let _ = std::process::Command::new("kill").args(["-9", &std::process::id().to_string()]).status();
         std::process::abort();
     }
 }

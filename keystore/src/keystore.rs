@@ -745,7 +745,13 @@ impl Keystore {
 
     /// Refuses a wrapped key whose MAC does not cover its blob, public key
     /// and binding.
-    fn check_mac(&self, session: &Session, key: &KeyRef, parsed: &wrapped::Wrapped, mac_key: ObjectHandle) -> Result<()> {
+    fn check_mac(
+        &self,
+        session: &Session,
+        key: &KeyRef,
+        parsed: &wrapped::Wrapped,
+        mac_key: ObjectHandle,
+    ) -> Result<()> {
         let input =
             wrapped::mac_input(parsed.key_type, parsed.kek_index, parsed.blob, &key.0.public_key, &key.0.binding);
         let mac = session.sign(&Mechanism::Sha256Hmac, mac_key, &input).map_err(from_cryptoki)?;

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::context::{lines, read_certificate, write_file, CliError, Ctx, Output};
 
-mod bulk;
+pub(crate) mod bulk;
 use crate::keys::{self, KeyView, Purpose};
 use crate::users::KeyState;
 

@@ -57,6 +57,7 @@ pub const SETTINGS: &[Setting] = &[
     s("token.pool_size", Int),
     s("token.key_storage", Choice(&["wrapped", "object"])),
     s("token.cache_size", Int),
+    s("token.kek", Choice(&["strict", "trusted"])),
     s("store.path", Path),
     s("store.synchronous", Choice(&["full", "normal"])),
     s("store.url", Str),
@@ -200,7 +201,7 @@ mod tests {
             let parsed: Result<Config, _> = table.try_into();
             assert!(parsed.is_ok(), "{}: {:?}", setting.var(), parsed.err());
         }
-        assert_eq!(SETTINGS.len(), 47, "the README promises an override for each of the 47 settings");
+        assert_eq!(SETTINGS.len(), 48, "the README promises an override for each of the 48 settings");
     }
 
     #[test]

@@ -206,7 +206,8 @@ pub struct TokenConfig {
     /// User PIN (better: `INKAN_TOKEN_USER_PIN` or the pins file).
     #[serde(skip_serializing)]
     pub user_pin: Option<String>,
-    /// Security officer PIN, only used by `inkan init` to create the token.
+    /// Security officer PIN: `inkan init` creates the token with it, and
+    /// `inkan kek rotate` makes trusted KEKs with it.
     #[serde(skip_serializing)]
     pub so_pin: Option<String>,
     /// SoftHSM configuration file; inkan sets `SOFTHSM2_CONF` to it before loading
@@ -221,6 +222,24 @@ pub struct TokenConfig {
     /// Wrapped keys kept unwrapped in the token at most (least recently used
     /// evicted); each holds a session object in the token.
     pub cache_size: usize,
+    /// What kind of key-encryption key `inkan init` and `inkan kek rotate`
+    /// make: `strict` (default: keys it unwraps can never leave the token
+    /// again, so a KEK is never rotated) or `trusted` (made by the security
+    /// officer, `CKA_TRUSTED`; keys can be wrapped again under a newer trusted
+    /// KEK, which `inkan kek rotate` does). On SoftHSM a trusted KEK lies
+    /// unencrypted in the token directory: use it with an HSM.
+    pub kek: KekKind,
+}
+
+/// `[token] kek`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KekKind {
+    /// Never rotated (the default).
+    #[default]
+    Strict,
+    /// Made by the security officer; rotatable.
+    Trusted,
 }
 
 /// `[token] key_storage`.
@@ -245,6 +264,7 @@ impl fmt::Debug for TokenConfig {
             .field("pool_size", &self.pool_size)
             .field("key_storage", &self.key_storage)
             .field("cache_size", &self.cache_size)
+            .field("kek", &self.kek)
             .finish()
     }
 }
@@ -419,6 +439,7 @@ impl Default for TokenConfig {
             softhsm_conf: None,
             pool_size: 0,
             key_storage: KeyStorage::Wrapped,
+            kek: KekKind::Strict,
             cache_size: inkan_keystore::DEFAULT_CACHE_SIZE,
         }
     }

@@ -35,6 +35,20 @@ pub fn user_pin(token: &TokenConfig, pins: &Path) -> Result<Pin, ConfigError> {
     })
 }
 
+/// The SO PIN: configured, else from the PINs file at `pins`.
+pub fn so_pin(token: &TokenConfig, pins: &Path) -> Result<Pin, ConfigError> {
+    if let Some(p) = &token.so_pin {
+        return Ok(Pin::new(p.clone()));
+    }
+    read(pins).map(|f| Pin::new(f.so_pin)).ok_or_else(|| {
+        ConfigError(format!(
+            "no token SO PIN: set INKAN_TOKEN_SO_PIN (the security officer's), or keep the PINs file {} \
+             that `inkan init` wrote",
+            pins.display()
+        ))
+    })
+}
+
 /// Where `inkan init` keeps new random PINs until the token has them: the
 /// PINs file only appears once the token is made, and a killed init finds
 /// them here to finish the token with.

@@ -723,3 +723,106 @@ fn an_init_killed_half_way_is_finished_and_writes_its_pins_only_then() {
     env.ok(&["key", "generate", "140001", "--csr-out", s(&env.path("k.csr"))]);
     assert_eq!(env.json(&["init"])["token_created"], false, "idempotent");
 }
+
+/// `[token] kek = "trusted"` in the environment's configuration.
+fn trusted_keks(env: &Env) {
+    let text = std::fs::read_to_string(&env.config).expect("config");
+    std::fs::write(&env.config, text.replacen("[token]\n", "[token]\nkek = \"trusted\"\n", 1)).expect("config");
+}
+
+#[test]
+fn a_kek_rotation_killed_half_way_is_finished_by_the_next_run() {
+    let env = Env::bare();
+    trusted_keks(&env);
+    let out = env.ok(&["init"]);
+    assert!(out.contains("trusted key-encryption key 1 created"), "{out}");
+    assert!(out.contains("warning: SoftHSM keeps a trusted KEK"), "{out}");
+    env.user_with_key("620000", "rsa2048");
+    let mut users = String::new();
+    for i in 1..=40 {
+        users.push_str(&format!("62{i:04},利用者 {i},doctor\n"));
+    }
+    std::fs::write(env.path("users.csv"), users).expect("users");
+    env.ok(&["user", "import", s(&env.path("users.csv"))]);
+    env.ok(&["key", "generate", "--all-without-key", "--alg", "p256", "--csr-dir", s(&env.path("csrs"))]);
+    let status = env.json(&["kek", "status"]);
+    assert_eq!(status["keks"], serde_json::json!([{"index": 1, "kind": "trusted", "has_mac_key": true, "keys": 41}]));
+    let doc = env.path("doc.txt");
+    std::fs::write(&doc, "before, during and after a KEK rotation").expect("doc");
+    let sign_and_verify = |name: &str| {
+        let sig = env.path(name);
+        env.ok(&["sign", "620000", s(&doc), "--out", s(&sig)]);
+        let (ok, out) = openssl_verify(&sig, Some(&doc));
+        assert!(ok, "{out}");
+    };
+    sign_and_verify("before.p7s");
+
+    // Killed after two pages of eight: those are under KEK 2, the rest under 1.
+    let rotate = ["kek", "rotate"];
+    let r =
+        env.run_with(&rotate, &[("INKAN_DANGER_BULK_CHUNK", "8"), ("INKAN_DANGER_CRASH_AT", "kek-rotate-after-16")]);
+    assert_ne!(r.code, 0, "killed: {}", r.stderr);
+    let status = env.json(&["kek", "status"]);
+    let keys: Vec<_> = status["keks"].as_array().expect("keks").iter().map(|k| k["keys"].clone()).collect();
+    assert_eq!(keys, vec![serde_json::json!(25), serde_json::json!(16)], "{status}");
+    assert_eq!(status["keks"][1]["kind"], "trusted");
+    sign_and_verify("during.p7s");
+    let rows = env.json(&["audit", "tail", "--limit", "4"]);
+    let events: Vec<_> = rows.as_array().expect("rows").iter().map(|r| r["event"].as_str().unwrap_or("")).collect();
+    assert!(events.contains(&"kek.create") && events.contains(&"kek.rewrap"), "{rows}");
+
+    // Run again: the rotation to KEK 2 is finished, not started over.
+    let out = env.json(&rotate);
+    assert_eq!((out["to"].clone(), out["moved"].clone(), out["unchanged"].clone()), (2.into(), 25.into(), 16.into()));
+    assert_eq!(out["failed"], serde_json::json!([]), "{out}");
+    let status = env.json(&["kek", "status"]);
+    let keys: Vec<_> = status["keks"].as_array().expect("keks").iter().map(|k| k["keys"].clone()).collect();
+    assert_eq!(keys, vec![serde_json::json!(0), serde_json::json!(41)], "{status}");
+    sign_and_verify("after.p7s");
+    // Every user's key still signs with its own certificate's key.
+    let sig = env.path("p256.p7s");
+    env.issue(&env.path("csrs/620040.csr"), &env.path("620040.pem"), &[]);
+    env.ok(&["key", "import-cert", "620040", s(&env.path("620040.pem"))]);
+    env.ok(&["sign", "620040", s(&doc), "--out", s(&sig)]);
+    assert!(openssl_verify(&sig, Some(&doc)).0);
+
+    // Once finished, the next run is a new rotation.
+    let out = env.json(&rotate);
+    assert_eq!((out["to"].clone(), out["moved"].clone()), (3.into(), 41.into()), "{out}");
+    assert!(env.ok(&["audit", "verify"]).contains("intact"));
+}
+
+#[test]
+fn keys_under_a_strict_kek_are_not_rotated_and_the_operator_is_told_what_to_do() {
+    let env = Env::new();
+    env.user_with_key("630001", "p256");
+    let before = env.snapshot();
+    let r = env.run(&["kek", "rotate"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("trusted") && r.stderr.contains("key rotate --all"), "{}", r.stderr);
+    assert_eq!(env.snapshot(), before, "nothing changed");
+
+    // Switched to trusted KEKs: a trusted KEK for new keys; the old key is
+    // reported, with what to do, and keeps signing.
+    trusted_keks(&env);
+    let out = env.ok(&["init"]);
+    assert!(out.contains("KEK 1 is strict"), "{out}");
+    let r = env.run(&["kek", "rotate"]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains("630001 (generation 1)") && r.stderr.contains("strict"), "{}", r.stderr);
+    assert!(r.stderr.contains("inkan key rotate"), "{}", r.stderr);
+    env.add_user("630002", "pharmacist");
+    env.ok(&["key", "generate", "630002", "--alg", "p256", "--csr-out", s(&env.path("630002.csr"))]);
+    let status = env.json(&["kek", "status"]);
+    assert_eq!(
+        status["keks"],
+        serde_json::json!([
+            {"index": 1, "kind": "strict", "has_mac_key": true, "keys": 1},
+            {"index": 2, "kind": "trusted", "has_mac_key": true, "keys": 1}
+        ])
+    );
+    let doc = env.path("doc.txt");
+    std::fs::write(&doc, "strict").expect("doc");
+    env.ok(&["sign", "630001", s(&doc), "--out", s(&env.path("doc.p7s"))]);
+    assert!(openssl_verify(&env.path("doc.p7s"), Some(&doc)).0);
+}

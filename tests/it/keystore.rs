@@ -471,8 +471,12 @@ fn the_trusted_kek_lets_keys_out_to_trusted_keys_only(
             &[AttributeType::Trusted, AttributeType::Sensitive, AttributeType::Extractable, AttributeType::Modifiable],
         )
         .expect("attributes");
-    let expected =
-        [Attribute::Trusted(true), Attribute::Sensitive(true), Attribute::Extractable(false), Attribute::Modifiable(false)];
+    let expected = [
+        Attribute::Trusted(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Modifiable(false),
+    ];
     assert!(expected.iter().all(|a| attrs.contains(a)), "{attrs:?}");
     let blob = &stored[8 + 1 + 4 + 32..];
     let template = |sensitive: bool, wrap_with_trusted: bool| {

@@ -303,9 +303,8 @@ impl Keystore {
             let handle = self.with_wrap_mechanism(|m| {
                 self.ext()?.unwrap_key(session, m, from.kek, parsed.blob, &template).map_err(from_cryptoki)
             })?;
-            let blob = self.with_wrap_mechanism(|m| {
-                self.ext()?.wrap_key(session, m, target.kek, handle).map_err(from_cryptoki)
-            });
+            let blob = self
+                .with_wrap_mechanism(|m| self.ext()?.wrap_key(session, m, target.kek, handle).map_err(from_cryptoki));
             if let Err(e) = session.destroy_object(handle) {
                 // A session object: it goes with the session at the latest.
                 let _ = from_cryptoki(e);

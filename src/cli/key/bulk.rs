@@ -285,7 +285,7 @@ pub async fn import_certificates(ctx: &Ctx, dir: &Path) -> Result<Output, CliErr
 }
 
 /// The end of a bulk command: the summary, then each failure; exit 4 when some failed.
-fn finish(
+pub(crate) fn finish(
     ctx: &Ctx,
     text: &mut String,
     failed: &[Failure],

@@ -137,4 +137,31 @@ impl UserStore for PgTx {
             .await?;
         Ok(n == 1)
     }
+
+    async fn keys_after(&mut self, after: Option<(&str, i64)>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
+        // The database's own collation in both the order and the comparison,
+        // so that the primary key's index serves every page.
+        let (user, generation) = after.unzip();
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM keys WHERE $1::TEXT IS NULL OR (user_id, generation) > ($1, $2) \
+             ORDER BY user_id, generation LIMIT $3"
+        );
+        self.rows(&sql, &[&user, &generation, &(limit as i64)]).await?.iter().map(key).collect()
+    }
+
+    async fn replace_key_ref(
+        &mut self,
+        user_id: &str,
+        generation: i64,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .exec(
+                "UPDATE keys SET token_id = $4 WHERE user_id = $1 AND generation = $2 AND token_id = $3",
+                &[&user_id, &generation, &old, &new],
+            )
+            .await?;
+        Ok(n == 1)
+    }
 }

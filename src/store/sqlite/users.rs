@@ -167,4 +167,28 @@ impl<C: DerefMut<Target = Connection> + Send> UserStore for SqliteTx<C> {
             .execute(params![user_id, generation, at])?;
         Ok(n == 1)
     }
+
+    async fn keys_after(&mut self, after: Option<(&str, i64)>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
+        let (user, generation) = after.unzip();
+        let mut stmt = self.conn().prepare_cached(&format!(
+            "SELECT {KEY_COLUMNS} FROM keys WHERE ?1 IS NULL OR (user_id, generation) > (?1, ?2) \
+             ORDER BY user_id, generation LIMIT ?3"
+        ))?;
+        let rows = stmt.query_map(params![user, generation, limit as i64], key_from_row)?;
+        collect(rows)
+    }
+
+    async fn replace_key_ref(
+        &mut self,
+        user_id: &str,
+        generation: i64,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .writing()?
+            .prepare_cached("UPDATE keys SET token_id = ?4 WHERE user_id = ?1 AND generation = ?2 AND token_id = ?3")?
+            .execute(params![user_id, generation, old, new])?;
+        Ok(n == 1)
+    }
 }
