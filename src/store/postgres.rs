@@ -393,3 +393,13 @@ impl AuditLog for PgAuditLog {
         Ok(())
     }
 }
+
+/// The condition of a query over everyone's rows or one user's: `$n IS NULL`
+/// without a user, `column = $n` with one (so that the column's index is
+/// used whatever plan the server caches for the statement).
+pub(super) fn user_filter(user_id: Option<&str>, column: &str, n: usize) -> String {
+    match user_id {
+        Some(_) => format!("{column} = ${n}"),
+        None => format!("${n}::TEXT IS NULL"),
+    }
+}

@@ -246,6 +246,16 @@ impl AuditLog for SqliteAuditLog {
     }
 }
 
+/// The condition of a query over everyone's rows or one user's: `?n IS NULL`
+/// without a user, `column = ?n` with one (so that the column's index is
+/// used: SQLite plans `?n IS NULL OR column = ?n` as a scan of the table).
+pub(super) fn user_filter(user_id: Option<&str>, column: &str, n: usize) -> String {
+    match user_id {
+        Some(_) => format!("{column} = ?{n}"),
+        None => format!("?{n} IS NULL"),
+    }
+}
+
 /// Reads an optional row.
 fn optional<T>(r: rusqlite::Result<T>) -> Result<Option<T>, StoreError> {
     use rusqlite::OptionalExtension;

@@ -128,8 +128,11 @@ impl AuditStore for PgTx {
     async fn audit_tail(&mut self, user_id: Option<&str>, limit: i64) -> Result<Vec<Row>, StoreError> {
         let rows = self
             .rows(
-                "SELECT seq, at, actor, event, user_id, generation, digest, outcome, detail FROM audit
-                 WHERE ($1::TEXT IS NULL OR user_id = $1) ORDER BY seq DESC LIMIT $2",
+                &format!(
+                    "SELECT seq, at, actor, event, user_id, generation, digest, outcome, detail FROM audit
+                     WHERE {} ORDER BY seq DESC LIMIT $2",
+                    super::user_filter(user_id, "user_id", 1)
+                ),
                 &[&user_id, &limit],
             )
             .await?;

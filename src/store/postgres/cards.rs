@@ -72,8 +72,11 @@ impl CardStore for PgTx {
     async fn hpki_mappings(&mut self, user_id: Option<&str>) -> Result<Vec<HpkiMapping>, StoreError> {
         let rows = self
             .rows(
-                "SELECT issuer, serial, user_id, subject, not_after, created_at FROM hpki_mappings
-                 WHERE ($1::TEXT IS NULL OR user_id = $1) ORDER BY user_id COLLATE \"C\", created_at",
+                &format!(
+                    "SELECT issuer, serial, user_id, subject, not_after, created_at FROM hpki_mappings
+                     WHERE {} ORDER BY user_id COLLATE \"C\", created_at",
+                    super::user_filter(user_id, "user_id", 1)
+                ),
                 &[&user_id],
             )
             .await?;
@@ -94,8 +97,11 @@ impl CardStore for PgTx {
     async fn subject_mappings(&mut self, user_id: Option<&str>) -> Result<Vec<SubjectMapping>, StoreError> {
         let rows = self
             .rows(
-                "SELECT issuer, attribute, value, user_id, created_at FROM hpki_subject_mappings
-                 WHERE ($1::TEXT IS NULL OR user_id = $1) ORDER BY user_id COLLATE \"C\", created_at",
+                &format!(
+                    "SELECT issuer, attribute, value, user_id, created_at FROM hpki_subject_mappings
+                     WHERE {} ORDER BY user_id COLLATE \"C\", created_at",
+                    super::user_filter(user_id, "user_id", 1)
+                ),
                 &[&user_id],
             )
             .await?;
@@ -164,8 +170,11 @@ impl CardStore for PgTx {
     async fn jpki_links(&mut self, user_id: Option<&str>) -> Result<Vec<JpkiLink>, StoreError> {
         let rows = self
             .rows(
-                "SELECT issuer, serial, spki_sha256, user_id, subject, not_after, created_at FROM jpki_links
-                 WHERE ($1::TEXT IS NULL OR user_id = $1) ORDER BY user_id COLLATE \"C\", created_at",
+                &format!(
+                    "SELECT issuer, serial, spki_sha256, user_id, subject, not_after, created_at FROM jpki_links
+                     WHERE {} ORDER BY user_id COLLATE \"C\", created_at",
+                    super::user_filter(user_id, "user_id", 1)
+                ),
                 &[&user_id],
             )
             .await?;

@@ -72,7 +72,10 @@ impl RegcodeStore for PgTx {
     }
 
     async fn regcodes(&mut self, user_id: Option<&str>) -> Result<Vec<Regcode>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM regcodes WHERE $1::TEXT IS NULL OR user_id = $1 ORDER BY id DESC");
+        let sql = format!(
+            "SELECT {COLUMNS} FROM regcodes WHERE {} ORDER BY id DESC",
+            super::user_filter(user_id, "user_id", 1)
+        );
         self.rows(&sql, &[&user_id]).await?.iter().map(regcode).collect()
     }
 }

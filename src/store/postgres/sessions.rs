@@ -79,19 +79,19 @@ impl SessionStore for PgTx {
     }
 
     async fn delete_sessions(&mut self, user_id: Option<&str>, method: Option<Method>) -> Result<usize, StoreError> {
-        let n = self
-            .exec(
-                "DELETE FROM sessions WHERE ($1::TEXT IS NULL OR user_id = $1) AND ($2::TEXT IS NULL OR method = $2)",
-                &[&user_id, &method.map(Method::as_str)],
-            )
-            .await?;
+        let sql = format!(
+            "DELETE FROM sessions WHERE {} AND ($2::TEXT IS NULL OR method = $2)",
+            super::user_filter(user_id, "user_id", 1)
+        );
+        let n = self.exec(&sql, &[&user_id, &method.map(Method::as_str)]).await?;
         Ok(n as usize)
     }
 
     async fn sessions(&mut self, now: i64, user_id: Option<&str>) -> Result<Vec<Session>, StoreError> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM sessions WHERE expires_at > $1 AND ($2::TEXT IS NULL OR user_id = $2)
-             ORDER BY user_id COLLATE \"C\", auth_time"
+            "SELECT {COLUMNS} FROM sessions WHERE expires_at > $1 AND {}
+             ORDER BY user_id COLLATE \"C\", auth_time",
+            super::user_filter(user_id, "user_id", 2)
         );
         self.rows(&sql, &[&now, &user_id]).await?.iter().map(session).collect()
     }

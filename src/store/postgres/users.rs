@@ -73,7 +73,8 @@ impl UserStore for PgTx {
 
     async fn keys(&mut self, user_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
         let sql = format!(
-            "SELECT {KEY_COLUMNS} FROM keys WHERE ($1::TEXT IS NULL OR user_id = $1) ORDER BY user_id COLLATE \"C\", generation"
+            "SELECT {KEY_COLUMNS} FROM keys WHERE {} ORDER BY user_id COLLATE \"C\", generation",
+            super::user_filter(user_id, "user_id", 1)
         );
         self.rows(&sql, &[&user_id]).await?.iter().map(key).collect()
     }
@@ -142,10 +143,12 @@ impl UserStore for PgTx {
         // The database's own collation in both the order and the comparison,
         // so that the primary key's index serves every page.
         let (user, generation) = after.unzip();
-        let sql = format!(
-            "SELECT {KEY_COLUMNS} FROM keys WHERE $1::TEXT IS NULL OR (user_id, generation) > ($1, $2) \
-             ORDER BY user_id, generation LIMIT $3"
-        );
+        let filter = if user.is_some() {
+            "(user_id, generation) > ($1, $2::BIGINT)"
+        } else {
+            "$1::TEXT IS NULL AND $2::BIGINT IS NULL"
+        };
+        let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE {filter} ORDER BY user_id, generation LIMIT $3");
         self.rows(&sql, &[&user, &generation, &(limit as i64)]).await?.iter().map(key).collect()
     }
 

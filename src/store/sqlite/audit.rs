@@ -78,10 +78,11 @@ impl<C: DerefMut<Target = Connection> + Send> AuditStore for SqliteTx<C> {
     }
 
     async fn audit_tail(&mut self, user_id: Option<&str>, limit: i64) -> Result<Vec<Row>, StoreError> {
-        let mut stmt = self.conn().prepare_cached(
+        let mut stmt = self.conn().prepare_cached(&format!(
             "SELECT seq, at, actor, event, user_id, generation, digest, outcome, detail FROM audit
-             WHERE (?1 IS NULL OR user_id = ?1) ORDER BY seq DESC LIMIT ?2",
-        )?;
+             WHERE {} ORDER BY seq DESC LIMIT ?2",
+            super::user_filter(user_id, "user_id", 1)
+        ))?;
         let rows = stmt.query_map(params![user_id, limit], row)?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }

@@ -71,10 +71,11 @@ impl<C: DerefMut<Target = Connection> + Send> CardStore for SqliteTx<C> {
     }
 
     async fn hpki_mappings(&mut self, user_id: Option<&str>) -> Result<Vec<HpkiMapping>, StoreError> {
-        let mut stmt = self.conn().prepare_cached(
+        let mut stmt = self.conn().prepare_cached(&format!(
             "SELECT issuer, serial, user_id, subject, not_after, created_at FROM hpki_mappings
-             WHERE (?1 IS NULL OR user_id = ?1) ORDER BY user_id, created_at",
-        )?;
+             WHERE {} ORDER BY user_id, created_at",
+            super::user_filter(user_id, "user_id", 1)
+        ))?;
         let rows = stmt
             .query_map([user_id], |r| {
                 Ok(HpkiMapping {
@@ -91,10 +92,11 @@ impl<C: DerefMut<Target = Connection> + Send> CardStore for SqliteTx<C> {
     }
 
     async fn subject_mappings(&mut self, user_id: Option<&str>) -> Result<Vec<SubjectMapping>, StoreError> {
-        let mut stmt = self.conn().prepare_cached(
+        let mut stmt = self.conn().prepare_cached(&format!(
             "SELECT issuer, attribute, value, user_id, created_at FROM hpki_subject_mappings
-             WHERE (?1 IS NULL OR user_id = ?1) ORDER BY user_id, created_at",
-        )?;
+             WHERE {} ORDER BY user_id, created_at",
+            super::user_filter(user_id, "user_id", 1)
+        ))?;
         let rows = stmt.query_map([user_id], |r| {
             let attribute: String = r.get(1)?;
             let m = SubjectMapping { issuer: r.get(0)?, value: r.get(2)?, user_id: r.get(3)?, created_at: r.get(4)? };
@@ -155,10 +157,11 @@ impl<C: DerefMut<Target = Connection> + Send> CardStore for SqliteTx<C> {
     }
 
     async fn jpki_links(&mut self, user_id: Option<&str>) -> Result<Vec<JpkiLink>, StoreError> {
-        let mut stmt = self.conn().prepare_cached(
+        let mut stmt = self.conn().prepare_cached(&format!(
             "SELECT issuer, serial, spki_sha256, user_id, subject, not_after, created_at FROM jpki_links
-             WHERE (?1 IS NULL OR user_id = ?1) ORDER BY user_id, created_at",
-        )?;
+             WHERE {} ORDER BY user_id, created_at",
+            super::user_filter(user_id, "user_id", 1)
+        ))?;
         let rows = stmt
             .query_map([user_id], |r| {
                 Ok(JpkiLink {

@@ -78,7 +78,8 @@ impl<C: DerefMut<Target = Connection> + Send> RegcodeStore for SqliteTx<C> {
 
     async fn regcodes(&mut self, user_id: Option<&str>) -> Result<Vec<Regcode>, StoreError> {
         let mut stmt = self.conn().prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM regcodes WHERE ?1 IS NULL OR user_id = ?1 ORDER BY id DESC"
+            "SELECT {COLUMNS} FROM regcodes WHERE {} ORDER BY id DESC",
+            super::user_filter(user_id, "user_id", 1)
         ))?;
         let rows = stmt.query_map([user_id], from_row)?;
         super::users::collect(rows)

@@ -91,16 +91,18 @@ impl<C: DerefMut<Target = Connection> + Send> SessionStore for SqliteTx<C> {
     }
 
     async fn delete_sessions(&mut self, user_id: Option<&str>, method: Option<Method>) -> Result<usize, StoreError> {
-        Ok(self
-            .writing()?
-            .prepare_cached("DELETE FROM sessions WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR method = ?2)")?
-            .execute(params![user_id, method.map(Method::as_str)])?)
+        let sql = format!(
+            "DELETE FROM sessions WHERE {} AND (?2 IS NULL OR method = ?2)",
+            super::user_filter(user_id, "user_id", 1)
+        );
+        Ok(self.writing()?.prepare_cached(&sql)?.execute(params![user_id, method.map(Method::as_str)])?)
     }
 
     async fn sessions(&mut self, now: i64, user_id: Option<&str>) -> Result<Vec<Session>, StoreError> {
         let mut stmt = self.conn().prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM sessions WHERE expires_at > ?1 AND (?2 IS NULL OR user_id = ?2)
-             ORDER BY user_id, auth_time"
+            "SELECT {COLUMNS} FROM sessions WHERE expires_at > ?1 AND {}
+             ORDER BY user_id, auth_time",
+            super::user_filter(user_id, "user_id", 2)
         ))?;
         let rows = stmt.query_map(params![now, user_id], session_from_row)?;
         super::users::collect(rows)

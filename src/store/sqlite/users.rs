@@ -105,7 +105,7 @@ impl<C: DerefMut<Target = Connection> + Send> UserStore for SqliteTx<C> {
     }
 
     async fn keys(&mut self, user_id: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
-        keys_where(self.conn(), "(?1 IS NULL OR user_id = ?1)", user_id)
+        keys_where(self.conn(), &super::user_filter(user_id, "user_id", 1), user_id)
     }
 
     async fn active_key(&mut self, user_id: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -170,9 +170,9 @@ impl<C: DerefMut<Target = Connection> + Send> UserStore for SqliteTx<C> {
 
     async fn keys_after(&mut self, after: Option<(&str, i64)>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
         let (user, generation) = after.unzip();
+        let filter = if user.is_some() { "(user_id, generation) > (?1, ?2)" } else { "?1 IS NULL" };
         let mut stmt = self.conn().prepare_cached(&format!(
-            "SELECT {KEY_COLUMNS} FROM keys WHERE ?1 IS NULL OR (user_id, generation) > (?1, ?2) \
-             ORDER BY user_id, generation LIMIT ?3"
+            "SELECT {KEY_COLUMNS} FROM keys WHERE {filter} ORDER BY user_id, generation LIMIT ?3"
         ))?;
         let rows = stmt.query_map(params![user, generation, limit as i64], key_from_row)?;
         collect(rows)
