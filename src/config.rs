@@ -136,9 +136,10 @@ impl Config {
         secrets::user_pin(&self.token, &self.pins_path())
     }
 
-    /// The security officer's PIN (for `inkan kek rotate` with trusted KEKs).
+    /// The security officer's PIN for `inkan kek rotate` with trusted KEKs:
+    /// configured only, never from the PINs file.
     pub fn so_pin(&self) -> Result<Pin, ConfigError> {
-        secrets::so_pin(&self.token, &self.pins_path())
+        secrets::so_pin(&self.token)
     }
 
     /// The SO and user PINs for `inkan init`: configured ones, the PINs file's,

@@ -132,7 +132,7 @@ pub struct Rewrapped {
     pub to: u32,
     /// Keys wrapped again now.
     pub moved: usize,
-    /// Wrapped keys under the target already (a resumed run), and object keys.
+    /// Wrapped keys under the target (or a newer KEK) already, and object keys.
     pub unchanged: usize,
     /// Keys that could not be moved, and why.
     pub failed: Vec<Unmoved>,
@@ -171,7 +171,7 @@ pub async fn rewrap_all<T: UsersTx + ?Sized>(
             let (todo, already): (Vec<KeyRecord>, Vec<KeyRecord>) = page
                 .into_iter()
                 .filter(|r| !failed.contains(&(r.user_id.clone(), r.generation)))
-                .partition(|r| keys::key_ref(r).kek_index().is_some_and(|index| index != to));
+                .partition(|r| keys::key_ref(r).kek_index().is_some_and(|index| index < to));
             if pass == 0 {
                 done.unchanged += already.len();
             }

@@ -1335,9 +1335,6 @@ impl Keystore {
     }
 }
 
-/// What the token signs for `scheme` over `digest`: the mechanism and its input
-/// (RSA PKCS#1 v1.5: the `DigestInfo`; PSS: MGF1 on the same hash, salt = hash
-/// length; ECDSA: the digest).
 /// The template a wrapped private key is unwrapped with: a sensitive,
 /// sign-only session object; `extractable` only to be wrapped again (a KEK
 /// rotation), which a trusted KEK's unwrap template allows under trusted keys
@@ -1362,6 +1359,9 @@ fn unwrap_template(key_type: wrapped::WrappedType, extractable: bool, trusted: b
     template
 }
 
+/// What the token signs for `scheme` over `digest`: the mechanism and its input
+/// (RSA PKCS#1 v1.5: the `DigestInfo`; PSS: MGF1 on the same hash, salt = hash
+/// length; ECDSA: the digest).
 fn token_input(scheme: SignatureScheme, digest: &[u8]) -> (Mechanism<'static>, Vec<u8>) {
     let alg = scheme.digest_algorithm();
     match scheme {

@@ -102,6 +102,13 @@ async fn rotate(ctx: &Ctx) -> Result<Output, CliError> {
                 .await?;
         }
         steps.push(format!("trusted KEK {to} made by the security officer"));
+        if ctx.config.is_softhsm() {
+            steps.push(
+                "warning: SoftHSM keeps a trusted KEK unencrypted in its token directory: use trusted KEKs with \
+                 an HSM"
+                    .to_owned(),
+            );
+        }
     }
     let ks = Arc::clone(&keystore);
     let ready = tokio::task::spawn_blocking(move || ks.prepare_wrapping()).await??;

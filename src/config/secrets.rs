@@ -10,11 +10,14 @@ use serde::{Deserialize, Serialize};
 
 use super::schema::{ConfigError, TokenConfig};
 
-/// The token PINs file written by `inkan init`.
+/// The token PINs file written by `inkan init`. It holds no SO PIN with
+/// trusted KEKs (`[token] kek = "trusted"`): whoever has both PINs could mark
+/// a key of their own trusted and wrap every user's key out under it.
 #[derive(Deserialize, Serialize)]
 struct PinsFile {
     user_pin: String,
-    so_pin: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    so_pin: Option<String>,
 }
 
 fn read(path: &Path) -> Option<PinsFile> {
@@ -35,18 +38,21 @@ pub fn user_pin(token: &TokenConfig, pins: &Path) -> Result<Pin, ConfigError> {
     })
 }
 
-/// The SO PIN: configured, else from the PINs file at `pins`.
-pub fn so_pin(token: &TokenConfig, pins: &Path) -> Result<Pin, ConfigError> {
-    if let Some(p) = &token.so_pin {
-        return Ok(Pin::new(p.clone()));
-    }
-    read(pins).map(|f| Pin::new(f.so_pin)).ok_or_else(|| {
-        ConfigError(format!(
-            "no token SO PIN: set INKAN_TOKEN_SO_PIN (the security officer's), or keep the PINs file {} \
-             that `inkan init` wrote",
-            pins.display()
-        ))
+/// The SO PIN for trusted KEKs (`inkan kek rotate`): configured only, never
+/// the PINs file's (see [`PinsFile`]).
+pub fn so_pin(token: &TokenConfig) -> Result<Pin, ConfigError> {
+    token.so_pin.as_ref().map(|p| Pin::new(p.clone())).ok_or_else(|| {
+        ConfigError(
+            "no SO PIN: give the security officer's PIN as INKAN_TOKEN_SO_PIN to this command only \
+             (with trusted KEKs it is never read from the PINs file, nor kept in the server's configuration)"
+                .into(),
+        )
     })
+}
+
+/// Whether the PINs file at `pins` holds an SO PIN.
+pub fn pins_file_has_so_pin(pins: &Path) -> bool {
+    read(pins).is_some_and(|f| f.so_pin.is_some())
 }
 
 /// Where `inkan init` keeps new random PINs until the token has them: the
@@ -69,7 +75,16 @@ pub fn init_pins(
         Some(f) => (Some(f), PinSource::File),
         None => (read(&pending_path(pins)), PinSource::Pending),
     };
-    let so = token.so_pin.clone().or_else(|| existing.as_ref().map(|f| f.so_pin.clone()));
+    // Trusted KEKs: the SO PIN is the operator's to give, and kept nowhere.
+    let keep_so = token.kek != super::schema::KekKind::Trusted;
+    if !keep_so && token.so_pin.is_none() {
+        return Err(ConfigError(
+            "[token] kek = \"trusted\" keeps the SO PIN apart from the user PIN: give it as INKAN_TOKEN_SO_PIN \
+             to `inkan init` and `inkan kek rotate` only (it is not written to the PINs file)"
+                .into(),
+        ));
+    }
+    let so = token.so_pin.clone().or_else(|| existing.as_ref().and_then(|f| f.so_pin.clone()));
     let user = token.user_pin.clone().or_else(|| existing.as_ref().map(|f| f.user_pin.clone()));
     if let (Some(so), Some(user)) = (&so, &user) {
         let source = if token.so_pin.is_some() && token.user_pin.is_some() { PinSource::Configured } else { source };
@@ -90,7 +105,7 @@ pub fn init_pins(
         Some(p) => p,
         None => random_pin(length)?,
     };
-    let text = toml::to_string(&PinsFile { user_pin: user.clone(), so_pin: so.clone() })
+    let text = toml::to_string(&PinsFile { user_pin: user.clone(), so_pin: keep_so.then(|| so.clone()) })
         .map_err(|e| ConfigError(format!("PINs file: {e}")))?;
     let pending = pending_path(pins);
     write_private(&pending, text.as_bytes())

@@ -489,12 +489,27 @@ fn the_trusted_kek_lets_keys_out_to_trusted_keys_only(
             Attribute::Extractable(true),
             Attribute::WrapWithTrusted(wrap_with_trusted),
             Attribute::Sign(true),
+            Attribute::Derive(false),
         ]
     };
     let ext = inkan_pkcs11_ffi::Module::open(std::path::Path::new(&crate::harness::module())).expect("module");
     for (sensitive, trusted_only) in [(false, true), (true, false)] {
         let err = ext.unwrap_key(session, pad, kek, blob, &template(sensitive, trusted_only)).expect_err("refused");
         assert!(format!("{err:?}").contains("TemplateInconsistent"), "{err:?}");
+    }
+    // Nor as a secret key that could feed a key derivation.
+    let as_secret = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::WrapWithTrusted(true),
+        Attribute::Derive(true),
+    ];
+    let err = ext.unwrap_key(session, pad, kek, blob, &as_secret).expect_err("not as a secret key");
+    if crate::harness::module() == inkan::config::SOFTHSM_MODULE {
+        assert!(format!("{err:?}").contains("TemplateInconsistent"), "the KEK's template says so: {err:?}");
     }
     let key = ext.unwrap_key(session, pad, kek, blob, &template(true, true)).expect("extractable to trusted keys");
     // A wrapping key of the user's own, which the user cannot make trusted.

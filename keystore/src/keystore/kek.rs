@@ -94,6 +94,7 @@ fn kek_template(index: u32, kind: KekKind) -> Vec<Attribute> {
         Attribute::Sign(false),
         Attribute::Verify(false),
         Attribute::Derive(false),
+        Attribute::Copyable(false),
     ];
     if trusted {
         template.push(Attribute::Trusted(true));
@@ -101,16 +102,19 @@ fn kek_template(index: u32, kind: KekKind) -> Vec<Attribute> {
     template
 }
 
-/// What a KEK forces on every key it unwraps. Both kinds: sensitive (and
-/// private, so that unwrapping needs a login even under a public KEK).
-/// Strict: never extractable. Trusted: extractable at most under trusted keys.
+/// What a KEK forces on every key it unwraps. Both kinds: a sensitive
+/// private key (never a secret key: a blob unwrapped as a generic secret
+/// could feed a key derivation), that derives nothing. Strict: never
+/// extractable. Trusted: private (so that unwrapping needs a login even under
+/// a public KEK), extractable at most under trusted keys.
 fn kek_unwrap_template(kind: KekKind) -> Vec<Attribute> {
+    let mut template =
+        vec![Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Sensitive(true), Attribute::Derive(false)];
     match kind {
-        KekKind::Strict => vec![Attribute::Sensitive(true), Attribute::Extractable(false)],
-        KekKind::Trusted => {
-            vec![Attribute::Private(true), Attribute::Sensitive(true), Attribute::WrapWithTrusted(true)]
-        }
+        KekKind::Strict => template.push(Attribute::Extractable(false)),
+        KekKind::Trusted => template.extend([Attribute::Private(true), Attribute::WrapWithTrusted(true)]),
     }
+    template
 }
 
 /// Makes trusted KEK `index` in the token labelled `label`, as the security
@@ -158,11 +162,18 @@ pub fn create_trusted_kek(
         // Some modules accept CKA_TRUSTED in the template and ignore it.
         let trusted = session.get_attributes(kek, &[AttributeType::Trusted]).map_err(from_cryptoki)?;
         if !trusted.contains(&Attribute::Trusted(true)) {
-            let _ = session.destroy_object(kek).map_err(from_cryptoki);
+            let left = match session.destroy_object(kek) {
+                Ok(()) => String::new(),
+                Err(e) => format!(
+                    "; it could not be removed ({}): remove the object with CKA_ID inkan-kek-{index} with the \
+                     module's own tool before anything else",
+                    from_cryptoki(e)
+                ),
+            };
             return Err(Error::TokenUnavailable {
                 reason: format!(
                     "PKCS#11 module {} made the trusted KEK but did not mark it trusted (CKA_TRUSTED): \
-                     this token cannot rotate KEKs, keep [token] kek = \"strict\"",
+                     this token cannot rotate KEKs, keep [token] kek = \"strict\"{left}",
                     module.display()
                 ),
             });
@@ -325,38 +336,79 @@ impl Keystore {
     /// ([`Error::MechanismUnsupported`]).
     pub fn check_trust_reserved(&self) -> Result<()> {
         self.with_session(|session| {
-            let template = [
+            let refused = |e: &CkError| {
+                matches!(
+                    e,
+                    CkError::Pkcs11(
+                        RvError::AttributeReadOnly
+                            | RvError::AttributeValueInvalid
+                            | RvError::AttributeTypeInvalid
+                            | RvError::TemplateInconsistent
+                            | RvError::ActionProhibited
+                            | RvError::UserNotLoggedIn,
+                        _,
+                    )
+                )
+            };
+            let common = [
                 Attribute::Class(ObjectClass::SECRET_KEY),
                 Attribute::KeyType(KeyType::AES),
                 Attribute::Token(false),
-                Attribute::ValueLen(32.into()),
                 Attribute::Wrap(true),
-                Attribute::Trusted(true),
             ];
-            let handle = match session.generate_key(&Mechanism::AesKeyGen, &template) {
-                Ok(handle) => handle,
-                Err(CkError::Pkcs11(
-                    RvError::AttributeReadOnly
-                    | RvError::AttributeValueInvalid
-                    | RvError::TemplateInconsistent
-                    | RvError::ActionProhibited
-                    | RvError::UserNotLoggedIn,
-                    _,
-                )) => return Ok(()),
-                Err(e) => return Err(from_cryptoki(e)),
-            };
-            let trusted = session.get_attributes(handle, &[AttributeType::Trusted]).map_err(from_cryptoki);
-            if let Err(e) = session.destroy_object(handle) {
-                // A session object: it goes with the session at the latest.
-                let _ = from_cryptoki(e);
+            // Three ways a user could come by a trusted key: generate one,
+            // import one of a known value, or mark one of their own.
+            let mut generated = common.to_vec();
+            generated.extend([Attribute::ValueLen(32.into()), Attribute::Trusted(true)]);
+            let mut imported = common.to_vec();
+            imported.extend([Attribute::Value(vec![0x42; 32]), Attribute::Trusted(true)]);
+            let mut plain = common.to_vec();
+            plain.push(Attribute::ValueLen(32.into()));
+            let mut made = Vec::new();
+            let mut found = None;
+            for attempt in 0..3 {
+                let handle = match attempt {
+                    0 => session.generate_key(&Mechanism::AesKeyGen, &generated),
+                    1 => session.create_object(&imported),
+                    _ => match session.generate_key(&Mechanism::AesKeyGen, &plain) {
+                        Ok(h) => {
+                            made.push(h);
+                            session.update_attributes(h, &[Attribute::Trusted(true)]).map(|()| h)
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                match handle {
+                    Ok(h) => {
+                        if attempt < 2 {
+                            made.push(h);
+                        }
+                        let attrs = session.get_attributes(h, &[AttributeType::Trusted]).map_err(from_cryptoki)?;
+                        if attrs.contains(&Attribute::Trusted(true)) {
+                            found = Some(["generate", "import", "mark"][attempt]);
+                            break;
+                        }
+                    }
+                    Err(e) if refused(&e) => {}
+                    Err(e) => {
+                        for h in &made {
+                            let _ = session.destroy_object(*h);
+                        }
+                        return Err(from_cryptoki(e));
+                    }
+                }
             }
-            if !trusted?.contains(&Attribute::Trusted(true)) {
-                return Ok(());
+            for h in made {
+                if let Err(e) = session.destroy_object(h) {
+                    // A session object: it goes with the session at the latest.
+                    let _ = from_cryptoki(e);
+                }
             }
+            let Some(how) = found else { return Ok(()) };
             Err(Error::MechanismUnsupported {
                 mechanism: format!(
-                    "CKA_TRUSTED for the security officer only: PKCS#11 module {} lets a user mark a key trusted, \
-                     so under a trusted KEK anyone with the user PIN could wrap out and read every key; \
+                    "CKA_TRUSTED for the security officer only: PKCS#11 module {} lets a user mark a key trusted \
+                     ({how}), so under a trusted KEK anyone with the user PIN could wrap out and read every key; \
                      keep [token] kek = \"strict\" with this module",
                     self.module.display()
                 ),
