@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -56,6 +57,20 @@ async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     resp
 }
 
+/// Headers every answer of both listeners carries: HSTS (they speak HTTPS
+/// only), no MIME sniffing, and no caching of an answer that does not say
+/// otherwise (JSON answers hold tokens, signatures and personal data).
+async fn harden(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let headers = resp.headers_mut();
+    headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
 /// The main listener's routes.
 pub fn main_router(app: Arc<App>) -> Router {
     let csc = |v: &str| {
@@ -77,6 +92,7 @@ pub fn main_router(app: Arc<App>) -> Router {
         .route("/oidc/token", post(oidc::token))
         .route("/oidc/revoke", post(oidc::revoke))
         .route("/oidc/jwks", get(oidc::jwks))
+        .route("/oidc/userinfo", get(oidc::userinfo).post(oidc::userinfo))
         .route("/login/fido", get(fido::login_form).post(fido::login_start))
         .route("/register", get(fido::register_index))
         .route("/change", get(fido::change_form).post(fido::change_start))
@@ -101,6 +117,7 @@ pub fn main_router(app: Arc<App>) -> Router {
         .merge(csc("v1"))
         .fallback(health::not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), count))
+        .layer(axum::middleware::from_fn(harden))
         .with_state(app)
 }
 
@@ -114,6 +131,7 @@ pub fn card_router(app: Arc<App>) -> Router {
         .route("/healthz", get(health::healthz))
         .fallback(health::not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), count))
+        .layer(axum::middleware::from_fn(harden))
         .with_state(app)
 }
 

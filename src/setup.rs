@@ -26,12 +26,20 @@ pub struct Initialised {
     pub database: Option<String>,
 }
 
+/// Creates a directory (and its missing parents) that only its owner may
+/// enter: the data directory holds the database, the PINs file and SoftHSM's
+/// token files.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
 /// Writes the SoftHSM configuration from `softhsm/softhsm2.conf.in` if it is
 /// missing, with its token directory beside it; returns whether it wrote.
 pub fn write_softhsm_conf(conf: &Path) -> std::io::Result<bool> {
     let dir = conf.parent().unwrap_or(Path::new("."));
     let tokens = dir.join("tokens");
-    std::fs::create_dir_all(&tokens)?;
+    create_private_dir(&tokens)?;
     if conf.exists() {
         return Ok(false);
     }
@@ -47,7 +55,7 @@ pub fn init_token(config: &Config) -> Result<Initialised> {
     let mut steps = Vec::new();
     let shown = std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
     if !config.data_dir.exists() {
-        std::fs::create_dir_all(&config.data_dir)
+        create_private_dir(&config.data_dir)
             .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", shown.display())))?;
         steps.push(format!("data directory {} created", shown.display()));
     } else {
@@ -94,6 +102,12 @@ pub fn init_token(config: &Config) -> Result<Initialised> {
         .map_err(|e| Error::Unavailable(format!("cannot make the platform key in the token: {e}")))?;
     if config.token.kek == crate::config::schema::KekKind::Trusted {
         keystore.check_trust_reserved().map_err(|e| Error::Unavailable(e.to_string()))?;
+        if crate::config::secrets::pins_file_has_so_pin(&config.pins_path()) {
+            steps.push(format!(
+                "warning: {} holds the SO PIN: with trusted KEKs, keep it offline and remove it from that file",
+                config.pins_path().display()
+            ));
+        }
         let newest = keystore.newest_kek_index().map_err(|e| Error::Unavailable(e.to_string()))?;
         match newest {
             None => {

@@ -447,7 +447,8 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
 
     /// A user logged in for a pending request: the request is used up, and
     /// the client's redirect URI with a single-use code (and its state) is
-    /// returned. A user other than the request's `login_hint` is refused (the
+    /// returned. A user other than the request's `login_hint`, and a login
+    /// method other than the one its `acr_values` asked for, are refused (the
     /// request stays).
     pub async fn finish_login(&self, request_id: &str, user_id: &str, method: Method) -> Result<String> {
         let now = self.clock.now_ms();
@@ -457,6 +458,13 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
                 Forbidden::WrongUser,
                 "the user who logged in is not the login_hint of the request".into(),
             ));
+        }
+        if let Some(asked) = pending.acr.filter(|asked| *asked != method) {
+            return Err(Error::Conflict(format!(
+                "the signing system asked for a {} login (acr_values); a {} login does not finish it",
+                asked.as_str(),
+                method.as_str()
+            )));
         }
         let gone =
             || Error::NotFound(Missing::Request, "the login request is used or has expired: log in again".into());

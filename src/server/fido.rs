@@ -75,9 +75,11 @@ fn cross_site(app: &App, headers: &HeaderMap) -> bool {
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
         return !matches!(site, "same-origin" | "none");
     }
-    // Older browsers: the Origin, unless hidden ("null": our pages send no referrer).
+    // Older browsers: the Origin. Our pages' referrer policy (same-origin)
+    // lets a browser name our origin; "null" is what a sandboxed frame, a
+    // data: URL or a privacy redirect of another site sends: refused.
     match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        Some("null") | None => false,
+        None => false,
         Some(origin) => origin != public(app),
     }
 }

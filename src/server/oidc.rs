@@ -31,21 +31,36 @@ pub async fn discovery(State(app): State<Arc<App>>) -> Response {
         "token_endpoint": format!("{base}/oidc/token"),
         "revocation_endpoint": format!("{base}/oidc/revoke"),
         "jwks_uri": format!("{base}/oidc/jwks"),
-        "userinfo_endpoint": format!("{base}/api/v1/me"),
+        "userinfo_endpoint": format!("{base}/oidc/userinfo"),
         "response_types_supported": ["code"],
         "grant_types_supported": ["authorization_code"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [app.oidc.id_token_alg().as_str()],
-        "scopes_supported": ["openid", "sign"],
+        "scopes_supported": ["openid", "profile", "sign"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
         "acr_values_supported": ["hpki", "jpki", "fido"],
-        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "name"],
         "prompt_values_supported": ["login"],
         "ui_locales_supported": ["ja"],
     }))
     .into_response()
+}
+
+/// `GET|POST /oidc/userinfo` (OpenID Connect Core §5.3): the user's `sub`
+/// (the ID token's) and what the access token's scopes allow (`profile`:
+/// `name`). `/api/v1/me` stays inkan's own, richer answer.
+pub async fn userinfo(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response> {
+    let principal = app.principal(&headers).await?;
+    let session = principal.session().ok_or_else(|| Error::Internal("a bearer without a session".into()))?;
+    let mut claims = serde_json::Map::new();
+    claims.insert("sub".into(), principal.user_id.clone().into());
+    if session.scope.split(' ').any(|s| s == "profile") {
+        let user = crate::users::get(app.store.as_ref(), &principal.user_id).await?;
+        claims.insert("name".into(), user.name.into());
+    }
+    Ok(Json(serde_json::Value::Object(claims)).into_response())
 }
 
 /// `GET /oidc/jwks`

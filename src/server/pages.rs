@@ -42,14 +42,15 @@ pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
 }
 
 /// An HTML answer with the headers every page carries (no caching, no framing,
-/// a content security policy, no referrer: page URLs may hold tickets).
+/// a content security policy, a referrer for our own origin only: page URLs
+/// may hold tickets, and our forms' `Origin` must name us, never `null`).
 fn html_response(status: StatusCode, html: String, csp: &'static str) -> Response {
     let mut resp = (status, html).into_response();
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
     resp
 }

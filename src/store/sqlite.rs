@@ -97,6 +97,16 @@ fn connect(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreErr
                 .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
     }
+    // A new database is made readable by its owner only; SQLite gives its
+    // -wal and -shm files the database file's mode.
+    if !path.exists() {
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))),
+        }
+    }
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;

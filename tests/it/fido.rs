@@ -625,7 +625,7 @@ fn a_phone_registered_meanwhile_is_replaced_only_after_a_yes() {
     assert!(page.contains("置き換えますか"), "the PC asks first: {page}");
     // A forged cross-site answer is refused.
     let cookie = second_pc.cookie.clone().expect("cookie");
-    for (name, value) in [("origin", "https://evil.example"), ("sec-fetch-site", "cross-site")] {
+    for (name, value) in [("origin", "https://evil.example"), ("origin", "null"), ("sec-fetch-site", "cross-site")] {
         let r = Client::new().post(
             &server.url("/pc/confirm"),
             &[("cookie", &cookie), ("content-type", "application/x-www-form-urlencoded"), (name, value)],

@@ -5,6 +5,9 @@
 //! - a real SQLite file, or with `INKAN_TEST_STORE=postgres` a real PostgreSQL
 //!   server (a throwaway cluster the tests start, `postgres.rs`),
 //! - signatures checked by `openssl cms -verify`.
+//!
+//! `hostile.rs` holds the tests of what an attacker without credentials can
+//! do, grouped by attack.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::disallowed_methods)]
 
@@ -15,6 +18,7 @@ mod cli;
 mod database;
 mod fido;
 mod harness;
+mod hostile;
 mod http;
 mod keystore;
 mod layout;
