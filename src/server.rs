@@ -58,17 +58,34 @@ async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
 }
 
 /// Headers every answer of both listeners carries: HSTS (they speak HTTPS
-/// only), no MIME sniffing, and no caching of an answer that does not say
-/// otherwise (JSON answers hold tokens, signatures and personal data).
-async fn harden(req: Request, next: Next) -> Response {
+/// only; not for a `public_url` on localhost or an IP address, where it would
+/// pin every port of a developer's machine to HTTPS for a year), no MIME
+/// sniffing, and no caching of an answer that does not say otherwise (JSON
+/// answers hold tokens, signatures and personal data).
+async fn harden(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     let headers = resp.headers_mut();
-    headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+    if sends_hsts(&app.config.server.public_url) {
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+    }
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     resp
+}
+
+/// Whether answers for this public URL carry HSTS: not when its host is
+/// `localhost` (or a name under it) or an IP address.
+fn sends_hsts(public_url: &str) -> bool {
+    let rest = public_url.split_once("://").map_or(public_url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let host = host.to_ascii_lowercase();
+    !(host == "localhost" || host.ends_with(".localhost") || host.parse::<std::net::IpAddr>().is_ok())
 }
 
 /// The main listener's routes.
@@ -117,7 +134,7 @@ pub fn main_router(app: Arc<App>) -> Router {
         .merge(csc("v1"))
         .fallback(health::not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), count))
-        .layer(axum::middleware::from_fn(harden))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), harden))
         .with_state(app)
 }
 
@@ -131,7 +148,7 @@ pub fn card_router(app: Arc<App>) -> Router {
         .route("/healthz", get(health::healthz))
         .fallback(health::not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), count))
-        .layer(axum::middleware::from_fn(harden))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), harden))
         .with_state(app)
 }
 
@@ -349,4 +366,22 @@ pub fn serve(config: Config, demo_mode: bool) -> Result<()> {
         println!("inkan stopped");
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hsts_for_names_not_for_localhost_or_addresses() {
+        for (url, hsts) in [
+            ("https://inkan.example.jp", true),
+            ("https://inkan.example.jp:8443/base", true),
+            ("https://LOCALHOST:8443", false),
+            ("https://app.localhost", false),
+            ("https://127.0.0.1:8443", false),
+            ("https://[::1]:8443", false),
+            ("https://192.0.2.10", false),
+        ] {
+            assert_eq!(super::sends_hsts(url), hsts, "{url}");
+        }
+    }
 }

@@ -63,6 +63,39 @@ fn pss_algorithm(d: DigestAlgorithm) -> Result<AlgorithmIdentifierOwned> {
     })
 }
 
+/// Whether DER `RSASSA-PSS-params` (RFC 4055 section 3.1) ask for what the
+/// keystore signs with [`SignatureScheme::RsaPss`] on `d`: hash `d`, MGF1 on
+/// `d`, a salt as long as `d`'s output, trailer field 1. Absent and NULL hash
+/// parameters are both accepted (RFC 4055 section 2.1); the SHA-1 defaults
+/// never fit.
+pub fn pss_params_fit(d: DigestAlgorithm, params_der: &[u8]) -> bool {
+    #[derive(der::Sequence)]
+    struct Params {
+        #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
+        hash: Option<AlgorithmIdentifierOwned>,
+        #[asn1(context_specific = "1", tag_mode = "EXPLICIT", optional = "true")]
+        mgf: Option<AlgorithmIdentifierOwned>,
+        #[asn1(context_specific = "2", tag_mode = "EXPLICIT", optional = "true")]
+        salt_len: Option<u32>,
+        #[asn1(context_specific = "3", tag_mode = "EXPLICIT", optional = "true")]
+        trailer: Option<u32>,
+    }
+    let Ok(p) = <Params as der::Decode>::from_der(params_der) else { return false };
+    let is_d = |a: &AlgorithmIdentifierOwned| a.oid == d.oid() && a.parameters.as_ref().is_none_or(|p| p.is_null());
+    let mgf_on_d = |m: &AlgorithmIdentifierOwned| {
+        m.oid == der::oid::db::rfc5912::ID_MGF_1
+            && m.parameters
+                .as_ref()
+                .and_then(|a| der::Encode::to_der(a).ok())
+                .and_then(|b| <AlgorithmIdentifierOwned as der::Decode>::from_der(&b).ok())
+                .is_some_and(|h| is_d(&h))
+    };
+    p.hash.as_ref().is_some_and(is_d)
+        && p.mgf.as_ref().is_some_and(mgf_on_d)
+        && p.salt_len.unwrap_or(20) == d.output_len() as u32
+        && p.trailer.unwrap_or(1) == 1
+}
+
 /// Builds a PKCS#10 request (RFC 2986) for `subject` and the token key `key`
 /// whose public key is `public_key_der`, signed by that key. Returns DER.
 pub fn build_csr(

@@ -36,7 +36,7 @@ mod token;
 mod wrapped;
 
 pub use algorithm::{DigestAlgorithm, KeyAlgorithm, SignatureScheme};
-pub use csr::{build_csr, signature_algorithm};
+pub use csr::{build_csr, pss_params_fit, signature_algorithm};
 pub use error::{Error, Result};
 pub use keystore::{
     create_trusted_kek, CacheStats, GeneratedKey, KekInfo, KekKind, KeyProtection, KeyRef, KeyStorage, Keystore,

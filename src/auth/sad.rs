@@ -29,8 +29,9 @@ pub struct Sad {
 /// What SADs need from storage: short-lived, each call atomic.
 #[async_trait]
 pub trait SadStore: Send + Sync {
-    /// Keeps a SAD until it expires.
-    async fn put_sad(&self, sad_hash: &[u8], sad: &Sad, now: i64) -> Result<(), StoreError>;
+    /// Keeps a SAD until it expires, unless its session holds `max` unexpired
+    /// SADs already (then false, nothing kept).
+    async fn put_sad(&self, sad_hash: &[u8], sad: &Sad, now: i64, max: usize) -> Result<bool, StoreError>;
     /// Takes a SAD out (single use), expired or not.
     async fn take_sad(&self, sad_hash: &[u8]) -> Result<Option<Sad>, StoreError>;
 }
@@ -39,10 +40,20 @@ fn invalid(param: &str) -> Error {
     Error::Invalid(format!("Invalid parameter {param}"))
 }
 
-/// Issues a SAD; returns its value.
+/// Unused, unexpired SADs one auth session may hold: what a client can make
+/// the server keep is bounded (each SAD may bind up to 1,000 hashes).
+pub const MAX_PER_SESSION: usize = 16;
+
+/// Issues a SAD; returns its value. Refused while the session holds
+/// [`MAX_PER_SESSION`] unused ones.
 pub async fn authorize(store: &dyn SadStore, sad: Sad, now: i64) -> Result<String> {
     let token = super::random_token();
-    store.put_sad(&token_hash(&token), &sad, now).await?;
+    if !store.put_sad(&token_hash(&token), &sad, now, MAX_PER_SESSION).await? {
+        return Err(Error::Conflict(format!(
+            "this session holds {MAX_PER_SESSION} unused SADs already: use them (signHash, signDoc) or let them \
+             expire before asking for more"
+        )));
+    }
     Ok(token)
 }
 

@@ -192,6 +192,13 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
                 "the user ID is not the login_hint of the request".into(),
             ));
         }
+        // Before any ceremony: a request that asked for a card is not a phone's.
+        if let Some(asked) = request.acr.filter(|a| *a != crate::auth::Method::Fido) {
+            return Err(Error::Conflict(format!(
+                "the signing system asked for a {} login (acr_values), not a phone",
+                asked.as_str()
+            )));
+        }
         self.open(user_id, Kind::Login { request: request_id.to_owned() }, true, true).await
     }
 

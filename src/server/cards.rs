@@ -85,22 +85,6 @@ fn card_refused(method: Method, e: Error) -> Response {
     }
 }
 
-/// The page for a login by another method than the signing system asked for
-/// (`acr_values`): the request stays, for the method it asked for.
-fn wrong_method(asked: Method) -> Response {
-    let name = match asked {
-        Method::Hpki => "HPKIカード",
-        Method::Jpki => "マイナンバーカード",
-        Method::Fido => "スマートフォン",
-    };
-    pages::error(
-        StatusCode::FORBIDDEN,
-        "ログイン方法が違います",
-        &format!("署名システムは{name}でのログインを求めています。"),
-        &format!("{name}でログインしてください。"),
-    )
-}
-
 fn login_expired() -> Response {
     pages::error(
         StatusCode::BAD_REQUEST,
@@ -136,7 +120,7 @@ pub async fn login(
     match app.oidc.pending(req_id).await {
         Ok(p) => {
             if let Some(asked) = p.acr.filter(|asked| *asked != method) {
-                return wrong_method(asked);
+                return pages::wrong_login_method(asked);
             }
         }
         Err(Error::NotFound(..)) => return login_expired(),

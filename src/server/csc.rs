@@ -380,6 +380,28 @@ fn scheme_for(sign_algo: &str, hash_alg: Option<DigestAlgorithm>, is_rsa: bool) 
     Ok(scheme)
 }
 
+/// Checks `signAlgoParams` (base64 DER): inkan signs RSA-PSS one way only
+/// (MGF1 on the same hash, a salt as long as the hash), and other algorithms
+/// take no parameters. Anything else is refused, not signed in a way the
+/// client would not verify.
+fn check_sign_algo_params(scheme: SignatureScheme, params: Option<&str>) -> Result<()> {
+    let Some(params) = params else { return Ok(()) };
+    let der = Base64::decode_vec(params).map_err(|_| invalid("signAlgoParams"))?;
+    let fits = match scheme {
+        SignatureScheme::RsaPss(d) => inkan_keystore::pss_params_fit(d, &der),
+        // Absent, or an ASN.1 NULL.
+        _ => der.is_empty() || der == [0x05, 0x00],
+    };
+    if fits {
+        return Ok(());
+    }
+    Err(Error::Invalid(
+        "Invalid parameter signAlgoParams: inkan signs RSASSA-PSS with MGF1 on the same hash, a salt as long as the \
+         hash and trailer field 1, and other algorithms without parameters"
+            .into(),
+    ))
+}
+
 /// `POST /csc/v2/signatures/signHash`
 pub async fn sign_hash(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response> {
     let principal = app.principal(&headers).await?;
@@ -398,6 +420,7 @@ pub async fn sign_hash(State(app): State<Arc<App>>, headers: HeaderMap, body: Bo
         None => None,
     };
     let scheme = scheme_for(&req.sign_algo, oid_alg, is_rsa)?;
+    check_sign_algo_params(scheme, req.sign_algo_params.as_deref())?;
     let alg = scheme.digest_algorithm();
     let list = req.hashes.or(req.hash).ok_or_else(|| Error::Invalid("Missing parameter hashes".into()))?;
     let digests = decode_hashes(&list, alg).map_err(|e| Error::Invalid(format!("Invalid parameter hashes: {e}")))?;
@@ -517,6 +540,17 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
         content: Option<Vec<u8>>,
     }
     let mut jobs: Vec<Job> = Vec::new();
+    // One request makes at most MAX_HASHES signatures, however it spreads
+    // them over documentDigests entries and documents (each entry alone is
+    // also checked by the pipeline).
+    let entries = req.document_digests.iter().flatten().map(|d| d.hashes.len()).sum::<usize>()
+        + req.documents.iter().flatten().count();
+    if entries > MAX_HASHES {
+        return Err(Error::Invalid(format!(
+            "Invalid parameter documentDigests: at most {MAX_HASHES} signatures per request \
+             (hashes of every documentDigests entry and documents together), {entries} asked"
+        )));
+    }
     for dd in req.document_digests.iter().flatten() {
         check_format(&dd.signature_format, dd.conformance_level.as_deref())?;
         let alg = dd

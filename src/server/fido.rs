@@ -19,6 +19,7 @@ use axum::Json;
 use minijinja::context;
 use serde_json::json;
 
+use crate::auth::Method;
 use crate::clock::rfc3339;
 use crate::error::{Credential, Error, Forbidden, Gone, Missing};
 use crate::fido::device::Retirement;
@@ -27,6 +28,7 @@ use crate::fido::ticket::{Action, Kind, Stage, Ticket};
 
 use super::body::{read_form, read_limited};
 use super::error::ApiError;
+use super::pages;
 use super::state::App;
 
 /// `__Host-`: only this host can set it (Secure, Path=/, no Domain).
@@ -172,6 +174,9 @@ pub async fn login_form(State(app): State<Arc<App>>, Query(params): Query<HashMa
         Err(Error::NotFound(..)) => return login_request_page(&app, true),
         Err(e) => return e.into_response(),
     };
+    if let Some(asked) = request.acr.filter(|a| *a != Method::Fido) {
+        return pages::wrong_login_method(asked);
+    }
     app.templates.render(
         StatusCode::OK,
         "id_form.html",
@@ -199,6 +204,15 @@ pub async fn login_start(State(app): State<Arc<App>>, headers: HeaderMap, body: 
     let Some(req) = form.get("req") else {
         return login_request_page(&app, false);
     };
+    match app.oidc.pending(req).await {
+        Ok(r) => {
+            if let Some(asked) = r.acr.filter(|a| *a != Method::Fido) {
+                return pages::wrong_login_method(asked);
+            }
+        }
+        Err(Error::NotFound(..)) => return login_request_page(&app, true),
+        Err(e) => return e.into_response(),
+    }
     match app.phones.start_login(&app.oidc, req, &user_id).await {
         Ok(pc) => with_pc_cookie(Redirect::to("/pc").into_response(), &pc, 3600),
         Err(e) => user_page(&app, e),

@@ -55,6 +55,23 @@ fn html_response(status: StatusCode, html: String, csp: &'static str) -> Respons
     resp
 }
 
+/// The page for a login by another method than the signing system asked for
+/// (`acr_values`): the request stays, for the method it asked for.
+pub fn wrong_login_method(asked: crate::auth::Method) -> Response {
+    use crate::auth::Method;
+    let name = match asked {
+        Method::Hpki => "HPKIカード",
+        Method::Jpki => "マイナンバーカード",
+        Method::Fido => "スマートフォン",
+    };
+    error(
+        StatusCode::FORBIDDEN,
+        "ログイン方法が違います",
+        &format!("署名システムは{name}でのログインを求めています。"),
+        &format!("{name}でログインしてください。"),
+    )
+}
+
 /// An error page.
 pub fn error(status: StatusCode, title: &str, message: &str, hint: &str) -> Response {
     page(status, title, &format!("<p class=\"error\">{}</p><p>{}</p>", esc(message), esc(hint)))

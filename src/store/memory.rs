@@ -55,11 +55,14 @@ impl OidcStore for Memory {
 
 #[async_trait]
 impl SadStore for Memory {
-    async fn put_sad(&self, sad_hash: &[u8], sad: &Sad, now: i64) -> Result<(), StoreError> {
+    async fn put_sad(&self, sad_hash: &[u8], sad: &Sad, now: i64, max: usize) -> Result<bool, StoreError> {
         let mut map = lock(&self.sads);
         map.retain(|_, s| s.expires_at > now);
+        if map.values().filter(|s| s.session == sad.session).count() >= max {
+            return Ok(false);
+        }
         map.insert(sad_hash.to_vec(), sad.clone());
-        Ok(())
+        Ok(true)
     }
 
     async fn take_sad(&self, sad_hash: &[u8]) -> Result<Option<Sad>, StoreError> {

@@ -1,6 +1,7 @@
 //! The service as an attacker without credentials meets it (issue 13),
 //! grouped by attack. Each test fails without the fix it guards.
 //!
+//! - memory: what one request can make the server hold or do;
 //! - protocol details: response headers, the standard UserInfo answer, scopes,
 //!   the cross-site check, file permissions.
 
@@ -40,7 +41,7 @@ mod protocol {
     use super::*;
 
     #[test]
-    fn every_answer_has_hsts_and_nosniff_and_json_is_never_cached() {
+    fn every_answer_has_nosniff_and_json_is_never_cached() {
         let env = Env::new();
         let server = Server::start(&env, &[]);
         let c = Client::new();
@@ -54,11 +55,9 @@ mod protocol {
             ("card listener", c.get(&format!("{}/healthz", server.card), &[])),
         ];
         for (what, r) in &answers {
-            assert_eq!(
-                r.headers.get("strict-transport-security").map(String::as_str),
-                Some("max-age=31536000"),
-                "{what}"
-            );
+            // HSTS only for a public URL with a host name (see the unit test
+            // in src/server.rs): never pin a developer's localhost.
+            assert_eq!(r.headers.get("strict-transport-security"), None, "{what}");
             assert_eq!(r.headers.get("x-content-type-options").map(String::as_str), Some("nosniff"), "{what}");
             let json = r.headers.get("content-type").is_some_and(|t| t.starts_with("application/json"));
             if json {
@@ -165,11 +164,147 @@ mod protocol_login {
         let r = Client::with_card("jpki-1").get(&jpki_url, &[]);
         assert_eq!(r.status, 403, "{}", r.text());
         assert!(r.text().contains("ログイン方法が違います") && r.text().contains("HPKIカード"), "{}", r.text());
-        // The request stays, for the HPKI card; its ID token says so.
+        // Nor with a phone: refused before any QR code (form and start).
+        let req = query(&hpki_url)["req"].clone();
+        let r = Client::new().get(&server.url(&format!("/login/fido?req={req}")), &[]);
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert!(r.text().contains("ログイン方法が違います"), "{}", r.text());
+        let r = Client::new().post(
+            &server.url("/login/fido"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            format!("req={req}&user_id=100001"),
+        );
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert!(!r.headers.contains_key("set-cookie"), "no PC ticket was opened");
+        // The request stays, for the HPKI card.
         let r = Client::with_card("hpki-doctor").get(&hpki_url, &[]);
         assert_eq!(r.status, 303, "{}", r.text());
         let code = query(&r.location())["code"].clone();
         let t = exchange(&server, &client, &code, &verifier);
         assert_eq!(t.status, 200, "{}", t.text());
+    }
+}
+
+mod memory {
+    use super::*;
+    use base64ct::{Base64, Encoding};
+
+    #[test]
+    fn one_sign_doc_makes_at_most_a_thousand_signatures_however_it_spreads_them() {
+        let env = env_with_card_user();
+        let server = Server::start(&env, &[]);
+        let tokens = login_with_scope(&server, &env, "openid sign");
+        let access = tokens["access_token"].as_str().expect("token").to_owned();
+        let h = Base64::encode_string(&inkan::keystore::DigestAlgorithm::Sha256.digest(b"rx"));
+        let entry = |n: usize| json!({ "hashes": vec![h.clone(); n], "hashAlgorithmOID": "2.16.840.1.101.3.4.2.1", "signature_format": "C" });
+        let sign_doc = |entries: Vec<serde_json::Value>| {
+            Client::new().post_json(
+                &server.url("/csc/v2/signatures/signDoc"),
+                &access,
+                &json!({ "credentialID": "100001.g1", "documentDigests": entries }),
+            )
+        };
+        let before = env.audit_rows();
+        // Each entry under the per-entry limit, 1,200 in all.
+        let r = sign_doc(vec![entry(600), entry(600)]);
+        assert_eq!(r.status, 400, "{}", r.text());
+        let told = r.json()["error_description"].as_str().unwrap_or("").to_owned();
+        assert!(told.contains("at most 1000 signatures") && told.contains("1200 asked"), "{told}");
+        assert_eq!(env.audit_rows(), before, "nothing signed");
+        // Up to 1,000 in all is served.
+        let r = sign_doc(vec![entry(500), entry(500)]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["SignatureObject"].as_array().map(Vec::len), Some(1000));
+    }
+
+    #[test]
+    fn a_session_holds_at_most_sixteen_unused_sads() {
+        let env = env_with_card_user();
+        let server = Server::start(&env, &[]);
+        let tokens = login_with_scope(&server, &env, "openid sign");
+        let access = tokens["access_token"].as_str().expect("token").to_owned();
+        let authorize = || {
+            Client::new().post_json(
+                &server.url("/csc/v2/credentials/authorize"),
+                &access,
+                &json!({ "credentialID": "100001.g1", "numSignatures": 1 }),
+            )
+        };
+        let mut sads = Vec::new();
+        for i in 0..16 {
+            let r = authorize();
+            assert_eq!(r.status, 200, "SAD {i}: {}", r.text());
+            sads.push(r.json()["SAD"].as_str().expect("SAD").to_owned());
+        }
+        let r = authorize();
+        assert_eq!(r.status, 409, "{}", r.text());
+        assert!(r.json()["error_description"].as_str().unwrap_or("").contains("16 unused SADs"), "{}", r.text());
+        // Using one makes room for one.
+        let h = Base64::encode_string(&inkan::keystore::DigestAlgorithm::Sha256.digest(b"rx"));
+        let r = Client::new().post_json(
+            &server.url("/csc/v2/signatures/signHash"),
+            &access,
+            &json!({ "credentialID": "100001.g1", "SAD": sads[0], "hashes": [h], "hashAlgorithmOID": "2.16.840.1.101.3.4.2.1", "signAlgo": "1.2.840.10045.4.3.2" }),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(authorize().status, 200);
+        assert_eq!(authorize().status, 409);
+    }
+}
+
+mod protocol_csc {
+    use super::*;
+    use base64ct::{Base64, Encoding};
+
+    /// `RSASSA-PSS-params` for SHA-256 and MGF1-SHA-256 with a salt of `salt` bytes (DER).
+    fn pss_params(salt: u8) -> String {
+        let sha256 = [0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00];
+        let mut der = vec![0x30, 0x34, 0xa0, 0x0f];
+        der.extend(sha256);
+        der.extend([0xa1, 0x1c, 0x30, 0x1a, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x08]);
+        der.extend(sha256);
+        der.extend([0xa2, 0x03, 0x02, 0x01, salt]);
+        Base64::encode_string(&der)
+    }
+
+    #[test]
+    fn sign_algo_params_that_inkan_would_not_honour_are_refused() {
+        let env = Env::new();
+        env.user_with_key("100001", "rsa2048");
+        env.ok(&["hpki", "map", "100001", s(&fixture("holders/hpki-doctor.pem"))]);
+        let server = Server::start(&env, &[]);
+        let tokens = login_with_scope(&server, &env, "openid sign");
+        let access = tokens["access_token"].as_str().expect("token").to_owned();
+        let digest = inkan::keystore::DigestAlgorithm::Sha256.digest(b"rx");
+        let sign = |params: Option<String>| {
+            let mut body = json!({
+                "credentialID": "100001.g1",
+                "hashes": [Base64::encode_string(&digest)],
+                "hashAlgorithmOID": "2.16.840.1.101.3.4.2.1",
+                "signAlgo": "1.2.840.113549.1.1.10",
+            });
+            if let Some(p) = params {
+                body["signAlgoParams"] = json!(p);
+            }
+            Client::new().post_json(&server.url("/csc/v2/signatures/signHash"), &access, &body)
+        };
+        // What inkan does (salt = 32 for SHA-256): signed.
+        let r = sign(Some(pss_params(32)));
+        assert_eq!(r.status, 200, "{}", r.text());
+        // A salt of 20 (OpenSSL's old default), garbage, NULL: refused, nothing signed.
+        let before = env.audit_rows();
+        for params in [pss_params(20), Base64::encode_string(b"garbage"), "BQA=".to_owned()] {
+            let r = sign(Some(params.clone()));
+            assert_eq!(r.status, 400, "{params}: {}", r.text());
+            assert!(r.json()["error_description"].as_str().unwrap_or("").contains("signAlgoParams"), "{}", r.text());
+        }
+        assert_eq!(env.audit_rows(), before, "nothing signed");
+        // Parameters for PKCS#1 v1.5: none, or NULL.
+        let r = Client::new().post_json(
+            &server.url("/csc/v2/signatures/signHash"),
+            &access,
+            &json!({ "credentialID": "100001.g1", "hashes": [Base64::encode_string(&digest)], "signAlgo": "1.2.840.113549.1.1.11", "signAlgoParams": "BQA=" }),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
     }
 }

@@ -250,6 +250,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX retired_devices_user ON retired_devices(user_id, retired_at);
     "#,
+    // 5: SADs counted per auth session (a cap on what one session holds)
+    r#"
+    ALTER TABLE sads ADD COLUMN session BYTEA;
+    CREATE INDEX sads_session ON sads(session, expires_at);
+    "#,
 ];
 
 /// Applies the missing migrations in one transaction, under an advisory lock:

@@ -88,13 +88,22 @@ impl OidcStore for Short {
 
 #[async_trait]
 impl SadStore for Short {
-    async fn put_sad(&self, sad_hash: &[u8], sad: &Sad, now: i64) -> Result<(), StoreError> {
-        self.exec(
-            "WITH purged AS (DELETE FROM sads WHERE expires_at <= $4)
-             INSERT INTO sads (sad_hash, sad, expires_at) VALUES ($1, $2, $3)",
-            &[&sad_hash, &to_json(sad)?, &sad.expires_at, &now],
-        )
-        .await
+    async fn put_sad(&self, sad_hash: &[u8], sad: &Sad, now: i64, max: usize) -> Result<bool, StoreError> {
+        // Two requests of one session at the same moment may both pass the
+        // count: the cap is exceeded by at most the requests in flight.
+        let conn = self.pool.get().await?;
+        let stmt = conn
+            .prepare_cached(
+                "WITH purged AS (DELETE FROM sads WHERE expires_at <= $4)
+                 INSERT INTO sads (sad_hash, sad, expires_at, session)
+                 SELECT $1, $2, $3, $5
+                 WHERE (SELECT count(*) FROM sads WHERE session = $5 AND expires_at > $4) < $6",
+            )
+            .await?;
+        let n = conn
+            .execute(&stmt, &[&sad_hash, &to_json(sad)?, &sad.expires_at, &now, &sad.session, &(max as i64)])
+            .await?;
+        Ok(n == 1)
     }
 
     async fn take_sad(&self, sad_hash: &[u8]) -> Result<Option<Sad>, StoreError> {
