@@ -210,6 +210,10 @@ pub struct Code {
     pub auth_time: i64,
     /// Unix ms.
     pub expires_at: i64,
+    /// Once exchanged: the hash of the session's token it opened (kept until
+    /// the code expires, so that a replay ends that session, RFC 6749 §4.1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spent_by: Option<Vec<u8>>,
 }
 
 /// The JWK of the platform key (from its SubjectPublicKeyInfo DER): P-256
@@ -292,6 +296,9 @@ pub trait OidcStore: Send + Sync {
     async fn put_code(&self, code_hash: &[u8], code: &Code, now: i64) -> Result<(), StoreError>;
     /// Takes a code out (single use), expired or not.
     async fn take_code(&self, code_hash: &[u8]) -> Result<Option<Code>, StoreError>;
+    /// Keeps an exchanged code (its `spent_by` set) until it expires: what a
+    /// replay of it finds.
+    async fn keep_spent_code(&self, code_hash: &[u8], code: &Code, now: i64) -> Result<(), StoreError>;
 }
 
 /// A validated authorization request, kept: where the user goes to log in.
@@ -479,6 +486,7 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
             method,
             auth_time: now,
             expires_at: now + CODE_LIFETIME_MS,
+            spent_by: None,
         };
         self.pending.put_code(&token_hash(&code), &issued, now).await?;
         let mut q = vec![("code", code)];
@@ -490,16 +498,22 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
 
     /// Exchanges an authorization code of an authenticated client for an
     /// access token (a new auth session) and an ID token.
-    pub async fn exchange(&self, client: &Client, grant: Grant<'_>) -> Result<Tokens> {
+    pub async fn exchange(&self, sessions: &Sessions<T>, client: &Client, grant: Grant<'_>) -> Result<Tokens> {
         let refused = |d: &str| Error::Unauthenticated(Credential::Grant, d.to_owned());
         let now = self.clock.now_ms();
+        let code_hash = token_hash(grant.code);
         // Single use: the code is gone from here on, whatever follows.
         let code = self
             .pending
-            .take_code(&token_hash(grant.code))
+            .take_code(&code_hash)
             .await?
             .filter(|c| c.expires_at > now)
             .ok_or_else(|| refused("the code is unknown, used or expired"))?;
+        if let Some(session) = &code.spent_by {
+            // A replay: whoever holds the code may hold the tokens it gave.
+            sessions.end_by_hash(&format!("client:{}", client.id), session, "authorization code replayed").await?;
+            return Err(refused("the code was used already: the session it opened is ended (RFC 6749 4.1.2)"));
+        }
         if code.request.client_id != client.id {
             return Err(refused("the code was issued to another client"));
         }
@@ -521,6 +535,11 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
             self.session_lifetime_ms,
         )
         .await?;
+        let spent = Code { spent_by: Some(token_hash(&access)), ..code.clone() };
+        if let Err(e) = self.pending.keep_spent_code(&code_hash, &spent, now).await {
+            // The tokens are issued; only a replay's revocation is lost.
+            tracing::warn!("cannot keep the exchanged code for replay detection: {e}");
+        }
         let claims = id_token_claims(&self.issuer, &code, now, 3600);
         let input = jws_signing_input(self.alg, &self.kid, &claims);
         let (ks, key, alg) = (Arc::clone(&self.keystore), self.platform_key.clone(), self.alg);

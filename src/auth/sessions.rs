@@ -384,6 +384,31 @@ impl<T: SessionsTx + ?Sized> Sessions<T> {
         Ok(())
     }
 
+    /// Ends a session by its token's hash (a replayed authorization code);
+    /// `reason` goes to the audit row.
+    pub async fn end_by_hash(&self, actor: &str, token_hash: &[u8], reason: &str) -> Result<()> {
+        let now = self.clock.now_ms();
+        let mut tx = self.store.write().await?;
+        if let Some(user) = tx.delete_session(token_hash).await? {
+            audit::append(
+                &mut *tx,
+                now,
+                &[Event {
+                    actor,
+                    event: "session.revoke",
+                    user_id: Some(&user),
+                    outcome: "ok",
+                    detail: serde_json::json!({ "sessions": 1, "reason": reason }),
+                    ..Default::default()
+                }],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.changed().await;
+        Ok(())
+    }
+
     /// Ends a session by its token (a page's own logout, as in the demo).
     pub async fn end(&self, actor: &str, token: &str) -> Result<()> {
         revoke_token(self.store.as_ref(), self.clock.now_ms(), actor, token).await?;

@@ -178,7 +178,7 @@ pub async fn callback(State(app): State<Arc<App>>, Query(q): Query<HashMap<Strin
         }
     };
     let grant = Grant { code, redirect_uri: Some(&redirect_uri), code_verifier: Some(&verifier) };
-    match app.oidc.exchange(&client, grant).await {
+    match app.oidc.exchange(&app.sessions, &client, grant).await {
         Ok(tokens) => {
             let access = tokens.access_token;
             let mut resp = Redirect::to("/demo").into_response();

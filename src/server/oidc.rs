@@ -149,7 +149,7 @@ pub async fn token(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) 
         redirect_uri: form.get("redirect_uri").map(String::as_str),
         code_verifier: form.get("code_verifier").map(String::as_str),
     };
-    let tokens = app.oidc.exchange(&client, grant).await?;
+    let tokens = app.oidc.exchange(&app.sessions, &client, grant).await?;
     let mut resp = Json(tokens).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));

@@ -51,6 +51,10 @@ impl OidcStore for Memory {
     async fn take_code(&self, code_hash: &[u8]) -> Result<Option<Code>, StoreError> {
         Ok(lock(&self.codes).remove(code_hash))
     }
+
+    async fn keep_spent_code(&self, code_hash: &[u8], code: &Code, now: i64) -> Result<(), StoreError> {
+        self.put_code(code_hash, code, now).await
+    }
 }
 
 #[async_trait]

@@ -308,3 +308,34 @@ mod protocol_csc {
         assert_eq!(r.status, 200, "{}", r.text());
     }
 }
+
+mod protocol_replay {
+    use super::*;
+
+    #[test]
+    fn a_replayed_authorization_code_ends_the_session_it_opened() {
+        let env = env_with_card_user();
+        let server = Server::start(&env, &[]);
+        let client = register_client(&env);
+        let (verifier, challenge) = pkce();
+        let url = authorize_url(&server, &client, &challenge, &[("acr_values", "hpki")]);
+        let r = Client::with_card("hpki-doctor").get(&Client::new().get(&url, &[]).location(), &[]);
+        let code = query(&r.location())["code"].clone();
+        let t = exchange(&server, &client, &code, &verifier);
+        assert_eq!(t.status, 200, "{}", t.text());
+        let bearer = format!("Bearer {}", t.json()["access_token"].as_str().expect("token"));
+        let me = || Client::new().get(&server.url("/oidc/userinfo"), &[("authorization", &bearer)]).status;
+        assert_eq!(me(), 200);
+        // The code again (intercepted, say): refused, and the session it opened ends.
+        let r = exchange(&server, &client, &code, &verifier);
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert_eq!(r.json()["error"], "invalid_grant");
+        assert!(r.json()["error_description"].as_str().unwrap_or("").contains("ended"), "{}", r.text());
+        assert_eq!(me(), 401, "the tokens issued from the code no longer work");
+        let rows = env.json(&["audit", "tail", "--limit", "1"]);
+        assert_eq!(rows[0]["event"], "session.revoke", "{rows}");
+        assert!(rows[0]["detail"].as_str().unwrap_or("").contains("replayed"), "{rows}");
+        // A third time: just refused.
+        assert_eq!(exchange(&server, &client, &code, &verifier).status, 400);
+    }
+}

@@ -17,7 +17,8 @@ use crate::authenticator::{Phone, StockPasskey};
 use crate::fido::{phone_begin, phone_finish, sign_in, Pc};
 use crate::harness::{fixture, openssl_verify, Env};
 use crate::http::{
-    authorize_url, card_login, exchange, login, pkce, query, register_client, Client, OidcClient, Resp, Server,
+    after_change, authorize_url, card_login, exchange, login, pkce, query, register_client, Client, OidcClient, Resp,
+    Server,
 };
 use crate::postgres::{self, Cluster};
 
@@ -127,6 +128,18 @@ fn a_login_on_one_node_signs_on_the_other_and_a_logout_there_ends_it_everywhere(
     assert_eq!(t.status, 200, "{}", t.text());
     assert_eq!(exchange(b, &client, &code, &verifier).status, 400, "not twice on B");
     assert_eq!(exchange(a, &client, &code, &verifier).status, 400, "not twice on A");
+    // The replay ended the session the code opened, on both nodes (RFC 6749 4.1.2).
+    let replayed = t.json()["access_token"].as_str().expect("token").to_owned();
+    let probe = inkan::keystore::DigestAlgorithm::Sha256.digest(b"replayed");
+    for node in [a, b] {
+        let r = after_change(&env, 401, || sign_hashes(node, &replayed, &[probe.clone().try_into().expect("32")]));
+        assert_eq!(r.status, 401, "{}", r.text());
+    }
+    // A new login for what follows.
+    let (verifier, challenge) = pkce();
+    let r = card_login(a, &client, "hpki-doctor", "hpki", &challenge);
+    let t = exchange(b, &client, &query(&r.location())["code"], &verifier);
+    assert_eq!(t.status, 200, "{}", t.text());
     let access = t.json()["access_token"].as_str().expect("token").to_owned();
 
     // The session opened through A and B signs on both (keys from one token).

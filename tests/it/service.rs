@@ -81,7 +81,7 @@ fn hpki_login_then_sign_then_logout() {
     assert_eq!(t.status, 200, "{}", t.text());
     assert_eq!(t.headers.get("cache-control").map(String::as_str), Some("no-store"));
     let tokens = t.json();
-    assert_eq!(exchange(&server, &client, &code, &verifier).json()["error"], "invalid_grant");
+    // (A replay of this code would end the session: hostile.rs.)
     assert_eq!(tokens["token_type"], "Bearer");
     assert_eq!(tokens["expires_in"], 18 * 3600);
     let claims = verify_id_token(&server, tokens["id_token"].as_str().expect("id_token"));

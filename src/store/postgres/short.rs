@@ -84,6 +84,16 @@ impl OidcStore for Short {
         let json = self.one("DELETE FROM oidc_codes WHERE code_hash = $1 RETURNING code", &[&code_hash]).await?;
         from_json(json, "authorization code")
     }
+
+    async fn keep_spent_code(&self, code_hash: &[u8], code: &Code, now: i64) -> Result<(), StoreError> {
+        // A replay that came first took the code: it is not put back.
+        self.exec(
+            "WITH purged AS (DELETE FROM oidc_codes WHERE expires_at <= $4)
+             INSERT INTO oidc_codes (code_hash, code, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&code_hash, &to_json(code)?, &code.expires_at, &now],
+        )
+        .await
+    }
 }
 
 #[async_trait]
