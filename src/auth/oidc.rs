@@ -31,6 +31,23 @@ pub const REQUEST_LIFETIME_MS: i64 = 10 * 60 * 1000;
 /// Authorization codes are single-use and live 60 s.
 pub const CODE_LIFETIME_MS: i64 = 60 * 1000;
 
+/// Pending authorization requests a node (or, on PostgreSQL, the cluster)
+/// keeps at most, the oldest going first: what unauthenticated
+/// `/oidc/authorize` calls can make it hold (about 1.5 KB each).
+pub const MAX_PENDING_REQUESTS: usize = 20_000;
+
+/// Longest `state` and `nonce` kept, in bytes (they are echoed back, not read).
+pub const MAX_STATE_BYTES: usize = 512;
+
+/// [`MAX_PENDING_REQUESTS`], or the test hook `INKAN_DANGER_MAX_PENDING_REQUESTS`.
+fn max_pending_requests() -> usize {
+    std::env::var("INKAN_DANGER_MAX_PENDING_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MAX_PENDING_REQUESTS)
+        .max(1)
+}
+
 /// A validated authorization request, waiting for the user to log in.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AuthRequest {
@@ -117,6 +134,13 @@ pub fn urlencode(s: &str) -> String {
     out
 }
 
+/// The key under which an exchanged code's marker is kept (see
+/// [`Provider::exchange`]): not the code's own hash, so that a node that does
+/// not know markers never takes one for a code.
+fn spent_marker(code: &str) -> Vec<u8> {
+    token_hash(&format!("inkan-spent-code\0{code}"))
+}
+
 /// Validates the parameters of `GET /oidc/authorize`.
 pub fn validate_authorize(
     params: &HashMap<String, String>,
@@ -137,6 +161,10 @@ pub fn validate_authorize(
         )));
     }
     let state = get("state").map(str::to_owned);
+    if state.as_ref().is_some_and(|s| s.len() > MAX_STATE_BYTES) {
+        // Not echoed back: a page, not a redirect.
+        return Err(AuthorizeError::Page(format!("state が長すぎます (state is longer than {MAX_STATE_BYTES} bytes)")));
+    }
     let fail = |error: &'static str, description: &str| AuthorizeError::Redirect {
         redirect_uri: redirect_uri.to_owned(),
         error,
@@ -177,10 +205,17 @@ pub fn validate_authorize(
             return Err(fail("invalid_request", "prompt may only be login"));
         }
     }
+    if get("nonce").is_some_and(|n| n.len() > MAX_STATE_BYTES) {
+        return Err(fail("invalid_request", &format!("nonce is longer than {MAX_STATE_BYTES} bytes")));
+    }
+    if get("login_hint").is_some_and(|h| crate::users::validate_id(h).is_err()) {
+        return Err(fail("invalid_request", "login_hint must be a user ID (1 to 64 letters, digits and -)"));
+    }
     Ok(AuthRequest {
         client_id: client.id.clone(),
         redirect_uri: redirect_uri.to_owned(),
-        scope: scopes.join(" "),
+        // Each known scope once, in one order: a request keeps no more than that.
+        scope: ["openid", "profile", "sign"].into_iter().filter(|s| scopes.contains(s)).collect::<Vec<_>>().join(" "),
         state,
         nonce: get("nonce").map(str::to_owned),
         code_challenge: challenge.to_owned(),
@@ -286,8 +321,9 @@ pub fn id_token_claims(issuer: &str, code: &Code, now: i64, lifetime_s: i64) -> 
 /// What pending logins need from storage: short-lived, each call atomic.
 #[async_trait]
 pub trait OidcStore: Send + Sync {
-    /// Keeps an authorization request under its handle until it expires.
-    async fn put_request(&self, id: &str, request: &AuthRequest, now: i64) -> Result<(), StoreError>;
+    /// Keeps an authorization request under its handle until it expires; of
+    /// more than `max` unexpired requests, the oldest go.
+    async fn put_request(&self, id: &str, request: &AuthRequest, now: i64, max: usize) -> Result<(), StoreError>;
     /// A pending request, if it exists and has not expired.
     async fn request(&self, id: &str, now: i64) -> Result<Option<AuthRequest>, StoreError>;
     /// Takes a request out (single use), expired or not.
@@ -296,9 +332,11 @@ pub trait OidcStore: Send + Sync {
     async fn put_code(&self, code_hash: &[u8], code: &Code, now: i64) -> Result<(), StoreError>;
     /// Takes a code out (single use), expired or not.
     async fn take_code(&self, code_hash: &[u8]) -> Result<Option<Code>, StoreError>;
-    /// Keeps an exchanged code (its `spent_by` set) until it expires: what a
-    /// replay of it finds.
-    async fn keep_spent_code(&self, code_hash: &[u8], code: &Code, now: i64) -> Result<(), StoreError>;
+    /// Keeps an exchanged code (its `spent_by` set) under its marker key
+    /// until it expires: what a replay of it finds.
+    async fn keep_spent_code(&self, marker: &[u8], code: &Code, now: i64) -> Result<(), StoreError>;
+    /// Whether a code (or marker) is kept under this key.
+    async fn has_code(&self, code_hash: &[u8]) -> Result<bool, StoreError>;
 }
 
 /// A validated authorization request, kept: where the user goes to log in.
@@ -441,7 +479,10 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
         };
         let request = validate_authorize(params, client.as_ref(), now)?;
         let id = super::random_token();
-        self.pending.put_request(&id, &request, now).await.map_err(|e| AuthorizeError::Failed(e.into()))?;
+        self.pending
+            .put_request(&id, &request, now, max_pending_requests())
+            .await
+            .map_err(|e| AuthorizeError::Failed(e.into()))?;
         Ok(Authorized { id, acr: request.acr })
     }
 
@@ -502,18 +543,19 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
         let refused = |d: &str| Error::Unauthenticated(Credential::Grant, d.to_owned());
         let now = self.clock.now_ms();
         let code_hash = token_hash(grant.code);
+        let marker = spent_marker(grant.code);
         // Single use: the code is gone from here on, whatever follows.
-        let code = self
-            .pending
-            .take_code(&code_hash)
-            .await?
-            .filter(|c| c.expires_at > now)
-            .ok_or_else(|| refused("the code is unknown, used or expired"))?;
-        if let Some(session) = &code.spent_by {
-            // A replay: whoever holds the code may hold the tokens it gave.
-            sessions.end_by_hash(&format!("client:{}", client.id), session, "authorization code replayed").await?;
-            return Err(refused("the code was used already: the session it opened is ended (RFC 6749 4.1.2)"));
-        }
+        let Some(code) = self.pending.take_code(&code_hash).await?.filter(|c| c.expires_at > now) else {
+            // A replay finds the marker an exchange left (under another key,
+            // which nodes of before never read as a code): whoever holds the
+            // code may hold the tokens it gave.
+            if let Some(session) = self.pending.take_code(&marker).await?.and_then(|m| m.spent_by) {
+                let actor = format!("client:{}", client.id);
+                sessions.end_by_hash(&actor, &session, "authorization code replayed").await?;
+                return Err(refused("the code was used already: the session it opened is ended (RFC 6749 4.1.2)"));
+            }
+            return Err(refused("the code is unknown, used or expired"));
+        };
         if code.request.client_id != client.id {
             return Err(refused("the code was issued to another client"));
         }
@@ -524,8 +566,14 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
         if !pkce_matches(verifier, &code.request.code_challenge) {
             return Err(refused("code_verifier does not match the code_challenge"));
         }
+        // The marker first (with the new session's token hash), then the
+        // session; if a replay took the marker meanwhile, the session ends.
+        let access = super::random_token();
+        let spent = Code { spent_by: Some(token_hash(&access)), ..code.clone() };
+        self.pending.keep_spent_code(&marker, &spent, now).await?;
         let access = sessions::create(
             self.store.as_ref(),
+            access,
             now,
             &code.user_id,
             code.method,
@@ -535,10 +583,10 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
             self.session_lifetime_ms,
         )
         .await?;
-        let spent = Code { spent_by: Some(token_hash(&access)), ..code.clone() };
-        if let Err(e) = self.pending.keep_spent_code(&code_hash, &spent, now).await {
-            // The tokens are issued; only a replay's revocation is lost.
-            tracing::warn!("cannot keep the exchanged code for replay detection: {e}");
+        if !self.pending.has_code(&marker).await? {
+            let actor = format!("client:{}", client.id);
+            sessions.end_by_hash(&actor, &token_hash(&access), "authorization code replayed").await?;
+            return Err(refused("the code was used twice at once: the session it opened is ended (RFC 6749 4.1.2)"));
         }
         let claims = id_token_claims(&self.issuer, &code, now, 3600);
         let input = jws_signing_input(self.alg, &self.kid, &claims);

@@ -127,10 +127,11 @@ pub trait Invalidation: Send + Sync {
 pub trait SessionsTx: SessionStore + UserStore + AuditStore + Transaction {}
 impl<T: SessionStore + UserStore + AuditStore + Transaction + ?Sized> SessionsTx for T {}
 
-/// Opens a session; returns the bearer token.
+/// Opens a session for `token` (a fresh random token, the bearer); returns it.
 #[allow(clippy::too_many_arguments)]
 pub async fn create<T: SessionsTx + ?Sized>(
     store: &dyn Transactions<T>,
+    token: String,
     now: i64,
     user_id: &str,
     method: Method,
@@ -139,7 +140,6 @@ pub async fn create<T: SessionsTx + ?Sized>(
     auth_time: i64,
     lifetime_ms: i64,
 ) -> Result<String> {
-    let token = super::random_token();
     let session = Session {
         token_hash: super::token_hash(&token),
         user_id: user_id.to_owned(),
@@ -389,14 +389,15 @@ impl<T: SessionsTx + ?Sized> Sessions<T> {
     pub async fn end_by_hash(&self, actor: &str, token_hash: &[u8], reason: &str) -> Result<()> {
         let now = self.clock.now_ms();
         let mut tx = self.store.write().await?;
-        if let Some(user) = tx.delete_session(token_hash).await? {
+        let ended = tx.delete_session(token_hash).await?;
+        if let Some(user) = &ended {
             audit::append(
                 &mut *tx,
                 now,
                 &[Event {
                     actor,
                     event: "session.revoke",
-                    user_id: Some(&user),
+                    user_id: Some(user),
                     outcome: "ok",
                     detail: serde_json::json!({ "sessions": 1, "reason": reason }),
                     ..Default::default()
@@ -405,7 +406,9 @@ impl<T: SessionsTx + ?Sized> Sessions<T> {
             .await?;
         }
         tx.commit().await?;
-        self.changed().await;
+        if ended.is_some() {
+            self.changed().await;
+        }
         Ok(())
     }
 

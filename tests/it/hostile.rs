@@ -190,6 +190,42 @@ mod memory {
     use base64ct::{Base64, Encoding};
 
     #[test]
+    fn pending_authorization_requests_are_few_and_small() {
+        let env = Env::new();
+        let server = Server::start(&env, &[("INKAN_DANGER_MAX_PENDING_REQUESTS", "20")]);
+        let client = register_client(&env);
+        let (_, challenge) = pkce();
+        let authorize =
+            |extra: &[(&str, &str)]| Client::new().get(&authorize_url(&server, &client, &challenge, extra), &[]);
+        // A state too long to keep: a page, and nothing kept or echoed.
+        let long = "s".repeat(513);
+        let r = authorize(&[("state", &long)]);
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().contains("state") && !r.text().contains(&long), "{}", r.text());
+        // A nonce too long, a login_hint that is no user ID: an error for the client.
+        for extra in [("nonce", "n".repeat(513)), ("login_hint", "x".repeat(65)), ("login_hint", "<script>".into())] {
+            let r = authorize(&[(extra.0, &extra.1), ("acr_values", "fido")]);
+            assert_eq!(r.status, 303, "{}", r.text());
+            let back = query(&r.location());
+            assert_eq!(back.get("error").map(String::as_str), Some("invalid_request"), "{}: {back:?}", extra.0);
+        }
+        // Twenty-five valid requests: the five oldest are gone, the others wait.
+        let ids: Vec<String> = (0..25)
+            .map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(3));
+                let r = authorize(&[("acr_values", "fido")]);
+                assert_eq!(r.status, 303, "{}", r.text());
+                query(&r.location())["req"].clone()
+            })
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            let r = Client::new().get(&server.url(&format!("/login/fido?req={id}")), &[]);
+            let waiting = r.status == 200;
+            assert_eq!(waiting, i >= 5, "request {i}: {} {}", r.status, r.text());
+        }
+    }
+
+    #[test]
     fn one_sign_doc_makes_at_most_a_thousand_signatures_however_it_spreads_them() {
         let env = env_with_card_user();
         let server = Server::start(&env, &[]);

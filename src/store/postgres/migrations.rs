@@ -250,10 +250,16 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX retired_devices_user ON retired_devices(user_id, retired_at);
     "#,
-    // 5: SADs counted per auth session (a cap on what one session holds)
+    // 5: SADs counted per auth session (a cap on what one session holds);
+    // pending authorization requests in a ring of slots (a cap on how many
+    // wait, the oldest overwritten; in-flight logins are started again)
     r#"
     ALTER TABLE sads ADD COLUMN session BYTEA;
     CREATE INDEX sads_session ON sads(session, expires_at);
+    DELETE FROM oidc_requests;
+    ALTER TABLE oidc_requests ADD COLUMN slot BIGINT;
+    CREATE UNIQUE INDEX oidc_requests_slot ON oidc_requests(slot);
+    CREATE SEQUENCE oidc_request_slots;
     "#,
 ];
 
