@@ -39,7 +39,7 @@ pub fn user_pin(token: &TokenConfig, pins: &Path) -> Result<Pin, ConfigError> {
 }
 
 /// The SO PIN for trusted KEKs (`inkan kek rotate`): configured only, never
-/// the PINs file's (see [`PinsFile`]).
+/// the PINs file's (which holds no SO PIN with trusted KEKs).
 pub fn so_pin(token: &TokenConfig) -> Result<Pin, ConfigError> {
     token.so_pin.as_ref().map(|p| Pin::new(p.clone())).ok_or_else(|| {
         ConfigError(
