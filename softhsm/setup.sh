@@ -59,7 +59,8 @@ fi
 
 data=${INKAN_DATA_DIR:-$root/var}
 label=${INKAN_TOKEN_LABEL:-inkan}
-mkdir -p "$data/softhsm/tokens"
+# Only the owner may enter the data directory (database, PINs, token files).
+(umask 077 && mkdir -p "$data/softhsm/tokens")
 conf="$data/softhsm/softhsm2.conf"
 tokendir=$(cd "$data/softhsm/tokens" && pwd)
 if [ ! -f "$conf" ]; then

@@ -60,6 +60,16 @@ pub fn init_token(config: &Config) -> Result<Initialised> {
         steps.push(format!("data directory {} created", shown.display()));
     } else {
         steps.push(format!("data directory {}", shown.display()));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&config.data_dir).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o700);
+        if mode & 0o077 != 0 {
+            steps.push(format!(
+                "warning: others may enter {} (mode {mode:o}): it holds the database, the PINs file and the token; \
+                 chmod 700 {}",
+                shown.display(),
+                shown.display()
+            ));
+        }
     }
     if let Some(conf) = config.softhsm_conf() {
         if write_softhsm_conf(&conf).map_err(|e| Error::Unavailable(format!("{}: {e}", conf.display())))? {

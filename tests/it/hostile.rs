@@ -142,6 +142,12 @@ mod protocol {
                 assert_eq!(mode("inkan.db-wal"), 0o600);
             }
         }
+        // A data directory made by someone else, open to others: init says so.
+        let other = Env::bare();
+        std::fs::create_dir_all(other.data()).expect("var");
+        std::fs::set_permissions(other.data(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let out = other.ok(&["init"]);
+        assert!(out.contains("warning: others may enter") && out.contains("chmod 700"), "{out}");
     }
 }
 
