@@ -74,6 +74,7 @@ impl RelyingParty {
     /// Verifies a registration response against the kept state.
     pub fn finish_registration(&self, response: &[u8], state: &str) -> Result<Passkey> {
         let response: RegisterPublicKeyCredential = parse_response(response)?;
+        check_client_data(response.response.client_data_json.as_ref(), "registration")?;
         let state: PasskeyRegistration =
             serde_json::from_str(state).map_err(|e| Error::Internal(format!("ceremony state: {e}")))?;
         self.webauthn
@@ -92,6 +93,8 @@ impl RelyingParty {
     /// Verifies an assertion against the kept state.
     pub fn finish_authentication(&self, response: &[u8], state: &str) -> Result<AuthenticationResult> {
         let response: PublicKeyCredential = parse_response(response)?;
+        check_client_data(response.response.client_data_json.as_ref(), "sign-in")?;
+        check_assertion_data(response.response.authenticator_data.as_ref())?;
         let state: PasskeyAuthentication =
             serde_json::from_str(state).map_err(|e| Error::Internal(format!("ceremony state: {e}")))?;
         self.webauthn
@@ -116,6 +119,36 @@ pub fn counter_ok(stored: u32, reported: u32) -> bool {
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(Error::internal)
+}
+
+/// Refuses a ceremony that the browser says ran in a frame of another site
+/// (`crossOrigin: true`, or a `topOrigin`), which webauthn-rs lets through:
+/// inkan's pages are never framed (`frame-ancestors 'none'`).
+fn check_client_data(client_data_json: &[u8], what: &str) -> Result<()> {
+    let data: serde_json::Value = serde_json::from_slice(client_data_json)
+        .map_err(|e| refused(format!("{what} refused: clientDataJSON is not JSON ({e})")))?;
+    if data.get("crossOrigin").and_then(serde_json::Value::as_bool) == Some(true) {
+        return Err(refused(format!("{what} refused: crossOrigin is true (the ceremony ran in another site's frame)")));
+    }
+    if data.get("topOrigin").is_some() {
+        return Err(refused(format!(
+            "{what} refused: a topOrigin is named (the ceremony ran in another site's frame)"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an assertion's authenticator data with bytes after what its
+/// flags announce: 37 bytes when it carries neither attested credential
+/// data (AT) nor extensions (ED).
+fn check_assertion_data(authenticator_data: &[u8]) -> Result<()> {
+    match authenticator_data.get(32) {
+        Some(flags) if flags & 0xc0 == 0 && authenticator_data.len() != 37 => Err(refused(format!(
+            "sign-in refused: {} bytes after the authenticator data",
+            authenticator_data.len().saturating_sub(37)
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn parse_response<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {

@@ -63,6 +63,12 @@ pub struct Hostile {
     pub challenge: Option<String>,
     pub counter: Option<u32>,
     pub garbage_cbor: bool,
+    /// clientData says the ceremony ran in a cross-origin frame.
+    pub cross_origin: bool,
+    /// clientData names a top-level origin (a frame in another site).
+    pub top_origin: Option<String>,
+    /// Bytes after an assertion's authenticator data (signed with it).
+    pub trailing: bool,
 }
 
 /// One phone.
@@ -86,16 +92,18 @@ impl Authenticator {
     }
 
     fn client_data(&self, kind: &str, challenge: &str, h: &Hostile) -> Vec<u8> {
-        json!({
+        let mut data = json!({
             "type": h.client_type.clone().unwrap_or_else(|| kind.to_owned()),
             "challenge": h.challenge.clone().unwrap_or_else(|| challenge.to_owned()),
             "origin": h.origin.clone().unwrap_or_else(|| self.origin.clone()),
-            "crossOrigin": false,
+            "crossOrigin": h.cross_origin,
             // Chromium adds keys like this one; the server must parse, not compare.
             "other_keys_can_be_added_here": "do not compare clientDataJSON against a template",
-        })
-        .to_string()
-        .into_bytes()
+        });
+        if let Some(top) = &h.top_origin {
+            data["topOrigin"] = json!(top);
+        }
+        data.to_string().into_bytes()
     }
 
     fn auth_data(&self, h: &Hostile, counter: u32, attested: bool) -> Vec<u8> {
@@ -178,7 +186,10 @@ impl Authenticator {
             }
         };
         let client_data = self.client_data("webauthn.get", challenge, h);
-        let auth_data = self.auth_data(h, counter, false);
+        let mut auth_data = self.auth_data(h, counter, false);
+        if h.trailing {
+            auth_data.extend_from_slice(b"trailing");
+        }
         let mut signed = auth_data.clone();
         signed.extend_from_slice(&Sha256::digest(&client_data));
         let sig: DerSignature = self.key.sign(&signed);

@@ -273,6 +273,12 @@ fn hostile_authenticator_is_refused_and_changes_nothing() {
             "webauthn.<method>",
         ),
         ("malformed CBOR", Hostile { garbage_cbor: true, ..Default::default() }, "CBOR"),
+        ("cross-origin frame", Hostile { cross_origin: true, ..Default::default() }, "crossOrigin"),
+        (
+            "framed by another site",
+            Hostile { top_origin: Some("https://evil.example".into()), ..Default::default() },
+            "topOrigin",
+        ),
     ];
     for (name, h, reason) in &cases {
         let options = phone_begin(&phone_url);
@@ -322,6 +328,14 @@ fn hostile_authenticator_is_refused_and_changes_nothing() {
             Hostile { client_type: Some("webauthn.create".into()), ..Default::default() },
             "webauthn.<method>",
         ),
+        ("cross-origin frame", false, Hostile { cross_origin: true, ..Default::default() }, "crossOrigin"),
+        (
+            "framed by another site",
+            false,
+            Hostile { top_origin: Some("https://evil.example".into()), ..Default::default() },
+            "topOrigin",
+        ),
+        ("bytes after the authenticator data", false, Hostile { trailing: true, ..Default::default() }, "bytes after"),
         ("counter going backwards", false, Hostile { counter: Some(0), ..Default::default() }, "compromised"),
         ("counter standing still", false, Hostile { counter: Some(1), ..Default::default() }, "compromised"),
         ("another user's credential", true, Hostile::default(), "could not be found"),
