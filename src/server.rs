@@ -62,10 +62,10 @@ async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
 /// pin every port of a developer's machine to HTTPS for a year), no MIME
 /// sniffing, and no caching of an answer that does not say otherwise (JSON
 /// answers hold tokens, signatures and personal data).
-async fn harden(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+async fn harden(State(hsts): State<bool>, req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     let headers = resp.headers_mut();
-    if sends_hsts(&app.config.server.public_url) {
+    if hsts {
         headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
     }
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -134,7 +134,7 @@ pub fn main_router(app: Arc<App>) -> Router {
         .merge(csc("v1"))
         .fallback(health::not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), count))
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), harden))
+        .layer(axum::middleware::from_fn_with_state(sends_hsts(&app.config.server.public_url), harden))
         .with_state(app)
 }
 
@@ -148,7 +148,7 @@ pub fn card_router(app: Arc<App>) -> Router {
         .route("/healthz", get(health::healthz))
         .fallback(health::not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), count))
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), harden))
+        .layer(axum::middleware::from_fn_with_state(sends_hsts(&app.config.server.public_url), harden))
         .with_state(app)
 }
 

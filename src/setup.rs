@@ -121,26 +121,8 @@ pub fn init_token(config: &Config) -> Result<Initialised> {
         let newest = keystore.newest_kek_index().map_err(|e| Error::Unavailable(e.to_string()))?;
         match newest {
             None => {
-                // The security officer logs in while this process's user is not.
-                drop(keystore);
-                inkan_keystore::create_trusted_kek(
-                    &config.token.module,
-                    &config.token.label,
-                    &so_pin,
-                    lock.as_deref(),
-                    1,
-                )
-                .map_err(|e| Error::Unavailable(format!("cannot make the trusted key-encryption key: {e}")))?;
-                keystore = open_keystore(config)?;
-                steps.push("trusted key-encryption key 1 created by the security officer".to_owned());
-                if config.is_softhsm() {
-                    steps.push(
-                        "warning: SoftHSM keeps a trusted KEK (a public object) unencrypted in its token \
-                         directory: whoever reads that directory can unwrap every user's key. Use [token] kek = \
-                         \"trusted\" with an HSM; on SoftHSM keep \"strict\""
-                            .to_owned(),
-                    );
-                }
+                let (reopened, _) = make_trusted_kek(config, keystore, &so_pin, 1, &mut steps)?;
+                keystore = reopened;
             }
             Some(index) => {
                 let strict = keystore
@@ -166,6 +148,37 @@ pub fn init_token(config: &Config) -> Result<Initialised> {
         steps.push(format!("key-encryption key {} created in the token", wrapping.kek_index));
     }
     Ok(Initialised { steps, token_created: token == TokenInit::Created, database: None })
+}
+
+/// Has the security officer make trusted KEK `index` (`inkan init`, `inkan
+/// kek rotate`): `keystore` is closed first (the token allows one kind of
+/// login at a time in a process) and opened again. Returns it and whether the
+/// KEK was made now; says so in `steps`, with SoftHSM's warning.
+pub fn make_trusted_kek(
+    config: &Config,
+    keystore: Keystore,
+    so_pin: &inkan_keystore::Pin,
+    index: u32,
+    steps: &mut Vec<String>,
+) -> Result<(Keystore, bool)> {
+    drop(keystore);
+    let lock = config.token_lock_file();
+    let made =
+        inkan_keystore::create_trusted_kek(&config.token.module, &config.token.label, so_pin, lock.as_deref(), index)
+            .map_err(|e| Error::Unavailable(format!("cannot make trusted key-encryption key {index}: {e}")))?;
+    let keystore = open_keystore(config)?;
+    if made {
+        steps.push(format!("trusted key-encryption key {index} made by the security officer"));
+    }
+    if config.is_softhsm() {
+        steps.push(
+            "warning: SoftHSM keeps a trusted KEK (a public object) unencrypted in its token directory: whoever \
+             reads that directory can unwrap every user's key. Use [token] kek = \"trusted\" with an HSM; on \
+             SoftHSM keep \"strict\""
+                .to_owned(),
+        );
+    }
+    Ok((keystore, made))
 }
 
 /// [`init_token`], then the database (created and migrated).

@@ -805,24 +805,7 @@ impl Keystore {
         if let Some(newest) = self.wrapping.read().unwrap_or_else(|p| p.into_inner()).newest {
             return Ok(newest);
         }
-        let newest = {
-            let _reading = self.lock.shared()?;
-            let found = session
-                .find_objects(&[
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::Label(wrapped::WRAPPING_LABEL.as_bytes().to_vec()),
-                ])
-                .map_err(from_cryptoki)?;
-            let mut newest = None;
-            for handle in found {
-                if let Some(Attribute::Id(id)) =
-                    session.get_attributes(handle, &[AttributeType::Id]).map_err(from_cryptoki)?.into_iter().next()
-                {
-                    newest = newest.max(wrapped::index_of(&id, "inkan-kek-"));
-                }
-            }
-            newest
-        };
+        let newest = self.list_keks(session)?.last().map(|k| k.index);
         self.wrapping.write().unwrap_or_else(|p| p.into_inner()).newest = Some(newest);
         Ok(newest)
     }

@@ -176,21 +176,27 @@ pub async fn revoke_token<T: SessionsTx + ?Sized>(
     actor: &str,
     token: &str,
 ) -> Result<bool> {
+    revoke_hash(store, now, actor, &super::token_hash(token), "session.logout", serde_json::json!({})).await
+}
+
+/// Ends one session by its token's hash, with an audit row `event` (and
+/// `detail`) if it existed; returns whether it did.
+async fn revoke_hash<T: SessionsTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    now: i64,
+    actor: &str,
+    token_hash: &[u8],
+    event: &str,
+    detail: serde_json::Value,
+) -> Result<bool> {
     let mut tx = store.write().await?;
-    let Some(user) = tx.delete_session(&super::token_hash(token)).await? else {
+    let Some(user) = tx.delete_session(token_hash).await? else {
         return Ok(false);
     };
     audit::append(
         &mut *tx,
         now,
-        &[Event {
-            actor,
-            event: "session.logout",
-            user_id: Some(&user),
-            outcome: "ok",
-            detail: serde_json::json!({}),
-            ..Default::default()
-        }],
+        &[Event { actor, event, user_id: Some(&user), outcome: "ok", detail, ..Default::default() }],
     )
     .await?;
     tx.commit().await?;
@@ -387,26 +393,8 @@ impl<T: SessionsTx + ?Sized> Sessions<T> {
     /// Ends a session by its token's hash (a replayed authorization code);
     /// `reason` goes to the audit row.
     pub async fn end_by_hash(&self, actor: &str, token_hash: &[u8], reason: &str) -> Result<()> {
-        let now = self.clock.now_ms();
-        let mut tx = self.store.write().await?;
-        let ended = tx.delete_session(token_hash).await?;
-        if let Some(user) = &ended {
-            audit::append(
-                &mut *tx,
-                now,
-                &[Event {
-                    actor,
-                    event: "session.revoke",
-                    user_id: Some(user),
-                    outcome: "ok",
-                    detail: serde_json::json!({ "sessions": 1, "reason": reason }),
-                    ..Default::default()
-                }],
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        if ended.is_some() {
+        let detail = serde_json::json!({ "sessions": 1, "reason": reason });
+        if revoke_hash(self.store.as_ref(), self.clock.now_ms(), actor, token_hash, "session.revoke", detail).await? {
             self.changed().await;
         }
         Ok(())

@@ -82,32 +82,19 @@ async fn rotate(ctx: &Ctx) -> Result<Output, CliError> {
         steps.push(format!("finishing the rotation to KEK {to}"));
     } else {
         let so_pin = ctx.config.so_pin()?;
-        // The security officer logs in while no session of this process is
-        // logged in as the user.
-        drop(keystore);
+        let owned = Arc::try_unwrap(keystore)
+            .map_err(|_| CliError { message: "the token is still in use in this process".into(), code: 1 })?;
         let cfg = ctx.config.clone();
-        let made = tokio::task::spawn_blocking(move || {
-            inkan_keystore::create_trusted_kek(
-                &cfg.token.module,
-                &cfg.token.label,
-                &so_pin,
-                cfg.token_lock_file().as_deref(),
-                to,
-            )
+        let (reopened, made, made_steps) = tokio::task::spawn_blocking(move || {
+            let mut steps = Vec::new();
+            crate::setup::make_trusted_kek(&cfg, owned, &so_pin, to, &mut steps).map(|(k, m)| (k, m, steps))
         })
         .await??;
-        keystore = Arc::new(ctx.keystore()?);
+        keystore = Arc::new(reopened);
+        steps.extend(made_steps);
         if made {
             kek::record_created(store.tx(), ctx.clock.as_ref(), &ctx.actor, to, inkan_keystore::KekKind::Trusted)
                 .await?;
-        }
-        steps.push(format!("trusted KEK {to} made by the security officer"));
-        if ctx.config.is_softhsm() {
-            steps.push(
-                "warning: SoftHSM keeps a trusted KEK unencrypted in its token directory: use trusted KEKs with \
-                 an HSM"
-                    .to_owned(),
-            );
         }
     }
     let ks = Arc::clone(&keystore);

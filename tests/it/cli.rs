@@ -735,7 +735,7 @@ fn a_kek_rotation_killed_half_way_is_finished_by_the_next_run() {
     let env = Env::bare();
     trusted_keks(&env);
     let out = env.ok(&["init"]);
-    assert!(out.contains("trusted key-encryption key 1 created"), "{out}");
+    assert!(out.contains("trusted key-encryption key 1 made by the security officer"), "{out}");
     assert!(out.contains("warning: SoftHSM keeps a trusted KEK"), "{out}");
     env.user_with_key("620000", "rsa2048");
     let mut users = String::new();

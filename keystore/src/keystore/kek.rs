@@ -251,34 +251,33 @@ impl Keystore {
 
     /// The KEKs in the token, oldest first.
     pub fn keks(&self) -> Result<Vec<KekInfo>> {
-        self.with_session(|session| {
-            let _reading = self.lock.shared()?;
-            let found = session
-                .find_objects(&[
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::Label(wrapped::WRAPPING_LABEL.as_bytes().to_vec()),
-                ])
-                .map_err(from_cryptoki)?;
-            let (mut keks, mut macs) = (Vec::new(), Vec::new());
-            for handle in found {
-                let attrs = session
-                    .get_attributes(handle, &[AttributeType::Id, AttributeType::Trusted])
-                    .map_err(from_cryptoki)?;
-                let id = attrs.iter().find_map(|a| if let Attribute::Id(id) = a { Some(id.clone()) } else { None });
-                let trusted = attrs.iter().any(|a| matches!(a, Attribute::Trusted(true)));
-                let Some(id) = id else { continue };
-                if let Some(index) = wrapped::index_of(&id, "inkan-kek-") {
-                    keks.push((index, if trusted { KekKind::Trusted } else { KekKind::Strict }));
-                } else if let Some(index) = wrapped::index_of(&id, "inkan-mac-") {
-                    macs.push(index);
-                }
+        self.with_session(|session| self.list_keks(session))
+    }
+
+    /// The KEKs and MAC keys in the token, found by their label, oldest first.
+    pub(super) fn list_keks(&self, session: &cryptoki::session::Session) -> Result<Vec<KekInfo>> {
+        let _reading = self.lock.shared()?;
+        let found = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Label(wrapped::WRAPPING_LABEL.as_bytes().to_vec()),
+            ])
+            .map_err(from_cryptoki)?;
+        let (mut keks, mut macs) = (Vec::new(), Vec::new());
+        for handle in found {
+            let attrs =
+                session.get_attributes(handle, &[AttributeType::Id, AttributeType::Trusted]).map_err(from_cryptoki)?;
+            let id = attrs.iter().find_map(|a| if let Attribute::Id(id) = a { Some(id.clone()) } else { None });
+            let trusted = attrs.iter().any(|a| matches!(a, Attribute::Trusted(true)));
+            let Some(id) = id else { continue };
+            if let Some(index) = wrapped::index_of(&id, "inkan-kek-") {
+                keks.push((index, if trusted { KekKind::Trusted } else { KekKind::Strict }));
+            } else if let Some(index) = wrapped::index_of(&id, "inkan-mac-") {
+                macs.push(index);
             }
-            keks.sort_unstable_by_key(|(index, _)| *index);
-            Ok(keks
-                .into_iter()
-                .map(|(index, kind)| KekInfo { index, kind, has_mac_key: macs.contains(&index) })
-                .collect())
-        })
+        }
+        keks.sort_unstable_by_key(|(index, _)| *index);
+        Ok(keks.into_iter().map(|(index, kind)| KekInfo { index, kind, has_mac_key: macs.contains(&index) }).collect())
     }
 
     /// Wraps a wrapped key again under KEK `to` (a KEK rotation): checks its
