@@ -105,6 +105,23 @@ impl Config {
         if self.store.max_connections == 0 {
             return Err(ConfigError("[store] max_connections must be at least 1".into()));
         }
+        let l = &self.limits;
+        if (l.per_address_per_minute > 0 && l.per_address_burst == 0)
+            || (l.per_user_per_minute > 0 && l.per_user_burst == 0)
+            || l.connections == 0
+            || l.connections_per_address == 0
+            || l.min_body_rate == 0
+        {
+            return Err(ConfigError(
+                "[limits] a burst (with its rate above 0), connections, connections_per_address and min_body_rate must be at least 1"
+                    .into(),
+            ));
+        }
+        if l.enveloped_bytes < self.server.max_document_bytes {
+            return Err(ConfigError(
+                "[limits] enveloped_bytes must be at least [server] max_document_bytes (one document must fit)".into(),
+            ));
+        }
         Ok(())
     }
 

@@ -20,6 +20,7 @@ pub mod demo;
 pub mod error;
 pub mod fido;
 pub mod health;
+pub mod limits;
 pub mod oidc;
 pub mod pages;
 pub mod state;
@@ -55,6 +56,17 @@ async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     let resp = next.run(req).await;
     app.metrics.request(&route, resp.status().as_u16());
     resp
+}
+
+/// The per-address rate limit of the route's group ([`limits::Route`]).
+async fn per_address(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().and_then(|p| limits::Route::of(req.method(), p.as_str()));
+    if let (Some(route), Some(addr)) = (route, req.extensions().get::<limits::ClientAddr>()) {
+        if let Err(limited) = app.limits.address.check((route, addr)) {
+            return limits::too_many(&app.templates, route.pages(req.method()), limited);
+        }
+    }
+    next.run(req).await
 }
 
 /// Headers every answer of both listeners carries: HSTS (they speak HTTPS
@@ -133,6 +145,7 @@ pub fn main_router(app: Arc<App>) -> Router {
         .merge(csc("v2"))
         .merge(csc("v1"))
         .fallback(health::not_found)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), per_address))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), count))
         .layer(axum::middleware::from_fn_with_state(sends_hsts(&app.config.server.public_url), harden))
         .with_state(app)
@@ -147,6 +160,7 @@ pub fn card_router(app: Arc<App>) -> Router {
         .route("/link/jpki", get(cards::link_jpki))
         .route("/healthz", get(health::healthz))
         .fallback(health::not_found)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), per_address))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), count))
         .layer(axum::middleware::from_fn_with_state(sends_hsts(&app.config.server.public_url), harden))
         .with_state(app)
@@ -225,6 +239,7 @@ impl Server {
             self.main.0,
             self.main.1,
             main_router(Arc::clone(&self.app)),
+            Arc::clone(&self.app),
             Arc::clone(&graceful),
             header_timeout,
             stop_rx.clone(),
@@ -233,6 +248,7 @@ impl Server {
             self.card.0,
             self.card.1,
             card_router(Arc::clone(&self.app)),
+            Arc::clone(&self.app),
             Arc::clone(&graceful),
             header_timeout,
             stop_rx,
@@ -264,16 +280,24 @@ impl Server {
     }
 }
 
+/// Accepts connections of one listener until `stop`: each gets a slot of
+/// `[limits] connections` (in all and per address; past them it is closed at
+/// once), a TLS handshake within the header timeout, and paced bodies.
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     router: Router,
+    app: Arc<App>,
     graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
     header_timeout: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let connections = Arc::new(limits::Connections::default());
+    let (total, per_address, pace) = (app.limits.connections, app.limits.connections_per_address, app.limits.body);
+    let refused = crate::throttle::Throttle::new();
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -284,11 +308,23 @@ async fn accept_loop(
             },
             _ = stop.changed() => break,
         };
+        let addr = limits::ClientAddr::of(remote.ip());
+        let Some(slot) = connections.admit(addr, total, per_address) else {
+            if let Some(left_out) = refused.admit() {
+                tracing::warn!(
+                    "connection from {} refused: [limits] connections ({total}) or connections_per_address ({per_address}) reached ({left_out} more since the last line)",
+                    addr.0
+                );
+            }
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot;
             let tls = match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -306,7 +342,8 @@ async fn accept_loop(
             ));
             let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(peer.clone());
-                router.clone().oneshot(req.map(Body::new))
+                req.extensions_mut().insert(addr);
+                router.clone().oneshot(req.map(|body| Body::new(limits::PacedBody::new(body, pace))))
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

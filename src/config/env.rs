@@ -96,6 +96,15 @@ pub const SETTINGS: &[Setting] = &[
     s("fido.ticket_secs", Int),
     s("fido.regcode_max_tries", Int),
     s("fido.regcode_days", Int),
+    s("limits.per_address_per_minute", Int),
+    s("limits.per_address_burst", Int),
+    s("limits.per_user_per_minute", Int),
+    s("limits.per_user_burst", Int),
+    s("limits.connections", Int),
+    s("limits.connections_per_address", Int),
+    s("limits.body_grace_secs", Int),
+    s("limits.min_body_rate", Int),
+    s("limits.enveloped_bytes", Int),
 ];
 
 /// The TOML value of a variable's text, or what is wrong with it.
@@ -201,7 +210,7 @@ mod tests {
             let parsed: Result<Config, _> = table.try_into();
             assert!(parsed.is_ok(), "{}: {:?}", setting.var(), parsed.err());
         }
-        assert_eq!(SETTINGS.len(), 48, "the README promises an override for each of the 48 settings");
+        assert_eq!(SETTINGS.len(), 57, "the README promises an override for each of the 57 settings");
     }
 
     #[test]

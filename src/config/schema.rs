@@ -37,6 +37,53 @@ pub struct Config {
     pub csc: CscConfig,
     /// FIDO2 phones (WebAuthn), QR tickets, registration codes.
     pub fido: FidoConfig,
+    /// What one client may make the server do or hold.
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: what one client, or all clients together, may make the server
+/// do or hold (each limit is per node).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Requests a minute one client address may make to each group of routes
+    /// anyone can call (authorize, token, card login, QR starts, phone,
+    /// registration codes), sustained; beyond it 429 with `Retry-After`
+    /// (0 = no limit).
+    pub per_address_per_minute: u32,
+    /// How many of those may come at once.
+    pub per_address_burst: u32,
+    /// QR codes (phone login, phone change) a minute for one user ID, sustained.
+    pub per_user_per_minute: u32,
+    /// How many of those may come at once.
+    pub per_user_burst: u32,
+    /// Open connections per listener; beyond it new ones are closed at once.
+    pub connections: usize,
+    /// Open connections per client address (IPv6: per /64) and listener.
+    pub connections_per_address: usize,
+    /// Seconds a request body may take before it must keep `min_body_rate`.
+    pub body_grace_secs: u64,
+    /// Bytes a second a request body must arrive at, on average, after the grace.
+    pub min_body_rate: u64,
+    /// Bytes of enveloped documents (`/api/v1/sign` with `detached=false`)
+    /// held at once; beyond it 503 with `Retry-After`.
+    pub enveloped_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            per_address_per_minute: 600,
+            per_address_burst: 120,
+            per_user_per_minute: 10,
+            per_user_burst: 5,
+            connections: 4096,
+            connections_per_address: 256,
+            body_grace_secs: 10,
+            min_body_rate: 8192,
+            enveloped_bytes: 256 << 20,
+        }
+    }
 }
 
 /// `[fido]`
@@ -425,6 +472,7 @@ impl Default for Config {
             jpki: CardTrustConfig::jpki(),
             csc: CscConfig::default(),
             fido: FidoConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }

@@ -172,6 +172,10 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
         let mut tx = self.store.write().await?;
         // Old tickets are kept a day for support questions, then dropped.
         tx.purge_tickets(now - 86_400_000).await?;
+        // One live ticket per user and flow: a new start replaces the last
+        // (a flood of starts for one ID rewrites one row instead of adding).
+        let (purpose, via) = kind.names();
+        tx.drop_open_tickets(user_id, purpose, via).await?;
         let ticket = Ticket::new(kind, user_id, has_device, pc_claimed, now, self.ticket_ms);
         tx.insert_ticket(&ticket, &token_hash(&pc), &token_hash(&phone_token(&pc, 0)), now).await?;
         tx.commit().await?;

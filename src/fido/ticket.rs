@@ -471,6 +471,10 @@ pub trait TicketStore: Send {
     async fn open_tickets(&mut self, user_id: &str) -> Result<Vec<Ticket>, StoreError>;
     /// Drops tickets that expired before `before`; returns how many.
     async fn purge_tickets(&mut self, before: i64) -> Result<usize, StoreError>;
+    /// Deletes the user's unfinished (not collected, not cancelled) tickets of
+    /// one purpose and via (as [`Kind::names`] gives them): a new ticket of
+    /// the flow replaces them. Returns how many were deleted.
+    async fn drop_open_tickets(&mut self, user_id: &str, purpose: &str, via: &str) -> Result<usize, StoreError>;
 }
 
 #[cfg(test)]

@@ -72,13 +72,32 @@ pub async fn sign(
 ) -> Result<Response> {
     let principal = app.principal(&headers).await?;
     let detached = q.detached.unwrap_or(true);
+    let max = app.config.server.max_document_bytes;
+    // An enveloped document is kept while it is signed: room for it first.
+    let _room = if detached {
+        None
+    } else {
+        let len = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(max, |len| len.min(max));
+        match app.limits.hold_enveloped(len) {
+            Some(room) => Some(room),
+            None => {
+                let mut body = body;
+                drain(&mut body).await;
+                return Ok(super::limits::no_room());
+            }
+        }
+    };
     let mut document = BodyDocument(body);
     let signed = app
         .signing
         .sign(
             &principal,
             Request {
-                payload: Payload::Document { source: &mut document, keep: Some(app.config.server.max_document_bytes) },
+                payload: Payload::Document { source: &mut document, keep: Some(max) },
                 format: if detached { Format::CadesDetached } else { Format::CadesEnveloping },
                 generation: None,
                 activation: Activation::Session,

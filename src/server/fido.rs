@@ -28,6 +28,7 @@ use crate::fido::ticket::{Action, Kind, Stage, Ticket};
 
 use super::body::{read_form, read_limited};
 use super::error::ApiError;
+use super::limits::{self, Flow};
 use super::pages;
 use super::state::App;
 
@@ -144,6 +145,29 @@ fn user_page(app: &App, e: Error) -> Response {
     }
 }
 
+/// A QR start refused for its user ID. An unknown ID, a disabled user and a
+/// user without a phone get one answer: these pages are open to anyone, who
+/// must not learn from them which IDs exist.
+fn start_refused_page(app: &App, e: Error) -> Response {
+    match e {
+        Error::NotFound(Missing::User, _)
+        | Error::Invalid(_)
+        | Error::Forbidden(Forbidden::Disabled | Forbidden::NoDevice, _) => app.templates.render(
+            StatusCode::NOT_FOUND,
+            "message.html",
+            "QRコードを表示できません",
+            context! {
+                message => "入力された本人IDは登録されていないか、スマートフォンが登録されていません。",
+                hint => "本人IDを確認してください。スマートフォンを登録していない場合は、先に登録サイトで登録してください。利用が停止されている場合は、認証局(運用者)に連絡してください。",
+                error => true,
+                link => "/register",
+                link_text => "登録サイトへ",
+            },
+        ),
+        other => user_page(app, other),
+    }
+}
+
 fn login_request_page(app: &App, exists: bool) -> Response {
     let again = "署名システムからもう一度ログインしてください。";
     if exists {
@@ -213,9 +237,12 @@ pub async fn login_start(State(app): State<Arc<App>>, headers: HeaderMap, body: 
         Err(Error::NotFound(..)) => return login_request_page(&app, true),
         Err(e) => return e.into_response(),
     }
+    if let Err(limited) = app.limits.user.check((Flow::PhoneLogin, user_id.as_str())) {
+        return limits::too_many(&app.templates, true, limited);
+    }
     match app.phones.start_login(&app.oidc, req, &user_id).await {
         Ok(pc) => with_pc_cookie(Redirect::to("/pc").into_response(), &pc, 3600),
-        Err(e) => user_page(&app, e),
+        Err(e) => start_refused_page(&app, e),
     }
 }
 
@@ -244,9 +271,12 @@ pub async fn change_start(State(app): State<Arc<App>>, headers: HeaderMap, body:
         Err(e) => return e.into_response(),
     };
     let user_id = form.get("user_id").map(|s| s.trim().to_owned()).unwrap_or_default();
+    if let Err(limited) = app.limits.user.check((Flow::PhoneChange, user_id.as_str())) {
+        return limits::too_many(&app.templates, true, limited);
+    }
     match app.phones.start_change(&user_id).await {
         Ok(pc) => with_pc_cookie(Redirect::to("/pc").into_response(), &pc, 3600),
-        Err(e) => user_page(&app, e),
+        Err(e) => start_refused_page(&app, e),
     }
 }
 

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::error::{Credential, Error, Result};
 use crate::service::Service;
 
+use super::limits::Limits;
 use super::pages::Templates;
 
 /// Everything a request handler needs: the service (its parts are reached
@@ -18,6 +19,8 @@ pub struct App {
     pub service: Service,
     /// Page templates.
     pub templates: Templates,
+    /// Rate and connection limits.
+    pub limits: Limits,
 }
 
 impl Deref for App {
@@ -31,7 +34,8 @@ impl Deref for App {
 impl App {
     /// The service and the templates.
     pub async fn build(config: Config, demo_mode: bool) -> Result<App> {
-        Ok(App { service: Service::open(config, demo_mode).await?, templates: Templates::new()? })
+        let limits = Limits::new(&config.limits);
+        Ok(App { service: Service::open(config, demo_mode).await?, templates: Templates::new()?, limits })
     }
 
     /// Now, in Unix ms.

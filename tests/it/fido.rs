@@ -14,7 +14,7 @@ fn s(p: &std::path::Path) -> &str {
 
 /// User 100001 (HPKI hpki-doctor mapped, jpki-1 linked, active key) and
 /// 999001-jpa (HPKI hpki-pharmacist mapped, active key).
-fn fido_env() -> Env {
+pub fn fido_env() -> Env {
     let env = Env::new();
     env.user_with_key("100001", "rsa2048");
     env.user_with_key("999001-jpa", "rsa2048");
@@ -117,7 +117,7 @@ pub fn sign_in(phone_url: &str, auth: &mut dyn Phone) {
 }
 
 /// E1 by HPKI card: returns the PC after the phone registered.
-fn enroll_by_card(server: &Server, holder: &str, scheme: &str, auth: &mut dyn Phone, replace: bool) -> Pc {
+pub fn enroll_by_card(server: &Server, holder: &str, scheme: &str, auth: &mut dyn Phone, replace: bool) -> Pc {
     let r = Client::with_card(holder).get(&format!("{}/enroll/{scheme}", server.card), &[]);
     assert_eq!(r.status, 303, "{}", r.text());
     let claim = r.location();
@@ -206,7 +206,7 @@ fn e1_enroll_by_hpki_then_l1_login_and_sign() {
     let r = pc.get(&authorize_url(&server, &client, &challenge, &[("acr_values", "fido")]));
     let req = query(&server.url(&r.location()))["req"].clone();
     let r = pc.post_form(&server.url("/login/fido"), &[("req", &req), ("user_id", "100001")]);
-    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.status, 404, "{}", r.text());
     assert!(r.text().contains("スマートフォンが登録されていません"));
 
     // The phone is webauthn-rs's own SoftPasskey here.
@@ -309,8 +309,9 @@ fn hostile_authenticator_is_refused_and_changes_nothing() {
     let sessions_before = env.json(&["session", "list"]);
     let before = device_row(&env, "100001");
     let (_pc, phone_url, _) = fido_login_start(&server, &client, "100001");
-    // A challenge from another ticket.
-    let (_pc2, other_url, _) = fido_login_start(&server, &client, "100001");
+    // A challenge from another ticket (another user's: a user has one live
+    // login ticket, a second start replaces the first).
+    let (_pc2, other_url, _) = fido_login_start(&server, &client, "999001-jpa");
     let foreign = Authenticator::challenge_of(&phone_begin(&other_url));
     let cases: Vec<(&str, bool, Hostile, &str)> = vec![
         ("UV missing", false, Hostile { no_uv: true, ..Default::default() }, "user verified bit"),
@@ -527,12 +528,13 @@ fn d1_device_change_keeps_the_old_phone_until_the_new_one_registered() {
     fido_login(&server, &client, "100001", &mut new);
     assert!(audit_events(&env).contains(&"fido.replace".to_owned()));
 
-    // A change for a user without a phone, or an unknown user, is explained.
-    let r = Pc::new().post_form(&server.url("/change"), &[("user_id", "999001-jpa")]);
-    assert_eq!(r.status, 409);
-    let r = Pc::new().post_form(&server.url("/change"), &[("user_id", "nobody")]);
-    assert_eq!(r.status, 404);
-    assert!(r.text().contains("本人IDが見つかりません"));
+    // A change for a user without a phone and for an unknown user get one
+    // answer (anyone may ask: it must not tell which IDs exist).
+    let no_phone = Pc::new().post_form(&server.url("/change"), &[("user_id", "999001-jpa")]);
+    let unknown = Pc::new().post_form(&server.url("/change"), &[("user_id", "nobody")]);
+    assert_eq!((no_phone.status, unknown.status), (404, 404));
+    assert_eq!(no_phone.text(), unknown.text());
+    assert!(unknown.text().contains("本人IDは登録されていないか、スマートフォンが登録されていません"));
 }
 
 #[test]
@@ -613,16 +615,18 @@ fn expired_tickets_say_so() {
 fn a_phone_registered_meanwhile_is_replaced_only_after_a_yes() {
     let env = fido_env();
     let server = Server::start(&env, &[]);
-    // Two enrollments start while the user has no phone.
-    let open = || {
-        let r = Client::with_card("hpki-doctor").get(&format!("{}/enroll/hpki", server.card), &[]);
+    // Two enrollments start while the user has no phone: by HPKI card and by
+    // My Number card (one live ticket per user and flow: two by the same card
+    // would be one, the second replacing the first).
+    let open = |holder: &str, scheme: &str| {
+        let r = Client::with_card(holder).get(&format!("{}/enroll/{scheme}", server.card), &[]);
         let mut pc = Pc::new();
         pc.get(&r.location());
         let url = pc.phone_url(&server);
         (pc, url)
     };
-    let (_, first_url) = open();
-    let (mut second_pc, second_url) = open();
+    let (_, first_url) = open("hpki-doctor", "hpki");
+    let (mut second_pc, second_url) = open("jpki-1", "jpki");
     let mut first = Authenticator::new(&server.base);
     let mut second = Authenticator::new(&server.base);
     let options = phone_begin(&second_url);

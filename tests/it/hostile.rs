@@ -2,6 +2,9 @@
 //! grouped by attack. Each test fails without the fix it guards.
 //!
 //! - memory: what one request can make the server hold or do;
+//! - rate: requests a minute per client address and per user ID (429);
+//! - time: slow bodies and held connections;
+//! - writes: what unauthenticated starts write to the database;
 //! - protocol details: response headers, the standard UserInfo answer, scopes,
 //!   the cross-site check, file permissions.
 
@@ -260,6 +263,47 @@ mod memory {
     }
 
     #[test]
+    fn enveloped_documents_held_at_once_are_bounded() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let env = env_with_card_user();
+        let server = Server::start(
+            &env,
+            &[("INKAN_SERVER_MAX_DOCUMENT_BYTES", "1000"), ("INKAN_LIMITS_ENVELOPED_BYTES", "1500")],
+        );
+        let token = login_with_scope(&server, &env, "openid sign")["access_token"].as_str().expect("token").to_owned();
+        let url = server.url("/api/v1/sign?detached=false");
+        let auth = format!("Bearer {token}");
+        let sign = {
+            let (url, auth) = (url.clone(), auth.clone());
+            move || Client::new().post(&url, &[("authorization", &auth)], vec![b'x'; 1000])
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            // A document of 1,000 bytes on its way holds 1,000 of the 1,500.
+            let mut slow = Client::new().connect(&url).await.expect("connect");
+            let head = format!(
+                "POST /api/v1/sign?detached=false HTTP/1.1\r\nhost: localhost\r\nauthorization: {auth}\r\ncontent-length: 1000\r\n\r\n"
+            );
+            slow.write_all(head.as_bytes()).await.expect("head");
+            slow.write_all(&[b'x'; 10]).await.expect("start");
+            slow.flush().await.expect("flush");
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            // A second one does not fit: 503, retry shortly.
+            let r = tokio::task::spawn_blocking(sign.clone()).await.expect("join");
+            assert_eq!(r.status, 503, "{}", r.text());
+            assert_eq!(r.headers.get("retry-after").map(String::as_str), Some("1"));
+            assert!(r.json()["error_description"].as_str().expect("m").contains("detached"), "{}", r.text());
+            // The first one finishes and gives its room back.
+            slow.write_all(&[b'x'; 990]).await.expect("rest");
+            let mut answer = vec![0u8; 12];
+            slow.read_exact(&mut answer).await.expect("answer");
+            assert_eq!(&answer, b"HTTP/1.1 200");
+        });
+        let r = sign();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    #[test]
     fn a_session_holds_at_most_sixteen_unused_sads() {
         let env = env_with_card_user();
         let server = Server::start(&env, &[]);
@@ -379,5 +423,175 @@ mod protocol_replay {
         assert!(rows[0]["detail"].as_str().unwrap_or("").contains("replayed"), "{rows}");
         // A third time: just refused.
         assert_eq!(exchange(&server, &client, &code, &verifier).status, 400);
+    }
+}
+
+mod rate {
+    use super::*;
+
+    fn retry_after(r: &crate::http::Resp) -> u64 {
+        r.headers
+            .get("retry-after")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("Retry-After: {:?}", r.headers))
+    }
+
+    #[test]
+    fn each_group_of_open_routes_is_limited_per_address_with_retry_after() {
+        let env = env_with_card_user();
+        let server = Server::start(
+            &env,
+            &[("INKAN_LIMITS_PER_ADDRESS_PER_MINUTE", "1"), ("INKAN_LIMITS_PER_ADDRESS_BURST", "3")],
+        );
+        let client = register_client(&env);
+        let (_, challenge) = pkce();
+        let authorize = authorize_url(&server, &client, &challenge, &[("acr_values", "hpki")]);
+        let form = [("content-type", "application/x-www-form-urlencoded")];
+        let card = Client::with_card("hpki-doctor");
+        let open = Client::new();
+        type Call<'a> = Box<dyn Fn() -> crate::http::Resp + 'a>;
+        let groups: Vec<(&str, bool, Call)> = vec![
+            ("authorize", true, Box::new(|| open.get(&authorize, &[]))),
+            (
+                "token",
+                false,
+                Box::new(|| open.post(&server.url("/oidc/token"), &form, "grant_type=authorization_code")),
+            ),
+            ("QR start", true, Box::new(|| open.post(&server.url("/change"), &form, "user_id=nobody"))),
+            ("phone", false, Box::new(|| open.post(&server.url("/m/nothing/begin"), &[], ""))),
+            ("registration code", true, Box::new(|| open.get(&server.url("/r/nothing"), &[]))),
+            ("card login", true, Box::new(|| card.get(&format!("{}/login/hpki?req=nothing", server.card), &[]))),
+        ];
+        for (name, page, call) in &groups {
+            for i in 0..3 {
+                let r = call();
+                assert_ne!(r.status, 429, "{name} request {i}: {}", r.text());
+            }
+            let r = call();
+            assert_eq!(r.status, 429, "{name}: {}", r.text());
+            assert!((1..=60).contains(&retry_after(&r)), "{name}");
+            if *page {
+                assert!(r.text().contains("アクセスが集中しています"), "{name}: {}", r.text());
+            } else {
+                assert_eq!(r.json()["error"], "too_many_requests", "{name}");
+            }
+        }
+        // Routes of callers who are who they say are not limited so.
+        for _ in 0..10 {
+            assert_eq!(open.get(&server.url("/healthz"), &[]).status, 200);
+            assert_eq!(open.post_json(&server.url("/api/v1/sign-hashes"), "no-such-token", &json!({})).status, 401);
+        }
+    }
+}
+
+mod writes {
+    use super::*;
+    use crate::authenticator::StockPasskey;
+    use crate::fido::{enroll_by_card, fido_env, Pc};
+
+    #[test]
+    fn qr_starts_for_one_id_replace_one_ticket_and_are_limited_per_id() {
+        let env = fido_env();
+        let server =
+            Server::start(&env, &[("INKAN_LIMITS_PER_USER_PER_MINUTE", "1"), ("INKAN_LIMITS_PER_USER_BURST", "3")]);
+        let mut phone = StockPasskey::new(&server.base);
+        enroll_by_card(&server, "hpki-doctor", "hpki", &mut phone, false);
+        let tickets = |purpose: &str| {
+            env.sql_ok(&format!("SELECT count(*) FROM tickets WHERE purpose = '{purpose}' AND user_id = '100001'"))[0]
+                .clone()
+        };
+        let mut first = Pc::new();
+        assert_eq!(first.post_form(&server.url("/change"), &[("user_id", "100001")]).status, 303);
+        assert_eq!(first.get(&server.url("/pc")).status, 200);
+        for _ in 0..2 {
+            let r = Pc::new().post_form(&server.url("/change"), &[("user_id", "100001")]);
+            assert_eq!(r.status, 303, "{}", r.text());
+        }
+        assert_eq!(tickets("change"), "1", "three starts, one ticket");
+        // The first PC's QR code was replaced.
+        let r = first.get(&server.url("/pc"));
+        assert_ne!(r.status, 200, "{}", r.text());
+        // A fourth start for the ID within the minute: 429, nothing written.
+        let r = Pc::new().post_form(&server.url("/change"), &[("user_id", "100001")]);
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert!(r.headers.contains_key("retry-after"));
+        assert_eq!(tickets("change"), "1");
+        // Another ID has its own count; an unknown one writes nothing.
+        let r = Pc::new().post_form(&server.url("/change"), &[("user_id", "nobody")]);
+        assert_eq!(r.status, 404, "{}", r.text());
+        assert_eq!(env.sql_ok("SELECT count(*) FROM tickets WHERE user_id = 'nobody'")[0], "0");
+    }
+}
+
+mod time {
+    use super::*;
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    }
+
+    #[test]
+    fn a_body_that_comes_too_slowly_is_cut() {
+        let env = Env::new();
+        let server =
+            Server::start(&env, &[("INKAN_LIMITS_BODY_GRACE_SECS", "1"), ("INKAN_LIMITS_MIN_BODY_RATE", "100")]);
+        let url = server.url("/oidc/token");
+        let answer = runtime().block_on(async {
+            let tls = Client::new().connect(&url).await.expect("connect");
+            let (mut rd, mut wr) = tokio::io::split(tls);
+            let head = "POST /oidc/token HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 1000\r\n\r\n";
+            wr.write_all(head.as_bytes()).await.expect("head");
+            // One byte every 100 ms: 10 bytes a second, for up to 100 s.
+            let writer = tokio::spawn(async move {
+                for _ in 0..1000 {
+                    if wr.write_all(b"a").await.is_err() || wr.flush().await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+            let started = Instant::now();
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(60), rd.read_to_end(&mut answer)).await;
+            writer.abort();
+            (String::from_utf8_lossy(&answer).into_owned(), started.elapsed())
+        });
+        let (text, took) = answer;
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        assert!(text.contains("slower than 100 bytes a second"), "{text}");
+        // Cut long before the body could have been finished (100 s).
+        assert!(took < Duration::from_secs(30), "{took:?}");
+    }
+
+    #[test]
+    fn connections_beyond_the_per_address_limit_are_closed_at_once() {
+        let env = Env::new();
+        let server = Server::start(&env, &[("INKAN_LIMITS_CONNECTIONS_PER_ADDRESS", "2")]);
+        let url = server.url("/healthz");
+        runtime().block_on(async {
+            let client = Client::new();
+            let held = [client.connect(&url).await.expect("first"), client.connect(&url).await.expect("second")];
+            let third = client.connect(&url).await;
+            // rustls may finish its side before it reads the close: then the first read ends.
+            if let Ok(mut tls) = third {
+                let _ = tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n").await;
+                let mut buf = Vec::new();
+                let _ = tls.read_to_end(&mut buf).await;
+                assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+            }
+            drop(held);
+        });
+        // Slots come back with their connections.
+        let mut ok = false;
+        for _ in 0..50 {
+            if Client::new().try_request("GET", &url, &[], Vec::new()).is_ok_and(|r| r.status == 200) {
+                ok = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(ok, "a connection after the held ones closed is served");
     }
 }

@@ -132,6 +132,20 @@ impl Client {
         self.try_request("POST", url, &headers, body.to_string().into_bytes())
     }
 
+    /// A TLS connection to the listener of `url`, nothing sent yet (for
+    /// tests that speak HTTP by hand: slow bodies, held connections).
+    pub async fn connect(&self, url: &str) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+        let rest = url.strip_prefix("https://").expect("https URL");
+        let authority = rest.split('/').next().expect("authority");
+        let (host, port) = authority.rsplit_once(':').expect("port");
+        let tcp =
+            tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await.map_err(|e| format!("connect: {e}"))?;
+        tokio_rustls::TlsConnector::from(Arc::clone(&self.config))
+            .connect(ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))
+    }
+
     /// A request; `Err` when no response came (connection refused or cut).
     pub fn try_request(
         &self,

@@ -137,4 +137,10 @@ impl TicketStore for PgTx {
     async fn purge_tickets(&mut self, before: i64) -> Result<usize, StoreError> {
         Ok(self.exec("DELETE FROM tickets WHERE expires_at < $1", &[&before]).await? as usize)
     }
+
+    async fn drop_open_tickets(&mut self, user_id: &str, purpose: &str, via: &str) -> Result<usize, StoreError> {
+        let sql = "DELETE FROM tickets
+                   WHERE user_id = $1 AND purpose = $2 AND via = $3 AND step NOT IN ('collected', 'cancelled')";
+        Ok(self.exec(sql, &[&user_id, &purpose, &via]).await? as usize)
+    }
 }

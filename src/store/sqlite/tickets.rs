@@ -149,4 +149,14 @@ impl<C: DerefMut<Target = Connection> + Send> TicketStore for SqliteTx<C> {
     async fn purge_tickets(&mut self, before: i64) -> Result<usize, StoreError> {
         Ok(self.writing()?.prepare_cached("DELETE FROM tickets WHERE expires_at < ?1")?.execute([before])?)
     }
+
+    async fn drop_open_tickets(&mut self, user_id: &str, purpose: &str, via: &str) -> Result<usize, StoreError> {
+        Ok(self
+            .writing()?
+            .prepare_cached(
+                "DELETE FROM tickets
+                 WHERE user_id = ?1 AND purpose = ?2 AND via = ?3 AND step NOT IN ('collected', 'cancelled')",
+            )?
+            .execute([user_id, purpose, via])?)
+    }
 }

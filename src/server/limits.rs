@@ -1,0 +1,483 @@
+//! What one client may make the server do or hold (`[limits]`): requests a
+//! minute per client address and per user ID (429 with `Retry-After`), open
+//! connections per listener and per address, and the pace of request bodies.
+//!
+//! Rate limits are GCRA buckets (one timestamp per key) in a table of fixed
+//! size: when it is full of live keys, a new key shares one bucket with every
+//! other newcomer, so a client spreading requests over many addresses is
+//! limited as one client, and the table never grows past its size.
+//! No crate is used for this: `governor`'s keyed limiter keeps every key until
+//! it is told to forget them, which is the unbounded table this module avoids.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+
+use crate::config::LimitsConfig;
+
+use super::error::ApiError;
+use super::pages::Templates;
+
+/// Keys a rate limiter's table holds at most (about 4 MiB each).
+pub const MAX_KEYS: usize = 100_000;
+
+const SHARDS: usize = 16;
+
+/// Refused for now: retry after this long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limited {
+    /// When a retry can succeed.
+    pub retry_after: Duration,
+}
+
+impl Limited {
+    /// Whole seconds for `Retry-After` (at least 1).
+    pub fn secs(&self) -> u64 {
+        (self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0)).max(1)
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Key → theoretical arrival time (µs since the limiter started).
+    tat: HashMap<u64, u64>,
+    /// When expired keys were last swept out (µs).
+    swept_at: Option<u64>,
+}
+
+/// Keyed GCRA rate limiter with a bounded table.
+pub struct RateLimiter {
+    start: Instant,
+    hasher: RandomState,
+    shards: Box<[Mutex<Shard>]>,
+    /// µs between requests at the sustained rate; 0 = no limit.
+    interval: u64,
+    /// How far ahead of now a key's arrival time may run (the burst).
+    tolerance: u64,
+    shard_keys: usize,
+}
+
+/// The bucket every key shares once a shard is full of live keys.
+const NEWCOMERS: u64 = u64::MAX;
+
+impl RateLimiter {
+    /// `per_minute` sustained, `burst` at once, at most `max_keys` keys
+    /// (`per_minute` 0: never refuses).
+    pub fn new(per_minute: u32, burst: u32, max_keys: usize) -> RateLimiter {
+        let interval = if per_minute == 0 { 0 } else { 60_000_000 / u64::from(per_minute) };
+        RateLimiter {
+            start: Instant::now(),
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            interval,
+            tolerance: interval * u64::from(burst.saturating_sub(1)),
+            shard_keys: (max_keys / SHARDS).max(1),
+        }
+    }
+
+    /// Counts one request of `key`, or says when it may come.
+    pub fn check(&self, key: impl Hash) -> Result<(), Limited> {
+        self.check_at(key, self.start.elapsed().as_micros() as u64)
+    }
+
+    fn check_at(&self, key: impl Hash, now: u64) -> Result<(), Limited> {
+        if self.interval == 0 {
+            return Ok(());
+        }
+        let mut key = self.hasher.hash_one(key);
+        if key == NEWCOMERS {
+            key -= 1;
+        }
+        let mut shard = self.shards[(key % SHARDS as u64) as usize].lock().unwrap_or_else(|p| p.into_inner());
+        if !shard.tat.contains_key(&key) && shard.tat.len() >= self.shard_keys {
+            // A key whose arrival time has passed is as good as absent.
+            // Sweep at most once a second: a full table of live keys would
+            // otherwise be scanned on every request.
+            if shard.swept_at.is_none_or(|at| now.saturating_sub(at) >= 1_000_000) {
+                shard.tat.retain(|_, tat| *tat > now);
+                shard.swept_at = Some(now);
+            }
+            if shard.tat.len() >= self.shard_keys {
+                key = NEWCOMERS;
+            }
+        }
+        let tat = shard.tat.get(&key).copied().unwrap_or(now).max(now);
+        if tat - now > self.tolerance {
+            return Err(Limited { retry_after: Duration::from_micros(tat - now - self.tolerance) });
+        }
+        shard.tat.insert(key, tat + self.interval);
+        Ok(())
+    }
+
+    /// Keys held (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).tat.len()).sum()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A client address as limits count it: IPv4 as it is, IPv6 by its /64 (one
+/// customer's network), an IPv4-mapped IPv6 address as IPv4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientAddr(pub IpAddr);
+
+impl ClientAddr {
+    /// The address limits count for a peer.
+    pub fn of(ip: IpAddr) -> ClientAddr {
+        match ip {
+            IpAddr::V4(_) => ClientAddr(ip),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => ClientAddr(IpAddr::V4(v4)),
+                None => {
+                    let s = v6.segments();
+                    ClientAddr(IpAddr::V6([s[0], s[1], s[2], s[3], 0, 0, 0, 0].into()))
+                }
+            },
+        }
+    }
+}
+
+/// The groups of routes anyone can call, each limited on its own per address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// `GET /oidc/authorize`.
+    Authorize,
+    /// `POST /oidc/token`, `/oidc/revoke`.
+    Token,
+    /// `POST /login/fido`, `POST /change`, `GET /pc/claim`: a QR code starts.
+    QrStart,
+    /// The phone's pages and calls (`/m/…`).
+    Phone,
+    /// `/r/<code>`: registration codes and their passwords.
+    Regcode,
+    /// The card listener: card login, enrollment, link.
+    Card,
+}
+
+impl Route {
+    /// The group of a matched route, if it is limited.
+    pub fn of(method: &Method, path: &str) -> Option<Route> {
+        Some(match (method.as_str(), path) {
+            ("GET", "/oidc/authorize") => Route::Authorize,
+            ("POST", "/oidc/token" | "/oidc/revoke") => Route::Token,
+            ("POST", "/login/fido" | "/change") | ("GET", "/pc/claim") => Route::QrStart,
+            (_, p) if p.starts_with("/m/") => Route::Phone,
+            (_, "/r/{code}") => Route::Regcode,
+            (_, "/login/{scheme}" | "/enroll/{scheme}" | "/link/hpki" | "/link/jpki") => Route::Card,
+            _ => return None,
+        })
+    }
+
+    /// Whether the group answers with pages (else JSON).
+    pub fn pages(self, method: &Method) -> bool {
+        match self {
+            Route::Token => false,
+            Route::Phone => method == Method::GET,
+            _ => true,
+        }
+    }
+}
+
+/// The flows a user ID starts (limited per user ID).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Flow {
+    /// L1: a phone login.
+    PhoneLogin,
+    /// D1: a phone change.
+    PhoneChange,
+}
+
+/// The rate limiters and connection limits of one node.
+pub struct Limits {
+    /// Per client address and route group.
+    pub address: RateLimiter,
+    /// Per user ID and flow.
+    pub user: RateLimiter,
+    /// Open connections per client address, per listener.
+    pub connections: usize,
+    /// Open connections per client address.
+    pub connections_per_address: usize,
+    /// Body pace.
+    pub body: BodyPace,
+    /// Bytes of enveloped documents that may be held at once.
+    pub enveloped: Arc<tokio::sync::Semaphore>,
+}
+
+impl Limits {
+    /// The limits of `[limits]`.
+    pub fn new(cfg: &LimitsConfig) -> Limits {
+        Limits {
+            address: RateLimiter::new(cfg.per_address_per_minute, cfg.per_address_burst, MAX_KEYS),
+            user: RateLimiter::new(cfg.per_user_per_minute, cfg.per_user_burst, MAX_KEYS),
+            connections: cfg.connections,
+            connections_per_address: cfg.connections_per_address,
+            body: BodyPace { grace: Duration::from_secs(cfg.body_grace_secs), min_rate: cfg.min_body_rate.max(1) },
+            enveloped: Arc::new(tokio::sync::Semaphore::new(
+                cfg.enveloped_bytes.min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+        }
+    }
+
+    /// Reserves room for an enveloped document of `len` bytes (its
+    /// `Content-Length`, or the largest allowed when it has none): the
+    /// document is kept in memory while it is signed. `None` when there is no
+    /// room now ([`no_room`]).
+    pub fn hold_enveloped(&self, len: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        Arc::clone(&self.enveloped).try_acquire_many_owned(len).ok()
+    }
+}
+
+/// The answer when enveloped documents fill `[limits] enveloped_bytes`: 503, retry in a second.
+pub fn no_room() -> Response {
+    let mut resp = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "too many enveloped documents are being signed now; retry shortly, or ask for a detached signature",
+    )
+    .into_response();
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+/// The 429 answer: a page or JSON, with `Retry-After`.
+pub fn too_many(templates: &Templates, pages: bool, limited: Limited) -> Response {
+    let mut resp = if pages {
+        templates.message(
+            StatusCode::TOO_MANY_REQUESTS,
+            "アクセスが集中しています",
+            "短い時間に多くの要求がありました。",
+            "しばらく待ってから、もう一度お試しください。",
+        )
+    } else {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!("too many requests from this address; retry after {} s", limited.secs()),
+        )
+        .into_response()
+    };
+    if let Ok(v) = HeaderValue::from_str(&limited.secs().to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+/// Counts open connections per client address; a slot is given back when its
+/// guard is dropped.
+#[derive(Default)]
+pub struct Connections {
+    open: Mutex<(usize, HashMap<ClientAddr, usize>)>,
+}
+
+/// One open connection.
+pub struct Slot {
+    pool: Arc<Connections>,
+    addr: ClientAddr,
+}
+
+impl Connections {
+    /// A slot for a connection from `addr`, or `None` past either limit.
+    pub fn admit(self: &Arc<Self>, addr: ClientAddr, total: usize, per_address: usize) -> Option<Slot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let (all, by_addr) = &mut *open;
+        let mine = by_addr.get(&addr).copied().unwrap_or(0);
+        if *all >= total || mine >= per_address {
+            return None;
+        }
+        *all += 1;
+        by_addr.insert(addr, mine + 1);
+        Some(Slot { pool: Arc::clone(self), addr })
+    }
+
+    /// Open connections.
+    pub fn open(&self) -> usize {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.pool.open.lock().unwrap_or_else(|p| p.into_inner());
+        let (all, by_addr) = &mut *open;
+        *all -= 1;
+        if let Some(n) = by_addr.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                by_addr.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// How fast a request body must come: within `grace`, anything; after it, on
+/// average at least `min_rate` bytes a second since the request began.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyPace {
+    /// Time any body gets.
+    pub grace: Duration,
+    /// Bytes a second after it.
+    pub min_rate: u64,
+}
+
+impl BodyPace {
+    /// When a body that has sent `bytes` since `start` is too slow.
+    fn deadline(&self, start: tokio::time::Instant, bytes: u64) -> tokio::time::Instant {
+        start + self.grace + Duration::from_micros(bytes.saturating_mul(1_000_000) / self.min_rate)
+    }
+}
+
+/// A body too slow for [`BodyPace`].
+#[derive(Debug, thiserror::Error)]
+#[error("the request body came slower than {0} bytes a second; send it faster")]
+pub struct TooSlow(pub u64);
+
+/// A request body held to a [`BodyPace`]: past its deadline the next read fails.
+pub struct PacedBody<B> {
+    inner: B,
+    pace: BodyPace,
+    start: tokio::time::Instant,
+    bytes: u64,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> PacedBody<B> {
+    /// `inner`, paced from now.
+    pub fn new(inner: B, pace: BodyPace) -> PacedBody<B> {
+        let start = tokio::time::Instant::now();
+        PacedBody { inner, pace, start, bytes: 0, timer: Box::pin(tokio::time::sleep_until(pace.deadline(start, 0))) }
+    }
+}
+
+impl<B> HttpBody for PacedBody<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                    let deadline = this.pace.deadline(this.start, this.bytes);
+                    this.timer.as_mut().reset(deadline);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TooSlow(this.pace.min_rate))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_then_the_sustained_rate() {
+        // 60 a minute: one a second, 3 at once.
+        let l = RateLimiter::new(60, 3, 1000);
+        for _ in 0..3 {
+            assert!(l.check_at("a", 0).is_ok());
+        }
+        let refused = l.check_at("a", 0).expect_err("fourth");
+        assert_eq!(refused.retry_after, Duration::from_secs(1));
+        assert_eq!(refused.secs(), 1);
+        // Another key has its own bucket.
+        assert!(l.check_at("b", 0).is_ok());
+        // One more a second.
+        assert!(l.check_at("a", 1_000_000).is_ok());
+        assert!(l.check_at("a", 1_000_000).is_err());
+        assert!(l.check_at("a", 2_500_000).is_ok());
+    }
+
+    #[test]
+    fn a_full_table_puts_newcomers_in_one_bucket_and_never_grows() {
+        let l = RateLimiter::new(60, 2, SHARDS * 4);
+        for i in 0..10_000u32 {
+            let _ = l.check_at(i, 0);
+        }
+        assert!(l.len() <= SHARDS * 5, "{}", l.len());
+        // The newcomers shared buckets: most of them were refused.
+        let refused = (10_000..11_000u32).filter(|i| l.check_at(*i, 0).is_err()).count();
+        assert!(refused > 900, "{refused}");
+        // Once their times have passed, keys are swept and newcomers get their own.
+        assert!(l.check_at(20_000u32, 10_000_000).is_ok());
+        assert!(l.check_at(20_000u32, 10_000_000).is_ok());
+        assert!(l.len() <= SHARDS * 5);
+    }
+
+    #[test]
+    fn no_rate_no_limit() {
+        let l = RateLimiter::new(0, 0, 10);
+        for _ in 0..1000 {
+            assert!(l.check_at("a", 0).is_ok());
+        }
+        assert!(l.is_empty());
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let at = |ms| Limited { retry_after: Duration::from_millis(ms) }.secs();
+        assert_eq!((at(1), at(999), at(1000), at(1001), at(2000), at(0)), (1, 1, 1, 2, 2, 1));
+    }
+
+    #[test]
+    fn ipv6_counts_by_its_network() {
+        let a = ClientAddr::of("2001:db8:1:2::1".parse().expect("ip"));
+        let b = ClientAddr::of("2001:db8:1:2:ffff::9".parse().expect("ip"));
+        let c = ClientAddr::of("2001:db8:1:3::1".parse().expect("ip"));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            ClientAddr::of("::ffff:192.0.2.1".parse().expect("ip")).0,
+            "192.0.2.1".parse::<IpAddr>().expect("ip")
+        );
+    }
+
+    #[test]
+    fn connections_per_address_and_in_all() {
+        let pool = Arc::new(Connections::default());
+        let a = ClientAddr::of("192.0.2.1".parse().expect("ip"));
+        let b = ClientAddr::of("192.0.2.2".parse().expect("ip"));
+        let first = pool.admit(a, 3, 2).expect("1");
+        let _second = pool.admit(a, 3, 2).expect("2");
+        assert!(pool.admit(a, 3, 2).is_none(), "per address");
+        let _third = pool.admit(b, 3, 2).expect("3");
+        assert!(pool.admit(b, 3, 2).is_none(), "in all");
+        drop(first);
+        let _again = pool.admit(a, 3, 2).expect("a slot given back");
+        assert_eq!(pool.open(), 3);
+    }
+}
