@@ -81,6 +81,7 @@ pub const SETTINGS: &[Setting] = &[
     s("server.audit_window_us", Int),
     s("server.audit_idle_window_us", Int),
     s("server.id_token_alg", Choice(&["ES256", "RS256"])),
+    s("server.metrics_token", Str),
     s("hpki.anchors", Paths),
     s("hpki.intermediates", Paths),
     s("hpki.crls", Paths),
@@ -210,7 +211,7 @@ mod tests {
             let parsed: Result<Config, _> = table.try_into();
             assert!(parsed.is_ok(), "{}: {:?}", setting.var(), parsed.err());
         }
-        assert_eq!(SETTINGS.len(), 57, "the README promises an override for each of the 57 settings");
+        assert_eq!(SETTINGS.len(), 58, "the README promises an override for each of the 58 settings");
     }
 
     #[test]

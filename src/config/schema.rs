@@ -144,6 +144,11 @@ pub struct ServerConfig {
     /// that signs them): `ES256` (default; the token must do EC P-256) or
     /// `RS256` (RSA-2048).
     pub id_token_alg: IdTokenAlg,
+    /// A bearer token `/metrics` asks for (a secret: prefer
+    /// `INKAN_SERVER_METRICS_TOKEN`); without one, `/metrics` answers loopback
+    /// clients only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_token: Option<String>,
 }
 
 /// `[server] id_token_alg`.
@@ -186,6 +191,7 @@ impl Default for ServerConfig {
             audit_window_us: 6000,
             audit_idle_window_us: 500,
             id_token_alg: IdTokenAlg::ES256,
+            metrics_token: None,
         }
     }
 }

@@ -117,6 +117,9 @@ pub enum Kind {
     JpkiAuth,
     /// Another kind with extra extensions (tests: unknown critical extensions).
     WithExtra(Box<Kind>, Vec<Extension>),
+    /// Another kind without some of its extensions (tests: a card certificate
+    /// without keyUsage).
+    Without(Box<Kind>, Vec<ObjectIdentifier>),
     /// A TLS server certificate.
     TlsServer {
         /// DNS names.
@@ -219,6 +222,11 @@ pub fn extensions(kind: &Kind) -> Result<Vec<Extension>, PkiError> {
             hc_role(*role)?,
         ],
         Kind::JpkiAuth => vec![key_usage(KeyUsages::DigitalSignature)?, policies(oids::JPKI_AUTH_POLICY)?],
+        Kind::Without(base, dropped) => {
+            let mut exts = extensions(base)?;
+            exts.retain(|e| !dropped.contains(&e.extn_id));
+            exts
+        }
         Kind::WithExtra(base, extra) => {
             let mut exts = extensions(base)?;
             exts.extend(extra.iter().cloned());

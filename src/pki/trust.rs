@@ -22,11 +22,14 @@ use std::time::SystemTime;
 use der::oid::ObjectIdentifier;
 use der::{Decode, Encode};
 use x509_cert::crl::CertificateList;
-use x509_cert::ext::pkix::{BasicConstraints, CertificatePolicies, KeyUsage, KeyUsages};
+use x509_cert::ext::pkix::{BasicConstraints, CertificatePolicies, ExtendedKeyUsage, KeyUsage, KeyUsages};
 use x509_cert::Certificate;
 
 use super::PkiError;
 use crate::pki;
+
+/// anyExtendedKeyUsage (RFC 5280 §4.2.1.12).
+const ANY_EXTENDED_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37.0");
 
 /// Why a card certificate was refused. The messages are shown to users.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -196,10 +199,23 @@ impl TrustStore {
     fn check_leaf_kind(&self, leaf: &Certificate) -> Result<(), CardCertError> {
         let wrong = |reason: &str| CardCertError::WrongKind { scheme: self.scheme, reason: reason.into() };
         let tbs = leaf.tbs_certificate();
-        if let Ok(Some((_, ku))) = tbs.get_extension::<KeyUsage>() {
-            if !ku.0.contains(KeyUsages::DigitalSignature) {
-                return Err(wrong("its key usage does not allow digitalSignature"));
+        // A card's authentication key signs the TLS handshake: its
+        // certificate must say digitalSignature, and if it limits its
+        // purposes (extendedKeyUsage), client authentication must be one.
+        match tbs.get_extension::<KeyUsage>() {
+            Ok(Some((_, ku))) if ku.0.contains(KeyUsages::DigitalSignature) => {}
+            Ok(Some(_)) => return Err(wrong("its key usage does not allow digitalSignature")),
+            Ok(None) => return Err(wrong("it has no key usage")),
+            Err(e) => return Err(CardCertError::Malformed(format!("keyUsage: {e}"))),
+        }
+        match tbs.get_extension::<ExtendedKeyUsage>() {
+            Ok(Some((_, eku)))
+                if !eku.0.iter().any(|p| *p == pki::profile::oids::CLIENT_AUTH || *p == ANY_EXTENDED_KEY_USAGE) =>
+            {
+                return Err(wrong("its extended key usage does not allow client authentication"));
             }
+            Ok(_) => {}
+            Err(e) => return Err(CardCertError::Malformed(format!("extendedKeyUsage: {e}"))),
         }
         let policies = match tbs.get_extension::<CertificatePolicies>() {
             Ok(Some((_, p))) => p.0.into_iter().map(|p| p.policy_identifier).collect::<Vec<_>>(),
@@ -410,6 +426,48 @@ mod tests {
             Some(CardCertError::UnknownCriticalExtension("1.3.6.1.4.1.99999.1".into()))
         );
         assert!(hpki().validate(&issue(false), now()).is_ok(), "unknown but not critical is fine");
+    }
+
+    #[test]
+    fn a_card_certificate_must_allow_digital_signature_and_client_auth() {
+        use crate::pki::profile::{Kind, Qualification};
+        use der::oid::db::rfc5280::{ID_CE_EXT_KEY_USAGE, ID_CE_KEY_USAGE};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pki");
+        let ca = crate::pki::ca::Ca::load(&dir.join("hpki-auth-ca.pem"), &dir.join("hpki-auth-ca.key")).expect("ca");
+        let holder = Certificate::from_der(&fixture("holders/hpki-doctor.pem")[0]).expect("holder");
+        let day = std::time::Duration::from_secs(86_400);
+        let issue = |kind: Kind| {
+            let tbs = holder.tbs_certificate();
+            let cert = ca
+                .issue(kind, tbs.subject().clone(), tbs.subject_public_key_info().clone(), now() - day, now() + day)
+                .expect("issue");
+            vec![cert.to_der().expect("der")]
+        };
+        let auth = || Box::new(Kind::HpkiAuth { role: Qualification::Doctor });
+        let eku = |oids: Vec<ObjectIdentifier>| {
+            let value = x509_cert::ext::pkix::ExtendedKeyUsage(oids).to_der().expect("eku");
+            x509_cert::ext::Extension {
+                extn_id: ID_CE_EXT_KEY_USAGE,
+                critical: false,
+                extn_value: der::asn1::OctetString::new(value).expect("value"),
+            }
+        };
+        let reason = |kind: Kind| match hpki().validate(&issue(kind), now()) {
+            Err(CardCertError::WrongKind { reason, .. }) => reason,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(reason(Kind::Without(auth(), vec![ID_CE_KEY_USAGE])), "it has no key usage");
+        let server_only = Kind::WithExtra(
+            Box::new(Kind::Without(auth(), vec![ID_CE_EXT_KEY_USAGE])),
+            vec![eku(vec![pki::profile::oids::SERVER_AUTH])],
+        );
+        assert_eq!(reason(server_only), "its extended key usage does not allow client authentication");
+        let any = Kind::WithExtra(
+            Box::new(Kind::Without(auth(), vec![ID_CE_EXT_KEY_USAGE])),
+            vec![eku(vec![ANY_EXTENDED_KEY_USAGE])],
+        );
+        assert!(hpki().validate(&issue(any), now()).is_ok());
+        assert!(hpki().validate(&issue(Kind::Without(auth(), vec![ID_CE_EXT_KEY_USAGE])), now()).is_ok());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
 use minijinja::context;
@@ -94,6 +94,26 @@ fn login_expired() -> Response {
     )
 }
 
+/// Whether a GET that starts something (an enrollment, a link) was not the
+/// user's own navigation: another site's page linked or embedded it (the
+/// browser presents the card's certificate to any request). Our own pages
+/// are same-origin or same-site (the main listener); a typed URL is `none`.
+/// Card *login* is not checked: it is reached by the signing system's
+/// redirect, cross-site by design, and ends at that system only.
+fn forged(headers: &HeaderMap) -> bool {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    get("sec-fetch-site") == Some("cross-site") || get("sec-fetch-mode").is_some_and(|m| m != "navigate")
+}
+
+fn forged_page() -> Response {
+    pages::error(
+        StatusCode::FORBIDDEN,
+        "操作できません",
+        "別のサイトから送られた操作は受け付けません。",
+        "登録サイトの画面から操作してください。",
+    )
+}
+
 /// The user of this connection's card, or the page that says why not.
 async fn card_user(app: &App, peer: &PeerCertificates, method: Method) -> Result<String, Response> {
     app.cards.identify(app.store.as_ref(), method, &peer.0, app.clock.now()).await.map_err(|e| card_refused(method, e))
@@ -154,7 +174,11 @@ pub async fn enroll(
     State(app): State<Arc<App>>,
     Extension(peer): Extension<PeerCertificates>,
     Path(scheme_name): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
+    if forged(&headers) {
+        return forged_page();
+    }
     let Some(method) = scheme(&scheme_name) else {
         return app.templates.message(StatusCode::NOT_FOUND, "ページがありません", "このページはありません。", "");
     };
@@ -169,7 +193,14 @@ pub async fn enroll(
 }
 
 /// `GET /link/hpki`: E4 starts with the HPKI card.
-pub async fn link_hpki(State(app): State<Arc<App>>, Extension(peer): Extension<PeerCertificates>) -> Response {
+pub async fn link_hpki(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<PeerCertificates>,
+    headers: HeaderMap,
+) -> Response {
+    if forged(&headers) {
+        return forged_page();
+    }
     let user_id = match card_user(&app, &peer, Method::Hpki).await {
         Ok(u) => u,
         Err(page) => return page,
@@ -196,7 +227,11 @@ pub async fn link_jpki(
     State(app): State<Arc<App>>,
     Extension(peer): Extension<PeerCertificates>,
     Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Response {
+    if forged(&headers) {
+        return forged_page();
+    }
     let Some(token) = params.get("t") else {
         return super::fido::not_found_page(&app);
     };

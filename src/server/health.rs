@@ -3,12 +3,15 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::json;
 
+use crate::auth::token_hash;
+
 use super::error::ApiError;
+use super::limits::ClientAddr;
 use super::state::App;
 
 /// The process is up.
@@ -37,8 +40,29 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Prometheus text.
-pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+/// Whether `/metrics` may answer: with a configured token, to that bearer
+/// token only (compared in constant time); without one, to loopback clients.
+fn metrics_allowed(token: Option<&str>, peer: Option<ClientAddr>, bearer: Option<&str>) -> bool {
+    use subtle::ConstantTimeEq;
+    match token {
+        Some(token) => bearer.is_some_and(|b| bool::from(token_hash(b).ct_eq(&token_hash(token)))),
+        None => peer.is_some_and(|p| p.0.is_loopback()),
+    }
+}
+
+/// `GET /metrics`: Prometheus text (loopback clients, or the bearer token of
+/// `[server] metrics_token`).
+pub async fn metrics(State(app): State<Arc<App>>, peer: Option<Extension<ClientAddr>>, headers: HeaderMap) -> Response {
+    let bearer =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if !metrics_allowed(app.config.server.metrics_token.as_deref(), peer.map(|Extension(a)| a), bearer) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "/metrics answers loopback clients, or the bearer token of [server] metrics_token",
+        )
+        .into_response();
+    }
     let active = crate::auth::sessions::count_active(app.store.as_ref(), app.now_ms()).await.unwrap_or(-1);
     let mut text = app.metrics.render(active);
     if let Some(writer) = app.signing.audit_writer() {
@@ -89,4 +113,21 @@ inkan_key_cache_capacity {}
 /// 404 in the API error format.
 pub async fn not_found() -> Response {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_for_loopback_or_the_configured_bearer_only() {
+        let at = |ip: &str| Some(ClientAddr::of(ip.parse().expect("ip")));
+        assert!(metrics_allowed(None, at("127.0.0.1"), None));
+        assert!(metrics_allowed(None, at("::1"), None));
+        assert!(!metrics_allowed(None, at("192.0.2.7"), Some("anything")));
+        assert!(!metrics_allowed(None, None, None));
+        assert!(metrics_allowed(Some("s3cret"), at("192.0.2.7"), Some("s3cret")));
+        assert!(!metrics_allowed(Some("s3cret"), at("127.0.0.1"), None), "a token is asked of everyone");
+        assert!(!metrics_allowed(Some("s3cret"), at("127.0.0.1"), Some("s3cre")));
+    }
 }

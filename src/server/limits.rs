@@ -131,7 +131,7 @@ impl RateLimiter {
 }
 
 /// A client address as limits count it: IPv4 as it is, IPv6 by its /64 (one
-/// customer's network), an IPv4-mapped IPv6 address as IPv4.
+/// customer's network; `::1` stays itself), an IPv4-mapped IPv6 address as IPv4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClientAddr(pub IpAddr);
 
@@ -140,6 +140,7 @@ impl ClientAddr {
     pub fn of(ip: IpAddr) -> ClientAddr {
         match ip {
             IpAddr::V4(_) => ClientAddr(ip),
+            IpAddr::V6(v6) if v6.is_loopback() => ClientAddr(ip),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(v4) => ClientAddr(IpAddr::V4(v4)),
                 None => {

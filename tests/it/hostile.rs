@@ -154,6 +154,97 @@ mod protocol {
     }
 }
 
+mod protocol_more {
+    use super::*;
+
+    #[test]
+    fn metrics_ask_for_their_token() {
+        let env = Env::new();
+        let server = Server::start(&env, &[("INKAN_SERVER_METRICS_TOKEN", "scrape-me")]);
+        let url = server.url("/metrics");
+        let r = Client::new().get(&url, &[]);
+        assert_eq!(r.status, 403, "even from loopback once a token is set: {}", r.text());
+        assert!(!r.text().contains("inkan_http"), "{}", r.text());
+        assert_eq!(Client::new().get(&url, &[("authorization", "Bearer scrape-m")]).status, 403);
+        let r = Client::new().get(&url, &[("authorization", "Bearer scrape-me")]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.text().contains("inkan_http_requests_total"), "{}", r.text());
+    }
+
+    #[test]
+    fn a_card_certificate_without_key_usage_or_for_servers_only_cannot_log_in() {
+        use der::oid::db::rfc5280::{ID_CE_EXT_KEY_USAGE, ID_CE_KEY_USAGE};
+        use der::{Decode, Encode, EncodePem};
+        use inkan::pki::profile::{oids, Kind, Qualification};
+        let env = env_with_card_user();
+        let server = Server::start(&env, &[]);
+        let client = register_client(&env);
+        let ca = inkan::pki::ca::Ca::load(&fixture("hpki-auth-ca.pem"), &fixture("hpki-auth-ca.key")).expect("ca");
+        let holder = std::fs::read(fixture("holders/hpki-doctor.pem")).expect("holder");
+        let holder = x509_cert::Certificate::from_der(&der::pem::decode_vec(&holder).expect("pem").1).expect("cert");
+        let tbs = holder.tbs_certificate();
+        let day = std::time::Duration::from_secs(86_400);
+        let now = std::time::SystemTime::now();
+        let auth = || Box::new(Kind::HpkiAuth { role: Qualification::Doctor });
+        let servers_only = x509_cert::ext::Extension {
+            extn_id: ID_CE_EXT_KEY_USAGE,
+            critical: false,
+            extn_value: der::asn1::OctetString::new(
+                x509_cert::ext::pkix::ExtendedKeyUsage(vec![oids::SERVER_AUTH]).to_der().expect("eku"),
+            )
+            .expect("value"),
+        };
+        let kinds = [
+            ("no key usage", Kind::Without(auth(), vec![ID_CE_KEY_USAGE])),
+            (
+                "servers only",
+                Kind::WithExtra(Box::new(Kind::Without(auth(), vec![ID_CE_EXT_KEY_USAGE])), vec![servers_only]),
+            ),
+        ];
+        for (i, (name, kind)) in kinds.into_iter().enumerate() {
+            let cert = ca
+                .issue(kind, tbs.subject().clone(), tbs.subject_public_key_info().clone(), now - day, now + day)
+                .expect("issue");
+            let path = env.path(&format!("card-{i}.pem"));
+            std::fs::write(&path, cert.to_pem(der::pem::LineEnding::LF).expect("pem")).expect("write");
+            let card = Client::with_cert(&path, &fixture("holders/hpki-doctor.key"));
+            let (_, challenge) = pkce();
+            let url = authorize_url(&server, &client, &challenge, &[("acr_values", "hpki")]);
+            let r = Client::new().get(&url, &[]);
+            assert_eq!(r.status, 303, "{}", r.text());
+            let r = card.get(&r.location(), &[]);
+            assert_eq!(r.status, 403, "{name}: {}", r.text());
+            assert!(r.text().contains("このログイン方法で使える証明書ではありません"), "{name}: {}", r.text());
+        }
+        assert_eq!(env.sql_ok("SELECT count(*) FROM sessions")[0], "0");
+    }
+
+    #[test]
+    fn another_site_cannot_start_a_card_enrollment_or_link() {
+        let env = env_with_card_user();
+        let server = Server::start(&env, &[]);
+        let card = Client::with_card("hpki-doctor");
+        let tickets = || env.sql_ok("SELECT count(*) FROM tickets")[0].clone();
+        for path in ["/enroll/hpki", "/link/hpki", "/link/jpki?t=x"] {
+            for forged in [
+                [("sec-fetch-site", "cross-site"), ("sec-fetch-mode", "navigate")],
+                [("sec-fetch-site", "same-site"), ("sec-fetch-mode", "no-cors")],
+            ] {
+                let r = card.get(&format!("{}{path}", server.card), &forged);
+                assert_eq!(r.status, 403, "{path} {forged:?}: {}", r.text());
+                assert!(r.text().contains("別のサイトから送られた操作"), "{}", r.text());
+            }
+        }
+        assert_eq!(tickets(), "0");
+        // From the registration site (same site), or typed: it starts.
+        let ours = [("sec-fetch-site", "same-site"), ("sec-fetch-mode", "navigate")];
+        let r = card.get(&format!("{}/enroll/hpki", server.card), &ours);
+        assert_eq!(r.status, 303, "{}", r.text());
+        assert_eq!(card.get(&format!("{}/link/hpki", server.card), &[]).status, 200);
+        assert_eq!(tickets(), "2");
+    }
+}
+
 mod protocol_login {
     use super::*;
 
