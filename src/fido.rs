@@ -75,6 +75,7 @@ impl RelyingParty {
     pub fn finish_registration(&self, response: &[u8], state: &str) -> Result<Passkey> {
         let response: RegisterPublicKeyCredential = parse_response(response)?;
         check_client_data(response.response.client_data_json.as_ref(), "registration")?;
+        check_attestation_object(response.response.attestation_object.as_ref())?;
         let state: PasskeyRegistration =
             serde_json::from_str(state).map_err(|e| Error::Internal(format!("ceremony state: {e}")))?;
         self.webauthn
@@ -151,6 +152,96 @@ fn check_assertion_data(authenticator_data: &[u8]) -> Result<()> {
     }
 }
 
+/// The length of the CBOR data item at the start of `data` (definite lengths
+/// only, as CTAP2 encodes; nested at most 16 deep), or `None` if it is not
+/// one whole item.
+fn cbor_item_len(data: &[u8], depth: u8) -> Option<usize> {
+    let first = *data.first()?;
+    let (major, info) = (first >> 5, first & 0x1f);
+    let (arg, mut pos): (u64, usize) = match info {
+        0..=23 => (u64::from(info), 1),
+        24 => (u64::from(*data.get(1)?), 2),
+        25 => (u64::from(u16::from_be_bytes(data.get(1..3)?.try_into().ok()?)), 3),
+        26 => (u64::from(u32::from_be_bytes(data.get(1..5)?.try_into().ok()?)), 5),
+        27 => (u64::from_be_bytes(data.get(1..9)?.try_into().ok()?), 9),
+        _ => return None,
+    };
+    let items = |n: u64, pos: &mut usize| -> Option<()> {
+        if depth >= 16 {
+            return None;
+        }
+        for _ in 0..n {
+            *pos += cbor_item_len(data.get(*pos..)?, depth + 1)?;
+        }
+        Some(())
+    };
+    match major {
+        0 | 1 | 7 => {}
+        2 | 3 => pos = pos.checked_add(usize::try_from(arg).ok()?)?,
+        4 => items(arg, &mut pos)?,
+        5 => items(arg.checked_mul(2)?, &mut pos)?,
+        6 => items(1, &mut pos)?,
+        _ => return None,
+    }
+    (pos <= data.len()).then_some(pos)
+}
+
+/// Refuses a registration whose attestation object, or the authenticator
+/// data in it, has bytes after what its structure and flags announce (the
+/// credential's public key, then extensions if ED is set): webauthn-rs
+/// ignores them.
+fn check_attestation_object(attestation: &[u8]) -> Result<()> {
+    let trailing = |n: usize, what: &str| refused(format!("registration refused: {n} bytes after the {what}"));
+    let malformed = || refused("registration refused: the attestation object is not the CBOR a WebAuthn authenticator sends".into());
+    let len = cbor_item_len(attestation, 0).ok_or_else(malformed)?;
+    if len != attestation.len() {
+        return Err(trailing(attestation.len() - len, "attestation object"));
+    }
+    // A map of text keys: find authData (a byte string).
+    let (first, rest) = attestation.split_first().ok_or_else(malformed)?;
+    if first >> 5 != 5 || first & 0x1f > 23 {
+        return Err(malformed());
+    }
+    let mut pos = 0usize;
+    let mut auth_data = None;
+    for _ in 0..(first & 0x1f) {
+        let key_len = cbor_item_len(&rest[pos..], 0).ok_or_else(malformed)?;
+        let key = &rest[pos..pos + key_len];
+        pos += key_len;
+        let value_len = cbor_item_len(&rest[pos..], 0).ok_or_else(malformed)?;
+        if key == [0x68, b'a', b'u', b't', b'h', b'D', b'a', b't', b'a'] {
+            let value = &rest[pos..pos + value_len];
+            let header = match value.first().map(|b| b & 0x1f) {
+                Some(0..=23) => 1,
+                Some(24) => 2,
+                Some(25) => 3,
+                Some(26) => 5,
+                _ => return Err(malformed()),
+            };
+            if value[0] >> 5 != 2 {
+                return Err(malformed());
+            }
+            auth_data = Some(&value[header..]);
+        }
+        pos += value_len;
+    }
+    let data = auth_data.ok_or_else(malformed)?;
+    let flags = *data.get(32).ok_or_else(malformed)?;
+    let mut end = 37;
+    if flags & 0x40 != 0 {
+        let id_len = u16::from_be_bytes(data.get(53..55).ok_or_else(malformed)?.try_into().map_err(|_| malformed())?);
+        end = 55 + usize::from(id_len);
+        end += cbor_item_len(data.get(end..).ok_or_else(malformed)?, 0).ok_or_else(malformed)?;
+    }
+    if flags & 0x80 != 0 {
+        end += cbor_item_len(data.get(end..).ok_or_else(malformed)?, 0).ok_or_else(malformed)?;
+    }
+    if end != data.len() {
+        return Err(trailing(data.len().saturating_sub(end), "credential data"));
+    }
+    Ok(())
+}
+
 fn parse_response<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| refused(format!("malformed WebAuthn response: {e}")))
 }
@@ -158,6 +249,18 @@ fn parse_response<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cbor_items_are_measured_whole_or_not_at_all() {
+        // {1: 2, -1: h'0102'}, then a trailing byte.
+        let map = [0xa2, 0x01, 0x02, 0x20, 0x42, 0x01, 0x02, 0xff];
+        assert_eq!(cbor_item_len(&map, 0), Some(7));
+        assert_eq!(cbor_item_len(&map[..6], 0), None, "cut short");
+        assert_eq!(cbor_item_len(&[0x5f], 0), None, "indefinite length");
+        assert_eq!(cbor_item_len(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], 0), None, "huge count");
+        assert_eq!(cbor_item_len(&[0x81; 40], 0), None, "too deep");
+        assert_eq!(cbor_item_len(&[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], 0), None, "huge length");
+    }
 
     #[test]
     fn counter_must_grow_unless_always_zero() {

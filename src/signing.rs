@@ -50,7 +50,7 @@ use crate::error::{Error, Result};
 use crate::keys::hex;
 use crate::metrics::Metrics;
 use crate::storage::Transactions;
-use crate::users::UsersTx;
+use crate::users::{ActiveKey, UsersTx};
 
 pub use format::Parts;
 pub use signers::{Signer, Signers};
@@ -149,6 +149,19 @@ pub struct Request<'a> {
     pub via: &'static str,
     /// More audit detail (never a secret), merged into each row's.
     pub detail: Option<serde_json::Value>,
+}
+
+/// A request past its authorization (step 1) and with its digests (step 2).
+struct Authorized {
+    key: ActiveKey,
+    encoder: Box<dyn format::Encoder>,
+    alg: DigestAlgorithm,
+    digests: Vec<Vec<u8>>,
+    content_len: Option<u64>,
+    content: Option<Vec<u8>>,
+    via: &'static str,
+    detail: Option<serde_json::Value>,
+    started: Instant,
 }
 
 /// The signatures of a request.
@@ -295,24 +308,32 @@ impl<T: UsersTx + ?Sized> Signing<T> {
     }
 
     /// Checks a CSC client's signature activation for `digests`: its SAD (used
-    /// up, whatever the outcome) must be this session's, for this key, and
-    /// cover the digests; under SCAL 2 a SAD is required.
+    /// up, unless given back) must be this session's, for this key, and
+    /// cover the digests; under SCAL 2 a SAD is required. Returns the SAD
+    /// taken.
     pub async fn activate(
         &self,
         principal: &Principal,
         generation: i64,
         sad: Option<&str>,
         digests: &[Vec<u8>],
-    ) -> Result<()> {
+    ) -> Result<Option<sad::Taken>> {
         match (sad, principal.session()) {
             (Some(token), Some(session)) => {
                 sad::consume(self.sads.as_ref(), token, &session.token_hash, generation, digests, self.clock.now_ms())
                     .await
+                    .map(Some)
             }
             (Some(_), None) => Err(Error::Invalid("Invalid parameter SAD".into())),
             (None, _) if self.scal2 => Err(Error::Invalid("Missing parameter SAD (SCAL 2)".into())),
-            (None, _) => Ok(()),
+            (None, _) => Ok(None),
         }
+    }
+
+    /// Gives back a SAD taken by [`Signing::activate`] for signatures that
+    /// could not be made (token or store unavailable).
+    pub async fn give_back(&self, taken: sad::Taken) {
+        sad::give_back(self.sads.as_ref(), taken, self.clock.now_ms()).await;
     }
 
     /// Signs: see the module documentation.
@@ -325,7 +346,6 @@ impl<T: UsersTx + ?Sized> Signing<T> {
             return Err(Error::Invalid("Invalid parameter credentialID".into()));
         }
         let encoder = request.format.encoder();
-        let format_name = encoder.name();
         // 2. The digests.
         let (alg, digests, content_len, content) = match request.payload {
             Payload::Digests { alg, digests } => {
@@ -363,9 +383,35 @@ impl<T: UsersTx + ?Sized> Signing<T> {
             }
         };
         // The CSC signature activation, for exactly these digests.
-        if let Activation::Csc(sad) = request.activation {
-            self.activate(principal, key.generation, sad, &digests).await?;
+        let taken = match request.activation {
+            Activation::Csc(sad) => self.activate(principal, key.generation, sad, &digests).await?,
+            _ => None,
+        };
+        let authorized = Authorized {
+            key,
+            encoder,
+            alg,
+            digests,
+            content_len,
+            content,
+            via: request.via,
+            detail: request.detail,
+            started,
+        };
+        let signed = self.sign_authorized(principal, authorized).await;
+        if let (Err(e), Some(taken)) = (&signed, taken) {
+            // An outage used nothing up: the client retries with the same SAD.
+            if e.is_unavailable() {
+                self.give_back(taken).await;
+            }
         }
+        signed
+    }
+
+    /// Steps 3 to 6 of [`Signing::sign`], once the request is authorized.
+    async fn sign_authorized(&self, principal: &Principal, a: Authorized) -> Result<Signed> {
+        let Authorized { key, encoder, alg, digests, content_len, content, via, detail: extra, started } = a;
+        let format_name = encoder.name();
         // 3. The signer.
         let signer = self.signers.get(&principal.user_id, &key).await?;
         // 4. The token.
@@ -387,12 +433,11 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         };
         // 5. The audit rows, durable before anything is returned.
         let mut detail = serde_json::json!({
-            "via": request.via,
+            "via": via,
             "format": format_name,
             "method": principal.method(),
         });
-        if let (Some(extra), Some(obj)) = (request.detail.as_ref().and_then(|d| d.as_object()), detail.as_object_mut())
-        {
+        if let (Some(extra), Some(obj)) = (extra.as_ref().and_then(|d| d.as_object()), detail.as_object_mut()) {
             obj.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         let names: Vec<String> = digests.iter().map(|d| format!("{}:{}", digest_name(alg), hex(d))).collect();

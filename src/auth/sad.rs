@@ -57,9 +57,19 @@ pub async fn authorize(store: &dyn SadStore, sad: Sad, now: i64) -> Result<Strin
     Ok(token)
 }
 
+/// A SAD taken out by [`consume`]: given back ([`give_back`]) when the
+/// signatures it was taken for could not be made because the token or the
+/// store was unavailable (a 503 must not use up the client's authorization).
+#[derive(Debug)]
+pub struct Taken {
+    hash: Vec<u8>,
+    sad: Sad,
+}
+
 /// Uses a SAD for `hashes`: it must belong to this session and key generation,
 /// be unexpired, allow this many signatures and, when bound to hashes, be bound
-/// to exactly these. Single use: it is gone afterwards, whatever the outcome.
+/// to exactly these. Single use: it is gone afterwards, whatever the outcome,
+/// unless it is given back.
 pub async fn consume(
     store: &dyn SadStore,
     token: &str,
@@ -67,8 +77,9 @@ pub async fn consume(
     generation: i64,
     hashes: &[Vec<u8>],
     now: i64,
-) -> Result<()> {
-    let sad = store.take_sad(&token_hash(token)).await?.ok_or_else(|| invalid("SAD"))?;
+) -> Result<Taken> {
+    let hash = token_hash(token);
+    let sad = store.take_sad(&hash).await?.ok_or_else(|| invalid("SAD"))?;
     if sad.expires_at <= now {
         return Err(Error::Invalid("SAD expired".into()));
     }
@@ -87,5 +98,14 @@ pub async fn consume(
             return Err(Error::Invalid("Invalid parameter SAD: it was authorized for other hashes".into()));
         }
     }
-    Ok(())
+    Ok(Taken { hash, sad })
+}
+
+/// Puts a taken SAD back as it was (its session's cap does not apply: the
+/// SAD was counted before it was taken). A failure is logged: the client then
+/// asks for a new SAD.
+pub async fn give_back(store: &dyn SadStore, taken: Taken, now: i64) {
+    if let Err(e) = store.put_sad(&taken.hash, &taken.sad, now, usize::MAX).await {
+        tracing::warn!("a SAD taken for signatures that could not be made was not given back: {e}");
+    }
 }

@@ -402,6 +402,37 @@ fn check_sign_algo_params(scheme: SignatureScheme, params: Option<&str>) -> Resu
     ))
 }
 
+/// Checks a signDoc entry's `signAlgo` and `signAlgoParams` against the
+/// scheme inkan signs CAdES with for this key (`[signing] rsa_scheme` for
+/// RSA, ECDSA for EC) and the entry's hash: a client that asks for another
+/// gets an error, not a signature it would not verify.
+fn check_doc_sign_algo(
+    app: &App,
+    is_rsa: bool,
+    alg: DigestAlgorithm,
+    sign_algo: Option<&str>,
+    params: Option<&str>,
+) -> Result<()> {
+    let ours = match (is_rsa, app.config.signing.rsa_scheme) {
+        (false, _) => SignatureScheme::Ecdsa(alg),
+        (true, crate::config::RsaScheme::Pss) => SignatureScheme::RsaPss(alg),
+        (true, crate::config::RsaScheme::Pkcs1v15) => SignatureScheme::RsaPkcs1v15(alg),
+    };
+    if let Some(sign_algo) = sign_algo {
+        if scheme_for(sign_algo, Some(alg), is_rsa)? != ours {
+            return Err(Error::Invalid(format!(
+                "Invalid parameter signAlgo: inkan signs CAdES for this credential with {} (see credentials/info)",
+                match ours {
+                    SignatureScheme::Ecdsa(_) => "ECDSA",
+                    SignatureScheme::RsaPss(_) => "RSASSA-PSS",
+                    _ => "RSASSA-PKCS1-v1_5",
+                }
+            )));
+        }
+    }
+    check_sign_algo_params(ours, params)
+}
+
 /// `POST /csc/v2/signatures/signHash`
 pub async fn sign_hash(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response> {
     let principal = app.principal(&headers).await?;
@@ -551,6 +582,7 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
              (hashes of every documentDigests entry and documents together), {entries} asked"
         )));
     }
+    let is_rsa = principal.key.as_ref().is_some_and(|k| k.algorithm.is_rsa());
     for dd in req.document_digests.iter().flatten() {
         check_format(&dd.signature_format, dd.conformance_level.as_deref())?;
         let alg = dd
@@ -559,12 +591,20 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
             .ok()
             .and_then(|o| DigestAlgorithm::from_oid(&o))
             .ok_or_else(|| invalid("hashAlgorithmOID"))?;
+        check_doc_sign_algo(&app, is_rsa, alg, dd.sign_algo.as_deref(), dd.sign_algo_params.as_deref())?;
         let hashes =
             decode_hashes(&dd.hashes, alg).map_err(|e| Error::Invalid(format!("Invalid parameter hashes: {e}")))?;
         jobs.push(Job { alg, hashes, attached: false, content: None });
     }
     for doc in req.documents.iter().flatten() {
         check_format(&doc.signature_format, doc.conformance_level.as_deref())?;
+        check_doc_sign_algo(
+            &app,
+            is_rsa,
+            DigestAlgorithm::Sha256,
+            doc.sign_algo.as_deref(),
+            doc.sign_algo_params.as_deref(),
+        )?;
         let content = Base64::decode_vec(&doc.document).map_err(|_| invalid("document"))?;
         let attached = match doc.signed_envelope_property.as_deref().unwrap_or("Detached") {
             "Detached" => false,
@@ -579,7 +619,7 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
     }
     // One SAD for the whole request: checked against every hash, once.
     let all: Vec<Vec<u8>> = jobs.iter().flat_map(|j| j.hashes.iter().cloned()).collect();
-    app.signing.activate(&principal, generation, req.sad.as_deref(), &all).await?;
+    let mut taken = app.signing.activate(&principal, generation, req.sad.as_deref(), &all).await?;
     let mut signature_objects = Vec::new();
     let mut with_signature = Vec::new();
     for Job { alg, hashes, attached, content } in jobs {
@@ -602,7 +642,21 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
                     detail: None,
                 },
             )
-            .await?;
+            .await;
+        // A token or store outage before the first signature leaves the SAD
+        // as it was: the client retries with it. After one, it stays used.
+        let signed = match signed {
+            Ok(signed) => signed,
+            Err(e) => {
+                if e.is_unavailable() {
+                    if let Some(sad) = taken.take() {
+                        app.signing.give_back(sad).await;
+                    }
+                }
+                return Err(e);
+            }
+        };
+        taken = None;
         for p in signed.signatures {
             match (&content, attached) {
                 (Some(c), true) => with_signature.push(Base64::encode_string(&p.around(c))),

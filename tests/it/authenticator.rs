@@ -67,7 +67,8 @@ pub struct Hostile {
     pub cross_origin: bool,
     /// clientData names a top-level origin (a frame in another site).
     pub top_origin: Option<String>,
-    /// Bytes after an assertion's authenticator data (signed with it).
+    /// Bytes after an assertion's authenticator data (signed with it), or
+    /// after a registration's credential data.
     pub trailing: bool,
 }
 
@@ -151,7 +152,10 @@ impl Authenticator {
         let challenge = pk["challenge"].as_str().expect("challenge");
         assert_eq!(pk["authenticatorSelection"]["userVerification"], "required", "UV must be required: {options}");
         let client_data = self.client_data("webauthn.create", challenge, h);
-        let auth_data = self.auth_data(h, h.counter.unwrap_or(self.counter), true);
+        let mut auth_data = self.auth_data(h, h.counter.unwrap_or(self.counter), true);
+        if h.trailing {
+            auth_data.extend_from_slice(b"trailing");
+        }
         let mut att = Vec::new();
         if h.garbage_cbor {
             att.extend_from_slice(&[0xa3, 0x63, 0x66, 0x6d, 0xff, 0x00]);

@@ -279,6 +279,7 @@ fn hostile_authenticator_is_refused_and_changes_nothing() {
             Hostile { top_origin: Some("https://evil.example".into()), ..Default::default() },
             "topOrigin",
         ),
+        ("bytes after the credential data", Hostile { trailing: true, ..Default::default() }, "bytes after"),
     ];
     for (name, h, reason) in &cases {
         let options = phone_begin(&phone_url);

@@ -484,6 +484,96 @@ mod protocol_csc {
         );
         assert_eq!(r.status, 200, "{}", r.text());
     }
+    #[test]
+    fn sign_doc_refuses_a_sign_algo_or_params_it_would_not_use() {
+        let env = Env::new();
+        env.user_with_key("100001", "rsa2048");
+        env.ok(&["hpki", "map", "100001", s(&fixture("holders/hpki-doctor.pem"))]);
+        let server = Server::start(&env, &[]);
+        let tokens = login_with_scope(&server, &env, "openid sign");
+        let access = tokens["access_token"].as_str().expect("token").to_owned();
+        let h = Base64::encode_string(&inkan::keystore::DigestAlgorithm::Sha256.digest(b"rx"));
+        let sign_doc = |extra: serde_json::Value| {
+            let mut entry =
+                json!({ "hashes": [h], "hashAlgorithmOID": "2.16.840.1.101.3.4.2.1", "signature_format": "C" });
+            for (k, v) in extra.as_object().expect("object") {
+                entry[k] = v.clone();
+            }
+            Client::new().post_json(
+                &server.url("/csc/v2/signatures/signDoc"),
+                &access,
+                &json!({ "credentialID": "100001.g1", "documentDigests": [entry] }),
+            )
+        };
+        let before = env.audit_rows();
+        // inkan signs CAdES with PKCS#1 v1.5 here ([signing] rsa_scheme): PSS, or
+        // ECDSA, or PSS parameters are refused, nothing signed.
+        for (extra, word) in [
+            (json!({ "signAlgo": "1.2.840.113549.1.1.10" }), "signAlgo"),
+            (json!({ "signAlgo": "1.2.840.10045.4.3.2" }), "signAlgo"),
+            (json!({ "signAlgo": "1.2.840.113549.1.1.11", "signAlgoParams": pss_params(32) }), "signAlgoParams"),
+            (json!({ "signAlgo": "1.2.840.113549.1.1.12" }), "hashAlgorithmOID"),
+        ] {
+            let r = sign_doc(extra.clone());
+            assert_eq!(r.status, 400, "{extra}: {}", r.text());
+            assert!(r.json()["error_description"].as_str().unwrap_or("").contains(word), "{extra}: {}", r.text());
+        }
+        assert_eq!(env.audit_rows(), before, "nothing signed");
+        // What it does use, named or not: signed.
+        for extra in [
+            json!({}),
+            json!({ "signAlgo": "1.2.840.113549.1.1.11" }),
+            json!({ "signAlgo": "1.2.840.113549.1.1.1", "signAlgoParams": "BQA=" }),
+        ] {
+            let r = sign_doc(extra.clone());
+            assert_eq!(r.status, 200, "{extra}: {}", r.text());
+        }
+    }
+
+    #[test]
+    fn a_token_outage_leaves_the_sad_as_it_was() {
+        let env = env_with_card_user();
+        let server = Server::start(&env, &[]);
+        let tokens = login_with_scope(&server, &env, "openid sign");
+        let access = tokens["access_token"].as_str().expect("token").to_owned();
+        let digest = Base64::encode_string(&inkan::keystore::DigestAlgorithm::Sha256.digest(b"rx"));
+        let r = Client::new().post_json(
+            &server.url("/csc/v2/credentials/authorize"),
+            &access,
+            &json!({ "credentialID": "100001.g1", "numSignatures": 1, "hashes": [digest], "hashAlgorithmOID": "2.16.840.1.101.3.4.2.1" }),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let sad = r.json()["SAD"].as_str().expect("SAD").to_owned();
+        let sign = || {
+            Client::new().post_json(
+                &server.url("/csc/v2/signatures/signHash"),
+                &access,
+                &json!({ "credentialID": "100001.g1", "SAD": sad, "hashes": [digest], "signAlgo": "1.2.840.10045.4.3.2" }),
+            )
+        };
+        // The token goes away before the key was ever unwrapped: 503.
+        let tokens_dir = env.data().join("softhsm/tokens");
+        let away = env.data().join("softhsm/tokens.away");
+        std::fs::rename(&tokens_dir, &away).expect("move token away");
+        let r = sign();
+        assert_eq!(r.status, 503, "{}", r.text());
+        std::fs::rename(&away, &tokens_dir).expect("token back");
+        // The same SAD signs once the token is back (503s meanwhile keep it too).
+        let started = std::time::Instant::now();
+        loop {
+            let r = sign();
+            if r.status == 200 {
+                break;
+            }
+            assert_eq!(r.status, 503, "only 503 while the token comes back: {}", r.text());
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "no recovery");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        // And then it is used.
+        let r = sign();
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.json()["error_description"].as_str().unwrap_or("").contains("SAD"), "{}", r.text());
+    }
 }
 
 mod protocol_replay {
