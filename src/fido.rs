@@ -192,7 +192,9 @@ fn cbor_item_len(data: &[u8], depth: u8) -> Option<usize> {
 /// ignores them.
 fn check_attestation_object(attestation: &[u8]) -> Result<()> {
     let trailing = |n: usize, what: &str| refused(format!("registration refused: {n} bytes after the {what}"));
-    let malformed = || refused("registration refused: the attestation object is not the CBOR a WebAuthn authenticator sends".into());
+    let malformed = || {
+        refused("registration refused: the attestation object is not the CBOR a WebAuthn authenticator sends".into())
+    };
     let len = cbor_item_len(attestation, 0).ok_or_else(malformed)?;
     if len != attestation.len() {
         return Err(trailing(attestation.len() - len, "attestation object"));

@@ -105,7 +105,9 @@ pub async fn consume(
 /// SAD was counted before it was taken). A failure is logged: the client then
 /// asks for a new SAD.
 pub async fn give_back(store: &dyn SadStore, taken: Taken, now: i64) {
-    if let Err(e) = store.put_sad(&taken.hash, &taken.sad, now, usize::MAX).await {
-        tracing::warn!("a SAD taken for signatures that could not be made was not given back: {e}");
+    match store.put_sad(&taken.hash, &taken.sad, now, usize::MAX).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!("a SAD taken for signatures that could not be made was not given back"),
+        Err(e) => tracing::warn!("a SAD taken for signatures that could not be made was not given back: {e}"),
     }
 }

@@ -115,7 +115,17 @@ impl SadStore for Short {
             )
             .await?;
         let n = conn
-            .execute(&stmt, &[&sad_hash, &to_json(sad)?, &sad.expires_at, &now, &sad.session, &(max as i64)])
+            .execute(
+                &stmt,
+                &[
+                    &sad_hash,
+                    &to_json(sad)?,
+                    &sad.expires_at,
+                    &now,
+                    &sad.session,
+                    &i64::try_from(max).unwrap_or(i64::MAX),
+                ],
+            )
             .await?;
         Ok(n == 1)
     }
