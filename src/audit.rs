@@ -2,20 +2,27 @@
 //!
 //! Every row stores `hash = SHA-256(prev_hash || canonical(row))`, where
 //! `prev_hash` is the previous row's hash (32 zero bytes for the first row) and
-//! `canonical` is a length-prefixed encoding of every column. The last row's
+//! `canonical` is a length-prefixed encoding of every column ([`row_hash`]). The last row's
 //! sequence number and hash are also kept as the chain's head, updated in the
 //! same transaction, so a deleted tail is detected as well as an edited,
 //! inserted or deleted row in the middle. The store refuses updates and
 //! deletes of rows (SQLite: triggers); the chain catches whoever gets around that.
 //!
-//! What the chain does not stop: someone with write access who recomputes every
-//! hash after their edit. Anchoring the head outside the database (a MAC with a
-//! key in the token, or periodic export) closes that and is planned.
+//! What the chain alone does not stop: someone with write access who
+//! recomputes every hash after their edit. Seals close that ([`seal`]): the
+//! head is MACed by a key that never leaves the token (`audit_seals`), by the
+//! server within a second of every commit and by the CLI after its commands,
+//! and [`verify`] checks every seal against the row it names; a recomputed
+//! chain no longer matches the seals after the edit, and cannot be sealed
+//! again without the token. What seals alone do not stop: deleting the tail
+//! back to an older seal; the exported seals ([`seal::heads`], kept elsewhere
+//! by the operator) catch that.
 //!
 //! Rows of administrative changes are appended inside the change's own
 //! transaction ([`append`]); the signatures' rows go through the group-commit
 //! [`writer`], which shares one commit among the rows of concurrent requests.
 
+pub mod seal;
 pub mod writer;
 
 use async_trait::async_trait;
@@ -66,6 +73,28 @@ pub struct Row {
     pub detail: String,
 }
 
+/// What the token MACs to seal row `seq` with chain hash `hash`.
+pub fn seal_input(seq: i64, hash: &[u8]) -> Vec<u8> {
+    let mut out = b"inkan audit seal v1\0".to_vec();
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(hash);
+    out
+}
+
+/// A seal of the chain at row `seq`: the token's HMAC of the row's hash
+/// ([`seal_input`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seal {
+    /// The row sealed.
+    pub seq: i64,
+    /// Its hash (the chain up to it).
+    pub hash: Vec<u8>,
+    /// HMAC-SHA-256 of [`seal_input`] by the token's seal key.
+    pub mac: Vec<u8>,
+    /// When it was made (Unix ms).
+    pub at: i64,
+}
+
 /// A row with its chain links, as stored.
 #[derive(Clone, Debug)]
 pub struct ChainedRow {
@@ -90,6 +119,12 @@ pub trait AuditStore: Send {
     async fn audit_rows(&mut self, after_seq: i64, limit: usize) -> Result<Vec<ChainedRow>, StoreError>;
     /// The latest rows, newest first (optionally of one user).
     async fn audit_tail(&mut self, user_id: Option<&str>, limit: i64) -> Result<Vec<Row>, StoreError>;
+    /// Keeps a seal of the chain (append-only).
+    async fn insert_audit_seal(&mut self, seal: &Seal) -> Result<(), StoreError>;
+    /// Up to `limit` seals of rows after `after_seq`, in order.
+    async fn audit_seals(&mut self, after_seq: i64, limit: usize) -> Result<Vec<Seal>, StoreError>;
+    /// The row of the last seal.
+    async fn last_audit_seal(&mut self) -> Result<Option<i64>, StoreError>;
     /// Appends rows (in order, already chained to the head) and moves the
     /// head to the last: row by row unless the store can do it at once (a
     /// networked database in one statement).
@@ -118,7 +153,10 @@ pub trait AuditLog: Send {
     async fn idle(&mut self) -> Result<(), StoreError>;
 }
 
-fn canonical(prev: &[u8], row: &Row) -> [u8; 32] {
+/// A row's hash: SHA-256 of the previous row's hash and the row's columns,
+/// each length-prefixed (`None` and empty text differ). Public: anyone may
+/// recompute the chain; only the token can seal it.
+pub fn row_hash(prev: &[u8], row: &Row) -> [u8; 32] {
     fn field(h: &mut Sha256, v: Option<&[u8]>) {
         match v {
             None => h.update([0u8]),
@@ -173,7 +211,7 @@ pub async fn append_groups<A: AuditStore + ?Sized>(
                 outcome: e.outcome.to_owned(),
                 detail: e.detail.to_string(),
             };
-            let hash = canonical(&prev, &row).to_vec();
+            let hash = row_hash(&prev, &row).to_vec();
             rows.push(ChainedRow { row, prev_hash: std::mem::replace(&mut prev, hash.clone()), hash });
         }
         last.push(seq);
@@ -183,12 +221,25 @@ pub async fn append_groups<A: AuditStore + ?Sized>(
 }
 
 /// What [`verify`] found.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Verification {
     /// Rows checked.
     pub rows: i64,
     /// The first problem, if any.
     pub broken: Option<Broken>,
+    /// Seals whose MAC the token checked (0 without the token).
+    pub seals: i64,
+    /// Whether the seals' MACs were checked (the token was at hand).
+    pub seals_checked: bool,
+    /// The last row a valid seal covers (and with it, every row before it).
+    pub sealed_through: Option<i64>,
+    /// Rows after it: not sealed yet (a running server seals within a
+    /// second), or left unsealed by whoever wrote them.
+    pub unsealed: i64,
+    /// When the first unsealed row was written (Unix ms).
+    pub unsealed_since: Option<i64>,
+    /// Exported seals ([`seal::heads`]) checked against the log.
+    pub heads_checked: usize,
 }
 
 /// Where the chain breaks.
@@ -203,43 +254,134 @@ pub struct Broken {
 /// Rows read per transaction while verifying.
 const VERIFY_PAGE: usize = 10_000;
 
-/// Walks the whole chain, in pages of rows.
-pub async fn verify<T: AuditTx + ?Sized>(store: &dyn Transactions<T>) -> Result<Verification, StoreError> {
+/// Walks the whole chain, in pages of rows, and every seal: each must name a
+/// row of the log with the hash it sealed, and (with `keystore`) carry the
+/// token's MAC of it. `heads` (seals exported earlier) must still be in the
+/// log as they were.
+pub async fn verify<T: AuditTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    keystore: Option<&inkan_keystore::Keystore>,
+    heads: &[Seal],
+) -> Result<Verification, crate::error::Error> {
+    let mut v = Verification { seals_checked: keystore.is_some(), ..Default::default() };
     let mut prev = vec![0u8; 32];
     let mut expected_seq = 1;
-    let mut count = 0;
-    let broken = |seq: i64, reason: String| Ok(Verification { rows: seq - 1, broken: Some(Broken { seq, reason }) });
+    let broken = |mut v: Verification, seq: i64, reason: String| {
+        v.rows = seq - 1;
+        v.broken = Some(Broken { seq, reason });
+        Ok(v)
+    };
+    let mut heads: std::collections::VecDeque<&Seal> = {
+        let mut sorted: Vec<&Seal> = heads.iter().collect();
+        sorted.sort_by_key(|h| h.seq);
+        sorted.into()
+    };
+    let mut seals: std::collections::VecDeque<Seal> = std::collections::VecDeque::new();
+    let (mut seals_after, mut seals_done) = (0, false);
+    let mut pending_since = None;
     let mut tx = store.read().await?;
     loop {
         let page = tx.audit_rows(expected_seq - 1, VERIFY_PAGE).await?;
         let done = page.len() < VERIFY_PAGE;
+        let last_seq = page.last().map_or(expected_seq - 1, |r| r.row.seq);
+        while !seals_done && seals.back().is_none_or(|s| s.seq <= last_seq) {
+            let more = tx.audit_seals(seals_after, VERIFY_PAGE).await?;
+            seals_done = more.len() < VERIFY_PAGE;
+            seals_after = more.last().map_or(seals_after, |s| s.seq);
+            seals.extend(more);
+        }
+        let mut to_check: Vec<Seal> = Vec::new();
         for ChainedRow { row, prev_hash, hash } in page {
             if row.seq != expected_seq {
-                return broken(expected_seq, format!("row {expected_seq} is missing (next row is {})", row.seq));
+                return broken(v, expected_seq, format!("row {expected_seq} is missing (next row is {})", row.seq));
             }
             if prev_hash != prev {
                 return broken(
+                    v,
                     row.seq,
                     "its prev_hash does not match the previous row: a row before it was changed or removed".into(),
                 );
             }
-            if canonical(&prev, &row)[..] != hash[..] {
-                return broken(row.seq, "its contents do not match its hash: the row was edited".into());
+            if row_hash(&prev, &row)[..] != hash[..] {
+                return broken(v, row.seq, "its contents do not match its hash: the row was edited".into());
+            }
+            if seals.front().is_some_and(|s| s.seq == row.seq) {
+                let seal = seals.pop_front().unwrap_or_else(|| unreachable!("front checked"));
+                if seal.hash != hash {
+                    return broken(v, row.seq, recomputed(row.seq));
+                }
+                to_check.push(seal);
+                v.sealed_through = Some(row.seq);
+                pending_since = None;
+            } else if pending_since.is_none() {
+                pending_since = Some(row.at);
+            }
+            if heads.front().is_some_and(|h| h.seq == row.seq) {
+                let head = heads.pop_front().unwrap_or_else(|| unreachable!("front checked"));
+                if head.hash != hash {
+                    return broken(
+                        v,
+                        row.seq,
+                        format!(
+                            "its hash is not the one exported (sealed {}): the log was rewritten after the export",
+                            crate::clock::rfc3339(head.at)
+                        ),
+                    );
+                }
+                to_check.push(head.clone());
+                v.heads_checked += 1;
             }
             prev = hash;
             expected_seq += 1;
-            count += 1;
+            v.rows += 1;
+        }
+        if let Some(keystore) = keystore {
+            let inputs: Vec<Vec<u8>> = to_check.iter().map(|s| seal_input(s.seq, &s.hash)).collect();
+            let macs = keystore.seal(&inputs).map_err(crate::error::Error::from)?;
+            for (s, mac) in to_check.iter().zip(macs) {
+                if !bool::from(subtle::ConstantTimeEq::ct_eq(&mac[..], &s.mac[..])) {
+                    let reason = format!(
+                        "its seal was not made by this token's seal key: the chain was recomputed, or the seal forged ({})",
+                        recomputed(s.seq)
+                    );
+                    let rows = v.rows;
+                    let mut out = broken(v, s.seq, reason)?;
+                    out.rows = rows.min(s.seq - 1);
+                    return Ok(out);
+                }
+                v.seals += 1;
+            }
         }
         if done {
             break;
         }
     }
+    let count = v.rows;
+    if let Some(s) = seals.front() {
+        return broken(
+            v,
+            count + 1,
+            format!("a seal names row {}, after the log's last row {count}: rows were deleted from the end", s.seq),
+        );
+    }
+    if let Some(h) = heads.front() {
+        return broken(
+            v,
+            count + 1,
+            format!(
+                "the exported seal of row {} (sealed {}) names a row after the log's last row {count}: rows were deleted from the end",
+                h.seq,
+                crate::clock::rfc3339(h.at)
+            ),
+        );
+    }
     match tx.audit_head().await? {
         None if count == 0 => {}
-        None => return broken(count, "the chain head record is missing".into()),
+        None => return broken(v, count, "the chain head record is missing".into()),
         Some((seq, hash)) => {
             if seq != count || hash != prev {
                 return broken(
+                    v,
                     count + 1,
                     format!(
                         "the log ends at row {count} but its head records row {seq}: rows were deleted from the end"
@@ -248,7 +390,13 @@ pub async fn verify<T: AuditTx + ?Sized>(store: &dyn Transactions<T>) -> Result<
             }
         }
     }
-    Ok(Verification { rows: count, broken: None })
+    v.unsealed = count - v.sealed_through.unwrap_or(0);
+    v.unsealed_since = pending_since.filter(|_| v.unsealed > 0);
+    Ok(v)
+}
+
+fn recomputed(seq: i64) -> String {
+    format!("row {seq} no longer has the hash its seal was made for: the chain was recomputed at or before it")
 }
 
 /// The latest rows, newest first (optionally of one user).

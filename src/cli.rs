@@ -131,6 +131,16 @@ pub fn run(cli: Cli) -> Result<Output, CliError> {
     // runs them one at a time on a runtime of its own.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let result = runtime.block_on(dispatch(&ctx, cli.command));
+    if ctx.opened.load(std::sync::atomic::Ordering::Relaxed) && !matches!(result, Err(ref e) if e.code == 3) {
+        // The rows this command wrote, sealed by the token now (no token
+        // call if the head is sealed already).
+        if let Err(e) = runtime.block_on(seal_after(&ctx)) {
+            eprintln!(
+                "warning: the audit log's newest rows are not sealed ({}); a running server seals them, or run `inkan audit seal`",
+                e.message
+            );
+        }
+    }
     if ctx.opened.load(std::sync::atomic::Ordering::Relaxed) {
         // Running servers re-read auth sessions (revocations, disabled users,
         // new keys, removed devices take effect with their next request; on
@@ -143,6 +153,16 @@ pub fn run(cli: Cli) -> Result<Output, CliError> {
         }
     }
     result
+}
+
+/// Seals the audit chain's head if it is not sealed (opens the token only then).
+async fn seal_after(ctx: &Ctx) -> Result<(), CliError> {
+    let store = ctx.store().await?;
+    if crate::audit::seal::needs_seal(store.as_ref()).await? {
+        let keystore = ctx.keystore()?;
+        crate::audit::seal::seal_head(store.as_ref(), &keystore, ctx.now_ms()).await?;
+    }
+    Ok(())
 }
 
 async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CliError> {

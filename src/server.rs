@@ -265,8 +265,25 @@ impl Server {
                 }
             }
         });
+        // The audit chain's head, sealed by the token within a second of
+        // every commit (whoever can write the database cannot reseal it).
+        let seal_app = Arc::clone(&self.app);
+        let seal = tokio::spawn(async move {
+            let failed = crate::throttle::Throttle::new();
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                if let Err(e) = seal_app.signing.seal_audit().await {
+                    if failed.admit().is_some() {
+                        tracing::warn!("sealing the audit log: {e} (retried every second)");
+                    }
+                }
+            }
+        });
         shutdown.await;
         purge.abort();
+        seal.abort();
         let _ = stop_tx.send(true);
         let _ = main.await;
         let _ = card.await;
@@ -276,6 +293,10 @@ impl Server {
             if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
                 tracing::warn!("in-flight requests did not finish within {grace:?}");
             }
+        }
+        // The rows of the last requests, sealed before the process ends.
+        if let Err(e) = self.app.signing.seal_audit().await {
+            tracing::warn!("sealing the audit log on shutdown: {e} (`inkan audit seal` seals it)");
         }
     }
 }

@@ -147,6 +147,13 @@ pub fn init_token(config: &Config) -> Result<Initialised> {
     if wrapping.created {
         steps.push(format!("key-encryption key {} created in the token", wrapping.kek_index));
     }
+    // The audit log's seal key (HMAC, never extractable).
+    if keystore
+        .prepare_seal_key()
+        .map_err(|e| Error::Unavailable(format!("cannot make the audit seal key in the token: {e}")))?
+    {
+        steps.push("audit seal key created in the token".into());
+    }
     Ok(Initialised { steps, token_created: token == TokenInit::Created, database: None })
 }
 

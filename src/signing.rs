@@ -237,6 +237,12 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         Ok(tokio::task::spawn_blocking(move || ks.ping()).await.map_err(Error::internal)??)
     }
 
+    /// Seals the audit chain's head with the token's seal key, unless it is
+    /// sealed already ([`audit::seal::seal_head`]); returns the row sealed.
+    pub async fn seal_audit(&self) -> Result<Option<i64>> {
+        audit::seal::seal_head(self.store.as_ref(), &self.keystore, self.clock.now_ms()).await
+    }
+
     /// Calls of the token's sign function so far, and the CPU time spent in them.
     pub fn token_sign_time(&self) -> &inkan_keystore::SignTime {
         self.keystore.sign_time()

@@ -24,6 +24,7 @@ use crate::public_key;
 use crate::wrapped;
 
 mod kek;
+mod seal;
 pub use kek::{create_trusted_kek, KekInfo, KekKind};
 
 /// Unwrapped keys cached by default.

@@ -9,8 +9,21 @@ use crate::clock::rfc3339;
 /// `inkan audit ...`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain of the whole log.
-    Verify,
+    /// Check the hash chain of the whole log and every seal (the token's MACs).
+    Verify {
+        /// Seals exported earlier (`inkan audit heads`, JSON lines or an
+        /// array): each must still be in the log as it was.
+        #[arg(long)]
+        heads: Option<std::path::PathBuf>,
+    },
+    /// Seal the chain's head now (a running server does it within a second).
+    Seal,
+    /// Print the seals (one JSON object a line) to keep outside the database.
+    Heads {
+        /// Only seals of rows after this one.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
     /// Show the latest rows.
     Tail {
         /// Only this user's rows.
@@ -26,13 +39,22 @@ pub enum AuditCommand {
 pub async fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<Output, CliError> {
     let store = ctx.store().await?;
     match cmd {
-        AuditCommand::Verify => {
-            let v = audit::verify(store.as_ref()).await?;
+        AuditCommand::Verify { heads } => {
+            let heads = match &heads {
+                Some(path) => read_heads(path)?,
+                None => Vec::new(),
+            };
+            // Without the token the chain is still checked, the seals' MACs not.
+            let keystore = match ctx.keystore() {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    eprintln!("warning: the seals cannot be checked without the token ({})", e.message);
+                    None
+                }
+            };
+            let v = audit::verify(store.as_ref(), keystore.as_ref(), &heads).await?;
             match &v.broken {
-                None => Ok(Output::new(
-                    format!("audit log intact: {} rows, hash chain verified", v.rows),
-                    serde_json::to_value(&v)?,
-                )),
+                None => Ok(Output::new(verified_text(&v, ctx.now_ms()), serde_json::to_value(&v)?)),
                 Some(b) => Err(CliError {
                     message: if ctx.json {
                         serde_json::to_string(&v)?
@@ -42,6 +64,21 @@ pub async fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<Output, CliError> {
                     code: 3,
                 }),
             }
+        }
+        AuditCommand::Seal => {
+            let keystore = ctx.keystore()?;
+            let sealed = audit::seal::seal_head(store.as_ref(), &keystore, ctx.now_ms()).await?;
+            let text = match sealed {
+                Some(seq) => format!("audit log sealed through row {seq}"),
+                None => "the audit log's head was sealed already (or the log is empty)".into(),
+            };
+            Ok(Output::new(text, serde_json::json!({ "sealed": sealed })))
+        }
+        AuditCommand::Heads { after } => {
+            let seals = audit::seal::heads(store.as_ref(), after).await?;
+            let exported: Vec<serde_json::Value> = seals.iter().map(head_json).collect();
+            let text = exported.iter().map(|h| h.to_string()).collect::<Vec<_>>().join("\n");
+            Ok(Output::new(text, serde_json::Value::Array(exported)))
         }
         AuditCommand::Tail { user, limit } => {
             let rows = audit::tail(store.as_ref(), user.as_deref(), limit).await?;
@@ -64,5 +101,84 @@ pub async fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<Output, CliError> {
                 .join("\n");
             Ok(Output::new(text, serde_json::to_value(&rows)?))
         }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// A seal as exported: `{"seq", "hash", "mac", "at"}` (hex, Unix ms).
+fn head_json(s: &audit::Seal) -> serde_json::Value {
+    serde_json::json!({ "seq": s.seq, "hash": hex(&s.hash), "mac": hex(&s.mac), "at": s.at })
+}
+
+/// Reads exported seals: JSON lines, or one JSON array.
+fn read_heads(path: &std::path::Path) -> Result<Vec<audit::Seal>, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError { message: format!("cannot read {}: {e}", path.display()), code: 2 })?;
+    let values: Vec<serde_json::Value> = if text.trim_start().starts_with('[') {
+        serde_json::from_str(&text).map_err(|e| bad_heads(path, &e.to_string()))?
+    } else {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).map_err(|e| bad_heads(path, &e.to_string())))
+            .collect::<Result<_, _>>()?
+    };
+    values
+        .iter()
+        .map(|v| {
+            Some(audit::Seal {
+                seq: v["seq"].as_i64()?,
+                hash: unhex(v["hash"].as_str()?)?,
+                mac: unhex(v["mac"].as_str()?)?,
+                at: v["at"].as_i64()?,
+            })
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| bad_heads(path, "each seal needs seq, hash, mac (hex) and at"))
+}
+
+fn bad_heads(path: &std::path::Path, why: &str) -> CliError {
+    CliError { message: format!("{} is not a file of `inkan audit heads`: {why}", path.display()), code: 2 }
+}
+
+fn verified_text(v: &audit::Verification, now: i64) -> String {
+    let mut text = format!("audit log intact: {} rows, hash chain verified", v.rows);
+    match (v.sealed_through, v.seals_checked) {
+        (Some(s), true) => text.push_str(&format!("; sealed through row {s} ({} seals checked by the token)", v.seals)),
+        (Some(s), false) => text.push_str(&format!("; seals through row {s} NOT checked (no token)")),
+        (None, _) if v.rows > 0 => text.push_str("; no row is sealed yet"),
+        (None, _) => {}
+    }
+    if v.heads_checked > 0 {
+        text.push_str(&format!("; {} exported seals found as exported", v.heads_checked));
+    }
+    if v.unsealed > 0 && v.sealed_through.is_some() {
+        let age = v.unsealed_since.map_or(0, |at| (now - at).max(0) / 1000);
+        text.push_str(&format!(
+            "\n{} rows after it are not sealed yet, the first written {age} s ago (a running server seals within a \
+             second; `inkan audit seal` seals now; unsealed rows older than that, with a server running, mean the \
+             seals after them were removed)",
+            v.unsealed
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_round_trip() {
+        assert_eq!(super::unhex(&super::hex(&[0, 1, 0xab, 0xff])), Some(vec![0, 1, 0xab, 0xff]));
+        assert_eq!(super::unhex("abc"), None);
+        assert_eq!(super::unhex("zz"), None);
     }
 }

@@ -5,6 +5,7 @@
 //! - rate: requests a minute per client address and per user ID (429);
 //! - time: slow bodies and held connections;
 //! - writes: what unauthenticated starts write to the database;
+//! - audit: a chain recomputed, or cut, by someone who can write the database;
 //! - protocol details: response headers, the standard UserInfo answer, scopes,
 //!   the cross-site check, file permissions.
 
@@ -774,5 +775,177 @@ mod time {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         assert!(ok, "a connection after the held ones closed is served");
+    }
+}
+
+mod audit {
+    use super::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    fn unhex(t: &str) -> Vec<u8> {
+        let t = t.trim_start_matches("\\x");
+        (0..t.len()).step_by(2).map(|i| u8::from_str_radix(&t[i..i + 2], 16).expect("hex")).collect()
+    }
+
+    /// A byte string literal for the environment's database.
+    fn blob(env: &Env, b: &[u8]) -> String {
+        if env.on_postgres() {
+            format!("decode('{}', 'hex')", hex(b))
+        } else {
+            format!("X'{}'", hex(b))
+        }
+    }
+
+    /// Drops the append-only triggers (as someone with database access can).
+    fn drop_triggers(env: &Env) {
+        for (table, what) in
+            [("audit", "update"), ("audit", "delete"), ("audit_seals", "update"), ("audit_seals", "delete")]
+        {
+            let name = if table == "audit" {
+                format!("audit_append_only_{what}")
+            } else {
+                format!("audit_seals_append_only_{what}")
+            };
+            let on = if env.on_postgres() { format!(" ON {table}") } else { String::new() };
+            env.sql_ok(&format!("DROP TRIGGER {name}{on}; SELECT 1"));
+        }
+    }
+
+    /// The attacker's edit: row `seq`'s detail changed, every hash from it on
+    /// recomputed, the head moved; returns the new hashes by row.
+    fn edit_and_recompute(env: &Env, seq: i64) -> Vec<(i64, Vec<u8>)> {
+        let flag = |v: &str| v == "1" || v == "t" || v == "true";
+        let rows = env.sql_ok(
+            "SELECT seq, at, actor, event, user_id IS NULL, coalesce(user_id, ''), generation IS NULL, \
+             coalesce(generation, 0), digest IS NULL, coalesce(digest, ''), outcome, detail FROM audit ORDER BY seq",
+        );
+        let mut prev = vec![0u8; 32];
+        let mut out = Vec::new();
+        for line in rows {
+            let f: Vec<&str> = line.splitn(12, '|').collect();
+            let mut row = inkan::audit::Row {
+                seq: f[0].parse().expect("seq"),
+                at: f[1].parse().expect("at"),
+                actor: f[2].into(),
+                event: f[3].into(),
+                user_id: (!flag(f[4])).then(|| f[5].to_owned()),
+                generation: (!flag(f[6])).then(|| f[7].parse().expect("generation")),
+                digest: (!flag(f[8])).then(|| f[9].to_owned()),
+                outcome: f[10].into(),
+                detail: f[11].into(),
+            };
+            if row.seq == seq {
+                row.detail = r#"{"edited":true}"#.into();
+            }
+            let hash = inkan::audit::row_hash(&prev, &row).to_vec();
+            if row.seq >= seq {
+                env.sql_ok(&format!(
+                    "UPDATE audit SET detail = '{}', prev_hash = {}, hash = {} WHERE seq = {}; SELECT 1",
+                    row.detail,
+                    blob(env, &prev),
+                    blob(env, &hash),
+                    row.seq
+                ));
+                out.push((row.seq, hash.clone()));
+            }
+            prev = hash;
+        }
+        let last = out.last().expect("rows").clone();
+        env.sql_ok(&format!("UPDATE audit_head SET seq = {}, hash = {}; SELECT 1", last.0, blob(env, &last.1)));
+        out
+    }
+
+    #[test]
+    fn a_recomputed_chain_is_told_apart_by_the_tokens_seals() {
+        let env = Env::new();
+        for id in ["900001", "900002", "900003"] {
+            env.add_user(id, "doctor");
+        }
+        // Each command sealed what it wrote.
+        let v = env.json(&["audit", "verify"]);
+        assert_eq!(
+            (v["rows"].as_i64(), v["sealed_through"].as_i64(), v["unsealed"].as_i64()),
+            (Some(3), Some(3), Some(0)),
+            "{v}"
+        );
+        assert_eq!(v["seals_checked"], true);
+        assert!(env.ok(&["audit", "verify"]).contains("sealed through row 3"));
+
+        drop_triggers(&env);
+        let recomputed = edit_and_recompute(&env, 2);
+        // The chain alone is consistent again; the seals are not.
+        let r = env.run(&["audit", "verify"]);
+        assert_eq!(r.code, 3, "{}", r.stdout);
+        assert!(r.stderr.contains("broken at row 2") && r.stderr.contains("recomputed"), "{}", r.stderr);
+        // Seals rewritten to the new hashes: their MACs are not the token's.
+        for (seq, hash) in &recomputed {
+            env.sql_ok(&format!("UPDATE audit_seals SET hash = {} WHERE seq = {seq}; SELECT 1", blob(&env, hash)));
+        }
+        let r = env.run(&["--json", "audit", "verify"]);
+        assert_eq!(r.code, 3);
+        let v: serde_json::Value = serde_json::from_str(&r.stderr).expect("json");
+        assert_eq!(v["broken"]["seq"], 2, "{v}");
+        assert!(v["broken"]["reason"].as_str().unwrap_or("").contains("not made by this token"), "{v}");
+        // And the seals deleted from the edit on: the rows after the last seal
+        // are unsealed, written long before now.
+        env.sql_ok("DELETE FROM audit_seals WHERE seq >= 2; SELECT 1");
+        let r = env.run(&["--json", "audit", "verify"]);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+        assert_eq!((v["sealed_through"].as_i64(), v["unsealed"].as_i64()), (Some(1), Some(2)), "{v}");
+    }
+
+    #[test]
+    fn exported_seals_catch_a_tail_cut_back_to_an_older_seal() {
+        let env = Env::new();
+        for id in ["900001", "900002", "900003"] {
+            env.add_user(id, "doctor");
+        }
+        let heads = env.path("heads.jsonl");
+        std::fs::write(&heads, env.ok(&["audit", "heads"])).expect("export");
+        assert_eq!(std::fs::read_to_string(&heads).expect("heads").lines().count(), 3);
+        assert!(env.ok(&["audit", "verify", "--heads", s(&heads)]).contains("3 exported seals found as exported"));
+        // The last row and its seal removed, the head moved back.
+        drop_triggers(&env);
+        let row2 = env.sql_ok("SELECT hash FROM audit WHERE seq = 2")[0].clone();
+        env.sql_ok(&format!(
+            "DELETE FROM audit WHERE seq = 3; DELETE FROM audit_seals WHERE seq = 3; UPDATE audit_head SET seq = 2, hash = {}; SELECT 1",
+            blob(&env, &unhex(&row2))
+        ));
+        // Consistent in itself...
+        assert!(env.ok(&["audit", "verify"]).contains("sealed through row 2"));
+        // ... but not with what was exported.
+        let r = env.run(&["audit", "verify", "--heads", s(&heads)]);
+        assert_eq!(r.code, 3, "{}", r.stdout);
+        assert!(r.stderr.contains("deleted from the end"), "{}", r.stderr);
+        // A file that is not an export is refused with what it needs.
+        std::fs::write(&heads, "{\"seq\": 1}\n").expect("write");
+        let r = env.run(&["audit", "verify", "--heads", s(&heads)]);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(r.stderr.contains("seq, hash, mac"), "{}", r.stderr);
+    }
+
+    #[test]
+    fn the_server_seals_what_it_writes_within_a_second() {
+        let env = env_with_card_user();
+        let server = Server::start(&env, &[]);
+        let sealed = || {
+            let head = env.sql_ok("SELECT seq FROM audit_head")[0].clone();
+            let seal = env.sql_ok("SELECT coalesce(max(seq), 0) FROM audit_seals")[0].clone();
+            (head, seal)
+        };
+        let before = sealed();
+        login_with_scope(&server, &env, "openid sign");
+        let started = std::time::Instant::now();
+        loop {
+            let (head, seal) = sealed();
+            if head == seal && head != before.0 {
+                break;
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "not sealed: head {head}, seal {seal}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 }

@@ -7,7 +7,7 @@ use tokio_postgres::Row as PgRow;
 
 use super::row::get;
 use super::PgTx;
-use crate::audit::{AuditStore, ChainedRow, Row};
+use crate::audit::{AuditStore, ChainedRow, Row, Seal};
 use crate::storage::StoreError;
 
 /// Reads `seq, at, actor, event, user_id, generation, digest, outcome, detail` (in that order).
@@ -123,6 +123,33 @@ impl AuditStore for PgTx {
             return Err(StoreError::Corrupt("the audit head row is missing".into()));
         }
         Ok(())
+    }
+
+    async fn insert_audit_seal(&mut self, seal: &Seal) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO audit_seals (seq, hash, mac, at) VALUES ($1, $2, $3, $4)",
+            &[&seal.seq, &seal.hash, &seal.mac, &seal.at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_seals(&mut self, after_seq: i64, limit: usize) -> Result<Vec<Seal>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT seq, hash, mac, at FROM audit_seals WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&after_seq, &(limit as i64)],
+            )
+            .await?;
+        rows.iter().map(|r| Ok(Seal { seq: get(r, 0)?, hash: get(r, 1)?, mac: get(r, 2)?, at: get(r, 3)? })).collect()
+    }
+
+    async fn last_audit_seal(&mut self) -> Result<Option<i64>, StoreError> {
+        let rows = self.rows("SELECT max(seq) FROM audit_seals", &[]).await?;
+        match rows.first() {
+            Some(r) => get(r, 0),
+            None => Ok(None),
+        }
     }
 
     async fn audit_tail(&mut self, user_id: Option<&str>, limit: i64) -> Result<Vec<Row>, StoreError> {

@@ -261,6 +261,22 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX oidc_requests_slot ON oidc_requests(slot);
     CREATE SEQUENCE oidc_request_slots;
     "#,
+    // 6: seals of the audit chain: the HMAC, by a key in the token, of the
+    // hash of the row named (append-only, as the rows)
+    r#"
+    CREATE TABLE audit_seals (
+        seq  BIGINT PRIMARY KEY,
+        hash BYTEA NOT NULL,
+        mac  BYTEA NOT NULL,
+        at   BIGINT NOT NULL
+    );
+    CREATE TRIGGER audit_seals_append_only_update BEFORE UPDATE ON audit_seals
+        FOR EACH ROW EXECUTE FUNCTION inkan_audit_append_only();
+    CREATE TRIGGER audit_seals_append_only_delete BEFORE DELETE ON audit_seals
+        FOR EACH ROW EXECUTE FUNCTION inkan_audit_append_only();
+    CREATE TRIGGER audit_seals_append_only_truncate BEFORE TRUNCATE ON audit_seals
+        FOR EACH STATEMENT EXECUTE FUNCTION inkan_audit_append_only();
+    "#,
 ];
 
 /// Applies the missing migrations in one transaction, under an advisory lock:

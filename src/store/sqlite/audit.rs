@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
 use super::{optional, SqliteTx};
-use crate::audit::{AuditStore, ChainedRow, Row};
+use crate::audit::{AuditStore, ChainedRow, Row, Seal};
 use crate::storage::StoreError;
 
 /// Reads `seq, at, actor, event, user_id, generation, digest, outcome, detail` (in that order).
@@ -77,6 +77,30 @@ impl<C: DerefMut<Target = Connection> + Send> AuditStore for SqliteTx<C> {
         Ok(rows)
     }
 
+    async fn insert_audit_seal(&mut self, seal: &Seal) -> Result<(), StoreError> {
+        self.writing()?
+            .prepare_cached("INSERT INTO audit_seals (seq, hash, mac, at) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![seal.seq, seal.hash, seal.mac, seal.at])?;
+        Ok(())
+    }
+
+    async fn audit_seals(&mut self, after_seq: i64, limit: usize) -> Result<Vec<Seal>, StoreError> {
+        let mut stmt = self
+            .conn()
+            .prepare_cached("SELECT seq, hash, mac, at FROM audit_seals WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+        let seals = stmt
+            .query_map(params![after_seq, limit as i64], |r| {
+                Ok(Seal { seq: r.get(0)?, hash: r.get(1)?, mac: r.get(2)?, at: r.get(3)? })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(seals)
+    }
+
+    async fn last_audit_seal(&mut self) -> Result<Option<i64>, StoreError> {
+        let mut stmt = self.conn().prepare_cached("SELECT max(seq) FROM audit_seals")?;
+        Ok(stmt.query_row([], |r| r.get(0))?)
+    }
+
     async fn audit_tail(&mut self, user_id: Option<&str>, limit: i64) -> Result<Vec<Row>, StoreError> {
         let mut stmt = self.conn().prepare_cached(&format!(
             "SELECT seq, at, actor, event, user_id, generation, digest, outcome, detail FROM audit
@@ -109,14 +133,14 @@ mod tests {
         let (dir, store) = store();
         run(async {
             append(&store, &[ev("a"), ev("b"), ev("c")]).await;
-            let v = audit::verify(&store).await.expect("verify");
+            let v = audit::verify(&store, None, &[]).await.expect("verify");
             assert_eq!(v.rows, 3);
             assert!(v.broken.is_none());
             let conn = rusqlite::Connection::open(dir.path().join("t.db")).expect("db");
             conn.execute_batch("DROP TRIGGER audit_append_only_update; DROP TRIGGER audit_append_only_delete;")
                 .expect("drop");
             conn.execute("UPDATE audit SET outcome = 'denied' WHERE seq = 2", []).expect("edit");
-            let broken = audit::verify(&store).await.expect("verify").broken.expect("broken");
+            let broken = audit::verify(&store, None, &[]).await.expect("verify").broken.expect("broken");
             assert_eq!(broken.seq, 2);
             assert!(broken.reason.contains("edited"), "{}", broken.reason);
         });
@@ -130,7 +154,7 @@ mod tests {
             let conn = rusqlite::Connection::open(dir.path().join("t.db")).expect("db");
             conn.execute_batch("DROP TRIGGER audit_append_only_delete; DELETE FROM audit WHERE seq = 2;")
                 .expect("delete");
-            let broken = audit::verify(&store).await.expect("verify").broken.expect("broken");
+            let broken = audit::verify(&store, None, &[]).await.expect("verify").broken.expect("broken");
             assert_eq!(broken.seq, 2);
         });
     }

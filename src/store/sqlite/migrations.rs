@@ -193,6 +193,20 @@ const MIGRATIONS: &[&str] = &[
     // 5: nothing here (PostgreSQL counts SADs per session in its table; one
     // node keeps SADs in memory): the versions of both backends stay equal.
     "",
+    // 6: seals of the audit chain: the HMAC, by a key in the token, of the
+    // hash of the row named (append-only, as the rows)
+    r#"
+    CREATE TABLE audit_seals (
+        seq  INTEGER PRIMARY KEY,
+        hash BLOB NOT NULL,
+        mac  BLOB NOT NULL,
+        at   INTEGER NOT NULL
+    ) STRICT;
+    CREATE TRIGGER audit_seals_append_only_update BEFORE UPDATE ON audit_seals
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_seals_append_only_delete BEFORE DELETE ON audit_seals
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    "#,
 ];
 
 /// Applies the missing migrations, each in its own transaction.
