@@ -68,6 +68,8 @@ pub enum Credential {
     Card(CardCertError),
     /// A phone's WebAuthn answer.
     Phone,
+    /// The confirmation number a PC shows, typed on the phone.
+    Confirmation,
 }
 
 /// Why an authenticated caller may not go on.

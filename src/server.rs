@@ -129,6 +129,8 @@ pub fn main_router(app: Arc<App>) -> Router {
         .route("/pc/claim", get(fido::pc_claim))
         .route("/pc/status", get(fido::pc_status))
         .route("/pc/confirm", post(fido::pc_confirm))
+        .route("/pc/begin", post(fido::pc_begin))
+        .route("/pc/finish", post(fido::pc_finish))
         .route("/m/{token}", get(fido::phone_page))
         .route("/m/{token}/begin", post(fido::phone_begin))
         .route("/m/{token}/finish", post(fido::phone_finish))

@@ -486,6 +486,12 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
         Ok(Authorized { id, acr: request.acr })
     }
 
+    /// The name of a signing system (its client ID when it has gone).
+    pub async fn client_name(&self, client_id: &str) -> Result<String> {
+        let client = self.store.read().await?.client(client_id).await?;
+        Ok(client.map_or_else(|| client_id.to_owned(), |c| c.name))
+    }
+
     /// A pending request by its handle, if it exists and has not expired.
     pub async fn pending(&self, id: &str) -> Result<AuthRequest> {
         self.pending.request(id, self.clock.now_ms()).await?.ok_or_else(|| {

@@ -23,12 +23,12 @@ use crate::auth::Method;
 use crate::auth::{random_token, token_hash};
 use crate::clock::{rfc3339, Clock};
 use crate::config::Config;
-use crate::error::{Error, Forbidden, Gone, Missing, Result};
+use crate::error::{Credential, Error, Forbidden, Gone, Missing, Result};
 use crate::storage::Transactions;
 
 use super::device::{self, DevicesTx, Retirement};
 use super::regcode::{self, RegcodesTx, Status};
-use super::ticket::{phone_token, Action, Kind, Refused, Stage, Ticket};
+use super::ticket::{phone_token, Action, Kind, PcInfo, Refused, Stage, Ticket};
 use super::RelyingParty;
 
 /// Why the phone's last attempt failed, as the ticket keeps it for the PC.
@@ -50,6 +50,9 @@ pub enum Failure {
     /// The phone's browser gave up without an answer: it holds no passkey
     /// for this user, or the user cancelled.
     NotAllowed,
+    /// A phone typed a confirmation number other than the PC's: the QR code
+    /// may have reached a phone whose user does not see this PC.
+    WrongCode,
     /// A message stored as it is shown (tickets of an earlier inkan).
     Shown(String),
 }
@@ -63,6 +66,7 @@ impl Failure {
             Failure::Disabled => "disabled".into(),
             Failure::Retired { reason, at } => format!("retired:{}:{at}", reason.as_str()),
             Failure::NotAllowed => "not_allowed".into(),
+            Failure::WrongCode => "wrong_code".into(),
             Failure::Shown(text) => text.clone(),
         }
     }
@@ -80,6 +84,7 @@ impl Failure {
                 "no_device" => Failure::NoDevice,
                 "disabled" => Failure::Disabled,
                 "not_allowed" => Failure::NotAllowed,
+                "wrong_code" => Failure::WrongCode,
                 other => Failure::Shown(other.to_owned()),
             },
         }
@@ -164,7 +169,14 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
     }
 
     /// Opens a ticket for the user; returns the PC token.
-    async fn open(&self, user_id: &str, kind: Kind, need_device: bool, pc_claimed: bool) -> Result<String> {
+    async fn open(
+        &self,
+        user_id: &str,
+        kind: Kind,
+        need_device: bool,
+        pc_claimed: bool,
+        pc_info: PcInfo,
+    ) -> Result<String> {
         let now = self.now();
         let pc = random_token();
         // Read first: an unknown or disabled user costs no write lock.
@@ -176,7 +188,7 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
         // (a flood of starts for one ID rewrites one row instead of adding).
         let (purpose, via) = kind.names();
         tx.drop_open_tickets(user_id, purpose, via).await?;
-        let ticket = Ticket::new(kind, user_id, has_device, pc_claimed, now, self.ticket_ms);
+        let ticket = Ticket::new(kind, user_id, has_device, pc_claimed, now, self.ticket_ms, Some(pc_info));
         tx.insert_ticket(&ticket, &token_hash(&pc), &token_hash(&phone_token(&pc, 0)), now).await?;
         tx.commit().await?;
         Ok(pc)
@@ -188,6 +200,7 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
         oidc: &Provider<P>,
         request_id: &str,
         user_id: &str,
+        mut pc: PcInfo,
     ) -> Result<String> {
         let request = oidc.pending(request_id).await?;
         if request.login_hint.as_ref().is_some_and(|h| h != user_id) {
@@ -203,23 +216,24 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
                 asked.as_str()
             )));
         }
-        self.open(user_id, Kind::Login { request: request_id.to_owned() }, true, true).await
+        pc.system = Some(oidc.client_name(&request.client_id).await?);
+        self.open(user_id, Kind::Login { request: request_id.to_owned() }, true, true, pc).await
     }
 
     /// D1: the old phone signs in, then the new one registers; returns the PC token.
-    pub async fn start_change(&self, user_id: &str) -> Result<String> {
-        self.open(user_id, Kind::Change, true, true).await
+    pub async fn start_change(&self, user_id: &str, pc: PcInfo) -> Result<String> {
+        self.open(user_id, Kind::Change, true, true, pc).await
     }
 
     /// E1/E2 (D2/D3) after a card login on the card listener; returns a
     /// one-time hand-off token the PC claims on the main listener.
-    pub async fn start_card_enroll(&self, card: Method, user_id: &str) -> Result<String> {
-        self.open(user_id, Kind::CardEnroll { card }, false, false).await
+    pub async fn start_card_enroll(&self, card: Method, user_id: &str, pc: PcInfo) -> Result<String> {
+        self.open(user_id, Kind::CardEnroll { card }, false, false, pc).await
     }
 
     /// E4 after an HPKI card login; returns the token of the My Number card step.
-    pub async fn start_link(&self, user_id: &str) -> Result<String> {
-        self.open(user_id, Kind::Link, false, true).await
+    pub async fn start_link(&self, user_id: &str, pc: PcInfo) -> Result<String> {
+        self.open(user_id, Kind::Link, false, true, pc).await
     }
 
     /// The PC takes its ticket over from a hand-off token, once: the ticket
@@ -312,6 +326,18 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
         Ok(ticket)
     }
 
+    /// Cancels a ticket, noting why (the PC shows it).
+    async fn cancel_for(&self, id: i64, failure: &Failure) -> Result<()> {
+        let mut tx = self.store.write().await?;
+        if let Some(ticket) = tx.ticket(id).await? {
+            if let Ok(cancelled) = ticket.cancel() {
+                tx.update_ticket(&cancelled.with_error(failure.encode())).await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Notes a failure on a ticket (the PC shows it).
     async fn note(&self, id: i64, failure: &Failure) -> Result<()> {
         let mut tx = self.store.write().await?;
@@ -324,7 +350,12 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
 
     /// The phone starts its WebAuthn ceremony: returns the options (JSON);
     /// the challenge is kept in the ticket for exactly one answer.
-    pub async fn begin(&self, phone: &str) -> Result<serde_json::Value> {
+    ///
+    /// A ticket a PC shows asks first for the PC's confirmation number
+    /// (`code`): missing, it is asked for; wrong, the ticket is cancelled
+    /// (the QR code may have reached someone who does not see the PC) and
+    /// the PC says so.
+    pub async fn begin(&self, phone: &str, code: Option<&str>) -> Result<serde_json::Value> {
         let now = self.now();
         let (ticket, user, device, retired) = {
             let mut tx = self.store.read().await?;
@@ -339,6 +370,24 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
         }
         if !matches!(ticket.stage, Stage::Waiting | Stage::Ceremony(_)) {
             return Err(refused(Refused::Stage("start a phone ceremony")));
+        }
+        if let Some(expected) = ticket.confirmation() {
+            match code.map(str::trim) {
+                None | Some("") => {
+                    return Err(Error::Unauthenticated(
+                        Credential::Confirmation,
+                        "type the confirmation number the PC shows".into(),
+                    ))
+                }
+                Some(given) if given == expected => {}
+                Some(_) => {
+                    self.cancel_for(ticket.id, &Failure::WrongCode).await?;
+                    return Err(Error::Gone(
+                        Gone::Revoked,
+                        "the confirmation number is not the PC's: this QR code is cancelled".into(),
+                    ));
+                }
+            }
         }
         if !user.is_active() {
             self.note(ticket.id, &Failure::Disabled).await?;
@@ -588,7 +637,7 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
         let mut tx = self.store.write().await?;
         let has_device = self.check_user(&mut *tx, &opened.user_id, false).await?;
         let kind = if has_device { Kind::CodeVerify { code: opened.id } } else { Kind::CodeEnroll { code: opened.id } };
-        let ticket = Ticket::new(kind, &opened.user_id, has_device, true, now, self.ticket_ms);
+        let ticket = Ticket::new(kind, &opened.user_id, has_device, true, now, self.ticket_ms, None);
         tx.insert_ticket(&ticket, &token_hash(&pc), &token_hash(&phone_token(&pc, 0)), now).await?;
         tx.commit().await?;
         Ok(phone_token(&pc, 0))

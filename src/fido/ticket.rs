@@ -35,6 +35,7 @@
 //! operation that opens it in [`super::flows`].
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::auth::b64url;
@@ -239,6 +240,53 @@ pub struct Ticket {
     pub error: Option<String>,
     /// Unix ms.
     pub expires_at: i64,
+    /// The PC that started it (none for registration codes, which have no PC,
+    /// and tickets of an earlier inkan).
+    pub pc: Option<PcInfo>,
+}
+
+/// The PC that started a ticket: what the phone shows before it approves
+/// anything, and the secret of the confirmation number the PC shows and the
+/// phone's user types (a QR code sent to someone else's phone is of no use
+/// without the number on the PC's screen).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PcInfo {
+    /// The PC's address, as inkan saw it.
+    pub addr: String,
+    /// Its browser (`User-Agent`, at most 200 characters).
+    pub agent: String,
+    /// The signing system that asked for the login.
+    pub system: Option<String>,
+    /// When the ticket was opened (Unix ms).
+    pub at: i64,
+    /// 16 random bytes (hex): the confirmation numbers are derived from it.
+    secret: String,
+}
+
+impl PcInfo {
+    /// A PC's details, with a fresh secret.
+    pub fn new(addr: &str, agent: &str, system: Option<String>, at: i64) -> crate::error::Result<PcInfo> {
+        let mut secret = [0u8; 16];
+        getrandom::fill(&mut secret).map_err(crate::error::Error::internal)?;
+        Ok(PcInfo {
+            addr: addr.to_owned(),
+            agent: agent.chars().take(200).collect(),
+            system,
+            at,
+            secret: secret.iter().map(|b| format!("{b:02x}")).collect(),
+        })
+    }
+
+    /// The four-digit confirmation number of a phase (a new QR code, a new number).
+    pub fn code(&self, phase: i64) -> String {
+        let digest = Sha256::new()
+            .chain_update(b"inkan confirmation number\0")
+            .chain_update(self.secret.as_bytes())
+            .chain_update(phase.to_be_bytes())
+            .finalize();
+        let n = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % 10_000;
+        format!("{n:04}")
+    }
 }
 
 /// A transition the ticket's state does not allow.
@@ -255,7 +303,15 @@ pub enum Refused {
 impl Ticket {
     /// A new ticket of `kind` for `user_id`: a card enrollment for a user who
     /// has a phone starts with the replace question, the rest with the QR code.
-    pub fn new(kind: Kind, user_id: &str, has_device: bool, pc_claimed: bool, now: i64, lifetime_ms: i64) -> Ticket {
+    pub fn new(
+        kind: Kind,
+        user_id: &str,
+        has_device: bool,
+        pc_claimed: bool,
+        now: i64,
+        lifetime_ms: i64,
+        pc: Option<PcInfo>,
+    ) -> Ticket {
         let stage = match kind {
             Kind::CardEnroll { .. } if has_device => Stage::Confirm,
             _ => Stage::Waiting,
@@ -271,6 +327,17 @@ impl Ticket {
             pc_claimed,
             error: None,
             expires_at: now + lifetime_ms,
+            pc,
+        }
+    }
+
+    /// The confirmation number the phone's user must type before the phone
+    /// may answer: for a ticket a PC started and shows (phone login, phone
+    /// change, card enrollment), none for one without a PC.
+    pub fn confirmation(&self) -> Option<String> {
+        match (&self.kind, &self.pc) {
+            (Kind::Login { .. } | Kind::Change | Kind::CardEnroll { .. }, Some(pc)) => Some(pc.code(self.phase)),
+            _ => None,
         }
     }
 
@@ -485,7 +552,7 @@ mod tests {
     const LIFE: i64 = 300_000;
 
     fn t(kind: Kind, has_device: bool) -> Ticket {
-        Ticket::new(kind, "u", has_device, true, NOW, LIFE)
+        Ticket::new(kind, "u", has_device, true, NOW, LIFE, None)
     }
 
     fn login() -> Ticket {
@@ -605,7 +672,7 @@ mod tests {
 
     #[test]
     fn a_hand_off_is_claimed_once_and_cancel_keeps_finished_ones() {
-        let unclaimed = Ticket::new(Kind::CardEnroll { card: Method::Hpki }, "u", false, false, NOW, LIFE);
+        let unclaimed = Ticket::new(Kind::CardEnroll { card: Method::Hpki }, "u", false, false, NOW, LIFE, None);
         let claimed = unclaimed.claim().expect("claim");
         assert!(claimed.pc_claimed);
         assert!(claimed.clone().claim().is_err());
@@ -732,5 +799,24 @@ mod tests {
             }
         }
         assert!(checked > 500, "{checked} transitions checked");
+    }
+
+    #[test]
+    fn confirmation_numbers_are_four_digits_per_phase_for_pc_tickets_only() {
+        let pc = PcInfo::new("192.0.2.1", "Mozilla/5.0", None, NOW).expect("pc");
+        let login = Ticket::new(Kind::Login { request: "r".into() }, "u", true, true, NOW, LIFE, Some(pc.clone()));
+        let code = login.confirmation().expect("code");
+        assert!(code.len() == 4 && code.chars().all(|c| c.is_ascii_digit()), "{code}");
+        assert_eq!(login.confirmation(), Some(pc.code(0)), "stable for a phase");
+        let other = PcInfo::new("192.0.2.1", "Mozilla/5.0", None, NOW).expect("pc");
+        assert!((0..20).any(|p| other.code(p) != pc.code(p)), "each ticket its own secret");
+        let change = Ticket::new(Kind::Change, "u", true, true, NOW, LIFE, Some(pc.clone()));
+        assert_eq!(change.confirmation(), Some(pc.code(0)));
+        assert_eq!(
+            Ticket::new(Kind::CodeEnroll { code: 1 }, "u", false, true, NOW, LIFE, Some(pc.clone())).confirmation(),
+            None
+        );
+        assert_eq!(Ticket::new(Kind::Link, "u", false, true, NOW, LIFE, Some(pc)).confirmation(), None);
+        assert_eq!(Ticket::new(Kind::Change, "u", true, true, NOW, LIFE, None).confirmation(), None);
     }
 }

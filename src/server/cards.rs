@@ -16,6 +16,7 @@ use crate::auth::Method;
 use crate::error::{Credential, Error, Forbidden, Gone, Missing};
 use crate::pki::trust::CardCertError;
 
+use super::limits::ClientAddr;
 use super::pages;
 use super::state::App;
 use super::tls::PeerCertificates;
@@ -173,6 +174,7 @@ pub async fn login(
 pub async fn enroll(
     State(app): State<Arc<App>>,
     Extension(peer): Extension<PeerCertificates>,
+    addr: Option<Extension<ClientAddr>>,
     Path(scheme_name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
@@ -186,7 +188,11 @@ pub async fn enroll(
         Ok(u) => u,
         Err(page) => return page,
     };
-    match app.phones.start_card_enroll(method, &user_id).await {
+    let pc = match super::fido::pc_info(&app, &headers, addr.as_deref()) {
+        Ok(pc) => pc,
+        Err(e) => return e.into_response(),
+    };
+    match app.phones.start_card_enroll(method, &user_id, pc).await {
         Ok(handoff) => Redirect::to(&format!("{}/pc/claim?h={handoff}", super::fido::public(&app))).into_response(),
         Err(e) => card_refused(method, e),
     }
@@ -196,6 +202,7 @@ pub async fn enroll(
 pub async fn link_hpki(
     State(app): State<Arc<App>>,
     Extension(peer): Extension<PeerCertificates>,
+    addr: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
 ) -> Response {
     if forged(&headers) {
@@ -205,7 +212,11 @@ pub async fn link_hpki(
         Ok(u) => u,
         Err(page) => return page,
     };
-    let token = match app.phones.start_link(&user_id).await {
+    let pc = match super::fido::pc_info(&app, &headers, addr.as_deref()) {
+        Ok(pc) => pc,
+        Err(e) => return e.into_response(),
+    };
+    let token = match app.phones.start_link(&user_id, pc).await {
         Ok(t) => t,
         Err(e) => return card_refused(Method::Hpki, e),
     };

@@ -78,7 +78,9 @@ impl From<Error> for ApiError {
             Error::Unauthenticated(Credential::Client, m) => ApiError::new(S::UNAUTHORIZED, "invalid_client", m),
             Error::Unauthenticated(Credential::Grant, m) => ApiError::new(S::BAD_REQUEST, "invalid_grant", m),
             Error::Unauthenticated(Credential::Card(_), m) => ApiError::new(S::FORBIDDEN, "access_denied", m),
-            Error::Unauthenticated(Credential::Password { .. } | Credential::Phone, m) => ApiError::bad_request(m),
+            Error::Unauthenticated(Credential::Password { .. } | Credential::Phone | Credential::Confirmation, m) => {
+                ApiError::bad_request(m)
+            }
             Error::Forbidden(Forbidden::Scope, m) => ApiError::new(S::FORBIDDEN, "insufficient_scope", m),
             Error::Forbidden(Forbidden::NoActiveKey, m) => ApiError::new(S::FORBIDDEN, "invalid_request", m),
             Error::Forbidden(_, m) => ApiError::new(S::FORBIDDEN, "access_denied", m),

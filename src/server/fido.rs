@@ -15,7 +15,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use minijinja::context;
 use serde_json::json;
 
@@ -24,11 +24,11 @@ use crate::clock::rfc3339;
 use crate::error::{Credential, Error, Forbidden, Gone, Missing};
 use crate::fido::device::Retirement;
 use crate::fido::flows::Failure;
-use crate::fido::ticket::{Action, Kind, Stage, Ticket};
+use crate::fido::ticket::{Action, Kind, PcInfo, Stage, Ticket};
 
-use super::body::{read_form, read_limited};
+use super::body::{read_form, read_json_or_empty, read_limited};
 use super::error::ApiError;
-use super::limits::{self, Flow};
+use super::limits::{self, ClientAddr, Flow};
 use super::pages;
 use super::state::App;
 
@@ -69,6 +69,13 @@ fn with_pc_cookie(mut resp: Response, token: &str, max_age_secs: u64) -> Respons
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
     resp
+}
+
+/// The PC as a ticket shows it to the phone: its address and browser, now.
+pub fn pc_info(app: &App, headers: &HeaderMap, addr: Option<&ClientAddr>) -> Result<PcInfo, Error> {
+    let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let addr = addr.map_or_else(|| "-".to_owned(), |a| a.0.to_string());
+    PcInfo::new(&addr, agent, None, app.now_ms())
 }
 
 /// Whether a state-changing request comes from another site (forged by a page
@@ -216,7 +223,12 @@ pub async fn login_form(State(app): State<Arc<App>>, Query(params): Query<HashMa
 }
 
 /// `POST /login/fido`: opens the L1 ticket and shows its QR code.
-pub async fn login_start(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+pub async fn login_start(
+    State(app): State<Arc<App>>,
+    addr: Option<Extension<ClientAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     if cross_site(&app, &headers) {
         return forbidden_origin(&app);
     }
@@ -240,7 +252,11 @@ pub async fn login_start(State(app): State<Arc<App>>, headers: HeaderMap, body: 
     if let Err(limited) = app.limits.user.check((Flow::PhoneLogin, user_id.as_str())) {
         return limits::too_many(&app.templates, true, limited);
     }
-    match app.phones.start_login(&app.oidc, req, &user_id).await {
+    let pc = match pc_info(&app, &headers, addr.as_deref()) {
+        Ok(pc) => pc,
+        Err(e) => return e.into_response(),
+    };
+    match app.phones.start_login(&app.oidc, req, &user_id, pc).await {
         Ok(pc) => with_pc_cookie(Redirect::to("/pc").into_response(), &pc, 3600),
         Err(e) => start_refused_page(&app, e),
     }
@@ -262,7 +278,12 @@ pub async fn change_form(State(app): State<Arc<App>>) -> Response {
 }
 
 /// `POST /change`: opens the D1 ticket (old phone first).
-pub async fn change_start(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+pub async fn change_start(
+    State(app): State<Arc<App>>,
+    addr: Option<Extension<ClientAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     if cross_site(&app, &headers) {
         return forbidden_origin(&app);
     }
@@ -274,7 +295,11 @@ pub async fn change_start(State(app): State<Arc<App>>, headers: HeaderMap, body:
     if let Err(limited) = app.limits.user.check((Flow::PhoneChange, user_id.as_str())) {
         return limits::too_many(&app.templates, true, limited);
     }
-    match app.phones.start_change(&user_id).await {
+    let pc = match pc_info(&app, &headers, addr.as_deref()) {
+        Ok(pc) => pc,
+        Err(e) => return e.into_response(),
+    };
+    match app.phones.start_change(&user_id, pc).await {
         Ok(pc) => with_pc_cookie(Redirect::to("/pc").into_response(), &pc, 3600),
         Err(e) => start_refused_page(&app, e),
     }
@@ -342,6 +367,27 @@ fn jst_date(ms: i64) -> String {
     jst.get(..10).unwrap_or_default().to_owned()
 }
 
+/// A browser as people name it, from its `User-Agent` (the text itself when
+/// it is none of the usual ones).
+fn browser_name(agent: &str) -> String {
+    let browser =
+        [("Edg/", "Microsoft Edge"), ("Chrome/", "Google Chrome"), ("Firefox/", "Firefox"), ("Safari/", "Safari")]
+            .iter()
+            .find(|(token, _)| agent.contains(token))
+            .map(|(_, name)| *name);
+    let os =
+        [("Windows", "Windows"), ("Mac OS X", "macOS"), ("Android", "Android"), ("iPhone", "iOS"), ("Linux", "Linux")]
+            .iter()
+            .find(|(token, _)| agent.contains(token))
+            .map(|(_, name)| *name);
+    match (browser, os) {
+        (Some(b), Some(o)) => format!("{b}({o})"),
+        (Some(b), None) => b.to_owned(),
+        _ if agent.is_empty() => "不明".into(),
+        _ => agent.chars().take(80).collect(),
+    }
+}
+
 /// What the PC shows for a failure the phone had.
 fn failure_text(f: &Failure) -> String {
     match f {
@@ -361,6 +407,7 @@ fn failure_text(f: &Failure) -> String {
             jst_date(*at)
         ),
         Failure::NotAllowed => "スマートフォンでの認証が完了しませんでした。このスマートフォンにこの本人IDの登録がない(別のスマートフォン、または変更・削除で無効になった)か、操作がキャンセルされました。".into(),
+        Failure::WrongCode => "スマートフォンで入力された確認番号が、この画面の番号と違いました。QRコードが別の人に読み取られた可能性があるため、この手続きを取り消しました。最初からやり直してください。".into(),
         Failure::Shown(text) => text.clone(),
     }
 }
@@ -420,6 +467,8 @@ pub async fn pc_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
         _ => "スマートフォンの登録が完了しました。",
     };
     let left = ((t.expires_at - now).max(0) / 1000) as u64;
+    let code = if qr.is_empty() { None } else { t.confirmation() };
+    let action = if t.action() == Action::Register { "register" } else { "authenticate" };
     app.templates.render(
         StatusCode::OK,
         "pc.html",
@@ -436,6 +485,8 @@ pub async fn pc_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
             instruction => instruction,
             question => question,
             done => done,
+            code => code,
+            action => action,
             error => t.error.as_deref().map(|e| failure_text(&Failure::decode(e))),
         },
     )
@@ -566,7 +617,20 @@ pub async fn phone_page(State(app): State<Arc<App>>, Path(token): Path<String>) 
         StatusCode::OK,
         "phone.html",
         title,
-        context! { action => if t.action() == Action::Register { "register" } else { "authenticate" }, user_id => t.user_id, lead, button, note },
+        context! {
+            action => if t.action() == Action::Register { "register" } else { "authenticate" },
+            user_id => t.user_id.clone(),
+            lead,
+            button,
+            note,
+            confirm => t.confirmation().is_some(),
+            pc => t.pc.as_ref().map(|pc| context! {
+                system => pc.system.clone(),
+                addr => pc.addr.clone(),
+                agent => browser_name(&pc.agent),
+                at => format!("{} {}", jst_date(pc.at), clock_time(pc.at)),
+            }),
+        },
     )
 }
 
@@ -626,13 +690,59 @@ pub async fn phone_begin(
     State(app): State<Arc<App>>,
     Path(token): Path<String>,
     headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
     same_site_only(&app, &headers)?;
-    let options = app.phones.begin(&token).await.map_err(|e| match e {
+    #[derive(serde::Deserialize, Default)]
+    struct Begin {
+        code: Option<String>,
+    }
+    let begin: Begin = read_json_or_empty(body, 1024).await?;
+    let options = app.phones.begin(&token, begin.code.as_deref()).await.map_err(|e| match e {
+        Error::Conflict(_) => ApiError::bad_request("この手続きは既に完了しているか、PCでの操作を待っています。"),
+        Error::Unauthenticated(Credential::Confirmation, _) => {
+            ApiError::bad_request("PCの画面に表示されている4桁の確認番号を入力してください。")
+        }
+        Error::Gone(Gone::Revoked, _) => ApiError::bad_request(
+            "確認番号がPCの画面の番号と違います。このQRコードは取り消されました。PCで最初からやり直してください。",
+        ),
+        other => phone_error(other),
+    })?;
+    Ok(Json(options).into_response())
+}
+
+/// The PC's ticket and its current phone token, for a ceremony the PC's own
+/// browser runs.
+async fn pc_ceremony(app: &App, headers: &HeaderMap) -> Result<crate::fido::flows::PcView, ApiError> {
+    same_site_only(app, headers)?;
+    let pc = pc_cookie(headers)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request", "no ticket in this browser"))?;
+    app.phones.pc_view(&pc).await.map_err(phone_error)
+}
+
+/// `POST /pc/begin`: the PC's own browser runs the ceremony instead of a
+/// scanned QR code: the browser reaches the phone itself (WebAuthn hybrid
+/// transport, over Bluetooth, so the phone must be near this PC) or uses a
+/// passkey it holds. The PC holds the ticket, so it needs no confirmation
+/// number.
+pub async fn pc_begin(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let view = pc_ceremony(&app, &headers).await?;
+    let code = view.ticket.confirmation();
+    let options = app.phones.begin(&view.phone_token, code.as_deref()).await.map_err(|e| match e {
         Error::Conflict(_) => ApiError::bad_request("この手続きは既に完了しているか、PCでの操作を待っています。"),
         other => phone_error(other),
     })?;
     Ok(Json(options).into_response())
+}
+
+/// `POST /pc/finish`: the PC browser's answer, verified as a phone's.
+pub async fn pc_finish(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let view = pc_ceremony(&app, &headers).await?;
+    let bytes = read_limited(body, MAX_RESPONSE_BYTES).await?;
+    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let next = app.phones.finish(&view.phone_token, &bytes, user_agent).await.map_err(phone_error)?;
+    let next = if next.is_empty() { "/pc".to_owned() } else { format!("/m/{}{next}", view.phone_token) };
+    Ok(Json(json!({ "next": next })).into_response())
 }
 
 /// `POST /m/<token>/finish`: verifies the phone's answer (once per challenge).

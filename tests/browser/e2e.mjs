@@ -87,10 +87,17 @@ try {
   await pcPage.waitForTimeout(1500);
   if ((await pcPage.textContent('#countdown')) === before) throw new Error('the expiry is not counted down');
   const phoneUrl = await pcPage.getAttribute('#phone-url', 'href');
+  const e1Code = (await pcPage.textContent('#confirmation')).trim();
+  if (!/^[0-9]{4}$/.test(e1Code)) throw new Error(`no confirmation number on the PC page: ${e1Code}`);
 
   await phone.goto(phoneUrl);
   await expectText(phone, 'を押し、画面の案内に従って生体認証', 'phone-e1-register');
   if ((await phone.inputValue('#user_id')) !== user) throw new Error('the phone page does not show the user ID');
+  // The phone shows which PC started this, and asks for the PC's number first.
+  if (!(await phone.textContent('#pc-agent')).includes('Chrome')) throw new Error('the phone page does not name the PC browser');
+  await phone.click('#start');
+  await expectText(phone, '4桁の確認番号を入力してください', 'phone-e1-code-asked');
+  await phone.fill('#code', e1Code);
   await phone.click('#start');
   await expectText(phone, 'ラベル', 'phone-e1-label');
   const label = await phone.inputValue('#label');
@@ -113,9 +120,12 @@ try {
   await pcLogin.click('#next');
   await expectText(pcLogin, '「セキュリティキーによるサインイン」を押してください', 'pc-l1-qr');
   const loginUrl = await pcLogin.getAttribute('#phone-url', 'href');
+  const l1Code = (await pcLogin.textContent('#confirmation')).trim();
   await phone.goto(loginUrl);
   await expectText(phone, 'セキュリティキーによるサインイン', 'phone-l1-login');
   if ((await phone.inputValue('#user_id')) !== user) throw new Error('the phone page does not show the user ID');
+  await expectText(phone, 'inkan demo', 'phone-l1-system');
+  await phone.fill('#code', l1Code);
   await phone.click('#start');
   await expectText(phone, 'ログインしました', 'phone-l1-done');
   // The PC moves on by itself to the signing system.

@@ -57,7 +57,8 @@ impl Pc {
         r
     }
 
-    /// The phone URL shown under the QR code.
+    /// The phone URL shown under the QR code; the confirmation number shown
+    /// beside it is noted for the phone ([`confirmation_of`]).
     pub fn phone_url(&mut self, server: &Server) -> String {
         let page = self.get(&server.url("/pc"));
         assert_eq!(page.status, 200, "{}", page.text());
@@ -65,7 +66,21 @@ impl Pc {
         assert!(text.contains("<svg"), "the PC page shows a QR code: {text}");
         assert!(text.contains("QRコードの有効期限"), "{text}");
         let start = text.find("id=\"phone-url\" href=\"").expect("phone URL") + "id=\"phone-url\" href=\"".len();
-        text[start..start + text[start..].find('"').expect("end")].to_owned()
+        let url = text[start..start + text[start..].find('"').expect("end")].to_owned();
+        if let Some(at) = text.find("id=\"confirmation\" class=\"code\">") {
+            let from = at + "id=\"confirmation\" class=\"code\">".len();
+            let code = text[from..from + 4].to_owned();
+            assert!(code.chars().all(|c| c.is_ascii_digit()), "{code}");
+            CONFIRMATIONS.lock().expect("lock").insert(url.clone(), code);
+        }
+        url
+    }
+
+    /// The confirmation number the PC page shows now.
+    pub fn confirmation(&mut self, server: &Server) -> Option<String> {
+        let text = self.get(&server.url("/pc")).text();
+        let at = text.find("id=\"confirmation\" class=\"code\">")? + "id=\"confirmation\" class=\"code\">".len();
+        Some(text[at..at + 4].to_owned())
     }
 
     pub fn status(&mut self, server: &Server) -> Value {
@@ -80,11 +95,34 @@ fn unescape(html: &str) -> String {
     html.replace("&#x2f;", "/").replace("&amp;", "&").replace("&#x3d;", "=")
 }
 
-/// Phone side: open the page, begin, answer with the authenticator.
+/// The confirmation numbers the PC pages showed, by the phone URL beside
+/// them: what the user reads off the PC's screen and types on the phone.
+static CONFIRMATIONS: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// The confirmation number shown beside a phone URL (the tests of nodes
+/// rewrite a URL to another node: the path is what identifies it).
+pub fn confirmation_of(phone_url: &str) -> Option<String> {
+    let path = |u: &str| u.split_once("/m/").map(|(_, p)| p.to_owned());
+    let wanted = path(phone_url)?;
+    CONFIRMATIONS
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|(u, _)| path(u).as_deref() == Some(wanted.as_str()))
+        .map(|(_, c)| c.clone())
+}
+
+/// Phone side: open the page, type the PC's confirmation number (if it
+/// shows one), begin.
 pub fn phone_begin(phone_url: &str) -> Value {
     let page = Client::new().get(phone_url, &[]);
     assert_eq!(page.status, 200, "{}", page.text());
-    let r = Client::new().post(&format!("{phone_url}/begin"), &[("content-type", "application/json")], "{}");
+    let body = match confirmation_of(phone_url) {
+        Some(code) => json!({ "code": code }).to_string(),
+        None => "{}".into(),
+    };
+    let r = Client::new().post(&format!("{phone_url}/begin"), &[("content-type", "application/json")], body);
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()
 }
@@ -144,7 +182,7 @@ pub fn enroll_by_card(server: &Server, holder: &str, scheme: &str, auth: &mut dy
 }
 
 /// L1 up to the phone URL: returns (PC, phone URL, PKCE verifier).
-fn fido_login_start(server: &Server, client: &crate::http::OidcClient, user: &str) -> (Pc, String, String) {
+pub fn fido_login_start(server: &Server, client: &crate::http::OidcClient, user: &str) -> (Pc, String, String) {
     let (verifier, challenge) = pkce();
     let mut pc = Pc::new();
     let r = pc.get(&authorize_url(server, client, &challenge, &[("acr_values", "fido")]));

@@ -6,6 +6,7 @@
 //! - time: slow bodies and held connections;
 //! - writes: what unauthenticated starts write to the database;
 //! - audit: a chain recomputed, or cut, by someone who can write the database;
+//! - relay: a QR code sent to someone who does not see the PC that shows it;
 //! - protocol details: response headers, the standard UserInfo answer, scopes,
 //!   the cross-site check, file permissions.
 
@@ -947,5 +948,91 @@ mod audit {
             assert!(started.elapsed() < std::time::Duration::from_secs(10), "not sealed: head {head}, seal {seal}");
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+    }
+}
+
+mod relay {
+    use super::*;
+    use crate::authenticator::StockPasskey;
+    use crate::fido::{enroll_by_card, fido_env, fido_login_start, Pc};
+
+    fn begin(phone_url: &str, code: Option<&str>) -> crate::http::Resp {
+        let body = code.map_or_else(|| "{}".to_owned(), |c| json!({ "code": c }).to_string());
+        Client::new().post(&format!("{phone_url}/begin"), &[("content-type", "application/json")], body)
+    }
+
+    #[test]
+    fn a_qr_code_relayed_to_a_phone_that_does_not_see_the_pc_is_of_no_use() {
+        let env = fido_env();
+        let server = Server::start(&env, &[]);
+        let client = register_client(&env);
+        let mut phone = StockPasskey::new(&server.base);
+        enroll_by_card(&server, "hpki-doctor", "hpki", &mut phone, false);
+
+        // The attacker's PC starts a phone login for the victim's ID and
+        // sends the QR code (its URL) to the victim.
+        let (mut attacker, phone_url, _) = fido_login_start(&server, &client, "100001");
+        let code = attacker.confirmation(&server).expect("the PC shows a confirmation number");
+        // The victim's phone shows what it would approve: which system, which PC.
+        let page = Client::new().get(&phone_url, &[]).text();
+        for shown in ["署名システム", "手続きを始めたPC", "127.0.0.1", "開始時刻", "確認番号"] {
+            assert!(page.contains(shown), "{shown}: {page}");
+        }
+        // Without the number on the attacker's screen, the phone cannot begin.
+        let r = begin(&phone_url, None);
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().contains("確認番号"), "{}", r.text());
+        // A guess: the QR code is cancelled, and the PC is told why.
+        let wrong = if code == "0000" { "0001" } else { "0000" };
+        let r = begin(&phone_url, Some(wrong));
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().contains("取り消されました"), "{}", r.text());
+        let status = attacker.status(&server);
+        assert_eq!(status["step"], "cancelled", "{status}");
+        assert!(attacker.get(&server.url("/pc")).text().contains("確認番号が、この画面の番号と違いました"));
+        // The right number afterwards is of no use either.
+        let r = begin(&phone_url, Some(&code));
+        assert_ne!(r.status, 200, "{}", r.text());
+        assert_eq!(env.sql_ok("SELECT count(*) FROM sessions")[0], "0");
+
+        // A phone change (D1) asks for the number too; a new start shows a new one.
+        let mut pc = Pc::new();
+        assert_eq!(pc.post_form(&server.url("/change"), &[("user_id", "100001")]).status, 303);
+        let change_url = pc.phone_url(&server);
+        assert_eq!(begin(&change_url, None).status, 400);
+        let first = pc.confirmation(&server).expect("code");
+        assert_eq!(begin(&change_url, Some(&first)).status, 200, "the PC's number opens the ceremony");
+    }
+
+    #[test]
+    fn the_pcs_own_browser_can_reach_the_phone_without_the_qr_code() {
+        use crate::authenticator::Phone;
+        let env = fido_env();
+        let server = Server::start(&env, &[]);
+        let client = register_client(&env);
+        let mut phone = StockPasskey::new(&server.base);
+        enroll_by_card(&server, "hpki-doctor", "hpki", &mut phone, false);
+        let (mut pc, _, verifier) = fido_login_start(&server, &client, "100001");
+        assert!(pc.get(&server.url("/pc")).text().contains("このPCのブラウザでスマートフォンを使う"));
+        let cookie = pc.cookie.clone().expect("cookie");
+        let post = |path: &str, body: String| {
+            Client::new().post(
+                &server.url(path),
+                &[("cookie", cookie.as_str()), ("content-type", "application/json"), ("sec-fetch-site", "same-origin")],
+                body,
+            )
+        };
+        // Only the PC's cookie opens it.
+        assert_eq!(Client::new().post(&server.url("/pc/begin"), &[], "{}").status, 401);
+        let options = post("/pc/begin", "{}".into());
+        assert_eq!(options.status, 200, "{}", options.text());
+        let answer = phone.get(&options.json());
+        let r = post("/pc/finish", answer.to_string());
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["next"], "/pc");
+        let status = pc.status(&server);
+        let redirect = status["redirect"].as_str().expect("the login finished").to_owned();
+        let code = query(&redirect)["code"].clone();
+        assert_eq!(exchange(&server, &client, &code, &verifier).status, 200);
     }
 }

@@ -44,38 +44,46 @@
     return (err && err.message) || String(err);
   }
 
+  // One WebAuthn ceremony against `base` (/m/<token> on the phone, /pc on the
+  // PC's own browser): begin, create or get, finish; resolves to the next page.
+  function ceremony(base, body, action) {
+    return post(base + '/begin', body).then(function (options) {
+      var pk = options.publicKey;
+      pk.challenge = dec(pk.challenge);
+      if (action === 'register') {
+        pk.user.id = dec(pk.user.id);
+        (pk.excludeCredentials || []).forEach(function (c) { c.id = dec(c.id); });
+        return navigator.credentials.create({ publicKey: pk }).then(function (c) {
+          return {
+            id: c.id, rawId: enc(c.rawId), type: c.type, extensions: {},
+            response: { attestationObject: enc(c.response.attestationObject), clientDataJSON: enc(c.response.clientDataJSON) }
+          };
+        });
+      }
+      (pk.allowCredentials || []).forEach(function (c) { c.id = dec(c.id); });
+      return navigator.credentials.get({ publicKey: pk }).then(function (c) {
+        return {
+          id: c.id, rawId: enc(c.rawId), type: c.type, extensions: {},
+          response: {
+            authenticatorData: enc(c.response.authenticatorData), clientDataJSON: enc(c.response.clientDataJSON),
+            signature: enc(c.response.signature), userHandle: c.response.userHandle ? enc(c.response.userHandle) : null
+          }
+        };
+      });
+    }).then(function (credential) {
+      return post(base + '/finish', credential);
+    });
+  }
+
   function phone() {
     var button = $('start');
     button.addEventListener('click', function () {
       if (!window.PublicKeyCredential || !navigator.credentials) { showError(explain({ name: 'NotSupportedError' })); return; }
+      var code = $('code');
+      if (code && !/^[0-9]{4}$/.test(code.value.trim())) { showError('PCの画面に表示されている4桁の確認番号を入力してください。'); return; }
       button.disabled = true;
       var base = location.pathname;
-      post(base + '/begin').then(function (options) {
-        var pk = options.publicKey;
-        pk.challenge = dec(pk.challenge);
-        if (data.action === 'register') {
-          pk.user.id = dec(pk.user.id);
-          (pk.excludeCredentials || []).forEach(function (c) { c.id = dec(c.id); });
-          return navigator.credentials.create({ publicKey: pk }).then(function (c) {
-            return {
-              id: c.id, rawId: enc(c.rawId), type: c.type, extensions: {},
-              response: { attestationObject: enc(c.response.attestationObject), clientDataJSON: enc(c.response.clientDataJSON) }
-            };
-          });
-        }
-        (pk.allowCredentials || []).forEach(function (c) { c.id = dec(c.id); });
-        return navigator.credentials.get({ publicKey: pk }).then(function (c) {
-          return {
-            id: c.id, rawId: enc(c.rawId), type: c.type, extensions: {},
-            response: {
-              authenticatorData: enc(c.response.authenticatorData), clientDataJSON: enc(c.response.clientDataJSON),
-              signature: enc(c.response.signature), userHandle: c.response.userHandle ? enc(c.response.userHandle) : null
-            }
-          };
-        });
-      }).then(function (credential) {
-        return post(base + '/finish', credential);
-      }).then(function (result) {
+      ceremony(base, code ? { code: code.value.trim() } : {}, data.action).then(function (result) {
         location.href = result.next;
       }).catch(function (err) {
         button.disabled = false;
@@ -111,6 +119,17 @@
     }
     if (step === 'waiting' || step === 'ceremony' || step === 'done') {
       tick(); setInterval(tick, 1000); setTimeout(poll, 1000);
+    }
+    // The browser's own way to the phone (hybrid transport: it shows its own
+    // QR code and checks over Bluetooth that the phone is near), where it has one.
+    var direct = $('direct');
+    if (direct && window.PublicKeyCredential && navigator.credentials) {
+      direct.hidden = false;
+      direct.querySelector('button').addEventListener('click', function (ev) {
+        ev.target.disabled = true;
+        ceremony('/pc', {}, data.action).then(function (result) { location.href = result.next; })
+          .catch(function (err) { ev.target.disabled = false; showError(explain(err)); });
+      });
     }
   }
 

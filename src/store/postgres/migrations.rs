@@ -277,6 +277,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_seals_append_only_truncate BEFORE TRUNCATE ON audit_seals
         FOR EACH STATEMENT EXECUTE FUNCTION inkan_audit_append_only();
     "#,
+    // 7: the PC that started a ticket (address, browser, signing system, the
+    // secret of its confirmation numbers), shown on the phone
+    "ALTER TABLE tickets ADD COLUMN pc_info TEXT;",
 ];
 
 /// Applies the missing migrations in one transaction, under an advisory lock:

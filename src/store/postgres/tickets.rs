@@ -11,7 +11,7 @@ use crate::fido::ticket::{Kind, Stage, Ticket, TicketStore};
 use crate::storage::StoreError;
 
 const COLUMNS: &str = "id, purpose, via, user_id, oidc_req, regcode_id, action, step, ceremony, phase, error, \
-                       labelled, pc_claimed, expires_at, replace_ok";
+                       labelled, pc_claimed, expires_at, replace_ok, pc_info";
 
 fn decode(r: &Row) -> Result<Ticket, StoreError> {
     let id: i64 = get(r, 0)?;
@@ -27,6 +27,10 @@ fn decode(r: &Row) -> Result<Ticket, StoreError> {
         pc_claimed: get(r, 12)?,
         expires_at: get(r, 13)?,
         replace_confirmed: get(r, 14)?,
+        pc: get::<Option<String>>(r, 15)?
+            .map(|j| serde_json::from_str(&j))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("ticket {id}: pc_info: {e}")))?,
     };
     if ticket.action().as_str() != action {
         return Err(StoreError::Corrupt(format!("ticket {id}: action {action:?} does not fit its kind and phase")));
@@ -51,12 +55,14 @@ impl TicketStore for PgTx {
         now: i64,
     ) -> Result<i64, StoreError> {
         let (purpose, via) = t.kind.names();
+        let pc_info =
+            t.pc.as_ref().map(serde_json::to_string).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let rows = self
             .exec_rows(
                 "INSERT INTO tickets (phone_hash, pc_hash, pc_claimed, phase, replace_ok, purpose, via, user_id,
                                       oidc_req, regcode_id, action, step, ceremony, error, labelled, created_at,
-                                      expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                                      expires_at, pc_info)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
                  RETURNING id",
                 &[
                     &phone_hash,
@@ -76,6 +82,7 @@ impl TicketStore for PgTx {
                     &t.labelled,
                     &now,
                     &t.expires_at,
+                    &pc_info,
                 ],
             )
             .await?;

@@ -207,6 +207,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_seals_append_only_delete BEFORE DELETE ON audit_seals
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     "#,
+    // 7: the PC that started a ticket (address, browser, signing system, the
+    // secret of its confirmation numbers), shown on the phone
+    "ALTER TABLE tickets ADD COLUMN pc_info TEXT;",
 ];
 
 /// Applies the missing migrations, each in its own transaction.

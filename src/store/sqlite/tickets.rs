@@ -12,24 +12,21 @@ use crate::fido::ticket::{Kind, Stage, Ticket, TicketStore};
 use crate::storage::StoreError;
 
 const COLUMNS: &str = "id, purpose, via, user_id, oidc_req, regcode_id, action, step, ceremony, phase, error, \
-                       labelled, pc_claimed, expires_at, replace_ok";
+                       labelled, pc_claimed, expires_at, replace_ok, pc_info";
 
 type Columns = (i64, String, String, String, Option<String>, Option<i64>, String, String, Option<String>, i64);
 
-fn raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Columns, Option<String>, i64, i64, i64, i64)> {
+type Rest = (Option<String>, i64, i64, i64, i64, Option<String>);
+
+fn raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Columns, Rest)> {
     Ok((
         (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?),
-        r.get(10)?,
-        r.get(11)?,
-        r.get(12)?,
-        r.get(13)?,
-        r.get(14)?,
+        (r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?, r.get(14)?, r.get(15)?),
     ))
 }
 
-fn decode(
-    (c, error, labelled, pc_claimed, expires_at, replace_ok): (Columns, Option<String>, i64, i64, i64, i64),
-) -> Result<Ticket, StoreError> {
+fn decode((c, rest): (Columns, Rest)) -> Result<Ticket, StoreError> {
+    let (error, labelled, pc_claimed, expires_at, replace_ok, pc_info) = rest;
     let (id, purpose, via, user_id, request, code, action, step, ceremony, phase) = c;
     let ticket = Ticket {
         id,
@@ -42,6 +39,10 @@ fn decode(
         pc_claimed: pc_claimed == 1,
         error,
         expires_at,
+        pc: pc_info
+            .map(|j| serde_json::from_str(&j))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("ticket {id}: pc_info: {e}")))?,
     };
     if ticket.action().as_str() != action {
         return Err(StoreError::Corrupt(format!("ticket {id}: action {action:?} does not fit its kind and phase")));
@@ -63,12 +64,14 @@ impl<C: DerefMut<Target = Connection> + Send> TicketStore for SqliteTx<C> {
         phone_hash: &[u8],
         now: i64,
     ) -> Result<i64, StoreError> {
+        let pc_info =
+            t.pc.as_ref().map(serde_json::to_string).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let conn = self.writing()?;
         let (purpose, via) = t.kind.names();
         conn.prepare_cached(
             "INSERT INTO tickets (phone_hash, pc_hash, pc_claimed, phase, replace_ok, purpose, via, user_id, oidc_req,
-                                  regcode_id, action, step, ceremony, error, labelled, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                                  regcode_id, action, step, ceremony, error, labelled, created_at, expires_at, pc_info)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
         )?
         .execute(params![
             phone_hash,
@@ -87,7 +90,8 @@ impl<C: DerefMut<Target = Connection> + Send> TicketStore for SqliteTx<C> {
             t.error,
             t.labelled as i64,
             now,
-            t.expires_at
+            t.expires_at,
+            pc_info
         ])?;
         Ok(conn.last_insert_rowid())
     }
