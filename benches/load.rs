@@ -27,6 +27,9 @@
 //! `INKAN_LOAD_MODE=nodes` runs two nodes (one database, one token) against
 //! one node, connections spread over the nodes: combined throughput and CPU
 //! per signature, paired by round.
+//! `INKAN_LOAD_MODE=flood` signs with and without a flood of the routes anyone
+//! can call, sent by a second process (this benchmark again, as the flooder):
+//! signatures/s and p50/p99, alternating by round, and the server's memory.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
@@ -400,6 +403,10 @@ struct Target {
     _dir: tempfile::TempDir,
     dir: PathBuf,
     nodes: Vec<Node>,
+    /// The card listener's port (of the first node).
+    card_port: u16,
+    /// The signing system's client ID.
+    client_id: String,
     /// The PostgreSQL cluster of its database: its processes' CPU is the server's too.
     cluster: Option<Arc<postgres::Cluster>>,
     bearer: String,
@@ -491,7 +498,7 @@ impl Target {
             v["access_token"].as_str().unwrap().to_owned()
         });
         let path = dir.path().to_path_buf();
-        Target { name, _dir: dir, dir: path, nodes, cluster, bearer: format!("Bearer {token}") }
+        Target { name, _dir: dir, dir: path, nodes, card_port, client_id, cluster, bearer: format!("Bearer {token}") }
     }
 
     /// The request of a scenario, for this target.
@@ -539,6 +546,10 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // cargo test --benches asks for a list; nothing to list.
     }
+    if let Ok(target) = std::env::var("INKAN_FLOOD_TARGET") {
+        flood::child(&target);
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
     // This build, and (INKAN_LOAD_BASELINE=<an inkan binary>) another one to
     // compare with, round by round in the same run; or this build on
@@ -567,7 +578,13 @@ fn main() {
                 Target::start("one node", this, "load-one", Some(cluster), 1, &rt),
             ]
         }
-        other => panic!("INKAN_LOAD_MODE must be postgres or nodes, not {other:?}"),
+        "flood" => {
+            let t = Target::start("this build", this, "load", None, 1, &rt);
+            flood::run(&rt, &t);
+            t.stop();
+            return;
+        }
+        other => panic!("INKAN_LOAD_MODE must be postgres, nodes or flood, not {other:?}"),
     };
 
     // Raw C_Sign CPU per signature, in this process, on this build's token and key.
@@ -739,4 +756,263 @@ fn main() {
     let summary =
         if mode.is_empty() { "target/load-summary.txt".to_owned() } else { format!("target/load-summary-{mode}.txt") };
     let _ = std::fs::write(root().join(summary), report.join("\n") + "\n");
+}
+
+/// `INKAN_LOAD_MODE=flood`.
+mod flood {
+    use super::*;
+
+    /// How long the flooder runs each time: its ramp-up, the measurement, a margin.
+    const FLOOD: Duration = Duration::from_millis(1000 + 1500 + 500);
+
+    fn rss_kib(pid: u32, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status.lines().find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok()).unwrap_or(0)
+    }
+
+    /// Starts the flooder (this benchmark again) for `run`; its stdout is its report.
+    fn flooder(t: &Target, run: Duration) -> Child {
+        Command::new(std::env::current_exe().expect("exe"))
+            .env(
+                "INKAN_FLOOD_TARGET",
+                format!("{}:{}:{}:{}", t.nodes[0].main_port, t.card_port, t.client_id, run.as_millis()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("flooder")
+    }
+
+    pub fn run(rt: &tokio::runtime::Runtime, t: &Target) {
+        let req = t.request(
+            "/api/v1/sign-hashes",
+            &serde_json::json!({ "hashes": [Base64::encode_string(&[5u8; 32])] }).to_string().into_bytes(),
+        );
+        let rounds: usize = std::env::var("INKAN_LOAD_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(4);
+        let pid = t.nodes[0].pid;
+        let rss_start = rss_kib(pid, "VmRSS:");
+        let (mut quiet, mut flooded, mut ratios, mut floods) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let q = rt.block_on(closed_loop(&t.ports(), &t.pids(), Arc::clone(&req)));
+            let child = flooder(t, FLOOD);
+            std::thread::sleep(Duration::from_millis(1000));
+            let f = rt.block_on(closed_loop(&t.ports(), &t.pids(), Arc::clone(&req)));
+            let out = child.wait_with_output().expect("flooder");
+            floods.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+            ratios.push(f.rate / q.rate);
+            quiet.push(q.rate);
+            flooded.push(f.rate);
+        }
+        // Latency at half the quiet rate, quiet and flooded.
+        let rate = median(quiet.clone()) / 2.0;
+        rt.block_on(open_loop(&t.ports(), rate, Arc::clone(&req), WARM_UP));
+        let (q50, q99) = rt.block_on(open_loop(&t.ports(), rate, Arc::clone(&req), OPEN_LOOP_RUN));
+        let child = flooder(t, OPEN_LOOP_RUN + WARM_UP + Duration::from_millis(1500));
+        std::thread::sleep(Duration::from_millis(1000));
+        rt.block_on(open_loop(&t.ports(), rate, Arc::clone(&req), WARM_UP));
+        let (f50, f99) = rt.block_on(open_loop(&t.ports(), rate, Arc::clone(&req), OPEN_LOOP_RUN));
+        let out = child.wait_with_output().expect("flooder");
+        floods.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+        let (rss_end, hwm) = (rss_kib(pid, "VmRSS:"), rss_kib(pid, "VmHWM:"));
+        let lines = [
+            format!(
+                "flood: signatures/s quiet {:.0}, flooded {:.0} (median of {rounds} rounds): flooded / quiet {:.3} (rounds {})",
+                median(quiet),
+                median(flooded),
+                median(ratios.clone()),
+                ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(" ")
+            ),
+            format!("flood: at {rate:.0}/s: quiet p50 {q50:.2} ms, p99 {q99:.2} ms; flooded p50 {f50:.2} ms, p99 {f99:.2} ms"),
+            format!(
+                "flood: server memory: {} MiB at the start, {} MiB at the end, peak {} MiB",
+                rss_start / 1024,
+                rss_end / 1024,
+                hwm / 1024
+            ),
+            format!("flood: the flooder's requests (last run): {}", floods.last().cloned().unwrap_or_default()),
+        ];
+        for l in &lines {
+            println!("{l}");
+        }
+        let _ = std::fs::write(root().join("target/load-summary-flood.txt"), lines.join("\n") + "\n");
+    }
+
+    /// What the flooder sends, round-robin on each keep-alive connection.
+    fn requests(client_id: &str, i: u64) -> (&'static str, String, Vec<(&'static str, String)>, Vec<u8>) {
+        let form = ("content-type", "application/x-www-form-urlencoded".to_owned());
+        let state = format!("{i:0>500}");
+        match i % 6 {
+            0 => ("GET", format!("/oidc/authorize?response_type=code&client_id={client_id}&redirect_uri=https%3A%2F%2Frx.example%2Fcb&scope=openid&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256&state={state}&nonce={state}"), vec![], vec![]),
+            1 => ("POST", "/change".into(), vec![form], format!("user_id=flood{i}").into_bytes()),
+            2 => ("POST", "/change".into(), vec![form], b"user_id=100001".to_vec()),
+            3 => ("POST", "/oidc/token".into(), vec![form], format!("grant_type=authorization_code&code=x{i}&client_id={client_id}&client_secret=wrong").into_bytes()),
+            4 => ("GET", format!("/r/flood{i}"), vec![], vec![]),
+            _ => ("POST", format!("/m/flood{i}/begin"), vec![("content-type", "application/json".into())], b"{}".to_vec()),
+        }
+    }
+
+    async fn try_connect(port: u16, config: Arc<rustls::ClientConfig>) -> Option<Sender> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(ServerName::try_from("localhost").ok()?, tcp)
+            .await
+            .ok()?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.ok()?;
+        tokio::spawn(conn);
+        Some(sender)
+    }
+
+    /// The flooder: `INKAN_FLOOD_TARGET=<main port>:<card port>:<client id>:<ms>`.
+    /// 32 keep-alive connections at full speed over the open routes, 20 new
+    /// connections a second, 8 bodies sent a byte a second, and connections
+    /// held open doing nothing; prints what the server answered.
+    pub fn child(target: &str) {
+        let parts: Vec<&str> = target.split(':').collect();
+        let (port, card_port, client_id) =
+            (parts[0].parse::<u16>().unwrap(), parts[1].parse::<u16>().unwrap(), parts[2].to_owned());
+        let run = Duration::from_millis(parts[3].parse().unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let statuses = Arc::new(Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
+        let count = |s: &Arc<Mutex<std::collections::BTreeMap<String, u64>>>, k: String| {
+            *s.lock().unwrap().entry(k).or_default() += 1
+        };
+        rt.block_on(async {
+            let config = tls_config(None);
+            let stop = Instant::now() + run;
+            let mut tasks = Vec::new();
+            for c in 0..32u64 {
+                let (config, statuses, client_id) = (Arc::clone(&config), Arc::clone(&statuses), client_id.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut i = c;
+                    let mut sender = None;
+                    while Instant::now() < stop {
+                        if sender.is_none() {
+                            sender = try_connect(port, Arc::clone(&config)).await;
+                            if sender.is_none() {
+                                count(&statuses, "connection refused".into());
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        }
+                        let s = sender.as_mut().unwrap();
+                        let (method, path, headers, body) = requests(&client_id, i);
+                        i += 32;
+                        let mut req = hyper::Request::builder().method(method).uri(path).header("host", "localhost");
+                        for (k, v) in &headers {
+                            req = req.header(*k, v.as_str());
+                        }
+                        let sent = match s.ready().await {
+                            Ok(()) => s.send_request(req.body(Full::new(Bytes::from(body))).unwrap()).await.ok(),
+                            Err(_) => None,
+                        };
+                        match sent {
+                            Some(resp) => {
+                                count(&statuses, resp.status().as_u16().to_string());
+                                let _ = resp.into_body().collect().await;
+                            }
+                            None => {
+                                count(&statuses, "connection closed".into());
+                                sender = None;
+                            }
+                        }
+                    }
+                }));
+            }
+            // New connections, one request each (TLS handshakes), 20 a second.
+            {
+                let (config, statuses) = (Arc::clone(&config), Arc::clone(&statuses));
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < stop {
+                        let config = Arc::clone(&config);
+                        let statuses = Arc::clone(&statuses);
+                        tokio::spawn(async move {
+                            if let Some(mut s) = try_connect(port, config).await {
+                                if let Ok(r) = s
+                                    .send_request(
+                                        hyper::Request::builder()
+                                            .uri("/r/x")
+                                            .header("host", "localhost")
+                                            .body(Full::new(Bytes::new()))
+                                            .unwrap(),
+                                    )
+                                    .await
+                                {
+                                    count(&statuses, format!("new connection {}", r.status().as_u16()));
+                                }
+                            }
+                        });
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }));
+            }
+            // Slow bodies and idle connections, on both listeners.
+            for (n, p) in [(8, port), (2, card_port)] {
+                for _ in 0..n {
+                    let statuses = Arc::clone(&statuses);
+                    tasks.push(tokio::spawn(async move {
+                        use tokio::io::AsyncWriteExt;
+                        while Instant::now() < stop {
+                            let Ok(mut tcp) = tokio::net::TcpStream::connect(("127.0.0.1", p)).await else { break };
+                            // A TLS ClientHello never finished: the handshake deadline cuts it.
+                            let _ = tcp.write_all(&[0x16, 0x03, 0x01]).await;
+                            let start = Instant::now();
+                            let mut buf = [0u8; 64];
+                            let _ = tokio::time::timeout(
+                                stop.saturating_duration_since(Instant::now()),
+                                tokio::io::AsyncReadExt::read(&mut tcp, &mut buf),
+                            )
+                            .await;
+                            count(&statuses, format!("stalled handshake held {} s", start.elapsed().as_secs()));
+                        }
+                    }));
+                }
+            }
+            for _ in 0..8 {
+                let (config, statuses) = (Arc::clone(&config), Arc::clone(&statuses));
+                tasks.push(tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    while Instant::now() < stop {
+                        let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { break };
+                        let Ok(mut tls) = tokio_rustls::TlsConnector::from(Arc::clone(&config))
+                            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                            .await
+                        else {
+                            continue;
+                        };
+                        let _ = tls
+                            .write_all(
+                                b"POST /oidc/token HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100000\r\n\r\n",
+                            )
+                            .await;
+                        let start = Instant::now();
+                        let mut answer = Vec::new();
+                        loop {
+                            if tls.write_all(b"a").await.is_err() || Instant::now() >= stop {
+                                break;
+                            }
+                            if let Ok(Ok(n)) =
+                                tokio::time::timeout(Duration::from_secs(1), tls.read_buf(&mut answer)).await
+                            {
+                                if n == 0 || !answer.is_empty() {
+                                    break;
+                                }
+                            }
+                        }
+                        count(&statuses, format!("slow body cut after {} s", start.elapsed().as_secs()));
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+        let total: u64 = statuses.lock().unwrap().values().sum();
+        let seen: Vec<String> = statuses.lock().unwrap().iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        println!(
+            "{total} in {:.1} s ({:.0}/s): {}",
+            run.as_secs_f64(),
+            total as f64 / run.as_secs_f64(),
+            seen.join(", ")
+        );
+    }
 }
