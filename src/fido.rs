@@ -125,7 +125,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
 /// Refuses a ceremony that the browser says ran in a frame of another site
 /// (`crossOrigin: true`, or a `topOrigin`), which webauthn-rs lets through:
 /// inkan's pages are never framed (`frame-ancestors 'none'`).
-fn check_client_data(client_data_json: &[u8], what: &str) -> Result<()> {
+pub(crate) fn check_client_data(client_data_json: &[u8], what: &str) -> Result<()> {
     let data: serde_json::Value = serde_json::from_slice(client_data_json)
         .map_err(|e| refused(format!("{what} refused: clientDataJSON is not JSON ({e})")))?;
     if data.get("crossOrigin").and_then(serde_json::Value::as_bool) == Some(true) {
@@ -142,7 +142,7 @@ fn check_client_data(client_data_json: &[u8], what: &str) -> Result<()> {
 /// Refuses an assertion's authenticator data with bytes after what its
 /// flags announce: 37 bytes when it carries neither attested credential
 /// data (AT) nor extensions (ED).
-fn check_assertion_data(authenticator_data: &[u8]) -> Result<()> {
+pub(crate) fn check_assertion_data(authenticator_data: &[u8]) -> Result<()> {
     match authenticator_data.get(32) {
         Some(flags) if flags & 0xc0 == 0 && authenticator_data.len() != 37 => Err(refused(format!(
             "sign-in refused: {} bytes after the authenticator data",
@@ -155,7 +155,7 @@ fn check_assertion_data(authenticator_data: &[u8]) -> Result<()> {
 /// The length of the CBOR data item at the start of `data` (definite lengths
 /// only, as CTAP2 encodes; nested at most 16 deep), or `None` if it is not
 /// one whole item.
-fn cbor_item_len(data: &[u8], depth: u8) -> Option<usize> {
+pub(crate) fn cbor_item_len(data: &[u8], depth: u8) -> Option<usize> {
     let first = *data.first()?;
     let (major, info) = (first >> 5, first & 0x1f);
     let (arg, mut pos): (u64, usize) = match info {
@@ -190,7 +190,7 @@ fn cbor_item_len(data: &[u8], depth: u8) -> Option<usize> {
 /// data in it, has bytes after what its structure and flags announce (the
 /// credential's public key, then extensions if ED is set): webauthn-rs
 /// ignores them.
-fn check_attestation_object(attestation: &[u8]) -> Result<()> {
+pub(crate) fn check_attestation_object(attestation: &[u8]) -> Result<()> {
     let trailing = |n: usize, what: &str| refused(format!("registration refused: {n} bytes after the {what}"));
     let malformed = || {
         refused("registration refused: the attestation object is not the CBOR a WebAuthn authenticator sends".into())

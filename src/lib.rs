@@ -34,6 +34,8 @@ pub mod demo;
 pub mod error;
 pub mod fido;
 pub mod fixtures;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod kek;
 pub mod keys;
 pub mod metrics;

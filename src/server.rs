@@ -63,7 +63,7 @@ async fn per_address(State(app): State<Arc<App>>, req: Request, next: Next) -> R
     let route = req.extensions().get::<MatchedPath>().and_then(|p| limits::Route::of(req.method(), p.as_str()));
     if let (Some(route), Some(addr)) = (route, req.extensions().get::<limits::ClientAddr>()) {
         if let Err(limited) = app.limits.address.check((route, addr)) {
-            return limits::too_many(&app.templates, route.pages(req.method()), limited);
+            return limits::too_many(route.pages(req.method()), limited);
         }
     }
     next.run(req).await

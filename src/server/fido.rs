@@ -250,7 +250,7 @@ pub async fn login_start(
         Err(e) => return e.into_response(),
     }
     if let Err(limited) = app.limits.user.check((Flow::PhoneLogin, user_id.as_str())) {
-        return limits::too_many(&app.templates, true, limited);
+        return limits::too_many(true, limited);
     }
     let pc = match pc_info(&app, &headers, addr.as_deref()) {
         Ok(pc) => pc,
@@ -293,7 +293,7 @@ pub async fn change_start(
     };
     let user_id = form.get("user_id").map(|s| s.trim().to_owned()).unwrap_or_default();
     if let Err(limited) = app.limits.user.check((Flow::PhoneChange, user_id.as_str())) {
-        return limits::too_many(&app.templates, true, limited);
+        return limits::too_many(true, limited);
     }
     let pc = match pc_info(&app, &headers, addr.as_deref()) {
         Ok(pc) => pc,

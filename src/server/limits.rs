@@ -26,7 +26,6 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use crate::config::LimitsConfig;
 
 use super::error::ApiError;
-use super::pages::Templates;
 
 /// Keys a rate limiter's table holds at most (about 4 MiB each).
 pub const MAX_KEYS: usize = 100_000;
@@ -255,15 +254,11 @@ pub fn no_room() -> Response {
     resp
 }
 
-/// The 429 answer: a page or JSON, with `Retry-After`.
-pub fn too_many(templates: &Templates, pages: bool, limited: Limited) -> Response {
+/// The 429 answer: a page or JSON, with `Retry-After`. Both are cheap to
+/// make (the page is rendered once): a flood is answered with them.
+pub fn too_many(pages: bool, limited: Limited) -> Response {
     let mut resp = if pages {
-        templates.message(
-            StatusCode::TOO_MANY_REQUESTS,
-            "アクセスが集中しています",
-            "短い時間に多くの要求がありました。",
-            "しばらく待ってから、もう一度お試しください。",
-        )
+        super::pages::too_many()
     } else {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

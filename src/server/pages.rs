@@ -27,25 +27,41 @@ a.button:hover,button:hover{background:#fbeeee}.error{color:#a00}.note{color:#55
 input{display:block;width:100%;box-sizing:border-box;padding:.6rem;font-size:1.05rem;margin:.3rem 0 .8rem}.qr svg{width:16rem;height:16rem}\
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}";
 
-/// A whole page with a status code. `body` is trusted HTML; escape inputs with [`esc`].
-pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
-    let html = format!(
+/// The policy of pages without script.
+const STATIC_CSP: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'";
+
+fn page_html(title: &str, body: &str) -> String {
+    format!(
         "<!DOCTYPE html><html lang=\"ja\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
 <title>{t} - inkan</title><style>{STYLE}</style></head><body><h1>{t}</h1>{body}<p class=\"note\">inkan 電子署名基盤</p></body></html>",
         t = esc(title)
-    );
-    html_response(
-        status,
-        html,
-        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'",
     )
+}
+
+/// A whole page with a status code. `body` is trusted HTML; escape inputs with [`esc`].
+pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    html_response(status, page_html(title, body), STATIC_CSP)
+}
+
+/// The 429 page, rendered once: a flood is answered with it thousands of
+/// times a second.
+pub fn too_many() -> Response {
+    static HTML: std::sync::OnceLock<bytes::Bytes> = std::sync::OnceLock::new();
+    let html = HTML.get_or_init(|| {
+        bytes::Bytes::from(page_html(
+            "アクセスが集中しています",
+            "<p class=\"error\">短い時間に多くの要求がありました。</p><p>しばらく待ってから、もう一度お試しください。</p>",
+        ))
+    });
+    html_response(StatusCode::TOO_MANY_REQUESTS, html.clone(), STATIC_CSP)
 }
 
 /// An HTML answer with the headers every page carries (no caching, no framing,
 /// a content security policy, a referrer for our own origin only: page URLs
 /// may hold tickets, and our forms' `Origin` must name us, never `null`).
-fn html_response(status: StatusCode, html: String, csp: &'static str) -> Response {
-    let mut resp = (status, html).into_response();
+fn html_response(status: StatusCode, html: impl Into<axum::body::Body>, csp: &'static str) -> Response {
+    let mut resp = (status, html.into()).into_response();
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

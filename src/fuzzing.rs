@@ -1,0 +1,108 @@
+//! Entry points for the fuzz targets (`fuzz/`, built with `--cfg fuzzing`
+//! only): the parsers and checks that take outside input before any token
+//! call, reached as the service reaches them.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use crate::pki::trust::TrustStore;
+
+fn fixtures() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pki")
+}
+
+fn hpki() -> Option<&'static TrustStore> {
+    static STORE: OnceLock<Option<TrustStore>> = OnceLock::new();
+    STORE
+        .get_or_init(|| {
+            let read = |f: &str| crate::pki::read_certificates(&fixtures().join(f)).unwrap_or_default();
+            let crl = std::fs::read(fixtures().join("crl/hpki-auth-ca.crl.pem")).unwrap_or_default();
+            let crl = der::pem::decode_vec(&crl).map(|(_, d)| d).unwrap_or_default();
+            TrustStore::new(
+                "HPKI",
+                read("hpki-root.pem"),
+                read("hpki-auth-ca.pem"),
+                vec![crl],
+                vec![crate::pki::profile::oids::HPKI_AUTH_POLICY],
+                false,
+            )
+            .ok()
+        })
+        .as_ref()
+}
+
+/// A card's certificate chain at login (DER certificates, each prefixed by a
+/// two-byte length), and the same bytes as a certificate file at import.
+pub fn certificates(data: &[u8]) {
+    let mut chain = Vec::new();
+    let mut rest = data;
+    while rest.len() >= 2 && chain.len() < 4 {
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+        chain.push(rest[2..2 + len].to_vec());
+        rest = &rest[2 + len..];
+    }
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+    if let Some(store) = hpki() {
+        let _ = store.validate(&chain, now);
+    }
+    let _ = crate::pki::parse_certificates(data);
+}
+
+/// A CRL as the trust store reads it (DER or PEM).
+pub fn crl(data: &[u8]) {
+    let der = if data.starts_with(b"-----") {
+        der::pem::decode_vec(data).map(|(_, d)| d).unwrap_or_default()
+    } else {
+        data.to_vec()
+    };
+    if let Ok(crl) = <x509_cert::crl::CertificateList as der::Decode>::from_der(&der) {
+        let _ = crl.tbs_cert_list.revoked_certificates.map(|r| r.len());
+    }
+    let read = |f: &str| crate::pki::read_certificates(&fixtures().join(f)).unwrap_or_default();
+    let _ = TrustStore::new(
+        "HPKI",
+        read("hpki-root.pem"),
+        read("hpki-auth-ca.pem"),
+        vec![der],
+        vec![crate::pki::profile::oids::HPKI_AUTH_POLICY],
+        false,
+    );
+}
+
+/// A PKCS#10 request (DER or PEM), parsed and its signature checked.
+pub fn csr(data: &[u8]) {
+    let der = if data.starts_with(b"-----") {
+        der::pem::decode_vec(data).map(|(_, d)| d).unwrap_or_default()
+    } else {
+        data.to_vec()
+    };
+    if let Ok(req) = <x509_cert::request::CertReq as der::Decode>::from_der(&der) {
+        let _ = crate::pki::ca::check_csr_signature(&req);
+    }
+}
+
+/// CSC and signing-API JSON bodies, and what the handlers check before the
+/// token: hashes, signAlgo, signAlgoParams, formats; an authorize query.
+pub fn api_json(data: &[u8]) {
+    let _ = serde_json::from_slice::<crate::server::api::SignHashes>(data);
+    crate::server::csc::fuzz(data);
+    let params: HashMap<String, String> = form_urlencoded::parse(data).into_owned().collect();
+    let client = crate::auth::clients::Client {
+        id: "c".into(),
+        name: "c".into(),
+        redirect_uris: vec!["https://rx.example/cb".into()],
+        created_at: 0,
+        secret_hash: Vec::new(),
+    };
+    let _ = crate::auth::oidc::validate_authorize(&params, Some(&client), 0);
+}
+
+/// A WebAuthn answer's client data and authenticator data, as inkan checks
+/// them before webauthn-rs.
+pub fn webauthn(data: &[u8]) {
+    let _ = crate::fido::check_client_data(data, "fuzz");
+    let _ = crate::fido::check_attestation_object(data);
+    let _ = crate::fido::check_assertion_data(data);
+    let _ = crate::fido::cbor_item_len(data, 0);
+}
