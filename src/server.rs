@@ -303,6 +303,9 @@ impl Server {
     }
 }
 
+/// The largest request head (request line and headers) a connection may send.
+pub const MAX_HEAD_BYTES: usize = 64 << 10;
+
 /// Accepts connections of one listener until `stop`: each gets a slot of
 /// `[limits] connections` (in all and per address; past them it is closed at
 /// once), a TLS handshake within the header timeout, and paced bodies.
@@ -371,6 +374,10 @@ async fn accept_loop(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
+                // A request head larger than this is refused (431): what one
+                // connection makes the server buffer stays small.
+                .max_buf_size(MAX_HEAD_BYTES)
+                .max_header_size(MAX_HEAD_BYTES)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(conn).await {

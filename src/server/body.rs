@@ -61,9 +61,15 @@ pub async fn read_json_or_empty<T: DeserializeOwned + Default>(body: Body, limit
     serde_json::from_slice(&bytes).map_err(|e| Error::Invalid(format!("invalid JSON: {e}")))
 }
 
-/// Reads an `application/x-www-form-urlencoded` body; a repeated parameter is refused.
-pub async fn read_form(body: Body, limit: usize) -> Result<HashMap<String, String>> {
-    let bytes = read_limited(body, limit).await?;
+/// The largest body a route anyone may call reads: every form (IDs, codes,
+/// passwords, an authorization code and a client's credentials) and CSC
+/// `info`. The signing APIs read theirs after the bearer token is checked.
+pub const MAX_OPEN_BODY_BYTES: usize = 16 << 10;
+
+/// Reads an `application/x-www-form-urlencoded` body of at most
+/// [`MAX_OPEN_BODY_BYTES`]; a repeated parameter is refused.
+pub async fn read_form(body: Body) -> Result<HashMap<String, String>> {
+    let bytes = read_limited(body, MAX_OPEN_BODY_BYTES).await?;
     let mut out = HashMap::new();
     for (k, v) in form_urlencoded::parse(&bytes) {
         if out.insert(k.to_string(), v.into_owned()).is_some() {

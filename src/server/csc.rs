@@ -69,7 +69,7 @@ pub async fn info(State(app): State<Arc<App>>, body: Body) -> Result<Response> {
     struct Req {
         lang: Option<String>,
     }
-    let bytes = read_limited(body, app.config.server.max_json_bytes).await?;
+    let bytes = read_limited(body, super::body::MAX_OPEN_BODY_BYTES).await?;
     if !bytes.is_empty() {
         serde_json::from_slice::<Req>(&bytes).map_err(|e| Error::Invalid(format!("invalid JSON: {e}")))?;
     }

@@ -232,7 +232,7 @@ pub async fn login_start(
     if cross_site(&app, &headers) {
         return forbidden_origin(&app);
     }
-    let form = match read_form(body, app.config.server.max_json_bytes).await {
+    let form = match read_form(body).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
@@ -287,7 +287,7 @@ pub async fn change_start(
     if cross_site(&app, &headers) {
         return forbidden_origin(&app);
     }
-    let form = match read_form(body, app.config.server.max_json_bytes).await {
+    let form = match read_form(body).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
@@ -526,7 +526,7 @@ pub async fn pc_confirm(State(app): State<Arc<App>>, headers: HeaderMap, body: B
     if cross_site(&app, &headers) {
         return forbidden_origin(&app);
     }
-    let form = match read_form(body, app.config.server.max_json_bytes).await {
+    let form = match read_form(body).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
@@ -801,7 +801,7 @@ pub async fn label_submit(
     if cross_site(&app, &headers) {
         return forbidden_origin(&app);
     }
-    let form = match read_form(body, app.config.server.max_json_bytes).await {
+    let form = match read_form(body).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
@@ -880,7 +880,7 @@ pub async fn regcode_submit(
     if cross_site(&app, &headers) {
         return forbidden_origin(&app);
     }
-    let form = match read_form(body, app.config.server.max_json_bytes).await {
+    let form = match read_form(body).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };

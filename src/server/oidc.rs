@@ -134,7 +134,7 @@ fn pct_decode(s: &str) -> String {
 
 /// `POST /oidc/token`
 pub async fn token(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let form = read_form(body, app.config.server.max_json_bytes).await?;
+    let form = read_form(body).await?;
     let client = client_auth(&app, &headers, &form).await?;
     if form.get("grant_type").map(String::as_str) != Some("authorization_code") {
         return Err(ApiError::new(
@@ -158,7 +158,7 @@ pub async fn token(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) 
 
 /// `POST /oidc/revoke` (RFC 7009): logout. Answers 200 whether or not the token existed.
 pub async fn revoke(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response> {
-    let form = read_form(body, app.config.server.max_json_bytes).await?;
+    let form = read_form(body).await?;
     let client = client_auth(&app, &headers, &form).await?;
     let token = form.get("token").ok_or_else(|| Error::Invalid("missing token".into()))?;
     app.oidc.revoke(&app.sessions, &client, token).await?;

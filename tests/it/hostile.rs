@@ -397,6 +397,22 @@ mod memory {
     }
 
     #[test]
+    fn open_routes_read_small_bodies_and_heads() {
+        let env = Env::new();
+        let server = Server::start(&env, &[]);
+        let form = [("content-type", "application/x-www-form-urlencoded")];
+        let big = format!("user_id={}", "1".repeat(17 << 10));
+        for path in ["/change", "/oidc/token", "/csc/v2/info"] {
+            let r = Client::new().post(&server.url(path), &form, big.clone());
+            assert_eq!(r.status, 413, "{path}: {}", r.text());
+        }
+        let long = "x".repeat(300 << 10);
+        let r = Client::new().try_request("GET", &server.url("/healthz"), &[("x-long", &long)], Vec::new());
+        assert!(r.as_ref().is_err() || r.as_ref().is_ok_and(|r| r.status == 431), "{:?}", r.map(|r| r.status));
+        assert_eq!(Client::new().get(&server.url("/healthz"), &[]).status, 200);
+    }
+
+    #[test]
     fn a_session_holds_at_most_sixteen_unused_sads() {
         let env = env_with_card_user();
         let server = Server::start(&env, &[]);
