@@ -73,22 +73,28 @@ pub struct Row {
     pub detail: String,
 }
 
-/// What the token MACs to seal row `seq` with chain hash `hash`.
-pub fn seal_input(seq: i64, hash: &[u8]) -> Vec<u8> {
+/// What the token MACs to seal row `seq` with chain hash `hash`, chained to
+/// the previous seal's MAC (empty for the first seal): a seal removed from
+/// the middle breaks the next one.
+pub fn seal_input(seq: i64, hash: &[u8], prev_mac: &[u8]) -> Vec<u8> {
     let mut out = b"inkan audit seal v1\0".to_vec();
     out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&(hash.len() as u32).to_be_bytes());
     out.extend_from_slice(hash);
+    out.extend_from_slice(prev_mac);
     out
 }
 
-/// A seal of the chain at row `seq`: the token's HMAC of the row's hash
-/// ([`seal_input`]).
+/// A seal of the chain at row `seq`: the token's HMAC of the row's hash and
+/// the previous seal's MAC ([`seal_input`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Seal {
     /// The row sealed.
     pub seq: i64,
     /// Its hash (the chain up to it).
     pub hash: Vec<u8>,
+    /// The previous seal's MAC (empty for the first).
+    pub prev_mac: Vec<u8>,
     /// HMAC-SHA-256 of [`seal_input`] by the token's seal key.
     pub mac: Vec<u8>,
     /// When it was made (Unix ms).
@@ -123,8 +129,8 @@ pub trait AuditStore: Send {
     async fn insert_audit_seal(&mut self, seal: &Seal) -> Result<(), StoreError>;
     /// Up to `limit` seals of rows after `after_seq`, in order.
     async fn audit_seals(&mut self, after_seq: i64, limit: usize) -> Result<Vec<Seal>, StoreError>;
-    /// The row of the last seal.
-    async fn last_audit_seal(&mut self) -> Result<Option<i64>, StoreError>;
+    /// The last seal.
+    async fn last_audit_seal(&mut self) -> Result<Option<Seal>, StoreError>;
     /// Appends rows (in order, already chained to the head) and moves the
     /// head to the last: row by row unless the store can do it at once (a
     /// networked database in one statement).
@@ -272,10 +278,13 @@ pub async fn verify<T: AuditTx + ?Sized>(
         Ok(v)
     };
     let mut heads: std::collections::VecDeque<&Seal> = {
+        // An export appended to a file again holds seals twice: once each.
         let mut sorted: Vec<&Seal> = heads.iter().collect();
-        sorted.sort_by_key(|h| h.seq);
+        sorted.sort_by(|a, b| a.seq.cmp(&b.seq).then_with(|| a.hash.cmp(&b.hash)));
+        sorted.dedup_by(|a, b| a.seq == b.seq && a.hash == b.hash);
         sorted.into()
     };
+    let mut prev_mac: Vec<u8> = Vec::new();
     let mut seals: std::collections::VecDeque<Seal> = std::collections::VecDeque::new();
     let (mut seals_after, mut seals_done) = (0, false);
     let mut pending_since = None;
@@ -310,13 +319,21 @@ pub async fn verify<T: AuditTx + ?Sized>(
                 if seal.hash != hash {
                     return broken(v, row.seq, recomputed(row.seq));
                 }
+                if seal.prev_mac != prev_mac {
+                    return broken(
+                        v,
+                        row.seq,
+                        "its seal does not follow the seal before it: a seal between them was removed".into(),
+                    );
+                }
+                prev_mac = seal.mac.clone();
                 to_check.push(seal);
                 v.sealed_through = Some(row.seq);
                 pending_since = None;
             } else if pending_since.is_none() {
                 pending_since = Some(row.at);
             }
-            if heads.front().is_some_and(|h| h.seq == row.seq) {
+            while heads.front().is_some_and(|h| h.seq == row.seq) {
                 let head = heads.pop_front().unwrap_or_else(|| unreachable!("front checked"));
                 if head.hash != hash {
                     return broken(
@@ -335,8 +352,8 @@ pub async fn verify<T: AuditTx + ?Sized>(
             expected_seq += 1;
             v.rows += 1;
         }
-        if let Some(keystore) = keystore {
-            let inputs: Vec<Vec<u8>> = to_check.iter().map(|s| seal_input(s.seq, &s.hash)).collect();
+        if let Some(keystore) = keystore.filter(|_| !to_check.is_empty()) {
+            let inputs: Vec<Vec<u8>> = to_check.iter().map(|s| seal_input(s.seq, &s.hash, &s.prev_mac)).collect();
             let macs = keystore.seal(&inputs).map_err(crate::error::Error::from)?;
             for (s, mac) in to_check.iter().zip(macs) {
                 if !bool::from(subtle::ConstantTimeEq::ct_eq(&mac[..], &s.mac[..])) {

@@ -130,13 +130,19 @@ pub fn run(cli: Cli) -> Result<Output, CliError> {
     // Commands read and write the store through its (async) seam; the CLI
     // runs them one at a time on a runtime of its own.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Where the audit chain stood, sealed, before the command (none: no
+    // database yet, or rows nobody sealed, which this command leaves alone).
+    let sealed_before = match &cli.command {
+        Command::Audit(_) | Command::Dev(_) => None,
+        _ => runtime.block_on(sealed_head(&ctx)),
+    };
     let result = runtime.block_on(dispatch(&ctx, cli.command));
-    if ctx.opened.load(std::sync::atomic::Ordering::Relaxed) && !matches!(result, Err(ref e) if e.code == 3) {
+    if let (true, Some(anchor)) = (ctx.opened.load(std::sync::atomic::Ordering::Relaxed), sealed_before) {
         // The rows this command wrote, sealed by the token now (no token
-        // call if the head is sealed already).
-        if let Err(e) = runtime.block_on(seal_after(&ctx)) {
+        // call if it wrote none).
+        if let Err(e) = runtime.block_on(seal_after(&ctx, anchor)) {
             eprintln!(
-                "warning: the audit log's newest rows are not sealed ({}); a running server seals them, or run `inkan audit seal`",
+                "warning: the audit rows of this command are not sealed ({}); a running server seals them, or run `inkan audit seal`",
                 e.message
             );
         }
@@ -155,12 +161,21 @@ pub fn run(cli: Cli) -> Result<Output, CliError> {
     result
 }
 
-/// Seals the audit chain's head if it is not sealed (opens the token only then).
-async fn seal_after(ctx: &Ctx) -> Result<(), CliError> {
+/// The audit chain's head if it is sealed, before a command runs.
+async fn sealed_head(ctx: &Ctx) -> Option<(i64, Vec<u8>)> {
+    crate::setup::require_database(&ctx.config).ok()?;
+    let store = crate::setup::open_store(&ctx.config).await.ok()?;
+    crate::audit::seal::sealed_head(store.as_ref()).await.ok().flatten()
+}
+
+/// Seals the rows a command wrote after the sealed head `anchor` (opens the
+/// token only if it wrote some).
+async fn seal_after(ctx: &Ctx, (seq, hash): (i64, Vec<u8>)) -> Result<(), CliError> {
     let store = ctx.store().await?;
     if crate::audit::seal::needs_seal(store.as_ref()).await? {
         let keystore = ctx.keystore()?;
-        crate::audit::seal::seal_head(store.as_ref(), &keystore, ctx.now_ms()).await?;
+        let anchor = if seq > 0 { crate::audit::seal::Anchor::at(seq, hash) } else { Default::default() };
+        crate::audit::seal::seal_head(store.as_ref(), &keystore, &anchor, ctx.now_ms()).await?;
     }
     Ok(())
 }

@@ -117,6 +117,14 @@ impl Config {
                     .into(),
             ));
         }
+        if l.body_grace_secs > 3600 {
+            return Err(ConfigError("[limits] body_grace_secs must be at most 3600".into()));
+        }
+        if self.server.metrics_token.as_ref().is_some_and(|t| t.0.trim().len() < 16) {
+            return Err(ConfigError(
+                "[server] metrics_token must be at least 16 characters (a random secret), or unset".into(),
+            ));
+        }
         if l.enveloped_bytes < self.server.max_document_bytes {
             return Err(ConfigError(
                 "[limits] enveloped_bytes must be at least [server] max_document_bytes (one document must fit)".into(),

@@ -61,10 +61,21 @@ async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
 /// The per-address rate limit of the route's group ([`limits::Route`]).
 async fn per_address(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().and_then(|p| limits::Route::of(req.method(), p.as_str()));
-    if let (Some(route), Some(addr)) = (route, req.extensions().get::<limits::ClientAddr>()) {
-        if let Err(limited) = app.limits.address.check((route, addr)) {
+    let (Some(route), Some(&addr)) = (route, req.extensions().get::<limits::ClientAddr>()) else {
+        return next.run(req).await;
+    };
+    if route.counts_refusals_only() {
+        if let Some(limited) = app.limits.refusals.blocked((route, addr)) {
             return limits::too_many(route.pages(req.method()), limited);
         }
+        let resp = next.run(req).await;
+        if resp.status().is_client_error() {
+            let _ = app.limits.refusals.check((route, addr));
+        }
+        return resp;
+    }
+    if let Err(limited) = app.limits.address.check((route, addr)) {
+        return limits::too_many(route.pages(req.method()), limited);
     }
     next.run(req).await
 }

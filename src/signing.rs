@@ -190,6 +190,8 @@ pub enum AuditSink {
 /// The pipeline.
 pub struct Signing<T: ?Sized + Send> {
     keystore: Arc<Keystore>,
+    /// The audit row this process sealed last ([`audit::seal::Anchor`]).
+    seal_anchor: audit::seal::Anchor,
     store: Arc<dyn Transactions<T>>,
     sads: Arc<dyn SadStore>,
     clock: Arc<dyn Clock>,
@@ -228,6 +230,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
             metrics,
             scal2: config.csc.scal == "2",
             sad_lifetime_ms: config.csc.sad_lifetime_secs as i64 * 1000,
+            seal_anchor: Default::default(),
         })
     }
 
@@ -240,7 +243,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
     /// Seals the audit chain's head with the token's seal key, unless it is
     /// sealed already ([`audit::seal::seal_head`]); returns the row sealed.
     pub async fn seal_audit(&self) -> Result<Option<i64>> {
-        audit::seal::seal_head(self.store.as_ref(), &self.keystore, self.clock.now_ms()).await
+        audit::seal::seal_head(self.store.as_ref(), &self.keystore, &self.seal_anchor, self.clock.now_ms()).await
     }
 
     /// Calls of the token's sign function so far, and the CPU time spent in them.

@@ -5,6 +5,7 @@ use clap::Subcommand;
 use super::context::{CliError, Ctx, Output};
 use crate::audit;
 use crate::clock::rfc3339;
+use crate::keys::hex;
 
 /// `inkan audit ...`
 #[derive(Debug, Subcommand)]
@@ -67,7 +68,7 @@ pub async fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<Output, CliError> {
         }
         AuditCommand::Seal => {
             let keystore = ctx.keystore()?;
-            let sealed = audit::seal::seal_head(store.as_ref(), &keystore, ctx.now_ms()).await?;
+            let sealed = audit::seal::seal_head(store.as_ref(), &keystore, &Default::default(), ctx.now_ms()).await?;
             let text = match sealed {
                 Some(seq) => format!("audit log sealed through row {seq}"),
                 None => "the audit log's head was sealed already (or the log is empty)".into(),
@@ -104,10 +105,6 @@ pub async fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<Output, CliError> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
@@ -115,9 +112,9 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
-/// A seal as exported: `{"seq", "hash", "mac", "at"}` (hex, Unix ms).
+/// A seal as exported: `{"seq", "hash", "prev", "mac", "at"}` (hex, Unix ms).
 fn head_json(s: &audit::Seal) -> serde_json::Value {
-    serde_json::json!({ "seq": s.seq, "hash": hex(&s.hash), "mac": hex(&s.mac), "at": s.at })
+    serde_json::json!({ "seq": s.seq, "hash": hex(&s.hash), "prev": hex(&s.prev_mac), "mac": hex(&s.mac), "at": s.at })
 }
 
 /// Reads exported seals: JSON lines, or one JSON array.
@@ -138,12 +135,13 @@ fn read_heads(path: &std::path::Path) -> Result<Vec<audit::Seal>, CliError> {
             Some(audit::Seal {
                 seq: v["seq"].as_i64()?,
                 hash: unhex(v["hash"].as_str()?)?,
+                prev_mac: unhex(v["prev"].as_str()?)?,
                 mac: unhex(v["mac"].as_str()?)?,
                 at: v["at"].as_i64()?,
             })
         })
         .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| bad_heads(path, "each seal needs seq, hash, mac (hex) and at"))
+        .ok_or_else(|| bad_heads(path, "each seal needs seq, hash, prev, mac (hex) and at"))
 }
 
 fn bad_heads(path: &std::path::Path, why: &str) -> CliError {

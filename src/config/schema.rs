@@ -148,7 +148,18 @@ pub struct ServerConfig {
     /// `INKAN_SERVER_METRICS_TOKEN`); without one, `/metrics` answers loopback
     /// clients only.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub metrics_token: Option<String>,
+    pub metrics_token: Option<SecretText>,
+}
+
+/// A secret setting: its `Debug` shows `***`, never the value.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct SecretText(pub String);
+
+impl fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// `[server] id_token_alg`.

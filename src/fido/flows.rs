@@ -114,6 +114,9 @@ pub struct PcView {
 pub trait PhonesTx: DevicesTx + RegcodesTx + CardsTx {}
 impl<T: DevicesTx + RegcodesTx + CardsTx + ?Sized> PhonesTx for T {}
 
+/// QR codes of one user and flow that may wait for a phone at once.
+pub const WAITING_KEPT: usize = 3;
+
 /// The phone flows.
 pub struct Phones<T: ?Sized + Send> {
     store: Arc<dyn Transactions<T>>,
@@ -184,10 +187,11 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
         let mut tx = self.store.write().await?;
         // Old tickets are kept a day for support questions, then dropped.
         tx.purge_tickets(now - 86_400_000).await?;
-        // One live ticket per user and flow: a new start replaces the last
-        // (a flood of starts for one ID rewrites one row instead of adding).
+        // A few QR codes per user and flow wait at once: a new start replaces
+        // the oldest unused one (a flood of starts for one ID rewrites rows
+        // instead of adding them); one a phone has begun is never replaced.
         let (purpose, via) = kind.names();
-        tx.drop_open_tickets(user_id, purpose, via).await?;
+        tx.drop_waiting_tickets(user_id, purpose, via, WAITING_KEPT - 1).await?;
         let ticket = Ticket::new(kind, user_id, has_device, pc_claimed, now, self.ticket_ms, Some(pc_info));
         tx.insert_ticket(&ticket, &token_hash(&pc), &token_hash(&phone_token(&pc, 0)), now).await?;
         tx.commit().await?;
@@ -328,23 +332,27 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
 
     /// Cancels a ticket, noting why (the PC shows it).
     async fn cancel_for(&self, id: i64, failure: &Failure) -> Result<()> {
-        let mut tx = self.store.write().await?;
-        if let Some(ticket) = tx.ticket(id).await? {
-            if let Ok(cancelled) = ticket.cancel() {
-                tx.update_ticket(&cancelled.with_error(failure.encode())).await?;
-                tx.commit().await?;
-            }
-        }
-        Ok(())
+        self.update_noted(id, failure, true).await
     }
 
     /// Notes a failure on a ticket (the PC shows it).
     async fn note(&self, id: i64, failure: &Failure) -> Result<()> {
+        self.update_noted(id, failure, false).await
+    }
+
+    async fn update_noted(&self, id: i64, failure: &Failure, cancel: bool) -> Result<()> {
         let mut tx = self.store.write().await?;
-        if let Some(ticket) = tx.ticket(id).await? {
-            tx.update_ticket(&ticket.with_error(failure.encode())).await?;
-            tx.commit().await?;
-        }
+        let Some(ticket) = tx.ticket(id).await? else { return Ok(()) };
+        let ticket = if cancel {
+            match ticket.cancel() {
+                Ok(t) => t,
+                Err(_) => return Ok(()),
+            }
+        } else {
+            ticket
+        };
+        tx.update_ticket(&ticket.with_error(failure.encode())).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -249,7 +249,7 @@ pub struct Ticket {
 /// anything, and the secret of the confirmation number the PC shows and the
 /// phone's user types (a QR code sent to someone else's phone is of no use
 /// without the number on the PC's screen).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PcInfo {
     /// The PC's address, as inkan saw it.
     pub addr: String,
@@ -263,7 +263,28 @@ pub struct PcInfo {
     secret: String,
 }
 
+impl std::fmt::Debug for PcInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PcInfo")
+            .field("addr", &self.addr)
+            .field("agent", &self.agent)
+            .field("system", &self.system)
+            .field("at", &self.at)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PcInfo {
+    /// The stored form (JSON).
+    pub fn encode(&self) -> Result<String, StoreError> {
+        serde_json::to_string(self).map_err(|e| StoreError::Corrupt(format!("pc_info: {e}")))
+    }
+
+    /// A stored form read back.
+    pub fn decode(text: &str) -> Result<PcInfo, StoreError> {
+        serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("pc_info: {e}")))
+    }
+
     /// A PC's details, with a fresh secret.
     pub fn new(addr: &str, agent: &str, system: Option<String>, at: i64) -> crate::error::Result<PcInfo> {
         let mut secret = [0u8; 16];
@@ -273,7 +294,7 @@ impl PcInfo {
             agent: agent.chars().take(200).collect(),
             system,
             at,
-            secret: secret.iter().map(|b| format!("{b:02x}")).collect(),
+            secret: crate::keys::hex(&secret),
         })
     }
 
@@ -538,10 +559,17 @@ pub trait TicketStore: Send {
     async fn open_tickets(&mut self, user_id: &str) -> Result<Vec<Ticket>, StoreError>;
     /// Drops tickets that expired before `before`; returns how many.
     async fn purge_tickets(&mut self, before: i64) -> Result<usize, StoreError>;
-    /// Deletes the user's unfinished (not collected, not cancelled) tickets of
-    /// one purpose and via (as [`Kind::names`] gives them): a new ticket of
-    /// the flow replaces them. Returns how many were deleted.
-    async fn drop_open_tickets(&mut self, user_id: &str, purpose: &str, via: &str) -> Result<usize, StoreError>;
+    /// Deletes the user's tickets of one purpose and via (as [`Kind::names`]
+    /// gives them) that still wait for a phone (a QR code nobody has used),
+    /// but the newest `keep`: a new ticket of the flow replaces the oldest.
+    /// Tickets a phone has begun are never touched. Returns how many were deleted.
+    async fn drop_waiting_tickets(
+        &mut self,
+        user_id: &str,
+        purpose: &str,
+        via: &str,
+        keep: usize,
+    ) -> Result<usize, StoreError>;
 }
 
 #[cfg(test)]

@@ -678,6 +678,20 @@ fn phone_error(e: Error) -> ApiError {
     }
 }
 
+/// Why a ceremony could not begin, as the phone (or the PC) shows it.
+fn begin_error(e: Error) -> ApiError {
+    match e {
+        Error::Conflict(_) => ApiError::bad_request("この手続きは既に完了しているか、PCでの操作を待っています。"),
+        Error::Unauthenticated(Credential::Confirmation, _) => {
+            ApiError::bad_request("PCの画面に表示されている4桁の確認番号を入力してください。")
+        }
+        Error::Gone(Gone::Revoked, _) => ApiError::bad_request(
+            "確認番号がPCの画面の番号と違います。このQRコードは取り消されました。PCで最初からやり直してください。",
+        ),
+        other => phone_error(other),
+    }
+}
+
 fn same_site_only(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     if cross_site(app, headers) {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "access_denied", "requests from other sites are refused"));
@@ -698,16 +712,7 @@ pub async fn phone_begin(
         code: Option<String>,
     }
     let begin: Begin = read_json_or_empty(body, 1024).await?;
-    let options = app.phones.begin(&token, begin.code.as_deref()).await.map_err(|e| match e {
-        Error::Conflict(_) => ApiError::bad_request("この手続きは既に完了しているか、PCでの操作を待っています。"),
-        Error::Unauthenticated(Credential::Confirmation, _) => {
-            ApiError::bad_request("PCの画面に表示されている4桁の確認番号を入力してください。")
-        }
-        Error::Gone(Gone::Revoked, _) => ApiError::bad_request(
-            "確認番号がPCの画面の番号と違います。このQRコードは取り消されました。PCで最初からやり直してください。",
-        ),
-        other => phone_error(other),
-    })?;
+    let options = app.phones.begin(&token, begin.code.as_deref()).await.map_err(begin_error)?;
     Ok(Json(options).into_response())
 }
 
@@ -728,10 +733,7 @@ async fn pc_ceremony(app: &App, headers: &HeaderMap) -> Result<crate::fido::flow
 pub async fn pc_begin(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let view = pc_ceremony(&app, &headers).await?;
     let code = view.ticket.confirmation();
-    let options = app.phones.begin(&view.phone_token, code.as_deref()).await.map_err(|e| match e {
-        Error::Conflict(_) => ApiError::bad_request("この手続きは既に完了しているか、PCでの操作を待っています。"),
-        other => phone_error(other),
-    })?;
+    let options = app.phones.begin(&view.phone_token, code.as_deref()).await.map_err(begin_error)?;
     Ok(Json(options).into_response())
 }
 

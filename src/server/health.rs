@@ -55,7 +55,11 @@ fn metrics_allowed(token: Option<&str>, peer: Option<ClientAddr>, bearer: Option
 pub async fn metrics(State(app): State<Arc<App>>, peer: Option<Extension<ClientAddr>>, headers: HeaderMap) -> Response {
     let bearer =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if !metrics_allowed(app.config.server.metrics_token.as_deref(), peer.map(|Extension(a)| a), bearer) {
+    if !metrics_allowed(
+        app.config.server.metrics_token.as_ref().map(|t| t.0.as_str()),
+        peer.map(|Extension(a)| a),
+        bearer,
+    ) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "access_denied",
@@ -126,8 +130,8 @@ mod tests {
         assert!(metrics_allowed(None, at("::1"), None));
         assert!(!metrics_allowed(None, at("192.0.2.7"), Some("anything")));
         assert!(!metrics_allowed(None, None, None));
-        assert!(metrics_allowed(Some("s3cret"), at("192.0.2.7"), Some("s3cret")));
-        assert!(!metrics_allowed(Some("s3cret"), at("127.0.0.1"), None), "a token is asked of everyone");
-        assert!(!metrics_allowed(Some("s3cret"), at("127.0.0.1"), Some("s3cre")));
+        assert!(metrics_allowed(Some("s3cret-s3cret-s3cret"), at("192.0.2.7"), Some("s3cret-s3cret-s3cret")));
+        assert!(!metrics_allowed(Some("s3cret-s3cret-s3cret"), at("127.0.0.1"), None), "a token is asked of everyone");
+        assert!(!metrics_allowed(Some("s3cret-s3cret-s3cret"), at("127.0.0.1"), Some("s3cret-s3cret-s3cre")));
     }
 }

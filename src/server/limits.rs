@@ -118,6 +118,22 @@ impl RateLimiter {
         Ok(())
     }
 
+    /// Whether `key` would be refused now, without counting a request.
+    pub fn blocked(&self, key: impl Hash) -> Option<Limited> {
+        if self.interval == 0 {
+            return None;
+        }
+        let now = self.start.elapsed().as_micros() as u64;
+        let mut key = self.hasher.hash_one(key);
+        if key == NEWCOMERS {
+            key -= 1;
+        }
+        let shard = self.shards[(key % SHARDS as u64) as usize].lock().unwrap_or_else(|p| p.into_inner());
+        let tat = shard.tat.get(&key).copied()?;
+        (tat > now && tat - now > self.tolerance)
+            .then(|| Limited { retry_after: Duration::from_micros(tat - now - self.tolerance) })
+    }
+
     /// Keys held (for tests and metrics).
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).tat.len()).sum()
@@ -156,7 +172,9 @@ impl ClientAddr {
 pub enum Route {
     /// `GET /oidc/authorize`.
     Authorize,
-    /// `POST /oidc/token`, `/oidc/revoke`.
+    /// `POST /oidc/token`, `/oidc/revoke`: signing systems authenticate
+    /// with their secret, and one system's servers exchange the codes of all
+    /// its users: only refusals count ([`Route::counts_refusals_only`]).
     Token,
     /// `POST /login/fido`, `POST /change`, `GET /pc/claim`: a QR code starts.
     QrStart,
@@ -180,6 +198,13 @@ impl Route {
             (_, "/login/{scheme}" | "/enroll/{scheme}" | "/link/hpki" | "/link/jpki") => Route::Card,
             _ => return None,
         })
+    }
+
+    /// Whether only refused requests (4xx) count against the address: a
+    /// signing system's servers may exchange any number of good codes, a
+    /// guesser of secrets or codes is stopped.
+    pub fn counts_refusals_only(self) -> bool {
+        self == Route::Token
     }
 
     /// Whether the group answers with pages (else JSON).
@@ -207,6 +232,8 @@ pub struct Limits {
     pub address: RateLimiter,
     /// Per user ID and flow.
     pub user: RateLimiter,
+    /// Refused requests per client address, for the groups that count only those.
+    pub refusals: RateLimiter,
     /// Open connections per client address, per listener.
     pub connections: usize,
     /// Open connections per client address.
@@ -223,6 +250,7 @@ impl Limits {
         Limits {
             address: RateLimiter::new(cfg.per_address_per_minute, cfg.per_address_burst, MAX_KEYS),
             user: RateLimiter::new(cfg.per_user_per_minute, cfg.per_user_burst, MAX_KEYS),
+            refusals: RateLimiter::new(cfg.per_address_per_minute, cfg.per_address_burst, MAX_KEYS),
             connections: cfg.connections,
             connections_per_address: cfg.connections_per_address,
             body: BodyPace { grace: Duration::from_secs(cfg.body_grace_secs), min_rate: cfg.min_body_rate.max(1) },
@@ -432,6 +460,16 @@ mod tests {
         assert!(l.check_at(20_000u32, 10_000_000).is_ok());
         assert!(l.check_at(20_000u32, 10_000_000).is_ok());
         assert!(l.len() <= SHARDS * 5);
+    }
+
+    #[test]
+    fn blocked_peeks_without_counting() {
+        let l = RateLimiter::new(60, 2, 1000);
+        assert_eq!(l.blocked("a"), None);
+        assert!(l.check("a").is_ok() && l.check("a").is_ok());
+        assert!(l.blocked("a").is_some());
+        assert!(l.blocked("a").is_some(), "peeking counts nothing");
+        assert_eq!(l.blocked("b"), None);
     }
 
     #[test]

@@ -162,13 +162,13 @@ mod protocol_more {
     #[test]
     fn metrics_ask_for_their_token() {
         let env = Env::new();
-        let server = Server::start(&env, &[("INKAN_SERVER_METRICS_TOKEN", "scrape-me")]);
+        let server = Server::start(&env, &[("INKAN_SERVER_METRICS_TOKEN", "scrape-me-scrape-me")]);
         let url = server.url("/metrics");
         let r = Client::new().get(&url, &[]);
         assert_eq!(r.status, 403, "even from loopback once a token is set: {}", r.text());
         assert!(!r.text().contains("inkan_http"), "{}", r.text());
-        assert_eq!(Client::new().get(&url, &[("authorization", "Bearer scrape-m")]).status, 403);
-        let r = Client::new().get(&url, &[("authorization", "Bearer scrape-me")]);
+        assert_eq!(Client::new().get(&url, &[("authorization", "Bearer scrape-me-scrape-m")]).status, 403);
+        let r = Client::new().get(&url, &[("authorization", "Bearer scrape-me-scrape-me")]);
         assert_eq!(r.status, 200, "{}", r.text());
         assert!(r.text().contains("inkan_http_requests_total"), "{}", r.text());
     }
@@ -689,32 +689,38 @@ mod writes {
     use crate::fido::{enroll_by_card, fido_env, Pc};
 
     #[test]
-    fn qr_starts_for_one_id_replace_one_ticket_and_are_limited_per_id() {
+    fn qr_starts_for_one_id_replace_the_oldest_waiting_one_and_are_limited_per_id() {
         let env = fido_env();
         let server =
-            Server::start(&env, &[("INKAN_LIMITS_PER_USER_PER_MINUTE", "1"), ("INKAN_LIMITS_PER_USER_BURST", "3")]);
+            Server::start(&env, &[("INKAN_LIMITS_PER_USER_PER_MINUTE", "1"), ("INKAN_LIMITS_PER_USER_BURST", "6")]);
         let mut phone = StockPasskey::new(&server.base);
         enroll_by_card(&server, "hpki-doctor", "hpki", &mut phone, false);
         let tickets = |purpose: &str| {
             env.sql_ok(&format!("SELECT count(*) FROM tickets WHERE purpose = '{purpose}' AND user_id = '100001'"))[0]
                 .clone()
         };
+        // A change whose phone has begun is never replaced.
+        let mut begun = Pc::new();
+        assert_eq!(begun.post_form(&server.url("/change"), &[("user_id", "100001")]).status, 303);
+        let begun_url = begun.phone_url(&server);
+        let _ = crate::fido::phone_begin(&begun_url);
         let mut first = Pc::new();
         assert_eq!(first.post_form(&server.url("/change"), &[("user_id", "100001")]).status, 303);
         assert_eq!(first.get(&server.url("/pc")).status, 200);
-        for _ in 0..2 {
+        for _ in 0..4 {
             let r = Pc::new().post_form(&server.url("/change"), &[("user_id", "100001")]);
             assert_eq!(r.status, 303, "{}", r.text());
         }
-        assert_eq!(tickets("change"), "1", "three starts, one ticket");
-        // The first PC's QR code was replaced.
+        // Six starts: the begun one and the three newest waiting ones are left.
+        assert_eq!(tickets("change"), "4", "at most three QR codes wait, plus the one begun");
         let r = first.get(&server.url("/pc"));
-        assert_ne!(r.status, 200, "{}", r.text());
-        // A fourth start for the ID within the minute: 429, nothing written.
+        assert_ne!(r.status, 200, "the oldest waiting QR code was replaced: {}", r.text());
+        assert_eq!(begun.get(&server.url("/pc")).status, 200, "the begun one stays");
+        // A seventh start for the ID within the minute: 429, nothing written.
         let r = Pc::new().post_form(&server.url("/change"), &[("user_id", "100001")]);
         assert_eq!(r.status, 429, "{}", r.text());
         assert!(r.headers.contains_key("retry-after"));
-        assert_eq!(tickets("change"), "1");
+        assert_eq!(tickets("change"), "4");
         // Another ID has its own count; an unknown one writes nothing.
         let r = Pc::new().post_form(&server.url("/change"), &[("user_id", "nobody")]);
         assert_eq!(r.status, 404, "{}", r.text());
@@ -941,7 +947,53 @@ mod audit {
         std::fs::write(&heads, "{\"seq\": 1}\n").expect("write");
         let r = env.run(&["audit", "verify", "--heads", s(&heads)]);
         assert_eq!(r.code, 2, "{}", r.stderr);
-        assert!(r.stderr.contains("seq, hash, mac"), "{}", r.stderr);
+        assert!(r.stderr.contains("seq, hash, prev, mac"), "{}", r.stderr);
+    }
+
+    #[test]
+    fn a_seal_removed_from_the_middle_breaks_the_next() {
+        let env = Env::new();
+        for id in ["900001", "900002", "900003"] {
+            env.add_user(id, "doctor");
+        }
+        drop_triggers(&env);
+        env.sql_ok("DELETE FROM audit_seals WHERE seq = 2; SELECT 1");
+        let r = env.run(&["audit", "verify"]);
+        assert_eq!(r.code, 3, "{}", r.stdout);
+        assert!(
+            r.stderr.contains("broken at row 3") && r.stderr.contains("seal between them was removed"),
+            "{}",
+            r.stderr
+        );
+    }
+
+    #[test]
+    fn a_running_server_does_not_seal_over_a_rewritten_chain() {
+        let env = env_with_card_user();
+        let server = Server::start(&env, &[("INKAN_LOG", "warn")]);
+        let sealed = || env.sql_ok("SELECT coalesce(max(seq), 0) FROM audit_seals")[0].clone();
+        let head = || env.sql_ok("SELECT seq FROM audit_head")[0].clone();
+        login_with_scope(&server, &env, "openid sign");
+        let started = std::time::Instant::now();
+        while sealed() != head() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "not sealed");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // Rewritten from row 2 on, every seal from row 2 on removed, and a
+        // new row written by the server: it must not seal the forged chain.
+        drop_triggers(&env);
+        edit_and_recompute(&env, 2);
+        env.sql_ok("DELETE FROM audit_seals WHERE seq >= 2; SELECT 1");
+        let kept = sealed();
+        login_with_scope(&server, &env, "openid sign");
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        assert_eq!(sealed(), kept, "no seal over the rewritten chain");
+        // The CLI does not seal rows it did not write either.
+        env.add_user("900009", "doctor");
+        assert_eq!(sealed(), kept);
+        let mut server = server;
+        let stderr = server.kill();
+        assert!(stderr.contains("rewritten"), "{stderr}");
     }
 
     #[test]

@@ -127,8 +127,8 @@ impl AuditStore for PgTx {
 
     async fn insert_audit_seal(&mut self, seal: &Seal) -> Result<(), StoreError> {
         self.exec(
-            "INSERT INTO audit_seals (seq, hash, mac, at) VALUES ($1, $2, $3, $4)",
-            &[&seal.seq, &seal.hash, &seal.mac, &seal.at],
+            "INSERT INTO audit_seals (seq, hash, prev, mac, at) VALUES ($1, $2, $3, $4, $5)",
+            &[&seal.seq, &seal.hash, &seal.prev_mac, &seal.mac, &seal.at],
         )
         .await?;
         Ok(())
@@ -137,19 +137,24 @@ impl AuditStore for PgTx {
     async fn audit_seals(&mut self, after_seq: i64, limit: usize) -> Result<Vec<Seal>, StoreError> {
         let rows = self
             .rows(
-                "SELECT seq, hash, mac, at FROM audit_seals WHERE seq > $1 ORDER BY seq LIMIT $2",
+                "SELECT seq, hash, prev, mac, at FROM audit_seals WHERE seq > $1 ORDER BY seq LIMIT $2",
                 &[&after_seq, &(limit as i64)],
             )
             .await?;
-        rows.iter().map(|r| Ok(Seal { seq: get(r, 0)?, hash: get(r, 1)?, mac: get(r, 2)?, at: get(r, 3)? })).collect()
+        rows.iter()
+            .map(|r| {
+                Ok(Seal { seq: get(r, 0)?, hash: get(r, 1)?, prev_mac: get(r, 2)?, mac: get(r, 3)?, at: get(r, 4)? })
+            })
+            .collect()
     }
 
-    async fn last_audit_seal(&mut self) -> Result<Option<i64>, StoreError> {
-        let rows = self.rows("SELECT max(seq) FROM audit_seals", &[]).await?;
-        match rows.first() {
-            Some(r) => get(r, 0),
-            None => Ok(None),
-        }
+    async fn last_audit_seal(&mut self) -> Result<Option<Seal>, StoreError> {
+        let rows = self.rows("SELECT seq, hash, prev, mac, at FROM audit_seals ORDER BY seq DESC LIMIT 1", &[]).await?;
+        rows.first()
+            .map(|r| {
+                Ok(Seal { seq: get(r, 0)?, hash: get(r, 1)?, prev_mac: get(r, 2)?, mac: get(r, 3)?, at: get(r, 4)? })
+            })
+            .transpose()
     }
 
     async fn audit_tail(&mut self, user_id: Option<&str>, limit: i64) -> Result<Vec<Row>, StoreError> {

@@ -262,11 +262,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE SEQUENCE oidc_request_slots;
     "#,
     // 6: seals of the audit chain: the HMAC, by a key in the token, of the
-    // hash of the row named (append-only, as the rows)
+    // hash of the row named and of the previous seal (append-only, as the rows)
     r#"
     CREATE TABLE audit_seals (
         seq  BIGINT PRIMARY KEY,
         hash BYTEA NOT NULL,
+        prev BYTEA NOT NULL,
         mac  BYTEA NOT NULL,
         at   BIGINT NOT NULL
     );

@@ -7,7 +7,7 @@ use tokio_postgres::Row;
 
 use super::row::get;
 use super::PgTx;
-use crate::fido::ticket::{Kind, Stage, Ticket, TicketStore};
+use crate::fido::ticket::{Kind, PcInfo, Stage, Ticket, TicketStore};
 use crate::storage::StoreError;
 
 const COLUMNS: &str = "id, purpose, via, user_id, oidc_req, regcode_id, action, step, ceremony, phase, error, \
@@ -27,10 +27,7 @@ fn decode(r: &Row) -> Result<Ticket, StoreError> {
         pc_claimed: get(r, 12)?,
         expires_at: get(r, 13)?,
         replace_confirmed: get(r, 14)?,
-        pc: get::<Option<String>>(r, 15)?
-            .map(|j| serde_json::from_str(&j))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("ticket {id}: pc_info: {e}")))?,
+        pc: get::<Option<String>>(r, 15)?.as_deref().map(PcInfo::decode).transpose()?,
     };
     if ticket.action().as_str() != action {
         return Err(StoreError::Corrupt(format!("ticket {id}: action {action:?} does not fit its kind and phase")));
@@ -55,8 +52,7 @@ impl TicketStore for PgTx {
         now: i64,
     ) -> Result<i64, StoreError> {
         let (purpose, via) = t.kind.names();
-        let pc_info =
-            t.pc.as_ref().map(serde_json::to_string).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let pc_info = t.pc.as_ref().map(PcInfo::encode).transpose()?;
         let rows = self
             .exec_rows(
                 "INSERT INTO tickets (phone_hash, pc_hash, pc_claimed, phase, replace_ok, purpose, via, user_id,
@@ -145,9 +141,16 @@ impl TicketStore for PgTx {
         Ok(self.exec("DELETE FROM tickets WHERE expires_at < $1", &[&before]).await? as usize)
     }
 
-    async fn drop_open_tickets(&mut self, user_id: &str, purpose: &str, via: &str) -> Result<usize, StoreError> {
-        let sql = "DELETE FROM tickets
-                   WHERE user_id = $1 AND purpose = $2 AND via = $3 AND step NOT IN ('collected', 'cancelled')";
-        Ok(self.exec(sql, &[&user_id, &purpose, &via]).await? as usize)
+    async fn drop_waiting_tickets(
+        &mut self,
+        user_id: &str,
+        purpose: &str,
+        via: &str,
+        keep: usize,
+    ) -> Result<usize, StoreError> {
+        let sql = "DELETE FROM tickets WHERE id IN (
+                       SELECT id FROM tickets WHERE user_id = $1 AND purpose = $2 AND via = $3 AND step = 'waiting'
+                       ORDER BY id DESC OFFSET $4)";
+        Ok(self.exec(sql, &[&user_id, &purpose, &via, &(keep as i64)]).await? as usize)
     }
 }

@@ -79,26 +79,29 @@ impl<C: DerefMut<Target = Connection> + Send> AuditStore for SqliteTx<C> {
 
     async fn insert_audit_seal(&mut self, seal: &Seal) -> Result<(), StoreError> {
         self.writing()?
-            .prepare_cached("INSERT INTO audit_seals (seq, hash, mac, at) VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![seal.seq, seal.hash, seal.mac, seal.at])?;
+            .prepare_cached("INSERT INTO audit_seals (seq, hash, prev, mac, at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![seal.seq, seal.hash, seal.prev_mac, seal.mac, seal.at])?;
         Ok(())
     }
 
     async fn audit_seals(&mut self, after_seq: i64, limit: usize) -> Result<Vec<Seal>, StoreError> {
         let mut stmt = self
             .conn()
-            .prepare_cached("SELECT seq, hash, mac, at FROM audit_seals WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+            .prepare_cached("SELECT seq, hash, prev, mac, at FROM audit_seals WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
         let seals = stmt
             .query_map(params![after_seq, limit as i64], |r| {
-                Ok(Seal { seq: r.get(0)?, hash: r.get(1)?, mac: r.get(2)?, at: r.get(3)? })
+                Ok(Seal { seq: r.get(0)?, hash: r.get(1)?, prev_mac: r.get(2)?, mac: r.get(3)?, at: r.get(4)? })
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(seals)
     }
 
-    async fn last_audit_seal(&mut self) -> Result<Option<i64>, StoreError> {
-        let mut stmt = self.conn().prepare_cached("SELECT max(seq) FROM audit_seals")?;
-        Ok(stmt.query_row([], |r| r.get(0))?)
+    async fn last_audit_seal(&mut self) -> Result<Option<Seal>, StoreError> {
+        let mut stmt =
+            self.conn().prepare_cached("SELECT seq, hash, prev, mac, at FROM audit_seals ORDER BY seq DESC LIMIT 1")?;
+        optional(stmt.query_row([], |r| {
+            Ok(Seal { seq: r.get(0)?, hash: r.get(1)?, prev_mac: r.get(2)?, mac: r.get(3)?, at: r.get(4)? })
+        }))
     }
 
     async fn audit_tail(&mut self, user_id: Option<&str>, limit: i64) -> Result<Vec<Row>, StoreError> {

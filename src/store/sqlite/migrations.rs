@@ -194,11 +194,12 @@ const MIGRATIONS: &[&str] = &[
     // node keeps SADs in memory): the versions of both backends stay equal.
     "",
     // 6: seals of the audit chain: the HMAC, by a key in the token, of the
-    // hash of the row named (append-only, as the rows)
+    // hash of the row named and of the previous seal (append-only, as the rows)
     r#"
     CREATE TABLE audit_seals (
         seq  INTEGER PRIMARY KEY,
         hash BLOB NOT NULL,
+        prev BLOB NOT NULL,
         mac  BLOB NOT NULL,
         at   INTEGER NOT NULL
     ) STRICT;

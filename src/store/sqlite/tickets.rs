@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
 use super::{optional, SqliteTx};
-use crate::fido::ticket::{Kind, Stage, Ticket, TicketStore};
+use crate::fido::ticket::{Kind, PcInfo, Stage, Ticket, TicketStore};
 use crate::storage::StoreError;
 
 const COLUMNS: &str = "id, purpose, via, user_id, oidc_req, regcode_id, action, step, ceremony, phase, error, \
@@ -39,10 +39,7 @@ fn decode((c, rest): (Columns, Rest)) -> Result<Ticket, StoreError> {
         pc_claimed: pc_claimed == 1,
         error,
         expires_at,
-        pc: pc_info
-            .map(|j| serde_json::from_str(&j))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("ticket {id}: pc_info: {e}")))?,
+        pc: pc_info.as_deref().map(PcInfo::decode).transpose()?,
     };
     if ticket.action().as_str() != action {
         return Err(StoreError::Corrupt(format!("ticket {id}: action {action:?} does not fit its kind and phase")));
@@ -64,8 +61,7 @@ impl<C: DerefMut<Target = Connection> + Send> TicketStore for SqliteTx<C> {
         phone_hash: &[u8],
         now: i64,
     ) -> Result<i64, StoreError> {
-        let pc_info =
-            t.pc.as_ref().map(serde_json::to_string).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let pc_info = t.pc.as_ref().map(PcInfo::encode).transpose()?;
         let conn = self.writing()?;
         let (purpose, via) = t.kind.names();
         conn.prepare_cached(
@@ -154,13 +150,20 @@ impl<C: DerefMut<Target = Connection> + Send> TicketStore for SqliteTx<C> {
         Ok(self.writing()?.prepare_cached("DELETE FROM tickets WHERE expires_at < ?1")?.execute([before])?)
     }
 
-    async fn drop_open_tickets(&mut self, user_id: &str, purpose: &str, via: &str) -> Result<usize, StoreError> {
+    async fn drop_waiting_tickets(
+        &mut self,
+        user_id: &str,
+        purpose: &str,
+        via: &str,
+        keep: usize,
+    ) -> Result<usize, StoreError> {
         Ok(self
             .writing()?
             .prepare_cached(
-                "DELETE FROM tickets
-                 WHERE user_id = ?1 AND purpose = ?2 AND via = ?3 AND step NOT IN ('collected', 'cancelled')",
+                "DELETE FROM tickets WHERE id IN (
+                     SELECT id FROM tickets WHERE user_id = ?1 AND purpose = ?2 AND via = ?3 AND step = 'waiting'
+                     ORDER BY id DESC LIMIT -1 OFFSET ?4)",
             )?
-            .execute([user_id, purpose, via])?)
+            .execute(params![user_id, purpose, via, keep as i64])?)
     }
 }
