@@ -187,6 +187,31 @@ pub fn create_trusted_kek(
     made
 }
 
+/// The template of an HMAC key made in the token: a 32-byte generic secret,
+/// sensitive, never extractable, not modifiable, `CKM_SHA256_HMAC` only.
+pub(super) fn hmac_key_template(id: Vec<u8>, label: &[u8]) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Id(id),
+        Attribute::Label(label.to_vec()),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Modifiable(false),
+        Attribute::Derive(false),
+        Attribute::ValueLen(32.into()),
+        Attribute::Sign(true),
+        Attribute::Verify(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::AllowedMechanisms(vec![cryptoki::mechanism::MechanismType::SHA256_HMAC]),
+    ]
+}
+
 impl Keystore {
     /// Makes sure the token's newest KEK has its MAC key, and that there is
     /// a KEK at all (`inkan init`): if there is none, makes strict KEK 1.
@@ -210,26 +235,7 @@ impl Keystore {
                     .is_empty())
             };
             if !has(wrapped::mac_key_id(index))? {
-                let mac = [
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::KeyType(KeyType::GENERIC_SECRET),
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Id(wrapped::mac_key_id(index)),
-                    Attribute::Label(wrapped::WRAPPING_LABEL.as_bytes().to_vec()),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(false),
-                    Attribute::Modifiable(false),
-                    Attribute::Derive(false),
-                    Attribute::ValueLen(32.into()),
-                    Attribute::Sign(true),
-                    Attribute::Verify(true),
-                    Attribute::Encrypt(false),
-                    Attribute::Decrypt(false),
-                    Attribute::Wrap(false),
-                    Attribute::Unwrap(false),
-                    Attribute::AllowedMechanisms(vec![cryptoki::mechanism::MechanismType::SHA256_HMAC]),
-                ];
+                let mac = hmac_key_template(wrapped::mac_key_id(index), wrapped::WRAPPING_LABEL.as_bytes());
                 session.generate_key(&Mechanism::GenericSecretKeyGen, &mac).map_err(from_cryptoki)?;
             }
             if created {

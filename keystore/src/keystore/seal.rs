@@ -2,8 +2,8 @@
 //! inkan MACs the head of its audit chain with it, so that whoever can write
 //! the database, but cannot use the token, cannot recompute the chain.
 
-use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
 use super::Keystore;
@@ -32,26 +32,7 @@ impl Keystore {
             if Self::find_seal_key(session)?.is_some() {
                 return Ok(false);
             }
-            let template = [
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::GENERIC_SECRET),
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Id(SEAL_KEY.as_bytes().to_vec()),
-                Attribute::Label(SEAL_KEY.as_bytes().to_vec()),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(false),
-                Attribute::Modifiable(false),
-                Attribute::Derive(false),
-                Attribute::ValueLen(32.into()),
-                Attribute::Sign(true),
-                Attribute::Verify(true),
-                Attribute::Encrypt(false),
-                Attribute::Decrypt(false),
-                Attribute::Wrap(false),
-                Attribute::Unwrap(false),
-                Attribute::AllowedMechanisms(vec![MechanismType::SHA256_HMAC]),
-            ];
+            let template = super::kek::hmac_key_template(SEAL_KEY.as_bytes().to_vec(), SEAL_KEY.as_bytes());
             session.generate_key(&Mechanism::GenericSecretKeyGen, &template).map_err(from_cryptoki)?;
             Ok(true)
         })
