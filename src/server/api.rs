@@ -82,7 +82,8 @@ pub async fn sign(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok())
             .map_or(max, |len| len.min(max));
-        match app.limits.hold_enveloped(len) {
+        let session = principal.session().map(|s| s.token_hash.clone()).unwrap_or_default();
+        match app.limits.hold_enveloped(&session, len) {
             Some(room) => Some(room),
             None => {
                 let mut body = body;

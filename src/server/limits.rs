@@ -242,6 +242,30 @@ pub struct Limits {
     pub body: BodyPace,
     /// Bytes of enveloped documents that may be held at once.
     pub enveloped: Arc<tokio::sync::Semaphore>,
+    /// Bytes of enveloped documents each auth session holds now.
+    shares: Arc<Mutex<HashMap<Vec<u8>, usize>>>,
+    /// What one session may hold beyond its first document: a quarter of the budget.
+    share: usize,
+}
+
+/// Room held for one enveloped document, given back when dropped.
+pub struct Room {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    shares: Arc<Mutex<HashMap<Vec<u8>, usize>>>,
+    session: Vec<u8>,
+    len: usize,
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        let mut shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = shares.get_mut(&self.session) {
+            *held = held.saturating_sub(self.len);
+            if *held == 0 {
+                shares.remove(&self.session);
+            }
+        }
+    }
 }
 
 impl Limits {
@@ -257,16 +281,27 @@ impl Limits {
             enveloped: Arc::new(tokio::sync::Semaphore::new(
                 cfg.enveloped_bytes.min(tokio::sync::Semaphore::MAX_PERMITS),
             )),
+            shares: Default::default(),
+            share: cfg.enveloped_bytes / 4,
         }
     }
 
     /// Reserves room for an enveloped document of `len` bytes (its
-    /// `Content-Length`, or the largest allowed when it has none): the
-    /// document is kept in memory while it is signed. `None` when there is no
-    /// room now ([`no_room`]).
-    pub fn hold_enveloped(&self, len: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let len = u32::try_from(len).unwrap_or(u32::MAX);
-        Arc::clone(&self.enveloped).try_acquire_many_owned(len).ok()
+    /// `Content-Length`, or the largest allowed when it has none) for the
+    /// auth session `session` (its token hash): the document is kept in
+    /// memory while it is signed. A session holds at most a quarter of the
+    /// budget (always one document), so that one slow client cannot hold it
+    /// all. `None` when there is no room now ([`no_room`]).
+    pub fn hold_enveloped(&self, session: &[u8], len: usize) -> Option<Room> {
+        let mut shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+        let held = shares.get(session).copied().unwrap_or(0);
+        if held > 0 && held.saturating_add(len) > self.share {
+            return None;
+        }
+        let permits = u32::try_from(len).unwrap_or(u32::MAX);
+        let permit = Arc::clone(&self.enveloped).try_acquire_many_owned(permits).ok()?;
+        shares.insert(session.to_vec(), held + len);
+        Some(Room { _permit: permit, shares: Arc::clone(&self.shares), session: session.to_vec(), len })
     }
 }
 
@@ -470,6 +505,19 @@ mod tests {
         assert!(l.blocked("a").is_some());
         assert!(l.blocked("a").is_some(), "peeking counts nothing");
         assert_eq!(l.blocked("b"), None);
+    }
+
+    #[test]
+    fn one_session_holds_a_quarter_of_the_enveloped_budget_at_most() {
+        let cfg = LimitsConfig { enveloped_bytes: 4000, ..LimitsConfig::default() };
+        let limits = Limits::new(&cfg);
+        let first = limits.hold_enveloped(b"a", 900).expect("the first document always");
+        assert!(limits.hold_enveloped(b"a", 200).is_none(), "beyond a's quarter");
+        let other = limits.hold_enveloped(b"b", 1000).expect("b has its own share");
+        drop(first);
+        assert!(limits.hold_enveloped(b"a", 1000).is_some(), "given back");
+        drop(other);
+        assert!(limits.shares.lock().expect("lock").is_empty(), "no share left behind");
     }
 
     #[test]

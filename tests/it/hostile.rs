@@ -359,40 +359,47 @@ mod memory {
     fn enveloped_documents_held_at_once_are_bounded() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let env = env_with_card_user();
+        // 4,000 bytes in all, a session at most a quarter (always one document).
         let server = Server::start(
             &env,
-            &[("INKAN_SERVER_MAX_DOCUMENT_BYTES", "1000"), ("INKAN_LIMITS_ENVELOPED_BYTES", "1500")],
+            &[("INKAN_SERVER_MAX_DOCUMENT_BYTES", "1000"), ("INKAN_LIMITS_ENVELOPED_BYTES", "4000")],
         );
-        let token = login_with_scope(&server, &env, "openid sign")["access_token"].as_str().expect("token").to_owned();
+        let bearer = || {
+            let token = login_with_scope(&server, &env, "openid sign")["access_token"].as_str().expect("t").to_owned();
+            format!("Bearer {token}")
+        };
+        let (a, b) = (bearer(), bearer());
         let url = server.url("/api/v1/sign?detached=false");
-        let auth = format!("Bearer {token}");
-        let sign = {
-            let (url, auth) = (url.clone(), auth.clone());
+        let sign = |auth: String| {
+            let url = url.clone();
             move || Client::new().post(&url, &[("authorization", &auth)], vec![b'x'; 1000])
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async {
-            // A document of 1,000 bytes on its way holds 1,000 of the 1,500.
+            // Session a's document of 1,000 bytes on its way holds a's share.
             let mut slow = Client::new().connect(&url).await.expect("connect");
             let head = format!(
-                "POST /api/v1/sign?detached=false HTTP/1.1\r\nhost: localhost\r\nauthorization: {auth}\r\ncontent-length: 1000\r\n\r\n"
+                "POST /api/v1/sign?detached=false HTTP/1.1\r\nhost: localhost\r\nauthorization: {a}\r\ncontent-length: 1000\r\n\r\n"
             );
             slow.write_all(head.as_bytes()).await.expect("head");
             slow.write_all(&[b'x'; 10]).await.expect("start");
             slow.flush().await.expect("flush");
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            // A second one does not fit: 503, retry shortly.
-            let r = tokio::task::spawn_blocking(sign.clone()).await.expect("join");
+            // A second one of a's does not fit: 503, retry shortly.
+            let r = tokio::task::spawn_blocking(sign(a.clone())).await.expect("join");
             assert_eq!(r.status, 503, "{}", r.text());
             assert_eq!(r.headers.get("retry-after").map(String::as_str), Some("1"));
             assert!(r.json()["error_description"].as_str().expect("m").contains("detached"), "{}", r.text());
+            // Another session's does.
+            let r = tokio::task::spawn_blocking(sign(b.clone())).await.expect("join");
+            assert_eq!(r.status, 200, "{}", r.text());
             // The first one finishes and gives its room back.
             slow.write_all(&[b'x'; 990]).await.expect("rest");
             let mut answer = vec![0u8; 12];
             slow.read_exact(&mut answer).await.expect("answer");
             assert_eq!(&answer, b"HTTP/1.1 200");
         });
-        let r = sign();
+        let r = sign(a)();
         assert_eq!(r.status, 200, "{}", r.text());
     }
 
