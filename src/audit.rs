@@ -10,13 +10,14 @@
 //!
 //! What the chain alone does not stop: someone with write access who
 //! recomputes every hash after their edit. Seals close that ([`seal`]): the
-//! head is MACed by a key that never leaves the token (`audit_seals`), by the
-//! server within a second of every commit and by the CLI after its commands,
-//! and [`verify`] checks every seal against the row it names; a recomputed
-//! chain no longer matches the seals after the edit, and cannot be sealed
-//! again without the token. What seals alone do not stop: deleting the tail
-//! back to an older seal; the exported seals ([`seal::heads`], kept elsewhere
-//! by the operator) catch that.
+//! head is MACed by a key that never leaves the token (`audit_seals`), each
+//! seal chained to the one before, by the server within a second of every
+//! commit and by the CLI after a command that wrote rows; [`verify`] checks
+//! every seal against the row it names. A recomputed chain no longer matches
+//! the seals after the edit, and a sealer never seals over it. What seals
+//! alone do not stop: deleting the tail back to an older seal, or a rewrite
+//! made while no inkan ran; the exported seals ([`seal::heads`], kept
+//! elsewhere by the operator) catch those.
 //!
 //! Rows of administrative changes are appended inside the change's own
 //! transaction ([`append`]); the signatures' rows go through the group-commit

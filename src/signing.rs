@@ -50,7 +50,7 @@ use crate::error::{Error, Result};
 use crate::keys::hex;
 use crate::metrics::Metrics;
 use crate::storage::Transactions;
-use crate::users::{ActiveKey, UsersTx};
+use crate::users::UsersTx;
 
 pub use format::Parts;
 pub use signers::{Signer, Signers};
@@ -149,19 +149,6 @@ pub struct Request<'a> {
     pub via: &'static str,
     /// More audit detail (never a secret), merged into each row's.
     pub detail: Option<serde_json::Value>,
-}
-
-/// A request past its authorization (step 1) and with its digests (step 2).
-struct Authorized {
-    key: ActiveKey,
-    encoder: Box<dyn format::Encoder>,
-    alg: DigestAlgorithm,
-    digests: Vec<Vec<u8>>,
-    content_len: Option<u64>,
-    content: Option<Vec<u8>>,
-    via: &'static str,
-    detail: Option<serde_json::Value>,
-    started: Instant,
 }
 
 /// The signatures of a request.
@@ -396,66 +383,55 @@ impl<T: UsersTx + ?Sized> Signing<T> {
             Activation::Csc(sad) => self.activate(principal, key.generation, sad, &digests).await?,
             _ => None,
         };
-        let authorized = Authorized {
-            key,
-            encoder,
-            alg,
-            digests,
-            content_len,
-            content,
-            via: request.via,
-            detail: request.detail,
-            started,
-        };
-        let signed = self.sign_authorized(principal, authorized).await;
+        let (via, extra) = (request.via, request.detail);
+        // Steps 3 to 6; an outage in them used nothing up: the client
+        // retries with the same SAD.
+        let signed: Result<Signed> = async {
+            let format_name = encoder.name();
+            // 3. The signer.
+            let signer = self.signers.get(&principal.user_id, &key).await?;
+            // 4. The token.
+            let announced = self.announce();
+            let now = self.clock.now();
+            let n = digests.len() as u64;
+            let refused = Arc::new(AtomicBool::new(false));
+            let result = self
+                .run(Arc::clone(&signer), encoder, alg, digests.clone(), now, content_len, Arc::clone(&refused))
+                .await;
+            let signatures = match result {
+                Ok(s) => s,
+                Err(e) => {
+                    self.metrics.signatures(n, false, started.elapsed());
+                    if refused.load(Ordering::Relaxed) {
+                        self.audit_refused(principal, key.generation, &e).await;
+                    }
+                    return Err(e);
+                }
+            };
+            // 5. The audit rows, durable before anything is returned.
+            let mut detail = serde_json::json!({
+                "via": via,
+                "format": format_name,
+                "method": principal.method(),
+            });
+            if let (Some(extra), Some(obj)) = (extra.as_ref().and_then(|d| d.as_object()), detail.as_object_mut()) {
+                obj.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            let names: Vec<String> = digests.iter().map(|d| format!("{}:{}", digest_name(alg), hex(d))).collect();
+            let signed = Instant::now();
+            let audit_seq = self.commit(principal, key.generation, &names, detail, announced).await?;
+            self.metrics.audit_wait(signed.elapsed());
+            // 6. The metrics.
+            self.metrics.signatures(n, true, started.elapsed());
+            Ok(Signed { signatures, content, digests: names, generation: key.generation, audit_seq })
+        }
+        .await;
         if let (Err(e), Some(taken)) = (&signed, taken) {
-            // An outage used nothing up: the client retries with the same SAD.
             if e.is_unavailable() {
                 self.give_back(taken).await;
             }
         }
         signed
-    }
-
-    /// Steps 3 to 6 of [`Signing::sign`], once the request is authorized.
-    async fn sign_authorized(&self, principal: &Principal, a: Authorized) -> Result<Signed> {
-        let Authorized { key, encoder, alg, digests, content_len, content, via, detail: extra, started } = a;
-        let format_name = encoder.name();
-        // 3. The signer.
-        let signer = self.signers.get(&principal.user_id, &key).await?;
-        // 4. The token.
-        let announced = self.announce();
-        let now = self.clock.now();
-        let n = digests.len() as u64;
-        let refused = Arc::new(AtomicBool::new(false));
-        let result =
-            self.run(Arc::clone(&signer), encoder, alg, digests.clone(), now, content_len, Arc::clone(&refused)).await;
-        let signatures = match result {
-            Ok(s) => s,
-            Err(e) => {
-                self.metrics.signatures(n, false, started.elapsed());
-                if refused.load(Ordering::Relaxed) {
-                    self.audit_refused(principal, key.generation, &e).await;
-                }
-                return Err(e);
-            }
-        };
-        // 5. The audit rows, durable before anything is returned.
-        let mut detail = serde_json::json!({
-            "via": via,
-            "format": format_name,
-            "method": principal.method(),
-        });
-        if let (Some(extra), Some(obj)) = (extra.as_ref().and_then(|d| d.as_object()), detail.as_object_mut()) {
-            obj.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
-        let names: Vec<String> = digests.iter().map(|d| format!("{}:{}", digest_name(alg), hex(d))).collect();
-        let signed = Instant::now();
-        let audit_seq = self.commit(principal, key.generation, &names, detail, announced).await?;
-        self.metrics.audit_wait(signed.elapsed());
-        // 6. The metrics.
-        self.metrics.signatures(n, true, started.elapsed());
-        Ok(Signed { signatures, content, digests: names, generation: key.generation, audit_seq })
     }
 
     fn announce(&self) -> Option<Expected> {
