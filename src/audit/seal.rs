@@ -96,18 +96,7 @@ pub async fn seal_head<T: AuditTx + ?Sized>(
         ((seq, hash), last)
     };
     let prev_mac = last.as_ref().map(|l| l.mac.clone()).unwrap_or_default();
-    let inputs = [seal_input(head.0, &head.1, &prev_mac)];
-    let mac = match keystore.seal(&inputs) {
-        Err(inkan_keystore::Error::KeyNotFound { .. }) => {
-            // Under the audit lock: another node making it now waits, then finds it.
-            let lock = store.write().await?;
-            keystore.prepare_seal_key()?;
-            drop(lock);
-            keystore.seal(&inputs)?
-        }
-        other => other?,
-    };
-    let mac = mac.into_iter().next().unwrap_or_default();
+    let mac = mac_made(store, keystore, seal_input(head.0, &head.1, &prev_mac)).await?;
     let mut tx = store.write().await?;
     // Written only if nobody sealed meanwhile and the row is still as MACed.
     let still = tx.last_audit_seal().await?.map(|l| l.seq) == last.as_ref().map(|l| l.seq)
@@ -119,6 +108,27 @@ pub async fn seal_head<T: AuditTx + ?Sized>(
     tx.commit().await?;
     anchor.set(head.0, head.1);
     Ok(Some(head.0))
+}
+
+/// The token's MAC of one input by the seal key, which is made the first
+/// time (under the database's audit lock, so that nodes never make two).
+async fn mac_made<T: AuditTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    keystore: &Keystore,
+    input: Vec<u8>,
+) -> Result<Vec<u8>> {
+    let inputs = [input];
+    let mac = match keystore.seal(&inputs) {
+        Err(inkan_keystore::Error::KeyNotFound { .. }) => {
+            // Under the audit lock: another node making it now waits, then finds it.
+            let lock = store.write().await?;
+            keystore.prepare_seal_key()?;
+            drop(lock);
+            keystore.seal(&inputs)?
+        }
+        other => other?,
+    };
+    Ok(mac.into_iter().next().unwrap_or_default())
 }
 
 /// The chain's head if it is sealed, or row 0 if nothing was ever sealed:
