@@ -1,13 +1,15 @@
 //! FIDO2 phones: the WebAuthn relying party (webauthn-rs), the one registered
 //! device per user ([`device`]), QR tickets as a typed state machine
-//! ([`ticket`]), printed registration codes ([`regcode`]), and the flows that
-//! tie them together for the PC and the phone pages ([`flows`]).
+//! ([`ticket`]), printed registration codes ([`regcode`]), decoys for IDs
+//! without a usable phone ([`decoy`]), and the flows that tie them together
+//! for the PC and the phone pages ([`flows`]).
 //!
 //! Ceremony state (the challenge) lives in the ticket's row and is taken out on
 //! first use, so an assertion or attestation is accepted at most once; the sign
 //! counter is checked here as well as by webauthn-rs (a counter that does not
 //! grow is refused unless the authenticator always reports 0).
 
+pub mod decoy;
 pub mod device;
 pub mod flows;
 pub mod regcode;

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::audit::seal::derived_secret;
 use crate::audit::writer::{AuditWriter, Windows};
 use crate::auth::cards::CardAuth;
 use crate::auth::oidc::Provider;
@@ -11,6 +12,7 @@ use crate::auth::sessions::Sessions;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::fido::decoy::Decoys;
 use crate::fido::flows::Phones;
 use crate::metrics::Metrics;
 use crate::signing::{AuditSink, Signing};
@@ -71,6 +73,9 @@ impl Service {
             .map_err(|e| Error::Internal(format!("cannot start the audit writer: {e}")))?;
         // Every domain part opens its transactions on the store.
         let tx = || -> Arc<dyn Transactions<dyn Tx>> { Arc::clone(&store) as Arc<dyn Transactions<dyn Tx>> };
+        // Every node derives the same decoys (from the token), so that a
+        // decoy answers alike wherever its requests land.
+        let decoys = Decoys::new(derived_secret(tx().as_ref(), &keystore, "decoy passkeys").await?);
         let signing = Signing::new(
             &config,
             Arc::clone(&keystore),
@@ -84,7 +89,7 @@ impl Service {
             sessions: Sessions::new(tx(), store.invalidation(), Arc::clone(&clock)).await?,
             oidc: Provider::new(&config, tx(), store.oidc(), keystore, Arc::clone(&clock))?,
             cards: CardAuth::from_config(&config)?,
-            phones: Phones::new(&config, tx(), Arc::clone(&clock))?,
+            phones: Phones::new(&config, tx(), Arc::clone(&clock), decoys)?,
             signing,
             metrics,
             store,

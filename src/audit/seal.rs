@@ -131,6 +131,20 @@ async fn mac_made<T: AuditTx + ?Sized>(
     Ok(mac.into_iter().next().unwrap_or_default())
 }
 
+/// A secret for another purpose that every node derives alike and nobody
+/// without the token can: the seal key's MAC of `purpose`. Its input can
+/// never be a seal's ([`seal_input`] begins otherwise), so it tells nothing
+/// about the seals, nor they about it.
+pub async fn derived_secret<T: AuditTx + ?Sized>(
+    store: &dyn Transactions<T>,
+    keystore: &Keystore,
+    purpose: &str,
+) -> Result<[u8; 32]> {
+    let input = [b"inkan derived secret v1\0".as_slice(), purpose.as_bytes()].concat();
+    let mac = mac_made(store, keystore, input).await?;
+    mac.try_into().map_err(|m: Vec<u8>| Error::Internal(format!("the token's MAC has {} bytes, not 32", m.len())))
+}
+
 /// The chain's head if it is sealed, or row 0 if nothing was ever sealed:
 /// where a command that is about to write can anchor the seal of its own
 /// rows. `None` when rows after the last seal exist (left to a sealer that

@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::error::{Credential, Error, Forbidden, Gone, Missing, Result};
 use crate::storage::Transactions;
 
+use super::decoy::Decoys;
 use super::device::{self, DevicesTx, Retirement};
 use super::regcode::{self, RegcodesTx, Status};
 use super::ticket::{phone_token, Action, Kind, PcInfo, Refused, Stage, Ticket};
@@ -124,6 +125,7 @@ pub struct Phones<T: ?Sized + Send> {
     rp: RelyingParty,
     ticket_ms: i64,
     regcode_max_tries: u32,
+    decoys: Decoys,
 }
 
 fn refused(e: Refused) -> Error {
@@ -133,19 +135,30 @@ fn refused(e: Refused) -> Error {
     }
 }
 
+fn not_the_users_phone() -> Error {
+    Error::Unauthenticated(Credential::Phone, "the credential is not this user's registered device".into())
+}
+
 fn unknown_ticket() -> Error {
     Error::NotFound(Missing::Ticket, "unknown or used ticket".into())
 }
 
 impl<T: PhonesTx + ?Sized> Phones<T> {
-    /// The flows with the relying party of `[fido]` and `[server] public_url`.
-    pub fn new(config: &Config, store: Arc<dyn Transactions<T>>, clock: Arc<dyn Clock>) -> Result<Self> {
+    /// The flows with the relying party of `[fido]` and `[server] public_url`,
+    /// and the decoys of IDs without a usable phone.
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn Transactions<T>>,
+        clock: Arc<dyn Clock>,
+        decoys: Decoys,
+    ) -> Result<Self> {
         Ok(Phones {
             store,
             clock,
             rp: RelyingParty::new(config)?,
             ticket_ms: config.fido.ticket_secs as i64 * 1000,
             regcode_max_tries: config.fido.regcode_max_tries,
+            decoys,
         })
     }
 
@@ -182,17 +195,29 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
     ) -> Result<String> {
         let now = self.now();
         let pc = random_token();
-        // Read first: an unknown or disabled user costs no write lock.
-        let has_device = self.check_user(&mut *self.store.read().await?, user_id, need_device).await?;
+        // An ID in a form no user can have is refused before anything is read.
+        crate::users::validate_id(user_id)?;
+        let checked = self.check_user(&mut *self.store.read().await?, user_id, need_device).await;
+        let ticket = match checked {
+            Ok(has_device) => Ticket::new(kind, user_id, has_device, pc_claimed, now, self.ticket_ms, Some(pc_info)),
+            // Anyone may start a phone login or change for any ID: an ID
+            // without a usable phone gets a decoy, written and shown like a
+            // real ticket, so that the answer does not tell which IDs exist.
+            Err(Error::NotFound(Missing::User, _) | Error::Forbidden(Forbidden::Disabled | Forbidden::NoDevice, _))
+                if matches!(kind, Kind::Login { .. } | Kind::Change) =>
+            {
+                Ticket::decoy(kind, user_id, now, self.ticket_ms, pc_info)
+            }
+            Err(e) => return Err(e),
+        };
         let mut tx = self.store.write().await?;
         // Old tickets are kept a day for support questions, then dropped.
         tx.purge_tickets(now - 86_400_000).await?;
         // A few QR codes per user and flow wait at once: a new start replaces
         // the oldest unused one (a flood of starts for one ID rewrites rows
         // instead of adding them); one a phone has begun is never replaced.
-        let (purpose, via) = kind.names();
+        let (purpose, via) = ticket.kind.names();
         tx.drop_waiting_tickets(user_id, purpose, via, WAITING_KEPT - 1).await?;
-        let ticket = Ticket::new(kind, user_id, has_device, pc_claimed, now, self.ticket_ms, Some(pc_info));
         tx.insert_ticket(&ticket, &token_hash(&pc), &token_hash(&phone_token(&pc, 0)), now).await?;
         tx.commit().await?;
         Ok(pc)
@@ -368,10 +393,14 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
         let (ticket, user, device, retired) = {
             let mut tx = self.store.read().await?;
             let ticket = self.phone_ticket(&mut *tx, phone).await?;
-            let user = crate::users::get_in(&mut *tx, &ticket.user_id).await?;
-            let device = tx.device(&ticket.user_id).await?;
-            let retired = tx.retired_devices(&ticket.user_id).await?;
-            (ticket, user, device, retired)
+            if ticket.decoy {
+                (ticket, None, None, Vec::new())
+            } else {
+                let user = crate::users::get_in(&mut *tx, &ticket.user_id).await?;
+                let device = tx.device(&ticket.user_id).await?;
+                let retired = tx.retired_devices(&ticket.user_id).await?;
+                (ticket, Some(user), device, retired)
+            }
         };
         if ticket.expired(now) {
             return Err(refused(Refused::Expired));
@@ -397,11 +426,16 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
                 }
             }
         }
-        if !user.is_active() {
+        if let Some(user) = user.as_ref().filter(|u| !u.is_active()) {
             self.note(ticket.id, &Failure::Disabled).await?;
             return Err(crate::users::disabled(&user.id));
         }
         let (options, state) = match ticket.action() {
+            // A decoy offers passkeys no phone holds, the same ones for the same ID.
+            Action::Authenticate if ticket.decoy => {
+                let (o, s) = self.rp.start_authentication(&self.decoys.passkeys(&ticket.user_id)?)?;
+                (serde_json::to_value(o).map_err(Error::internal)?, s)
+            }
             Action::Register => {
                 let (o, s) = self.rp.start_registration(&ticket.user_id, device.as_ref().map(|d| &d.passkey))?;
                 (serde_json::to_value(o).map_err(Error::internal)?, s)
@@ -411,7 +445,7 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
                     self.note(ticket.id, &Failure::NoDevice).await?;
                     return Err(Error::Forbidden(
                         Forbidden::NoDevice,
-                        format!("user {} has no registered phone", user.id),
+                        format!("user {} has no registered phone", ticket.user_id),
                     ));
                 };
                 // The registered phone first, then the retired ones: a phone
@@ -519,6 +553,11 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
 
     async fn authenticate(&self, t: &Ticket, response: &[u8], state: &str, now: i64) -> Result<&'static str> {
         let result = self.rp.finish_authentication(response, state)?;
+        if t.decoy {
+            // Not reached (no phone holds a decoy's key); were it, the answer
+            // a real ticket gives a passkey that is not the user's.
+            return Err(not_the_users_phone());
+        }
         let used: &[u8] = result.cred_id().as_ref();
         let mut tx = self.store.write().await?;
         let Some(device) = tx.device(&t.user_id).await? else {
@@ -531,10 +570,7 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
                     Forbidden::Retired { removed: r.reason == Retirement::Removed, at: r.retired_at },
                     format!("this phone's registration was {} on {}", r.reason.as_str(), rfc3339(r.retired_at)),
                 ),
-                None => Error::Unauthenticated(
-                    crate::error::Credential::Phone,
-                    "the credential is not this user's registered device".into(),
-                ),
+                None => not_the_users_phone(),
             });
         }
         if !super::counter_ok(device.counter, result.counter()) {
@@ -592,8 +628,12 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
             let has_device = tx.device(&ticket.user_id).await?.is_some();
             (ticket, has_device)
         };
-        let failure =
-            if has_device || ticket.action() == Action::Register { Failure::NotAllowed } else { Failure::NoDevice };
+        // A decoy's phone is told what a real ticket's foreign phone is told.
+        let failure = if ticket.decoy || has_device || ticket.action() == Action::Register {
+            Failure::NotAllowed
+        } else {
+            Failure::NoDevice
+        };
         self.note(ticket.id, &failure).await?;
         Ok(failure)
     }

@@ -243,6 +243,11 @@ pub struct Ticket {
     /// The PC that started it (none for registration codes, which have no PC,
     /// and tickets of an earlier inkan).
     pub pc: Option<PcInfo>,
+    /// A decoy: a phone login or change started for an ID that has no usable
+    /// phone (unknown, disabled, none registered). It looks and answers like
+    /// any other ticket, offering passkeys no phone holds
+    /// ([`super::decoy`]), and never finishes; `user_id` is the ID as typed.
+    pub decoy: bool,
 }
 
 /// The PC that started a ticket: what the phone shows before it approves
@@ -349,7 +354,14 @@ impl Ticket {
             error: None,
             expires_at: now + lifetime_ms,
             pc,
+            decoy: false,
         }
+    }
+
+    /// A decoy of `kind` (a phone login or change) for an ID without a usable
+    /// phone: waiting for a phone like any new ticket of its kind.
+    pub fn decoy(kind: Kind, user_id: &str, now: i64, lifetime_ms: i64, pc: PcInfo) -> Ticket {
+        Ticket { decoy: true, ..Ticket::new(kind, user_id, true, true, now, lifetime_ms, Some(pc)) }
     }
 
     /// The confirmation number the phone's user must type before the phone
@@ -390,7 +402,12 @@ impl Ticket {
             }
             (Kind::CardEnroll { .. } | Kind::Change, stage) => !matches!(stage, Stage::Collected),
         };
-        if ok && self.phase >= 0 {
+        // A decoy is a phone login or change that no phone ever finished.
+        let decoy_ok = !self.decoy
+            || (matches!(self.kind, Kind::Login { .. } | Kind::Change)
+                && self.phase == 0
+                && matches!(self.stage, Stage::Waiting | Stage::Ceremony(_) | Stage::Cancelled));
+        if ok && decoy_ok && self.phase >= 0 {
             Ok(self)
         } else {
             Err(StoreError::Corrupt(format!(
@@ -435,7 +452,7 @@ impl Ticket {
     /// The phone's answer was verified: the old phone of a device change goes
     /// on to the replace question, everything else is done.
     pub fn verified(self) -> Result<Ticket, Refused> {
-        if self.stage != Stage::Waiting || self.action() == Action::None {
+        if self.stage != Stage::Waiting || self.action() == Action::None || self.decoy {
             return Err(Refused::Stage("finish a phone ceremony"));
         }
         let next = match (&self.kind, self.action()) {
@@ -827,6 +844,25 @@ mod tests {
             }
         }
         assert!(checked > 500, "{checked} transitions checked");
+    }
+
+    #[test]
+    fn a_decoy_takes_ceremonies_and_cancels_like_a_ticket_but_never_finishes() {
+        let pc = PcInfo::new("192.0.2.1", "Mozilla/5.0", None, NOW).expect("pc");
+        for kind in [Kind::Login { request: "r".into() }, Kind::Change] {
+            let decoy = Ticket::decoy(kind.clone(), "nobody", NOW, LIFE, pc.clone());
+            assert_eq!((decoy.stage.clone(), decoy.action()), (Stage::Waiting, Action::Authenticate));
+            assert_eq!(decoy.confirmation(), Some(pc.code(0)), "it asks for the PC's number like any other");
+            let (waiting, _) = decoy.clone().begin(NOW, "s".into()).expect("begin").take_ceremony(NOW).expect("take");
+            assert_eq!(waiting.clone().verified(), Err(Refused::Stage("finish a phone ceremony")));
+            assert_eq!(waiting.cancel().expect("cancel").check().expect("a cancelled decoy").stage, Stage::Cancelled);
+            assert_eq!(decoy.begin(NOW + LIFE, "s".into()), Err(Refused::Expired));
+        }
+        // Rows no transition makes: a decoy of another kind, or a finished one.
+        assert!(Ticket { decoy: true, ..t(Kind::CardEnroll { card: Method::Hpki }, false) }.check().is_err());
+        assert!(Ticket { decoy: true, stage: Stage::Done, ..login() }.check().is_err());
+        assert!(Ticket { decoy: true, stage: Stage::Confirm, ..t(Kind::Change, true) }.check().is_err());
+        assert!(Ticket { decoy: true, ..login() }.check().is_ok());
     }
 
     #[test]

@@ -152,24 +152,19 @@ fn user_page(app: &App, e: Error) -> Response {
     }
 }
 
-/// A QR start refused for its user ID. An unknown ID, a disabled user and a
-/// user without a phone get one answer: these pages are open to anyone, who
-/// must not learn from them which IDs exist.
+/// A QR start refused. An unknown ID, a disabled user and a user without a
+/// phone never come here: they get a decoy QR code like any other
+/// ([`crate::fido::decoy`]), since these pages are open to anyone, who must
+/// not learn from them which IDs exist. An ID in a form no user can have is
+/// told so (that tells nothing about anyone).
 fn start_refused_page(app: &App, e: Error) -> Response {
     match e {
-        Error::NotFound(Missing::User, _)
-        | Error::Invalid(_)
-        | Error::Forbidden(Forbidden::Disabled | Forbidden::NoDevice, _) => app.templates.render(
-            StatusCode::NOT_FOUND,
-            "message.html",
-            "QRコードを表示できません",
-            context! {
-                message => "入力された本人IDは登録されていないか、スマートフォンが登録されていません。",
-                hint => "本人IDを確認してください。スマートフォンを登録していない場合は、先に登録サイトで登録してください。利用が停止されている場合は、認証局(運用者)に連絡してください。",
-                error => true,
-                link => "/register",
-                link_text => "登録サイトへ",
-            },
+        Error::Invalid(_) => msg(
+            app,
+            StatusCode::BAD_REQUEST,
+            "本人IDが正しくありません",
+            "本人IDは、半角の英数字とハイフン(-)で64文字以内です。",
+            "本人IDを確認して、もう一度入力してください。",
         ),
         other => user_page(app, other),
     }
@@ -406,7 +401,7 @@ fn failure_text(f: &Failure) -> String {
             "読み取ったスマートフォンの登録は、{}に削除されたため無効です。登録サイトで登録し直してください。",
             jst_date(*at)
         ),
-        Failure::NotAllowed => "スマートフォンでの認証が完了しませんでした。このスマートフォンにこの本人IDの登録がない(別のスマートフォン、または変更・削除で無効になった)か、操作がキャンセルされました。".into(),
+        Failure::NotAllowed => "スマートフォンでの認証が完了しませんでした。本人IDの入力に誤りがあるか、このスマートフォンにこの本人IDの登録がない(登録していない、別のスマートフォン、または変更・削除で無効になった)か、操作がキャンセルされました。本人IDを確認してください。スマートフォンを登録していない場合は、先に登録サイトで登録してください。".into(),
         Failure::WrongCode => "スマートフォンで入力された確認番号が、この画面の番号と違いました。QRコードが別の人に読み取られた可能性があるため、この手続きを取り消しました。最初からやり直してください。".into(),
         Failure::Shown(text) => text.clone(),
     }

@@ -238,14 +238,20 @@ fn e1_enroll_by_hpki_then_l1_login_and_sign() {
         assert!(index.contains(action), "{action}");
     }
 
-    // Before enrollment, L1 says to register first.
+    // Before enrollment, L1 shows a QR code like any other (the page must
+    // not tell who has a phone), which says where to register first, and
+    // which no phone can answer.
     let (_, challenge) = pkce();
     let mut pc = Pc::new();
     let r = pc.get(&authorize_url(&server, &client, &challenge, &[("acr_values", "fido")]));
     let req = query(&server.url(&r.location()))["req"].clone();
     let r = pc.post_form(&server.url("/login/fido"), &[("req", &req), ("user_id", "100001")]);
-    assert_eq!(r.status, 404, "{}", r.text());
-    assert!(r.text().contains("スマートフォンが登録されていません"));
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert!(pc.get(&server.url("/pc")).text().contains("先に<a href=\"/register\">登録サイト</a>で登録してください"));
+    let early = pc.phone_url(&server);
+    let r = Client::new().post(&format!("{early}/failed"), &[("content-type", "application/json")], "{}".to_owned());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(pc.status(&server)["error"].as_str().is_some_and(|e| e.contains("先に登録サイトで登録してください")));
 
     // The phone is webauthn-rs's own SoftPasskey here.
     let mut phone = StockPasskey::new(&server.base);
@@ -567,13 +573,14 @@ fn d1_device_change_keeps_the_old_phone_until_the_new_one_registered() {
     fido_login(&server, &client, "100001", &mut new);
     assert!(audit_events(&env).contains(&"fido.replace".to_owned()));
 
-    // A change for a user without a phone and for an unknown user get one
-    // answer (anyone may ask: it must not tell which IDs exist).
-    let no_phone = Pc::new().post_form(&server.url("/change"), &[("user_id", "999001-jpa")]);
-    let unknown = Pc::new().post_form(&server.url("/change"), &[("user_id", "nobody")]);
-    assert_eq!((no_phone.status, unknown.status), (404, 404));
-    assert_eq!(no_phone.text(), unknown.text());
-    assert!(unknown.text().contains("本人IDは登録されていないか、スマートフォンが登録されていません"));
+    // A change for a user without a phone and for an unknown user show a QR
+    // code too (anyone may ask: it must not tell which IDs exist; the
+    // hostile tests follow such decoys to the end).
+    for id in ["999001-jpa", "nobody"] {
+        let mut pc = Pc::new();
+        assert_eq!(pc.post_form(&server.url("/change"), &[("user_id", id)]).status, 303);
+        assert!(pc.phone_url(&server).contains("/m/"));
+    }
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! - writes: what unauthenticated starts write to the database;
 //! - audit: a chain recomputed, or cut, by someone who can write the database;
 //! - relay: a QR code sent to someone who does not see the PC that shows it;
+//! - enumeration: whether an ID exists or has a phone, asked of the open pages;
 //! - protocol details: response headers, the standard UserInfo answer, scopes,
 //!   the cross-site check, file permissions.
 
@@ -728,10 +729,17 @@ mod writes {
         assert_eq!(r.status, 429, "{}", r.text());
         assert!(r.headers.contains_key("retry-after"));
         assert_eq!(tickets("change"), "4");
-        // Another ID has its own count; an unknown one writes nothing.
-        let r = Pc::new().post_form(&server.url("/change"), &[("user_id", "nobody")]);
-        assert_eq!(r.status, 404, "{}", r.text());
-        assert_eq!(env.sql_ok("SELECT count(*) FROM tickets WHERE user_id = 'nobody'")[0], "0");
+        // Another ID has its own count; an unknown one gets a decoy, kept
+        // to three the same way; an ID no user can have gets nothing.
+        for _ in 0..5 {
+            let r = Pc::new().post_form(&server.url("/change"), &[("user_id", "nobody")]);
+            assert_eq!(r.status, 303, "{}", r.text());
+        }
+        assert_eq!(env.sql_ok("SELECT count(*) FROM tickets WHERE decoy_for = 'nobody'")[0], "3");
+        let r = Pc::new().post_form(&server.url("/change"), &[("user_id", "<nobody>")]);
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().contains("本人IDが正しくありません"), "{}", r.text());
+        assert_eq!(env.sql_ok("SELECT count(*) FROM tickets WHERE user_id IS NULL")[0], "3");
     }
 }
 
@@ -1109,5 +1117,167 @@ mod relay {
         let redirect = status["redirect"].as_str().expect("the login finished").to_owned();
         let code = query(&redirect)["code"].clone();
         assert_eq!(exchange(&server, &client, &code, &verifier).status, 200);
+    }
+}
+
+mod enumeration {
+    use super::*;
+    use crate::authenticator::{Phone, StockPasskey};
+    use crate::fido::{enroll_by_card, fido_env, Pc};
+    use serde_json::Value;
+
+    /// A page as anyone compares it: without its QR code, with the ID, the
+    /// phone token and every number (times, confirmation) masked.
+    fn masked(text: &str, id: &str) -> String {
+        let mut text = text.to_owned();
+        if let (Some(a), Some(b)) = (text.find("<svg"), text.find("</svg>")) {
+            text.replace_range(a..b, "<QR>");
+        }
+        let mut text = text.replace("&#x2f;", "/").replace(id, "<ID>");
+        while let Some(at) = text.find("/m/") {
+            let from = at + 3;
+            let len = text[from..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')).unwrap_or(0);
+            text.replace_range(at..from + len, "<PHONE>");
+        }
+        let mut out = String::new();
+        let mut digits = false;
+        for c in text.chars() {
+            if c.is_ascii_digit() {
+                if !digits {
+                    out.push('#');
+                }
+                digits = true;
+            } else {
+                out.push(c);
+                digits = false;
+            }
+        }
+        out
+    }
+
+    fn begin(phone_url: &str, code: Option<&str>) -> crate::http::Resp {
+        let body = code.map_or_else(|| "{}".to_owned(), |c| json!({ "code": c }).to_string());
+        Client::new().post(&format!("{phone_url}/begin"), &[("content-type", "application/json")], body)
+    }
+
+    /// The options' shape: every key but the challenge's value and the
+    /// credential IDs' (and the transports a software authenticator never
+    /// reports at registration, which phones' browsers do).
+    fn shape(options: &Value) -> Value {
+        let mut shape = options.clone();
+        shape["publicKey"]["challenge"] = json!("<challenge>");
+        if let Some(allowed) = shape["publicKey"]["allowCredentials"].as_array_mut() {
+            allowed.truncate(1);
+            for c in allowed {
+                c["id"] = json!("<id>");
+                if let Some(c) = c.as_object_mut() {
+                    c.remove("transports");
+                }
+            }
+        }
+        shape
+    }
+
+    /// Everything one phone change shows, from its start to the attacker's
+    /// phone answering it: the start, the PC page, the phone page, begin
+    /// without the number, the options, the refused answer, the PC's poll.
+    struct Seen {
+        pages: Vec<String>,
+        options: Value,
+        credentials: Vec<Value>,
+    }
+
+    fn change(server: &Server, id: &str, attacker: &mut StockPasskey) -> Seen {
+        let mut pages = Vec::new();
+        let mut pc = Pc::new();
+        let r = pc.post_form(&server.url("/change"), &[("user_id", id)]);
+        pages.push(format!("{} {}", r.status, r.location()));
+        pages.push(masked(&pc.get(&server.url("/pc")).text(), id));
+        let phone_url = pc.phone_url(server);
+        pages.push(masked(&Client::new().get(&phone_url, &[]).text(), id));
+        let r = begin(&phone_url, None);
+        pages.push(format!("{} {}", r.status, r.text()));
+        let code = pc.confirmation(server).expect("the PC shows a confirmation number");
+        let r = begin(&phone_url, Some(&code));
+        assert_eq!(r.status, 200, "{id}: {}", r.text());
+        let options = r.json();
+        let credentials = options["publicKey"]["allowCredentials"].as_array().expect("allowCredentials").clone();
+        // The attacker's phone answers the challenge with the passkey it holds.
+        let mut own = options.clone();
+        own["publicKey"]["allowCredentials"] =
+            json!([{ "type": "public-key", "id": attacker.credential_id.clone().expect("registered") }]);
+        let r = crate::fido::phone_finish(&phone_url, &attacker.get(&own));
+        pages.push(format!("{} {}", r.status, r.text()));
+        // And says that it gave up (what a phone without the passkey reports).
+        let r = Client::new().post(&format!("{phone_url}/failed"), &[("content-type", "application/json")], "{}");
+        pages.push(format!("{} {}", r.status, masked(&r.text(), id)));
+        let mut status = pc.status(server);
+        status["expired"] = json!(null);
+        pages.push(masked(&status.to_string(), id));
+        pages.push(masked(&pc.get(&server.url("/pc")).text(), id));
+        Seen { pages, options: shape(&options), credentials }
+    }
+
+    /// Anyone may start a phone change (or login) for any ID. An unknown ID,
+    /// a disabled user and a user without a phone get a decoy that shows and
+    /// answers as a real user's ticket does, up to the phone's answer; the
+    /// same ID gets the same credential IDs every time.
+    #[test]
+    fn unknown_disabled_and_phoneless_ids_answer_like_a_user_with_a_phone() {
+        let env = fido_env();
+        env.user_with_key("300003", "p256");
+        env.user_with_key("400004", "p256");
+        env.ok(&["user", "disable", "400004"]);
+        let server = Server::start(&env, &[]);
+        let mut victim = StockPasskey::new(&server.base);
+        enroll_by_card(&server, "hpki-doctor", "hpki", &mut victim, false);
+        // The attacker holds a phone of their own (999001-jpa's).
+        let mut attacker = StockPasskey::new(&server.base);
+        enroll_by_card(&server, "hpki-pharmacist", "hpki", &mut attacker, false);
+        let before = env.sql_ok("SELECT user_id, credential_id, counter FROM devices ORDER BY user_id");
+
+        let real = change(&server, "100001", &mut attacker);
+        assert!(real.pages[4].starts_with("400 "), "the attacker's answer is refused: {}", real.pages[4]);
+        for id in ["nobody", "300003", "400004"] {
+            let decoy = change(&server, id, &mut attacker);
+            for (n, (a, b)) in real.pages.iter().zip(&decoy.pages).enumerate() {
+                assert_eq!(a, b, "{id}: step {n} tells the IDs apart");
+            }
+            assert_eq!(real.options, decoy.options, "{id}: the options' shape");
+            let again = change(&server, id, &mut attacker);
+            assert_eq!(
+                decoy.credentials.iter().map(|c| &c["id"]).collect::<Vec<_>>(),
+                again.credentials.iter().map(|c| &c["id"]).collect::<Vec<_>>(),
+                "{id}: the same credentials every time, as a real user's"
+            );
+        }
+        assert_eq!(
+            real.credentials[0]["id"],
+            change(&server, "100001", &mut attacker).credentials[0]["id"],
+            "the real user's too"
+        );
+
+        // A phone login (L1) for an unknown ID shows a QR code and offers passkeys alike.
+        let client = register_client(&env);
+        let shapes: Vec<Value> = ["100001", "nobody"]
+            .iter()
+            .map(|id| {
+                let (mut pc, phone_url, _) = crate::fido::fido_login_start(&server, &client, id);
+                let r = begin(&phone_url, pc.confirmation(&server).as_deref());
+                assert_eq!(r.status, 200, "{id}: {}", r.text());
+                shape(&r.json())
+            })
+            .collect();
+        assert_eq!(shapes[0], shapes[1]);
+
+        // Nothing changed for any user; the decoys are rows of their own.
+        assert_eq!(env.sql_ok("SELECT user_id, credential_id, counter FROM devices ORDER BY user_id"), before);
+        assert_eq!(env.sql_ok("SELECT status FROM users WHERE id = '400004'"), vec!["disabled"]);
+        assert_eq!(env.sql_ok("SELECT count(*) FROM users"), vec!["4"]);
+        assert_eq!(
+            env.sql_ok("SELECT DISTINCT decoy_for FROM tickets WHERE decoy_for IS NOT NULL ORDER BY decoy_for"),
+            vec!["300003", "400004", "nobody"]
+        );
+        assert_eq!(env.sql_ok("SELECT count(*) FROM tickets WHERE decoy_for IS NOT NULL AND step = 'done'")[0], "0");
     }
 }

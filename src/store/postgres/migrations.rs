@@ -281,6 +281,18 @@ const MIGRATIONS: &[&str] = &[
     // 7: the PC that started a ticket (address, browser, signing system, the
     // secret of its confirmation numbers), shown on the phone
     "ALTER TABLE tickets ADD COLUMN pc_info TEXT;",
+    // 8: decoy tickets: a QR code for an ID without a usable phone (unknown,
+    // disabled, none registered) looks like any other, so that the start
+    // pages do not tell which IDs exist; such a row names the typed ID in
+    // decoy_for instead of a user
+    r#"
+    ALTER TABLE tickets ALTER COLUMN user_id DROP NOT NULL;
+    ALTER TABLE tickets ADD COLUMN decoy_for TEXT;
+    ALTER TABLE tickets ADD CONSTRAINT tickets_one_user CHECK ((user_id IS NULL) <> (decoy_for IS NULL));
+    ALTER TABLE tickets ADD CONSTRAINT tickets_decoy_flows
+        CHECK (decoy_for IS NULL OR (purpose IN ('login', 'change') AND via = 'fido'));
+    CREATE INDEX tickets_decoy ON tickets(decoy_for);
+    "#,
 ];
 
 /// Applies the missing migrations in one transaction, under an advisory lock:

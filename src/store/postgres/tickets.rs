@@ -10,8 +10,9 @@ use super::PgTx;
 use crate::fido::ticket::{Kind, PcInfo, Stage, Ticket, TicketStore};
 use crate::storage::StoreError;
 
-const COLUMNS: &str = "id, purpose, via, user_id, oidc_req, regcode_id, action, step, ceremony, phase, error, \
-                       labelled, pc_claimed, expires_at, replace_ok, pc_info";
+/// A decoy's row names its typed ID in `decoy_for` instead of `user_id`.
+const COLUMNS: &str = "id, purpose, via, COALESCE(user_id, decoy_for), oidc_req, regcode_id, action, step, ceremony, \
+                       phase, error, labelled, pc_claimed, expires_at, replace_ok, pc_info, decoy_for IS NOT NULL";
 
 fn decode(r: &Row) -> Result<Ticket, StoreError> {
     let id: i64 = get(r, 0)?;
@@ -28,6 +29,7 @@ fn decode(r: &Row) -> Result<Ticket, StoreError> {
         expires_at: get(r, 13)?,
         replace_confirmed: get(r, 14)?,
         pc: get::<Option<String>>(r, 15)?.as_deref().map(PcInfo::decode).transpose()?,
+        decoy: get(r, 16)?,
     };
     if ticket.action().as_str() != action {
         return Err(StoreError::Corrupt(format!("ticket {id}: action {action:?} does not fit its kind and phase")));
@@ -57,8 +59,8 @@ impl TicketStore for PgTx {
             .exec_rows(
                 "INSERT INTO tickets (phone_hash, pc_hash, pc_claimed, phase, replace_ok, purpose, via, user_id,
                                       oidc_req, regcode_id, action, step, ceremony, error, labelled, created_at,
-                                      expires_at, pc_info)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+                                      expires_at, pc_info, decoy_for)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
                  RETURNING id",
                 &[
                     &phone_hash,
@@ -68,7 +70,7 @@ impl TicketStore for PgTx {
                     &t.replace_confirmed,
                     &purpose,
                     &via,
-                    &t.user_id,
+                    &(!t.decoy).then_some(&t.user_id),
                     &t.kind.request(),
                     &t.kind.code(),
                     &t.action().as_str(),
@@ -79,6 +81,7 @@ impl TicketStore for PgTx {
                     &now,
                     &t.expires_at,
                     &pc_info,
+                    &t.decoy.then_some(&t.user_id),
                 ],
             )
             .await?;
@@ -149,7 +152,8 @@ impl TicketStore for PgTx {
         keep: usize,
     ) -> Result<usize, StoreError> {
         let sql = "DELETE FROM tickets WHERE id IN (
-                       SELECT id FROM tickets WHERE user_id = $1 AND purpose = $2 AND via = $3 AND step = 'waiting'
+                       SELECT id FROM tickets WHERE (user_id = $1 OR decoy_for = $1) AND purpose = $2 AND via = $3
+                                                AND step = 'waiting'
                        ORDER BY id DESC OFFSET $4)";
         Ok(self.exec(sql, &[&user_id, &purpose, &via, &(keep as i64)]).await? as usize)
     }

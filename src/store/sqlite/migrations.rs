@@ -211,6 +211,48 @@ const MIGRATIONS: &[&str] = &[
     // 7: the PC that started a ticket (address, browser, signing system, the
     // secret of its confirmation numbers), shown on the phone
     "ALTER TABLE tickets ADD COLUMN pc_info TEXT;",
+    // 8: decoy tickets: a QR code for an ID without a usable phone (unknown,
+    // disabled, none registered) looks like any other, so that the start
+    // pages do not tell which IDs exist; such a row names the typed ID in
+    // decoy_for instead of a user. SQLite cannot drop NOT NULL: the table is
+    // copied (nothing refers to it).
+    r#"
+    CREATE TABLE tickets_v8 (
+        id         INTEGER PRIMARY KEY,
+        phone_hash BLOB UNIQUE,
+        pc_hash    BLOB UNIQUE,
+        pc_claimed INTEGER NOT NULL CHECK (pc_claimed IN (0, 1)),
+        phase      INTEGER NOT NULL DEFAULT 0,
+        replace_ok INTEGER NOT NULL DEFAULT 0 CHECK (replace_ok IN (0, 1)),
+        purpose    TEXT NOT NULL CHECK (purpose IN ('login', 'enroll', 'change', 'verify', 'link')),
+        via        TEXT NOT NULL CHECK (via IN ('hpki', 'jpki', 'fido', 'regcode')),
+        user_id    TEXT REFERENCES users(id),
+        oidc_req   TEXT,
+        regcode_id INTEGER,
+        action     TEXT NOT NULL CHECK (action IN ('authenticate', 'register', 'none')),
+        step       TEXT NOT NULL CHECK (step IN ('confirm', 'waiting', 'ceremony', 'done', 'collected', 'cancelled')),
+        ceremony   TEXT,
+        error      TEXT,
+        labelled   INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        pc_info    TEXT,
+        decoy_for  TEXT,
+        CHECK (step = 'ceremony' OR ceremony IS NULL),
+        CHECK ((user_id IS NULL) <> (decoy_for IS NULL)),
+        CHECK (decoy_for IS NULL OR (purpose IN ('login', 'change') AND via = 'fido'))
+    ) STRICT;
+    INSERT INTO tickets_v8 (id, phone_hash, pc_hash, pc_claimed, phase, replace_ok, purpose, via, user_id, oidc_req,
+                            regcode_id, action, step, ceremony, error, labelled, created_at, expires_at, pc_info)
+        SELECT id, phone_hash, pc_hash, pc_claimed, phase, replace_ok, purpose, via, user_id, oidc_req,
+               regcode_id, action, step, ceremony, error, labelled, created_at, expires_at, pc_info
+        FROM tickets;
+    DROP TABLE tickets;
+    ALTER TABLE tickets_v8 RENAME TO tickets;
+    CREATE INDEX tickets_user ON tickets(user_id);
+    CREATE INDEX tickets_decoy ON tickets(decoy_for);
+    CREATE INDEX tickets_expiry ON tickets(expires_at);
+    "#,
 ];
 
 /// Applies the missing migrations, each in its own transaction.

@@ -11,22 +11,23 @@ use super::{optional, SqliteTx};
 use crate::fido::ticket::{Kind, PcInfo, Stage, Ticket, TicketStore};
 use crate::storage::StoreError;
 
-const COLUMNS: &str = "id, purpose, via, user_id, oidc_req, regcode_id, action, step, ceremony, phase, error, \
-                       labelled, pc_claimed, expires_at, replace_ok, pc_info";
+/// A decoy's row names its typed ID in `decoy_for` instead of `user_id`.
+const COLUMNS: &str = "id, purpose, via, COALESCE(user_id, decoy_for), oidc_req, regcode_id, action, step, ceremony, \
+                       phase, error, labelled, pc_claimed, expires_at, replace_ok, pc_info, decoy_for IS NOT NULL";
 
 type Columns = (i64, String, String, String, Option<String>, Option<i64>, String, String, Option<String>, i64);
 
-type Rest = (Option<String>, i64, i64, i64, i64, Option<String>);
+type Rest = (Option<String>, i64, i64, i64, i64, Option<String>, bool);
 
 fn raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Columns, Rest)> {
     Ok((
         (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?),
-        (r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?, r.get(14)?, r.get(15)?),
+        (r.get(10)?, r.get(11)?, r.get(12)?, r.get(13)?, r.get(14)?, r.get(15)?, r.get(16)?),
     ))
 }
 
 fn decode((c, rest): (Columns, Rest)) -> Result<Ticket, StoreError> {
-    let (error, labelled, pc_claimed, expires_at, replace_ok, pc_info) = rest;
+    let (error, labelled, pc_claimed, expires_at, replace_ok, pc_info, decoy) = rest;
     let (id, purpose, via, user_id, request, code, action, step, ceremony, phase) = c;
     let ticket = Ticket {
         id,
@@ -40,6 +41,7 @@ fn decode((c, rest): (Columns, Rest)) -> Result<Ticket, StoreError> {
         error,
         expires_at,
         pc: pc_info.as_deref().map(PcInfo::decode).transpose()?,
+        decoy,
     };
     if ticket.action().as_str() != action {
         return Err(StoreError::Corrupt(format!("ticket {id}: action {action:?} does not fit its kind and phase")));
@@ -66,8 +68,9 @@ impl<C: DerefMut<Target = Connection> + Send> TicketStore for SqliteTx<C> {
         let (purpose, via) = t.kind.names();
         conn.prepare_cached(
             "INSERT INTO tickets (phone_hash, pc_hash, pc_claimed, phase, replace_ok, purpose, via, user_id, oidc_req,
-                                  regcode_id, action, step, ceremony, error, labelled, created_at, expires_at, pc_info)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                                  regcode_id, action, step, ceremony, error, labelled, created_at, expires_at, pc_info,
+                                  decoy_for)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
         )?
         .execute(params![
             phone_hash,
@@ -77,7 +80,7 @@ impl<C: DerefMut<Target = Connection> + Send> TicketStore for SqliteTx<C> {
             t.replace_confirmed as i64,
             purpose,
             via,
-            t.user_id,
+            (!t.decoy).then_some(&t.user_id),
             t.kind.request(),
             t.kind.code(),
             t.action().as_str(),
@@ -87,7 +90,8 @@ impl<C: DerefMut<Target = Connection> + Send> TicketStore for SqliteTx<C> {
             t.labelled as i64,
             now,
             t.expires_at,
-            pc_info
+            pc_info,
+            t.decoy.then_some(&t.user_id)
         ])?;
         Ok(conn.last_insert_rowid())
     }
@@ -161,7 +165,8 @@ impl<C: DerefMut<Target = Connection> + Send> TicketStore for SqliteTx<C> {
             .writing()?
             .prepare_cached(
                 "DELETE FROM tickets WHERE id IN (
-                     SELECT id FROM tickets WHERE user_id = ?1 AND purpose = ?2 AND via = ?3 AND step = 'waiting'
+                     SELECT id FROM tickets WHERE (user_id = ?1 OR decoy_for = ?1) AND purpose = ?2 AND via = ?3
+                                              AND step = 'waiting'
                      ORDER BY id DESC LIMIT -1 OFFSET ?4)",
             )?
             .execute(params![user_id, purpose, via, keep as i64])?)

@@ -1,0 +1,170 @@
+//! Decoys: what a phone login or phone change shows for an ID that has no
+//! usable phone (unknown, disabled, none registered), so that the open start
+//! pages do not tell which IDs exist.
+//!
+//! A decoy is a ticket like any other (the same QR code, confirmation number,
+//! phone page and errors; see [`super::ticket::Ticket::decoy`]). When a phone
+//! begins it, it is offered passkeys that no phone holds: their credential
+//! IDs are derived from the typed ID by a secret every node shares (derived
+//! from the token, [`crate::audit::seal::derived_secret`]), so the same ID
+//! gets the same ones from every node and after every restart, as a real
+//! user's registered phone would. Their public key is a P-256 point whose
+//! private key was never kept (made once by a software authenticator and
+//! thrown away), so an answer fails in webauthn-rs exactly as a foreign
+//! phone's answer to a real ticket fails; a decoy never finishes in any case
+//! ([`super::ticket::Ticket::verified`] refuses it).
+//!
+//! What a decoy cannot hide: the user's own phone, which answers a real
+//! ticket and not a decoy (only the user holds it).
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use webauthn_rs::prelude::Passkey;
+
+use crate::auth::b64url;
+use crate::error::{Error, Result};
+
+/// The public key of every decoy passkey (COSE EC2, P-256, base64url x and y).
+const DECOY_X: &str = "BLWevydy1MMRqJQgXgcdG-jCAi2-AcBee0KPp9A5FNU";
+const DECOY_Y: &str = "JvoSSnxycymgIz3O7rOeE-sIqrvqjKLzYHKya0WbWfs";
+
+/// Lengths of the credential IDs phones make (16: Android, 20: iPhone, 32:
+/// others); a decoy takes one of them.
+const ID_LENGTHS: [usize; 3] = [16, 20, 32];
+
+/// The passkeys decoys offer.
+pub struct Decoys {
+    secret: [u8; 32],
+}
+
+impl std::fmt::Debug for Decoys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoys").finish_non_exhaustive()
+    }
+}
+
+impl Decoys {
+    /// Decoys keyed by a secret that every node shares.
+    pub fn new(secret: [u8; 32]) -> Decoys {
+        Decoys { secret }
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        // A 32-byte key always fits HMAC-SHA-256.
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!());
+        for part in parts {
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The passkeys a decoy offers for `user_id`: one, now and then two or
+    /// three (a real user's retired phones are offered too), the same for
+    /// the same ID.
+    pub fn passkeys(&self, user_id: &str) -> Result<Vec<Passkey>> {
+        let seed = self.mac(&[b"inkan decoy passkeys v1\0", user_id.as_bytes()]);
+        let count = match seed[0] {
+            0..=207 => 1,
+            208..=243 => 2,
+            _ => 3,
+        };
+        (0..count)
+            .map(|i| {
+                let bytes = self.mac(&[b"inkan decoy credential v1\0", user_id.as_bytes(), &[0, i as u8]]);
+                let len = ID_LENGTHS[usize::from(seed[1 + i]) % ID_LENGTHS.len()];
+                passkey(&bytes[..len])
+            })
+            .collect()
+    }
+}
+
+/// A stored passkey (webauthn-rs's form) with this credential ID and the decoy key.
+fn passkey(credential_id: &[u8]) -> Result<Passkey> {
+    let stored = serde_json::json!({ "cred": {
+        "cred_id": b64url(credential_id),
+        "cred": { "type_": "ES256", "key": { "EC_EC2": { "curve": "SECP256R1", "x": DECOY_X, "y": DECOY_Y } } },
+        "counter": 0,
+        "transports": ["hybrid", "internal"],
+        "user_verified": true,
+        "backup_eligible": true,
+        "backup_state": true,
+        "registration_policy": "required",
+        "extensions": {
+            "cred_protect": "Ignored",
+            "hmac_create_secret": "NotRequested",
+            "appid": "NotRequested",
+            "cred_props": "Ignored"
+        },
+        "attestation": { "data": "None", "metadata": "None" },
+        "attestation_format": "none"
+    }});
+    serde_json::from_value(stored).map_err(|e| Error::Internal(format!("decoy passkey: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use webauthn_authenticator_rs::softpasskey::SoftPasskey;
+    use webauthn_authenticator_rs::WebauthnAuthenticator;
+    use webauthn_rs::prelude::Url;
+
+    fn ids(decoys: &Decoys, user: &str) -> Vec<Vec<u8>> {
+        decoys.passkeys(user).expect("passkeys").iter().map(|p| AsRef::<[u8]>::as_ref(p.cred_id()).to_vec()).collect()
+    }
+
+    #[test]
+    fn an_id_gets_the_same_passkeys_every_time_and_ids_differ() {
+        let decoys = Decoys::new([7; 32]);
+        assert_eq!(ids(&decoys, "nobody"), ids(&decoys, "nobody"), "stable for an ID");
+        assert_ne!(ids(&decoys, "nobody"), ids(&decoys, "nobody2"));
+        assert_ne!(ids(&decoys, "nobody"), ids(&Decoys::new([8; 32]), "nobody"), "keyed by the secret");
+        let mut counts = [0usize; 4];
+        let mut lengths = std::collections::BTreeSet::new();
+        for n in 0..400 {
+            let found = ids(&decoys, &format!("user-{n}"));
+            counts[found.len()] += 1;
+            lengths.extend(found.iter().map(Vec::len));
+        }
+        assert_eq!(counts[0], 0);
+        assert!(counts[1] > 250 && counts[2] > 20 && counts[3] > 2, "mostly one, sometimes more: {counts:?}");
+        assert_eq!(lengths.into_iter().collect::<Vec<_>>(), vec![16, 20, 32]);
+    }
+
+    /// A phone's passkey registered with the relying party.
+    fn registered(rp: &super::super::RelyingParty, phone: &mut SoftPasskey, user: &str) -> Passkey {
+        let origin = Url::parse(&rp.origin).expect("origin");
+        let (options, state) = rp.start_registration(user, None).expect("registration");
+        let created = phone.do_registration(origin, options).expect("register");
+        rp.finish_registration(&serde_json::to_vec(&created).expect("json"), &state).expect("registered")
+    }
+
+    #[test]
+    fn a_decoy_is_offered_and_refused_exactly_like_someone_elses_passkey() {
+        let rp = super::super::RelyingParty::new(&crate::config::Config::default()).expect("rp");
+        let decoys = Decoys::new([1; 32]).passkeys("nobody").expect("passkeys");
+        let mut victim = SoftPasskey::new(true);
+        let real = registered(&rp, &mut victim, "victim");
+        let mut attacker = SoftPasskey::new(true);
+        let own = registered(&rp, &mut attacker, "attacker");
+        let mut refusals = Vec::new();
+        for offered in [vec![real], decoys.clone()] {
+            let (options, state) = rp.start_authentication(&offered).expect("options");
+            let shown = serde_json::to_value(&options).expect("json");
+            let allowed = shown["publicKey"]["allowCredentials"].as_array().expect("allowCredentials").clone();
+            assert_eq!(allowed.len(), offered.len());
+            // The attacker's phone answers the challenge with its own passkey.
+            let mut mine = shown.clone();
+            mine["publicKey"]["allowCredentials"] =
+                serde_json::json!([{ "type": "public-key", "id": b64url(own.cred_id().as_ref()) }]);
+            let origin = Url::parse(&rp.origin).expect("origin");
+            let answer =
+                attacker.do_authentication(origin, serde_json::from_value(mine).expect("options")).expect("sign");
+            let refused = rp.finish_authentication(&serde_json::to_vec(&answer).expect("json"), &state);
+            refusals.push(format!("{:?}", refused.err()));
+        }
+        assert_eq!(refusals[0], refusals[1], "one refusal for both");
+        assert!(refusals[0].contains("Unauthenticated"), "{}", refusals[0]);
+        let shown = serde_json::to_value(rp.start_authentication(&decoys).expect("options").0).expect("json");
+        assert_eq!(shown["publicKey"]["allowCredentials"][0]["transports"], serde_json::json!(["hybrid", "internal"]));
+    }
+}
