@@ -299,6 +299,20 @@ fn a_qr_ticket_begun_on_one_node_is_finished_by_the_phone_on_the_other() {
     let answer = phone.get(&options);
     assert_eq!(phone_finish(&nodes.to_b(&phone_url), &answer).status, 200);
     assert_ne!(phone_finish(&phone_url, &answer).status, 200, "one ticket, one answer, whichever node");
+
+    // A decoy (an ID without a phone) started on one node answers on the
+    // other, offering the same passkeys from both: the nodes derive one secret.
+    let offered = |start: &Server, phone: &dyn Fn(&str) -> String| {
+        let mut pc = Pc::new();
+        assert_eq!(pc.post_form(&start.url("/change"), &[("user_id", "nobody")]).status, 303);
+        let options = phone_begin(&phone(&pc.phone_url(start)));
+        options["publicKey"]["allowCredentials"].clone()
+    };
+    let from_b = offered(a, &|url: &str| nodes.to_b(url));
+    // B shows the public URL (A's) under its QR code.
+    let from_a = offered(b, &|url: &str| url.to_owned());
+    assert!(from_a.as_array().is_some_and(|c| !c.is_empty()), "{from_a}");
+    assert_eq!(from_a, from_b);
 }
 
 /// Signs with unique digests on `node` until `stop`; returns the digests
