@@ -1,6 +1,8 @@
-//! Entry points for the fuzz targets (`fuzz/`, built with `--cfg fuzzing`
-//! only): the parsers and checks that take outside input before any token
-//! call, reached as the service reaches them.
+//! Entry points for the fuzz targets (`fuzz/`, built with `--cfg fuzzing`):
+//! the parsers and checks that take outside input before any token call,
+//! reached as the service reaches them. The unit tests build them too, and
+//! replay the committed seeds with cuts and flipped bytes, so that the
+//! targets never rot unseen between fuzzing runs.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -105,4 +107,51 @@ pub fn webauthn(data: &[u8]) {
     let _ = crate::fido::check_attestation_object(data);
     let _ = crate::fido::check_assertion_data(data);
     let _ = crate::fido::cbor_item_len(data, 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A few hundred inputs per target, the same on every run: each seed,
+    /// cut short at sixteen places, and with one byte flipped 32 times.
+    #[test]
+    fn every_target_takes_its_seeds_cut_short_and_with_bytes_flipped() {
+        type Target = (&'static str, fn(&[u8]));
+        let targets: [Target; 5] = [
+            ("certificates", certificates),
+            ("crl", crl),
+            ("csr", csr),
+            ("api_json", api_json),
+            ("webauthn", webauthn),
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for (name, target) in targets {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds").join(name);
+            let mut seeds = 0;
+            for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+                let data = std::fs::read(entry.expect("entry").path()).expect("seed");
+                target(&data);
+                for cut in (0..data.len()).step_by((data.len() / 16).max(1)) {
+                    target(&data[..cut]);
+                }
+                for _ in 0..32 {
+                    let mut flipped = data.clone();
+                    if let Some(len) = std::num::NonZeroUsize::new(flipped.len()) {
+                        let r = next();
+                        flipped[r as usize % len.get()] ^= (r >> 56) as u8 | 1;
+                        target(&flipped);
+                    }
+                }
+                seeds += 1;
+            }
+            assert!(seeds > 0, "{name}: no seeds in {}", dir.display());
+        }
+    }
 }

@@ -34,7 +34,7 @@ pub mod demo;
 pub mod error;
 pub mod fido;
 pub mod fixtures;
-#[cfg(fuzzing)]
+#[cfg(any(fuzzing, test))]
 pub mod fuzzing;
 pub mod kek;
 pub mod keys;

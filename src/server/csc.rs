@@ -675,9 +675,10 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
     Ok((StatusCode::OK, Json(out)).into_response())
 }
 
-/// The fuzz target's way in (`--cfg fuzzing` only): every request body of
-/// this module, and the checks a handler makes before the token.
-#[cfg(fuzzing)]
+/// The fuzz target's way in (`--cfg fuzzing`, and the unit tests that replay
+/// its seeds): every request body of this module, and the checks a handler
+/// makes before the token.
+#[cfg(any(fuzzing, test))]
 pub fn fuzz(data: &[u8]) {
     let _ = serde_json::from_slice::<ListReq>(data);
     let _ = serde_json::from_slice::<InfoReq>(data);
