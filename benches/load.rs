@@ -30,6 +30,10 @@
 //! `INKAN_LOAD_MODE=flood` signs with and without a flood of the routes anyone
 //! can call, sent by a second process (this benchmark again, as the flooder):
 //! signatures/s and p50/p99, alternating by round, and the server's memory.
+//! With `INKAN_FLOOD_SPREAD=1` the flooder is a botnet: each keep-alive
+//! connection moves to a new source address (127.0.0.0/8) before the
+//! per-address limits would stop it, so only what holds for all clients
+//! together (per-user limits, global budgets, the work itself) holds it.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
@@ -772,10 +776,11 @@ mod flood {
 
     /// Starts the flooder (this benchmark again) for `run`; its stdout is its report.
     fn flooder(t: &Target, run: Duration) -> Child {
+        let spread = std::env::var("INKAN_FLOOD_SPREAD").is_ok_and(|v| v == "1");
         Command::new(std::env::current_exe().expect("exe"))
             .env(
                 "INKAN_FLOOD_TARGET",
-                format!("{}:{}:{}:{}", t.nodes[0].main_port, t.card_port, t.client_id, run.as_millis()),
+                format!("{}:{}:{}:{}:{}", t.nodes[0].main_port, t.card_port, t.client_id, run.as_millis(), spread),
             )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -834,7 +839,9 @@ mod flood {
         for l in &lines {
             println!("{l}");
         }
-        let _ = std::fs::write(root().join("target/load-summary-flood.txt"), lines.join("\n") + "\n");
+        let spread = std::env::var("INKAN_FLOOD_SPREAD").is_ok_and(|v| v == "1");
+        let name = if spread { "target/load-summary-flood-spread.txt" } else { "target/load-summary-flood.txt" };
+        let _ = std::fs::write(root().join(name), lines.join("\n") + "\n");
     }
 
     /// What the flooder sends, round-robin on each keep-alive connection.
@@ -851,8 +858,29 @@ mod flood {
         }
     }
 
+    /// Requests a spread flooder sends from one source address: under the
+    /// default per-address burst (120).
+    const PER_SOURCE: u64 = 100;
+
     async fn try_connect(port: u16, config: Arc<rustls::ClientConfig>) -> Option<Sender> {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        try_connect_from(port, config, None).await
+    }
+
+    /// A connection from `source` (a loopback address), or the default one.
+    async fn try_connect_from(
+        port: u16,
+        config: Arc<rustls::ClientConfig>,
+        source: Option<std::net::Ipv4Addr>,
+    ) -> Option<Sender> {
+        let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let tcp = match source {
+            None => tokio::net::TcpStream::connect(server).await.ok()?,
+            Some(ip) => {
+                let socket = tokio::net::TcpSocket::new_v4().ok()?;
+                socket.bind((ip, 0).into()).ok()?;
+                socket.connect(server).await.ok()?
+            }
+        };
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(ServerName::try_from("localhost").ok()?, tcp)
             .await
@@ -862,7 +890,7 @@ mod flood {
         Some(sender)
     }
 
-    /// The flooder: `INKAN_FLOOD_TARGET=<main port>:<card port>:<client id>:<ms>`.
+    /// The flooder: `INKAN_FLOOD_TARGET=<main port>:<card port>:<client id>:<ms>:<spread>`.
     /// 32 keep-alive connections at full speed over the open routes, 20 new
     /// connections a second, 8 bodies sent a byte a second, and connections
     /// held open doing nothing; prints what the server answered.
@@ -871,6 +899,7 @@ mod flood {
         let (port, card_port, client_id) =
             (parts[0].parse::<u16>().unwrap(), parts[1].parse::<u16>().unwrap(), parts[2].to_owned());
         let run = Duration::from_millis(parts[3].parse().unwrap());
+        let spread = parts.get(4) == Some(&"true");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let statuses = Arc::new(Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
         let count = |s: &Arc<Mutex<std::collections::BTreeMap<String, u64>>>, k: String| {
@@ -885,9 +914,18 @@ mod flood {
                 tasks.push(tokio::spawn(async move {
                     let mut i = c;
                     let mut sender = None;
+                    // A spread flooder's source addresses: 127.<c + 1>.<n>.<n>, a new one
+                    // every PER_SOURCE requests.
+                    let (mut source, mut sent_here) = (0u32, 0u64);
                     while Instant::now() < stop {
+                        if spread && sent_here >= PER_SOURCE {
+                            (sender, sent_here) = (None, 0);
+                            source += 1;
+                        }
                         if sender.is_none() {
-                            sender = try_connect(port, Arc::clone(&config)).await;
+                            let from = spread
+                                .then(|| std::net::Ipv4Addr::new(127, c as u8 + 1, (source >> 8) as u8, source as u8));
+                            sender = try_connect_from(port, Arc::clone(&config), from).await;
                             if sender.is_none() {
                                 count(&statuses, "connection refused".into());
                                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -897,6 +935,7 @@ mod flood {
                         let s = sender.as_mut().unwrap();
                         let (method, path, headers, body) = requests(&client_id, i);
                         i += 32;
+                        sent_here += 1;
                         let mut req = hyper::Request::builder().method(method).uri(path).header("host", "localhost");
                         for (k, v) in &headers {
                             req = req.header(*k, v.as_str());
