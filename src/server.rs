@@ -77,6 +77,13 @@ async fn per_address(State(app): State<Arc<App>>, req: Request, next: Next) -> R
     if let Err(limited) = app.limits.address.check((route, addr)) {
         return limits::too_many(route.pages(req.method()), limited);
     }
+    // What passed its address's limit counts against the group's budget for
+    // all clients together: a flood from many addresses meets it.
+    if route.writes() {
+        if let Err(limited) = app.limits.open.check(route) {
+            return limits::busy(route.pages(req.method()), limited);
+        }
+    }
     next.run(req).await
 }
 

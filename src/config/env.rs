@@ -101,6 +101,7 @@ pub const SETTINGS: &[Setting] = &[
     s("limits.per_address_burst", Int),
     s("limits.per_user_per_minute", Int),
     s("limits.per_user_burst", Int),
+    s("limits.open_per_second", Int),
     s("limits.connections", Int),
     s("limits.connections_per_address", Int),
     s("limits.body_grace_secs", Int),
@@ -211,7 +212,7 @@ mod tests {
             let parsed: Result<Config, _> = table.try_into();
             assert!(parsed.is_ok(), "{}: {:?}", setting.var(), parsed.err());
         }
-        assert_eq!(SETTINGS.len(), 58, "the README promises an override for each of the 58 settings");
+        assert_eq!(SETTINGS.len(), 59, "the README promises an override for each of the 59 settings");
     }
 
     #[test]

@@ -57,6 +57,12 @@ pub struct LimitsConfig {
     pub per_user_per_minute: u32,
     /// How many of those may come at once.
     pub per_user_burst: u32,
+    /// Requests a second all clients together may make to each group of
+    /// open routes that write to the database (QR starts, the phone's pages,
+    /// registration codes), as many at once; beyond it 503 with
+    /// `Retry-After`, so that a flood from many addresses cannot take the
+    /// database from signing (0 = no limit).
+    pub open_per_second: u32,
     /// Open connections per listener; beyond it new ones are closed at once.
     pub connections: usize,
     /// Open connections per client address (IPv6: per /64) and listener.
@@ -77,6 +83,7 @@ impl Default for LimitsConfig {
             per_address_burst: 120,
             per_user_per_minute: 10,
             per_user_burst: 5,
+            open_per_second: 100,
             connections: 4096,
             connections_per_address: 256,
             body_grace_secs: 10,

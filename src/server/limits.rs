@@ -207,6 +207,13 @@ impl Route {
         self == Route::Token
     }
 
+    /// Whether the group writes to the database for clients without
+    /// credentials, and so has a budget for all clients together
+    /// (`[limits] open_per_second`).
+    pub fn writes(self) -> bool {
+        matches!(self, Route::QrStart | Route::Phone | Route::Regcode)
+    }
+
     /// Whether the group answers with pages (else JSON).
     pub fn pages(self, method: &Method) -> bool {
         match self {
@@ -234,6 +241,8 @@ pub struct Limits {
     pub user: RateLimiter,
     /// Refused requests per client address, for the groups that count only those.
     pub refusals: RateLimiter,
+    /// Per route group, all clients together ([`Route::writes`]).
+    pub open: RateLimiter,
     /// Open connections per client address, per listener.
     pub connections: usize,
     /// Open connections per client address.
@@ -275,6 +284,7 @@ impl Limits {
             address: RateLimiter::new(cfg.per_address_per_minute, cfg.per_address_burst, MAX_KEYS),
             user: RateLimiter::new(cfg.per_user_per_minute, cfg.per_user_burst, MAX_KEYS),
             refusals: RateLimiter::new(cfg.per_address_per_minute, cfg.per_address_burst, MAX_KEYS),
+            open: RateLimiter::new(cfg.open_per_second.saturating_mul(60), cfg.open_per_second, 16),
             connections: cfg.connections,
             connections_per_address: cfg.connections_per_address,
             body: BodyPace { grace: Duration::from_secs(cfg.body_grace_secs), min_rate: cfg.min_body_rate.max(1) },
@@ -327,6 +337,25 @@ pub fn too_many(pages: bool, limited: Limited) -> Response {
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_requests",
             format!("too many requests from this address; retry after {} s", limited.secs()),
+        )
+        .into_response()
+    };
+    if let Ok(v) = HeaderValue::from_str(&limited.secs().to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+/// The 503 answer when a group of open routes has used its budget for all
+/// clients together: a page or JSON, with `Retry-After` (both cheap to make).
+pub fn busy(pages: bool, limited: Limited) -> Response {
+    let mut resp = if pages {
+        super::pages::busy()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            format!("too many requests from all clients together; retry after {} s", limited.secs()),
         )
         .into_response()
     };

@@ -57,6 +57,19 @@ pub fn too_many() -> Response {
     html_response(StatusCode::TOO_MANY_REQUESTS, html.clone(), STATIC_CSP)
 }
 
+/// The 503 page when the open routes' budget for all clients together is
+/// used up (rendered once).
+pub fn busy() -> Response {
+    static HTML: std::sync::OnceLock<bytes::Bytes> = std::sync::OnceLock::new();
+    let html = HTML.get_or_init(|| {
+        bytes::Bytes::from(page_html(
+            "ただいま混雑しています",
+            "<p class=\"error\">ただいまアクセスが集中しているため、受け付けられませんでした。</p><p>しばらく待ってから、もう一度お試しください。HPKIカード・マイナンバーカードでのログインと、ログイン済みの署名は、この間も利用できます。</p>",
+        ))
+    });
+    html_response(StatusCode::SERVICE_UNAVAILABLE, html.clone(), STATIC_CSP)
+}
+
 /// An HTML answer with the headers every page carries (no caching, no framing,
 /// a content security policy, a referrer for our own origin only: page URLs
 /// may hold tickets, and our forms' `Origin` must name us, never `null`).

@@ -5,6 +5,7 @@
 //! - rate: requests a minute per client address and per user ID (429);
 //! - time: slow bodies and held connections;
 //! - writes: what unauthenticated starts write to the database;
+//! - budget: what all clients together may make the open routes write;
 //! - audit: a chain recomputed, or cut, by someone who can write the database;
 //! - relay: a QR code sent to someone who does not see the PC that shows it;
 //! - enumeration: whether an ID exists or has a phone, asked of the open pages;
@@ -688,6 +689,44 @@ mod rate {
             assert_eq!(open.get(&server.url("/healthz"), &[]).status, 200);
             assert_eq!(open.post_json(&server.url("/api/v1/sign-hashes"), "no-such-token", &json!({})).status, 401);
         }
+    }
+}
+
+mod budget {
+    use super::*;
+
+    /// Requests from many addresses are what one address's limits cannot
+    /// stop: each group of open routes that writes has a budget for all
+    /// clients together, past which it answers 503 (and signing, card logins
+    /// and the other groups go on).
+    #[test]
+    fn the_open_routes_that_write_have_a_budget_for_all_clients_together() {
+        let env = env_with_card_user();
+        let server = Server::start(&env, &[("INKAN_LIMITS_OPEN_PER_SECOND", "2")]);
+        let form = [("content-type", "application/x-www-form-urlencoded")];
+        let open = Client::new();
+        let mut answers = Vec::new();
+        let r = loop {
+            let r = open.post(&server.url("/change"), &form, format!("user_id=someone{}", answers.len()));
+            answers.push(r.status);
+            if r.status == 503 || answers.len() == 20 {
+                break r;
+            }
+        };
+        assert_eq!(r.status, 503, "{answers:?}: {}", r.text());
+        assert!(answers.iter().filter(|s| **s == 303).count() >= 2, "the budget's worth passes: {answers:?}");
+        assert!(r.headers.contains_key("retry-after"));
+        assert!(r.text().contains("ただいま混雑しています"), "{}", r.text());
+        let r = open.post(&server.url("/m/nothing/begin"), &[], "");
+        assert_ne!(r.status, 503, "another group has its own budget: {}", r.text());
+        // Refused requests wrote nothing: only the budget's worth of decoys.
+        let decoys: usize = env.sql_ok("SELECT count(*) FROM tickets")[0].parse().expect("count");
+        assert_eq!(decoys, answers.iter().filter(|s| **s == 303).count());
+        // Card logins are not held by it, and the budget comes back.
+        let token = login_with_scope(&server, &env, "openid sign");
+        assert!(token["access_token"].is_string(), "{token}");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(open.post(&server.url("/change"), &form, "user_id=someone10").status, 303);
     }
 }
 
