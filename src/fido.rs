@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use webauthn_rs::prelude::{
     AuthenticationResult, CreationChallengeResponse, Passkey, PasskeyAuthentication, PasskeyRegistration,
     PublicKeyCredential, RegisterPublicKeyCredential, RequestChallengeResponse, Url, Uuid, Webauthn, WebauthnBuilder,
+    WebauthnError,
 };
 
 use crate::config::Config;
@@ -100,9 +101,38 @@ impl RelyingParty {
         check_assertion_data(response.response.authenticator_data.as_ref())?;
         let state: PasskeyAuthentication =
             serde_json::from_str(state).map_err(|e| Error::Internal(format!("ceremony state: {e}")))?;
-        self.webauthn
-            .finish_passkey_authentication(&response, &state)
-            .map_err(|e| refused(format!("sign-in refused: {e}")))
+        self.webauthn.finish_passkey_authentication(&response, &state).map_err(|e| refused(sign_in_refusal(&e)))
+    }
+}
+
+/// What a refused sign-in tells the phone (and the PC). A reason that
+/// depends only on the answer and the options anyone holding the QR code has
+/// seen (challenge, origin, RP ID, flags, which credential) is told as it is;
+/// one that depends on the stored passkey (its key, its backup eligibility)
+/// is told as one generic refusal and logged: otherwise a forged answer
+/// naming an offered credential would tell a real user's passkey from a
+/// decoy's ([`decoy`]).
+fn sign_in_refusal(e: &WebauthnError) -> String {
+    match e {
+        WebauthnError::InvalidClientDataType
+        | WebauthnError::MismatchedChallenge
+        | WebauthnError::ChallengeNotFound
+        | WebauthnError::InvalidRPOrigin
+        | WebauthnError::InvalidRPIDHash
+        | WebauthnError::UserNotPresent
+        | WebauthnError::UserNotVerified
+        | WebauthnError::CredentialNotFound
+        | WebauthnError::CredentialCrossOrigin
+        | WebauthnError::CredentialPossibleCompromise
+        | WebauthnError::InvalidExtensions
+        | WebauthnError::ParseCBORFailure(_)
+        | WebauthnError::ParseJSONFailure(_)
+        | WebauthnError::ParseNOMFailure
+        | WebauthnError::ParseInsufficientBytesAvailable => format!("sign-in refused: {e}"),
+        other => {
+            tracing::info!("sign-in refused by the stored passkey: {other}");
+            "sign-in refused: the answer does not verify with the passkey it names".into()
+        }
     }
 }
 

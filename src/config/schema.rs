@@ -58,7 +58,7 @@ pub struct LimitsConfig {
     /// How many of those may come at once.
     pub per_user_burst: u32,
     /// Requests a second all clients together may make to each group of
-    /// open routes that write to the database (QR starts, the phone's pages,
+    /// open routes that write (authorize, QR starts, the phone's pages,
     /// registration codes), as many at once; beyond it 503 with
     /// `Retry-After`, so that a flood from many addresses cannot take the
     /// database from signing (0 = no limit).

@@ -10,12 +10,14 @@
 //! gets the same ones from every node and after every restart, as a real
 //! user's registered phone would. Their public key is a P-256 point whose
 //! private key was never kept (made once by a software authenticator and
-//! thrown away), so an answer fails in webauthn-rs exactly as a foreign
-//! phone's answer to a real ticket fails; a decoy never finishes in any case
-//! ([`super::ticket::Ticket::verified`] refuses it).
+//! thrown away), so no answer verifies; a refusal that depends on the stored
+//! passkey is told as one generic refusal for real tickets and decoys alike
+//! (`sign_in_refusal` in [`crate::fido`]), and a decoy never finishes in any
+//! case ([`super::ticket::Ticket::verified`] refuses it).
 //!
 //! What a decoy cannot hide: the user's own phone, which answers a real
-//! ticket and not a decoy (only the user holds it).
+//! ticket and not a decoy (only the user holds it), and time: a real user's
+//! credential IDs change when they change phones, a decoy's never.
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -28,9 +30,9 @@ use crate::error::{Error, Result};
 const DECOY_X: &str = "BLWevydy1MMRqJQgXgcdG-jCAi2-AcBee0KPp9A5FNU";
 const DECOY_Y: &str = "JvoSSnxycymgIz3O7rOeE-sIqrvqjKLzYHKya0WbWfs";
 
-/// Lengths of the credential IDs phones make (16: Android, 20: iPhone, 32:
-/// others); a decoy takes one of them.
-const ID_LENGTHS: [usize; 3] = [16, 20, 32];
+/// Lengths of the credential IDs authenticators make (16: Android, 20:
+/// iPhone, 32 and 64: others); a decoy takes one of them.
+const ID_LENGTHS: [usize; 4] = [16, 20, 32, 64];
 
 /// The passkeys decoys offer.
 pub struct Decoys {
@@ -58,33 +60,43 @@ impl Decoys {
         mac.finalize().into_bytes().into()
     }
 
-    /// The passkeys a decoy offers for `user_id`: one, now and then two or
-    /// three (a real user's retired phones are offered too), the same for
-    /// the same ID.
+    /// The passkeys a decoy offers for `user_id`: one, now and then up to
+    /// four (a real user's retired phones, up to three, are offered too), the
+    /// same for the same ID.
     pub fn passkeys(&self, user_id: &str) -> Result<Vec<Passkey>> {
         let seed = self.mac(&[b"inkan decoy passkeys v1\0", user_id.as_bytes()]);
         let count = match seed[0] {
-            0..=207 => 1,
-            208..=243 => 2,
-            _ => 3,
+            0..=199 => 1,
+            200..=235 => 2,
+            236..=249 => 3,
+            _ => 4,
         };
         (0..count)
             .map(|i| {
                 let bytes = self.mac(&[b"inkan decoy credential v1\0", user_id.as_bytes(), &[0, i as u8]]);
+                let mut id = bytes.to_vec();
+                id.extend_from_slice(&self.mac(&[b"inkan decoy credential v1\0", user_id.as_bytes(), &[1, i as u8]]));
                 let len = ID_LENGTHS[usize::from(seed[1 + i]) % ID_LENGTHS.len()];
-                passkey(&bytes[..len])
+                // Most phones report both transports; some only one, some none.
+                let transports = match seed[8 + i] {
+                    0..=199 => serde_json::json!(["hybrid", "internal"]),
+                    200..=239 => serde_json::json!(["internal"]),
+                    _ => serde_json::Value::Null,
+                };
+                passkey(&id[..len], transports)
             })
             .collect()
     }
 }
 
-/// A stored passkey (webauthn-rs's form) with this credential ID and the decoy key.
-fn passkey(credential_id: &[u8]) -> Result<Passkey> {
+/// A stored passkey (webauthn-rs's form) with this credential ID and
+/// transports, and the decoy key.
+fn passkey(credential_id: &[u8], transports: serde_json::Value) -> Result<Passkey> {
     let stored = serde_json::json!({ "cred": {
         "cred_id": b64url(credential_id),
         "cred": { "type_": "ES256", "key": { "EC_EC2": { "curve": "SECP256R1", "x": DECOY_X, "y": DECOY_Y } } },
         "counter": 0,
-        "transports": ["hybrid", "internal"],
+        "transports": transports,
         "user_verified": true,
         "backup_eligible": true,
         "backup_state": true,
@@ -118,7 +130,7 @@ mod tests {
         assert_eq!(ids(&decoys, "nobody"), ids(&decoys, "nobody"), "stable for an ID");
         assert_ne!(ids(&decoys, "nobody"), ids(&decoys, "nobody2"));
         assert_ne!(ids(&decoys, "nobody"), ids(&Decoys::new([8; 32]), "nobody"), "keyed by the secret");
-        let mut counts = [0usize; 4];
+        let mut counts = [0usize; 5];
         let mut lengths = std::collections::BTreeSet::new();
         for n in 0..400 {
             let found = ids(&decoys, &format!("user-{n}"));
@@ -126,8 +138,11 @@ mod tests {
             lengths.extend(found.iter().map(Vec::len));
         }
         assert_eq!(counts[0], 0);
-        assert!(counts[1] > 250 && counts[2] > 20 && counts[3] > 2, "mostly one, sometimes more: {counts:?}");
-        assert_eq!(lengths.into_iter().collect::<Vec<_>>(), vec![16, 20, 32]);
+        assert!(
+            counts[1] > 250 && counts[2] > 20 && counts[3] > 5 && counts[4] > 0,
+            "mostly one, sometimes up to four: {counts:?}"
+        );
+        assert_eq!(lengths.into_iter().collect::<Vec<_>>(), vec![16, 20, 32, 64]);
     }
 
     /// A phone's passkey registered with the relying party.
@@ -164,7 +179,16 @@ mod tests {
         }
         assert_eq!(refusals[0], refusals[1], "one refusal for both");
         assert!(refusals[0].contains("Unauthenticated"), "{}", refusals[0]);
-        let shown = serde_json::to_value(rp.start_authentication(&decoys).expect("options").0).expect("json");
-        assert_eq!(shown["publicKey"]["allowCredentials"][0]["transports"], serde_json::json!(["hybrid", "internal"]));
+        // Transports as phones report them, mostly both.
+        let all: Vec<Passkey> =
+            (0..200).flat_map(|n| Decoys::new([1; 32]).passkeys(&format!("u{n}")).expect("p")).collect();
+        let shown = serde_json::to_value(rp.start_authentication(&all).expect("options").0).expect("json");
+        let transports: std::collections::BTreeSet<String> = shown["publicKey"]["allowCredentials"]
+            .as_array()
+            .expect("allowCredentials")
+            .iter()
+            .map(|c| c.get("transports").map_or("none".into(), |t| t.to_string()))
+            .collect();
+        assert_eq!(transports.len(), 3, "{transports:?}");
     }
 }

@@ -171,20 +171,24 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
         self.clock.now_ms()
     }
 
-    /// Checks that a user exists, is enabled and (if `need_device`) has a phone.
+    /// Checks that a user exists, is enabled and (if `need_device`) has a
+    /// phone. The same reads whatever the answer: an open start page must
+    /// not take longer for one kind of ID than for another.
     async fn check_user(&self, tx: &mut T, user_id: &str, need_device: bool) -> Result<bool> {
-        let user = crate::users::get_in(tx, user_id).await?;
+        let user = tx.user(user_id).await?;
+        let has_device = tx.device(user_id).await?.is_some();
+        let user = user.ok_or_else(|| crate::users::unknown(user_id))?;
         if !user.is_active() {
             return Err(crate::users::disabled(user_id));
         }
-        let has_device = tx.device(user_id).await?.is_some();
         if need_device && !has_device {
             return Err(Error::Forbidden(Forbidden::NoDevice, format!("user {user_id} has no registered phone")));
         }
         Ok(has_device)
     }
 
-    /// Opens a ticket for the user; returns the PC token.
+    /// Opens a ticket for the user (a decoy, for a phone login or change of
+    /// an ID without a usable phone); returns the PC token.
     async fn open(
         &self,
         user_id: &str,
@@ -393,12 +397,14 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
         let (ticket, user, device, retired) = {
             let mut tx = self.store.read().await?;
             let ticket = self.phone_ticket(&mut *tx, phone).await?;
+            // A decoy reads the same rows (its ID may even be a user's), and ignores them.
+            let user = tx.user(&ticket.user_id).await?;
+            let device = tx.device(&ticket.user_id).await?;
+            let retired = tx.retired_devices(&ticket.user_id).await?;
             if ticket.decoy {
                 (ticket, None, None, Vec::new())
             } else {
-                let user = crate::users::get_in(&mut *tx, &ticket.user_id).await?;
-                let device = tx.device(&ticket.user_id).await?;
-                let retired = tx.retired_devices(&ticket.user_id).await?;
+                let user = user.ok_or_else(|| crate::users::unknown(&ticket.user_id))?;
                 (ticket, Some(user), device, retired)
             }
         };
@@ -431,31 +437,32 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
             return Err(crate::users::disabled(&user.id));
         }
         let (options, state) = match ticket.action() {
-            // A decoy offers passkeys no phone holds, the same ones for the same ID.
-            Action::Authenticate if ticket.decoy => {
-                let (o, s) = self.rp.start_authentication(&self.decoys.passkeys(&ticket.user_id)?)?;
-                (serde_json::to_value(o).map_err(Error::internal)?, s)
-            }
             Action::Register => {
                 let (o, s) = self.rp.start_registration(&ticket.user_id, device.as_ref().map(|d| &d.passkey))?;
                 (serde_json::to_value(o).map_err(Error::internal)?, s)
             }
             Action::Authenticate => {
-                let Some(device) = device else {
-                    self.note(ticket.id, &Failure::NoDevice).await?;
-                    return Err(Error::Forbidden(
-                        Forbidden::NoDevice,
-                        format!("user {} has no registered phone", ticket.user_id),
-                    ));
+                // A decoy offers passkeys no phone holds, the same ones for the same ID.
+                let passkeys = if ticket.decoy {
+                    self.decoys.passkeys(&ticket.user_id)?
+                } else {
+                    let Some(device) = device else {
+                        self.note(ticket.id, &Failure::NoDevice).await?;
+                        return Err(Error::Forbidden(
+                            Forbidden::NoDevice,
+                            format!("user {} has no registered phone", ticket.user_id),
+                        ));
+                    };
+                    // The registered phone first, then the retired ones: a phone
+                    // that still holds a retired passkey answers, and is told why
+                    // it no longer signs in. Credential IDs are not secrets (the
+                    // current one is offered to whoever holds the QR code anyway);
+                    // this tells such a holder at most that the user changed
+                    // phones, up to RETIRED_KEPT times.
+                    let mut passkeys: Vec<Passkey> = vec![device.passkey];
+                    passkeys.extend(retired.into_iter().map(|r| r.passkey));
+                    passkeys
                 };
-                // The registered phone first, then the retired ones: a phone
-                // that still holds a retired passkey answers, and is told why
-                // it no longer signs in. Credential IDs are not secrets (the
-                // current one is offered to whoever holds the QR code anyway);
-                // this tells such a holder at most that the user changed
-                // phones, up to RETIRED_KEPT times.
-                let mut passkeys: Vec<Passkey> = vec![device.passkey];
-                passkeys.extend(retired.into_iter().map(|r| r.passkey));
                 let (o, s) = self.rp.start_authentication(&passkeys)?;
                 (serde_json::to_value(o).map_err(Error::internal)?, s)
             }
@@ -617,10 +624,11 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
         Ok("")
     }
 
-    /// The phone's browser gave up without an answer (`NotAllowedError`: no
-    /// passkey for this user on the phone, or the user cancelled). Noted for
-    /// the PC; returns the failure noted (a sign-in for a user who has no
-    /// phone at all says so).
+    /// The phone's browser gave up a sign-in without an answer
+    /// (`NotAllowedError`: no passkey for this user on the phone, or the user
+    /// cancelled). Noted for the PC; returns the failure noted (a sign-in for
+    /// a user whose phone was removed meanwhile says so). A registration has
+    /// nothing to give up this way (its page shows the browser's error).
     pub async fn phone_gave_up(&self, phone: &str) -> Result<Failure> {
         let (ticket, has_device) = {
             let mut tx = self.store.read().await?;
@@ -628,12 +636,11 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
             let has_device = tx.device(&ticket.user_id).await?.is_some();
             (ticket, has_device)
         };
+        if ticket.action() != Action::Authenticate {
+            return Err(refused(Refused::Stage("give up a sign-in")));
+        }
         // A decoy's phone is told what a real ticket's foreign phone is told.
-        let failure = if ticket.decoy || has_device || ticket.action() == Action::Register {
-            Failure::NotAllowed
-        } else {
-            Failure::NoDevice
-        };
+        let failure = if ticket.decoy || has_device { Failure::NotAllowed } else { Failure::NoDevice };
         self.note(ticket.id, &failure).await?;
         Ok(failure)
     }

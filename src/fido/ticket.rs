@@ -406,6 +406,8 @@ impl Ticket {
         let decoy_ok = !self.decoy
             || (matches!(self.kind, Kind::Login { .. } | Kind::Change)
                 && self.phase == 0
+                && !self.replace_confirmed
+                && !self.labelled
                 && matches!(self.stage, Stage::Waiting | Stage::Ceremony(_) | Stage::Cancelled));
         if ok && decoy_ok && self.phase >= 0 {
             Ok(self)
@@ -576,9 +578,10 @@ pub trait TicketStore: Send {
     async fn open_tickets(&mut self, user_id: &str) -> Result<Vec<Ticket>, StoreError>;
     /// Drops tickets that expired before `before`; returns how many.
     async fn purge_tickets(&mut self, before: i64) -> Result<usize, StoreError>;
-    /// Deletes the user's tickets of one purpose and via (as [`Kind::names`]
-    /// gives them) that still wait for a phone (a QR code nobody has used),
-    /// but the newest `keep`: a new ticket of the flow replaces the oldest.
+    /// Deletes the tickets of one ID (the user's, and the decoys made for
+    /// the ID) of one purpose and via (as [`Kind::names`] gives them) that
+    /// still wait for a phone (a QR code nobody has used), but the newest
+    /// `keep`: a new ticket of the flow replaces the oldest.
     /// Tickets a phone has begun are never touched. Returns how many were deleted.
     async fn drop_waiting_tickets(
         &mut self,

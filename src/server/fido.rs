@@ -104,7 +104,8 @@ fn forbidden_origin(app: &App) -> Response {
     )
 }
 
-/// The page for a problem with the user an ID names.
+/// The page for a problem with the user an ID names (the registration-code
+/// pages, and what a QR start refuses besides its decoys).
 fn user_page(app: &App, e: Error) -> Response {
     match e {
         Error::NotFound(Missing::User, _) => msg(
@@ -163,7 +164,7 @@ fn start_refused_page(app: &App, e: Error) -> Response {
             app,
             StatusCode::BAD_REQUEST,
             "本人IDが正しくありません",
-            "本人IDは、半角の英数字とハイフン(-)で64文字以内です。",
+            "本人IDは、半角の英数字とハイフン(-)で64文字以内です(ハイフンで始まりません)。",
             "本人IDを確認して、もう一度入力してください。",
         ),
         other => user_page(app, other),

@@ -208,10 +208,10 @@ impl Route {
     }
 
     /// Whether the group writes to the database for clients without
-    /// credentials, and so has a budget for all clients together
-    /// (`[limits] open_per_second`).
+    /// credentials (authorize: a pending request, a row on PostgreSQL), and
+    /// so has a budget for all clients together (`[limits] open_per_second`).
     pub fn writes(self) -> bool {
-        matches!(self, Route::QrStart | Route::Phone | Route::Regcode)
+        matches!(self, Route::Authorize | Route::QrStart | Route::Phone | Route::Regcode)
     }
 
     /// Whether the group answers with pages (else JSON).
@@ -284,7 +284,8 @@ impl Limits {
             address: RateLimiter::new(cfg.per_address_per_minute, cfg.per_address_burst, MAX_KEYS),
             user: RateLimiter::new(cfg.per_user_per_minute, cfg.per_user_burst, MAX_KEYS),
             refusals: RateLimiter::new(cfg.per_address_per_minute, cfg.per_address_burst, MAX_KEYS),
-            open: RateLimiter::new(cfg.open_per_second.saturating_mul(60), cfg.open_per_second, 16),
+            // A handful of keys (one per group), room for each in its shard.
+            open: RateLimiter::new(cfg.open_per_second.saturating_mul(60), cfg.open_per_second, SHARDS * 8),
             connections: cfg.connections,
             connections_per_address: cfg.connections_per_address,
             body: BodyPace { grace: Duration::from_secs(cfg.body_grace_secs), min_rate: cfg.min_body_rate.max(1) },
@@ -330,35 +331,24 @@ pub fn no_room() -> Response {
 /// The 429 answer: a page or JSON, with `Retry-After`. Both are cheap to
 /// make (the page is rendered once): a flood is answered with them.
 pub fn too_many(pages: bool, limited: Limited) -> Response {
-    let mut resp = if pages {
-        super::pages::too_many()
-    } else {
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_requests",
-            format!("too many requests from this address; retry after {} s", limited.secs()),
-        )
-        .into_response()
-    };
-    if let Ok(v) = HeaderValue::from_str(&limited.secs().to_string()) {
-        resp.headers_mut().insert(header::RETRY_AFTER, v);
-    }
-    resp
+    let json = (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", "too many requests from this address");
+    refused(pages.then(super::pages::too_many), json, limited)
 }
 
 /// The 503 answer when a group of open routes has used its budget for all
 /// clients together: a page or JSON, with `Retry-After` (both cheap to make).
 pub fn busy(pages: bool, limited: Limited) -> Response {
-    let mut resp = if pages {
-        super::pages::busy()
-    } else {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            format!("too many requests from all clients together; retry after {} s", limited.secs()),
-        )
-        .into_response()
-    };
+    let json =
+        (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "too many requests from all clients together");
+    refused(pages.then(super::pages::busy), json, limited)
+}
+
+/// A page, or else JSON (status, error code, what happened), with `Retry-After`.
+fn refused(page: Option<Response>, json: (StatusCode, &'static str, &str), limited: Limited) -> Response {
+    let mut resp = page.unwrap_or_else(|| {
+        let (status, code, what) = json;
+        ApiError::new(status, code, format!("{what}; retry after {} s", limited.secs())).into_response()
+    });
     if let Ok(v) = HeaderValue::from_str(&limited.secs().to_string()) {
         resp.headers_mut().insert(header::RETRY_AFTER, v);
     }

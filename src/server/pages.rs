@@ -48,26 +48,34 @@ pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
 /// times a second.
 pub fn too_many() -> Response {
     static HTML: std::sync::OnceLock<bytes::Bytes> = std::sync::OnceLock::new();
-    let html = HTML.get_or_init(|| {
-        bytes::Bytes::from(page_html(
-            "アクセスが集中しています",
-            "<p class=\"error\">短い時間に多くの要求がありました。</p><p>しばらく待ってから、もう一度お試しください。</p>",
-        ))
-    });
-    html_response(StatusCode::TOO_MANY_REQUESTS, html.clone(), STATIC_CSP)
+    rendered_once(
+        &HTML,
+        StatusCode::TOO_MANY_REQUESTS,
+        "アクセスが集中しています",
+        "<p class=\"error\">短い時間に多くの要求がありました。</p><p>しばらく待ってから、もう一度お試しください。</p>",
+    )
 }
 
 /// The 503 page when the open routes' budget for all clients together is
-/// used up (rendered once).
+/// used up, rendered once.
 pub fn busy() -> Response {
     static HTML: std::sync::OnceLock<bytes::Bytes> = std::sync::OnceLock::new();
-    let html = HTML.get_or_init(|| {
-        bytes::Bytes::from(page_html(
-            "ただいま混雑しています",
-            "<p class=\"error\">ただいまアクセスが集中しているため、受け付けられませんでした。</p><p>しばらく待ってから、もう一度お試しください。HPKIカード・マイナンバーカードでのログインと、ログイン済みの署名は、この間も利用できます。</p>",
-        ))
-    });
-    html_response(StatusCode::SERVICE_UNAVAILABLE, html.clone(), STATIC_CSP)
+    rendered_once(
+        &HTML,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ただいま混雑しています",
+        "<p class=\"error\">ただいまアクセスが集中しているため、受け付けられませんでした。</p><p>しばらく待ってから、もう一度お試しください。ログイン済みの署名システムからの署名は、この間も利用できます。</p>",
+    )
+}
+
+fn rendered_once(
+    cell: &'static std::sync::OnceLock<bytes::Bytes>,
+    status: StatusCode,
+    title: &str,
+    body: &str,
+) -> Response {
+    let html = cell.get_or_init(|| bytes::Bytes::from(page_html(title, body)));
+    html_response(status, html.clone(), STATIC_CSP)
 }
 
 /// An HTML answer with the headers every page carries (no caching, no framing,

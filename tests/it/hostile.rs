@@ -719,13 +719,20 @@ mod budget {
         assert!(r.text().contains("ただいま混雑しています"), "{}", r.text());
         let r = open.post(&server.url("/m/nothing/begin"), &[], "");
         assert_ne!(r.status, 503, "another group has its own budget: {}", r.text());
+        // Authorize has one too (a pending request, a row on PostgreSQL).
+        let client = register_client(&env);
+        let (_, challenge) = pkce();
+        let authorize = authorize_url(&server, &client, &challenge, &[("acr_values", "hpki")]);
+        let statuses: Vec<u16> = (0..20).map(|_| open.get(&authorize, &[]).status).take_while(|s| *s != 503).collect();
+        assert!(statuses.len() < 20 && statuses.iter().all(|s| *s == 303), "{statuses:?}");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
         // Refused requests wrote nothing: only the budget's worth of decoys.
         let decoys: usize = env.sql_ok("SELECT count(*) FROM tickets")[0].parse().expect("count");
         assert_eq!(decoys, answers.iter().filter(|s| **s == 303).count());
-        // Card logins are not held by it, and the budget comes back.
+        // A second later authorize takes requests again, and the card
+        // listener, which has no such budget, logs in; so do QR starts.
         let token = login_with_scope(&server, &env, "openid sign");
         assert!(token["access_token"].is_string(), "{token}");
-        std::thread::sleep(std::time::Duration::from_millis(1100));
         assert_eq!(open.post(&server.url("/change"), &form, "user_id=someone10").status, 303);
     }
 }
@@ -1250,6 +1257,16 @@ mod enumeration {
         // And says that it gave up (what a phone without the passkey reports).
         let r = Client::new().post(&format!("{phone_url}/failed"), &[("content-type", "application/json")], "{}");
         pages.push(format!("{} {}", r.status, masked(&r.text(), id)));
+        // A forged answer naming the first credential offered, signed by
+        // another key (its flags and algorithm are the forger's to choose).
+        let r = begin(&phone_url, Some(&code));
+        assert_eq!(r.status, 200, "{id}: {}", r.text());
+        let options = r.json();
+        let mut forger = crate::authenticator::Authenticator::new(&server.base);
+        let named = options["publicKey"]["allowCredentials"][0]["id"].as_str().expect("id");
+        forger.credential_id = <base64ct::Base64UrlUnpadded as base64ct::Encoding>::decode_vec(named).expect("base64url");
+        let r = crate::fido::phone_finish(&phone_url, &forger.assert(&options, &Default::default()));
+        pages.push(format!("{} {}", r.status, r.text()));
         let mut status = pc.status(server);
         status["expired"] = json!(null);
         pages.push(masked(&status.to_string(), id));
@@ -1277,6 +1294,7 @@ mod enumeration {
 
         let real = change(&server, "100001", &mut attacker);
         assert!(real.pages[4].starts_with("400 "), "the attacker's answer is refused: {}", real.pages[4]);
+        assert!(real.pages[6].starts_with("400 "), "so is a forged one: {}", real.pages[6]);
         for id in ["nobody", "300003", "400004"] {
             let decoy = change(&server, id, &mut attacker);
             for (n, (a, b)) in real.pages.iter().zip(&decoy.pages).enumerate() {

@@ -275,3 +275,55 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database of schema 7 with a user and a ticket in it: migrated, the
+    /// ticket reads back as it was, and a decoy row fits the new table.
+    #[test]
+    fn schema_8_keeps_the_tickets_of_schema_7_and_takes_decoys() {
+        let mut conn = Connection::open_in_memory().expect("sqlite");
+        conn.pragma_update(None, "foreign_keys", "ON").expect("foreign keys");
+        for sql in &MIGRATIONS[..7] {
+            conn.execute_batch(sql).expect("migration");
+        }
+        conn.pragma_update(None, "user_version", 7).expect("version");
+        conn.execute_batch(
+            "INSERT INTO users (id, name, qualification, status, created_at) VALUES ('u1', 'n', 'doctor', 'active', 1);
+             INSERT INTO tickets (phone_hash, pc_hash, pc_claimed, phase, replace_ok, purpose, via, user_id, action,
+                                  step, error, labelled, created_at, expires_at, pc_info)
+                 VALUES (x'01', x'02', 1, 1, 1, 'change', 'fido', 'u1', 'register', 'waiting', 'no_device', 0, 5, 9, '{}');",
+        )
+        .expect("rows of schema 7");
+        migrate(&mut conn).expect("migrate");
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let row: (String, i64, i64, String, String, Option<String>, String) = conn
+            .query_row(
+                "SELECT user_id, phase, replace_ok, step, error, decoy_for, pc_info FROM tickets WHERE pc_hash = x'02'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+            )
+            .expect("the ticket is kept");
+        assert_eq!(row, ("u1".into(), 1, 1, "waiting".into(), "no_device".into(), None, "{}".into()));
+        let insert = |user: Option<&str>, decoy: Option<&str>, purpose: &str| {
+            conn.execute(
+                "INSERT INTO tickets (pc_claimed, purpose, via, user_id, decoy_for, action, step, created_at, expires_at)
+                 VALUES (1, ?1, 'fido', ?2, ?3, 'authenticate', 'waiting', 1, 2)",
+                rusqlite::params![purpose, user, decoy],
+            )
+        };
+        assert!(insert(None, Some("nobody"), "login").is_ok(), "a decoy names no user");
+        assert!(insert(Some("u1"), Some("u1"), "login").is_err(), "a row is a user's or a decoy, not both");
+        assert!(insert(None, None, "login").is_err());
+        assert!(insert(None, Some("nobody"), "link").is_err(), "decoys are phone logins and changes only");
+        assert!(insert(Some("nobody"), None, "login").is_err(), "a real ticket's user exists");
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tickets' AND sql IS NOT NULL ORDER BY name")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .expect("indexes");
+        assert_eq!(indexes, ["tickets_decoy", "tickets_expiry", "tickets_user"]);
+    }
+}
