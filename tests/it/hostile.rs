@@ -1264,7 +1264,8 @@ mod enumeration {
         let options = r.json();
         let mut forger = crate::authenticator::Authenticator::new(&server.base);
         let named = options["publicKey"]["allowCredentials"][0]["id"].as_str().expect("id");
-        forger.credential_id = <base64ct::Base64UrlUnpadded as base64ct::Encoding>::decode_vec(named).expect("base64url");
+        forger.credential_id =
+            <base64ct::Base64UrlUnpadded as base64ct::Encoding>::decode_vec(named).expect("base64url");
         let r = crate::fido::phone_finish(&phone_url, &forger.assert(&options, &Default::default()));
         pages.push(format!("{} {}", r.status, r.text()));
         let mut status = pc.status(server);
