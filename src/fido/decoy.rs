@@ -31,8 +31,20 @@ const DECOY_X: &str = "BLWevydy1MMRqJQgXgcdG-jCAi2-AcBee0KPp9A5FNU";
 const DECOY_Y: &str = "JvoSSnxycymgIz3O7rOeE-sIqrvqjKLzYHKya0WbWfs";
 
 /// Lengths of the credential IDs authenticators make (16: Android, 20:
-/// iPhone, 32 and 64: others); a decoy takes one of them.
-const ID_LENGTHS: [usize; 4] = [16, 20, 32, 64];
+/// iPhone, 32 and 64: others), each as often as a decoy takes it (of 256).
+const ID_LENGTHS: [(usize, u8); 4] = [(16, 115), (20, 102), (32, 31), (64, 8)];
+
+/// The length a seed byte picks from [`ID_LENGTHS`].
+fn id_length(byte: u8) -> usize {
+    let mut left = u32::from(byte);
+    for (len, weight) in ID_LENGTHS {
+        if left < u32::from(weight) {
+            return len;
+        }
+        left -= u32::from(weight);
+    }
+    ID_LENGTHS[0].0
+}
 
 /// The passkeys decoys offer.
 pub struct Decoys {
@@ -76,27 +88,21 @@ impl Decoys {
                 let bytes = self.mac(&[b"inkan decoy credential v1\0", user_id.as_bytes(), &[0, i as u8]]);
                 let mut id = bytes.to_vec();
                 id.extend_from_slice(&self.mac(&[b"inkan decoy credential v1\0", user_id.as_bytes(), &[1, i as u8]]));
-                let len = ID_LENGTHS[usize::from(seed[1 + i]) % ID_LENGTHS.len()];
-                // Most phones report both transports; some only one, some none.
-                let transports = match seed[8 + i] {
-                    0..=199 => serde_json::json!(["hybrid", "internal"]),
-                    200..=239 => serde_json::json!(["internal"]),
-                    _ => serde_json::Value::Null,
-                };
-                passkey(&id[..len], transports)
+                passkey(&id[..id_length(seed[1 + i])])
             })
             .collect()
     }
 }
 
-/// A stored passkey (webauthn-rs's form) with this credential ID and
-/// transports, and the decoy key.
-fn passkey(credential_id: &[u8], transports: serde_json::Value) -> Result<Passkey> {
+/// A stored passkey (webauthn-rs's form) with this credential ID and the
+/// decoy key. No transports: inkan's registrations keep none (the phone page
+/// does not send them), so a real user's options name none either.
+fn passkey(credential_id: &[u8]) -> Result<Passkey> {
     let stored = serde_json::json!({ "cred": {
         "cred_id": b64url(credential_id),
         "cred": { "type_": "ES256", "key": { "EC_EC2": { "curve": "SECP256R1", "x": DECOY_X, "y": DECOY_Y } } },
         "counter": 0,
-        "transports": transports,
+        "transports": null,
         "user_verified": true,
         "backup_eligible": true,
         "backup_state": true,
@@ -131,18 +137,22 @@ mod tests {
         assert_ne!(ids(&decoys, "nobody"), ids(&decoys, "nobody2"));
         assert_ne!(ids(&decoys, "nobody"), ids(&Decoys::new([8; 32]), "nobody"), "keyed by the secret");
         let mut counts = [0usize; 5];
-        let mut lengths = std::collections::BTreeSet::new();
+        let mut lengths = std::collections::BTreeMap::<usize, usize>::new();
         for n in 0..400 {
             let found = ids(&decoys, &format!("user-{n}"));
             counts[found.len()] += 1;
-            lengths.extend(found.iter().map(Vec::len));
+            for id in &found {
+                *lengths.entry(id.len()).or_default() += 1;
+            }
         }
         assert_eq!(counts[0], 0);
         assert!(
             counts[1] > 250 && counts[2] > 20 && counts[3] > 5 && counts[4] > 0,
             "mostly one, sometimes up to four: {counts:?}"
         );
-        assert_eq!(lengths.into_iter().collect::<Vec<_>>(), vec![16, 20, 32, 64]);
+        assert_eq!(lengths.keys().copied().collect::<Vec<_>>(), vec![16, 20, 32, 64]);
+        assert!(lengths[&16] + lengths[&20] > 4 * (lengths[&32] + lengths[&64]), "mostly phones' lengths: {lengths:?}");
+        assert_eq!((0..=255).map(id_length).filter(|l| *l == 64).count(), 8, "the weights add up to 256");
     }
 
     /// A phone's passkey registered with the relying party.
@@ -179,16 +189,8 @@ mod tests {
         }
         assert_eq!(refusals[0], refusals[1], "one refusal for both");
         assert!(refusals[0].contains("Unauthenticated"), "{}", refusals[0]);
-        // Transports as phones report them, mostly both.
-        let all: Vec<Passkey> =
-            (0..200).flat_map(|n| Decoys::new([1; 32]).passkeys(&format!("u{n}")).expect("p")).collect();
-        let shown = serde_json::to_value(rp.start_authentication(&all).expect("options").0).expect("json");
-        let transports: std::collections::BTreeSet<String> = shown["publicKey"]["allowCredentials"]
-            .as_array()
-            .expect("allowCredentials")
-            .iter()
-            .map(|c| c.get("transports").map_or("none".into(), |t| t.to_string()))
-            .collect();
-        assert_eq!(transports.len(), 3, "{transports:?}");
+        // No transports, as a passkey inkan registered (the phone page sends none).
+        let shown = serde_json::to_value(rp.start_authentication(&decoys).expect("options").0).expect("json");
+        assert!(shown["publicKey"]["allowCredentials"][0].get("transports").is_none(), "{shown}");
     }
 }

@@ -331,15 +331,22 @@ pub fn no_room() -> Response {
 /// The 429 answer: a page or JSON, with `Retry-After`. Both are cheap to
 /// make (the page is rendered once): a flood is answered with them.
 pub fn too_many(pages: bool, limited: Limited) -> Response {
-    let json = (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", "too many requests from this address");
+    let json = (
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_requests",
+        "短い時間に多くの要求がありました。しばらく待ってから、もう一度お試しください (too many requests from this address)",
+    );
     refused(pages.then(super::pages::too_many), json, limited)
 }
 
 /// The 503 answer when a group of open routes has used its budget for all
 /// clients together: a page or JSON, with `Retry-After` (both cheap to make).
 pub fn busy(pages: bool, limited: Limited) -> Response {
-    let json =
-        (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "too many requests from all clients together");
+    let json = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "ただいま混雑しています。しばらく待ってから、もう一度お試しください (too many requests from all clients together)",
+    );
     refused(pages.then(super::pages::busy), json, limited)
 }
 

@@ -1206,9 +1206,9 @@ mod enumeration {
         Client::new().post(&format!("{phone_url}/begin"), &[("content-type", "application/json")], body)
     }
 
-    /// The options' shape: every key but the challenge's value and the
-    /// credential IDs' (and the transports a software authenticator never
-    /// reports at registration, which phones' browsers do).
+    /// The options' shape: every key and value but the challenge's and the
+    /// credential IDs' (a real user's passkey names no transports, nor may a
+    /// decoy's).
     fn shape(options: &Value) -> Value {
         let mut shape = options.clone();
         shape["publicKey"]["challenge"] = json!("<challenge>");
@@ -1216,9 +1216,6 @@ mod enumeration {
             allowed.truncate(1);
             for c in allowed {
                 c["id"] = json!("<id>");
-                if let Some(c) = c.as_object_mut() {
-                    c.remove("transports");
-                }
             }
         }
         shape
