@@ -215,8 +215,10 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
             Err(e) => return Err(e),
         };
         let mut tx = self.store.write().await?;
-        // Old tickets are kept a day for support questions, then dropped.
-        tx.purge_tickets(now - 86_400_000).await?;
+        // Old tickets are kept a day for support questions, then dropped;
+        // decoys as soon as they expire (at most `open_per_second` ×
+        // `ticket_secs` of them, however long a flood of made-up IDs lasts).
+        tx.purge_tickets(now - 86_400_000, now).await?;
         // A few QR codes per user and flow wait at once: a new start replaces
         // the oldest unused one (a flood of starts for one ID rewrites rows
         // instead of adding them); one a phone has begun is never replaced.

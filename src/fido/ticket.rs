@@ -576,8 +576,10 @@ pub trait TicketStore: Send {
     async fn set_ticket_tokens(&mut self, id: i64, pc_hash: &[u8], phone_hash: &[u8]) -> Result<(), StoreError>;
     /// A user's tickets that are neither collected nor cancelled.
     async fn open_tickets(&mut self, user_id: &str) -> Result<Vec<Ticket>, StoreError>;
-    /// Drops tickets that expired before `before`; returns how many.
-    async fn purge_tickets(&mut self, before: i64) -> Result<usize, StoreError>;
+    /// Drops tickets that expired before `before`, and decoys that expired
+    /// before `decoys_before` (nobody asks support about a decoy); returns
+    /// how many.
+    async fn purge_tickets(&mut self, before: i64, decoys_before: i64) -> Result<usize, StoreError>;
     /// Deletes the tickets of one ID (the user's, and the decoys made for
     /// the ID) of one purpose and via (as [`Kind::names`] gives them) that
     /// still wait for a phone (a QR code nobody has used), but the newest

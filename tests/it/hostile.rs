@@ -29,6 +29,12 @@ fn env_with_card_user() -> Env {
     env
 }
 
+/// The phone begins its ceremony, typing `code` (the PC's confirmation number) if given.
+fn begin(phone_url: &str, code: Option<&str>) -> crate::http::Resp {
+    let body = code.map_or_else(|| "{}".to_owned(), |c| json!({ "code": c }).to_string());
+    Client::new().post(&format!("{phone_url}/begin"), &[("content-type", "application/json")], body)
+}
+
 /// A card login asking for `scope`: the token response.
 fn login_with_scope(server: &Server, env: &Env, scope: &str) -> serde_json::Value {
     let client = register_client(env);
@@ -786,6 +792,16 @@ mod writes {
         assert_eq!(r.status, 400, "{}", r.text());
         assert!(r.text().contains("本人IDが正しくありません"), "{}", r.text());
         assert_eq!(env.sql_ok("SELECT count(*) FROM tickets WHERE user_id IS NULL")[0], "3");
+
+        // Expired, a decoy goes at the next start (a flood of made-up IDs
+        // leaves no more rows than its rate times a QR code's lifetime); a
+        // real ticket is kept a day for support questions.
+        env.sql_ok("UPDATE tickets SET expires_at = expires_at - 3600000");
+        let r = Pc::new().post_form(&server.url("/change"), &[("user_id", "nobody2")]);
+        assert_eq!(r.status, 303, "{}", r.text());
+        assert_eq!(env.sql_ok("SELECT count(*) FROM tickets WHERE decoy_for = 'nobody'")[0], "0");
+        assert_eq!(env.sql_ok("SELECT count(*) FROM tickets WHERE decoy_for = 'nobody2'")[0], "1");
+        assert_eq!(tickets("change"), "4", "the user's expired tickets stay");
     }
 }
 
@@ -1085,11 +1101,6 @@ mod relay {
     use crate::authenticator::StockPasskey;
     use crate::fido::{enroll_by_card, fido_env, fido_login_start, Pc};
 
-    fn begin(phone_url: &str, code: Option<&str>) -> crate::http::Resp {
-        let body = code.map_or_else(|| "{}".to_owned(), |c| json!({ "code": c }).to_string());
-        Client::new().post(&format!("{phone_url}/begin"), &[("content-type", "application/json")], body)
-    }
-
     #[test]
     fn a_qr_code_relayed_to_a_phone_that_does_not_see_the_pc_is_of_no_use() {
         let env = fido_env();
@@ -1199,11 +1210,6 @@ mod enumeration {
             }
         }
         out
-    }
-
-    fn begin(phone_url: &str, code: Option<&str>) -> crate::http::Resp {
-        let body = code.map_or_else(|| "{}".to_owned(), |c| json!({ "code": c }).to_string());
-        Client::new().post(&format!("{phone_url}/begin"), &[("content-type", "application/json")], body)
     }
 
     /// The options' shape: every key and value but the challenge's and the

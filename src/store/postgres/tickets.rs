@@ -140,8 +140,9 @@ impl TicketStore for PgTx {
         self.rows(&sql, &[&user_id]).await?.iter().map(decode).collect()
     }
 
-    async fn purge_tickets(&mut self, before: i64) -> Result<usize, StoreError> {
-        Ok(self.exec("DELETE FROM tickets WHERE expires_at < $1", &[&before]).await? as usize)
+    async fn purge_tickets(&mut self, before: i64, decoys_before: i64) -> Result<usize, StoreError> {
+        let sql = "DELETE FROM tickets WHERE expires_at < $1 OR (decoy_for IS NOT NULL AND expires_at < $2)";
+        Ok(self.exec(sql, &[&before, &decoys_before]).await? as usize)
     }
 
     async fn drop_waiting_tickets(

@@ -150,8 +150,11 @@ impl<C: DerefMut<Target = Connection> + Send> TicketStore for SqliteTx<C> {
         rows.into_iter().map(decode).collect()
     }
 
-    async fn purge_tickets(&mut self, before: i64) -> Result<usize, StoreError> {
-        Ok(self.writing()?.prepare_cached("DELETE FROM tickets WHERE expires_at < ?1")?.execute([before])?)
+    async fn purge_tickets(&mut self, before: i64, decoys_before: i64) -> Result<usize, StoreError> {
+        Ok(self
+            .writing()?
+            .prepare_cached("DELETE FROM tickets WHERE expires_at < ?1 OR (decoy_for IS NOT NULL AND expires_at < ?2)")?
+            .execute([before, decoys_before])?)
     }
 
     async fn drop_waiting_tickets(
