@@ -22,13 +22,29 @@ MODULE="$WORK/target/release/libkryoptic_pkcs11.so"
 mkdir -p "$WORK"
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need clang && [ ! -e /usr/lib/llvm-14/lib/libclang.so ] && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
-    echo "second-module: installing libclang-dev (bindgen needs it)" >&2
-    apt-get install -y libclang-dev >/dev/null || { apt-get update >/dev/null && apt-get install -y libclang-dev >/dev/null; }
-fi
-for tool in make gcc perl; do
-    need "$tool" || { echo "second-module: $tool is missing (apt-get install -y build-essential perl)" >&2; exit 1; }
-done
+# Installs Debian packages (as root, or through sudo); the package lists are
+# fetched first when the machine has none yet.
+apt_install() {
+    echo "second-module: installing $* ..." >&2
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq >/dev/null
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+pkgs=""
+# bindgen (in kryoptic's ossl-sys) loads libclang.so, with clang's own headers
+# beside it: both come with libclang-dev. Other libclang-like files prove
+# nothing (Debian images ship libclang-cpp.so, the C++ interface, alone).
+# LIBCLANG_PATH names a libclang from elsewhere.
+[ -n "${LIBCLANG_PATH:-}" ] || installed libclang-dev || pkgs="$pkgs libclang-dev"
+# OpenSSL's build: a C compiler, make, and perl with the modules its
+# Configure loads (IPC::Cmd is in Debian's perl, not in perl-base).
+need gcc || pkgs="$pkgs gcc libc6-dev"
+need make || pkgs="$pkgs make"
+perl -MIPC::Cmd -MFile::Copy -MFindBin -e 1 2>/dev/null || pkgs="$pkgs perl"
+# shellcheck disable=SC2086 # one word a package
+[ -z "$pkgs" ] || apt_install $pkgs
 
 # The crates' sources: `cargo info` downloads a crate into the registry cache.
 CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
