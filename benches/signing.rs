@@ -145,10 +145,17 @@ fn benches(c: &mut Criterion, s: &Setup) -> Ops {
         let now = inkan::clock::Clock::now(&inkan::clock::SystemClock);
         let digest = DigestAlgorithm::Sha256.digest(&doc);
         let mut token = |scheme, d: &[u8]| ks.sign_digest(&signer.key, scheme, d);
-        let parts = Format::CadesDetached
-            .encoder()
-            .sign(&signer, DigestAlgorithm::Sha256, &digest, now, None, &mut token)
-            .expect("cades");
+        let encoder = Format::CadesDetached.encoder();
+        let parts = inkan::signing::format::sign(
+            encoder.as_ref(),
+            &signer,
+            DigestAlgorithm::Sha256,
+            &digest,
+            now,
+            None,
+            &mut token,
+        )
+        .expect("cades");
         std::hint::black_box(parts.into_detached());
     });
 

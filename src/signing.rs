@@ -21,11 +21,12 @@
 //!    commit when serving, see [`crate::audit::writer`]);
 //! 6. the metrics: signatures by outcome, latency, token errors, audit wait.
 //!
-//! Formats sit behind [`mod@format`]'s seam: CAdES ([`cades`], built by
-//! [`signed_data`]) and raw signature values ([`raw`]) today.
+//! Formats sit behind [`mod@format`]'s seam (prepare, sign, assemble): CAdES
+//! ([`cades`], built by [`signed_data`]) and raw signature values ([`raw`]) today.
 
 pub mod cades;
 pub mod format;
+pub mod parts;
 pub mod raw;
 pub mod signed_data;
 pub mod signers;
@@ -501,7 +502,10 @@ impl<T: UsersTx + ?Sized> Signing<T> {
                     }
                 })
             };
-            digests.iter().map(|d| encoder.sign(&signer, alg, d, at, content_len, &mut token)).collect()
+            digests
+                .iter()
+                .map(|d| format::sign(encoder.as_ref(), &signer, alg, d, at, content_len, &mut token))
+                .collect()
         };
         if inline {
             work()

@@ -2,14 +2,15 @@
 //! CMS `SignedData` built by [`super::signed_data`] from what the signer's
 //! certificate encodes once ([`super::signers::Signer::cades`]).
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use inkan_keystore::DigestAlgorithm;
 
 use crate::error::Result;
 
-use super::format::{Encoder, Parts, TokenSign};
-use super::signed_data::sign_with;
+use super::format::{Encoder, Parts, Pending, ToBeSigned};
+use super::signed_data::{assemble, SignedAttributes};
 use super::signers::Signer;
 
 /// CAdES-BES behind the format seam: detached, or enveloping the content.
@@ -17,6 +18,20 @@ use super::signers::Signer;
 pub struct Cades {
     /// Whether the content goes inside the signature.
     pub enveloping: bool,
+}
+
+/// Signed attributes waiting for their signature value.
+struct Attributes {
+    signer: Arc<Signer>,
+    digest_alg: DigestAlgorithm,
+    attributes: SignedAttributes,
+    content_len: Option<u64>,
+}
+
+impl Pending for Attributes {
+    fn assemble(self: Box<Self>, signature: &[u8]) -> Result<Parts> {
+        assemble(&self.signer.cades, self.digest_alg, &self.attributes, signature, self.content_len)
+    }
 }
 
 impl Encoder for Cades {
@@ -28,17 +43,24 @@ impl Encoder for Cades {
         self.enveloping
     }
 
-    fn sign(
+    fn prepare(
         &self,
-        signer: &Signer,
+        signer: &Arc<Signer>,
         digest_alg: DigestAlgorithm,
         message_digest: &[u8],
         signing_time: SystemTime,
         content_len: Option<u64>,
-        token: &mut TokenSign<'_>,
-    ) -> Result<Parts> {
-        let content_len = if self.enveloping { content_len } else { None };
-        let a = sign_with(&signer.cades, digest_alg, message_digest, signing_time, content_len, token)?;
-        Ok(Parts { prefix: a.prefix, suffix: a.suffix })
+    ) -> Result<ToBeSigned> {
+        let attributes = SignedAttributes::new(&signer.cades, message_digest, signing_time)?;
+        Ok(ToBeSigned {
+            scheme: signer.cades.scheme(digest_alg),
+            digest: digest_alg.digest(&attributes.to_be_signed()),
+            pending: Box::new(Attributes {
+                signer: Arc::clone(signer),
+                digest_alg,
+                attributes,
+                content_len: if self.enveloping { content_len } else { None },
+            }),
+        })
     }
 }

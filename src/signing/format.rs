@@ -1,16 +1,28 @@
-//! The format seam: what a signature format does with a digest.
+//! The format seam: a signature in three steps, as x509-cert's builder
+//! separates "bytes to sign" (`finalize`) from "assemble with the
+//! signature" (`assemble`).
 //!
-//! A format builds what the token signs from the message digest (for CAdES,
-//! the signed attributes), calls the token once through the closure it is
-//! given, and assembles the result, as x509-cert's builder separates
-//! "bytes to sign" from "assemble". The token call sits between the two and
-//! nothing else does. An enveloping format is assembled around the content
-//! ([`Parts`]), so the pipeline never copies a document it streams.
+//! 1. **prepare** ([`Encoder::prepare`]): from what is signed (a message
+//!    digest; for XAdES Reference 1's digest and, with it, the document the
+//!    signature goes into) build what the token signs: for CAdES the signed
+//!    attributes, for XAdES the canonical SignedInfo. Returns the digest the
+//!    token signs, with which scheme, and the format's own state
+//!    ([`Pending`]);
+//! 2. **sign**: one `C_Sign` by the pipeline, nothing else;
+//! 3. **assemble** ([`Pending::assemble`]): the signature value into the
+//!    format's output ([`Parts`]).
 //!
-//! **A new format** (XAdES next): a module in `signing/` with an [`Encoder`],
-//! and a [`super::Format`] variant that names it. Callers choose the variant;
+//! Steps that come after signing (a timestamp over the signature value) take
+//! the assembled output; the pipeline need not change for them.
+//!
+//! An enveloping format is assembled around the content ([`Parts`]), so the
+//! pipeline never copies a document it streams.
+//!
+//! **A new format**: a module in `signing/` with an [`Encoder`], and a
+//! [`super::Format`] variant that names it. Callers choose the variant;
 //! nothing else changes.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use inkan_keystore::{DigestAlgorithm, SignatureScheme};
@@ -19,40 +31,28 @@ use crate::error::Result;
 
 use super::signers::Signer;
 
-/// The token's signature with a scheme over a digest: one `C_Sign`.
-pub type TokenSign<'a> = dyn FnMut(SignatureScheme, &[u8]) -> inkan_keystore::Result<Vec<u8>> + 'a;
+pub use super::parts::{Parts, TokenSign};
 
-/// A finished signature around its (optional) content: `prefix || content ||
-/// suffix` is the whole signature.
-#[derive(Clone, Debug, Default)]
-pub struct Parts {
-    /// Everything before the content (all of a detached signature but its suffix).
-    pub prefix: Vec<u8>,
-    /// Everything after the content.
-    pub suffix: Vec<u8>,
+/// What the token signs for one signature, and what the format needs to
+/// assemble it afterwards.
+pub struct ToBeSigned {
+    /// The scheme of the one token call.
+    pub scheme: SignatureScheme,
+    /// The digest the token signs.
+    pub digest: Vec<u8>,
+    /// The format's state until the signature value comes back.
+    pub pending: Box<dyn Pending>,
 }
 
-impl Parts {
-    /// The signature of a detached format (no content between prefix and suffix).
-    pub fn into_detached(self) -> Vec<u8> {
-        let mut der = self.prefix;
-        der.extend_from_slice(&self.suffix);
-        der
-    }
-
-    /// The signature with `content` between prefix and suffix.
-    pub fn around(self, content: &[u8]) -> Vec<u8> {
-        let mut der = self.prefix;
-        der.reserve(content.len() + self.suffix.len());
-        der.extend_from_slice(content);
-        der.extend_from_slice(&self.suffix);
-        der
-    }
+/// A prepared signature waiting for its value.
+pub trait Pending: Send {
+    /// Assembles the format's output around the token's signature value.
+    fn assemble(self: Box<Self>, signature: &[u8]) -> Result<Parts>;
 }
 
 /// One signature format.
 pub trait Encoder: Send + Sync {
-    /// Its name in the audit log (`cades-bes`, `raw`).
+    /// Its name in the audit log (`cades-bes`, `raw`, `xades-bes`).
     fn name(&self) -> &'static str;
 
     /// Whether the content goes inside the signature.
@@ -60,16 +60,43 @@ pub trait Encoder: Send + Sync {
         false
     }
 
-    /// Signs one message digest for `signer`: builds what the token signs,
-    /// calls `token` once, assembles. `content_len` is the length of the
-    /// content an enveloping format is assembled around.
-    fn sign(
+    /// Checks, before anything is used up, that `signer` may sign what
+    /// this format signs (XAdES: a prescription only by a doctor or
+    /// dentist, a dispensing record only by a pharmacist).
+    fn permits(&self, _signer: &Signer) -> Result<()> {
+        Ok(())
+    }
+
+    /// What the audit row says of what was signed, beyond its digest (XAdES:
+    /// the kind, the PrescriptionId or DispensingId and the CSV's hash; never
+    /// the content).
+    fn audit(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Step 1 for one message digest: what the token signs. `content_len`
+    /// is the length of the content an enveloping format is assembled around.
+    fn prepare(
         &self,
-        signer: &Signer,
+        signer: &Arc<Signer>,
         digest_alg: DigestAlgorithm,
         message_digest: &[u8],
         signing_time: SystemTime,
         content_len: Option<u64>,
-        token: &mut TokenSign<'_>,
-    ) -> Result<Parts>;
+    ) -> Result<ToBeSigned>;
+}
+
+/// The three steps for one digest: prepare, one token call, assemble.
+pub fn sign(
+    encoder: &dyn Encoder,
+    signer: &Arc<Signer>,
+    digest_alg: DigestAlgorithm,
+    message_digest: &[u8],
+    signing_time: SystemTime,
+    content_len: Option<u64>,
+    token: &mut TokenSign<'_>,
+) -> Result<Parts> {
+    let to_sign = encoder.prepare(signer, digest_alg, message_digest, signing_time, content_len)?;
+    let signature = token(to_sign.scheme, &to_sign.digest)?;
+    to_sign.pending.assemble(&signature)
 }

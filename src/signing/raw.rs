@@ -2,13 +2,14 @@
 //! `sign-hashes` with `"format": "raw"` return (PKCS#1 v1.5 or PSS for RSA,
 //! ECDSA as DER).
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use inkan_keystore::{DigestAlgorithm, SignatureScheme};
 
 use crate::error::{Error, Result};
 
-use super::format::{Encoder, Parts, TokenSign};
+use super::format::{Encoder, Parts, Pending, ToBeSigned};
 use super::signers::Signer;
 
 /// The raw format: the credential's default scheme for the digest, or `scheme`.
@@ -18,28 +19,28 @@ pub struct Raw {
     pub scheme: Option<SignatureScheme>,
 }
 
+/// The signature value is the output.
+struct Value;
+
+impl Pending for Value {
+    fn assemble(self: Box<Self>, signature: &[u8]) -> Result<Parts> {
+        Ok(Parts { prefix: signature.to_vec(), ..Parts::default() })
+    }
+}
+
 impl Encoder for Raw {
     fn name(&self) -> &'static str {
         "raw"
     }
 
-    fn sign(
+    fn prepare(
         &self,
-        signer: &Signer,
+        signer: &Arc<Signer>,
         digest_alg: DigestAlgorithm,
         message_digest: &[u8],
         _signing_time: SystemTime,
         _content_len: Option<u64>,
-        token: &mut TokenSign<'_>,
-    ) -> Result<Parts> {
-        if message_digest.len() != digest_alg.output_len() {
-            return Err(Error::Invalid(format!(
-                "a {} digest has {} bytes, not {}",
-                digest_alg.name(),
-                digest_alg.output_len(),
-                message_digest.len()
-            )));
-        }
+    ) -> Result<ToBeSigned> {
         let scheme = match self.scheme {
             Some(s) if s.digest_algorithm() != digest_alg || !s.fits(signer.algorithm) => {
                 return Err(Error::Invalid("the signature scheme does not fit the key or the digest".into()))
@@ -47,6 +48,6 @@ impl Encoder for Raw {
             Some(s) => s,
             None => signer.cades.scheme(digest_alg),
         };
-        Ok(Parts { prefix: token(scheme, message_digest)?, suffix: Vec::new() })
+        Ok(ToBeSigned { scheme, digest: message_digest.to_vec(), pending: Box::new(Value) })
     }
 }

@@ -6,7 +6,7 @@
 //! The builder separates "bytes to sign" from "assemble with the signature"
 //! (as x509-cert's `finalize()` / `assemble()`): [`SignedAttributes::to_be_signed`]
 //! gives the DER `SET OF Attribute` whose digest the token signs, and
-//! [`assemble`] wraps the signature value into the `ContentInfo`. The token call
+//! [`assemble`] wraps the signature value into the `ContentInfo` ([`Parts`]). The token call
 //! sits between the two and nothing else does.
 //!
 //! Everything that depends only on the signer's certificate (its
@@ -32,8 +32,9 @@ use crate::config::RsaScheme;
 use crate::error::{Error, Result};
 use der_writer::{header, tlv, Tag};
 
-/// The token's signature with a scheme over a digest: one `C_Sign`.
-type TokenSign<'a> = dyn FnMut(SignatureScheme, &[u8]) -> inkan_keystore::Result<Vec<u8>> + 'a;
+pub use super::parts::Parts;
+
+use super::parts::TokenSign;
 
 pub use ess::signing_certificate_v2;
 
@@ -149,25 +150,6 @@ impl SignedAttributes {
     }
 }
 
-/// A finished signature around its (optional) content: `prefix || content || suffix`
-/// is the DER `ContentInfo`.
-#[derive(Clone, Debug)]
-pub struct Assembled {
-    /// Everything before the content.
-    pub prefix: Vec<u8>,
-    /// Everything after the content.
-    pub suffix: Vec<u8>,
-}
-
-impl Assembled {
-    /// The DER of a detached signature (no content between prefix and suffix).
-    pub fn into_detached(self) -> Vec<u8> {
-        let mut der = self.prefix;
-        der.extend_from_slice(&self.suffix);
-        der
-    }
-}
-
 fn algorithm_identifier(oid: der::oid::ObjectIdentifier, null_params: bool) -> Vec<u8> {
     let mut body = oid.to_der().unwrap_or_default();
     if null_params {
@@ -192,7 +174,7 @@ pub fn assemble(
     attributes: &SignedAttributes,
     signature: &[u8],
     content_len: Option<u64>,
-) -> Result<Assembled> {
+) -> Result<Parts> {
     let digest_alg = algorithm_identifier(digest.oid(), false);
     // SignerInfo (RFC 5652 5.3), version 1: sid is an IssuerAndSerialNumber.
     let mut si = vec![0x02, 0x01, 0x01];
@@ -239,7 +221,7 @@ pub fn assemble(
     header(Tag::SEQUENCE, sd_len, &mut prefix);
     prefix.extend_from_slice(&sd_head);
     prefix.extend_from_slice(&eci_head);
-    Ok(Assembled { prefix, suffix: sd_tail })
+    Ok(Parts { prefix, suffix: sd_tail, document: None })
 }
 
 fn header_len(len: u64) -> usize {
@@ -268,7 +250,7 @@ pub fn sign_parts(
     message_digest: &[u8],
     signing_time: SystemTime,
     content_len: Option<u64>,
-) -> Result<Assembled> {
+) -> Result<Parts> {
     sign_with(identity, digest_alg, message_digest, signing_time, content_len, &mut |scheme, digest| {
         keystore.sign_digest(identity.key(), scheme, digest)
     })
@@ -283,7 +265,7 @@ pub fn sign_with(
     signing_time: SystemTime,
     content_len: Option<u64>,
     token: &mut TokenSign<'_>,
-) -> Result<Assembled> {
+) -> Result<Parts> {
     if message_digest.len() != digest_alg.output_len() {
         return Err(Error::Invalid(format!(
             "a {} digest has {} bytes, not {}",
@@ -310,13 +292,7 @@ pub fn sign_document(
     let digest = digest_alg.digest(document);
     let parts =
         sign_parts(keystore, identity, digest_alg, &digest, signing_time, attached.then_some(document.len() as u64))?;
-    let mut der = parts.prefix;
-    der.reserve(parts.suffix.len() + if attached { document.len() } else { 0 });
-    if attached {
-        der.extend_from_slice(document);
-    }
-    der.extend_from_slice(&parts.suffix);
-    Ok(der)
+    Ok(if attached { parts.around(document) } else { parts.into_detached() })
 }
 
 #[cfg(test)]
