@@ -98,6 +98,8 @@ fn setup() -> Setup {
         algorithm: KeyAlgorithm::Rsa2048,
         chain: Arc::new(chain),
         cades: identity,
+        qualification: "doctor".into(),
+        hc_role: Some("Medical Doctor".into()),
     };
     Setup { _dir: dir, keystore, key, signer: Arc::new(signer), wrapped, small, pair }
 }

@@ -3,7 +3,8 @@
 #
 #  1. Installs what is missing on Debian: SoftHSM (softhsm2) and OpenSSL; with
 #     --deps-only also what the test suite uses: PyJWT (pip) as a stock OIDC
-#     client, and Chromium (Debian's package, never a downloaded browser) with
+#     client, xmlsec1 (Debian) and signxml (pip) as XAdES verifiers nobody
+#     here wrote, and Chromium (Debian's package, never a downloaded browser) with
 #     Node.js and playwright-core (tests/browser, pinned by its package-lock.json),
 #     and Debian's PostgreSQL server (the tests start throwaway clusters of
 #     their own in temp directories; nothing is started here).
@@ -36,6 +37,8 @@ if [ "${1:-}" = "--deps-only" ]; then
   # initdb and pg_ctl for the PostgreSQL tests (the package's own cluster,
   # if it starts one, is not used).
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+  # The XAdES tests verify with xmlsec1 (libxmlsec1 over OpenSSL).
+  command -v xmlsec1 >/dev/null 2>&1 || need+=(xmlsec1)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} ..." >&2
@@ -49,6 +52,12 @@ if [ "${1:-}" = "--deps-only" ] && ! python3 -c 'import jwt, cryptography' >/dev
   echo "installing PyJWT for the tests ..." >&2
   python3 -m pip install -q --disable-pip-version-check 'pyjwt[crypto]>=2.9' >/dev/null 2>&1 \
     || python3 -m pip install -q --break-system-packages 'pyjwt[crypto]>=2.9' >/dev/null
+fi
+# signxml (pinned) verifies XAdES in the tests, the signer's certificate pinned.
+if [ "${1:-}" = "--deps-only" ] && ! python3 -c 'import signxml, lxml' >/dev/null 2>&1; then
+  echo "installing signxml for the tests ..." >&2
+  python3 -m pip install -q --disable-pip-version-check 'signxml==5.2.0' >/dev/null 2>&1 \
+    || python3 -m pip install -q --break-system-packages 'signxml==5.2.0' >/dev/null
 fi
 # playwright-core drives Debian's Chromium in the browser tests (no browser download).
 if [ "${1:-}" = "--deps-only" ] && [ ! -d "$root/tests/browser/node_modules/playwright-core" ]; then

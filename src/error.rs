@@ -38,6 +38,10 @@ pub enum Error {
     /// The current state does not allow it; the message says what to do first.
     #[error("{0}")]
     Conflict(String),
+    /// Well-formed, but what it holds fails a check (a signature inside it
+    /// does not verify); the message names what failed.
+    #[error("{0}")]
+    Unprocessable(String),
     /// Used up, expired, replaced or locked: start over, or ask for a new one.
     #[error("{1}")]
     Gone(Gone, String),
@@ -83,6 +87,9 @@ pub enum Forbidden {
     NoActiveKey,
     /// The user has no registered phone.
     NoDevice,
+    /// The user's qualification (or certificate's hcRole) may not sign this
+    /// kind of document.
+    Role,
     /// The card or phone belongs to someone else, or the ID does not match.
     WrongUser,
     /// A registration code locked after too many wrong passwords.

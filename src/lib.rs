@@ -31,6 +31,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod eps;
 pub mod error;
 pub mod fido;
 pub mod fixtures;
@@ -48,6 +49,7 @@ pub mod storage;
 pub mod store;
 pub mod throttle;
 pub mod users;
+pub mod xml;
 
 pub use error::{Error, Result};
 pub use inkan_keystore as keystore;

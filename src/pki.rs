@@ -186,3 +186,39 @@ pub fn verify_signature(
         Err(SignatureCheck::Invalid)
     }
 }
+
+/// Whether the certificate's keyUsage has nonRepudiation (contentCommitment),
+/// which an HPKI signing certificate must have.
+pub fn has_non_repudiation(cert: &Certificate) -> bool {
+    use x509_cert::ext::pkix::{KeyUsage, KeyUsages};
+    matches!(cert.tbs_certificate().get_extension::<KeyUsage>(), Ok(Some((_, ku))) if ku.0.contains(KeyUsages::NonRepudiation))
+}
+
+/// Verifies an XMLDSig signature value made by `cert`'s key over `data` (the
+/// canonical SignedInfo) with the `SignatureMethod` named by `method`:
+/// RSASSA-PKCS1-v1_5 with SHA-256/384/512, or ECDSA P-256 with SHA-256 (the
+/// value `r || s`). The error says what failed.
+pub fn verify_xml_signature(cert: &Certificate, method: &str, data: &[u8], signature: &[u8]) -> Result<(), String> {
+    use crate::xml::uri;
+    let spki = cert.tbs_certificate().subject_public_key_info();
+    let invalid = || "the signature value does not verify with the signer's certificate".to_owned();
+    if method == uri::ECDSA_SHA256 {
+        use p256::ecdsa::signature::Verifier as _;
+        let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(spki.subject_public_key.raw_bytes())
+            .map_err(|_| "ecdsa-sha256 with a certificate that has no P-256 key".to_owned())?;
+        let sig = p256::ecdsa::Signature::from_slice(signature).map_err(|_| invalid())?;
+        return key.verify(data, &sig).map_err(|_| invalid());
+    }
+    let oid = match method {
+        uri::RSA_SHA256 => der::oid::db::rfc5912::SHA_256_WITH_RSA_ENCRYPTION,
+        uri::RSA_SHA384 => der::oid::db::rfc5912::SHA_384_WITH_RSA_ENCRYPTION,
+        uri::RSA_SHA512 => der::oid::db::rfc5912::SHA_512_WITH_RSA_ENCRYPTION,
+        other => return Err(format!("unknown SignatureMethod {other:?}")),
+    };
+    let alg = spki::AlgorithmIdentifierOwned { oid, parameters: None };
+    match verify_signature(data, &alg, signature, spki) {
+        Ok(()) => Ok(()),
+        Err(SignatureCheck::Invalid) => Err(invalid()),
+        Err(SignatureCheck::Unsupported(e)) => Err(e),
+    }
+}

@@ -22,7 +22,9 @@
 //! 6. the metrics: signatures by outcome, latency, token errors, audit wait.
 //!
 //! Formats sit behind [`mod@format`]'s seam (prepare, sign, assemble): CAdES
-//! ([`cades`], built by [`signed_data`]) and raw signature values ([`raw`]) today.
+//! ([`cades`], built by [`signed_data`]), raw signature values ([`raw`]) and
+//! XAdES in the e-prescription profile ([`xades`], over documents read by
+//! [`crate::eps`]).
 
 pub mod cades;
 pub mod format;
@@ -30,6 +32,7 @@ pub mod parts;
 pub mod raw;
 pub mod signed_data;
 pub mod signers;
+pub mod xades;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -72,6 +75,11 @@ pub enum Format {
     /// The bare signature value (PKCS#1 v1.5, PSS or ECDSA), with the
     /// credential's default scheme unless one is given.
     Raw(Option<SignatureScheme>),
+    /// XAdES-BES in the e-prescription profile: over Reference 1 digests
+    /// of this kind ([`Payload::Digests`]: each answer is an `xs:Signature`
+    /// element), or into a document ([`Payload::Eps`]: its kind comes from
+    /// the document, and must be this one if given).
+    Xades(Option<crate::eps::Kind>),
 }
 
 impl Format {
@@ -81,6 +89,9 @@ impl Format {
             Format::CadesDetached => Box::new(cades::Cades { enveloping: false }),
             Format::CadesEnveloping => Box::new(cades::Cades { enveloping: true }),
             Format::Raw(scheme) => Box::new(raw::Raw { scheme }),
+            Format::Xades(kind) => {
+                Box::new(xades::Xades { kind: kind.unwrap_or(crate::eps::Kind::Prescription), document: None })
+            }
         }
     }
 }
@@ -122,6 +133,46 @@ pub enum Payload<'a> {
         /// between the signature's parts itself.
         keep: Option<usize>,
     },
+    /// An e-prescription document (XAdES), read, checked and canonicalised
+    /// here; the signature is spliced into it.
+    Eps(EpsInput),
+}
+
+/// An e-prescription document as a signing system sends it.
+#[derive(Clone, Debug)]
+pub enum EpsInput {
+    /// The whole document (a prescription or a dispensing record).
+    Document(Vec<u8>),
+    /// A prescription's CSV and its PrescriptionId: the minimal document is made.
+    PrescriptionCsv {
+        /// The CSV (UTF-8, LF, first line `SJ1`).
+        csv: Vec<u8>,
+        /// Its PrescriptionId.
+        prescription_id: String,
+    },
+    /// A document read already ([`read_eps`]).
+    Read(Arc<crate::eps::Document>),
+}
+
+/// Documents larger than this are read on the blocking pool.
+const INLINE_XML_BYTES: usize = 64 << 10;
+
+/// Reads an e-prescription document ([`crate::eps::Document::read`]): what
+/// is signed (Reference 1's digest) is known before any activation is used.
+pub async fn read_eps(input: EpsInput) -> Result<Arc<crate::eps::Document>> {
+    let text = match input {
+        EpsInput::Document(text) => text,
+        EpsInput::PrescriptionCsv { csv, prescription_id } => {
+            crate::eps::csv::prescription_document(&csv, &prescription_id)?
+        }
+        EpsInput::Read(document) => return Ok(document),
+    };
+    let document = if text.len() <= INLINE_XML_BYTES {
+        crate::eps::Document::read(text)?
+    } else {
+        tokio::task::spawn_blocking(move || crate::eps::Document::read(text)).await.map_err(Error::internal)??
+    };
+    Ok(Arc::new(document))
 }
 
 /// What activates a signature beyond the session (CSC `credentials/authorize`).
@@ -342,8 +393,22 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         if request.generation.is_some_and(|g| g != key.generation) {
             return Err(Error::Invalid("Invalid parameter credentialID".into()));
         }
-        let encoder = request.format.encoder();
-        // 2. The digests.
+        // 2. What is signed: digests given, a document hashed as it
+        // streams in, or an e-prescription document read and canonicalised.
+        match (&request.payload, request.format) {
+            (Payload::Eps(_), Format::Xades(_)) | (Payload::Digests { .. }, Format::Xades(Some(_))) => {}
+            (Payload::Eps(_), _) => {
+                return Err(Error::Invalid("an e-prescription document is signed with XAdES".into()))
+            }
+            (_, Format::Xades(None)) => {
+                return Err(Error::Invalid("XAdES over a digest needs the kind: prescription or dispensing".into()))
+            }
+            (_, Format::Xades(Some(_))) => {
+                return Err(Error::Invalid("XAdES signs an e-prescription document or Reference 1 digests".into()))
+            }
+            _ => {}
+        }
+        let mut encoder = request.format.encoder();
         let (alg, digests, content_len, content) = match request.payload {
             Payload::Digests { alg, digests } => {
                 if digests.is_empty() {
@@ -378,19 +443,37 @@ impl<T: UsersTx + ?Sized> Signing<T> {
                 let (digest, len, content) = hash_document(source, keep).await?;
                 (DigestAlgorithm::Sha256, vec![digest], Some(len), content)
             }
+            Payload::Eps(input) => {
+                let document = read_eps(input).await?;
+                if let Format::Xades(Some(kind)) = request.format {
+                    if kind != document.kind {
+                        return Err(Error::Invalid(format!("the document is a {}, not a {kind}", document.kind)));
+                    }
+                }
+                let digest = document.digest.clone();
+                encoder = Box::new(xades::Xades { kind: document.kind, document: Some(document) });
+                (DigestAlgorithm::Sha256, vec![digest], None, None)
+            }
         };
+        // 3. The signer, and whether it may sign this.
+        let signer = self.signers.get(&principal.user_id, &key).await?;
+        encoder.permits(&signer)?;
         // The CSC signature activation, for exactly these digests.
         let taken = match request.activation {
             Activation::Csc(sad) => self.activate(principal, key.generation, sad, &digests).await?,
             _ => None,
         };
-        let (via, extra) = (request.via, request.detail);
-        // Steps 3 to 6; an outage in them used nothing up: the client
+        let (via, mut extra) = (request.via, request.detail);
+        if let Some(audit) = encoder.audit() {
+            let merged = extra.get_or_insert_with(|| serde_json::json!({}));
+            if let (Some(m), Some(a)) = (merged.as_object_mut(), audit.as_object()) {
+                m.extend(a.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        // Steps 4 to 6; an outage in them used nothing up: the client
         // retries with the same SAD.
         let signed: Result<Signed> = async {
             let format_name = encoder.name();
-            // 3. The signer.
-            let signer = self.signers.get(&principal.user_id, &key).await?;
             // 4. The token.
             let announced = self.announce();
             let now = self.clock.now();

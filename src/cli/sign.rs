@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::context::{CliError, Ctx, Output};
 use crate::auth::principal::Principal;
 use crate::error::{Error, Result};
-use crate::signing::{Activation, Document, Format, Payload, Request, Signing};
+use crate::signing::{Activation, Document, EpsInput, Format, Payload, Request, Signing};
 use crate::store::Tx;
 
 /// Arguments of `inkan sign`.
@@ -24,9 +24,18 @@ pub struct SignArgs {
     /// Where to write the signature (.p7s).
     #[arg(long, value_name = "OUT.p7s")]
     pub out: PathBuf,
-    /// Envelope the document in the signature (default: detached).
+    /// Envelope the document in the signature (CAdES; default: detached).
     #[arg(long)]
     pub attached: bool,
+    /// `cades` (any document: a .p7s), or `xades` (an e-prescription
+    /// document, written out signed; or a prescription CSV with
+    /// `--prescription-id`).
+    #[arg(long, default_value = "cades", value_parser = ["cades", "xades"])]
+    pub format: String,
+    /// With `--format xades`: the input is the prescription's CSV, and this
+    /// its PrescriptionId; the minimal prescription document is written out signed.
+    #[arg(long, value_name = "ID")]
+    pub prescription_id: Option<String>,
 }
 
 /// The outcome of a local signature.
@@ -42,6 +51,11 @@ pub struct Signed {
     pub out: String,
     /// Whether the content is enveloped.
     pub attached: bool,
+    /// `cades-bes` or `xades-bes`.
+    pub format: &'static str,
+    /// XAdES: `prescription` or `dispensing`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
     /// Audit sequence number.
     pub audit_seq: i64,
 }
@@ -126,6 +140,77 @@ pub async fn sign_file(
         digest: signed.digests.pop().unwrap_or_default(),
         out: out.display().to_string(),
         attached,
+        format: "cades-bes",
+        kind: None,
+        audit_seq: signed.audit_seq,
+    })
+}
+
+/// Writes `bytes` to `out`: a temporary file beside it, synced, renamed.
+fn write_atomically(out: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    let file_name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = out.with_file_name(format!(".{file_name}.tmp"));
+    let cannot = |e: std::io::Error| CliError::from(format!("cannot write {}: {e}", tmp.display()));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(cannot)?;
+        f.write_all(bytes).map_err(cannot)?;
+        f.sync_all().map_err(cannot)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, out).map_err(|e| CliError::from(format!("cannot write {}: {e}", out.display())))
+}
+
+/// Signs an e-prescription document (or a prescription CSV) at `input` with
+/// XAdES and writes the signed document to `out`.
+pub async fn sign_xades_file(
+    signing: &Signing<dyn Tx>,
+    principal: &Principal,
+    input: &Path,
+    out: &Path,
+    prescription_id: Option<String>,
+    max_bytes: usize,
+) -> Result<Signed, CliError> {
+    let size = std::fs::metadata(input).map_err(|e| CliError::from(format!("{}: {e}", input.display())))?.len();
+    if size > max_bytes as u64 {
+        return Err(CliError::from(format!(
+            "{} has {size} bytes, more than [signing] max_xml_bytes ({max_bytes})",
+            input.display()
+        )));
+    }
+    let bytes = std::fs::read(input).map_err(|e| CliError::from(format!("{}: {e}", input.display())))?;
+    let input_kind = match prescription_id {
+        Some(prescription_id) => EpsInput::PrescriptionCsv { csv: bytes, prescription_id },
+        None => EpsInput::Document(bytes),
+    };
+    let document = crate::signing::read_eps(input_kind).await?;
+    let kind = document.kind;
+    let mut signed = signing
+        .sign(
+            principal,
+            Request {
+                payload: Payload::Eps(EpsInput::Read(document)),
+                format: Format::Xades(None),
+                generation: None,
+                activation: Activation::Session,
+                via: "cli",
+                detail: None,
+            },
+        )
+        .await?;
+    let parts = signed.signatures.pop().ok_or_else(|| CliError::from("no signature"))?;
+    let document = parts.document.ok_or_else(|| CliError::from("no signed document"))?;
+    write_atomically(out, &document)?;
+    Ok(Signed {
+        user_id: principal.user_id.clone(),
+        generation: signed.generation,
+        digest: signed.digests.pop().unwrap_or_default(),
+        out: out.display().to_string(),
+        attached: false,
+        format: "xades-bes",
+        kind: Some(kind.as_str()),
         audit_seq: signed.audit_seq,
     })
 }
@@ -137,7 +222,7 @@ fn content_len(document: &FileDocument) -> u64 {
     f.stream_position().unwrap_or(0)
 }
 
-/// `inkan sign USER INPUT --out OUT [--attached]`
+/// `inkan sign USER INPUT --out OUT [--attached | --format xades [--prescription-id ID]]`
 pub async fn run(ctx: &Ctx, args: SignArgs) -> Result<Output, CliError> {
     let store = ctx.store().await?;
     // Refuse early, before touching the token: an unknown or disabled user, no active key, no file.
@@ -147,9 +232,30 @@ pub async fn run(ctx: &Ctx, args: SignArgs) -> Result<Output, CliError> {
         return Err(CliError { message: format!("{}: no such file", args.input.display()), code: 1 });
     }
     let signing = ctx.signing(&store)?;
+    let input = args.input.display();
+    if args.format == "xades" {
+        if args.attached {
+            return Err(CliError::from("--attached is for CAdES: XAdES goes into the document"));
+        }
+        let max = ctx.config.signing.max_xml_bytes;
+        let signed = sign_xades_file(&signing, &principal, &args.input, &args.out, args.prescription_id, max).await?;
+        return Ok(Output::new(
+            format!(
+                "signed the {} {input} as {} (key generation {}), XAdES-BES written to {}\n  verify: xmlsec1 --verify --id-attr:id {} ...",
+                signed.kind.unwrap_or_default(),
+                signed.user_id,
+                signed.generation,
+                signed.out,
+                if signed.kind == Some("dispensing") { "Dispensing" } else { "PrescriptionDocument" },
+            ),
+            serde_json::to_value(&signed)?,
+        ));
+    }
+    if args.prescription_id.is_some() {
+        return Err(CliError::from("--prescription-id goes with --format xades"));
+    }
     let format = if args.attached { Format::CadesEnveloping } else { Format::CadesDetached };
     let signed = sign_file(&signing, &principal, &args.input, &args.out, format, Activation::Session).await?;
-    let input = args.input.display();
     Ok(Output::new(
         format!(
             "signed {input} as {} (key generation {}), {} signature written to {}\n  verify: openssl cms -verify -binary -inform DER -in {}{} -CAfile <(cat fixtures/pki/hpki-root.pem fixtures/pki/hpki-signing-ca.pem) -purpose any -out /dev/null",

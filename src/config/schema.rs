@@ -479,8 +479,13 @@ pub enum RsaScheme {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SigningConfig {
-    /// `pkcs1v15` (default) or `pss`.
+    /// `pkcs1v15` (default) or `pss`, for CAdES and raw signatures (XAdES in
+    /// the e-prescription profile is always RSASSA-PKCS1-v1_5).
     pub rsa_scheme: RsaScheme,
+    /// Largest e-prescription document (XML or CSV) to sign: it is held and
+    /// parsed in memory (1 MiB; a dispensing record with its prescription
+    /// and long-term data is about 50 KiB).
+    pub max_xml_bytes: usize,
 }
 
 impl Default for Config {
@@ -528,7 +533,7 @@ impl Default for PkiConfig {
 
 impl Default for SigningConfig {
     fn default() -> Self {
-        SigningConfig { rsa_scheme: RsaScheme::Pkcs1v15 }
+        SigningConfig { rsa_scheme: RsaScheme::Pkcs1v15, max_xml_bytes: 1 << 20 }
     }
 }
 

@@ -142,38 +142,58 @@ fn policies(policy: ObjectIdentifier) -> Result<Extension, PkiError> {
     ext(der::oid::db::rfc5280::ID_CE_CERTIFICATE_POLICIES, true, &p)
 }
 
-/// `subjectDirectoryAttributes` holding the hcRole:
-/// `SEQUENCE { hcRole, SET { HCActorData ::= SET { SEQUENCE { [0] SET { [0] scheme, [2] UTF8String role } } } } }`.
+/// `subjectDirectoryAttributes` holding the hcRole, encoded as MEDIS's HPKI
+/// certificates encode it (ISO 17090-3: `HCActorData ::= SET OF HCActor`,
+/// `HCActor ::= SEQUENCE { codedData [0] EXPLICIT CodedData }`, `CodedData
+/// ::= SET { codingSchemeReference [0] EXPLICIT OID, codeDataValue [2]
+/// EXPLICIT UTF8String }`):
+/// `31 { 30 { a0 { 31 { a0 { 06 scheme } a2 { 0c role } } } } }`.
 fn hc_role(role: Qualification) -> Result<Extension, PkiError> {
-    let mut coded = oids::HC_ROLE_SCHEME.to_der()?;
-    coded[0] = 0x80; // [0] IMPLICIT OBJECT IDENTIFIER
-    let value = role.hc_role().as_bytes();
-    coded.push(0x82); // [2] IMPLICIT UTF8String
-    coded.push(value.len() as u8);
-    coded.extend_from_slice(value);
-    let mut coded_data = vec![0xa0, coded.len() as u8]; // codedData [0] IMPLICIT SET
-    coded_data.extend_from_slice(&coded);
-    let mut actor = vec![0x30, coded_data.len() as u8];
-    actor.extend_from_slice(&coded_data);
-    let mut actor_data = vec![0x31, actor.len() as u8];
-    actor_data.extend_from_slice(&actor);
+    fn wrap(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        if body.len() < 0x80 {
+            out.push(body.len() as u8);
+        } else {
+            out.extend_from_slice(&[0x81, body.len() as u8]);
+        }
+        out.extend_from_slice(body);
+        out
+    }
+    let scheme = wrap(0xa0, &oids::HC_ROLE_SCHEME.to_der()?);
+    let value = wrap(0xa2, &wrap(0x0c, role.hc_role().as_bytes()));
+    let coded = wrap(0x31, &[scheme, value].concat());
+    let actor_data = wrap(0x31, &wrap(0x30, &wrap(0xa0, &coded)));
     let mut values = SetOfVec::new();
     values.insert(<der::Any as der::Decode>::from_der(&actor_data)?)?;
     let attrs = SubjectDirectoryAttributes(vec![x509_cert::attr::Attribute { oid: oids::HC_ROLE, values }]);
     ext(der::oid::db::rfc5280::ID_CE_SUBJECT_DIRECTORY_ATTRIBUTES, false, &attrs)
 }
 
-/// Reads the hcRole value (e.g. "Medical Doctor") from a certificate.
+/// Reads the hcRole value (e.g. "Medical Doctor") from a certificate: the
+/// encoding of MEDIS's certificates ([`extensions`] writes it), and the one
+/// inkan's fixtures wrote before (implicit tags, no inner SET).
 pub fn read_hc_role(cert: &x509_cert::Certificate) -> Option<String> {
     let (_, sda) = cert.tbs_certificate().get_extension::<SubjectDirectoryAttributes>().ok()??;
     let attr = sda.0.iter().find(|a| a.oid == oids::HC_ROLE)?;
     let value = attr.values.iter().next()?.to_der().ok()?;
-    // HCActorData SET -> HCActor SEQUENCE -> codedData [0] -> codeDataValue [2] UTF8String
+    // HCActorData SET -> HCActor SEQUENCE -> codedData [0]
     let actor_data = der::asn1::AnyRef::from_der(&value).ok()?;
     let actor = children(actor_data.value())?.into_iter().next()?;
     let coded = children(actor.value())?.into_iter().find(|c| c.tag().number().value() == 0)?;
-    let role = children(coded.value())?.into_iter().find(|c| c.tag().number().value() == 2)?;
-    String::from_utf8(role.value().to_vec()).ok()
+    let mut fields = children(coded.value())?;
+    // CodedData as a SET inside the explicit [0].
+    if fields.len() == 1 && fields[0].tag() == der::Tag::Set {
+        fields = children(fields[0].value())?;
+    }
+    let role = fields.into_iter().find(|c| c.tag().number().value() == 2)?;
+    let bytes = if role.tag().is_constructed() {
+        // [2] EXPLICIT UTF8String
+        let inner = der::asn1::AnyRef::from_der(role.value()).ok()?;
+        (inner.tag() == der::Tag::Utf8String).then(|| inner.value())?
+    } else {
+        role.value()
+    };
+    String::from_utf8(bytes.to_vec()).ok()
 }
 
 /// The TLVs inside a constructed value.
@@ -247,4 +267,32 @@ pub fn extensions(kind: &Kind) -> Result<Vec<Extension>, PkiError> {
             ]
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(name: &str) -> x509_cert::Certificate {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/eps").join(name);
+        x509_cert::Certificate::from_der(&std::fs::read(path).expect("sample")).expect("certificate")
+    }
+
+    #[test]
+    fn hc_roles_are_written_as_medis_writes_them_and_read_back() {
+        let doctor = sample("extracted-doctor-signer.der");
+        let pharmacist = sample("extracted-pharmacist-signer.der");
+        assert_eq!(read_hc_role(&doctor).as_deref(), Some("Medical Doctor"));
+        assert_eq!(read_hc_role(&pharmacist).as_deref(), Some("Pharmacist"));
+        let theirs = doctor
+            .tbs_certificate()
+            .extensions()
+            .into_iter()
+            .flatten()
+            .find(|e| e.extn_id == der::oid::db::rfc5280::ID_CE_SUBJECT_DIRECTORY_ATTRIBUTES)
+            .expect("subjectDirectoryAttributes");
+        let ours = hc_role(Qualification::Doctor).expect("extension");
+        assert_eq!(ours.extn_value, theirs.extn_value, "byte for byte as MEDIS's");
+        assert_eq!(ours.critical, theirs.critical);
+    }
 }

@@ -1,4 +1,5 @@
-//! inkan's signing API: `/api/v1/me`, `/api/v1/sign`, `/api/v1/sign-hashes`.
+//! inkan's signing API: `/api/v1/me`, `/api/v1/sign` (CAdES over any
+//! document, XAdES into e-prescription documents), `/api/v1/sign-hashes`.
 //! The bearer token is the auth session opened by a login.
 
 use std::sync::Arc;
@@ -15,9 +16,9 @@ use serde_json::json;
 
 use crate::clock::rfc3339;
 use crate::error::{Error, Result};
-use crate::signing::{Activation, Format, Payload, Request, MAX_HASHES};
+use crate::signing::{Activation, EpsInput, Format, Payload, Request, MAX_HASHES};
 
-use super::body::{drain, read_json, BodyDocument};
+use super::body::{drain, read_json, read_limited, BodyDocument};
 use super::state::App;
 
 /// `GET /api/v1/me`
@@ -58,12 +59,19 @@ pub async fn me(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Respo
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignQuery {
-    /// Detached (default) or enveloping.
+    /// `cades` (default) or `xades` (an e-prescription document).
+    pub format: Option<String>,
+    /// CAdES: detached (default) or enveloping.
     pub detached: Option<bool>,
+    /// XAdES from a prescription CSV (`Content-Type: text/csv`): its PrescriptionId.
+    pub prescription_id: Option<String>,
 }
 
-/// `POST /api/v1/sign?detached=true|false`: the body is the document, streamed
-/// (a detached signature hashes it in constant memory).
+/// `POST /api/v1/sign?format=cades|xades`: CAdES over any document (the
+/// body, streamed: a detached signature hashes it in constant memory), or
+/// XAdES into an e-prescription document (`application/xml`: the document
+/// comes back signed) or from a prescription CSV (`text/csv` with
+/// `prescription_id`: the minimal document comes back signed).
 pub async fn sign(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -71,19 +79,53 @@ pub async fn sign(
     body: Body,
 ) -> Result<Response> {
     let principal = app.principal(&headers).await?;
-    let detached = q.detached.unwrap_or(true);
+    match q.format.as_deref().unwrap_or("cades") {
+        "cades" if q.prescription_id.is_none() => sign_cades(&app, &principal, &headers, q.detached, body).await,
+        "cades" => Err(Error::Invalid("prescription_id goes with format=xades".into())),
+        "xades" if q.detached.is_none() => sign_xades(&app, &principal, &headers, q.prescription_id, body).await,
+        "xades" => Err(Error::Invalid(
+            "detached is a CAdES parameter: XAdES goes into the document (use sign-hashes for the signature alone)"
+                .into(),
+        )),
+        other => Err(Error::Invalid(format!("format must be cades or xades, not {other:?}"))),
+    }
+}
+
+/// The bytes a request's `Content-Length` announces, at most `max`.
+fn announced(headers: &HeaderMap, max: usize) -> usize {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(max, |len| len.min(max))
+}
+
+/// Room in the budget for documents held in memory (`[limits]
+/// enveloped_bytes`), if there is some now.
+fn hold(
+    app: &App,
+    principal: &crate::auth::principal::Principal,
+    headers: &HeaderMap,
+    max: usize,
+) -> Option<super::limits::Room> {
+    let session = principal.session().map(|s| s.token_hash.clone()).unwrap_or_default();
+    app.limits.hold_enveloped(&session, announced(headers, max))
+}
+
+async fn sign_cades(
+    app: &App,
+    principal: &crate::auth::principal::Principal,
+    headers: &HeaderMap,
+    detached: Option<bool>,
+    body: Body,
+) -> Result<Response> {
+    let detached = detached.unwrap_or(true);
     let max = app.config.server.max_document_bytes;
     // An enveloped document is kept while it is signed: room for it first.
     let _room = if detached {
         None
     } else {
-        let len = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok())
-            .map_or(max, |len| len.min(max));
-        let session = principal.session().map(|s| s.token_hash.clone()).unwrap_or_default();
-        match app.limits.hold_enveloped(&session, len) {
+        match hold(app, principal, headers, max) {
             Some(room) => Some(room),
             None => {
                 let mut body = body;
@@ -96,7 +138,7 @@ pub async fn sign(
     let signed = app
         .signing
         .sign(
-            &principal,
+            principal,
             Request {
                 payload: Payload::Document { source: &mut document, keep: Some(max) },
                 format: if detached { Format::CadesDetached } else { Format::CadesEnveloping },
@@ -124,6 +166,72 @@ pub async fn sign(
     Ok(resp)
 }
 
+/// What a body's `Content-Type` says it is, for XAdES.
+fn eps_media_type(headers: &HeaderMap) -> Result<&'static str> {
+    let value = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "application/xml" | "text/xml" => Ok("xml"),
+        "text/csv" => Ok("csv"),
+        _ => Err(Error::Invalid(format!(
+            "format=xades takes Content-Type application/xml (an e-prescription document) or text/csv with \
+             prescription_id (a prescription CSV), not {value:?}"
+        ))),
+    }
+}
+
+async fn sign_xades(
+    app: &App,
+    principal: &crate::auth::principal::Principal,
+    headers: &HeaderMap,
+    prescription_id: Option<String>,
+    body: Body,
+) -> Result<Response> {
+    // Refused before the body is read (the pipeline checks again).
+    principal.require_sign_scope()?;
+    principal.active_key()?;
+    let input = match (eps_media_type(headers)?, prescription_id) {
+        ("csv", Some(id)) => {
+            crate::eps::csv::check_id(&id)?;
+            Some(id)
+        }
+        ("csv", None) => return Err(Error::Invalid("a prescription CSV needs its prescription_id".into())),
+        (_, Some(_)) => return Err(Error::Invalid("prescription_id goes with a CSV (Content-Type: text/csv)".into())),
+        _ => None,
+    };
+    let max = app.config.signing.max_xml_bytes;
+    // The document is held and parsed in memory: room for it first.
+    let Some(_room) = hold(app, principal, headers, max) else {
+        let mut body = body;
+        drain(&mut body).await;
+        return Ok(super::limits::no_room());
+    };
+    let bytes = read_limited(body, max).await?;
+    let input = match input {
+        Some(prescription_id) => EpsInput::PrescriptionCsv { csv: bytes, prescription_id },
+        None => EpsInput::Document(bytes),
+    };
+    let mut signed = app
+        .signing
+        .sign(
+            principal,
+            Request {
+                payload: Payload::Eps(input),
+                format: Format::Xades(None),
+                generation: None,
+                activation: Activation::Session,
+                via: "api.sign",
+                detail: None,
+            },
+        )
+        .await?;
+    let parts = signed.signatures.pop().ok_or_else(|| Error::Internal("no signature".into()))?;
+    let document = parts.document.ok_or_else(|| Error::Internal("no signed document".into()))?;
+    let mut resp = document.into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml; charset=utf-8"));
+    Ok(resp)
+}
+
 /// Body of `POST /api/v1/sign-hashes`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -132,8 +240,11 @@ pub struct SignHashes {
     pub hashes: Vec<String>,
     /// `SHA-256` (default), `SHA-384`, `SHA-512`.
     pub hash_algorithm: Option<String>,
-    /// `cades` (default) or `raw`.
+    /// `cades` (default), `raw`, or `xades` (each answer an `xs:Signature`
+    /// element over a Reference 1 digest).
     pub format: Option<String>,
+    /// With `xades`: `prescription` or `dispensing`.
+    pub kind: Option<String>,
 }
 
 /// Decodes base64 digests (standard or URL-safe alphabet) of `alg`.
@@ -172,10 +283,15 @@ pub async fn sign_hashes(State(app): State<Arc<App>>, headers: HeaderMap, body: 
     principal.require_sign_scope()?;
     let req: SignHashes = read_json(body, app.config.server.max_json_bytes).await?;
     let alg: DigestAlgorithm = req.hash_algorithm.as_deref().unwrap_or("SHA-256").parse()?;
-    let format = match req.format.as_deref().unwrap_or("cades") {
-        "cades" => Format::CadesDetached,
-        "raw" => Format::Raw(None),
-        other => return Err(Error::Invalid(format!("format must be cades or raw, not {other:?}"))),
+    let format = match (req.format.as_deref().unwrap_or("cades"), req.kind.as_deref()) {
+        ("cades", None) => Format::CadesDetached,
+        ("raw", None) => Format::Raw(None),
+        ("xades", Some(kind)) => Format::Xades(Some(kind.parse()?)),
+        ("xades", None) => {
+            return Err(Error::Invalid("format xades needs the kind: \"prescription\" or \"dispensing\"".into()))
+        }
+        ("cades" | "raw", Some(_)) => return Err(Error::Invalid("kind goes with format xades".into())),
+        (other, _) => return Err(Error::Invalid(format!("format must be cades, raw or xades, not {other:?}"))),
     };
     let digests = decode_hashes(&req.hashes, alg)?;
     let signed = app

@@ -25,8 +25,9 @@ use serde_json::{json, Value};
 use x509_cert::Certificate;
 
 use crate::auth::principal::Principal;
+use crate::eps::Kind;
 use crate::error::{Error, Result};
-use crate::signing::{Activation, Format, Payload, Request, MAX_HASHES};
+use crate::signing::{Activation, EpsInput, Format, Payload, Request, MAX_HASHES};
 
 use super::api::decode_hashes;
 use super::body::{read_json, read_json_or_empty, read_limited};
@@ -87,10 +88,17 @@ pub async fn info(State(app): State<Arc<App>>, body: Body) -> Result<Response> {
         "asynchronousOperationMode": false,
         "methods": ["credentials/list", "credentials/info", "credentials/authorize", "signatures/signHash", "signatures/signDoc"],
         "signAlgorithms": { "algos": [oids::SHA256_WITH_RSA, oids::RSA_ENCRYPTION, oids::RSASSA_PSS, oids::ECDSA_SHA256] },
-        "signature_formats": { "formats": ["C"], "envelope_properties": [["Detached", "Attached"]] },
+        "signature_formats": signature_formats(),
         "conformance_levels": ["Ades-B-B"],
     }))
     .into_response())
+}
+
+/// The signature formats of signDoc: CAdES (`C`, detached or attached) and
+/// XAdES in the e-prescription profile (`X`: enveloped into the document,
+/// or the signature element alone).
+fn signature_formats() -> Value {
+    json!({ "formats": ["C", "X"], "envelope_properties": [["Detached", "Attached"], ["Enveloped", "Detached"]] })
 }
 
 /// `credentials/list`
@@ -201,6 +209,8 @@ async fn credential_info(
         "SCAL": scal,
         "multisign": MAX_HASHES,
         "lang": "ja-JP",
+        "signature_formats": signature_formats(),
+        "signatureQualifiers": [Kind::Prescription.signature_qualifier(), Kind::Dispensing.signature_qualifier()],
     });
     if is_ec {
         out["key"]["curve"] = json!("1.2.840.10045.3.1.7");
@@ -533,22 +543,74 @@ struct SignDocReq {
     return_validation_info: Option<bool>,
 }
 
-fn check_format(format: &str, level: Option<&str>) -> Result<()> {
-    if format != "C" {
-        return Err(Error::Invalid("Invalid parameter signature_format: only C (CAdES) is supported".into()));
-    }
+/// A signDoc entry's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DocFormat {
+    /// `C`: CAdES.
+    Cades,
+    /// `X`: XAdES in the e-prescription profile.
+    Xades,
+}
+
+fn check_format(format: &str, level: Option<&str>) -> Result<DocFormat> {
+    let format = match format {
+        "C" => DocFormat::Cades,
+        "X" => DocFormat::Xades,
+        _ => {
+            return Err(Error::Invalid(
+                "Invalid parameter signature_format: C (CAdES) or X (XAdES, e-prescriptions)".into(),
+            ))
+        }
+    };
     if let Some(l) = level {
         if !l.eq_ignore_ascii_case("AdES-B-B") && !l.eq_ignore_ascii_case("AdES-B") {
             return Err(Error::Invalid("Invalid parameter conformance_level: only AdES-B-B is supported".into()));
         }
     }
-    Ok(())
+    Ok(format)
 }
 
-/// `POST /csc/v2/signatures/signDoc`: CAdES-BES for digests (detached) and documents.
+/// XAdES in the e-prescription profile signs with RSASSA-PKCS1-v1_5 (or
+/// ECDSA for an EC key) over SHA-256, whatever `[signing] rsa_scheme` says.
+fn check_xades_sign_algo(is_rsa: bool, sign_algo: Option<&str>, params: Option<&str>) -> Result<()> {
+    let ours = if is_rsa {
+        SignatureScheme::RsaPkcs1v15(DigestAlgorithm::Sha256)
+    } else {
+        SignatureScheme::Ecdsa(DigestAlgorithm::Sha256)
+    };
+    if let Some(sign_algo) = sign_algo {
+        if scheme_for(sign_algo, Some(DigestAlgorithm::Sha256), is_rsa)? != ours {
+            return Err(Error::Invalid(
+                "Invalid parameter signAlgo: XAdES in the e-prescription profile is RSA-SHA256 (ECDSA-SHA256 for an \
+                 EC key)"
+                    .into(),
+            ));
+        }
+    }
+    check_sign_algo_params(ours, params)
+}
+
+/// The kind of e-prescription a signDoc request signs over digests: its
+/// `signatureQualifier`.
+fn digests_kind(qualifier: Option<&str>) -> Result<Kind> {
+    match qualifier {
+        Some(q) if q == Kind::Prescription.signature_qualifier() => Ok(Kind::Prescription),
+        Some(q) if q == Kind::Dispensing.signature_qualifier() => Ok(Kind::Dispensing),
+        _ => Err(Error::Invalid(format!(
+            "Invalid parameter signatureQualifier: documentDigests with signature_format X need {} or {}",
+            Kind::Prescription.signature_qualifier(),
+            Kind::Dispensing.signature_qualifier()
+        ))),
+    }
+}
+
+/// `POST /csc/v2/signatures/signDoc`: CAdES-BES for digests (detached) and
+/// documents; XAdES-BES for e-prescription documents (into the document,
+/// or the signature element alone) and Reference 1 digests.
 ///
-/// One SAD covers every hash of the request; the signatures are made per
-/// entry, each through the signing pipeline.
+/// One SAD covers every hash of the request (for XAdES, Reference 1's
+/// digest, whether the client sent the document or the digest); the
+/// signatures are made per entry, each through the signing pipeline.
 pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response> {
     let principal = app.principal(&headers).await?;
     // Refused before the body is read (the pipeline checks again).
@@ -564,11 +626,32 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
             .ok_or_else(|| invalid("credentialID"))?,
     };
     let generation = own_credential(&principal, &credential)?;
+    /// What one entry asks for, and how its answer is given.
+    enum Out {
+        /// `SignatureObject`: the signature alone.
+        Object,
+        /// `DocumentWithSignature`: CAdES around the content.
+        Around(Vec<u8>),
+        /// `DocumentWithSignature`: the XAdES document with its signature.
+        Spliced,
+    }
     struct Job {
-        alg: DigestAlgorithm,
-        hashes: Vec<Vec<u8>>,
-        attached: bool,
-        content: Option<Vec<u8>>,
+        payload: JobPayload,
+        out: Out,
+    }
+    enum JobPayload {
+        Digests(DigestAlgorithm, Vec<Vec<u8>>, Format),
+        Enveloping(DigestAlgorithm, Vec<u8>, u64),
+        Eps(Arc<crate::eps::Document>),
+    }
+    impl Job {
+        fn hashes(&self) -> Vec<Vec<u8>> {
+            match &self.payload {
+                JobPayload::Digests(_, h, _) => h.clone(),
+                JobPayload::Enveloping(_, d, _) => vec![d.clone()],
+                JobPayload::Eps(doc) => vec![doc.digest.clone()],
+            }
+        }
     }
     let mut jobs: Vec<Job> = Vec::new();
     // One request makes at most MAX_HASHES signatures, however it spreads
@@ -584,50 +667,95 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
     }
     let is_rsa = principal.key.as_ref().is_some_and(|k| k.algorithm.is_rsa());
     for dd in req.document_digests.iter().flatten() {
-        check_format(&dd.signature_format, dd.conformance_level.as_deref())?;
+        let format = check_format(&dd.signature_format, dd.conformance_level.as_deref())?;
         let alg = dd
             .hash_algorithm_oid
             .parse::<der::oid::ObjectIdentifier>()
             .ok()
             .and_then(|o| DigestAlgorithm::from_oid(&o))
             .ok_or_else(|| invalid("hashAlgorithmOID"))?;
-        check_doc_sign_algo(&app, is_rsa, alg, dd.sign_algo.as_deref(), dd.sign_algo_params.as_deref())?;
+        let format = match format {
+            DocFormat::Cades => {
+                check_doc_sign_algo(&app, is_rsa, alg, dd.sign_algo.as_deref(), dd.sign_algo_params.as_deref())?;
+                Format::CadesDetached
+            }
+            DocFormat::Xades => {
+                if alg != DigestAlgorithm::Sha256 {
+                    return Err(Error::Invalid(
+                        "Invalid parameter hashAlgorithmOID: Reference 1 digests are SHA-256".into(),
+                    ));
+                }
+                if !matches!(dd.signed_envelope_property.as_deref(), None | Some("Detached")) {
+                    return Err(invalid("signed_envelope_property"));
+                }
+                check_xades_sign_algo(is_rsa, dd.sign_algo.as_deref(), dd.sign_algo_params.as_deref())?;
+                Format::Xades(Some(digests_kind(req.signature_qualifier.as_deref())?))
+            }
+        };
         let hashes =
             decode_hashes(&dd.hashes, alg).map_err(|e| Error::Invalid(format!("Invalid parameter hashes: {e}")))?;
-        jobs.push(Job { alg, hashes, attached: false, content: None });
+        jobs.push(Job { payload: JobPayload::Digests(alg, hashes, format), out: Out::Object });
     }
     for doc in req.documents.iter().flatten() {
-        check_format(&doc.signature_format, doc.conformance_level.as_deref())?;
-        check_doc_sign_algo(
-            &app,
-            is_rsa,
-            DigestAlgorithm::Sha256,
-            doc.sign_algo.as_deref(),
-            doc.sign_algo_params.as_deref(),
-        )?;
+        let format = check_format(&doc.signature_format, doc.conformance_level.as_deref())?;
         let content = Base64::decode_vec(&doc.document).map_err(|_| invalid("document"))?;
-        let attached = match doc.signed_envelope_property.as_deref().unwrap_or("Detached") {
-            "Detached" => false,
-            "Attached" | "Enveloping" => true,
-            _ => return Err(invalid("signed_envelope_property")),
-        };
-        let digest = DigestAlgorithm::Sha256.digest(&content);
-        jobs.push(Job { alg: DigestAlgorithm::Sha256, hashes: vec![digest], attached, content: Some(content) });
+        match format {
+            DocFormat::Cades => {
+                check_doc_sign_algo(
+                    &app,
+                    is_rsa,
+                    DigestAlgorithm::Sha256,
+                    doc.sign_algo.as_deref(),
+                    doc.sign_algo_params.as_deref(),
+                )?;
+                let attached = match doc.signed_envelope_property.as_deref().unwrap_or("Detached") {
+                    "Detached" => false,
+                    "Attached" | "Enveloping" => true,
+                    _ => return Err(invalid("signed_envelope_property")),
+                };
+                let digest = DigestAlgorithm::Sha256.digest(&content);
+                jobs.push(if attached {
+                    let len = content.len() as u64;
+                    Job {
+                        payload: JobPayload::Enveloping(DigestAlgorithm::Sha256, digest, len),
+                        out: Out::Around(content),
+                    }
+                } else {
+                    Job {
+                        payload: JobPayload::Digests(DigestAlgorithm::Sha256, vec![digest], Format::CadesDetached),
+                        out: Out::Object,
+                    }
+                });
+            }
+            DocFormat::Xades => {
+                check_xades_sign_algo(is_rsa, doc.sign_algo.as_deref(), doc.sign_algo_params.as_deref())?;
+                let out = match doc.signed_envelope_property.as_deref().unwrap_or("Enveloped") {
+                    "Enveloped" => Out::Spliced,
+                    "Detached" => Out::Object,
+                    _ => return Err(invalid("signed_envelope_property")),
+                };
+                if content.len() > app.config.signing.max_xml_bytes {
+                    return Err(Error::TooLarge { limit: app.config.signing.max_xml_bytes });
+                }
+                // Read here: Reference 1's digest is what the SAD covers.
+                let document = crate::signing::read_eps(EpsInput::Document(content)).await?;
+                jobs.push(Job { payload: JobPayload::Eps(document), out });
+            }
+        }
     }
     if jobs.is_empty() {
         return Err(Error::Invalid("Missing parameter documentDigests or documents".into()));
     }
     // One SAD for the whole request: checked against every hash, once.
-    let all: Vec<Vec<u8>> = jobs.iter().flat_map(|j| j.hashes.iter().cloned()).collect();
+    let all: Vec<Vec<u8>> = jobs.iter().flat_map(Job::hashes).collect();
     let mut taken = app.signing.activate(&principal, generation, req.sad.as_deref(), &all).await?;
     let mut signature_objects = Vec::new();
     let mut with_signature = Vec::new();
-    for Job { alg, hashes, attached, content } in jobs {
-        let payload = match (&content, attached) {
-            (Some(c), true) => {
-                Payload::Hashed { alg, digest: hashes.into_iter().next().unwrap_or_default(), len: c.len() as u64 }
-            }
-            _ => Payload::Digests { alg, digests: hashes },
+    for Job { payload, out } in jobs {
+        let (payload, format) = match payload {
+            JobPayload::Digests(alg, digests, format) => (Payload::Digests { alg, digests }, format),
+            JobPayload::Enveloping(alg, digest, len) => (Payload::Hashed { alg, digest, len }, Format::CadesEnveloping),
+            JobPayload::Eps(document) => (Payload::Eps(EpsInput::Read(document)), Format::Xades(None)),
         };
         let signed = app
             .signing
@@ -635,7 +763,7 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
                 &principal,
                 Request {
                     payload,
-                    format: if attached { Format::CadesEnveloping } else { Format::CadesDetached },
+                    format,
                     generation: Some(generation),
                     activation: Activation::Granted,
                     via: "csc.signDoc",
@@ -658,10 +786,14 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
         };
         taken = None;
         for p in signed.signatures {
-            match (&content, attached) {
-                (Some(c), true) => with_signature.push(Base64::encode_string(&p.around(c))),
+            match &out {
+                Out::Around(content) => with_signature.push(Base64::encode_string(&p.around(content))),
+                Out::Spliced => {
+                    let document = p.document.ok_or_else(|| Error::Internal("no signed document".into()))?;
+                    with_signature.push(Base64::encode_string(&document));
+                }
                 // Detached: the signature object alone, as for digests.
-                _ => signature_objects.push(Base64::encode_string(&p.into_detached())),
+                Out::Object => signature_objects.push(Base64::encode_string(&p.into_detached())),
             }
         }
     }

@@ -86,6 +86,7 @@ impl From<Error> for ApiError {
             Error::Forbidden(_, m) => ApiError::new(S::FORBIDDEN, "access_denied", m),
             Error::NotFound(_, m) => ApiError::new(S::NOT_FOUND, "invalid_request", m),
             Error::Conflict(m) => ApiError::new(S::CONFLICT, "invalid_request", m),
+            Error::Unprocessable(m) => ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_request", m),
             Error::Gone(_, m) => ApiError::new(S::GONE, "invalid_request", m),
             Error::Unavailable(m) => ApiError::unavailable(m),
             Error::Internal(m) => ApiError::internal(m),

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use der::Decode;
 use inkan_keystore::{KeyAlgorithm, KeyRef};
 
 use crate::config::RsaScheme;
@@ -30,6 +31,10 @@ pub struct Signer {
     pub chain: Arc<Vec<Vec<u8>>>,
     /// What CAdES encodes once per signer.
     pub cades: SignerIdentity,
+    /// The user's qualification (`doctor`, `dentist`, `pharmacist`).
+    pub qualification: String,
+    /// The certificate's hcRole (`Medical Doctor`, ...), if it names one.
+    pub hc_role: Option<String>,
 }
 
 impl Signer {
@@ -62,10 +67,9 @@ impl<T: UserStore + Transaction + ?Sized> Signers<T> {
         if let Some(s) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key) {
             return Ok(Arc::clone(s));
         }
-        let record = self
-            .store
-            .read()
-            .await?
+        let mut tx = self.store.read().await?;
+        let qualification = crate::users::get_in(&mut *tx, user_id).await?.qualification;
+        let record = tx
             .keys(Some(user_id))
             .await?
             .into_iter()
@@ -79,6 +83,8 @@ impl<T: UserStore + Transaction + ?Sized> Signers<T> {
         let token_key = crate::keys::key_ref(&record);
         let cades = SignerIdentity::new(token_key.clone(), key.algorithm, self.rsa_scheme, certificate, &self.chain)
             .map_err(|e| Error::Internal(format!("signer {user_id}.g{}: {e}", key.generation)))?;
+        let hc_role =
+            x509_cert::Certificate::from_der(certificate).ok().and_then(|c| crate::pki::profile::read_hc_role(&c));
         let signer = Arc::new(Signer {
             user_id: user_id.to_owned(),
             generation: key.generation,
@@ -86,6 +92,8 @@ impl<T: UserStore + Transaction + ?Sized> Signers<T> {
             algorithm: key.algorithm,
             chain: Arc::clone(&self.chain),
             cades,
+            qualification,
+            hc_role,
         });
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED_SIGNERS {

@@ -208,13 +208,19 @@ chain = ["{root}"]
         self.ok(&args);
     }
 
-    /// A user with an active key of `alg`: returns the certificate path.
+    /// A user (a doctor) with an active key of `alg`: returns the certificate path.
     pub fn user_with_key(&self, id: &str, alg: &str) -> PathBuf {
-        self.add_user(id, "doctor");
+        self.user_with_key_as(id, alg, "doctor")
+    }
+
+    /// A user of `qualification` with an active key of `alg`, its
+    /// certificate issued for that qualification (hcRole): returns its path.
+    pub fn user_with_key_as(&self, id: &str, alg: &str, qualification: &str) -> PathBuf {
+        self.add_user(id, qualification);
         let csr = self.path(&format!("{id}.csr"));
         let cert = self.path(&format!("{id}.pem"));
         self.ok(&["key", "generate", id, "--alg", alg, "--csr-out", csr.to_str().expect("utf-8")]);
-        self.issue(&csr, &cert, &[]);
+        self.issue(&csr, &cert, &["--qualification", qualification]);
         self.ok(&["key", "import-cert", id, cert.to_str().expect("utf-8")]);
         cert
     }

@@ -25,3 +25,4 @@ mod layout;
 mod nodes;
 mod postgres;
 mod service;
+mod xades;

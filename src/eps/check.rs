@@ -1,0 +1,193 @@
+//! Whether a signature in an e-prescription document verifies as XAdES-BES
+//! in the national profile, more strictly than the reference verifier
+//! (SPEC §7): exactly the profile's three references, each digest
+//! recomputed, the signature value over the canonical SignedInfo, the
+//! certificate digest of SigningCertificate(V2) always compared with the
+//! certificate in KeyInfo, keyUsage nonRepudiation, and an hcRole that may
+//! sign the document's kind. Chains, revocation and timestamps are the
+//! validation service's (they need trust anchors and time).
+
+use der::Decode;
+use inkan_keystore::DigestAlgorithm;
+use x509_cert::Certificate;
+
+use super::kind::Kind;
+use crate::xml::{self, uri, NodeId, Xml, DS, XADES};
+
+/// What a verified signature says about itself.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    /// The signer's certificate (DER), from KeyInfo.
+    pub certificate: Vec<u8>,
+    /// Its hcRole.
+    pub hc_role: String,
+    /// `SigningTime`, as written.
+    pub signing_time: Option<String>,
+}
+
+/// What failed, in words a client developer can act on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Failure(pub String);
+
+fn fail(message: impl Into<String>) -> Failure {
+    Failure(message.into())
+}
+
+/// The digest algorithm an XMLDSig `DigestMethod` names.
+pub fn digest_algorithm(method: &str) -> Option<DigestAlgorithm> {
+    match method {
+        uri::SHA256 => Some(DigestAlgorithm::Sha256),
+        uri::SHA384 => Some(DigestAlgorithm::Sha384),
+        uri::SHA512 => Some(DigestAlgorithm::Sha512),
+        _ => None,
+    }
+}
+
+/// Checks the signature element `signature` of a document of `kind` (see
+/// the module documentation).
+pub fn bes(x: &Xml<'_>, signature: NodeId, kind: Kind) -> Result<Verified, Failure> {
+    let err = |e: xml::XmlError| fail(e.0);
+    let id = x.attribute(signature, "Id").unwrap_or_default();
+    if id != kind.signature_id() {
+        return Err(fail(format!("the signature's Id is {id:?}, not {:?}", kind.signature_id())));
+    }
+    let signed_info = x.child(signature, Some(DS), "SignedInfo").map_err(err)?;
+    let value = x.child(signature, Some(DS), "SignatureValue").map_err(err)?;
+    let key_info = x.child(signature, Some(DS), "KeyInfo").map_err(err)?;
+    let object = x.child(signature, Some(DS), "Object").map_err(err)?;
+    let qualifying = x.child(object, Some(XADES), "QualifyingProperties").map_err(err)?;
+    if x.attribute(qualifying, "Target") != Some(&format!("#{id}")) {
+        return Err(fail("QualifyingProperties does not target this signature"));
+    }
+    let signed_properties = x.child(qualifying, Some(XADES), "SignedProperties").map_err(err)?;
+
+    // SignedInfo: its C14N, the signature method and exactly three references.
+    let c14n = x.child(signed_info, Some(DS), "CanonicalizationMethod").map_err(err)?;
+    let c14n = x.attribute(c14n, "Algorithm").unwrap_or_default();
+    let method = x.child(signed_info, Some(DS), "SignatureMethod").map_err(err)?;
+    let method = x.attribute(method, "Algorithm").unwrap_or_default().to_owned();
+    let references: Vec<NodeId> = x.children_named(signed_info, Some(DS), "Reference").collect();
+    if x.elements(signed_info).count() != references.len() + 2 {
+        return Err(fail("SignedInfo holds elements other than CanonicalizationMethod, SignatureMethod and Reference"));
+    }
+    if references.len() != 3 {
+        return Err(fail(format!("the signature has {} references; the profile has exactly 3", references.len())));
+    }
+    let targets = [
+        (format!("#{}", kind.target_id()), None),
+        (format!("#{}", x.attribute(key_info, "Id").unwrap_or("(KeyInfo without Id)")), Some(key_info)),
+        (
+            format!("#{}", x.attribute(signed_properties, "Id").unwrap_or("(SignedProperties without Id)")),
+            Some(signed_properties),
+        ),
+    ];
+    for (n, (reference, (want_uri, want_node))) in references.iter().zip(&targets).enumerate() {
+        let n = n + 1;
+        let uri = x.attribute(*reference, "URI").unwrap_or_default();
+        if uri != want_uri {
+            return Err(fail(format!("reference {n} points to {uri:?}, not {want_uri:?}")));
+        }
+        let node = x.by_id(&uri[1..]).ok_or_else(|| fail(format!("reference {n} ({uri}): no element has that id")))?;
+        if want_node.is_some_and(|w| w != node) {
+            return Err(fail(format!("reference {n} ({uri}) is not this signature's own element")));
+        }
+        if n == 3 && x.attribute(*reference, "Type") != Some(uri::SIGNED_PROPERTIES) {
+            return Err(fail("reference 3 lacks Type=\"http://uri.etsi.org/01903#SignedProperties\""));
+        }
+        check_reference(x, *reference, node, n, uri)?;
+    }
+
+    // The certificate: KeyInfo's, and the one SignedProperties names.
+    let data = x.child(key_info, Some(DS), "X509Data").map_err(err)?;
+    let cert_el = x
+        .children_named(data, Some(DS), "X509Certificate")
+        .next()
+        .ok_or_else(|| fail("KeyInfo holds no certificate"))?;
+    let der = xml::decode_base64(&x.text_of(cert_el)).ok_or_else(|| fail("X509Certificate is not base64"))?;
+    let certificate = Certificate::from_der(&der).map_err(|e| fail(format!("X509Certificate does not decode: {e}")))?;
+    check_cert_digest(x, signed_properties, &der)?;
+
+    // The signature value over SignedInfo.
+    let canonical = x
+        .canonical_by_uri(signed_info, c14n)
+        .ok_or_else(|| fail(format!("unknown CanonicalizationMethod {c14n:?}")))?
+        .map_err(err)?;
+    let sig = xml::decode_base64(&x.text_of(value)).ok_or_else(|| fail("SignatureValue is not base64"))?;
+    crate::pki::verify_xml_signature(&certificate, &method, &canonical, &sig).map_err(fail)?;
+
+    // What the certificate allows.
+    if !crate::pki::has_non_repudiation(&certificate) {
+        return Err(fail("the signer's certificate lacks keyUsage nonRepudiation"));
+    }
+    let hc_role = crate::pki::profile::read_hc_role(&certificate)
+        .ok_or_else(|| fail("the signer's certificate names no hcRole"))?;
+    if !kind.signer_roles().contains(&hc_role.as_str()) {
+        return Err(fail(format!("the signer's hcRole is {hc_role:?}, who may not sign a {kind}")));
+    }
+    let signing_time = x
+        .children_named(signed_properties, Some(XADES), "SignedSignatureProperties")
+        .next()
+        .and_then(|p| x.children_named(p, Some(XADES), "SigningTime").next())
+        .map(|t| x.text_of(t));
+    Ok(Verified { certificate: der, hc_role, signing_time })
+}
+
+/// One reference: at most one transform, a C14N; the digest recomputed.
+fn check_reference(x: &Xml<'_>, reference: NodeId, node: NodeId, n: usize, uri: &str) -> Result<(), Failure> {
+    let err = |e: xml::XmlError| fail(e.0);
+    let mut c14n = uri::C14N.to_owned();
+    if let Some(transforms) = x.children_named(reference, Some(DS), "Transforms").next() {
+        let list: Vec<NodeId> = x.elements(transforms).collect();
+        match list.as_slice() {
+            [t] if x.is(*t, Some(DS), "Transform") => {
+                c14n = x.attribute(*t, "Algorithm").unwrap_or_default().to_owned()
+            }
+            _ => return Err(fail(format!("reference {n} ({uri}) has transforms other than one C14N"))),
+        }
+    }
+    if n == 1 && c14n != uri::C14N {
+        return Err(fail("reference 1 has transforms; the profile's has none (inclusive C14N 1.0)"));
+    }
+    let method = x.child(reference, Some(DS), "DigestMethod").map_err(err)?;
+    let method = x.attribute(method, "Algorithm").unwrap_or_default();
+    let alg =
+        digest_algorithm(method).ok_or_else(|| fail(format!("reference {n}: unknown DigestMethod {method:?}")))?;
+    let value = x.child(reference, Some(DS), "DigestValue").map_err(err)?;
+    let expected = xml::decode_base64(&x.text_of(value))
+        .ok_or_else(|| fail(format!("reference {n}: DigestValue is not base64")))?;
+    let canonical = x
+        .canonical_by_uri(node, &c14n)
+        .ok_or_else(|| fail(format!("reference {n}: unknown transform {c14n:?}")))?
+        .map_err(err)?;
+    if alg.digest(&canonical) != expected {
+        return Err(fail(format!("reference {n} ({uri}): the digest does not match (the element was changed)")));
+    }
+    Ok(())
+}
+
+/// SigningCertificateV2 (or V1) names the certificate of KeyInfo by its digest.
+fn check_cert_digest(x: &Xml<'_>, signed_properties: NodeId, der: &[u8]) -> Result<(), Failure> {
+    let properties = x
+        .children_named(signed_properties, Some(XADES), "SignedSignatureProperties")
+        .next()
+        .ok_or_else(|| fail("SignedProperties holds no SignedSignatureProperties"))?;
+    let signing_certificate = x
+        .children_named(properties, Some(XADES), "SigningCertificateV2")
+        .chain(x.children_named(properties, Some(XADES), "SigningCertificate"))
+        .next()
+        .ok_or_else(|| fail("SignedSignatureProperties holds no SigningCertificateV2"))?;
+    for cert in x.children_named(signing_certificate, Some(XADES), "Cert") {
+        let Some(digest) = x.children_named(cert, Some(XADES), "CertDigest").next() else { continue };
+        let method =
+            x.children_named(digest, Some(DS), "DigestMethod").next().and_then(|m| x.attribute(m, "Algorithm"));
+        let value =
+            x.children_named(digest, Some(DS), "DigestValue").next().and_then(|v| xml::decode_base64(&x.text_of(v)));
+        if let (Some(alg), Some(value)) = (method.and_then(digest_algorithm), value) {
+            if alg.digest(der) == value {
+                return Ok(());
+            }
+        }
+    }
+    Err(fail("the certificate digest in SigningCertificateV2 does not match the certificate in KeyInfo"))
+}
