@@ -63,7 +63,7 @@ pub async fn users(
             let five_years = std::time::Duration::from_secs(1825 * 86_400);
             let cert = ca.issue_from_csr(kind, &csr, now - std::time::Duration::from_secs(60), now + five_years)?;
             let der = der::Encode::to_der(&cert).map_err(|e| Error::Internal(e.to_string()))?;
-            keys::import_certificate(store, config, clock, ACTOR, id, &der).await?;
+            keys::import_certificate(store, config, clock, ACTOR, id, &der, keys::Nonconforming::Refuse).await?;
         }
         lines.push(format!("demo user {id} ({name}, {}) has an active key", role.as_str()));
     }

@@ -20,6 +20,7 @@ use crate::audit::{self, Event};
 use crate::clock::{rfc3339, Clock};
 use crate::config::Config;
 use crate::error::{Error, Missing, Result};
+use crate::pki::profile::Qualification;
 use crate::pki::{self, PkiError, StringKind};
 use crate::storage::Transactions;
 use crate::users::{self, KeyRecord, KeyState, User, UsersTx};
@@ -416,9 +417,34 @@ fn refused(message: String) -> Error {
     Error::Invalid(format!("certificate refused: {message}"))
 }
 
+/// What to do with a certificate that does not fit the HPKI signing profile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Nonconforming {
+    /// Refuse it, saying why (the default).
+    #[default]
+    Refuse,
+    /// Import it anyway, with the reasons as warnings (and in the audit row):
+    /// `--danger-accept-nonconforming`, for a CA under test.
+    DangerAccept,
+}
+
+/// A certificate imported.
+#[derive(Clone, Debug, Serialize)]
+pub struct Imported {
+    /// The key it made active.
+    #[serde(flatten)]
+    pub key: KeyView,
+    /// How it departs from the HPKI signing profile (only with
+    /// [`Nonconforming::DangerAccept`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
 /// Imports the certificate issued for a pending key: checks it was issued by the
-/// configured HPKI signing CA, is valid now and certifies the pending key; then
-/// activates the key and retires the previously active one, in one transaction.
+/// configured HPKI signing CA, is valid now, certifies the pending key and
+/// fits the HPKI signing profile for the user's qualification
+/// ([`pki::profile::signing_profile_problems`]); then activates the key and
+/// retires the previously active one, in one transaction.
 pub async fn import_certificate<T: UsersTx + ?Sized>(
     store: &dyn Transactions<T>,
     config: &Config,
@@ -426,7 +452,8 @@ pub async fn import_certificate<T: UsersTx + ?Sized>(
     actor: &str,
     user_id: &str,
     cert_der: &[u8],
-) -> Result<KeyView> {
+    nonconforming: Nonconforming,
+) -> Result<Imported> {
     let cert = Certificate::from_der(cert_der).map_err(|e| refused(PkiError::from(e).0))?;
     let ca = pki::read_certificate(&config.pki.signing_ca)
         .map_err(|e| Error::Invalid(format!("the configured signing CA ([pki] signing_ca): {e}")))?;
@@ -441,6 +468,16 @@ pub async fn import_certificate<T: UsersTx + ?Sized>(
     let user = users::get_in(&mut *tx, user_id).await?;
     if !user.is_active() {
         return Err(users::disabled(user_id));
+    }
+    let qualification: Qualification = user.qualification.parse()?;
+    let warnings = pki::profile::signing_profile_problems(&cert, qualification);
+    if !warnings.is_empty() && nonconforming == Nonconforming::Refuse {
+        return Err(refused(format!(
+            "it is not an HPKI signing certificate for a {}: {} (have the CA issue it under the HPKI signing \
+             profile; for a CA under test only, --danger-accept-nonconforming imports it with these as warnings)",
+            qualification.as_str(),
+            warnings.join("; ")
+        )));
     }
     let keys = tx.keys(Some(user_id)).await?;
     let Some(pending) = keys.iter().find(|k| k.public_key == spki && k.state == KeyState::Pending) else {
@@ -468,7 +505,15 @@ pub async fn import_certificate<T: UsersTx + ?Sized>(
         user_id: Some(user_id),
         generation: Some(generation),
         outcome: "ok",
-        detail: serde_json::json!({ "certificate_serial": serial, "subject": cert.tbs_certificate().subject().to_string() }),
+        detail: if warnings.is_empty() {
+            serde_json::json!({ "certificate_serial": serial, "subject": cert.tbs_certificate().subject().to_string() })
+        } else {
+            serde_json::json!({
+                "certificate_serial": serial,
+                "subject": cert.tbs_certificate().subject().to_string(),
+                "nonconforming": warnings,
+            })
+        },
         ..Default::default()
     }];
     if let Some(old) = retired {
@@ -485,7 +530,8 @@ pub async fn import_certificate<T: UsersTx + ?Sized>(
     audit::append(&mut *tx, now, &events).await?;
     let record = tx.keys(Some(user_id)).await?.into_iter().find(|k| k.generation == generation);
     tx.commit().await?;
-    record.as_ref().map(KeyView::from).ok_or_else(|| Error::Internal("the key vanished".into()))
+    let key = record.as_ref().map(KeyView::from).ok_or_else(|| Error::Internal("the key vanished".into()))?;
+    Ok(Imported { key, warnings })
 }
 
 /// Retires one generation (pending or active).

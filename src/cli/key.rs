@@ -82,6 +82,11 @@ pub enum KeyCommand {
         /// A folder of certificates (.pem, .crt, .cer, .der).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// Import a certificate that does not fit the HPKI signing profile
+        /// (keyUsage nonRepudiation, an HPKI signing policy, the user's
+        /// hcRole), with warnings: for a CA under test only.
+        #[arg(long)]
+        danger_accept_nonconforming: bool,
     },
     /// List keys (of one user, or all).
     List {
@@ -147,6 +152,14 @@ async fn generate(
     ))
 }
 
+fn nonconforming(danger: bool) -> keys::Nonconforming {
+    if danger {
+        keys::Nonconforming::DangerAccept
+    } else {
+        keys::Nonconforming::Refuse
+    }
+}
+
 /// Runs a `key` command.
 pub async fn run(ctx: &Ctx, cmd: KeyCommand) -> Result<Output, CliError> {
     match cmd {
@@ -170,29 +183,40 @@ pub async fn run(ctx: &Ctx, cmd: KeyCommand) -> Result<Output, CliError> {
             message: "give a user ID and --csr-out, or a bulk selection with --csr-dir".into(),
             code: 2,
         }),
-        KeyCommand::ImportCert { dir: Some(dir), .. } => bulk::import_certificates(ctx, &dir).await,
+        KeyCommand::ImportCert { dir: Some(dir), danger_accept_nonconforming, .. } => {
+            bulk::import_certificates(ctx, &dir, nonconforming(danger_accept_nonconforming)).await
+        }
         KeyCommand::Csr { user_id, generation, csr_out } => {
             let pem = keys::csr(ctx.store().await?.as_ref(), &user_id, generation).await?;
             write_file(&csr_out, pem.as_bytes())?;
             Ok(Output::new(format!("CSR written to {}", csr_out.display()), json!({ "csr_out": csr_out })))
         }
-        KeyCommand::ImportCert { user_id: Some(user_id), cert: Some(cert), .. } => {
+        KeyCommand::ImportCert { user_id: Some(user_id), cert: Some(cert), danger_accept_nonconforming, .. } => {
             let store = ctx.store().await?;
             crate::users::get(store.as_ref(), &user_id).await?;
             let der =
                 read_certificate(&cert).map_err(|e| CliError::from(format!("certificate refused: {}", e.message)))?;
-            let k =
-                keys::import_certificate(store.as_ref(), &ctx.config, ctx.clock.as_ref(), &ctx.actor, &user_id, &der)
-                    .await?;
-            Ok(Output::new(
-                format!(
-                    "certificate imported: {} key generation {} is active\n  {}",
-                    k.user_id,
-                    k.generation,
-                    key_line(&k)
-                ),
-                serde_json::to_value(&k)?,
-            ))
+            let imported = keys::import_certificate(
+                store.as_ref(),
+                &ctx.config,
+                ctx.clock.as_ref(),
+                &ctx.actor,
+                &user_id,
+                &der,
+                nonconforming(danger_accept_nonconforming),
+            )
+            .await?;
+            let k = &imported.key;
+            let mut text = format!(
+                "certificate imported: {} key generation {} is active\n  {}",
+                k.user_id,
+                k.generation,
+                key_line(k)
+            );
+            for w in &imported.warnings {
+                text.push_str(&format!("\n  warning: not the HPKI signing profile: {w}"));
+            }
+            Ok(Output::new(text, serde_json::to_value(&imported)?))
         }
         KeyCommand::ImportCert { .. } => {
             Err(CliError { message: "give a user ID and a certificate file, or --dir".into(), code: 2 })

@@ -196,6 +196,44 @@ pub fn read_hc_role(cert: &x509_cert::Certificate) -> Option<String> {
     String::from_utf8(bytes.to_vec()).ok()
 }
 
+/// The arc of HPKI signing certificate policies (`1.2.392.100495.1.5.1.1.*`).
+pub const HPKI_SIGNING_POLICY_ARC: &str = "1.2.392.100495.1.5.1.1.";
+
+/// What keeps `cert` from being an HPKI signing certificate (a second
+/// certificate) for a holder of `qualification`: X.509 v3, keyUsage with
+/// nonRepudiation, a certificate policy under the HPKI signing arc, and an
+/// hcRole that is the qualification's. Empty when it fits.
+pub fn signing_profile_problems(cert: &x509_cert::Certificate, qualification: Qualification) -> Vec<String> {
+    let tbs = cert.tbs_certificate();
+    let mut problems = Vec::new();
+    if tbs.version() != x509_cert::certificate::Version::V3 {
+        problems.push("it is not an X.509 v3 certificate (no extensions)".to_owned());
+    }
+    if !super::has_non_repudiation(cert) {
+        problems.push("its keyUsage lacks nonRepudiation (contentCommitment)".to_owned());
+    }
+    let policies = match tbs.get_extension::<CertificatePolicies>() {
+        Ok(Some((_, p))) => p.0.iter().map(|p| p.policy_identifier.to_string()).collect(),
+        _ => Vec::new(),
+    };
+    if !policies.iter().any(|p| p.starts_with(HPKI_SIGNING_POLICY_ARC)) {
+        problems.push(format!(
+            "it names no HPKI signing policy ({HPKI_SIGNING_POLICY_ARC}*; it names {})",
+            if policies.is_empty() { "none".to_owned() } else { policies.join(", ") }
+        ));
+    }
+    match read_hc_role(cert) {
+        Some(role) if role == qualification.hc_role() => {}
+        Some(role) => problems.push(format!(
+            "its hcRole is {role:?}, but the user is a {} ({:?})",
+            qualification.as_str(),
+            qualification.hc_role()
+        )),
+        None => problems.push("it names no hcRole (subjectDirectoryAttributes)".to_owned()),
+    }
+    problems
+}
+
 /// The TLVs inside a constructed value.
 fn children(value: &[u8]) -> Option<Vec<der::asn1::AnyRef<'_>>> {
     use der::Reader;

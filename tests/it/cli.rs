@@ -282,9 +282,54 @@ fn certificate_import_refuses_foreign_expired_and_unmatched() {
     std::fs::write(&junk, [0x30, 0x03, 0x02, 0x01]).expect("junk");
     env.fails(&["key", "import-cert", "500001", s(&junk)]);
 
+    // Not the HPKI signing profile: a plain `openssl x509 -req` certificate
+    // from the right CA (no keyUsage, no policy, no hcRole), and one whose
+    // hcRole is another qualification's.
+    let plain = env.path("plain.pem");
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-req", "-days", "30", "-set_serial", "4660", "-in"])
+        .arg(&csr1)
+        .arg("-CA")
+        .arg(fixture("hpki-signing-ca.pem"))
+        .arg("-CAkey")
+        .arg(fixture("hpki-signing-ca.key"))
+        .arg("-out")
+        .arg(&plain)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = env.fails(&["key", "import-cert", "500001", s(&plain)]);
+    assert!(err.contains("not an HPKI signing certificate for a doctor"), "{err}");
+    assert!(err.contains("nonRepudiation") && err.contains("policy") && err.contains("hcRole"), "{err}");
+    let pharmacist = env.path("pharmacist.pem");
+    env.issue(&csr1, &pharmacist, &["--qualification", "pharmacist"]);
+    let err = env.fails(&["key", "import-cert", "500001", s(&pharmacist)]);
+    assert!(err.contains("hcRole is \"Pharmacist\", but the user is a doctor"), "{err}");
+
     assert_eq!(env.snapshot(), before, "refused imports changed nothing");
     let keys = env.json(&["key", "list", "500001"]);
     assert_eq!(keys[0]["state"], "pending");
+
+    // Under the danger flag a nonconforming certificate is imported, with
+    // its warnings in the answer and in the audit row.
+    let plain2 = env.path("plain2.pem");
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-req", "-days", "30", "-set_serial", "4661", "-in"])
+        .arg(&csr2)
+        .arg("-CA")
+        .arg(fixture("hpki-signing-ca.pem"))
+        .arg("-CAkey")
+        .arg(fixture("hpki-signing-ca.key"))
+        .arg("-out")
+        .arg(&plain2)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success());
+    let v = env.json(&["key", "import-cert", "500002", s(&plain2), "--danger-accept-nonconforming"]);
+    assert_eq!(v["state"], "active");
+    assert!(v["warnings"].as_array().is_some_and(|w| w.len() == 4), "v1, keyUsage, policy, hcRole: {v}");
+    let audit = env.json(&["audit", "tail", "--limit", "1"]).to_string();
+    assert!(audit.contains("nonconforming"), "{audit}");
 
     // The right certificate is accepted; importing it again is refused.
     let good = env.path("good.pem");

@@ -239,7 +239,11 @@ struct ImportReport {
 
 /// Imports every certificate in `dir`, each for the user named by its
 /// subject's serialNumber (else the file's name without extension).
-pub async fn import_certificates(ctx: &Ctx, dir: &Path) -> Result<Output, CliError> {
+pub async fn import_certificates(
+    ctx: &Ctx,
+    dir: &Path,
+    nonconforming: keys::Nonconforming,
+) -> Result<Output, CliError> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| CliError { message: format!("cannot read the folder {} ({e})", dir.display()), code: 1 })?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -262,7 +266,19 @@ pub async fn import_certificates(ctx: &Ctx, dir: &Path) -> Result<Output, CliErr
             if known.iter().any(|k| k.certificate.as_deref() == Some(der.as_slice())) {
                 return Ok::<_, CliError>(false);
             }
-            keys::import_certificate(store.tx(), &ctx.config, ctx.clock.as_ref(), &ctx.actor, &user_id, &der).await?;
+            let imported = keys::import_certificate(
+                store.tx(),
+                &ctx.config,
+                ctx.clock.as_ref(),
+                &ctx.actor,
+                &user_id,
+                &der,
+                nonconforming,
+            )
+            .await?;
+            for w in imported.warnings {
+                eprintln!("warning: {user_id}: not the HPKI signing profile: {w}");
+            }
             Ok(true)
         }
         .await;
