@@ -16,7 +16,7 @@ use crate::auth::oidc::Grant;
 use crate::auth::{b64url, random_token, token_hash};
 use crate::clock::rfc3339;
 use crate::config::Config;
-use crate::signing::{Activation, Format, Payload, Request};
+use crate::signing::{Activation, EpsInput, Format, Payload, Request};
 
 use super::error::ApiError;
 use super::pages::{self, esc};
@@ -106,6 +106,10 @@ pub async fn page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
                 "デモ署名システム (電子処方箋)",
                 &format!(
                     "<p>{name} さん ({id}) がログイン中です ({method}、{exp} まで有効)。</p>\
+<h2>電子処方箋 (XAdES)</h2><p>医師は見本の処方箋に、薬剤師はその処方箋に基づく調剤結果に署名できます。</p>\
+<form method=\"post\" action=\"/demo/sign\" enctype=\"multipart/form-data\"><input type=\"hidden\" name=\"sample\" value=\"prescription\"><button type=\"submit\">見本の処方箋に署名する (医師)</button></form>\
+<form method=\"post\" action=\"/demo/sign\" enctype=\"multipart/form-data\"><input type=\"hidden\" name=\"sample\" value=\"dispensing\"><button type=\"submit\">調剤結果に署名する (薬剤師)</button></form>\
+<h2>任意の文書 (CAdES)</h2>\
 <form method=\"post\" action=\"/demo/sign\" enctype=\"multipart/form-data\"><p><input type=\"file\" name=\"document\" required></p>\
 <button type=\"submit\">署名する</button></form>\
 <form method=\"post\" action=\"/demo/sign\" enctype=\"multipart/form-data\"><input type=\"hidden\" name=\"logout\" value=\"1\"><button type=\"submit\">ログアウト</button></form>",
@@ -193,13 +197,109 @@ pub async fn callback(State(app): State<Arc<App>>, Query(q): Query<HashMap<Strin
     }
 }
 
-/// `POST /demo/sign`: signs the uploaded file with the logged-in user's key (or logs out).
+/// The demo's prescription CSV (made up; the national samples are not ours to reuse).
+const DEMO_PRESCRIPTION_CSV: &str = "SJ1\n1,1,1310000001,01,inkanデモ病院\n2,100-0001,東京都千代田区千代田1-1\n\
+5,0000000000000001,ﾃﾞﾓ ﾀﾛｳ,デモ　太郎\n11,0000000000000001,山田　太郎,ﾔﾏﾀﾞ ﾀﾛｳ\n51,20261206\n\
+201,1,1,1,2,620000000,デモ錠５ｍｇ,1,1,錠\n211,1,1,101";
+
+/// The demo's dispensing CSV.
+const DEMO_DISPENSING_CSV: &str = "CJ1,\n1,デモ　太郎,1,20261206\n201,1,デモ錠５ｍｇ,1,錠,2,620000000,";
+
+/// The prescription the demo signed last: a pharmacist's dispensing record is made over it.
+fn last_prescription() -> &'static Mutex<Option<Vec<u8>>> {
+    static P: OnceLock<Mutex<Option<Vec<u8>>>> = OnceLock::new();
+    P.get_or_init(|| Mutex::new(None))
+}
+
+/// A random id for a demo record (hex, UUID-like).
+fn record_id() -> String {
+    let t = random_token();
+    t.chars().filter(char::is_ascii_alphanumeric).take(32).collect()
+}
+
+/// Signs a sample prescription (doctor) or a dispensing record over the
+/// last one (pharmacist) and shows the result.
+async fn sign_sample(app: &App, token: &str, kind: &str) -> Response {
+    let result = async {
+        let principal = app.sessions.authenticate(token).await?;
+        let input = match kind {
+            "dispensing" => {
+                let prescription = last_prescription().lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let Some(prescription) = prescription else {
+                    return Err(crate::error::Error::Invalid(
+                        "先に医師としてログインし、見本の処方箋に署名してください。".into(),
+                    ));
+                };
+                let record =
+                    crate::eps::dispensing::record(&prescription, DEMO_DISPENSING_CSV.as_bytes(), &record_id())?;
+                EpsInput::Document(record)
+            }
+            _ => EpsInput::PrescriptionCsv {
+                csv: DEMO_PRESCRIPTION_CSV.as_bytes().to_vec(),
+                prescription_id: record_id(),
+            },
+        };
+        let mut signed = app
+            .signing
+            .sign(
+                &principal,
+                Request {
+                    payload: Payload::Eps(input),
+                    format: Format::Xades(None),
+                    generation: None,
+                    activation: Activation::Session,
+                    via: "demo",
+                    detail: None,
+                },
+            )
+            .await?;
+        let parts = signed.signatures.pop().ok_or_else(|| crate::error::Error::Internal("no signature".into()))?;
+        let document = parts.document.ok_or_else(|| crate::error::Error::Internal("no document".into()))?;
+        Ok((principal, document))
+    }
+    .await;
+    match result {
+        Ok((bearer, document)) => {
+            let (what, file) = if kind == "dispensing" {
+                ("調剤結果", "dispensing.xml")
+            } else {
+                *last_prescription().lock().unwrap_or_else(|p| p.into_inner()) = Some(document.clone());
+                ("処方箋", "prescription.xml")
+            };
+            let text = String::from_utf8_lossy(&document);
+            pages::page(
+                StatusCode::OK,
+                "署名しました",
+                &format!(
+                    "<table><tr><th>文書</th><td>{what}</td></tr><tr><th>署名者</th><td>{u}</td></tr><tr><th>署名日時</th><td>{t}</td></tr><tr><th>形式</th><td>XAdES-BES (電子処方箋プロファイル)</td></tr></table>\
+<a class=\"button\" download=\"{file}\" href=\"data:application/xml;base64,{b}\">署名済みXML ({file}) をダウンロード</a><a class=\"button\" href=\"/demo\">戻る</a>\
+<details><summary>署名済みXML</summary><pre class=\"xml\">{x}</pre></details>",
+                    u = esc(&bearer.user_id),
+                    t = esc(&rfc3339(app.now_ms())),
+                    b = Base64::encode_string(&document),
+                    x = esc(&text),
+                ),
+            )
+        }
+        Err(e) => {
+            let e = ApiError::from(e);
+            pages::error(e.status, "署名できませんでした", &e.description, "")
+        }
+    }
+}
+
+/// `POST /demo/sign`: signs the uploaded file (CAdES) or a sample
+/// e-prescription document (XAdES) with the logged-in user's key (or logs out).
 pub async fn sign(State(app): State<Arc<App>>, headers: HeaderMap, mut form: Multipart) -> Response {
     let Some(token) = cookie(&headers, "inkan_demo") else { return Redirect::to("/demo").into_response() };
     let mut document = None;
     let mut file_name = "document".to_owned();
     while let Ok(Some(field)) = form.next_field().await {
         match field.name() {
+            Some("sample") => {
+                let kind = field.text().await.unwrap_or_default();
+                return sign_sample(&app, &token, &kind).await;
+            }
             Some("logout") => {
                 if let Err(e) = app.sessions.end("demo", &token).await {
                     tracing::warn!("demo logout: {e}");

@@ -25,7 +25,8 @@ h1{font-size:1.4rem;border-bottom:2px solid #a33;padding-bottom:.3rem}\
 a.button,button{display:block;margin:.8rem 0;padding:.9rem 1rem;border:1px solid #a33;border-radius:.4rem;background:#fff;color:#a33;text-decoration:none;font-size:1.05rem;text-align:left;width:100%;cursor:pointer}\
 a.button:hover,button:hover{background:#fbeeee}.error{color:#a00}.note{color:#555;font-size:.9rem}\
 input{display:block;width:100%;box-sizing:border-box;padding:.6rem;font-size:1.05rem;margin:.3rem 0 .8rem}.qr svg{width:16rem;height:16rem}\
-table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}";
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}\
+h2{font-size:1.1rem;margin-top:1.6rem}pre.xml{white-space:pre-wrap;word-break:break-all;font-size:.75rem;background:#f6f6f6;padding:.5rem}";
 
 /// The policy of pages without script.
 const STATIC_CSP: &str =

@@ -441,3 +441,69 @@ fn the_cli_signs_a_prescription_and_a_csv_into_files() {
     assert!(err.contains("CR"), "{err}");
     assert!(!bad.exists());
 }
+
+/// A demo login with a card: the demo page's cookie.
+fn demo_login(server: &Server, holder: &str) -> String {
+    let r = Client::new().get(&server.url("/demo/callback?start=hpki"), &[]);
+    assert_eq!(r.status, 303, "{}", r.text());
+    let r = Client::new().get(&r.location(), &[]);
+    assert_eq!(r.status, 303, "authorize: {}", r.text());
+    let r = Client::with_card(holder).get(&r.location(), &[]);
+    assert_eq!(r.status, 303, "card login: {}", r.text());
+    let r = Client::new().get(&r.location(), &[]);
+    assert_eq!(r.status, 303, "callback: {}", r.text());
+    let cookie = r.headers.get("set-cookie").expect("cookie");
+    cookie.split(';').next().expect("cookie").to_owned()
+}
+
+/// The demo's signing form, posted with one field.
+fn demo_post(server: &Server, cookie: &str, name: &str, value: &str) -> crate::http::Resp {
+    let body =
+        format!("--b0undary\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n--b0undary--\r\n");
+    Client::new().post(
+        &server.url("/demo/sign"),
+        &[("cookie", cookie), ("content-type", "multipart/form-data; boundary=b0undary")],
+        body,
+    )
+}
+
+/// The signed XML a demo result page offers for download.
+fn demo_download(page: &str) -> Vec<u8> {
+    let start = page.find("data:application/xml;base64,").expect("download link") + 28;
+    let end = start + page[start..].find('"').expect("end");
+    Base64::decode_vec(&page[start..end]).expect("base64")
+}
+
+#[test]
+fn the_demo_signs_a_sample_prescription_as_the_doctor_and_a_dispensing_record_as_the_pharmacist() {
+    let env = Env::new();
+    let server = Server::start_demo(&env);
+    let dir = env.path("demo-xades");
+    std::fs::create_dir_all(&dir).expect("dir");
+
+    // The pharmacist first: there is no prescription yet.
+    let pharmacist = demo_login(&server, "hpki-pharmacist");
+    let r = demo_post(&server, &pharmacist, "sample", "dispensing");
+    assert_eq!(r.status, 400, "{}", r.text());
+    // The pharmacist may not sign a prescription.
+    let r = demo_post(&server, &pharmacist, "sample", "prescription");
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    let doctor = demo_login(&server, "hpki-doctor");
+    let page = demo_post(&server, &doctor, "sample", "prescription");
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(page.text().contains("XAdES-BES"), "{}", page.text());
+    let prescription = dir.join("prescription.xml");
+    std::fs::write(&prescription, demo_download(&page.text())).expect("write");
+    let (ok, out) = xmlsec1(&prescription, false);
+    assert!(ok, "{out}");
+
+    let page = demo_post(&server, &pharmacist, "sample", "dispensing");
+    assert_eq!(page.status, 200, "{}", page.text());
+    let record = dir.join("dispensing.xml");
+    std::fs::write(&record, demo_download(&page.text())).expect("write");
+    let (ok, out) = xmlsec1(&record, true);
+    assert!(ok, "the pharmacist's: {out}");
+    let (ok, out) = xmlsec1(&record, false);
+    assert!(ok, "the doctor's inside: {out}");
+}
