@@ -109,6 +109,32 @@ pub fn webauthn(data: &[u8]) {
     let _ = crate::fido::cbor_item_len(data, 0);
 }
 
+/// An e-prescription document as `/api/v1/sign?format=xades` reads it:
+/// parsed (no DTD, no entities), located (kind, target, slot, ids), its
+/// Reference 1 canonicalised, a dispensing record's doctor's signature
+/// checked; every signature in it checked as the verifier would, a few
+/// elements canonicalised both ways; the same bytes as a CSV, and as the
+/// prescription a dispensing record is made over.
+pub fn xml(data: &[u8]) {
+    use crate::eps::Kind;
+    let _ = crate::eps::Document::read(data.to_vec());
+    if let Ok(x) = crate::xml::parse(data) {
+        for (i, e) in x.all_elements().into_iter().enumerate() {
+            if x.is(e, Some(crate::xml::DS), "Signature") {
+                let _ = crate::eps::check::bes(&x, e, Kind::Prescription);
+                let _ = crate::eps::check::bes(&x, e, Kind::Dispensing);
+            }
+            if i < 8 {
+                let _ = x.inclusive(e);
+                let _ = x.exclusive(e);
+                let _ = x.span(e);
+            }
+        }
+    }
+    let _ = crate::eps::csv::check(data, Kind::Prescription);
+    let _ = crate::eps::dispensing::record(data, b"CJ1,\n1", "d-1");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,12 +145,13 @@ mod tests {
     fn every_target_takes_its_seeds_cut_short_and_with_bytes_flipped() {
         type Target = (&'static str, fn(&[u8]));
         assert!(hpki().is_some(), "the fixtures' HPKI trust store loads (else certificates checks parsing only)");
-        let targets: [Target; 5] = [
+        let targets: [Target; 6] = [
             ("certificates", certificates),
             ("crl", crl),
             ("csr", csr),
             ("api_json", api_json),
             ("webauthn", webauthn),
+            ("xml", xml),
         ];
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = move || {
@@ -133,11 +160,23 @@ mod tests {
             state ^= state << 17;
             state
         };
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         for (name, target) in targets {
-            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds").join(name);
+            let dir = root.join("fuzz/seeds").join(name);
+            let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                .map(|e| e.expect("entry").path())
+                .collect();
+            // The public e-prescription samples (LGPL, kept with their
+            // licence in fixtures/eps) seed the XML target from there.
+            if name == "xml" {
+                files.extend(
+                    ["Prescription-004_01.xml", "Dispensing-005_03.xml"].map(|f| root.join("fixtures/eps").join(f)),
+                );
+            }
             let mut seeds = 0;
-            for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-                let data = std::fs::read(entry.expect("entry").path()).expect("seed");
+            for path in files {
+                let data = std::fs::read(&path).expect("seed");
                 target(&data);
                 for cut in (0..data.len()).step_by((data.len() / 16).max(1)) {
                     target(&data[..cut]);
