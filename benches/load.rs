@@ -53,6 +53,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 mod postgres;
 
 const CONNECTIONS: usize = 16;
+
+/// A request of a scenario: path, bearer header, body, content type.
+type Req = (String, String, Vec<u8>, &'static str);
 /// One closed-loop round; rounds alternate with raw C_Sign measurements so that
 /// the machine's drifting speed affects both sides alike.
 const RUN: Duration = Duration::from_millis(1500);
@@ -217,7 +220,7 @@ fn cpu_split_all(pids: &[u32]) -> (u64, u64) {
 /// Closed loop: every connection sends as fast as it can for `RUN` (`GET`
 /// without a body, else `POST`), the connections spread over `ports`; the
 /// CPU is that of the processes `pids`.
-async fn closed_loop(ports: &[u16], pids: &[u32], req: Arc<(String, String, Vec<u8>)>) -> Load {
+async fn closed_loop(ports: &[u16], pids: &[u32], req: Arc<Req>) -> Load {
     let config = tls_config(None);
     let mut senders = Vec::new();
     for i in 0..CONNECTIONS {
@@ -233,7 +236,8 @@ async fn closed_loop(ports: &[u16], pids: &[u32], req: Arc<(String, String, Vec<
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let method = if req.2.is_empty() { "GET" } else { "POST" };
-                let (status, _, body) = send(&mut s, method, &req.0, &[("authorization", &req.1)], req.2.clone()).await;
+                let headers = [("authorization", req.1.as_str()), ("content-type", req.3)];
+                let (status, _, body) = send(&mut s, method, &req.0, &headers, req.2.clone()).await;
                 assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -326,7 +330,7 @@ async fn node_counters(port: u16) -> Counters {
 }
 
 /// Open loop at `rate` requests/s for `run`: returns (p50, p99) latency in ms.
-async fn open_loop(ports: &[u16], rate: f64, req: Arc<(String, String, Vec<u8>)>, run: Duration) -> (f64, f64) {
+async fn open_loop(ports: &[u16], rate: f64, req: Arc<Req>, run: Duration) -> (f64, f64) {
     let config = tls_config(None);
     let (tx, rx) = tokio::sync::mpsc::channel::<Instant>(10_000);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
@@ -338,7 +342,8 @@ async fn open_loop(ports: &[u16], rate: f64, req: Arc<(String, String, Vec<u8>)>
         workers.push(tokio::spawn(async move {
             loop {
                 let Some(scheduled) = rx.lock().await.recv().await else { break };
-                let (status, _, _) = send(&mut s, "POST", &req.0, &[("authorization", &req.1)], req.2.clone()).await;
+                let headers = [("authorization", req.1.as_str()), ("content-type", req.3)];
+                let (status, _, _) = send(&mut s, "POST", &req.0, &headers, req.2.clone()).await;
                 assert_eq!(status, 200);
                 // Latency from when the request was due (no coordinated omission).
                 lat.lock().unwrap().push(scheduled.elapsed().as_secs_f64() * 1000.0);
@@ -506,8 +511,8 @@ impl Target {
     }
 
     /// The request of a scenario, for this target.
-    fn request(&self, path: &str, body: &[u8]) -> Arc<(String, String, Vec<u8>)> {
-        Arc::new((path.to_owned(), self.bearer.clone(), body.to_vec()))
+    fn request(&self, path: &str, body: &[u8], content_type: &'static str) -> Arc<Req> {
+        Arc::new((path.to_owned(), self.bearer.clone(), body.to_vec(), content_type))
     }
 
     /// The nodes' HTTPS ports.
@@ -616,14 +621,25 @@ fn main() {
     let (raw_cpu_before, raw_rate_before) = raw(&ks);
     let hash_body = serde_json::json!({ "hashes": [Base64::encode_string(&[5u8; 32])] }).to_string().into_bytes();
     let doc: Vec<u8> = (0..1024u32).map(|i| (i % 251) as u8).collect();
-    let scenarios: Vec<(&str, &str, Vec<u8>)> = vec![
-        ("sign-hashes (1 SHA-256 digest, CAdES)", "/api/v1/sign-hashes", hash_body),
-        ("sign (1 KiB document, detached CAdES)", "/api/v1/sign", doc),
+    // An e-prescription from its CSV (about 1 KiB): the minimal document is
+    // made, read, canonicalised, signed with XAdES and returned whole.
+    let csv = "SJ1\n1,1,1310000001,01,負荷試験病院\n2,100-0001,東京都千代田区千代田1-1\n5,0000000000000001,ﾌｶ ﾀﾛｳ,負荷　太郎\n51,20261206\n201,1,1,1,2,620000000,負荷錠５ｍｇ,1,1,錠\n211,1,1,101"
+        .as_bytes()
+        .to_vec();
+    let scenarios: Vec<(&str, &str, Vec<u8>, &'static str)> = vec![
+        ("sign-hashes (1 SHA-256 digest, CAdES)", "/api/v1/sign-hashes", hash_body, "application/json"),
+        ("sign (1 KiB document, detached CAdES)", "/api/v1/sign", doc, "application/octet-stream"),
+        (
+            "sign (a prescription from its CSV, XAdES)",
+            "/api/v1/sign?format=xades&prescription_id=load-1",
+            csv,
+            "text/csv",
+        ),
     ];
     // The HTTPS stack's own cost (diagnostic): `GET /healthz` under the same load.
     if std::env::var("INKAN_LOAD_FLOOR").is_ok_and(|v| !v.is_empty() && v != "0") {
         for t in &targets {
-            let healthz = t.request("/healthz", &[]);
+            let healthz = t.request("/healthz", &[], "text/plain");
             for _ in 0..3 {
                 let l = rt.block_on(closed_loop(&t.ports(), &t.pids(), Arc::clone(&healthz)));
                 println!(
@@ -638,20 +654,20 @@ fn main() {
     // a baseline, both builds run in every round, one after the other.
     let only = std::env::var("INKAN_LOAD_ONLY").ok();
     let scenarios: Vec<_> =
-        scenarios.into_iter().filter(|(name, _, _)| only.as_deref().is_none_or(|o| name.starts_with(o))).collect();
+        scenarios.into_iter().filter(|(name, ..)| only.as_deref().is_none_or(|o| name.starts_with(o))).collect();
     let rounds: usize = std::env::var("INKAN_LOAD_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(8);
     let mut results: Vec<Vec<Results>> =
         scenarios.iter().map(|_| targets.iter().map(|_| Results::default()).collect()).collect();
     let mut raw_before = (raw_cpu_before, raw_rate_before);
     let mut raw_all = vec![raw_before];
     for round in 0..rounds {
-        for (i, (_, path, body)) in scenarios.iter().enumerate() {
+        for (i, (_, path, body, content_type)) in scenarios.iter().enumerate() {
             // Which build goes first alternates from round to round.
             let order: Vec<usize> =
                 if round % 2 == 0 { (0..targets.len()).collect() } else { (0..targets.len()).rev().collect() };
             for j in order {
                 let t = &targets[j];
-                let req = t.request(path, body);
+                let req = t.request(path, body, content_type);
                 let before = rt.block_on(counters(&t.ports()));
                 let load = rt.block_on(closed_loop(&t.ports(), &t.pids(), req));
                 let after = rt.block_on(counters(&t.ports()));
@@ -683,11 +699,11 @@ fn main() {
         raw_all.iter().map(|r| r.0).fold(0.0, f64::max),
     )];
     println!("\n{}", report[0]);
-    for (i, (name, path, body)) in scenarios.iter().enumerate() {
+    for (i, (name, path, body, content_type)) in scenarios.iter().enumerate() {
         // The latency runs share one rate: half this build's median rate.
         let shared_rate = median(results[i][0].rounds.iter().map(|r| r.rate).collect()) / 2.0;
         for (j, t) in targets.iter().enumerate() {
-            let req = t.request(path, body);
+            let req = t.request(path, body, content_type);
             let mut r = results[i][j].rounds.clone();
             r.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
             let Round { ratio, cpu, rate, token: token_us, baseline, sys } = r[r.len() / 2];
@@ -792,6 +808,7 @@ mod flood {
         let req = t.request(
             "/api/v1/sign-hashes",
             &serde_json::json!({ "hashes": [Base64::encode_string(&[5u8; 32])] }).to_string().into_bytes(),
+            "application/json",
         );
         let rounds: usize = std::env::var("INKAN_LOAD_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(4);
         let pid = t.nodes[0].pid;

@@ -5,11 +5,16 @@
 //! - `cades`: a CAdES-BES detached signature of a 1 KiB document through the
 //!   whole core, as the signing pipeline makes it: hash the document, then the
 //!   CAdES format behind the format seam (signed attributes, hash them, one
-//!   token call, assemble).
+//!   token call, assemble);
+//! - `xades`: an e-prescription as `/api/v1/sign?format=xades` signs it:
+//!   from its CSV (the minimal document made, Reference 1 by formula), and
+//!   from a whole 2.5 KiB document (parsed, located, Reference 1
+//!   canonicalised); the XAdES-BES templates, one token call, the signature
+//!   spliced into the document.
 //!
 //! Each at 1 and 2 threads, first as criterion benchmarks, then in alternating
-//! rounds whose median CAdES/raw throughput ratio is printed (target: >= 0.95
-//! at 2 threads).
+//! rounds whose median CAdES/raw and XAdES/raw throughput ratios are printed
+//! (target: >= 0.95 at 2 threads).
 //!
 //! Then wrapped keys against the token-object key, raw `C_Sign`, 1 thread, in
 //! alternating rounds: a wrapped key found unwrapped in the cache (a hit: the
@@ -100,6 +105,7 @@ fn setup() -> Setup {
         cades: identity,
         qualification: "doctor".into(),
         hc_role: Some("Medical Doctor".into()),
+        xml_certificate: inkan::xml::EncodedCertificate::new(&cert.to_der().expect("der")),
     };
     Setup { _dir: dir, keystore, key, signer: Arc::new(signer), wrapped, small, pair }
 }
@@ -123,11 +129,36 @@ fn parallel(threads: usize, iters: u64, op: Arc<dyn Fn() + Send + Sync>) -> Dura
     start.elapsed()
 }
 
-/// The two operations measured.
+/// The operations measured.
 struct Ops {
     raw: Arc<dyn Fn() + Send + Sync>,
     cades: Arc<dyn Fn() + Send + Sync>,
+    xades: Arc<dyn Fn() + Send + Sync>,
+    xades_document: Arc<dyn Fn() + Send + Sync>,
 }
+
+/// A whole prescription document as an EMR sends it (about 2.5 KiB: the CSV
+/// and additional information, no signature yet).
+fn prescription_document() -> Vec<u8> {
+    use base64ct::{Base64, Encoding};
+    let info = "<ConversionPharmaceuticalCode><ConversionREcode>201,1,1,1,2,620000000,ベンチ錠５ｍｇ,1,1,錠</ConversionREcode>\
+<ConversionYJcode>201,1,1,1,4,2419001F4022,ベンチ錠５ｍｇ,1,1,錠</ConversionYJcode></ConversionPharmaceuticalCode>"
+        .repeat(6);
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Document xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" \
+         id=\"Document\" xsi:noNamespaceSchemaLocation=\"EP.xsd\"><Prescription><PrescriptionManagement \
+         id=\"PrescriptionManagement\"><Version Value=\"EPS1.0\"/><PrescriptionId Value=\"bench-2\" />\
+         </PrescriptionManagement><PrescriptionDocument id=\"PrescriptionDocument\">{}</PrescriptionDocument>\
+         <AdditionalPrescriptionInformation id=\"AdditionalPrescriptionInformation\">{info}\
+         </AdditionalPrescriptionInformation><PrescriptionSign></PrescriptionSign></Prescription></Document>",
+        Base64::encode_string(CSV.as_bytes())
+    )
+    .into_bytes()
+}
+
+/// A prescription's CSV (about 300 bytes, as a short real one).
+const CSV: &str = "SJ1\n1,1,1310000001,01,ベンチ病院\n2,100-0001,東京都千代田区千代田1-1\n\
+5,0000000000000001,ﾍﾞﾝﾁ ﾀﾛｳ,ベンチ　太郎\n51,20261206\n201,1,1,1,2,620000000,ベンチ錠５ｍｇ,1,1,錠\n211,1,1,101";
 
 fn benches(c: &mut Criterion, s: &Setup) -> Ops {
     // The DigestInfo of SHA-256 over some bytes, as CKM_RSA_PKCS wants it.
@@ -161,6 +192,36 @@ fn benches(c: &mut Criterion, s: &Setup) -> Ops {
         std::hint::black_box(parts.into_detached());
     });
 
+    // XAdES, as `/api/v1/sign?format=xades` makes it: a prescription from
+    // its CSV (the minimal document made, Reference 1 by the formula), or a
+    // whole prescription document (about 2.5 KiB: parsed, located, its
+    // Reference 1 canonicalised); then the signature's templates, one token
+    // call, the splice.
+    let xades_op = |input: fn() -> inkan::eps::Document| -> Arc<dyn Fn() + Send + Sync> {
+        let (ks, signer) = (Arc::clone(&s.keystore), Arc::clone(&s.signer));
+        Arc::new(move || {
+            let now = inkan::clock::Clock::now(&inkan::clock::SystemClock);
+            let document = Arc::new(input());
+            let digest = document.digest.clone();
+            let encoder =
+                inkan::signing::xades::Xades { kind: inkan::eps::Kind::Prescription, document: Some(document) };
+            let mut token = |scheme, d: &[u8]| ks.sign_digest(&signer.key, scheme, d);
+            let parts = inkan::signing::format::sign(
+                &encoder,
+                &signer,
+                DigestAlgorithm::Sha256,
+                &digest,
+                now,
+                None,
+                &mut token,
+            )
+            .expect("xades");
+            std::hint::black_box(parts.document);
+        })
+    };
+    let xades = xades_op(|| inkan::eps::Document::from_csv(CSV.as_bytes(), "bench-1").expect("document"));
+    let xades_document = xades_op(|| inkan::eps::Document::read(prescription_document()).expect("read"));
+
     let mut group = c.benchmark_group("signing");
     group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(8));
     for threads in THREADS {
@@ -172,9 +233,17 @@ fn benches(c: &mut Criterion, s: &Setup) -> Ops {
         group.bench_function(BenchmarkId::new("cades-1KiB", threads), |b| {
             b.iter_custom(|iters| parallel(threads, iters, Arc::clone(&cades)))
         });
+
+        group.bench_function(BenchmarkId::new("xades-prescription-csv", threads), |b| {
+            b.iter_custom(|iters| parallel(threads, iters, Arc::clone(&xades)))
+        });
+
+        group.bench_function(BenchmarkId::new("xades-prescription-document", threads), |b| {
+            b.iter_custom(|iters| parallel(threads, iters, Arc::clone(&xades_document)))
+        });
     }
     group.finish();
-    Ops { raw, cades }
+    Ops { raw, cades, xades, xades_document }
 }
 
 /// Signatures per second of `op` on `threads` threads, `ops` each.
@@ -197,25 +266,43 @@ fn main() {
     // machine does hits both alike; the median of the per-round ratios is reported.
     const ROUNDS: usize = 7;
     println!(
-        "\nsummary: {ROUNDS} alternating rounds of raw C_Sign and CAdES-BES 1 KiB, 600 signatures per thread each"
+        "\nsummary: {ROUNDS} alternating rounds of raw C_Sign, CAdES-BES 1 KiB and XAdES-BES (a prescription from its \
+         CSV, and from a whole document), 600 signatures per thread each"
     );
     let mut lines = Vec::new();
     for threads in THREADS {
-        let (mut raw, mut full, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut raw, mut cades, mut xades, mut xdoc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut cades_ratio, mut xades_ratio, mut xdoc_ratio) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             let r = rate(threads, 600, &ops.raw);
-            let f = rate(threads, 600, &ops.cades);
+            let c = rate(threads, 600, &ops.cades);
+            let x = rate(threads, 600, &ops.xades);
+            let d = rate(threads, 600, &ops.xades_document);
             raw.push(r);
-            full.push(f);
-            ratio.push(f / r);
+            cades.push(c);
+            xades.push(x);
+            xdoc.push(d);
+            cades_ratio.push(c / r);
+            xades_ratio.push(x / r);
+            xdoc_ratio.push(d / r);
         }
+        let span = |v: &[f64]| {
+            format!(
+                "{:.3} ({:.3}..{:.3})",
+                median(v.to_vec()),
+                v.iter().copied().fold(f64::INFINITY, f64::min),
+                v.iter().copied().fold(0.0, f64::max)
+            )
+        };
         let line = format!(
-            "  {threads} thread(s): raw C_Sign {:6.0}/s   CAdES-BES 1 KiB {:6.0}/s   ratio {:.3} (rounds {:.3}..{:.3})",
+            "  {threads} thread(s): raw C_Sign {:.0}/s; CAdES-BES 1 KiB {:.0}/s ratio {}; XAdES-BES prescription from CSV {:.0}/s ratio {}; from a 2.5 KiB document {:.0}/s ratio {}",
             median(raw),
-            median(full),
-            median(ratio.clone()),
-            ratio.iter().copied().fold(f64::INFINITY, f64::min),
-            ratio.iter().copied().fold(0.0, f64::max),
+            median(cades),
+            span(&cades_ratio),
+            median(xades),
+            span(&xades_ratio),
+            median(xdoc),
+            span(&xdoc_ratio),
         );
         println!("{line}");
         lines.push(line);

@@ -163,7 +163,7 @@ pub async fn read_eps(input: EpsInput) -> Result<Arc<crate::eps::Document>> {
     let text = match input {
         EpsInput::Document(text) => text,
         EpsInput::PrescriptionCsv { csv, prescription_id } => {
-            crate::eps::csv::prescription_document(&csv, &prescription_id)?
+            return Ok(Arc::new(crate::eps::Document::from_csv(&csv, &prescription_id)?))
         }
         EpsInput::Read(document) => return Ok(document),
     };

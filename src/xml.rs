@@ -354,6 +354,26 @@ pub fn mime_base64(bytes: &[u8]) -> String {
     out
 }
 
+/// A certificate as XMLDSig and XAdES write it, encoded once per signer:
+/// MIME base64 for `X509Certificate`, and the base64 of its SHA-256 for
+/// `CertDigest`.
+#[derive(Clone, Debug)]
+pub struct EncodedCertificate {
+    /// [`mime_base64`] of the DER.
+    pub mime: String,
+    /// Base64 (one line) of SHA-256 of the DER.
+    pub sha256_base64: String,
+}
+
+impl EncodedCertificate {
+    /// Encodes a certificate (DER).
+    pub fn new(der: &[u8]) -> Self {
+        use base64ct::{Base64, Encoding};
+        use sha2::Digest;
+        EncodedCertificate { mime: mime_base64(der), sha256_base64: Base64::encode_string(&sha2::Sha256::digest(der)) }
+    }
+}
+
 /// Decodes base64 as XML carries it: whitespace (line breaks) ignored.
 pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
     use base64ct::{Base64, Encoding};

@@ -52,16 +52,26 @@ pub fn check_id(id: &str) -> Result<()> {
 pub fn prescription_document(csv: &[u8], prescription_id: &str) -> Result<Vec<u8>> {
     check(csv, Kind::Prescription)?;
     check_id(prescription_id)?;
-    Ok(format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Document xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" \
-         id=\"Document\" xsi:noNamespaceSchemaLocation=\"EP.xsd\"><Prescription><PrescriptionManagement \
-         id=\"PrescriptionManagement\"><Version Value=\"EPS1.0\"/><PrescriptionId Value=\"{prescription_id}\" />\
-         </PrescriptionManagement><PrescriptionDocument id=\"PrescriptionDocument\">{}</PrescriptionDocument>\
-         <PrescriptionSign></PrescriptionSign></Prescription></Document>",
-        Base64::encode_string(csv)
-    )
-    .into_bytes())
+    Ok(minimal_text(&Base64::encode_string(csv), prescription_id).into_bytes())
 }
+
+/// The namespace `<Document>` declares (and Reference 1 inherits).
+pub(crate) const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
+
+/// The text of the minimal prescription of a checked CSV (in base64) and id;
+/// it ends with [`MINIMAL_TAIL`].
+pub(crate) fn minimal_text(csv_base64: &str, prescription_id: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Document xmlns:xsi=\"{XSI}\" id=\"Document\" \
+         xsi:noNamespaceSchemaLocation=\"EP.xsd\"><Prescription><PrescriptionManagement \
+         id=\"PrescriptionManagement\"><Version Value=\"EPS1.0\"/><PrescriptionId Value=\"{prescription_id}\" />\
+         </PrescriptionManagement><PrescriptionDocument id=\"PrescriptionDocument\">{csv_base64}</PrescriptionDocument>\
+         <PrescriptionSign>{MINIMAL_TAIL}"
+    )
+}
+
+/// How the minimal prescription ends: the signature goes right before this.
+pub(crate) const MINIMAL_TAIL: &str = "</PrescriptionSign></Prescription></Document>";
 
 #[cfg(test)]
 mod tests {

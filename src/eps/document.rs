@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
+use base64ct::Encoding;
 use sha2::Digest;
 
 use super::kind::Kind;
@@ -61,6 +62,34 @@ impl Document {
         let ids = parsed.ids().map(str::to_owned).collect();
         drop(parsed);
         Ok(Document { kind, digest, record_id, csv_sha256, ids, text, splice })
+    }
+
+    /// The minimal prescription of a CSV ([`csv::prescription_document`]),
+    /// known without reading it back: it is inkan's own text. Reference 1's
+    /// digest by SPEC §1.4's formula (the target carries the `xmlns:xsi`
+    /// `<Document>` declares, then its `id`, then the base64 of the CSV); a
+    /// unit test checks that [`Document::read`] makes the same of the text.
+    pub fn from_csv(csv_bytes: &[u8], prescription_id: &str) -> Result<Document> {
+        let csv_sha256 = csv::check(csv_bytes, Kind::Prescription)?;
+        csv::check_id(prescription_id)?;
+        let b64 = base64ct::Base64::encode_string(csv_bytes);
+        let mut target = String::with_capacity(b64.len() + 128);
+        target.push_str("<PrescriptionDocument xmlns:xsi=\"");
+        target.push_str(csv::XSI);
+        target.push_str("\" id=\"PrescriptionDocument\">");
+        target.push_str(&b64);
+        target.push_str("</PrescriptionDocument>");
+        let text = csv::minimal_text(&b64, prescription_id).into_bytes();
+        let at = text.len() - csv::MINIMAL_TAIL.len();
+        Ok(Document {
+            kind: Kind::Prescription,
+            digest: sha2::Sha256::digest(target.as_bytes()).to_vec(),
+            record_id: Some(prescription_id.to_owned()),
+            csv_sha256,
+            ids: ["Document", "PrescriptionManagement", "PrescriptionDocument"].map(str::to_owned).into(),
+            text,
+            splice: Splice { range: at..at, open: "", close: "" },
+        })
     }
 
     /// The document with `signature` (an `xs:Signature` element) in its slot.
@@ -302,7 +331,14 @@ pub(crate) mod tests {
         let end = start + original[start..].find('<').expect("end");
         let csv = xml::decode_base64(&original[start..end]).expect("csv");
         let text = csv::prescription_document(&csv, "1439e0c5-7c1d-4512-861d-263de48417bf").expect("document");
-        let doc = Document::read(text).expect("read");
+        let doc = Document::read(text.clone()).expect("read");
+        // Made without reading it back, the same document.
+        let known = Document::from_csv(&csv, "1439e0c5-7c1d-4512-861d-263de48417bf").expect("from_csv");
+        assert_eq!(
+            (&known.digest, &known.record_id, &known.csv_sha256, &known.ids, known.text()),
+            (&doc.digest, &doc.record_id, &doc.csv_sha256, &doc.ids, &text[..])
+        );
+        assert_eq!(known.with_signature("<xs:Signature/>"), doc.with_signature("<xs:Signature/>"));
         assert_eq!(xml::mime_base64(&doc.digest), "d2AViR1mbbTGkOUKs3/DNI66RLps3c8tE/UDoled78U=\n");
         // SPEC §1.4's formula, from the CSV alone.
         use base64ct::Encoding;

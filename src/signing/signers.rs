@@ -35,6 +35,8 @@ pub struct Signer {
     pub qualification: String,
     /// The certificate's hcRole (`Medical Doctor`, ...), if it names one.
     pub hc_role: Option<String>,
+    /// The certificate as XAdES writes it (KeyInfo, CertDigest).
+    pub xml_certificate: crate::xml::EncodedCertificate,
 }
 
 impl Signer {
@@ -94,6 +96,7 @@ impl<T: UserStore + Transaction + ?Sized> Signers<T> {
             cades,
             qualification,
             hc_role,
+            xml_certificate: crate::xml::EncodedCertificate::new(certificate),
         });
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED_SIGNERS {

@@ -25,7 +25,7 @@ use sha2::Digest;
 
 use crate::eps::{Document, Kind};
 use crate::error::{Error, Result};
-use crate::xml::{escape_attribute, mime_base64, uri, DS, XADES};
+use crate::xml::{escape_attribute, mime_base64, uri, EncodedCertificate, DS, XADES};
 
 use super::format::{Encoder, Parts, Pending, ToBeSigned};
 use super::signers::Signer;
@@ -76,7 +76,8 @@ impl Encoder for Xades {
         let taken = self.document.as_ref().map(|d| &d.ids);
         let ids = Ids::random(taken)?;
         let ec = !signer.algorithm.is_rsa();
-        let signature = Template::new(self.kind, &ids, signer.certificate(), &utc(signing_time)?, message_digest, ec);
+        let signature =
+            Template::new(self.kind, &ids, &signer.xml_certificate, &utc(signing_time)?, message_digest, ec);
         Ok(ToBeSigned {
             scheme: if ec {
                 SignatureScheme::Ecdsa(DigestAlgorithm::Sha256)
@@ -114,18 +115,21 @@ pub struct Ids {
 impl Ids {
     /// New random ids, none of them in `taken` (the ids of the document).
     pub fn random(taken: Option<&HashSet<String>>) -> Result<Ids> {
-        let mut seen = HashSet::new();
+        let mut random = [0u8; 32];
+        getrandom::fill(&mut random).map_err(Error::internal)?;
         let mut hex: [String; 8] = Default::default();
-        for slot in hex.iter_mut() {
+        for i in 0..hex.len() {
+            let mut bytes: [u8; 4] = random[i * 4..i * 4 + 4].try_into().map_err(Error::internal)?;
             loop {
-                let mut b = [0u8; 4];
-                getrandom::fill(&mut b).map_err(Error::internal)?;
-                let h = crate::keys::hex(&b);
-                let clashes = taken.is_some_and(|t| t.iter().any(|id| id.starts_with(&format!("id{h}"))));
-                if !clashes && seen.insert(h.clone()) {
-                    *slot = h;
+                let h = crate::keys::hex(&bytes);
+                let id = format!("id{h}");
+                let clashes = taken.is_some_and(|t| t.iter().any(|taken| taken.starts_with(&id)));
+                if !clashes && !hex[..i].contains(&h) {
+                    hex[i] = h;
                     break;
                 }
+                // Rare: another draw for this one.
+                getrandom::fill(&mut bytes).map_err(Error::internal)?;
             }
         }
         Ok(Ids { hex })
@@ -193,7 +197,11 @@ impl Twin {
         self.c14n.push('<');
         self.c14n.push_str(name);
         if let Some((prefix, uri)) = ns {
-            self.c14n.push_str(&format!(" xmlns:{prefix}=\"{uri}\""));
+            self.c14n.push_str(" xmlns:");
+            self.c14n.push_str(prefix);
+            self.c14n.push_str("=\"");
+            self.c14n.push_str(uri);
+            self.c14n.push('"');
         }
         Self::attrs(&mut self.c14n, attrs);
         self.c14n.push('>');
@@ -208,7 +216,9 @@ impl Twin {
         self.open(name, ns, attrs);
         self.xml.pop();
         self.xml.push_str("/>");
-        self.c14n.push_str(&format!("</{name}>"));
+        self.c14n.push_str("</");
+        self.c14n.push_str(name);
+        self.c14n.push('>');
     }
 
     /// Text that needs no escaping (base64, times).
@@ -218,16 +228,23 @@ impl Twin {
     }
 
     fn close(&mut self, name: &str) {
-        let end = format!("</{name}>");
-        self.c14n.push_str(&end);
-        self.xml.push_str(&end);
+        for out in [&mut self.c14n, &mut self.xml] {
+            out.push_str("</");
+            out.push_str(name);
+            out.push('>');
+        }
     }
 
     /// `<xs:DigestMethod/><xs:DigestValue>` of SHA-256 (`ns`: declare `xs` canonically).
     fn digest(&mut self, digest: &[u8], ns: Option<(&str, &str)>) {
+        self.digest_base64(&Base64::encode_string(digest), ns);
+    }
+
+    /// The same, with the digest in base64 already.
+    fn digest_base64(&mut self, digest: &str, ns: Option<(&str, &str)>) {
         self.empty("xs:DigestMethod", ns, &[("Algorithm", uri::SHA256)]);
         self.open("xs:DigestValue", ns, &[]);
-        self.text(&Base64::encode_string(digest));
+        self.text(digest);
         self.text("\n");
         self.close("xs:DigestValue");
     }
@@ -251,13 +268,20 @@ impl Template {
     /// Writes KeyInfo (the signer's certificate), SignedProperties
     /// (SigningTime, SigningCertificateV2) and SignedInfo over Reference 1's
     /// digest and the other two.
-    pub fn new(kind: Kind, ids: &Ids, certificate: &[u8], signing_time: &str, reference1: &[u8], ec: bool) -> Self {
+    pub fn new(
+        kind: Kind,
+        ids: &Ids,
+        certificate: &EncodedCertificate,
+        signing_time: &str,
+        reference1: &[u8],
+        ec: bool,
+    ) -> Self {
         let xs = Some(("xs", DS));
         let mut key_info = Twin::default();
         key_info.open("xs:KeyInfo", xs, &[("Id", &ids.key_info())]);
         key_info.open("xs:X509Data", None, &[]);
         key_info.open("xs:X509Certificate", None, &[]);
-        key_info.text(&mime_base64(certificate));
+        key_info.text(&certificate.mime);
         key_info.close("xs:X509Certificate");
         key_info.close("xs:X509Data");
         key_info.close("xs:KeyInfo");
@@ -271,7 +295,7 @@ impl Template {
         props.open("xa:SigningCertificateV2", None, &[]);
         props.open("xa:Cert", None, &[]);
         props.open("xa:CertDigest", None, &[]);
-        props.digest(&sha2::Sha256::digest(certificate), xs);
+        props.digest_base64(&certificate.sha256_base64, xs);
         props.close("xa:CertDigest");
         props.close("xa:Cert");
         props.close("xa:SigningCertificateV2");
@@ -399,7 +423,8 @@ mod tests {
                 time.to_owned()
             };
             let certificate = sample(cert);
-            let template = Template::new(kind, &ids(ids_hex), &certificate, &time, &doc.digest, false);
+            let encoded = EncodedCertificate::new(&certificate);
+            let template = Template::new(kind, &ids(ids_hex), &encoded, &time, &doc.digest, false);
             let value = signature_value(&signature);
             assert_eq!(template.element(&value), without_unsigned(&signature), "{file}");
             // The signature value verifies over the canonical SignedInfo written here.
@@ -421,14 +446,9 @@ mod tests {
         let (text, _) = unsigned("Prescription-004_01.xml", "PrescriptionSign");
         let doc = Document::read(text).expect("read");
         let ids = Ids::random(Some(&doc.ids)).expect("ids");
-        let template = Template::new(
-            Kind::Prescription,
-            &ids,
-            &sample("extracted-doctor-signer.der"),
-            "2026-12-06T00:00:00+00:00",
-            &doc.digest,
-            true,
-        );
+        let certificate = EncodedCertificate::new(&sample("extracted-doctor-signer.der"));
+        let template =
+            Template::new(Kind::Prescription, &ids, &certificate, "2026-12-06T00:00:00+00:00", &doc.digest, true);
         let signed = doc.with_signature(&template.element(&[1u8; 64]));
         let x = crate::xml::parse(&signed).expect("parse");
         for (id, twin) in [
