@@ -133,7 +133,7 @@ try {
   await expectText(pcLogin, 'がログイン中です (fido', 'pc-l1-logged-in');
   const document = Buffer.from('処方箋: アムロジピン錠5mg 1日1回 28日分\n', 'utf8');
   await pcLogin.setInputFiles('input[type=file]', { name: 'rx.txt', mimeType: 'text/plain', buffer: document });
-  await pcLogin.getByText('署名する').click();
+  await pcLogin.getByRole('button', { name: '署名する', exact: true }).click();
   await expectText(pcLogin, '署名しました', 'pc-l1-signed');
   const href = await pcLogin.getAttribute('a[download]', 'href');
   const p7s = Buffer.from(href.split(',')[1], 'base64');
@@ -141,6 +141,13 @@ try {
   writeFileSync(join(out, 'rx.txt.p7s'), p7s);
   result.signature = join(out, 'rx.txt.p7s');
   result.document = join(out, 'rx.txt');
+  // The doctor signs the sample e-prescription (XAdES) on the same page.
+  await pcLogin.goto(`${base}/demo`);
+  await pcLogin.getByRole('button', { name: '見本の処方箋に署名する (医師)' }).click();
+  await expectText(pcLogin, 'XAdES-BES', 'pc-l1-prescription-signed');
+  const xml = await pcLogin.getAttribute('a[download]', 'href');
+  writeFileSync(join(out, 'prescription.xml'), Buffer.from(xml.split(',')[1], 'base64'));
+  result.prescription = join(out, 'prescription.xml');
   result.ok = true;
 } catch (e) {
   result.ok = false;

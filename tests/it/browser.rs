@@ -1,8 +1,8 @@
 //! The pages in a real browser: headless Chromium (Debian's package) driven by
 //! playwright-core (`tests/browser/e2e.mjs`), the phone being a second browser
 //! context with the DevTools virtual authenticator. E1 with an HPKI client
-//! certificate, then L1 from the demo signing system and a signature that
-//! `openssl cms -verify` accepts. Screenshots stay in
+//! certificate, then L1 from the demo signing system, a signature that
+//! `openssl cms -verify` accepts and a signed e-prescription that xmlsec1 does. Screenshots stay in
 //! `target/browser-artifacts/` for people to look at.
 
 use std::path::Path;
@@ -47,6 +47,17 @@ fn e1_and_l1_in_chromium_with_a_virtual_authenticator() {
     let document = Path::new(result["document"].as_str().expect("document"));
     let (ok, out) = openssl_verify(sig, Some(document));
     assert!(ok, "openssl cms -verify: {out}");
+    // And the e-prescription it signed, xmlsec1.
+    let prescription = result["prescription"].as_str().expect("prescription");
+    let out = Command::new("xmlsec1")
+        .args(["--verify", "--id-attr:id", "PrescriptionDocument", "--trusted-pem"])
+        .arg(fixture("hpki-root.pem"))
+        .arg("--untrusted-pem")
+        .arg(fixture("hpki-signing-ca.pem"))
+        .arg(prescription)
+        .output()
+        .expect("xmlsec1");
+    assert!(out.status.success(), "xmlsec1: {}", String::from_utf8_lossy(&out.stderr));
 
     // The server kept the phone and the audit trail.
     let device = env.json(&["device", "show", "100001"]);
