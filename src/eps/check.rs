@@ -191,3 +191,82 @@ fn check_cert_digest(x: &Xml<'_>, signed_properties: NodeId, der: &[u8]) -> Resu
     }
     Err(fail("the certificate digest in SigningCertificateV2 does not match the certificate in KeyInfo"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eps::document::tests::sample;
+
+    fn check(text: &[u8], id: &str, kind: Kind) -> Result<Verified, Failure> {
+        let x = xml::parse(text).map_err(|e| fail(e.0))?;
+        let node = x.by_id(id).ok_or_else(|| fail("no such signature"))?;
+        bes(&x, node, kind)
+    }
+
+    #[test]
+    fn both_public_samples_pass_and_their_three_signatures_name_their_signers() {
+        let p = check(&sample("Prescription-004_01.xml"), "PrescriptionSign", Kind::Prescription).expect("doctor");
+        assert_eq!(p.hc_role, "Medical Doctor");
+        assert_eq!(p.signing_time.as_deref(), Some("2022-09-07T08:08:01+00:00"));
+        assert_eq!(p.certificate, sample("extracted-doctor-signer.der"));
+        let d = sample("Dispensing-005_03.xml");
+        let pharmacist = check(&d, "DispensingSign", Kind::Dispensing).expect("pharmacist");
+        assert_eq!(pharmacist.hc_role, "Pharmacist");
+        assert_eq!(pharmacist.certificate, sample("extracted-pharmacist-signer.der"));
+        let doctor = check(&d, "PrescriptionSign", Kind::Prescription).expect("the doctor's, nested");
+        assert_eq!(doctor.hc_role, "Medical Doctor");
+    }
+
+    #[test]
+    fn a_changed_sample_fails_naming_what() {
+        let text = String::from_utf8(sample("Prescription-004_01.xml")).expect("utf-8");
+        let signature_value = text.find("-SignatureValue\">").expect("value") + 17;
+        for (name, changed, says) in [
+            ("the CSV", text.replacen("U0oxCjEs", "U0oxCjEt", 1), "reference 1"),
+            ("the signing time", text.replace("2022-09-07T08:08:01", "2022-09-07T08:08:02"), "reference 3"),
+            (
+                "the signature value",
+                format!("{}{}{}", &text[..signature_value], "DE2j", &text[signature_value + 4..]),
+                "signature value",
+            ),
+            (
+                "a fourth reference",
+                text.replacen(
+                    "</xs:SignedInfo>",
+                    "<xs:Reference URI=\"#PrescriptionManagement\"><xs:DigestMethod Algorithm=\"http://www.w3.org/2001/04/xmlenc#sha256\"/><xs:DigestValue>AA==</xs:DigestValue></xs:Reference></xs:SignedInfo>",
+                    1,
+                ),
+                "4 references",
+            ),
+            (
+                "another reference target",
+                text.replacen("URI=\"#PrescriptionDocument\"", "URI=\"#PrescriptionManagement\"", 1),
+                "reference 1 points to",
+            ),
+            (
+                "a transform on reference 1",
+                text.replacen(
+                    "URI=\"#PrescriptionDocument\">",
+                    "URI=\"#PrescriptionDocument\"><xs:Transforms><xs:Transform Algorithm=\"http://www.w3.org/2001/10/xml-exc-c14n#\"/></xs:Transforms>",
+                    1,
+                ),
+                "transforms",
+            ),
+            ("another qualifying target", text.replacen("Target=\"#PrescriptionSign\"", "Target=\"#x\"", 1), "target"),
+        ] {
+            let e = check(changed.as_bytes(), "PrescriptionSign", Kind::Prescription).expect_err(name);
+            assert!(e.0.contains(says), "{name}: {e}");
+        }
+        // A doctor's signature is not a pharmacist's, and an hcRole that may
+        // not sign the kind is refused.
+        let e = check(text.as_bytes(), "PrescriptionSign", Kind::Dispensing).expect_err("kind");
+        assert!(e.0.contains("Id"), "{e}");
+        // Signature wrapping: a second element with the target's id.
+        let wrapped = text.replacen(
+            "<AdditionalPrescriptionInformation id=\"AdditionalPrescriptionInformation\">",
+            "<AdditionalPrescriptionInformation id=\"PrescriptionDocument\">",
+            1,
+        );
+        assert!(check(wrapped.as_bytes(), "PrescriptionSign", Kind::Prescription).is_err());
+    }
+}

@@ -434,6 +434,16 @@ fn the_cli_signs_a_prescription_and_a_csv_into_files() {
     env.ok(&["sign", "100001", s(&csv), "--format", "xades", "--prescription-id", "rx-cli-2", "--out", s(&out)]);
     let (ok, text) = xmlsec1(&out, false);
     assert!(ok, "{text}");
+    // A P-256 key signs with ECDSA-SHA256 (r || s), which both verifiers accept.
+    let cert = env.user_with_key_as("100002", "p256", "doctor");
+    let out = dir.join("rx-ec.signed.xml");
+    env.ok(&["sign", "100002", s(&doc), "--format", "xades", "--out", s(&out)]);
+    let signed = std::fs::read_to_string(&out).expect("signed");
+    assert!(signed.contains("xmldsig-more#ecdsa-sha256"), "{signed}");
+    let (ok, text) = xmlsec1(&out, false);
+    assert!(ok, "{text}");
+    let (ok, text) = signxml(&out, &std::fs::read_to_string(&cert).expect("cert"), "./Prescription/PrescriptionSign/");
+    assert!(ok, "{text}");
     // A CSV with CR: refused with the reason, nothing written.
     std::fs::write(&csv, "SJ1\r\n1").expect("csv");
     let bad = dir.join("bad.xml");
