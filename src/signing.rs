@@ -396,6 +396,9 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         // 2. What is signed: digests given, a document hashed as it
         // streams in, or an e-prescription document read and canonicalised.
         match (&request.payload, request.format) {
+            (Payload::Digests { alg, .. }, Format::Xades(Some(_))) if *alg != DigestAlgorithm::Sha256 => {
+                return Err(Error::Invalid("Reference 1 digests are SHA-256 in the e-prescription profile".into()))
+            }
             (Payload::Eps(_), Format::Xades(_)) | (Payload::Digests { .. }, Format::Xades(Some(_))) => {}
             (Payload::Eps(_), _) => {
                 return Err(Error::Invalid("an e-prescription document is signed with XAdES".into()))

@@ -27,13 +27,77 @@ fn refuse(message: impl Into<String>) -> XmlError {
 
 /// Deepest element nesting accepted (e-prescriptions nest about 12 deep).
 pub const MAX_DEPTH: u32 = 64;
+/// Most elements in a document (a dispensing record with its
+/// prescription and long-term data has about 150).
+pub const MAX_ELEMENTS: usize = 20_000;
+/// Most attributes, namespace declarations included, on one element (the
+/// profile's elements have at most three).
+pub const MAX_ATTRIBUTES: usize = 32;
+/// Most namespace declarations in a document (the samples have nine):
+/// canonicalisation carries every one in scope to every element.
+pub const MAX_NAMESPACE_DECLARATIONS: usize = 64;
+
+/// Counts what the parser and the canonicaliser would pay for more than
+/// linearly, before they see the text: elements, attributes per element
+/// (the parser compares each with every other), namespace declarations
+/// (C14N copies those in scope for every element). Comments, CDATA,
+/// processing instructions and quoted values are skipped as the parser
+/// would; a document this scan misreads is refused by the parser anyway.
+fn prescan(text: &[u8]) -> Result<(), XmlError> {
+    let (mut elements, mut namespaces, mut i) = (0usize, 0usize, 0usize);
+    let skip_to = |from: usize, end: &[u8]| {
+        text[from..].windows(end.len()).position(|w| w == end).map_or(text.len(), |p| from + p + end.len())
+    };
+    while let Some(p) = text[i..].iter().position(|&b| b == b'<') {
+        i += p + 1;
+        match text.get(i) {
+            Some(b'!') if text[i..].starts_with(b"!--") => i = skip_to(i, b"-->"),
+            Some(b'!') if text[i..].starts_with(b"![CDATA[") => i = skip_to(i, b"]]>"),
+            Some(b'?') => i = skip_to(i, b"?>"),
+            Some(b'/' | b'!') | None => {}
+            Some(_) => {
+                elements += 1;
+                if elements > MAX_ELEMENTS {
+                    return Err(refuse(format!("the document has more than {MAX_ELEMENTS} elements")));
+                }
+                // The start tag: its attributes, by their `=` outside quotes.
+                let (mut attributes, mut quote) = (0usize, None);
+                while let Some(&b) = text.get(i) {
+                    i += 1;
+                    match (quote, b) {
+                        (None, b'"' | b'\'') => quote = Some(b),
+                        (Some(q), b) if b == q => quote = None,
+                        (None, b'=') => {
+                            attributes += 1;
+                            // The name before the `=` (spaces may stand between).
+                            let before = text[..i - 1].trim_ascii_end();
+                            let name_start = before.iter().rposition(|c| c.is_ascii_whitespace()).map_or(0, |s| s + 1);
+                            if before[name_start..].starts_with(b"xmlns") {
+                                namespaces += 1;
+                            }
+                        }
+                        (None, b'>') => break,
+                        _ => {}
+                    }
+                }
+                if attributes > MAX_ATTRIBUTES {
+                    return Err(refuse(format!("an element has more than {MAX_ATTRIBUTES} attributes")));
+                }
+                if namespaces > MAX_NAMESPACE_DECLARATIONS {
+                    return Err(refuse(format!(
+                        "the document declares more than {MAX_NAMESPACE_DECLARATIONS} namespaces"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 /// The XMLDSig namespace.
 pub const DS: &str = "http://www.w3.org/2000/09/xmldsig#";
 /// The XAdES 1.3.2 namespace.
 pub const XADES: &str = "http://uri.etsi.org/01903/v1.3.2#";
-/// The XAdES 1.4.1 namespace.
-pub const XADES141: &str = "http://uri.etsi.org/01903/v1.4.1#";
 
 /// The algorithm URIs of XMLDSig and XAdES that inkan writes and reads.
 pub mod uri {
@@ -80,6 +144,7 @@ pub fn parse(bytes: &[u8]) -> Result<Xml<'_>, XmlError> {
     if text.contains("<!DOCTYPE") || text.contains("<!ENTITY") {
         return Err(refuse("the document has a DTD (<!DOCTYPE or <!ENTITY): DTDs and entities are not accepted"));
     }
+    prescan(bytes)?;
     let doc = uppsala::Parser::new()
         .with_forbid_dtd(true)
         .with_forbid_entities(true)
@@ -220,6 +285,19 @@ impl<'a> Xml<'a> {
         })
     }
 
+    /// The element's text when it holds text alone (no element, comment or
+    /// processing instruction), else `None`.
+    pub fn text_only(&self, node: NodeId) -> Option<String> {
+        let mut out = String::new();
+        for c in self.doc.children_iter(node) {
+            match self.doc.node_kind(c)? {
+                NodeKind::Text(t) | NodeKind::CData(t) => out.push_str(t),
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
     /// The text content of an element (its text and CDATA children, concatenated).
     pub fn text_of(&self, node: NodeId) -> String {
         self.doc.text_content_deep(node)
@@ -311,19 +389,6 @@ fn start_tag_len(source: &str) -> Option<usize> {
     None
 }
 
-/// Escapes text content as C14N does (`&`, `<`, `>`, CR).
-pub fn escape_text(text: &str, out: &mut String) {
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\r' => out.push_str("&#xD;"),
-            c => out.push(c),
-        }
-    }
-}
-
 /// Escapes an attribute value as C14N does (`&`, `<`, `"`, TAB, LF, CR).
 pub fn escape_attribute(value: &str, out: &mut String) {
     for c in value.chars() {
@@ -401,6 +466,17 @@ mod tests {
         assert!(parse(b"<a><b></a>").err().is_some_and(|e| e.0.contains("well-formed")));
         let deep = format!("{}{}", "<a>".repeat(100), "</a>".repeat(100));
         assert!(parse(deep.as_bytes()).is_err());
+        // What costs more than linearly is counted before parsing.
+        let wide = format!("<a {}/>", (0..40).map(|i| format!("a{i}=\"1\"")).collect::<Vec<_>>().join(" "));
+        assert!(parse(wide.as_bytes()).err().is_some_and(|e| e.0.contains("attributes")));
+        let spaces =
+            format!("<a>{}</a>", (0..70).map(|i| format!("<b xmlns:p{i} = \"urn:{i}\"/>")).collect::<String>());
+        assert!(parse(spaces.as_bytes()).err().is_some_and(|e| e.0.contains("namespaces")));
+        let many = format!("<a>{}</a>", "<b/>".repeat(MAX_ELEMENTS));
+        assert!(parse(many.as_bytes()).err().is_some_and(|e| e.0.contains("elements")));
+        // Quoted '>' and '=', comments and CDATA are not counted.
+        let fine = format!("<a x=\"=>{}\"><!-- <b {} --><![CDATA[<c =]]></a>", "=".repeat(50), "d=1 ".repeat(50));
+        assert!(parse(fine.as_bytes()).is_ok());
         // The predefined entities and character references are plain text.
         let xml = parse(b"<a>&amp;&lt;&#x41;</a>").expect("parse");
         assert_eq!(xml.text_of(xml.root().expect("root")), "&<A");

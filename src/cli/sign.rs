@@ -21,8 +21,8 @@ pub struct SignArgs {
     pub user_id: String,
     /// The document.
     pub input: PathBuf,
-    /// Where to write the signature (.p7s).
-    #[arg(long, value_name = "OUT.p7s")]
+    /// Where to write the signature (CAdES: a .p7s) or the signed document (XAdES).
+    #[arg(long, value_name = "OUT")]
     pub out: PathBuf,
     /// Envelope the document in the signature (CAdES; default: detached).
     #[arg(long)]
@@ -110,30 +110,18 @@ pub async fn sign_file(
         )
         .await?;
     let parts = signed.signatures.pop().ok_or_else(|| CliError::from("no signature"))?;
-    let file_name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = out.with_file_name(format!(".{file_name}.tmp"));
-    let written = (|| -> Result<(), CliError> {
-        let cannot = |e: std::io::Error| CliError::from(format!("cannot write {}: {e}", tmp.display()));
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(cannot)?);
+    write_atomically(out, |w, cannot| {
         w.write_all(&parts.prefix).map_err(cannot)?;
         if attached {
             // As many bytes as were hashed (the signature's content length).
             let signed_len = content_len(&document);
-            let copied = std::io::copy(&mut open(input)?.take(signed_len), &mut w).map_err(cannot)?;
+            let copied = std::io::copy(&mut open(input)?.take(signed_len), w).map_err(cannot)?;
             if copied != signed_len {
                 return Err(CliError::from(format!("{} changed while it was being signed", input.display())));
             }
         }
-        w.write_all(&parts.suffix).map_err(cannot)?;
-        let f = w.into_inner().map_err(|e| cannot(e.into_error()))?;
-        f.sync_all().map_err(cannot)?;
-        Ok(())
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, out).map_err(|e| CliError::from(format!("cannot write {}: {e}", out.display())))?;
+        w.write_all(&parts.suffix).map_err(cannot)
+    })?;
     Ok(Signed {
         user_id: principal.user_id.clone(),
         generation: signed.generation,
@@ -146,14 +134,19 @@ pub async fn sign_file(
     })
 }
 
-/// Writes `bytes` to `out`: a temporary file beside it, synced, renamed.
-fn write_atomically(out: &Path, bytes: &[u8]) -> Result<(), CliError> {
+/// Writes `out` through `write`: into a temporary file beside it, synced,
+/// then renamed into place (a failed or killed write leaves no `out`).
+fn write_atomically(
+    out: &Path,
+    write: impl FnOnce(&mut dyn Write, &dyn Fn(std::io::Error) -> CliError) -> Result<(), CliError>,
+) -> Result<(), CliError> {
     let file_name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = out.with_file_name(format!(".{file_name}.tmp"));
     let cannot = |e: std::io::Error| CliError::from(format!("cannot write {}: {e}", tmp.display()));
     let written = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(cannot)?;
-        f.write_all(bytes).map_err(cannot)?;
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(cannot)?);
+        write(&mut w, &cannot)?;
+        let f = w.into_inner().map_err(|e| cannot(e.into_error()))?;
         f.sync_all().map_err(cannot)
     })();
     if let Err(e) = written {
@@ -202,7 +195,7 @@ pub async fn sign_xades_file(
         .await?;
     let parts = signed.signatures.pop().ok_or_else(|| CliError::from("no signature"))?;
     let document = parts.document.ok_or_else(|| CliError::from("no signed document"))?;
-    write_atomically(out, &document)?;
+    write_atomically(out, |w, cannot| w.write_all(&document).map_err(cannot))?;
     Ok(Signed {
         user_id: principal.user_id.clone(),
         generation: signed.generation,

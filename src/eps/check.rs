@@ -1,7 +1,10 @@
 //! Whether a signature in an e-prescription document verifies as XAdES-BES
 //! in the national profile, more strictly than the reference verifier
-//! (SPEC §7): exactly the profile's three references, each digest
-//! recomputed, the signature value over the canonical SignedInfo, the
+//! (SPEC §7): the signature in its slot, exactly the profile's three
+//! references (Reference 1 to the element beside the slot, without
+//! transforms; KeyInfo and SignedProperties the signature's own, with
+//! exclusive C14N), each digest recomputed, the signature value over the
+//! exclusive C14N of SignedInfo, the
 //! certificate digest of SigningCertificate(V2) always compared with the
 //! certificate in KeyInfo, keyUsage nonRepudiation, and an hcRole that may
 //! sign the document's kind. Chains, revocation and timestamps are the
@@ -61,10 +64,30 @@ pub fn bes(x: &Xml<'_>, signature: NodeId, kind: Kind) -> Result<Verified, Failu
         return Err(fail("QualifyingProperties does not target this signature"));
     }
     let signed_properties = x.child(qualifying, Some(XADES), "SignedProperties").map_err(err)?;
+    // What Reference 1 must point to: the target element beside the
+    // signature's slot (`PrescriptionSign` in `Prescription`, or in a
+    // dispensing record's `ReferencePrescription`; `DispensingSign` in
+    // `Document`), not merely an element with the target's id somewhere
+    // (an element the signature names by id could sit where nothing checks
+    // it, with another in its place: signature wrapping).
+    let slot = x.parent(signature).filter(|p| x.is(*p, None, kind.signature_id()));
+    let target = slot
+        .and_then(|slot| x.parent(slot))
+        .and_then(|container| x.child(container, None, kind.target_id()).ok())
+        .ok_or_else(|| {
+            fail(format!(
+                "the signature is not in a <{}> beside the <{}> it signs",
+                kind.signature_id(),
+                kind.target_id()
+            ))
+        })?;
 
-    // SignedInfo: its C14N, the signature method and exactly three references.
+    // SignedInfo: exclusive C14N, the signature method and exactly three references.
     let c14n = x.child(signed_info, Some(DS), "CanonicalizationMethod").map_err(err)?;
     let c14n = x.attribute(c14n, "Algorithm").unwrap_or_default();
+    if c14n != uri::EXC_C14N {
+        return Err(fail(format!("SignedInfo's CanonicalizationMethod is {c14n:?}; the profile's is exclusive C14N")));
+    }
     let method = x.child(signed_info, Some(DS), "SignatureMethod").map_err(err)?;
     let method = x.attribute(method, "Algorithm").unwrap_or_default().to_owned();
     let references: Vec<NodeId> = x.children_named(signed_info, Some(DS), "Reference").collect();
@@ -75,7 +98,7 @@ pub fn bes(x: &Xml<'_>, signature: NodeId, kind: Kind) -> Result<Verified, Failu
         return Err(fail(format!("the signature has {} references; the profile has exactly 3", references.len())));
     }
     let targets = [
-        (format!("#{}", kind.target_id()), None),
+        (format!("#{}", kind.target_id()), Some(target)),
         (format!("#{}", x.attribute(key_info, "Id").unwrap_or("(KeyInfo without Id)")), Some(key_info)),
         (
             format!("#{}", x.attribute(signed_properties, "Id").unwrap_or("(SignedProperties without Id)")),
@@ -90,7 +113,10 @@ pub fn bes(x: &Xml<'_>, signature: NodeId, kind: Kind) -> Result<Verified, Failu
         }
         let node = x.by_id(&uri[1..]).ok_or_else(|| fail(format!("reference {n} ({uri}): no element has that id")))?;
         if want_node.is_some_and(|w| w != node) {
-            return Err(fail(format!("reference {n} ({uri}) is not this signature's own element")));
+            return Err(fail(format!(
+                "reference {n} ({uri}) is not {}",
+                if n == 1 { "the element beside the signature" } else { "this signature's own element" }
+            )));
         }
         if n == 3 && x.attribute(*reference, "Type") != Some(uri::SIGNED_PROPERTIES) {
             return Err(fail("reference 3 lacks Type=\"http://uri.etsi.org/01903#SignedProperties\""));
@@ -133,21 +159,25 @@ pub fn bes(x: &Xml<'_>, signature: NodeId, kind: Kind) -> Result<Verified, Failu
     Ok(Verified { certificate: der, hc_role, signing_time })
 }
 
-/// One reference: at most one transform, a C14N; the digest recomputed.
+/// One reference as the profile has it: Reference 1 without transforms
+/// (so inclusive C14N 1.0), the others with exactly one, exclusive C14N;
+/// the digest recomputed.
 fn check_reference(x: &Xml<'_>, reference: NodeId, node: NodeId, n: usize, uri: &str) -> Result<(), Failure> {
     let err = |e: xml::XmlError| fail(e.0);
-    let mut c14n = uri::C14N.to_owned();
-    if let Some(transforms) = x.children_named(reference, Some(DS), "Transforms").next() {
-        let list: Vec<NodeId> = x.elements(transforms).collect();
-        match list.as_slice() {
-            [t] if x.is(*t, Some(DS), "Transform") => {
-                c14n = x.attribute(*t, "Algorithm").unwrap_or_default().to_owned()
+    let transforms: Vec<NodeId> = x.children_named(reference, Some(DS), "Transforms").collect();
+    let c14n = match (n, transforms.as_slice()) {
+        (1, []) => uri::C14N,
+        (1, _) => return Err(fail("reference 1 has transforms; the profile's has none (inclusive C14N 1.0)")),
+        (_, [t]) => match x.elements(*t).collect::<Vec<_>>().as_slice() {
+            [one] if x.is(*one, Some(DS), "Transform") && x.attribute(*one, "Algorithm") == Some(uri::EXC_C14N) => {
+                uri::EXC_C14N
             }
-            _ => return Err(fail(format!("reference {n} ({uri}) has transforms other than one C14N"))),
-        }
-    }
-    if n == 1 && c14n != uri::C14N {
-        return Err(fail("reference 1 has transforms; the profile's has none (inclusive C14N 1.0)"));
+            _ => return Err(fail(format!("reference {n} ({uri}) has transforms other than one exclusive C14N"))),
+        },
+        _ => return Err(fail(format!("reference {n} ({uri}) has no transform; the profile's is exclusive C14N"))),
+    };
+    if x.elements(reference).count() != transforms.len() + 2 {
+        return Err(fail(format!("reference {n} holds elements other than Transforms, DigestMethod and DigestValue")));
     }
     let method = x.child(reference, Some(DS), "DigestMethod").map_err(err)?;
     let method = x.attribute(method, "Algorithm").unwrap_or_default();
@@ -157,7 +187,7 @@ fn check_reference(x: &Xml<'_>, reference: NodeId, node: NodeId, n: usize, uri: 
     let expected = xml::decode_base64(&x.text_of(value))
         .ok_or_else(|| fail(format!("reference {n}: DigestValue is not base64")))?;
     let canonical = x
-        .canonical_by_uri(node, &c14n)
+        .canonical_by_uri(node, c14n)
         .ok_or_else(|| fail(format!("reference {n}: unknown transform {c14n:?}")))?
         .map_err(err)?;
     if alg.digest(&canonical) != expected {

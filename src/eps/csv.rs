@@ -24,8 +24,14 @@ pub fn check(csv: &[u8], kind: Kind) -> Result<String> {
     if text.contains('\0') {
         return Err(Error::Invalid(format!("{what} holds a NUL character")));
     }
+    // A prescription's first line is `SJ1`; a dispensing record's starts
+    // with the field `CJ1` (`CJ1,` in the public sample).
     let first = text.split('\n').next().unwrap_or_default();
-    if first.split(',').next() != Some(kind.csv_tag()) {
+    let fits = match kind {
+        Kind::Prescription => first == kind.csv_tag(),
+        Kind::Dispensing => first.split(',').next() == Some(kind.csv_tag()),
+    };
+    if !fits {
         return Err(Error::Invalid(format!(
             "{what} must start with the line {} (it starts with {:?})",
             kind.csv_tag(),
@@ -85,6 +91,7 @@ mod tests {
             (&b"SJ1\r\n1,1"[..], Kind::Prescription, "CR"),
             (b"SJ2\n1,1", Kind::Prescription, "SJ1"),
             (b"CJ1,\n", Kind::Prescription, "SJ1"),
+            (b"SJ1,x\n1", Kind::Prescription, "SJ1"),
             (b"SJ1\n\xff", Kind::Prescription, "UTF-8"),
             (b"SJ1\n\0", Kind::Prescription, "NUL"),
             (b"", Kind::Dispensing, "CJ1"),

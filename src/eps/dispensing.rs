@@ -8,13 +8,10 @@
 
 use base64ct::{Base64, Encoding};
 
-use super::csv;
+use super::csv::{self, XSI};
 use super::kind::Kind;
 use crate::error::{Error, Result};
 use crate::xml::{self, DS};
-
-/// The namespace the record's `<Document>` declares, as prescriptions do.
-const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
 
 /// The dispensing record of `prescription` (a signed prescription document)
 /// with the pharmacist's `csv` (first line `CJ1,`) and `dispensing_id`.

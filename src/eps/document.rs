@@ -183,17 +183,27 @@ fn analyse(x: &Xml<'_>) -> Result<Analysis> {
             (x.child(target, None, "DispensingDocument").map_err(invalid)?, "DispensingManagement", "DispensingId")
         }
     };
-    let csv_text = x.text_of(csv_element);
-    let csv_bytes = xml::decode_base64(&csv_text).ok_or_else(|| {
-        Error::Invalid(format!("<{}> does not hold base64", x.qualified_name(csv_element).unwrap_or_default()))
-    })?;
+    let csv_name = x.qualified_name(csv_element).unwrap_or_default();
+    let csv_bytes = x
+        .text_only(csv_element)
+        .filter(|t| !t.contains(|c: char| c.is_ascii_whitespace()))
+        .and_then(|t| base64ct::Base64::decode_vec(&t).ok())
+        .ok_or_else(|| {
+            Error::Invalid(format!("<{csv_name}> must hold the CSV's base64 on one line, and nothing else"))
+        })?;
     let csv_sha256 = csv::check(&csv_bytes, kind)?;
-    let record_id = x
-        .children_named(container_of_management(x, root, kind), None, management)
-        .next()
-        .and_then(|m| x.children_named(m, None, id_element).next())
-        .and_then(|i| x.attribute(i, "Value"))
-        .map(str::to_owned);
+    // The record's id: one management element with one id element, in the
+    // form a signing system gives it (it goes into the audit row).
+    let id_of = |management: &str, id: &str| -> Result<String> {
+        let m = x.child(container_of_management(x, root, kind), None, management).map_err(invalid)?;
+        let i = x.child(m, None, id).map_err(invalid)?;
+        let value = x.attribute(i, "Value").unwrap_or_default();
+        csv::check_id(value).map_err(|_| {
+            Error::Invalid(format!("<{id} Value=…> must be 1-64 ASCII letters, digits and '-' (a UUID)"))
+        })?;
+        Ok(value.to_owned())
+    };
+    let record_id = Some(id_of(management, id_element)?);
 
     let canonical = x.inclusive(target).map_err(invalid)?;
     let digest = sha2::Sha256::digest(&canonical).to_vec();
@@ -322,6 +332,29 @@ pub(crate) mod tests {
         let e = Document::read(tampered.into_bytes()).expect_err("tampered");
         assert!(matches!(e, Error::Unprocessable(_)), "{e}");
         assert!(e.to_string().contains("reference 1"), "{e}");
+    }
+
+    #[test]
+    fn a_doctors_signature_moved_beside_a_forged_prescription_does_not_pass() {
+        // Signature wrapping: the doctor's signed <PrescriptionDocument> goes
+        // where no signature covers it, and a forged one without the id takes
+        // its place in <ReferencePrescription>, under the pharmacist's.
+        let (text, _) = unsigned("Dispensing-005_03.xml", "DispensingSign");
+        let text = String::from_utf8(text).expect("utf-8");
+        let start = text.find("<PrescriptionDocument id=\"PrescriptionDocument\">").expect("doc");
+        let end = start + text[start..].find("</PrescriptionDocument>").expect("end") + "</PrescriptionDocument>".len();
+        let genuine = &text[start..end];
+        let forged = format!(
+            "<PrescriptionDocument>{}</PrescriptionDocument>",
+            base64ct::Base64::encode_string(b"SJ1\n1,1,9999999,99,forged")
+        );
+        let info = "<AdditionalDispensedInformation id=\"AdditionalDispensedInformation\">";
+        let attack =
+            format!("{}{forged}{}", &text[..start], &text[end..]).replacen(info, &format!("{info}{genuine}"), 1);
+        assert!(attack.contains(info), "the sample has the element");
+        let e = Document::read(attack.into_bytes()).expect_err("wrapped");
+        assert!(matches!(e, Error::Unprocessable(_)), "{e}");
+        assert!(e.to_string().contains("beside the signature"), "{e}");
     }
 
     #[test]

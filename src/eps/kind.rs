@@ -21,14 +21,6 @@ impl Kind {
         }
     }
 
-    /// The Japanese name.
-    pub fn japanese(self) -> &'static str {
-        match self {
-            Kind::Prescription => "処方箋",
-            Kind::Dispensing => "調剤結果",
-        }
-    }
-
     /// The signature's `Id`, which is also the name of the element it goes
     /// into (`PrescriptionSign`, `DispensingSign`).
     pub fn signature_id(self) -> &'static str {
@@ -38,7 +30,8 @@ impl Kind {
         }
     }
 
-    /// The `id` Reference 1 points to (`PrescriptionDocument`, `Dispensing`).
+    /// The `id` Reference 1 points to (`PrescriptionDocument`, `Dispensing`),
+    /// which is also the name of its element, beside the signature's slot.
     pub fn target_id(self) -> &'static str {
         match self {
             Kind::Prescription => "PrescriptionDocument",

@@ -102,7 +102,7 @@ fn announced(headers: &HeaderMap, max: usize) -> usize {
 
 /// Room in the budget for documents held in memory (`[limits]
 /// enveloped_bytes`), if there is some now.
-fn hold(
+pub(super) fn hold(
     app: &App,
     principal: &crate::auth::principal::Principal,
     headers: &HeaderMap,

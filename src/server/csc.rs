@@ -615,7 +615,15 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
     let principal = app.principal(&headers).await?;
     // Refused before the body is read (the pipeline checks again).
     principal.require_sign_scope()?;
-    let req: SignDocReq = read_json(body, app.config.server.max_document_bytes).await?;
+    // The documents are held while they are signed: room for the request
+    // first, by its Content-Length, as for enveloped documents.
+    let max = app.config.server.max_document_bytes;
+    let Some(_room) = super::api::hold(&app, &principal, &headers, max) else {
+        let mut body = body;
+        super::body::drain(&mut body).await;
+        return Ok(super::limits::no_room());
+    };
+    let req: SignDocReq = read_json(body, max).await?;
     let credential = match &req.credential_id {
         Some(id) => id.clone(),
         None => principal

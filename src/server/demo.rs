@@ -205,7 +205,9 @@ const DEMO_PRESCRIPTION_CSV: &str = "SJ1\n1,1,1310000001,01,inkanデモ病院\n2
 /// The demo's dispensing CSV.
 const DEMO_DISPENSING_CSV: &str = "CJ1,\n1,デモ　太郎,1,20261206\n201,1,デモ錠５ｍｇ,1,錠,2,620000000,";
 
-/// The prescription the demo signed last: a pharmacist's dispensing record is made over it.
+/// The prescription the demo signed last, whoever signed it: a pharmacist's
+/// dispensing record is made over it (the demo's hand-off from the doctor's
+/// session to the pharmacist's; one slot for the whole demo).
 fn last_prescription() -> &'static Mutex<Option<Vec<u8>>> {
     static P: OnceLock<Mutex<Option<Vec<u8>>>> = OnceLock::new();
     P.get_or_init(|| Mutex::new(None))

@@ -10,7 +10,7 @@ use inkan_keystore::DigestAlgorithm;
 use crate::error::Result;
 
 use super::format::{Encoder, Parts, Pending, ToBeSigned};
-use super::signed_data::{assemble, SignedAttributes};
+use super::signed_data::{assemble, prepare, SignedAttributes};
 use super::signers::Signer;
 
 /// CAdES-BES behind the format seam: detached, or enveloping the content.
@@ -51,10 +51,10 @@ impl Encoder for Cades {
         signing_time: SystemTime,
         content_len: Option<u64>,
     ) -> Result<ToBeSigned> {
-        let attributes = SignedAttributes::new(&signer.cades, message_digest, signing_time)?;
+        let (attributes, scheme, digest) = prepare(&signer.cades, digest_alg, message_digest, signing_time)?;
         Ok(ToBeSigned {
-            scheme: signer.cades.scheme(digest_alg),
-            digest: digest_alg.digest(&attributes.to_be_signed()),
+            scheme,
+            digest,
             pending: Box::new(Attributes {
                 signer: Arc::clone(signer),
                 digest_alg,

@@ -4,10 +4,11 @@
 //! [`super::cades`]; this is its encoder, also usable on its own.
 //!
 //! The builder separates "bytes to sign" from "assemble with the signature"
-//! (as x509-cert's `finalize()` / `assemble()`): [`SignedAttributes::to_be_signed`]
-//! gives the DER `SET OF Attribute` whose digest the token signs, and
-//! [`assemble`] wraps the signature value into the `ContentInfo` ([`Parts`]). The token call
-//! sits between the two and nothing else does.
+//! (as x509-cert's `finalize()` / `assemble()`): [`prepare`] gives the
+//! signed attributes and the digest of their DER `SET OF Attribute` that the
+//! token signs, and [`assemble`] wraps the signature value into the
+//! `ContentInfo` ([`Parts`]). The token call sits between the two and
+//! nothing else does.
 //!
 //! Everything that depends only on the signer's certificate (its
 //! IssuerAndSerialNumber, the signing-certificate-v2 attribute, the DER of the
@@ -33,8 +34,6 @@ use crate::error::{Error, Result};
 use der_writer::{header, tlv, Tag};
 
 pub use super::parts::Parts;
-
-use super::parts::TokenSign;
 
 pub use ess::signing_certificate_v2;
 
@@ -230,7 +229,23 @@ fn header_len(len: u64) -> usize {
     v.len()
 }
 
-/// Signs a precomputed digest of the content; returns the DER of a detached signature.
+/// The first step of a signature: the signed attributes over the message
+/// digest, and what the token signs (the scheme, the digest of the
+/// attributes' DER `SET OF`). [`assemble`] is the last.
+pub fn prepare(
+    identity: &SignerIdentity,
+    digest_alg: DigestAlgorithm,
+    message_digest: &[u8],
+    signing_time: SystemTime,
+) -> Result<(SignedAttributes, SignatureScheme, Vec<u8>)> {
+    let attributes = SignedAttributes::new(identity, message_digest, signing_time)?;
+    let to_sign = digest_alg.digest(&attributes.to_be_signed());
+    Ok((attributes, identity.scheme(digest_alg), to_sign))
+}
+
+/// Signs a precomputed digest of the content with the token, on its own
+/// (the pipeline goes through [`super::cades`]); returns the DER of a
+/// detached signature.
 pub fn sign_digest(
     keystore: &Keystore,
     identity: &SignerIdentity,
@@ -238,34 +253,6 @@ pub fn sign_digest(
     message_digest: &[u8],
     signing_time: SystemTime,
 ) -> Result<Vec<u8>> {
-    Ok(sign_parts(keystore, identity, digest_alg, message_digest, signing_time, None)?.into_detached())
-}
-
-/// Signs a digest with the token and assembles around `content_len` bytes of
-/// content (or none).
-pub fn sign_parts(
-    keystore: &Keystore,
-    identity: &SignerIdentity,
-    digest_alg: DigestAlgorithm,
-    message_digest: &[u8],
-    signing_time: SystemTime,
-    content_len: Option<u64>,
-) -> Result<Parts> {
-    sign_with(identity, digest_alg, message_digest, signing_time, content_len, &mut |scheme, digest| {
-        keystore.sign_digest(identity.key(), scheme, digest)
-    })
-}
-
-/// Builds the signed attributes, has `token` sign their digest (the one token
-/// call), and assembles the signature.
-pub fn sign_with(
-    identity: &SignerIdentity,
-    digest_alg: DigestAlgorithm,
-    message_digest: &[u8],
-    signing_time: SystemTime,
-    content_len: Option<u64>,
-    token: &mut TokenSign<'_>,
-) -> Result<Parts> {
     if message_digest.len() != digest_alg.output_len() {
         return Err(Error::Invalid(format!(
             "a {} digest has {} bytes, not {}",
@@ -274,25 +261,9 @@ pub fn sign_with(
             message_digest.len()
         )));
     }
-    let attributes = SignedAttributes::new(identity, message_digest, signing_time)?;
-    let to_sign = digest_alg.digest(&attributes.to_be_signed());
-    let signature = token(identity.scheme(digest_alg), &to_sign)?;
-    assemble(identity, digest_alg, &attributes, &signature, content_len)
-}
-
-/// Signs a document held in memory: detached, or enveloping it. Returns DER.
-pub fn sign_document(
-    keystore: &Keystore,
-    identity: &SignerIdentity,
-    digest_alg: DigestAlgorithm,
-    document: &[u8],
-    attached: bool,
-    signing_time: SystemTime,
-) -> Result<Vec<u8>> {
-    let digest = digest_alg.digest(document);
-    let parts =
-        sign_parts(keystore, identity, digest_alg, &digest, signing_time, attached.then_some(document.len() as u64))?;
-    Ok(if attached { parts.around(document) } else { parts.into_detached() })
+    let (attributes, scheme, to_sign) = prepare(identity, digest_alg, message_digest, signing_time)?;
+    let signature = keystore.sign_digest(identity.key(), scheme, &to_sign)?;
+    Ok(assemble(identity, digest_alg, &attributes, &signature, None)?.into_detached())
 }
 
 #[cfg(test)]
