@@ -189,6 +189,7 @@ fn benches(c: &mut Criterion, s: &Setup) -> Ops {
             &mut token,
         )
         .expect("cades");
+        let parts = parts.finish(&inkan::signing::format::Unsigned::default()).expect("finish");
         std::hint::black_box(parts.into_detached());
     });
 
@@ -216,6 +217,7 @@ fn benches(c: &mut Criterion, s: &Setup) -> Ops {
                 &mut token,
             )
             .expect("xades");
+            let parts = parts.finish(&inkan::signing::format::Unsigned::default()).expect("finish");
             std::hint::black_box(parts.document);
         })
     };

@@ -4,7 +4,9 @@
 #  1. Installs what is missing on Debian: SoftHSM (softhsm2) and OpenSSL; with
 #     --deps-only also what the test suite uses: PyJWT (pip) as a stock OIDC
 #     client, xmlsec1 (Debian) and signxml (pip) as XAdES verifiers nobody
-#     here wrote, and Chromium (Debian's package, never a downloaded browser) with
+#     here wrote, certomancer (pip: the tests' time-stamp authority) and
+#     pyHanko (pip: a CAdES validator), curl, and Chromium (Debian's package,
+#     never a downloaded browser) with
 #     Node.js and playwright-core (tests/browser, pinned by its package-lock.json),
 #     and Debian's PostgreSQL server (the tests start throwaway clusters of
 #     their own in temp directories; nothing is started here).
@@ -39,6 +41,8 @@ if [ "${1:-}" = "--deps-only" ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
   # The XAdES tests verify with xmlsec1 (libxmlsec1 over OpenSSL).
   command -v xmlsec1 >/dev/null 2>&1 || need+=(xmlsec1)
+  # The time-stamp tests talk to their TSA with curl too.
+  command -v curl >/dev/null 2>&1 || need+=(curl)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} ..." >&2
@@ -53,11 +57,14 @@ if [ "${1:-}" = "--deps-only" ] && ! python3 -c 'import jwt, cryptography' >/dev
   python3 -m pip install -q --disable-pip-version-check 'pyjwt[crypto]>=2.9' >/dev/null 2>&1 \
     || python3 -m pip install -q --break-system-packages 'pyjwt[crypto]>=2.9' >/dev/null
 fi
-# signxml (pinned) verifies XAdES in the tests, the signer's certificate pinned.
-if [ "${1:-}" = "--deps-only" ] && ! python3 -c 'import signxml, lxml' >/dev/null 2>&1; then
-  echo "installing signxml for the tests ..." >&2
-  python3 -m pip install -q --disable-pip-version-check 'signxml==5.2.0' >/dev/null 2>&1 \
-    || python3 -m pip install -q --break-system-packages 'signxml==5.2.0' >/dev/null
+# Python tools of the tests, pinned: signxml verifies XAdES (the signer's
+# certificate pinned), certomancer is the time-stamp authority the tests
+# start, pyHanko validates CAdES with its time-stamps.
+pydeps=('signxml==5.2.0' 'certomancer[web-api]==0.16.0' 'pyhanko==0.38.0' 'pyhanko-certvalidator==0.33.0')
+if [ "${1:-}" = "--deps-only" ] && ! python3 -c 'import signxml, lxml, certomancer, werkzeug, pyhanko' >/dev/null 2>&1; then
+  echo "installing signxml, certomancer and pyHanko for the tests ..." >&2
+  python3 -m pip install -q --disable-pip-version-check "${pydeps[@]}" >/dev/null 2>&1 \
+    || python3 -m pip install -q --break-system-packages "${pydeps[@]}" >/dev/null
 fi
 # playwright-core drives Debian's Chromium in the browser tests (no browser download).
 if [ "${1:-}" = "--deps-only" ] && [ ! -d "$root/tests/browser/node_modules/playwright-core" ]; then

@@ -48,6 +48,10 @@ pub enum Error {
     /// The token or the store cannot be used now: retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// No time-stamp authority stamped the signature (each named, with why):
+    /// retry later, or ask for a level without a time-stamp.
+    #[error("the time-stamp authority did not stamp the signature: {0}")]
+    TsaUnavailable(String),
     /// A fault in inkan or in its data; nothing the caller can do. The details
     /// are logged, never shown to a client.
     #[error("internal error: {0}")]
@@ -145,9 +149,9 @@ impl Error {
         Error::Internal(e.to_string())
     }
 
-    /// Whether retrying later may help (token or store unavailable).
+    /// Whether retrying later may help (token, store or TSA unavailable).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Error::Unavailable(_))
+        matches!(self, Error::Unavailable(_) | Error::TsaUnavailable(_))
     }
 }
 

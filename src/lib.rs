@@ -48,6 +48,7 @@ pub mod signing;
 pub mod storage;
 pub mod store;
 pub mod throttle;
+pub mod tsa;
 pub mod users;
 pub mod xml;
 

@@ -56,7 +56,7 @@ use crate::metrics::Metrics;
 use crate::storage::Transactions;
 use crate::users::UsersTx;
 
-pub use format::Parts;
+pub use format::{Level, Parts};
 pub use signers::{Signer, Signers};
 
 /// Batches up to this size are signed on the request's own worker thread.
@@ -201,6 +201,8 @@ pub struct Request<'a> {
     pub via: &'static str,
     /// More audit detail (never a secret), merged into each row's.
     pub detail: Option<serde_json::Value>,
+    /// The level: B-B, or with a time-stamp (B-T).
+    pub level: Level,
 }
 
 /// The signatures of a request.
@@ -239,6 +241,7 @@ pub struct Signing<T: ?Sized + Send> {
     metrics: Arc<Metrics>,
     scal2: bool,
     sad_lifetime_ms: i64,
+    tsa: Option<Arc<crate::tsa::Tsa>>,
 }
 
 /// The audit name of a digest algorithm (`sha256`).
@@ -270,6 +273,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
             scal2: config.csc.scal == "2",
             sad_lifetime_ms: config.csc.sad_lifetime_secs as i64 * 1000,
             seal_anchor: Default::default(),
+            tsa: crate::tsa::Tsa::new(&config.tsa)?.map(Arc::new),
         })
     }
 
@@ -458,9 +462,18 @@ impl<T: UsersTx + ?Sized> Signing<T> {
                 (DigestAlgorithm::Sha256, vec![digest], None, None)
             }
         };
-        // 3. The signer, and whether it may sign this.
+        // 3. The signer, whether it may sign this, and at this level.
         let signer = self.signers.get(&principal.user_id, &key).await?;
         encoder.permits(&signer)?;
+        let level = request.level;
+        encoder.check_level(level)?;
+        if level != Level::BB && self.tsa.is_none() {
+            return Err(Error::Invalid(format!(
+                "level {} needs a time-stamp authority, and this service has none: ask for B-B, or have the \
+                 operator set [tsa] url and ca",
+                level.as_str()
+            )));
+        }
         // The CSC signature activation, for exactly these digests.
         let taken = match request.activation {
             Activation::Csc(sad) => self.activate(principal, key.generation, sad, &digests).await?,
@@ -477,15 +490,17 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         // retries with the same SAD.
         let signed: Result<Signed> = async {
             let format_name = encoder.name();
-            // 4. The token.
-            let announced = self.announce();
+            // 4. The token. (A row is announced to the audit writer, which
+            // may wait for it, only when no TSA stands between the token
+            // and the commit.)
+            let announced = if level == Level::BB { self.announce() } else { None };
             let now = self.clock.now();
             let n = digests.len() as u64;
             let refused = Arc::new(AtomicBool::new(false));
             let result = self
                 .run(Arc::clone(&signer), encoder, alg, digests.clone(), now, content_len, Arc::clone(&refused))
                 .await;
-            let signatures = match result {
+            let assembled = match result {
                 Ok(s) => s,
                 Err(e) => {
                     self.metrics.signatures(n, false, started.elapsed());
@@ -495,12 +510,31 @@ impl<T: UsersTx + ?Sized> Signing<T> {
                     return Err(e);
                 }
             };
-            // 5. The audit rows, durable before anything is returned.
+            // 5. What the level adds after signing: a time-stamp over each
+            // signature (the TSA's calls overlap).
+            let inputs = match level {
+                Level::BB => Ok(Vec::new()),
+                _ => assembled.iter().map(|a| timestamp_digest(a.as_ref())).collect::<Result<Vec<_>>>(),
+            };
+            let unsigned = match async { self.unsigned(inputs?, n as usize, level).await }.await {
+                Ok(u) => u,
+                Err(e) => {
+                    self.metrics.signatures(n, false, started.elapsed());
+                    self.audit_unstamped(principal, key.generation, alg, &digests, level, &e).await;
+                    return Err(e);
+                }
+            };
+            let signatures =
+                assembled.into_iter().zip(unsigned.iter()).map(|(a, u)| a.finish(u)).collect::<Result<Vec<Parts>>>()?;
+            // 6. The audit rows, durable before anything is returned.
             let mut detail = serde_json::json!({
                 "via": via,
                 "format": format_name,
                 "method": principal.method(),
             });
+            if level != Level::BB {
+                detail["level"] = serde_json::json!(level.as_str());
+            }
             if let (Some(extra), Some(obj)) = (extra.as_ref().and_then(|d| d.as_object()), detail.as_object_mut()) {
                 obj.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
@@ -508,7 +542,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
             let signed = Instant::now();
             let audit_seq = self.commit(principal, key.generation, &names, detail, announced).await?;
             self.metrics.audit_wait(signed.elapsed());
-            // 6. The metrics.
+            // 7. The metrics.
             self.metrics.signatures(n, true, started.elapsed());
             Ok(Signed { signatures, content, digests: names, generation: key.generation, audit_seq })
         }
@@ -519,6 +553,55 @@ impl<T: UsersTx + ?Sized> Signing<T> {
             }
         }
         signed
+    }
+
+    /// What `level` adds to each of `n` signatures after it is made: a
+    /// checked time-stamp over each (`stamp_digests`, SHA-256 of what each
+    /// covers) at B-T, the TSA's calls in parallel.
+    async fn unsigned(&self, stamp_digests: Vec<Vec<u8>>, n: usize, level: Level) -> Result<Vec<format::Unsigned>> {
+        if level == Level::BB {
+            return Ok((0..n).map(|_| format::Unsigned::default()).collect());
+        }
+        let tsa = self.tsa.as_ref().ok_or_else(|| Error::Internal("a level above B-B without a TSA".into()))?;
+        let stamps =
+            futures_util::future::join_all(stamp_digests.iter().map(|d| tsa.stamp(DigestAlgorithm::Sha256, d))).await;
+        stamps.into_iter().map(|s| s.map(|stamp| format::Unsigned { signature_timestamp: Some(stamp) })).collect()
+    }
+
+    /// Records signatures the token made but that were not delivered (no
+    /// TSA stamped them at the level asked): what happened, and to what.
+    async fn audit_unstamped(
+        &self,
+        principal: &Principal,
+        generation: i64,
+        alg: DigestAlgorithm,
+        digests: &[Vec<u8>],
+        level: Level,
+        e: &Error,
+    ) {
+        let names: Vec<String> = digests.iter().map(|d| format!("{}:{}", digest_name(alg), hex(d))).collect();
+        let detail = serde_json::json!({ "level": level.as_str(), "reason": e.to_string(), "delivered": false });
+        let recorded = async {
+            let mut tx = self.store.write().await?;
+            let events: Vec<Event<'_>> = names
+                .iter()
+                .map(|d| Event {
+                    actor: &principal.actor,
+                    event: "sign.unstamped",
+                    user_id: Some(&principal.user_id),
+                    generation: Some(generation),
+                    digest: Some(d),
+                    outcome: "failed",
+                    detail: detail.clone(),
+                })
+                .collect();
+            audit::append(&mut *tx, self.clock.now_ms(), &events).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = recorded {
+            tracing::error!("cannot record the unstamped signatures in the audit log: {e}");
+        }
     }
 
     fn announce(&self) -> Option<Expected> {
@@ -574,7 +657,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         at: SystemTime,
         content_len: Option<u64>,
         refused: Arc<AtomicBool>,
-    ) -> Result<Vec<Parts>> {
+    ) -> Result<Vec<Box<dyn format::Assembled>>> {
         let (ks, metrics) = (Arc::clone(&self.keystore), Arc::clone(&self.metrics));
         let inline = digests.len() <= INLINE_SIGNATURES;
         let work = move || {
@@ -646,6 +729,14 @@ impl<T: UsersTx + ?Sized> Signing<T> {
             }
         }
     }
+}
+
+/// SHA-256 of what a signature time-stamp covers, for the TSA.
+fn timestamp_digest(signature: &dyn format::Assembled) -> Result<Vec<u8>> {
+    let input = signature.signature_timestamp_input()?.ok_or_else(|| {
+        Error::Invalid(format!("this format takes no time-stamp: ask for level {}", Level::BB.as_str()))
+    })?;
+    Ok(DigestAlgorithm::Sha256.digest(&input))
 }
 
 /// The principal of an operator signing for a user (the CLI): the user must

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::context::{CliError, Ctx, Output};
 use crate::demo::DEMO_USERS;
-use crate::signing::{Activation, Format};
+use crate::signing::{Activation, Format, Level};
 
 /// `inkan init`
 pub async fn init(ctx: &Ctx) -> Result<Output, CliError> {
@@ -34,7 +34,8 @@ pub async fn demo(ctx: &Ctx) -> Result<Output, CliError> {
     let signing = ctx.signing(&store)?;
     let signer = DEMO_USERS[0].0;
     let principal = crate::signing::operator(store.tx(), "demo", signer).await?;
-    super::sign::sign_file(&signing, &principal, &doc, &out, Format::CadesDetached, Activation::Session).await?;
+    super::sign::sign_file(&signing, &principal, &doc, &out, Format::CadesDetached, Activation::Session, Level::BB)
+        .await?;
     let bundle = config.data_dir.join("demo-ca-bundle.pem");
     let mut pem = std::fs::read_to_string(&config.pki.signing_ca)?;
     for c in &config.pki.chain {

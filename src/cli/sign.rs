@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::context::{CliError, Ctx, Output};
 use crate::auth::principal::Principal;
 use crate::error::{Error, Result};
-use crate::signing::{Activation, Document, EpsInput, Format, Payload, Request, Signing};
+use crate::signing::{Activation, Document, EpsInput, Format, Level, Payload, Request, Signing};
 use crate::store::Tx;
 
 /// Arguments of `inkan sign`.
@@ -36,6 +36,9 @@ pub struct SignArgs {
     /// its PrescriptionId; the minimal prescription document is written out signed.
     #[arg(long, value_name = "ID")]
     pub prescription_id: Option<String>,
+    /// `B-B` (default) or `B-T` (with a time-stamp from `[tsa] url`).
+    #[arg(long, default_value = "B-B")]
+    pub level: String,
 }
 
 /// The outcome of a local signature.
@@ -92,6 +95,7 @@ pub async fn sign_file(
     out: &Path,
     format: Format,
     activation: Activation<'_>,
+    level: Level,
 ) -> Result<Signed, CliError> {
     let open = |p: &Path| std::fs::File::open(p).map_err(|e| CliError::from(format!("{}: {e}", p.display())));
     let mut document = FileDocument(open(input)?, input.to_path_buf());
@@ -106,6 +110,7 @@ pub async fn sign_file(
                 activation,
                 via: "cli",
                 detail: Some(serde_json::json!({ "attached": attached })),
+                level,
             },
         )
         .await?;
@@ -165,6 +170,7 @@ pub async fn sign_xades_file(
     out: &Path,
     prescription_id: Option<String>,
     max_bytes: usize,
+    level: Level,
 ) -> Result<Signed, CliError> {
     let size = std::fs::metadata(input).map_err(|e| CliError::from(format!("{}: {e}", input.display())))?.len();
     if size > max_bytes as u64 {
@@ -190,6 +196,7 @@ pub async fn sign_xades_file(
                 activation: Activation::Session,
                 via: "cli",
                 detail: None,
+                level,
             },
         )
         .await?;
@@ -224,6 +231,7 @@ pub async fn run(ctx: &Ctx, args: SignArgs) -> Result<Output, CliError> {
     if !args.input.is_file() {
         return Err(CliError { message: format!("{}: no such file", args.input.display()), code: 1 });
     }
+    let level: Level = args.level.parse()?;
     let signing = ctx.signing(&store)?;
     let input = args.input.display();
     if args.format == "xades" {
@@ -231,7 +239,8 @@ pub async fn run(ctx: &Ctx, args: SignArgs) -> Result<Output, CliError> {
             return Err(CliError::from("--attached is for CAdES: XAdES goes into the document"));
         }
         let max = ctx.config.signing.max_xml_bytes;
-        let signed = sign_xades_file(&signing, &principal, &args.input, &args.out, args.prescription_id, max).await?;
+        let signed =
+            sign_xades_file(&signing, &principal, &args.input, &args.out, args.prescription_id, max, level).await?;
         return Ok(Output::new(
             format!(
                 "signed the {} {input} as {} (key generation {}), XAdES-BES written to {}\n  verify: xmlsec1 --verify --id-attr:id {} ...",
@@ -248,7 +257,7 @@ pub async fn run(ctx: &Ctx, args: SignArgs) -> Result<Output, CliError> {
         return Err(CliError::from("--prescription-id goes with --format xades"));
     }
     let format = if args.attached { Format::CadesEnveloping } else { Format::CadesDetached };
-    let signed = sign_file(&signing, &principal, &args.input, &args.out, format, Activation::Session).await?;
+    let signed = sign_file(&signing, &principal, &args.input, &args.out, format, Activation::Session, level).await?;
     Ok(Output::new(
         format!(
             "signed {input} as {} (key generation {}), {} signature written to {}\n  verify: openssl cms -verify -binary -inform DER -in {}{} -CAfile <(cat fixtures/pki/hpki-root.pem fixtures/pki/hpki-signing-ca.pem) -purpose any -out /dev/null",

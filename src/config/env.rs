@@ -108,6 +108,15 @@ pub const SETTINGS: &[Setting] = &[
     s("limits.body_grace_secs", Int),
     s("limits.min_body_rate", Int),
     s("limits.enveloped_bytes", Int),
+    s("tsa.url", Str),
+    s("tsa.fallback_url", Str),
+    s("tsa.ca", Paths),
+    s("tsa.chain", Paths),
+    s("tsa.username", Str),
+    s("tsa.password", Str),
+    s("tsa.policy", Str),
+    s("tsa.timeout_secs", Int),
+    s("tsa.max_in_flight", Int),
 ];
 
 /// The TOML value of a variable's text, or what is wrong with it.
@@ -213,7 +222,7 @@ mod tests {
             let parsed: Result<Config, _> = table.try_into();
             assert!(parsed.is_ok(), "{}: {:?}", setting.var(), parsed.err());
         }
-        assert_eq!(SETTINGS.len(), 60, "the README promises an override for each of the 60 settings");
+        assert_eq!(SETTINGS.len(), 69, "the README promises an override for each of the 69 settings");
     }
 
     #[test]

@@ -39,6 +39,66 @@ pub struct Config {
     pub fido: FidoConfig,
     /// What one client may make the server do or hold.
     pub limits: LimitsConfig,
+    /// The time-stamp authority (RFC 3161) for signatures of level B-T and above.
+    pub tsa: TsaConfig,
+}
+
+/// `[tsa]`: the time-stamp authority (RFC 3161) that stamps signatures of
+/// level B-T and above. Without a `url`, only B-B is made.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TsaConfig {
+    /// The TSA's URL (`http://` or `https://`), posted `application/timestamp-query`.
+    pub url: String,
+    /// A second TSA to ask when the first does not answer, or answers badly.
+    pub fallback_url: String,
+    /// The anchors the TSA's certificate must chain to (PEM files); required with `url`.
+    pub ca: Vec<PathBuf>,
+    /// Intermediate CA certificates of the TSA, if its tokens do not carry them.
+    pub chain: Vec<PathBuf>,
+    /// HTTP basic authentication: the user name, if the TSA asks for one.
+    pub username: String,
+    /// HTTP basic authentication: the password (a secret: prefer `INKAN_TSA_PASSWORD`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<SecretText>,
+    /// The policy OID to ask for (`reqPolicy`), if the contract names one.
+    pub policy: String,
+    /// Seconds a TSA has to answer, connection included.
+    pub timeout_secs: u64,
+    /// Requests to the TSAs in flight at once, per node; more wait their turn.
+    pub max_in_flight: usize,
+}
+
+impl Default for TsaConfig {
+    fn default() -> Self {
+        TsaConfig {
+            url: String::new(),
+            fallback_url: String::new(),
+            ca: Vec::new(),
+            chain: Vec::new(),
+            username: String::new(),
+            password: None,
+            policy: String::new(),
+            timeout_secs: 10,
+            max_in_flight: 64,
+        }
+    }
+}
+
+impl fmt::Debug for TsaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TsaConfig")
+            .field("url", &self.url)
+            .field("fallback_url", &self.fallback_url)
+            .field("ca", &self.ca)
+            .field("chain", &self.chain)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("policy", &self.policy)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
+    }
 }
 
 /// `[limits]`: what one client, or all clients together, may make the server
@@ -502,6 +562,7 @@ impl Default for Config {
             csc: CscConfig::default(),
             fido: FidoConfig::default(),
             limits: LimitsConfig::default(),
+            tsa: TsaConfig::default(),
         }
     }
 }

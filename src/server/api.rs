@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::clock::rfc3339;
 use crate::error::{Error, Result};
-use crate::signing::{Activation, EpsInput, Format, Payload, Request, MAX_HASHES};
+use crate::signing::{Activation, EpsInput, Format, Level, Payload, Request, MAX_HASHES};
 
 use super::body::{drain, read_json, read_limited, BodyDocument};
 use super::state::App;
@@ -65,6 +65,8 @@ pub struct SignQuery {
     pub detached: Option<bool>,
     /// XAdES from a prescription CSV (`Content-Type: text/csv`): its PrescriptionId.
     pub prescription_id: Option<String>,
+    /// `B-B` (default) or `B-T` (with a time-stamp from the TSA).
+    pub level: Option<String>,
 }
 
 /// `POST /api/v1/sign?format=cades|xades`: CAdES over any document (the
@@ -79,10 +81,11 @@ pub async fn sign(
     body: Body,
 ) -> Result<Response> {
     let principal = app.principal(&headers).await?;
+    let level: Level = q.level.as_deref().unwrap_or("B-B").parse()?;
     match q.format.as_deref().unwrap_or("cades") {
-        "cades" if q.prescription_id.is_none() => sign_cades(&app, &principal, &headers, q.detached, body).await,
+        "cades" if q.prescription_id.is_none() => sign_cades(&app, &principal, &headers, q.detached, level, body).await,
         "cades" => Err(Error::Invalid("prescription_id goes with format=xades".into())),
-        "xades" if q.detached.is_none() => sign_xades(&app, &principal, &headers, q.prescription_id, body).await,
+        "xades" if q.detached.is_none() => sign_xades(&app, &principal, &headers, q.prescription_id, level, body).await,
         "xades" => Err(Error::Invalid(
             "detached is a CAdES parameter: XAdES goes into the document (use sign-hashes for the signature alone)"
                 .into(),
@@ -117,6 +120,7 @@ async fn sign_cades(
     principal: &crate::auth::principal::Principal,
     headers: &HeaderMap,
     detached: Option<bool>,
+    level: Level,
     body: Body,
 ) -> Result<Response> {
     let detached = detached.unwrap_or(true);
@@ -146,6 +150,7 @@ async fn sign_cades(
                 activation: Activation::Session,
                 via: "api.sign",
                 detail: None,
+                level,
             },
         )
         .await;
@@ -185,6 +190,7 @@ async fn sign_xades(
     principal: &crate::auth::principal::Principal,
     headers: &HeaderMap,
     prescription_id: Option<String>,
+    level: Level,
     body: Body,
 ) -> Result<Response> {
     // Refused before the body is read (the pipeline checks again).
@@ -222,6 +228,7 @@ async fn sign_xades(
                 activation: Activation::Session,
                 via: "api.sign",
                 detail: None,
+                level,
             },
         )
         .await?;
@@ -245,6 +252,8 @@ pub struct SignHashes {
     pub format: Option<String>,
     /// With `xades`: `prescription` or `dispensing`.
     pub kind: Option<String>,
+    /// `B-B` (default) or `B-T` (CAdES: each signature time-stamped).
+    pub level: Option<String>,
 }
 
 /// Decodes base64 digests (standard or URL-safe alphabet) of `alg`.
@@ -305,6 +314,7 @@ pub async fn sign_hashes(State(app): State<Arc<App>>, headers: HeaderMap, body: 
                 activation: Activation::Session,
                 via: "api.sign-hashes",
                 detail: None,
+                level: req.level.as_deref().unwrap_or("B-B").parse()?,
             },
         )
         .await?;

@@ -27,7 +27,7 @@ use x509_cert::Certificate;
 use crate::auth::principal::Principal;
 use crate::eps::Kind;
 use crate::error::{Error, Result};
-use crate::signing::{Activation, EpsInput, Format, Payload, Request, MAX_HASHES};
+use crate::signing::{Activation, EpsInput, Format, Level, Payload, Request, MAX_HASHES};
 
 use super::api::decode_hashes;
 use super::body::{read_json, read_json_or_empty, read_limited};
@@ -476,6 +476,7 @@ pub async fn sign_hash(State(app): State<Arc<App>>, headers: HeaderMap, body: Bo
                 activation: Activation::Csc(req.sad.as_deref()),
                 via: "csc.signHash",
                 detail: Some(json!({ "signAlgo": req.sign_algo })),
+                level: Level::BB,
             },
         )
         .await?;
@@ -552,7 +553,7 @@ enum DocFormat {
     Xades,
 }
 
-fn check_format(format: &str, level: Option<&str>) -> Result<DocFormat> {
+fn check_format(format: &str, level: Option<&str>) -> Result<(DocFormat, Level)> {
     let format = match format {
         "C" => DocFormat::Cades,
         "X" => DocFormat::Xades,
@@ -562,12 +563,13 @@ fn check_format(format: &str, level: Option<&str>) -> Result<DocFormat> {
             ))
         }
     };
-    if let Some(l) = level {
-        if !l.eq_ignore_ascii_case("AdES-B-B") && !l.eq_ignore_ascii_case("AdES-B") {
-            return Err(Error::Invalid("Invalid parameter conformance_level: only AdES-B-B is supported".into()));
-        }
-    }
-    Ok(format)
+    let level = match level {
+        None => Level::BB,
+        Some(l) => l.parse().map_err(|_| {
+            Error::Invalid("Invalid parameter conformance_level: Ades-B-B, Ades-B-T, Ades-B-LT or Ades-B-LTA".into())
+        })?,
+    };
+    Ok((format, level))
 }
 
 /// XAdES in the e-prescription profile signs with RSASSA-PKCS1-v1_5 (or
@@ -646,6 +648,7 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
     struct Job {
         payload: JobPayload,
         out: Out,
+        level: Level,
     }
     enum JobPayload {
         Digests(DigestAlgorithm, Vec<Vec<u8>>, Format),
@@ -675,7 +678,7 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
     }
     let is_rsa = principal.key.as_ref().is_some_and(|k| k.algorithm.is_rsa());
     for dd in req.document_digests.iter().flatten() {
-        let format = check_format(&dd.signature_format, dd.conformance_level.as_deref())?;
+        let (format, level) = check_format(&dd.signature_format, dd.conformance_level.as_deref())?;
         let alg = dd
             .hash_algorithm_oid
             .parse::<der::oid::ObjectIdentifier>()
@@ -702,10 +705,10 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
         };
         let hashes =
             decode_hashes(&dd.hashes, alg).map_err(|e| Error::Invalid(format!("Invalid parameter hashes: {e}")))?;
-        jobs.push(Job { payload: JobPayload::Digests(alg, hashes, format), out: Out::Object });
+        jobs.push(Job { payload: JobPayload::Digests(alg, hashes, format), out: Out::Object, level });
     }
     for doc in req.documents.iter().flatten() {
-        let format = check_format(&doc.signature_format, doc.conformance_level.as_deref())?;
+        let (format, level) = check_format(&doc.signature_format, doc.conformance_level.as_deref())?;
         let content = Base64::decode_vec(&doc.document).map_err(|_| invalid("document"))?;
         match format {
             DocFormat::Cades => {
@@ -727,11 +730,13 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
                     Job {
                         payload: JobPayload::Enveloping(DigestAlgorithm::Sha256, digest, len),
                         out: Out::Around(content),
+                        level,
                     }
                 } else {
                     Job {
                         payload: JobPayload::Digests(DigestAlgorithm::Sha256, vec![digest], Format::CadesDetached),
                         out: Out::Object,
+                        level,
                     }
                 });
             }
@@ -747,7 +752,7 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
                 }
                 // Read here: Reference 1's digest is what the SAD covers.
                 let document = crate::signing::read_eps(EpsInput::Document(content)).await?;
-                jobs.push(Job { payload: JobPayload::Eps(document), out });
+                jobs.push(Job { payload: JobPayload::Eps(document), out, level });
             }
         }
     }
@@ -759,7 +764,7 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
     let mut taken = app.signing.activate(&principal, generation, req.sad.as_deref(), &all).await?;
     let mut signature_objects = Vec::new();
     let mut with_signature = Vec::new();
-    for Job { payload, out } in jobs {
+    for Job { payload, out, level } in jobs {
         let (payload, format) = match payload {
             JobPayload::Digests(alg, digests, format) => (Payload::Digests { alg, digests }, format),
             JobPayload::Enveloping(alg, digest, len) => (Payload::Hashed { alg, digest, len }, Format::CadesEnveloping),
@@ -776,6 +781,7 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
                     activation: Activation::Granted,
                     via: "csc.signDoc",
                     detail: None,
+                    level,
                 },
             )
             .await;

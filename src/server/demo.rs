@@ -252,6 +252,7 @@ async fn sign_sample(app: &App, token: &str, kind: &str) -> Response {
                     activation: Activation::Session,
                     via: "demo",
                     detail: None,
+                    level: crate::signing::Level::BB,
                 },
             )
             .await?;
@@ -340,6 +341,7 @@ pub async fn sign(State(app): State<Arc<App>>, headers: HeaderMap, mut form: Mul
                     activation: Activation::Session,
                     via: "demo",
                     detail: None,
+                    level: crate::signing::Level::BB,
                 },
             )
             .await?;

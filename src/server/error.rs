@@ -89,6 +89,13 @@ impl From<Error> for ApiError {
             Error::Unprocessable(m) => ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_request", m),
             Error::Gone(_, m) => ApiError::new(S::GONE, "invalid_request", m),
             Error::Unavailable(m) => ApiError::unavailable(m),
+            // The TSA is named (its URL is no secret): the client can tell the
+            // operator which one, or ask for B-B.
+            e @ Error::TsaUnavailable(_) => ApiError::new(
+                S::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                format!("{e}; retry later, or ask for level B-B"),
+            ),
             Error::Internal(m) => ApiError::internal(m),
         }
     }
@@ -99,6 +106,9 @@ impl IntoResponse for ApiError {
         let body = json!({ "error": self.error, "error_description": self.description });
         let mut resp = (self.status, axum::Json(body)).into_response();
         resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             let value = format!("Bearer error=\"{}\"", self.error);
             if let Ok(v) = HeaderValue::from_str(&value) {

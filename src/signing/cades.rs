@@ -9,7 +9,7 @@ use inkan_keystore::DigestAlgorithm;
 
 use crate::error::Result;
 
-use super::format::{Encoder, Parts, Pending, ToBeSigned};
+use super::format::{Assembled, Encoder, Level, Parts, Pending, ToBeSigned, Unsigned};
 use super::signed_data::{assemble, prepare, SignedAttributes};
 use super::signers::Signer;
 
@@ -29,8 +29,32 @@ struct Attributes {
 }
 
 impl Pending for Attributes {
-    fn assemble(self: Box<Self>, signature: &[u8]) -> Result<Parts> {
-        assemble(&self.signer.cades, self.digest_alg, &self.attributes, signature, self.content_len)
+    fn assemble(self: Box<Self>, signature: &[u8]) -> Result<Box<dyn Assembled>> {
+        Ok(Box::new(Signature { attributes: *self, value: signature.to_vec() }))
+    }
+}
+
+/// A CAdES signature: its signed attributes and value, assembled into DER
+/// when its unsigned attributes are known.
+struct Signature {
+    attributes: Attributes,
+    value: Vec<u8>,
+}
+
+impl Assembled for Signature {
+    /// CAdES-T: the time-stamp is over the value of `SignerInfo.signature`
+    /// (the OCTET STRING's contents; EN 319 122-1 5.3).
+    fn signature_timestamp_input(&self) -> Result<Option<Vec<u8>>> {
+        Ok(Some(self.value.clone()))
+    }
+
+    fn finish(self: Box<Self>, unsigned: &Unsigned) -> Result<Parts> {
+        let a = &self.attributes;
+        let mut attrs = Vec::new();
+        if let Some(stamp) = &unsigned.signature_timestamp {
+            attrs.push(super::signed_data::attribute(super::signed_data::SIGNATURE_TIME_STAMP_TOKEN, &stamp.token)?);
+        }
+        assemble(&a.signer.cades, a.digest_alg, &a.attributes, &self.value, a.content_len, &attrs)
     }
 }
 
@@ -41,6 +65,16 @@ impl Encoder for Cades {
 
     fn envelops(&self) -> bool {
         self.enveloping
+    }
+
+    fn check_level(&self, level: Level) -> Result<()> {
+        match level {
+            Level::BB | Level::BT => Ok(()),
+            other => Err(crate::error::Error::Invalid(format!(
+                "level {} is not made yet: ask for B-B or B-T",
+                other.as_str()
+            ))),
+        }
     }
 
     fn prepare(

@@ -10,10 +10,10 @@
 //!    ([`Pending`]);
 //! 2. **sign**: one `C_Sign` by the pipeline, nothing else;
 //! 3. **assemble** ([`Pending::assemble`]): the signature value into the
-//!    format's output ([`Parts`]).
-//!
-//! Steps that come after signing (a timestamp over the signature value) take
-//! the assembled output; the pipeline need not change for them.
+//!    format's signature ([`Assembled`]), which says what a signature
+//!    time-stamp covers and takes the unsigned properties of the level asked
+//!    ([`Unsigned`]) before it is finished into the format's output
+//!    ([`Parts`]).
 //!
 //! An enveloping format is assembled around the content ([`Parts`]), so the
 //! pipeline never copies a document it streams.
@@ -46,8 +46,74 @@ pub struct ToBeSigned {
 
 /// A prepared signature waiting for its value.
 pub trait Pending: Send {
-    /// Assembles the format's output around the token's signature value.
-    fn assemble(self: Box<Self>, signature: &[u8]) -> Result<Parts>;
+    /// Assembles the signature around the token's signature value; the
+    /// levels above B-B add their unsigned properties to it before it is
+    /// finished.
+    fn assemble(self: Box<Self>, signature: &[u8]) -> Result<Box<dyn Assembled>>;
+}
+
+/// A signature assembled, to which unsigned properties may still be added.
+pub trait Assembled: Send {
+    /// What a signature time-stamp covers (the TSA stamps its SHA-256):
+    /// CAdES, the value of `SignerInfo.signature`; XAdES, the inclusive C14N
+    /// of `xs:SignatureValue` in its document. `None`: this format takes none.
+    fn signature_timestamp_input(&self) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
+    /// The signature with `unsigned` added (nothing at B-B).
+    fn finish(self: Box<Self>, unsigned: &Unsigned) -> Result<Parts>;
+}
+
+/// What the levels above B-B add to a signature after it is made.
+#[derive(Clone, Debug, Default)]
+pub struct Unsigned {
+    /// B-T: a time-stamp token over the signature (its DER, checked).
+    pub signature_timestamp: Option<crate::tsa::Checked>,
+}
+
+/// A signature level (ETSI EN 319 122-1 / 319 132-1 baselines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Level {
+    /// B-B: the signature alone (CAdES-BES, XAdES-BES).
+    #[default]
+    BB,
+    /// B-T: with a signature time-stamp from a TSA.
+    BT,
+    /// B-LT: with the certificates and revocation data to validate it later.
+    BLT,
+    /// B-LTA: with an archive time-stamp over all of it.
+    BLTA,
+}
+
+impl Level {
+    /// Its name (`B-B`, `B-T`, `B-LT`, `B-LTA`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::BB => "B-B",
+            Level::BT => "B-T",
+            Level::BLT => "B-LT",
+            Level::BLTA => "B-LTA",
+        }
+    }
+}
+
+impl std::str::FromStr for Level {
+    type Err = crate::error::Error;
+
+    /// `B-B`, `B-T`, `B-LT`, `B-LTA`, with or without CSC's `AdES-` prefix,
+    /// in any case.
+    fn from_str(s: &str) -> Result<Self> {
+        let upper = s.to_ascii_uppercase();
+        let name = upper.strip_prefix("ADES-").unwrap_or(&upper);
+        match name {
+            "B-B" | "B" => Ok(Level::BB),
+            "B-T" | "T" => Ok(Level::BT),
+            "B-LT" | "LT" => Ok(Level::BLT),
+            "B-LTA" | "LTA" => Ok(Level::BLTA),
+            _ => Err(crate::error::Error::Invalid(format!("level must be B-B, B-T, B-LT or B-LTA, not {s:?}"))),
+        }
+    }
 }
 
 /// One signature format.
@@ -65,6 +131,19 @@ pub trait Encoder: Send + Sync {
     /// dentist, a dispensing record only by a pharmacist).
     fn permits(&self, _signer: &Signer) -> Result<()> {
         Ok(())
+    }
+
+    /// Checks, before anything is used up, that this format makes signatures
+    /// of `level` (B-B: every format).
+    fn check_level(&self, level: Level) -> Result<()> {
+        match level {
+            Level::BB => Ok(()),
+            other => Err(crate::error::Error::Invalid(format!(
+                "the {} format is made at level B-B only, not {}",
+                self.name(),
+                other.as_str()
+            ))),
+        }
     }
 
     /// What the audit row says of what was signed, beyond its digest (XAdES:
@@ -95,7 +174,7 @@ pub fn sign(
     signing_time: SystemTime,
     content_len: Option<u64>,
     token: &mut TokenSign<'_>,
-) -> Result<Parts> {
+) -> Result<Box<dyn Assembled>> {
     let to_sign = encoder.prepare(signer, digest_alg, message_digest, signing_time, content_len)?;
     let signature = token(to_sign.scheme, &to_sign.digest)?;
     to_sign.pending.assemble(&signature)

@@ -9,7 +9,7 @@ use inkan_keystore::{DigestAlgorithm, SignatureScheme};
 
 use crate::error::{Error, Result};
 
-use super::format::{Encoder, Parts, Pending, ToBeSigned};
+use super::format::{Assembled, Encoder, Parts, Pending, ToBeSigned, Unsigned};
 use super::signers::Signer;
 
 /// The raw format: the credential's default scheme for the digest, or `scheme`.
@@ -23,8 +23,17 @@ pub struct Raw {
 struct Value;
 
 impl Pending for Value {
-    fn assemble(self: Box<Self>, signature: &[u8]) -> Result<Parts> {
-        Ok(Parts { prefix: signature.to_vec(), ..Parts::default() })
+    fn assemble(self: Box<Self>, signature: &[u8]) -> Result<Box<dyn Assembled>> {
+        Ok(Box::new(Signature(signature.to_vec())))
+    }
+}
+
+/// A bare signature value: it takes no unsigned properties.
+struct Signature(Vec<u8>);
+
+impl Assembled for Signature {
+    fn finish(self: Box<Self>, _unsigned: &Unsigned) -> Result<Parts> {
+        Ok(Parts { prefix: self.0, ..Parts::default() })
     }
 }
 

@@ -173,6 +173,7 @@ pub fn assemble(
     attributes: &SignedAttributes,
     signature: &[u8],
     content_len: Option<u64>,
+    unsigned: &[Vec<u8>],
 ) -> Result<Parts> {
     let digest_alg = algorithm_identifier(digest.oid(), false);
     // SignerInfo (RFC 5652 5.3), version 1: sid is an IssuerAndSerialNumber.
@@ -182,6 +183,13 @@ pub fn assemble(
     si.extend_from_slice(&tlv(Tag::CONTEXT_0_CONSTRUCTED, &attributes.body));
     si.extend_from_slice(&signature_algorithm(identity.scheme(digest))?);
     si.extend_from_slice(&tlv(Tag::OCTET_STRING, signature));
+    if !unsigned.is_empty() {
+        // unsignedAttrs [1] IMPLICIT SET OF Attribute, in DER order.
+        let mut sorted: Vec<&Vec<u8>> = unsigned.iter().collect();
+        sorted.sort();
+        let body: Vec<u8> = sorted.into_iter().flatten().copied().collect();
+        si.extend_from_slice(&tlv(Tag::CONTEXT_1_CONSTRUCTED, &body));
+    }
     let signer_infos = tlv(Tag::SET, &tlv(Tag::SEQUENCE, &si));
 
     // EncapsulatedContentInfo: eContentType id-data, eContent only when enveloping.
@@ -229,6 +237,18 @@ fn header_len(len: u64) -> usize {
     v.len()
 }
 
+/// id-aa-signatureTimeStampToken (RFC 3161 Appendix A): an unsigned
+/// attribute holding a time-stamp token over the signature value.
+pub const SIGNATURE_TIME_STAMP_TOKEN: der::oid::ObjectIdentifier =
+    der::oid::ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.2.14");
+
+/// An `Attribute` (RFC 5652 5.3) of one value, given as its DER.
+pub fn attribute(oid: der::oid::ObjectIdentifier, value: &[u8]) -> Result<Vec<u8>> {
+    let mut body = oid.to_der().map_err(Error::internal)?;
+    body.extend_from_slice(&tlv(Tag::SET, value));
+    Ok(tlv(Tag::SEQUENCE, &body))
+}
+
 /// The first step of a signature: the signed attributes over the message
 /// digest, and what the token signs (the scheme, the digest of the
 /// attributes' DER `SET OF`). [`assemble`] is the last.
@@ -263,7 +283,7 @@ pub fn sign_digest(
     }
     let (attributes, scheme, to_sign) = prepare(identity, digest_alg, message_digest, signing_time)?;
     let signature = keystore.sign_digest(identity.key(), scheme, &to_sign)?;
-    Ok(assemble(identity, digest_alg, &attributes, &signature, None)?.into_detached())
+    Ok(assemble(identity, digest_alg, &attributes, &signature, None, &[])?.into_detached())
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use crate::eps::{Document, Kind};
 use crate::error::{Error, Result};
 use crate::xml::{escape_attribute, mime_base64, uri, EncodedCertificate, DS, XADES};
 
-use super::format::{Encoder, Parts, Pending, ToBeSigned};
+use super::format::{Assembled, Encoder, Level, Parts, Pending, ToBeSigned, Unsigned};
 use super::signers::Signer;
 
 /// XAdES-BES of one kind of e-prescription document, into `document` when
@@ -47,6 +47,15 @@ impl Encoder for Xades {
 
     fn permits(&self, signer: &Signer) -> Result<()> {
         self.kind.check_signer(&signer.qualification, signer.hc_role.as_deref())
+    }
+
+    fn check_level(&self, level: Level) -> Result<()> {
+        match level {
+            Level::BB => Ok(()),
+            Level::BT if self.document.is_some() => Ok(()),
+            Level::BT => Err(Error::Invalid(NEEDS_DOCUMENT.into())),
+            other => Err(Error::Invalid(format!("level {} is not made yet: ask for B-B or B-T", other.as_str()))),
+        }
     }
 
     fn audit(&self) -> Option<serde_json::Value> {
@@ -85,23 +94,77 @@ impl Encoder for Xades {
                 SignatureScheme::RsaPkcs1v15(DigestAlgorithm::Sha256)
             },
             digest: sha2::Sha256::digest(signature.signed_info.c14n.as_bytes()).to_vec(),
-            pending: Box::new(Unsigned { signature, document: self.document.clone() }),
+            pending: Box::new(Waiting { signature, document: self.document.clone() }),
         })
     }
 }
 
 /// A signature waiting for its value.
-struct Unsigned {
+struct Waiting {
     signature: Template,
     document: Option<Arc<Document>>,
 }
 
-impl Pending for Unsigned {
-    fn assemble(self: Box<Self>, value: &[u8]) -> Result<Parts> {
+impl Pending for Waiting {
+    fn assemble(self: Box<Self>, value: &[u8]) -> Result<Box<dyn Assembled>> {
         let value = if self.signature.ec { p1363(value)? } else { value.to_vec() };
-        let element = self.signature.element(&value);
+        Ok(Box::new(Signature { template: self.signature, value, document: self.document }))
+    }
+}
+
+/// A signature with its value, into which unsigned properties go.
+struct Signature {
+    template: Template,
+    value: Vec<u8>,
+    document: Option<Arc<Document>>,
+}
+
+impl Assembled for Signature {
+    /// XAdES-T: the time-stamp is over the inclusive C14N 1.0 of
+    /// `xs:SignatureValue` in the document (it carries the namespace
+    /// declarations in scope there: SPEC §3.2), so the document is needed.
+    fn signature_timestamp_input(&self) -> Result<Option<Vec<u8>>> {
+        let document = self.document.as_ref().ok_or_else(|| Error::Invalid(NEEDS_DOCUMENT.into()))?;
+        let signed = document.with_signature(&self.template.element(&self.value, ""));
+        let x = crate::xml::parse(&signed).map_err(|e| Error::Internal(format!("the signed document: {e}")))?;
+        let value = x
+            .by_id(&self.template.ids.signature_value())
+            .ok_or_else(|| Error::Internal("the signed document lost its SignatureValue".into()))?;
+        Ok(Some(x.inclusive(value).map_err(|e| Error::Internal(e.0))?))
+    }
+
+    fn finish(self: Box<Self>, unsigned: &Unsigned) -> Result<Parts> {
+        let mut properties = String::new();
+        if let Some(stamp) = &unsigned.signature_timestamp {
+            let taken = self.document.as_ref().map(|d| &d.ids);
+            let id = fresh_id(taken, &self.template.ids)?;
+            properties = format!(
+                "<xa:UnsignedProperties><xa:UnsignedSignatureProperties><xa:SignatureTimeStamp Id=\"{id}\">\
+                 <xa:EncapsulatedTimeStamp>{}</xa:EncapsulatedTimeStamp></xa:SignatureTimeStamp>\
+                 </xa:UnsignedSignatureProperties></xa:UnsignedProperties>",
+                mime_base64(&stamp.token)
+            );
+        }
+        let element = self.template.element(&self.value, &properties);
         let document = self.document.as_ref().map(|d| d.with_signature(&element));
         Ok(Parts { prefix: element.into_bytes(), suffix: Vec::new(), document })
+    }
+}
+
+/// Why a signature over a digest alone stays B-B.
+const NEEDS_DOCUMENT: &str = "an XAdES signature above B-B needs the document (or its CSV): its time-stamp covers \
+the signature value in the document's context; over a Reference 1 digest only B-B is made";
+
+/// A new `id` + 8 hex digits, taken neither in the document nor by the signature.
+fn fresh_id(taken: Option<&HashSet<String>>, ids: &Ids) -> Result<String> {
+    loop {
+        let mut b = [0u8; 4];
+        getrandom::fill(&mut b).map_err(Error::internal)?;
+        let h = crate::keys::hex(&b);
+        let id = format!("id{h}");
+        if !ids.hex.contains(&h) && !taken.is_some_and(|t| t.iter().any(|x| x.starts_with(&id))) {
+            return Ok(id);
+        }
     }
 }
 
@@ -332,8 +395,9 @@ impl Template {
         Template { kind, ids: ids.clone(), ec, key_info, signed_properties: props, signed_info: info }
     }
 
-    /// The `xs:Signature` element with its signature value (for ECDSA, `r || s`).
-    pub fn element(&self, value: &[u8]) -> String {
+    /// The `xs:Signature` element with its signature value (for ECDSA,
+    /// `r || s`) and its `xa:UnsignedProperties` (empty at B-B).
+    pub fn element(&self, value: &[u8], unsigned_properties: &str) -> String {
         let id = self.kind.signature_id();
         let mut out = String::with_capacity(
             self.signed_info.xml.len() + self.key_info.xml.len() + self.signed_properties.xml.len() + 1024,
@@ -349,6 +413,7 @@ impl Template {
             self.ids.qualifying_properties()
         ));
         out.push_str(&self.signed_properties.xml);
+        out.push_str(unsigned_properties);
         out.push_str("</xa:QualifyingProperties></xs:Object></xs:Signature>");
         out
     }
@@ -426,13 +491,13 @@ mod tests {
             let encoded = EncodedCertificate::new(&certificate);
             let template = Template::new(kind, &ids(ids_hex), &encoded, &time, &doc.digest, false);
             let value = signature_value(&signature);
-            assert_eq!(template.element(&value), without_unsigned(&signature), "{file}");
+            assert_eq!(template.element(&value, ""), without_unsigned(&signature), "{file}");
             // The signature value verifies over the canonical SignedInfo written here.
             let cert = <x509_cert::Certificate as der::Decode>::from_der(&certificate).expect("cert");
             crate::pki::verify_xml_signature(&cert, uri::RSA_SHA256, template.signed_info.c14n.as_bytes(), &value)
                 .expect("verifies");
             // And the document with it is the sample, but for the unsigned properties.
-            let signed = doc.with_signature(&template.element(&value));
+            let signed = doc.with_signature(&template.element(&value, ""));
             let x = crate::xml::parse(&signed).expect("parse");
             let sig = x.by_id(kind.signature_id()).expect("signature");
             crate::eps::check::bes(&x, sig, kind).expect("BES");
@@ -449,7 +514,7 @@ mod tests {
         let certificate = EncodedCertificate::new(&sample("extracted-doctor-signer.der"));
         let template =
             Template::new(Kind::Prescription, &ids, &certificate, "2026-12-06T00:00:00+00:00", &doc.digest, true);
-        let signed = doc.with_signature(&template.element(&[1u8; 64]));
+        let signed = doc.with_signature(&template.element(&[1u8; 64], ""));
         let x = crate::xml::parse(&signed).expect("parse");
         for (id, twin) in [
             (ids.key_info(), &template.key_info),

@@ -25,4 +25,5 @@ mod layout;
 mod nodes;
 mod postgres;
 mod service;
+mod tsa;
 mod xades;

@@ -19,6 +19,8 @@ impl Tag {
     pub const CONTEXT_0_CONSTRUCTED: Tag = Tag(0xa0);
     /// `[4]` constructed (GeneralName directoryName)
     pub const CONTEXT_4_CONSTRUCTED: Tag = Tag(0xa4);
+    /// `[1]` constructed (unsignedAttrs).
+    pub const CONTEXT_1_CONSTRUCTED: Tag = Tag(0xa1);
 }
 
 /// Appends a tag and a definite length (X.690 8.1.3).

@@ -1,0 +1,271 @@
+//! A time-stamp token (RFC 3161 §2.4.2: a CMS `SignedData` over a
+//! `TSTInfo`), checked before anything is built on it: the content type,
+//! the imprint and the nonce of the request, one signer whose signed
+//! attributes hold the content type and the message digest of the
+//! `TSTInfo`, the ESS signing-certificate (v1 or v2) naming the TSA's
+//! certificate, the signature with that certificate's key, the certificate's
+//! extendedKeyUsage (critical, timeStamping alone) and its path to the
+//! configured anchors at the token's time.
+
+use cms::content_info::ContentInfo;
+use cms::signed_data::{SignedData, SignerIdentifier};
+use const_oid::ObjectIdentifier;
+use der::{Decode, Encode};
+use inkan_keystore::DigestAlgorithm;
+use x509_cert::ext::pkix::{ExtendedKeyUsage, SubjectKeyIdentifier};
+use x509_cert::Certificate;
+
+use super::asn1::TstInfo;
+
+/// Why a token is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+fn refused(message: impl Into<String>) -> Refused {
+    Refused(message.into())
+}
+
+/// OIDs of RFC 3161, RFC 5652 and RFC 5035.
+pub mod oids {
+    use const_oid::ObjectIdentifier;
+    /// id-signedData.
+    pub const SIGNED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
+    /// id-ct-TSTInfo.
+    pub const TST_INFO: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.1.4");
+    /// id-contentType.
+    pub const CONTENT_TYPE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
+    /// id-messageDigest.
+    pub const MESSAGE_DIGEST: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.4");
+    /// id-aa-signingCertificate (ESS, SHA-1).
+    pub const SIGNING_CERTIFICATE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.2.12");
+    /// id-aa-signingCertificateV2.
+    pub const SIGNING_CERTIFICATE_V2: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.2.47");
+    /// id-kp-timeStamping.
+    pub const TIME_STAMPING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.8");
+    /// SHA-1.
+    pub const SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
+    /// rsaEncryption.
+    pub const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+}
+
+/// A token that passed every check.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    /// The token (DER of its `ContentInfo`), as the TSA sent it.
+    pub token: Vec<u8>,
+    /// What it says.
+    pub info: TstInfo,
+    /// The TSA's certificate (DER).
+    pub tsa_certificate: Vec<u8>,
+    /// The path from it to an anchor (DER, the TSA's first).
+    pub path: Vec<Vec<u8>>,
+}
+
+/// What the token must stamp: the digest algorithm and digest of the
+/// request, and its nonce (big-endian, as sent).
+#[derive(Clone, Debug)]
+pub struct Expected<'a> {
+    /// The imprint's algorithm.
+    pub alg: DigestAlgorithm,
+    /// The imprint.
+    pub digest: &'a [u8],
+    /// The nonce sent, if any.
+    pub nonce: Option<&'a [u8]>,
+}
+
+fn digest_of(oid: &ObjectIdentifier, data: &[u8]) -> Option<Vec<u8>> {
+    if *oid == oids::SHA1 {
+        use sha1::Digest;
+        return Some(sha1::Sha1::digest(data).to_vec());
+    }
+    DigestAlgorithm::from_oid(oid).map(|a| a.digest(data))
+}
+
+/// An integer's value bytes without leading zeros (a nonce compared as a number).
+fn number(bytes: &[u8]) -> &[u8] {
+    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    &bytes[first..]
+}
+
+/// Checks `token` (DER of a `ContentInfo`) against what was asked and the
+/// TSA `anchors` (see the module documentation). `extra` certificates
+/// (configured intermediates) may complete the path.
+pub fn check(
+    token: &[u8],
+    expected: &Expected<'_>,
+    anchors: &[Certificate],
+    extra: &[Certificate],
+) -> Result<Checked, Refused> {
+    let ci = ContentInfo::from_der(token).map_err(|e| refused(format!("the token is not a ContentInfo: {e}")))?;
+    if ci.content_type != oids::SIGNED_DATA {
+        return Err(refused(format!("the token is a {}, not a SignedData", ci.content_type)));
+    }
+    let sd: SignedData = ci.content.decode_as().map_err(|e| refused(format!("the token's SignedData: {e}")))?;
+    if sd.encap_content_info.econtent_type != oids::TST_INFO {
+        return Err(refused(format!(
+            "the token's content is a {}, not a TSTInfo",
+            sd.encap_content_info.econtent_type
+        )));
+    }
+    let econtent = sd.encap_content_info.econtent.as_ref().ok_or_else(|| refused("the token holds no TSTInfo"))?;
+    let tst_der = der::asn1::OctetString::from_der(&econtent.to_der().map_err(|e| refused(e.to_string()))?)
+        .map_err(|e| refused(format!("the token's eContent: {e}")))?
+        .as_bytes()
+        .to_vec();
+    let info = TstInfo::from_der(&tst_der).map_err(|e| refused(e.0))?;
+
+    // What was asked.
+    if info.message_imprint.hash_algorithm.oid != expected.alg.oid()
+        || info.message_imprint.hashed_message.as_bytes() != expected.digest
+    {
+        return Err(refused("the token's imprint is not the request's (another document's time-stamp)"));
+    }
+    match (expected.nonce, info.nonce.as_deref()) {
+        (Some(sent), Some(got)) if number(sent) == number(got) => {}
+        (Some(_), _) => return Err(refused("the token's nonce is not the request's (a replayed or mixed-up answer)")),
+        (None, _) => {}
+    }
+
+    // One signer, its signed attributes.
+    let mut signers = sd.signer_infos.0.iter();
+    let (Some(si), None) = (signers.next(), signers.next()) else {
+        return Err(refused("the token does not have exactly one signer"));
+    };
+    let attrs = si.signed_attrs.as_ref().ok_or_else(|| refused("the token's signer has no signed attributes"))?;
+    let attr = |oid: ObjectIdentifier| attrs.iter().find(|a| a.oid == oid).and_then(|a| a.values.iter().next());
+    let content_type = attr(oids::CONTENT_TYPE)
+        .and_then(|v| v.decode_as::<ObjectIdentifier>().ok())
+        .ok_or_else(|| refused("the token's signed attributes lack content-type"))?;
+    if content_type != oids::TST_INFO {
+        return Err(refused("the token's signed content-type is not id-ct-TSTInfo"));
+    }
+    let message_digest = attr(oids::MESSAGE_DIGEST)
+        .and_then(|v| v.decode_as::<der::asn1::OctetString>().ok())
+        .ok_or_else(|| refused("the token's signed attributes lack message-digest"))?;
+    let computed = digest_of(&si.digest_alg.oid, &tst_der).ok_or_else(|| {
+        refused(format!("the token's digest algorithm {} is not one inkan checks", si.digest_alg.oid))
+    })?;
+    if message_digest.as_bytes() != computed {
+        return Err(refused("the token's message-digest does not match its TSTInfo"));
+    }
+
+    // The TSA's certificate: the signer's, among the token's certificates.
+    let certs: Vec<Certificate> = sd
+        .certificates
+        .iter()
+        .flat_map(|set| set.0.iter())
+        .filter_map(|c| match c {
+            cms::cert::CertificateChoices::Certificate(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect();
+    let tsa = certs
+        .iter()
+        .find(|c| match &si.sid {
+            SignerIdentifier::IssuerAndSerialNumber(isn) => {
+                c.tbs_certificate().issuer() == &isn.issuer && c.tbs_certificate().serial_number() == &isn.serial_number
+            }
+            SignerIdentifier::SubjectKeyIdentifier(ski) => {
+                matches!(c.tbs_certificate().get_extension::<SubjectKeyIdentifier>(), Ok(Some((_, k))) if k == *ski)
+            }
+        })
+        .ok_or_else(|| refused("the token does not carry the TSA's certificate (was certReq ignored?)"))?;
+    let tsa_der = tsa.to_der().map_err(|e| refused(e.to_string()))?;
+    check_ess(&attr, &tsa_der)?;
+
+    // The signature over the DER of the signed attributes (a SET OF).
+    let signed = attrs.to_der().map_err(|e| refused(e.to_string()))?;
+    let algorithm = if si.signature_algorithm.oid == oids::RSA_ENCRYPTION {
+        // rsaEncryption: the hash is the signer's digest algorithm.
+        use der::oid::db::rfc5912 as o;
+        let oid = match DigestAlgorithm::from_oid(&si.digest_alg.oid) {
+            Some(DigestAlgorithm::Sha256) => o::SHA_256_WITH_RSA_ENCRYPTION,
+            Some(DigestAlgorithm::Sha384) => o::SHA_384_WITH_RSA_ENCRYPTION,
+            Some(DigestAlgorithm::Sha512) => o::SHA_512_WITH_RSA_ENCRYPTION,
+            None => return Err(refused("the token is signed with a digest inkan does not check (SHA-1?)")),
+        };
+        spki::AlgorithmIdentifierOwned { oid, parameters: None }
+    } else {
+        si.signature_algorithm.clone()
+    };
+    crate::pki::verify_signature(
+        &signed,
+        &algorithm,
+        si.signature.as_bytes(),
+        tsa.tbs_certificate().subject_public_key_info(),
+    )
+    .map_err(|e| match e {
+        crate::pki::SignatureCheck::Invalid => {
+            refused("the token's signature does not verify with the TSA's certificate")
+        }
+        crate::pki::SignatureCheck::Unsupported(m) => refused(format!("the token's signature: {m}")),
+    })?;
+
+    // The TSA's certificate is for time-stamping only, and chains to an anchor.
+    match tsa.tbs_certificate().get_extension::<ExtendedKeyUsage>() {
+        Ok(Some((true, eku))) if eku.0 == [oids::TIME_STAMPING] => {}
+        Ok(Some((false, _))) => return Err(refused("the TSA's certificate has a non-critical extendedKeyUsage")),
+        Ok(Some(_)) => return Err(refused("the TSA's certificate is not for time-stamping alone (extendedKeyUsage)")),
+        _ => return Err(refused("the TSA's certificate has no extendedKeyUsage timeStamping")),
+    }
+    let mut intermediates: Vec<Certificate> = certs.iter().filter(|c| *c != tsa).cloned().collect();
+    intermediates.extend(extra.iter().cloned());
+    let path = crate::pki::path::build(tsa, &intermediates, anchors, info.gen_time)
+        .map_err(|e| refused(format!("the TSA's certificate: {e}")))?;
+    let path = path.iter().map(|c| c.to_der()).collect::<Result<Vec<_>, _>>().map_err(|e| refused(e.to_string()))?;
+    Ok(Checked { token: token.to_vec(), info, tsa_certificate: tsa_der, path })
+}
+
+/// The ESS signing-certificate (v2, or v1 with SHA-1): its first ESSCertID
+/// is the TSA's certificate.
+fn check_ess<'a>(attr: &dyn Fn(ObjectIdentifier) -> Option<&'a der::Any>, tsa_der: &[u8]) -> Result<(), Refused> {
+    use der::{Reader, SliceReader};
+    let (value, v2) = match (attr(oids::SIGNING_CERTIFICATE_V2), attr(oids::SIGNING_CERTIFICATE)) {
+        (Some(v), _) => (v, true),
+        (None, Some(v)) => (v, false),
+        (None, None) => return Err(refused("the token's signed attributes lack an ESS signing-certificate")),
+    };
+    let bad = |e: der::Error| refused(format!("the token's ESS signing-certificate: {e}"));
+    let der_value = value.to_der().map_err(bad)?;
+    let mut reader = SliceReader::new(&der_value).map_err(bad)?;
+    // SigningCertificate(V2) ::= SEQUENCE { certs SEQUENCE OF ESSCertID(v2), ... }
+    let (alg, hash) = reader
+        .sequence(|r| {
+            let first = r.sequence(|certs| {
+                certs
+                    .sequence(|id| {
+                        let alg = if v2 && der::Tag::peek(id)? == der::Tag::Sequence {
+                            spki::AlgorithmIdentifierOwned::decode(id)?.oid
+                        } else if v2 {
+                            DigestAlgorithm::Sha256.oid()
+                        } else {
+                            oids::SHA1
+                        };
+                        let hash = der::asn1::OctetString::decode(id)?;
+                        // issuerSerial, if any, is not needed once the hash matches.
+                        while !id.is_finished() {
+                            der::Any::decode(id)?;
+                        }
+                        Ok::<_, der::Error>((alg, hash))
+                    })
+                    .and_then(|first| {
+                        while !certs.is_finished() {
+                            der::Any::decode(certs)?;
+                        }
+                        Ok::<_, der::Error>(first)
+                    })
+            })?;
+            while !r.is_finished() {
+                der::Any::decode(r)?;
+            }
+            Ok(first)
+        })
+        .map_err(bad)?;
+    let computed =
+        digest_of(&alg, tsa_der).ok_or_else(|| refused(format!("ESSCertID hash algorithm {alg} unknown")))?;
+    if hash.as_bytes() != computed {
+        return Err(refused("the token's ESS signing-certificate names another certificate than the signer's"));
+    }
+    Ok(())
+}

@@ -1,0 +1,478 @@
+//! Time-stamps (level B-T): inkan's RFC 3161 client against a real TSA
+//! (certomancer's `animate`, started here on a free port) and against one
+//! that misbehaves on purpose (a small HTTP server of this file in front of
+//! it). What inkan makes is checked by tools nobody here wrote: `openssl ts
+//! -verify` on every token with its recomputed input, `openssl cms
+//! -verify`, pyHanko's CMS validation (hard-fail revocation) and xmlsec1.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64ct::{Base64, Encoding};
+use der::{Decode, Encode};
+use serde_json::json;
+
+use crate::harness::{fixture, openssl_verify, root, Env};
+use crate::http::{login, register_client, Client, Server};
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8")
+}
+
+/// certomancer's `animate`: an RFC 3161 TSA (`/testpki/tsa/tsa`), one whose
+/// certificate lacks the timeStamping EKU (`/testpki/tsa/tsa-noeku`), and
+/// its root's CRL, on 127.0.0.1.
+pub struct Certomancer {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// The TSA's root certificate (PEM).
+    pub root: PathBuf,
+    /// The root's CRL (DER).
+    pub root_crl: PathBuf,
+}
+
+impl Drop for Certomancer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port()
+}
+
+impl Certomancer {
+    /// Starts one (keys made with openssl; about three seconds).
+    pub fn start() -> Certomancer {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = dir.path().join("certomancer.yml");
+        std::fs::copy(root().join("tests/tsa/certomancer.yml"), &config).expect("config");
+        std::fs::create_dir_all(dir.path().join("keys")).expect("keys");
+        for k in ["root", "tsa", "tsa2"] {
+            let out = Command::new("openssl")
+                .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+                .arg(dir.path().join(format!("keys/{k}.key.pem")))
+                .output()
+                .expect("openssl");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let certomancer = |args: &[&str]| {
+            let mut cmd = Command::new("python3");
+            cmd.args(["-m", "certomancer", "--config"]).arg(&config).args(["--service-url-prefix", &base]).args(args);
+            cmd
+        };
+        let child = certomancer(&["animate", "--port", &port.to_string(), "--no-web-ui"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("certomancer (softhsm/setup.sh --deps-only installs it)");
+        let root = dir.path().join("root.pem");
+        let out = certomancer(&["summon", "testpki", "root"]).arg(&root).output().expect("summon");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut c = Certomancer { child, _dir: dir, base, root, root_crl: PathBuf::new() };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(60), "certomancer did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c.root_crl = c.root.with_file_name("root.crl");
+        let crl = http_get(&format!("{}/testpki/crls/root/latest.crl", c.base));
+        std::fs::write(&c.root_crl, crl).expect("crl");
+        c
+    }
+
+    /// The good TSA's URL.
+    pub fn tsa(&self) -> String {
+        format!("{}/testpki/tsa/tsa", self.base)
+    }
+}
+
+fn http_get(url: &str) -> Vec<u8> {
+    let out = Command::new("curl").args(["-sSf", url]).output().expect("curl");
+    assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// Posts a time-stamp query with curl; the answer's body.
+fn post_query(url: &str, query: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("curl")
+        .args(["-sS", "-H", "Content-Type: application/timestamp-query", "--data-binary", "@-", url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    child.stdin.take().expect("stdin").write_all(query).expect("query");
+    child.wait_with_output().expect("curl").stdout
+}
+
+/// A TSA that misbehaves as its path says, in front of a good one:
+/// `/ok`, `/wrong-imprint`, `/wrong-nonce` (each forwarded, the query
+/// altered), `/reject` (a rejection status), `/slow` (no answer for 30 s),
+/// `/garbage`, `/noeku` (certomancer's TSA without the EKU).
+pub struct BadTsa {
+    pub base: String,
+}
+
+impl BadTsa {
+    pub fn start(good: &Certomancer) -> BadTsa {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (good, noeku) = (good.tsa(), format!("{}/testpki/tsa/tsa-noeku", good.base));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (good, noeku) = (good.clone(), noeku.clone());
+                std::thread::spawn(move || answer(stream, &good, &noeku));
+            }
+        });
+        BadTsa { base }
+    }
+}
+
+fn answer(mut stream: std::net::TcpStream, good: &str, noeku: &str) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head_end, len) = loop {
+        let n = stream.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                .unwrap_or(0);
+            break (i + 4, len);
+        }
+    };
+    while buf.len() < head_end + len {
+        let n = stream.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let path = String::from_utf8_lossy(&buf).split_whitespace().nth(1).unwrap_or("").to_owned();
+    let query = buf[head_end..head_end + len].to_vec();
+    let mut req = inkan::tsa::asn1::TimeStampReq::from_der(&query).ok();
+    let body: Vec<u8> = match path.as_str() {
+        "/ok" => post_query(good, &query),
+        "/noeku" => post_query(noeku, &query),
+        "/wrong-imprint" => {
+            let r = req.as_mut().expect("query");
+            let mut digest = r.message_imprint.hashed_message.as_bytes().to_vec();
+            digest[0] ^= 0xff;
+            r.message_imprint.hashed_message = der::asn1::OctetString::new(digest).expect("digest");
+            post_query(good, &r.to_der().expect("der"))
+        }
+        "/wrong-nonce" => {
+            let r = req.as_mut().expect("query");
+            r.nonce = Some(der::asn1::Uint::new(&[0x12, 0x34, 0x56]).expect("nonce"));
+            post_query(good, &r.to_der().expect("der"))
+        }
+        // TimeStampResp { PKIStatusInfo { rejection, ["policy not accepted"], unacceptedPolicy } }
+        "/reject" => {
+            let text = b"policy not accepted";
+            let mut status = vec![0x02, 0x01, 0x02, 0x30, (text.len() + 2) as u8, 0x0c, text.len() as u8];
+            status.extend_from_slice(text);
+            status.extend_from_slice(&[0x03, 0x03, 0x07, 0x00, 0x80]);
+            let mut info = vec![0x30, status.len() as u8];
+            info.extend_from_slice(&status);
+            let mut resp = vec![0x30, info.len() as u8];
+            resp.extend_from_slice(&info);
+            resp
+        }
+        "/slow" => {
+            std::thread::sleep(Duration::from_secs(30));
+            Vec::new()
+        }
+        _ => b"this is not DER".to_vec(),
+    };
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/timestamp-reply\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(&body);
+}
+
+/// The CAdES signature's value and its time-stamp token (DER).
+fn cades_token(der: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let ci = cms::content_info::ContentInfo::from_der(der).expect("ContentInfo");
+    let sd: cms::signed_data::SignedData = ci.content.decode_as().expect("SignedData");
+    let si = sd.signer_infos.0.get(0).expect("signer");
+    let unsigned = si.unsigned_attrs.as_ref().expect("unsigned attributes");
+    let attr =
+        unsigned.iter().find(|a| a.oid.to_string() == "1.2.840.113549.1.9.16.2.14").expect("signature time-stamp");
+    let token = attr.values.get(0).expect("token").to_der().expect("der");
+    (si.signature.as_bytes().to_vec(), token)
+}
+
+/// `openssl ts -verify` of a token over `data`, trusting `ca`.
+fn openssl_ts_verify(dir: &Path, name: &str, data: &[u8], token: &[u8], ca: &Path) -> (bool, String) {
+    let (d, t) = (dir.join(format!("{name}.data")), dir.join(format!("{name}.tst")));
+    std::fs::write(&d, data).expect("data");
+    std::fs::write(&t, token).expect("token");
+    let out = Command::new("openssl")
+        .args(["ts", "-verify", "-token_in", "-data"])
+        .arg(&d)
+        .arg("-in")
+        .arg(&t)
+        .arg("-CAfile")
+        .arg(ca)
+        .output()
+        .expect("openssl");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success() && text.contains("Verification: OK"), text)
+}
+
+/// The HPKI fixture root's CRL (an ARL, none revoked), which pyHanko's
+/// hard-fail revocation wants for the signing CA's certificate.
+fn hpki_root_arl(dir: &Path) -> PathBuf {
+    let ca = inkan::pki::ca::Ca::load(&fixture("hpki-root.pem"), &fixture("hpki-root.key")).expect("root");
+    let now = SystemTime::now();
+    let crl = ca.crl(1, &[], now - Duration::from_secs(3600), now + Duration::from_secs(86_400)).expect("crl");
+    let path = dir.join("hpki-root.crl");
+    std::fs::write(&path, crl).expect("write");
+    path
+}
+
+fn tsa_env(tsa: &Certomancer) -> Vec<(&'static str, String)> {
+    vec![("INKAN_TSA_URL", tsa.tsa()), ("INKAN_TSA_CA", tsa.root.display().to_string())]
+}
+
+const CSV: &str = "SJ1\n1,1,1234567,01,inkan試験病院\n51,20261206";
+
+#[test]
+fn b_t_signatures_pass_openssl_ts_pyhanko_xmlsec1_and_signxml() {
+    let tsa = Certomancer::start();
+    let env = Env::new();
+    env.user_with_key_as("100001", "rsa2048", "doctor");
+    env.ok(&["hpki", "map", "100001", s(&fixture("holders/hpki-doctor.pem"))]);
+    let vars = tsa_env(&tsa);
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::start(&env, &vars);
+    let client = register_client(&env);
+    let token = login(&server, &client, "hpki-doctor", "hpki")["access_token"].as_str().expect("token").to_owned();
+    let bearer = format!("Bearer {token}");
+    let dir = env.path("b-t");
+    std::fs::create_dir_all(&dir).expect("dir");
+
+    // CAdES-T of a document: openssl cms, the token by openssl ts over the
+    // signature value, and pyHanko over all of it (hard-fail revocation).
+    let document = "処方箋 CAdES-T".as_bytes();
+    let r = Client::new().post(&server.url("/api/v1/sign?level=B-T"), &[("authorization", &bearer)], document);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (doc, sig) = (dir.join("doc.txt"), dir.join("doc.p7s"));
+    std::fs::write(&doc, document).expect("doc");
+    std::fs::write(&sig, &r.body).expect("sig");
+    let (ok, out) = openssl_verify(&sig, Some(&doc));
+    assert!(ok, "openssl cms -verify: {out}");
+    let (value, stamp) = cades_token(&r.body);
+    let (ok, out) = openssl_ts_verify(&dir, "cades", &value, &stamp, &tsa.root);
+    assert!(ok, "openssl ts -verify: {out}");
+    let out = Command::new("python3")
+        .arg(root().join("tests/tsa/validate_cades.py"))
+        .arg(&doc)
+        .arg(&sig)
+        .arg("--root")
+        .arg(fixture("hpki-root.pem"))
+        .arg("--cert")
+        .arg(fixture("hpki-signing-ca.pem"))
+        .arg("--crl")
+        .arg(fixture("crl/hpki-signing-ca.crl.pem"))
+        .arg("--crl")
+        .arg(hpki_root_arl(&dir))
+        .arg("--tsa-root")
+        .arg(&tsa.root)
+        .arg("--tsa-crl")
+        .arg(&tsa.root_crl)
+        .output()
+        .expect("python3 with pyHanko (softhsm/setup.sh --deps-only installs it)");
+    assert!(
+        out.status.success(),
+        "pyHanko: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // sign-hashes at B-T: each signature stamped.
+    let digest = inkan::keystore::DigestAlgorithm::Sha256.digest(document);
+    let r = Client::new().post_json(
+        &server.url("/api/v1/sign-hashes"),
+        &token,
+        &json!({ "hashes": [Base64::encode_string(&digest), Base64::encode_string(&digest)], "level": "B-T" }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (i, s) in r.json()["signatures"].as_array().expect("signatures").iter().enumerate() {
+        let der = Base64::decode_vec(s.as_str().expect("b64")).expect("b64");
+        let (value, stamp) = cades_token(&der);
+        let (ok, out) = openssl_ts_verify(&dir, &format!("hash-{i}"), &value, &stamp, &tsa.root);
+        assert!(ok, "{out}");
+    }
+
+    // XAdES-T of a prescription from its CSV: xmlsec1 and signxml still
+    // verify it, and the time-stamp is over the inclusive C14N of
+    // SignatureValue in the document, as lxml canonicalises it.
+    let r = Client::new().post(
+        &server.url("/api/v1/sign?format=xades&level=B-T&prescription_id=rx-t-1"),
+        &[("authorization", &bearer), ("content-type", "text/csv")],
+        CSV,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let signed = dir.join("rx-t.xml");
+    std::fs::write(&signed, &r.body).expect("write");
+    let out = Command::new("xmlsec1")
+        .args(["--verify", "--id-attr:id", "PrescriptionDocument", "--trusted-pem"])
+        .arg(fixture("hpki-root.pem"))
+        .arg("--untrusted-pem")
+        .arg(fixture("hpki-signing-ca.pem"))
+        .arg(&signed)
+        .output()
+        .expect("xmlsec1");
+    assert!(out.status.success(), "xmlsec1: {}", String::from_utf8_lossy(&out.stderr));
+    let script = r#"
+import sys, base64
+from lxml import etree
+doc = etree.parse(sys.argv[1])
+ns = {"xs": "http://www.w3.org/2000/09/xmldsig#", "xa": "http://uri.etsi.org/01903/v1.3.2#"}
+value = doc.find(".//xs:SignatureValue", ns)
+sys.stdout.buffer.write(etree.tostring(value, method="c14n"))
+token = doc.find(".//xa:SignatureTimeStamp/xa:EncapsulatedTimeStamp", ns).text
+open(sys.argv[2], "wb").write(base64.b64decode(token))
+"#;
+    let token_path = dir.join("xades.tst");
+    let out = Command::new("python3").args(["-c", script]).arg(&signed).arg(&token_path).output().expect("lxml");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.starts_with(b"<xs:SignatureValue xmlns:xs="), "{}", String::from_utf8_lossy(&out.stdout));
+    let stamp = std::fs::read(&token_path).expect("token");
+    let (ok, text) = openssl_ts_verify(&dir, "xades", &out.stdout, &stamp, &tsa.root);
+    assert!(ok, "openssl ts -verify over lxml's C14N of SignatureValue: {text}");
+
+    // Over a Reference 1 digest alone there is no document for the
+    // time-stamp: refused before anything is signed.
+    let rows = env.audit_rows();
+    let r = Client::new().post_json(
+        &server.url("/api/v1/sign-hashes"),
+        &token,
+        &json!({ "hashes": [Base64::encode_string(&digest)], "format": "xades", "kind": "prescription", "level": "B-T" }),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("needs the document"), "{}", r.text());
+    assert_eq!(env.audit_rows(), rows);
+
+    // The audit rows say the level.
+    let rows = env.json(&["audit", "tail", "--limit", "3"]).to_string();
+    assert!(rows.contains("B-T"), "{rows}");
+}
+
+#[test]
+fn a_tsa_that_misbehaves_is_refused_with_its_name_and_nothing_is_delivered() {
+    let tsa = Certomancer::start();
+    let bad = BadTsa::start(&tsa);
+    let env = Env::new();
+    env.user_with_key_as("100001", "rsa2048", "doctor");
+    let dir = env.path("bad-tsa");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let doc = dir.join("doc.txt");
+    std::fs::write(&doc, "a document").expect("doc");
+    let root_pem = tsa.root.display().to_string();
+    let sign = |url: &str, ca: &str, fallback: &str, out: &Path| {
+        env.run_with(
+            &["sign", "100001", s(&doc), "--out", s(out), "--level", "B-T"],
+            &[
+                ("INKAN_TSA_URL", url),
+                ("INKAN_TSA_CA", ca),
+                ("INKAN_TSA_FALLBACK_URL", fallback),
+                ("INKAN_TSA_TIMEOUT_SECS", "2"),
+            ],
+        )
+    };
+    let rows = env.audit_rows();
+    let mut unstamped = 0;
+    for (mode, says) in [
+        ("wrong-imprint", "imprint is not the request's"),
+        ("wrong-nonce", "nonce is not the request's"),
+        ("reject", "rejection"),
+        ("noeku", "extendedKeyUsage"),
+        ("garbage", "TimeStampResp"),
+        ("slow", "no answer within 2 s"),
+    ] {
+        let out = dir.join(format!("{mode}.p7s"));
+        let url = format!("{}/{mode}", bad.base);
+        let r = sign(&url, &root_pem, "", &out);
+        assert_ne!(r.code, 0, "{mode}: {}", r.stdout);
+        assert!(r.stderr.contains(&url) && r.stderr.contains(says), "{mode}: {}", r.stderr);
+        assert!(!out.exists(), "{mode}: nothing delivered");
+        unstamped += 1;
+    }
+    // A chain to another anchor than the one configured.
+    let out = dir.join("untrusted.p7s");
+    let r = sign(&tsa.tsa(), s(&fixture("hpki-root.pem")), "", &out);
+    assert!(r.stderr.contains("no path to a trusted anchor"), "{}", r.stderr);
+    unstamped += 1;
+    // What happened is in the audit log, one row per signature not delivered.
+    assert_eq!(env.audit_rows(), rows + unstamped);
+    let tail = env.json(&["audit", "tail", "--limit", "1"]);
+    assert_eq!(tail[0]["event"], "sign.unstamped", "{tail}");
+    // The fallback TSA answers when the first refuses.
+    let out = dir.join("fallback.p7s");
+    let r = sign(&format!("{}/reject", bad.base), &root_pem, &tsa.tsa(), &out);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let (_, stamp) = cades_token(&std::fs::read(&out).expect("sig"));
+    assert!(!stamp.is_empty());
+    // And B-B asks no TSA, even one that would not answer.
+    let out = dir.join("bb.p7s");
+    let slow = format!("{}/slow", bad.base);
+    let r = env.run_with(
+        &["sign", "100001", s(&doc), "--out", s(&out)],
+        &[("INKAN_TSA_URL", &slow), ("INKAN_TSA_CA", &root_pem)],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn over_https_a_tsa_outage_answers_503_naming_it_and_gives_the_sad_back() {
+    let tsa = Certomancer::start();
+    let bad = BadTsa::start(&tsa);
+    let env = Env::new();
+    env.user_with_key_as("100001", "rsa2048", "doctor");
+    env.ok(&["hpki", "map", "100001", s(&fixture("holders/hpki-doctor.pem"))]);
+    let url = format!("{}/reject", bad.base);
+    let root_pem = tsa.root.display().to_string();
+    let server = Server::start(&env, &[("INKAN_TSA_URL", &url), ("INKAN_TSA_CA", &root_pem), ("INKAN_CSC_SCAL", "2")]);
+    let client = register_client(&env);
+    let token = login(&server, &client, "hpki-doctor", "hpki")["access_token"].as_str().expect("token").to_owned();
+    let digest = Base64::encode_string(&[3u8; 32]);
+    let r = Client::new().post_json(
+        &server.url("/csc/v2/credentials/authorize"),
+        &token,
+        &json!({ "credentialID": "100001.g1", "numSignatures": 1, "hashes": [digest] }),
+    );
+    let sad = r.json()["SAD"].as_str().expect("SAD").to_owned();
+    let sign = |level: &str| {
+        Client::new().post_json(
+            &server.url("/csc/v2/signatures/signDoc"),
+            &token,
+            &json!({ "credentialID": "100001.g1", "SAD": sad, "documentDigests": [{
+                "hashes": [digest], "hashAlgorithmOID": "2.16.840.1.101.3.4.2.1", "signature_format": "C",
+                "conformance_level": level }] }),
+        )
+    };
+    let r = sign("Ades-B-T");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.headers.get("retry-after").map(String::as_str), Some("5"));
+    assert!(r.text().contains(&url) && r.text().contains("rejection"), "{}", r.text());
+    // The SAD was given back: the same one signs at B-B.
+    let r = sign("Ades-B-B");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
