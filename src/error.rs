@@ -52,6 +52,11 @@ pub enum Error {
     /// retry later, or ask for a level without a time-stamp.
     #[error("the time-stamp authority did not stamp the signature: {0}")]
     TsaUnavailable(String),
+    /// The certificates or CRLs a B-LT signature carries could not be had
+    /// (a distribution point did not answer, no current CRL): retry later,
+    /// or ask for a lower level.
+    #[error("the validation data of the signature could not be gathered: {0}")]
+    NoValidationData(String),
     /// A fault in inkan or in its data; nothing the caller can do. The details
     /// are logged, never shown to a client.
     #[error("internal error: {0}")]
@@ -151,7 +156,7 @@ impl Error {
 
     /// Whether retrying later may help (token, store or TSA unavailable).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Error::Unavailable(_) | Error::TsaUnavailable(_))
+        matches!(self, Error::Unavailable(_) | Error::TsaUnavailable(_) | Error::NoValidationData(_))
     }
 }
 

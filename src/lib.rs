@@ -33,6 +33,7 @@ pub mod config;
 pub mod demo;
 pub mod eps;
 pub mod error;
+pub mod fetch;
 pub mod fido;
 pub mod fixtures;
 #[cfg(any(fuzzing, test))]
@@ -41,6 +42,7 @@ pub mod kek;
 pub mod keys;
 pub mod metrics;
 pub mod pki;
+pub mod revocation;
 pub mod server;
 pub mod service;
 pub mod setup;

@@ -4,6 +4,7 @@
 //! ([`trust`]).
 
 pub mod ca;
+pub mod crl;
 pub mod path;
 pub mod profile;
 pub mod trust;

@@ -242,6 +242,7 @@ pub struct Signing<T: ?Sized + Send> {
     scal2: bool,
     sad_lifetime_ms: i64,
     tsa: Option<Arc<crate::tsa::Tsa>>,
+    crls: Arc<crate::revocation::Crls>,
 }
 
 /// The audit name of a digest algorithm (`sha256`).
@@ -274,6 +275,12 @@ impl<T: UsersTx + ?Sized> Signing<T> {
             sad_lifetime_ms: config.csc.sad_lifetime_secs as i64 * 1000,
             seal_anchor: Default::default(),
             tsa: crate::tsa::Tsa::new(&config.tsa)?.map(Arc::new),
+            crls: Arc::new(crate::revocation::Crls::new(
+                &config.pki.crls,
+                config.pki.fetch_crls,
+                std::time::Duration::from_secs(config.pki.crl_timeout_secs.max(1)),
+                config.pki.crl_max_bytes,
+            )?),
         })
     }
 
@@ -316,6 +323,36 @@ impl<T: UsersTx + ?Sized> Signing<T> {
     pub async fn signer(&self, principal: &Principal) -> Result<Arc<Signer>> {
         let key = principal.active_key()?;
         self.signers.get(&principal.user_id, key).await
+    }
+
+    /// Checks, before anything is used up, that a request of `format` (over
+    /// `document`, if the caller sent one) can be made at `level` here (CSC
+    /// `signDoc` asks before it takes the SAD; [`Signing::sign`] checks again).
+    pub fn check_level(
+        &self,
+        format: Format,
+        document: Option<&Arc<crate::eps::Document>>,
+        level: Level,
+    ) -> Result<()> {
+        let encoder: Box<dyn format::Encoder> = match (format, document) {
+            (Format::Xades(kind), Some(d)) => {
+                Box::new(xades::Xades { kind: kind.unwrap_or(d.kind), document: Some(Arc::clone(d)) })
+            }
+            _ => format.encoder(),
+        };
+        encoder.check_level(level)?;
+        self.require_tsa(level)
+    }
+
+    fn require_tsa(&self, level: Level) -> Result<()> {
+        if level != Level::BB && self.tsa.is_none() {
+            return Err(Error::Invalid(format!(
+                "level {} needs a time-stamp authority, and this service has none: ask for B-B, or have the \
+                 operator set [tsa] url and ca",
+                level.as_str()
+            )));
+        }
+        Ok(())
     }
 
     /// Issues signature activation data (CSC `credentials/authorize`) for the
@@ -467,13 +504,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         encoder.permits(&signer)?;
         let level = request.level;
         encoder.check_level(level)?;
-        if level != Level::BB && self.tsa.is_none() {
-            return Err(Error::Invalid(format!(
-                "level {} needs a time-stamp authority, and this service has none: ask for B-B, or have the \
-                 operator set [tsa] url and ca",
-                level.as_str()
-            )));
-        }
+        self.require_tsa(level)?;
         // The CSC signature activation, for exactly these digests.
         let taken = match request.activation {
             Activation::Csc(sad) => self.activate(principal, key.generation, sad, &digests).await?,
@@ -516,16 +547,27 @@ impl<T: UsersTx + ?Sized> Signing<T> {
                 Level::BB => Ok(Vec::new()),
                 _ => assembled.iter().map(|a| timestamp_digest(a.as_ref())).collect::<Result<Vec<_>>>(),
             };
-            let unsigned = match async { self.unsigned(inputs?, n as usize, level).await }.await {
+            let unsigned = match async { self.unsigned(&signer, inputs?, n as usize, level).await }.await {
                 Ok(u) => u,
                 Err(e) => {
                     self.metrics.signatures(n, false, started.elapsed());
-                    self.audit_unstamped(principal, key.generation, alg, &digests, level, &e).await;
+                    self.audit_undelivered(principal, key.generation, alg, &digests, level, &e).await;
                     return Err(e);
                 }
             };
-            let signatures =
-                assembled.into_iter().zip(unsigned.iter()).map(|(a, u)| a.finish(u)).collect::<Result<Vec<Parts>>>()?;
+            let signatures = match assembled
+                .into_iter()
+                .zip(unsigned.iter())
+                .map(|(a, u)| a.finish(u))
+                .collect::<Result<Vec<_>>>()
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    self.metrics.signatures(n, false, started.elapsed());
+                    self.audit_undelivered(principal, key.generation, alg, &digests, level, &e).await;
+                    return Err(e);
+                }
+            };
             // 6. The audit rows, durable before anything is returned.
             let mut detail = serde_json::json!({
                 "via": via,
@@ -557,20 +599,75 @@ impl<T: UsersTx + ?Sized> Signing<T> {
 
     /// What `level` adds to each of `n` signatures after it is made: a
     /// checked time-stamp over each (`stamp_digests`, SHA-256 of what each
-    /// covers) at B-T, the TSA's calls in parallel.
-    async fn unsigned(&self, stamp_digests: Vec<Vec<u8>>, n: usize, level: Level) -> Result<Vec<format::Unsigned>> {
+    /// covers) at B-T, the TSA's calls in parallel; at B-LT also the
+    /// certificates and CRLs of the signer's path and the TSA's.
+    async fn unsigned(
+        &self,
+        signer: &Signer,
+        stamp_digests: Vec<Vec<u8>>,
+        n: usize,
+        level: Level,
+    ) -> Result<Vec<format::Unsigned>> {
         if level == Level::BB {
             return Ok((0..n).map(|_| format::Unsigned::default()).collect());
         }
         let tsa = self.tsa.as_ref().ok_or_else(|| Error::Internal("a level above B-B without a TSA".into()))?;
-        let stamps =
-            futures_util::future::join_all(stamp_digests.iter().map(|d| tsa.stamp(DigestAlgorithm::Sha256, d))).await;
-        stamps.into_iter().map(|s| s.map(|stamp| format::Unsigned { signature_timestamp: Some(stamp) })).collect()
+        // The first failure cancels the others: the request is refused anyway.
+        let now = self.clock.now();
+        let stamps = futures_util::future::try_join_all(
+            stamp_digests.iter().map(|d| tsa.stamp(DigestAlgorithm::Sha256, d, now)),
+        )
+        .await?;
+        if level == Level::BT {
+            return Ok(stamps
+                .into_iter()
+                .map(|stamp| format::Unsigned { signature_timestamp: Some(stamp), validation: None })
+                .collect());
+        }
+        let signer_path: Vec<Vec<u8>> =
+            std::iter::once(signer.certificate().to_vec()).chain(signer.chain.iter().cloned()).collect();
+        let signer_crls = self.path_crls(&signer_path, now).await?;
+        let mut out = Vec::with_capacity(stamps.len());
+        for stamp in stamps {
+            let tsa_crls = self.path_crls(&stamp.path, now).await?;
+            let validation = format::ValidationData {
+                signer_chain: signer.chain.as_ref().clone(),
+                signer_crls: signer_crls.clone(),
+                tsa_path: stamp.path.clone(),
+                tsa_crls,
+            };
+            out.push(format::Unsigned { signature_timestamp: Some(stamp), validation: Some(validation) });
+        }
+        Ok(out)
+    }
+
+    /// The CRL of each certificate of a path (DER, the leaf first) from the
+    /// next one, current at `at`; a self-signed certificate (the anchor) needs none.
+    async fn path_crls(&self, path: &[Vec<u8>], at: SystemTime) -> Result<Vec<Vec<u8>>> {
+        let certs = path
+            .iter()
+            .map(|d| <x509_cert::Certificate as der::Decode>::from_der(d))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(Error::internal)?;
+        let mut crls = Vec::new();
+        for pair in certs.windows(2) {
+            let (cert, issuer) = (&pair[0], &pair[1]);
+            if cert.tbs_certificate().subject() == cert.tbs_certificate().issuer() {
+                break;
+            }
+            match self.crls.for_certificate(cert, issuer, at).await {
+                Ok(crl) => crls.push(crl),
+                Err(crate::revocation::CrlError::Revoked(why)) => return Err(Error::Conflict(why)),
+                Err(crate::revocation::CrlError::Missing(why)) => return Err(Error::NoValidationData(why)),
+            }
+        }
+        Ok(crls)
     }
 
     /// Records signatures the token made but that were not delivered (no
-    /// TSA stamped them at the level asked): what happened, and to what.
-    async fn audit_unstamped(
+    /// TSA stamped them, or their validation data could not be had, at the
+    /// level asked): what happened, and to what.
+    async fn audit_undelivered(
         &self,
         principal: &Principal,
         generation: i64,
@@ -587,7 +684,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
                 .iter()
                 .map(|d| Event {
                     actor: &principal.actor,
-                    event: "sign.unstamped",
+                    event: "sign.undelivered",
                     user_id: Some(&principal.user_id),
                     generation: Some(generation),
                     digest: Some(d),
@@ -600,7 +697,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         }
         .await;
         if let Err(e) = recorded {
-            tracing::error!("cannot record the unstamped signatures in the audit log: {e}");
+            tracing::error!("cannot record the undelivered signatures in the audit log: {e}");
         }
     }
 

@@ -98,6 +98,8 @@ fn prescan(text: &[u8]) -> Result<(), XmlError> {
 pub const DS: &str = "http://www.w3.org/2000/09/xmldsig#";
 /// The XAdES 1.3.2 namespace.
 pub const XADES: &str = "http://uri.etsi.org/01903/v1.3.2#";
+/// The XAdES 1.4.1 namespace (`TimeStampValidationData`, `ArchiveTimeStamp`).
+pub const XADES141: &str = "http://uri.etsi.org/01903/v1.4.1#";
 
 /// The algorithm URIs of XMLDSig and XAdES that inkan writes and reads.
 pub mod uri {

@@ -66,6 +66,10 @@ pub const SETTINGS: &[Setting] = &[
     s("store.ca", Path),
     s("pki.signing_ca", Path),
     s("pki.chain", Paths),
+    s("pki.crls", Paths),
+    s("pki.fetch_crls", Bool),
+    s("pki.crl_max_bytes", Int),
+    s("pki.crl_timeout_secs", Int),
     s("signing.rsa_scheme", Choice(&["pkcs1v15", "pss"])),
     s("signing.max_xml_bytes", Int),
     s("server.listen", Str),
@@ -222,7 +226,7 @@ mod tests {
             let parsed: Result<Config, _> = table.try_into();
             assert!(parsed.is_ok(), "{}: {:?}", setting.var(), parsed.err());
         }
-        assert_eq!(SETTINGS.len(), 69, "the README promises an override for each of the 69 settings");
+        assert_eq!(SETTINGS.len(), 73, "the README promises an override for each of the 73 settings");
     }
 
     #[test]

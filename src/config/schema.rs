@@ -523,6 +523,17 @@ pub struct PkiConfig {
     /// Further certificates of the chain up to the root, included in signatures
     /// after the signing CA.
     pub chain: Vec<PathBuf>,
+    /// CRLs (DER or PEM files) for the validation data of B-LT signatures:
+    /// the signing chain's and the TSA's. A certificate without one here is
+    /// looked up at its CRL distribution point (`fetch_crls`).
+    pub crls: Vec<PathBuf>,
+    /// Whether CRLs may be fetched from distribution points (HTTP), each kept
+    /// until its nextUpdate.
+    pub fetch_crls: bool,
+    /// Largest CRL fetched (10 MiB); a larger one is never embedded.
+    pub crl_max_bytes: usize,
+    /// Seconds a distribution point has to answer.
+    pub crl_timeout_secs: u64,
 }
 
 /// RSA signature scheme for CAdES signatures.
@@ -588,6 +599,10 @@ impl Default for PkiConfig {
         PkiConfig {
             signing_ca: PathBuf::from("fixtures/pki/hpki-signing-ca.pem"),
             chain: vec![PathBuf::from("fixtures/pki/hpki-root.pem")],
+            crls: Vec::new(),
+            fetch_crls: true,
+            crl_max_bytes: 10 << 20,
+            crl_timeout_secs: 10,
         }
     }
 }

@@ -1,16 +1,19 @@
 //! Certification paths for what inkan checks on its own account: a TSA's
 //! certificate up to the configured TSA anchors (and, for validation, a
-//! signer's up to pinned anchors). RFC 5280's basic path: each issuer found
-//! by name among the anchors first, then the intermediates, its signature
-//! over the certificate verified, every certificate valid at the time asked,
-//! every issuer but an anchor a CA (basicConstraints cA). Critical
-//! certificatePolicies are accepted (HPKI marks them critical; webpki would
-//! refuse them); policy mapping and name constraints are not processed.
+//! signer's up to pinned anchors). A subset of RFC 5280's path validation:
+//! each issuer found by name among the anchors first, then the
+//! intermediates, its signature over the certificate verified (with the
+//! algorithm the certificate names twice alike), every certificate valid at
+//! the time asked, every intermediate a CA (basicConstraints cA, keyUsage
+//! keyCertSign if it has one, its pathLenConstraint kept), no critical
+//! extension inkan does not know. Critical certificatePolicies are accepted
+//! (HPKI marks them critical; webpki would refuse them); policy mapping and
+//! name constraints are not processed (a critical one is refused).
 
 use std::time::SystemTime;
 
 use der::Encode;
-use x509_cert::ext::pkix::BasicConstraints;
+use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, KeyUsages};
 use x509_cert::Certificate;
 
 use super::{check_issued_by, check_validity, PkiError};
@@ -28,6 +31,7 @@ pub fn build(
 ) -> Result<Vec<Certificate>, PkiError> {
     let mut path = vec![leaf.clone()];
     check_validity(leaf, at)?;
+    check_extensions(leaf)?;
     for _ in 0..MAX_DEPTH {
         let Some(current) = path.last() else { break };
         if anchors.iter().any(|a| same(a, current)) {
@@ -54,6 +58,19 @@ pub fn build(
         if !is_ca(&next) {
             return Err(PkiError(format!("{} issued a certificate but is not a CA", next.tbs_certificate().subject())));
         }
+        // Intermediates below this one: its pathLenConstraint bounds them.
+        let below = path.len() - 1;
+        if let Ok(Some((_, BasicConstraints { path_len_constraint: Some(max), .. }))) =
+            next.tbs_certificate().get_extension::<BasicConstraints>()
+        {
+            if below > usize::from(max) {
+                return Err(PkiError(format!(
+                    "{} allows {max} intermediate CAs below it, the path has {below}",
+                    next.tbs_certificate().subject()
+                )));
+            }
+        }
+        check_extensions(&next)?;
         check_validity(&next, at)
             .map_err(|e| PkiError(format!("the intermediate {}: {e}", next.tbs_certificate().subject())))?;
         path.push(next);
@@ -65,7 +82,33 @@ fn same(a: &Certificate, b: &Certificate) -> bool {
     a.to_der().ok() == b.to_der().ok()
 }
 
-/// Whether basicConstraints says cA.
+/// Whether a certificate may issue others: basicConstraints cA, and
+/// keyUsage keyCertSign if it has a keyUsage.
 pub fn is_ca(cert: &Certificate) -> bool {
-    matches!(cert.tbs_certificate().get_extension::<BasicConstraints>(), Ok(Some((_, bc))) if bc.ca)
+    let tbs = cert.tbs_certificate();
+    let ca = matches!(tbs.get_extension::<BasicConstraints>(), Ok(Some((_, bc))) if bc.ca);
+    let signs = match tbs.get_extension::<KeyUsage>() {
+        Ok(Some((_, ku))) => ku.0.contains(KeyUsages::KeyCertSign),
+        Ok(None) => true,
+        Err(_) => false,
+    };
+    ca && signs
+}
+
+/// No critical extension inkan does not know, and the signature algorithm
+/// written inside and outside the signed part alike.
+fn check_extensions(cert: &Certificate) -> Result<(), PkiError> {
+    if cert.signature_algorithm() != cert.tbs_certificate().signature() {
+        return Err(PkiError(format!("{} names two signature algorithms", cert.tbs_certificate().subject())));
+    }
+    for ext in cert.tbs_certificate().extensions().into_iter().flatten() {
+        let oid = ext.extn_id.to_string();
+        if ext.critical && !super::trust::KNOWN_EXTENSIONS.contains(&oid.as_str()) {
+            return Err(PkiError(format!(
+                "{} has a critical extension inkan does not know ({oid})",
+                cert.tbs_certificate().subject()
+            )));
+        }
+    }
+    Ok(())
 }

@@ -75,7 +75,7 @@ pub enum CardCertError {
 }
 
 /// The extensions inkan understands (and may therefore accept as critical).
-const KNOWN_EXTENSIONS: &[&str] = &[
+pub(crate) const KNOWN_EXTENSIONS: &[&str] = &[
     "2.5.29.15",         // keyUsage
     "2.5.29.19",         // basicConstraints
     "2.5.29.32",         // certificatePolicies
@@ -241,9 +241,7 @@ impl TrustStore {
         required: bool,
     ) -> Result<(), CardCertError> {
         let issuer_name = issuer.tbs_certificate().subject();
-        let Some(crl) =
-            self.crls.iter().find(|crl| crl.tbs_cert_list.issuer == *issuer_name && crl_signed_by(crl, issuer))
-        else {
+        let Some(crl) = self.crls.iter().find(|crl| super::crl::signed_by(crl, issuer)) else {
             return if required { Err(CardCertError::NoCrl(issuer_name.to_string())) } else { Ok(()) };
         };
         let this_update = crl.tbs_cert_list.this_update.to_system_time();
@@ -298,13 +296,6 @@ fn check_ca(cert: &Certificate) -> Result<(), ()> {
 
 fn issued_by(cert: &Certificate, issuer: &Certificate) -> bool {
     cert.tbs_certificate().issuer() == issuer.tbs_certificate().subject() && pki::check_issued_by(cert, issuer).is_ok()
-}
-
-fn crl_signed_by(crl: &CertificateList, issuer: &Certificate) -> bool {
-    let Ok(tbs) = crl.tbs_cert_list.to_der() else { return false };
-    let Some(sig) = crl.signature.as_bytes() else { return false };
-    pki::verify_signature(&tbs, &crl.signature_algorithm, sig, issuer.tbs_certificate().subject_public_key_info())
-        .is_ok()
 }
 
 #[cfg(test)]

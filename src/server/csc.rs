@@ -759,6 +759,17 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
     if jobs.is_empty() {
         return Err(Error::Invalid("Missing parameter documentDigests or documents".into()));
     }
+    // Every entry's level must be one that can be made, before the SAD is used.
+    for job in &jobs {
+        let (format, document) = match &job.payload {
+            JobPayload::Digests(_, _, format) => (*format, None),
+            JobPayload::Enveloping(..) => (Format::CadesEnveloping, None),
+            JobPayload::Eps(document) => (Format::Xades(None), Some(document)),
+        };
+        app.signing
+            .check_level(format, document, job.level)
+            .map_err(|e| Error::Invalid(format!("Invalid parameter conformance_level: {e}")))?;
+    }
     // One SAD for the whole request: checked against every hash, once.
     let all: Vec<Vec<u8>> = jobs.iter().flat_map(Job::hashes).collect();
     let mut taken = app.signing.activate(&principal, generation, req.sad.as_deref(), &all).await?;

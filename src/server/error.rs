@@ -96,6 +96,11 @@ impl From<Error> for ApiError {
                 "temporarily_unavailable",
                 format!("{e}; retry later, or ask for level B-B"),
             ),
+            e @ Error::NoValidationData(_) => ApiError::new(
+                S::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                format!("{e}; retry later, or ask for level B-T"),
+            ),
             Error::Internal(m) => ApiError::internal(m),
         }
     }

@@ -10,7 +10,7 @@ use inkan_keystore::DigestAlgorithm;
 use crate::error::Result;
 
 use super::format::{Assembled, Encoder, Level, Parts, Pending, ToBeSigned, Unsigned};
-use super::signed_data::{assemble, prepare, SignedAttributes};
+use super::signed_data::{assemble, prepare, Extras, SignedAttributes};
 use super::signers::Signer;
 
 /// CAdES-BES behind the format seam: detached, or enveloping the content.
@@ -48,13 +48,24 @@ impl Assembled for Signature {
         Ok(Some(self.value.clone()))
     }
 
+    /// B-T: the signature-time-stamp-token attribute; B-LT: the TSA's
+    /// certificates next to the signer's, and the CRLs of both paths, in
+    /// `SignedData` (EN 319 122-1 baseline LT).
     fn finish(self: Box<Self>, unsigned: &Unsigned) -> Result<Parts> {
         let a = &self.attributes;
         let mut attrs = Vec::new();
         if let Some(stamp) = &unsigned.signature_timestamp {
             attrs.push(super::signed_data::attribute(super::signed_data::SIGNATURE_TIME_STAMP_TOKEN, &stamp.token)?);
         }
-        assemble(&a.signer.cades, a.digest_alg, &a.attributes, &self.value, a.content_len, &attrs)
+        let (certificates, crls) = match &unsigned.validation {
+            Some(v) => (
+                [v.signer_chain.clone(), v.tsa_path.clone()].concat(),
+                [v.signer_crls.clone(), v.tsa_crls.clone()].concat(),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        let extras = Extras { unsigned: &attrs, certificates: &certificates, crls: &crls };
+        assemble(&a.signer.cades, a.digest_alg, &a.attributes, &self.value, a.content_len, &extras)
     }
 }
 
@@ -69,9 +80,9 @@ impl Encoder for Cades {
 
     fn check_level(&self, level: Level) -> Result<()> {
         match level {
-            Level::BB | Level::BT => Ok(()),
+            Level::BB | Level::BT | Level::BLT => Ok(()),
             other => Err(crate::error::Error::Invalid(format!(
-                "level {} is not made yet: ask for B-B or B-T",
+                "level {} is not made yet: ask for B-B, B-T or B-LT",
                 other.as_str()
             ))),
         }

@@ -70,6 +70,22 @@ pub trait Assembled: Send {
 pub struct Unsigned {
     /// B-T: a time-stamp token over the signature (its DER, checked).
     pub signature_timestamp: Option<crate::tsa::Checked>,
+    /// B-LT: what validates the signature and its time-stamp later.
+    pub validation: Option<ValidationData>,
+}
+
+/// The certificates and CRLs that let a signature and its time-stamp be
+/// validated later, without asking anyone (B-LT).
+#[derive(Clone, Debug, Default)]
+pub struct ValidationData {
+    /// The signer's CA certificates (DER), its issuer first, up to the anchor.
+    pub signer_chain: Vec<Vec<u8>>,
+    /// The CRLs of the signer's path (DER): its issuer's, then each CA's issuer's.
+    pub signer_crls: Vec<Vec<u8>>,
+    /// The TSA's path (DER): its certificate first, up to the anchor.
+    pub tsa_path: Vec<Vec<u8>>,
+    /// The CRLs of the TSA's path (DER).
+    pub tsa_crls: Vec<Vec<u8>>,
 }
 
 /// A signature level (ETSI EN 319 122-1 / 319 132-1 baselines).

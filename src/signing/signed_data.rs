@@ -50,6 +50,8 @@ pub struct SignerIdentity {
     signing_certificate: Vec<u8>,
     /// DER `[0] IMPLICIT CertificateSet`: the signer's certificate, then the chain.
     certificates: Vec<u8>,
+    /// The same certificates, each its DER.
+    certificate_list: Vec<Vec<u8>>,
 }
 
 impl SignerIdentity {
@@ -73,21 +75,20 @@ impl SignerIdentity {
         let sid = tlv(Tag::SEQUENCE, &sid_body);
         let signing_certificate = signing_certificate_v2(certificate, &issuer, &serial);
 
-        let mut set_body = certificate.to_vec();
-        let mut seen: Vec<&[u8]> = vec![certificate];
+        let mut certificate_list = vec![certificate.to_vec()];
         for c in chain {
-            if !seen.contains(&c.as_slice()) {
+            if !certificate_list.contains(c) {
                 Certificate::from_der(c).map_err(|e| Error::Invalid(format!("certificate: chain: {e}")))?;
-                set_body.extend_from_slice(c);
-                seen.push(c);
+                certificate_list.push(c.clone());
             }
         }
-        let certificates = tlv(Tag::CONTEXT_0_CONSTRUCTED, &set_body);
+        let certificates = tlv(Tag::CONTEXT_0_CONSTRUCTED, &certificate_list.concat());
         Ok(SignerIdentity {
             key,
             key_algorithm,
             rsa_scheme,
             certificate: certificate.to_vec(),
+            certificate_list,
             sid,
             signing_certificate,
             certificates,
@@ -165,16 +166,32 @@ fn signature_algorithm(scheme: SignatureScheme) -> Result<Vec<u8>> {
     })
 }
 
+/// What a signature carries besides its signer's certificates and signed
+/// attributes: unsigned attributes (DER `Attribute`s: a signature
+/// time-stamp), and the validation data of B-LT (more certificates, CRLs).
+#[derive(Clone, Debug, Default)]
+pub struct Extras<'a> {
+    /// Unsigned attributes, each the DER of an `Attribute`.
+    pub unsigned: &'a [Vec<u8>],
+    /// Certificates added to `SignedData.certificates` (DER; those already
+    /// there are not repeated).
+    pub certificates: &'a [Vec<u8>],
+    /// CRLs for `SignedData.crls` (DER `CertificateList`s).
+    pub crls: &'a [Vec<u8>],
+}
+
 /// Wraps a signature value into `ContentInfo { SignedData }`, with room for
-/// `content_len` bytes of enveloped content (`None`: detached).
+/// `content_len` bytes of enveloped content (`None`: detached), and the
+/// `extras` of the level asked.
 pub fn assemble(
     identity: &SignerIdentity,
     digest: DigestAlgorithm,
     attributes: &SignedAttributes,
     signature: &[u8],
     content_len: Option<u64>,
-    unsigned: &[Vec<u8>],
+    extras: &Extras<'_>,
 ) -> Result<Parts> {
+    let unsigned = extras.unsigned;
     let digest_alg = algorithm_identifier(digest.oid(), false);
     // SignerInfo (RFC 5652 5.3), version 1: sid is an IssuerAndSerialNumber.
     let mut si = vec![0x02, 0x01, 0x01];
@@ -212,7 +229,30 @@ pub fn assemble(
     // SignedData (RFC 5652 5.1), version 1.
     let mut sd_head = vec![0x02, 0x01, 0x01];
     sd_head.extend_from_slice(&tlv(Tag::SET, &digest_alg));
-    let mut sd_tail = identity.certificates.clone();
+    // certificates [0] IMPLICIT CertificateSet, crls [1] IMPLICIT RevocationInfoChoices.
+    let mut sd_tail = if extras.certificates.iter().all(|c| identity.certificate_list.contains(c)) {
+        identity.certificates.clone()
+    } else {
+        let mut all = identity.certificate_list.clone();
+        for c in extras.certificates {
+            if !all.contains(c) {
+                all.push(c.clone());
+            }
+        }
+        tlv(Tag::CONTEXT_0_CONSTRUCTED, &all.concat())
+    };
+    if !extras.crls.is_empty() {
+        let mut crls: Vec<&Vec<u8>> = Vec::new();
+        for c in extras.crls {
+            if !crls.contains(&c) {
+                crls.push(c);
+            }
+        }
+        sd_tail.extend_from_slice(&tlv(
+            Tag::CONTEXT_1_CONSTRUCTED,
+            &crls.into_iter().flatten().copied().collect::<Vec<u8>>(),
+        ));
+    }
     sd_tail.extend_from_slice(&signer_infos);
     let content_total = content_len.unwrap_or(0);
     let sd_len = sd_head.len() as u64 + eci_head.len() as u64 + content_total + sd_tail.len() as u64;
@@ -283,7 +323,7 @@ pub fn sign_digest(
     }
     let (attributes, scheme, to_sign) = prepare(identity, digest_alg, message_digest, signing_time)?;
     let signature = keystore.sign_digest(identity.key(), scheme, &to_sign)?;
-    Ok(assemble(identity, digest_alg, &attributes, &signature, None, &[])?.into_detached())
+    Ok(assemble(identity, digest_alg, &attributes, &signature, None, &Extras::default())?.into_detached())
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use sha2::Digest;
 
 use crate::eps::{Document, Kind};
 use crate::error::{Error, Result};
-use crate::xml::{escape_attribute, mime_base64, uri, EncodedCertificate, DS, XADES};
+use crate::xml::{escape_attribute, mime_base64, uri, EncodedCertificate, DS, XADES, XADES141};
 
 use super::format::{Assembled, Encoder, Level, Parts, Pending, ToBeSigned, Unsigned};
 use super::signers::Signer;
@@ -52,9 +52,9 @@ impl Encoder for Xades {
     fn check_level(&self, level: Level) -> Result<()> {
         match level {
             Level::BB => Ok(()),
-            Level::BT if self.document.is_some() => Ok(()),
-            Level::BT => Err(Error::Invalid(NEEDS_DOCUMENT.into())),
-            other => Err(Error::Invalid(format!("level {} is not made yet: ask for B-B or B-T", other.as_str()))),
+            Level::BT | Level::BLT if self.document.is_some() => Ok(()),
+            Level::BT | Level::BLT => Err(Error::Invalid(NEEDS_DOCUMENT.into())),
+            other => Err(Error::Invalid(format!("level {} is not made yet: ask for B-B, B-T or B-LT", other.as_str()))),
         }
     }
 
@@ -133,17 +133,40 @@ impl Assembled for Signature {
         Ok(Some(x.inclusive(value).map_err(|e| Error::Internal(e.0))?))
     }
 
+    /// B-T: `xa:SignatureTimeStamp`; B-LT (the Japanese "XL"): the TSA's
+    /// certificates and CRLs in `xa141:TimeStampValidationData` for it, then
+    /// the signer's CA certificates in `xa:CertificateValues` and their CRLs
+    /// in `xa:RevocationValues`; in the order and form of the public samples.
     fn finish(self: Box<Self>, unsigned: &Unsigned) -> Result<Parts> {
         let mut properties = String::new();
         if let Some(stamp) = &unsigned.signature_timestamp {
             let taken = self.document.as_ref().map(|d| &d.ids);
-            let id = fresh_id(taken, &self.template.ids)?;
-            properties = format!(
-                "<xa:UnsignedProperties><xa:UnsignedSignatureProperties><xa:SignatureTimeStamp Id=\"{id}\">\
-                 <xa:EncapsulatedTimeStamp>{}</xa:EncapsulatedTimeStamp></xa:SignatureTimeStamp>\
-                 </xa:UnsignedSignatureProperties></xa:UnsignedProperties>",
+            let ids = fresh_ids(taken, &self.template.ids, 6)?;
+            let sts = &ids[0];
+            properties.push_str("<xa:UnsignedProperties><xa:UnsignedSignatureProperties>");
+            properties.push_str(&format!(
+                "<xa:SignatureTimeStamp Id=\"{sts}\"><xa:EncapsulatedTimeStamp>{}</xa:EncapsulatedTimeStamp>\
+                 </xa:SignatureTimeStamp>",
                 mime_base64(&stamp.token)
-            );
+            ));
+            if let Some(v) = &unsigned.validation {
+                properties.push_str(&format!(
+                    "<xa141:TimeStampValidationData xmlns:xa141=\"{XADES141}\" Id=\"{}\" URI=\"#{sts}\">\
+                     <CertificateValues xmlns=\"{XADES}\" Id=\"{}\">{}</CertificateValues>{}\
+                     </xa141:TimeStampValidationData>",
+                    ids[1],
+                    ids[2],
+                    encapsulated("xa:EncapsulatedX509Certificate", &v.tsa_path),
+                    revocation_values(&ids[3], &v.tsa_crls),
+                ));
+                properties.push_str(&format!(
+                    "<xa:CertificateValues Id=\"{}\">{}</xa:CertificateValues>{}",
+                    ids[4],
+                    encapsulated("xa:EncapsulatedX509Certificate", &v.signer_chain),
+                    revocation_values(&ids[5], &v.signer_crls),
+                ));
+            }
+            properties.push_str("</xa:UnsignedSignatureProperties></xa:UnsignedProperties>");
         }
         let element = self.template.element(&self.value, &properties);
         let document = self.document.as_ref().map(|d| d.with_signature(&element));
@@ -151,21 +174,40 @@ impl Assembled for Signature {
     }
 }
 
+/// Each DER value MIME-base64 encoded in an element named `name`.
+fn encapsulated(name: &str, values: &[Vec<u8>]) -> String {
+    values.iter().map(|v| format!("<{name}>{}</{name}>", mime_base64(v))).collect()
+}
+
+/// `xa:RevocationValues` with its CRLs (nothing without any).
+fn revocation_values(id: &str, crls: &[Vec<u8>]) -> String {
+    if crls.is_empty() {
+        return String::new();
+    }
+    format!(
+        "<xa:RevocationValues Id=\"{id}\"><xa:CRLValues>{}</xa:CRLValues></xa:RevocationValues>",
+        encapsulated("xa:EncapsulatedCRLValue", crls)
+    )
+}
+
 /// Why a signature over a digest alone stays B-B.
 const NEEDS_DOCUMENT: &str = "an XAdES signature above B-B needs the document (or its CSV): its time-stamp covers \
 the signature value in the document's context; over a Reference 1 digest only B-B is made";
 
-/// A new `id` + 8 hex digits, taken neither in the document nor by the signature.
-fn fresh_id(taken: Option<&HashSet<String>>, ids: &Ids) -> Result<String> {
-    loop {
+/// `n` new ids (`id` + 8 hex digits), distinct, taken neither in the
+/// document nor by the signature.
+fn fresh_ids(taken: Option<&HashSet<String>>, ids: &Ids, n: usize) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::with_capacity(n);
+    while out.len() < n {
         let mut b = [0u8; 4];
         getrandom::fill(&mut b).map_err(Error::internal)?;
         let h = crate::keys::hex(&b);
         let id = format!("id{h}");
-        if !ids.hex.contains(&h) && !taken.is_some_and(|t| t.iter().any(|x| x.starts_with(&id))) {
-            return Ok(id);
+        if !ids.hex.contains(&h) && !out.contains(&id) && !taken.is_some_and(|t| t.iter().any(|x| x.starts_with(&id))) {
+            out.push(id);
         }
     }
+    Ok(out)
 }
 
 /// The ids of one signature: `id` and 8 lowercase hex digits, each its own.

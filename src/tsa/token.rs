@@ -74,12 +74,19 @@ pub struct Expected<'a> {
     pub nonce: Option<&'a [u8]>,
 }
 
+/// A digest of SHA-2 (what a token's message digest may use).
 fn digest_of(oid: &ObjectIdentifier, data: &[u8]) -> Option<Vec<u8>> {
+    DigestAlgorithm::from_oid(oid).map(|a| a.digest(data))
+}
+
+/// A certificate's hash as an ESS certificate id names it: SHA-2, or SHA-1
+/// in the v1 attribute (RFC 2634, which TSAs still send).
+fn cert_hash(oid: &ObjectIdentifier, data: &[u8]) -> Option<Vec<u8>> {
     if *oid == oids::SHA1 {
         use sha1::Digest;
         return Some(sha1::Sha1::digest(data).to_vec());
     }
-    DigestAlgorithm::from_oid(oid).map(|a| a.digest(data))
+    digest_of(oid, data)
 }
 
 /// An integer's value bytes without leading zeros (a nonce compared as a number).
@@ -263,7 +270,7 @@ fn check_ess<'a>(attr: &dyn Fn(ObjectIdentifier) -> Option<&'a der::Any>, tsa_de
         })
         .map_err(bad)?;
     let computed =
-        digest_of(&alg, tsa_der).ok_or_else(|| refused(format!("ESSCertID hash algorithm {alg} unknown")))?;
+        cert_hash(&alg, tsa_der).ok_or_else(|| refused(format!("ESSCertID hash algorithm {alg} unknown")))?;
     if hash.as_bytes() != computed {
         return Err(refused("the token's ESS signing-certificate names another certificate than the signer's"));
     }

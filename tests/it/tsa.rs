@@ -101,14 +101,15 @@ fn http_get(url: &str) -> Vec<u8> {
     out.stdout
 }
 
-/// Posts a time-stamp query with curl; the answer's body.
-fn post_query(url: &str, query: &[u8]) -> Vec<u8> {
-    let mut child = Command::new("curl")
-        .args(["-sS", "-H", "Content-Type: application/timestamp-query", "--data-binary", "@-", url])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("curl");
+/// Posts a time-stamp query with curl (and one more header, if any); the answer's body.
+fn post_query(url: &str, query: &[u8], header: Option<&str>) -> Vec<u8> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-H", "Content-Type: application/timestamp-query"]);
+    if let Some(h) = header {
+        cmd.args(["-H", h]);
+    }
+    let mut child =
+        cmd.args(["--data-binary", "@-", url]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("curl");
     child.stdin.take().expect("stdin").write_all(query).expect("query");
     child.wait_with_output().expect("curl").stdout
 }
@@ -165,19 +166,32 @@ fn answer(mut stream: std::net::TcpStream, good: &str, noeku: &str) {
     let query = buf[head_end..head_end + len].to_vec();
     let mut req = inkan::tsa::asn1::TimeStampReq::from_der(&query).ok();
     let body: Vec<u8> = match path.as_str() {
-        "/ok" => post_query(good, &query),
-        "/noeku" => post_query(noeku, &query),
+        "/ok" => post_query(good, &query, None),
+        "/noeku" => post_query(noeku, &query, None),
+        // A token for another time (the TSA's certificate was valid then).
+        "/backdated" => post_query(good, &query, Some("X-Certomancer-Fake-Time: 2021-06-01T00:00:00+00:00")),
+        "/huge" => vec![0x30; 300 << 10],
+        "/drip" => {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
+            for _ in 0..60 {
+                std::thread::sleep(Duration::from_millis(500));
+                if stream.write_all(b"0").is_err() {
+                    return;
+                }
+            }
+            return;
+        }
         "/wrong-imprint" => {
             let r = req.as_mut().expect("query");
             let mut digest = r.message_imprint.hashed_message.as_bytes().to_vec();
             digest[0] ^= 0xff;
             r.message_imprint.hashed_message = der::asn1::OctetString::new(digest).expect("digest");
-            post_query(good, &r.to_der().expect("der"))
+            post_query(good, &r.to_der().expect("der"), None)
         }
         "/wrong-nonce" => {
             let r = req.as_mut().expect("query");
             r.nonce = Some(der::asn1::Uint::new(&[0x12, 0x34, 0x56]).expect("nonce"));
-            post_query(good, &r.to_der().expect("der"))
+            post_query(good, &r.to_der().expect("der"), None)
         }
         // TimeStampResp { PKIStatusInfo { rejection, ["policy not accepted"], unacceptedPolicy } }
         "/reject" => {
@@ -376,6 +390,125 @@ open(sys.argv[2], "wb").write(base64.b64decode(token))
 }
 
 #[test]
+fn b_lt_signatures_carry_what_validates_them_and_pyhanko_needs_nothing_else() {
+    let tsa = Certomancer::start();
+    let env = Env::new();
+    env.user_with_key_as("100001", "rsa2048", "doctor");
+    env.ok(&["hpki", "map", "100001", s(&fixture("holders/hpki-doctor.pem"))]);
+    let dir = env.path("b-lt");
+    std::fs::create_dir_all(&dir).expect("dir");
+    // The signer's CRLs from files; the TSA's fetched from its certificate's
+    // distribution point (certomancer's CRL repository).
+    let crls = format!("{}:{}", fixture("crl/hpki-signing-ca.crl.pem").display(), hpki_root_arl(&dir).display());
+    let mut vars = tsa_env(&tsa);
+    vars.push(("INKAN_PKI_CRLS", crls));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::start(&env, &vars);
+    let client = register_client(&env);
+    let token = login(&server, &client, "hpki-doctor", "hpki")["access_token"].as_str().expect("token").to_owned();
+    let bearer = format!("Bearer {token}");
+
+    // CAdES-LT: pyHanko validates it with the trust roots alone (every
+    // intermediate and CRL from the signature), revocation hard-fail.
+    let document = "処方箋 CAdES-LT".as_bytes();
+    let r = Client::new().post(&server.url("/api/v1/sign?level=B-LT"), &[("authorization", &bearer)], document);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (doc, sig) = (dir.join("doc.txt"), dir.join("doc.p7s"));
+    std::fs::write(&doc, document).expect("doc");
+    std::fs::write(&sig, &r.body).expect("sig");
+    let (ok, out) = openssl_verify(&sig, Some(&doc));
+    assert!(ok, "openssl cms -verify: {out}");
+    let ci = cms::content_info::ContentInfo::from_der(&r.body).expect("ContentInfo");
+    let sd: cms::signed_data::SignedData = ci.content.decode_as().expect("SignedData");
+    assert_eq!(sd.certificates.as_ref().map(|c| c.0.len()), Some(5), "signer, CA, root, TSA, TSA root");
+    assert_eq!(sd.crls.as_ref().map(|c| c.0.len()), Some(3), "signing CA's, root's, TSA root's");
+    let out = Command::new("python3")
+        .arg(root().join("tests/tsa/validate_cades.py"))
+        .arg(&doc)
+        .arg(&sig)
+        .arg("--root")
+        .arg(fixture("hpki-root.pem"))
+        .arg("--tsa-root")
+        .arg(&tsa.root)
+        .arg("--embedded")
+        .output()
+        .expect("pyHanko");
+    assert!(
+        out.status.success(),
+        "pyHanko on what the signature carries: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // XAdES-LT (the Japanese XL) of a prescription: the samples' elements,
+    // each CRL verified by openssl against its issuer, xmlsec1 as before.
+    let r = Client::new().post(
+        &server.url("/api/v1/sign?format=xades&level=B-LT&prescription_id=rx-lt-1"),
+        &[("authorization", &bearer), ("content-type", "text/csv")],
+        CSV,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    let signed = dir.join("rx-lt.xml");
+    std::fs::write(&signed, &r.body).expect("write");
+    let order = [
+        "<xa:SignatureTimeStamp ",
+        "<xa141:TimeStampValidationData ",
+        "<xa:CertificateValues ",
+        "<xa:RevocationValues ",
+    ];
+    let at: Vec<usize> = order.iter().map(|e| text.rfind(e).unwrap_or_else(|| panic!("{e} in {text}"))).collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "in the samples' order: {at:?}");
+    let out = Command::new("xmlsec1")
+        .args(["--verify", "--id-attr:id", "PrescriptionDocument", "--trusted-pem"])
+        .arg(fixture("hpki-root.pem"))
+        .arg("--untrusted-pem")
+        .arg(fixture("hpki-signing-ca.pem"))
+        .arg(&signed)
+        .output()
+        .expect("xmlsec1");
+    assert!(out.status.success(), "xmlsec1: {}", String::from_utf8_lossy(&out.stderr));
+    let script = r#"
+import sys, base64
+from lxml import etree
+doc = etree.parse(sys.argv[1])
+ns = {"xa": "http://uri.etsi.org/01903/v1.3.2#", "xa141": "http://uri.etsi.org/01903/v1.4.1#"}
+outer = doc.findall(".//xa:UnsignedSignatureProperties/xa:RevocationValues/xa:CRLValues/xa:EncapsulatedCRLValue", ns)
+inner = doc.findall(".//xa141:TimeStampValidationData/xa:RevocationValues/xa:CRLValues/xa:EncapsulatedCRLValue", ns)
+for i, e in enumerate(outer + inner):
+    open(f"{sys.argv[2]}/crl-{i}.der", "wb").write(base64.b64decode(e.text))
+print(len(outer), len(inner))
+"#;
+    let out = Command::new("python3").args(["-c", script]).arg(&signed).arg(&dir).output().expect("lxml");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2 1", "the signer's two CRLs, the TSA's one");
+    for (i, issuer) in [fixture("hpki-signing-ca.pem"), fixture("hpki-root.pem"), tsa.root.clone()].iter().enumerate() {
+        let out = Command::new("openssl")
+            .args(["crl", "-inform", "DER", "-noout", "-in"])
+            .arg(dir.join(format!("crl-{i}.der")))
+            .arg("-CAfile")
+            .arg(issuer)
+            .output()
+            .expect("openssl crl");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && text.contains("verify OK"), "CRL {i}: {text}");
+    }
+
+    // Without a current CRL for the signer's CA, B-LT is not delivered: 503
+    // naming what is missing; B-T still is.
+    drop(server);
+    let mut vars = tsa_env(&tsa);
+    vars.push(("INKAN_PKI_CRLS", fixture("crl/hpki-signing-ca.crl.pem").display().to_string()));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::start(&env, &vars);
+    let r = Client::new().post(&server.url("/api/v1/sign?level=B-LT"), &[("authorization", &bearer)], document);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("no usable CRL") || r.text().contains("no current CRL"), "{}", r.text());
+    let r = Client::new().post(&server.url("/api/v1/sign?level=B-T"), &[("authorization", &bearer)], document);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
 fn a_tsa_that_misbehaves_is_refused_with_its_name_and_nothing_is_delivered() {
     let tsa = Certomancer::start();
     let bad = BadTsa::start(&tsa);
@@ -406,6 +539,9 @@ fn a_tsa_that_misbehaves_is_refused_with_its_name_and_nothing_is_delivered() {
         ("noeku", "extendedKeyUsage"),
         ("garbage", "TimeStampResp"),
         ("slow", "no answer within 2 s"),
+        ("drip", "no answer within 2 s"),
+        ("huge", "larger than"),
+        ("backdated", "more than 300 s from this node's"),
     ] {
         let out = dir.join(format!("{mode}.p7s"));
         let url = format!("{}/{mode}", bad.base);
@@ -423,7 +559,7 @@ fn a_tsa_that_misbehaves_is_refused_with_its_name_and_nothing_is_delivered() {
     // What happened is in the audit log, one row per signature not delivered.
     assert_eq!(env.audit_rows(), rows + unstamped);
     let tail = env.json(&["audit", "tail", "--limit", "1"]);
-    assert_eq!(tail[0]["event"], "sign.unstamped", "{tail}");
+    assert_eq!(tail[0]["event"], "sign.undelivered", "{tail}");
     // The fallback TSA answers when the first refuses.
     let out = dir.join("fallback.p7s");
     let r = sign(&format!("{}/reject", bad.base), &root_pem, &tsa.tsa(), &out);
@@ -468,6 +604,9 @@ fn over_https_a_tsa_outage_answers_503_naming_it_and_gives_the_sad_back() {
                 "conformance_level": level }] }),
         )
     };
+    // A level that cannot be made is refused before the SAD is taken.
+    let r = sign("Ades-B-LTA");
+    assert_eq!(r.status, 400, "{}", r.text());
     let r = sign("Ades-B-T");
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.headers.get("retry-after").map(String::as_str), Some("5"));

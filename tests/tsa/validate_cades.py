@@ -3,7 +3,10 @@ signature time-stamp), offline, revocation hard-fail: the signer's chain
 and the TSA's each against their own trust root, with the CRLs given.
 
 usage: validate_cades.py DATA SIG.p7s --root PEM --cert PEM... --crl DER...
-                         --tsa-root PEM --tsa-crl DER...
+                         --tsa-root PEM --tsa-crl DER... [--embedded]
+
+With --embedded (B-LT), the intermediate certificates and the CRLs come
+from the signature's own SignedData only: what it carries must suffice.
 Prints one JSON line; exits 0 only if the signature and its time-stamp are
 both valid and trusted.
 """
@@ -51,15 +54,23 @@ def main():
     ap.add_argument("--crl", action="append", default=[])
     ap.add_argument("--tsa-root", action="append", default=[])
     ap.add_argument("--tsa-crl", action="append", default=[])
+    ap.add_argument("--embedded", action="store_true")
     a = ap.parse_args()
     ci = cms.ContentInfo.load(open(a.sig, "rb").read())
     sd = ci["content"]
+    if a.embedded:
+        other = [c.chosen for c in (sd["certificates"] or [])]
+        revocation = [c.chosen for c in (sd["crls"] or [])]
+        tsa_other, tsa_revocation = other, revocation
+    else:
+        other, revocation = certs(a.cert), crls(a.crl)
+        tsa_other, tsa_revocation = [], crls(a.tsa_crl)
     vc = ValidationContext(
-        trust_roots=certs(a.root), other_certs=certs(a.cert), crls=crls(a.crl),
+        trust_roots=certs(a.root), other_certs=other, crls=revocation,
         allow_fetching=False, revocation_mode="hard-fail",
     )
     ts_vc = ValidationContext(
-        trust_roots=certs(a.tsa_root), crls=crls(a.tsa_crl),
+        trust_roots=certs(a.tsa_root), other_certs=tsa_other, crls=tsa_revocation,
         allow_fetching=False, revocation_mode="hard-fail",
     )
     status = asyncio.run(async_validate_detached_cms(

@@ -1,0 +1,57 @@
+//! CRLs: whether an issuer signed one, whether it is current, whether it
+//! lists a certificate, and where a certificate says its CRL is
+//! (its distribution points).
+
+use std::time::SystemTime;
+
+use der::Encode;
+use x509_cert::crl::CertificateList;
+use x509_cert::ext::pkix::crl::dp::DistributionPoint;
+use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+use x509_cert::ext::pkix::CrlDistributionPoints;
+use x509_cert::Certificate;
+
+use super::verify_signature;
+
+/// Whether `issuer`'s key signed `crl` and its name is the CRL's issuer.
+pub fn signed_by(crl: &CertificateList, issuer: &Certificate) -> bool {
+    if crl.tbs_cert_list.issuer != *issuer.tbs_certificate().subject() {
+        return false;
+    }
+    let Ok(tbs) = crl.tbs_cert_list.to_der() else { return false };
+    let Some(sig) = crl.signature.as_bytes() else { return false };
+    verify_signature(&tbs, &crl.signature_algorithm, sig, issuer.tbs_certificate().subject_public_key_info()).is_ok()
+}
+
+/// Whether `crl` is current at `at`: issued before it, its nextUpdate after it.
+pub fn current(crl: &CertificateList, at: SystemTime) -> bool {
+    crl.tbs_cert_list.this_update.to_system_time() <= at
+        && crl.tbs_cert_list.next_update.is_some_and(|n| at <= n.to_system_time())
+}
+
+/// Whether `crl` lists `cert` as revoked.
+pub fn lists(crl: &CertificateList, cert: &Certificate) -> bool {
+    let serial = cert.tbs_certificate().serial_number();
+    crl.tbs_cert_list.revoked_certificates.iter().flatten().any(|r| r.serial_number == *serial)
+}
+
+/// The `http(s)://` URIs of a certificate's CRL distribution points.
+pub fn distribution_points(cert: &Certificate) -> Vec<String> {
+    let Ok(Some((_, CrlDistributionPoints(points)))) = cert.tbs_certificate().get_extension::<CrlDistributionPoints>()
+    else {
+        return Vec::new();
+    };
+    points
+        .iter()
+        .filter_map(|DistributionPoint { distribution_point, .. }| match distribution_point {
+            Some(DistributionPointName::FullName(names)) => Some(names),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|n| match n {
+            GeneralName::UniformResourceIdentifier(uri) => Some(uri.to_string()),
+            _ => None,
+        })
+        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+        .collect()
+}
