@@ -12,6 +12,7 @@
 //!   doctor's, before a pharmacist signs over it).
 //! - [`dispensing`]: a dispensing record made over a signed prescription.
 
+pub mod archive;
 pub mod check;
 pub mod csv;
 pub mod dispensing;

@@ -344,6 +344,16 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         self.require_tsa(level)
     }
 
+    /// The levels this service can make: B-B alone without a TSA, all four
+    /// with one (a format may still refuse some, see [`Signing::check_level`]).
+    pub fn levels(&self) -> &'static [Level] {
+        if self.tsa.is_some() {
+            &Level::ALL
+        } else {
+            &Level::ALL[..1]
+        }
+    }
+
     fn require_tsa(&self, level: Level) -> Result<()> {
         if level != Level::BB && self.tsa.is_none() {
             return Err(Error::Invalid(format!(
@@ -555,6 +565,24 @@ impl<T: UsersTx + ?Sized> Signing<T> {
                     return Err(e);
                 }
             };
+            // B-LTA: an archive time-stamp over each signature as B-LT made it.
+            let unsigned = if level == Level::BLTA {
+                let inputs = assembled
+                    .iter()
+                    .zip(unsigned.iter())
+                    .map(|(a, u)| archive_digest(a.as_ref(), u))
+                    .collect::<Result<Vec<_>>>();
+                match async { self.archive(inputs?, unsigned).await }.await {
+                    Ok(u) => u,
+                    Err(e) => {
+                        self.metrics.signatures(n, false, started.elapsed());
+                        self.audit_undelivered(principal, key.generation, alg, &digests, level, &e).await;
+                        return Err(e);
+                    }
+                }
+            } else {
+                unsigned
+            };
             let signatures = match assembled
                 .into_iter()
                 .zip(unsigned.iter())
@@ -621,7 +649,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         if level == Level::BT {
             return Ok(stamps
                 .into_iter()
-                .map(|stamp| format::Unsigned { signature_timestamp: Some(stamp), validation: None })
+                .map(|stamp| format::Unsigned { signature_timestamp: Some(stamp), ..Default::default() })
                 .collect());
         }
         let signer_path: Vec<Vec<u8>> =
@@ -636,9 +664,30 @@ impl<T: UsersTx + ?Sized> Signing<T> {
                 tsa_path: stamp.path.clone(),
                 tsa_crls,
             };
-            out.push(format::Unsigned { signature_timestamp: Some(stamp), validation: Some(validation) });
+            out.push(format::Unsigned {
+                signature_timestamp: Some(stamp),
+                validation: Some(validation),
+                archive_timestamp: None,
+            });
         }
         Ok(out)
+    }
+
+    /// Adds an archive time-stamp over each (`digests`, of what each covers)
+    /// to `unsigned`, with the CRLs of its TSA's path.
+    async fn archive(
+        &self,
+        digests: Vec<(DigestAlgorithm, Vec<u8>)>,
+        mut unsigned: Vec<format::Unsigned>,
+    ) -> Result<Vec<format::Unsigned>> {
+        let tsa = self.tsa.as_ref().ok_or_else(|| Error::Internal("a level above B-B without a TSA".into()))?;
+        let now = self.clock.now();
+        let stamps = futures_util::future::try_join_all(digests.iter().map(|(alg, d)| tsa.stamp(*alg, d, now))).await?;
+        for (u, stamp) in unsigned.iter_mut().zip(stamps) {
+            let tsa_crls = self.path_crls(&stamp.path, now).await?;
+            u.archive_timestamp = Some(format::ArchiveStamp { stamp, tsa_crls });
+        }
+        Ok(unsigned)
     }
 
     /// The CRL of each certificate of a path (DER, the leaf first) from the
@@ -834,6 +883,17 @@ fn timestamp_digest(signature: &dyn format::Assembled) -> Result<Vec<u8>> {
         Error::Invalid(format!("this format takes no time-stamp: ask for level {}", Level::BB.as_str()))
     })?;
     Ok(DigestAlgorithm::Sha256.digest(&input))
+}
+
+/// The digest (and its algorithm) of what an archive time-stamp covers, for the TSA.
+fn archive_digest(
+    signature: &dyn format::Assembled,
+    unsigned: &format::Unsigned,
+) -> Result<(DigestAlgorithm, Vec<u8>)> {
+    let (alg, input) = signature.archive_timestamp_input(unsigned)?.ok_or_else(|| {
+        Error::Invalid(format!("this format takes no archive time-stamp: ask for level {}", Level::BLT.as_str()))
+    })?;
+    Ok((alg, alg.digest(&input)))
 }
 
 /// The principal of an operator signing for a user (the CLI): the user must

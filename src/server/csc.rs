@@ -89,7 +89,7 @@ pub async fn info(State(app): State<Arc<App>>, body: Body) -> Result<Response> {
         "methods": ["credentials/list", "credentials/info", "credentials/authorize", "signatures/signHash", "signatures/signDoc"],
         "signAlgorithms": { "algos": [oids::SHA256_WITH_RSA, oids::RSA_ENCRYPTION, oids::RSASSA_PSS, oids::ECDSA_SHA256] },
         "signature_formats": signature_formats(),
-        "conformance_levels": ["Ades-B-B"],
+        "conformance_levels": app.signing.levels().iter().map(|l| format!("Ades-{}", l.as_str())).collect::<Vec<_>>(),
     }))
     .into_response())
 }

@@ -24,6 +24,7 @@ pub struct Cades {
 struct Attributes {
     signer: Arc<Signer>,
     digest_alg: DigestAlgorithm,
+    message_digest: Vec<u8>,
     attributes: SignedAttributes,
     content_len: Option<u64>,
 }
@@ -48,11 +49,44 @@ impl Assembled for Signature {
         Ok(Some(self.value.clone()))
     }
 
+    /// CAdES-A (EN 319 122-1 5.5.3): archive-time-stamp-v3 over the
+    /// content's digest, the SignerInfo's signed fields and the hash index
+    /// of the certificates, CRLs and unsigned attributes B-LT wrote; its
+    /// imprint with the signature's digest algorithm.
+    fn archive_timestamp_input(&self, unsigned: &Unsigned) -> Result<Option<(DigestAlgorithm, Vec<u8>)>> {
+        let (attrs, certificates, crls) = self.lt_parts(unsigned)?;
+        let extras = Extras { unsigned: &attrs, certificates: &certificates, crls: &crls };
+        let (_, input) = self.archive(&extras)?;
+        Ok(Some((self.attributes.digest_alg, input)))
+    }
+
     /// B-T: the signature-time-stamp-token attribute; B-LT: the TSA's
     /// certificates next to the signer's, and the CRLs of both paths, in
-    /// `SignedData` (EN 319 122-1 baseline LT).
+    /// `SignedData` (EN 319 122-1 baseline LT); B-LTA: the
+    /// archive-time-stamp-v3 attribute (its token carrying the
+    /// ats-hash-index-v3), then its TSA's certificates and CRLs.
     fn finish(self: Box<Self>, unsigned: &Unsigned) -> Result<Parts> {
         let a = &self.attributes;
+        let (mut attrs, mut certificates, mut crls) = self.lt_parts(unsigned)?;
+        if let Some(archive) = &unsigned.archive_timestamp {
+            let extras = Extras { unsigned: &attrs, certificates: &certificates, crls: &crls };
+            let (index, _) = self.archive(&extras)?;
+            let index = super::signed_data::attribute(super::signed_data::ATS_HASH_INDEX_V3, &index)?;
+            let token = crate::tsa::token::with_unsigned_attribute(&archive.stamp.token, &index)
+                .map_err(|e| crate::error::Error::Internal(e.0))?;
+            attrs.push(super::signed_data::attribute(super::signed_data::ARCHIVE_TIME_STAMP_V3, &token)?);
+            certificates.extend(archive.stamp.path.iter().cloned());
+            crls.extend(archive.tsa_crls.iter().cloned());
+        }
+        let extras = Extras { unsigned: &attrs, certificates: &certificates, crls: &crls };
+        assemble(&a.signer.cades, a.digest_alg, &a.attributes, &self.value, a.content_len, &extras)
+    }
+}
+
+impl Signature {
+    /// What B-T and B-LT add: the unsigned attributes, certificates and CRLs.
+    #[allow(clippy::type_complexity)]
+    fn lt_parts(&self, unsigned: &Unsigned) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>)> {
         let mut attrs = Vec::new();
         if let Some(stamp) = &unsigned.signature_timestamp {
             attrs.push(super::signed_data::attribute(super::signed_data::SIGNATURE_TIME_STAMP_TOKEN, &stamp.token)?);
@@ -64,8 +98,21 @@ impl Assembled for Signature {
             ),
             None => (Vec::new(), Vec::new()),
         };
-        let extras = Extras { unsigned: &attrs, certificates: &certificates, crls: &crls };
-        assemble(&a.signer.cades, a.digest_alg, &a.attributes, &self.value, a.content_len, &extras)
+        Ok((attrs, certificates, crls))
+    }
+
+    /// The hash index and the input of an archive-time-stamp-v3 over the
+    /// signature as it would be written with `extras`.
+    fn archive(&self, extras: &Extras<'_>) -> Result<(Vec<u8>, Vec<u8>)> {
+        let a = &self.attributes;
+        super::signed_data::archive_v3(
+            &a.signer.cades,
+            a.digest_alg,
+            &a.attributes,
+            &self.value,
+            &a.message_digest,
+            extras,
+        )
     }
 }
 
@@ -80,11 +127,7 @@ impl Encoder for Cades {
 
     fn check_level(&self, level: Level) -> Result<()> {
         match level {
-            Level::BB | Level::BT | Level::BLT => Ok(()),
-            other => Err(crate::error::Error::Invalid(format!(
-                "level {} is not made yet: ask for B-B, B-T or B-LT",
-                other.as_str()
-            ))),
+            Level::BB | Level::BT | Level::BLT | Level::BLTA => Ok(()),
         }
     }
 
@@ -103,6 +146,7 @@ impl Encoder for Cades {
             pending: Box::new(Attributes {
                 signer: Arc::clone(signer),
                 digest_alg,
+                message_digest: message_digest.to_vec(),
                 attributes,
                 content_len: if self.enveloping { content_len } else { None },
             }),

@@ -61,6 +61,13 @@ pub trait Assembled: Send {
         Ok(None)
     }
 
+    /// What an archive time-stamp covers once `unsigned` (B-LT) is added,
+    /// and with which digest algorithm its imprint is made. `None`: this
+    /// format takes none.
+    fn archive_timestamp_input(&self, _unsigned: &Unsigned) -> Result<Option<(DigestAlgorithm, Vec<u8>)>> {
+        Ok(None)
+    }
+
     /// The signature with `unsigned` added (nothing at B-B).
     fn finish(self: Box<Self>, unsigned: &Unsigned) -> Result<Parts>;
 }
@@ -72,6 +79,17 @@ pub struct Unsigned {
     pub signature_timestamp: Option<crate::tsa::Checked>,
     /// B-LT: what validates the signature and its time-stamp later.
     pub validation: Option<ValidationData>,
+    /// B-LTA: an archive time-stamp over all of the above.
+    pub archive_timestamp: Option<ArchiveStamp>,
+}
+
+/// An archive time-stamp and the CRLs of its TSA's path.
+#[derive(Clone, Debug)]
+pub struct ArchiveStamp {
+    /// The token, checked (its `path` goes with it).
+    pub stamp: crate::tsa::Checked,
+    /// The CRLs of the TSA's path (DER).
+    pub tsa_crls: Vec<Vec<u8>>,
 }
 
 /// The certificates and CRLs that let a signature and its time-stamp be
@@ -103,6 +121,9 @@ pub enum Level {
 }
 
 impl Level {
+    /// Every level, lowest first.
+    pub const ALL: [Level; 4] = [Level::BB, Level::BT, Level::BLT, Level::BLTA];
+
     /// Its name (`B-B`, `B-T`, `B-LT`, `B-LTA`).
     pub fn as_str(self) -> &'static str {
         match self {

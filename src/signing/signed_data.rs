@@ -191,21 +191,13 @@ pub fn assemble(
     content_len: Option<u64>,
     extras: &Extras<'_>,
 ) -> Result<Parts> {
-    let unsigned = extras.unsigned;
     let digest_alg = algorithm_identifier(digest.oid(), false);
     // SignerInfo (RFC 5652 5.3), version 1: sid is an IssuerAndSerialNumber.
-    let mut si = vec![0x02, 0x01, 0x01];
-    si.extend_from_slice(&identity.sid);
-    si.extend_from_slice(&digest_alg);
-    si.extend_from_slice(&tlv(Tag::CONTEXT_0_CONSTRUCTED, &attributes.body));
-    si.extend_from_slice(&signature_algorithm(identity.scheme(digest))?);
-    si.extend_from_slice(&tlv(Tag::OCTET_STRING, signature));
+    let mut si = signed_fields(identity, digest, attributes, signature)?;
+    let unsigned = unsigned_list(extras);
     if !unsigned.is_empty() {
         // unsignedAttrs [1] IMPLICIT SET OF Attribute, in DER order.
-        let mut sorted: Vec<&Vec<u8>> = unsigned.iter().collect();
-        sorted.sort();
-        let body: Vec<u8> = sorted.into_iter().flatten().copied().collect();
-        si.extend_from_slice(&tlv(Tag::CONTEXT_1_CONSTRUCTED, &body));
+        si.extend_from_slice(&tlv(Tag::CONTEXT_1_CONSTRUCTED, &unsigned.concat()));
     }
     let signer_infos = tlv(Tag::SET, &tlv(Tag::SEQUENCE, &si));
 
@@ -233,25 +225,11 @@ pub fn assemble(
     let mut sd_tail = if extras.certificates.iter().all(|c| identity.certificate_list.contains(c)) {
         identity.certificates.clone()
     } else {
-        let mut all = identity.certificate_list.clone();
-        for c in extras.certificates {
-            if !all.contains(c) {
-                all.push(c.clone());
-            }
-        }
-        tlv(Tag::CONTEXT_0_CONSTRUCTED, &all.concat())
+        tlv(Tag::CONTEXT_0_CONSTRUCTED, &certificate_list(identity, extras).concat())
     };
-    if !extras.crls.is_empty() {
-        let mut crls: Vec<&Vec<u8>> = Vec::new();
-        for c in extras.crls {
-            if !crls.contains(&c) {
-                crls.push(c);
-            }
-        }
-        sd_tail.extend_from_slice(&tlv(
-            Tag::CONTEXT_1_CONSTRUCTED,
-            &crls.into_iter().flatten().copied().collect::<Vec<u8>>(),
-        ));
+    let crls = crl_list(extras);
+    if !crls.is_empty() {
+        sd_tail.extend_from_slice(&tlv(Tag::CONTEXT_1_CONSTRUCTED, &crls.concat()));
     }
     sd_tail.extend_from_slice(&signer_infos);
     let content_total = content_len.unwrap_or(0);
@@ -269,6 +247,111 @@ pub fn assemble(
     prefix.extend_from_slice(&sd_head);
     prefix.extend_from_slice(&eci_head);
     Ok(Parts { prefix, suffix: sd_tail, document: None })
+}
+
+/// The SignerInfo's fields up to its signature: version, sid,
+/// digestAlgorithm, signedAttrs (`[0]`), signatureAlgorithm, signature.
+fn signed_fields(
+    identity: &SignerIdentity,
+    digest: DigestAlgorithm,
+    attributes: &SignedAttributes,
+    signature: &[u8],
+) -> Result<Vec<u8>> {
+    let mut si = vec![0x02, 0x01, 0x01];
+    si.extend_from_slice(&identity.sid);
+    si.extend_from_slice(&algorithm_identifier(digest.oid(), false));
+    si.extend_from_slice(&tlv(Tag::CONTEXT_0_CONSTRUCTED, &attributes.body));
+    si.extend_from_slice(&signature_algorithm(identity.scheme(digest))?);
+    si.extend_from_slice(&tlv(Tag::OCTET_STRING, signature));
+    Ok(si)
+}
+
+/// `SignedData.certificates` as [`assemble`] writes them: the signer's and
+/// its chain, then each extra one not already there.
+fn certificate_list(identity: &SignerIdentity, extras: &Extras<'_>) -> Vec<Vec<u8>> {
+    let mut all = identity.certificate_list.clone();
+    for c in extras.certificates {
+        if !all.contains(c) {
+            all.push(c.clone());
+        }
+    }
+    all
+}
+
+/// `SignedData.crls` as [`assemble`] writes them: each once, in order.
+fn crl_list(extras: &Extras<'_>) -> Vec<Vec<u8>> {
+    let mut crls: Vec<Vec<u8>> = Vec::new();
+    for c in extras.crls {
+        if !crls.contains(c) {
+            crls.push(c.clone());
+        }
+    }
+    crls
+}
+
+/// The unsigned attributes as [`assemble`] writes them: in DER order.
+fn unsigned_list(extras: &Extras<'_>) -> Vec<Vec<u8>> {
+    let mut sorted = extras.unsigned.to_vec();
+    sorted.sort();
+    sorted
+}
+
+/// id-aa-ets-archiveTimestampV3 (EN 319 122-1 5.5.3).
+pub const ARCHIVE_TIME_STAMP_V3: der::oid::ObjectIdentifier = der::oid::ObjectIdentifier::new_unwrap("0.4.0.1733.2.4");
+/// id-aa-ATSHashIndex-v3 (EN 319 122-1 5.5.2).
+pub const ATS_HASH_INDEX_V3: der::oid::ObjectIdentifier = der::oid::ObjectIdentifier::new_unwrap("0.4.0.19122.1.5");
+
+/// An archive-time-stamp-v3 of a signature as [`assemble`] would write it
+/// with `extras` (EN 319 122-1 5.5.2, 5.5.3), with `alg` (the signature's
+/// digest algorithm, whose digest of the content it uses): the DER of the
+/// `ATSHashIndexV3` (which goes into the time-stamp token's unsigned
+/// attributes) and the time-stamp's input, the concatenation of
+/// `eContentType`, the content's digest, the SignerInfo's signed fields
+/// and that index.
+///
+/// ```text
+/// ATSHashIndexV3 ::= SEQUENCE {
+///    hashIndAlgorithm             AlgorithmIdentifier,
+///    certificatesHashIndex        SEQUENCE OF OCTET STRING,
+///    crlsHashIndex                SEQUENCE OF OCTET STRING,
+///    unsignedAttrValuesHashIndex  SEQUENCE OF OCTET STRING }
+/// ```
+/// Each certificate and CRL hashed whole; each unsigned attribute value
+/// hashed with its attribute's type before it (`attrType || attrValue`).
+pub fn archive_v3(
+    identity: &SignerIdentity,
+    alg: DigestAlgorithm,
+    attributes: &SignedAttributes,
+    signature: &[u8],
+    content_digest: &[u8],
+    extras: &Extras<'_>,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let hashes = |items: &[Vec<u8>]| -> Vec<u8> {
+        tlv(Tag::SEQUENCE, &items.iter().flat_map(|i| tlv(Tag::OCTET_STRING, &alg.digest(i))).collect::<Vec<u8>>())
+    };
+    let mut values = Vec::new();
+    for attr in unsigned_list(extras) {
+        let parsed = x509_cert::attr::Attribute::from_der(&attr).map_err(Error::internal)?;
+        let attr_type = parsed.oid.to_der().map_err(Error::internal)?;
+        for value in parsed.values.iter() {
+            let mut input = attr_type.clone();
+            input.extend_from_slice(&value.to_der().map_err(Error::internal)?);
+            values.push(input);
+        }
+    }
+    // Always written: Annex D of EN 319 122-1 V1.2.1 and later declares
+    // hashIndAlgorithm without a DEFAULT, and readers of the older syntax
+    // (Bouncy Castle, DSS) accept it present.
+    let mut index = algorithm_identifier(alg.oid(), false);
+    index.extend_from_slice(&hashes(&certificate_list(identity, extras)));
+    index.extend_from_slice(&hashes(&crl_list(extras)));
+    index.extend_from_slice(&hashes(&values));
+    let index = tlv(Tag::SEQUENCE, &index);
+    let mut input = oid::DATA.to_der().map_err(Error::internal)?;
+    input.extend_from_slice(content_digest);
+    input.extend_from_slice(&signed_fields(identity, alg, attributes, signature)?);
+    input.extend_from_slice(&index);
+    Ok((index, input))
 }
 
 fn header_len(len: u64) -> usize {

@@ -52,9 +52,8 @@ impl Encoder for Xades {
     fn check_level(&self, level: Level) -> Result<()> {
         match level {
             Level::BB => Ok(()),
-            Level::BT | Level::BLT if self.document.is_some() => Ok(()),
-            Level::BT | Level::BLT => Err(Error::Invalid(NEEDS_DOCUMENT.into())),
-            other => Err(Error::Invalid(format!("level {} is not made yet: ask for B-B, B-T or B-LT", other.as_str()))),
+            _ if self.document.is_some() => Ok(()),
+            _ => Err(Error::Invalid(NEEDS_DOCUMENT.into())),
         }
     }
 
@@ -108,15 +107,92 @@ struct Waiting {
 impl Pending for Waiting {
     fn assemble(self: Box<Self>, value: &[u8]) -> Result<Box<dyn Assembled>> {
         let value = if self.signature.ec { p1363(value)? } else { value.to_vec() };
-        Ok(Box::new(Signature { template: self.signature, value, document: self.document }))
+        // The ids the unsigned properties may take, chosen once (an archive
+        // time-stamp covers them as they are written).
+        let taken = self.document.as_ref().map(|d| &d.ids);
+        let unsigned_ids = fresh_ids(taken, &self.signature.ids, UNSIGNED_IDS)?;
+        Ok(Box::new(Signature { template: self.signature, value, document: self.document, unsigned_ids }))
     }
 }
+
+/// Ids of unsigned properties: the signature time-stamp, its validation
+/// data (and its certificate and revocation values), the certificate and
+/// revocation values, the archive time-stamp, its validation data (and its
+/// certificate and revocation values).
+const UNSIGNED_IDS: usize = 10;
 
 /// A signature with its value, into which unsigned properties go.
 struct Signature {
     template: Template,
     value: Vec<u8>,
     document: Option<Arc<Document>>,
+    unsigned_ids: Vec<String>,
+}
+
+impl Signature {
+    /// The signed document (with the unsigned properties of `unsigned`
+    /// before any archive time-stamp), parsed.
+    fn signed_document(&self, unsigned: Option<&Unsigned>) -> Result<Vec<u8>> {
+        let document = self.document.as_ref().ok_or_else(|| Error::Invalid(NEEDS_DOCUMENT.into()))?;
+        let properties = unsigned.map(|u| self.unsigned_properties(u, false)).unwrap_or_default();
+        Ok(document.with_signature(&self.template.element(&self.value, &properties)))
+    }
+
+    /// `xa:UnsignedProperties` for `unsigned`: B-T, `xa:SignatureTimeStamp`;
+    /// B-LT (the Japanese "XL"), the TSA's certificates and CRLs in
+    /// `xa141:TimeStampValidationData` for it, then the signer's CA
+    /// certificates in `xa:CertificateValues` and their CRLs in
+    /// `xa:RevocationValues`; B-LTA (`with_archive`), `xa141:ArchiveTimeStamp`
+    /// and its own validation data; in the order and form of the public samples.
+    fn unsigned_properties(&self, unsigned: &Unsigned, with_archive: bool) -> String {
+        let Some(stamp) = &unsigned.signature_timestamp else { return String::new() };
+        let ids = &self.unsigned_ids;
+        let sts = &ids[0];
+        let mut properties = String::from("<xa:UnsignedProperties><xa:UnsignedSignatureProperties>");
+        properties.push_str(&format!(
+            "<xa:SignatureTimeStamp Id=\"{sts}\"><xa:EncapsulatedTimeStamp>{}</xa:EncapsulatedTimeStamp>\
+             </xa:SignatureTimeStamp>",
+            mime_base64(&stamp.token)
+        ));
+        if let Some(v) = &unsigned.validation {
+            properties.push_str(&format!(
+                "<xa141:TimeStampValidationData xmlns:xa141=\"{XADES141}\" Id=\"{}\" URI=\"#{sts}\">\
+                 <CertificateValues xmlns=\"{XADES}\" Id=\"{}\">{}</CertificateValues>{}\
+                 </xa141:TimeStampValidationData>",
+                ids[1],
+                ids[2],
+                encapsulated("xa:EncapsulatedX509Certificate", &v.tsa_path),
+                revocation_values(&ids[3], &v.tsa_crls),
+            ));
+            properties.push_str(&format!(
+                "<xa:CertificateValues Id=\"{}\">{}</xa:CertificateValues>{}",
+                ids[4],
+                encapsulated("xa:EncapsulatedX509Certificate", &v.signer_chain),
+                revocation_values(&ids[5], &v.signer_crls),
+            ));
+        }
+        if let (true, Some(archive)) = (with_archive, &unsigned.archive_timestamp) {
+            let ats = &ids[6];
+            properties.push_str(&format!(
+                "<xa141:ArchiveTimeStamp xmlns:xa141=\"{XADES141}\" Id=\"{ats}\"><xa:EncapsulatedTimeStamp>{}\
+                 </xa:EncapsulatedTimeStamp></xa141:ArchiveTimeStamp>",
+                mime_base64(&archive.stamp.token)
+            ));
+            // As the dispensing sample writes it: the certificates in the
+            // default namespace, unprefixed (then the CRLs, which it lacks).
+            properties.push_str(&format!(
+                "<xa141:TimeStampValidationData xmlns:xa141=\"{XADES141}\" Id=\"{}\" URI=\"#{ats}\">\
+                 <CertificateValues xmlns=\"{XADES}\" Id=\"{}\">{}</CertificateValues>{}\
+                 </xa141:TimeStampValidationData>",
+                ids[7],
+                ids[8],
+                encapsulated("EncapsulatedX509Certificate", &archive.stamp.path),
+                revocation_values(&ids[9], &archive.tsa_crls),
+            ));
+        }
+        properties.push_str("</xa:UnsignedSignatureProperties></xa:UnsignedProperties>");
+        properties
+    }
 }
 
 impl Assembled for Signature {
@@ -124,8 +200,7 @@ impl Assembled for Signature {
     /// `xs:SignatureValue` in the document (it carries the namespace
     /// declarations in scope there: SPEC §3.2), so the document is needed.
     fn signature_timestamp_input(&self) -> Result<Option<Vec<u8>>> {
-        let document = self.document.as_ref().ok_or_else(|| Error::Invalid(NEEDS_DOCUMENT.into()))?;
-        let signed = document.with_signature(&self.template.element(&self.value, ""));
+        let signed = self.signed_document(None)?;
         let x = crate::xml::parse(&signed).map_err(|e| Error::Internal(format!("the signed document: {e}")))?;
         let value = x
             .by_id(&self.template.ids.signature_value())
@@ -133,41 +208,21 @@ impl Assembled for Signature {
         Ok(Some(x.inclusive(value).map_err(|e| Error::Internal(e.0))?))
     }
 
-    /// B-T: `xa:SignatureTimeStamp`; B-LT (the Japanese "XL"): the TSA's
-    /// certificates and CRLs in `xa141:TimeStampValidationData` for it, then
-    /// the signer's CA certificates in `xa:CertificateValues` and their CRLs
-    /// in `xa:RevocationValues`; in the order and form of the public samples.
+    /// XAdES-A (1.4.1): over the references' data, SignedInfo,
+    /// SignatureValue, KeyInfo and every unsigned signature property so far
+    /// ([`crate::eps::archive::input`]).
+    fn archive_timestamp_input(&self, unsigned: &Unsigned) -> Result<Option<(DigestAlgorithm, Vec<u8>)>> {
+        let signed = self.signed_document(Some(unsigned))?;
+        let x = crate::xml::parse(&signed).map_err(|e| Error::Internal(format!("the signed document: {e}")))?;
+        let signature = x
+            .by_id(self.template.kind.signature_id())
+            .ok_or_else(|| Error::Internal("the signed document lost its signature".into()))?;
+        let input = crate::eps::archive::input(&x, signature, None).map_err(Error::Internal)?;
+        Ok(Some((DigestAlgorithm::Sha256, input)))
+    }
+
     fn finish(self: Box<Self>, unsigned: &Unsigned) -> Result<Parts> {
-        let mut properties = String::new();
-        if let Some(stamp) = &unsigned.signature_timestamp {
-            let taken = self.document.as_ref().map(|d| &d.ids);
-            let ids = fresh_ids(taken, &self.template.ids, 6)?;
-            let sts = &ids[0];
-            properties.push_str("<xa:UnsignedProperties><xa:UnsignedSignatureProperties>");
-            properties.push_str(&format!(
-                "<xa:SignatureTimeStamp Id=\"{sts}\"><xa:EncapsulatedTimeStamp>{}</xa:EncapsulatedTimeStamp>\
-                 </xa:SignatureTimeStamp>",
-                mime_base64(&stamp.token)
-            ));
-            if let Some(v) = &unsigned.validation {
-                properties.push_str(&format!(
-                    "<xa141:TimeStampValidationData xmlns:xa141=\"{XADES141}\" Id=\"{}\" URI=\"#{sts}\">\
-                     <CertificateValues xmlns=\"{XADES}\" Id=\"{}\">{}</CertificateValues>{}\
-                     </xa141:TimeStampValidationData>",
-                    ids[1],
-                    ids[2],
-                    encapsulated("xa:EncapsulatedX509Certificate", &v.tsa_path),
-                    revocation_values(&ids[3], &v.tsa_crls),
-                ));
-                properties.push_str(&format!(
-                    "<xa:CertificateValues Id=\"{}\">{}</xa:CertificateValues>{}",
-                    ids[4],
-                    encapsulated("xa:EncapsulatedX509Certificate", &v.signer_chain),
-                    revocation_values(&ids[5], &v.signer_crls),
-                ));
-            }
-            properties.push_str("</xa:UnsignedSignatureProperties></xa:UnsignedProperties>");
-        }
+        let properties = self.unsigned_properties(unsigned, true);
         let element = self.template.element(&self.value, &properties);
         let document = self.document.as_ref().map(|d| d.with_signature(&element));
         Ok(Parts { prefix: element.into_bytes(), suffix: Vec::new(), document })

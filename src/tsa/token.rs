@@ -276,3 +276,22 @@ fn check_ess<'a>(attr: &dyn Fn(ObjectIdentifier) -> Option<&'a der::Any>, tsa_de
     }
     Ok(())
 }
+
+/// The token with `attribute` (DER of an `Attribute`) among its signer's
+/// unsigned attributes (the TSA's signature does not cover them): where an
+/// archive-time-stamp-v3 keeps its `ats-hash-index-v3`. The signed parts
+/// are re-encoded as they came (DER in, DER out).
+pub fn with_unsigned_attribute(token: &[u8], attribute: &[u8]) -> Result<Vec<u8>, Refused> {
+    let bad = |e: der::Error| refused(format!("the token: {e}"));
+    let mut ci = ContentInfo::from_der(token).map_err(bad)?;
+    let mut sd: SignedData = ci.content.decode_as().map_err(bad)?;
+    let attribute = x509_cert::attr::Attribute::from_der(attribute).map_err(bad)?;
+    let mut infos: Vec<cms::signed_data::SignerInfo> = sd.signer_infos.0.into_vec();
+    let si = infos.first_mut().ok_or_else(|| refused("the token has no signer"))?;
+    let mut attrs = si.unsigned_attrs.take().map(|a| a.into_vec()).unwrap_or_default();
+    attrs.push(attribute);
+    si.unsigned_attrs = Some(der::asn1::SetOfVec::try_from(attrs).map_err(bad)?);
+    sd.signer_infos = cms::signed_data::SignerInfos::try_from(infos).map_err(bad)?;
+    ci.content = der::Any::encode_from(&sd).map_err(bad)?;
+    ci.to_der().map_err(bad)
+}

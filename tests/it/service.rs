@@ -378,6 +378,7 @@ fn csc_api() {
 
     let info = Client::new().post(&server.url("/csc/v2/info"), &[], "{}").json();
     assert_eq!(info["authType"], json!(["oauth2code"]));
+    assert_eq!(info["conformance_levels"], json!(["Ades-B-B"]), "no TSA, B-B alone");
     let list = csc("credentials/list", json!({})).json();
     assert_eq!(list["credentialIDs"], json!(["100001.g1"]));
     let ci = csc("credentials/info", json!({ "credentialID": "100001.g1", "certificates": "chain", "certInfo": true }))

@@ -494,6 +494,107 @@ print(len(outer), len(inner))
         assert!(out.status.success() && text.contains("verify OK"), "CRL {i}: {text}");
     }
 
+    // XAdES-LTA: an archive time-stamp over all of it, whose input lxml
+    // computes alike (XAdES 1.4.1, SPEC §3.2), checked by openssl ts.
+    let r = Client::new().post(
+        &server.url("/api/v1/sign?format=xades&level=B-LTA&prescription_id=rx-lta-1"),
+        &[("authorization", &bearer), ("content-type", "text/csv")],
+        CSV,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    assert!(
+        text.contains("</xa:RevocationValues><xa141:ArchiveTimeStamp "),
+        "the archive time-stamp follows the B-LT properties: {text}"
+    );
+    let signed = dir.join("rx-lta.xml");
+    std::fs::write(&signed, &r.body).expect("write");
+    let out = Command::new("xmlsec1")
+        .args(["--verify", "--id-attr:id", "PrescriptionDocument", "--trusted-pem"])
+        .arg(fixture("hpki-root.pem"))
+        .arg("--untrusted-pem")
+        .arg(fixture("hpki-signing-ca.pem"))
+        .arg(&signed)
+        .output()
+        .expect("xmlsec1");
+    assert!(out.status.success(), "xmlsec1: {}", String::from_utf8_lossy(&out.stderr));
+    let script = r#"
+import sys, base64
+from lxml import etree
+DS = "{http://www.w3.org/2000/09/xmldsig#}"
+XA = "{http://uri.etsi.org/01903/v1.3.2#}"
+XA141 = "{http://uri.etsi.org/01903/v1.4.1#}"
+doc = etree.parse(sys.argv[1])
+ids = {}
+for e in doc.iter():
+    for a in ("id", "Id"):
+        if e.get(a):
+            ids[e.get(a)] = e
+sig = ids["PrescriptionSign"]
+c14n = lambda e, exc=False: etree.tostring(e, method="c14n", exclusive=exc, with_tail=False)
+out = b""
+for ref in sig.find(DS + "SignedInfo").findall(DS + "Reference"):
+    out += c14n(ids[ref.get("URI")[1:]], ref.find(DS + "Transforms") is not None)
+for name in ("SignedInfo", "SignatureValue", "KeyInfo"):
+    out += c14n(sig.find(DS + name))
+for child in sig.find(".//" + XA + "UnsignedSignatureProperties"):
+    if child.tag == XA141 + "ArchiveTimeStamp":
+        token = base64.b64decode(child.find(XA + "EncapsulatedTimeStamp").text)
+        break
+    out += c14n(child)
+open(sys.argv[2], "wb").write(token)
+sys.stdout.buffer.write(out)
+"#;
+    let token_path = dir.join("ats.tst");
+    let out = Command::new("python3").args(["-c", script]).arg(&signed).arg(&token_path).output().expect("lxml");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, text) =
+        openssl_ts_verify(&dir, "ats", &out.stdout, &std::fs::read(&token_path).expect("token"), &tsa.root);
+    assert!(ok, "openssl ts -verify of the archive time-stamp over lxml's input: {text}");
+
+    // CAdES-LTA: an archive-time-stamp-v3 whose input asn1crypto recomputes
+    // from the finished signature (EN 319 122-1 5.5.3), checked by openssl
+    // ts; openssl cms and pyHanko still validate the signature under it.
+    let r = Client::new().post(&server.url("/api/v1/sign?level=B-LTA"), &[("authorization", &bearer)], document);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sig = dir.join("doc-lta.p7s");
+    std::fs::write(&sig, &r.body).expect("sig");
+    let (ok, out) = openssl_verify(&sig, Some(&doc));
+    assert!(ok, "openssl cms -verify: {out}");
+    let (input, token) = (dir.join("cades-ats.data"), dir.join("cades-ats.tst"));
+    let out = Command::new("python3")
+        .arg(root().join("tests/tsa/archive_v3.py"))
+        .args([&doc, &sig, &input, &token])
+        .output()
+        .expect("python3 with asn1crypto");
+    assert!(out.status.success(), "archive_v3.py: {}", String::from_utf8_lossy(&out.stderr));
+    let counts: serde_json::Value = serde_json::from_slice(&out.stdout).expect("counts");
+    assert_eq!(
+        counts,
+        json!({ "certificates": 5, "crls": 3, "unsigned attribute values": 1 }),
+        "the index lists the B-LT signature's every item"
+    );
+    let (ok, text) = openssl_ts_verify(
+        &dir,
+        "cades-ats",
+        &std::fs::read(&input).expect("input"),
+        &std::fs::read(&token).expect("token"),
+        &tsa.root,
+    );
+    assert!(ok, "openssl ts -verify of the archive time-stamp over asn1crypto's input: {text}");
+    let out = Command::new("python3")
+        .arg(root().join("tests/tsa/validate_cades.py"))
+        .arg(&doc)
+        .arg(&sig)
+        .arg("--root")
+        .arg(fixture("hpki-root.pem"))
+        .arg("--tsa-root")
+        .arg(&tsa.root)
+        .arg("--embedded")
+        .output()
+        .expect("pyHanko");
+    assert!(out.status.success(), "pyHanko on the B-LTA signature: {}", String::from_utf8_lossy(&out.stdout));
+
     // Without a current CRL for the signer's CA, B-LT is not delivered: 503
     // naming what is missing; B-T still is.
     drop(server);
@@ -586,6 +687,8 @@ fn over_https_a_tsa_outage_answers_503_naming_it_and_gives_the_sad_back() {
     let url = format!("{}/reject", bad.base);
     let root_pem = tsa.root.display().to_string();
     let server = Server::start(&env, &[("INKAN_TSA_URL", &url), ("INKAN_TSA_CA", &root_pem), ("INKAN_CSC_SCAL", "2")]);
+    let info = Client::new().post(&server.url("/csc/v2/info"), &[], "{}").json();
+    assert_eq!(info["conformance_levels"], json!(["Ades-B-B", "Ades-B-T", "Ades-B-LT", "Ades-B-LTA"]), "{info}");
     let client = register_client(&env);
     let token = login(&server, &client, "hpki-doctor", "hpki")["access_token"].as_str().expect("token").to_owned();
     let digest = Base64::encode_string(&[3u8; 32]);
@@ -595,17 +698,20 @@ fn over_https_a_tsa_outage_answers_503_naming_it_and_gives_the_sad_back() {
         &json!({ "credentialID": "100001.g1", "numSignatures": 1, "hashes": [digest] }),
     );
     let sad = r.json()["SAD"].as_str().expect("SAD").to_owned();
-    let sign = |level: &str| {
+    let sign_as = |format: &str, level: &str| {
         Client::new().post_json(
             &server.url("/csc/v2/signatures/signDoc"),
             &token,
             &json!({ "credentialID": "100001.g1", "SAD": sad, "documentDigests": [{
-                "hashes": [digest], "hashAlgorithmOID": "2.16.840.1.101.3.4.2.1", "signature_format": "C",
+                "hashes": [digest], "hashAlgorithmOID": "2.16.840.1.101.3.4.2.1", "signature_format": format,
                 "conformance_level": level }] }),
         )
     };
-    // A level that cannot be made is refused before the SAD is taken.
-    let r = sign("Ades-B-LTA");
+    let sign = |level: &str| sign_as("C", level);
+    // A level that cannot be made is refused before the SAD is taken: XAdES
+    // from a hash alone is B-B only (the time-stamp covers the signature
+    // value, which only the document's assembly yields here).
+    let r = sign_as("X", "Ades-B-T");
     assert_eq!(r.status, 400, "{}", r.text());
     let r = sign("Ades-B-T");
     assert_eq!(r.status, 503, "{}", r.text());
