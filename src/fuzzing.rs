@@ -135,9 +135,85 @@ pub fn xml(data: &[u8]) {
     let _ = crate::eps::dispensing::record(data, b"CJ1,\n1", "d-1");
 }
 
+fn tsa_anchors() -> &'static [x509_cert::Certificate] {
+    static ANCHORS: OnceLock<Vec<x509_cert::Certificate>> = OnceLock::new();
+    ANCHORS.get_or_init(|| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/eps/extracted-tsa-test-ca.pem");
+        crate::pki::read_certificates(&path)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|d| <x509_cert::Certificate as der::Decode>::from_der(d).ok())
+            .collect()
+    })
+}
+
+/// A TSA's answer (`TimeStampResp`) as the client reads it, against the
+/// anchor of the public samples' TSA, the imprint and nonce taken from the
+/// answer itself (so that the checks past them are reached) at the token's
+/// own time; the same bytes as a bare token, and a token given an unsigned
+/// attribute (what an archive time-stamp's hash index goes through).
+pub fn tsa(data: &[u8]) {
+    use crate::tsa::{asn1, token};
+    let trust = crate::tsa::Trust { anchors: tsa_anchors(), chain: &[], policy: None };
+    let own = asn1::TimeStampResp::from_der(data).ok().and_then(|r| r.token).and_then(|t| {
+        let ci = <cms::content_info::ContentInfo as der::Decode>::from_der(&t).ok()?;
+        let sd: cms::signed_data::SignedData = ci.content.decode_as().ok()?;
+        let econtent = der::Encode::to_der(sd.encap_content_info.econtent.as_ref()?).ok()?;
+        let octets = <der::asn1::OctetString as der::Decode>::from_der(&econtent).ok()?;
+        asn1::TstInfo::from_der(octets.as_bytes()).ok()
+    });
+    let alg = inkan_keystore::DigestAlgorithm::Sha256;
+    match &own {
+        Some(info) => {
+            let alg =
+                inkan_keystore::DigestAlgorithm::from_oid(&info.message_imprint.hash_algorithm.oid).unwrap_or(alg);
+            let nonce = info.nonce.as_deref();
+            let expected = token::Expected { alg, digest: info.message_imprint.hashed_message.as_bytes(), nonce };
+            let _ = crate::tsa::read_answer(data, &expected, &trust, info.gen_time);
+        }
+        None => {
+            let expected = token::Expected { alg, digest: &[0; 32], nonce: Some(&[1]) };
+            let _ = crate::tsa::read_answer(data, &expected, &trust, SystemTime::UNIX_EPOCH);
+        }
+    }
+    let expected = token::Expected { alg, digest: &[0; 32], nonce: None };
+    let _ = token::check(data, &expected, trust.anchors, &[]);
+    let _ =
+        token::with_unsigned_attribute(data, &[0x30, 0x0a, 0x06, 0x03, 0x2a, 0x03, 0x04, 0x31, 0x03, 0x04, 0x01, 0x00]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The national samples' tokens pass every check (so the target reaches
+    /// past the signature, the ESS certificate id, the EKU and the path).
+    #[test]
+    fn the_samples_tokens_pass_the_tsa_checks_at_their_time() {
+        use crate::tsa::{asn1, token};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/tsa");
+        let trust = crate::tsa::Trust { anchors: tsa_anchors(), chain: &[], policy: None };
+        for name in
+            ["prescription-signature-timestamp", "dispensing-signature-timestamp", "dispensing-archive-timestamp"]
+        {
+            let answer = std::fs::read(dir.join(format!("{name}.der"))).expect("seed");
+            let token = asn1::TimeStampResp::from_der(&answer).expect("answer").token.expect("token");
+            let ci = <cms::content_info::ContentInfo as der::Decode>::from_der(&token).expect("ContentInfo");
+            let sd: cms::signed_data::SignedData = ci.content.decode_as().expect("SignedData");
+            let econtent =
+                der::Encode::to_der(sd.encap_content_info.econtent.as_ref().expect("eContent")).expect("der");
+            let octets = <der::asn1::OctetString as der::Decode>::from_der(&econtent).expect("octets");
+            let info = asn1::TstInfo::from_der(octets.as_bytes()).expect("TSTInfo");
+            let expected = token::Expected {
+                alg: inkan_keystore::DigestAlgorithm::Sha256,
+                digest: info.message_imprint.hashed_message.as_bytes(),
+                nonce: None,
+            };
+            let checked = crate::tsa::read_answer(&answer, &expected, &trust, info.gen_time)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(checked.path.len(), 2, "{name}: the TSA and the samples' TSA CA");
+        }
+    }
 
     /// A few hundred inputs per target, the same on every run: each seed,
     /// cut short at sixteen places, and with one byte flipped 32 times.
@@ -145,13 +221,15 @@ mod tests {
     fn every_target_takes_its_seeds_cut_short_and_with_bytes_flipped() {
         type Target = (&'static str, fn(&[u8]));
         assert!(hpki().is_some(), "the fixtures' HPKI trust store loads (else certificates checks parsing only)");
-        let targets: [Target; 6] = [
+        assert_eq!(tsa_anchors().len(), 1, "the samples' TSA CA loads (else tsa stops at the path)");
+        let targets: [Target; 7] = [
             ("certificates", certificates),
             ("crl", crl),
             ("csr", csr),
             ("api_json", api_json),
             ("webauthn", webauthn),
             ("xml", xml),
+            ("tsa", tsa),
         ];
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = move || {

@@ -30,6 +30,48 @@ const MAX_ANSWER_BYTES: usize = 256 << 10;
 /// is off, or a token made for another time, is refused).
 pub const MAX_SKEW: Duration = Duration::from_secs(300);
 
+/// What a TSA's token is checked against: the anchors of its certificate,
+/// intermediates that may complete the path, the policy asked for.
+#[derive(Clone, Copy, Debug)]
+pub struct Trust<'a> {
+    /// `[tsa] ca`.
+    pub anchors: &'a [Certificate],
+    /// `[tsa] chain`.
+    pub chain: &'a [Certificate],
+    /// `[tsa] policy`, if set: the token must carry it.
+    pub policy: Option<der::oid::ObjectIdentifier>,
+}
+
+/// A TSA's answer (DER of a `TimeStampResp`) to the request `expected`
+/// describes, read and checked as [`Tsa::stamp`] does: granted, a token
+/// that passes [`token::check`], its time within [`MAX_SKEW`] of `now`,
+/// the policy asked for. The error says why, for the operator.
+pub fn read_answer(
+    body: &[u8],
+    expected: &token::Expected<'_>,
+    trust: &Trust<'_>,
+    now: SystemTime,
+) -> std::result::Result<Checked, String> {
+    let resp = asn1::TimeStampResp::from_der(body).map_err(|e| e.0)?;
+    if !resp.status.granted() {
+        return Err(format!("it refused: {}", resp.status.describe()));
+    }
+    let token = resp.token.ok_or("it granted but sent no token")?;
+    let checked = token::check(&token, expected, trust.anchors, trust.chain).map_err(|e| e.0)?;
+    let skew = checked.info.gen_time.duration_since(now).unwrap_or_else(|e| e.duration());
+    if skew > MAX_SKEW {
+        return Err(format!(
+            "its time {} is more than {} s from this node's",
+            checked.info.gen_time_text,
+            MAX_SKEW.as_secs()
+        ));
+    }
+    if trust.policy.is_some_and(|p| p != checked.info.policy) {
+        return Err(format!("its policy {} is not the one asked for", checked.info.policy));
+    }
+    Ok(checked)
+}
+
 /// The TSA client.
 pub struct Tsa {
     endpoints: Vec<Url>,
@@ -144,24 +186,8 @@ impl Tsa {
                 .await
                 .unwrap_or_else(|_| Err(format!("no answer within {} s", self.timeout.as_secs())));
             let checked = answer.and_then(|body| {
-                let resp = asn1::TimeStampResp::from_der(&body).map_err(|e| e.0)?;
-                if !resp.status.granted() {
-                    return Err(format!("it refused: {}", resp.status.describe()));
-                }
-                let token = resp.token.ok_or("it granted but sent no token")?;
-                let checked = token::check(&token, &expected, &self.anchors, &self.chain).map_err(|e| e.0)?;
-                let skew = checked.info.gen_time.duration_since(now).or_else(|e| Ok::<_, String>(e.duration()))?;
-                if skew > MAX_SKEW {
-                    return Err(format!(
-                        "its time {} is more than {} s from this node's",
-                        checked.info.gen_time_text,
-                        MAX_SKEW.as_secs()
-                    ));
-                }
-                if self.policy.is_some_and(|p| p != checked.info.policy) {
-                    return Err(format!("its policy {} is not the one asked for", checked.info.policy));
-                }
-                Ok(checked)
+                let trust = Trust { anchors: &self.anchors, chain: &self.chain, policy: self.policy };
+                read_answer(&body, &expected, &trust, now)
             });
             match checked {
                 Ok(c) => return Ok(c),
