@@ -28,13 +28,39 @@ pub struct Verified {
     pub signing_time: Option<String>,
 }
 
-/// What failed, in words a client developer can act on.
+/// What failed, in words a client developer can act on, and which kind of
+/// check it was (a validation report classifies by it).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Failure(pub String);
+#[error("{message}")]
+pub struct Failure {
+    /// Which kind of check failed.
+    pub problem: Problem,
+    /// What failed.
+    pub message: String,
+}
+
+/// The kinds of check [`bes`] makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// The signature is not shaped as the profile's (elements, references,
+    /// transforms, ids, place).
+    Format,
+    /// A reference's digest does not match: what it points to was changed.
+    Digest,
+    /// The signature value does not verify with the certificate.
+    SignatureValue,
+    /// The certificate in KeyInfo is not the one SigningCertificateV2 names.
+    CertificateDigest,
+    /// The certificate may not make this signature (keyUsage, hcRole).
+    Signer,
+}
 
 fn fail(message: impl Into<String>) -> Failure {
-    Failure(message.into())
+    Failure { problem: Problem::Format, message: message.into() }
+}
+
+fn failed(problem: Problem, message: impl Into<String>) -> Failure {
+    Failure { problem, message: message.into() }
 }
 
 /// The digest algorithm an XMLDSig `DigestMethod` names.
@@ -140,16 +166,18 @@ pub fn bes(x: &Xml<'_>, signature: NodeId, kind: Kind) -> Result<Verified, Failu
         .ok_or_else(|| fail(format!("unknown CanonicalizationMethod {c14n:?}")))?
         .map_err(err)?;
     let sig = xml::decode_base64(&x.text_of(value)).ok_or_else(|| fail("SignatureValue is not base64"))?;
-    crate::pki::verify_xml_signature(&certificate, &method, &canonical, &sig).map_err(fail)?;
+    crate::pki::verify_xml_signature(&certificate, &method, &canonical, &sig).map_err(|e| {
+        failed(if e.starts_with("unknown SignatureMethod") { Problem::Format } else { Problem::SignatureValue }, e)
+    })?;
 
     // What the certificate allows.
     if !crate::pki::has_non_repudiation(&certificate) {
-        return Err(fail("the signer's certificate lacks keyUsage nonRepudiation"));
+        return Err(failed(Problem::Signer, "the signer's certificate lacks keyUsage nonRepudiation"));
     }
     let hc_role = crate::pki::profile::read_hc_role(&certificate)
-        .ok_or_else(|| fail("the signer's certificate names no hcRole"))?;
+        .ok_or_else(|| failed(Problem::Signer, "the signer's certificate names no hcRole"))?;
     if !kind.signer_roles().contains(&hc_role.as_str()) {
-        return Err(fail(format!("the signer's hcRole is {hc_role:?}, who may not sign a {kind}")));
+        return Err(failed(Problem::Signer, format!("the signer's hcRole is {hc_role:?}, who may not sign a {kind}")));
     }
     let signing_time = x
         .children_named(signed_properties, Some(XADES), "SignedSignatureProperties")
@@ -191,7 +219,10 @@ fn check_reference(x: &Xml<'_>, reference: NodeId, node: NodeId, n: usize, uri: 
         .ok_or_else(|| fail(format!("reference {n}: unknown transform {c14n:?}")))?
         .map_err(err)?;
     if alg.digest(&canonical) != expected {
-        return Err(fail(format!("reference {n} ({uri}): the digest does not match (the element was changed)")));
+        return Err(failed(
+            Problem::Digest,
+            format!("reference {n} ({uri}): the digest does not match (the element was changed)"),
+        ));
     }
     Ok(())
 }
@@ -219,7 +250,10 @@ fn check_cert_digest(x: &Xml<'_>, signed_properties: NodeId, der: &[u8]) -> Resu
             }
         }
     }
-    Err(fail("the certificate digest in SigningCertificateV2 does not match the certificate in KeyInfo"))
+    Err(failed(
+        Problem::CertificateDigest,
+        "the certificate digest in SigningCertificateV2 does not match the certificate in KeyInfo",
+    ))
 }
 
 #[cfg(test)]
@@ -285,12 +319,12 @@ mod tests {
             ("another qualifying target", text.replacen("Target=\"#PrescriptionSign\"", "Target=\"#x\"", 1), "target"),
         ] {
             let e = check(changed.as_bytes(), "PrescriptionSign", Kind::Prescription).expect_err(name);
-            assert!(e.0.contains(says), "{name}: {e}");
+            assert!(e.message.contains(says), "{name}: {e}");
         }
         // A doctor's signature is not a pharmacist's, and an hcRole that may
         // not sign the kind is refused.
         let e = check(text.as_bytes(), "PrescriptionSign", Kind::Dispensing).expect_err("kind");
-        assert!(e.0.contains("Id"), "{e}");
+        assert!(e.message.contains("Id"), "{e}");
         // Signature wrapping: a second element with the target's id.
         let wrapped = text.replacen(
             "<AdditionalPrescriptionInformation id=\"AdditionalPrescriptionInformation\">",

@@ -29,9 +29,41 @@ pub fn build(
     anchors: &[Certificate],
     at: SystemTime,
 ) -> Result<Vec<Certificate>, PkiError> {
-    let mut path = vec![leaf.clone()];
     check_validity(leaf, at)?;
-    check_extensions(leaf)?;
+    let path = find(leaf, intermediates, anchors).map_err(|e| PkiError(e.message))?;
+    for cert in &path[1..] {
+        let role = if anchors.iter().any(|a| same(a, cert)) { "the anchor" } else { "the intermediate" };
+        check_validity(cert, at).map_err(|e| PkiError(format!("{role} {}: {e}", cert.tbs_certificate().subject())))?;
+    }
+    Ok(path)
+}
+
+/// Why [`find`] found no path.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PathError {
+    /// No issuer leads to an anchor (rather than a certificate on the way
+    /// that may not be there: not a CA, its path length, an unknown critical
+    /// extension, two signature algorithms).
+    pub no_anchor: bool,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn constraint(message: String) -> PathError {
+    PathError { no_anchor: false, message }
+}
+
+/// A path from `leaf` to one of `anchors` (leaf first, the anchor last),
+/// each certificate's signature and constraints checked, but not when each
+/// is valid: a validator checks that at the times it has proof of.
+pub fn find(
+    leaf: &Certificate,
+    intermediates: &[Certificate],
+    anchors: &[Certificate],
+) -> Result<Vec<Certificate>, PathError> {
+    let mut path = vec![leaf.clone()];
+    check_extensions(leaf).map_err(|e| constraint(e.0))?;
     for _ in 0..MAX_DEPTH {
         let Some(current) = path.last() else { break };
         if anchors.iter().any(|a| same(a, current)) {
@@ -41,22 +73,26 @@ pub fn build(
         let issued =
             |c: &&Certificate| c.tbs_certificate().subject() == issuer_name && check_issued_by(current, c).is_ok();
         if let Some(anchor) = anchors.iter().find(issued) {
-            check_validity(anchor, at)
-                .map_err(|e| PkiError(format!("the anchor {}: {e}", anchor.tbs_certificate().subject())))?;
             path.push(anchor.clone());
             return Ok(path);
         }
         let next = intermediates.iter().filter(|c| !path.iter().any(|p| same(p, c))).find(issued).cloned();
         let Some(next) = next else {
-            return Err(PkiError(format!(
-                "no path to a trusted anchor: no issuer {} of {} among the anchors ({}) or the certificates given",
-                issuer_name,
-                current.tbs_certificate().subject(),
-                anchors.iter().map(|a| a.tbs_certificate().subject().to_string()).collect::<Vec<_>>().join("; ")
-            )));
+            return Err(PathError {
+                no_anchor: true,
+                message: format!(
+                    "no path to a trusted anchor: no issuer {} of {} among the anchors ({}) or the certificates given",
+                    issuer_name,
+                    current.tbs_certificate().subject(),
+                    anchors.iter().map(|a| a.tbs_certificate().subject().to_string()).collect::<Vec<_>>().join("; ")
+                ),
+            });
         };
         if !is_ca(&next) {
-            return Err(PkiError(format!("{} issued a certificate but is not a CA", next.tbs_certificate().subject())));
+            return Err(constraint(format!(
+                "{} issued a certificate but is not a CA",
+                next.tbs_certificate().subject()
+            )));
         }
         // Intermediates below this one: its pathLenConstraint bounds them.
         let below = path.len() - 1;
@@ -64,18 +100,16 @@ pub fn build(
             next.tbs_certificate().get_extension::<BasicConstraints>()
         {
             if below > usize::from(max) {
-                return Err(PkiError(format!(
+                return Err(constraint(format!(
                     "{} allows {max} intermediate CAs below it, the path has {below}",
                     next.tbs_certificate().subject()
                 )));
             }
         }
-        check_extensions(&next)?;
-        check_validity(&next, at)
-            .map_err(|e| PkiError(format!("the intermediate {}: {e}", next.tbs_certificate().subject())))?;
+        check_extensions(&next).map_err(|e| constraint(e.0))?;
         path.push(next);
     }
-    Err(PkiError(format!("no path to a trusted anchor within {MAX_DEPTH} certificates")))
+    Err(PathError { no_anchor: true, message: format!("no path to a trusted anchor within {MAX_DEPTH} certificates") })
 }
 
 fn same(a: &Certificate, b: &Certificate) -> bool {

@@ -22,6 +22,39 @@ use super::asn1::TstInfo;
 #[error("{0}")]
 pub struct Refused(pub String);
 
+/// Which kind of check refused a token (a validation report classifies by it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// Not a token as RFC 3161 makes them.
+    Format,
+    /// The imprint is not over what it should be.
+    Imprint,
+    /// Its signature, message digest or ESS certificate id does not match.
+    Crypto,
+    /// The TSA's certificate is not for time-stamping.
+    Constraints,
+    /// No path from the TSA's certificate to an anchor, at the token's time.
+    Path,
+}
+
+impl Refused {
+    /// Which kind of check refused the token (from the words [`check`] uses).
+    pub fn problem(&self) -> Problem {
+        let m = self.0.as_str();
+        if m.contains("imprint") {
+            Problem::Imprint
+        } else if m.contains("does not verify") || m.contains("does not match") || m.contains("names another") {
+            Problem::Crypto
+        } else if m.contains("extendedKeyUsage") {
+            Problem::Constraints
+        } else if m.starts_with("the TSA's certificate: ") {
+            Problem::Path
+        } else {
+            Problem::Format
+        }
+    }
+}
+
 fn refused(message: impl Into<String>) -> Refused {
     Refused(message.into())
 }
@@ -95,15 +128,8 @@ fn number(bytes: &[u8]) -> &[u8] {
     &bytes[first..]
 }
 
-/// Checks `token` (DER of a `ContentInfo`) against what was asked and the
-/// TSA `anchors` (see the module documentation). `extra` certificates
-/// (configured intermediates) may complete the path.
-pub fn check(
-    token: &[u8],
-    expected: &Expected<'_>,
-    anchors: &[Certificate],
-    extra: &[Certificate],
-) -> Result<Checked, Refused> {
+/// A token's `SignedData`, the DER of its `TSTInfo`, and what that says.
+fn open(token: &[u8]) -> Result<(SignedData, Vec<u8>, TstInfo), Refused> {
     let ci = ContentInfo::from_der(token).map_err(|e| refused(format!("the token is not a ContentInfo: {e}")))?;
     if ci.content_type != oids::SIGNED_DATA {
         return Err(refused(format!("the token is a {}, not a SignedData", ci.content_type)));
@@ -121,6 +147,25 @@ pub fn check(
         .as_bytes()
         .to_vec();
     let info = TstInfo::from_der(&tst_der).map_err(|e| refused(e.0))?;
+    Ok((sd, tst_der, info))
+}
+
+/// What a token says (its `TSTInfo`), unchecked: what a validator reads
+/// first, to know the imprint's algorithm.
+pub fn tst_info(token: &[u8]) -> Result<TstInfo, Refused> {
+    open(token).map(|(_, _, info)| info)
+}
+
+/// Checks `token` (DER of a `ContentInfo`) against what was asked and the
+/// TSA `anchors` (see the module documentation). `extra` certificates
+/// (configured intermediates) may complete the path.
+pub fn check(
+    token: &[u8],
+    expected: &Expected<'_>,
+    anchors: &[Certificate],
+    extra: &[Certificate],
+) -> Result<Checked, Refused> {
+    let (sd, tst_der, info) = open(token)?;
 
     // What was asked.
     if info.message_imprint.hash_algorithm.oid != expected.alg.oid()
@@ -227,13 +272,22 @@ pub fn check(
 /// The ESS signing-certificate (v2, or v1 with SHA-1): its first ESSCertID
 /// is the TSA's certificate.
 fn check_ess<'a>(attr: &dyn Fn(ObjectIdentifier) -> Option<&'a der::Any>, tsa_der: &[u8]) -> Result<(), Refused> {
+    ess_names(attr(oids::SIGNING_CERTIFICATE_V2), attr(oids::SIGNING_CERTIFICATE), tsa_der)
+        .map_err(|e| refused(format!("the token's {e}")))
+}
+
+/// Whether an ESS signing-certificate attribute (RFC 5035 v2, else RFC
+/// 2634 v1 with SHA-1: the values of the attributes, if present) names
+/// `cert_der` in its first ESSCertID. The error says what is wrong, from
+/// "ESS signing-certificate ...".
+pub fn ess_names(v2: Option<&der::Any>, v1: Option<&der::Any>, cert_der: &[u8]) -> Result<(), String> {
     use der::{Reader, SliceReader};
-    let (value, v2) = match (attr(oids::SIGNING_CERTIFICATE_V2), attr(oids::SIGNING_CERTIFICATE)) {
+    let (value, v2) = match (v2, v1) {
         (Some(v), _) => (v, true),
         (None, Some(v)) => (v, false),
-        (None, None) => return Err(refused("the token's signed attributes lack an ESS signing-certificate")),
+        (None, None) => return Err("signed attributes lack an ESS signing-certificate".into()),
     };
-    let bad = |e: der::Error| refused(format!("the token's ESS signing-certificate: {e}"));
+    let bad = |e: der::Error| format!("ESS signing-certificate: {e}");
     let der_value = value.to_der().map_err(bad)?;
     let mut reader = SliceReader::new(&der_value).map_err(bad)?;
     // SigningCertificate(V2) ::= SEQUENCE { certs SEQUENCE OF ESSCertID(v2), ... }
@@ -269,10 +323,9 @@ fn check_ess<'a>(attr: &dyn Fn(ObjectIdentifier) -> Option<&'a der::Any>, tsa_de
             Ok(first)
         })
         .map_err(bad)?;
-    let computed =
-        cert_hash(&alg, tsa_der).ok_or_else(|| refused(format!("ESSCertID hash algorithm {alg} unknown")))?;
+    let computed = cert_hash(&alg, cert_der).ok_or_else(|| format!("ESSCertID hash algorithm {alg} unknown"))?;
     if hash.as_bytes() != computed {
-        return Err(refused("the token's ESS signing-certificate names another certificate than the signer's"));
+        return Err("ESS signing-certificate names another certificate than the signer's".into());
     }
     Ok(())
 }
