@@ -22,6 +22,7 @@ mod session;
 mod setup;
 mod sign;
 mod user;
+mod verify;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -74,6 +75,10 @@ pub enum Command {
     /// The token's key-encryption keys (status, rotation).
     #[command(subcommand)]
     Kek(KekCommand),
+    /// Validate a signature: an e-prescription XML document (XAdES) or a
+    /// CMS signature (CAdES, DER or PEM). Exit status: 0 TOTAL_PASSED,
+    /// 1 TOTAL_FAILED, 2 INDETERMINATE, 3 not validated (an error).
+    Verify(verify::VerifyArgs),
     /// Sign a file locally with a user's active key (CAdES-BES, DER).
     Sign(sign::SignArgs),
     /// The audit log.
@@ -133,7 +138,7 @@ pub fn run(cli: Cli) -> Result<Output, CliError> {
     // Where the audit chain stood, sealed, before the command (none: no
     // database yet, or rows nobody sealed, which this command leaves alone).
     let sealed_before = match &cli.command {
-        Command::Audit(_) | Command::Dev(_) => None,
+        Command::Audit(_) | Command::Dev(_) | Command::Verify(_) => None,
         _ => runtime.block_on(sealed_head(&ctx)),
     };
     let result = runtime.block_on(dispatch(&ctx, cli.command));
@@ -189,6 +194,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CliError> {
         Command::Key(cmd) => key::run(ctx, cmd).await,
         Command::Kek(cmd) => kek::run(ctx, cmd).await,
         Command::Sign(args) => sign::run(ctx, args).await,
+        Command::Verify(args) => verify::run(ctx, args),
         Command::Audit(cmd) => audit::run(ctx, cmd).await,
         Command::Client(cmd) => client::run(ctx, cmd).await,
         Command::Session(cmd) => session::run(ctx, cmd).await,

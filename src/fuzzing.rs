@@ -133,6 +133,37 @@ pub fn xml(data: &[u8]) {
     }
     let _ = crate::eps::csv::check(data, Kind::Prescription);
     let _ = crate::eps::dispensing::record(data, b"CJ1,\n1", "d-1");
+    // As `inkan verify` validates it, at the dispensing sample's time.
+    let _ = crate::verify::validate(
+        data,
+        None,
+        verify_trust(),
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_664_530_857),
+    );
+}
+
+/// What the verify targets trust: the fixture HPKI root and the samples'
+/// MHLW root; the samples' TSA CA.
+fn verify_trust() -> &'static crate::verify::Trust {
+    static TRUST: OnceLock<crate::verify::Trust> = OnceLock::new();
+    TRUST.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        crate::verify::Trust::load(
+            &[root.join("fixtures/pki/hpki-root.pem"), root.join("fixtures/eps/extracted-mhlw-hpki-root-ca-v2.pem")],
+            &[root.join("fixtures/eps/extracted-tsa-test-ca.pem")],
+            &[root.join("fixtures/pki/crl/hpki-signing-ca.crl.pem")],
+        )
+        .unwrap_or_default()
+    })
+}
+
+/// A CMS signature as `inkan verify` and `POST /api/v1/verify` read it
+/// (DER or PEM): with the content the seeds signed, and without (then a
+/// detached one has none; an attached one its own).
+pub fn cms(data: &[u8]) {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+    let _ = crate::verify::validate(data, Some(b"a document"), verify_trust(), at);
+    let _ = crate::verify::validate(data, None, verify_trust(), at);
 }
 
 fn tsa_anchors() -> &'static [x509_cert::Certificate] {
@@ -155,13 +186,7 @@ fn tsa_anchors() -> &'static [x509_cert::Certificate] {
 pub fn tsa(data: &[u8]) {
     use crate::tsa::{asn1, token};
     let trust = crate::tsa::Trust { anchors: tsa_anchors(), chain: &[], policy: None };
-    let own = asn1::TimeStampResp::from_der(data).ok().and_then(|r| r.token).and_then(|t| {
-        let ci = <cms::content_info::ContentInfo as der::Decode>::from_der(&t).ok()?;
-        let sd: cms::signed_data::SignedData = ci.content.decode_as().ok()?;
-        let econtent = der::Encode::to_der(sd.encap_content_info.econtent.as_ref()?).ok()?;
-        let octets = <der::asn1::OctetString as der::Decode>::from_der(&econtent).ok()?;
-        asn1::TstInfo::from_der(octets.as_bytes()).ok()
-    });
+    let own = asn1::TimeStampResp::from_der(data).ok().and_then(|r| r.token).and_then(|t| token::tst_info(&t).ok());
     let alg = inkan_keystore::DigestAlgorithm::Sha256;
     match &own {
         Some(info) => {
@@ -198,12 +223,7 @@ mod tests {
         {
             let answer = std::fs::read(dir.join(format!("{name}.der"))).expect("seed");
             let token = asn1::TimeStampResp::from_der(&answer).expect("answer").token.expect("token");
-            let ci = <cms::content_info::ContentInfo as der::Decode>::from_der(&token).expect("ContentInfo");
-            let sd: cms::signed_data::SignedData = ci.content.decode_as().expect("SignedData");
-            let econtent =
-                der::Encode::to_der(sd.encap_content_info.econtent.as_ref().expect("eContent")).expect("der");
-            let octets = <der::asn1::OctetString as der::Decode>::from_der(&econtent).expect("octets");
-            let info = asn1::TstInfo::from_der(octets.as_bytes()).expect("TSTInfo");
+            let info = token::tst_info(&token).expect("TSTInfo");
             let expected = token::Expected {
                 alg: inkan_keystore::DigestAlgorithm::Sha256,
                 digest: info.message_imprint.hashed_message.as_bytes(),
@@ -222,7 +242,8 @@ mod tests {
         type Target = (&'static str, fn(&[u8]));
         assert!(hpki().is_some(), "the fixtures' HPKI trust store loads (else certificates checks parsing only)");
         assert_eq!(tsa_anchors().len(), 1, "the samples' TSA CA loads (else tsa stops at the path)");
-        let targets: [Target; 7] = [
+        assert_eq!(verify_trust().anchors.len(), 2, "the verify targets' anchors load");
+        let targets: [Target; 8] = [
             ("certificates", certificates),
             ("crl", crl),
             ("csr", csr),
@@ -230,6 +251,7 @@ mod tests {
             ("webauthn", webauthn),
             ("xml", xml),
             ("tsa", tsa),
+            ("cms", cms),
         ];
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = move || {

@@ -52,6 +52,7 @@ pub mod store;
 pub mod throttle;
 pub mod tsa;
 pub mod users;
+pub mod verify;
 pub mod xml;
 
 pub use error::{Error, Result};

@@ -18,6 +18,9 @@ fn main() {
             } else if !out.text.is_empty() {
                 println!("{}", out.text);
             }
+            if out.code != 0 {
+                std::process::exit(out.code);
+            }
         }
         Err(e) => {
             if json {

@@ -189,6 +189,73 @@ pub fn verify_signature(
     }
 }
 
+/// Verifies a CMS `SignerInfo`'s signature (RFC 5652 5.4) over `data`
+/// (the DER of its signed attributes) with `cert`'s key: `algorithm` as the
+/// SignerInfo names it, with `digest` its digestAlgorithm. RSASSA-PKCS1-v1_5
+/// (`rsaEncryption` or `sha*WithRSAEncryption`), RSASSA-PSS with the
+/// parameters inkan signs with (the digest, MGF1 on it, a salt of its
+/// length), ECDSA P-256 with SHA-256 (DER `r, s`).
+pub fn verify_cms_signature(
+    cert: &Certificate,
+    algorithm: &spki::AlgorithmIdentifierOwned,
+    digest: inkan_keystore::DigestAlgorithm,
+    data: &[u8],
+    signature: &[u8],
+) -> Result<(), SignatureCheck> {
+    use der::oid::db::rfc5912 as oids;
+    use inkan_keystore::DigestAlgorithm as D;
+    let spki = cert.tbs_certificate().subject_public_key_info();
+    let pkcs1 = |d: D| {
+        let oid = match d {
+            D::Sha256 => oids::SHA_256_WITH_RSA_ENCRYPTION,
+            D::Sha384 => oids::SHA_384_WITH_RSA_ENCRYPTION,
+            D::Sha512 => oids::SHA_512_WITH_RSA_ENCRYPTION,
+        };
+        verify_signature(data, &spki::AlgorithmIdentifierOwned { oid, parameters: None }, signature, spki)
+    };
+    match algorithm.oid {
+        oids::RSA_ENCRYPTION => pkcs1(digest),
+        o if o == oids::SHA_256_WITH_RSA_ENCRYPTION
+            || o == oids::SHA_384_WITH_RSA_ENCRYPTION
+            || o == oids::SHA_512_WITH_RSA_ENCRYPTION =>
+        {
+            verify_signature(data, algorithm, signature, spki)
+        }
+        oids::ID_RSASSA_PSS => {
+            use rsa::pkcs8::DecodePublicKey;
+            use rsa::signature::Verifier;
+            let params = algorithm.parameters.as_ref().and_then(|p| p.to_der().ok()).unwrap_or_default();
+            if !inkan_keystore::pss_params_fit(digest, &params) {
+                return Err(SignatureCheck::Unsupported(
+                    "RSASSA-PSS parameters other than the digest, MGF1 on it and a salt of its length".into(),
+                ));
+            }
+            let der = spki.to_der().map_err(|e| SignatureCheck::Unsupported(e.to_string()))?;
+            let key = rsa::RsaPublicKey::from_public_key_der(&der)
+                .map_err(|e| SignatureCheck::Unsupported(format!("not an RSA key: {e}")))?;
+            let sig = rsa::pss::Signature::try_from(signature).map_err(|_| SignatureCheck::Invalid)?;
+            let ok = match digest {
+                D::Sha256 => rsa::pss::VerifyingKey::<sha2::Sha256>::new(key).verify(data, &sig).is_ok(),
+                D::Sha384 => rsa::pss::VerifyingKey::<sha2::Sha384>::new(key).verify(data, &sig).is_ok(),
+                D::Sha512 => rsa::pss::VerifyingKey::<sha2::Sha512>::new(key).verify(data, &sig).is_ok(),
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(SignatureCheck::Invalid)
+            }
+        }
+        oids::ECDSA_WITH_SHA_256 if digest == D::Sha256 => {
+            use p256::ecdsa::signature::Verifier as _;
+            let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(spki.subject_public_key.raw_bytes())
+                .map_err(|_| SignatureCheck::Unsupported("ecdsa-with-SHA256 with a key that is not P-256".into()))?;
+            let sig = p256::ecdsa::Signature::from_der(signature).map_err(|_| SignatureCheck::Invalid)?;
+            key.verify(data, &sig).map_err(|_| SignatureCheck::Invalid)
+        }
+        other => Err(SignatureCheck::Unsupported(format!("signature algorithm {other} with {}", digest.name()))),
+    }
+}
+
 /// Whether the certificate's keyUsage has nonRepudiation (contentCommitment),
 /// which an HPKI signing certificate must have.
 pub fn has_non_repudiation(cert: &Certificate) -> bool {

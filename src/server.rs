@@ -25,6 +25,7 @@ pub mod oidc;
 pub mod pages;
 pub mod state;
 pub mod tls;
+pub mod verify;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -159,6 +160,7 @@ pub fn main_router(app: Arc<App>) -> Router {
         .route("/api/v1/me", get(api::me))
         .route("/api/v1/sign", post(api::sign))
         .route("/api/v1/sign-hashes", post(api::sign_hashes))
+        .route("/api/v1/verify", post(verify::verify))
         .route("/demo", get(demo::page))
         .route("/demo/callback", get(demo::callback))
         .route("/demo/sign", post(demo::sign))

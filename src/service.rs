@@ -41,6 +41,8 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     /// Demo client (demo mode only): id and secret.
     pub demo_client: Option<(String, String)>,
+    /// What validation trusts (`[verify]`).
+    pub trust: Arc<crate::verify::Trust>,
 }
 
 impl Service {
@@ -85,7 +87,9 @@ impl Service {
             AuditSink::Writer(writer),
             Arc::clone(&metrics),
         )?;
+        let trust = Arc::new(crate::verify::Trust::from_config(&config, &[], &[], &[])?);
         Ok(Service {
+            trust,
             sessions: Sessions::new(tx(), store.invalidation(), Arc::clone(&clock)).await?,
             oidc: Provider::new(&config, tx(), store.oidc(), keystore, Arc::clone(&clock))?,
             cards: CardAuth::from_config(&config)?,

@@ -13,18 +13,21 @@ use crate::signing::{AuditSink, Signing};
 use crate::storage::Transactions;
 use crate::store::{Store, Tx};
 
-/// A command's result: JSON for scripts, text for people.
+/// A command's result: JSON for scripts, text for people, and the exit
+/// status (0 but for a command whose answer is a verdict: `inkan verify`).
 pub struct Output {
     /// The JSON document.
     pub json: Value,
     /// The text.
     pub text: String,
+    /// The exit status.
+    pub code: i32,
 }
 
 impl Output {
     /// An output from its text and JSON.
     pub fn new(text: impl Into<String>, json: Value) -> Output {
-        Output { text: text.into(), json }
+        Output { text: text.into(), json, code: 0 }
     }
 }
 

@@ -36,7 +36,9 @@ pub struct SignArgs {
     /// its PrescriptionId; the minimal prescription document is written out signed.
     #[arg(long, value_name = "ID")]
     pub prescription_id: Option<String>,
-    /// `B-B` (default) or `B-T` (with a time-stamp from `[tsa] url`).
+    /// `B-B` (default), `B-T` (with a time-stamp from `[tsa] url`), `B-LT`
+    /// (and the data that validates it later), `B-LTA` (and an archive
+    /// time-stamp over all of it).
     #[arg(long, default_value = "B-B")]
     pub level: String,
 }

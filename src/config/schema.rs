@@ -41,6 +41,32 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The time-stamp authority (RFC 3161) for signatures of level B-T and above.
     pub tsa: TsaConfig,
+    /// Validation of signatures (`inkan verify`, `POST /api/v1/verify`).
+    pub verify: VerifyConfig,
+}
+
+/// `[verify]`: what validation trusts, and how large a file it takes.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyConfig {
+    /// The anchors signers' certificates must chain to (PEM files; in
+    /// production the MHLW HPKI root). A root inside a file is never one.
+    pub anchors: Vec<PathBuf>,
+    /// The anchors of TSAs' certificates (PEM files); empty: `[tsa] ca`.
+    pub tsa_anchors: Vec<PathBuf>,
+    /// Largest file `POST /api/v1/verify` takes (the signature and its
+    /// content together).
+    pub max_bytes: usize,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            anchors: vec![PathBuf::from("fixtures/pki/hpki-root.pem")],
+            tsa_anchors: Vec::new(),
+            max_bytes: 8 << 20,
+        }
+    }
 }
 
 /// `[tsa]`: the time-stamp authority (RFC 3161) that stamps signatures of
@@ -574,6 +600,7 @@ impl Default for Config {
             fido: FidoConfig::default(),
             limits: LimitsConfig::default(),
             tsa: TsaConfig::default(),
+            verify: VerifyConfig::default(),
         }
     }
 }

@@ -35,6 +35,55 @@ pub fn lists(crl: &CertificateList, cert: &Certificate) -> bool {
     crl.tbs_cert_list.revoked_certificates.iter().flatten().any(|r| r.serial_number == *serial)
 }
 
+/// When `crl` says `cert` was revoked (its entry's revocationDate), if it
+/// lists it.
+pub fn revoked_on(crl: &CertificateList, cert: &Certificate) -> Option<SystemTime> {
+    let serial = cert.tbs_certificate().serial_number();
+    crl.tbs_cert_list
+        .revoked_certificates
+        .iter()
+        .flatten()
+        .find(|r| r.serial_number == *serial)
+        .map(|r| r.revocation_date.to_system_time())
+}
+
+/// Whether `crl` is a complete CRL whose scope holds `cert`: not a delta
+/// CRL, no critical extension but its issuingDistributionPoint, and that
+/// one's scope (only end entities, only CAs, some reasons, indirect) one
+/// that covers `cert` fully. Why not, otherwise.
+pub fn covers(crl: &CertificateList, cert: &Certificate) -> Result<(), String> {
+    use der::Decode;
+    use x509_cert::ext::pkix::crl::dp::IssuingDistributionPoint;
+    const IDP: &str = "2.5.29.28";
+    const DELTA: &str = "2.5.29.27";
+    for ext in crl.tbs_cert_list.crl_extensions.iter().flatten() {
+        let oid = ext.extn_id.to_string();
+        if oid == DELTA {
+            return Err("it is a delta CRL".into());
+        }
+        if oid == IDP {
+            let idp = IssuingDistributionPoint::from_der(ext.extn_value.as_bytes())
+                .map_err(|e| format!("its issuingDistributionPoint does not decode: {e}"))?;
+            let ca = matches!(
+                cert.tbs_certificate().get_extension::<x509_cert::ext::pkix::BasicConstraints>(),
+                Ok(Some((_, bc))) if bc.ca
+            );
+            if idp.only_contains_ca_certs && !ca {
+                return Err("it lists CA certificates only (an ARL)".into());
+            }
+            if idp.only_contains_user_certs && ca {
+                return Err("it lists end-entity certificates only".into());
+            }
+            if idp.only_contains_attribute_certs || idp.indirect_crl || idp.only_some_reasons.is_some() {
+                return Err("its scope is partial (attribute certificates, some reasons, or indirect)".into());
+            }
+        } else if ext.critical {
+            return Err(format!("it has a critical extension inkan does not know ({oid})"));
+        }
+    }
+    Ok(())
+}
+
 /// The `http(s)://` URIs of a certificate's CRL distribution points.
 pub fn distribution_points(cert: &Certificate) -> Vec<String> {
     let Ok(Some((_, CrlDistributionPoints(points)))) = cert.tbs_certificate().get_extension::<CrlDistributionPoints>()

@@ -21,7 +21,7 @@
 
 mod der_writer;
 mod ess;
-mod oid;
+pub(crate) mod oid;
 
 use std::time::SystemTime;
 

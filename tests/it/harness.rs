@@ -36,6 +36,7 @@ pub struct Env {
 }
 
 /// The result of running the binary.
+#[derive(Debug)]
 pub struct Run {
     pub code: i32,
     pub stdout: String,

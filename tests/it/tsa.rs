@@ -721,3 +721,148 @@ fn over_https_a_tsa_outage_answers_503_naming_it_and_gives_the_sad_back() {
     let r = sign("Ades-B-B");
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+#[test]
+fn inkan_verify_passes_inkans_own_signatures_at_every_level_and_fails_changed_ones() {
+    let tsa = Certomancer::start();
+    let env = Env::new();
+    env.user_with_key_as("100001", "rsa2048", "doctor");
+    env.ok(&["hpki", "map", "100001", s(&fixture("holders/hpki-doctor.pem"))]);
+    let dir = env.path("verify");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let crl_files = [fixture("crl/hpki-signing-ca.crl.pem"), hpki_root_arl(&dir)];
+    let crls = format!("{}:{}", crl_files[0].display(), crl_files[1].display());
+    let mut vars = tsa_env(&tsa);
+    vars.push(("INKAN_PKI_CRLS", crls));
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::start(&env, &vars);
+    let client = register_client(&env);
+    let token = login(&server, &client, "hpki-doctor", "hpki")["access_token"].as_str().expect("token").to_owned();
+    let bearer = format!("Bearer {token}");
+    let document = "処方箋 verify".as_bytes();
+    let doc = dir.join("doc.txt");
+    std::fs::write(&doc, document).expect("doc");
+    let root_pem = fixture("hpki-root.pem");
+    let tsa_root = tsa.root.display().to_string();
+    // `inkan verify` with the fixture root and the TSA's, and no CRL but
+    // what the signature carries (the server's [pki] crls are not the CLI's).
+    let verify = |file: &Path, extra: &[&str]| {
+        let mut args = vec!["--json", "verify", s(file), "--anchor", s(&root_pem), "--tsa-anchor", &tsa_root];
+        args.extend_from_slice(extra);
+        let r = env.run(&args);
+        let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_else(|_| panic!("{r:?}"));
+        (r.code, report)
+    };
+
+    for level in ["B-B", "B-T", "B-LT", "B-LTA"] {
+        let r = Client::new().post(
+            &server.url(&format!("/api/v1/sign?level={level}")),
+            &[("authorization", &bearer)],
+            document,
+        );
+        assert_eq!(r.status, 200, "{level}: {}", r.text());
+        let sig = dir.join(format!("{level}.p7s"));
+        std::fs::write(&sig, &r.body).expect("sig");
+        let (code, report) = verify(&sig, &["--content", s(&doc)]);
+        let signature = &report["signatures"][0];
+        assert_eq!(signature["level"], level, "{report}");
+        assert_eq!(signature["signer"]["hc_role"], "Medical Doctor", "{report}");
+        match level {
+            // B-B and B-T carry no CRL: revocation cannot be known without
+            // one (nor the TSA's, so B-T's time-stamp proves nothing yet).
+            "B-B" | "B-T" => {
+                assert_eq!((code, &report["sub_indication"]), (2, &json!("TRY_LATER")), "{level}: {report}");
+                assert_eq!(signature["best_signature_time_proven"], false, "{report}");
+                let (code, report) = verify(
+                    &sig,
+                    &[
+                        "--content",
+                        s(&doc),
+                        "--crl",
+                        s(&crl_files[0]),
+                        "--crl",
+                        s(&crl_files[1]),
+                        "--crl",
+                        s(&tsa.root_crl),
+                    ],
+                );
+                assert_eq!((code, &report["indication"]), (0, &json!("TOTAL_PASSED")), "{level} with CRLs: {report}");
+                assert_eq!(report["signatures"][0]["best_signature_time_proven"], level == "B-T", "{report}");
+            }
+            _ => {
+                assert_eq!((code, &report["indication"]), (0, &json!("TOTAL_PASSED")), "{level}: {report}");
+                assert_eq!(signature["best_signature_time_proven"], true, "{report}");
+            }
+        }
+    }
+    // The B-LTA signature: without its content it is indeterminate; over
+    // other content it fails, naming the digest.
+    let lta = dir.join("B-LTA.p7s");
+    let (code, report) = verify(&lta, &[]);
+    assert_eq!((code, &report["sub_indication"]), (2, &json!("SIGNED_DATA_NOT_FOUND")), "{report}");
+    let other = dir.join("other.txt");
+    std::fs::write(&other, "処方箋 changed").expect("other");
+    let (code, report) = verify(&lta, &["--content", s(&other)]);
+    assert_eq!((code, &report["sub_indication"]), (1, &json!("HASH_FAILURE")), "{report}");
+    // One byte of the signature value changed: its time-stamps no longer
+    // cover it, and the value does not verify.
+    let mut der = std::fs::read(&lta).expect("sig");
+    let ci = cms::content_info::ContentInfo::from_der(&der).expect("ContentInfo");
+    let sd: cms::signed_data::SignedData = ci.content.decode_as().expect("SignedData");
+    let value = sd.signer_infos.0.get(0).expect("signer").signature.as_bytes().to_vec();
+    let at = der.windows(value.len()).position(|w| w == value).expect("value in the file");
+    der[at + 10] ^= 1;
+    let changed = dir.join("changed.p7s");
+    std::fs::write(&changed, &der).expect("changed");
+    let (code, report) = verify(&changed, &["--content", s(&doc)]);
+    assert_eq!((code, &report["indication"]), (1, &json!("TOTAL_FAILED")), "{report}");
+
+    // XAdES-LTA of a prescription through the API: the report as JSON.
+    let r = Client::new().post(
+        &server.url("/api/v1/sign?format=xades&level=B-LTA&prescription_id=rx-verify-1"),
+        &[("authorization", &bearer), ("content-type", "text/csv")],
+        CSV,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let signed = r.body.clone();
+    let r = Client::new().post(
+        &server.url("/api/v1/verify"),
+        &[("authorization", &bearer), ("content-type", "application/xml")],
+        signed.clone(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let report = r.json();
+    assert_eq!(report["indication"], "TOTAL_PASSED", "{report}");
+    assert_eq!(report["signatures"][0]["level"], "B-LTA", "{report}");
+    assert_eq!(report["signatures"][0]["kind"], "prescription", "{report}");
+    let kinds: Vec<&str> = report["signatures"][0]["timestamps"]
+        .as_array()
+        .expect("stamps")
+        .iter()
+        .filter_map(|t| t["type"].as_str())
+        .collect();
+    assert_eq!(kinds, ["signature", "archive"], "{report}");
+    // The same file through the CLI.
+    let file = dir.join("rx.xml");
+    std::fs::write(&file, &signed).expect("rx");
+    let (code, report) = verify(&file, &[]);
+    assert_eq!((code, &report["indication"]), (0, &json!("TOTAL_PASSED")), "{report}");
+    // A detached CMS and its content as JSON.
+    let r = Client::new().post_json(
+        &server.url("/api/v1/verify"),
+        &token,
+        &json!({ "signature": Base64::encode_string(&std::fs::read(&lta).expect("lta")), "content": Base64::encode_string(document) }),
+    );
+    assert_eq!(r.json()["indication"], "TOTAL_PASSED", "{}", r.text());
+    // Refused: no bearer token, a body of another type, bad base64.
+    let r = Client::new().post(&server.url("/api/v1/verify"), &[("content-type", "application/xml")], signed);
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = Client::new().post(
+        &server.url("/api/v1/verify"),
+        &[("authorization", &bearer), ("content-type", "text/plain")],
+        "x",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = Client::new().post_json(&server.url("/api/v1/verify"), &token, &json!({ "signature": "%%" }));
+    assert_eq!(r.status, 400, "{}", r.text());
+}
