@@ -84,12 +84,38 @@ mod tests {
         let failed =
             r.signatures[0].checks.iter().find(|c| c.result == report::Outcome::Failed).expect("a failed check");
         assert!(failed.detail.contains("reference 1 (#PrescriptionDocument)"), "{}", r.text());
-        // A changed time-stamp token: its signature no longer verifies.
+        // A changed time-stamp token no longer verifies: it is no proof of
+        // time (unsigned properties are anyone's to add, so it does not fail
+        // the signature), and today, without that proof, the signature's
+        // CRLs are stale: try later. The intact sample passes today.
+        let today = validation_time("2026-12-01T00:00:00Z").expect("at");
         let token = text.find("<xa:EncapsulatedTimeStamp>").expect("token") + 400;
         let mut bytes = text.clone().into_bytes();
         bytes[token] = if bytes[token] == b'A' { b'B' } else { b'A' };
-        let r = validate(&bytes, None, &trust(), at);
-        assert_eq!(r.indication, Indication::TotalFailed, "{}", r.text());
+        let r = validate(&bytes, None, &trust(), today);
+        assert_eq!(
+            (r.indication, r.sub_indication),
+            (Indication::Indeterminate, Some(SubIndication::TryLater)),
+            "{}",
+            r.text()
+        );
+        assert_eq!(r.signatures[0].timestamps[0].result, report::Outcome::Failed);
+        assert!(!r.signatures[0].best_signature_time_proven);
+        let r = validate(text.as_bytes(), None, &trust(), today);
+        assert_eq!(r.indication, Indication::TotalPassed, "{}", r.text());
+        // A junk archive time-stamp added after the fact changes nothing.
+        let junk = text.replacen(
+            "</xa:UnsignedSignatureProperties>",
+            "<xa141:ArchiveTimeStamp xmlns:xa141=\"http://uri.etsi.org/01903/v1.4.1#\" Id=\"junk\"><xa:EncapsulatedTimeStamp>MAA=</xa:EncapsulatedTimeStamp></xa141:ArchiveTimeStamp></xa:UnsignedSignatureProperties>",
+            1,
+        );
+        let r = validate(junk.as_bytes(), None, &trust(), at);
+        assert_eq!(r.indication, Indication::TotalPassed, "{}", r.text());
+        assert_eq!(r.signatures[0].level, "B-LTA");
+        // A document that holds a second record is not one the profile has.
+        let two = text.replacen("</Document>", "<Dispensing id=\"Dispensing\"/></Document>", 1);
+        let r = validate(two.as_bytes(), None, &trust(), at);
+        assert_eq!((r.indication, r.sub_indication), (Indication::TotalFailed, Some(SubIndication::FormatFailure)));
     }
 
     #[test]

@@ -77,11 +77,39 @@ pub fn covers(crl: &CertificateList, cert: &Certificate) -> Result<(), String> {
             if idp.only_contains_attribute_certs || idp.indirect_crl || idp.only_some_reasons.is_some() {
                 return Err("its scope is partial (attribute certificates, some reasons, or indirect)".into());
             }
+            // A partitioned CRL covers the certificates that name its
+            // distribution point (RFC 5280 6.3.3 b.2.i).
+            match &idp.distribution_point {
+                None => {}
+                Some(DistributionPointName::FullName(names)) => {
+                    let named = distribution_point_names(cert);
+                    if !names.iter().any(|n| named.contains(n)) {
+                        return Err("it is the CRL of another distribution point than the certificate's".into());
+                    }
+                }
+                Some(_) => return Err("its distribution point is named relative to its issuer".into()),
+            }
         } else if ext.critical {
             return Err(format!("it has a critical extension inkan does not know ({oid})"));
         }
     }
     Ok(())
+}
+
+/// Every full name of a certificate's CRL distribution points.
+fn distribution_point_names(cert: &Certificate) -> Vec<GeneralName> {
+    let Ok(Some((_, CrlDistributionPoints(points)))) = cert.tbs_certificate().get_extension::<CrlDistributionPoints>()
+    else {
+        return Vec::new();
+    };
+    points
+        .iter()
+        .filter_map(|DistributionPoint { distribution_point, .. }| match distribution_point {
+            Some(DistributionPointName::FullName(names)) => Some(names.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
 }
 
 /// The `http(s)://` URIs of a certificate's CRL distribution points.

@@ -97,9 +97,25 @@ pub async fn verify(
         None => app.clock.now(),
     };
     let trust = Arc::clone(&app.trust);
-    // Canonicalisation and signature checks are CPU work: off the runtime.
-    let report = tokio::task::spawn_blocking(move || crate::verify::validate(&input, content.as_deref(), &trust, at))
-        .await
-        .map_err(Error::internal)?;
+    // Canonicalisation and signature checks are CPU work: off the runtime,
+    // as many at once as the node has cores (more wait their turn), the
+    // file's room and the slot held until the work ends, even if the
+    // client has gone.
+    let slot = slots().acquire_owned().await.map_err(Error::internal)?;
+    let report = tokio::task::spawn_blocking(move || {
+        let _held = (_room, slot);
+        crate::verify::validate(&input, content.as_deref(), &trust, at)
+    })
+    .await
+    .map_err(Error::internal)?;
     Ok(Json(report).into_response())
+}
+
+/// Validations at once on this node: one per core.
+fn slots() -> Arc<tokio::sync::Semaphore> {
+    static SLOTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    Arc::clone(SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Arc::new(tokio::sync::Semaphore::new(cores))
+    }))
 }

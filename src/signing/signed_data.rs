@@ -21,7 +21,7 @@
 
 mod der_writer;
 mod ess;
-pub(crate) mod oid;
+mod oid;
 
 use std::time::SystemTime;
 

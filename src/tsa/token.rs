@@ -41,14 +41,19 @@ impl Refused {
     /// Which kind of check refused the token (from the words [`check`] uses).
     pub fn problem(&self) -> Problem {
         let m = self.0.as_str();
-        if m.contains("imprint") {
-            Problem::Imprint
-        } else if m.contains("does not verify") || m.contains("does not match") || m.contains("names another") {
-            Problem::Crypto
-        } else if m.contains("extendedKeyUsage") {
-            Problem::Constraints
-        } else if m.starts_with("the TSA's certificate: ") {
+        // By the start of the message, which is this module's own words
+        // (names from certificates come later in it, and never decide).
+        if m.starts_with("the TSA's certificate: ") {
             Problem::Path
+        } else if m.starts_with("the token's imprint") {
+            Problem::Imprint
+        } else if m.starts_with("the token's signature does not verify")
+            || m.starts_with("the token's message-digest does not match")
+            || m.starts_with("the token's ESS signing-certificate names another")
+        {
+            Problem::Crypto
+        } else if m.starts_with("the TSA's certificate has") || m.starts_with("the TSA's certificate is not for") {
+            Problem::Constraints
         } else {
             Problem::Format
         }

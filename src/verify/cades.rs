@@ -10,6 +10,7 @@
 //! (the decoder would re-encode them), so a signature that is not DER
 //! fails as a format failure rather than being validated as something else.
 
+use std::cell::RefCell;
 use std::time::SystemTime;
 
 use cms::content_info::ContentInfo;
@@ -72,6 +73,9 @@ fn raw(der: &[u8]) -> Option<Raw<'_>> {
     let ci = children(der)?;
     let explicit = children(ci.get(1)?)?;
     let sd = children(explicit.first()?)?;
+    if sd.len() < 4 {
+        return None;
+    }
     let encap = children(sd.get(2)?)?;
     let mut certificates = Vec::new();
     let mut crls = Vec::new();
@@ -83,6 +87,27 @@ fn raw(der: &[u8]) -> Option<Raw<'_>> {
         }
     }
     Some(Raw { content_type: encap.first()?, certificates, crls, signer_infos: children(sd.last()?)? })
+}
+
+/// At most this many signers are validated in one file.
+const MAX_SIGNERS: usize = 8;
+
+/// Digests of the content, each algorithm's made once.
+struct Content<'a> {
+    data: Option<&'a [u8]>,
+    digests: RefCell<Vec<(DigestAlgorithm, Vec<u8>)>>,
+}
+
+impl Content<'_> {
+    fn digest(&self, alg: DigestAlgorithm) -> Option<Vec<u8>> {
+        let data = self.data?;
+        if let Some((_, d)) = self.digests.borrow().iter().find(|(a, _)| *a == alg) {
+            return Some(d.clone());
+        }
+        let d = alg.digest(data);
+        self.digests.borrow_mut().push((alg, d.clone()));
+        Some(d)
+    }
 }
 
 /// Validates a CMS signature (DER, or PEM `CMS`/`PKCS7`) at `at`; a
@@ -112,8 +137,8 @@ pub fn validate(input: &[u8], content: Option<&[u8]>, trust: &Trust, at: SystemT
         Err(e) => return format_failure(format!("the SignedData: {e}")),
     };
     let Some(raw) = raw(&der) else { return format_failure("the SignedData is not DER".into()) };
-    if raw.signer_infos.len() != sd.signer_infos.0.len() {
-        return format_failure("the SignedData is not DER".into());
+    if raw.signer_infos.len() > MAX_SIGNERS {
+        return format_failure(format!("{} signers; inkan validates at most {MAX_SIGNERS}", raw.signer_infos.len()));
     }
     let mut pool = Pool::new(&trust.crls);
     let mut file_checks = Vec::new();
@@ -137,16 +162,36 @@ pub fn validate(input: &[u8], content: Option<&[u8]>, trust: &Trust, at: SystemT
     if attached.is_some() && content.is_some() {
         file_checks.push(Check::info("content", "the signature holds its content; the content given is not used"));
     }
-    let content = attached.as_deref().or(content);
-    let reports = sd
+    let content = Content { data: attached.as_deref().or(content), digests: RefCell::new(Vec::new()) };
+    // Each signer as the file has it (a decoded SET OF may be in another order).
+    let reports = raw
         .signer_infos
-        .0
         .iter()
-        .zip(&raw.signer_infos)
         .enumerate()
-        .map(|(i, (si, raw_si))| signer(i, si, raw_si, &raw, &sd, content, &pool, trust, at))
+        .map(|(i, raw_si)| match SignerInfo::from_der(raw_si) {
+            Ok(si) => signer(i, &si, raw_si, &raw, &sd, &content, &pool, trust, at),
+            Err(e) => {
+                let mut r = SignatureReport::new(format!("signer-{}", i + 1), "CAdES", at);
+                r.checks.push(Check::failed("structure", SubIndication::FormatFailure, format!("the SignerInfo: {e}")));
+                r.conclude();
+                r
+            }
+        })
         .collect();
     Report::new(FORMAT, at, reports, file_checks)
+}
+
+/// A signed attribute that must be there once, with one value.
+fn single<'a>(
+    attrs: &'a [&'a x509_cert::attr::Attribute],
+    oid: der::oid::ObjectIdentifier,
+) -> Result<Option<&'a der::Any>, String> {
+    let mut found = attrs.iter().filter(|a| a.oid == oid);
+    match (found.next(), found.next()) {
+        (None, _) => Ok(None),
+        (Some(a), None) if a.values.len() == 1 => Ok(a.values.iter().next()),
+        _ => Err(format!("the signed attribute {oid} appears twice, or with several values (RFC 5652 11)")),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -156,14 +201,17 @@ fn signer(
     raw_si: &[u8],
     raw: &Raw<'_>,
     sd: &SignedData,
-    content: Option<&[u8]>,
+    content: &Content<'_>,
     pool: &Pool,
     trust: &Trust,
     at: SystemTime,
 ) -> SignatureReport {
     let mut r = SignatureReport::new(format!("signer-{}", i + 1), "CAdES", at);
-    let unsigned = si.unsigned_attrs.as_ref().map(|a| a.iter().collect::<Vec<_>>()).unwrap_or_default();
-    let has = |oid| unsigned.iter().any(|a| a.oid == oid);
+    let raw_unsigned = raw_unsigned(raw_si);
+    let has = |oid: der::oid::ObjectIdentifier| {
+        let der = oid.to_der().unwrap_or_default();
+        raw_unsigned.iter().any(|(t, _)| *t == der.as_slice())
+    };
     r.level = if has(ARCHIVE_TIME_STAMP_V3) {
         "B-LTA"
     } else if has(SIGNATURE_TIME_STAMP_TOKEN) && !raw.crls.is_empty() {
@@ -195,7 +243,7 @@ fn signer(
     let cert_der = cert.to_der().unwrap_or_default();
     r.signer = evidence::signer(&cert_der);
 
-    // Signed attributes.
+    // Signed attributes: each that matters once, with one value.
     let Some(signed) = si.signed_attrs.as_ref() else {
         r.checks.push(Check::failed(
             "signed attributes",
@@ -205,9 +253,26 @@ fn signer(
         r.conclude();
         return r;
     };
-    let attr = |oid| signed.iter().find(|a| a.oid == oid).and_then(|a| a.values.iter().next());
-    let content_type = attr(oids::CONTENT_TYPE).and_then(|v| v.decode_as::<der::oid::ObjectIdentifier>().ok());
-    let digest = attr(oids::MESSAGE_DIGEST).and_then(|v| v.decode_as::<der::asn1::OctetString>().ok());
+    let attrs: Vec<&x509_cert::attr::Attribute> = signed.iter().collect();
+    let read = || -> Result<_, String> {
+        Ok((
+            single(&attrs, oids::CONTENT_TYPE)?,
+            single(&attrs, oids::MESSAGE_DIGEST)?,
+            single(&attrs, oids::SIGNING_TIME)?,
+            single(&attrs, oids::SIGNING_CERTIFICATE_V2)?,
+            single(&attrs, oids::SIGNING_CERTIFICATE)?,
+        ))
+    };
+    let (content_type, digest, signing_time, ess_v2, ess_v1) = match read() {
+        Ok(a) => a,
+        Err(e) => {
+            r.checks.push(Check::failed("signed attributes", SubIndication::FormatFailure, e));
+            r.conclude();
+            return r;
+        }
+    };
+    let content_type = content_type.and_then(|v| v.decode_as::<der::oid::ObjectIdentifier>().ok());
+    let digest = digest.and_then(|v| v.decode_as::<der::asn1::OctetString>().ok());
     let (Some(content_type), Some(digest)) = (content_type, digest) else {
         r.checks.push(Check::failed(
             "signed attributes",
@@ -226,32 +291,30 @@ fn signer(
         r.conclude();
         return r;
     }
-    r.signing_time = attr(oids::SIGNING_TIME).and_then(|v| {
-        let t = v.decode_as::<x509_cert::time::Time>().ok()?;
-        Some(super::time::rfc3339(t.to_system_time()))
-    });
-    if let Err(e) = token::ess_names(attr(oids::SIGNING_CERTIFICATE_V2), attr(oids::SIGNING_CERTIFICATE), &cert_der) {
+    let claimed = signing_time.and_then(|v| v.decode_as::<x509_cert::time::Time>().ok()).map(|t| t.to_system_time());
+    r.signing_time = claimed.map(super::time::rfc3339);
+    if let Err(e) = token::ess_names(ess_v2, ess_v1, &cert_der) {
         r.checks.push(Check::indeterminate("signing certificate", SubIndication::NoSigningCertificateFound, e));
         r.conclude();
         return r;
     }
     r.checks.push(Check::passed(
         "signed attributes",
-        "content-type, message-digest and an ESS signing-certificate naming the signer's certificate",
+        "content-type, message-digest and an ESS signing-certificate naming the signer's certificate, each once",
     ));
 
     // The content's digest.
     let Some(alg) = DigestAlgorithm::from_oid(&si.digest_alg.oid) else {
-        r.checks.push(Check::failed(
+        r.checks.push(Check::indeterminate(
             "message digest",
-            SubIndication::FormatFailure,
-            format!("digest algorithm {} is not one inkan checks", si.digest_alg.oid),
+            SubIndication::CryptoConstraintsFailure,
+            format!("digest algorithm {} is not one inkan accepts", si.digest_alg.oid),
         ));
         r.conclude();
         return r;
     };
-    match content {
-        Some(data) if alg.digest(data) == digest.as_bytes() => {
+    match content.digest(alg) {
+        Some(d) if d == digest.as_bytes() => {
             r.checks.push(Check::passed("message digest", format!("{} of the content matches", alg.name())))
         }
         Some(_) => r.checks.push(Check::failed(
@@ -277,13 +340,13 @@ fn signer(
                 "does not verify with the signer's certificate",
             )),
             Err(crate::pki::SignatureCheck::Unsupported(e)) => {
-                r.checks.push(Check::failed("signature value", SubIndication::FormatFailure, e))
+                r.checks.push(Check::indeterminate("signature value", SubIndication::CryptoConstraintsFailure, e))
             }
         },
         Err(e) => r.checks.push(Check::failed("signature value", SubIndication::FormatFailure, e.to_string())),
     }
     if !crate::pki::has_non_repudiation(&cert) {
-        r.checks.push(Check::failed(
+        r.checks.push(Check::indeterminate(
             "signer's role",
             SubIndication::SigConstraintsFailure,
             "the signer's certificate lacks keyUsage nonRepudiation",
@@ -291,38 +354,77 @@ fn signer(
     }
     r.checks.push(match super::xades::policy_problems(&cert) {
         None => Check::passed("certificate policy", "an HPKI signing policy (1.2.392.100495.1.5.1.1.*)"),
-        Some(p) => Check::failed("certificate policy", SubIndication::SigConstraintsFailure, p),
+        Some(p) => Check::indeterminate("certificate policy", SubIndication::SigConstraintsFailure, p),
     });
     if r.failed() {
         r.conclude();
         return r;
     }
 
-    // Time-stamps (each TSA's path from the token's certificates and the
-    // SignedData's, its CRLs from the SignedData's).
+    // Time-stamps, as the file has them (each TSA's path from the token's
+    // certificates and the SignedData's, its CRLs from the SignedData's).
+    let count: usize =
+        raw_unsigned.iter().filter(|(t, _)| stamp_kind(t).is_some()).map(|(_, values)| values.len()).sum();
+    if count > evidence::MAX_STAMPS {
+        r.checks.push(Check::failed(
+            "time-stamps",
+            SubIndication::FormatFailure,
+            format!("{count} time-stamps; inkan reads at most {}", evidence::MAX_STAMPS),
+        ));
+        r.conclude();
+        return r;
+    }
     let mut stamps: Vec<Stamp> = Vec::new();
-    let raw_unsigned = raw_unsigned(raw_si);
-    for a in &unsigned {
-        let Some(value) = a.values.iter().next().and_then(|v| v.to_der().ok()) else { continue };
-        if a.oid == SIGNATURE_TIME_STAMP_TOKEN {
-            stamps.push(evidence::timestamp(pool, &trust.tsa_anchors, "signature", &value, signature, &mut r.checks));
-        } else if a.oid == ARCHIVE_TIME_STAMP_V3 {
-            match archive_input(&value, raw, raw_si, &raw_unsigned, content, alg, digest.as_bytes()) {
-                Ok(input) => {
-                    stamps.push(evidence::timestamp(pool, &trust.tsa_anchors, "archive", &value, &input, &mut r.checks))
+    // Per stamp: what an archive time-stamp's index hashes for it, and
+    // (archive ones) the index's hashes of unsigned attribute values.
+    let mut inputs: Vec<Vec<u8>> = Vec::new();
+    let mut indexed: Vec<Option<(DigestAlgorithm, Vec<Vec<u8>>)>> = Vec::new();
+    for (attr_type, values) in &raw_unsigned {
+        let Some(kind) = stamp_kind(attr_type) else { continue };
+        for value in values {
+            let (stamp, index) = if kind == "signature" {
+                (evidence::timestamp(pool, &trust.tsa_anchors, kind, value, signature, &mut r.checks), None)
+            } else {
+                match archive_input(value, raw, raw_si, &raw_unsigned, content, alg, digest.as_bytes()) {
+                    Ok((input, index_alg, hashes)) => (
+                        evidence::timestamp(pool, &trust.tsa_anchors, kind, value, &input, &mut r.checks),
+                        Some((index_alg, hashes)),
+                    ),
+                    Err(e) => {
+                        r.checks
+                            .push(Check::failed("archive time-stamp", SubIndication::FormatFailure, e).not_deciding());
+                        continue;
+                    }
                 }
-                Err(e) => r.checks.push(Check::failed("archive time-stamp", SubIndication::FormatFailure, e)),
-            }
+            };
+            stamps.push(stamp);
+            inputs.push([*attr_type, *value].concat());
+            indexed.push(index);
         }
     }
-    // Archive time-stamps in time order (a SET OF is in DER order).
-    stamps.sort_by_key(|s| (s.kind == "archive", s.time));
-    let proven = super::xades::conclude_times(&mut r, &stamps, at, at);
-    r.checks.push(super::xades::order(None, &stamps));
-    if let (Some(claimed), Some(first)) = (
-        attr(oids::SIGNING_TIME).and_then(|v| v.decode_as::<x509_cert::time::Time>().ok()).map(|t| t.to_system_time()),
-        stamps.iter().filter(|s| s.kind == "signature").filter_map(|s| s.time).min(),
-    ) {
+    // What each archive time-stamp covers: the stamps its index lists.
+    for j in 0..stamps.len() {
+        if let Some((index_alg, hashes)) = &indexed[j] {
+            let listed =
+                (0..stamps.len()).filter(|k| *k != j && hashes.contains(&index_alg.digest(&inputs[*k]))).collect();
+            stamps[j].covers = evidence::Covers::Listed(listed);
+        }
+    }
+    // Signature time-stamps first, then archive time-stamps in time order.
+    let mut order: Vec<usize> = (0..stamps.len()).collect();
+    order.sort_by_key(|k| (stamps[*k].kind == "archive", stamps[*k].time));
+    let position: Vec<usize> = (0..stamps.len()).map(|k| order.iter().position(|o| *o == k).unwrap_or(k)).collect();
+    let mut sorted: Vec<Stamp> = order.iter().map(|k| stamps[*k].clone()).collect();
+    for s in &mut sorted {
+        if let evidence::Covers::Listed(list) = &mut s.covers {
+            *list = list.iter().map(|k| position[*k]).collect();
+        }
+    }
+    let proven = super::xades::conclude_times(pool, &mut r, &sorted, at, at);
+    r.checks.push(super::xades::order(None, &sorted));
+    if let (Some(claimed), Some(first)) =
+        (claimed, sorted.iter().filter(|s| s.kind == "signature").filter_map(|s| s.time).min())
+    {
         if claimed > first {
             r.checks.push(Check::indeterminate(
                 "time order",
@@ -334,6 +436,18 @@ fn signer(
     evidence::signer_chain(pool, &cert, &trust.anchors, proven.unwrap_or(at), proven.is_some(), &mut r.checks);
     r.conclude();
     r
+}
+
+/// `signature` or `archive` for the attribute types of time-stamps.
+fn stamp_kind(attr_type: &[u8]) -> Option<&'static str> {
+    let oid = der::oid::ObjectIdentifier::from_der(attr_type).ok()?;
+    if oid == SIGNATURE_TIME_STAMP_TOKEN {
+        Some("signature")
+    } else if oid == ARCHIVE_TIME_STAMP_V3 {
+        Some("archive")
+    } else {
+        None
+    }
 }
 
 /// The signer's unsigned attributes as they are in the bytes: each
@@ -355,16 +469,18 @@ fn raw_unsigned(raw_si: &[u8]) -> Vec<(&[u8], Vec<&[u8]>)> {
 /// eContentType, the content's digest with the token's algorithm, the
 /// signer's fields but its unsigned attributes, and the ats-hash-index-v3
 /// the token carries, every entry of which must name an item still there.
-#[allow(clippy::too_many_arguments)]
+/// With the index's algorithm and its hashes of unsigned attribute values
+/// (what it covers).
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
 fn archive_input(
     token_der: &[u8],
     raw: &Raw<'_>,
     raw_si: &[u8],
     raw_unsigned: &[(&[u8], Vec<&[u8]>)],
-    content: Option<&[u8]>,
+    content: &Content<'_>,
     signer_alg: DigestAlgorithm,
     message_digest: &[u8],
-) -> Result<Vec<u8>, String> {
+) -> Result<(Vec<u8>, DigestAlgorithm, Vec<Vec<u8>>), String> {
     let info = token::tst_info(token_der).map_err(|e| e.0)?;
     let alg = DigestAlgorithm::from_oid(&info.message_imprint.hash_algorithm.oid)
         .ok_or("its imprint's algorithm is not one inkan checks")?;
@@ -389,16 +505,22 @@ fn archive_input(
             .flat_map(|(t, values)| values.iter().map(move |v| alg.digest(&[*t, *v].concat())))
             .collect(),
     ];
-    for ((list, held), what) in lists.iter().zip(&held).zip(["certificate", "CRL", "unsigned attribute value"]) {
+    let mut unsigned_hashes = Vec::new();
+    for (n, ((list, held), what)) in
+        lists.iter().zip(&held).zip(["certificate", "CRL", "unsigned attribute value"]).enumerate()
+    {
         for entry in children(list).ok_or("a hash list is not DER")? {
             let hash = der::asn1::OctetString::from_der(entry).map_err(|e| e.to_string())?;
             if !held.iter().any(|h| h.as_slice() == hash.as_bytes()) {
                 return Err(format!("its hash index lists a {what} the signature no longer holds"));
             }
+            if n == 2 {
+                unsigned_hashes.push(hash.as_bytes().to_vec());
+            }
         }
     }
-    let content_digest = match content {
-        Some(data) => alg.digest(data),
+    let content_digest = match content.digest(alg) {
+        Some(d) => d,
         None if alg == signer_alg => message_digest.to_vec(),
         None => return Err("a detached signature: give the signed content to check its archive time-stamp".into()),
     };
@@ -409,19 +531,24 @@ fn archive_input(
         input.extend_from_slice(f);
     }
     input.extend_from_slice(&index);
-    Ok(input)
+    Ok((input, alg, unsigned_hashes))
 }
 
-/// The ats-hash-index-v3 in a time-stamp token's unsigned attributes (DER).
+/// The ats-hash-index-v3 in a time-stamp token's unsigned attributes (DER):
+/// exactly one.
 fn hash_index(token_der: &[u8]) -> Result<Vec<u8>, String> {
     let ci = ContentInfo::from_der(token_der).map_err(|e| e.to_string())?;
     let sd: SignedData = ci.content.decode_as().map_err(|e: der::Error| e.to_string())?;
     let si = sd.signer_infos.0.iter().next().ok_or("the token has no signer")?;
-    si.unsigned_attrs
-        .iter()
-        .flat_map(|a| a.iter())
-        .find(|a| a.oid == ATS_HASH_INDEX_V3)
-        .and_then(|a| a.values.iter().next())
-        .and_then(|v| v.to_der().ok())
-        .ok_or_else(|| "its token carries no ats-hash-index-v3".to_owned())
+    let mut found = si.unsigned_attrs.iter().flat_map(|a| a.iter()).filter(|a| a.oid == ATS_HASH_INDEX_V3);
+    match (found.next(), found.next()) {
+        (Some(a), None) if a.values.len() == 1 => a
+            .values
+            .iter()
+            .next()
+            .and_then(|v| v.to_der().ok())
+            .ok_or_else(|| "its hash index does not encode".to_owned()),
+        (None, _) => Err("its token carries no ats-hash-index-v3".into()),
+        _ => Err("its token carries more than one ats-hash-index-v3".into()),
+    }
 }

@@ -5,17 +5,21 @@
 //! The rules (README, "Validation"):
 //! - anchors are pinned: a self-signed certificate inside the file is never one;
 //! - a path's certificates are valid at the time checked; for the signer
-//!   that is the best signature time (the earliest signature time-stamp that
-//!   is itself proven), else the validation time;
+//!   that is the best signature time (the earliest time-stamp that is
+//!   proof), else the validation time;
 //! - every certificate but the anchor needs a CRL from its issuer, in scope,
 //!   signed by it, current at that time (issued before it, nextUpdate after
-//!   it) or issued after it while the certificate was still valid; a
-//!   revocation dated before the time fails, one after it does not;
+//!   it) or issued after it while the certificate was still valid; any such
+//!   CRL that lists it revoked on or before that time fails it, whether
+//!   current or not; a revocation after a proven time does not;
 //! - a time-stamp is proof of its time when it verifies over what it must
-//!   cover, its TSA's path is valid at its time with revocation as above,
-//!   and its TSA's certificate is still valid at the next proof of time
-//!   (a later archive time-stamp, or the validation time).
+//!   cover, its TSA's path is valid and not revoked at its time, and until
+//!   the next proof that covers it (a later archive time-stamp that is proof
+//!   itself, or the validation time) its TSA's path neither expires nor is
+//!   revoked. A time-stamp that is not proof does not fail the signature:
+//!   the signature is validated without it.
 
+use std::cell::RefCell;
 use std::time::SystemTime;
 
 use der::{Decode, Encode};
@@ -28,27 +32,35 @@ use super::time::rfc3339;
 use crate::pki::{crl, path};
 use crate::tsa::token;
 
+/// At most this many certificates, and as many CRLs, are read from one file.
+const MAX_ITEMS: usize = 64;
+
+/// At most this many time-stamps are read for one signature.
+pub const MAX_STAMPS: usize = 16;
+
 /// The certificates and CRLs at hand: the signature's and the configured.
 #[derive(Default)]
 pub struct Pool {
     certs: Vec<Certificate>,
     crls: Vec<CertificateList>,
+    file_crls: usize,
+    /// Which (CRL, issuer) pairs verified: each checked once.
+    verified: RefCell<Vec<(usize, Vec<u8>, bool)>>,
 }
 
-/// At most this many certificates or CRLs are read from one signature.
-const MAX_ITEMS: usize = 64;
-
 impl Pool {
-    /// A pool holding the configured CRLs.
+    /// A pool holding the configured CRLs (all of them).
     pub fn new(crls: &[Vec<u8>]) -> Pool {
         let mut pool = Pool::default();
         for c in crls {
-            pool.add_crl(c);
+            if let Ok(list) = CertificateList::from_der(c) {
+                pool.crls.push(list);
+            }
         }
         pool
     }
 
-    /// Adds a certificate (DER); false if it does not decode.
+    /// Adds a certificate (DER) from the file; false if it does not decode.
     pub fn add_cert(&mut self, der: &[u8]) -> bool {
         let Ok(cert) = Certificate::from_der(der) else { return false };
         if self.certs.len() < MAX_ITEMS && !self.certs.contains(&cert) {
@@ -57,11 +69,12 @@ impl Pool {
         true
     }
 
-    /// Adds a CRL (DER); false if it does not decode.
+    /// Adds a CRL (DER) from the file; false if it does not decode.
     pub fn add_crl(&mut self, der: &[u8]) -> bool {
         let Ok(list) = CertificateList::from_der(der) else { return false };
-        if self.crls.len() < MAX_ITEMS && !self.crls.contains(&list) {
+        if self.file_crls < MAX_ITEMS && !self.crls.contains(&list) {
             self.crls.push(list);
+            self.file_crls += 1;
         }
         true
     }
@@ -69,6 +82,25 @@ impl Pool {
     /// The certificates.
     pub fn certs(&self) -> &[Certificate] {
         &self.certs
+    }
+
+    /// The CRLs `issuer` signed whose scope holds `cert`.
+    fn crls_for<'a>(&'a self, cert: &Certificate, issuer: &Certificate) -> Vec<&'a CertificateList> {
+        let issuer_der = issuer.to_der().unwrap_or_default();
+        self.crls
+            .iter()
+            .enumerate()
+            .filter(|(i, l)| {
+                let known = self.verified.borrow().iter().find(|(j, d, _)| j == i && *d == issuer_der).map(|v| v.2);
+                let signed = known.unwrap_or_else(|| {
+                    let ok = crl::signed_by(l, issuer);
+                    self.verified.borrow_mut().push((*i, issuer_der.clone(), ok));
+                    ok
+                });
+                signed && crl::covers(l, cert).is_ok()
+            })
+            .map(|(_, l)| l)
+            .collect()
     }
 }
 
@@ -81,62 +113,85 @@ fn validity(cert: &Certificate) -> (SystemTime, SystemTime) {
     (v.not_before.to_system_time(), v.not_after.to_system_time())
 }
 
-/// The revocation status of `cert` (issued by `issuer`) at `at` from the
-/// pool's CRLs: `Ok(None)` not revoked, `Ok(Some(date))` revoked on that
-/// date, `Err` no usable CRL (and why).
-fn status(pool: &Pool, cert: &Certificate, issuer: &Certificate, at: SystemTime) -> Result<Option<SystemTime>, String> {
+/// What the CRLs at hand say of a certificate at a time.
+enum Status {
+    /// A usable CRL, and none lists it revoked by then.
+    Good,
+    /// A usable CRL says it was revoked later than the time.
+    RevokedAfter(SystemTime),
+    /// A CRL of its issuer lists it revoked on or before the time.
+    Revoked(SystemTime),
+    /// No CRL usable for that time (why).
+    Unknown(String),
+}
+
+/// The revocation status of `cert` (issued by `issuer`) at `at`.
+fn status(pool: &Pool, cert: &Certificate, issuer: &Certificate, at: SystemTime) -> Status {
     let (_, not_after) = validity(cert);
-    let mut usable =
-        pool.crls.iter().filter(|l| crl::signed_by(l, issuer) && crl::covers(l, cert).is_ok()).filter(|l| {
-            let this_update = l.tbs_cert_list.this_update.to_system_time();
-            crl::current(l, at) || (this_update >= at && this_update <= not_after)
-        });
-    let Some(first) = usable.next() else {
-        let from_issuer = pool.crls.iter().filter(|l| crl::signed_by(l, issuer)).count();
-        return Err(format!(
-            "no CRL from {} current at {} for {} ({} of its CRLs at hand, none current then and in scope)",
+    let scoped = pool.crls_for(cert, issuer);
+    let revoked = scoped.iter().filter_map(|l| crl::revoked_on(l, cert)).min();
+    if let Some(on) = revoked.filter(|on| *on <= at) {
+        return Status::Revoked(on);
+    }
+    let usable = scoped.iter().any(|l| {
+        let this_update = l.tbs_cert_list.this_update.to_system_time();
+        crl::current(l, at) || (this_update >= at && this_update <= not_after)
+    });
+    match (usable, revoked) {
+        (true, Some(on)) => Status::RevokedAfter(on),
+        (true, None) => Status::Good,
+        (false, _) => Status::Unknown(format!(
+            "no CRL from {} current at {} for {} ({} in scope at hand, none current then)",
             subject(issuer),
             rfc3339(at),
             subject(cert),
-            from_issuer
-        ));
-    };
-    Ok(std::iter::once(first).chain(usable).filter_map(|l| crl::revoked_on(l, cert)).min())
+            scoped.len()
+        )),
+    }
 }
 
-/// The revocation checks of a path (leaf first) at `at`: one check per
-/// certificate but the anchor. `proven`: `at` is proven by a time-stamp
-/// (then a revocation after it does not touch the signature). Returns
-/// whether all passed.
-fn revocation(
-    pool: &Pool,
-    path: &[Certificate],
-    at: SystemTime,
-    proven: bool,
-    whose: &str,
-    checks: &mut Vec<Check>,
-) -> bool {
-    let name = format!("{whose} revocation");
+/// The revocation checks of the signer's path (leaf first) at `at`: one
+/// check per certificate but the anchor. `proven`: `at` is proven by a
+/// time-stamp. Returns whether all passed.
+fn signer_revocation(pool: &Pool, path: &[Certificate], at: SystemTime, proven: bool, checks: &mut Vec<Check>) -> bool {
+    const NAME: &str = "signer's certificate revocation";
     let mut ok = true;
-    for pair in path.windows(2) {
+    for (i, pair) in path.windows(2).enumerate() {
         let (cert, issuer) = (&pair[0], &pair[1]);
         match status(pool, cert, issuer, at) {
-            Ok(None) => checks.push(Check::passed(&name, format!("{}: not revoked at {}", subject(cert), rfc3339(at)))),
-            Ok(Some(on)) if on <= at || !proven => {
-                ok = false;
-                checks.push(Check::failed(
-                    &name,
-                    SubIndication::Revoked,
-                    format!("{} was revoked on {}", subject(cert), rfc3339(on)),
-                ));
+            Status::Good => {
+                checks.push(Check::passed(NAME, format!("{}: not revoked at {}", subject(cert), rfc3339(at))))
             }
-            Ok(Some(on)) => checks.push(Check::passed(
-                &name,
-                format!("{}: revoked on {}, after the proven time {}", subject(cert), rfc3339(on), rfc3339(at)),
+            Status::RevokedAfter(on) => checks.push(Check::passed(
+                NAME,
+                format!("{}: revoked on {}, after {}", subject(cert), rfc3339(on), rfc3339(at)),
             )),
-            Err(why) => {
+            Status::Revoked(on) => {
                 ok = false;
-                checks.push(Check::indeterminate(&name, SubIndication::TryLater, why));
+                let detail = format!("{} was revoked on {}", subject(cert), rfc3339(on));
+                checks.push(if proven {
+                    Check::failed(
+                        NAME,
+                        SubIndication::Revoked,
+                        format!("{detail}, before the proven time {}", rfc3339(at)),
+                    )
+                } else if i == 0 {
+                    Check::indeterminate(
+                        NAME,
+                        SubIndication::RevokedNoPoe,
+                        format!("{detail}, and nothing proves the signature was made before"),
+                    )
+                } else {
+                    Check::indeterminate(
+                        NAME,
+                        SubIndication::RevokedCaNoPoe,
+                        format!("{detail}, and nothing proves the signature was made before"),
+                    )
+                });
+            }
+            Status::Unknown(why) => {
+                ok = false;
+                checks.push(Check::indeterminate(NAME, SubIndication::TryLater, why));
             }
         }
     }
@@ -191,7 +246,7 @@ pub fn signer_chain(
                     "signer's certificate validity",
                     SubIndication::OutOfBoundsNoPoe,
                     format!(
-                        "{who} expired on {}, and nothing proves the signature existed before (no valid signature time-stamp)",
+                        "{who} expired on {}, and nothing proves the signature existed before (no time-stamp that is proof)",
                         rfc3339(not_after)
                     ),
                 )
@@ -204,7 +259,19 @@ pub fn signer_chain(
             format!("every certificate on the path valid at {}", rfc3339(at)),
         ));
     }
-    revocation(pool, &path, at, proven, "signer's certificate", checks) && ok
+    signer_revocation(pool, &path, at, proven, checks) && ok
+}
+
+/// What an archive time-stamp covers of the time-stamps before it.
+#[derive(Clone, Debug)]
+pub enum Covers {
+    /// Not an archive time-stamp.
+    Nothing,
+    /// Every one before it (XAdES: its input holds every unsigned property before it).
+    AllBefore,
+    /// Those listed by index among the signature's stamps (CAdES: those
+    /// whose attribute value its hash index lists).
+    Listed(Vec<usize>),
 }
 
 /// A time-stamp read from a signature.
@@ -216,18 +283,22 @@ pub struct Stamp {
     pub time: Option<SystemTime>,
     /// The TSA's subject, if found.
     pub tsa: Option<String>,
-    /// Until when its TSA's path is valid (the earliest notAfter on it).
-    pub tsa_not_after: Option<SystemTime>,
-    /// Whether it verified (imprint, signature, path at its time).
+    /// The TSA's path (its certificate first), once verified.
+    pub path: Vec<Certificate>,
+    /// Whether it verified (imprint, signature, path at its time) and its
+    /// TSA's path was not revoked then.
     pub verified: bool,
-    /// Whether its TSA's path was not revoked at its time (known from a CRL).
-    pub not_revoked: bool,
+    /// What it covers.
+    pub covers: Covers,
+    /// Whether a check of it failed (rather than could not be established).
+    pub failed: bool,
 }
 
 /// Checks a time-stamp `token` that must be over `input`: the imprint with
 /// the token's own digest algorithm, [`token::check`] against the TSA
 /// anchors (the pool's certificates may complete the path), and the TSA
-/// path's revocation at the token's time.
+/// path's revocation at the token's time. Its checks never decide the
+/// signature's indication (see the module documentation).
 pub fn timestamp(
     pool: &Pool,
     tsa_anchors: &[Certificate],
@@ -236,8 +307,31 @@ pub fn timestamp(
     input: &[u8],
     checks: &mut Vec<Check>,
 ) -> Stamp {
+    let mut out = Vec::new();
+    let mut stamp = timestamp_checks(pool, tsa_anchors, kind, token_der, input, &mut out);
+    stamp.failed = out.iter().any(|c| c.result == super::report::Outcome::Failed);
+    checks.extend(out.into_iter().map(Check::not_deciding));
+    stamp
+}
+
+fn timestamp_checks(
+    pool: &Pool,
+    tsa_anchors: &[Certificate],
+    kind: &'static str,
+    token_der: &[u8],
+    input: &[u8],
+    checks: &mut Vec<Check>,
+) -> Stamp {
     let name = format!("{kind} time-stamp");
-    let mut stamp = Stamp { kind, time: None, tsa: None, tsa_not_after: None, verified: false, not_revoked: false };
+    let mut stamp = Stamp {
+        kind,
+        time: None,
+        tsa: None,
+        path: Vec::new(),
+        verified: false,
+        covers: Covers::Nothing,
+        failed: false,
+    };
     let info = match token::tst_info(token_der) {
         Ok(i) => i,
         Err(e) => {
@@ -247,9 +341,9 @@ pub fn timestamp(
     };
     stamp.time = Some(info.gen_time);
     let Some(alg) = DigestAlgorithm::from_oid(&info.message_imprint.hash_algorithm.oid) else {
-        checks.push(Check::failed(
+        checks.push(Check::indeterminate(
             &name,
-            SubIndication::FormatFailure,
+            SubIndication::CryptoConstraintsFailure,
             format!("its imprint's algorithm {} is not one inkan checks", info.message_imprint.hash_algorithm.oid),
         ));
         return stamp;
@@ -263,7 +357,7 @@ pub fn timestamp(
                 token::Problem::Imprint => Check::failed(
                     &name,
                     SubIndication::HashFailure,
-                    format!("its imprint is not over the {kind} time-stamp's input: what it covers was changed"),
+                    format!("its imprint is not over the {kind} time-stamp's input: it stamps something else"),
                 ),
                 token::Problem::Crypto => Check::failed(&name, SubIndication::SigCryptoFailure, e.0),
                 token::Problem::Format => Check::failed(&name, SubIndication::FormatFailure, e.0),
@@ -274,11 +368,8 @@ pub fn timestamp(
             return stamp;
         }
     };
-    let path: Vec<Certificate> = checked.path.iter().filter_map(|d| Certificate::from_der(d).ok()).collect();
-    stamp.tsa = path.first().map(subject);
-    // The path is valid until its first certificate expires (a TSA's CA
-    // often expires before the TSA's own certificate).
-    stamp.tsa_not_after = path.iter().map(|c| validity(c).1).min();
+    stamp.path = checked.path.iter().filter_map(|d| Certificate::from_der(d).ok()).collect();
+    stamp.tsa = stamp.path.first().map(subject);
     checks.push(Check::passed(
         &name,
         format!(
@@ -288,9 +379,101 @@ pub fn timestamp(
             alg.name()
         ),
     ));
-    stamp.verified = true;
-    stamp.not_revoked = revocation(pool, &path, info.gen_time, true, &format!("{kind} time-stamp's TSA"), checks);
+    let revocation = format!("{kind} time-stamp's TSA revocation");
+    let mut ok = true;
+    for pair in stamp.path.windows(2) {
+        match status(pool, &pair[0], &pair[1], info.gen_time) {
+            Status::Good | Status::RevokedAfter(_) => checks.push(Check::passed(
+                &revocation,
+                format!("{}: not revoked at {}", subject(&pair[0]), rfc3339(info.gen_time)),
+            )),
+            Status::Revoked(on) => {
+                ok = false;
+                checks.push(Check::failed(
+                    &revocation,
+                    SubIndication::Revoked,
+                    format!("{} was revoked on {}: the time-stamp proves nothing", subject(&pair[0]), rfc3339(on)),
+                ));
+            }
+            Status::Unknown(why) => {
+                ok = false;
+                checks.push(Check::indeterminate(&revocation, SubIndication::TryLater, why));
+            }
+        }
+    }
+    stamp.verified = ok;
     stamp
+}
+
+/// Whether a CRL at hand lists a certificate of `path` revoked before `by`.
+fn revoked_before(pool: &Pool, path: &[Certificate], by: SystemTime) -> Option<(String, SystemTime)> {
+    path.windows(2).find_map(|pair| {
+        pool.crls_for(&pair[0], &pair[1])
+            .iter()
+            .filter_map(|l| crl::revoked_on(l, &pair[0]))
+            .filter(|on| *on < by)
+            .min()
+            .map(|on| (subject(&pair[0]), on))
+    })
+}
+
+/// Which time-stamps are proof of time, from the newest back: verified, no
+/// later than `at` (nor than `control`, the proven time of an enclosing
+/// signature, when there is one), and their TSA's path neither expired nor
+/// revoked before the next proof that covers them (a later archive
+/// time-stamp that is proof itself, or `control`). Adds a (not deciding)
+/// check for each that is not.
+pub fn proofs(
+    pool: &Pool,
+    stamps: &[Stamp],
+    at: SystemTime,
+    control: SystemTime,
+    checks: &mut Vec<Check>,
+) -> Vec<bool> {
+    let mut proof = vec![false; stamps.len()];
+    for i in (0..stamps.len()).rev() {
+        let s = &stamps[i];
+        let (Some(time), true) = (s.time, s.verified) else { continue };
+        let name = format!("{} time-stamp", s.kind);
+        if time > at {
+            checks.push(Check::info(name, format!("made at {}, after the validation time: not used", rfc3339(time))));
+            continue;
+        }
+        let covers = |j: usize| match &stamps[j].covers {
+            Covers::Nothing => false,
+            Covers::AllBefore => true,
+            Covers::Listed(list) => list.contains(&i),
+        };
+        let next = (i + 1..stamps.len())
+            .filter(|j| proof[*j] && covers(*j))
+            .filter_map(|j| stamps[j].time)
+            .filter(|t| *t >= time)
+            .min()
+            .unwrap_or(control);
+        let not_after = s.path.iter().map(|c| validity(c).1).min().unwrap_or(time);
+        let why = if time > control {
+            Some(format!(
+                "made at {}, after the enclosing signature's proven time {}, which does not cover it",
+                rfc3339(time),
+                rfc3339(control)
+            ))
+        } else if not_after < next {
+            Some(format!(
+                "its TSA's path expired on {}, before {}, and no archive time-stamp made before then keeps it provable",
+                rfc3339(not_after),
+                rfc3339(next)
+            ))
+        } else {
+            revoked_before(pool, &s.path, next).map(|(who, on)| {
+                format!("{who} was revoked on {}, before {}: it proves nothing", rfc3339(on), rfc3339(next))
+            })
+        };
+        match why {
+            Some(why) => checks.push(Check::indeterminate(name, SubIndication::OutOfBoundsNoPoe, why).not_deciding()),
+            None => proof[i] = true,
+        }
+    }
+    proof
 }
 
 /// SHA-256 of `der`, lowercase hex.
@@ -336,43 +519,4 @@ fn directory_string(value: &der::Any) -> Option<String> {
         }
         _ => None,
     }
-}
-
-/// Marks the time-stamps that are proof of time: verified, made no later
-/// than `at`, and their TSA's certificate valid until the next proof (the
-/// next verified archive time-stamp, or `control`: the validation time, or
-/// the proven time of an enclosing signature). Adds a check for each one
-/// that is not. Returns, per stamp, whether it is proof.
-pub fn proofs(stamps: &[Stamp], at: SystemTime, control: SystemTime, checks: &mut Vec<Check>) -> Vec<bool> {
-    let mut proof = vec![false; stamps.len()];
-    for (i, s) in stamps.iter().enumerate() {
-        let (Some(time), Some(not_after), true) = (s.time, s.tsa_not_after, s.verified && s.not_revoked) else {
-            continue;
-        };
-        let name = format!("{} time-stamp", s.kind);
-        if time > at {
-            checks.push(Check::info(name, format!("made at {}, after the validation time: not used", rfc3339(time))));
-            continue;
-        }
-        let next = stamps[i + 1..]
-            .iter()
-            .filter(|n| n.kind == "archive" && n.verified && n.not_revoked)
-            .filter_map(|n| n.time)
-            .find(|t| *t >= time && *t <= at)
-            .unwrap_or(control);
-        if not_after < next {
-            checks.push(Check::indeterminate(
-                name,
-                SubIndication::OutOfBoundsNoPoe,
-                format!(
-                    "its TSA's path expired on {}, before {}, and no archive time-stamp made before then keeps it provable",
-                    rfc3339(not_after),
-                    rfc3339(next)
-                ),
-            ));
-            continue;
-        }
-        proof[i] = true;
-    }
-    proof
 }

@@ -42,6 +42,14 @@ pub enum SubIndication {
     SigCryptoFailure,
     /// A certificate was revoked before the signature's proven time.
     Revoked,
+    /// The signer's certificate is revoked, and nothing proves the
+    /// signature was made before.
+    RevokedNoPoe,
+    /// A CA certificate on the signer's path is revoked, and nothing proves
+    /// the signature was made before.
+    RevokedCaNoPoe,
+    /// An algorithm inkan does not accept (or check).
+    CryptoConstraintsFailure,
     /// The signer's certificate expired before the signature's proven time.
     Expired,
     /// The signer's certificate was not yet valid.
@@ -91,30 +99,72 @@ pub struct Check {
     /// Why it failed or is indeterminate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sub_indication: Option<SubIndication>,
+    /// Whether it decides the signature's indication. A time-stamp or
+    /// validation data that fails does not (anyone can add unsigned
+    /// properties): the signature is then validated without that proof.
+    #[serde(skip_serializing_if = "is_true")]
+    pub affects_indication: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Check {
     /// A check that passed.
     pub fn passed(check: impl Into<String>, detail: impl Into<String>) -> Check {
-        Check { check: check.into(), result: Outcome::Passed, detail: detail.into(), sub_indication: None }
+        Check {
+            check: check.into(),
+            result: Outcome::Passed,
+            detail: detail.into(),
+            sub_indication: None,
+            affects_indication: true,
+        }
     }
 
     /// A check that failed.
     pub fn failed(check: impl Into<String>, sub: SubIndication, detail: impl Into<String>) -> Check {
-        Check { check: check.into(), result: Outcome::Failed, detail: detail.into(), sub_indication: Some(sub) }
+        Check {
+            check: check.into(),
+            result: Outcome::Failed,
+            detail: detail.into(),
+            sub_indication: Some(sub),
+            affects_indication: true,
+        }
     }
 
     /// A check that could not be established.
     pub fn indeterminate(check: impl Into<String>, sub: SubIndication, detail: impl Into<String>) -> Check {
-        Check { check: check.into(), result: Outcome::Indeterminate, detail: detail.into(), sub_indication: Some(sub) }
+        Check {
+            check: check.into(),
+            result: Outcome::Indeterminate,
+            detail: detail.into(),
+            sub_indication: Some(sub),
+            affects_indication: true,
+        }
     }
 
     /// A note.
     pub fn info(check: impl Into<String>, detail: impl Into<String>) -> Check {
-        Check { check: check.into(), result: Outcome::Info, detail: detail.into(), sub_indication: None }
+        Check {
+            check: check.into(),
+            result: Outcome::Info,
+            detail: detail.into(),
+            sub_indication: None,
+            affects_indication: true,
+        }
+    }
+
+    /// The same check, reported but not deciding the indication.
+    pub fn not_deciding(mut self) -> Check {
+        self.affects_indication = false;
+        self
     }
 
     fn indication(&self) -> Indication {
+        if !self.affects_indication {
+            return Indication::TotalPassed;
+        }
         match self.result {
             Outcome::Passed | Outcome::Info => Indication::TotalPassed,
             Outcome::Indeterminate => Indication::Indeterminate,
@@ -234,9 +284,9 @@ impl SignatureReport {
         }
     }
 
-    /// Whether any check so far failed (later checks then say little).
+    /// Whether any deciding check so far failed (later checks then say little).
     pub fn failed(&self) -> bool {
-        self.checks.iter().any(|c| c.result == Outcome::Failed)
+        self.checks.iter().any(|c| c.result == Outcome::Failed && c.affects_indication)
     }
 }
 
@@ -300,6 +350,13 @@ impl Report {
     /// The report for a person: the conclusion, then each signature with
     /// its signer, times and every check that did not simply pass.
     pub fn text(&self) -> String {
+        let out = self.text_raw();
+        // Names come from certificates anyone can make: no control
+        // characters reach a terminal.
+        out.chars().map(|c| if c.is_control() && c != '\n' { '\u{fffd}' } else { c }).collect()
+    }
+
+    fn text_raw(&self) -> String {
         use std::fmt::Write;
         let sub = |s: Option<SubIndication>| {
             s.and_then(|s| serde_json::to_value(s).ok())
@@ -362,7 +419,9 @@ impl Report {
                     Outcome::Indeterminate => "?",
                     Outcome::Info => "·",
                 };
-                let _ = writeln!(out, "  {mark} {}: {}", c.check, c.detail);
+                let note =
+                    if c.affects_indication { "" } else { " (not deciding: the signature is validated without it)" };
+                let _ = writeln!(out, "  {mark} {}: {}{note}", c.check, c.detail);
             }
         }
         out

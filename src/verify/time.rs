@@ -36,10 +36,11 @@ pub fn parse(text: &str) -> Option<(SystemTime, bool)> {
         let (t, o) = rest.split_at(at);
         let sign = if o.starts_with('-') { -1 } else { 1 };
         let (h, m) = o[1..].split_once(':')?;
-        if h.len() != 2 || m.len() != 2 {
+        let (h, m) = (h.parse::<i64>().ok()?, m.parse::<i64>().ok()?);
+        if o.len() != 6 || h > 14 || m > 59 || (h == 14 && m > 0) {
             return None;
         }
-        (t, sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60))
+        (t, sign * (h * 3600 + m * 60))
     };
     let mut d = date.split('-');
     let (year, month, day) = (d.next()?.parse().ok()?, d.next()?.parse().ok()?, d.next()?.parse().ok()?);

@@ -36,13 +36,16 @@ pub fn validate(text: &[u8], trust: &Trust, at: SystemTime) -> Report {
     };
     let (places, mut checks) = locate(&x);
     let mut reports = Vec::new();
-    // The dispensing record's signature first: its proven time keeps the
-    // doctor's signature, which it covers, provable.
-    let mut control = at;
+    // The dispensing record's signature first: its Reference 1 covers the
+    // doctor's signature inside it (with its time-stamps), so its proven
+    // time keeps that one provable, and nothing of the doctor's may be
+    // later than it.
+    let mut enclosing = None;
     for (node, kind) in places {
-        let (report, proven) = signature(&x, node, kind, trust, at, control);
-        if let Some(t) = proven.filter(|_| report.indication == super::report::Indication::TotalPassed) {
-            control = control.min(t);
+        let nested = kind == Kind::Prescription && enclosing.is_some();
+        let (report, proven) = signature(&x, node, kind, trust, at, if nested { enclosing.flatten() } else { None });
+        if kind == Kind::Dispensing {
+            enclosing = Some(proven.filter(|_| report.indication == super::report::Indication::TotalPassed));
         }
         reports.push(report);
     }
@@ -56,8 +59,9 @@ pub fn validate(text: &[u8], trust: &Trust, at: SystemTime) -> Report {
     Report::new(FORMAT, at, reports, checks)
 }
 
-/// The signatures at the profile's places, the dispensing record's first;
-/// a check for anything else (another root, a signature elsewhere).
+/// The signatures at the profile's places, the dispensing record's first
+/// (then the doctor's in its `ReferencePrescription`); a check for anything
+/// else (another root, not exactly one record, a signature elsewhere).
 fn locate(x: &Xml<'_>) -> (Vec<(NodeId, Kind)>, Vec<Check>) {
     let mut checks = Vec::new();
     let Ok(root) = x.root() else { return (Vec::new(), checks) };
@@ -74,15 +78,32 @@ fn locate(x: &Xml<'_>) -> (Vec<(NodeId, Kind)>, Vec<Check>) {
             .and_then(|p| x.children_named(p, None, slot).next())
             .and_then(|s| x.children_named(s, Some(DS), "Signature").next())
     };
-    let prescription = x.children_named(root, None, "Prescription").next();
-    let dispensing = x.children_named(root, None, "Dispensing").next();
+    let prescriptions: Vec<NodeId> = x.children_named(root, None, "Prescription").collect();
+    let dispensings: Vec<NodeId> = x.children_named(root, None, "Dispensing").collect();
     let mut places = Vec::new();
-    if let Some(s) = signature_in(Some(root), "DispensingSign") {
-        places.push((s, Kind::Dispensing));
-    }
-    let reference = dispensing.and_then(|d| x.children_named(d, None, "ReferencePrescription").next());
-    if let Some(s) = signature_in(prescription.or(reference), "PrescriptionSign") {
-        places.push((s, Kind::Prescription));
+    match (prescriptions.as_slice(), dispensings.as_slice()) {
+        ([p], []) => {
+            if let Some(s) = signature_in(Some(*p), "PrescriptionSign") {
+                places.push((s, Kind::Prescription));
+            }
+        }
+        ([], [d]) => {
+            if let Some(s) = signature_in(Some(root), "DispensingSign") {
+                places.push((s, Kind::Dispensing));
+            }
+            let reference = x.children_named(*d, None, "ReferencePrescription").next();
+            if let Some(s) = signature_in(reference, "PrescriptionSign") {
+                places.push((s, Kind::Prescription));
+            }
+        }
+        _ => {
+            checks.push(Check::failed(
+                "document",
+                SubIndication::FormatFailure,
+                "<Document> must hold exactly one <Prescription> or one <Dispensing>",
+            ));
+            return (Vec::new(), checks);
+        }
     }
     let known: Vec<NodeId> = places.iter().map(|(n, _)| *n).collect();
     for other in x.all_elements().into_iter().filter(|e| x.is(*e, Some(DS), "Signature") && !known.contains(e)) {
@@ -134,23 +155,28 @@ fn gather(x: &Xml<'_>, node: NodeId, pool: &mut Pool, checks: &mut Vec<Check>) {
             true
         };
         if !ok {
-            checks.push(Check::failed(
-                "validation data",
-                SubIndication::FormatFailure,
-                format!("<{}> holds no certificate or CRL that decodes", x.qualified_name(n).unwrap_or_default()),
-            ));
+            checks.push(
+                Check::failed(
+                    "validation data",
+                    SubIndication::FormatFailure,
+                    format!("<{}> holds no certificate or CRL that decodes", x.qualified_name(n).unwrap_or_default()),
+                )
+                .not_deciding(),
+            );
         }
     }
 }
 
 /// One signature: its report, and its proven time if it has one.
+/// `enclosing`: the proven time of the signature that covers this one (the
+/// pharmacist's, over the doctor's inside a dispensing record).
 fn signature(
     x: &Xml<'_>,
     node: NodeId,
     kind: Kind,
     trust: &Trust,
     at: SystemTime,
-    control: SystemTime,
+    enclosing: Option<SystemTime>,
 ) -> (SignatureReport, Option<SystemTime>) {
     let id = x.attribute(node, "Id").unwrap_or(kind.signature_id());
     let mut r = SignatureReport::new(id, "XAdES", at);
@@ -169,7 +195,9 @@ fn signature(
                 Problem::CertificateDigest => {
                     Check::indeterminate("signing certificate", SubIndication::NoSigningCertificateFound, f.message)
                 }
-                Problem::Signer => Check::failed("signer's role", SubIndication::SigConstraintsFailure, f.message),
+                Problem::Signer => {
+                    Check::indeterminate("signer's role", SubIndication::SigConstraintsFailure, f.message)
+                }
             };
             r.signer = key_info_certificate(x, node).and_then(|c| evidence::signer(&c));
             r.checks.push(check);
@@ -197,7 +225,7 @@ fn signature(
     let policies = policy_problems(&cert);
     r.checks.push(match policies {
         None => Check::passed("certificate policy", "an HPKI signing policy (1.2.392.100495.1.5.1.1.*)"),
-        Some(p) => Check::failed("certificate policy", SubIndication::SigConstraintsFailure, p),
+        Some(p) => Check::indeterminate("certificate policy", SubIndication::SigConstraintsFailure, p),
     });
     r.checks.push(csv(x, node, kind));
 
@@ -209,6 +237,19 @@ fn signature(
     let mut stamps: Vec<Stamp> = Vec::new();
     if let Some(u) = unsigned {
         gather(x, u, &mut pool, &mut r.checks);
+        let count = x
+            .elements(u)
+            .filter(|c| x.is(*c, Some(XADES), "SignatureTimeStamp") || x.is(*c, Some(XADES141), "ArchiveTimeStamp"))
+            .count();
+        if count > evidence::MAX_STAMPS {
+            r.checks.push(Check::failed(
+                "time-stamps",
+                SubIndication::FormatFailure,
+                format!("{count} time-stamps; inkan reads at most {}", evidence::MAX_STAMPS),
+            ));
+            r.conclude();
+            return (r, None);
+        }
         for child in x.elements(u) {
             let kind_of = if x.is(child, Some(XADES), "SignatureTimeStamp") {
                 "signature"
@@ -228,37 +269,64 @@ fn signature(
             };
             match (token, input) {
                 (Some(token), Ok(input)) => {
-                    stamps.push(evidence::timestamp(&pool, &trust.tsa_anchors, kind_of, &token, &input, &mut r.checks))
+                    let mut stamp =
+                        evidence::timestamp(&pool, &trust.tsa_anchors, kind_of, &token, &input, &mut r.checks);
+                    if kind_of == "archive" {
+                        // Its input holds every unsigned property before it.
+                        stamp.covers = evidence::Covers::AllBefore;
+                    }
+                    stamps.push(stamp);
                 }
-                (None, _) => r.checks.push(Check::failed(
-                    format!("{kind_of} time-stamp"),
-                    SubIndication::FormatFailure,
-                    "no EncapsulatedTimeStamp in base64",
-                )),
-                (_, Err(e)) => r.checks.push(Check::failed(
-                    format!("{kind_of} time-stamp"),
-                    SubIndication::FormatFailure,
-                    format!("its input cannot be made: {e}"),
-                )),
+                (None, _) => r.checks.push(
+                    Check::failed(
+                        format!("{kind_of} time-stamp"),
+                        SubIndication::FormatFailure,
+                        "no EncapsulatedTimeStamp in base64",
+                    )
+                    .not_deciding(),
+                ),
+                (_, Err(e)) => r.checks.push(
+                    Check::failed(
+                        format!("{kind_of} time-stamp"),
+                        SubIndication::FormatFailure,
+                        format!("its input cannot be made: {e}"),
+                    )
+                    .not_deciding(),
+                ),
             }
         }
     }
-    let proven = conclude_times(&mut r, &stamps, at, control);
+    let proven = conclude_times(&pool, &mut r, &stamps, at, enclosing.unwrap_or(at));
     r.checks.push(order(verified.signing_time.as_deref(), &stamps));
+    if let Some(limit) = enclosing {
+        if let Some(late) = stamps.iter().filter_map(|s| s.time).find(|t| *t > limit) {
+            r.checks.push(Check::indeterminate(
+                "time order",
+                SubIndication::TimestampOrderFailure,
+                format!(
+                    "a time-stamp of {} is later than the dispensing record's proven time {}, which covers this signature",
+                    rfc3339(late),
+                    rfc3339(limit)
+                ),
+            ));
+        }
+    }
     evidence::signer_chain(&pool, &cert, &trust.anchors, proven.unwrap_or(at), proven.is_some(), &mut r.checks);
     r.conclude();
     (r, proven)
 }
 
 /// The report's time-stamps and best signature time; returns the proven
-/// time (the earliest signature time-stamp that is proof).
+/// time (the earliest time-stamp that is proof: an archive time-stamp
+/// proves the signature existed too).
 pub(super) fn conclude_times(
+    pool: &Pool,
     r: &mut SignatureReport,
     stamps: &[Stamp],
     at: SystemTime,
     control: SystemTime,
 ) -> Option<SystemTime> {
-    let proof = evidence::proofs(stamps, at, control, &mut r.checks);
+    let proof = evidence::proofs(pool, stamps, at, control, &mut r.checks);
     r.timestamps = stamps
         .iter()
         .zip(&proof)
@@ -268,15 +336,14 @@ pub(super) fn conclude_times(
             tsa: s.tsa.clone(),
             result: if *p {
                 super::report::Outcome::Passed
-            } else if s.verified {
-                super::report::Outcome::Indeterminate
-            } else {
+            } else if s.failed {
                 super::report::Outcome::Failed
+            } else {
+                super::report::Outcome::Indeterminate
             },
         })
         .collect();
-    let proven =
-        stamps.iter().zip(&proof).filter(|(s, p)| **p && s.kind == "signature").filter_map(|(s, _)| s.time).min();
+    let proven = stamps.iter().zip(&proof).filter(|(_, p)| **p).filter_map(|(s, _)| s.time).min();
     if let Some(t) = proven {
         r.best_signature_time = rfc3339(t);
         r.best_signature_time_proven = true;
