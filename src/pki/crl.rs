@@ -114,17 +114,8 @@ fn distribution_point_names(cert: &Certificate) -> Vec<GeneralName> {
 
 /// The `http(s)://` URIs of a certificate's CRL distribution points.
 pub fn distribution_points(cert: &Certificate) -> Vec<String> {
-    let Ok(Some((_, CrlDistributionPoints(points)))) = cert.tbs_certificate().get_extension::<CrlDistributionPoints>()
-    else {
-        return Vec::new();
-    };
-    points
-        .iter()
-        .filter_map(|DistributionPoint { distribution_point, .. }| match distribution_point {
-            Some(DistributionPointName::FullName(names)) => Some(names),
-            _ => None,
-        })
-        .flatten()
+    distribution_point_names(cert)
+        .into_iter()
         .filter_map(|n| match n {
             GeneralName::UniformResourceIdentifier(uri) => Some(uri.to_string()),
             _ => None,

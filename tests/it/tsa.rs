@@ -231,6 +231,19 @@ fn cades_token(der: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (si.signature.as_bytes().to_vec(), token)
 }
 
+/// xmlsec1 verifies a signed prescription (its chain to the fixture root).
+fn xmlsec1_verifies(signed: &Path) {
+    let out = Command::new("xmlsec1")
+        .args(["--verify", "--id-attr:id", "PrescriptionDocument", "--trusted-pem"])
+        .arg(fixture("hpki-root.pem"))
+        .arg("--untrusted-pem")
+        .arg(fixture("hpki-signing-ca.pem"))
+        .arg(signed)
+        .output()
+        .expect("xmlsec1");
+    assert!(out.status.success(), "xmlsec1: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// `openssl ts -verify` of a token over `data`, trusting `ca`.
 fn openssl_ts_verify(dir: &Path, name: &str, data: &[u8], token: &[u8], ca: &Path) -> (bool, String) {
     let (d, t) = (dir.join(format!("{name}.data")), dir.join(format!("{name}.tst")));
@@ -345,15 +358,7 @@ fn b_t_signatures_pass_openssl_ts_pyhanko_xmlsec1_and_signxml() {
     assert_eq!(r.status, 200, "{}", r.text());
     let signed = dir.join("rx-t.xml");
     std::fs::write(&signed, &r.body).expect("write");
-    let out = Command::new("xmlsec1")
-        .args(["--verify", "--id-attr:id", "PrescriptionDocument", "--trusted-pem"])
-        .arg(fixture("hpki-root.pem"))
-        .arg("--untrusted-pem")
-        .arg(fixture("hpki-signing-ca.pem"))
-        .arg(&signed)
-        .output()
-        .expect("xmlsec1");
-    assert!(out.status.success(), "xmlsec1: {}", String::from_utf8_lossy(&out.stderr));
+    xmlsec1_verifies(&signed);
     let script = r#"
 import sys, base64
 from lxml import etree
@@ -459,15 +464,7 @@ fn b_lt_signatures_carry_what_validates_them_and_pyhanko_needs_nothing_else() {
     ];
     let at: Vec<usize> = order.iter().map(|e| text.rfind(e).unwrap_or_else(|| panic!("{e} in {text}"))).collect();
     assert!(at.windows(2).all(|w| w[0] < w[1]), "in the samples' order: {at:?}");
-    let out = Command::new("xmlsec1")
-        .args(["--verify", "--id-attr:id", "PrescriptionDocument", "--trusted-pem"])
-        .arg(fixture("hpki-root.pem"))
-        .arg("--untrusted-pem")
-        .arg(fixture("hpki-signing-ca.pem"))
-        .arg(&signed)
-        .output()
-        .expect("xmlsec1");
-    assert!(out.status.success(), "xmlsec1: {}", String::from_utf8_lossy(&out.stderr));
+    xmlsec1_verifies(&signed);
     let script = r#"
 import sys, base64
 from lxml import etree
@@ -509,15 +506,7 @@ print(len(outer), len(inner))
     );
     let signed = dir.join("rx-lta.xml");
     std::fs::write(&signed, &r.body).expect("write");
-    let out = Command::new("xmlsec1")
-        .args(["--verify", "--id-attr:id", "PrescriptionDocument", "--trusted-pem"])
-        .arg(fixture("hpki-root.pem"))
-        .arg("--untrusted-pem")
-        .arg(fixture("hpki-signing-ca.pem"))
-        .arg(&signed)
-        .output()
-        .expect("xmlsec1");
-    assert!(out.status.success(), "xmlsec1: {}", String::from_utf8_lossy(&out.stderr));
+    xmlsec1_verifies(&signed);
     let script = r#"
 import sys, base64
 from lxml import etree
