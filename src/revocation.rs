@@ -27,6 +27,17 @@ pub enum CrlError {
     Revoked(String),
 }
 
+/// Why a path has no CRLs to embed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathCrlError {
+    /// A certificate of the path does not decode.
+    #[error("{0}")]
+    Path(String),
+    /// A certificate's CRL.
+    #[error(transparent)]
+    Crl(#[from] CrlError),
+}
+
 /// Where CRLs come from.
 pub struct Crls {
     files: Vec<(Vec<u8>, CertificateList)>,
@@ -95,6 +106,26 @@ impl Crls {
             )));
         }
         Ok(der)
+    }
+
+    /// The CRL of each certificate of `path` (DER, the leaf first) from the
+    /// next one, current at `at`; a self-signed certificate (the anchor)
+    /// needs none.
+    pub async fn for_path(&self, path: &[Vec<u8>], at: SystemTime) -> Result<Vec<Vec<u8>>, PathCrlError> {
+        let certs = path
+            .iter()
+            .map(|d| Certificate::from_der(d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PathCrlError::Path(e.to_string()))?;
+        let mut crls = Vec::new();
+        for pair in certs.windows(2) {
+            let (cert, issuer) = (&pair[0], &pair[1]);
+            if cert.tbs_certificate().subject() == cert.tbs_certificate().issuer() {
+                break;
+            }
+            crls.push(self.for_certificate(cert, issuer, at).await?);
+        }
+        Ok(crls)
     }
 
     async fn fetched(

@@ -690,27 +690,10 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         Ok(unsigned)
     }
 
-    /// The CRL of each certificate of a path (DER, the leaf first) from the
-    /// next one, current at `at`; a self-signed certificate (the anchor) needs none.
+    /// The CRLs of a path ([`crate::revocation::Crls::for_path`]), as the
+    /// pipeline's errors.
     async fn path_crls(&self, path: &[Vec<u8>], at: SystemTime) -> Result<Vec<Vec<u8>>> {
-        let certs = path
-            .iter()
-            .map(|d| <x509_cert::Certificate as der::Decode>::from_der(d))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(Error::internal)?;
-        let mut crls = Vec::new();
-        for pair in certs.windows(2) {
-            let (cert, issuer) = (&pair[0], &pair[1]);
-            if cert.tbs_certificate().subject() == cert.tbs_certificate().issuer() {
-                break;
-            }
-            match self.crls.for_certificate(cert, issuer, at).await {
-                Ok(crl) => crls.push(crl),
-                Err(crate::revocation::CrlError::Revoked(why)) => return Err(Error::Conflict(why)),
-                Err(crate::revocation::CrlError::Missing(why)) => return Err(Error::NoValidationData(why)),
-            }
-        }
-        Ok(crls)
+        path_crls(&self.crls, path, at).await
     }
 
     /// Records signatures the token made but that were not delivered (no
@@ -875,6 +858,21 @@ impl<T: UsersTx + ?Sized> Signing<T> {
             }
         }
     }
+}
+
+/// The CRL of each certificate of a path (DER, the leaf first) from the
+/// next one, current at `at` ([`crate::revocation::Crls::for_path`]): a
+/// revoked certificate is a conflict, a missing CRL no validation data.
+pub(crate) async fn path_crls(
+    crls: &crate::revocation::Crls,
+    path: &[Vec<u8>],
+    at: SystemTime,
+) -> Result<Vec<Vec<u8>>> {
+    crls.for_path(path, at).await.map_err(|e| match e {
+        crate::revocation::PathCrlError::Path(why) => Error::Internal(why),
+        crate::revocation::PathCrlError::Crl(crate::revocation::CrlError::Revoked(why)) => Error::Conflict(why),
+        crate::revocation::PathCrlError::Crl(crate::revocation::CrlError::Missing(why)) => Error::NoValidationData(why),
+    })
 }
 
 /// SHA-256 of what a signature time-stamp covers, for the TSA.

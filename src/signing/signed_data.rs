@@ -326,12 +326,46 @@ pub fn archive_v3(
     content_digest: &[u8],
     extras: &Extras<'_>,
 ) -> Result<(Vec<u8>, Vec<u8>)> {
+    let data_oid = oid::DATA.to_der().map_err(Error::internal)?;
+    let signed_fields = signed_fields(identity, alg, attributes, signature)?;
+    archive_v3_parts(
+        alg,
+        &ArchivedParts {
+            content_type: &data_oid,
+            content_digest,
+            signed_fields: &signed_fields,
+            certificates: &certificate_list(identity, extras),
+            crls: &crl_list(extras),
+            unsigned: &unsigned_list(extras),
+        },
+    )
+}
+
+/// What an archive-time-stamp-v3 covers of a signature, each as its DER.
+pub struct ArchivedParts<'a> {
+    /// `SignedData.encapContentInfo.eContentType` (its TLV).
+    pub content_type: &'a [u8],
+    /// The content's digest with the time-stamp's algorithm.
+    pub content_digest: &'a [u8],
+    /// The SignerInfo's fields from `version` to `signature` (their TLVs, concatenated).
+    pub signed_fields: &'a [u8],
+    /// `SignedData.certificates`, each whole.
+    pub certificates: &'a [Vec<u8>],
+    /// `SignedData.crls`, each whole.
+    pub crls: &'a [Vec<u8>],
+    /// The SignerInfo's unsigned attributes, each a DER `Attribute`.
+    pub unsigned: &'a [Vec<u8>],
+}
+
+/// The `ATSHashIndexV3` (DER) and the time-stamp's input over `parts`
+/// with `alg` (see [`archive_v3`]).
+pub fn archive_v3_parts(alg: DigestAlgorithm, parts: &ArchivedParts<'_>) -> Result<(Vec<u8>, Vec<u8>)> {
     let hashes = |items: &[Vec<u8>]| -> Vec<u8> {
         tlv(Tag::SEQUENCE, &items.iter().flat_map(|i| tlv(Tag::OCTET_STRING, &alg.digest(i))).collect::<Vec<u8>>())
     };
     let mut values = Vec::new();
-    for attr in unsigned_list(extras) {
-        let parsed = x509_cert::attr::Attribute::from_der(&attr).map_err(Error::internal)?;
+    for attr in parts.unsigned {
+        let parsed = x509_cert::attr::Attribute::from_der(attr).map_err(Error::internal)?;
         let attr_type = parsed.oid.to_der().map_err(Error::internal)?;
         for value in parsed.values.iter() {
             let mut input = attr_type.clone();
@@ -343,13 +377,13 @@ pub fn archive_v3(
     // hashIndAlgorithm without a DEFAULT, and readers of the older syntax
     // (Bouncy Castle, DSS) accept it present.
     let mut index = algorithm_identifier(alg.oid(), false);
-    index.extend_from_slice(&hashes(&certificate_list(identity, extras)));
-    index.extend_from_slice(&hashes(&crl_list(extras)));
+    index.extend_from_slice(&hashes(parts.certificates));
+    index.extend_from_slice(&hashes(parts.crls));
     index.extend_from_slice(&hashes(&values));
     let index = tlv(Tag::SEQUENCE, &index);
-    let mut input = oid::DATA.to_der().map_err(Error::internal)?;
-    input.extend_from_slice(content_digest);
-    input.extend_from_slice(&signed_fields(identity, alg, attributes, signature)?);
+    let mut input = parts.content_type.to_vec();
+    input.extend_from_slice(parts.content_digest);
+    input.extend_from_slice(parts.signed_fields);
     input.extend_from_slice(&index);
     Ok((index, input))
 }

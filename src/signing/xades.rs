@@ -27,7 +27,7 @@ use crate::eps::{Document, Kind};
 use crate::error::{Error, Result};
 use crate::xml::{escape_attribute, mime_base64, uri, EncodedCertificate, DS, XADES, XADES141};
 
-use super::format::{Assembled, Encoder, Level, Parts, Pending, ToBeSigned, Unsigned};
+use super::format::{ArchiveStamp, Assembled, Encoder, Level, Parts, Pending, ToBeSigned, Unsigned, ValidationData};
 use super::signers::Signer;
 
 /// XAdES-BES of one kind of e-prescription document, into `document` when
@@ -147,52 +147,84 @@ impl Signature {
     fn unsigned_properties(&self, unsigned: &Unsigned, with_archive: bool) -> String {
         let Some(stamp) = &unsigned.signature_timestamp else { return String::new() };
         let ids = &self.unsigned_ids;
-        let sts = &ids[0];
         let mut properties = String::from("<xa:UnsignedProperties><xa:UnsignedSignatureProperties>");
-        properties.push_str(&format!(
-            "<xa:SignatureTimeStamp Id=\"{sts}\"><xa:EncapsulatedTimeStamp>{}</xa:EncapsulatedTimeStamp>\
-             </xa:SignatureTimeStamp>",
-            mime_base64(&stamp.token)
-        ));
+        properties.push_str(&signature_time_stamp(&ids[0], &stamp.token));
         if let Some(v) = &unsigned.validation {
-            properties.push_str(&format!(
-                "<xa141:TimeStampValidationData xmlns:xa141=\"{XADES141}\" Id=\"{}\" URI=\"#{sts}\">\
-                 <CertificateValues xmlns=\"{XADES}\" Id=\"{}\">{}</CertificateValues>{}\
-                 </xa141:TimeStampValidationData>",
-                ids[1],
-                ids[2],
-                encapsulated("xa:EncapsulatedX509Certificate", &v.tsa_path),
-                revocation_values(&ids[3], &v.tsa_crls),
-            ));
-            properties.push_str(&format!(
-                "<xa:CertificateValues Id=\"{}\">{}</xa:CertificateValues>{}",
-                ids[4],
-                encapsulated("xa:EncapsulatedX509Certificate", &v.signer_chain),
-                revocation_values(&ids[5], &v.signer_crls),
-            ));
+            properties.push_str(&long_term(&ids[1..6], &ids[0], v));
         }
         if let (true, Some(archive)) = (with_archive, &unsigned.archive_timestamp) {
-            let ats = &ids[6];
-            properties.push_str(&format!(
-                "<xa141:ArchiveTimeStamp xmlns:xa141=\"{XADES141}\" Id=\"{ats}\"><xa:EncapsulatedTimeStamp>{}\
-                 </xa:EncapsulatedTimeStamp></xa141:ArchiveTimeStamp>",
-                mime_base64(&archive.stamp.token)
-            ));
-            // As the dispensing sample writes it: the certificates in the
-            // default namespace, unprefixed (then the CRLs, which it lacks).
-            properties.push_str(&format!(
-                "<xa141:TimeStampValidationData xmlns:xa141=\"{XADES141}\" Id=\"{}\" URI=\"#{ats}\">\
-                 <CertificateValues xmlns=\"{XADES}\" Id=\"{}\">{}</CertificateValues>{}\
-                 </xa141:TimeStampValidationData>",
-                ids[7],
-                ids[8],
-                encapsulated("EncapsulatedX509Certificate", &archive.stamp.path),
-                revocation_values(&ids[9], &archive.tsa_crls),
-            ));
+            properties.push_str(&archive_time_stamp(&ids[6..10], archive));
         }
         properties.push_str("</xa:UnsignedSignatureProperties></xa:UnsignedProperties>");
         properties
     }
+}
+
+/// `xa:SignatureTimeStamp` (its `Id`) holding `token` (DER).
+pub(crate) fn signature_time_stamp(id: &str, token: &[u8]) -> String {
+    format!(
+        "<xa:SignatureTimeStamp Id=\"{id}\"><xa:EncapsulatedTimeStamp>{}</xa:EncapsulatedTimeStamp>\
+         </xa:SignatureTimeStamp>",
+        mime_base64(token)
+    )
+}
+
+/// What B-LT (the Japanese "XL") adds after the signature time-stamp whose
+/// `Id` is `sts`: its TSA's certificates and CRLs in
+/// `xa141:TimeStampValidationData`, then the signer's CA certificates in
+/// `xa:CertificateValues` and their CRLs in `xa:RevocationValues`, as the
+/// public samples write them. `ids`: five fresh ids.
+pub(crate) fn long_term(ids: &[String], sts: &str, v: &ValidationData) -> String {
+    let mut out =
+        timestamp_validation_data(&ids[0..3], sts, "xa:EncapsulatedX509Certificate", &v.tsa_path, &v.tsa_crls);
+    out.push_str(&format!(
+        "<xa:CertificateValues Id=\"{}\">{}</xa:CertificateValues>{}",
+        ids[3],
+        encapsulated("xa:EncapsulatedX509Certificate", &v.signer_chain),
+        revocation_values(&ids[4], &v.signer_crls),
+    ));
+    out
+}
+
+/// `xa141:ArchiveTimeStamp` and its own validation data (B-LTA), as the
+/// dispensing sample writes them: the certificates in the default
+/// namespace, unprefixed (then the CRLs, which it lacks). `ids`: four fresh ids.
+pub(crate) fn archive_time_stamp(ids: &[String], archive: &ArchiveStamp) -> String {
+    let ats = &ids[0];
+    let mut out = format!(
+        "<xa141:ArchiveTimeStamp xmlns:xa141=\"{XADES141}\" Id=\"{ats}\"><xa:EncapsulatedTimeStamp>{}\
+         </xa:EncapsulatedTimeStamp></xa141:ArchiveTimeStamp>",
+        mime_base64(&archive.stamp.token)
+    );
+    out.push_str(&timestamp_validation_data(
+        &ids[1..4],
+        ats,
+        "EncapsulatedX509Certificate",
+        &archive.stamp.path,
+        &archive.tsa_crls,
+    ));
+    out
+}
+
+/// `xa141:TimeStampValidationData` for the time-stamp whose `Id` is
+/// `stamp`: its TSA's certificates (each in a `cert_element`) and CRLs.
+/// `ids`: three fresh ids (its own, its certificate and revocation values').
+pub(crate) fn timestamp_validation_data(
+    ids: &[String],
+    stamp: &str,
+    cert_element: &str,
+    certs: &[Vec<u8>],
+    crls: &[Vec<u8>],
+) -> String {
+    format!(
+        "<xa141:TimeStampValidationData xmlns:xa141=\"{XADES141}\" Id=\"{}\" URI=\"#{stamp}\">\
+         <CertificateValues xmlns=\"{XADES}\" Id=\"{}\">{}</CertificateValues>{}\
+         </xa141:TimeStampValidationData>",
+        ids[0],
+        ids[1],
+        encapsulated(cert_element, certs),
+        revocation_values(&ids[2], crls),
+    )
 }
 
 impl Assembled for Signature {
