@@ -12,6 +12,7 @@ mod context;
 mod csv;
 mod dev;
 mod device;
+mod extend;
 mod hpki;
 mod jpki;
 mod kek;
@@ -79,6 +80,11 @@ pub enum Command {
     /// CMS signature (CAdES, DER or PEM). Exit status: 0 TOTAL_PASSED,
     /// 1 TOTAL_FAILED, 2 INDETERMINATE, 3 not validated (an error).
     Verify(verify::VerifyArgs),
+    /// Extend a signature made earlier to a higher level (B-T, B-LT,
+    /// B-LTA), or renew its archive time-stamp (B-LTA again): time-stamps
+    /// from `[tsa]`, CRLs from `[pki] crls` or the distribution points. No
+    /// signing key is used; the signature must validate now.
+    Extend(extend::ExtendArgs),
     /// Sign a file locally with a user's active key (CAdES-BES, DER).
     Sign(sign::SignArgs),
     /// The audit log.
@@ -195,6 +201,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CliError> {
         Command::Kek(cmd) => kek::run(ctx, cmd).await,
         Command::Sign(args) => sign::run(ctx, args).await,
         Command::Verify(args) => verify::run(ctx, args),
+        Command::Extend(args) => extend::run(ctx, args).await,
         Command::Audit(cmd) => audit::run(ctx, cmd).await,
         Command::Client(cmd) => client::run(ctx, cmd).await,
         Command::Session(cmd) => session::run(ctx, cmd).await,

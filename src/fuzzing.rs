@@ -140,6 +140,13 @@ pub fn xml(data: &[u8]) {
         verify_trust(),
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_664_530_857),
     );
+    // As extension reads it: a document comes back byte for byte.
+    if let Ok((_, back)) = crate::extend::read_back(data) {
+        assert!(
+            data.first().is_some_and(|b| *b != b'<') || back == data,
+            "extension changed a document it added nothing to"
+        );
+    }
 }
 
 /// What the verify targets trust: the fixture HPKI root and the samples'
@@ -164,6 +171,8 @@ pub fn cms(data: &[u8]) {
     let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
     let _ = crate::verify::validate(data, Some(b"a document"), verify_trust(), at);
     let _ = crate::verify::validate(data, None, verify_trust(), at);
+    // As extension reads it, and writes it back.
+    let _ = crate::extend::read_back(data);
 }
 
 fn tsa_anchors() -> &'static [x509_cert::Certificate] {

@@ -33,6 +33,7 @@ pub mod config;
 pub mod demo;
 pub mod eps;
 pub mod error;
+pub mod extend;
 pub mod fetch;
 pub mod fido;
 pub mod fixtures;

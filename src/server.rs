@@ -161,6 +161,7 @@ pub fn main_router(app: Arc<App>) -> Router {
         .route("/api/v1/sign", post(api::sign))
         .route("/api/v1/sign-hashes", post(api::sign_hashes))
         .route("/api/v1/verify", post(verify::verify))
+        .route("/api/v1/extend", post(verify::extend))
         .route("/demo", get(demo::page))
         .route("/demo/callback", get(demo::callback))
         .route("/demo/sign", post(demo::sign))

@@ -43,6 +43,8 @@ pub struct Service {
     pub demo_client: Option<(String, String)>,
     /// What validation trusts (`[verify]`).
     pub trust: Arc<crate::verify::Trust>,
+    /// Extension of signatures made earlier (the signing pipeline's TSA and CRL sources).
+    pub extender: crate::extend::Extender,
 }
 
 impl Service {
@@ -88,8 +90,11 @@ impl Service {
             Arc::clone(&metrics),
         )?;
         let trust = Arc::new(crate::verify::Trust::from_config(&config, &[], &[], &[])?);
+        let extender =
+            crate::extend::Extender::new(signing.tsa(), signing.crls(), Arc::clone(&trust), Arc::clone(&clock));
         Ok(Service {
             trust,
+            extender,
             sessions: Sessions::new(tx(), store.invalidation(), Arc::clone(&clock)).await?,
             oidc: Provider::new(&config, tx(), store.oidc(), keystore, Arc::clone(&clock))?,
             cards: CardAuth::from_config(&config)?,

@@ -284,6 +284,16 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         })
     }
 
+    /// The TSA client, if `[tsa]` has one (shared with extension).
+    pub fn tsa(&self) -> Option<Arc<crate::tsa::Tsa>> {
+        self.tsa.clone()
+    }
+
+    /// The CRL sources (shared with extension).
+    pub fn crls(&self) -> Arc<crate::revocation::Crls> {
+        Arc::clone(&self.crls)
+    }
+
     /// Whether the token answers (a session of the pool can be used).
     pub async fn token_ready(&self) -> Result<()> {
         let ks = Arc::clone(&self.keystore);

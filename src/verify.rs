@@ -12,12 +12,12 @@
 //! the CRLs configured (`[pki] crls`). A file made at B-LT or B-LTA carries
 //! all it needs.
 
-mod cades;
+pub(crate) mod cades;
 mod evidence;
 pub mod report;
 pub mod time;
 mod trust;
-mod xades;
+pub(crate) mod xades;
 
 use std::time::{Duration, SystemTime};
 

@@ -6,12 +6,15 @@
 //! `{"signature": base64, "content": base64?, "at": RFC 3339?}` for a
 //! detached CMS with its content. The answer is the report (200 whatever
 //! the indication); a body that is not one of these is a 400.
+//!
+//! `POST /api/v1/extend?level=` takes the same bodies and answers the
+//! signature extended to that level ([`crate::extend`]).
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64ct::{Base64, Encoding};
@@ -21,6 +24,7 @@ use super::api::hold;
 use super::body::{drain, read_limited};
 use super::state::App;
 use crate::error::{Error, Result};
+use crate::signing::format::Level;
 
 /// The query of `POST /api/v1/verify`.
 #[derive(Debug, Deserialize)]
@@ -39,14 +43,27 @@ struct VerifyJson {
     at: Option<String>,
 }
 
-/// `POST /api/v1/verify`
-pub async fn verify(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Query(q): Query<VerifyQuery>,
+/// A signed file from a request body, its room held while it is worked on.
+pub(super) struct File {
+    /// The signature: a document or a CMS signature.
+    pub input: Vec<u8>,
+    /// The content of a detached CMS signature.
+    pub content: Option<Vec<u8>>,
+    /// The `at` of a JSON body.
+    pub at: Option<String>,
+    /// The room the file takes ([`hold`]).
+    pub room: super::limits::Room,
+}
+
+/// Reads the signed file of `POST /api/v1/verify` or `/extend` (`what`):
+/// `Ok(None)` when there is no room for it now (the body drained).
+pub(super) async fn read_file(
+    app: &App,
+    principal: &crate::auth::principal::Principal,
+    headers: &HeaderMap,
     body: Body,
-) -> Result<Response> {
-    let principal = app.principal(&headers).await?;
+    what: &str,
+) -> Result<Option<File>> {
     let value = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     let json = match essence.as_str() {
@@ -59,7 +76,7 @@ pub async fn verify(
         | "application/octet-stream" => false,
         _ => {
             return Err(Error::Invalid(format!(
-                "verify takes Content-Type application/xml (an e-prescription document), application/pkcs7-signature \
+                "{what} takes Content-Type application/xml (an e-prescription document), application/pkcs7-signature \
                  (a CMS signature) or application/json ({{\"signature\", \"content\"}}), not {value:?}"
             )))
         }
@@ -68,31 +85,41 @@ pub async fn verify(
     // Base64 in JSON takes a third more.
     let limit = if json { max / 3 * 4 + 4096 } else { max };
     // The file is held and parsed in memory: room for it first.
-    let Some(_room) = hold(&app, &principal, &headers, limit) else {
+    let Some(room) = hold(app, principal, headers, limit) else {
         let mut body = body;
         drain(&mut body).await;
-        return Ok(super::limits::no_room());
+        return Ok(None);
     };
     let bytes = read_limited(body, limit).await?;
     if bytes.is_empty() {
         return Err(Error::Invalid("the body is empty: send the signed file".into()));
     }
-    let (input, content, at) = if json {
-        let req: VerifyJson =
-            serde_json::from_slice(&bytes).map_err(|e| Error::Invalid(format!("invalid JSON: {e}")))?;
-        let decode = |what: &str, b64: &str| {
-            Base64::decode_vec(b64).map_err(|_| Error::Invalid(format!("{what} is not base64")))
-        };
-        let signature = decode("signature", &req.signature)?;
-        let content = req.content.as_deref().map(|c| decode("content", c)).transpose()?;
-        if signature.len() + content.as_ref().map_or(0, Vec::len) > max {
-            return Err(Error::TooLarge { limit: max });
-        }
-        (signature, content, req.at.or(q.at))
-    } else {
-        (bytes, None, q.at)
+    if !json {
+        return Ok(Some(File { input: bytes, content: None, at: None, room }));
+    }
+    let req: VerifyJson = serde_json::from_slice(&bytes).map_err(|e| Error::Invalid(format!("invalid JSON: {e}")))?;
+    let decode =
+        |what: &str, b64: &str| Base64::decode_vec(b64).map_err(|_| Error::Invalid(format!("{what} is not base64")));
+    let signature = decode("signature", &req.signature)?;
+    let content = req.content.as_deref().map(|c| decode("content", c)).transpose()?;
+    if signature.len() + content.as_ref().map_or(0, Vec::len) > max {
+        return Err(Error::TooLarge { limit: max });
+    }
+    Ok(Some(File { input: signature, content, at: req.at, room }))
+}
+
+/// `POST /api/v1/verify`
+pub async fn verify(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<VerifyQuery>,
+    body: Body,
+) -> Result<Response> {
+    let principal = app.principal(&headers).await?;
+    let Some(file) = read_file(&app, &principal, &headers, body, "verify").await? else {
+        return Ok(super::limits::no_room());
     };
-    let at = match at {
+    let at = match file.at.or(q.at) {
         Some(text) => crate::verify::validation_time(&text)?,
         None => app.clock.now(),
     };
@@ -102,13 +129,66 @@ pub async fn verify(
     // file's room and the slot held until the work ends, even if the
     // client has gone.
     let slot = slots().acquire_owned().await.map_err(Error::internal)?;
+    let (input, content, room) = (file.input, file.content, file.room);
     let report = tokio::task::spawn_blocking(move || {
-        let _held = (_room, slot);
+        let _held = (room, slot);
         crate::verify::validate(&input, content.as_deref(), &trust, at)
     })
     .await
     .map_err(Error::internal)?;
     Ok(Json(report).into_response())
+}
+
+/// The query of `POST /api/v1/extend`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendQuery {
+    /// The level asked: `B-T`, `B-LT` or `B-LTA` (B-LTA on a B-LTA
+    /// signature renews its archive time-stamp).
+    level: Option<String>,
+}
+
+/// `POST /api/v1/extend?level=`: the file extended ([`crate::extend`]),
+/// in the form it came (an XML document, a CMS signature in DER or PEM),
+/// with `X-Inkan-Level` and `X-Inkan-Extended-From`.
+pub async fn extend(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<ExtendQuery>,
+    body: Body,
+) -> Result<Response> {
+    let principal = app.principal(&headers).await?;
+    let level: Level =
+        q.level.as_deref().ok_or_else(|| Error::Invalid("level= is required: B-T, B-LT or B-LTA".into()))?.parse()?;
+    let Some(file) = read_file(&app, &principal, &headers, body, "extend").await? else {
+        return Ok(super::limits::no_room());
+    };
+    if file.at.is_some() {
+        return Err(Error::Invalid("at is for verify: a signature is extended now".into()));
+    }
+    // Two validations and the TSA's calls: one slot of the node's cores,
+    // and the file's room, until the work ends.
+    let _held = (file.room, slots().acquire_owned().await.map_err(Error::internal)?);
+    let extended = app.extender.extend(file.input, file.content, level).await?;
+    tracing::info!(
+        user = %principal.user_id,
+        format = extended.format,
+        from = extended.from,
+        level = extended.level,
+        renewed = extended.renewed,
+        "signature extended"
+    );
+    let media = match (extended.format, extended.bytes.starts_with(b"-----")) {
+        ("XAdES", _) => "application/xml; charset=utf-8",
+        (_, true) => "application/x-pem-file",
+        _ => "application/pkcs7-signature",
+    };
+    let mut resp = extended.bytes.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(media));
+    h.insert("x-inkan-level", HeaderValue::from_static(extended.level));
+    h.insert("x-inkan-extended-from", HeaderValue::from_static(extended.from));
+    Ok(resp)
 }
 
 /// Validations at once on this node: one per core.

@@ -19,7 +19,7 @@
 //! suffix around the content, so a document of any size is streamed twice (hash,
 //! then copy) and never held in memory.
 
-mod der_writer;
+pub(crate) mod der_writer;
 mod ess;
 mod oid;
 

@@ -284,13 +284,27 @@ the signature value in the document's context; over a Reference 1 digest only B-
 /// `n` new ids (`id` + 8 hex digits), distinct, taken neither in the
 /// document nor by the signature.
 fn fresh_ids(taken: Option<&HashSet<String>>, ids: &Ids, n: usize) -> Result<Vec<String>> {
+    random_ids(n, |id, h| {
+        !ids.hex.iter().any(|x| x == h) && !taken.is_some_and(|t| t.iter().any(|x| x.starts_with(id)))
+    })
+}
+
+/// `n` new ids (`id` + 8 hex digits), distinct, none the start of an id
+/// in `taken` (the ids of a document into which properties go).
+pub(crate) fn new_ids(taken: &HashSet<String>, n: usize) -> Result<Vec<String>> {
+    random_ids(n, |id, _| !taken.iter().any(|x| x.starts_with(id)))
+}
+
+/// `n` distinct random ids (`id` + 8 hex digits) that `free` accepts
+/// (given the id and its hex digits).
+fn random_ids(n: usize, free: impl Fn(&str, &str) -> bool) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::with_capacity(n);
     while out.len() < n {
         let mut b = [0u8; 4];
         getrandom::fill(&mut b).map_err(Error::internal)?;
         let h = crate::keys::hex(&b);
         let id = format!("id{h}");
-        if !ids.hex.contains(&h) && !out.contains(&id) && !taken.is_some_and(|t| t.iter().any(|x| x.starts_with(&id))) {
+        if !out.contains(&id) && free(&id, &h) {
             out.push(id);
         }
     }

@@ -38,7 +38,7 @@ mod oids {
 }
 
 /// The TLVs inside a constructed TLV (each whole), or `None` if it is not DER.
-fn children(tlv: &[u8]) -> Option<Vec<&[u8]>> {
+pub(crate) fn children(tlv: &[u8]) -> Option<Vec<&[u8]>> {
     use der::Reader;
     let mut outer = der::SliceReader::new(tlv).ok()?;
     let header = der::Header::decode(&mut outer).ok()?;
@@ -57,7 +57,7 @@ fn children(tlv: &[u8]) -> Option<Vec<&[u8]>> {
     Some(out)
 }
 
-fn tag(tlv: &[u8]) -> u8 {
+pub(crate) fn tag(tlv: &[u8]) -> u8 {
     tlv.first().copied().unwrap_or(0)
 }
 
@@ -140,7 +140,7 @@ pub fn validate(input: &[u8], content: Option<&[u8]>, trust: &Trust, at: SystemT
     if raw.signer_infos.len() > MAX_SIGNERS {
         return format_failure(format!("{} signers; inkan validates at most {MAX_SIGNERS}", raw.signer_infos.len()));
     }
-    let mut pool = Pool::new(&trust.crls);
+    let mut pool = Pool::new(trust);
     let mut file_checks = Vec::new();
     for c in &raw.certificates {
         if !pool.add_cert(c) {

@@ -49,9 +49,16 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool holding the configured CRLs (all of them).
-    pub fn new(crls: &[Vec<u8>]) -> Pool {
+    /// A pool holding what `trust` adds to a signature's own: its CRLs and
+    /// its intermediate certificates (all of them).
+    pub fn new(trust: &super::trust::Trust) -> Pool {
         let mut pool = Pool::default();
+        for c in &trust.intermediates {
+            if let Ok(cert) = Certificate::from_der(c) {
+                pool.certs.push(cert);
+            }
+        }
+        let crls = &trust.crls;
         for c in crls {
             if let Ok(list) = CertificateList::from_der(c) {
                 pool.crls.push(list);

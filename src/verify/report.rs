@@ -73,6 +73,13 @@ pub enum SubIndication {
     TryLater,
 }
 
+impl SubIndication {
+    /// Its ETSI name (`HASH_FAILURE`).
+    pub fn name(self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    }
+}
+
 /// One check's result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -153,6 +160,11 @@ impl Check {
             sub_indication: None,
             affects_indication: true,
         }
+    }
+
+    /// Whether it decides the indication and did not pass.
+    pub fn decides_against(&self) -> bool {
+        self.affects_indication && matches!(self.result, Outcome::Failed | Outcome::Indeterminate)
     }
 
     /// The same check, reported but not deciding the indication.
@@ -358,11 +370,7 @@ impl Report {
 
     fn text_raw(&self) -> String {
         use std::fmt::Write;
-        let sub = |s: Option<SubIndication>| {
-            s.and_then(|s| serde_json::to_value(s).ok())
-                .and_then(|v| v.as_str().map(|s| format!(" / {s}")))
-                .unwrap_or_default()
-        };
+        let sub = |s: Option<SubIndication>| s.map(|s| format!(" / {}", s.name())).unwrap_or_default();
         let mut out = String::new();
         let _ = writeln!(
             out,

@@ -16,6 +16,9 @@ pub struct Trust {
     pub tsa_anchors: Vec<Certificate>,
     /// CRLs besides those a signature carries (DER).
     pub crls: Vec<Vec<u8>>,
+    /// CA certificates a path may go through besides those a signature
+    /// carries (DER; `[pki] signing_ca` and `chain`): never anchors.
+    pub intermediates: Vec<Vec<u8>>,
 }
 
 fn certificates(paths: &[PathBuf], what: &str) -> Result<Vec<Certificate>> {
@@ -58,6 +61,7 @@ impl Trust {
             anchors: certificates(anchors, "anchor")?,
             tsa_anchors: certificates(tsa_anchors, "TSA anchor")?,
             crls: crl_ders,
+            intermediates: Vec::new(),
         })
     }
 }
@@ -66,6 +70,9 @@ impl Trust {
     /// What `[verify]` trusts: its anchors, its TSA anchors (else `[tsa]
     /// ca`), and the CRL files of `[pki] crls`. Flags given on the command
     /// line replace them (`anchors`, `tsa_anchors`; `crls` add to them).
+    /// The CA certificates inkan puts into its own signatures (`[pki]
+    /// signing_ca`, `chain`) may complete a path: a signature that carries
+    /// only its signer's certificate (XAdES at B-B) still reaches an anchor.
     pub fn from_config(
         config: &crate::config::Config,
         anchors: &[PathBuf],
@@ -85,6 +92,10 @@ impl Trust {
         let tsa_anchors = pick(tsa_anchors, tsa_configured);
         let mut all_crls = config.pki.crls.clone();
         all_crls.extend_from_slice(crls);
-        Trust::load(&anchors, &tsa_anchors, &all_crls)
+        let mut trust = Trust::load(&anchors, &tsa_anchors, &all_crls)?;
+        // Missing files are the service's to refuse at start; a validation
+        // on an operator's machine goes on without them.
+        trust.intermediates = crate::keys::chain(config).unwrap_or_default();
+        Ok(trust)
     }
 }

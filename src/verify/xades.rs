@@ -62,7 +62,7 @@ pub fn validate(text: &[u8], trust: &Trust, at: SystemTime) -> Report {
 /// The signatures at the profile's places, the dispensing record's first
 /// (then the doctor's in its `ReferencePrescription`); a check for anything
 /// else (another root, not exactly one record, a signature elsewhere).
-fn locate(x: &Xml<'_>) -> (Vec<(NodeId, Kind)>, Vec<Check>) {
+pub(crate) fn locate(x: &Xml<'_>) -> (Vec<(NodeId, Kind)>, Vec<Check>) {
     let mut checks = Vec::new();
     let Ok(root) = x.root() else { return (Vec::new(), checks) };
     if !x.is(root, None, "Document") {
@@ -120,7 +120,7 @@ fn locate(x: &Xml<'_>) -> (Vec<(NodeId, Kind)>, Vec<Check>) {
 }
 
 /// The level the unsigned properties make.
-fn level(x: &Xml<'_>, unsigned: Option<NodeId>) -> &'static str {
+pub(crate) fn level(x: &Xml<'_>, unsigned: Option<NodeId>) -> &'static str {
     let Some(u) = unsigned else { return "B-B" };
     let has = |ns: &str, name: &str| x.children_named(u, Some(ns), name).next().is_some();
     if has(XADES141, "ArchiveTimeStamp") {
@@ -134,7 +134,7 @@ fn level(x: &Xml<'_>, unsigned: Option<NodeId>) -> &'static str {
     }
 }
 
-fn unsigned_properties(x: &Xml<'_>, signature: NodeId) -> Option<NodeId> {
+pub(crate) fn unsigned_properties(x: &Xml<'_>, signature: NodeId) -> Option<NodeId> {
     let object = x.children_named(signature, Some(DS), "Object").next()?;
     let qualifying = x.children_named(object, Some(XADES), "QualifyingProperties").next()?;
     let unsigned = x.children_named(qualifying, Some(XADES), "UnsignedProperties").next()?;
@@ -230,7 +230,7 @@ fn signature(
     r.checks.push(csv(x, node, kind));
 
     // Validation data and time-stamps.
-    let mut pool = Pool::new(&trust.crls);
+    let mut pool = Pool::new(trust);
     if let Ok(key_info) = x.child(node, Some(DS), "KeyInfo") {
         gather(x, key_info, &mut pool, &mut r.checks);
     }

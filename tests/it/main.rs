@@ -16,6 +16,7 @@ mod browser;
 mod cades;
 mod cli;
 mod database;
+mod extend;
 mod fido;
 mod harness;
 mod hostile;

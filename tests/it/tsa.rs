@@ -220,7 +220,7 @@ fn answer(mut stream: std::net::TcpStream, good: &str, noeku: &str) {
 }
 
 /// The CAdES signature's value and its time-stamp token (DER).
-fn cades_token(der: &[u8]) -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn cades_token(der: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let ci = cms::content_info::ContentInfo::from_der(der).expect("ContentInfo");
     let sd: cms::signed_data::SignedData = ci.content.decode_as().expect("SignedData");
     let si = sd.signer_infos.0.get(0).expect("signer");
@@ -232,7 +232,7 @@ fn cades_token(der: &[u8]) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// xmlsec1 verifies a signed prescription (its chain to the fixture root).
-fn xmlsec1_verifies(signed: &Path) {
+pub(crate) fn xmlsec1_verifies(signed: &Path) {
     let out = Command::new("xmlsec1")
         .args(["--verify", "--id-attr:id", "PrescriptionDocument", "--trusted-pem"])
         .arg(fixture("hpki-root.pem"))
@@ -244,8 +244,26 @@ fn xmlsec1_verifies(signed: &Path) {
     assert!(out.status.success(), "xmlsec1: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// `openssl ts -verify` of the newest archive time-stamp of the signature
+/// `id` in `signed` over its input as lxml computes it
+/// (tests/tsa/xades_archive.py); with how many there are.
+pub(crate) fn xades_archive_verifies(dir: &Path, signed: &Path, id: &str, ca: &Path) -> (bool, String) {
+    let token_path = dir.join(format!("{id}-ats.tst"));
+    let out = Command::new("python3")
+        .arg(root().join("tests/tsa/xades_archive.py"))
+        .arg(signed)
+        .arg(id)
+        .arg(&token_path)
+        .output()
+        .expect("python3 with lxml");
+    assert!(out.status.success(), "xades_archive.py: {}", String::from_utf8_lossy(&out.stderr));
+    let token = std::fs::read(&token_path).expect("token");
+    let (ok, text) = openssl_ts_verify(dir, &format!("{id}-ats"), &out.stdout, &token, ca);
+    (ok, format!("{} archive time-stamp(s); {text}", String::from_utf8_lossy(&out.stderr).trim()))
+}
+
 /// `openssl ts -verify` of a token over `data`, trusting `ca`.
-fn openssl_ts_verify(dir: &Path, name: &str, data: &[u8], token: &[u8], ca: &Path) -> (bool, String) {
+pub(crate) fn openssl_ts_verify(dir: &Path, name: &str, data: &[u8], token: &[u8], ca: &Path) -> (bool, String) {
     let (d, t) = (dir.join(format!("{name}.data")), dir.join(format!("{name}.tst")));
     std::fs::write(&d, data).expect("data");
     std::fs::write(&t, token).expect("token");
@@ -264,7 +282,7 @@ fn openssl_ts_verify(dir: &Path, name: &str, data: &[u8], token: &[u8], ca: &Pat
 
 /// The HPKI fixture root's CRL (an ARL, none revoked), which pyHanko's
 /// hard-fail revocation wants for the signing CA's certificate.
-fn hpki_root_arl(dir: &Path) -> PathBuf {
+pub(crate) fn hpki_root_arl(dir: &Path) -> PathBuf {
     let ca = inkan::pki::ca::Ca::load(&fixture("hpki-root.pem"), &fixture("hpki-root.key")).expect("root");
     let now = SystemTime::now();
     let crl = ca.crl(1, &[], now - Duration::from_secs(3600), now + Duration::from_secs(86_400)).expect("crl");
@@ -273,11 +291,11 @@ fn hpki_root_arl(dir: &Path) -> PathBuf {
     path
 }
 
-fn tsa_env(tsa: &Certomancer) -> Vec<(&'static str, String)> {
+pub(crate) fn tsa_env(tsa: &Certomancer) -> Vec<(&'static str, String)> {
     vec![("INKAN_TSA_URL", tsa.tsa()), ("INKAN_TSA_CA", tsa.root.display().to_string())]
 }
 
-const CSV: &str = "SJ1\n1,1,1234567,01,inkan試験病院\n51,20261206";
+pub(crate) const CSV: &str = "SJ1\n1,1,1234567,01,inkan試験病院\n51,20261206";
 
 #[test]
 fn b_t_signatures_pass_openssl_ts_pyhanko_xmlsec1_and_signxml() {
@@ -507,38 +525,7 @@ print(len(outer), len(inner))
     let signed = dir.join("rx-lta.xml");
     std::fs::write(&signed, &r.body).expect("write");
     xmlsec1_verifies(&signed);
-    let script = r#"
-import sys, base64
-from lxml import etree
-DS = "{http://www.w3.org/2000/09/xmldsig#}"
-XA = "{http://uri.etsi.org/01903/v1.3.2#}"
-XA141 = "{http://uri.etsi.org/01903/v1.4.1#}"
-doc = etree.parse(sys.argv[1])
-ids = {}
-for e in doc.iter():
-    for a in ("id", "Id"):
-        if e.get(a):
-            ids[e.get(a)] = e
-sig = ids["PrescriptionSign"]
-c14n = lambda e, exc=False: etree.tostring(e, method="c14n", exclusive=exc, with_tail=False)
-out = b""
-for ref in sig.find(DS + "SignedInfo").findall(DS + "Reference"):
-    out += c14n(ids[ref.get("URI")[1:]], ref.find(DS + "Transforms") is not None)
-for name in ("SignedInfo", "SignatureValue", "KeyInfo"):
-    out += c14n(sig.find(DS + name))
-for child in sig.find(".//" + XA + "UnsignedSignatureProperties"):
-    if child.tag == XA141 + "ArchiveTimeStamp":
-        token = base64.b64decode(child.find(XA + "EncapsulatedTimeStamp").text)
-        break
-    out += c14n(child)
-open(sys.argv[2], "wb").write(token)
-sys.stdout.buffer.write(out)
-"#;
-    let token_path = dir.join("ats.tst");
-    let out = Command::new("python3").args(["-c", script]).arg(&signed).arg(&token_path).output().expect("lxml");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (ok, text) =
-        openssl_ts_verify(&dir, "ats", &out.stdout, &std::fs::read(&token_path).expect("token"), &tsa.root);
+    let (ok, text) = xades_archive_verifies(&dir, &signed, "PrescriptionSign", &tsa.root);
     assert!(ok, "openssl ts -verify of the archive time-stamp over lxml's input: {text}");
 
     // CAdES-LTA: an archive-time-stamp-v3 whose input asn1crypto recomputes

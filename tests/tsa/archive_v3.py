@@ -2,10 +2,12 @@
 5.5.3), recomputed from the finished signature with asn1crypto alone, so
 that `openssl ts -verify -data` can check the token against it.
 
-usage: archive_v3.py DATA SIG.p7s OUT_INPUT OUT_TOKEN
+usage: archive_v3.py DATA SIG.p7s OUT_INPUT OUT_TOKEN [--newest]
 
 Checks on the way, each an exit 1 with a message:
-- one archive-time-stamp-v3 among the signer's unsigned attributes;
+- one archive-time-stamp-v3 among the signer's unsigned attributes (with
+  --newest: at least one, and the newest, by its time, is checked; the
+  others are unsigned attribute values it covers);
 - its token carries one ats-hash-index-v3 whose hash algorithm is SHA-256
   (the only one inkan writes), and the token's imprint is SHA-256 too;
 - every hash in the index names an item the signature holds, and every
@@ -44,14 +46,20 @@ def fail(message):
 
 def main():
     data_path, sig_path, out_input, out_token = sys.argv[1:5]
+    newest = "--newest" in sys.argv[5:]
     data = open(data_path, "rb").read()
     signed = cms.ContentInfo.load(open(sig_path, "rb").read())["content"]
     signer = signed["signer_infos"][0]
     unsigned = list(signer["unsigned_attrs"])
     types = [a["type"].dotted for a in unsigned]
-    if types.count(ATS_V3) != 1:
+    if types.count(ATS_V3) != 1 and not (newest and types.count(ATS_V3) > 1):
         fail(f"not one archive-time-stamp-v3 among {types}")
-    (ats,) = [a for a in unsigned if a["type"].dotted == ATS_V3]
+
+    def gen_time(attr):
+        info = cms.ContentInfo.load(attr["values"][0].dump())["content"]["encap_content_info"]["content"].parsed
+        return info["gen_time"].native
+
+    ats = max((a for a in unsigned if a["type"].dotted == ATS_V3), key=gen_time)
     token = cms.ContentInfo.load(ats["values"][0].dump())
     token_signer = token["content"]["signer_infos"][0]
     token_unsigned = token_signer["unsigned_attrs"]
@@ -72,7 +80,7 @@ def main():
         "certificates": {h(c.dump()) for c in signed["certificates"]},
         "crls": {h(c.dump()) for c in signed["crls"]},
         "unsigned attribute values": {
-            h(a["type"].dump() + v.dump()) for a in unsigned if a["type"].dotted != ATS_V3 for v in a["values"]
+            h(a["type"].dump() + v.dump()) for a in unsigned if a is not ats for v in a["values"]
         },
     }
     listed = {
