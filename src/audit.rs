@@ -24,6 +24,7 @@
 //! [`writer`], which shares one commit among the rows of concurrent requests.
 
 pub mod seal;
+pub mod stamp;
 pub mod writer;
 
 use async_trait::async_trait;
@@ -102,6 +103,21 @@ pub struct Seal {
     pub at: i64,
 }
 
+/// A time-stamp of the chain (RFC 3161) at a sealed row: its token's
+/// imprint is that row's hash (SHA-256), so that it proves the row, and
+/// through the chain every row before it, existed at the token's time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeStamp {
+    /// The row stamped.
+    pub seq: i64,
+    /// Its hash (the token's imprint).
+    pub hash: Vec<u8>,
+    /// The token (DER `ContentInfo`), as the TSA sent it.
+    pub token: Vec<u8>,
+    /// When it was stored (Unix ms).
+    pub at: i64,
+}
+
 /// A row with its chain links, as stored.
 #[derive(Clone, Debug)]
 pub struct ChainedRow {
@@ -132,6 +148,13 @@ pub trait AuditStore: Send {
     async fn audit_seals(&mut self, after_seq: i64, limit: usize) -> Result<Vec<Seal>, StoreError>;
     /// The last seal.
     async fn last_audit_seal(&mut self) -> Result<Option<Seal>, StoreError>;
+    /// Keeps a time-stamp of the chain (append-only); false if that row
+    /// has one already (another node stamped it).
+    async fn insert_audit_timestamp(&mut self, stamp: &TimeStamp) -> Result<bool, StoreError>;
+    /// Up to `limit` time-stamps of rows after `after_seq`, in order.
+    async fn audit_timestamps(&mut self, after_seq: i64, limit: usize) -> Result<Vec<TimeStamp>, StoreError>;
+    /// The time-stamp of the latest row.
+    async fn last_audit_timestamp(&mut self) -> Result<Option<TimeStamp>, StoreError>;
     /// Appends rows (in order, already chained to the head) and moves the
     /// head to the last: row by row unless the store can do it at once (a
     /// networked database in one statement).
@@ -247,6 +270,28 @@ pub struct Verification {
     pub unsealed_since: Option<i64>,
     /// Exported seals ([`seal::heads`]) checked against the log.
     pub heads_checked: usize,
+    /// What the chain's time-stamps prove ([`stamp::prove`]), if it has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<TimeProof>,
+}
+
+/// What the time-stamps of the chain prove.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TimeProof {
+    /// Time-stamps found.
+    pub timestamps: usize,
+    /// Whether they were checked against TSA anchors (`[verify]
+    /// tsa_anchors`, else `[tsa] ca`).
+    pub checked: bool,
+    /// The latest row a checked time-stamp covers (and every row before it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proven_through: Option<i64>,
+    /// When that time-stamp says the row existed (RFC 3339, the TSA's time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proven_at: Option<String>,
+    /// The TSA that said so (its certificate's subject).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tsa: Option<String>,
 }
 
 /// Where the chain breaks.

@@ -289,7 +289,9 @@ impl Server {
             }
         });
         // The audit chain's head, sealed by the token within a second of
-        // every commit (whoever can write the database cannot reseal it).
+        // every commit (whoever can write the database cannot reseal it),
+        // and time-stamped by the TSA, if there is one, every
+        // `[tsa] audit_every_secs`.
         let seal_app = Arc::clone(&self.app);
         let seal = tokio::spawn(async move {
             let failed = crate::throttle::Throttle::new();
@@ -300,6 +302,16 @@ impl Server {
                 if let Err(e) = seal_app.signing.seal_audit().await {
                     if failed.admit().is_some() {
                         tracing::warn!("sealing the audit log: {e} (retried every second)");
+                    }
+                }
+                // And, with a TSA, time-stamped at its newest seal when due.
+                match seal_app.signing.stamp_audit(false).await {
+                    Ok(Some((seq, at))) => tracing::info!(row = seq, time = %at, "audit log time-stamped"),
+                    Ok(None) => {}
+                    Err(e) => {
+                        if failed.admit().is_some() {
+                            tracing::warn!("time-stamping the audit log: {e} (tried again within a minute)");
+                        }
                     }
                 }
             }

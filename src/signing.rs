@@ -243,6 +243,10 @@ pub struct Signing<T: ?Sized + Send> {
     sad_lifetime_ms: i64,
     tsa: Option<Arc<crate::tsa::Tsa>>,
     crls: Arc<crate::revocation::Crls>,
+    /// How often the audit log is time-stamped (`None`: never, unless asked).
+    audit_every: Option<std::time::Duration>,
+    /// When it is next due.
+    next_audit_stamp: std::sync::Mutex<Option<Instant>>,
 }
 
 /// The audit name of a digest algorithm (`sha256`).
@@ -275,6 +279,9 @@ impl<T: UsersTx + ?Sized> Signing<T> {
             sad_lifetime_ms: config.csc.sad_lifetime_secs as i64 * 1000,
             seal_anchor: Default::default(),
             tsa: crate::tsa::Tsa::new(&config.tsa)?.map(Arc::new),
+            audit_every: (config.tsa.audit_every_secs > 0)
+                .then(|| std::time::Duration::from_secs(config.tsa.audit_every_secs)),
+            next_audit_stamp: std::sync::Mutex::new(None),
             crls: Arc::new(crate::revocation::Crls::new(
                 &config.pki.crls,
                 config.pki.fetch_crls,
@@ -304,6 +311,30 @@ impl<T: UsersTx + ?Sized> Signing<T> {
     /// sealed already ([`audit::seal::seal_head`]); returns the row sealed.
     pub async fn seal_audit(&self) -> Result<Option<i64>> {
         audit::seal::seal_head(self.store.as_ref(), &self.keystore, &self.seal_anchor, self.clock.now_ms()).await
+    }
+
+    /// Time-stamps the audit log at its newest seal ([`audit::stamp`]) when
+    /// a TSA is configured and it is due (`[tsa] audit_every_secs`; a
+    /// failure is tried again within a minute), or at once with `now`.
+    /// Returns the row stamped and the token's time.
+    pub async fn stamp_audit(&self, now: bool) -> Result<Option<(i64, String)>> {
+        let Some(tsa) = &self.tsa else { return Ok(None) };
+        let due = |next: &mut Option<Instant>, wait: std::time::Duration| *next = Some(Instant::now() + wait);
+        if !now {
+            let Some(every) = self.audit_every else { return Ok(None) };
+            let mut next = self.next_audit_stamp.lock().unwrap_or_else(|p| p.into_inner());
+            if next.is_some_and(|n| Instant::now() < n) {
+                return Ok(None);
+            }
+            // Claimed: the next tick does not ask too.
+            due(&mut next, every);
+        }
+        let stamped = audit::stamp::stamp_head(self.store.as_ref(), tsa, self.clock.now()).await;
+        if stamped.is_err() {
+            let retry = self.audit_every.unwrap_or_default().min(std::time::Duration::from_secs(60));
+            due(&mut self.next_audit_stamp.lock().unwrap_or_else(|p| p.into_inner()), retry);
+        }
+        Ok(stamped?.map(|(s, at)| (s.seq, at)))
     }
 
     /// Calls of the token's sign function so far, and the CPU time spent in them.

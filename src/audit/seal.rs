@@ -55,7 +55,7 @@ fn rewritten(seq: i64) -> Error {
 }
 
 /// The hash row `seq` has now.
-async fn hash_of<T: AuditTx + ?Sized>(tx: &mut T, seq: i64) -> Result<Option<Vec<u8>>> {
+pub(super) async fn hash_of<T: AuditTx + ?Sized>(tx: &mut T, seq: i64) -> Result<Option<Vec<u8>>> {
     Ok(tx.audit_rows(seq - 1, 1).await?.into_iter().find(|r| r.row.seq == seq).map(|r| r.hash))
 }
 

@@ -10,14 +10,17 @@ use crate::keys::hex;
 /// `inkan audit ...`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain of the whole log and every seal (the token's MACs).
+    /// Check the hash chain of the whole log, every seal (the token's MACs)
+    /// and every time-stamp (the TSA's anchors): says up to when the log is
+    /// proven to have existed.
     Verify {
         /// Seals exported earlier (`inkan audit heads`, JSON lines or an
         /// array): each must still be in the log as it was.
         #[arg(long)]
         heads: Option<std::path::PathBuf>,
     },
-    /// Seal the chain's head now (a running server does it within a second).
+    /// Seal the chain's head now (a running server does it within a second)
+    /// and, with a TSA, time-stamp it.
     Seal,
     /// Print the seals (one JSON object a line) to keep outside the database.
     Heads {
@@ -53,7 +56,17 @@ pub async fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<Output, CliError> {
                     None
                 }
             };
-            let v = audit::verify(store.as_ref(), keystore.as_ref(), &heads).await?;
+            let mut v = audit::verify(store.as_ref(), keystore.as_ref(), &heads).await?;
+            if v.broken.is_none() {
+                let anchors = tsa_anchors(ctx);
+                match audit::stamp::prove(store.as_ref(), anchors.as_deref(), v.rows).await? {
+                    Ok(proof) => v.time = Some(proof).filter(|p| p.timestamps > 0),
+                    Err(broken) => {
+                        v.rows = v.rows.min(broken.seq - 1);
+                        v.broken = Some(broken);
+                    }
+                }
+            }
             match &v.broken {
                 None => Ok(Output::new(verified_text(&v, ctx.now_ms()), serde_json::to_value(&v)?)),
                 Some(b) => Err(CliError {
@@ -69,11 +82,22 @@ pub async fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<Output, CliError> {
         AuditCommand::Seal => {
             let keystore = ctx.keystore()?;
             let sealed = audit::seal::seal_head(store.as_ref(), &keystore, &Default::default(), ctx.now_ms()).await?;
-            let text = match sealed {
+            let mut text = match sealed {
                 Some(seq) => format!("audit log sealed through row {seq}"),
                 None => "the audit log's head was sealed already (or the log is empty)".into(),
             };
-            Ok(Output::new(text, serde_json::json!({ "sealed": sealed })))
+            // With a TSA, the newest seal time-stamped too.
+            let stamped = match crate::tsa::Tsa::new(&ctx.config.tsa)? {
+                Some(tsa) => audit::stamp::stamp_head(store.as_ref(), &tsa, ctx.clock.now()).await.map_err(|e| {
+                    CliError::from(format!("{text}, but not time-stamped: {e} (run `inkan audit seal` again later)"))
+                })?,
+                None => None,
+            };
+            if let Some((stamp, at)) = &stamped {
+                text.push_str(&format!("; time-stamped at row {} ({at})", stamp.seq));
+            }
+            let stamped = stamped.map(|(s, at)| serde_json::json!({ "seq": s.seq, "time": at }));
+            Ok(Output::new(text, serde_json::json!({ "sealed": sealed, "timestamped": stamped })))
         }
         AuditCommand::Heads { after } => {
             let seals = audit::seal::heads(store.as_ref(), after).await?;
@@ -148,6 +172,25 @@ fn bad_heads(path: &std::path::Path, why: &str) -> CliError {
     CliError { message: format!("{} is not a file of `inkan audit heads`: {why}", path.display()), code: 2 }
 }
 
+/// The TSA anchors time-stamps are checked against (`[verify]
+/// tsa_anchors`, else `[tsa] ca`); `None` without any.
+fn tsa_anchors(ctx: &Ctx) -> Option<Vec<x509_cert::Certificate>> {
+    let paths =
+        if ctx.config.verify.tsa_anchors.is_empty() { &ctx.config.tsa.ca } else { &ctx.config.verify.tsa_anchors };
+    let mut out = Vec::new();
+    for p in paths {
+        match crate::pki::read_certificates(p) {
+            Ok(ders) => {
+                out.extend(ders.iter().filter_map(|d| <x509_cert::Certificate as der::Decode>::from_der(d).ok()))
+            }
+            Err(e) => {
+                eprintln!("warning: the TSA anchor {} cannot be read ({e}): time-stamps not checked", p.display())
+            }
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 fn verified_text(v: &audit::Verification, now: i64) -> String {
     let mut text = format!("audit log intact: {} rows, hash chain verified", v.rows);
     match (v.sealed_through, v.seals_checked) {
@@ -155,6 +198,19 @@ fn verified_text(v: &audit::Verification, now: i64) -> String {
         (Some(s), false) => text.push_str(&format!("; seals through row {s} NOT checked (no token)")),
         (None, _) if v.rows > 0 => text.push_str("; no row is sealed yet"),
         (None, _) => {}
+    }
+    match &v.time {
+        Some(audit::TimeProof { proven_through: Some(seq), proven_at: Some(at), tsa, timestamps, .. }) => text
+            .push_str(&format!(
+                "; time-stamped through row {seq}: the log up to it existed by {at} ({}; {timestamps} time-stamps \
+                 checked)",
+                tsa.as_deref().unwrap_or("the TSA")
+            )),
+        Some(p) if !p.checked => text.push_str(&format!(
+            "; {} time-stamps NOT checked (no TSA anchors: set [tsa] ca or [verify] tsa_anchors)",
+            p.timestamps
+        )),
+        _ => {}
     }
     if v.heads_checked > 0 {
         text.push_str(&format!("; {} exported seals found as exported", v.heads_checked));

@@ -121,6 +121,7 @@ pub const SETTINGS: &[Setting] = &[
     s("tsa.policy", Str),
     s("tsa.timeout_secs", Int),
     s("tsa.max_in_flight", Int),
+    s("tsa.audit_every_secs", Int),
     s("verify.anchors", Paths),
     s("verify.tsa_anchors", Paths),
     s("verify.max_bytes", Int),
@@ -229,7 +230,7 @@ mod tests {
             let parsed: Result<Config, _> = table.try_into();
             assert!(parsed.is_ok(), "{}: {:?}", setting.var(), parsed.err());
         }
-        assert_eq!(SETTINGS.len(), 76, "the README promises an override for each of the 76 settings");
+        assert_eq!(SETTINGS.len(), 77, "the README promises an override for each of the 77 settings");
     }
 
     #[test]

@@ -93,6 +93,9 @@ pub struct TsaConfig {
     pub timeout_secs: u64,
     /// Requests to the TSAs in flight at once, per node; more wait their turn.
     pub max_in_flight: usize,
+    /// How often each server time-stamps the audit log at its newest seal
+    /// (seconds; 0: never, `inkan audit seal` still does).
+    pub audit_every_secs: u64,
 }
 
 impl Default for TsaConfig {
@@ -107,6 +110,7 @@ impl Default for TsaConfig {
             policy: String::new(),
             timeout_secs: 10,
             max_in_flight: 64,
+            audit_every_secs: 600,
         }
     }
 }
@@ -123,6 +127,7 @@ impl fmt::Debug for TsaConfig {
             .field("policy", &self.policy)
             .field("timeout_secs", &self.timeout_secs)
             .field("max_in_flight", &self.max_in_flight)
+            .field("audit_every_secs", &self.audit_every_secs)
             .finish()
     }
 }

@@ -11,6 +11,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::disallowed_methods)]
 
+mod audit_time;
 mod authenticator;
 mod browser;
 mod cades;

@@ -7,7 +7,7 @@ use tokio_postgres::Row as PgRow;
 
 use super::row::get;
 use super::PgTx;
-use crate::audit::{AuditStore, ChainedRow, Row, Seal};
+use crate::audit::{AuditStore, ChainedRow, Row, Seal, TimeStamp};
 use crate::storage::StoreError;
 
 /// Reads `seq, at, actor, event, user_id, generation, digest, outcome, detail` (in that order).
@@ -154,6 +154,36 @@ impl AuditStore for PgTx {
             .map(|r| {
                 Ok(Seal { seq: get(r, 0)?, hash: get(r, 1)?, prev_mac: get(r, 2)?, mac: get(r, 3)?, at: get(r, 4)? })
             })
+            .transpose()
+    }
+
+    async fn insert_audit_timestamp(&mut self, stamp: &TimeStamp) -> Result<bool, StoreError> {
+        let n = self
+            .exec(
+                "INSERT INTO audit_timestamps (seq, hash, token, at) VALUES ($1, $2, $3, $4) ON CONFLICT (seq) DO NOTHING",
+                &[&stamp.seq, &stamp.hash, &stamp.token, &stamp.at],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn audit_timestamps(&mut self, after_seq: i64, limit: usize) -> Result<Vec<TimeStamp>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT seq, hash, token, at FROM audit_timestamps WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&after_seq, &(limit as i64)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok(TimeStamp { seq: get(r, 0)?, hash: get(r, 1)?, token: get(r, 2)?, at: get(r, 3)? }))
+            .collect()
+    }
+
+    async fn last_audit_timestamp(&mut self) -> Result<Option<TimeStamp>, StoreError> {
+        let rows =
+            self.rows("SELECT seq, hash, token, at FROM audit_timestamps ORDER BY seq DESC LIMIT 1", &[]).await?;
+        rows.first()
+            .map(|r| Ok(TimeStamp { seq: get(r, 0)?, hash: get(r, 1)?, token: get(r, 2)?, at: get(r, 3)? }))
             .transpose()
     }
 

@@ -293,6 +293,20 @@ const MIGRATIONS: &[&str] = &[
         CHECK (decoy_for IS NULL OR (purpose IN ('login', 'change') AND via = 'fido'));
     CREATE INDEX tickets_decoy ON tickets(decoy_for);
     "#,
+    // 9: time-stamps of the audit chain (RFC 3161 tokens over a sealed
+    // row's hash; append-only, as the rows)
+    r#"
+    CREATE TABLE audit_timestamps (
+        seq   BIGINT PRIMARY KEY,
+        hash  BYTEA NOT NULL,
+        token BYTEA NOT NULL,
+        at    BIGINT NOT NULL
+    );
+    CREATE TRIGGER audit_timestamps_append_only_update BEFORE UPDATE ON audit_timestamps
+        FOR EACH ROW EXECUTE FUNCTION inkan_audit_append_only();
+    CREATE TRIGGER audit_timestamps_append_only_delete BEFORE DELETE ON audit_timestamps
+        FOR EACH ROW EXECUTE FUNCTION inkan_audit_append_only();
+    "#,
 ];
 
 /// Applies the missing migrations in one transaction, under an advisory lock:

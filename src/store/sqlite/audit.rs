@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
 use super::{optional, SqliteTx};
-use crate::audit::{AuditStore, ChainedRow, Row, Seal};
+use crate::audit::{AuditStore, ChainedRow, Row, Seal, TimeStamp};
 use crate::storage::StoreError;
 
 /// Reads `seq, at, actor, event, user_id, generation, digest, outcome, detail` (in that order).
@@ -102,6 +102,35 @@ impl<C: DerefMut<Target = Connection> + Send> AuditStore for SqliteTx<C> {
         optional(stmt.query_row([], |r| {
             Ok(Seal { seq: r.get(0)?, hash: r.get(1)?, prev_mac: r.get(2)?, mac: r.get(3)?, at: r.get(4)? })
         }))
+    }
+
+    async fn insert_audit_timestamp(&mut self, stamp: &TimeStamp) -> Result<bool, StoreError> {
+        let n = self
+            .writing()?
+            .prepare_cached("INSERT OR IGNORE INTO audit_timestamps (seq, hash, token, at) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![stamp.seq, stamp.hash, stamp.token, stamp.at])?;
+        Ok(n == 1)
+    }
+
+    async fn audit_timestamps(&mut self, after_seq: i64, limit: usize) -> Result<Vec<TimeStamp>, StoreError> {
+        let mut stmt = self
+            .conn()
+            .prepare_cached("SELECT seq, hash, token, at FROM audit_timestamps WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+        let stamps = stmt
+            .query_map(params![after_seq, limit as i64], |r| {
+                Ok(TimeStamp { seq: r.get(0)?, hash: r.get(1)?, token: r.get(2)?, at: r.get(3)? })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(stamps)
+    }
+
+    async fn last_audit_timestamp(&mut self) -> Result<Option<TimeStamp>, StoreError> {
+        let mut stmt = self
+            .conn()
+            .prepare_cached("SELECT seq, hash, token, at FROM audit_timestamps ORDER BY seq DESC LIMIT 1")?;
+        optional(
+            stmt.query_row([], |r| Ok(TimeStamp { seq: r.get(0)?, hash: r.get(1)?, token: r.get(2)?, at: r.get(3)? })),
+        )
     }
 
     async fn audit_tail(&mut self, user_id: Option<&str>, limit: i64) -> Result<Vec<Row>, StoreError> {

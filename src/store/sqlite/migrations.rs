@@ -253,6 +253,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tickets_decoy ON tickets(decoy_for);
     CREATE INDEX tickets_expiry ON tickets(expires_at);
     "#,
+    // 9: time-stamps of the audit chain (RFC 3161 tokens over a sealed
+    // row's hash; append-only, as the rows)
+    r#"
+    CREATE TABLE audit_timestamps (
+        seq   INTEGER PRIMARY KEY,
+        hash  BLOB NOT NULL,
+        token BLOB NOT NULL,
+        at    INTEGER NOT NULL
+    ) STRICT;
+    CREATE TRIGGER audit_timestamps_append_only_update BEFORE UPDATE ON audit_timestamps
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_timestamps_append_only_delete BEFORE DELETE ON audit_timestamps
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    "#,
 ];
 
 /// Applies the missing migrations, each in its own transaction.
