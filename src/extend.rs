@@ -50,6 +50,8 @@ use crate::verify::{Indication, Trust};
 /// What an extension made.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Extended {
+    /// The extended file's SHA-256 (`sha256:<hex>`).
+    pub digest: String,
     /// The extended file (the same form as given: XML, DER or PEM).
     #[serde(skip)]
     pub bytes: Vec<u8>,
@@ -103,8 +105,25 @@ impl Extender {
                     .into(),
             )
         })?;
-        let mut signature = open(&input, content.as_deref())?;
-        let from = signature.level();
+        let (input, content): (Arc<[u8]>, Option<Arc<[u8]>>) = (input.into(), content.map(Into::into));
+
+        // 1. What it is (parsing is CPU work: off the runtime).
+        let (i, c) = (Arc::clone(&input), content.clone());
+        let opened = blocking(move || -> Result<_> {
+            let signature = open(&i, c.as_deref())?;
+            let facts = Facts {
+                level: signature.level(),
+                signer: signature.signer_certificate()?,
+                carried: signature.certificates(),
+                sts: signature.signature_timestamp()?,
+                sts_input: signature.signature_timestamp_input()?,
+                newest_archive: signature.newest_archive_timestamp()?,
+            };
+            Ok((signature, facts))
+        })
+        .await?;
+        let (mut signature, facts) = opened?;
+        let from = facts.level;
         if level < from {
             return Err(Error::Invalid(format!(
                 "the signature is {} already: extend does not lower a level",
@@ -118,150 +137,180 @@ impl Extender {
                 from.as_str()
             )));
         }
+        if facts.carried.len() > MAX_CERTIFICATES {
+            return Err(Error::Unprocessable(format!(
+                "the signature carries {} certificates; inkan reads at most {MAX_CERTIFICATES}",
+                facts.carried.len()
+            )));
+        }
         let now = self.clock.now();
 
-        // 2. The signer's path, the CRLs of every path, and a validation now.
-        let carried = signature.certificates();
-        let path = self.signer_path(&signature.signer_certificate()?, &carried)?;
-        let signer_crls = self.path_crls(&path, now).await?;
-        let mut known = signer_crls.clone();
-        // A signature time-stamp that does not check is the validation's
-        // to report first (the signature under it may be what changed).
-        let sts = signature
-            .signature_timestamp()?
-            .map(|token| self.check_signature_timestamp(signature.as_ref(), &token, &carried));
-        if let Some(Ok(s)) = &sts {
-            known.extend(self.path_crls(&s.path, now).await?);
-        }
-        let newest_archive = match (from, signature.newest_archive_timestamp()?) {
-            (Level::BLTA, Some(token)) => {
-                let checked = self.check_timestamp(&token, None, &carried, "the newest archive time-stamp")?;
-                let crls = self.path_crls(&checked.path, now).await?;
-                known.extend(crls.iter().cloned());
-                Some((checked, crls))
+        // 2. Whether it holds now: the paths, what their CRLs say now (a
+        // certificate revoked after the proven time is the validation's to
+        // weigh), and a validation with them.
+        let trust = Arc::clone(&self.trust);
+        let (signer, carried) = (facts.signer.clone(), facts.carried.clone());
+        let path = blocking(move || signer_path(&trust, &signer, &carried)).await??;
+        let signer_crls = self.gather(&path, now).await;
+        let checked = |token: Option<Vec<u8>>, input: Option<Vec<u8>>, what: &'static str| {
+            let (trust, carried) = (Arc::clone(&self.trust), facts.carried.clone());
+            async move {
+                match token {
+                    Some(t) => {
+                        Some(blocking(move || check_timestamp(&trust, &t, input.as_deref(), &carried, what)).await)
+                    }
+                    None => None,
+                }
             }
+        };
+        // A signature time-stamp that does not check is the validation's to
+        // report first (the signature under it may be what changed).
+        let sts =
+            checked(facts.sts.clone(), Some(facts.sts_input.clone()), "the signature time-stamp").await.transpose()?;
+        let sts_crls = match &sts {
+            Some(Ok(s)) => Some(self.gather(&s.path, now).await),
             _ => None,
         };
-        self.validates(input, content.clone(), known.clone(), now, None)
-            .await
+        let renewing = from == Level::BLTA;
+        let newest = if renewing {
+            checked(facts.newest_archive.clone(), None, "the newest archive time-stamp").await.transpose()?
+        } else {
+            None
+        };
+        let newest_crls = match &newest {
+            Some(Ok(s)) => Some(self.gather(&s.path, now).await),
+            _ => None,
+        };
+        let mut known: Vec<Vec<u8>> = signer_crls.crls.clone();
+        for g in [&sts_crls, &newest_crls].into_iter().flatten() {
+            known.extend(g.crls.iter().cloned());
+        }
+        let gate = Check { known: known.clone(), carried_only: false, at: now, level: None, added: 0 };
+        self.validates(&input, &content, &gate)
+            .await?
             .map_err(|why| Error::Unprocessable(format!("{why}; nothing was extended")))?;
         let mut sts = sts.transpose()?;
 
         // 3. What the level adds.
         let mut added = Vec::new();
+        let mut newest_time = now;
         if from < Level::BT {
-            let input = signature.signature_timestamp_input()?;
-            let stamp = tsa.stamp(DigestAlgorithm::Sha256, &DigestAlgorithm::Sha256.digest(&input), now).await?;
-            signature.add_signature_timestamp(&stamp)?;
-            added.push(("signature".to_owned(), stamp.info.gen_time_text.clone()));
+            let digest = DigestAlgorithm::Sha256.digest(&facts.sts_input);
+            let stamp = tsa.stamp(DigestAlgorithm::Sha256, &digest, now).await?;
+            newest_time = newest_time.max(stamp.info.gen_time);
+            added.push(("signature".to_owned(), crate::verify::time::rfc3339(stamp.info.gen_time)));
+            // Its TSA's CRLs, for the last check (B-T carries none).
+            known.extend(self.gather(&stamp.path, now).await.crls);
+            signature = on(signature, {
+                let stamp = stamp.clone();
+                move |s| s.add_signature_timestamp(&stamp)
+            })
+            .await?;
             sts = Some(stamp);
         }
-        if level >= Level::BLT && from < Level::BLT {
+        // B-LT: what validates the signature and its time-stamp later. CMS
+        // takes any of it that is missing (a CAdES "B-LT" may lack some);
+        // an XAdES B-LT has its own, which the last check weighs.
+        if level >= Level::BLT && (from < Level::BLT || signature.format() == "CAdES") {
             let stamp = sts.as_ref().ok_or_else(|| Error::Internal("B-LT without a signature time-stamp".into()))?;
-            let tsa_crls = self.path_crls(&stamp.path, now).await?;
-            known.extend(tsa_crls.iter().cloned());
-            signature.add_long_term(&ValidationData {
+            let tsa_crls = match sts_crls.filter(|_| from >= Level::BT) {
+                Some(g) => g,
+                None => self.gather(&stamp.path, now).await,
+            };
+            let data = ValidationData {
                 signer_chain: path[1..].to_vec(),
-                signer_crls,
+                signer_crls: signer_crls.complete()?,
                 tsa_path: stamp.path.clone(),
-                tsa_crls,
-            })?;
+                tsa_crls: tsa_crls.complete()?,
+            };
+            signature = on(signature, move |s| s.add_long_term(&data)).await?;
         }
-        if let Some((checked, crls)) = &newest_archive {
-            signature.add_archive_validation(&checked.path, crls)?;
+        if let (Some(checked), Some(crls)) = (&newest, newest_crls) {
+            let checked = checked.as_ref().map_err(|e| Error::Unprocessable(e.to_string()))?;
+            let (path, crls) = (checked.path.clone(), crls.complete()?);
+            signature = on(signature, move |s| s.add_archive_validation(&path, &crls)).await?;
         }
         if level == Level::BLTA {
-            let (alg, input) = signature.archive_timestamp_input()?;
+            let (returned, input) = on_value(signature, |s| s.archive_timestamp_input()).await?;
+            signature = returned;
+            let (alg, input) = input?;
             let stamp = tsa.stamp(alg, &alg.digest(&input), now).await?;
             let tsa_crls = self.path_crls(&stamp.path, now).await?;
-            known.extend(tsa_crls.iter().cloned());
-            added.push(("archive".to_owned(), stamp.info.gen_time_text.clone()));
-            signature.add_archive_timestamp(&ArchiveStamp { stamp, tsa_crls })?;
+            newest_time = newest_time.max(stamp.info.gen_time);
+            added.push(("archive".to_owned(), crate::verify::time::rfc3339(stamp.info.gen_time)));
+            let archive = ArchiveStamp { stamp, tsa_crls };
+            signature = on(signature, move |s| s.add_archive_timestamp(&archive)).await?;
         }
         let format = signature.format();
-        let bytes = signature.into_bytes()?;
+        let bytes: Arc<[u8]> = blocking(move || signature.into_bytes()).await??.into();
 
-        // 4. The result holds, at the level asked.
-        self.validates(bytes.clone(), content, known, now, Some(level)).await.map_err(|why| {
-            Error::Internal(format!("the extended signature does not validate ({why}): nothing is returned"))
+        // 4. The result holds, at the level asked, every time-stamp added a
+        // proof; from B-LT on with nothing but what it carries.
+        let last = Check {
+            known,
+            carried_only: level >= Level::BLT,
+            at: self.clock.now().max(newest_time),
+            level: Some(level),
+            added: added.len(),
+        };
+        self.validates(&bytes, &content, &last).await?.map_err(|why| {
+            Error::Unprocessable(format!(
+                "the extended signature would not validate ({why}): its own validation data may be incomplete; \
+                 nothing is returned"
+            ))
         })?;
         Ok(Extended {
-            bytes,
+            digest: format!("sha256:{}", crate::keys::hex(&DigestAlgorithm::Sha256.digest(&bytes))),
+            bytes: bytes.to_vec(),
             format,
             from: from.as_str(),
             level: level.as_str(),
-            renewed: from == Level::BLTA,
+            renewed: renewing,
             timestamps: added,
         })
     }
 
-    /// The signer's path (DER, the signer's certificate first) to a pinned
-    /// anchor, through what the file carries and inkan's own chain.
-    fn signer_path(&self, signer: &[u8], carried: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
-        let leaf = Certificate::from_der(signer)
-            .map_err(|e| Error::Unprocessable(format!("the signer's certificate does not decode: {e}")))?;
-        let candidates: Vec<Certificate> = carried
-            .iter()
-            .chain(self.trust.intermediates.iter())
-            .filter_map(|d| Certificate::from_der(d).ok())
-            .collect();
-        let path = crate::pki::path::find(&leaf, &candidates, &self.trust.anchors).map_err(|e| {
-            Error::Unprocessable(format!(
-                "the signer's certificate: {} ([verify] anchors); nothing was extended",
-                e.message
-            ))
-        })?;
-        path.iter().map(|c| c.to_der().map_err(Error::internal)).collect()
+    /// The CRL of each certificate of a path (DER, the leaf first) from the
+    /// next, current now, as far as they can be had (listing it or not).
+    async fn gather(&self, path: &[Vec<u8>], now: SystemTime) -> Gathered {
+        let certs: Vec<Certificate> = path.iter().filter_map(|d| Certificate::from_der(d).ok()).collect();
+        let mut out = Gathered::default();
+        for pair in certs.windows(2) {
+            let (cert, issuer) = (&pair[0], &pair[1]);
+            if cert.tbs_certificate().subject() == cert.tbs_certificate().issuer() {
+                break;
+            }
+            match self.crls.current_for(cert, issuer, now).await {
+                Ok((der, _)) => out.crls.push(der),
+                Err(e) => {
+                    out.missing.get_or_insert(e.to_string());
+                }
+            }
+        }
+        out
     }
 
-    /// The CRLs of a path, current now.
+    /// The CRLs of a fresh TSA's path, current now (none revoked).
     async fn path_crls(&self, path: &[Vec<u8>], now: SystemTime) -> Result<Vec<Vec<u8>>> {
         crate::signing::path_crls(&self.crls, path, now).await
     }
 
-    /// The signature time-stamp, checked over what it must cover.
-    fn check_signature_timestamp(
-        &self,
-        signature: &dyn Extendable,
-        token: &[u8],
-        carried: &[Vec<u8>],
-    ) -> Result<Checked> {
-        let input = signature.signature_timestamp_input()?;
-        self.check_timestamp(token, Some(&input), carried, "the signature time-stamp")
-    }
-
-    /// A time-stamp token checked against the TSA anchors (over `input`
-    /// when given, else over its own imprint), with its TSA's path.
-    fn check_timestamp(&self, token: &[u8], input: Option<&[u8]>, carried: &[Vec<u8>], what: &str) -> Result<Checked> {
-        let refused = |why: String| Error::Unprocessable(format!("{what} does not check: {why}; nothing was extended"));
-        let info = crate::tsa::token::tst_info(token).map_err(|e| refused(e.0))?;
-        let alg = DigestAlgorithm::from_oid(&info.message_imprint.hash_algorithm.oid)
-            .ok_or_else(|| refused("its imprint's digest algorithm is not one inkan checks".into()))?;
-        let digest = match input {
-            Some(input) => alg.digest(input),
-            None => info.message_imprint.hashed_message.as_bytes().to_vec(),
-        };
-        let extra: Vec<Certificate> = carried.iter().filter_map(|d| Certificate::from_der(d).ok()).collect();
-        let expected = crate::tsa::token::Expected { alg, digest: &digest, nonce: None };
-        crate::tsa::token::check(token, &expected, &self.trust.tsa_anchors, &extra).map_err(|e| refused(e.0))
-    }
-
-    /// Whether `input` validates now with the CRLs `known` besides the
-    /// configured ones (and is at `level`, if given); else why not.
+    /// Whether `input` validates as `check` says; else why not.
     async fn validates(
         &self,
-        input: Vec<u8>,
-        content: Option<Vec<u8>>,
-        known: Vec<Vec<u8>>,
-        now: SystemTime,
-        level: Option<Level>,
-    ) -> std::result::Result<(), String> {
+        input: &Arc<[u8]>,
+        content: &Option<Arc<[u8]>>,
+        check: &Check,
+    ) -> Result<std::result::Result<(), String>> {
         let mut trust = (*self.trust).clone();
-        trust.crls.extend(known);
-        let report =
-            tokio::task::spawn_blocking(move || crate::verify::validate(&input, content.as_deref(), &trust, now))
-                .await
-                .map_err(|e| e.to_string())?;
+        if check.carried_only {
+            trust.crls.clear();
+            trust.intermediates.clear();
+        } else {
+            trust.crls.extend(check.known.iter().cloned());
+        }
+        let (input, content, at) = (Arc::clone(input), content.clone(), check.at);
+        let report = blocking(move || crate::verify::validate(&input, content.as_deref(), &trust, at)).await?;
         if report.indication != Indication::TotalPassed {
             let sub = report.sub_indication.map(|s| format!(" / {}", s.name())).unwrap_or_default();
             let first = report
@@ -271,15 +320,165 @@ impl Extender {
                 .or_else(|| report.checks.iter().find(|c| c.decides_against()))
                 .map(|c| format!(": {}: {}", c.check, c.detail))
                 .unwrap_or_default();
-            return Err(format!("the signature does not validate now ({}{sub}){first}", report.indication.as_str()));
+            return Ok(Err(format!(
+                "the signature does not validate now ({}{sub}){first}",
+                report.indication.as_str()
+            )));
         }
-        match (level, report.signatures.first()) {
-            (Some(level), Some(s)) if s.level != level.as_str() => {
-                Err(format!("it is {}, not {}", s.level, level.as_str()))
-            }
-            _ => Ok(()),
+        let Some(level) = check.level else { return Ok(Ok(())) };
+        let Some(s) = report.signatures.first() else { return Ok(Err("no signature".into())) };
+        let at: Level = s.level.parse().unwrap_or_default();
+        if at < level {
+            return Ok(Err(format!("it is {}, not {}", s.level, level.as_str())));
+        }
+        let fresh = &s.timestamps[s.timestamps.len().saturating_sub(check.added)..];
+        if let Some(t) = fresh.iter().find(|t| t.result != crate::verify::report::Outcome::Passed) {
+            return Ok(Err(format!("the {} time-stamp it was given is no proof", t.kind)));
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// At most this many certificates are read from a signature to extend.
+const MAX_CERTIFICATES: usize = 64;
+
+/// What extension reads of a signature before it adds anything.
+struct Facts {
+    level: Level,
+    signer: Vec<u8>,
+    carried: Vec<Vec<u8>>,
+    sts: Option<Vec<u8>>,
+    sts_input: Vec<u8>,
+    newest_archive: Option<Vec<u8>>,
+}
+
+/// The CRLs of a path that could be had, and why one could not.
+#[derive(Default)]
+struct Gathered {
+    crls: Vec<Vec<u8>>,
+    missing: Option<String>,
+}
+
+impl Gathered {
+    /// Every CRL of the path, to embed: else why not.
+    fn complete(self) -> Result<Vec<Vec<u8>>> {
+        match self.missing {
+            None => Ok(self.crls),
+            Some(why) => Err(Error::NoValidationData(why)),
         }
     }
+}
+
+/// How a validation is made: with what besides the file, when, and what
+/// it must show.
+struct Check {
+    /// CRLs besides the configured ones.
+    known: Vec<Vec<u8>>,
+    /// Nothing but what the file carries (no configured CRL, no
+    /// intermediate of inkan's own): what B-LT promises.
+    carried_only: bool,
+    at: SystemTime,
+    /// The level it must have, at least.
+    level: Option<Level>,
+    /// Time-stamps added last, each of which must be a proof.
+    added: usize,
+}
+
+/// Runs CPU work off the runtime.
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R> {
+    tokio::task::spawn_blocking(f).await.map_err(Error::internal)
+}
+
+/// Changes the signature off the runtime.
+async fn on(
+    mut signature: Box<dyn Extendable>,
+    f: impl FnOnce(&mut dyn Extendable) -> Result<()> + Send + 'static,
+) -> Result<Box<dyn Extendable>> {
+    blocking(move || f(signature.as_mut()).map(|()| signature)).await?
+}
+
+/// Reads of the signature off the runtime.
+async fn on_value<R: Send + 'static>(
+    signature: Box<dyn Extendable>,
+    f: impl FnOnce(&dyn Extendable) -> R + Send + 'static,
+) -> Result<(Box<dyn Extendable>, R)> {
+    blocking(move || {
+        let r = f(signature.as_ref());
+        (signature, r)
+    })
+    .await
+}
+
+/// The signer's path (DER, the signer's certificate first) to a pinned
+/// anchor, through what the file carries and inkan's own chain.
+fn signer_path(trust: &Trust, signer: &[u8], carried: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+    let leaf = Certificate::from_der(signer)
+        .map_err(|e| Error::Unprocessable(format!("the signer's certificate does not decode: {e}")))?;
+    let candidates: Vec<Certificate> =
+        carried.iter().chain(trust.intermediates.iter()).filter_map(|d| Certificate::from_der(d).ok()).collect();
+    let path = crate::pki::path::find(&leaf, &candidates, &trust.anchors).map_err(|e| {
+        Error::Unprocessable(format!(
+            "the signer's certificate: {} ([verify] anchors); nothing was extended",
+            e.message
+        ))
+    })?;
+    path.iter().map(|c| c.to_der().map_err(Error::internal)).collect()
+}
+
+/// A time-stamp token checked against the TSA anchors (over `input` when
+/// given, else over its own imprint), with its TSA's path.
+fn check_timestamp(
+    trust: &Trust,
+    token: &[u8],
+    input: Option<&[u8]>,
+    carried: &[Vec<u8>],
+    what: &str,
+) -> Result<Checked> {
+    let refused = |why: String| Error::Unprocessable(format!("{what} does not check: {why}; nothing was extended"));
+    let info = crate::tsa::token::tst_info(token).map_err(|e| refused(e.0))?;
+    let alg = DigestAlgorithm::from_oid(&info.message_imprint.hash_algorithm.oid)
+        .ok_or_else(|| refused("its imprint's digest algorithm is not one inkan checks".into()))?;
+    let digest = match input {
+        Some(input) => alg.digest(input),
+        None => info.message_imprint.hashed_message.as_bytes().to_vec(),
+    };
+    let extra: Vec<Certificate> = carried.iter().filter_map(|d| Certificate::from_der(d).ok()).collect();
+    let expected = crate::tsa::token::Expected { alg, digest: &digest, nonce: None };
+    crate::tsa::token::check(token, &expected, &trust.tsa_anchors, &extra).map_err(|e| refused(e.0))
+}
+
+/// Records an extension in the audit log: who asked, what it made (the
+/// extended file's SHA-256), from which level to which, and the time-stamps
+/// added.
+pub async fn record<T: crate::audit::AuditTx + ?Sized>(
+    store: &dyn crate::storage::Transactions<T>,
+    actor: &str,
+    user_id: Option<&str>,
+    extended: &Extended,
+    now_ms: i64,
+) -> Result<()> {
+    let mut tx = store.write().await?;
+    crate::audit::append(
+        &mut *tx,
+        now_ms,
+        &[crate::audit::Event {
+            actor,
+            event: "signature.extend",
+            user_id,
+            generation: None,
+            digest: Some(&extended.digest),
+            outcome: "ok",
+            detail: serde_json::json!({
+                "format": extended.format,
+                "from": extended.from,
+                "level": extended.level,
+                "renewed": extended.renewed,
+                "timestamps": extended.timestamps.iter().map(|(kind, at)| serde_json::json!({ "type": kind, "time": at })).collect::<Vec<_>>(),
+            }),
+        }],
+    )
+    .await?;
+    Ok(tx.commit().await?)
 }
 
 /// Reads `input` as extension does (its level, certificates, the inputs

@@ -86,6 +86,26 @@ impl Crls {
         issuer: &Certificate,
         at: SystemTime,
     ) -> Result<Vec<u8>, CrlError> {
+        let (der, listed) = self.current_for(cert, issuer, at).await?;
+        if listed {
+            return Err(CrlError::Revoked(format!(
+                "{} is revoked (in the CRL of {})",
+                cert.tbs_certificate().subject(),
+                issuer.tbs_certificate().subject()
+            )));
+        }
+        Ok(der)
+    }
+
+    /// The CRL (DER) with which `issuer` says whether `cert` is revoked,
+    /// current at `at`, and whether it lists `cert` (a validation weighs
+    /// when); the error says why there is none.
+    pub async fn current_for(
+        &self,
+        cert: &Certificate,
+        issuer: &Certificate,
+        at: SystemTime,
+    ) -> Result<(Vec<u8>, bool), CrlError> {
         let subject = cert.tbs_certificate().subject().to_string();
         let usable = |crl: &CertificateList| signed_by(crl, issuer) && current(crl, at);
         let found = match self.files.iter().find(|(_, crl)| usable(crl)) {
@@ -99,13 +119,8 @@ impl Crls {
                 issuer.tbs_certificate().subject()
             )));
         };
-        if lists(&crl, cert) {
-            return Err(CrlError::Revoked(format!(
-                "{subject} is revoked (in the CRL of {})",
-                issuer.tbs_certificate().subject()
-            )));
-        }
-        Ok(der)
+        let listed = lists(&crl, cert);
+        Ok((der, listed))
     }
 
     /// The CRL of each certificate of `path` (DER, the leaf first) from the

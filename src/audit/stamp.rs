@@ -42,7 +42,7 @@ pub async fn stamp_head<T: AuditTx + ?Sized>(
     let mut tx = store.write().await?;
     let inserted = tx.insert_audit_timestamp(&stamp).await?;
     tx.commit().await?;
-    Ok(inserted.then_some((stamp, checked.info.gen_time_text)))
+    Ok(inserted.then_some((stamp, crate::clock::rfc3339(crate::clock::unix_ms(checked.info.gen_time)))))
 }
 
 /// Time-stamps read per transaction.
@@ -92,7 +92,7 @@ pub async fn prove<T: AuditTx + ?Sized>(
             match token::check(&stamp.token, &expected, anchors, &[]) {
                 Ok(c) => {
                     proof.proven_through = Some(stamp.seq);
-                    proof.proven_at = Some(c.info.gen_time_text.clone());
+                    proof.proven_at = Some(crate::clock::rfc3339(crate::clock::unix_ms(c.info.gen_time)));
                     proof.tsa = Certificate::from_der(&c.tsa_certificate)
                         .ok()
                         .map(|t| t.tbs_certificate().subject().to_string());

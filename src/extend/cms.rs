@@ -1,8 +1,8 @@
 //! CAdES (CMS `SignedData` of one signer), extended in its DER: the parts
 //! it has are kept as they were encoded (the signed attributes, the
-//! content, each certificate and CRL), new certificates, CRLs and
-//! unsigned attributes are added, and the lengths around them are written
-//! anew.
+//! content, each certificate, CRL and unsigned attribute), new
+//! certificates, CRLs and unsigned attributes are added, each set written
+//! in DER order, and the lengths around them anew.
 
 use cms::signed_data::{SignerIdentifier, SignerInfo};
 use der::{Decode, Encode};
@@ -206,18 +206,15 @@ impl Extendable for Cades {
         "CAdES"
     }
 
-    /// As the validation reads it: an archive-time-stamp-v3, B-LTA; a
-    /// signature time-stamp and CRLs, B-LT; a signature time-stamp, B-T.
+    /// As the validation reads it ([`crate::verify::cades::level`]).
     fn level(&self) -> Level {
-        if self.has(ARCHIVE_TIME_STAMP_V3) {
-            Level::BLTA
-        } else if self.has(SIGNATURE_TIME_STAMP_TOKEN) && !self.crls.is_empty() {
-            Level::BLT
-        } else if self.has(SIGNATURE_TIME_STAMP_TOKEN) {
-            Level::BT
-        } else {
-            Level::BB
-        }
+        crate::verify::cades::level(
+            self.has(SIGNATURE_TIME_STAMP_TOKEN),
+            !self.crls.is_empty(),
+            self.has(ARCHIVE_TIME_STAMP_V3),
+        )
+        .parse()
+        .unwrap_or_default()
     }
 
     fn signer_certificate(&self) -> Result<Vec<u8>> {
@@ -288,12 +285,17 @@ impl Extendable for Cades {
         if !self.unsigned.is_empty() {
             si.extend_from_slice(&tlv(Tag::CONTEXT_1_CONSTRUCTED, &self.unsigned.concat()));
         }
+        // CertificateSet and RevocationInfoChoices are SETs: in DER order
+        // (the archive time-stamps' hash indexes do not depend on it).
+        let (mut certificates, mut crls) = (self.certificates.clone(), self.crls.clone());
+        certificates.sort();
+        crls.sort();
         let mut sd = self.head.concat();
-        if !self.certificates.is_empty() {
-            sd.extend_from_slice(&tlv(Tag::CONTEXT_0_CONSTRUCTED, &self.certificates.concat()));
+        if !certificates.is_empty() {
+            sd.extend_from_slice(&tlv(Tag::CONTEXT_0_CONSTRUCTED, &certificates.concat()));
         }
-        if !self.crls.is_empty() {
-            sd.extend_from_slice(&tlv(Tag::CONTEXT_1_CONSTRUCTED, &self.crls.concat()));
+        if !crls.is_empty() {
+            sd.extend_from_slice(&tlv(Tag::CONTEXT_1_CONSTRUCTED, &crls.concat()));
         }
         sd.extend_from_slice(&tlv(Tag::SET, &tlv(Tag::SEQUENCE, &si)));
         let mut ci = self.content_info_type.clone();

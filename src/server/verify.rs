@@ -158,6 +158,8 @@ pub async fn extend(
     body: Body,
 ) -> Result<Response> {
     let principal = app.principal(&headers).await?;
+    // It asks the TSA on the user's behalf, as signing does.
+    principal.require_sign_scope()?;
     let level: Level =
         q.level.as_deref().ok_or_else(|| Error::Invalid("level= is required: B-T, B-LT or B-LTA".into()))?.parse()?;
     let Some(file) = read_file(&app, &principal, &headers, body, "extend").await? else {
@@ -166,10 +168,20 @@ pub async fn extend(
     if file.at.is_some() {
         return Err(Error::Invalid("at is for verify: a signature is extended now".into()));
     }
-    // Two validations and the TSA's calls: one slot of the node's cores,
-    // and the file's room, until the work ends.
-    let _held = (file.room, slots().acquire_owned().await.map_err(Error::internal)?);
+    // Two validations (on the blocking pool), CRL fetches and the TSA's
+    // calls: one of the node's extension slots (as many as cores, apart
+    // from verify's: a slow TSA does not hold up validation), and the
+    // file's room, until the work ends.
+    let _held = (file.room, extension_slots().acquire_owned().await.map_err(Error::internal)?);
     let extended = app.extender.extend(file.input, file.content, level).await?;
+    crate::extend::record(
+        app.store.as_ref(),
+        &principal.actor,
+        Some(&principal.user_id),
+        &extended,
+        app.clock.now_ms(),
+    )
+    .await?;
     tracing::info!(
         user = %principal.user_id,
         format = extended.format,
@@ -189,6 +201,15 @@ pub async fn extend(
     h.insert("x-inkan-level", HeaderValue::from_static(extended.level));
     h.insert("x-inkan-extended-from", HeaderValue::from_static(extended.from));
     Ok(resp)
+}
+
+/// Extensions at once on this node: one per core.
+fn extension_slots() -> Arc<tokio::sync::Semaphore> {
+    static SLOTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    Arc::clone(SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Arc::new(tokio::sync::Semaphore::new(cores))
+    }))
 }
 
 /// Validations at once on this node: one per core.

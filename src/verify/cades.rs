@@ -89,6 +89,18 @@ fn raw(der: &[u8]) -> Option<Raw<'_>> {
     Some(Raw { content_type: encap.first()?, certificates, crls, signer_infos: children(sd.last()?)? })
 }
 
+/// A CMS signature's level by what it carries, each on the one below (EN
+/// 319 122-1 baselines): a signature time-stamp (B-T), CRLs besides it
+/// (B-LT), an archive-time-stamp-v3 over them (B-LTA).
+pub(crate) fn level(signature_timestamp: bool, crls: bool, archive_timestamp: bool) -> &'static str {
+    match (signature_timestamp, crls, archive_timestamp) {
+        (true, true, true) => "B-LTA",
+        (true, true, false) => "B-LT",
+        (true, false, _) => "B-T",
+        (false, _, _) => "B-B",
+    }
+}
+
 /// At most this many signers are validated in one file.
 const MAX_SIGNERS: usize = 8;
 
@@ -212,15 +224,7 @@ fn signer(
         let der = oid.to_der().unwrap_or_default();
         raw_unsigned.iter().any(|(t, _)| *t == der.as_slice())
     };
-    r.level = if has(ARCHIVE_TIME_STAMP_V3) {
-        "B-LTA"
-    } else if has(SIGNATURE_TIME_STAMP_TOKEN) && !raw.crls.is_empty() {
-        "B-LT"
-    } else if has(SIGNATURE_TIME_STAMP_TOKEN) {
-        "B-T"
-    } else {
-        "B-B"
-    };
+    r.level = level(has(SIGNATURE_TIME_STAMP_TOKEN), !raw.crls.is_empty(), has(ARCHIVE_TIME_STAMP_V3));
 
     // The signer's certificate, by its identifier.
     let cert = pool.certs().iter().find(|c| match &si.sid {

@@ -123,11 +123,16 @@ pub(crate) fn locate(x: &Xml<'_>) -> (Vec<(NodeId, Kind)>, Vec<Check>) {
 pub(crate) fn level(x: &Xml<'_>, unsigned: Option<NodeId>) -> &'static str {
     let Some(u) = unsigned else { return "B-B" };
     let has = |ns: &str, name: &str| x.children_named(u, Some(ns), name).next().is_some();
-    if has(XADES141, "ArchiveTimeStamp") {
+    // Each level on the one below (EN 319 132-1 baselines): validation
+    // data or an archive time-stamp without a signature time-stamp under
+    // them make no level above B-B.
+    let t = has(XADES, "SignatureTimeStamp");
+    let lt = t && has(XADES, "CertificateValues") && has(XADES, "RevocationValues");
+    if lt && has(XADES141, "ArchiveTimeStamp") {
         "B-LTA"
-    } else if has(XADES, "CertificateValues") && has(XADES, "RevocationValues") {
+    } else if lt {
         "B-LT"
-    } else if has(XADES, "SignatureTimeStamp") {
+    } else if t {
         "B-T"
     } else {
         "B-B"

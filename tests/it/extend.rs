@@ -69,12 +69,17 @@ impl Setup {
         (r.code, report)
     }
 
+    /// The time-stamps of the report's first signature, each `type` if it
+    /// is a proof (else `type: result`).
     fn timestamp_kinds(report: &serde_json::Value) -> Vec<String> {
         report["signatures"][0]["timestamps"]
             .as_array()
             .expect("stamps")
             .iter()
-            .filter_map(|t| t["type"].as_str().map(str::to_owned))
+            .map(|t| match t["result"].as_str() {
+                Some("passed") => t["type"].as_str().unwrap_or_default().to_owned(),
+                other => format!("{}: {other:?}", t["type"]),
+            })
             .collect()
     }
 }
@@ -107,6 +112,22 @@ fn cades_made_at_b_b_is_extended_level_by_level_and_its_archive_time_stamp_renew
     let (value, stamp) = cades_token(&r.body);
     let (ok, out) = openssl_ts_verify(&t.dir, "extended-sts", &value, &stamp, &t.tsa.root);
     assert!(ok, "openssl ts -verify: {out}");
+    let rows = t.env.json(&["audit", "tail", "--limit", "1"]);
+    assert_eq!(rows[0]["event"], "signature.extend", "{rows}");
+    assert_eq!(rows[0]["user_id"], "100001", "{rows}");
+    let detail: serde_json::Value = serde_json::from_str(rows[0]["detail"].as_str().expect("detail")).expect("json");
+    assert_eq!((detail["from"].as_str(), detail["level"].as_str()), (Some("B-B"), Some("B-T")), "{rows}");
+
+    // A PEM signature comes back as PEM.
+    let pem = der::pem::encode_string("CMS", der::pem::LineEnding::LF, &bb).expect("pem");
+    let r = extend(
+        "B-T",
+        json!({ "signature": Base64::encode_string(pem.as_bytes()), "content": Base64::encode_string(document) }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().starts_with("-----BEGIN CMS-----"), "{}", r.text());
+    let (_, der_back) = der::pem::decode_vec(&r.body).expect("pem");
+    assert_eq!(cades_token(&der_back).0, value, "the same signature value under the time-stamp");
 
     // B-T to B-LTA with the CLI: inkan verify needs nothing but the file
     // and its content; the archive time-stamp's input, as asn1crypto
@@ -262,13 +283,28 @@ fn xades_made_at_b_b_is_extended_in_place_and_renewed_every_other_byte_unchanged
     let r = t.inkan(&["extend", s(&lt_file), "--level", "B-LTA", "--out", s(&lta)]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("extended XAdES") && r.stdout.contains("archive time-stamp"), "{}", r.stdout);
+    // Each extension one insertion before </xa:UnsignedSignatureProperties>.
+    let one_insertion = |before: &str, after: &str| {
+        let at = before.rfind("</xa:UnsignedSignatureProperties>").expect("properties");
+        assert!(
+            after.len() > before.len() && after.starts_with(&before[..at]) && after.ends_with(&before[at..]),
+            "one insertion before </xa:UnsignedSignatureProperties>"
+        );
+    };
     let text = std::fs::read_to_string(&lta).expect("lta");
-    assert!(text.starts_with(&lt[..start]), "the document before the properties unchanged");
+    one_insertion(&lt, &text);
     let (ok, out) = xades_archive_verifies(&t.dir, &lta, "PrescriptionSign", &t.tsa.root);
     assert!(ok, "{out}");
     let renewed = t.dir.join("rx-renewed.xml");
     let r = t.inkan(&["--json", "extend", s(&lta), "--level", "B-LTA", "--out", s(&renewed)]);
     assert_eq!(r.code, 0, "{r:?}");
+    let renewed_text = std::fs::read_to_string(&renewed).expect("renewed");
+    one_insertion(&text, &renewed_text);
+    let inserted = &renewed_text[text.rfind("</xa:UnsignedSignatureProperties>").expect("end")..];
+    assert!(
+        inserted.starts_with("<xa141:TimeStampValidationData ") && inserted.contains("<xa141:ArchiveTimeStamp "),
+        "renewal: the first archive time-stamp's validation data, then the new one: {inserted}"
+    );
     let (ok, out) = xades_archive_verifies(&t.dir, &renewed, "PrescriptionSign", &t.tsa.root);
     assert!(ok && out.starts_with("2 archive"), "{out}");
     xmlsec1_verifies(&renewed);
