@@ -27,6 +27,10 @@
 //! `INKAN_LOAD_MODE=nodes` runs two nodes (one database, one token) against
 //! one node, connections spread over the nodes: combined throughput and CPU
 //! per signature, paired by round.
+//! `INKAN_LOAD_MODE=tsa` signs at B-B and at B-T (a signature time-stamp
+//! from certomancer's TSA on loopback, started here) in the same rounds:
+//! the server's CPU per signature at B-T over B-B's, paired by round, and
+//! p50/p99 of both at one rate.
 //! `INKAN_LOAD_MODE=flood` signs with and without a flood of the routes anyone
 //! can call, sent by a second process (this benchmark again, as the flooder):
 //! signatures/s and p50/p99, alternating by round, and the server's memory.
@@ -46,6 +50,11 @@ use base64ct::{Base64, Encoding};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// The tests' TSA (certomancer's `animate` on a free port of 127.0.0.1).
+#[allow(dead_code)]
+#[path = "../tests/it/certomancer.rs"]
+mod certomancer;
 
 /// The tests' throwaway PostgreSQL clusters (`initdb`/`pg_ctl` in a temp directory).
 #[allow(dead_code)]
@@ -565,7 +574,16 @@ fn main() {
     // PostgreSQL against SQLite, or two nodes against one.
     let this = Path::new(env!("CARGO_BIN_EXE_inkan"));
     let mode = std::env::var("INKAN_LOAD_MODE").unwrap_or_default();
+    // INKAN_LOAD_MODE=tsa: a TSA on loopback for the whole run, named to
+    // the servers through the environment they inherit.
+    let _tsa = (mode == "tsa").then(|| {
+        let tsa = certomancer::Certomancer::start();
+        std::env::set_var("INKAN_TSA_URL", tsa.tsa());
+        std::env::set_var("INKAN_TSA_CA", &tsa.root);
+        tsa
+    });
     let targets = match mode.as_str() {
+        "tsa" => vec![Target::start("this build", this, "load", None, 1, &rt)],
         "" => {
             let mut t = vec![Target::start("this build", this, "load", None, 1, &rt)];
             if let Some(bin) = std::env::var_os("INKAN_LOAD_BASELINE").filter(|b| !b.is_empty()) {
@@ -593,7 +611,7 @@ fn main() {
             t.stop();
             return;
         }
-        other => panic!("INKAN_LOAD_MODE must be postgres, nodes or flood, not {other:?}"),
+        other => panic!("INKAN_LOAD_MODE must be postgres, nodes, tsa or flood, not {other:?}"),
     };
 
     // Raw C_Sign CPU per signature, in this process, on this build's token and key.
@@ -626,16 +644,36 @@ fn main() {
     let csv = "SJ1\n1,1,1310000001,01,負荷試験病院\n2,100-0001,東京都千代田区千代田1-1\n5,0000000000000001,ﾌｶ ﾀﾛｳ,負荷　太郎\n51,20261206\n201,1,1,1,2,620000000,負荷錠５ｍｇ,1,1,錠\n211,1,1,101"
         .as_bytes()
         .to_vec();
-    let scenarios: Vec<(&str, &str, Vec<u8>, &'static str)> = vec![
-        ("sign-hashes (1 SHA-256 digest, CAdES)", "/api/v1/sign-hashes", hash_body, "application/json"),
-        ("sign (1 KiB document, detached CAdES)", "/api/v1/sign", doc, "application/octet-stream"),
-        (
-            "sign (a prescription from its CSV, XAdES)",
-            "/api/v1/sign?format=xades&prescription_id=load-1",
-            csv,
-            "text/csv",
-        ),
-    ];
+    let scenarios: Vec<(&str, &str, Vec<u8>, &'static str)> = if mode == "tsa" {
+        // Pairs: B-B, then the same at B-T.
+        vec![
+            ("sign B-B (1 KiB document, detached CAdES)", "/api/v1/sign", doc.clone(), "application/octet-stream"),
+            ("sign B-T (1 KiB document, detached CAdES)", "/api/v1/sign?level=B-T", doc, "application/octet-stream"),
+            (
+                "sign B-B (a prescription from its CSV, XAdES)",
+                "/api/v1/sign?format=xades&prescription_id=load-1",
+                csv.clone(),
+                "text/csv",
+            ),
+            (
+                "sign B-T (a prescription from its CSV, XAdES)",
+                "/api/v1/sign?format=xades&prescription_id=load-1&level=B-T",
+                csv,
+                "text/csv",
+            ),
+        ]
+    } else {
+        vec![
+            ("sign-hashes (1 SHA-256 digest, CAdES)", "/api/v1/sign-hashes", hash_body, "application/json"),
+            ("sign (1 KiB document, detached CAdES)", "/api/v1/sign", doc, "application/octet-stream"),
+            (
+                "sign (a prescription from its CSV, XAdES)",
+                "/api/v1/sign?format=xades&prescription_id=load-1",
+                csv,
+                "text/csv",
+            ),
+        ]
+    };
     // The HTTPS stack's own cost (diagnostic): `GET /healthz` under the same load.
     if std::env::var("INKAN_LOAD_FLOOR").is_ok_and(|v| !v.is_empty() && v != "0") {
         for t in &targets {
@@ -699,9 +737,12 @@ fn main() {
         raw_all.iter().map(|r| r.0).fold(0.0, f64::max),
     )];
     println!("\n{}", report[0]);
+    let mut latencies = Vec::new();
     for (i, (name, path, body, content_type)) in scenarios.iter().enumerate() {
-        // The latency runs share one rate: half this build's median rate.
-        let shared_rate = median(results[i][0].rounds.iter().map(|r| r.rate).collect()) / 2.0;
+        // The latency runs share one rate: half this build's median rate
+        // (at B-B and B-T alike: half B-T's).
+        let paced = if mode == "tsa" { i | 1 } else { i };
+        let shared_rate = median(results[paced][0].rounds.iter().map(|r| r.rate).collect()) / 2.0;
         for (j, t) in targets.iter().enumerate() {
             let req = t.request(path, body, content_type);
             let mut r = results[i][j].rounds.clone();
@@ -742,6 +783,23 @@ fn main() {
                 batch.iter().sum::<f64>() / batch.len().max(1) as f64,
                 token_us / baseline,
                 cpu - token_us,
+            );
+            println!("{line}");
+            report.push(line);
+            latencies.push((p50, p99, shared_rate));
+        }
+        if mode == "tsa" && i % 2 == 1 {
+            // B-T over B-B (the scenario before), paired by round.
+            let (bb, bt) = (&results[i - 1][0].rounds, &results[i][0].rounds);
+            let pairs: Vec<f64> = bb.iter().zip(bt).map(|(a, b)| b.cpu / a.cpu).collect();
+            let rates: Vec<f64> = bb.iter().zip(bt).map(|(a, b)| b.rate / a.rate).collect();
+            let ((p50_bb, p99_bb, rate), (p50_bt, p99_bt, _)) = (latencies[i - 1], latencies[i]);
+            let line = format!(
+                "{name}: B-T / B-B, server CPU per signature, paired by round: {:.3} (rounds {}); signatures/s: {:.3}; at {rate:.0}/s: p50 {p50_bt:.2} against {p50_bb:.2} ms (+{:.2} ms), p99 {p99_bt:.2} against {p99_bb:.2} ms",
+                median(pairs.clone()),
+                pairs.iter().map(|p| format!("{p:.3}")).collect::<Vec<_>>().join(" "),
+                median(rates),
+                p50_bt - p50_bb,
             );
             println!("{line}");
             report.push(line);

@@ -15,6 +15,7 @@ mod audit_time;
 mod authenticator;
 mod browser;
 mod cades;
+mod certomancer;
 mod cli;
 mod database;
 mod extend;
