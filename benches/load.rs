@@ -30,7 +30,8 @@
 //! `INKAN_LOAD_MODE=tsa` signs at B-B and at B-T (a signature time-stamp
 //! from certomancer's TSA on loopback, started here) in the same rounds:
 //! the server's CPU per signature at B-T over B-B's, paired by round, and
-//! p50/p99 of both at one rate.
+//! p50/p99 and the server's CPU per signature of both at one rate, over
+//! 60 s (`INKAN_LOAD_OPEN_SECS`; CPU is read in 10 ms ticks).
 //! `INKAN_LOAD_MODE=flood` signs with and without a flood of the routes anyone
 //! can call, sent by a second process (this benchmark again, as the flooder):
 //! signatures/s and p50/p99, alternating by round, and the server's memory.
@@ -555,6 +556,61 @@ struct Results {
     batch: Vec<f64>,
 }
 
+/// The time `inkan::tsa::read_answer` takes over one answer of `tsa` (its
+/// checks: status, imprint, nonce, the token's signature, ESS, EKU, the
+/// path to the anchor), µs, the median of 5 runs of 400.
+fn answer_check_us(tsa: &certomancer::Certomancer) -> f64 {
+    use der::{Decode, Encode};
+    let digest = [7u8; 32];
+    let nonce = [0x35u8, 1, 2, 3, 4, 5, 6, 7];
+    let query = inkan::tsa::asn1::TimeStampReq {
+        version: 1,
+        message_imprint: inkan::tsa::asn1::MessageImprint {
+            hash_algorithm: spki::AlgorithmIdentifierOwned {
+                oid: inkan::keystore::DigestAlgorithm::Sha256.oid(),
+                parameters: None,
+            },
+            hashed_message: der::asn1::OctetString::new(digest.to_vec()).unwrap(),
+        },
+        req_policy: None,
+        nonce: Some(der::asn1::Uint::new(&nonce).unwrap()),
+        cert_req: true,
+    }
+    .to_der()
+    .unwrap();
+    let mut curl = Command::new("curl")
+        .args(["-sS", "-H", "Content-Type: application/timestamp-query", "--data-binary", "@-", &tsa.tsa()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    std::io::Write::write_all(&mut curl.stdin.take().unwrap(), &query).unwrap();
+    let answer = curl.wait_with_output().unwrap().stdout;
+    let anchors: Vec<x509_cert::Certificate> = inkan::pki::read_certificates(&tsa.root)
+        .unwrap()
+        .iter()
+        .map(|d| x509_cert::Certificate::from_der(d).unwrap())
+        .collect();
+    let trust = inkan::tsa::Trust { anchors: &anchors, chain: &[], policy: None };
+    let expected = inkan::tsa::token::Expected {
+        alg: inkan::keystore::DigestAlgorithm::Sha256,
+        digest: &digest,
+        nonce: Some(&nonce),
+    };
+    let now = std::time::SystemTime::now();
+    inkan::tsa::read_answer(&answer, &expected, &trust, now).expect("certomancer's answer checks");
+    let runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..400 {
+                std::hint::black_box(inkan::tsa::read_answer(&answer, &expected, &trust, now).unwrap());
+            }
+            t.elapsed().as_secs_f64() / 400.0 * 1e6
+        })
+        .collect();
+    median(runs)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -582,6 +638,9 @@ fn main() {
         std::env::set_var("INKAN_TSA_CA", &tsa.root);
         tsa
     });
+    // What inkan itself does with each answer (in this process): the
+    // checks of `read_answer`, timed over one real answer.
+    let answer_check_us = _tsa.as_ref().map(answer_check_us);
     let targets = match mode.as_str() {
         "tsa" => vec![Target::start("this build", this, "load", None, 1, &rt)],
         "" => {
@@ -751,9 +810,20 @@ fn main() {
             // Server CPU over the CPU of its own token calls, same round: free of the machine's drift.
             let own = median(r.iter().map(|x| x.cpu / x.token).collect());
             rt.block_on(open_loop(&t.ports(), shared_rate, Arc::clone(&req), WARM_UP));
+            // (INKAN_LOAD_MODE=tsa: longer, and the server's CPU per
+            // signature at this rate, the same for B-B and B-T.)
+            let run = std::env::var("INKAN_LOAD_OPEN_SECS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_secs)
+                .unwrap_or(if mode == "tsa" { Duration::from_secs(60) } else { OPEN_LOOP_RUN });
             let before = rt.block_on(counters(&t.ports()));
-            let (p50, p99) = rt.block_on(open_loop(&t.ports(), shared_rate, Arc::clone(&req), OPEN_LOOP_RUN));
+            let cpu_before = cpu_split_all(&t.pids());
+            let (p50, p99) = rt.block_on(open_loop(&t.ports(), shared_rate, Arc::clone(&req), run));
+            let cpu_after = cpu_split_all(&t.pids());
             let after = rt.block_on(counters(&t.ports()));
+            let ticks = (cpu_after.0 + cpu_after.1 - cpu_before.0 - cpu_before.1) as f64;
+            let open_cpu_us = ticks / ticks_per_second() / (after.token_calls - before.token_calls).max(1.0) * 1e6;
             // The server's own view (sign + audit commit, from its histogram): which bucket holds p50 / p99.
             let pct = |after: &[(f64, f64)], before: &[(f64, f64)], p: f64| {
                 let d: Vec<(f64, f64)> = after.iter().zip(before).map(|(a, b)| (a.0, a.1 - b.1)).collect();
@@ -786,19 +856,29 @@ fn main() {
             );
             println!("{line}");
             report.push(line);
-            latencies.push((p50, p99, shared_rate));
+            latencies.push((p50, p99, shared_rate, open_cpu_us));
         }
         if mode == "tsa" && i % 2 == 1 {
             // B-T over B-B (the scenario before), paired by round.
             let (bb, bt) = (&results[i - 1][0].rounds, &results[i][0].rounds);
             let pairs: Vec<f64> = bb.iter().zip(bt).map(|(a, b)| b.cpu / a.cpu).collect();
             let rates: Vec<f64> = bb.iter().zip(bt).map(|(a, b)| b.rate / a.rate).collect();
-            let ((p50_bb, p99_bb, rate), (p50_bt, p99_bt, _)) = (latencies[i - 1], latencies[i]);
+            let ((p50_bb, p99_bb, rate, cpu_bb), (p50_bt, p99_bt, _, cpu_bt)) = (latencies[i - 1], latencies[i]);
+            if let Some(us) = answer_check_us {
+                let line = format!(
+                    "the TSA client's checks of one answer (read_answer, in-process, one thread): {us:.0} µs = {:.1} % of B-B's server CPU per signature in the closed loop ({:.0} µs)",
+                    us / median(bb.iter().map(|r| r.cpu).collect()) * 100.0,
+                    median(bb.iter().map(|r| r.cpu).collect()),
+                );
+                println!("{line}");
+                report.push(line);
+            }
             let line = format!(
-                "{name}: B-T / B-B, server CPU per signature, paired by round: {:.3} (rounds {}); signatures/s: {:.3}; at {rate:.0}/s: p50 {p50_bt:.2} against {p50_bb:.2} ms (+{:.2} ms), p99 {p99_bt:.2} against {p99_bb:.2} ms",
+                "{name}: B-T / B-B, closed loop (the TSA sets B-T's pace), server CPU per signature, paired by round: {:.3} (rounds {}); signatures/s: {:.3}; at the same {rate:.0}/s: server CPU per signature {cpu_bt:.0} against {cpu_bb:.0} µs (+{:.0} µs), p50 {p50_bt:.2} against {p50_bb:.2} ms (+{:.2} ms), p99 {p99_bt:.2} against {p99_bb:.2} ms",
                 median(pairs.clone()),
                 pairs.iter().map(|p| format!("{p:.3}")).collect::<Vec<_>>().join(" "),
                 median(rates),
+                cpu_bt - cpu_bb,
                 p50_bt - p50_bb,
             );
             println!("{line}");

@@ -217,11 +217,15 @@ impl Extender {
                 Some(g) => g,
                 None => self.gather(&stamp.path, now).await,
             };
+            // Required when the level is new; on a CAdES B-LT (renewal) what
+            // can still be had is added, and the last check weighs the rest
+            // (a CA may have stopped listing a certificate long expired).
+            let take = |g: Gathered| if from < Level::BLT { g.complete() } else { Ok(g.crls) };
             let data = ValidationData {
                 signer_chain: path[1..].to_vec(),
-                signer_crls: signer_crls.complete()?,
+                signer_crls: take(signer_crls)?,
                 tsa_path: stamp.path.clone(),
-                tsa_crls: tsa_crls.complete()?,
+                tsa_crls: take(tsa_crls)?,
             };
             signature = on(signature, move |s| s.add_long_term(&data)).await?;
         }

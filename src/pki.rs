@@ -138,16 +138,45 @@ pub fn check_issued_by(cert: &Certificate, issuer: &Certificate) -> Result<(), P
     let tbs = cert.tbs_certificate().to_der()?;
     let signature =
         cert.signature().as_bytes().ok_or_else(|| PkiError("signature is not a whole number of bytes".into()))?;
-    match verify_signature(
-        &tbs,
-        cert.signature_algorithm(),
-        signature,
-        issuer.tbs_certificate().subject_public_key_info(),
-    ) {
-        Ok(()) => Ok(()),
+    let spki = issuer.tbs_certificate().subject_public_key_info();
+    // A signature that verified once verifies again: the same TSA's
+    // certificate in every token, the same CAs in every path.
+    let key = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for part in [&tbs[..], &cert.signature_algorithm().to_der()?, signature, &spki.to_der()?] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        <[u8; 32]>::from(h.finalize())
+    };
+    if issued_verified().lock().unwrap_or_else(|p| p.into_inner()).contains(&key) {
+        return Ok(());
+    }
+    match verify_signature(&tbs, cert.signature_algorithm(), signature, spki) {
+        Ok(()) => {
+            let mut verified = issued_verified().lock().unwrap_or_else(|p| p.into_inner());
+            if verified.len() >= MAX_ISSUED_VERIFIED {
+                verified.clear();
+            }
+            verified.insert(key);
+            Ok(())
+        }
         Err(SignatureCheck::Unsupported(e)) => Err(PkiError(e)),
         Err(SignatureCheck::Invalid) => Err(not_issued()),
     }
+}
+
+/// Certificate signatures verified so far, at most this many (then the
+/// memory starts over).
+const MAX_ISSUED_VERIFIED: usize = 4096;
+
+/// SHA-256 of each (certificate's signed part, its signature, the
+/// issuer's key) whose signature verified.
+fn issued_verified() -> &'static std::sync::Mutex<std::collections::HashSet<[u8; 32]>> {
+    static VERIFIED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<[u8; 32]>>> =
+        std::sync::OnceLock::new();
+    VERIFIED.get_or_init(Default::default)
 }
 
 /// Why a signature did not verify.
