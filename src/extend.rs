@@ -20,12 +20,14 @@
 //!    time-stamp's TSA path, then a new archive time-stamp over everything,
 //!    the old one included, which keeps it provable after its TSA's
 //!    certificate expires.
-//! 4. **Checked before it is returned**: the result validates now, at the
-//!    level asked; else nothing is returned.
+//! 4. **Checked before it is returned**: the result validates at the time
+//!    of its newest time-stamp, at the level asked, each time-stamp added a
+//!    proof, and from B-LT on with nothing but what it carries; else
+//!    nothing is returned.
 //!
 //! Nothing else in the file changes: XAdES properties are spliced into the
 //! text (every byte outside them as it was), CMS parts are re-wrapped as
-//! they were encoded.
+//! they were encoded (each set in DER order).
 
 mod cms;
 mod seam;
@@ -63,8 +65,18 @@ pub struct Extended {
     pub level: &'static str,
     /// Whether an archive time-stamp was renewed (B-LTA to B-LTA).
     pub renewed: bool,
-    /// The time-stamps added (`signature`, `archive`) with their times (RFC 3339).
-    pub timestamps: Vec<(String, String)>,
+    /// The time-stamps added.
+    pub timestamps: Vec<Added>,
+}
+
+/// A time-stamp an extension added.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Added {
+    /// `signature` or `archive`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Its time, as the TSA says (RFC 3339).
+    pub time: String,
 }
 
 /// Extends signatures: a TSA, CRL sources and what validation trusts.
@@ -198,7 +210,7 @@ impl Extender {
             let digest = DigestAlgorithm::Sha256.digest(&facts.sts_input);
             let stamp = tsa.stamp(DigestAlgorithm::Sha256, &digest, now).await?;
             newest_time = newest_time.max(stamp.info.gen_time);
-            added.push(("signature".to_owned(), crate::verify::time::rfc3339(stamp.info.gen_time)));
+            added.push(Added { kind: "signature", time: crate::verify::time::rfc3339(stamp.info.gen_time) });
             // Its TSA's CRLs, for the last check (B-T carries none).
             known.extend(self.gather(&stamp.path, now).await.crls);
             signature = on(signature, {
@@ -241,7 +253,7 @@ impl Extender {
             let stamp = tsa.stamp(alg, &alg.digest(&input), now).await?;
             let tsa_crls = self.path_crls(&stamp.path, now).await?;
             newest_time = newest_time.max(stamp.info.gen_time);
-            added.push(("archive".to_owned(), crate::verify::time::rfc3339(stamp.info.gen_time)));
+            added.push(Added { kind: "archive", time: crate::verify::time::rfc3339(stamp.info.gen_time) });
             let archive = ArchiveStamp { stamp, tsa_crls };
             signature = on(signature, move |s| s.add_archive_timestamp(&archive)).await?;
         }
@@ -477,7 +489,7 @@ pub async fn record<T: crate::audit::AuditTx + ?Sized>(
                 "from": extended.from,
                 "level": extended.level,
                 "renewed": extended.renewed,
-                "timestamps": extended.timestamps.iter().map(|(kind, at)| serde_json::json!({ "type": kind, "time": at })).collect::<Vec<_>>(),
+                "timestamps": extended.timestamps,
             }),
         }],
     )

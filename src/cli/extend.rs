@@ -52,7 +52,7 @@ pub async fn run(ctx: &Ctx, args: ExtendArgs) -> Result<Output, CliError> {
     let content = args.content.as_ref().map(read).transpose()?;
     let extended = extender.extend(input, content, level).await?;
     write_file(&args.out, &extended.bytes)?;
-    let stamps: Vec<String> = extended.timestamps.iter().map(|(kind, at)| format!("{kind} time-stamp {at}")).collect();
+    let stamps: Vec<String> = extended.timestamps.iter().map(|a| format!("{} time-stamp {}", a.kind, a.time)).collect();
     let mut json = serde_json::to_value(&extended)?;
     json["out"] = serde_json::json!(args.out.display().to_string());
     Ok(Output::new(
