@@ -178,6 +178,9 @@ pub enum Route {
     Token,
     /// `POST /login/fido`, `POST /change`, `GET /pc/claim`: a QR code starts.
     QrStart,
+    /// The PC's calls on a ticket it claimed (`POST /pc/begin`, `/pc/finish`,
+    /// `/pc/confirm`): each writes the ticket.
+    Pc,
     /// The phone's pages and calls (`/m/…`).
     Phone,
     /// `/r/<code>`: registration codes and their passwords.
@@ -189,10 +192,13 @@ pub enum Route {
 impl Route {
     /// The group of a matched route, if it is limited.
     pub fn of(method: &Method, path: &str) -> Option<Route> {
-        Some(match (method.as_str(), path) {
+        // HEAD runs the GET handler (axum answers it so): counted as GET.
+        let method = if method == Method::HEAD { "GET" } else { method.as_str() };
+        Some(match (method, path) {
             ("GET", "/oidc/authorize") => Route::Authorize,
             ("POST", "/oidc/token" | "/oidc/revoke") => Route::Token,
             ("POST", "/login/fido" | "/change") | ("GET", "/pc/claim") => Route::QrStart,
+            ("POST", "/pc/begin" | "/pc/finish" | "/pc/confirm") => Route::Pc,
             (_, p) if p.starts_with("/m/") => Route::Phone,
             (_, "/r/{code}") => Route::Regcode,
             (_, "/login/{scheme}" | "/enroll/{scheme}" | "/link/hpki" | "/link/jpki") => Route::Card,
@@ -211,13 +217,13 @@ impl Route {
     /// credentials (authorize: a pending request, a row on PostgreSQL), and
     /// so has a budget for all clients together (`[limits] open_per_second`).
     pub fn writes(self) -> bool {
-        matches!(self, Route::Authorize | Route::QrStart | Route::Phone | Route::Regcode)
+        matches!(self, Route::Authorize | Route::QrStart | Route::Pc | Route::Phone | Route::Regcode)
     }
 
     /// Whether the group answers with pages (else JSON).
     pub fn pages(self, method: &Method) -> bool {
         match self {
-            Route::Token => false,
+            Route::Token | Route::Pc => false,
             Route::Phone => method == Method::GET,
             _ => true,
         }
@@ -488,6 +494,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn head_is_counted_as_get_and_the_pc_calls_have_a_group() {
+        assert_eq!(Route::of(&Method::HEAD, "/oidc/authorize"), Some(Route::Authorize));
+        assert_eq!(Route::of(&Method::HEAD, "/pc/claim"), Some(Route::QrStart));
+        assert_eq!(Route::of(&Method::HEAD, "/r/{code}"), Some(Route::Regcode));
+        for path in ["/pc/begin", "/pc/finish", "/pc/confirm"] {
+            assert_eq!(Route::of(&Method::POST, path), Some(Route::Pc), "{path}");
+        }
+        assert!(Route::Pc.writes() && !Route::Pc.pages(&Method::POST));
+        assert_eq!(Route::of(&Method::GET, "/pc/status"), None, "polled by an honest PC every second");
+    }
 
     #[test]
     fn a_burst_then_the_sustained_rate() {

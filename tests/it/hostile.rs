@@ -673,6 +673,7 @@ mod rate {
             ),
             ("QR start", true, Box::new(|| open.post(&server.url("/change"), &form, "user_id=nobody"))),
             ("phone", false, Box::new(|| open.post(&server.url("/m/nothing/begin"), &[], ""))),
+            ("PC", false, Box::new(|| open.post(&server.url("/pc/begin"), &[], "{}"))),
             ("registration code", true, Box::new(|| open.get(&server.url("/r/nothing"), &[]))),
             ("card login", true, Box::new(|| card.get(&format!("{}/login/hpki?req=nothing", server.card), &[]))),
         ];
@@ -690,6 +691,12 @@ mod rate {
                 assert_eq!(r.json()["error"], "too_many_requests", "{name}");
             }
         }
+        // HEAD runs the GET handler (a pending authorization request, a
+        // claimed QR code): it is counted as GET, and refused alike.
+        let r = open.request("HEAD", &authorize, &[], Vec::new());
+        assert_eq!(r.status, 429, "HEAD /oidc/authorize past the limit");
+        let r = open.request("HEAD", &server.url("/pc/claim?t=nothing"), &[], Vec::new());
+        assert_eq!(r.status, 429, "HEAD /pc/claim: the QR start group is spent");
         // Routes of callers who are who they say are not limited so.
         for _ in 0..10 {
             assert_eq!(open.get(&server.url("/healthz"), &[]).status, 200);
