@@ -136,6 +136,7 @@ pub fn main_router(app: Arc<App>) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/.well-known/openid-configuration", get(oidc::discovery))
+        .route("/.well-known/oauth-authorization-server", get(oidc::discovery))
         .route("/oidc/authorize", get(oidc::authorize))
         .route("/oidc/token", post(oidc::token))
         .route("/oidc/revoke", post(oidc::revoke))

@@ -174,6 +174,16 @@ pub fn validate_authorize(
     if get("response_type") != Some("code") {
         return Err(fail("unsupported_response_type", "response_type must be code"));
     }
+    // Never ignored silently (OpenID Connect Core 6.1, 6.2).
+    if get("request").is_some() {
+        return Err(fail("request_not_supported", "request objects are not supported: send the parameters"));
+    }
+    if get("request_uri").is_some() {
+        return Err(fail("request_uri_not_supported", "request_uri is not supported: send the parameters"));
+    }
+    if get("response_mode").is_some_and(|m| m != "query") {
+        return Err(fail("invalid_request", "response_mode must be query (the code comes back in the query)"));
+    }
     let scopes: Vec<&str> = get("scope").unwrap_or("").split(' ').filter(|s| !s.is_empty()).collect();
     if !scopes.contains(&"openid") {
         return Err(fail("invalid_scope", "scope must include openid"));

@@ -83,7 +83,9 @@ pub async fn info(State(app): State<Arc<App>>, body: Body) -> Result<Response> {
         "lang": "ja-JP",
         "description": "inkan remote signing (HPKI second keys)",
         "authType": ["oauth2code"],
-        "oauth2": base,
+        // The issuer (RFC 8414 metadata at /.well-known/oauth-authorization-server):
+        // its endpoints are /oidc/authorize and /oidc/token, not CSC's
+        // /oauth2/..., so no `oauth2` base URL is named.
         "oauth2Issuer": base,
         "asynchronousOperationMode": false,
         "methods": ["credentials/list", "credentials/info", "credentials/authorize", "signatures/signHash", "signatures/signDoc"],

@@ -117,7 +117,20 @@ async fn client_auth(app: &App, headers: &HeaderMap, form: &HashMap<String, Stri
                 let raw = Base64::decode_vec(b64.trim()).map_err(|_| invalid())?;
                 let text = String::from_utf8(raw).map_err(|_| invalid())?;
                 let (id, secret) = text.split_once(':').ok_or_else(invalid)?;
-                (pct_decode(id), pct_decode(secret))
+                let (id, secret) = (pct_decode(id), pct_decode(secret));
+                // One method a request (RFC 6749 2.3), and no other client named in the body.
+                if form.contains_key("client_secret") {
+                    return Err(Error::Invalid(
+                        "the client authenticated twice (HTTP Basic and client_secret): use one method".into(),
+                    ));
+                }
+                if form.get("client_id").is_some_and(|body_id| *body_id != id) {
+                    return Err(Error::Unauthenticated(
+                        Credential::Client,
+                        "client_id in the body is not the client of the Authorization header".into(),
+                    ));
+                }
+                (id, secret)
             }
             None => (
                 form.get("client_id").cloned().ok_or_else(invalid)?,

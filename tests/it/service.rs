@@ -265,6 +265,9 @@ fn authorize_request_errors() {
         (vec![("response_type", "token")], "unsupported_response_type"),
         (vec![("scope", "sign")], "invalid_scope"),
         (vec![("acr_values", "password")], "invalid_request"),
+        (vec![("request", "eyJhbGciOiJub25lIn0.e30.")], "request_not_supported"),
+        (vec![("request_uri", "https://rx.example/req")], "request_uri_not_supported"),
+        (vec![("response_mode", "form_post")], "invalid_request"),
     ] {
         let r = Client::new().get(&authorize_url(&server, &client, &challenge, &extra), &[]);
         assert_eq!(r.status, 303, "{extra:?}");
@@ -288,6 +291,26 @@ fn authorize_request_errors() {
     let t = exchange(&server, &wrong, &code, &verifier);
     assert_eq!(t.status, 401);
     assert_eq!(t.json()["error"], "invalid_client");
+    // Basic for one client and another's client_id in the body; Basic and
+    // client_secret both: refused, and the code still works for its client.
+    let basic = format!("Basic {}", Base64::encode_string(format!("{}:{}", client.id, client.secret).as_bytes()));
+    let headers = [("authorization", basic.as_str()), ("content-type", "application/x-www-form-urlencoded")];
+    let form = |extra: &str| {
+        let base = form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "authorization_code")
+            .append_pair("code", &code)
+            .append_pair("redirect_uri", &client.redirect)
+            .append_pair("code_verifier", &verifier)
+            .finish();
+        format!("{base}{extra}")
+    };
+    let r = Client::new().post(&server.url("/oidc/token"), &headers, form(&format!("&client_id={}", wrong.id)));
+    assert_eq!((r.status, r.json()["error"].as_str()), (401, Some("invalid_client")), "{}", r.text());
+    let r =
+        Client::new().post(&server.url("/oidc/token"), &headers, form(&format!("&client_secret={}", client.secret)));
+    assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("invalid_request")), "{}", r.text());
+    let r = Client::new().post(&server.url("/oidc/token"), &headers, form(&format!("&client_id={}", client.id)));
+    assert_eq!(r.status, 200, "the same client named twice is fine: {}", r.text());
 }
 
 #[test]
@@ -378,6 +401,13 @@ fn csc_api() {
 
     let info = Client::new().post(&server.url("/csc/v2/info"), &[], "{}").json();
     assert_eq!(info["authType"], json!(["oauth2code"]));
+    // No `oauth2` base URL (CSC's /oauth2/... endpoints are not inkan's);
+    // the issuer's RFC 8414 metadata names the real ones.
+    assert!(info.get("oauth2").is_none(), "{info}");
+    let issuer = info["oauth2Issuer"].as_str().expect("issuer");
+    let meta = Client::new().get(&format!("{issuer}/.well-known/oauth-authorization-server"), &[]).json();
+    assert_eq!(meta["issuer"], issuer);
+    assert!(meta["authorization_endpoint"].as_str().is_some_and(|e| e.ends_with("/oidc/authorize")), "{meta}");
     assert_eq!(info["conformance_levels"], json!(["Ades-B-B"]), "no TSA, B-B alone");
     let list = csc("credentials/list", json!({})).json();
     assert_eq!(list["credentialIDs"], json!(["100001.g1"]));
