@@ -363,8 +363,9 @@ fn jst_date(ms: i64) -> String {
     jst.get(..10).unwrap_or_default().to_owned()
 }
 
-/// A browser as people name it, from its `User-Agent` (the text itself when
-/// it is none of the usual ones).
+/// A browser as people name it, from its `User-Agent`: only names inkan
+/// knows, never the text itself (anyone can send any text, and it is shown
+/// next to the confirmation number).
 fn browser_name(agent: &str) -> String {
     let browser =
         [("Edg/", "Microsoft Edge"), ("Chrome/", "Google Chrome"), ("Firefox/", "Firefox"), ("Safari/", "Safari")]
@@ -379,8 +380,8 @@ fn browser_name(agent: &str) -> String {
     match (browser, os) {
         (Some(b), Some(o)) => format!("{b}({o})"),
         (Some(b), None) => b.to_owned(),
-        _ if agent.is_empty() => "不明".into(),
-        _ => agent.chars().take(80).collect(),
+        (None, Some(o)) => format!("その他のブラウザ({o})"),
+        (None, None) => "不明なブラウザ".into(),
     }
 }
 
@@ -895,5 +896,17 @@ pub async fn regcode_submit(
             },
         ),
         Err(e) => regcode_error_page(&app, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_pc_browser_shown_is_a_name_inkan_knows_never_the_text_sent() {
+        let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36";
+        assert_eq!(super::browser_name(chrome), "Google Chrome(Windows)");
+        assert_eq!(super::browser_name("本人確認済み 確認番号は 1234 (Linux)"), "その他のブラウザ(Linux)");
+        assert_eq!(super::browser_name("ご安心ください、正規の画面です"), "不明なブラウザ");
+        assert_eq!(super::browser_name(""), "不明なブラウザ");
     }
 }
