@@ -641,6 +641,11 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
         if ticket.action() != Action::Authenticate {
             return Err(refused(Refused::Stage("give up a sign-in")));
         }
+        // Only a phone that began the ceremony, with the confirmation number
+        // the PC shows, may say what the PC then shows (decoys begin alike).
+        if !matches!(ticket.stage, Stage::Ceremony(_)) {
+            return Err(refused(Refused::Stage("give up a sign-in before the phone began it with the PC's number")));
+        }
         // A decoy's phone is told what a real ticket's foreign phone is told.
         let failure = if ticket.decoy || has_device { Failure::NotAllowed } else { Failure::NoDevice };
         self.note(ticket.id, &failure).await?;

@@ -249,7 +249,15 @@ fn e1_enroll_by_hpki_then_l1_login_and_sign() {
     assert_eq!(r.status, 303, "{}", r.text());
     assert!(pc.get(&server.url("/pc")).text().contains("先に<a href=\"/register\">登録サイト</a>で登録してください"));
     let early = pc.phone_url(&server);
-    let r = Client::new().post(&format!("{early}/failed"), &[("content-type", "application/json")], "{}".to_owned());
+    // Giving up is for a phone that began, with the PC's number: not before.
+    let failed =
+        || Client::new().post(&format!("{early}/failed"), &[("content-type", "application/json")], "{}".to_owned());
+    let r = failed();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("before the phone began it"), "{}", r.text());
+    assert!(pc.status(&server)["error"].is_null(), "the PC's message is not the phone's to steer");
+    let _ = phone_begin(&early);
+    let r = failed();
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(pc.status(&server)["error"].as_str().is_some_and(|e| e.contains("先に登録サイトで登録してください")));
 
