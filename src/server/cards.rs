@@ -101,9 +101,21 @@ fn login_expired() -> Response {
 /// are same-origin or same-site (the main listener); a typed URL is `none`.
 /// Card *login* is not checked: it is reached by the signing system's
 /// redirect, cross-site by design, and ends at that system only.
-fn forged(headers: &HeaderMap) -> bool {
+/// A browser that sends no Sec-Fetch headers is judged by its Referer: one
+/// that names another site than inkan's two listeners is refused (our own
+/// pages send none across origins, their referrer policy being same-origin).
+fn forged(app: &App, headers: &HeaderMap) -> bool {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    get("sec-fetch-site") == Some("cross-site") || get("sec-fetch-mode").is_some_and(|m| m != "navigate")
+    if get("sec-fetch-site").is_some() || get("sec-fetch-mode").is_some() {
+        return get("sec-fetch-site") == Some("cross-site") || get("sec-fetch-mode").is_some_and(|m| m != "navigate");
+    }
+    get("referer").is_some_and(|referer| {
+        let ours = [&app.config.server.public_url, &app.config.server.card_url];
+        !ours.iter().any(|o| {
+            let origin = o.trim_end_matches('/');
+            referer == origin || referer.strip_prefix(origin).is_some_and(|rest| rest.starts_with('/'))
+        })
+    })
 }
 
 fn forged_page() -> Response {
@@ -178,7 +190,7 @@ pub async fn enroll(
     Path(scheme_name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if forged(&headers) {
+    if forged(&app, &headers) {
         return forged_page();
     }
     let Some(method) = scheme(&scheme_name) else {
@@ -205,7 +217,7 @@ pub async fn link_hpki(
     addr: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
 ) -> Response {
-    if forged(&headers) {
+    if forged(&app, &headers) {
         return forged_page();
     }
     let user_id = match card_user(&app, &peer, Method::Hpki).await {
@@ -240,7 +252,7 @@ pub async fn link_jpki(
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if forged(&headers) {
+    if forged(&app, &headers) {
         return forged_page();
     }
     let Some(token) = params.get("t") else {

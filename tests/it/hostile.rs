@@ -237,8 +237,11 @@ mod protocol_more {
         let tickets = || env.sql_ok("SELECT count(*) FROM tickets")[0].clone();
         for path in ["/enroll/hpki", "/link/hpki", "/link/jpki?t=x"] {
             for forged in [
-                [("sec-fetch-site", "cross-site"), ("sec-fetch-mode", "navigate")],
-                [("sec-fetch-site", "same-site"), ("sec-fetch-mode", "no-cors")],
+                vec![("sec-fetch-site", "cross-site"), ("sec-fetch-mode", "navigate")],
+                vec![("sec-fetch-site", "same-site"), ("sec-fetch-mode", "no-cors")],
+                // A browser without Sec-Fetch headers: its Referer names the other site.
+                vec![("referer", "https://evil.example/page")],
+                vec![("referer", "https://localhost:8443.evil.example/")],
             ] {
                 let r = card.get(&format!("{}{path}", server.card), &forged);
                 assert_eq!(r.status, 403, "{path} {forged:?}: {}", r.text());
@@ -252,6 +255,10 @@ mod protocol_more {
         assert_eq!(r.status, 303, "{}", r.text());
         assert_eq!(card.get(&format!("{}/link/hpki", server.card), &[]).status, 200);
         assert_eq!(tickets(), "2");
+        // Without Sec-Fetch headers, a Referer of our own listeners is ours.
+        let referer = format!("{}/register", server.base);
+        let r = card.get(&format!("{}/link/hpki", server.card), &[("referer", referer.as_str())]);
+        assert_eq!(r.status, 200, "{}", r.text());
     }
 }
 
