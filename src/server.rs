@@ -79,11 +79,18 @@ async fn per_address(State(app): State<Arc<App>>, req: Request, next: Next) -> R
         return limits::too_many(route.pages(req.method()), limited);
     }
     // What passed its address's limit counts against the group's budget for
-    // all clients together: a flood from many addresses meets it.
+    // all clients together: a flood from many addresses meets it. A request
+    // refused (4xx: an unknown QR code, bad parameters) wrote nothing and is
+    // given back, so that such floods do not spend what logins need.
     if route.writes() {
         if let Err(limited) = app.limits.open.check(route) {
             return limits::busy(route.pages(req.method()), limited);
         }
+        let resp = next.run(req).await;
+        if resp.status().is_client_error() {
+            app.limits.open.refund(route);
+        }
+        return resp;
     }
     next.run(req).await
 }

@@ -118,6 +118,23 @@ impl RateLimiter {
         Ok(())
     }
 
+    /// Gives back one request of `key` that [`RateLimiter::check`] counted
+    /// (it was refused and wrote nothing).
+    pub fn refund(&self, key: impl Hash) {
+        if self.interval == 0 {
+            return;
+        }
+        let now = self.start.elapsed().as_micros() as u64;
+        let mut key = self.hasher.hash_one(key);
+        if key == NEWCOMERS {
+            key -= 1;
+        }
+        let mut shard = self.shards[(key % SHARDS as u64) as usize].lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tat) = shard.tat.get_mut(&key) {
+            *tat = tat.saturating_sub(self.interval).max(now);
+        }
+    }
+
     /// Whether `key` would be refused now, without counting a request.
     pub fn blocked(&self, key: impl Hash) -> Option<Limited> {
         if self.interval == 0 {
@@ -505,6 +522,17 @@ mod tests {
         }
         assert!(Route::Pc.writes() && !Route::Pc.pages(&Method::POST));
         assert_eq!(Route::of(&Method::GET, "/pc/status"), None, "polled by an honest PC every second");
+    }
+
+    #[test]
+    fn a_refund_gives_back_what_was_counted() {
+        let l = RateLimiter::new(60, 2, 1000);
+        for _ in 0..10 {
+            assert!(l.check("a").is_ok());
+            l.refund("a");
+        }
+        assert!(l.check("a").is_ok() && l.check("a").is_ok());
+        assert!(l.check("a").is_err(), "the burst, counted");
     }
 
     #[test]

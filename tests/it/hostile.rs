@@ -757,6 +757,34 @@ mod budget {
     }
 }
 
+mod refused_requests {
+    use super::*;
+
+    /// Requests refused before they write anything (an unknown phone
+    /// token, an authorize request without parameters) do not spend the
+    /// budget for all clients together: a login after a flood of them
+    /// still starts.
+    #[test]
+    fn requests_refused_before_writing_do_not_spend_the_budget_for_all_clients() {
+        let env = env_with_card_user();
+        let server = Server::start(&env, &[("INKAN_LIMITS_OPEN_PER_SECOND", "2")]);
+        let open = Client::new();
+        for i in 0..10 {
+            let r = open.get(&server.url(&format!("/m/no-such-token-{i}")), &[]);
+            assert_eq!(r.status, 404, "{}", r.text());
+            let r = open.get(&server.url("/oidc/authorize"), &[]);
+            assert_eq!(r.status, 400, "{}", r.text());
+        }
+        let form = [("content-type", "application/x-www-form-urlencoded")];
+        let r = open.post(&server.url("/change"), &form, "user_id=someone");
+        assert_eq!(r.status, 303, "a QR start after the flood: {}", r.text());
+        let client = register_client(&env);
+        let (_, challenge) = pkce();
+        let authorize = authorize_url(&server, &client, &challenge, &[("acr_values", "hpki")]);
+        assert_eq!(open.get(&authorize, &[]).status, 303, "an authorization request after the flood");
+    }
+}
+
 mod writes {
     use super::*;
     use crate::authenticator::StockPasskey;
