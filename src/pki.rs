@@ -198,6 +198,21 @@ pub fn verify_signature(
 ) -> Result<(), SignatureCheck> {
     use der::oid::db::rfc5912 as oids;
     use rsa::pkcs8::DecodePublicKey;
+    // ring's verification first (an order of magnitude faster); it refuses
+    // keys under 2048 bits as it refuses a bad signature, so what it does
+    // not accept the rsa crate decides, as it always did.
+    let fast: Option<&'static ring::signature::RsaParameters> = match algorithm.oid {
+        o if o == oids::SHA_256_WITH_RSA_ENCRYPTION => Some(&ring::signature::RSA_PKCS1_2048_8192_SHA256),
+        o if o == oids::SHA_384_WITH_RSA_ENCRYPTION => Some(&ring::signature::RSA_PKCS1_2048_8192_SHA384),
+        o if o == oids::SHA_512_WITH_RSA_ENCRYPTION => Some(&ring::signature::RSA_PKCS1_2048_8192_SHA512),
+        _ => None,
+    };
+    if let (Some(parameters), true) = (fast, signer.algorithm.oid == oids::RSA_ENCRYPTION) {
+        let key = ring::signature::UnparsedPublicKey::new(parameters, signer.subject_public_key.raw_bytes());
+        if key.verify(tbs, signature).is_ok() {
+            return Ok(());
+        }
+    }
     let spki = signer.to_der().map_err(|e| SignatureCheck::Unsupported(e.to_string()))?;
     let key = rsa::RsaPublicKey::from_public_key_der(&spki)
         .map_err(|e| SignatureCheck::Unsupported(format!("the issuer's key is not an RSA key inkan can check: {e}")))?;
