@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::context::{write_file, CliError, Ctx, Output};
+use super::verify::TrustArgs;
 use crate::extend::Extender;
 use crate::signing::format::Level;
 use crate::verify::Trust;
@@ -25,25 +26,18 @@ pub struct ExtendArgs {
     /// The signed content of a detached CMS signature.
     #[arg(long, value_name = "DATA")]
     pub content: Option<PathBuf>,
-    /// A trust anchor for signers' certificates (PEM; repeat for more).
-    /// Default: `[verify] anchors`.
-    #[arg(long = "anchor", value_name = "PEM")]
-    pub anchors: Vec<PathBuf>,
-    /// A trust anchor for TSAs' certificates (PEM; repeat for more).
-    /// Default: `[verify] tsa_anchors`, else `[tsa] ca`.
-    #[arg(long = "tsa-anchor", value_name = "PEM")]
-    pub tsa_anchors: Vec<PathBuf>,
-    /// A CRL (DER or PEM) besides `[pki] crls`.
-    #[arg(long = "crl", value_name = "FILE")]
-    pub crls: Vec<PathBuf>,
+    /// What the validations before and after trust (`--crl`: CRLs besides
+    /// `[pki] crls`, also for what is embedded).
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 /// Runs `inkan extend`.
 pub async fn run(ctx: &Ctx, args: ExtendArgs) -> Result<Output, CliError> {
     let level: Level = args.level.parse()?;
-    let trust = Trust::from_config(&ctx.config, &args.anchors, &args.tsa_anchors, &[])?;
+    let trust = Trust::from_config(&ctx.config, &args.trust.anchors, &args.trust.tsa_anchors, &[])?;
     let mut config = ctx.config.clone();
-    config.pki.crls.extend(args.crls.iter().cloned());
+    config.pki.crls.extend(args.trust.crls.iter().cloned());
     let extender = Extender::from_config(&config, Arc::new(trust), Arc::clone(&ctx.clock))?;
     let read = |p: &PathBuf| {
         std::fs::read(p).map_err(|e| CliError { message: format!("cannot read {}: {e}", p.display()), code: 1 })

@@ -18,6 +18,14 @@ pub struct VerifyArgs {
     /// second covers that whole second.
     #[arg(long, value_name = "RFC3339")]
     pub at: Option<String>,
+    /// What the validation trusts.
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+/// The trust flags of `inkan verify` and `inkan extend`.
+#[derive(Debug, clap::Args)]
+pub struct TrustArgs {
     /// A trust anchor for signers' certificates (PEM; repeat for more).
     /// Default: `[verify] anchors`.
     #[arg(long = "anchor", value_name = "PEM")]
@@ -37,7 +45,7 @@ const NOT_VALIDATED: i32 = 3;
 /// Runs `inkan verify`.
 pub fn run(ctx: &Ctx, args: VerifyArgs) -> Result<Output, CliError> {
     let fail = |message: String| CliError { message, code: NOT_VALIDATED };
-    let trust = Trust::from_config(&ctx.config, &args.anchors, &args.tsa_anchors, &args.crls)
+    let trust = Trust::from_config(&ctx.config, &args.trust.anchors, &args.trust.tsa_anchors, &args.trust.crls)
         .map_err(|e| fail(e.to_string()))?;
     let at = match &args.at {
         Some(text) => verify::validation_time(text).map_err(|e| fail(e.to_string()))?,
