@@ -28,7 +28,8 @@ use x509_cert::Certificate;
 use super::PkiError;
 use crate::pki;
 
-/// anyExtendedKeyUsage (RFC 5280 §4.2.1.12).
+/// anyExtendedKeyUsage (RFC 5280 §4.2.1.12): not enough for a card login.
+#[cfg(test)]
 const ANY_EXTENDED_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37.0");
 
 /// Why a card certificate was refused. The messages are shown to users.
@@ -201,7 +202,9 @@ impl TrustStore {
         let tbs = leaf.tbs_certificate();
         // A card's authentication key signs the TLS handshake: its
         // certificate must say digitalSignature, and if it limits its
-        // purposes (extendedKeyUsage), client authentication must be one.
+        // purposes (extendedKeyUsage), client authentication must be one,
+        // named: anyExtendedKeyUsage says nothing about this purpose, and a
+        // certificate issued for everything is not a card's.
         match tbs.get_extension::<KeyUsage>() {
             Ok(Some((_, ku))) if ku.0.contains(KeyUsages::DigitalSignature) => {}
             Ok(Some(_)) => return Err(wrong("its key usage does not allow digitalSignature")),
@@ -210,7 +213,7 @@ impl TrustStore {
         }
         match tbs.get_extension::<ExtendedKeyUsage>() {
             Ok(Some((_, eku)))
-                if !eku.0.iter().any(|p| *p == pki::profile::oids::CLIENT_AUTH || *p == ANY_EXTENDED_KEY_USAGE) =>
+                if !eku.0.iter().any(|p| *p == pki::profile::oids::CLIENT_AUTH) =>
             {
                 return Err(wrong("its extended key usage does not allow client authentication"));
             }
@@ -457,7 +460,12 @@ mod tests {
             Box::new(Kind::Without(auth(), vec![ID_CE_EXT_KEY_USAGE])),
             vec![eku(vec![ANY_EXTENDED_KEY_USAGE])],
         );
-        assert!(hpki().validate(&issue(any), now()).is_ok());
+        assert_eq!(reason(any), "its extended key usage does not allow client authentication");
+        let both = Kind::WithExtra(
+            Box::new(Kind::Without(auth(), vec![ID_CE_EXT_KEY_USAGE])),
+            vec![eku(vec![ANY_EXTENDED_KEY_USAGE, pki::profile::oids::CLIENT_AUTH])],
+        );
+        assert!(hpki().validate(&issue(both), now()).is_ok());
         assert!(hpki().validate(&issue(Kind::Without(auth(), vec![ID_CE_EXT_KEY_USAGE])), now()).is_ok());
     }
 
