@@ -107,13 +107,15 @@ impl Config {
         }
         let l = &self.limits;
         if (l.per_address_per_minute > 0 && l.per_address_burst == 0)
+            || (l.per_network_per_minute > 0 && l.per_network_burst == 0)
             || (l.per_user_per_minute > 0 && l.per_user_burst == 0)
             || l.connections == 0
             || l.connections_per_address == 0
+            || l.connections_per_network == 0
             || l.min_body_rate == 0
         {
             return Err(ConfigError(
-                "[limits] a burst (with its rate above 0), connections, connections_per_address and min_body_rate must be at least 1"
+                "[limits] a burst (with its rate above 0), connections, connections_per_address, connections_per_network and min_body_rate must be at least 1"
                     .into(),
             ));
         }

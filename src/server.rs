@@ -12,6 +12,7 @@
 //! principal, calls one domain operation and renders the answer (JSON, CSC,
 //! pages). Errors are mapped to statuses and OAuth/CSC codes in `error.rs`.
 
+pub mod address;
 pub mod api;
 pub mod body;
 pub mod cards;
@@ -23,6 +24,7 @@ pub mod health;
 pub mod limits;
 pub mod oidc;
 pub mod pages;
+pub mod slots;
 pub mod state;
 pub mod tls;
 pub mod verify;
@@ -62,7 +64,7 @@ async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
 /// The per-address rate limit of the route's group ([`limits::Route`]).
 async fn per_address(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().and_then(|p| limits::Route::of(req.method(), p.as_str()));
-    let (Some(route), Some(&addr)) = (route, req.extensions().get::<limits::ClientAddr>()) else {
+    let (Some(route), Some(&addr)) = (route, req.extensions().get::<address::ClientAddr>()) else {
         return next.run(req).await;
     };
     if route.counts_refusals_only() {
@@ -75,7 +77,12 @@ async fn per_address(State(app): State<Arc<App>>, req: Request, next: Next) -> R
         }
         return resp;
     }
-    if let Err(limited) = app.limits.address.check((route, addr)) {
+    // One address, then its network: many addresses of one network (a /24,
+    // a /48) are held together too.
+    let network = address::Network::of(addr);
+    if let Err(limited) =
+        app.limits.address.check((route, addr)).and_then(|()| app.limits.network.check((route, network)))
+    {
         return limits::too_many(route.pages(req.method()), limited);
     }
     // What passed its address's limit counts against the group's budget for
@@ -347,9 +354,10 @@ impl Server {
 /// The largest request head (request line and headers) a connection may send.
 pub const MAX_HEAD_BYTES: usize = 64 << 10;
 
-/// Accepts connections of one listener until `stop`: each gets a slot of
-/// `[limits] connections` (in all and per address; past them it is closed at
-/// once), a TLS handshake within the header timeout, and paced bodies.
+/// Accepts connections of one listener until `stop`: each gets a slot
+/// ([`slots::Slots`]: caps per listener, address and network; when full, the
+/// oldest unproven idle connection makes room), a TLS handshake within a
+/// deadline that shortens as the listener fills, and paced bodies.
 #[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     listener: TcpListener,
@@ -360,8 +368,8 @@ async fn accept_loop(
     header_timeout: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let connections = Arc::new(limits::Connections::default());
-    let (total, per_address, pace) = (app.limits.connections, app.limits.connections_per_address, app.limits.body);
+    let pool = Arc::new(slots::Slots::default());
+    let (caps, pace) = (app.limits.connections, app.limits.body);
     let refused = crate::throttle::Throttle::new();
     loop {
         let (tcp, remote) = tokio::select! {
@@ -375,54 +383,77 @@ async fn accept_loop(
             },
             _ = stop.changed() => break,
         };
-        let addr = limits::ClientAddr::of(remote.ip());
-        let Some(slot) = connections.admit(addr, total, per_address) else {
-            if let Some(left_out) = refused.admit() {
-                tracing::warn!(
-                    "connection from {} refused: [limits] connections ({total}) or connections_per_address ({per_address}) reached ({left_out} more since the last line)",
-                    addr.0
-                );
+        let addr = address::ClientAddr::of(remote.ip());
+        let slot = match pool.admit(addr, caps) {
+            Ok(slot) => Arc::new(slot),
+            Err(why) => {
+                if let Some(left_out) = refused.admit() {
+                    let which = match why {
+                        slots::Refused::Address => format!("connections_per_address ({})", caps.per_address),
+                        slots::Refused::Network => format!("connections_per_network ({})", caps.per_network),
+                        slots::Refused::Full => {
+                            format!("connections ({}), every slot authenticated or running a request", caps.total)
+                        }
+                    };
+                    tracing::warn!(
+                        "connection from {} refused: [limits] {which} reached ({left_out} more since the last line)",
+                        addr.0
+                    );
+                }
+                drop(tcp);
+                continue;
             }
-            drop(tcp);
-            continue;
         };
+        let deadline = pool.handshake_deadline(header_timeout, caps);
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _slot = slot;
-            let tls = match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!("TLS handshake failed: {e}");
-                    return;
+            let serve = async {
+                let tls = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!("TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let peer = PeerCertificates(Arc::new(
+                    tls.get_ref()
+                        .1
+                        .peer_certificates()
+                        .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
+                        .unwrap_or_default(),
+                ));
+                let on = Arc::clone(&slot);
+                let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(peer.clone());
+                    req.extensions_mut().insert(addr);
+                    let busy = on.busy();
+                    let answer = router.clone().oneshot(req.map(|body| Body::new(limits::PacedBody::new(body, pace))));
+                    let on = Arc::clone(&on);
+                    async move {
+                        let resp = slots::on_connection(on, answer).await?;
+                        Ok::<_, std::convert::Infallible>(resp.map(|b| Body::new(slots::Sending::new(b, busy))))
+                    }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    // A request head larger than this is refused (431): what one
+                    // connection makes the server buffer stays small.
+                    .max_buf_size(MAX_HEAD_BYTES)
+                    .max_header_size(MAX_HEAD_BYTES)
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(tls), service);
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!("connection ended: {e}");
                 }
-                Err(_) => return,
             };
-            let peer = PeerCertificates(Arc::new(
-                tls.get_ref()
-                    .1
-                    .peer_certificates()
-                    .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
-                    .unwrap_or_default(),
-            ));
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(peer.clone());
-                req.extensions_mut().insert(addr);
-                router.clone().oneshot(req.map(|body| Body::new(limits::PacedBody::new(body, pace))))
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                // A request head larger than this is refused (431): what one
-                // connection makes the server buffer stays small.
-                .max_buf_size(MAX_HEAD_BYTES)
-                .max_header_size(MAX_HEAD_BYTES)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!("connection ended: {e}");
+            tokio::select! {
+                () = serve => {}
+                () = slot.evicted() => tracing::debug!("connection from {} closed for a newcomer", addr.0),
             }
         });
     }

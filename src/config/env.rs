@@ -104,11 +104,14 @@ pub const SETTINGS: &[Setting] = &[
     s("fido.regcode_days", Int),
     s("limits.per_address_per_minute", Int),
     s("limits.per_address_burst", Int),
+    s("limits.per_network_per_minute", Int),
+    s("limits.per_network_burst", Int),
     s("limits.per_user_per_minute", Int),
     s("limits.per_user_burst", Int),
     s("limits.open_per_second", Int),
     s("limits.connections", Int),
     s("limits.connections_per_address", Int),
+    s("limits.connections_per_network", Int),
     s("limits.body_grace_secs", Int),
     s("limits.min_body_rate", Int),
     s("limits.enveloped_bytes", Int),
@@ -230,7 +233,7 @@ mod tests {
             let parsed: Result<Config, _> = table.try_into();
             assert!(parsed.is_ok(), "{}: {:?}", setting.var(), parsed.err());
         }
-        assert_eq!(SETTINGS.len(), 77, "the README promises an override for each of the 77 settings");
+        assert_eq!(SETTINGS.len(), 80, "the README promises an override for each of the 80 settings");
     }
 
     #[test]

@@ -144,6 +144,11 @@ pub struct LimitsConfig {
     pub per_address_per_minute: u32,
     /// How many of those may come at once.
     pub per_address_burst: u32,
+    /// The same for all addresses of one network (IPv4 /24, IPv6 /48)
+    /// together, sustained (0 = no limit).
+    pub per_network_per_minute: u32,
+    /// How many of those may come at once.
+    pub per_network_burst: u32,
     /// QR codes (phone login, phone change) a minute for one user ID, sustained.
     pub per_user_per_minute: u32,
     /// How many of those may come at once.
@@ -154,10 +159,16 @@ pub struct LimitsConfig {
     /// `Retry-After`, so that a flood from many addresses cannot take the
     /// database from signing (0 = no limit).
     pub open_per_second: u32,
-    /// Open connections per listener; beyond it new ones are closed at once.
+    /// Open connections per listener. When full, a newcomer takes the slot
+    /// of the oldest connection that is idle or in its TLS handshake and has
+    /// not authenticated a request; a quarter is kept for those that have.
     pub connections: usize,
-    /// Open connections per client address (IPv6: per /64) and listener.
+    /// Open connections per client address (IPv6: per /64) and listener;
+    /// beyond it new ones are closed at once.
     pub connections_per_address: usize,
+    /// Open connections per client network (IPv4 /24, IPv6 /48) and
+    /// listener; beyond it new ones are closed at once.
+    pub connections_per_network: usize,
     /// Seconds a request body may take before it must keep `min_body_rate`.
     pub body_grace_secs: u64,
     /// Bytes a second a request body must arrive at, on average, after the grace.
@@ -172,11 +183,14 @@ impl Default for LimitsConfig {
         LimitsConfig {
             per_address_per_minute: 600,
             per_address_burst: 120,
+            per_network_per_minute: 2400,
+            per_network_burst: 480,
             per_user_per_minute: 10,
             per_user_burst: 5,
             open_per_second: 100,
             connections: 4096,
             connections_per_address: 256,
+            connections_per_network: 1024,
             body_grace_secs: 10,
             min_body_rate: 8192,
             enveloped_bytes: 256 << 20,

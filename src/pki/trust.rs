@@ -212,9 +212,7 @@ impl TrustStore {
             Err(e) => return Err(CardCertError::Malformed(format!("keyUsage: {e}"))),
         }
         match tbs.get_extension::<ExtendedKeyUsage>() {
-            Ok(Some((_, eku)))
-                if !eku.0.iter().any(|p| *p == pki::profile::oids::CLIENT_AUTH) =>
-            {
+            Ok(Some((_, eku))) if !eku.0.contains(&pki::profile::oids::CLIENT_AUTH) => {
                 return Err(wrong("its extended key usage does not allow client authentication"));
             }
             Ok(_) => {}

@@ -16,7 +16,7 @@ use crate::auth::Method;
 use crate::error::{Credential, Error, Forbidden, Gone, Missing};
 use crate::pki::trust::CardCertError;
 
-use super::limits::ClientAddr;
+use super::address::ClientAddr;
 use super::pages;
 use super::state::App;
 use super::tls::PeerCertificates;
@@ -129,7 +129,13 @@ fn forged_page() -> Response {
 
 /// The user of this connection's card, or the page that says why not.
 async fn card_user(app: &App, peer: &PeerCertificates, method: Method) -> Result<String, Response> {
-    app.cards.identify(app.store.as_ref(), method, &peer.0, app.clock.now()).await.map_err(|e| card_refused(method, e))
+    let user = app
+        .cards
+        .identify(app.store.as_ref(), method, &peer.0, app.clock.now())
+        .await
+        .map_err(|e| card_refused(method, e))?;
+    super::slots::prove_connection();
+    Ok(user)
 }
 
 /// `GET /login/hpki` and `/login/jpki`: the certificate is the whole proof.

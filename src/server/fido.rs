@@ -26,9 +26,10 @@ use crate::fido::device::Retirement;
 use crate::fido::flows::Failure;
 use crate::fido::ticket::{Action, Kind, PcInfo, Stage, Ticket};
 
+use super::address::ClientAddr;
 use super::body::{read_form, read_json_or_empty, read_limited};
 use super::error::ApiError;
-use super::limits::{self, ClientAddr, Flow};
+use super::limits::{self, Flow};
 use super::pages;
 use super::state::App;
 

@@ -10,8 +10,8 @@ use serde_json::json;
 
 use crate::auth::token_hash;
 
+use super::address::ClientAddr;
 use super::error::ApiError;
-use super::limits::ClientAddr;
 use super::state::App;
 
 /// The process is up.

@@ -1,6 +1,6 @@
 //! What one client may make the server do or hold (`[limits]`): requests a
-//! minute per client address and per user ID (429 with `Retry-After`), open
-//! connections per listener and per address, and the pace of request bodies.
+//! minute per client address and per user ID (429 with `Retry-After`), the
+//! caps on open connections ([`super::slots`]), and the pace of request bodies.
 //!
 //! Rate limits are GCRA buckets (one timestamp per key) in a table of fixed
 //! size: when it is full of live keys, a new key shares one bucket with every
@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash, RandomState};
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -162,28 +161,6 @@ impl RateLimiter {
     }
 }
 
-/// A client address as limits count it: IPv4 as it is, IPv6 by its /64 (one
-/// customer's network; `::1` stays itself), an IPv4-mapped IPv6 address as IPv4.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ClientAddr(pub IpAddr);
-
-impl ClientAddr {
-    /// The address limits count for a peer.
-    pub fn of(ip: IpAddr) -> ClientAddr {
-        match ip {
-            IpAddr::V4(_) => ClientAddr(ip),
-            IpAddr::V6(v6) if v6.is_loopback() => ClientAddr(ip),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => ClientAddr(IpAddr::V4(v4)),
-                None => {
-                    let s = v6.segments();
-                    ClientAddr(IpAddr::V6([s[0], s[1], s[2], s[3], 0, 0, 0, 0].into()))
-                }
-            },
-        }
-    }
-}
-
 /// The groups of routes anyone can call, each limited on its own per address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Route {
@@ -260,16 +237,16 @@ pub enum Flow {
 pub struct Limits {
     /// Per client address and route group.
     pub address: RateLimiter,
+    /// Per client network ([`super::address::Network`]) and route group.
+    pub network: RateLimiter,
     /// Per user ID and flow.
     pub user: RateLimiter,
     /// Refused requests per client address, for the groups that count only those.
     pub refusals: RateLimiter,
     /// Per route group, all clients together ([`Route::writes`]).
     pub open: RateLimiter,
-    /// Open connections per client address, per listener.
-    pub connections: usize,
-    /// Open connections per client address.
-    pub connections_per_address: usize,
+    /// Open connections per listener, per address and per network.
+    pub connections: super::slots::Caps,
     /// Body pace.
     pub body: BodyPace,
     /// Bytes of enveloped documents that may be held at once.
@@ -305,12 +282,16 @@ impl Limits {
     pub fn new(cfg: &LimitsConfig) -> Limits {
         Limits {
             address: RateLimiter::new(cfg.per_address_per_minute, cfg.per_address_burst, MAX_KEYS),
+            network: RateLimiter::new(cfg.per_network_per_minute, cfg.per_network_burst, MAX_KEYS),
             user: RateLimiter::new(cfg.per_user_per_minute, cfg.per_user_burst, MAX_KEYS),
             refusals: RateLimiter::new(cfg.per_address_per_minute, cfg.per_address_burst, MAX_KEYS),
             // A handful of keys (one per group), room for each in its shard.
             open: RateLimiter::new(cfg.open_per_second.saturating_mul(60), cfg.open_per_second, SHARDS * 8),
-            connections: cfg.connections,
-            connections_per_address: cfg.connections_per_address,
+            connections: super::slots::Caps {
+                total: cfg.connections,
+                per_address: cfg.connections_per_address,
+                per_network: cfg.connections_per_network,
+            },
             body: BodyPace { grace: Duration::from_secs(cfg.body_grace_secs), min_rate: cfg.min_body_rate.max(1) },
             enveloped: Arc::new(tokio::sync::Semaphore::new(
                 cfg.enveloped_bytes.min(tokio::sync::Semaphore::MAX_PERMITS),
@@ -383,53 +364,6 @@ fn refused(page: Option<Response>, json: (StatusCode, &'static str, &str), limit
         resp.headers_mut().insert(header::RETRY_AFTER, v);
     }
     resp
-}
-
-/// Counts open connections per client address; a slot is given back when its
-/// guard is dropped.
-#[derive(Default)]
-pub struct Connections {
-    open: Mutex<(usize, HashMap<ClientAddr, usize>)>,
-}
-
-/// One open connection.
-pub struct Slot {
-    pool: Arc<Connections>,
-    addr: ClientAddr,
-}
-
-impl Connections {
-    /// A slot for a connection from `addr`, or `None` past either limit.
-    pub fn admit(self: &Arc<Self>, addr: ClientAddr, total: usize, per_address: usize) -> Option<Slot> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let (all, by_addr) = &mut *open;
-        let mine = by_addr.get(&addr).copied().unwrap_or(0);
-        if *all >= total || mine >= per_address {
-            return None;
-        }
-        *all += 1;
-        by_addr.insert(addr, mine + 1);
-        Some(Slot { pool: Arc::clone(self), addr })
-    }
-
-    /// Open connections.
-    pub fn open(&self) -> usize {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).0
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self.pool.open.lock().unwrap_or_else(|p| p.into_inner());
-        let (all, by_addr) = &mut *open;
-        *all -= 1;
-        if let Some(n) = by_addr.get_mut(&self.addr) {
-            *n -= 1;
-            if *n == 0 {
-                by_addr.remove(&self.addr);
-            }
-        }
-    }
 }
 
 /// How fast a request body must come: within `grace`, anything; after it, on
@@ -605,33 +539,5 @@ mod tests {
     fn retry_after_rounds_up_to_whole_seconds() {
         let at = |ms| Limited { retry_after: Duration::from_millis(ms) }.secs();
         assert_eq!((at(1), at(999), at(1000), at(1001), at(2000), at(0)), (1, 1, 1, 2, 2, 1));
-    }
-
-    #[test]
-    fn ipv6_counts_by_its_network() {
-        let a = ClientAddr::of("2001:db8:1:2::1".parse().expect("ip"));
-        let b = ClientAddr::of("2001:db8:1:2:ffff::9".parse().expect("ip"));
-        let c = ClientAddr::of("2001:db8:1:3::1".parse().expect("ip"));
-        assert_eq!(a, b);
-        assert_ne!(a, c);
-        assert_eq!(
-            ClientAddr::of("::ffff:192.0.2.1".parse().expect("ip")).0,
-            "192.0.2.1".parse::<IpAddr>().expect("ip")
-        );
-    }
-
-    #[test]
-    fn connections_per_address_and_in_all() {
-        let pool = Arc::new(Connections::default());
-        let a = ClientAddr::of("192.0.2.1".parse().expect("ip"));
-        let b = ClientAddr::of("192.0.2.2".parse().expect("ip"));
-        let first = pool.admit(a, 3, 2).expect("1");
-        let _second = pool.admit(a, 3, 2).expect("2");
-        assert!(pool.admit(a, 3, 2).is_none(), "per address");
-        let _third = pool.admit(b, 3, 2).expect("3");
-        assert!(pool.admit(b, 3, 2).is_none(), "in all");
-        drop(first);
-        let _again = pool.admit(a, 3, 2).expect("a slot given back");
-        assert_eq!(pool.open(), 3);
     }
 }

@@ -55,6 +55,8 @@ impl App {
             .or_else(|| value.strip_prefix("bearer "))
             .map(str::trim)
             .ok_or_else(|| invalid("the Authorization header must be Bearer <access token>"))?;
-        self.sessions.authenticate(token).await
+        let principal = self.sessions.authenticate(token).await?;
+        super::slots::prove_connection();
+        Ok(principal)
     }
 }

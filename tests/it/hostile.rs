@@ -658,6 +658,33 @@ mod rate {
     }
 
     #[test]
+    fn the_addresses_of_one_network_are_limited_together_too() {
+        let env = Env::new();
+        let server = Server::start(
+            &env,
+            &[
+                ("INKAN_LIMITS_PER_ADDRESS_PER_MINUTE", "1"),
+                ("INKAN_LIMITS_PER_ADDRESS_BURST", "3"),
+                ("INKAN_LIMITS_PER_NETWORK_PER_MINUTE", "1"),
+                ("INKAN_LIMITS_PER_NETWORK_BURST", "6"),
+            ],
+        );
+        let url = server.url("/r/nothing");
+        let status = |from: &str| Client::new().from(from).get(&url, &[]).status;
+        // Three addresses of 127.0.7.0/24, each within its own limit (3):
+        // together past the network's (6).
+        let seen: Vec<u16> = ["127.0.7.1", "127.0.7.2", "127.0.7.3"]
+            .iter()
+            .flat_map(|from| (0..3).map(move |_| *from))
+            .map(status)
+            .collect();
+        assert_eq!(seen.iter().filter(|s| **s == 429).count(), 3, "{seen:?}");
+        assert!(seen[..6].iter().all(|s| *s != 429), "{seen:?}");
+        // Another network is not held by it.
+        assert_ne!(status("127.0.8.1"), 429);
+    }
+
+    #[test]
     fn each_group_of_open_routes_is_limited_per_address_with_retry_after() {
         let env = env_with_card_user();
         let server = Server::start(
@@ -917,6 +944,92 @@ mod time {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         assert!(ok, "a connection after the held ones closed is served");
+    }
+
+    /// Bare TCP connections to `port` that never send a byte: `per` from each
+    /// of `networks` addresses, each in its own /24 (127.0.N.1).
+    async fn hold_idle(port: u16, networks: u8, per: usize) -> Vec<tokio::net::TcpStream> {
+        let mut held = Vec::new();
+        for n in 1..=networks {
+            let from: std::net::SocketAddr = format!("127.0.{n}.1:0").parse().expect("addr");
+            for _ in 0..per {
+                let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+                socket.bind(from).expect("bind");
+                held.push(socket.connect(format!("127.0.0.1:{port}").parse().expect("to")).await.expect("connect"));
+            }
+        }
+        held
+    }
+
+    /// Writes one request on a kept-alive connection and reads its answer's status.
+    async fn on_kept_alive(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>, head: &str) -> String {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        tls.write_all(head.as_bytes()).await.expect("write");
+        let mut reader = tokio::io::BufReader::new(tls);
+        let (mut status, mut line, mut length) = (String::new(), String::new(), 0usize);
+        reader.read_line(&mut status).await.expect("status");
+        loop {
+            line.clear();
+            reader.read_line(&mut line).await.expect("header");
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().expect("length");
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).await.expect("body");
+        status.trim().to_owned()
+    }
+
+    #[test]
+    fn idle_connections_from_many_networks_do_not_keep_honest_clients_out() {
+        let env = env_with_card_user();
+        // 64 slots a listener; the flood below is five times that.
+        let server =
+            Server::start(&env, &[("INKAN_LIMITS_CONNECTIONS", "64"), ("INKAN_LIMITS_CONNECTIONS_PER_ADDRESS", "16")]);
+        let token = login_with_scope(&server, &env, "openid sign")["access_token"].as_str().expect("t").to_owned();
+        let port =
+            |url: &str| url.rsplit(':').next().and_then(|p| p.split('/').next()).expect("port").parse().expect("port");
+        let (main, card) = (port(&server.base), port(&server.card));
+        let me = format!("GET /api/v1/me HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\r\n");
+        let rt = runtime();
+        // A signing system's connection, authenticated before the flood.
+        let mut kept = rt.block_on(Client::new().connect(&server.url("/"))).expect("connect");
+        assert_eq!(rt.block_on(on_kept_alive(&mut kept, &me)), "HTTP/1.1 200 OK");
+        // 20 networks x 16 bare connections on each listener, held meanwhile.
+        let flood = rt.block_on(async {
+            let held = [hold_idle(main, 20, 16).await, hold_idle(card, 20, 16).await];
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            held
+        });
+        // The authenticated connection kept its slot.
+        assert_eq!(rt.block_on(on_kept_alive(&mut kept, &me)), "HTTP/1.1 200 OK");
+        // Honest newcomers, each on new connections: signatures with a live
+        // session, and card logins (authorize, the card listener, the token).
+        let url = server.url("/api/v1/sign-hashes");
+        let digest = "n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg=";
+        let body = json!({ "hashes": [digest], "hashAlgorithm": "SHA-256", "format": "cades" });
+        let signed =
+            (0..30).filter(|_| Client::new().try_post_json(&url, &token, &body).is_ok_and(|r| r.status == 200)).count();
+        let client = register_client(&env);
+        let logged_in = (0..30)
+            .filter(|_| {
+                let (verifier, challenge) = pkce();
+                let url = authorize_url(&server, &client, &challenge, &[("acr_values", "hpki")]);
+                let Ok(r) = Client::new().try_request("GET", &url, &[], Vec::new()) else { return false };
+                if r.status != 303 {
+                    return false;
+                }
+                let card = Client::with_card("hpki-doctor").try_request("GET", &r.location(), &[], Vec::new());
+                let Ok(r) = card else { return false };
+                r.status == 303 && exchange(&server, &client, &query(&r.location())["code"], &verifier).status == 200
+            })
+            .count();
+        drop(flood);
+        assert!(signed >= 29, "{signed} of 30 signatures with a live session");
+        assert!(logged_in >= 29, "{logged_in} of 30 card logins");
     }
 }
 

@@ -42,6 +42,8 @@ impl Resp {
 #[derive(Clone)]
 pub struct Client {
     config: Arc<rustls::ClientConfig>,
+    /// The loopback address connections come from (127.0.0.1 unless set).
+    from: Option<std::net::IpAddr>,
 }
 
 /// Always offers the one card certificate.
@@ -105,7 +107,13 @@ impl Client {
                 builder.with_client_cert_resolver(Arc::new(CardResolver(certified)))
             }
         };
-        Client { config: Arc::new(config) }
+        Client { config: Arc::new(config), from: None }
+    }
+
+    /// Connecting from another loopback address (`127.0.N.M`), as another client would.
+    pub fn from(mut self, ip: &str) -> Client {
+        self.from = Some(ip.parse().expect("ip"));
+        self
     }
 
     pub fn get(&self, url: &str, headers: &[(&str, &str)]) -> Resp {
@@ -138,8 +146,7 @@ impl Client {
         let rest = url.strip_prefix("https://").expect("https URL");
         let authority = rest.split('/').next().expect("authority");
         let (host, port) = authority.rsplit_once(':').expect("port");
-        let tcp =
-            tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await.map_err(|e| format!("connect: {e}"))?;
+        let tcp = connect_from(self.from, &format!("127.0.0.1:{port}")).await?;
         tokio_rustls::TlsConnector::from(Arc::clone(&self.config))
             .connect(ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?, tcp)
             .await
@@ -160,6 +167,7 @@ impl Client {
         let addr = format!("127.0.0.1:{port}");
         let host = host.to_owned();
         let config = Arc::clone(&self.config);
+        let from = self.from;
         let mut req = hyper::Request::builder().method(method).uri(path).header("host", authority);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -167,7 +175,7 @@ impl Client {
         let req = req.body(Full::new(Bytes::from(body))).expect("request");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
-            let tcp = tokio::net::TcpStream::connect(&addr).await.map_err(|e| format!("connect: {e}"))?;
+            let tcp = connect_from(from, &addr).await?;
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(ServerName::try_from(host).map_err(|e| e.to_string())?, tcp)
                 .await
@@ -187,6 +195,16 @@ impl Client {
             Ok(Resp { status, headers, body })
         })
     }
+}
+
+/// A TCP connection to `addr`, from the loopback address `from` if given.
+async fn connect_from(from: Option<std::net::IpAddr>, addr: &str) -> Result<tokio::net::TcpStream, String> {
+    let to: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    if let Some(ip) = from {
+        socket.bind((ip, 0).into()).map_err(|e| format!("bind {ip}: {e}"))?;
+    }
+    socket.connect(to).await.map_err(|e| format!("connect: {e}"))
 }
 
 fn free_port() -> u16 {
