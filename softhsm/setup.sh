@@ -9,7 +9,8 @@
 #     never a downloaded browser) with
 #     Node.js and playwright-core (tests/browser, pinned by its package-lock.json),
 #     and Debian's PostgreSQL server (the tests start throwaway clusters of
-#     their own in temp directories; nothing is started here).
+#     their own in temp directories; nothing is started here), and HAProxy
+#     (a real balancer speaking the PROXY protocol; the tests start it).
 #  2. Renders softhsm/softhsm2.conf.in into var/softhsm/softhsm2.conf, with the
 #     token directory var/softhsm/tokens inside the project.
 #  3. Initialises the token by its label (default "inkan", INKAN_TOKEN_LABEL)
@@ -43,6 +44,8 @@ if [ "${1:-}" = "--deps-only" ]; then
   command -v xmlsec1 >/dev/null 2>&1 || need+=(xmlsec1)
   # The time-stamp tests talk to their TSA with curl too.
   command -v curl >/dev/null 2>&1 || need+=(curl)
+  # A real balancer sends the PROXY protocol in the tests (started by them).
+  [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} ..." >&2

@@ -24,6 +24,7 @@ pub mod health;
 pub mod limits;
 pub mod oidc;
 pub mod pages;
+pub mod proxy;
 pub mod slots;
 pub mod state;
 pub mod tls;
@@ -270,7 +271,6 @@ impl Server {
     /// Serves until `shutdown` completes, then drains in-flight requests.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
-        let header_timeout = Duration::from_secs(self.app.config.server.header_timeout_secs);
         let grace = Duration::from_secs(self.app.config.server.shutdown_grace_secs);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let main = tokio::spawn(accept_loop(
@@ -279,7 +279,6 @@ impl Server {
             main_router(Arc::clone(&self.app)),
             Arc::clone(&self.app),
             Arc::clone(&graceful),
-            header_timeout,
             stop_rx.clone(),
         ));
         let card = tokio::spawn(accept_loop(
@@ -288,7 +287,6 @@ impl Server {
             card_router(Arc::clone(&self.app)),
             Arc::clone(&self.app),
             Arc::clone(&graceful),
-            header_timeout,
             stop_rx,
         ));
         // Expired sessions are useless; remove them now and then.
@@ -354,23 +352,164 @@ impl Server {
 /// The largest request head (request line and headers) a connection may send.
 pub const MAX_HEAD_BYTES: usize = 64 << 10;
 
+/// What every connection of one listener is served with.
+struct Listener {
+    acceptor: TlsAcceptor,
+    router: Router,
+    graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
+    header_timeout: Duration,
+    pool: Arc<slots::Slots>,
+    caps: slots::Caps,
+    pace: limits::BodyPace,
+    /// `[server] proxy_from`: when set, connections come from these only,
+    /// each opened with a PROXY v2 header.
+    balancers: Vec<crate::config::IpNet>,
+    /// PROXY headers being read now (at most one per slot).
+    headers: Arc<tokio::sync::Semaphore>,
+    /// Refusals are logged at most once a second.
+    refused: crate::throttle::Throttle,
+}
+
+impl Listener {
+    fn refused(&self, from: std::net::IpAddr, why: std::fmt::Arguments<'_>) {
+        if let Some(left_out) = self.refused.admit() {
+            tracing::warn!("connection from {from} refused: {why} ({left_out} more since the last line)");
+        }
+    }
+
+    /// A slot for a connection from `addr`, or `None` (logged) if it gets none.
+    fn admit(&self, addr: address::ClientAddr) -> Option<Arc<slots::Slot>> {
+        let caps = self.caps;
+        match self.pool.admit(addr, caps) {
+            Ok(slot) => Some(Arc::new(slot)),
+            Err(why) => {
+                match why {
+                    slots::Refused::Address => self.refused(
+                        addr.0,
+                        format_args!("[limits] connections_per_address ({}) reached", caps.per_address),
+                    ),
+                    slots::Refused::Network => self.refused(
+                        addr.0,
+                        format_args!("[limits] connections_per_network ({}) reached", caps.per_network),
+                    ),
+                    slots::Refused::Full => self.refused(
+                        addr.0,
+                        format_args!(
+                            "[limits] connections ({}) reached, every slot authenticated or running a request",
+                            caps.total
+                        ),
+                    ),
+                }
+                None
+            }
+        }
+    }
+
+    /// A balancer's connection: its PROXY header names the client (the
+    /// balancer itself for its health checks), then it is served as the
+    /// client's.
+    async fn relayed(self: Arc<Self>, mut tcp: tokio::net::TcpStream, balancer: std::net::IpAddr) {
+        let Ok(_reading) = Arc::clone(&self.headers).try_acquire_owned() else {
+            self.refused(balancer, format_args!("as many PROXY headers are being read as there are slots"));
+            return;
+        };
+        let deadline = self.pool.handshake_deadline(self.header_timeout, self.caps);
+        let client = match proxy::read_header(&mut tcp, deadline).await {
+            Ok(proxy::Origin::Client(client)) => client.ip(),
+            Ok(proxy::Origin::Local) => balancer,
+            Err(e) => {
+                self.refused(balancer, format_args!("{e}"));
+                return;
+            }
+        };
+        drop(_reading);
+        let addr = address::ClientAddr::of(client);
+        if let Some(slot) = self.admit(addr) {
+            self.serve(tcp, addr, slot).await;
+        }
+    }
+
+    /// Serves one admitted connection until it ends or the pool closes it
+    /// for a newcomer.
+    async fn serve(&self, tcp: tokio::net::TcpStream, addr: address::ClientAddr, slot: Arc<slots::Slot>) {
+        let _ = tcp.set_nodelay(true);
+        let deadline = self.pool.handshake_deadline(self.header_timeout, self.caps);
+        let pace = self.pace;
+        let serve = async {
+            let tls = match tokio::time::timeout(deadline, self.acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!("TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let peer = PeerCertificates(Arc::new(
+                tls.get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
+                    .unwrap_or_default(),
+            ));
+            let (on, router) = (Arc::clone(&slot), self.router.clone());
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(peer.clone());
+                req.extensions_mut().insert(addr);
+                let busy = on.busy();
+                let answer = router.clone().oneshot(req.map(|body| Body::new(limits::PacedBody::new(body, pace))));
+                let on = Arc::clone(&on);
+                async move {
+                    let resp = slots::on_connection(on, answer).await?;
+                    Ok::<_, std::convert::Infallible>(resp.map(|b| Body::new(slots::Sending::new(b, busy))))
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(self.header_timeout)
+                // A request head larger than this is refused (431): what one
+                // connection makes the server buffer stays small.
+                .max_buf_size(MAX_HEAD_BYTES)
+                .max_header_size(MAX_HEAD_BYTES)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = self.graceful.watcher().watch(conn).await {
+                tracing::debug!("connection ended: {e}");
+            }
+        };
+        tokio::select! {
+            () = serve => {}
+            () = slot.evicted() => tracing::debug!("connection from {} closed for a newcomer", addr.0),
+        }
+    }
+}
+
 /// Accepts connections of one listener until `stop`: each gets a slot
 /// ([`slots::Slots`]: caps per listener, address and network; when full, the
 /// oldest unproven idle connection makes room), a TLS handshake within a
-/// deadline that shortens as the listener fills, and paced bodies.
-#[allow(clippy::too_many_arguments)]
+/// deadline that shortens as the listener fills, and paced bodies. With
+/// `[server] proxy_from`, only the balancers connect, and each connection
+/// counts as the client its PROXY header names.
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     router: Router,
     app: Arc<App>,
     graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
-    header_timeout: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let pool = Arc::new(slots::Slots::default());
-    let (caps, pace) = (app.limits.connections, app.limits.body);
-    let refused = crate::throttle::Throttle::new();
+    let caps = app.limits.connections;
+    let this = Arc::new(Listener {
+        acceptor,
+        router,
+        graceful,
+        header_timeout: Duration::from_secs(app.config.server.header_timeout_secs),
+        pool: Arc::new(slots::Slots::default()),
+        caps,
+        pace: app.limits.body,
+        balancers: app.config.server.proxy_from.clone(),
+        headers: Arc::new(tokio::sync::Semaphore::new(caps.total)),
+        refused: crate::throttle::Throttle::new(),
+    });
     loop {
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -383,79 +522,17 @@ async fn accept_loop(
             },
             _ = stop.changed() => break,
         };
-        let addr = address::ClientAddr::of(remote.ip());
-        let slot = match pool.admit(addr, caps) {
-            Ok(slot) => Arc::new(slot),
-            Err(why) => {
-                if let Some(left_out) = refused.admit() {
-                    let which = match why {
-                        slots::Refused::Address => format!("connections_per_address ({})", caps.per_address),
-                        slots::Refused::Network => format!("connections_per_network ({})", caps.per_network),
-                        slots::Refused::Full => {
-                            format!("connections ({}), every slot authenticated or running a request", caps.total)
-                        }
-                    };
-                    tracing::warn!(
-                        "connection from {} refused: [limits] {which} reached ({left_out} more since the last line)",
-                        addr.0
-                    );
-                }
-                drop(tcp);
-                continue;
+        if this.balancers.is_empty() {
+            let addr = address::ClientAddr::of(remote.ip());
+            if let Some(slot) = this.admit(addr) {
+                let this = Arc::clone(&this);
+                tokio::spawn(async move { this.serve(tcp, addr, slot).await });
             }
-        };
-        let deadline = pool.handshake_deadline(header_timeout, caps);
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let serve = async {
-                let tls = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!("TLS handshake failed: {e}");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                let peer = PeerCertificates(Arc::new(
-                    tls.get_ref()
-                        .1
-                        .peer_certificates()
-                        .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
-                        .unwrap_or_default(),
-                ));
-                let on = Arc::clone(&slot);
-                let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(peer.clone());
-                    req.extensions_mut().insert(addr);
-                    let busy = on.busy();
-                    let answer = router.clone().oneshot(req.map(|body| Body::new(limits::PacedBody::new(body, pace))));
-                    let on = Arc::clone(&on);
-                    async move {
-                        let resp = slots::on_connection(on, answer).await?;
-                        Ok::<_, std::convert::Infallible>(resp.map(|b| Body::new(slots::Sending::new(b, busy))))
-                    }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout)
-                    // A request head larger than this is refused (431): what one
-                    // connection makes the server buffer stays small.
-                    .max_buf_size(MAX_HEAD_BYTES)
-                    .max_header_size(MAX_HEAD_BYTES)
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(tls), service);
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!("connection ended: {e}");
-                }
-            };
-            tokio::select! {
-                () = serve => {}
-                () = slot.evicted() => tracing::debug!("connection from {} closed for a newcomer", addr.0),
-            }
-        });
+        } else if this.balancers.iter().any(|b| b.contains(remote.ip())) {
+            tokio::spawn(Arc::clone(&this).relayed(tcp, remote.ip()));
+        } else {
+            this.refused(remote.ip(), format_args!("not a balancer of [server] proxy_from"));
+        }
     }
 }
 

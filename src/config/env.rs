@@ -15,6 +15,8 @@ pub enum Kind {
     Path,
     /// Paths separated by `:`.
     Paths,
+    /// Words separated by commas or spaces.
+    Words,
     /// A non-negative integer.
     Int,
     /// `true`/`false` (or `1`/`0`).
@@ -43,7 +45,7 @@ const fn s(key: &'static str, kind: Kind) -> Setting {
     Setting { key, kind }
 }
 
-use Kind::{Bool, Choice, Int, Path, Paths, Str};
+use Kind::{Bool, Choice, Int, Path, Paths, Str, Words};
 
 /// Every setting of the configuration.
 pub const SETTINGS: &[Setting] = &[
@@ -82,6 +84,7 @@ pub const SETTINGS: &[Setting] = &[
     s("server.max_json_bytes", Int),
     s("server.max_document_bytes", Int),
     s("server.header_timeout_secs", Int),
+    s("server.proxy_from", Words),
     s("server.shutdown_grace_secs", Int),
     s("server.audit_window_us", Int),
     s("server.audit_idle_window_us", Int),
@@ -137,6 +140,9 @@ fn value(setting: &Setting, text: &str) -> Result<toml::Value, ConfigError> {
         Str | Path => toml::Value::String(text.to_owned()),
         Paths => toml::Value::Array(
             text.split(':').filter(|p| !p.is_empty()).map(|p| toml::Value::String(p.to_owned())).collect(),
+        ),
+        Words => toml::Value::Array(
+            text.split([',', ' ']).filter(|w| !w.is_empty()).map(|w| toml::Value::String(w.to_owned())).collect(),
         ),
         Int => toml::Value::Integer(
             text.trim()
@@ -227,13 +233,14 @@ mod tests {
                 Kind::Choice(words) => words[0].to_owned(),
                 Kind::Int => "7".into(),
                 Kind::Bool => "true".into(),
+                Kind::Words => "10.0.0.0/8, fd00::1".into(),
                 _ => "x".into(),
             };
             apply(&mut table, &defaults_table(), |v| (v == setting.var()).then(|| sample.clone())).expect("apply");
             let parsed: Result<Config, _> = table.try_into();
             assert!(parsed.is_ok(), "{}: {:?}", setting.var(), parsed.err());
         }
-        assert_eq!(SETTINGS.len(), 80, "the README promises an override for each of the 80 settings");
+        assert_eq!(SETTINGS.len(), 81, "the README promises an override for each of the 81 settings");
     }
 
     #[test]

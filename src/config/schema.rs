@@ -261,6 +261,74 @@ pub struct ServerConfig {
     /// clients only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_token: Option<SecretText>,
+    /// Balancers that open each connection with a PROXY protocol v2 header
+    /// naming the client (addresses or networks: `10.0.0.5`, `10.0.0.0/24`,
+    /// `fd00::/8`). With any set, both listeners take connections from these
+    /// only, each with its header, and count the client it names; empty
+    /// (the default): clients connect directly.
+    pub proxy_from: Vec<IpNet>,
+}
+
+/// An address or a network (`10.0.0.5`, `10.0.0.0/24`, `fd00::/8`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IpNet {
+    /// The network's address (bits past the prefix are zero).
+    pub addr: std::net::IpAddr,
+    /// Its prefix length.
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// Whether `ip` is in the network (an IPv4-mapped IPv6 address as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (std::net::IpAddr::V4(net), std::net::IpAddr::V4(ip)) => {
+                mask32(u32::from(ip), self.prefix) == u32::from(net)
+            }
+            (std::net::IpAddr::V6(net), std::net::IpAddr::V6(ip)) => {
+                mask128(u128::from(ip), self.prefix) == u128::from(net)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn mask32(v: u32, prefix: u8) -> u32 {
+    v.checked_shr(32 - u32::from(prefix)).map_or(0, |h| h.checked_shl(32 - u32::from(prefix)).unwrap_or(0))
+}
+
+fn mask128(v: u128, prefix: u8) -> u128 {
+    v.checked_shr(128 - u32::from(prefix)).map_or(0, |h| h.checked_shl(128 - u32::from(prefix)).unwrap_or(0))
+}
+
+impl TryFrom<String> for IpNet {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<IpNet, String> {
+        let bad = || format!("{text:?} is not an address or a network such as 10.0.0.0/24");
+        let (ip, prefix) = match text.split_once('/') {
+            Some((ip, p)) => (ip, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (text.as_str(), None),
+        };
+        let addr: std::net::IpAddr = ip.trim().parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        let addr = match addr {
+            std::net::IpAddr::V4(v4) => std::net::IpAddr::V4(mask32(u32::from(v4), prefix).into()),
+            std::net::IpAddr::V6(v6) => std::net::IpAddr::V6(mask128(u128::from(v6), prefix).into()),
+        };
+        Ok(IpNet { addr, prefix })
+    }
+}
+
+impl From<IpNet> for String {
+    fn from(net: IpNet) -> String {
+        format!("{}/{}", net.addr, net.prefix)
+    }
 }
 
 /// A secret setting: its `Debug` shows `***`, never the value.
@@ -315,6 +383,7 @@ impl Default for ServerConfig {
             audit_idle_window_us: 500,
             id_token_alg: IdTokenAlg::ES256,
             metrics_token: None,
+            proxy_from: Vec::new(),
         }
     }
 }
@@ -665,6 +734,24 @@ pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_parse_and_contain_their_addresses() {
+        let net = |t: &str| IpNet::try_from(t.to_owned());
+        let lan = net("10.1.2.3/16").expect("v4");
+        assert_eq!(String::from(lan), "10.1.0.0/16");
+        assert!(lan.contains("10.1.200.9".parse().expect("ip")));
+        assert!(lan.contains("::ffff:10.1.0.1".parse().expect("ip")));
+        assert!(!lan.contains("10.2.0.1".parse().expect("ip")));
+        let one = net("127.0.0.1").expect("one");
+        assert!(one.contains("127.0.0.1".parse().expect("ip")) && !one.contains("127.0.0.2".parse().expect("ip")));
+        let v6 = net("fd00::/8").expect("v6");
+        assert!(v6.contains("fd12::1".parse().expect("ip")) && !v6.contains("fe80::1".parse().expect("ip")));
+        assert!(net("0.0.0.0/0").expect("all").contains("192.0.2.1".parse().expect("ip")));
+        for bad in ["10.0.0.0/33", "fd00::/129", "example.org", "10.0.0.0/x", ""] {
+            assert!(net(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn database_passwords_never_show() {

@@ -1497,3 +1497,82 @@ mod enumeration {
         assert_eq!(env.sql_ok("SELECT count(*) FROM tickets WHERE decoy_for IS NOT NULL AND step = 'done'")[0], "0");
     }
 }
+
+mod balancer {
+    //! inkan behind a real HAProxy that passes TCP through and names each
+    //! client in a PROXY protocol v2 header (`send-proxy-v2`).
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+
+    /// A running HAProxy: `listen` on loopback → inkan's main listener.
+    struct Haproxy(Child);
+
+    impl Haproxy {
+        fn start(env: &Env, listen: u16, backend: u16) -> Haproxy {
+            let cfg = env.dir.path().join("haproxy.cfg");
+            std::fs::write(
+                &cfg,
+                format!(
+                    "global\n    maxconn 256\n\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n\n\
+                     frontend main\n    bind 127.0.0.1:{listen}\n    default_backend inkan\n\n\
+                     backend inkan\n    default-server send-proxy-v2 check check-send-proxy inter 1s\n    server node1 127.0.0.1:{backend}\n"
+                ),
+            )
+            .expect("haproxy.cfg");
+            let child = Command::new("/usr/sbin/haproxy")
+                .args(["-db", "-f"])
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("haproxy (softhsm/setup.sh --deps-only installs it)");
+            // Killed and waited for when dropped, also if it never listens.
+            let haproxy = Haproxy(child);
+            for _ in 0..250 {
+                if std::net::TcpStream::connect(("127.0.0.1", listen)).is_ok() {
+                    return haproxy;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            panic!("haproxy did not listen on {listen}");
+        }
+    }
+
+    impl Drop for Haproxy {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn behind_haproxy_limits_count_each_client_and_only_the_balancer_may_connect() {
+        let env = Env::new();
+        let server = Server::start(
+            &env,
+            &[
+                ("INKAN_SERVER_PROXY_FROM", "127.0.0.1"),
+                ("INKAN_LIMITS_PER_ADDRESS_PER_MINUTE", "1"),
+                ("INKAN_LIMITS_PER_ADDRESS_BURST", "3"),
+            ],
+        );
+        let backend: u16 = server.base.rsplit(':').next().expect("port").parse().expect("port");
+        let front = crate::http::free_port();
+        let _haproxy = Haproxy::start(&env, front, backend);
+        let through = |from: &str, path: &str| {
+            Client::new().from(from).try_request("GET", &format!("https://localhost:{front}{path}"), &[], Vec::new())
+        };
+        assert_eq!(through("127.0.5.1", "/healthz").expect("through haproxy").status, 200);
+        // Client A spends its limit: the fourth request is refused…
+        let a: Vec<u16> = (0..4).map(|_| through("127.0.5.1", "/r/nothing").expect("through haproxy").status).collect();
+        assert_eq!(a[3], 429, "{a:?}");
+        // …and client B, through the same balancer, is not held by it.
+        let b = through("127.0.6.1", "/r/nothing").expect("through haproxy");
+        assert_ne!(b.status, 429, "{}", b.text());
+        // Direct connections: from the balancer's address without a header
+        // (the ClientHello is not one), or from anyone else, are closed.
+        let direct = |from: &str| Client::new().from(from).try_request("GET", &server.url("/healthz"), &[], Vec::new());
+        assert!(direct("127.0.0.1").is_err(), "no PROXY header");
+        assert!(direct("127.0.0.2").is_err(), "not a balancer");
+    }
+}
