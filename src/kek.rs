@@ -183,7 +183,7 @@ pub async fn rewrap_all<T: UsersTx + ?Sized>(
             changed += record_page(store, clock, actor, to, outcomes, &mut done).await?;
             failed.extend(done.failed[before..].iter().map(|f| (f.user_id.clone(), f.generation)));
             progress(done.moved + done.failed.len());
-            crate::users::crash_point(&format!("kek-rotate-after-{}", done.moved));
+            crate::crash::point(&format!("kek-rotate-after-{}", done.moved));
         }
         if changed == 0 || pass == 2 {
             break;

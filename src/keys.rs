@@ -234,7 +234,7 @@ pub async fn generate_many<T: UsersTx + ?Sized>(
         made.extend(task.await.map_err(Error::internal)?);
     }
     made.sort_by_key(|(at, _)| *at);
-    users::crash_point("after-token-keygen");
+    crate::crash::point("after-token-keygen");
 
     // The store: one transaction for all of them.
     let now = clock.now_ms();

@@ -30,6 +30,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+mod crash;
 pub mod demo;
 pub mod eps;
 pub mod error;

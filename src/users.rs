@@ -302,17 +302,6 @@ pub async fn add<T: UsersTx + ?Sized>(
     Ok(user)
 }
 
-/// Test hook: `INKAN_DANGER_CRASH_AT=<point>` kills the process at that
-/// point with `kill -9` (SIGKILL: no destructor, no flush; `abort` if `kill`
-/// cannot be run), so tests can prove crash safety. Never set it in production.
-pub(crate) fn crash_point(point: &str) {
-    if std::env::var("INKAN_DANGER_CRASH_AT").is_ok_and(|p| p == point) {
-        eprintln!("INKAN_DANGER_CRASH_AT={point}: kill -9");
-        let _ = std::process::Command::new("kill").args(["-9", &std::process::id().to_string()]).status();
-        std::process::abort();
-    }
-}
-
 /// Checks a user's display name; returns it trimmed.
 fn checked_name(name: &str) -> Result<&str> {
     let name = name.trim();
@@ -455,7 +444,7 @@ pub async fn import<T: UsersTx + ?Sized>(
             audit::append(&mut *tx, now, &events).await?;
         }
         tx.commit().await?;
-        crash_point("user-import-after-batch");
+        crate::crash::point("user-import-after-batch");
         report.added += added.len();
         done += batch.len();
         progress(done);

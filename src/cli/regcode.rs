@@ -234,7 +234,7 @@ async fn notices(
                 *d
             };
             bar.lock().unwrap_or_else(|p| p.into_inner()).set(n);
-            crate::users::crash_point(&format!("regcode-bulk-after-{n}"));
+            crate::crash::point(&format!("regcode-bulk-after-{n}"));
         }
     };
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);

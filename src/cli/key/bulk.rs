@@ -152,7 +152,7 @@ pub async fn generate(
         }
         done += part.len();
         bar.set(done);
-        crate::users::crash_point(&format!("key-bulk-after-{done}"));
+        crate::crash::point(&format!("key-bulk-after-{done}"));
     }
     report.keys_per_second = report.generated as f64 / started.elapsed().as_secs_f64().max(0.001);
     let verb = if purpose == Purpose::Rotation { "rotated" } else { "generated" };
@@ -288,7 +288,7 @@ pub async fn import_certificates(
             Err(e) => report.failed.push(Failure { user_id: name, error: e.message }),
         }
         bar.set(i + 1);
-        crate::users::crash_point(&format!("key-bulk-after-{}", i + 1));
+        crate::crash::point(&format!("key-bulk-after-{}", i + 1));
     }
     let mut text = format!(
         "{} certificates: {} imported, {} already imported, {} refused",
