@@ -103,6 +103,26 @@ pub struct Seal {
     pub at: i64,
 }
 
+/// Why sealing stopped: kept in the token until an operator clears it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// The row the sealer was checking.
+    pub seq: i64,
+    /// When it refused (Unix ms).
+    pub at: i64,
+    /// What it found.
+    pub reason: String,
+}
+
+/// What the token keeps about the audit log ([`seal::token_state`]).
+#[derive(Clone, Debug, Default)]
+pub struct TokenState {
+    /// The last seal it recorded (the highest row).
+    pub last: Option<Seal>,
+    /// A refusal to seal, if one stands (the first).
+    pub refusal: Option<Refusal>,
+}
+
 /// A time-stamp of the chain (RFC 3161) at a sealed row: its token's
 /// imprint is that row's hash (SHA-256), so that it proves the row, and
 /// through the chain every row before it, existed at the token's time.
@@ -270,6 +290,14 @@ pub struct Verification {
     pub unsealed_since: Option<i64>,
     /// Exported seals ([`seal::heads`]) checked against the log.
     pub heads_checked: usize,
+    /// The row of the last seal the token recorded, found in the log as it
+    /// was sealed (with the token only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_record: Option<i64>,
+    /// Why sealing stopped, if it did: kept in the token until an operator
+    /// clears it (with the token only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<Refusal>,
     /// What the chain's time-stamps prove ([`stamp::prove`]), if it has any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time: Option<TimeProof>,
@@ -309,10 +337,14 @@ const VERIFY_PAGE: usize = 10_000;
 /// Walks the whole chain, in pages of rows, and every seal: each must name a
 /// row of the log with the hash it sealed, and (with `keystore`) carry the
 /// token's MAC of it. `heads` (seals exported earlier) must still be in the
-/// log as they were.
+/// log as they were, and so must the seal the `token` recorded last: read it
+/// ([`seal::token_state`]) before calling this, so that a record another
+/// node writes meanwhile is of a seal the database already holds (without
+/// the token: the default, nothing recorded).
 pub async fn verify<T: AuditTx + ?Sized>(
     store: &dyn Transactions<T>,
     keystore: Option<&inkan_keystore::Keystore>,
+    token: &TokenState,
     heads: &[Seal],
 ) -> Result<Verification, crate::error::Error> {
     let mut v = Verification { seals_checked: keystore.is_some(), ..Default::default() };
@@ -334,6 +366,15 @@ pub async fn verify<T: AuditTx + ?Sized>(
     let mut seals: std::collections::VecDeque<Seal> = std::collections::VecDeque::new();
     let (mut seals_after, mut seals_done) = (0, false);
     let mut pending_since = None;
+    v.refusal = token.refusal.clone();
+    let recorded = token.last.clone();
+    let gone = |r: &Seal| {
+        format!(
+            "the token sealed row {} at {}, and that seal is no longer in the database: seals were removed",
+            r.seq,
+            crate::clock::rfc3339(r.at)
+        )
+    };
     let mut tx = store.read().await?;
     loop {
         let page = tx.audit_rows(expected_seq - 1, VERIFY_PAGE).await?;
@@ -346,6 +387,9 @@ pub async fn verify<T: AuditTx + ?Sized>(
             seals.extend(more);
         }
         let mut to_check: Vec<Seal> = Vec::new();
+        // The token's record missing from the database: reported after the
+        // seals before it are checked (an earlier forged seal comes first).
+        let mut late = None;
         for ChainedRow { row, prev_hash, hash } in page {
             if row.seq != expected_seq {
                 return broken(v, expected_seq, format!("row {expected_seq} is missing (next row is {})", row.seq));
@@ -372,12 +416,25 @@ pub async fn verify<T: AuditTx + ?Sized>(
                         "its seal does not follow the seal before it: a seal between them was removed".into(),
                     );
                 }
+                if let Some(r) = recorded.as_ref().filter(|r| r.seq == row.seq) {
+                    if r.mac != seal.mac || r.hash != seal.hash {
+                        late = Some((row.seq, gone(r)));
+                        break;
+                    }
+                    v.token_record = Some(r.seq);
+                }
                 prev_mac = seal.mac.clone();
                 to_check.push(seal);
                 v.sealed_through = Some(row.seq);
                 pending_since = None;
-            } else if pending_since.is_none() {
-                pending_since = Some(row.at);
+            } else {
+                if let Some(r) = recorded.as_ref().filter(|r| r.seq == row.seq) {
+                    late = Some((row.seq, gone(r)));
+                    break;
+                }
+                if pending_since.is_none() {
+                    pending_since = Some(row.at);
+                }
             }
             while heads.front().is_some_and(|h| h.seq == row.seq) {
                 let head = heads.pop_front().unwrap_or_else(|| unreachable!("front checked"));
@@ -415,11 +472,25 @@ pub async fn verify<T: AuditTx + ?Sized>(
                 v.seals += 1;
             }
         }
+        if let Some((seq, reason)) = late {
+            return broken(v, seq, reason);
+        }
         if done {
             break;
         }
     }
     let count = v.rows;
+    if let Some(r) = recorded.as_ref().filter(|r| r.seq > count) {
+        return broken(
+            v,
+            count + 1,
+            format!(
+                "the token sealed row {} at {}, after the log's last row {count}: rows were deleted from the end",
+                r.seq,
+                crate::clock::rfc3339(r.at)
+            ),
+        );
+    }
     if let Some(s) = seals.front() {
         return broken(
             v,

@@ -153,7 +153,7 @@ pub fn run(cli: Cli) -> Result<Output, CliError> {
         // call if it wrote none).
         if let Err(e) = runtime.block_on(seal_after(&ctx, anchor)) {
             eprintln!(
-                "warning: the audit rows of this command are not sealed ({}); a running server seals them, or run `inkan audit seal`",
+                "warning: the audit rows of this command are not sealed ({}); a running server seals them if the log checks out against the token's record (`inkan audit verify` tells)",
                 e.message
             );
         }

@@ -344,7 +344,7 @@ impl Server {
         }
         // The rows of the last requests, sealed before the process ends.
         if let Err(e) = self.app.signing.seal_audit().await {
-            tracing::warn!("sealing the audit log on shutdown: {e} (`inkan audit seal` seals it)");
+            tracing::warn!("sealing the audit log on shutdown: {e} (the next start seals it if the log checks out against the token's record)");
         }
     }
 }

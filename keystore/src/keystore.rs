@@ -23,8 +23,10 @@ use crate::pool::{Lease, Pool};
 use crate::public_key;
 use crate::wrapped;
 
+mod data;
 mod kek;
 mod seal;
+pub use data::DataObject;
 pub use kek::{create_trusted_kek, KekInfo, KekKind};
 
 /// Unwrapped keys cached by default.

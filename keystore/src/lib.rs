@@ -39,8 +39,8 @@ pub use algorithm::{DigestAlgorithm, KeyAlgorithm, SignatureScheme};
 pub use csr::{build_csr, pss_params_fit, signature_algorithm};
 pub use error::{Error, Result};
 pub use keystore::{
-    create_trusted_kek, CacheStats, GeneratedKey, KekInfo, KekKind, KeyProtection, KeyRef, KeyStorage, Keystore,
-    KeystoreConfig, SignTime, WrappingReady, DEFAULT_CACHE_SIZE,
+    create_trusted_kek, CacheStats, DataObject, GeneratedKey, KekInfo, KekKind, KeyProtection, KeyRef, KeyStorage,
+    Keystore, KeystoreConfig, SignTime, WrappingReady, DEFAULT_CACHE_SIZE,
 };
 pub use pin::Pin;
 pub use token::{init_token, pin_limits, PinLimits, TokenInit};

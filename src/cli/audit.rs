@@ -10,18 +10,29 @@ use crate::keys::hex;
 /// `inkan audit ...`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain of the whole log, every seal (the token's MACs)
-    /// and every time-stamp (the TSA's anchors): says up to when the log is
-    /// proven to have existed.
+    /// Check the hash chain of the whole log, every seal (the token's MACs),
+    /// the token's record of its last seal, and every time-stamp (the TSA's
+    /// anchors): says up to when the log is proven to have existed. Exit
+    /// status 3: broken; 5: intact as far as it goes, but rows older than
+    /// the grace are not sealed (or none is), or sealing stopped.
     Verify {
         /// Seals exported earlier (`inkan audit heads`, JSON lines or an
         /// array): each must still be in the log as it was.
         #[arg(long)]
         heads: Option<std::path::PathBuf>,
+        /// Seconds a row may stay unsealed (a running server seals within one).
+        #[arg(long, default_value_t = 10)]
+        grace_secs: u64,
     },
     /// Seal the chain's head now (a running server does it within a second)
-    /// and, with a TSA, time-stamp it.
-    Seal,
+    /// and, with a TSA, time-stamp it. Refuses a log that fails the token's
+    /// record (the refusal stays in the token).
+    Seal {
+        /// Clear a refusal to seal that stands in the token: only if the
+        /// whole log verifies now (with the token); an audit row says so.
+        #[arg(long)]
+        clear_refusal: bool,
+    },
     /// Print the seals (one JSON object a line) to keep outside the database.
     Heads {
         /// Only seals of rows after this one.
@@ -43,7 +54,7 @@ pub enum AuditCommand {
 pub async fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<Output, CliError> {
     let store = ctx.store().await?;
     match cmd {
-        AuditCommand::Verify { heads } => {
+        AuditCommand::Verify { heads, grace_secs } => {
             let heads = match &heads {
                 Some(path) => read_heads(path)?,
                 None => Vec::new(),
@@ -56,31 +67,44 @@ pub async fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<Output, CliError> {
                     None
                 }
             };
-            let mut v = audit::verify(store.as_ref(), keystore.as_ref(), &heads).await?;
-            if v.broken.is_none() {
-                let anchors = tsa_anchors(ctx);
-                match audit::stamp::prove(store.as_ref(), anchors.as_deref(), v.rows).await? {
-                    Ok(proof) => v.time = Some(proof).filter(|p| p.timestamps > 0),
-                    Err(broken) => {
-                        v.rows = v.rows.min(broken.seq - 1);
-                        v.broken = Some(broken);
-                    }
-                }
+            let v = verified(ctx, store.as_ref(), keystore.as_ref(), &heads).await?;
+            let now = ctx.now_ms();
+            let json = |v: &audit::Verification| serde_json::to_string(v).map_err(CliError::from);
+            if let Some(b) = &v.broken {
+                let message = if ctx.json {
+                    json(&v)?
+                } else {
+                    format!("audit log broken at row {}: {} ({} rows before it verify)", b.seq, b.reason, v.rows)
+                };
+                return Err(CliError { message, code: 3 });
             }
-            match &v.broken {
-                None => Ok(Output::new(verified_text(&v, ctx.now_ms()), serde_json::to_value(&v)?)),
-                Some(b) => Err(CliError {
-                    message: if ctx.json {
-                        serde_json::to_string(&v)?
-                    } else {
-                        format!("audit log broken at row {}: {} ({} rows before it verify)", b.seq, b.reason, v.rows)
-                    },
-                    code: 3,
+            match unvouched(&v, now, grace_secs) {
+                None => Ok(Output::new(verified_text(&v, now), serde_json::to_value(&v)?)),
+                Some(why) => Err(CliError {
+                    message: if ctx.json { json(&v)? } else { format!("{}\n{why}", verified_text(&v, now)) },
+                    code: 5,
                 }),
             }
         }
-        AuditCommand::Seal => {
+        AuditCommand::Seal { clear_refusal } => {
             let keystore = ctx.keystore()?;
+            if clear_refusal {
+                let v = verified(ctx, store.as_ref(), Some(&keystore), &[]).await?;
+                if let Some(b) = &v.broken {
+                    return Err(CliError {
+                        message: format!(
+                            "the refusal to seal stays: the audit log is broken at row {}: {}",
+                            b.seq, b.reason
+                        ),
+                        code: 3,
+                    });
+                }
+                let actor = super::context::actor();
+                match audit::seal::clear_refusal(store.as_ref(), &keystore, &actor, ctx.now_ms()).await? {
+                    Some(r) => eprintln!("cleared the refusal to seal of {} ({})", rfc3339(r.at), r.reason),
+                    None => eprintln!("no refusal to seal stood"),
+                }
+            }
             let sealed = audit::seal::seal_head(store.as_ref(), &keystore, &Default::default(), ctx.now_ms()).await?;
             let mut text = match sealed {
                 Some(seq) => format!("audit log sealed through row {seq}"),
@@ -191,6 +215,56 @@ fn tsa_anchors(ctx: &Ctx) -> Option<Vec<x509_cert::Certificate>> {
     (!out.is_empty()).then_some(out)
 }
 
+/// The chain, seals and token record checked, then the time-stamps.
+async fn verified(
+    ctx: &Ctx,
+    store: &dyn crate::storage::Transactions<dyn crate::store::Tx>,
+    keystore: Option<&inkan_keystore::Keystore>,
+    heads: &[audit::Seal],
+) -> Result<audit::Verification, CliError> {
+    // The token before the database (see `audit::verify`).
+    let token = match keystore {
+        Some(k) => audit::seal::token_state(k)?,
+        None => Default::default(),
+    };
+    let mut v = audit::verify(store, keystore, &token, heads).await?;
+    if v.broken.is_none() {
+        let anchors = tsa_anchors(ctx);
+        match audit::stamp::prove(store, anchors.as_deref(), v.rows).await? {
+            Ok(proof) => v.time = Some(proof).filter(|p| p.timestamps > 0),
+            Err(broken) => {
+                v.rows = v.rows.min(broken.seq - 1);
+                v.broken = Some(broken);
+            }
+        }
+    }
+    Ok(v)
+}
+
+/// Why an intact log is still not vouched for: rows unsealed past the
+/// grace (none sealed at all counts), or sealing stopped.
+fn unvouched(v: &audit::Verification, now: i64, grace_secs: u64) -> Option<String> {
+    if let Some(r) = &v.refusal {
+        return Some(format!(
+            "sealing stopped at {} and stays stopped: {} (when `inkan audit verify` finds the log intact, `inkan \
+             audit seal --clear-refusal` resumes it)",
+            rfc3339(r.at),
+            r.reason
+        ));
+    }
+    let age_ms = v.unsealed_since.map_or(0, |at| (now - at).max(0));
+    (v.unsealed > 0 && age_ms > i64::try_from(grace_secs).unwrap_or(i64::MAX).saturating_mul(1000)).then(|| {
+        let after = v.sealed_through.map_or_else(|| "no row is sealed".to_owned(), |s| format!("after row {s}"));
+        format!(
+            "not vouched for: {} rows ({after}) are not sealed, the first written {} s ago, longer than the grace \
+             of {grace_secs} s (a running server seals within a second): nothing proves they are as written, and \
+             seals after them may have been removed. `inkan audit tail` shows them.",
+            v.unsealed,
+            age_ms / 1000
+        )
+    })
+}
+
 fn verified_text(v: &audit::Verification, now: i64) -> String {
     let mut text = format!("audit log intact: {} rows, hash chain verified", v.rows);
     match (v.sealed_through, v.seals_checked) {
@@ -215,12 +289,14 @@ fn verified_text(v: &audit::Verification, now: i64) -> String {
     if v.heads_checked > 0 {
         text.push_str(&format!("; {} exported seals found as exported", v.heads_checked));
     }
-    if v.unsealed > 0 && v.sealed_through.is_some() {
+    if let Some(r) = v.token_record {
+        text.push_str(&format!("; the token's record of its last seal (row {r}) found"));
+    }
+    if v.unsealed > 0 {
         let age = v.unsealed_since.map_or(0, |at| (now - at).max(0) / 1000);
         text.push_str(&format!(
-            "\n{} rows after it are not sealed yet, the first written {age} s ago (a running server seals within a \
-             second; `inkan audit seal` seals now; unsealed rows older than that, with a server running, mean the \
-             seals after them were removed)",
+            "\n{} rows after the last seal are not sealed yet, the first written {age} s ago (a running server \
+             seals within a second)",
             v.unsealed
         ));
     }

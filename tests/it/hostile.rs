@@ -1144,12 +1144,94 @@ mod audit {
         let v: serde_json::Value = serde_json::from_str(&r.stderr).expect("json");
         assert_eq!(v["broken"]["seq"], 2, "{v}");
         assert!(v["broken"]["reason"].as_str().unwrap_or("").contains("not made by this token"), "{v}");
-        // And the seals deleted from the edit on: the rows after the last seal
-        // are unsealed, written long before now.
+        // And the seals deleted from the edit on: the token recorded the
+        // seal of row 3, which the database no longer holds.
         env.sql_ok("DELETE FROM audit_seals WHERE seq >= 2; SELECT 1");
+        let r = env.run(&["audit", "verify"]);
+        assert_eq!(r.code, 3, "{}", r.stdout);
+        assert!(r.stderr.contains("broken at row 3") && r.stderr.contains("seals were removed"), "{}", r.stderr);
+        assert!(!r.stderr.contains("audit seal"), "no advice to seal: {}", r.stderr);
+        // No sealer seals the forgery, and the refusal stays in the token.
+        let seals = || env.sql_ok("SELECT count(*) FROM audit_seals")[0].clone();
+        let before = seals();
+        let r = env.run(&["audit", "seal"]);
+        assert_ne!(r.code, 0, "{}", r.stdout);
+        assert!(r.stderr.contains("seals were removed"), "{}", r.stderr);
+        let r = env.run(&["audit", "seal"]);
+        assert!(
+            r.stderr.contains("sealing of the audit log stopped at") && r.stderr.contains("--clear-refusal"),
+            "{}",
+            r.stderr
+        );
+        env.add_user("900004", "doctor");
+        assert_eq!(seals(), before, "nothing sealed over it");
+        // Cleared only when the log verifies.
+        let r = env.run(&["audit", "seal", "--clear-refusal"]);
+        assert_eq!(r.code, 3, "{}", r.stderr);
+        assert!(r.stderr.contains("the refusal to seal stays"), "{}", r.stderr);
         let r = env.run(&["--json", "audit", "verify"]);
-        let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
-        assert_eq!((v["sealed_through"].as_i64(), v["unsealed"].as_i64()), (Some(1), Some(2)), "{v}");
+        assert_eq!(r.code, 3);
+        let v: serde_json::Value = serde_json::from_str(&r.stderr).expect("json");
+        assert!(v["refusal"]["reason"].as_str().unwrap_or("").contains("seals were removed"), "{v}");
+        // Without the token, the rows after the last seal are not vouched for.
+        let r = env.run_with(&["audit", "verify", "--grace-secs", "0"], &[("INKAN_TOKEN_LABEL", "no-such-token")]);
+        assert_eq!(r.code, 5, "{}{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("not vouched for"), "{}", r.stderr);
+    }
+
+    #[test]
+    fn every_seal_removed_is_caught_by_the_tokens_record() {
+        let env = Env::new();
+        for id in ["900001", "900002", "900003"] {
+            env.add_user(id, "doctor");
+        }
+        drop_triggers(&env);
+        env.sql_ok("DELETE FROM audit_seals; SELECT 1");
+        let r = env.run(&["audit", "verify"]);
+        assert_eq!(r.code, 3, "{}", r.stdout);
+        assert!(r.stderr.contains("seals were removed"), "{}", r.stderr);
+        // Without the token: no row is sealed, which is not vouched for either.
+        let r = env.run_with(&["audit", "verify", "--grace-secs", "0"], &[("INKAN_TOKEN_LABEL", "no-such-token")]);
+        assert_eq!(r.code, 5, "{}{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("no row is sealed"), "{}", r.stderr);
+        let r = env.run(&["audit", "seal"]);
+        assert_ne!(r.code, 0);
+        assert_eq!(env.sql_ok("SELECT count(*) FROM audit_seals")[0], "0");
+    }
+
+    #[test]
+    fn a_sealer_killed_before_the_token_recorded_its_seal_raises_no_alarm() {
+        let env = Env::new();
+        env.add_user("900001", "doctor");
+        // Killed after the seal was committed, before the token's record.
+        let crash = [("INKAN_DANGER_CRASH_AT", "seal-before-record")];
+        let r = env.run_with(&["user", "add", "900002", "--name", "B", "--qualification", "doctor"], &crash);
+        assert_ne!(r.code, 0, "killed");
+        let v = env.json(&["audit", "verify", "--grace-secs", "0"]);
+        assert_eq!((v["sealed_through"].as_i64(), v["token_record"].as_i64()), (Some(2), Some(1)), "{v}");
+        // The next sealer brings the record up to date and goes on.
+        env.add_user("900003", "doctor");
+        let v = env.json(&["audit", "verify", "--grace-secs", "0"]);
+        assert_eq!((v["sealed_through"].as_i64(), v["token_record"].as_i64()), (Some(3), Some(3)), "{v}");
+    }
+
+    #[test]
+    fn rows_left_unsealed_past_the_grace_are_not_vouched_for() {
+        let env = Env::new();
+        env.add_user("900001", "doctor");
+        // A command whose token is away writes its row and cannot seal it.
+        let away = [("INKAN_TOKEN_LABEL", "no-such-token")];
+        let r = env.run_with(&["user", "add", "900002", "--name", "B", "--qualification", "doctor"], &away);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.stderr.contains("not sealed"), "{}", r.stderr);
+        assert!(env.ok(&["audit", "verify"]).contains("1 rows after the last seal are not sealed yet"));
+        let r = env.run(&["--json", "audit", "verify", "--grace-secs", "0"]);
+        assert_eq!(r.code, 5, "{}", r.stdout);
+        let v: serde_json::Value = serde_json::from_str(&r.stderr).expect("json");
+        assert_eq!((v["unsealed"].as_i64(), v["sealed_through"].as_i64()), (Some(1), Some(1)), "{v}");
+        // Sealed by whoever can vouch for it (the token's record checks out).
+        env.ok(&["audit", "seal"]);
+        env.ok(&["audit", "verify", "--grace-secs", "0"]);
     }
 
     #[test]
@@ -1169,10 +1251,19 @@ mod audit {
             "DELETE FROM audit WHERE seq = 3; DELETE FROM audit_seals WHERE seq = 3; UPDATE audit_head SET seq = 2, hash = {}; SELECT 1",
             blob(&env, &unhex(&row2))
         ));
-        // Consistent in itself...
-        assert!(env.ok(&["audit", "verify"]).contains("sealed through row 2"));
+        // The token recorded the seal of row 3: caught without the export.
+        let r = env.run(&["audit", "verify"]);
+        assert_eq!(r.code, 3, "{}", r.stdout);
+        assert!(
+            r.stderr.contains("the token sealed row 3") && r.stderr.contains("deleted from the end"),
+            "{}",
+            r.stderr
+        );
+        // Without the token: consistent in itself...
+        let away = [("INKAN_TOKEN_LABEL", "no-such-token")];
+        assert!(env.run_with(&["audit", "verify"], &away).stdout.contains("seals through row 2"));
         // ... but not with what was exported.
-        let r = env.run(&["audit", "verify", "--heads", s(&heads)]);
+        let r = env.run_with(&["audit", "verify", "--heads", s(&heads)], &away);
         assert_eq!(r.code, 3, "{}", r.stdout);
         assert!(r.stderr.contains("deleted from the end"), "{}", r.stderr);
         // A file that is not an export is refused with what it needs.
@@ -1225,7 +1316,43 @@ mod audit {
         assert_eq!(sealed(), kept);
         let mut server = server;
         let stderr = server.kill();
-        assert!(stderr.contains("rewritten"), "{stderr}");
+        assert!(stderr.contains("seals were removed"), "{stderr}");
+        // A restart does not seal it either: the refusal is in the token.
+        let server = Server::start(&env, &[("INKAN_LOG", "warn")]);
+        login_with_scope(&server, &env, "openid sign");
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        assert_eq!(sealed(), kept, "no seal after a restart");
+        let mut server = server;
+        let stderr = server.kill();
+        assert!(stderr.contains("sealing of the audit log stopped at"), "{stderr}");
+    }
+
+    #[test]
+    fn a_restart_does_not_seal_a_chain_rewritten_while_no_server_ran() {
+        let env = env_with_card_user();
+        let server = Server::start(&env, &[("INKAN_LOG", "warn")]);
+        let sealed = || env.sql_ok("SELECT coalesce(max(seq), 0) FROM audit_seals")[0].clone();
+        let head = || env.sql_ok("SELECT seq FROM audit_head")[0].clone();
+        login_with_scope(&server, &env, "openid sign");
+        let started = std::time::Instant::now();
+        while sealed() != head() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "not sealed");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let (code, _) = server.stop();
+        assert_eq!(code, Some(0));
+        // Offline: rewritten from row 2 on, the seals from row 2 on removed.
+        drop_triggers(&env);
+        edit_and_recompute(&env, 2);
+        env.sql_ok("DELETE FROM audit_seals WHERE seq >= 2; SELECT 1");
+        let kept = sealed();
+        let server = Server::start(&env, &[("INKAN_LOG", "warn")]);
+        login_with_scope(&server, &env, "openid sign");
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        assert_eq!(sealed(), kept, "the restarted server sealed the forged rows");
+        let mut server = server;
+        assert!(server.kill().contains("seals were removed"));
+        assert_eq!(env.run(&["audit", "verify"]).code, 3);
     }
 
     #[test]

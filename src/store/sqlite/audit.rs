@@ -165,14 +165,15 @@ mod tests {
         let (dir, store) = store();
         run(async {
             append(&store, &[ev("a"), ev("b"), ev("c")]).await;
-            let v = audit::verify(&store, None, &[]).await.expect("verify");
+            let v = audit::verify(&store, None, &Default::default(), &[]).await.expect("verify");
             assert_eq!(v.rows, 3);
             assert!(v.broken.is_none());
             let conn = rusqlite::Connection::open(dir.path().join("t.db")).expect("db");
             conn.execute_batch("DROP TRIGGER audit_append_only_update; DROP TRIGGER audit_append_only_delete;")
                 .expect("drop");
             conn.execute("UPDATE audit SET outcome = 'denied' WHERE seq = 2", []).expect("edit");
-            let broken = audit::verify(&store, None, &[]).await.expect("verify").broken.expect("broken");
+            let broken =
+                audit::verify(&store, None, &Default::default(), &[]).await.expect("verify").broken.expect("broken");
             assert_eq!(broken.seq, 2);
             assert!(broken.reason.contains("edited"), "{}", broken.reason);
         });
@@ -186,7 +187,8 @@ mod tests {
             let conn = rusqlite::Connection::open(dir.path().join("t.db")).expect("db");
             conn.execute_batch("DROP TRIGGER audit_append_only_delete; DELETE FROM audit WHERE seq = 2;")
                 .expect("delete");
-            let broken = audit::verify(&store, None, &[]).await.expect("verify").broken.expect("broken");
+            let broken =
+                audit::verify(&store, None, &Default::default(), &[]).await.expect("verify").broken.expect("broken");
             assert_eq!(broken.seq, 2);
         });
     }
