@@ -291,8 +291,15 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
         Ok(pc)
     }
 
+    /// The PC's ticket while it lasts. One past its expiry and one not known
+    /// (never issued, or gone: a decoy's row goes when it expires, a real
+    /// ticket's a day later) answer alike, expired: otherwise an expired
+    /// QR code would tell, for a day, whose ID has a phone.
     async fn pc_ticket(&self, tx: &mut T, pc: &str) -> Result<Ticket> {
-        tx.ticket_by_pc(&token_hash(pc)).await?.filter(|t| t.pc_claimed).ok_or_else(unknown_ticket)
+        match tx.ticket_by_pc(&token_hash(pc)).await?.filter(|t| t.pc_claimed) {
+            Some(t) if !t.expired(self.now()) => Ok(t),
+            _ => Err(refused(Refused::Expired)),
+        }
     }
 
     /// The PC's page: its ticket and the phone token of its QR code.
@@ -348,17 +355,18 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
         Ok(next)
     }
 
+    /// The phone's ticket while it lasts; expired and unknown alike (see
+    /// [`Phones::pc_ticket`]).
     async fn phone_ticket(&self, tx: &mut T, phone: &str) -> Result<Ticket> {
-        tx.ticket_by_phone(&token_hash(phone)).await?.ok_or_else(unknown_ticket)
+        match tx.ticket_by_phone(&token_hash(phone)).await? {
+            Some(t) if !t.expired(self.now()) => Ok(t),
+            _ => Err(refused(Refused::Expired)),
+        }
     }
 
     /// The phone's page: the ticket (an expired one is an error).
     pub async fn phone_view(&self, phone: &str) -> Result<Ticket> {
-        let ticket = self.phone_ticket(&mut *self.store.read().await?, phone).await?;
-        if ticket.expired(self.now()) {
-            return Err(refused(Refused::Expired));
-        }
-        Ok(ticket)
+        self.phone_ticket(&mut *self.store.read().await?, phone).await
     }
 
     /// Cancels a ticket, noting why (the PC shows it).

@@ -412,6 +412,7 @@ fn failure_text(f: &Failure) -> String {
 
 fn pc_ticket_error(app: &App, e: Error) -> Response {
     match e {
+        Error::Gone(Gone::Expired, _) => expired_page(app),
         Error::NotFound(Missing::Ticket, _) => not_found_page(app),
         other => other.into_response(),
     }
@@ -428,9 +429,6 @@ pub async fn pc_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
     };
     let t = view.ticket;
     let now = app.now_ms();
-    if t.expired(now) && t.stage != Stage::Cancelled {
-        return expired_page(&app);
-    }
     let title = match t.kind {
         Kind::Login { .. } => "スマートフォンでログイン",
         Kind::Change => "スマートフォンを変更する",
@@ -495,10 +493,18 @@ pub async fn pc_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
 pub async fn pc_status(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let pc = pc_cookie(&headers)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request", "no ticket in this browser"))?;
-    let status = app.phones.pc_status(&app.oidc, &pc).await.map_err(|e| match e {
-        Error::NotFound(..) => ApiError::new(StatusCode::NOT_FOUND, "invalid_request", "unknown ticket"),
-        other => other.into(),
-    })?;
+    let status = match app.phones.pc_status(&app.oidc, &pc).await {
+        Ok(status) => status,
+        // Past its expiry, or not known at all: one answer (the page then
+        // shows that the QR code expired), whatever the ticket was.
+        Err(Error::Gone(Gone::Expired, _)) => {
+            let out = json!({ "step": "expired", "phase": 0, "expired": true, "error": null });
+            let mut resp = Json(out).into_response();
+            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return Ok(resp);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let t = &status.ticket;
     let mut out = json!({
         "step": t.stage.as_str(),

@@ -418,10 +418,11 @@ fn hostile_authenticator_is_refused_and_changes_nothing() {
     assert_eq!(r.status, 400, "replayed assertion: {}", r.text());
     assert_eq!(device_row(&env, "100001"), after_good);
     assert_eq!(env.json(&["session", "list"]), sessions_before, "no session opened by hostile answers");
-    // Garbage ticket.
+    // Garbage ticket: answered as an expired one (one answer for every QR
+    // code not in use, so that none tells what it was).
     let r = Client::new().get(&server.url("/m/garbage-ticket"), &[]);
-    assert_eq!(r.status, 404);
-    assert!(r.text().contains("無効"));
+    assert_eq!(r.status, 410);
+    assert!(r.text().contains("有効期限"));
 }
 
 #[test]
@@ -546,7 +547,8 @@ fn d1_device_change_keeps_the_old_phone_until_the_new_one_registered() {
     pc.post_form(&server.url("/pc/confirm"), &[("answer", "yes")]);
     let new_url = pc.phone_url(&server);
     assert_ne!(new_url, url, "a fresh QR for the new phone");
-    assert_eq!(Client::new().get(&url, &[]).status, 404, "the old phone's QR is spent");
+    // Spent: answered as any QR code that is not (or no longer) known, expired.
+    assert_eq!(Client::new().get(&url, &[]).status, 410, "the old phone's QR is spent");
     let mut new = StockPasskey::new(&server.base);
     // The new phone starts but the user walks away.
     let _ = phone_begin(&new_url);

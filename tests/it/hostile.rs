@@ -798,7 +798,7 @@ mod refused_requests {
         let open = Client::new();
         for i in 0..10 {
             let r = open.get(&server.url(&format!("/m/no-such-token-{i}")), &[]);
-            assert_eq!(r.status, 404, "{}", r.text());
+            assert_eq!(r.status, 410, "{}", r.text());
             let r = open.get(&server.url("/oidc/authorize"), &[]);
             assert_eq!(r.status, 400, "{}", r.text());
         }
@@ -1564,6 +1564,42 @@ mod enumeration {
     /// a disabled user and a user without a phone get a decoy that shows and
     /// answers as a real user's ticket does, up to the phone's answer; the
     /// same ID gets the same credential IDs every time.
+    #[test]
+    fn expired_qr_codes_of_ids_with_and_without_a_phone_answer_alike() {
+        let env = fido_env();
+        let server = Server::start(&env, &[]);
+        let mut victim = StockPasskey::new(&server.base);
+        enroll_by_card(&server, "hpki-doctor", "hpki", &mut victim, false);
+        let client = register_client(&env);
+        // The attacker starts a phone login for an ID with a phone and for
+        // one without, and begins both on a phone of their own.
+        let mut started: Vec<(Pc, String)> = ["100001", "nobody"]
+            .iter()
+            .map(|id| {
+                let (mut pc, phone_url, _) = crate::fido::fido_login_start(&server, &client, id);
+                assert_eq!(begin(&phone_url, pc.confirmation(&server).as_deref()).status, 200);
+                (pc, phone_url)
+            })
+            .collect();
+        // Both expire; a later start purges the decoy's row (a real one stays a day).
+        env.sql_ok("UPDATE tickets SET expires_at = 1; SELECT 1");
+        crate::fido::fido_login_start(&server, &client, "someone-else");
+        assert_eq!(env.sql_ok("SELECT count(*) FROM tickets WHERE decoy_for = 'nobody'")[0], "0");
+        let seen: Vec<Vec<String>> = started
+            .iter_mut()
+            .map(|(pc, phone_url)| {
+                let status = pc.get(&server.url("/pc/status"));
+                let page = pc.get(&server.url("/pc"));
+                let phone = Client::new().get(phone_url, &[]);
+                let begun = begin(phone_url, None);
+                [status, page, phone, begun].iter().map(|r| format!("{} {}", r.status, r.text())).collect()
+            })
+            .collect();
+        assert_eq!(seen[0], seen[1], "an expired QR code tells whose ID has a phone");
+        assert!(seen[0][0].starts_with("200 ") && seen[0][0].contains("\"expired\":true"), "{}", seen[0][0]);
+        assert!(seen[0][1].starts_with("410 "), "{}", seen[0][1]);
+    }
+
     #[test]
     fn unknown_disabled_and_phoneless_ids_answer_like_a_user_with_a_phone() {
         let env = fido_env();
