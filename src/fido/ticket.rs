@@ -258,6 +258,10 @@ pub struct Ticket {
 pub struct PcInfo {
     /// The PC's address, as inkan saw it.
     pub addr: String,
+    /// Its network (IPv4 /24, IPv6 /48): a user's QR codes from one
+    /// network replace each other first (empty in tickets of an earlier inkan).
+    #[serde(default)]
+    pub network: String,
     /// Its browser (`User-Agent`, at most 200 characters).
     pub agent: String,
     /// The signing system that asked for the login.
@@ -291,11 +295,18 @@ impl PcInfo {
     }
 
     /// A PC's details, with a fresh secret.
-    pub fn new(addr: &str, agent: &str, system: Option<String>, at: i64) -> crate::error::Result<PcInfo> {
+    pub fn new(
+        addr: &str,
+        network: &str,
+        agent: &str,
+        system: Option<String>,
+        at: i64,
+    ) -> crate::error::Result<PcInfo> {
         let mut secret = [0u8; 16];
         getrandom::fill(&mut secret).map_err(crate::error::Error::internal)?;
         Ok(PcInfo {
             addr: addr.to_owned(),
+            network: network.to_owned(),
             agent: agent.chars().take(200).collect(),
             system,
             at,
@@ -580,18 +591,12 @@ pub trait TicketStore: Send {
     /// before `decoys_before` (nobody asks support about a decoy); returns
     /// how many.
     async fn purge_tickets(&mut self, before: i64, decoys_before: i64) -> Result<usize, StoreError>;
-    /// Deletes the tickets of one ID (the user's, and the decoys made for
-    /// the ID) of one purpose and via (as [`Kind::names`] gives them) that
-    /// still wait for a phone (a QR code nobody has used), but the newest
-    /// `keep`: a new ticket of the flow replaces the oldest.
-    /// Tickets a phone has begun are never touched. Returns how many were deleted.
-    async fn drop_waiting_tickets(
-        &mut self,
-        user_id: &str,
-        purpose: &str,
-        via: &str,
-        keep: usize,
-    ) -> Result<usize, StoreError>;
+    /// The tickets of one ID (the user's, and the decoys made for the ID)
+    /// of one purpose and via (as [`Kind::names`] gives them) that still
+    /// wait for a phone (a QR code nobody has used), oldest first.
+    async fn waiting_tickets(&mut self, id: &str, purpose: &str, via: &str) -> Result<Vec<Ticket>, StoreError>;
+    /// Deletes one ticket.
+    async fn drop_ticket(&mut self, id: i64) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]
@@ -853,7 +858,7 @@ mod tests {
 
     #[test]
     fn a_decoy_takes_ceremonies_and_cancels_like_a_ticket_but_never_finishes() {
-        let pc = PcInfo::new("192.0.2.1", "Mozilla/5.0", None, NOW).expect("pc");
+        let pc = PcInfo::new("192.0.2.1", "192.0.2.0", "Mozilla/5.0", None, NOW).expect("pc");
         for kind in [Kind::Login { request: "r".into() }, Kind::Change] {
             let decoy = Ticket::decoy(kind.clone(), "nobody", NOW, LIFE, pc.clone());
             assert_eq!((decoy.stage.clone(), decoy.action()), (Stage::Waiting, Action::Authenticate));
@@ -872,12 +877,12 @@ mod tests {
 
     #[test]
     fn confirmation_numbers_are_four_digits_per_phase_for_pc_tickets_only() {
-        let pc = PcInfo::new("192.0.2.1", "Mozilla/5.0", None, NOW).expect("pc");
+        let pc = PcInfo::new("192.0.2.1", "192.0.2.0", "Mozilla/5.0", None, NOW).expect("pc");
         let login = Ticket::new(Kind::Login { request: "r".into() }, "u", true, true, NOW, LIFE, Some(pc.clone()));
         let code = login.confirmation().expect("code");
         assert!(code.len() == 4 && code.chars().all(|c| c.is_ascii_digit()), "{code}");
         assert_eq!(login.confirmation(), Some(pc.code(0)), "stable for a phase");
-        let other = PcInfo::new("192.0.2.1", "Mozilla/5.0", None, NOW).expect("pc");
+        let other = PcInfo::new("192.0.2.1", "192.0.2.0", "Mozilla/5.0", None, NOW).expect("pc");
         assert!((0..20).any(|p| other.code(p) != pc.code(p)), "each ticket its own secret");
         let change = Ticket::new(Kind::Change, "u", true, true, NOW, LIFE, Some(pc.clone()));
         assert_eq!(change.confirmation(), Some(pc.code(0)));

@@ -75,8 +75,9 @@ fn with_pc_cookie(mut resp: Response, token: &str, max_age_secs: u64) -> Respons
 /// The PC as a ticket shows it to the phone: its address and browser, now.
 pub fn pc_info(app: &App, headers: &HeaderMap, addr: Option<&ClientAddr>) -> Result<PcInfo, Error> {
     let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let network = addr.map_or_else(String::new, |a| super::address::Network::of(*a).0.to_string());
     let addr = addr.map_or_else(|| "-".to_owned(), |a| a.0.to_string());
-    PcInfo::new(&addr, agent, None, app.now_ms())
+    PcInfo::new(&addr, &network, agent, None, app.now_ms())
 }
 
 /// Whether a state-changing request comes from another site (forged by a page
@@ -246,7 +247,8 @@ pub async fn login_start(
         Err(Error::NotFound(..)) => return login_request_page(&app, true),
         Err(e) => return e.into_response(),
     }
-    if let Err(limited) = app.limits.user.check((Flow::PhoneLogin, user_id.as_str())) {
+    let network = addr.as_deref().map(|a| super::address::Network::of(*a));
+    if let Err(limited) = app.limits.check_user(Flow::PhoneLogin, &user_id, network) {
         return limits::too_many(true, limited);
     }
     let pc = match pc_info(&app, &headers, addr.as_deref()) {
@@ -289,7 +291,8 @@ pub async fn change_start(
         Err(e) => return e.into_response(),
     };
     let user_id = form.get("user_id").map(|s| s.trim().to_owned()).unwrap_or_default();
-    if let Err(limited) = app.limits.user.check((Flow::PhoneChange, user_id.as_str())) {
+    let network = addr.as_deref().map(|a| super::address::Network::of(*a));
+    if let Err(limited) = app.limits.check_user(Flow::PhoneChange, &user_id, network) {
         return limits::too_many(true, limited);
     }
     let pc = match pc_info(&app, &headers, addr.as_deref()) {

@@ -239,8 +239,10 @@ pub struct Limits {
     pub address: RateLimiter,
     /// Per client network ([`super::address::Network`]) and route group.
     pub network: RateLimiter,
-    /// Per user ID and flow.
-    pub user: RateLimiter,
+    /// Per user ID, flow and client network ([`Limits::check_user`]).
+    user: RateLimiter,
+    /// Per user ID and flow from all networks together: ten times that.
+    user_everywhere: RateLimiter,
     /// Refused requests per client address, for the groups that count only those.
     pub refusals: RateLimiter,
     /// Per route group, all clients together ([`Route::writes`]).
@@ -284,6 +286,11 @@ impl Limits {
             address: RateLimiter::new(cfg.per_address_per_minute, cfg.per_address_burst, MAX_KEYS),
             network: RateLimiter::new(cfg.per_network_per_minute, cfg.per_network_burst, MAX_KEYS),
             user: RateLimiter::new(cfg.per_user_per_minute, cfg.per_user_burst, MAX_KEYS),
+            user_everywhere: RateLimiter::new(
+                cfg.per_user_per_minute.saturating_mul(10),
+                cfg.per_user_burst.saturating_mul(10),
+                MAX_KEYS,
+            ),
             refusals: RateLimiter::new(cfg.per_address_per_minute, cfg.per_address_burst, MAX_KEYS),
             // A handful of keys (one per group), room for each in its shard.
             open: RateLimiter::new(cfg.open_per_second.saturating_mul(60), cfg.open_per_second, SHARDS * 8),
@@ -299,6 +306,15 @@ impl Limits {
             shares: Default::default(),
             share: cfg.enveloped_bytes / 4,
         }
+    }
+
+    /// A QR code started for `user` in `flow` from `network`: each network
+    /// has its own budget for an ID, so that a flood of starts for someone
+    /// else's ID from elsewhere does not keep them from starting their own;
+    /// all networks together have ten times it (what one ID can make the
+    /// server write stays bounded).
+    pub fn check_user(&self, flow: Flow, user: &str, network: Option<super::address::Network>) -> Result<(), Limited> {
+        self.user.check((flow, user, network)).and_then(|()| self.user_everywhere.check((flow, user)))
     }
 
     /// Reserves room for an enveloped document of `len` bytes (its

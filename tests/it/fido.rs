@@ -35,6 +35,11 @@ impl Pc {
         Pc { client: Client::new(), cookie: None }
     }
 
+    /// A PC on another loopback address (`127.0.N.M`), as another network's.
+    pub fn from(ip: &str) -> Pc {
+        Pc { client: Client::new().from(ip), cookie: None }
+    }
+
     fn keep(&mut self, r: &Resp) {
         if let Some(c) = r.headers.get("set-cookie") {
             self.cookie = Some(c.split(';').next().expect("cookie").to_owned());

@@ -818,6 +818,35 @@ mod writes {
     use crate::fido::{enroll_by_card, fido_env, Pc};
 
     #[test]
+    fn a_flood_of_starts_for_someone_elses_id_leaves_them_their_own_qr_code() {
+        let env = fido_env();
+        let server =
+            Server::start(&env, &[("INKAN_LIMITS_PER_USER_PER_MINUTE", "1"), ("INKAN_LIMITS_PER_USER_BURST", "3")]);
+        let mut phone = StockPasskey::new(&server.base);
+        enroll_by_card(&server, "hpki-doctor", "hpki", &mut phone, false);
+        // The user opens a phone change on their own PC.
+        let mut own = Pc::new();
+        assert_eq!(own.post_form(&server.url("/change"), &[("user_id", "100001")]).status, 303);
+        // An attacker floods starts for the ID from four other networks,
+        // each until it is refused.
+        for n in 20..24 {
+            let from = format!("127.0.{n}.1");
+            let statuses: Vec<u16> = (0..5)
+                .map(|_| Pc::from(&from).post_form(&server.url("/change"), &[("user_id", "100001")]).status)
+                .collect();
+            assert_eq!(statuses, [303, 303, 303, 429, 429], "{from}");
+        }
+        // The user's QR code still works, and they can start again.
+        let r = own.get(&server.url("/pc"));
+        assert_eq!(r.status, 200, "the user's QR code was replaced: {}", r.text());
+        let r = Pc::new().post_form(&server.url("/change"), &[("user_id", "100001")]);
+        assert_eq!(r.status, 303, "{}", r.text());
+        // At most eight wait for the ID in all.
+        let waiting = env.sql_ok("SELECT count(*) FROM tickets WHERE user_id = '100001' AND step = 'waiting'");
+        assert_eq!(waiting[0], "8");
+    }
+
+    #[test]
     fn qr_starts_for_one_id_replace_the_oldest_waiting_one_and_are_limited_per_id() {
         let env = fido_env();
         let server =

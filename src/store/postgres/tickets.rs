@@ -145,17 +145,16 @@ impl TicketStore for PgTx {
         Ok(self.exec(sql, &[&before, &decoys_before]).await? as usize)
     }
 
-    async fn drop_waiting_tickets(
-        &mut self,
-        user_id: &str,
-        purpose: &str,
-        via: &str,
-        keep: usize,
-    ) -> Result<usize, StoreError> {
-        let sql = "DELETE FROM tickets WHERE id IN (
-                       SELECT id FROM tickets WHERE (user_id = $1 OR decoy_for = $1) AND purpose = $2 AND via = $3
-                                                AND step = 'waiting'
-                       ORDER BY id DESC OFFSET $4)";
-        Ok(self.exec(sql, &[&user_id, &purpose, &via, &(keep as i64)]).await? as usize)
+    async fn waiting_tickets(&mut self, id: &str, purpose: &str, via: &str) -> Result<Vec<Ticket>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM tickets WHERE (user_id = $1 OR decoy_for = $1) AND purpose = $2 AND via = $3 \
+             AND step = 'waiting' ORDER BY id"
+        );
+        self.rows(&sql, &[&id, &purpose, &via]).await?.iter().map(decode).collect()
+    }
+
+    async fn drop_ticket(&mut self, id: i64) -> Result<(), StoreError> {
+        self.exec("DELETE FROM tickets WHERE id = $1", &[&id]).await?;
+        Ok(())
     }
 }

@@ -157,21 +157,17 @@ impl<C: DerefMut<Target = Connection> + Send> TicketStore for SqliteTx<C> {
             .execute([before, decoys_before])?)
     }
 
-    async fn drop_waiting_tickets(
-        &mut self,
-        user_id: &str,
-        purpose: &str,
-        via: &str,
-        keep: usize,
-    ) -> Result<usize, StoreError> {
-        Ok(self
-            .writing()?
-            .prepare_cached(
-                "DELETE FROM tickets WHERE id IN (
-                     SELECT id FROM tickets WHERE (user_id = ?1 OR decoy_for = ?1) AND purpose = ?2 AND via = ?3
-                                              AND step = 'waiting'
-                     ORDER BY id DESC LIMIT -1 OFFSET ?4)",
-            )?
-            .execute(params![user_id, purpose, via, keep as i64])?)
+    async fn waiting_tickets(&mut self, id: &str, purpose: &str, via: &str) -> Result<Vec<Ticket>, StoreError> {
+        let mut stmt = self.conn().prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM tickets WHERE (user_id = ?1 OR decoy_for = ?1) AND purpose = ?2 AND via = ?3 \
+             AND step = 'waiting' ORDER BY id"
+        ))?;
+        let rows = stmt.query_map(params![id, purpose, via], raw)?.collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(decode).collect()
+    }
+
+    async fn drop_ticket(&mut self, id: i64) -> Result<(), StoreError> {
+        self.writing()?.prepare_cached("DELETE FROM tickets WHERE id = ?1")?.execute([id])?;
+        Ok(())
     }
 }
