@@ -34,7 +34,11 @@
 //! 60 s (`INKAN_LOAD_OPEN_SECS`; CPU is read in 10 ms ticks).
 //! `INKAN_LOAD_MODE=flood` signs with and without a flood of the routes anyone
 //! can call, sent by a second process (this benchmark again, as the flooder):
-//! signatures/s and p50/p99, alternating by round, and the server's memory.
+//! signatures/s and p50/p99, alternating by round, and the server's memory;
+//! then ten honest card logins during a flood, each tried at most three
+//! times. The flood holds 5,120 idle connections from 20 networks on the main
+//! listener and 1,280 on the card listener, sends HEAD on authorize, the
+//! PC's `/pc/begin` with a cookie of its own, and requests that write nothing.
 //! With `INKAN_FLOOD_SPREAD=1` the flooder is a botnet: each keep-alive
 //! connection moves to a new source address (127.0.0.0/8) before the
 //! per-address limits would stop it, so only what holds for all clients
@@ -159,6 +163,70 @@ async fn send(
     let status = resp.status().as_u16();
     let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
     (status, location, resp.into_body().collect().await.expect("body").to_bytes().to_vec())
+}
+
+/// One request on a new connection from a client of its own (127.0.77.1);
+/// `Err` says what failed (refused connections and TLS handshakes count as
+/// failures, as a browser sees them).
+async fn try_send_new(
+    port: u16,
+    config: Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<(u16, Option<String>, Vec<u8>), String> {
+    // From an address and network of its own (127.0.77.1), not the flooder's.
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket.bind(([127, 0, 77, 1], 0).into()).map_err(|e| format!("bind: {e}"))?;
+    let tcp = socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder().method(method).uri(path).header("host", "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::from(body))).expect("req"))
+        .await
+        .map_err(|e| format!("response: {e}"))?;
+    let status = resp.status().as_u16();
+    let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
+    Ok((status, location, body))
+}
+
+/// A card login as a browser makes it (authorize, the card listener, the
+/// token endpoint; each on a new connection): the access token, or the
+/// step that failed.
+async fn card_login(main_port: u16, card_port: u16, client_id: &str, secret: &str) -> Result<String, String> {
+    let verifier = inkan::auth::random_token();
+    let challenge = inkan::auth::b64url(&inkan::auth::token_hash(&verifier));
+    let q = format!("/oidc/authorize?response_type=code&client_id={client_id}&redirect_uri=https%3A%2F%2Frx.example%2Fcb&scope=openid%20sign&code_challenge={challenge}&code_challenge_method=S256&acr_values=hpki");
+    let (status, loc, _) = try_send_new(main_port, tls_config(None), "GET", &q, &[], Vec::new()).await?;
+    let loc = loc.ok_or_else(|| format!("authorize answered {status}"))?;
+    let path = &loc[loc.find("/login").ok_or("no login path")?..];
+    let (status, back, _) =
+        try_send_new(card_port, tls_config(Some("hpki-doctor")), "GET", path, &[], Vec::new()).await?;
+    let back = back.ok_or_else(|| format!("card login answered {status}"))?;
+    let code = back.split("code=").nth(1).and_then(|c| c.split('&').next()).ok_or("no code")?.to_owned();
+    let form = format!("grant_type=authorization_code&code={code}&redirect_uri=https%3A%2F%2Frx.example%2Fcb&code_verifier={verifier}&client_id={client_id}&client_secret={secret}");
+    let headers = [("content-type", "application/x-www-form-urlencoded")];
+    let (status, _, body) =
+        try_send_new(main_port, tls_config(None), "POST", "/oidc/token", &headers, form.into_bytes()).await?;
+    if status != 200 {
+        return Err(format!("token answered {status}"));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    v["access_token"].as_str().map(str::to_owned).ok_or_else(|| "no access token".into())
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -426,6 +494,8 @@ struct Target {
     card_port: u16,
     /// The signing system's client ID.
     client_id: String,
+    /// Its secret.
+    secret: String,
     /// The PostgreSQL cluster of its database: its processes' CPU is the server's too.
     cluster: Option<Arc<postgres::Cluster>>,
     bearer: String,
@@ -498,26 +568,19 @@ impl Target {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        let token = rt.block_on(async {
-            let verifier = inkan::auth::random_token();
-            let challenge = inkan::auth::b64url(&inkan::auth::token_hash(&verifier));
-            let mut main = connect(main_port, tls_config(None)).await;
-            let q = format!("/oidc/authorize?response_type=code&client_id={client_id}&redirect_uri=https%3A%2F%2Frx.example%2Fcb&scope=openid%20sign&code_challenge={challenge}&code_challenge_method=S256&acr_values=hpki");
-            let (_, loc, _) = send(&mut main, "GET", &q, &[], Vec::new()).await;
-            let loc = loc.expect("redirect");
-            let path = &loc[loc.find("/login").expect("login path")..];
-            let mut card = connect(card_port, tls_config(Some("hpki-doctor"))).await;
-            let (_, back, _) = send(&mut card, "GET", path, &[], Vec::new()).await;
-            let back = back.expect("code");
-            let code = back.split("code=").nth(1).unwrap().split('&').next().unwrap().to_owned();
-            let form = format!("grant_type=authorization_code&code={code}&redirect_uri=https%3A%2F%2Frx.example%2Fcb&code_verifier={verifier}&client_id={client_id}&client_secret={secret}");
-            let (status, _, body) = send(&mut main, "POST", "/oidc/token", &[("content-type", "application/x-www-form-urlencoded")], form.into_bytes()).await;
-            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-            let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
-            v["access_token"].as_str().unwrap().to_owned()
-        });
+        let token = rt.block_on(card_login(main_port, card_port, &client_id, &secret)).expect("card login");
         let path = dir.path().to_path_buf();
-        Target { name, _dir: dir, dir: path, nodes, card_port, client_id, cluster, bearer: format!("Bearer {token}") }
+        Target {
+            name,
+            _dir: dir,
+            dir: path,
+            nodes,
+            card_port,
+            client_id,
+            secret,
+            cluster,
+            bearer: format!("Bearer {token}"),
+        }
     }
 
     /// The request of a scenario, for this target.
@@ -973,6 +1036,30 @@ mod flood {
         let (f50, f99) = rt.block_on(open_loop(&t.ports(), rate, Arc::clone(&req), OPEN_LOOP_RUN));
         let out = child.wait_with_output().expect("flooder");
         floods.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+        // Honest card logins during a flood: each as a browser makes it,
+        // tried at most three times.
+        let child = flooder(t, Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(1500));
+        let (mut logins, mut failures) = (Vec::new(), Vec::new());
+        for _ in 0..10 {
+            let mut tries = 0;
+            let ok = loop {
+                tries += 1;
+                match rt.block_on(card_login(t.nodes[0].main_port, t.card_port, &t.client_id, &t.secret)) {
+                    Ok(_) => break true,
+                    Err(e) => {
+                        failures.push(e);
+                        if tries == 3 {
+                            break false;
+                        }
+                    }
+                }
+            };
+            logins.push((ok, tries));
+        }
+        let out = child.wait_with_output().expect("flooder");
+        let login_flood = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let within = logins.iter().filter(|(ok, _)| *ok).count();
         let (rss_end, hwm) = (rss_kib(pid, "VmRSS:"), rss_kib(pid, "VmHWM:"));
         let lines = [
             format!(
@@ -990,6 +1077,12 @@ mod flood {
                 hwm / 1024
             ),
             format!("flood: the flooder's requests (last run): {}", floods.last().cloned().unwrap_or_default()),
+            format!(
+                "flood: honest card logins: {within} of 10 within 3 tries (tries {}; failed tries: {})",
+                logins.iter().map(|(ok, n)| format!("{n}{}", if *ok { "" } else { "x" })).collect::<Vec<_>>().join(" "),
+                if failures.is_empty() { "none".to_owned() } else { failures.join("; ") }
+            ),
+            format!("flood: the flooder's requests during the logins: {login_flood}"),
         ];
         for l in &lines {
             println!("{l}");
@@ -999,17 +1092,87 @@ mod flood {
         let _ = std::fs::write(root().join(name), lines.join("\n") + "\n");
     }
 
-    /// What the flooder sends, round-robin on each keep-alive connection.
-    fn requests(client_id: &str, i: u64) -> (&'static str, String, Vec<(&'static str, String)>, Vec<u8>) {
+    /// What the flooder sends, round-robin on each keep-alive connection:
+    /// the first round's routes, and the second's (N1 HEAD on authorize, N3
+    /// the PC's `/pc/begin` with a PC cookie, N4 requests that write
+    /// nothing: an unknown phone token, authorize without parameters).
+    fn requests(
+        client_id: &str,
+        pc_cookie: &str,
+        i: u64,
+    ) -> (&'static str, String, Vec<(&'static str, String)>, Vec<u8>) {
         let form = ("content-type", "application/x-www-form-urlencoded".to_owned());
         let state = format!("{i:0>500}");
-        match i % 6 {
-            0 => ("GET", format!("/oidc/authorize?response_type=code&client_id={client_id}&redirect_uri=https%3A%2F%2Frx.example%2Fcb&scope=openid&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256&state={state}&nonce={state}"), vec![], vec![]),
+        let authorize = format!("/oidc/authorize?response_type=code&client_id={client_id}&redirect_uri=https%3A%2F%2Frx.example%2Fcb&scope=openid&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256&state={state}&nonce={state}");
+        match i % 10 {
+            0 => ("GET", authorize, vec![], vec![]),
             1 => ("POST", "/change".into(), vec![form], format!("user_id=flood{i}").into_bytes()),
             2 => ("POST", "/change".into(), vec![form], b"user_id=100001".to_vec()),
-            3 => ("POST", "/oidc/token".into(), vec![form], format!("grant_type=authorization_code&code=x{i}&client_id={client_id}&client_secret=wrong").into_bytes()),
+            3 => (
+                "POST",
+                "/oidc/token".into(),
+                vec![form],
+                format!("grant_type=authorization_code&code=x{i}&client_id={client_id}&client_secret=wrong")
+                    .into_bytes(),
+            ),
             4 => ("GET", format!("/r/flood{i}"), vec![], vec![]),
-            _ => ("POST", format!("/m/flood{i}/begin"), vec![("content-type", "application/json".into())], b"{}".to_vec()),
+            5 => (
+                "POST",
+                format!("/m/flood{i}/begin"),
+                vec![("content-type", "application/json".into())],
+                b"{}".to_vec(),
+            ),
+            6 => ("HEAD", authorize, vec![], vec![]),
+            7 => (
+                "POST",
+                "/pc/begin".into(),
+                vec![("cookie", pc_cookie.to_owned()), ("content-type", "application/json".into())],
+                b"{}".to_vec(),
+            ),
+            8 => ("GET", format!("/m/flood{i}"), vec![], vec![]),
+            _ => ("GET", "/oidc/authorize".into(), vec![], vec![]),
+        }
+    }
+
+    /// N2: idle connections (no TLS ClientHello) from 20 addresses, each in
+    /// its own /24, `per` from each on `port`; one the server closes is
+    /// opened again a second later.
+    fn hold_idle(
+        tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+        port: u16,
+        per: usize,
+        stop: Instant,
+        statuses: &Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
+    ) {
+        for a in 0..20u8 {
+            for _ in 0..per {
+                let statuses = Arc::clone(statuses);
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < stop {
+                        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+                        let _ = socket.bind((std::net::Ipv4Addr::new(127, 200, a, 1), 0).into());
+                        if let Ok(Ok(mut tcp)) = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            socket.connect(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+                        )
+                        .await
+                        {
+                            let mut buf = [0u8; 16];
+                            let left = stop.saturating_duration_since(Instant::now());
+                            if let Ok(Ok(_)) =
+                                tokio::time::timeout(left, tokio::io::AsyncReadExt::read(&mut tcp, &mut buf)).await
+                            {
+                                *statuses
+                                    .lock()
+                                    .unwrap()
+                                    .entry("idle connection closed by the server".into())
+                                    .or_default() += 1;
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }));
+            }
         }
     }
 
@@ -1064,8 +1227,35 @@ mod flood {
             let config = tls_config(None);
             let stop = Instant::now() + run;
             let mut tasks = Vec::new();
+            // N3: a PC cookie of the flooder's own (a phone change it started).
+            let pc_cookie = match try_connect(port, Arc::clone(&config)).await {
+                Some(mut s) => {
+                    let req = hyper::Request::builder()
+                        .method("POST")
+                        .uri("/change")
+                        .header("host", "localhost")
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body(Full::new(Bytes::from_static(b"user_id=flood-pc")))
+                        .unwrap();
+                    match s.send_request(req).await {
+                        Ok(r) => r
+                            .headers()
+                            .get("set-cookie")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.split(';').next())
+                            .unwrap_or_default()
+                            .to_owned(),
+                        Err(_) => String::new(),
+                    }
+                }
+                None => String::new(),
+            };
+            // N2: 5,120 idle connections on the main listener, 1,280 on the card listener.
+            hold_idle(&mut tasks, port, 256, stop, &statuses);
+            hold_idle(&mut tasks, card_port, 64, stop, &statuses);
             for c in 0..32u64 {
                 let (config, statuses, client_id) = (Arc::clone(&config), Arc::clone(&statuses), client_id.clone());
+                let pc_cookie = pc_cookie.clone();
                 tasks.push(tokio::spawn(async move {
                     let mut i = c;
                     let mut sender = None;
@@ -1088,7 +1278,7 @@ mod flood {
                             }
                         }
                         let s = sender.as_mut().unwrap();
-                        let (method, path, headers, body) = requests(&client_id, i);
+                        let (method, path, headers, body) = requests(&client_id, &pc_cookie, i);
                         i += 32;
                         sent_here += 1;
                         let mut req = hyper::Request::builder().method(method).uri(path).header("host", "localhost");

@@ -43,7 +43,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::auth::cards::CardAuth;
@@ -68,19 +67,23 @@ async fn per_address(State(app): State<Arc<App>>, req: Request, next: Next) -> R
     let (Some(route), Some(&addr)) = (route, req.extensions().get::<address::ClientAddr>()) else {
         return next.run(req).await;
     };
+    let network = address::Network::of(addr);
     if route.counts_refusals_only() {
-        if let Some(limited) = app.limits.refusals.blocked((route, addr)) {
+        // An address's refusals, and its network's (four times as many).
+        let blocked =
+            app.limits.refusals.blocked((route, addr)).or_else(|| app.limits.network.blocked((route, network)));
+        if let Some(limited) = blocked {
             return limits::too_many(route.pages(req.method()), limited);
         }
         let resp = next.run(req).await;
         if resp.status().is_client_error() {
             let _ = app.limits.refusals.check((route, addr));
+            let _ = app.limits.network.check((route, network));
         }
         return resp;
     }
     // One address, then its network: many addresses of one network (a /24,
     // a /48) are held together too.
-    let network = address::Network::of(addr);
     if let Err(limited) =
         app.limits.address.check((route, addr)).and_then(|()| app.limits.network.check((route, network)))
     {
@@ -90,7 +93,7 @@ async fn per_address(State(app): State<Arc<App>>, req: Request, next: Next) -> R
     // all clients together: a flood from many addresses meets it. A request
     // refused (4xx: an unknown QR code, bad parameters) wrote nothing and is
     // given back, so that such floods do not spend what logins need.
-    if route.writes() {
+    if route.writes() && !sealed_card_login(route, &req) {
         if let Err(limited) = app.limits.open.check(route) {
             return limits::busy(route.pages(req.method()), limited);
         }
@@ -101,6 +104,29 @@ async fn per_address(State(app): State<Arc<App>>, req: Request, next: Next) -> R
         return resp;
     }
     next.run(req).await
+}
+
+/// Whether a request is an authorize request for a card login, which
+/// writes nothing (the request travels sealed to the card listener; see
+/// [`crate::auth::oidc::Provider::authorize`]): the budget for all clients is
+/// not charged, so that a flood of other authorize requests cannot keep card
+/// holders from logging in. The method is read as the provider reads it
+/// (the first of `acr_values` it knows).
+fn sealed_card_login(route: limits::Route, req: &Request) -> bool {
+    if route != limits::Route::Authorize {
+        return false;
+    }
+    let Some(query) = req.uri().query() else { return false };
+    // Exactly one acr_values: with two, which one the handler reads is not
+    // this function's to guess, and the request is charged.
+    let mut asked = form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == "acr_values").map(|(_, v)| v);
+    match (asked.next(), asked.next()) {
+        (Some(v), None) => matches!(
+            v.split(' ').find_map(crate::auth::Method::parse),
+            Some(crate::auth::Method::Hpki | crate::auth::Method::Jpki)
+        ),
+        _ => false,
+    }
 }
 
 /// Headers every answer of both listeners carries: HSTS (they speak HTTPS
@@ -207,8 +233,8 @@ pub fn card_router(app: Arc<App>) -> Router {
 
 /// Both listeners, bound, with their TLS configurations.
 pub struct Listeners {
-    main: (TcpListener, TlsAcceptor),
-    card: (TcpListener, TlsAcceptor),
+    main: (TcpListener, Arc<rustls::ServerConfig>),
+    card: (TcpListener, Arc<rustls::ServerConfig>),
 }
 
 impl Listeners {
@@ -229,18 +255,15 @@ impl Listeners {
         };
         let main = TcpListener::bind(&cfg.listen).await.map_err(|e| listen(&cfg.listen, e))?;
         let card = TcpListener::bind(&cfg.card_listen).await.map_err(|e| listen(&cfg.card_listen, e))?;
-        Ok(Listeners {
-            main: (main, TlsAcceptor::from(Arc::new(main_tls))),
-            card: (card, TlsAcceptor::from(Arc::new(card_tls))),
-        })
+        Ok(Listeners { main: (main, Arc::new(main_tls)), card: (card, Arc::new(card_tls)) })
     }
 }
 
 /// A bound server, ready to run.
 pub struct Server {
     app: Arc<App>,
-    main: (TcpListener, TlsAcceptor),
-    card: (TcpListener, TlsAcceptor),
+    main: (TcpListener, Arc<rustls::ServerConfig>),
+    card: (TcpListener, Arc<rustls::ServerConfig>),
 }
 
 impl Server {
@@ -310,9 +333,10 @@ impl Server {
             let failed = crate::throttle::Throttle::new();
             let mut every = tokio::time::interval(Duration::from_secs(1));
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut first = true;
             loop {
                 every.tick().await;
-                if let Err(e) = seal_app.signing.seal_audit().await {
+                if let Err(e) = seal_app.signing.seal_audit(std::mem::take(&mut first)).await {
                     if failed.admit().is_some() {
                         tracing::warn!("sealing the audit log: {e} (retried every second)");
                     }
@@ -343,7 +367,7 @@ impl Server {
             }
         }
         // The rows of the last requests, sealed before the process ends.
-        if let Err(e) = self.app.signing.seal_audit().await {
+        if let Err(e) = self.app.signing.seal_audit(false).await {
             tracing::warn!("sealing the audit log on shutdown: {e} (the next start seals it if the log checks out against the token's record)");
         }
     }
@@ -354,7 +378,7 @@ pub const MAX_HEAD_BYTES: usize = 64 << 10;
 
 /// What every connection of one listener is served with.
 struct Listener {
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     router: Router,
     graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
     header_timeout: Duration,
@@ -413,7 +437,7 @@ impl Listener {
             self.refused(balancer, format_args!("as many PROXY headers are being read as there are slots"));
             return;
         };
-        let deadline = self.pool.handshake_deadline(self.header_timeout, self.caps);
+        let deadline = self.pool.hello_deadline(self.header_timeout, self.caps);
         let client = match proxy::read_header(&mut tcp, deadline).await {
             Ok(proxy::Origin::Client(client)) => client.ip(),
             Ok(proxy::Origin::Local) => balancer,
@@ -433,10 +457,23 @@ impl Listener {
     /// for a newcomer.
     async fn serve(&self, tcp: tokio::net::TcpStream, addr: address::ClientAddr, slot: Arc<slots::Slot>) {
         let _ = tcp.set_nodelay(true);
-        let deadline = self.pool.handshake_deadline(self.header_timeout, self.caps);
+        let deadline = self.pool.hello_deadline(self.header_timeout, self.caps);
         let pace = self.pace;
         let serve = async {
-            let tls = match tokio::time::timeout(deadline, self.acceptor.accept(tcp)).await {
+            // The ClientHello within a deadline that shortens as the listener
+            // fills; the rest of the handshake (on the card listener, a user
+            // choosing a card and typing a PIN) within the whole timeout.
+            let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+            let start = match tokio::time::timeout(deadline, hello).await {
+                Ok(Ok(start)) => start,
+                Ok(Err(e)) => {
+                    tracing::debug!("TLS ClientHello refused: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            slot.stage(slots::Stage::Handshake);
+            let tls = match tokio::time::timeout(self.header_timeout, start.into_stream(Arc::clone(&self.tls))).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!("TLS handshake failed: {e}");
@@ -444,6 +481,7 @@ impl Listener {
                 }
                 Err(_) => return,
             };
+            slot.stage(slots::Stage::Serving);
             let peer = PeerCertificates(Arc::new(
                 tls.get_ref()
                     .1
@@ -488,10 +526,11 @@ impl Listener {
 /// oldest unproven idle connection makes room), a TLS handshake within a
 /// deadline that shortens as the listener fills, and paced bodies. With
 /// `[server] proxy_from`, only the balancers connect, and each connection
-/// counts as the client its PROXY header names.
+/// counts as the client its PROXY header names (and this host itself, unless
+/// it is a balancer, directly).
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     router: Router,
     app: Arc<App>,
     graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
@@ -499,7 +538,7 @@ async fn accept_loop(
 ) {
     let caps = app.limits.connections;
     let this = Arc::new(Listener {
-        acceptor,
+        tls,
         router,
         graceful,
         header_timeout: Duration::from_secs(app.config.server.header_timeout_secs),
@@ -522,17 +561,53 @@ async fn accept_loop(
             },
             _ = stop.changed() => break,
         };
-        if this.balancers.is_empty() {
+        let from_balancer = this.balancers.iter().any(|b| b.contains(remote.ip()));
+        // Directly: without balancers, and from this host itself when it is
+        // not one of them (health checks, a local `/metrics` scrape).
+        if this.balancers.is_empty() || (!from_balancer && remote.ip().is_loopback()) {
             let addr = address::ClientAddr::of(remote.ip());
             if let Some(slot) = this.admit(addr) {
                 let this = Arc::clone(&this);
                 tokio::spawn(async move { this.serve(tcp, addr, slot).await });
             }
-        } else if this.balancers.iter().any(|b| b.contains(remote.ip())) {
+        } else if from_balancer {
             tokio::spawn(Arc::clone(&this).relayed(tcp, remote.ip()));
         } else {
             this.refused(remote.ip(), format_args!("not a balancer of [server] proxy_from"));
         }
+    }
+}
+
+/// Files the process may need open: per listener, its connection slots and
+/// as many balancer connections being read; and a margin for the store, the
+/// token, logs and outgoing connections (TSA, CRLs, PostgreSQL).
+fn files_needed(limits: &crate::config::LimitsConfig) -> u64 {
+    4 * limits.connections as u64 + 512
+}
+
+/// Raises the soft limit on open files towards what the connection slots
+/// need (a listener that runs out of descriptors refuses newcomers before
+/// it is full, and then closes no idle connection for them), and says so
+/// when the hard limit is too low.
+fn open_files(limits: &crate::config::LimitsConfig) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let need = files_needed(limits);
+    let now = getrlimit(Resource::Nofile);
+    let (current, maximum) = (now.current.unwrap_or(u64::MAX), now.maximum.unwrap_or(u64::MAX));
+    if current >= need {
+        return;
+    }
+    let raised = need.min(maximum);
+    if let Err(e) = setrlimit(Resource::Nofile, Rlimit { current: Some(raised), maximum: now.maximum }) {
+        tracing::warn!("cannot raise the open-file limit from {current} to {raised}: {e}");
+        return;
+    }
+    if raised < need {
+        tracing::warn!(
+            "the process may open {raised} files (its hard limit), fewer than the {need} that [limits] connections \
+             ({}) needs: raise LimitNOFILE (systemd) or ulimit -Hn, or lower [limits] connections",
+            limits.connections
+        );
     }
 }
 
@@ -563,6 +638,7 @@ pub fn serve(config: Config, demo_mode: bool) -> Result<()> {
         crate::setup::init_token(&config)?;
     }
     config.export_softhsm_conf();
+    open_files(&config.limits);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Error::internal)?;
     runtime.block_on(async move {
         // The ports first: a start that cannot listen changes nothing (the

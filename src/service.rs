@@ -80,6 +80,8 @@ impl Service {
         // Every node derives the same decoys (from the token), so that a
         // decoy answers alike wherever its requests land.
         let decoys = Decoys::new(derived_secret(tx().as_ref(), &keystore, "decoy passkeys").await?);
+        // Card-login requests travel sealed by a secret every node derives alike.
+        let request_secret = derived_secret(tx().as_ref(), &keystore, "sealed login requests").await?;
         let signing = Signing::new(
             &config,
             Arc::clone(&keystore),
@@ -96,7 +98,7 @@ impl Service {
             trust,
             extender,
             sessions: Sessions::new(tx(), store.invalidation(), Arc::clone(&clock)).await?,
-            oidc: Provider::new(&config, tx(), store.oidc(), keystore, Arc::clone(&clock))?,
+            oidc: Provider::new(&config, tx(), store.oidc(), keystore, Arc::clone(&clock), request_secret)?,
             cards: CardAuth::from_config(&config)?,
             phones: Phones::new(&config, tx(), Arc::clone(&clock), decoys)?,
             signing,

@@ -66,7 +66,7 @@ impl Refusal {
     /// The error a sealer answers while the refusal stands.
     fn error(&self) -> Error {
         Error::Conflict(format!(
-            "sealing of the audit log stopped at {}: {}; nothing is sealed until `inkan audit verify` finds the log              intact and `inkan audit seal --clear-refusal` is run",
+            "sealing of the audit log stopped at {}: {}; nothing is sealed until `inkan audit verify` finds the log intact and `inkan audit seal --clear-refusal` is run",
             crate::clock::rfc3339(self.at),
             self.reason
         ))
@@ -203,7 +203,9 @@ pub async fn clear_refusal<T: AuditTx + ?Sized>(
     )
     .await?;
     tx.commit().await?;
-    keystore.prune_data_objects(TOKEN_APP, REFUSAL, &|_| true)?;
+    // Only the refusal that was checked: one a sealer writes meanwhile stays.
+    let cleared = encode_refusal(&standing);
+    keystore.prune_data_objects(TOKEN_APP, REFUSAL, &|v| v == cleared.as_slice())?;
     Ok(Some(standing))
 }
 
@@ -220,7 +222,7 @@ async fn descends<T: AuditTx + ?Sized>(
         (
             recorded.seq,
             format!(
-                "the token sealed row {} at {}, and the database no longer holds that seal: seals were removed,                  or the log was cut back",
+                "the token sealed row {} at {}, and the database no longer holds that seal: seals were removed, or the log was cut back",
                 recorded.seq,
                 crate::clock::rfc3339(recorded.at)
             ),

@@ -28,6 +28,14 @@ use super::{b64url, token_hash};
 
 /// How long an authorization request may take to finish (the user logs in meanwhile).
 pub const REQUEST_LIFETIME_MS: i64 = 10 * 60 * 1000;
+/// The start of a sealed card-login request's handle.
+const SEALED: &str = "c.";
+
+/// Where a sealed request's use is kept (as a spent code's marker is).
+fn sealed_marker(id: &str) -> Vec<u8> {
+    token_hash(&format!("inkan sealed login request used\0{id}")).to_vec()
+}
+
 /// Authorization codes are single-use and live 60 s.
 pub const CODE_LIFETIME_MS: i64 = 60 * 1000;
 
@@ -419,6 +427,9 @@ impl<T: ClientsTx + SessionsTx + ?Sized> ProviderTx for T {}
 /// The OpenID Connect provider.
 pub struct Provider<T: ?Sized + Send> {
     issuer: String,
+    /// Seals card-login requests ([`Provider::authorize`]): every node
+    /// derives the same one from the token.
+    request_secret: [u8; 32],
     session_lifetime_ms: i64,
     store: Arc<dyn Transactions<T>>,
     pending: Arc<dyn OidcStore>,
@@ -439,6 +450,7 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
         pending: Arc<dyn OidcStore>,
         keystore: Arc<Keystore>,
         clock: Arc<dyn Clock>,
+        request_secret: [u8; 32],
     ) -> Result<Self> {
         let alg = config.server.id_token_alg;
         let (platform_key, spki) = platform_key(&keystore, alg).map_err(|e| {
@@ -453,6 +465,7 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
             .ok_or_else(|| Error::Internal(format!("the platform key is not a {} key", alg.as_str())))?;
         Ok(Provider {
             issuer: config.server.public_url.trim_end_matches('/').to_owned(),
+            request_secret,
             session_lifetime_ms: config.server.session_hours as i64 * 3_600_000,
             store,
             pending,
@@ -480,7 +493,12 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
         self.alg
     }
 
-    /// Validates `/oidc/authorize` and keeps the request for the login.
+    /// Validates `/oidc/authorize` and keeps the request for the login. A
+    /// request for a card login (`acr_values` hpki or jpki) is not kept: its
+    /// handle is the request itself, sealed ([`Provider::seal_request`]), so
+    /// that a flood of authorize requests, which fills what is kept, cannot
+    /// keep a card holder from logging in (nothing is written until the
+    /// card has been shown, and then only that the request was used).
     pub async fn authorize(&self, params: &HashMap<String, String>) -> Result<Authorized, AuthorizeError> {
         let now = self.clock.now_ms();
         let client = match params.get("client_id") {
@@ -488,6 +506,9 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
             None => None,
         };
         let request = validate_authorize(params, client.as_ref(), now)?;
+        if matches!(request.acr, Some(Method::Hpki | Method::Jpki)) {
+            return Ok(Authorized { id: self.seal_request(&request), acr: request.acr });
+        }
         let id = super::random_token();
         self.pending
             .put_request(&id, &request, now, max_pending_requests())
@@ -502,11 +523,49 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
         Ok(client.map_or_else(|| client_id.to_owned(), |c| c.name))
     }
 
-    /// A pending request by its handle, if it exists and has not expired.
+    /// A pending request by its handle, if it exists (or its seal checks and
+    /// it was not used) and has not expired.
     pub async fn pending(&self, id: &str) -> Result<AuthRequest> {
-        self.pending.request(id, self.clock.now_ms()).await?.ok_or_else(|| {
-            Error::NotFound(Missing::Request, "the login request is unknown or has expired: log in again".into())
-        })
+        let now = self.clock.now_ms();
+        let unknown =
+            || Error::NotFound(Missing::Request, "the login request is unknown or has expired: log in again".into());
+        if id.starts_with(SEALED) {
+            let request = self.open_request(id).filter(|r| r.expires_at > now).ok_or_else(unknown)?;
+            if self.pending.has_code(&sealed_marker(id)).await? {
+                return Err(unknown());
+            }
+            return Ok(request);
+        }
+        self.pending.request(id, now).await?.ok_or_else(unknown)
+    }
+
+    /// A card-login request as its own handle: `c.` + the request (JSON,
+    /// base64url) + `.` + the HMAC-SHA-256 of it under the request secret.
+    fn seal_request(&self, request: &AuthRequest) -> String {
+        let body = serde_json::to_vec(request).unwrap_or_default();
+        format!("{SEALED}{}.{}", b64url(&body), b64url(&self.request_mac(&body)))
+    }
+
+    fn request_mac(&self, body: &[u8]) -> [u8; 32] {
+        use hmac::{Hmac, KeyInit, Mac};
+        // A 32-byte key always fits HMAC-SHA-256.
+        let mut mac =
+            <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.request_secret).unwrap_or_else(|_| unreachable!());
+        mac.update(b"inkan sealed login request v1\0");
+        mac.update(body);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The request a sealed handle holds, if its seal is this provider's.
+    fn open_request(&self, id: &str) -> Option<AuthRequest> {
+        use base64ct::{Base64UrlUnpadded, Encoding};
+        let (body, mac) = id.strip_prefix(SEALED)?.split_once('.')?;
+        let body = Base64UrlUnpadded::decode_vec(body).ok()?;
+        let mac = Base64UrlUnpadded::decode_vec(mac).ok()?;
+        if !super::constant_time_eq(&self.request_mac(&body), &mac) {
+            return None;
+        }
+        serde_json::from_slice(&body).ok()
     }
 
     /// A user logged in for a pending request: the request is used up, and
@@ -532,7 +591,21 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
         }
         let gone =
             || Error::NotFound(Missing::Request, "the login request is used or has expired: log in again".into());
-        let request = self.pending.take_request(request_id).await?.ok_or_else(gone)?;
+        let request = if request_id.starts_with(SEALED) {
+            // Used once: what a sealed request leaves behind, until it expires.
+            let marker = Code {
+                request: pending.clone(),
+                user_id: user_id.to_owned(),
+                method,
+                auth_time: now,
+                expires_at: pending.expires_at,
+                spent_by: None,
+            };
+            self.pending.keep_spent_code(&sealed_marker(request_id), &marker, now).await?;
+            pending
+        } else {
+            self.pending.take_request(request_id).await?.ok_or_else(gone)?
+        };
         if request.expires_at <= now {
             return Err(gone());
         }

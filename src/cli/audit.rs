@@ -67,8 +67,10 @@ pub async fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<Output, CliError> {
                     None
                 }
             };
-            let v = verified(ctx, store.as_ref(), keystore.as_ref(), &heads).await?;
+            // Unsealed rows' age is taken at the snapshot, not after the walk:
+            // a long walk must not age rows a running server is about to seal.
             let now = ctx.now_ms();
+            let v = verified(ctx, store.as_ref(), keystore.as_ref(), &heads).await?;
             let json = |v: &audit::Verification| serde_json::to_string(v).map_err(CliError::from);
             if let Some(b) = &v.broken {
                 let message = if ctx.json {

@@ -312,6 +312,14 @@ impl TryFrom<String> for IpNet {
             None => (text.as_str(), None),
         };
         let addr: std::net::IpAddr = ip.trim().parse().map_err(|_| bad())?;
+        // An IPv4-mapped IPv6 network is the IPv4 one (peers are compared so).
+        let (addr, prefix) = match (addr, addr.to_canonical()) {
+            (std::net::IpAddr::V6(_), v4 @ std::net::IpAddr::V4(_)) => match prefix {
+                Some(p) if p < 96 => return Err(bad()),
+                p => (v4, p.map(|p| p - 96)),
+            },
+            _ => (addr, prefix),
+        };
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = prefix.unwrap_or(max);
         if prefix > max {
@@ -748,6 +756,9 @@ mod tests {
         let v6 = net("fd00::/8").expect("v6");
         assert!(v6.contains("fd12::1".parse().expect("ip")) && !v6.contains("fe80::1".parse().expect("ip")));
         assert!(net("0.0.0.0/0").expect("all").contains("192.0.2.1".parse().expect("ip")));
+        let mapped = net("::ffff:10.0.0.5").expect("mapped");
+        assert!(mapped.contains("10.0.0.5".parse().expect("ip")), "{mapped:?}");
+        assert_eq!(String::from(net("::ffff:10.0.0.0/120").expect("mapped net")), "10.0.0.0/24");
         for bad in ["10.0.0.0/33", "fd00::/129", "example.org", "10.0.0.0/x", ""] {
             assert!(net(bad).is_err(), "{bad}");
         }

@@ -145,9 +145,11 @@ fn make_room(waiting: &[Ticket], network: &str) -> Vec<i64> {
         for (_, n) in &kept {
             *counts.entry(n.as_str()).or_default() += 1;
         }
-        // The network holding the most; of equals, the one whose oldest is oldest.
+        // The network holding the most; of equals, the one that came last
+        // (a user's own QR code, started before a flood, is given up last).
         let most = counts.values().copied().max().unwrap_or(0);
-        let Some(busiest) = kept.iter().find(|(_, n)| counts.get(n.as_str()) == Some(&most)).map(|(_, n)| n.clone())
+        let Some(busiest) =
+            kept.iter().rev().find(|(_, n)| counts.get(n.as_str()) == Some(&most)).map(|(_, n)| n.clone())
         else {
             break;
         };
@@ -838,6 +840,10 @@ mod tests {
         assert_eq!(make_room(&waiting, "f"), vec![2]);
         assert_eq!(make_room(&waiting, "home"), vec![2]);
         assert_eq!(make_room(&waiting, "a"), vec![2]);
+        // Eight networks with one each: the one that came last gives way.
+        let waiting: Vec<Ticket> =
+            ["home", "a", "b", "c", "d", "e", "f", "g"].iter().zip(1..).map(|(n, id)| ticket(id, n)).collect();
+        assert_eq!(make_room(&waiting, "h"), vec![8]);
     }
 
     #[test]

@@ -3,15 +3,21 @@
 //!
 //! A listener that refuses newcomers once full is held by anyone who opens
 //! enough connections and sends nothing. Here a newcomer is never refused for
-//! the listener being full while an unproven connection sits idle or in its
-//! TLS handshake: the oldest such connection is closed for it. A connection is
+//! the listener being full while an unproven connection sits idle, in its
+//! TLS handshake, or on a request that has run longer than [`BUSY_GRACE`]
+//! (a slow body): one such connection is closed for it. Which one: first
+//! those that have not sent a ClientHello, then those idle after a request,
+//! then those in a handshake (on the card listener, a user choosing a card
+//! and typing a PIN); of these, one of the network holding the most slots;
+//! of its, the oldest. A connection is
 //! *proven* once a request on it was authenticated (a bearer token that named
 //! a live session, a card certificate whose chain validated); proven ones are
 //! never closed for a newcomer, and a quarter of the slots is kept for them
 //! (unproven connections hold at most three quarters). A connection that is
-//! running a request is never closed either. As the listener fills, the TLS
-//! handshake gets less time: at most half full, the whole header timeout; at
-//! full, a tenth of it. Caps per address (IPv6: /64) and per network (IPv4
+//! running a request (within the grace) is never closed either. As the
+//! listener fills, the ClientHello gets less time: at most half full, the
+//! whole header timeout; at full, a tenth of it (the rest of the handshake
+//! gets the whole timeout). Caps per address (IPv6: /64) and per network (IPv4
 //! /24, IPv6 /48) refuse the newcomer itself, so that one network cannot push
 //! everyone else out.
 
@@ -61,10 +67,33 @@ struct Entry {
     shared: Arc<Shared>,
 }
 
+/// How long a request on an unproven connection keeps it from being closed
+/// for a newcomer: a form on an open route arrives well within it; a body
+/// sent a byte at a time does not.
+pub const BUSY_GRACE: Duration = Duration::from_secs(5);
+
+/// Where a connection stands ([`Slot::stage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Accepted; no ClientHello yet.
+    Hello = 0,
+    /// In its TLS handshake, after the ClientHello.
+    Handshake = 1,
+    /// Serving requests.
+    Serving = 2,
+}
+
 /// What the connection's task and the pool share.
 struct Shared {
     /// Requests running on it (none: idle, or still in its TLS handshake).
     busy: AtomicUsize,
+    /// Since when (ms after the pool began) a request has run.
+    busy_since: std::sync::atomic::AtomicU64,
+    /// [`Stage`].
+    stage: std::sync::atomic::AtomicU8,
+    /// A request on it was authenticated (the pool's record is the truth;
+    /// this spares every later request the pool's lock).
+    proven: std::sync::atomic::AtomicBool,
     /// Told to close.
     evict: Notify,
 }
@@ -90,12 +119,39 @@ impl Open {
         true
     }
 
-    /// The oldest unproven connection that is idle or in its handshake.
-    fn evictable(&self) -> Option<u64> {
-        self.entries
-            .iter()
-            .find(|(id, e)| !self.proven.contains(id) && e.shared.busy.load(Ordering::Acquire) == 0)
-            .map(|(id, _)| *id)
+    /// The connection to close for a newcomer, if any may be ([`Slots`]
+    /// says which): one pass for the lowest class and, in it, the busiest
+    /// network; a second for that network's oldest.
+    fn evictable(&self, now_ms: u64) -> Option<u64> {
+        let class = |id: &u64, e: &Entry| -> Option<u8> {
+            if self.proven.contains(id) {
+                return None;
+            }
+            let busy = e.shared.busy.load(Ordering::Acquire) > 0;
+            if busy
+                && now_ms.saturating_sub(e.shared.busy_since.load(Ordering::Acquire)) < BUSY_GRACE.as_millis() as u64
+            {
+                return None;
+            }
+            Some(match e.shared.stage.load(Ordering::Acquire) {
+                0 => 0,
+                2 => 1,
+                _ => 2,
+            })
+        };
+        let slots_of = |e: &Entry| self.by_network.get(&e.network).copied().unwrap_or(0);
+        let mut best: Option<(u8, usize)> = None;
+        for (id, e) in &self.entries {
+            if let Some(c) = class(id, e) {
+                let key = (c, slots_of(e));
+                best = Some(match best {
+                    Some((bc, bn)) if bc < c || (bc == c && bn >= key.1) => (bc, bn),
+                    _ => key,
+                });
+            }
+        }
+        let (c, n) = best?;
+        self.entries.iter().find(|(id, e)| class(id, e) == Some(c) && slots_of(e) == n).map(|(id, _)| *id)
     }
 }
 
@@ -109,9 +165,16 @@ fn decrement<K: Eq + std::hash::Hash>(map: &mut HashMap<K, usize>, key: K) {
 }
 
 /// The open connections of one listener.
-#[derive(Default)]
 pub struct Slots {
     open: Mutex<Open>,
+    /// When the pool began (request times are ms after it).
+    began: std::time::Instant,
+}
+
+impl Default for Slots {
+    fn default() -> Slots {
+        Slots { open: Mutex::new(Open::default()), began: std::time::Instant::now() }
+    }
 }
 
 /// One connection's slot, given back when dropped.
@@ -139,13 +202,20 @@ impl Slots {
         }
         let unproven = open.entries.len() - open.proven.len();
         if open.entries.len() >= caps.total || unproven >= caps.unproven() {
-            let Some(oldest) = open.evictable() else { return Err(Refused::Full) };
+            let now_ms = self.began.elapsed().as_millis() as u64;
+            let Some(oldest) = open.evictable(now_ms) else { return Err(Refused::Full) };
             if let Some(entry) = open.entries.get(&oldest) {
                 entry.shared.evict.notify_one();
             }
             open.remove(oldest);
         }
-        let shared = Arc::new(Shared { busy: AtomicUsize::new(0), evict: Notify::new() });
+        let shared = Arc::new(Shared {
+            busy: AtomicUsize::new(0),
+            busy_since: std::sync::atomic::AtomicU64::new(0),
+            stage: std::sync::atomic::AtomicU8::new(Stage::Hello as u8),
+            proven: std::sync::atomic::AtomicBool::new(false),
+            evict: Notify::new(),
+        });
         let id = open.next;
         open.next += 1;
         open.entries.insert(id, Entry { addr, network, shared: Arc::clone(&shared) });
@@ -159,9 +229,9 @@ impl Slots {
         self.lock().entries.len()
     }
 
-    /// How long a TLS handshake may take now: the whole `timeout` while the
-    /// listener is at most half full, down to a tenth of it when full.
-    pub fn handshake_deadline(&self, timeout: Duration, caps: Caps) -> Duration {
+    /// How long a ClientHello may take to arrive now: the whole `timeout`
+    /// while the listener is at most half full, down to a tenth of it when full.
+    pub fn hello_deadline(&self, timeout: Duration, caps: Caps) -> Duration {
         let open = self.lock().entries.len().min(caps.total);
         let half = caps.total / 2;
         if open <= half {
@@ -181,6 +251,9 @@ impl Slot {
 
     /// A request on this connection was authenticated: it keeps its slot.
     pub fn prove(&self) {
+        if self.shared.proven.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let mut open = self.pool.lock();
         if open.entries.contains_key(&self.id) {
             open.proven.insert(self.id);
@@ -189,8 +262,16 @@ impl Slot {
 
     /// Marks a request running until the guard is dropped (with the answer's body).
     pub fn busy(&self) -> Busy {
-        self.shared.busy.fetch_add(1, Ordering::AcqRel);
+        if self.shared.busy.fetch_add(1, Ordering::AcqRel) == 0 {
+            let now_ms = self.pool.began.elapsed().as_millis() as u64;
+            self.shared.busy_since.store(now_ms, Ordering::Release);
+        }
         Busy(Arc::clone(&self.shared))
+    }
+
+    /// The connection reached `stage`.
+    pub fn stage(&self, stage: Stage) {
+        self.shared.stage.store(stage as u8, Ordering::Release);
     }
 }
 
@@ -305,6 +386,27 @@ mod tests {
     }
 
     #[test]
+    fn bare_connections_go_first_then_idle_ones_then_handshakes_and_the_busiest_network_first() {
+        let pool = Arc::new(Slots::default());
+        let caps = Caps { total: 4, per_address: 100, per_network: 100 };
+        let handshaking = pool.admit(addr("192.0.2.1"), caps).expect("1");
+        handshaking.stage(Stage::Handshake);
+        let idle = pool.admit(addr("192.0.2.2"), caps).expect("2");
+        idle.stage(Stage::Serving);
+        let bare = pool.admit(addr("198.51.100.1"), caps).expect("3");
+        // Full (three of four unproven): the bare one goes, though newest.
+        let fourth = pool.admit(addr("198.51.100.2"), caps).expect("4");
+        assert!(bare.shared.evict.notified().now_or_never_is_ready());
+        fourth.stage(Stage::Serving);
+        // Then an idle one; of two, the one of the network holding the most
+        // (192.0.2.0/24: two slots), not the oldest overall.
+        let _fifth = pool.admit(addr("203.0.113.1"), caps).expect("5");
+        assert!(idle.shared.evict.notified().now_or_never_is_ready());
+        assert!(!fourth.shared.evict.notified().now_or_never_is_ready());
+        assert!(!handshaking.shared.evict.notified().now_or_never_is_ready());
+    }
+
+    #[test]
     fn addresses_and_networks_have_their_own_caps() {
         let pool = Arc::new(Slots::default());
         let caps = Caps { total: 100, per_address: 2, per_network: 3 };
@@ -328,11 +430,11 @@ mod tests {
         for _ in 0..5 {
             held.push(pool.admit(addr("192.0.2.1"), caps).expect("slot"));
         }
-        assert_eq!(pool.handshake_deadline(t, caps), t);
+        assert_eq!(pool.hello_deadline(t, caps), t);
         for _ in 0..2 {
             held.push(pool.admit(addr("192.0.2.1"), caps).expect("slot"));
         }
-        let seven = pool.handshake_deadline(t, caps);
+        let seven = pool.hello_deadline(t, caps);
         assert!(seven < t && seven > Duration::from_secs(1), "{seven:?}");
         for s in &held {
             s.prove();
@@ -340,7 +442,7 @@ mod tests {
         for _ in 0..3 {
             held.push(pool.admit(addr("192.0.2.1"), caps).expect("slot"));
         }
-        assert_eq!(pool.handshake_deadline(t, caps), Duration::from_secs(1));
+        assert_eq!(pool.hello_deadline(t, caps), Duration::from_secs(1));
     }
 
     trait ReadyNow {
