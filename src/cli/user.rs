@@ -155,8 +155,8 @@ fn parse_users_csv(text: &str) -> (Vec<users::ImportRow>, Vec<users::ImportFailu
             continue;
         }
         if let Some(birth) = fields.get(3).map(|b| b.trim()).filter(|b| !b.is_empty()) {
-            if birth.len() != 8 || !birth.bytes().all(|b| b.is_ascii_digit()) {
-                failed.push(fail(format!("birth date {birth:?}: write 8 digits, YYYYMMDD")));
+            if !crate::fido::regcode::is_birthdate(birth) {
+                failed.push(fail(format!("birth date {birth:?}: write a date of the calendar, 8 digits, YYYYMMDD")));
                 continue;
             }
         }

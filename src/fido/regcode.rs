@@ -176,8 +176,10 @@ pub async fn issue<T: RegcodesTx + ?Sized>(
     let (secret, shown) = match password {
         Password::Given(p) if p.chars().count() >= 6 => (p.clone(), Some(p)),
         Password::Given(_) => return Err(Error::Invalid("the password must have at least 6 characters".into())),
-        Password::Birthdate(d) if d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()) => (d, None),
-        Password::Birthdate(_) => return Err(Error::Invalid("the birth date must be 8 digits, YYYYMMDD".into())),
+        Password::Birthdate(d) if is_birthdate(&d) => (d, None),
+        Password::Birthdate(_) => {
+            return Err(Error::Invalid("the birth date must be a date of the calendar, 8 digits, YYYYMMDD".into()))
+        }
         Password::Generate => {
             let p = generated_password();
             (p.clone(), Some(p))
@@ -364,4 +366,38 @@ pub async fn open<T: RegcodesTx + ?Sized>(
     }
     let left = max_tries - failures;
     Err(Error::Unauthenticated(Credential::Password { left }, format!("wrong password ({left} tries left)")))
+}
+
+/// Whether `d` is a birth date as the cards print it: `YYYYMMDD`, a day of
+/// the (Gregorian) calendar, in the years 1900 to 2099.
+pub fn is_birthdate(d: &str) -> bool {
+    if d.len() != 8 || !d.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let n = |r: std::ops::Range<usize>| d[r].parse::<u32>().unwrap_or(0);
+    let (year, month, day) = (n(0..4), n(4..6), n(6..8));
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1900..=2099).contains(&year) && (1..=days).contains(&day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn birth_dates_are_days_of_the_calendar() {
+        for good in ["19800131", "20000229", "19960229", "20241231", "19000101"] {
+            assert!(is_birthdate(good), "{good}");
+        }
+        for bad in ["19801340", "19800230", "19000229", "19800431", "18991231", "1980013", "1980-1-1", "198001310"] {
+            assert!(!is_birthdate(bad), "{bad}");
+        }
+    }
 }

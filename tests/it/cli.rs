@@ -591,6 +591,7 @@ fn user_import_reports_bad_rows_and_resumes_after_a_kill() {
     csv.push_str("501300,名前,nurse\n"); // 1204
     csv.push_str("501301,名前,doctor,1980-01-01\n"); // 1205
     csv.push_str("500001,again,doctor\n"); // 1206: the ID of line 2
+    csv.push_str("501302,名前,doctor,19801340\n"); // 1207: no 13th month
     let file = env.path("users.csv");
     std::fs::write(&file, csv).expect("csv");
     let users = || env.json(&["user", "list"]).as_array().map(Vec::len).unwrap_or(0);
@@ -604,13 +605,13 @@ fn user_import_reports_bad_rows_and_resumes_after_a_kill() {
     let r = env.run(&["--json", "user", "import", s(&file)]);
     assert_eq!(r.code, 4, "{}", r.stderr);
     let report: serde_json::Value = serde_json::from_str(&r.stderr).expect("json report");
-    assert_eq!(report["rows"], 1205);
+    assert_eq!(report["rows"], 1206);
     assert_eq!(report["added"], 1200 - inkan::users::IMPORT_BATCH);
     assert_eq!(report["unchanged"], inkan::users::IMPORT_BATCH);
     let mut lines: Vec<i64> =
         report["failed"].as_array().expect("failed").iter().map(|f| f["line"].as_i64().expect("line")).collect();
     lines.sort();
-    assert_eq!(lines, vec![1202, 1203, 1204, 1205, 1206], "{report}");
+    assert_eq!(lines, vec![1202, 1203, 1204, 1205, 1206, 1207], "{report}");
     let text = report["failed"].to_string();
     assert!(text.contains("exists already") && text.contains("nurse") && text.contains("YYYYMMDD"), "{text}");
     assert_eq!(users(), 1201);
@@ -622,7 +623,7 @@ fn user_import_reports_bad_rows_and_resumes_after_a_kill() {
     // A third run changes nothing; the text form says what to do.
     let r = env.run(&["user", "import", s(&file)]);
     assert_eq!(r.code, 4);
-    assert!(r.stderr.contains("0 users added, 1200 already there, 5 refused"), "{}", r.stderr);
+    assert!(r.stderr.contains("0 users added, 1200 already there, 6 refused"), "{}", r.stderr);
     assert!(r.stderr.contains("line 1204: 501300: qualification \"nurse\""), "{}", r.stderr);
     assert_eq!(users(), 1201);
 }
