@@ -376,11 +376,15 @@ impl Server {
 /// The largest request head (request line and headers) a connection may send.
 pub const MAX_HEAD_BYTES: usize = 64 << 10;
 
+/// What graceful shutdown waits for: one per connection, taken when it is
+/// accepted (connections hold no reference to the shutdown itself, which
+/// `Server::run` takes back to drain them).
+type Watcher = hyper_util::server::graceful::Watcher;
+
 /// What every connection of one listener is served with.
 struct Listener {
     tls: Arc<rustls::ServerConfig>,
     router: Router,
-    graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
     header_timeout: Duration,
     pool: Arc<slots::Slots>,
     caps: slots::Caps,
@@ -432,7 +436,7 @@ impl Listener {
     /// A balancer's connection: its PROXY header names the client (the
     /// balancer itself for its health checks), then it is served as the
     /// client's.
-    async fn relayed(self: Arc<Self>, mut tcp: tokio::net::TcpStream, balancer: std::net::IpAddr) {
+    async fn relayed(self: Arc<Self>, mut tcp: tokio::net::TcpStream, balancer: std::net::IpAddr, watcher: Watcher) {
         let Ok(_reading) = Arc::clone(&self.headers).try_acquire_owned() else {
             self.refused(balancer, format_args!("as many PROXY headers are being read as there are slots"));
             return;
@@ -449,13 +453,19 @@ impl Listener {
         drop(_reading);
         let addr = address::ClientAddr::of(client);
         if let Some(slot) = self.admit(addr) {
-            self.serve(tcp, addr, slot).await;
+            self.serve(tcp, addr, slot, watcher).await;
         }
     }
 
     /// Serves one admitted connection until it ends or the pool closes it
     /// for a newcomer.
-    async fn serve(&self, tcp: tokio::net::TcpStream, addr: address::ClientAddr, slot: Arc<slots::Slot>) {
+    async fn serve(
+        &self,
+        tcp: tokio::net::TcpStream,
+        addr: address::ClientAddr,
+        slot: Arc<slots::Slot>,
+        watcher: Watcher,
+    ) {
         let _ = tcp.set_nodelay(true);
         let deadline = self.pool.hello_deadline(self.header_timeout, self.caps);
         let pace = self.pace;
@@ -510,7 +520,7 @@ impl Listener {
                 .max_header_size(MAX_HEAD_BYTES)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = self.graceful.watcher().watch(conn).await {
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!("connection ended: {e}");
             }
         };
@@ -540,7 +550,6 @@ async fn accept_loop(
     let this = Arc::new(Listener {
         tls,
         router,
-        graceful,
         header_timeout: Duration::from_secs(app.config.server.header_timeout_secs),
         pool: Arc::new(slots::Slots::default()),
         caps,
@@ -567,11 +576,11 @@ async fn accept_loop(
         if this.balancers.is_empty() || (!from_balancer && remote.ip().is_loopback()) {
             let addr = address::ClientAddr::of(remote.ip());
             if let Some(slot) = this.admit(addr) {
-                let this = Arc::clone(&this);
-                tokio::spawn(async move { this.serve(tcp, addr, slot).await });
+                let (this, watcher) = (Arc::clone(&this), graceful.watcher());
+                tokio::spawn(async move { this.serve(tcp, addr, slot, watcher).await });
             }
         } else if from_balancer {
-            tokio::spawn(Arc::clone(&this).relayed(tcp, remote.ip()));
+            tokio::spawn(Arc::clone(&this).relayed(tcp, remote.ip(), graceful.watcher()));
         } else {
             this.refused(remote.ip(), format_args!("not a balancer of [server] proxy_from"));
         }

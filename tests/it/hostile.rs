@@ -1012,6 +1012,36 @@ mod time {
         assert!(ok, "a connection after the held ones closed is served");
     }
 
+    #[test]
+    fn sigterm_lets_a_request_in_flight_finish() {
+        let env = env_with_card_user();
+        let mut server = Server::start(&env, &[]);
+        let token = login_with_scope(&server, &env, "openid sign")["access_token"].as_str().expect("t").to_owned();
+        let body = json!({ "hashes": ["n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg="], "format": "cades" }).to_string();
+        let (first, rest) = body.split_at(10);
+        let head = format!(
+            "POST /api/v1/sign-hashes HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{first}",
+            body.len()
+        );
+        let answer = runtime().block_on(async {
+            let mut tls = Client::new().connect(&server.url("/")).await.expect("connect");
+            tls.write_all(head.as_bytes()).await.expect("head");
+            tls.flush().await.expect("flush");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            // The server is told to stop while the request's body is on its way.
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(server.child.id().to_string()).status();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tls.write_all(rest.as_bytes()).await.expect("rest");
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut answer)).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        });
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let status = server.child.wait().expect("exit");
+        assert!(status.success(), "{status:?}");
+    }
+
     /// Bare TCP connections to `port` that never send a byte: `per` from each
     /// of `networks` addresses, each in its own /24 (127.0.N.1).
     async fn hold_idle(port: u16, networks: u8, per: usize) -> Vec<tokio::net::TcpStream> {
