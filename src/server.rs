@@ -532,9 +532,9 @@ impl Listener {
 }
 
 /// Accepts connections of one listener until `stop`: each gets a slot
-/// ([`slots::Slots`]: caps per listener, address and network; when full, the
-/// oldest unproven idle connection makes room), a TLS handshake within a
-/// deadline that shortens as the listener fills, and paced bodies. With
+/// ([`slots::Slots`]: caps per listener, address and network; when full, an
+/// unproven connection makes room), a ClientHello within a deadline that
+/// shortens as the listener fills, and paced bodies. With
 /// `[server] proxy_from`, only the balancers connect, and each connection
 /// counts as the client its PROXY header names (and this host itself, unless
 /// it is a balancer, directly).

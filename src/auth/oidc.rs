@@ -495,7 +495,7 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
 
     /// Validates `/oidc/authorize` and keeps the request for the login. A
     /// request for a card login (`acr_values` hpki or jpki) is not kept: its
-    /// handle is the request itself, sealed ([`Provider::seal_request`]), so
+    /// handle is the request itself, sealed (an HMAC under the request secret), so
     /// that a flood of authorize requests, which fills what is kept, cannot
     /// keep a card holder from logging in (nothing is written until the
     /// card has been shown, and then only that the request was used).

@@ -189,8 +189,9 @@ impl Slots {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A slot for a new connection from `addr`, closing the oldest unproven
-    /// idle one if the listener (or its unproven share) is full.
+    /// A slot for a new connection from `addr`, closing an unproven one for
+    /// it (which one: see the module) if the listener, or its unproven share,
+    /// is full.
     pub fn admit(self: &Arc<Self>, addr: ClientAddr, caps: Caps) -> Result<Slot, Refused> {
         let network = Network::of(addr);
         let mut open = self.lock();
@@ -203,11 +204,11 @@ impl Slots {
         let unproven = open.entries.len() - open.proven.len();
         if open.entries.len() >= caps.total || unproven >= caps.unproven() {
             let now_ms = self.began.elapsed().as_millis() as u64;
-            let Some(oldest) = open.evictable(now_ms) else { return Err(Refused::Full) };
-            if let Some(entry) = open.entries.get(&oldest) {
+            let Some(victim) = open.evictable(now_ms) else { return Err(Refused::Full) };
+            if let Some(entry) = open.entries.get(&victim) {
                 entry.shared.evict.notify_one();
             }
-            open.remove(oldest);
+            open.remove(victim);
         }
         let shared = Arc::new(Shared {
             busy: AtomicUsize::new(0),
