@@ -1421,6 +1421,7 @@ mod audit {
         let mut server = server;
         let stderr = server.kill();
         assert!(stderr.contains("sealing of the audit log stopped at"), "{stderr}");
+        assert!(!stderr.contains('\u{1b}'), "no colour codes in a log that is not a terminal: {stderr:?}");
     }
 
     #[test]
