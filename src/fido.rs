@@ -14,6 +14,7 @@ pub mod device;
 pub mod flows;
 pub mod regcode;
 pub mod ticket;
+pub mod waiting;
 
 use sha2::{Digest, Sha256};
 use webauthn_rs::prelude::{
