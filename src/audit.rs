@@ -480,34 +480,19 @@ pub async fn verify<T: AuditTx + ?Sized>(
         }
     }
     let count = v.rows;
+    // A seal that names a row after the log's end: the token's record, one
+    // in the database, or one exported.
+    let past_end = |what: String| format!("{what}, after the log's last row {count}: rows were deleted from the end");
     if let Some(r) = recorded.as_ref().filter(|r| r.seq > count) {
-        return broken(
-            v,
-            count + 1,
-            format!(
-                "the token sealed row {} at {}, after the log's last row {count}: rows were deleted from the end",
-                r.seq,
-                crate::clock::rfc3339(r.at)
-            ),
-        );
+        let what = format!("the token sealed row {} at {}", r.seq, crate::clock::rfc3339(r.at));
+        return broken(v, count + 1, past_end(what));
     }
     if let Some(s) = seals.front() {
-        return broken(
-            v,
-            count + 1,
-            format!("a seal names row {}, after the log's last row {count}: rows were deleted from the end", s.seq),
-        );
+        return broken(v, count + 1, past_end(format!("a seal names row {}", s.seq)));
     }
     if let Some(h) = heads.front() {
-        return broken(
-            v,
-            count + 1,
-            format!(
-                "the exported seal of row {} (sealed {}) names a row after the log's last row {count}: rows were deleted from the end",
-                h.seq,
-                crate::clock::rfc3339(h.at)
-            ),
-        );
+        let what = format!("the exported seal of row {} (sealed {}) names it", h.seq, crate::clock::rfc3339(h.at));
+        return broken(v, count + 1, past_end(what));
     }
     match tx.audit_head().await? {
         None if count == 0 => {}

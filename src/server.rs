@@ -93,7 +93,10 @@ async fn per_address(State(app): State<Arc<App>>, req: Request, next: Next) -> R
     // all clients together: a flood from many addresses meets it. A request
     // refused (4xx: an unknown QR code, bad parameters) wrote nothing and is
     // given back, so that such floods do not spend what logins need.
-    if route.writes() && !sealed_card_login(route, &req) {
+    // A card login's authorize request keeps nothing: no share of the budget.
+    let keeps_nothing =
+        route == limits::Route::Authorize && req.uri().query().is_some_and(crate::auth::oidc::authorize_keeps_nothing);
+    if route.writes() && !keeps_nothing {
         if let Err(limited) = app.limits.open.check(route) {
             return limits::busy(route.pages(req.method()), limited);
         }
@@ -104,29 +107,6 @@ async fn per_address(State(app): State<Arc<App>>, req: Request, next: Next) -> R
         return resp;
     }
     next.run(req).await
-}
-
-/// Whether a request is an authorize request for a card login, which
-/// writes nothing (the request travels sealed to the card listener; see
-/// [`crate::auth::oidc::Provider::authorize`]): the budget for all clients is
-/// not charged, so that a flood of other authorize requests cannot keep card
-/// holders from logging in. The method is read as the provider reads it
-/// (the first of `acr_values` it knows).
-fn sealed_card_login(route: limits::Route, req: &Request) -> bool {
-    if route != limits::Route::Authorize {
-        return false;
-    }
-    let Some(query) = req.uri().query() else { return false };
-    // Exactly one acr_values: with two, which one the handler reads is not
-    // this function's to guess, and the request is charged.
-    let mut asked = form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == "acr_values").map(|(_, v)| v);
-    match (asked.next(), asked.next()) {
-        (Some(v), None) => matches!(
-            v.split(' ').find_map(crate::auth::Method::parse),
-            Some(crate::auth::Method::Hpki | crate::auth::Method::Jpki)
-        ),
-        _ => false,
-    }
 }
 
 /// Headers every answer of both listeners carries: HSTS (they speak HTTPS
@@ -376,6 +356,23 @@ impl Server {
 /// The largest request head (request line and headers) a connection may send.
 pub const MAX_HEAD_BYTES: usize = 64 << 10;
 
+/// What `step` gives within `deadline`; `None` (a failure logged at debug,
+/// with `what`) if it fails or takes longer.
+async fn within<T>(
+    deadline: Duration,
+    step: impl std::future::Future<Output = std::io::Result<T>>,
+    what: &str,
+) -> Option<T> {
+    match tokio::time::timeout(deadline, step).await {
+        Ok(Ok(done)) => Some(done),
+        Ok(Err(e)) => {
+            tracing::debug!("{what}: {e}");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 /// What graceful shutdown waits for: one per connection, taken when it is
 /// accepted (connections hold no reference to the shutdown itself, which
 /// `Server::run` takes back to drain them).
@@ -474,23 +471,10 @@ impl Listener {
             // fills; the rest of the handshake (on the card listener, a user
             // choosing a card and typing a PIN) within the whole timeout.
             let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
-            let start = match tokio::time::timeout(deadline, hello).await {
-                Ok(Ok(start)) => start,
-                Ok(Err(e)) => {
-                    tracing::debug!("TLS ClientHello refused: {e}");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let Some(start) = within(deadline, hello, "TLS ClientHello refused").await else { return };
             slot.stage(slots::Stage::Handshake);
-            let tls = match tokio::time::timeout(self.header_timeout, start.into_stream(Arc::clone(&self.tls))).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!("TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let handshake = start.into_stream(Arc::clone(&self.tls));
+            let Some(tls) = within(self.header_timeout, handshake, "TLS handshake failed").await else { return };
             slot.stage(slots::Stage::Serving);
             let peer = PeerCertificates(Arc::new(
                 tls.get_ref()

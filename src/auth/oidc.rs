@@ -31,6 +31,19 @@ pub const REQUEST_LIFETIME_MS: i64 = 10 * 60 * 1000;
 /// The start of a sealed card-login request's handle.
 const SEALED: &str = "c.";
 
+/// Whether an authorize request (its query) keeps nothing when it is
+/// answered: a card login's (exactly one `acr_values`, whose first method
+/// the provider knows is hpki or jpki; see [`Provider::authorize`]), which
+/// travels sealed. With two `acr_values`, which one is read is not this
+/// function's to guess: it keeps something.
+pub fn authorize_keeps_nothing(query: &str) -> bool {
+    let mut asked = form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == "acr_values").map(|(_, v)| v);
+    match (asked.next(), asked.next()) {
+        (Some(v), None) => matches!(v.split(' ').find_map(Method::parse), Some(Method::Hpki | Method::Jpki)),
+        _ => false,
+    }
+}
+
 /// Where a sealed request's use is kept (as a spent code's marker is).
 fn sealed_marker(id: &str) -> Vec<u8> {
     token_hash(&format!("inkan sealed login request used\0{id}")).to_vec()
@@ -707,6 +720,17 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_card_logins_authorize_request_keeps_nothing() {
+        assert!(authorize_keeps_nothing("client_id=a&acr_values=hpki"));
+        assert!(authorize_keeps_nothing("acr_values=jpki%20fido"));
+        assert!(authorize_keeps_nothing("acr_values=other+hpki"));
+        assert!(!authorize_keeps_nothing("acr_values=fido"));
+        assert!(!authorize_keeps_nothing("acr_values=fido+hpki"));
+        assert!(!authorize_keeps_nothing("client_id=a"));
+        assert!(!authorize_keeps_nothing("acr_values=hpki&acr_values=fido"));
+    }
 
     #[test]
     fn pkce_rfc7636_example() {

@@ -1132,6 +1132,35 @@ mod time {
 mod audit {
     use super::*;
 
+    /// The token out of reach: `audit verify` checks without it.
+    const AWAY: [(&str, &str); 1] = [("INKAN_TOKEN_LABEL", "no-such-token")];
+
+    /// Three users added by the CLI, each command sealing what it wrote.
+    fn three_users() -> Env {
+        let env = Env::new();
+        for id in ["900001", "900002", "900003"] {
+            env.add_user(id, "doctor");
+        }
+        env
+    }
+
+    /// The last sealed row and the head, as the database holds them.
+    fn sealed(env: &Env) -> String {
+        env.sql_ok("SELECT coalesce(max(seq), 0) FROM audit_seals")[0].clone()
+    }
+
+    /// A server started on `env`, a card login written, its rows sealed.
+    fn server_sealed(env: &Env) -> Server {
+        let server = Server::start(env, &[("INKAN_LOG", "warn")]);
+        login_with_scope(&server, env, "openid sign");
+        let started = std::time::Instant::now();
+        while sealed(env) != env.sql_ok("SELECT seq FROM audit_head")[0] {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "not sealed");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        server
+    }
+
     fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
     }
@@ -1211,10 +1240,7 @@ mod audit {
 
     #[test]
     fn a_recomputed_chain_is_told_apart_by_the_tokens_seals() {
-        let env = Env::new();
-        for id in ["900001", "900002", "900003"] {
-            env.add_user(id, "doctor");
-        }
+        let env = three_users();
         // Each command sealed what it wrote.
         let v = env.json(&["audit", "verify"]);
         assert_eq!(
@@ -1270,24 +1296,21 @@ mod audit {
         let v: serde_json::Value = serde_json::from_str(&r.stderr).expect("json");
         assert!(v["refusal"]["reason"].as_str().unwrap_or("").contains("seals were removed"), "{v}");
         // Without the token, the rows after the last seal are not vouched for.
-        let r = env.run_with(&["audit", "verify", "--grace-secs", "0"], &[("INKAN_TOKEN_LABEL", "no-such-token")]);
+        let r = env.run_with(&["audit", "verify", "--grace-secs", "0"], &AWAY);
         assert_eq!(r.code, 5, "{}{}", r.stdout, r.stderr);
         assert!(r.stderr.contains("not vouched for"), "{}", r.stderr);
     }
 
     #[test]
     fn every_seal_removed_is_caught_by_the_tokens_record() {
-        let env = Env::new();
-        for id in ["900001", "900002", "900003"] {
-            env.add_user(id, "doctor");
-        }
+        let env = three_users();
         drop_triggers(&env);
         env.sql_ok("DELETE FROM audit_seals; SELECT 1");
         let r = env.run(&["audit", "verify"]);
         assert_eq!(r.code, 3, "{}", r.stdout);
         assert!(r.stderr.contains("seals were removed"), "{}", r.stderr);
         // Without the token: no row is sealed, which is not vouched for either.
-        let r = env.run_with(&["audit", "verify", "--grace-secs", "0"], &[("INKAN_TOKEN_LABEL", "no-such-token")]);
+        let r = env.run_with(&["audit", "verify", "--grace-secs", "0"], &AWAY);
         assert_eq!(r.code, 5, "{}{}", r.stdout, r.stderr);
         assert!(r.stderr.contains("no row is sealed"), "{}", r.stderr);
         let r = env.run(&["audit", "seal"]);
@@ -1316,8 +1339,7 @@ mod audit {
         let env = Env::new();
         env.add_user("900001", "doctor");
         // A command whose token is away writes its row and cannot seal it.
-        let away = [("INKAN_TOKEN_LABEL", "no-such-token")];
-        let r = env.run_with(&["user", "add", "900002", "--name", "B", "--qualification", "doctor"], &away);
+        let r = env.run_with(&["user", "add", "900002", "--name", "B", "--qualification", "doctor"], &AWAY);
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert!(r.stderr.contains("not sealed"), "{}", r.stderr);
         assert!(env.ok(&["audit", "verify"]).contains("1 rows after the last seal are not sealed yet"));
@@ -1332,10 +1354,7 @@ mod audit {
 
     #[test]
     fn exported_seals_catch_a_tail_cut_back_to_an_older_seal() {
-        let env = Env::new();
-        for id in ["900001", "900002", "900003"] {
-            env.add_user(id, "doctor");
-        }
+        let env = three_users();
         let heads = env.path("heads.jsonl");
         std::fs::write(&heads, env.ok(&["audit", "heads"])).expect("export");
         assert_eq!(std::fs::read_to_string(&heads).expect("heads").lines().count(), 3);
@@ -1356,10 +1375,9 @@ mod audit {
             r.stderr
         );
         // Without the token: consistent in itself...
-        let away = [("INKAN_TOKEN_LABEL", "no-such-token")];
-        assert!(env.run_with(&["audit", "verify"], &away).stdout.contains("seals through row 2"));
+        assert!(env.run_with(&["audit", "verify"], &AWAY).stdout.contains("seals through row 2"));
         // ... but not with what was exported.
-        let r = env.run_with(&["audit", "verify", "--heads", s(&heads)], &away);
+        let r = env.run_with(&["audit", "verify", "--heads", s(&heads)], &AWAY);
         assert_eq!(r.code, 3, "{}", r.stdout);
         assert!(r.stderr.contains("deleted from the end"), "{}", r.stderr);
         // A file that is not an export is refused with what it needs.
@@ -1371,10 +1389,7 @@ mod audit {
 
     #[test]
     fn a_seal_removed_from_the_middle_breaks_the_next() {
-        let env = Env::new();
-        for id in ["900001", "900002", "900003"] {
-            env.add_user(id, "doctor");
-        }
+        let env = three_users();
         drop_triggers(&env);
         env.sql_ok("DELETE FROM audit_seals WHERE seq = 2; SELECT 1");
         let r = env.run(&["audit", "verify"]);
@@ -1389,27 +1404,19 @@ mod audit {
     #[test]
     fn a_running_server_does_not_seal_over_a_rewritten_chain() {
         let env = env_with_card_user();
-        let server = Server::start(&env, &[("INKAN_LOG", "warn")]);
-        let sealed = || env.sql_ok("SELECT coalesce(max(seq), 0) FROM audit_seals")[0].clone();
-        let head = || env.sql_ok("SELECT seq FROM audit_head")[0].clone();
-        login_with_scope(&server, &env, "openid sign");
-        let started = std::time::Instant::now();
-        while sealed() != head() {
-            assert!(started.elapsed() < std::time::Duration::from_secs(10), "not sealed");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        let server = server_sealed(&env);
         // Rewritten from row 2 on, every seal from row 2 on removed, and a
         // new row written by the server: it must not seal the forged chain.
         drop_triggers(&env);
         edit_and_recompute(&env, 2);
         env.sql_ok("DELETE FROM audit_seals WHERE seq >= 2; SELECT 1");
-        let kept = sealed();
+        let kept = sealed(&env);
         login_with_scope(&server, &env, "openid sign");
         std::thread::sleep(std::time::Duration::from_millis(2500));
-        assert_eq!(sealed(), kept, "no seal over the rewritten chain");
+        assert_eq!(sealed(&env), kept, "no seal over the rewritten chain");
         // The CLI does not seal rows it did not write either.
         env.add_user("900009", "doctor");
-        assert_eq!(sealed(), kept);
+        assert_eq!(sealed(&env), kept);
         let mut server = server;
         let stderr = server.kill();
         assert!(stderr.contains("seals were removed"), "{stderr}");
@@ -1417,7 +1424,7 @@ mod audit {
         let server = Server::start(&env, &[("INKAN_LOG", "warn")]);
         login_with_scope(&server, &env, "openid sign");
         std::thread::sleep(std::time::Duration::from_millis(2500));
-        assert_eq!(sealed(), kept, "no seal after a restart");
+        assert_eq!(sealed(&env), kept, "no seal after a restart");
         let mut server = server;
         let stderr = server.kill();
         assert!(stderr.contains("sealing of the audit log stopped at"), "{stderr}");
@@ -1427,26 +1434,18 @@ mod audit {
     #[test]
     fn a_restart_does_not_seal_a_chain_rewritten_while_no_server_ran() {
         let env = env_with_card_user();
-        let server = Server::start(&env, &[("INKAN_LOG", "warn")]);
-        let sealed = || env.sql_ok("SELECT coalesce(max(seq), 0) FROM audit_seals")[0].clone();
-        let head = || env.sql_ok("SELECT seq FROM audit_head")[0].clone();
-        login_with_scope(&server, &env, "openid sign");
-        let started = std::time::Instant::now();
-        while sealed() != head() {
-            assert!(started.elapsed() < std::time::Duration::from_secs(10), "not sealed");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        let server = server_sealed(&env);
         let (code, _) = server.stop();
         assert_eq!(code, Some(0));
         // Offline: rewritten from row 2 on, the seals from row 2 on removed.
         drop_triggers(&env);
         edit_and_recompute(&env, 2);
         env.sql_ok("DELETE FROM audit_seals WHERE seq >= 2; SELECT 1");
-        let kept = sealed();
+        let kept = sealed(&env);
         let server = Server::start(&env, &[("INKAN_LOG", "warn")]);
         login_with_scope(&server, &env, "openid sign");
         std::thread::sleep(std::time::Duration::from_millis(2500));
-        assert_eq!(sealed(), kept, "the restarted server sealed the forged rows");
+        assert_eq!(sealed(&env), kept, "the restarted server sealed the forged rows");
         let mut server = server;
         assert!(server.kill().contains("seals were removed"));
         assert_eq!(env.run(&["audit", "verify"]).code, 3);
