@@ -46,6 +46,9 @@ if [ "${1:-}" = "--deps-only" ]; then
   command -v curl >/dev/null 2>&1 || need+=(curl)
   # A real balancer sends the PROXY protocol in the tests (started by them).
   [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+  # The systemd unit in deploy/ is checked by systemd-analyze (no running
+  # systemd needed).
+  [ -x /usr/bin/systemd-analyze ] || need+=(systemd)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]} ..." >&2

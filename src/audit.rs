@@ -247,6 +247,8 @@ pub async fn append_groups<A: AuditStore + ?Sized>(
     let (mut seq, mut prev) = tx.audit_head().await?.unwrap_or((0, vec![0u8; 32]));
     let mut last = Vec::with_capacity(groups.len());
     let mut rows = Vec::with_capacity(groups.iter().map(|(_, e)| e.len()).sum());
+    // Rows written for an HTTPS request name it (its id, in the detail).
+    let request = crate::request_id::current().is_some();
     for (at, events) in groups {
         for e in *events {
             seq += 1;
@@ -259,7 +261,13 @@ pub async fn append_groups<A: AuditStore + ?Sized>(
                 generation: e.generation,
                 digest: e.digest.map(str::to_owned),
                 outcome: e.outcome.to_owned(),
-                detail: e.detail.to_string(),
+                detail: if request {
+                    let mut detail = e.detail.clone();
+                    crate::request_id::stamp(&mut detail);
+                    detail.to_string()
+                } else {
+                    e.detail.to_string()
+                },
             };
             let hash = row_hash(&prev, &row).to_vec();
             rows.push(ChainedRow { row, prev_hash: std::mem::replace(&mut prev, hash.clone()), hash });

@@ -8,6 +8,7 @@
 
 mod audit;
 mod client;
+mod config;
 mod context;
 mod csv;
 mod dev;
@@ -35,6 +36,7 @@ use crate::config::Config;
 
 pub use audit::AuditCommand;
 pub use client::ClientCommand;
+pub use config::ConfigCommand;
 pub use dev::DevCommand;
 pub use device::DeviceCommand;
 pub use hpki::HpkiCommand;
@@ -67,6 +69,10 @@ pub struct Cli {
 pub enum Command {
     /// Create the data directory, the database and the SoftHSM token (idempotent).
     Init,
+    /// The configuration: every setting explained (`example`), a
+    /// configuration checked (`check`).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
@@ -123,7 +129,14 @@ pub enum Command {
 
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<Output, CliError> {
+    if let Command::Config(ConfigCommand::Example) = cli.command {
+        return config::example();
+    }
     let config = Config::load(cli.config.as_deref())?;
+    crate::logging::init(config.log.format);
+    if let Command::Config(ConfigCommand::Check) = cli.command {
+        return config::check(&config, cli.config.as_deref());
+    }
     // SoftHSM reads its configuration from the environment: set it while this
     // process has one thread.
     config.export_softhsm_conf();
@@ -144,7 +157,7 @@ pub fn run(cli: Cli) -> Result<Output, CliError> {
     // Where the audit chain stood, sealed, before the command (none: no
     // database yet, or rows nobody sealed, which this command leaves alone).
     let sealed_before = match &cli.command {
-        Command::Audit(_) | Command::Dev(_) | Command::Verify(_) => None,
+        Command::Audit(_) | Command::Dev(_) | Command::Verify(_) | Command::Config(_) => None,
         _ => runtime.block_on(sealed_head(&ctx)),
     };
     let result = runtime.block_on(dispatch(&ctx, cli.command));
@@ -195,7 +208,9 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CliError> {
     match command {
         Command::Init => setup::init(ctx).await,
         Command::Demo => setup::demo(ctx).await,
-        Command::Serve { .. } => Err(CliError { message: "serve runs outside the CLI's runtime".into(), code: 1 }),
+        Command::Serve { .. } | Command::Config(_) => {
+            Err(CliError { message: "serve and config run outside the CLI's runtime".into(), code: 1 })
+        }
         Command::User(cmd) => user::run(ctx, cmd).await,
         Command::Key(cmd) => key::run(ctx, cmd).await,
         Command::Kek(cmd) => kek::run(ctx, cmd).await,

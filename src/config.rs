@@ -8,9 +8,11 @@
 //!
 //! - [`schema`]: every setting, its type and default;
 //! - [`mod@env`]: the environment override of every setting (`INKAN_<SECTION>_<KEY>`);
+//! - [`example`]: every setting explained, as a file (`inkan config example`);
 //! - [`secrets`]: the token PINs (configured, or the PINs file `inkan init` writes).
 
 pub mod env;
+pub mod example;
 pub mod schema;
 pub mod secrets;
 
@@ -48,13 +50,19 @@ fn relative_to(file: &mut toml::Table, base: &Path) {
 }
 
 impl Config {
-    /// Loads the configuration as described in the module documentation.
-    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    /// The configuration file [`Config::load`] reads, if any: `explicit`,
+    /// else `$INKAN_CONFIG`, else `./inkan.toml` if present.
+    pub fn file(explicit: Option<&Path>) -> Option<PathBuf> {
         let from_env = std::env::var_os("INKAN_CONFIG").map(PathBuf::from);
-        let file = match explicit.map(Path::to_path_buf).or(from_env) {
+        match explicit.map(Path::to_path_buf).or(from_env) {
             Some(p) => Some(p),
             None => Some(PathBuf::from("inkan.toml")).filter(|p| p.exists()),
-        };
+        }
+    }
+
+    /// Loads the configuration as described in the module documentation.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let file = Config::file(explicit);
         let mut table = match &file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)

@@ -1,16 +1,11 @@
-//! The `inkan` binary: parses the command line, starts logging, dispatches.
+//! The `inkan` binary: parses the command line, dispatches (logging starts
+//! once the configuration is read: `[log] format`).
 #![forbid(unsafe_code)]
 
 use clap::Parser;
 use inkan::cli::{run, Cli};
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("INKAN_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        // Colour on a terminal only: no escape codes in log files and journals.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
     let json = cli.json;
     match run(cli) {

@@ -48,9 +48,51 @@ use tower::ServiceExt;
 use crate::auth::cards::CardAuth;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::request_id::RequestId;
 
 use self::state::App;
 use self::tls::PeerCertificates;
+
+/// Names each request and logs it: its id is the client's `X-Request-Id` when
+/// the client is trusted with it (`[server] request_id_from`: a balancer that
+/// ends TLS, a signing system's network) and the id well formed, else a new
+/// one; the answer carries it, and the request
+/// runs in a span (every log line it writes names it) and a task scope
+/// (every audit row it writes names it, [`crate::request_id`]). Then one
+/// access line at info (`inkan::access`): method, route, status, time to the
+/// answer's head, client.
+async fn observe(State(trusted): State<Arc<[crate::config::IpNet]>>, req: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let client = req.extensions().get::<address::ClientAddr>().map(|a| a.0);
+    let id = client
+        .filter(|c| trusted.iter().any(|net| net.contains(*c)))
+        .and_then(|_| req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).and_then(RequestId::parse))
+        .unwrap_or_default();
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut resp = id.clone().scope(next.run(req)).instrument(span.clone()).await;
+    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    span.in_scope(|| {
+        tracing::info!(
+            target: "inkan::access",
+            method = %method,
+            route,
+            status = resp.status().as_u16(),
+            ms = started.elapsed().as_micros() as f64 / 1e3,
+            client = client.map(tracing::field::display),
+            "{method} {route} {}",
+            resp.status().as_u16()
+        );
+    });
+    resp
+}
+
+/// The request id's header.
+const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 /// Counts requests by route and status.
 async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
@@ -193,6 +235,7 @@ pub fn main_router(app: Arc<App>) -> Router {
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), per_address))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), count))
         .layer(axum::middleware::from_fn_with_state(sends_hsts(&app.config.server.public_url), harden))
+        .layer(axum::middleware::from_fn_with_state(app.config.server.request_id_from.clone().into(), observe))
         .with_state(app)
 }
 
@@ -208,6 +251,7 @@ pub fn card_router(app: Arc<App>) -> Router {
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), per_address))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), count))
         .layer(axum::middleware::from_fn_with_state(sends_hsts(&app.config.server.public_url), harden))
+        .layer(axum::middleware::from_fn_with_state(app.config.server.request_id_from.clone().into(), observe))
         .with_state(app)
 }
 

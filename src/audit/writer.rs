@@ -332,7 +332,9 @@ impl AuditWriter {
 
     /// Commits rows; returns the last sequence number once they are durable.
     /// `announced` is what [`AuditWriter::expect`] returned for them, if anything.
-    pub async fn commit(&self, at: i64, records: Vec<Record>, announced: Option<Expected>) -> Result<i64, Error> {
+    /// The rows name the HTTPS request they are written for, if any.
+    pub async fn commit(&self, at: i64, mut records: Vec<Record>, announced: Option<Expected>) -> Result<i64, Error> {
+        records.iter_mut().for_each(|r| crate::request_id::stamp(&mut r.detail));
         let (done, wait) = oneshot::channel();
         self.queue.push(Job { queued: Instant::now(), at, records, done }, announced);
         wait.await.map_err(|_| Error::Unavailable("the audit writer stopped".into()))?

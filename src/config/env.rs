@@ -11,6 +11,8 @@ use super::schema::ConfigError;
 pub enum Kind {
     /// Text.
     Str,
+    /// A secret (a PIN, a password, a token): text never printed back.
+    Secret,
     /// A path.
     Path,
     /// Paths separated by `:`.
@@ -45,7 +47,7 @@ const fn s(key: &'static str, kind: Kind) -> Setting {
     Setting { key, kind }
 }
 
-use Kind::{Bool, Choice, Int, Path, Paths, Str, Words};
+use Kind::{Bool, Choice, Int, Path, Paths, Secret, Str, Words};
 
 /// Every setting of the configuration.
 pub const SETTINGS: &[Setting] = &[
@@ -53,8 +55,8 @@ pub const SETTINGS: &[Setting] = &[
     // A library path or a bare name the loader searches: never rewritten.
     s("token.module", Str),
     s("token.label", Str),
-    s("token.user_pin", Str),
-    s("token.so_pin", Str),
+    s("token.user_pin", Secret),
+    s("token.so_pin", Secret),
     s("token.softhsm_conf", Path),
     s("token.pool_size", Int),
     s("token.key_storage", Choice(&["wrapped", "object"])),
@@ -63,7 +65,7 @@ pub const SETTINGS: &[Setting] = &[
     s("store.path", Path),
     s("store.synchronous", Choice(&["full", "normal"])),
     s("store.url", Str),
-    s("store.password", Str),
+    s("store.password", Secret),
     s("store.max_connections", Int),
     s("store.ca", Path),
     s("pki.signing_ca", Path),
@@ -85,11 +87,12 @@ pub const SETTINGS: &[Setting] = &[
     s("server.max_document_bytes", Int),
     s("server.header_timeout_secs", Int),
     s("server.proxy_from", Words),
+    s("server.request_id_from", Words),
     s("server.shutdown_grace_secs", Int),
     s("server.audit_window_us", Int),
     s("server.audit_idle_window_us", Int),
     s("server.id_token_alg", Choice(&["ES256", "RS256"])),
-    s("server.metrics_token", Str),
+    s("server.metrics_token", Secret),
     s("hpki.anchors", Paths),
     s("hpki.intermediates", Paths),
     s("hpki.crls", Paths),
@@ -123,7 +126,7 @@ pub const SETTINGS: &[Setting] = &[
     s("tsa.ca", Paths),
     s("tsa.chain", Paths),
     s("tsa.username", Str),
-    s("tsa.password", Str),
+    s("tsa.password", Secret),
     s("tsa.policy", Str),
     s("tsa.timeout_secs", Int),
     s("tsa.max_in_flight", Int),
@@ -131,13 +134,14 @@ pub const SETTINGS: &[Setting] = &[
     s("verify.anchors", Paths),
     s("verify.tsa_anchors", Paths),
     s("verify.max_bytes", Int),
+    s("log.format", Choice(&["text", "json"])),
 ];
 
 /// The TOML value of a variable's text, or what is wrong with it.
 fn value(setting: &Setting, text: &str) -> Result<toml::Value, ConfigError> {
     let var = setting.var();
     Ok(match setting.kind {
-        Str | Path => toml::Value::String(text.to_owned()),
+        Str | Secret | Path => toml::Value::String(text.to_owned()),
         Paths => toml::Value::Array(
             text.split(':').filter(|p| !p.is_empty()).map(|p| toml::Value::String(p.to_owned())).collect(),
         ),
@@ -240,7 +244,7 @@ mod tests {
             let parsed: Result<Config, _> = table.try_into();
             assert!(parsed.is_ok(), "{}: {:?}", setting.var(), parsed.err());
         }
-        assert_eq!(SETTINGS.len(), 81, "the README promises an override for each of the 81 settings");
+        assert_eq!(SETTINGS.len(), 83, "the README promises an override for each of the 83 settings");
     }
 
     #[test]

@@ -43,6 +43,29 @@ pub struct Config {
     pub tsa: TsaConfig,
     /// Validation of signatures (`inkan verify`, `POST /api/v1/verify`).
     pub verify: VerifyConfig,
+    /// Logs (written to standard error; what is logged: `INKAN_LOG`).
+    pub log: LogConfig,
+}
+
+/// `[log]`: how log lines are written. Which are written is the `INKAN_LOG`
+/// filter's (`warn` unless set; `info` adds one line per request).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (for people; coloured on a terminal only) or `json` (one
+    /// object a line: time, level, target, message, fields, request id).
+    pub format: LogFormat,
+}
+
+/// `[log] format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
 }
 
 /// `[verify]`: what validation trusts, and how large a file it takes.
@@ -267,6 +290,11 @@ pub struct ServerConfig {
     /// only, each with its header, and count the client it names; empty
     /// (the default): clients connect directly.
     pub proxy_from: Vec<IpNet>,
+    /// Clients whose `X-Request-Id` names their requests (addresses or
+    /// networks, as `proxy_from`; behind a balancer, the client its PROXY
+    /// header names): a balancer that ends TLS, signing systems. Others'
+    /// requests get an id made here. Empty (default): always made.
+    pub request_id_from: Vec<IpNet>,
 }
 
 /// An address or a network (`10.0.0.5`, `10.0.0.0/24`, `fd00::/8`).
@@ -392,6 +420,7 @@ impl Default for ServerConfig {
             id_token_alg: IdTokenAlg::ES256,
             metrics_token: None,
             proxy_from: Vec::new(),
+            request_id_from: Vec::new(),
         }
     }
 }
@@ -697,6 +726,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             tsa: TsaConfig::default(),
             verify: VerifyConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }

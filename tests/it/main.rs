@@ -26,6 +26,7 @@ mod http;
 mod keystore;
 mod layout;
 mod nodes;
+mod operations;
 mod postgres;
 mod service;
 mod tsa;

@@ -1,0 +1,203 @@
+//! Operating inkan: structured logs and request ids, the configuration
+//! explained and checked, the systemd unit.
+
+use base64ct::{Base64, Encoding};
+use serde_json::{json, Value};
+
+use crate::harness::{fixture, root, Env};
+use crate::http::{login, register_client, Client, Server};
+
+fn s(p: &std::path::Path) -> &str {
+    p.to_str().expect("utf-8")
+}
+
+/// Signs one digest with `X-Request-Id: chosen`; returns the answer's id.
+fn sign_with_id(server: &Server, access: &str, chosen: &str) -> String {
+    let bearer = format!("Bearer {access}");
+    let body = json!({ "hashes": [Base64::encode_string(&[7u8; 32])] }).to_string();
+    let r = Client::new().post(
+        &server.url("/api/v1/sign-hashes"),
+        &[("authorization", &bearer), ("content-type", "application/json"), ("x-request-id", chosen)],
+        body,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.headers.get("x-request-id").cloned().expect("every answer names its request")
+}
+
+/// The request ids the audit log's signature rows name, newest first.
+fn signed_request_ids(env: &Env) -> Vec<String> {
+    let rows = env.json(&["audit", "tail", "--limit", "50"]);
+    rows.as_array()
+        .expect("rows")
+        .iter()
+        .filter(|r| r["event"] == "sign")
+        .map(|r| {
+            let detail: Value = serde_json::from_str(r["detail"].as_str().expect("detail")).expect("JSON detail");
+            detail["request_id"].as_str().expect("a signature's row names its request").to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn json_logs_name_every_request_which_its_answer_and_audit_row_carry_and_hold_no_secret() {
+    let env = Env::new();
+    env.user_with_key("100001", "rsa2048");
+    env.ok(&["hpki", "map", "100001", s(&fixture("holders/hpki-doctor.pem"))]);
+    let client = register_client(&env);
+    let mut server = Server::start(&env, &[("INKAN_LOG", "debug"), ("INKAN_LOG_FORMAT", "json")]);
+    let tokens = login(&server, &client, "hpki-doctor", "hpki");
+    let access = tokens["access_token"].as_str().expect("access").to_owned();
+
+    // A client not trusted with ids gets one made for it.
+    let made = sign_with_id(&server, &access, "chosen-by-the-client");
+    assert_ne!(made, "chosen-by-the-client");
+    assert!(made.len() == 24 && made.bytes().all(|b| b.is_ascii_hexdigit()), "{made}");
+    assert_eq!(signed_request_ids(&env).first(), Some(&made), "the audit row names the request");
+    let refused = Client::new().get(&server.url("/api/v1/me"), &[]);
+    assert_eq!(refused.status, 401);
+    assert!(refused.headers.contains_key("x-request-id"), "refusals are named too");
+
+    let log = server.kill();
+    let lines: Vec<Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))).collect();
+    for l in &lines {
+        for field in ["timestamp", "level", "target"] {
+            assert!(l.get(field).is_some(), "{field} missing: {l}");
+        }
+    }
+    let access_line = lines
+        .iter()
+        .find(|l| l["target"] == "inkan::access" && l["route"] == "/api/v1/sign-hashes")
+        .expect("an access line for the signature");
+    assert_eq!(access_line["level"], "INFO");
+    assert_eq!(access_line["method"], "POST");
+    assert_eq!(access_line["status"], 200);
+    assert!(access_line["ms"].as_f64().is_some_and(|ms| ms > 0.0), "{access_line}");
+    assert_eq!(access_line["span"]["request_id"], made.as_str());
+    let token_line = lines.iter().find(|l| l["target"] == "inkan::access" && l["route"] == "/oidc/token");
+    assert!(token_line.is_some_and(|l| l["status"] == 200), "the token exchange is logged");
+
+    // No secret in any field: the client's secret, the tokens, the PINs.
+    let mut secrets = vec![crate::harness::USER_PIN.to_owned(), crate::harness::SO_PIN.to_owned()];
+    secrets.push(client.secret.clone());
+    secrets.push(access.clone());
+    secrets.extend(["refresh_token", "id_token"].iter().filter_map(|k| tokens[*k].as_str().map(str::to_owned)));
+    for secret in &secrets {
+        assert!(!log.contains(secret.as_str()), "a secret reached the log");
+    }
+    assert!(lines.len() >= 6, "one line a request at least: {log}");
+}
+
+#[test]
+fn a_trusted_client_names_its_requests_and_others_cannot() {
+    let env = Env::new();
+    env.user_with_key("100001", "rsa2048");
+    env.ok(&["hpki", "map", "100001", s(&fixture("holders/hpki-doctor.pem"))]);
+    let client = register_client(&env);
+    let server = Server::start(&env, &[("INKAN_SERVER_REQUEST_ID_FROM", "127.0.0.0/8")]);
+    let access = login(&server, &client, "hpki-doctor", "hpki")["access_token"].as_str().expect("a").to_owned();
+    assert_eq!(sign_with_id(&server, &access, "rx-system:42.a_b-c"), "rx-system:42.a_b-c");
+    assert_eq!(signed_request_ids(&env).first().map(String::as_str), Some("rx-system:42.a_b-c"));
+    // An id that could forge a log line or hide in one is replaced.
+    for bad in ["two words", "x\"}{\"level\":\"ERROR", &"a".repeat(65)] {
+        let id = sign_with_id(&server, &access, bad);
+        assert!(id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{bad:?} → {id}");
+    }
+}
+
+#[test]
+fn config_example_explains_every_setting_and_check_shows_what_is_in_effect() {
+    let env = Env::new();
+    // The example needs no configuration, reads back as the defaults, and
+    // names every setting's variable.
+    let bare = std::process::Command::new(env!("CARGO_BIN_EXE_inkan"))
+        .args(["--config", "/nonexistent/inkan.toml", "config", "example"])
+        .output()
+        .expect("inkan");
+    assert!(bare.status.success(), "{}", String::from_utf8_lossy(&bare.stderr));
+    let example = String::from_utf8(bare.stdout).expect("utf-8");
+    let table: toml::Table = toml::from_str(&example).expect("the example is a configuration file");
+    assert_eq!(table["limits"]["connections"].as_integer(), Some(4096));
+    for var in ["INKAN_DATA_DIR", "INKAN_TOKEN_USER_PIN", "INKAN_LOG_FORMAT", "INKAN_SERVER_REQUEST_ID_FROM"] {
+        assert!(example.contains(&format!("# env: {var}\n")), "{var}");
+    }
+    let described = env.json(&["config", "example"]);
+    assert_eq!(described["settings"].as_object().map(|m| m.len()), Some(83));
+    assert!(described["settings"]["limits.connections"]["explanation"]
+        .as_str()
+        .is_some_and(|e| e.contains("listener")));
+
+    // check: the file's and the environment's values, secrets hidden.
+    let run = env.run_with(
+        &["--json", "config", "check"],
+        &[("INKAN_TOKEN_USER_PIN", "hidden-user-pin"), ("INKAN_STORE_URL", "postgres://inkan:hidden-pw@db/inkan")],
+    );
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(!run.stdout.contains("hidden-user-pin") && !run.stdout.contains("hidden-pw"), "{}", run.stdout);
+    let checked: Value = serde_json::from_str(&run.stdout).expect("json");
+    assert_eq!(checked["valid"], true);
+    assert_eq!(checked["settings"]["token.user_pin"]["value"], "***");
+    assert_eq!(checked["settings"]["token.user_pin"]["from"], "environment");
+    assert_eq!(checked["settings"]["store.url"]["value"], "postgres://inkan:***@db/inkan");
+    assert_eq!(checked["settings"]["data_dir"]["from"], "file");
+    assert_eq!(checked["settings"]["limits.connections"]["from"], "default");
+    assert!(checked["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .any(|w| w.as_str().is_some_and(|w| w.contains("fixture PKI"))));
+
+    // A missing file is a problem (exit 2); a bad value an error naming it.
+    let run = env.run_with(&["config", "check"], &[("INKAN_PKI_SIGNING_CA", "/nonexistent/ca.pem")]);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("pki.signing_ca names /nonexistent/ca.pem, which does not exist"), "{}", run.stdout);
+    let run = env.run_with(&["config", "check"], &[("INKAN_LOG_FORMAT", "xml")]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("INKAN_LOG_FORMAT must be text or json"), "{}", run.stderr);
+}
+
+#[test]
+fn the_systemd_unit_is_accepted_by_systemd_analyze_and_is_hardened() {
+    let unit = root().join("deploy/inkan.service");
+    let text = std::fs::read_to_string(&unit).expect("deploy/inkan.service");
+    for line in [
+        "User=inkan",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/inkan",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "ExecStart=/usr/local/bin/inkan --config /etc/inkan/inkan.toml serve",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing from the unit");
+    }
+    // systemd-analyze checks the unit's syntax and that ExecStart's binary
+    // exists: a copy whose ExecStart names this build's binary.
+    let dir = tempfile::tempdir().expect("tmp");
+    let copy = dir.path().join("inkan.service");
+    let bin = env!("CARGO_BIN_EXE_inkan");
+    std::fs::write(&copy, text.replace("/usr/local/bin/inkan", bin)).expect("copy");
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze (Debian's systemd package)");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // In a container without systemd running, verify still parses the unit;
+    // what it says about the unit itself must be nothing.
+    let about_unit: Vec<&str> = said.lines().filter(|l| l.contains("inkan.service")).collect();
+    assert!(out.status.success() && about_unit.is_empty(), "systemd-analyze verify: {said}");
+    // And its sandbox: systemd's own measure of what the service is exposed to.
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze security");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let level: f64 = said
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for inkan.service: "))
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level: {said}"));
+    assert!(level <= 2.0, "exposure {level} (0 is the least, 10 the most): {said}");
+}
