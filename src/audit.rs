@@ -57,7 +57,8 @@ pub struct Event<'a> {
 pub struct Row {
     /// Sequence number.
     pub seq: i64,
-    /// Unix milliseconds.
+    /// Unix milliseconds (RFC 3339 in JSON).
+    #[serde(serialize_with = "crate::clock::as_rfc3339")]
     pub at: i64,
     /// See [`Event::actor`].
     pub actor: String,
@@ -108,7 +109,8 @@ pub struct Seal {
 pub struct Refusal {
     /// The row the sealer was checking.
     pub seq: i64,
-    /// When it refused (Unix ms).
+    /// When it refused (Unix ms; RFC 3339 in JSON).
+    #[serde(serialize_with = "crate::clock::as_rfc3339")]
     pub at: i64,
     /// What it found.
     pub reason: String,
@@ -295,6 +297,7 @@ pub struct Verification {
     /// second), or left unsealed by whoever wrote them.
     pub unsealed: i64,
     /// When the first unsealed row was written (Unix ms).
+    #[serde(serialize_with = "crate::clock::as_rfc3339_opt")]
     pub unsealed_since: Option<i64>,
     /// Exported seals ([`seal::heads`]) checked against the log.
     pub heads_checked: usize,

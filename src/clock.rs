@@ -73,3 +73,28 @@ pub fn rfc3339(ms: i64) -> String {
         Err(_) => format!("@{ms}ms"),
     }
 }
+
+/// The same with its milliseconds when there are any
+/// (`2026-11-22T13:42:02.417Z`): for records whose order within a second
+/// matters (audit rows).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let whole = rfc3339(ms);
+    match (ms.rem_euclid(1000), whole.strip_suffix('Z')) {
+        (0, _) | (_, None) => whole,
+        (frac, Some(base)) => format!("{base}.{frac:03}Z"),
+    }
+}
+
+/// Unix-millisecond times written as RFC 3339 in JSON (every `--json` time
+/// is one): `#[serde(serialize_with = "crate::clock::as_rfc3339")]`.
+pub fn as_rfc3339<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339_ms(*ms))
+}
+
+/// [`as_rfc3339`] for a time that may be absent (`null`).
+pub fn as_rfc3339_opt<S: serde::Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => as_rfc3339(ms, s),
+        None => s.serialize_none(),
+    }
+}

@@ -58,7 +58,8 @@ pub struct User {
     pub qualification: String,
     /// Whether the user may sign.
     pub status: UserStatus,
-    /// Creation time, Unix milliseconds.
+    /// Creation time, Unix milliseconds (RFC 3339 in JSON).
+    #[serde(serialize_with = "crate::clock::as_rfc3339")]
     pub created_at: i64,
 }
 

@@ -18,7 +18,8 @@ pub struct Client {
     pub name: String,
     /// Exact redirect URIs.
     pub redirect_uris: Vec<String>,
-    /// Unix ms.
+    /// Unix ms (RFC 3339 in JSON).
+    #[serde(serialize_with = "crate::clock::as_rfc3339")]
     pub created_at: i64,
     /// SHA-256 of the secret (the secret itself is shown once and never stored).
     #[serde(skip)]

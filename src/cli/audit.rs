@@ -162,9 +162,18 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
-/// A seal as exported: `{"seq", "hash", "prev", "mac", "at"}` (hex, Unix ms).
+/// A seal as exported: `{"seq", "hash", "prev", "mac", "at"}` (hex, RFC 3339).
 fn head_json(s: &audit::Seal) -> serde_json::Value {
-    serde_json::json!({ "seq": s.seq, "hash": hex(&s.hash), "prev": hex(&s.prev_mac), "mac": hex(&s.mac), "at": s.at })
+    let at = crate::clock::rfc3339_ms(s.at);
+    serde_json::json!({ "seq": s.seq, "hash": hex(&s.hash), "prev": hex(&s.prev_mac), "mac": hex(&s.mac), "at": at })
+}
+
+/// An exported seal's time: RFC 3339, or Unix ms (exports made before 0.2).
+fn head_time(v: &serde_json::Value) -> Option<i64> {
+    match v {
+        serde_json::Value::String(text) => crate::verify::time::parse(text).map(|(t, _)| crate::clock::unix_ms(t)),
+        other => other.as_i64(),
+    }
 }
 
 /// Reads exported seals: JSON lines, or one JSON array.
@@ -187,7 +196,7 @@ fn read_heads(path: &std::path::Path) -> Result<Vec<audit::Seal>, CliError> {
                 hash: unhex(v["hash"].as_str()?)?,
                 prev_mac: unhex(v["prev"].as_str()?)?,
                 mac: unhex(v["mac"].as_str()?)?,
-                at: v["at"].as_i64()?,
+                at: head_time(&v["at"])?,
             })
         })
         .collect::<Option<Vec<_>>>()

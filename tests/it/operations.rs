@@ -201,3 +201,83 @@ fn the_systemd_unit_is_accepted_by_systemd_analyze_and_is_hardened() {
         .unwrap_or_else(|| panic!("no exposure level: {said}"));
     assert!(level <= 2.0, "exposure {level} (0 is the least, 10 the most): {said}");
 }
+
+/// Every time in a JSON document is RFC 3339: no Unix-millisecond numbers,
+/// and every field named for a time holds `YYYY-MM-DDThh:mm:ss[.fff]Z` or null.
+fn times_are_rfc3339(v: &Value, path: &str) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let timed = k == "at" || k.ends_with("_at") || k.ends_with("_since") || k.ends_with("_time");
+                if timed && !v.is_null() {
+                    let t = v.as_str().unwrap_or_else(|| panic!("{path}.{k} is not text: {v}"));
+                    let b = t.as_bytes();
+                    let shaped = b.len() >= 20
+                        && b[4] == b'-'
+                        && b[7] == b'-'
+                        && b[10] == b'T'
+                        && b[13] == b':'
+                        && t.ends_with('Z');
+                    assert!(shaped, "{path}.{k} is not RFC 3339: {t}");
+                }
+                times_are_rfc3339(v, &format!("{path}.{k}"));
+            }
+        }
+        Value::Array(items) => {
+            items.iter().enumerate().for_each(|(i, v)| times_are_rfc3339(v, &format!("{path}[{i}]")))
+        }
+        Value::Number(n) => {
+            assert!(n.as_i64().is_none_or(|n| n.abs() < 100_000_000_000), "{path} looks like a Unix time: {n}")
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_json_time_the_cli_prints_is_rfc3339() {
+    let env = Env::new();
+    env.user_with_key("100001", "rsa2048");
+    env.ok(&["hpki", "map", "100001", s(&fixture("holders/hpki-doctor.pem"))]);
+    env.ok(&["jpki", "link", "100001", s(&fixture("holders/jpki-1.pem"))]);
+    env.ok(&["regcode", "issue", "100001", "--password", "secret-123"]);
+    register_client(&env);
+    let commands: &[&[&str]] = &[
+        &["user", "list"],
+        &["user", "show", "100001"],
+        &["key", "list"],
+        &["client", "list"],
+        &["session", "list"],
+        &["hpki", "list"],
+        &["jpki", "list"],
+        &["regcode", "list"],
+        &["device", "show", "100001"],
+        &["kek", "status"],
+        &["audit", "tail"],
+        &["audit", "verify"],
+    ];
+    for args in commands {
+        let v = env.json(args);
+        times_are_rfc3339(&v, &args.join(" "));
+    }
+    let tail = env.json(&["audit", "tail"]);
+    assert!(tail[0]["at"].as_str().is_some(), "{tail}");
+    // The exported seals too, and they read back.
+    let heads = env.ok(&["audit", "heads"]);
+    for line in heads.lines() {
+        times_are_rfc3339(&serde_json::from_str(line).expect("a JSON line"), "audit heads");
+    }
+    let file = env.path("heads.jsonl");
+    std::fs::write(&file, &heads).expect("heads");
+    env.ok(&["audit", "verify", "--heads", s(&file)]);
+    // Exports made before (Unix ms) still read.
+    let old: Vec<String> = heads
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).expect("line");
+            v["at"] = json!(1_796_553_358_036_i64);
+            v.to_string()
+        })
+        .collect();
+    std::fs::write(&file, old.join("\n")).expect("heads");
+    env.ok(&["audit", "verify", "--heads", s(&file)]);
+}
