@@ -50,10 +50,28 @@ pub enum UserCommand {
         /// User ID.
         user_id: String,
     },
+    /// Users are never removed (their signatures must stay attributable):
+    /// says so, and what to do instead. Changes nothing.
+    Remove {
+        /// User ID.
+        user_id: String,
+    },
 }
 
 /// Runs a `user` command.
 pub async fn run(ctx: &Ctx, cmd: UserCommand) -> Result<Output, CliError> {
+    if let UserCommand::Remove { user_id } = &cmd {
+        return Err(CliError {
+            message: format!(
+                "users are disabled, never removed: the audit log, the keys and the certificates of {user_id}'s \
+                 signatures name them for as long as the signed documents are kept, and a removed ID could be \
+                 given to someone else. To end what they can do: `inkan user disable {user_id}` (logins, \
+                 signatures and sessions end), `inkan key retire {user_id} --generation N`, `inkan device remove \
+                 {user_id}`, `inkan hpki unmap` / `inkan jpki unlink {user_id}`"
+            ),
+            code: 2,
+        });
+    }
     let store = ctx.store().await?;
     let store = store.as_ref();
     let clock = ctx.clock.as_ref();
@@ -133,6 +151,7 @@ pub async fn run(ctx: &Ctx, cmd: UserCommand) -> Result<Output, CliError> {
             let u = users::set_status(store, clock, &ctx.actor, &user_id, true).await?;
             Ok(Output::new(format!("user {} enabled", u.id), serde_json::to_value(&u)?))
         }
+        UserCommand::Remove { .. } => Err(CliError { message: "users are never removed".into(), code: 2 }),
     }
 }
 

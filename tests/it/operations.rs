@@ -281,3 +281,15 @@ fn every_json_time_the_cli_prints_is_rfc3339() {
     std::fs::write(&file, old.join("\n")).expect("heads");
     env.ok(&["audit", "verify", "--heads", s(&file)]);
 }
+
+#[test]
+fn users_are_not_removed_and_the_cli_says_what_to_do_instead() {
+    let env = Env::new();
+    env.add_user("100001", "doctor");
+    let rows = env.audit_rows();
+    let run = env.run(&["user", "remove", "100001"]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("never removed") && run.stderr.contains("inkan user disable 100001"), "{}", run.stderr);
+    assert_eq!(env.json(&["user", "show", "100001"])["user"]["status"], "active", "nothing changed");
+    assert_eq!(env.audit_rows(), rows);
+}
