@@ -7,6 +7,7 @@
 //! non-zero exit code, and say what to do next.
 
 mod audit;
+mod backup;
 mod client;
 mod config;
 mod context;
@@ -96,6 +97,12 @@ pub enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Copy this node's data while it runs (the database at one instant,
+    /// SoftHSM's token, the PINs file, a manifest with their hashes).
+    Backup(backup::BackupArgs),
+    /// Make the configured data directory (new or empty) from a backup,
+    /// end the auth sessions it held, and verify its audit log.
+    Restore(backup::RestoreArgs),
     /// Set up everything with demo users and sign a demo document.
     Demo,
     /// Run the HTTPS service.
@@ -157,14 +164,19 @@ pub fn run(cli: Cli) -> Result<Output, CliError> {
     // Where the audit chain stood, sealed, before the command (none: no
     // database yet, or rows nobody sealed, which this command leaves alone).
     let sealed_before = match &cli.command {
-        Command::Audit(_) | Command::Dev(_) | Command::Verify(_) | Command::Config(_) => None,
-        _ => runtime.block_on(sealed_head(&ctx)),
+        Command::Audit(_)
+        | Command::Dev(_)
+        | Command::Verify(_)
+        | Command::Config(_)
+        | Command::Backup(_)
+        | Command::Restore(_) => None,
+        _ => runtime.block_on(ctx.sealed_head()),
     };
     let result = runtime.block_on(dispatch(&ctx, cli.command));
     if let (true, Some(anchor)) = (ctx.opened.load(std::sync::atomic::Ordering::Relaxed), sealed_before) {
         // The rows this command wrote, sealed by the token now (no token
         // call if it wrote none).
-        if let Err(e) = runtime.block_on(seal_after(&ctx, anchor)) {
+        if let Err(e) = runtime.block_on(ctx.seal_after(anchor)) {
             eprintln!(
                 "warning: the audit rows of this command are not sealed ({}); a running server seals them if the log checks out against the token's record (`inkan audit verify` tells)",
                 e.message
@@ -183,25 +195,6 @@ pub fn run(cli: Cli) -> Result<Output, CliError> {
         }
     }
     result
-}
-
-/// The audit chain's head if it is sealed, before a command runs.
-async fn sealed_head(ctx: &Ctx) -> Option<(i64, Vec<u8>)> {
-    crate::setup::require_database(&ctx.config).ok()?;
-    let store = crate::setup::open_store(&ctx.config).await.ok()?;
-    crate::audit::seal::sealed_head(store.as_ref()).await.ok().flatten()
-}
-
-/// Seals the rows a command wrote after the sealed head `anchor` (opens the
-/// token only if it wrote some).
-async fn seal_after(ctx: &Ctx, (seq, hash): (i64, Vec<u8>)) -> Result<(), CliError> {
-    let store = ctx.store().await?;
-    if crate::audit::seal::needs_seal(store.as_ref()).await? {
-        let keystore = ctx.keystore()?;
-        let anchor = if seq > 0 { crate::audit::seal::Anchor::at(seq, hash) } else { Default::default() };
-        crate::audit::seal::seal_head(store.as_ref(), &keystore, &anchor, ctx.now_ms()).await?;
-    }
-    Ok(())
 }
 
 async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CliError> {
@@ -225,5 +218,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CliError> {
         Command::Regcode(cmd) => regcode::run(ctx, cmd).await,
         Command::Device(cmd) => device::run(ctx, cmd).await,
         Command::Dev(cmd) => dev::run(ctx, cmd),
+        Command::Backup(args) => backup::backup(ctx, args).await,
+        Command::Restore(args) => backup::restore(ctx, args).await,
     }
 }

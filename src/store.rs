@@ -62,4 +62,17 @@ pub trait Store: Transactions<dyn Tx> {
     async fn ping(&self) -> Result<(), StoreError>;
     /// Where the data lives, for messages (`sqlite:var/inkan.db`).
     fn describe(&self) -> String;
+    /// Copies the database as it stands at one instant, while others go on
+    /// writing, into a new file `to` (SQLite: `VACUUM INTO`), or says how a
+    /// database that is not a file is copied instead.
+    async fn snapshot(&self, to: &std::path::Path) -> Result<Snapshot, StoreError>;
+}
+
+/// What [`Store::snapshot`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Snapshot {
+    /// The database is in the file.
+    Written,
+    /// Not copied: the database server's own tools copy it (what to run).
+    External(String),
 }

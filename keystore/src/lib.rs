@@ -42,5 +42,6 @@ pub use keystore::{
     create_trusted_kek, CacheStats, DataObject, GeneratedKey, KekInfo, KekKind, KeyProtection, KeyRef, KeyStorage,
     Keystore, KeystoreConfig, SignTime, WrappingReady, DEFAULT_CACHE_SIZE,
 };
+pub use lockfile::{hold_token_files, TokenFilesHeld};
 pub use pin::Pin;
 pub use token::{init_token, pin_limits, PinLimits, TokenInit};

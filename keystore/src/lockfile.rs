@@ -83,6 +83,19 @@ impl TokenLock {
     }
 }
 
+/// The token directory's files held still for a copy (a backup): writers of
+/// every process sharing the lock file wait until this is dropped; signing
+/// with known handles goes on.
+#[must_use = "the files are held still only while this lives"]
+pub struct TokenFilesHeld(#[allow(dead_code)] Held);
+
+/// Takes the lock file shared (see the module): the token directory's files
+/// do not change until the result is dropped. Without a lock file (a token
+/// that needs none), nothing is held.
+pub fn hold_token_files(lock_file: Option<&std::path::Path>) -> Result<TokenFilesHeld> {
+    Ok(TokenFilesHeld(TokenLock::new(lock_file.map(std::path::Path::to_path_buf)).shared()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -227,7 +227,7 @@ fn tsa_anchors(ctx: &Ctx) -> Option<Vec<x509_cert::Certificate>> {
 }
 
 /// The chain, seals and token record checked, then the time-stamps.
-async fn verified(
+pub(super) async fn verified(
     ctx: &Ctx,
     store: &dyn crate::storage::Transactions<dyn crate::store::Tx>,
     keystore: Option<&inkan_keystore::Keystore>,
@@ -276,7 +276,7 @@ fn unvouched(v: &audit::Verification, now: i64, grace_secs: u64) -> Option<Strin
     })
 }
 
-fn verified_text(v: &audit::Verification, now: i64) -> String {
+pub(super) fn verified_text(v: &audit::Verification, now: i64) -> String {
     let mut text = format!("audit log intact: {} rows, hash chain verified", v.rows);
     match (v.sealed_through, v.seals_checked) {
         (Some(s), true) => text.push_str(&format!("; sealed through row {s} ({} seals checked by the token)", v.seals)),

@@ -71,6 +71,25 @@ impl Ctx {
         Ok(crate::setup::open_store(&self.config).await?)
     }
 
+    /// The audit chain's head if it is sealed, before a command runs.
+    pub async fn sealed_head(&self) -> Option<(i64, Vec<u8>)> {
+        crate::setup::require_database(&self.config).ok()?;
+        let store = crate::setup::open_store(&self.config).await.ok()?;
+        crate::audit::seal::sealed_head(store.as_ref()).await.ok().flatten()
+    }
+
+    /// Seals the rows a command wrote after the sealed head `anchor` (opens
+    /// the token only if it wrote some).
+    pub async fn seal_after(&self, (seq, hash): (i64, Vec<u8>)) -> Result<(), CliError> {
+        let store = self.store().await?;
+        if crate::audit::seal::needs_seal(store.as_ref()).await? {
+            let keystore = self.keystore()?;
+            let anchor = if seq > 0 { crate::audit::seal::Anchor::at(seq, hash) } else { Default::default() };
+            crate::audit::seal::seal_head(store.as_ref(), &keystore, &anchor, self.now_ms()).await?;
+        }
+        Ok(())
+    }
+
     /// The token.
     pub fn keystore(&self) -> Result<crate::keystore::Keystore, CliError> {
         Ok(crate::setup::open_keystore(&self.config)?)

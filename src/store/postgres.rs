@@ -199,6 +199,14 @@ impl Store for PgStore {
     fn describe(&self) -> String {
         self.connect.shown().to_owned()
     }
+
+    async fn snapshot(&self, _to: &std::path::Path) -> Result<crate::store::Snapshot, StoreError> {
+        Ok(crate::store::Snapshot::External(format!(
+            "pg_dump --format=custom --file=inkan.pgdump '{}' (after this backup: the database must not be older \
+             than the token's copy; with a streaming standby, its base backup and WAL archive instead)",
+            self.connect.shown()
+        )))
+    }
 }
 
 /// What a transaction may do.

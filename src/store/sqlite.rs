@@ -187,6 +187,15 @@ impl Store for SqliteStore {
     fn describe(&self) -> String {
         format!("sqlite:{}", self.path.display())
     }
+
+    async fn snapshot(&self, to: &Path) -> Result<crate::store::Snapshot, StoreError> {
+        // A connection of its own: the copy is one read transaction (WAL:
+        // writers go on), and the store's shared connection stays free.
+        let conn = connect(&self.path, self.synchronous)?;
+        let target = to.to_str().ok_or_else(|| StoreError::Failed(format!("{} is not UTF-8", to.display())))?;
+        conn.execute("VACUUM INTO ?1", [target])?;
+        Ok(crate::store::Snapshot::Written)
+    }
 }
 
 /// A transaction on a connection (the shared one, or the audit writer's).

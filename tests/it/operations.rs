@@ -293,3 +293,107 @@ fn users_are_not_removed_and_the_cli_says_what_to_do_instead() {
     assert_eq!(env.json(&["user", "show", "100001"])["user"]["status"], "active", "nothing changed");
     assert_eq!(env.audit_rows(), rows);
 }
+
+#[test]
+fn a_backup_taken_under_signing_load_restores_elsewhere_signs_and_verifies() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let env = Env::new();
+    env.user_with_key("100001", "rsa2048");
+    env.ok(&["hpki", "map", "100001", s(&fixture("holders/hpki-doctor.pem"))]);
+    let client = register_client(&env);
+    let server = Server::start(&env, &[]);
+    let access = login(&server, &client, "hpki-doctor", "hpki")["access_token"].as_str().expect("a").to_owned();
+
+    // Two clients sign without pause while the backup is taken.
+    let (stop, signed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, signed, url, access) =
+                (Arc::clone(&stop), Arc::clone(&signed), server.url("/api/v1/sign-hashes"), access.clone());
+            std::thread::spawn(move || {
+                let body = json!({ "hashes": [Base64::encode_string(&[9u8; 32])] });
+                while !stop.load(Ordering::Relaxed) {
+                    let r = Client::new().post_json(&url, &access, &body);
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    signed.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    while signed.load(Ordering::Relaxed) < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = env.path("backup");
+    let during = signed.load(Ordering::Relaxed);
+    let manifest = env.json(&["backup", "--out", s(&out)]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    load.into_iter().for_each(|t| t.join().expect("load"));
+    assert!(signed.load(Ordering::Relaxed) > during, "signing went on during the backup");
+    assert!(manifest["audit_rows_at_least"].as_i64().is_some_and(|n| n > 20), "{manifest}");
+    let taken = std::fs::read_dir(&out).expect("backup").count();
+    if env.on_postgres() {
+        let how = manifest["database"]["external"].as_str().expect("what to run instead");
+        assert!(how.starts_with("pg_dump "), "{how}");
+        return;
+    }
+    assert_eq!(manifest["database"]["file"], "inkan.db");
+    assert_eq!(manifest["token"], "softhsm");
+    assert!(taken >= 3, "database, token, manifest (the PINs are configured here)");
+
+    // Restored into a new data directory: the keys sign, the log verifies,
+    // the sessions it held are over.
+    let elsewhere = env.path("restored");
+    let there = [("INKAN_DATA_DIR", s(&elsewhere))];
+    let run = env.run_with(&["--json", "restore", s(&out)], &there);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let restored: Value = serde_json::from_str(&run.stdout).expect("json");
+    assert_eq!(restored["sessions_ended"], 1);
+    assert!(restored["audit"]["broken"].is_null() && restored["audit"]["seals_checked"] == true, "{restored}");
+    assert!(restored["audit"]["rows"].as_i64() > manifest["audit_rows_at_least"].as_i64());
+    let doc = env.path("after-restore.txt");
+    std::fs::write(&doc, "処方箋 after a restore").expect("doc");
+    let sig = env.path("after-restore.p7s");
+    let run = env.run_with(&["sign", "100001", s(&doc), "--out", s(&sig)], &there);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let (ok, err) = crate::harness::openssl_verify(&sig, Some(&doc));
+    assert!(ok, "openssl cms -verify: {err}");
+    assert_eq!(env.run_with(&["audit", "verify"], &there).code, 0);
+    let restored_server = Server::start(&env, &there);
+    let r = Client::new().post_json(
+        &restored_server.url("/api/v1/sign-hashes"),
+        &access,
+        &json!({ "hashes": [Base64::encode_string(&[9u8; 32])] }),
+    );
+    assert_eq!(r.status, 401, "a session of before the restore is over");
+    let again = login(&restored_server, &client, "hpki-doctor", "hpki")["access_token"].as_str().expect("a").to_owned();
+    let r = Client::new().post_json(
+        &restored_server.url("/api/v1/sign-hashes"),
+        &again,
+        &json!({ "hashes": [Base64::encode_string(&[9u8; 32])] }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Never over a data directory in use; never from an altered backup.
+    let run = env.run(&["restore", s(&out)]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("is not empty: a restore makes a new one"), "{}", run.stderr);
+    let db = out.join("inkan.db");
+    let mut bytes = std::fs::read(&db).expect("db");
+    bytes[5000] ^= 1;
+    std::fs::write(&db, bytes).expect("flip");
+    let third = env.path("third");
+    let run = env.run_with(&["restore", s(&out)], &[("INKAN_DATA_DIR", s(&third))]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("inkan.db in the backup is not what was backed up"), "{}", run.stderr);
+    assert!(!third.exists(), "nothing made from an altered backup");
+    // A second backup into the same directory is refused; an incomplete one is taken again.
+    assert!(env.fails(&["backup", "--out", s(&out)]).contains("already holds a backup"));
+    std::fs::remove_file(out.join("manifest.json")).expect("rm");
+    let again = env.json(&["backup", "--out", s(&out)]);
+    assert!(again["files"].as_array().is_some_and(|f| f.len() >= 3));
+    env.run_with(&["restore", s(&out)], &[("INKAN_DATA_DIR", s(&third))]);
+    assert!(third.join("inkan.db").exists());
+}
