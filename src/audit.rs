@@ -23,6 +23,7 @@
 //! transaction ([`append`]); the signatures' rows go through the group-commit
 //! [`writer`], which shares one commit among the rows of concurrent requests.
 
+pub mod archive;
 pub mod seal;
 pub mod stamp;
 pub mod writer;
@@ -140,6 +141,53 @@ pub struct TimeStamp {
     pub at: i64,
 }
 
+/// An archived segment of the chain, as the live store keeps it: its rows
+/// (through `seq`) are in a segment file ([`archive`]) and no longer here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Archived {
+    /// Its first row.
+    pub first: i64,
+    /// Its last row: a sealed one.
+    pub seq: i64,
+    /// That row's hash: the live chain's first row links to it.
+    #[serde(serialize_with = "hex_bytes")]
+    pub hash: Vec<u8>,
+    /// The MAC of that row's seal: the live chain's first seal links to it.
+    #[serde(serialize_with = "hex_bytes")]
+    pub seal_mac: Vec<u8>,
+    /// SHA-256 of the segment file.
+    #[serde(serialize_with = "hex_bytes")]
+    pub segment: Vec<u8>,
+    /// The segment file's name.
+    pub file: String,
+    /// When it was archived (Unix ms; RFC 3339 in JSON).
+    #[serde(serialize_with = "crate::clock::as_rfc3339")]
+    pub at: i64,
+    /// The previous archive record's MAC (empty for the first).
+    #[serde(serialize_with = "hex_bytes")]
+    pub prev_mac: Vec<u8>,
+    /// The token's seal key's HMAC of [`archive_input`].
+    #[serde(serialize_with = "hex_bytes")]
+    pub mac: Vec<u8>,
+}
+
+fn hex_bytes<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::encoding::hex(bytes))
+}
+
+/// What the token MACs for an archive record: its rows, the hash and seal
+/// it ends at, the segment file's digest, chained to the record before.
+pub fn archive_input(a: &Archived) -> Vec<u8> {
+    let mut out = b"inkan audit archive v1\0".to_vec();
+    out.extend_from_slice(&a.first.to_be_bytes());
+    out.extend_from_slice(&a.seq.to_be_bytes());
+    for part in [&a.hash[..], &a.seal_mac[..], &a.segment[..], a.file.as_bytes(), &a.prev_mac[..]] {
+        out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
 /// A row with its chain links, as stored.
 #[derive(Clone, Debug)]
 pub struct ChainedRow {
@@ -177,6 +225,16 @@ pub trait AuditStore: Send {
     async fn audit_timestamps(&mut self, after_seq: i64, limit: usize) -> Result<Vec<TimeStamp>, StoreError>;
     /// The time-stamp of the latest row.
     async fn last_audit_timestamp(&mut self) -> Result<Option<TimeStamp>, StoreError>;
+    /// The last archive record, if any ([`Archived`]).
+    async fn audit_archived(&mut self) -> Result<Option<Archived>, StoreError>;
+    /// Every archive record, in order (one per `inkan audit archive` run).
+    async fn audit_archives(&mut self) -> Result<Vec<Archived>, StoreError>;
+    /// Keeps an archive record (append-only): rows through its `seq` may
+    /// then be deleted.
+    async fn insert_audit_archive(&mut self, archived: &Archived) -> Result<(), StoreError>;
+    /// Deletes up to `limit` rows through `through` (archived ones), with
+    /// their seals and time-stamps; returns how many rows it deleted.
+    async fn prune_audit(&mut self, through: i64, limit: usize) -> Result<usize, StoreError>;
     /// Appends rows (in order, already chained to the head) and moves the
     /// head to the last: row by row unless the store can do it at once (a
     /// networked database in one statement).
@@ -283,8 +341,11 @@ pub async fn append_groups<A: AuditStore + ?Sized>(
 /// What [`verify`] found.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Verification {
-    /// Rows checked.
+    /// Rows checked (in the live store: after the archived ones).
     pub rows: i64,
+    /// The last row moved to an archive segment, if any (`inkan audit
+    /// archive`; `verify --archive` checks the segments).
+    pub archived_through: Option<i64>,
     /// The first problem, if any.
     pub broken: Option<Broken>,
     /// Seals whose MAC the token checked (0 without the token).
@@ -359,23 +420,48 @@ pub async fn verify<T: AuditTx + ?Sized>(
     heads: &[Seal],
 ) -> Result<Verification, crate::error::Error> {
     let mut v = Verification { seals_checked: keystore.is_some(), ..Default::default() };
-    let mut prev = vec![0u8; 32];
-    let mut expected_seq = 1;
+    let mut tx = store.read().await?;
+    // Archived rows are a segment file's ([`archive`]): the live chain goes
+    // on from the last archive record, which the token MACed.
+    let archived = tx.audit_archived().await?;
+    let base = archived.as_ref().map_or(0, |a| a.seq);
+    let mut prev = archived.as_ref().map_or_else(|| vec![0u8; 32], |a| a.hash.clone());
+    let mut expected_seq = base + 1;
     let broken = |mut v: Verification, seq: i64, reason: String| {
-        v.rows = seq - 1;
+        v.rows = seq - 1 - base;
         v.broken = Some(Broken { seq, reason });
         Ok(v)
     };
+    if let Some(a) = &archived {
+        v.archived_through = Some(a.seq);
+        v.sealed_through = Some(a.seq);
+        if let Some(keystore) = keystore {
+            let mac = keystore.seal(&[archive_input(a)]).map_err(crate::error::Error::from)?;
+            let ok = mac.first().is_some_and(|m| bool::from(subtle::ConstantTimeEq::ct_eq(&m[..], &a.mac[..])));
+            if !ok {
+                return broken(
+                    v,
+                    a.seq + 1,
+                    format!(
+                        "the archive record of rows {}-{} was not made by this token's seal key: rows were removed \
+                         under a forged record",
+                        a.first, a.seq
+                    ),
+                );
+            }
+        }
+    }
     let mut heads: std::collections::VecDeque<&Seal> = {
-        // An export appended to a file again holds seals twice: once each.
-        let mut sorted: Vec<&Seal> = heads.iter().collect();
+        // An export appended to a file again holds seals twice: once each;
+        // those of archived rows are the archive's to check.
+        let mut sorted: Vec<&Seal> = heads.iter().filter(|h| h.seq > base).collect();
         sorted.sort_by(|a, b| a.seq.cmp(&b.seq).then_with(|| a.hash.cmp(&b.hash)));
         sorted.dedup_by(|a, b| a.seq == b.seq && a.hash == b.hash);
         sorted.into()
     };
-    let mut prev_mac: Vec<u8> = Vec::new();
+    let mut prev_mac: Vec<u8> = archived.as_ref().map(|a| a.seal_mac.clone()).unwrap_or_default();
     let mut seals: std::collections::VecDeque<Seal> = std::collections::VecDeque::new();
-    let (mut seals_after, mut seals_done) = (0, false);
+    let (mut seals_after, mut seals_done) = (base, false);
     let mut pending_since = None;
     v.refusal = token.refusal.clone();
     let recorded = token.last.clone();
@@ -386,7 +472,10 @@ pub async fn verify<T: AuditTx + ?Sized>(
             crate::clock::rfc3339(r.at)
         )
     };
-    let mut tx = store.read().await?;
+    if let Some(r) = recorded.as_ref().filter(|r| r.seq <= base) {
+        let reason = format!("the token's last seal (row {}) is of an archived row: the log was cut after it", r.seq);
+        return broken(v, base + 1, reason);
+    }
     loop {
         let page = tx.audit_rows(expected_seq - 1, VERIFY_PAGE).await?;
         let done = page.len() < VERIFY_PAGE;
@@ -477,7 +566,7 @@ pub async fn verify<T: AuditTx + ?Sized>(
                     );
                     let rows = v.rows;
                     let mut out = broken(v, s.seq, reason)?;
-                    out.rows = rows.min(s.seq - 1);
+                    out.rows = rows.min(s.seq - 1 - base);
                     return Ok(out);
                 }
                 v.seals += 1;
@@ -490,7 +579,7 @@ pub async fn verify<T: AuditTx + ?Sized>(
             break;
         }
     }
-    let count = v.rows;
+    let count = base + v.rows;
     // A seal that names a row after the log's end: the token's record, one
     // in the database, or one exported.
     let past_end = |what: String| format!("{what}, after the log's last row {count}: rows were deleted from the end");
@@ -521,6 +610,9 @@ pub async fn verify<T: AuditTx + ?Sized>(
         }
     }
     v.unsealed = count - v.sealed_through.unwrap_or(0);
+    if count == 0 {
+        v.unsealed = 0;
+    }
     v.unsealed_since = pending_since.filter(|_| v.unsealed > 0);
     Ok(v)
 }

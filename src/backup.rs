@@ -96,7 +96,7 @@ fn sha256_file(path: &Path) -> Result<(u64, String)> {
         hasher.update(&buf[..n]);
         bytes += n as u64;
     }
-    Ok((bytes, crate::keys::hex(&hasher.finalize())))
+    Ok((bytes, crate::encoding::hex(&hasher.finalize())))
 }
 
 /// Creates a directory only its owner may enter.

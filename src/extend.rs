@@ -276,7 +276,7 @@ impl Extender {
             ))
         })?;
         Ok(Extended {
-            digest: format!("sha256:{}", crate::keys::hex(&DigestAlgorithm::Sha256.digest(&bytes))),
+            digest: format!("sha256:{}", crate::encoding::hex(&DigestAlgorithm::Sha256.digest(&bytes))),
             bytes: bytes.to_vec(),
             format,
             from: from.as_str(),

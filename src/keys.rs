@@ -582,23 +582,3 @@ pub fn chain(config: &Config) -> Result<Vec<Vec<u8>>, PkiError> {
     }
     Ok(chain)
 }
-
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn hex_is_lowercase_two_digits_a_byte() {
-        assert_eq!(super::hex(&[0x00, 0x0f, 0xa5, 0xff, 0x10]), "000fa5ff10");
-        assert_eq!(super::hex(&[]), "");
-    }
-}

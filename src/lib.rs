@@ -33,6 +33,7 @@ pub mod clock;
 pub mod config;
 mod crash;
 pub mod demo;
+pub mod encoding;
 pub mod eps;
 pub mod error;
 pub mod extend;

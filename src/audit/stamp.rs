@@ -48,18 +48,20 @@ pub async fn stamp_head<T: AuditTx + ?Sized>(
 /// Time-stamps read per transaction.
 const PAGE: usize = 10_000;
 
-/// Checks every time-stamp of a chain of `rows` rows (verified): each must
+/// Checks every time-stamp of a chain whose rows after `archived` through
+/// `rows` are live and verified: each must
 /// name a row that has the hash it stamped and, with `anchors`, carry a
 /// token over that hash that checks against them. The first that does not
 /// is where the log is broken.
 pub async fn prove<T: AuditTx + ?Sized>(
     store: &dyn Transactions<T>,
     anchors: Option<&[Certificate]>,
-    rows: i64,
+    (archived, rows): (i64, i64),
 ) -> Result<std::result::Result<TimeProof, Broken>> {
     let mut proof = TimeProof { checked: anchors.is_some(), ..Default::default() };
     let mut tx = store.read().await?;
-    let mut after = 0;
+    // Those of archived rows are their segments' (`archive::check`).
+    let mut after = archived;
     loop {
         let page = tx.audit_timestamps(after, PAGE).await?;
         let done = page.len() < PAGE;

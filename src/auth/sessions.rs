@@ -83,7 +83,7 @@ impl From<&Session> for SessionView {
             client_id: s.client_id.clone(),
             auth_time: rfc3339(s.auth_time),
             expires_at: rfc3339(s.expires_at),
-            id: crate::keys::hex(s.token_hash.get(..4).unwrap_or_default()),
+            id: crate::encoding::hex(s.token_hash.get(..4).unwrap_or_default()),
         }
     }
 }

@@ -5,7 +5,7 @@ use clap::Subcommand;
 use super::context::{CliError, Ctx, Output};
 use crate::audit;
 use crate::clock::rfc3339;
-use crate::keys::hex;
+use crate::encoding::{hex, unhex};
 
 /// `inkan audit ...`
 #[derive(Debug, Subcommand)]
@@ -23,6 +23,23 @@ pub enum AuditCommand {
         /// Seconds a row may stay unsealed (a running server seals within one).
         #[arg(long, default_value_t = 10)]
         grace_secs: u64,
+        /// Also check every archived segment in this directory (`inkan
+        /// audit archive`) against the archive records.
+        #[arg(long, value_name = "DIR")]
+        archive: Option<std::path::PathBuf>,
+    },
+    /// Move rows older than `[audit] live_days` (or `--before`) out of the
+    /// live store into a sealed segment file in DIR, then delete them
+    /// (re-run after a kill: it finishes the deletion). `verify` goes on
+    /// from the last segment; `verify --archive DIR` checks the segments.
+    Archive {
+        /// The directory of the segments (kept with the backups).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+        /// Archive rows sealed before this time: a date (YYYY-MM-DD, midnight
+        /// in Japan) or an RFC 3339 time. Default: `[audit] live_days` ago.
+        #[arg(long)]
+        before: Option<String>,
     },
     /// Seal the chain's head now (a running server does it within a second)
     /// and, with a TSA, time-stamp it. Refuses a log that fails the token's
@@ -54,7 +71,54 @@ pub enum AuditCommand {
 pub async fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<Output, CliError> {
     let store = ctx.store().await?;
     match cmd {
-        AuditCommand::Verify { heads, grace_secs } => {
+        AuditCommand::Archive { out, before } => {
+            let before_ms = match before.as_deref() {
+                Some(text) => before_time(text)?,
+                None => ctx.now_ms() - i64::try_from(ctx.config.audit.live_days).unwrap_or(i64::MAX / 2) * 86_400_000,
+            };
+            let keystore = ctx.keystore()?;
+            let anchor = ctx.sealed_head().await;
+            let mut bar: Option<(usize, super::progress::Progress)> = None;
+            let mut shown = |done: usize, total: usize| {
+                if bar.as_ref().is_none_or(|(t, _)| *t != total) {
+                    bar = Some((total, super::progress::Progress::new("archived rows deleted", total, ctx.json)));
+                }
+                if let Some((_, b)) = bar.as_mut() {
+                    b.set(done);
+                }
+            };
+            let done = audit::archive::archive(
+                store.as_ref(),
+                &keystore,
+                &out,
+                before_ms,
+                ctx.now_ms(),
+                &ctx.actor,
+                &mut shown,
+            )
+            .await?;
+            if let Some(anchor) = anchor {
+                ctx.seal_after(anchor).await?;
+            }
+            let text = match (&done.archived, &done.file) {
+                (Some(a), Some(file)) => format!(
+                    "rows {}-{} archived to {} (SHA-256 {}); {} rows deleted from the live store; check with `inkan audit verify --archive {}`",
+                    a.first,
+                    a.seq,
+                    file.display(),
+                    hex(&a.segment),
+                    done.pruned,
+                    out.display()
+                ),
+                _ => format!(
+                    "nothing to archive: no row sealed before {} (and before the token's last seal){}",
+                    rfc3339(before_ms),
+                    if done.pruned > 0 { format!("; {} archived rows deleted", done.pruned) } else { String::new() }
+                ),
+            };
+            Ok(Output::new(text, serde_json::to_value(&done)?))
+        }
+        AuditCommand::Verify { heads, grace_secs, archive } => {
             let heads = match &heads {
                 Some(path) => read_heads(path)?,
                 None => Vec::new(),
@@ -71,6 +135,20 @@ pub async fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<Output, CliError> {
             // a long walk must not age rows a running server is about to seal.
             let now = ctx.now_ms();
             let v = verified(ctx, store.as_ref(), keystore.as_ref(), &heads).await?;
+            let segments = match (&archive, &keystore) {
+                (Some(dir), Some(k)) => Some(
+                    audit::archive::check(store.as_ref(), k, dir)
+                        .await
+                        .map_err(|e| CliError { message: format!("archive broken: {e}"), code: 3 })?,
+                ),
+                (Some(_), None) => {
+                    return Err(CliError {
+                        message: "the archive is checked with the token: make it available".into(),
+                        code: 2,
+                    })
+                }
+                _ => None,
+            };
             let json = |v: &audit::Verification| serde_json::to_string(v).map_err(CliError::from);
             if let Some(b) = &v.broken {
                 let message = if ctx.json {
@@ -80,10 +158,22 @@ pub async fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<Output, CliError> {
                 };
                 return Err(CliError { message, code: 3 });
             }
+            let mut text = verified_text(&v, now);
+            let mut document = serde_json::to_value(&v)?;
+            if let Some(c) = &segments {
+                text.push_str(&format!(
+                    "\narchive intact: {} segments, {} rows, {} seals checked by the token, {} time-stamps",
+                    c.segments, c.rows, c.seals, c.timestamps
+                ));
+                if !c.unknown_files.is_empty() {
+                    text.push_str(&format!("; files no archive record names: {}", c.unknown_files.join(", ")));
+                }
+                document["archive"] = serde_json::to_value(c)?;
+            }
             match unvouched(&v, now, grace_secs) {
-                None => Ok(Output::new(verified_text(&v, now), serde_json::to_value(&v)?)),
+                None => Ok(Output::new(text, document)),
                 Some(why) => Err(CliError {
-                    message: if ctx.json { json(&v)? } else { format!("{}\n{why}", verified_text(&v, now)) },
+                    message: if ctx.json { document.to_string() } else { format!("{text}\n{why}") },
                     code: 5,
                 }),
             }
@@ -155,11 +245,13 @@ pub async fn run(ctx: &Ctx, cmd: AuditCommand) -> Result<Output, CliError> {
     }
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+/// `--before`: a date (midnight in Japan) or an RFC 3339 time, as Unix ms.
+fn before_time(text: &str) -> Result<i64, CliError> {
+    let full = if text.len() == 10 { format!("{text}T00:00:00+09:00") } else { text.to_owned() };
+    crate::verify::time::parse(&full).map(|(t, _)| crate::clock::unix_ms(t)).ok_or_else(|| CliError {
+        message: format!("--before {text:?}: give a date (2026-01-31) or an RFC 3339 time (2026-01-31T00:00:00+09:00)"),
+        code: 2,
+    })
 }
 
 /// A seal as exported: `{"seq", "hash", "prev", "mac", "at"}` (hex, RFC 3339).
@@ -241,10 +333,11 @@ pub(super) async fn verified(
     let mut v = audit::verify(store, keystore, &token, heads).await?;
     if v.broken.is_none() {
         let anchors = tsa_anchors(ctx);
-        match audit::stamp::prove(store, anchors.as_deref(), v.rows).await? {
+        let base = v.archived_through.unwrap_or(0);
+        match audit::stamp::prove(store, anchors.as_deref(), (base, base + v.rows)).await? {
             Ok(proof) => v.time = Some(proof).filter(|p| p.timestamps > 0),
             Err(broken) => {
-                v.rows = v.rows.min(broken.seq - 1);
+                v.rows = v.rows.min(broken.seq - 1 - base);
                 v.broken = Some(broken);
             }
         }
@@ -278,6 +371,9 @@ fn unvouched(v: &audit::Verification, now: i64, grace_secs: u64) -> Option<Strin
 
 pub(super) fn verified_text(v: &audit::Verification, now: i64) -> String {
     let mut text = format!("audit log intact: {} rows, hash chain verified", v.rows);
+    if let Some(a) = v.archived_through {
+        text.push_str(&format!(" (from row {}: rows through {a} are archived)", a + 1));
+    }
     match (v.sealed_through, v.seals_checked) {
         (Some(s), true) => text.push_str(&format!("; sealed through row {s} ({} seals checked by the token)", v.seals)),
         (Some(s), false) => text.push_str(&format!("; seals through row {s} NOT checked (no token)")),
@@ -312,14 +408,4 @@ pub(super) fn verified_text(v: &audit::Verification, now: i64) -> String {
         ));
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn hex_round_trip() {
-        assert_eq!(super::unhex(&super::hex(&[0, 1, 0xab, 0xff])), Some(vec![0, 1, 0xab, 0xff]));
-        assert_eq!(super::unhex("abc"), None);
-        assert_eq!(super::unhex("zz"), None);
-    }
 }

@@ -45,6 +45,23 @@ pub struct Config {
     pub verify: VerifyConfig,
     /// Logs (written to standard error; what is logged: `INKAN_LOG`).
     pub log: LogConfig,
+    /// The audit log's retention in the live store.
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: how long rows stay in the live store.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Days a row stays in the live store: `inkan audit archive` (without
+    /// `--before`) moves older sealed rows to segment files.
+    pub live_days: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { live_days: 400 }
+    }
 }
 
 /// `[log]`: how log lines are written. Which are written is the `INKAN_LOG`
@@ -727,6 +744,7 @@ impl Default for Config {
             tsa: TsaConfig::default(),
             verify: VerifyConfig::default(),
             log: LogConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }

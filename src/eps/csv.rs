@@ -38,7 +38,7 @@ pub fn check(csv: &[u8], kind: Kind) -> Result<String> {
             first.chars().take(16).collect::<String>()
         )));
     }
-    Ok(crate::keys::hex(&sha2::Sha256::digest(csv)))
+    Ok(crate::encoding::hex(&sha2::Sha256::digest(csv)))
 }
 
 /// Checks a PrescriptionId as a signing system sends it: 1 to 64 ASCII

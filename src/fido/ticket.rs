@@ -310,7 +310,7 @@ impl PcInfo {
             agent: agent.chars().take(200).collect(),
             system,
             at,
-            secret: crate::keys::hex(&secret),
+            secret: crate::encoding::hex(&secret),
         })
     }
 

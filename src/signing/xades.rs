@@ -302,7 +302,7 @@ fn random_ids(n: usize, free: impl Fn(&str, &str) -> bool) -> Result<Vec<String>
     while out.len() < n {
         let mut b = [0u8; 4];
         getrandom::fill(&mut b).map_err(Error::internal)?;
-        let h = crate::keys::hex(&b);
+        let h = crate::encoding::hex(&b);
         let id = format!("id{h}");
         if !out.contains(&id) && free(&id, &h) {
             out.push(id);
@@ -327,7 +327,7 @@ impl Ids {
         for i in 0..hex.len() {
             let mut bytes: [u8; 4] = random[i * 4..i * 4 + 4].try_into().map_err(Error::internal)?;
             loop {
-                let h = crate::keys::hex(&bytes);
+                let h = crate::encoding::hex(&bytes);
                 let id = format!("id{h}");
                 let clashes = taken.is_some_and(|t| t.iter().any(|taken| taken.starts_with(&id)));
                 if !clashes && !hex[..i].contains(&h) {

@@ -515,10 +515,10 @@ fn jpki_links_follow_renewed_cards() {
     let issuer = der::Encode::to_der(old.tbs_certificate().issuer()).expect("issuer");
     let csv = format!(
         "old_issuer,old_serial,new_certificate\n{},{},{}\n{},{},{}\n",
-        inkan::keys::hex(&issuer),
-        inkan::keys::hex(old.tbs_certificate().serial_number().as_bytes()),
+        inkan::encoding::hex(&issuer),
+        inkan::encoding::hex(old.tbs_certificate().serial_number().as_bytes()),
         base64ct::Base64::encode_string(&new),
-        inkan::keys::hex(&issuer),
+        inkan::encoding::hex(&issuer),
         "0badbeef",
         base64ct::Base64::encode_string(&new),
     );

@@ -122,7 +122,7 @@ fn config_example_explains_every_setting_and_check_shows_what_is_in_effect() {
         assert!(example.contains(&format!("# env: {var}\n")), "{var}");
     }
     let described = env.json(&["config", "example"]);
-    assert_eq!(described["settings"].as_object().map(|m| m.len()), Some(83));
+    assert_eq!(described["settings"].as_object().map(|m| m.len()), Some(84));
     assert!(described["settings"]["limits.connections"]["explanation"]
         .as_str()
         .is_some_and(|e| e.contains("listener")));
@@ -396,4 +396,92 @@ fn a_backup_taken_under_signing_load_restores_elsewhere_signs_and_verifies() {
     assert!(again["files"].as_array().is_some_and(|f| f.len() >= 3));
     env.run_with(&["restore", s(&out)], &[("INKAN_DATA_DIR", s(&third))]);
     assert!(third.join("inkan.db").exists());
+}
+
+#[test]
+fn old_audit_rows_move_to_sealed_segments_that_verify_and_every_tampering_is_caught() {
+    let env = Env::new();
+    env.user_with_key("100001", "rsa2048");
+    env.ok(&["hpki", "map", "100001", s(&fixture("holders/hpki-doctor.pem"))]);
+    let client = register_client(&env);
+    let server = Server::start(&env, &[]);
+    let access = login(&server, &client, "hpki-doctor", "hpki")["access_token"].as_str().expect("a").to_owned();
+    let sign = || {
+        let body = json!({ "hashes": [Base64::encode_string(&[5u8; 32])] });
+        let r = Client::new().post_json(&server.url("/api/v1/sign-hashes"), &access, &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    for _ in 0..5 {
+        sign();
+    }
+    for i in 0..3 {
+        env.add_user(&format!("20000{i}"), "pharmacist");
+    }
+    let dir = env.path("audit-archive");
+    // Sealed now (a running server seals within a second): the rows up to
+    // the seal before the token's last one can go.
+    env.ok(&["audit", "seal"]);
+    let before = env.audit_rows();
+
+    // While the server signs and seals: the first segment.
+    let first = env.json(&["audit", "archive", "--out", s(&dir), "--before", "2100-01-01"]);
+    let one = first["archived"]["seq"].as_i64().expect("a segment");
+    assert_eq!(first["archived"]["first"], 1);
+    assert_eq!(first["rows"], one);
+    assert_eq!(first["pruned"].as_u64(), Some(one as u64), "its rows left the live store");
+    sign();
+    let v = env.json(&["audit", "verify"]);
+    assert_eq!(v["archived_through"], one);
+    assert_eq!(v["rows"].as_i64().expect("rows") + one, before + 2, "the live chain goes on from the segment");
+    // A second segment links to the first.
+    env.add_user("300001", "doctor");
+    env.ok(&["audit", "seal"]);
+    let second = env.json(&["audit", "archive", "--out", s(&dir), "--before", "2100-01-01"]);
+    let two = second["archived"]["seq"].as_i64().expect("a second segment");
+    assert_eq!(second["archived"]["first"].as_i64(), Some(one + 1));
+    let checked = env.json(&["audit", "verify", "--archive", s(&dir)]);
+    assert_eq!(checked["archive"]["segments"], 2);
+    assert_eq!(checked["archive"]["rows"].as_i64(), Some(two));
+    assert!(checked["archive"]["seals"].as_u64().is_some_and(|n| n >= 2), "{checked}");
+    // Nothing older than --before: nothing archived, nothing changed.
+    let none = env.json(&["audit", "archive", "--out", s(&dir), "--before", "2000-01-01"]);
+    assert!(none["archived"].is_null());
+
+    // A flipped byte in a segment, a missing segment: caught by name.
+    let files: Vec<std::path::PathBuf> = {
+        let mut f: Vec<_> = std::fs::read_dir(&dir).expect("dir").map(|e| e.expect("e").path()).collect();
+        f.sort();
+        f
+    };
+    assert_eq!(files.len(), 2);
+    let original = std::fs::read(&files[0]).expect("segment");
+    let mut flipped = original.clone();
+    let at = original.windows(9).position(|w| w == b"user.add\"").expect("a row") + 2;
+    flipped[at] ^= 0x01;
+    std::fs::write(&files[0], &flipped).expect("flip");
+    let run = env.run(&["audit", "verify", "--archive", s(&dir)]);
+    assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("archive broken: segment audit-000000000001-"), "{}", run.stderr);
+    std::fs::write(&files[0], &original).expect("put back");
+    std::fs::remove_file(&files[1]).expect("remove");
+    let run = env.run(&["audit", "verify", "--archive", s(&dir)]);
+    assert_eq!(run.code, 3);
+    assert!(run.stderr.contains("is missing from"), "{}", run.stderr);
+
+    // The live store still refuses to delete a row that is not archived, and
+    // a forged archive record (to delete rows under it) is caught.
+    let live = two + 1;
+    assert!(env.sql(&format!("DELETE FROM audit WHERE seq = {live}")).is_err(), "live rows are append-only");
+    let forged = format!(
+        "INSERT INTO audit_archive (first, seq, hash, seal_mac, segment, file, at, prev_mac, mac) \
+         SELECT {first}, seq, hash, x'00', x'00', 'forged', 0, x'', x'00' FROM audit WHERE seq = {live}; \
+         DELETE FROM audit WHERE seq = {live}",
+        first = two + 1
+    );
+    let forged =
+        if env.on_postgres() { forged.replace("x''", "''::bytea").replace("x'00'", "'\\x00'::bytea") } else { forged };
+    env.sql(&forged).expect("an attacker with the database's keys");
+    let run = env.run(&["audit", "verify"]);
+    assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("was not made by this token's seal key"), "{}", run.stderr);
 }

@@ -242,7 +242,7 @@ fn prescriptions_and_dispensing_records_signed_in_every_mode_pass_xmlsec1_and_si
         .collect();
     let csv_sha256 = {
         use sha2::Digest;
-        inkan::keys::hex(&sha2::Sha256::digest(CSV.as_bytes()))
+        inkan::encoding::hex(&sha2::Sha256::digest(CSV.as_bytes()))
     };
     assert!(details.iter().any(|d| d["kind"] == "dispensing" && d["dispensing_id"] == "dx-1"), "{details:?}");
     assert!(

@@ -7,7 +7,7 @@ use tokio_postgres::Row as PgRow;
 
 use super::row::get;
 use super::PgTx;
-use crate::audit::{AuditStore, ChainedRow, Row, Seal, TimeStamp};
+use crate::audit::{Archived, AuditStore, ChainedRow, Row, Seal, TimeStamp};
 use crate::storage::StoreError;
 
 /// Reads `seq, at, actor, event, user_id, generation, digest, outcome, detail` (in that order).
@@ -22,6 +22,21 @@ fn row(r: &PgRow) -> Result<Row, StoreError> {
         digest: get(r, 6)?,
         outcome: get(r, 7)?,
         detail: get(r, 8)?,
+    })
+}
+
+/// Reads `first, seq, hash, seal_mac, segment, file, at, prev_mac, mac`.
+fn archived(r: &PgRow) -> Result<Archived, StoreError> {
+    Ok(Archived {
+        first: get(r, 0)?,
+        seq: get(r, 1)?,
+        hash: get(r, 2)?,
+        seal_mac: get(r, 3)?,
+        segment: get(r, 4)?,
+        file: get(r, 5)?,
+        at: get(r, 6)?,
+        prev_mac: get(r, 7)?,
+        mac: get(r, 8)?,
     })
 }
 
@@ -185,6 +200,51 @@ impl AuditStore for PgTx {
         rows.first()
             .map(|r| Ok(TimeStamp { seq: get(r, 0)?, hash: get(r, 1)?, token: get(r, 2)?, at: get(r, 3)? }))
             .transpose()
+    }
+
+    async fn audit_archived(&mut self) -> Result<Option<Archived>, StoreError> {
+        let r = self
+            .row(
+                "SELECT first, seq, hash, seal_mac, segment, file, at, prev_mac, mac FROM audit_archive
+                 ORDER BY seq DESC LIMIT 1",
+                &[],
+            )
+            .await?;
+        r.as_ref().map(archived).transpose()
+    }
+
+    async fn audit_archives(&mut self) -> Result<Vec<Archived>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT first, seq, hash, seal_mac, segment, file, at, prev_mac, mac FROM audit_archive ORDER BY seq",
+                &[],
+            )
+            .await?;
+        rows.iter().map(archived).collect()
+    }
+
+    async fn insert_audit_archive(&mut self, a: &Archived) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO audit_archive (first, seq, hash, seal_mac, segment, file, at, prev_mac, mac)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[&a.first, &a.seq, &a.hash, &a.seal_mac, &a.segment, &a.file, &a.at, &a.prev_mac, &a.mac],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn prune_audit(&mut self, through: i64, limit: usize) -> Result<usize, StoreError> {
+        let limit = limit as i64;
+        let upto = self
+            .row(
+                "SELECT max(seq) FROM (SELECT seq FROM audit WHERE seq <= $1 ORDER BY seq LIMIT $2) s",
+                &[&through, &limit],
+            )
+            .await?;
+        let Some(upto) = upto.map(|r| get::<Option<i64>>(&r, 0)).transpose()?.flatten() else { return Ok(0) };
+        self.exec("DELETE FROM audit_seals WHERE seq <= $1", &[&upto]).await?;
+        self.exec("DELETE FROM audit_timestamps WHERE seq <= $1", &[&upto]).await?;
+        Ok(self.exec("DELETE FROM audit WHERE seq <= $1", &[&upto]).await? as usize)
     }
 
     async fn audit_tail(&mut self, user_id: Option<&str>, limit: i64) -> Result<Vec<Row>, StoreError> {

@@ -307,6 +307,47 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_timestamps_append_only_delete BEFORE DELETE ON audit_timestamps
         FOR EACH ROW EXECUTE FUNCTION inkan_audit_append_only();
     "#,
+    // 10: archived segments of the audit chain (`inkan audit archive`): the
+    // rows through `seq` moved out to a segment file whose SHA-256 is kept,
+    // the record MACed by the token's seal key and chained to the one
+    // before; the live chain goes on from `hash`. Rows, seals and
+    // time-stamps may be deleted through the last archived row only.
+    r#"
+    CREATE TABLE audit_archive (
+        seq      BIGINT PRIMARY KEY,
+        first    BIGINT NOT NULL,
+        hash     BYTEA NOT NULL,
+        seal_mac BYTEA NOT NULL,
+        segment  BYTEA NOT NULL,
+        file     TEXT NOT NULL,
+        at       BIGINT NOT NULL,
+        prev_mac BYTEA NOT NULL,
+        mac      BYTEA NOT NULL
+    );
+    CREATE TRIGGER audit_archive_append_only_update BEFORE UPDATE ON audit_archive
+        FOR EACH ROW EXECUTE FUNCTION inkan_audit_append_only();
+    CREATE TRIGGER audit_archive_append_only_delete BEFORE DELETE ON audit_archive
+        FOR EACH ROW EXECUTE FUNCTION inkan_audit_append_only();
+    CREATE TRIGGER audit_archive_append_only_truncate BEFORE TRUNCATE ON audit_archive
+        FOR EACH STATEMENT EXECUTE FUNCTION inkan_audit_append_only();
+    CREATE FUNCTION inkan_audit_archived_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF OLD.seq > (SELECT coalesce(max(seq), 0) FROM audit_archive) THEN
+                RAISE EXCEPTION 'the audit log is append-only';
+            END IF;
+            RETURN OLD;
+        END
+    $$;
+    DROP TRIGGER audit_append_only_delete ON audit;
+    CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
+        FOR EACH ROW EXECUTE FUNCTION inkan_audit_archived_only();
+    DROP TRIGGER audit_seals_append_only_delete ON audit_seals;
+    CREATE TRIGGER audit_seals_append_only_delete BEFORE DELETE ON audit_seals
+        FOR EACH ROW EXECUTE FUNCTION inkan_audit_archived_only();
+    DROP TRIGGER audit_timestamps_append_only_delete ON audit_timestamps;
+    CREATE TRIGGER audit_timestamps_append_only_delete BEFORE DELETE ON audit_timestamps
+        FOR EACH ROW EXECUTE FUNCTION inkan_audit_archived_only();
+    "#,
 ];
 
 /// Applies the missing migrations in one transaction, under an advisory lock:

@@ -1,5 +1,5 @@
-//! The audit log's rows and head. Triggers (migration 1) refuse `UPDATE` and
-//! `DELETE` on the rows.
+//! The audit log's rows and head. Triggers refuse `UPDATE` and `DELETE` on
+//! the rows (migration 1), but for the deletion of archived ones (10).
 
 use std::ops::DerefMut;
 
@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
 use super::{optional, SqliteTx};
-use crate::audit::{AuditStore, ChainedRow, Row, Seal, TimeStamp};
+use crate::audit::{Archived, AuditStore, ChainedRow, Row, Seal, TimeStamp};
 use crate::storage::StoreError;
 
 /// Reads `seq, at, actor, event, user_id, generation, digest, outcome, detail` (in that order).
@@ -22,6 +22,21 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         digest: r.get(6)?,
         outcome: r.get(7)?,
         detail: r.get(8)?,
+    })
+}
+
+/// Reads `first, seq, hash, seal_mac, segment, file, at, prev_mac, mac`.
+fn archived(r: &rusqlite::Row<'_>) -> rusqlite::Result<Archived> {
+    Ok(Archived {
+        first: r.get(0)?,
+        seq: r.get(1)?,
+        hash: r.get(2)?,
+        seal_mac: r.get(3)?,
+        segment: r.get(4)?,
+        file: r.get(5)?,
+        at: r.get(6)?,
+        prev_mac: r.get(7)?,
+        mac: r.get(8)?,
     })
 }
 
@@ -131,6 +146,42 @@ impl<C: DerefMut<Target = Connection> + Send> AuditStore for SqliteTx<C> {
         optional(
             stmt.query_row([], |r| Ok(TimeStamp { seq: r.get(0)?, hash: r.get(1)?, token: r.get(2)?, at: r.get(3)? })),
         )
+    }
+
+    async fn audit_archived(&mut self) -> Result<Option<Archived>, StoreError> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT first, seq, hash, seal_mac, segment, file, at, prev_mac, mac FROM audit_archive ORDER BY seq DESC LIMIT 1",
+        )?;
+        optional(stmt.query_row([], archived))
+    }
+
+    async fn audit_archives(&mut self) -> Result<Vec<Archived>, StoreError> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT first, seq, hash, seal_mac, segment, file, at, prev_mac, mac FROM audit_archive ORDER BY seq",
+        )?;
+        let all = stmt.query_map([], archived)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(all)
+    }
+
+    async fn insert_audit_archive(&mut self, a: &Archived) -> Result<(), StoreError> {
+        self.writing()?
+            .prepare_cached(
+                "INSERT INTO audit_archive (first, seq, hash, seal_mac, segment, file, at, prev_mac, mac)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![a.first, a.seq, a.hash, a.seal_mac, a.segment, a.file, a.at, a.prev_mac, a.mac])?;
+        Ok(())
+    }
+
+    async fn prune_audit(&mut self, through: i64, limit: usize) -> Result<usize, StoreError> {
+        let conn = self.writing()?;
+        let upto: Option<i64> = conn
+            .prepare_cached("SELECT max(seq) FROM (SELECT seq FROM audit WHERE seq <= ?1 ORDER BY seq LIMIT ?2)")?
+            .query_row(params![through, limit as i64], |r| r.get(0))?;
+        let Some(upto) = upto else { return Ok(0) };
+        conn.prepare_cached("DELETE FROM audit_seals WHERE seq <= ?1")?.execute([upto])?;
+        conn.prepare_cached("DELETE FROM audit_timestamps WHERE seq <= ?1")?.execute([upto])?;
+        Ok(conn.prepare_cached("DELETE FROM audit WHERE seq <= ?1")?.execute([upto])?)
     }
 
     async fn audit_tail(&mut self, user_id: Option<&str>, limit: i64) -> Result<Vec<Row>, StoreError> {

@@ -267,6 +267,40 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_timestamps_append_only_delete BEFORE DELETE ON audit_timestamps
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     "#,
+    // 10: archived segments of the audit chain (`inkan audit archive`): the
+    // rows through `seq` moved out to a segment file whose SHA-256 is kept,
+    // the record MACed by the token's seal key and chained to the one
+    // before; the live chain goes on from `hash`. Rows, seals and
+    // time-stamps may be deleted through the last archived row only.
+    r#"
+    CREATE TABLE audit_archive (
+        seq      INTEGER PRIMARY KEY,
+        first    INTEGER NOT NULL,
+        hash     BLOB NOT NULL,
+        seal_mac BLOB NOT NULL,
+        segment  BLOB NOT NULL,
+        file     TEXT NOT NULL,
+        at       INTEGER NOT NULL,
+        prev_mac BLOB NOT NULL,
+        mac      BLOB NOT NULL
+    ) STRICT;
+    CREATE TRIGGER audit_archive_append_only_update BEFORE UPDATE ON audit_archive
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_archive_append_only_delete BEFORE DELETE ON audit_archive
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    DROP TRIGGER audit_append_only_delete;
+    CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
+        WHEN old.seq > (SELECT coalesce(max(seq), 0) FROM audit_archive)
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    DROP TRIGGER audit_seals_append_only_delete;
+    CREATE TRIGGER audit_seals_append_only_delete BEFORE DELETE ON audit_seals
+        WHEN old.seq > (SELECT coalesce(max(seq), 0) FROM audit_archive)
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    DROP TRIGGER audit_timestamps_append_only_delete;
+    CREATE TRIGGER audit_timestamps_append_only_delete BEFORE DELETE ON audit_timestamps
+        WHEN old.seq > (SELECT coalesce(max(seq), 0) FROM audit_archive)
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    "#,
 ];
 
 /// Applies the missing migrations, each in its own transaction.
