@@ -57,7 +57,7 @@ async fn rotate(ctx: &Ctx) -> Result<Output, CliError> {
         return Err(CliError {
             message: "a KEK rotation needs trusted KEKs: keys under a strict KEK (the default) can never be \
                       wrapped again. On a token that keeps CKA_TRUSTED for its security officer (an HSM), set \
-                      [token] kek = \"trusted\" (INKAN_TOKEN_KEK=trusted); see the README, \"Keys kept outside the \
+                      [token] kek = \"trusted\" (INKAN_TOKEN_KEK=trusted); see docs/operating.md, \"Keys kept outside the \
                       token\". With strict KEKs, replace a KEK by rotating every user's key: \
                       inkan key rotate --all --csr-dir DIR"
                 .into(),

@@ -245,7 +245,7 @@ mod tests {
             let parsed: Result<Config, _> = table.try_into();
             assert!(parsed.is_ok(), "{}: {:?}", setting.var(), parsed.err());
         }
-        assert_eq!(SETTINGS.len(), 84, "the README promises an override for each of the 84 settings");
+        assert_eq!(SETTINGS.len(), 84, "docs/configuration.md promises an override for each of the 84 settings");
     }
 
     #[test]

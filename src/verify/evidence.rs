@@ -2,7 +2,7 @@
 //! (with those configured), the signer's path at the signature's proven
 //! time with revocation, and time-stamps as proof of time.
 //!
-//! The rules (README, "Validation"):
+//! The rules (docs/signatures.md, "Validation"):
 //! - anchors are pinned: a self-signed certificate inside the file is never one;
 //! - a path's certificates are valid at the time checked; for the signer
 //!   that is the best signature time (the earliest time-stamp that is

@@ -5,7 +5,9 @@
 //!   domain operation per request);
 //! - no import cycle between modules (at the depth of files and of the
 //!   modules they contain);
-//! - the README names every setting's environment override.
+//! - the configuration page names every setting's environment override;
+//! - the README is a front door that links every page of `docs/`, and no
+//!   link in the documentation is dead (files and anchors).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -211,10 +213,107 @@ fn no_module_imports_a_module_that_imports_it() {
 }
 
 #[test]
-fn the_readme_names_every_environment_override() {
-    let readme = std::fs::read_to_string(root().join("README.md")).expect("README");
+fn the_configuration_page_names_every_environment_override() {
+    let page = std::fs::read_to_string(root().join("docs/configuration.md")).expect("docs/configuration.md");
     for setting in inkan::config::env::SETTINGS {
         let var = setting.var();
-        assert!(readme.contains(&var), "README.md does not name {var}");
+        assert!(page.contains(&var), "docs/configuration.md does not name {var}");
     }
+}
+
+/// A heading's anchor as GitHub makes it: lower case, punctuation dropped
+/// (but `-` and `_`), spaces as `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of a Markdown file's headings (outside code blocks).
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut fenced = false;
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            out.insert(anchor(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
+
+/// The targets of a Markdown file's inline links `](target)`, outside code blocks.
+fn links(text: &str) -> Vec<String> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(at) = rest.find("](") {
+            let after = &rest[at + 2..];
+            let Some(end) = after.find(')') else { break };
+            out.push(after[..end].to_owned());
+            rest = &after[end..];
+        }
+    }
+    out
+}
+
+#[test]
+fn the_readme_is_a_front_door_and_no_link_in_the_documentation_is_dead() {
+    let root = root();
+    let mut pages: Vec<PathBuf> = vec![root.join("README.md"), root.join("CHANGELOG.md")];
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    assert!(docs.len() >= 7, "the pages of docs/");
+    pages.extend(docs.iter().cloned());
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+    assert!(readme.lines().count() <= 400, "the README is a front door: a few hundred lines at most");
+    for doc in &docs {
+        let name = doc.file_name().and_then(|n| n.to_str()).expect("name");
+        assert!(readme.contains(&format!("](docs/{name})")), "the README does not link docs/{name}");
+    }
+    let mut checked = 0;
+    for page in &pages {
+        let text = std::fs::read_to_string(page).expect("page");
+        for target in links(&text) {
+            if target.starts_with("http://") || target.starts_with("https://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let (file, fragment) = target.split_once('#').unwrap_or((&target, ""));
+            let file = if file.is_empty() { page.clone() } else { page.parent().expect("dir").join(file) };
+            assert!(file.exists(), "{}: the link ({target}) names a file that does not exist", page.display());
+            if !fragment.is_empty() {
+                let text = std::fs::read_to_string(&file).expect("target");
+                assert!(
+                    anchors(&text).contains(fragment),
+                    "{}: the link ({target}) names no heading of {}",
+                    page.display(),
+                    file.display()
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "links checked: {checked}");
+    assert_eq!(
+        anchor("KEK rotation: strict or trusted KEKs (`[token] kek`)"),
+        "kek-rotation-strict-or-trusted-keks-token-kek"
+    );
+    assert_eq!(anchor(" Phones (FIDO2)"), "phones-fido2");
 }
