@@ -86,15 +86,15 @@ pub fn init_token(config: &Config) -> Result<Initialised> {
         inkan_keystore::init_token(&config.token.module, &config.token.label, &so_pin, &user_pin, lock.as_deref())
             .map_err(|e| Error::Unavailable(format!("cannot set up the token {:?}: {e}", config.token.label)))?;
     // The PINs file appears once the token has its PINs.
+    let configured = source == crate::config::secrets::PinSource::Configured;
     crate::config::secrets::settle_pins(&config.pins_path(), source).map_err(|e| Error::Unavailable(e.0))?;
+    let pins =
+        if configured { "PINs as configured".to_owned() } else { format!("PINs in {}", config.pins_path().display()) };
     steps.push(match token {
-        TokenInit::Created => {
-            format!("token {:?} created (PINs in {})", config.token.label, config.pins_path().display())
-        }
+        TokenInit::Created => format!("token {:?} created ({pins})", config.token.label),
         TokenInit::Finished => format!(
-            "token {:?} finished: an earlier init was stopped before its user PIN was set (PINs in {})",
-            config.token.label,
-            config.pins_path().display()
+            "token {:?} finished: an earlier init was stopped before its user PIN was set ({pins})",
+            config.token.label
         ),
         TokenInit::Existing => format!("token {:?} exists", config.token.label),
     });

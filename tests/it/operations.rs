@@ -485,3 +485,40 @@ fn old_audit_rows_move_to_sealed_segments_that_verify_and_every_tampering_is_cau
     assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("was not made by this token's seal key"), "{}", run.stderr);
 }
+
+/// A port free with the one after it (a listener and its card listener).
+fn free_pair() -> u16 {
+    loop {
+        let port = crate::http::free_port();
+        if port < 65000 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+#[test]
+fn the_two_node_recipe_runs_as_written() {
+    // deploy/two-nodes.sh, as a new operator runs it: PostgreSQL, the role
+    // and database, two nodes on one token, HAProxy in front; then a card
+    // login through the front door whose session signs on both nodes.
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = std::process::Command::new(root().join("deploy/two-nodes.sh"))
+        .arg("--check")
+        .arg(dir.path().join("recipe"))
+        .env("INKAN_BIN", env!("CARGO_BIN_EXE_inkan"))
+        .env("INKAN_RECIPE_PG_PORT", crate::http::free_port().to_string())
+        .env("INKAN_RECIPE_A_PORT", free_pair().to_string())
+        .env("INKAN_RECIPE_B_PORT", free_pair().to_string())
+        .env("INKAN_RECIPE_LB_PORT", free_pair().to_string())
+        .env_remove("INKAN_CONFIG")
+        .output()
+        .expect("deploy/two-nodes.sh");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the recipe failed:\n{said}");
+    for step in ["1. PostgreSQL", "2. the role and the database", "4. the token and the schema", "6. HAProxy"] {
+        assert!(said.contains(step), "{step} missing:\n{said}");
+    }
+    assert_eq!(said.matches("openssl cms -verify: ok").count(), 2, "{said}");
+    assert!(said.contains("check passed"), "{said}");
+    assert!(!said.contains("PINs in"), "the PINs stay in the environment:\n{said}");
+}
