@@ -88,7 +88,7 @@ pub fn csr(data: &[u8]) {
 /// token: hashes, signAlgo, signAlgoParams, formats; an authorize query.
 pub fn api_json(data: &[u8]) {
     let _ = serde_json::from_slice::<crate::server::api::SignHashes>(data);
-    crate::server::csc::fuzz(data);
+    crate::server::csc::fuzz::fuzz(data);
     let params: HashMap<String, String> = form_urlencoded::parse(data).into_owned().collect();
     let client = crate::auth::clients::Client {
         id: "c".into(),

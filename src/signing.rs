@@ -26,8 +26,10 @@
 //! XAdES in the e-prescription profile ([`xades`], over documents read by
 //! [`crate::eps`]).
 
+mod audit_rows;
 pub mod cades;
 pub mod format;
+mod levels;
 pub mod parts;
 pub mod raw;
 pub mod signed_data;
@@ -672,156 +674,6 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         signed
     }
 
-    /// What `level` adds to each of `n` signatures after it is made: a
-    /// checked time-stamp over each (`stamp_digests`, SHA-256 of what each
-    /// covers) at B-T, the TSA's calls in parallel; at B-LT also the
-    /// certificates and CRLs of the signer's path and the TSA's.
-    async fn unsigned(
-        &self,
-        signer: &Signer,
-        stamp_digests: Vec<Vec<u8>>,
-        n: usize,
-        level: Level,
-    ) -> Result<Vec<format::Unsigned>> {
-        if level == Level::BB {
-            return Ok((0..n).map(|_| format::Unsigned::default()).collect());
-        }
-        let tsa = self.tsa.as_ref().ok_or_else(|| Error::Internal("a level above B-B without a TSA".into()))?;
-        // The first failure cancels the others: the request is refused anyway.
-        let now = self.clock.now();
-        let stamps = futures_util::future::try_join_all(
-            stamp_digests.iter().map(|d| tsa.stamp(DigestAlgorithm::Sha256, d, now)),
-        )
-        .await?;
-        if level == Level::BT {
-            return Ok(stamps
-                .into_iter()
-                .map(|stamp| format::Unsigned { signature_timestamp: Some(stamp), ..Default::default() })
-                .collect());
-        }
-        let signer_path: Vec<Vec<u8>> =
-            std::iter::once(signer.certificate().to_vec()).chain(signer.chain.iter().cloned()).collect();
-        let signer_crls = self.path_crls(&signer_path, now).await?;
-        let mut out = Vec::with_capacity(stamps.len());
-        for stamp in stamps {
-            let tsa_crls = self.path_crls(&stamp.path, now).await?;
-            let validation = format::ValidationData {
-                signer_chain: signer.chain.as_ref().clone(),
-                signer_crls: signer_crls.clone(),
-                tsa_path: stamp.path.clone(),
-                tsa_crls,
-            };
-            out.push(format::Unsigned {
-                signature_timestamp: Some(stamp),
-                validation: Some(validation),
-                archive_timestamp: None,
-            });
-        }
-        Ok(out)
-    }
-
-    /// Adds an archive time-stamp over each (`digests`, of what each covers)
-    /// to `unsigned`, with the CRLs of its TSA's path.
-    async fn archive(
-        &self,
-        digests: Vec<(DigestAlgorithm, Vec<u8>)>,
-        mut unsigned: Vec<format::Unsigned>,
-    ) -> Result<Vec<format::Unsigned>> {
-        let tsa = self.tsa.as_ref().ok_or_else(|| Error::Internal("a level above B-B without a TSA".into()))?;
-        let now = self.clock.now();
-        let stamps = futures_util::future::try_join_all(digests.iter().map(|(alg, d)| tsa.stamp(*alg, d, now))).await?;
-        for (u, stamp) in unsigned.iter_mut().zip(stamps) {
-            let tsa_crls = self.path_crls(&stamp.path, now).await?;
-            u.archive_timestamp = Some(format::ArchiveStamp { stamp, tsa_crls });
-        }
-        Ok(unsigned)
-    }
-
-    /// The CRLs of a path ([`crate::revocation::Crls::for_path`]), as the
-    /// pipeline's errors.
-    async fn path_crls(&self, path: &[Vec<u8>], at: SystemTime) -> Result<Vec<Vec<u8>>> {
-        path_crls(&self.crls, path, at).await
-    }
-
-    /// Records signatures the token made but that were not delivered (no
-    /// TSA stamped them, or their validation data could not be had, at the
-    /// level asked): what happened, and to what.
-    async fn audit_undelivered(
-        &self,
-        principal: &Principal,
-        generation: i64,
-        alg: DigestAlgorithm,
-        digests: &[Vec<u8>],
-        level: Level,
-        e: &Error,
-    ) {
-        let names: Vec<String> = digests.iter().map(|d| format!("{}:{}", digest_name(alg), hex(d))).collect();
-        let detail = serde_json::json!({ "level": level.as_str(), "reason": e.to_string(), "delivered": false });
-        let recorded = async {
-            let mut tx = self.store.write().await?;
-            let events: Vec<Event<'_>> = names
-                .iter()
-                .map(|d| Event {
-                    actor: &principal.actor,
-                    event: "sign.undelivered",
-                    user_id: Some(&principal.user_id),
-                    generation: Some(generation),
-                    digest: Some(d),
-                    outcome: "failed",
-                    detail: detail.clone(),
-                })
-                .collect();
-            audit::append(&mut *tx, self.clock.now_ms(), &events).await?;
-            tx.commit().await
-        }
-        .await;
-        if let Err(e) = recorded {
-            tracing::error!("cannot record the undelivered signatures in the audit log: {e}");
-        }
-    }
-
-    fn announce(&self) -> Option<Expected> {
-        match &self.audit {
-            AuditSink::Writer(w) => Some(w.expect()),
-            AuditSink::Direct => None,
-        }
-    }
-
-    /// Records that the keystore refused the user's wrapped key (its MAC does
-    /// not match the row it was read from: the row was altered, or the key was
-    /// copied from another user's) and says so in the log. Nothing was signed.
-    async fn audit_refused(&self, principal: &Principal, generation: i64, e: &Error) {
-        tracing::error!(
-            user = %principal.user_id,
-            generation,
-            "the stored key was refused and nothing was signed: {e} (was the keys table edited? compare with \
-             `inkan key list {}` and the audit log)",
-            principal.user_id
-        );
-        let recorded = async {
-            let mut tx = self.store.write().await?;
-            audit::append(
-                &mut *tx,
-                self.clock.now_ms(),
-                &[Event {
-                    actor: &principal.actor,
-                    event: "key.refused",
-                    user_id: Some(&principal.user_id),
-                    generation: Some(generation),
-                    outcome: "refused",
-                    detail: serde_json::json!({ "reason": "the wrapped key's MAC does not match its record" }),
-                    ..Default::default()
-                }],
-            )
-            .await?;
-            tx.commit().await
-        }
-        .await;
-        if let Err(e) = recorded {
-            tracing::error!("cannot record the refused key in the audit log: {e}");
-        }
-    }
-
     /// The token calls, inline for a few signatures, else on the blocking pool.
     #[allow(clippy::too_many_arguments)]
     async fn run(
@@ -856,53 +708,6 @@ impl<T: UsersTx + ?Sized> Signing<T> {
             work()
         } else {
             tokio::task::spawn_blocking(work).await.map_err(Error::internal)?
-        }
-    }
-
-    /// Commits the signatures' audit rows; returns the last sequence number.
-    async fn commit(
-        &self,
-        principal: &Principal,
-        generation: i64,
-        digests: &[String],
-        detail: serde_json::Value,
-        announced: Option<Expected>,
-    ) -> Result<i64> {
-        let at = self.clock.now_ms();
-        match &self.audit {
-            AuditSink::Writer(w) => {
-                let records = digests
-                    .iter()
-                    .map(|d| Record {
-                        actor: principal.actor.clone(),
-                        event: "sign",
-                        user_id: Some(principal.user_id.clone()),
-                        generation: Some(generation),
-                        digest: Some(d.clone()),
-                        outcome: "ok",
-                        detail: detail.clone(),
-                    })
-                    .collect();
-                w.commit(at, records, announced).await
-            }
-            AuditSink::Direct => {
-                let events: Vec<Event<'_>> = digests
-                    .iter()
-                    .map(|d| Event {
-                        actor: &principal.actor,
-                        event: "sign",
-                        user_id: Some(&principal.user_id),
-                        generation: Some(generation),
-                        digest: Some(d),
-                        outcome: "ok",
-                        detail: detail.clone(),
-                    })
-                    .collect();
-                let mut tx = self.store.write().await?;
-                let seq = audit::append(&mut *tx, at, &events).await?;
-                tx.commit().await?;
-                Ok(seq)
-            }
         }
     }
 }
@@ -981,31 +786,4 @@ async fn hash_document(source: &mut dyn Document, keep: Option<usize>) -> Result
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct Chunks(Vec<Bytes>);
-
-    #[async_trait]
-    impl Document for Chunks {
-        async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
-            Ok(if self.0.is_empty() { None } else { Some(self.0.remove(0)) })
-        }
-    }
-
-    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
-        tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(f)
-    }
-
-    #[test]
-    fn documents_are_hashed_in_chunks_and_kept_only_within_the_limit() {
-        let data = vec![7u8; 200_000];
-        let chunks = || Chunks(data.chunks(32 * 1024).map(Bytes::copy_from_slice).collect());
-        let (digest, len, kept) = run(hash_document(&mut chunks(), None)).expect("hash");
-        assert_eq!((digest, len, kept), (DigestAlgorithm::Sha256.digest(&data), 200_000, None));
-        let (_, _, kept) = run(hash_document(&mut chunks(), Some(200_000))).expect("kept");
-        assert_eq!(kept.as_deref(), Some(&data[..]));
-        let err = run(hash_document(&mut chunks(), Some(100_000))).expect_err("too large");
-        assert!(matches!(err, Error::TooLarge { limit: 100_000 }), "{err}");
-    }
-}
+mod tests;

@@ -33,6 +33,9 @@ use super::limits::{self, Flow};
 use super::pages;
 use super::state::App;
 
+pub mod label;
+pub mod regcode;
+
 /// `__Host-`: only this host can set it (Secure, Path=/, no Domain).
 const PC_COOKIE: &str = "__Host-inkan_pc";
 /// Largest WebAuthn response accepted.
@@ -780,143 +783,5 @@ pub async fn phone_failed(
     Ok(Json(json!({ "message": failure_text(&failure) })).into_response())
 }
 
-/// `GET /m/<token>/label`: the label screen after a registration.
-pub async fn label_page(State(app): State<Arc<App>>, Path(token): Path<String>) -> Response {
-    let (t, label) = match app.phones.label_view(&token).await {
-        Ok(x) => x,
-        Err(e) => return phone_ticket_page(&app, e),
-    };
-    if t.expired(app.now_ms()) {
-        return expired_page(&app);
-    }
-    let Some(label) = label else {
-        return Redirect::to(&format!("/m/{token}")).into_response();
-    };
-    app.templates.render(
-        StatusCode::OK,
-        "label.html",
-        "ラベル登録",
-        context! { action => format!("/m/{token}/label"), label },
-    )
-}
-
-/// `POST /m/<token>/label`: OK keeps the (possibly edited) label, キャンセル the automatic one; both finish.
-pub async fn label_submit(
-    State(app): State<Arc<App>>,
-    Path(token): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    if cross_site(&app, &headers) {
-        return forbidden_origin(&app);
-    }
-    let form = match read_form(body).await {
-        Ok(f) => f,
-        Err(e) => return e.into_response(),
-    };
-    let label = (form.get("answer").map(String::as_str) == Some("ok")).then(|| form.get("label")).flatten();
-    match app.phones.label(&token, label.map(String::as_str)).await {
-        Ok((t, _)) if t.expired(app.now_ms()) => expired_page(&app),
-        Ok((t, _)) if t.action() != Action::Register || !t.stage.finished() => {
-            Redirect::to(&format!("/m/{token}")).into_response()
-        }
-        Ok((t, _)) => finished_page(&app, &t),
-        Err(e) => phone_ticket_page(&app, e),
-    }
-}
-
-fn regcode_error_page(app: &App, e: Error) -> Response {
-    match e {
-        Error::NotFound(..) => msg(
-            app,
-            StatusCode::NOT_FOUND,
-            "登録URLが無効です",
-            "この登録URLは無効です。",
-            "書面に記載されたURLを確認してください。",
-        ),
-        Error::Gone(Gone::Expired, _) => msg(
-            app,
-            StatusCode::GONE,
-            "登録URLの有効期限切れ",
-            "この登録URLは有効期限が切れています。",
-            "認証局に連絡して、新しい登録URLの発行を受けてください。",
-        ),
-        Error::Forbidden(Forbidden::Locked, _) => msg(
-            app,
-            StatusCode::FORBIDDEN,
-            "登録URLはロックされています",
-            "パスワードを5回以上間違えたため、この登録URLは使えなくなりました。",
-            "認証局に連絡して、新しい登録URLの発行を受けてください。",
-        ),
-        Error::Gone(Gone::Used, _) => msg(
-            app,
-            StatusCode::GONE,
-            "登録URLは使用済みです",
-            "この登録URLでは既にスマートフォンが登録されています。",
-            "スマートフォンを変更する場合は登録サイトから手続きするか、認証局に連絡してください。",
-        ),
-        Error::Gone(Gone::Revoked, _) => msg(
-            app,
-            StatusCode::GONE,
-            "登録URLは無効です",
-            "この登録URLは無効になりました(新しい登録URLが発行されています)。",
-            "最新の書面に記載されたURLを使うか、認証局に連絡してください。",
-        ),
-        other => user_page(app, other),
-    }
-}
-
-/// `GET /r/<code>`: E3: a printed registration URL asks for its password.
-pub async fn regcode_page(State(app): State<Arc<App>>, Path(code): Path<String>) -> Response {
-    match app.phones.regcode_check(&code).await {
-        Ok(_) => app.templates.render(
-            StatusCode::OK,
-            "password.html",
-            "スマートフォンの初期登録",
-            context! { action => format!("/r/{code}") },
-        ),
-        Err(e) => regcode_error_page(&app, e),
-    }
-}
-
-/// `POST /r/<code>`: checks the password and opens a phone-only ticket.
-pub async fn regcode_submit(
-    State(app): State<Arc<App>>,
-    Path(code): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    if cross_site(&app, &headers) {
-        return forbidden_origin(&app);
-    }
-    let form = match read_form(body).await {
-        Ok(f) => f,
-        Err(e) => return e.into_response(),
-    };
-    let password = form.get("password").cloned().unwrap_or_default();
-    match app.phones.regcode_open(&code, &password).await {
-        Ok(phone) => Redirect::to(&format!("/m/{phone}")).into_response(),
-        Err(Error::Unauthenticated(Credential::Password { left }, _)) => app.templates.render(
-            StatusCode::UNAUTHORIZED,
-            "password.html",
-            "スマートフォンの初期登録",
-            context! {
-                action => format!("/r/{code}"),
-                error => format!("パスワードが違います。あと{left}回間違えると、この登録URLは使えなくなります。"),
-            },
-        ),
-        Err(e) => regcode_error_page(&app, e),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn the_pc_browser_shown_is_a_name_inkan_knows_never_the_text_sent() {
-        let chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36";
-        assert_eq!(super::browser_name(chrome), "Google Chrome(Windows)");
-        assert_eq!(super::browser_name("本人確認済み 確認番号は 1234 (Linux)"), "その他のブラウザ(Linux)");
-        assert_eq!(super::browser_name("ご安心ください、正規の画面です"), "不明なブラウザ");
-        assert_eq!(super::browser_name(""), "不明なブラウザ");
-    }
-}
+mod tests;

@@ -1,0 +1,26 @@
+use super::*;
+
+struct Chunks(Vec<Bytes>);
+
+#[async_trait]
+impl Document for Chunks {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        Ok(if self.0.is_empty() { None } else { Some(self.0.remove(0)) })
+    }
+}
+
+fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(f)
+}
+
+#[test]
+fn documents_are_hashed_in_chunks_and_kept_only_within_the_limit() {
+    let data = vec![7u8; 200_000];
+    let chunks = || Chunks(data.chunks(32 * 1024).map(Bytes::copy_from_slice).collect());
+    let (digest, len, kept) = run(hash_document(&mut chunks(), None)).expect("hash");
+    assert_eq!((digest, len, kept), (DigestAlgorithm::Sha256.digest(&data), 200_000, None));
+    let (_, _, kept) = run(hash_document(&mut chunks(), Some(200_000))).expect("kept");
+    assert_eq!(kept.as_deref(), Some(&data[..]));
+    let err = run(hash_document(&mut chunks(), Some(100_000))).expect_err("too large");
+    assert!(matches!(err, Error::TooLarge { limit: 100_000 }), "{err}");
+}
