@@ -479,7 +479,7 @@ pub async fn record<T: crate::audit::AuditTx + ?Sized>(
         now_ms,
         &[crate::audit::Event {
             actor,
-            event: "signature.extend",
+            event: crate::audit::Name::SignatureExtend,
             user_id,
             generation: None,
             digest: Some(&extended.digest),

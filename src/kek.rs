@@ -261,17 +261,15 @@ async fn record_page<T: UsersTx + ?Sized>(
     let detail = serde_json::json!({ "to": to, "keys": moved });
     let mut events = Vec::new();
     if moved > 0 {
-        events.push(Event { actor, event: "kek.rewrap", outcome: "ok", detail, ..Default::default() });
+        events.push(Event { outcome: "ok", detail, ..Event::new(actor, crate::audit::Name::KekRewrap) });
     }
     for (user_id, generation, reason) in &refused {
         events.push(Event {
-            actor,
-            event: "key.refused",
             user_id: Some(user_id),
             generation: Some(*generation),
             outcome: "refused",
             detail: serde_json::json!({ "reason": reason, "during": "kek rotate" }),
-            ..Default::default()
+            ..Event::new(actor, crate::audit::Name::KeyRefused)
         });
     }
     if !events.is_empty() {
@@ -296,7 +294,7 @@ pub async fn record_created<T: UsersTx + ?Sized>(
     audit::append(
         &mut *tx,
         clock.now_ms(),
-        &[Event { actor, event: "kek.create", outcome: "ok", detail, ..Default::default() }],
+        &[Event { outcome: "ok", detail, ..Event::new(actor, crate::audit::Name::KekCreate) }],
     )
     .await?;
     Ok(tx.commit().await?)

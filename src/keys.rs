@@ -302,13 +302,18 @@ pub async fn generate_many<T: UsersTx + ?Sized>(
     let events: Vec<Event<'_>> = events_of
         .iter()
         .map(|(user_id, generation, detail)| Event {
-            actor,
-            event: if purpose == Purpose::Rotation { "key.rotate" } else { "key.generate" },
             user_id: Some(user_id),
             generation: Some(*generation),
             outcome: "ok",
             detail: detail.clone(),
-            ..Default::default()
+            ..Event::new(
+                actor,
+                if purpose == Purpose::Rotation {
+                    crate::audit::Name::KeyRotate
+                } else {
+                    crate::audit::Name::KeyGenerate
+                },
+            )
         })
         .collect();
     if !events.is_empty() {
@@ -500,8 +505,6 @@ pub async fn import_certificate<T: UsersTx + ?Sized>(
     }
     tx.activate_key(user_id, generation, &cert_der, now).await?;
     let mut events = vec![Event {
-        actor,
-        event: "key.activate",
         user_id: Some(user_id),
         generation: Some(generation),
         outcome: "ok",
@@ -514,17 +517,15 @@ pub async fn import_certificate<T: UsersTx + ?Sized>(
                 "nonconforming": warnings,
             })
         },
-        ..Default::default()
+        ..Event::new(actor, crate::audit::Name::KeyActivate)
     }];
     if let Some(old) = retired {
         events.push(Event {
-            actor,
-            event: "key.retire",
             user_id: Some(user_id),
             generation: Some(old),
             outcome: "ok",
             detail: serde_json::json!({ "reason": "superseded", "by_generation": generation }),
-            ..Default::default()
+            ..Event::new(actor, crate::audit::Name::KeyRetire)
         });
     }
     audit::append(&mut *tx, now, &events).await?;
@@ -559,13 +560,11 @@ pub async fn retire<T: UsersTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            actor,
-            event: "key.retire",
             user_id: Some(user_id),
             generation: Some(generation),
             outcome: "ok",
             detail: serde_json::json!({ "reason": "operator", "was": key.state.as_str() }),
-            ..Default::default()
+            ..Event::new(actor, crate::audit::Name::KeyRetire)
         }],
     )
     .await?;

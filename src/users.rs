@@ -290,12 +290,10 @@ pub async fn add<T: UsersTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            actor,
-            event: "user.add",
             user_id: Some(id),
             outcome: "ok",
             detail: serde_json::json!({ "name": user.name, "qualification": user.qualification }),
-            ..Default::default()
+            ..Event::new(actor, crate::audit::Name::UserAdd)
         }],
     )
     .await?;
@@ -433,12 +431,10 @@ pub async fn import<T: UsersTx + ?Sized>(
         let events: Vec<Event<'_>> = added
             .iter()
             .map(|u| Event {
-                actor,
-                event: "user.add",
                 user_id: Some(&u.id),
                 outcome: "ok",
                 detail: serde_json::json!({ "name": u.name, "qualification": u.qualification, "via": "import" }),
-                ..Default::default()
+                ..Event::new(actor, crate::audit::Name::UserAdd)
             })
             .collect();
         if !events.is_empty() {
@@ -470,12 +466,10 @@ pub async fn set_status<T: UsersTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            actor,
-            event: if enabled { "user.enable" } else { "user.disable" },
             user_id: Some(id),
             outcome: "ok",
             detail: serde_json::json!({}),
-            ..Default::default()
+            ..Event::new(actor, if enabled { crate::audit::Name::UserEnable } else { crate::audit::Name::UserDisable })
         }],
     )
     .await?;

@@ -293,8 +293,6 @@ pub async fn archive<T: AuditTx + ?Sized>(
         &mut *tx,
         now_ms,
         &[Event {
-            actor,
-            event: "audit.archive",
             outcome: "ok",
             detail: serde_json::json!({
                 "first": record.first,
@@ -302,7 +300,7 @@ pub async fn archive<T: AuditTx + ?Sized>(
                 "file": record.file,
                 "sha256": hex(&record.segment),
             }),
-            ..Default::default()
+            ..Event::new(actor, crate::audit::Name::AuditArchive)
         }],
     )
     .await?;

@@ -190,15 +190,12 @@ pub async fn clear_refusal<T: AuditTx + ?Sized>(
         &mut *tx,
         now,
         &[super::Event {
-            actor,
-            event: "audit.seal_refusal_cleared",
-            outcome: "ok",
             detail: serde_json::json!({
                 "seq": standing.seq,
                 "refused_at": crate::clock::rfc3339(standing.at),
                 "reason": standing.reason,
             }),
-            ..Default::default()
+            ..super::Event::new(actor, super::Name::AuditSealRefusalCleared)
         }],
     )
     .await?;

@@ -33,12 +33,12 @@ use crate::error::Error;
 use crate::storage::StoreError;
 
 /// An audit row owned by the queue.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Record {
     /// See [`Event::actor`].
     pub actor: String,
     /// See [`Event::event`].
-    pub event: &'static str,
+    pub event: crate::audit::Name,
     /// See [`Event::user_id`].
     pub user_id: Option<String>,
     /// See [`Event::generation`].
@@ -474,11 +474,12 @@ mod tests {
                 let (done, wait) = oneshot::channel();
                 let record = Record {
                     actor: "test".into(),
-                    event: "sign",
+                    event: crate::audit::Name::Sign,
                     digest: Some(format!("sha256:{i:064x}")),
                     outcome: "ok",
                     detail: serde_json::json!({ "i": i }),
-                    ..Record::default()
+                    user_id: None,
+                    generation: None,
                 };
                 writer.queue.push(Job { queued: Instant::now(), at: 0, records: vec![record], done }, None);
                 wait.blocking_recv().expect("answered").expect("committed");

@@ -210,12 +210,10 @@ pub async fn hpki_map<T: CardsTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            actor,
-            event: "hpki.map",
             user_id: Some(user_id),
             outcome: "ok",
             detail: serde_json::json!({ "subject": p.subject, "serial": pki::serial_hex(&p.cert) }),
-            ..Default::default()
+            ..Event::new(actor, crate::audit::Name::HpkiMap)
         }],
     )
     .await?;
@@ -241,12 +239,10 @@ pub async fn hpki_unmap<T: CardsTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            actor,
-            event: "hpki.unmap",
             user_id: Some(user_id),
             outcome: "ok",
             detail: serde_json::json!({ "serial": pki::serial_hex(&p.cert) }),
-            ..Default::default()
+            ..Event::new(actor, crate::audit::Name::HpkiUnmap)
         }],
     )
     .await?;
@@ -300,12 +296,10 @@ pub async fn hpki_map_subject<T: CardsTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            actor,
-            event: "hpki.map_subject",
             user_id: Some(user_id),
             outcome: "ok",
             detail: serde_json::json!({ "serialNumber": value }),
-            ..Default::default()
+            ..Event::new(actor, crate::audit::Name::HpkiMapSubject)
         }],
     )
     .await?;
@@ -342,12 +336,10 @@ pub async fn hpki_unmap_subject<T: CardsTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            actor,
-            event: "hpki.unmap_subject",
             user_id: Some(user_id),
             outcome: "ok",
             detail: serde_json::json!({ "serialNumber": value }),
-            ..Default::default()
+            ..Event::new(actor, crate::audit::Name::HpkiUnmapSubject)
         }],
     )
     .await?;
@@ -392,12 +384,10 @@ pub async fn jpki_link<T: CardsTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            actor,
-            event: "jpki.link",
             user_id: Some(user_id),
             outcome: "ok",
             detail: serde_json::json!({ "serial": pki::serial_hex(&p.cert) }),
-            ..Default::default()
+            ..Event::new(actor, crate::audit::Name::JpkiLink)
         }],
     )
     .await?;
@@ -428,12 +418,10 @@ pub async fn jpki_unlink<T: CardsTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            actor,
-            event: "jpki.unlink",
             user_id: Some(user_id),
             outcome: "ok",
             detail: serde_json::json!({ "links": n }),
-            ..Default::default()
+            ..Event::new(actor, crate::audit::Name::JpkiUnlink)
         }],
     )
     .await?;
@@ -565,12 +553,10 @@ async fn renew_line<T: CardsTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            actor,
-            event: "jpki.renew",
             user_id: Some(&user),
             outcome: "ok",
             detail: serde_json::json!({ "old_serial": serial_hex, "new_serial": pki::serial_hex(&p.cert) }),
-            ..Default::default()
+            ..Event::new(actor, crate::audit::Name::JpkiRenew)
         }],
     )
     .await?;

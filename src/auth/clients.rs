@@ -104,13 +104,7 @@ pub async fn add<T: ClientsTx + ?Sized>(
     audit::append(
         &mut *tx,
         now,
-        &[Event {
-            actor,
-            event: "client.add",
-            outcome: "ok",
-            detail: serde_json::json!({ "client_id": client.id, "name": client.name, "redirect_uris": client.redirect_uris }),
-            ..Default::default()
-        }],
+        &[Event { outcome: "ok", detail: serde_json::json!({ "client_id": client.id, "name": client.name, "redirect_uris": client.redirect_uris }), ..Event::new(actor, crate::audit::Name::ClientAdd) }],
     )
     .await?;
     tx.commit().await?;
@@ -159,11 +153,9 @@ pub async fn remove<T: ClientsTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            actor,
-            event: "client.remove",
             outcome: "ok",
             detail: serde_json::json!({ "client_id": id, "sessions_ended": ended }),
-            ..Default::default()
+            ..Event::new(actor, crate::audit::Name::ClientRemove)
         }],
     )
     .await?;

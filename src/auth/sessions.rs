@@ -155,14 +155,7 @@ pub async fn create<T: SessionsTx + ?Sized>(
     audit::append(
         &mut *tx,
         now,
-        &[Event {
-            actor: &format!("user:{user_id}"),
-            event: "session.open",
-            user_id: Some(user_id),
-            outcome: "ok",
-            detail: serde_json::json!({ "method": method.as_str(), "client_id": client_id, "expires_at": rfc3339(session.expires_at) }),
-            ..Default::default()
-        }],
+        &[Event { user_id: Some(user_id), outcome: "ok", detail: serde_json::json!({ "method": method.as_str(), "client_id": client_id, "expires_at": rfc3339(session.expires_at) }), ..Event::new(&format!("user:{user_id}"), crate::audit::Name::SessionOpen) }],
     )
     .await?;
     tx.commit().await?;
@@ -176,7 +169,8 @@ pub async fn revoke_token<T: SessionsTx + ?Sized>(
     actor: &str,
     token: &str,
 ) -> Result<bool> {
-    revoke_hash(store, now, actor, &super::token_hash(token), "session.logout", serde_json::json!({})).await
+    revoke_hash(store, now, actor, &super::token_hash(token), crate::audit::Name::SessionLogout, serde_json::json!({}))
+        .await
 }
 
 /// Ends one session by its token's hash, with an audit row `event` (and
@@ -186,19 +180,15 @@ async fn revoke_hash<T: SessionsTx + ?Sized>(
     now: i64,
     actor: &str,
     token_hash: &[u8],
-    event: &str,
+    event: crate::audit::Name,
     detail: serde_json::Value,
 ) -> Result<bool> {
     let mut tx = store.write().await?;
     let Some(user) = tx.delete_session(token_hash).await? else {
         return Ok(false);
     };
-    audit::append(
-        &mut *tx,
-        now,
-        &[Event { actor, event, user_id: Some(&user), outcome: "ok", detail, ..Default::default() }],
-    )
-    .await?;
+    audit::append(&mut *tx, now, &[Event { user_id: Some(&user), outcome: "ok", detail, ..Event::new(actor, event) }])
+        .await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -220,12 +210,10 @@ pub async fn revoke<T: SessionsTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            actor,
-            event: "session.revoke",
             user_id,
             outcome: "ok",
             detail: serde_json::json!({ "sessions": n, "method": method.map(Method::as_str) }),
-            ..Default::default()
+            ..Event::new(actor, crate::audit::Name::SessionRevoke)
         }],
     )
     .await?;
@@ -394,7 +382,16 @@ impl<T: SessionsTx + ?Sized> Sessions<T> {
     /// `reason` goes to the audit row.
     pub async fn end_by_hash(&self, actor: &str, token_hash: &[u8], reason: &str) -> Result<()> {
         let detail = serde_json::json!({ "sessions": 1, "reason": reason });
-        if revoke_hash(self.store.as_ref(), self.clock.now_ms(), actor, token_hash, "session.revoke", detail).await? {
+        if revoke_hash(
+            self.store.as_ref(),
+            self.clock.now_ms(),
+            actor,
+            token_hash,
+            crate::audit::Name::SessionRevoke,
+            detail,
+        )
+        .await?
+        {
             self.changed().await;
         }
         Ok(())

@@ -174,7 +174,7 @@ pub async fn install<X: DeviceStore + AuditStore + ?Sized>(
         last_used_at: None,
     })
     .await?;
-    let event = if old.is_some() { "fido.replace" } else { "fido.register" };
+    let event = if old.is_some() { crate::audit::Name::FidoReplace } else { crate::audit::Name::FidoRegister };
     let mut detail = serde_json::json!({ "credential_id": b64url(&credential_id), "label": label, "via": via });
     if let Some(old) = &old {
         detail["replaced_credential_id"] = b64url(&old.credential_id).into();
@@ -185,7 +185,7 @@ pub async fn install<X: DeviceStore + AuditStore + ?Sized>(
     audit::append(
         &mut *tx,
         now,
-        &[Event { actor, event, user_id: Some(user_id), outcome: "ok", detail, ..Default::default() }],
+        &[Event { user_id: Some(user_id), outcome: "ok", detail, ..Event::new(actor, event) }],
     )
     .await?;
     Ok(old.map(|d| d.credential_id))
@@ -229,12 +229,10 @@ pub async fn remove<T: DevicesTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            actor,
-            event: "fido.remove",
             user_id: Some(user_id),
             outcome: "ok",
             detail: serde_json::json!({ "credential_id": b64url(&device.credential_id), "sessions_revoked": sessions }),
-            ..Default::default()
+            ..Event::new(actor, crate::audit::Name::FidoRemove)
         }],
     )
     .await?;

@@ -209,12 +209,10 @@ pub async fn issue<T: RegcodesTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            actor,
-            event: "regcode.issue",
             user_id: Some(user_id),
             outcome: "ok",
             detail: serde_json::json!({ "expires_at": rfc3339(expires_at), "replaced": replaced }),
-            ..Default::default()
+            ..Event::new(actor, crate::audit::Name::RegcodeIssue)
         }],
     )
     .await?;
@@ -242,7 +240,7 @@ pub async fn revoke<T: RegcodesTx + ?Sized>(
     audit::append(
         &mut *tx,
         now,
-        &[Event { actor, event: "regcode.revoke", user_id: Some(user_id), outcome: "ok", ..Default::default() }],
+        &[Event { user_id: Some(user_id), outcome: "ok", ..Event::new(actor, crate::audit::Name::RegcodeRevoke) }],
     )
     .await?;
     tx.commit().await?;
@@ -350,12 +348,10 @@ pub async fn open<T: RegcodesTx + ?Sized>(
             &mut *tx,
             now,
             &[Event {
-                actor: &format!("user:{}", row.user_id),
-                event: "regcode.lock",
                 user_id: Some(&row.user_id),
                 outcome: "locked",
                 detail: serde_json::json!({ "failures": failures }),
-                ..Default::default()
+                ..Event::new(&format!("user:{}", row.user_id), crate::audit::Name::RegcodeLock)
             }],
         )
         .await?;

@@ -24,7 +24,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
                 .iter()
                 .map(|d| Event {
                     actor: &principal.actor,
-                    event: "sign.undelivered",
+                    event: crate::audit::Name::SignUndelivered,
                     user_id: Some(&principal.user_id),
                     generation: Some(generation),
                     digest: Some(d),
@@ -65,13 +65,11 @@ impl<T: UsersTx + ?Sized> Signing<T> {
                 &mut *tx,
                 self.clock.now_ms(),
                 &[Event {
-                    actor: &principal.actor,
-                    event: "key.refused",
                     user_id: Some(&principal.user_id),
                     generation: Some(generation),
                     outcome: "refused",
                     detail: serde_json::json!({ "reason": "the wrapped key's MAC does not match its record" }),
-                    ..Default::default()
+                    ..Event::new(&principal.actor, crate::audit::Name::KeyRefused)
                 }],
             )
             .await?;
@@ -99,7 +97,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
                     .iter()
                     .map(|d| Record {
                         actor: principal.actor.clone(),
-                        event: "sign",
+                        event: crate::audit::Name::Sign,
                         user_id: Some(principal.user_id.clone()),
                         generation: Some(generation),
                         digest: Some(d.clone()),
@@ -114,7 +112,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
                     .iter()
                     .map(|d| Event {
                         actor: &principal.actor,
-                        event: "sign",
+                        event: crate::audit::Name::Sign,
                         user_id: Some(&principal.user_id),
                         generation: Some(generation),
                         digest: Some(d),

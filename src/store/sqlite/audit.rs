@@ -201,8 +201,9 @@ mod tests {
     use crate::store::sqlite::tests::{run, store};
     use crate::store::Store;
 
-    fn ev(event: &str) -> Event<'_> {
-        Event { actor: "test", event, outcome: "ok", detail: serde_json::json!({}), ..Default::default() }
+    /// An event whose detail names it (`a`, `b`, ...).
+    fn ev(name: &str) -> Event<'static> {
+        Event { detail: serde_json::json!({ "n": name }), ..Event::new("test", audit::Name::UserAdd) }
     }
 
     async fn append(store: &dyn Store, events: &[Event<'_>]) {
