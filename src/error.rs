@@ -174,7 +174,7 @@ impl From<StoreError> for Error {
 
 impl From<inkan_keystore::Error> for Error {
     fn from(e: inkan_keystore::Error) -> Self {
-        use inkan_keystore::Error as K;
+        use inkan_keystore::{Error as K, ReturnValue};
         match e {
             K::TokenUnavailable { .. } | K::PoolExhausted { .. } | K::LoginFailed { .. } => {
                 Error::Unavailable(format!("token: {e}"))
@@ -184,8 +184,9 @@ impl From<inkan_keystore::Error> for Error {
             K::KeyRefused { .. } => Error::Internal(format!("token: {e}")),
             K::InvalidInput(m) => Error::Invalid(m),
             K::MechanismUnsupported { .. } => Error::Invalid(format!("the key cannot do this: {e}")),
-            K::Pkcs11 { ref rv, .. }
-                if rv == "CKR_DEVICE_REMOVED" || rv == "CKR_TOKEN_NOT_PRESENT" || rv == "CKR_GENERAL_ERROR" =>
+            K::Pkcs11 { rv, .. }
+                if [ReturnValue::DEVICE_REMOVED, ReturnValue::TOKEN_NOT_PRESENT, ReturnValue::GENERAL_ERROR]
+                    .contains(&rv) =>
             {
                 Error::Unavailable(format!("token: {e}"))
             }

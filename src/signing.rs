@@ -691,7 +691,9 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         let work = move || {
             let mut token = |scheme, digest: &[u8]| {
                 ks.sign_digest(&signer.key, scheme, digest).inspect_err(|e| {
-                    if e.is_unavailable() || matches!(e, inkan_keystore::Error::Pkcs11 { .. }) {
+                    if e.is_unavailable()
+                        || matches!(e, inkan_keystore::Error::Pkcs11 { .. } | inkan_keystore::Error::Interface { .. })
+                    {
                         metrics.token_error();
                     }
                     if matches!(e, inkan_keystore::Error::KeyRefused { .. }) {

@@ -11,7 +11,8 @@ use cryptoki::error::{Error as CkError, RvError};
 /// - [`Error::MechanismUnsupported`]: the token cannot do this algorithm;
 /// - [`Error::PoolExhausted`]: every session is busy: back off and retry;
 /// - [`Error::InvalidInput`]: the caller passed something malformed;
-/// - [`Error::Pkcs11`]: any other return value, tagged with the C function.
+/// - [`Error::Pkcs11`]: any other return value ([`ReturnValue`]), tagged with the C function;
+/// - [`Error::Interface`]: the PKCS#11 binding failed before or after the call.
 ///
 /// No message ever contains a PIN.
 #[derive(Debug, thiserror::Error)]
@@ -63,9 +64,59 @@ pub enum Error {
     Pkcs11 {
         /// The C function, e.g. `C_Sign`.
         function: String,
-        /// The return value, e.g. `CKR_DEVICE_ERROR`.
-        rv: String,
+        /// The return value, e.g. [`ReturnValue::DEVICE_ERROR`].
+        rv: ReturnValue,
     },
+    /// The binding to the module failed around a call (a value it could not
+    /// convert, a function the module lacks): no return value to act on.
+    #[error("PKCS#11 interface: {reason}")]
+    Interface {
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// A PKCS#11 return value (`CKR_...`): compared as a value, shown by its
+/// name in the standard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReturnValue(RvError);
+
+impl ReturnValue {
+    /// `CKR_GENERAL_ERROR`
+    pub const GENERAL_ERROR: ReturnValue = ReturnValue(RvError::GeneralError);
+    /// `CKR_DEVICE_ERROR`
+    pub const DEVICE_ERROR: ReturnValue = ReturnValue(RvError::DeviceError);
+    /// `CKR_DEVICE_REMOVED`
+    pub const DEVICE_REMOVED: ReturnValue = ReturnValue(RvError::DeviceRemoved);
+    /// `CKR_TOKEN_NOT_PRESENT`
+    pub const TOKEN_NOT_PRESENT: ReturnValue = ReturnValue(RvError::TokenNotPresent);
+    /// `CKR_CRYPTOKI_NOT_INITIALIZED`
+    pub const CRYPTOKI_NOT_INITIALIZED: ReturnValue = ReturnValue(RvError::CryptokiNotInitialized);
+    /// `CKR_USER_NOT_LOGGED_IN`
+    pub const USER_NOT_LOGGED_IN: ReturnValue = ReturnValue(RvError::UserNotLoggedIn);
+    /// `CKR_OBJECT_HANDLE_INVALID`
+    pub const OBJECT_HANDLE_INVALID: ReturnValue = ReturnValue(RvError::ObjectHandleInvalid);
+    /// `CKR_KEY_HANDLE_INVALID`
+    pub const KEY_HANDLE_INVALID: ReturnValue = ReturnValue(RvError::KeyHandleInvalid);
+    /// `CKR_SESSION_HANDLE_INVALID`
+    pub const SESSION_HANDLE_INVALID: ReturnValue = ReturnValue(RvError::SessionHandleInvalid);
+    /// `CKR_SESSION_CLOSED`
+    pub const SESSION_CLOSED: ReturnValue = ReturnValue(RvError::SessionClosed);
+    /// `CKR_KEY_TYPE_INCONSISTENT`
+    pub const KEY_TYPE_INCONSISTENT: ReturnValue = ReturnValue(RvError::KeyTypeInconsistent);
+    /// `CKR_KEY_FUNCTION_NOT_PERMITTED`
+    pub const KEY_FUNCTION_NOT_PERMITTED: ReturnValue = ReturnValue(RvError::KeyFunctionNotPermitted);
+
+    /// The name in the standard (`CKR_USER_NOT_LOGGED_IN`).
+    pub fn name(self) -> String {
+        rv_name(self.0)
+    }
+}
+
+impl std::fmt::Display for ReturnValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
 }
 
 /// Result with the keystore's [`Error`].
@@ -81,7 +132,7 @@ impl Error {
     pub(crate) fn needs_reset(&self) -> bool {
         match self {
             Error::TokenUnavailable { .. } => true,
-            Error::Pkcs11 { rv, .. } => RESET.contains(&rv.as_str()),
+            Error::Pkcs11 { rv, .. } => RESET.contains(rv),
             _ => false,
         }
     }
@@ -89,7 +140,7 @@ impl Error {
     /// Whether the session or the cached handles are stale and a re-login and a
     /// fresh handle lookup may help.
     pub(crate) fn is_stale(&self) -> bool {
-        matches!(self, Error::Pkcs11 { rv, .. } if STALE.contains(&rv.as_str()))
+        matches!(self, Error::Pkcs11 { rv, .. } if STALE.contains(rv))
     }
 
     /// [`Error::is_stale`], or a general error, which some modules answer for
@@ -100,23 +151,23 @@ impl Error {
     }
 }
 
-const STALE: &[&str] = &[
-    "CKR_USER_NOT_LOGGED_IN",
-    "CKR_OBJECT_HANDLE_INVALID",
-    "CKR_KEY_HANDLE_INVALID",
-    "CKR_SESSION_HANDLE_INVALID",
-    "CKR_SESSION_CLOSED",
-    "CKR_DEVICE_REMOVED",
-    "CKR_TOKEN_NOT_PRESENT",
-    "CKR_CRYPTOKI_NOT_INITIALIZED",
+const STALE: &[ReturnValue] = &[
+    ReturnValue::USER_NOT_LOGGED_IN,
+    ReturnValue::OBJECT_HANDLE_INVALID,
+    ReturnValue::KEY_HANDLE_INVALID,
+    ReturnValue::SESSION_HANDLE_INVALID,
+    ReturnValue::SESSION_CLOSED,
+    ReturnValue::DEVICE_REMOVED,
+    ReturnValue::TOKEN_NOT_PRESENT,
+    ReturnValue::CRYPTOKI_NOT_INITIALIZED,
 ];
 
-const RESET: &[&str] = &[
-    "CKR_GENERAL_ERROR",
-    "CKR_DEVICE_ERROR",
-    "CKR_DEVICE_REMOVED",
-    "CKR_TOKEN_NOT_PRESENT",
-    "CKR_CRYPTOKI_NOT_INITIALIZED",
+const RESET: &[ReturnValue] = &[
+    ReturnValue::GENERAL_ERROR,
+    ReturnValue::DEVICE_ERROR,
+    ReturnValue::DEVICE_REMOVED,
+    ReturnValue::TOKEN_NOT_PRESENT,
+    ReturnValue::CRYPTOKI_NOT_INITIALIZED,
 ];
 
 /// Name of a PKCS#11 return value as in the standard (`CKR_...`).
@@ -160,10 +211,10 @@ pub(crate) fn from_cryptoki(err: CkError) -> Error {
                 | RvError::CryptokiNotInitialized => {
                     Error::TokenUnavailable { reason: format!("{function} returned {name}") }
                 }
-                _ => Error::Pkcs11 { function, rv: name },
+                _ => Error::Pkcs11 { function, rv: ReturnValue(rv) },
             }
         }
-        other => Error::Pkcs11 { function: "(cryptoki)".into(), rv: other.to_string() },
+        other => Error::Interface { reason: other.to_string() },
     }
 }
 
@@ -175,6 +226,15 @@ mod tests {
     fn rv_names_follow_the_standard() {
         assert_eq!(rv_name(RvError::UserNotLoggedIn), "CKR_USER_NOT_LOGGED_IN");
         assert_eq!(rv_name(RvError::PinIncorrect), "CKR_PIN_INCORRECT");
+    }
+
+    #[test]
+    fn return_values_compare_as_values_and_show_their_names() {
+        let err = from_cryptoki(CkError::Pkcs11(RvError::SessionClosed, cryptoki::context::Function::Sign));
+        assert!(matches!(&err, Error::Pkcs11 { rv, .. } if *rv == ReturnValue::SESSION_CLOSED), "{err:?}");
+        assert!(err.is_stale() && !err.needs_reset());
+        assert_eq!(err.to_string(), "PKCS#11 C_Sign returned CKR_SESSION_CLOSED");
+        assert_eq!(ReturnValue::KEY_FUNCTION_NOT_PERMITTED.to_string(), "CKR_KEY_FUNCTION_NOT_PERMITTED");
     }
 
     #[test]

@@ -37,7 +37,7 @@ mod wrapped;
 
 pub use algorithm::{DigestAlgorithm, KeyAlgorithm, SignatureScheme};
 pub use csr::{build_csr, pss_params_fit, signature_algorithm};
-pub use error::{Error, Result};
+pub use error::{Error, Result, ReturnValue};
 pub use keystore::{
     create_trusted_kek, CacheStats, DataObject, GeneratedKey, KekInfo, KekKind, KeyProtection, KeyRef, KeyStorage,
     Keystore, KeystoreConfig, SignTime, WrappingReady, DEFAULT_CACHE_SIZE,

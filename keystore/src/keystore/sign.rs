@@ -2,6 +2,7 @@
 //! names, and the signature in the form callers expect.
 
 use super::*;
+use crate::error::ReturnValue;
 
 impl Keystore {
     /// Signs a digest with the private key.
@@ -64,7 +65,7 @@ impl Keystore {
             }
             signed.map_err(|e| match from_cryptoki(e) {
                 Error::Pkcs11 { rv, .. }
-                    if rv == "CKR_KEY_TYPE_INCONSISTENT" || rv == "CKR_KEY_FUNCTION_NOT_PERMITTED" =>
+                    if rv == ReturnValue::KEY_TYPE_INCONSISTENT || rv == ReturnValue::KEY_FUNCTION_NOT_PERMITTED =>
                 {
                     Error::MechanismUnsupported {
                         mechanism: format!("{:?} with key {}", mechanism.mechanism_type(), key.hex()),
