@@ -39,7 +39,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -103,10 +103,11 @@ async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     resp
 }
 
-/// The per-address rate limit of the route's group ([`limits::Route`]).
-async fn per_address(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().and_then(|p| limits::Route::of(req.method(), p.as_str()));
-    let (Some(route), Some(&addr)) = (route, req.extensions().get::<address::ClientAddr>()) else {
+/// The limits of a route's group ([`limits::Route`]), a layer of that route
+/// (every method it answers, HEAD with GET): per address, per network, and
+/// for the groups that write, the budget for all clients together.
+async fn limited(State((app, route)): State<(Arc<App>, limits::Route)>, req: Request, next: Next) -> Response {
+    let Some(&addr) = req.extensions().get::<address::ClientAddr>() else {
         return next.run(req).await;
     };
     let network = address::Network::of(addr);
@@ -182,8 +183,18 @@ fn sends_hsts(public_url: &str) -> bool {
     !(host == "localhost" || host.ends_with(".localhost") || host.parse::<std::net::IpAddr>().is_ok())
 }
 
-/// The main listener's routes.
+/// A route's methods under the limits of `group` ([`limited`]).
+fn limit<S: Clone + Send + Sync + 'static>(
+    app: &Arc<App>,
+    group: limits::Route,
+    methods: MethodRouter<S>,
+) -> MethodRouter<S> {
+    methods.layer(axum::middleware::from_fn_with_state((Arc::clone(app), group), limited))
+}
+
+/// The main listener's routes, each open one tagged with its limit group.
 pub fn main_router(app: Arc<App>) -> Router {
+    use limits::Route as G;
     let csc = |v: &str| {
         Router::new()
             .route(&format!("/csc/{v}/info"), post(csc::info))
@@ -193,6 +204,7 @@ pub fn main_router(app: Arc<App>) -> Router {
             .route(&format!("/csc/{v}/signatures/signHash"), post(csc::sign_hash))
             .route(&format!("/csc/{v}/signatures/signDoc"), post(csc::sign_doc::sign_doc))
     };
+    let a = &app;
     Router::new()
         .route("/", get(demo::index))
         .route("/healthz", get(health::healthz))
@@ -200,26 +212,33 @@ pub fn main_router(app: Arc<App>) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/.well-known/openid-configuration", get(oidc::discovery))
         .route("/.well-known/oauth-authorization-server", get(oidc::discovery))
-        .route("/oidc/authorize", get(oidc::authorize))
-        .route("/oidc/token", post(oidc::token))
-        .route("/oidc/revoke", post(oidc::revoke))
+        .route("/oidc/authorize", limit(a, G::Authorize, get(oidc::authorize)))
+        .route("/oidc/token", limit(a, G::Token, post(oidc::token)))
+        .route("/oidc/revoke", limit(a, G::Token, post(oidc::revoke)))
         .route("/oidc/jwks", get(oidc::jwks))
         .route("/oidc/userinfo", get(oidc::userinfo).post(oidc::userinfo))
-        .route("/login/fido", get(fido::login_form).post(fido::login_start))
+        .route("/login/fido", get(fido::login_form).merge(limit(a, G::QrStart, post(fido::login_start))))
         .route("/register", get(fido::register_index))
-        .route("/change", get(fido::change_form).post(fido::change_start))
+        .route("/change", get(fido::change_form).merge(limit(a, G::QrStart, post(fido::change_start))))
         .route("/pc", get(fido::pc_page))
-        .route("/pc/claim", get(fido::pc_claim))
+        .route("/pc/claim", limit(a, G::QrStart, get(fido::pc_claim)))
+        // Polled by an honest PC every second: no group.
         .route("/pc/status", get(fido::pc_status))
-        .route("/pc/confirm", post(fido::pc_confirm))
-        .route("/pc/begin", post(fido::pc_begin))
-        .route("/pc/finish", post(fido::pc_finish))
-        .route("/m/{token}", get(fido::phone_page))
-        .route("/m/{token}/begin", post(fido::phone_begin))
-        .route("/m/{token}/finish", post(fido::phone_finish))
-        .route("/m/{token}/failed", post(fido::phone_failed))
-        .route("/m/{token}/label", get(fido::label::label_page).post(fido::label::label_submit))
-        .route("/r/{code}", get(fido::regcode::regcode_page).post(fido::regcode::regcode_submit))
+        .route("/pc/confirm", limit(a, G::Pc, post(fido::pc_confirm)))
+        .route("/pc/begin", limit(a, G::Pc, post(fido::pc_begin)))
+        .route("/pc/finish", limit(a, G::Pc, post(fido::pc_finish)))
+        .route("/m/{token}", limit(a, G::Phone, get(fido::phone_page)))
+        .route("/m/{token}/begin", limit(a, G::Phone, post(fido::phone_begin)))
+        .route("/m/{token}/finish", limit(a, G::Phone, post(fido::phone_finish)))
+        .route("/m/{token}/failed", limit(a, G::Phone, post(fido::phone_failed)))
+        .route(
+            "/m/{token}/label",
+            limit(a, G::Phone, get(fido::label::label_page).post(fido::label::label_submit)),
+        )
+        .route(
+            "/r/{code}",
+            limit(a, G::Regcode, get(fido::regcode::regcode_page).post(fido::regcode::regcode_submit)),
+        )
         .route("/assets/inkan.js", get(pages::script))
         .route("/api/v1/me", get(api::me))
         .route("/api/v1/sign", post(api::sign))
@@ -232,23 +251,22 @@ pub fn main_router(app: Arc<App>) -> Router {
         .merge(csc("v2"))
         .merge(csc("v1"))
         .fallback(health::not_found)
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), per_address))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), count))
         .layer(axum::middleware::from_fn_with_state(sends_hsts(&app.config.server.public_url), harden))
         .layer(axum::middleware::from_fn_with_state(app.config.server.request_id_from.clone().into(), observe))
         .with_state(app)
 }
 
-/// The card listener's routes.
+/// The card listener's routes: card login, enrollment and link in the card group.
 pub fn card_router(app: Arc<App>) -> Router {
+    let card = |methods| limit(&app, limits::Route::Card, methods);
     Router::new()
-        .route("/login/{scheme}", get(cards::login))
-        .route("/enroll/{scheme}", get(cards::enroll))
-        .route("/link/hpki", get(cards::link_hpki))
-        .route("/link/jpki", get(cards::link_jpki))
+        .route("/login/{scheme}", card(get(cards::login)))
+        .route("/enroll/{scheme}", card(get(cards::enroll)))
+        .route("/link/hpki", card(get(cards::link_hpki)))
+        .route("/link/jpki", card(get(cards::link_jpki)))
         .route("/healthz", get(health::healthz))
         .fallback(health::not_found)
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), per_address))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), count))
         .layer(axum::middleware::from_fn_with_state(sends_hsts(&app.config.server.public_url), harden))
         .layer(axum::middleware::from_fn_with_state(app.config.server.request_id_from.clone().into(), observe))

@@ -184,22 +184,6 @@ pub enum Route {
 }
 
 impl Route {
-    /// The group of a matched route, if it is limited.
-    pub fn of(method: &Method, path: &str) -> Option<Route> {
-        // HEAD runs the GET handler (axum answers it so): counted as GET.
-        let method = if method == Method::HEAD { "GET" } else { method.as_str() };
-        Some(match (method, path) {
-            ("GET", "/oidc/authorize") => Route::Authorize,
-            ("POST", "/oidc/token" | "/oidc/revoke") => Route::Token,
-            ("POST", "/login/fido" | "/change") | ("GET", "/pc/claim") => Route::QrStart,
-            ("POST", "/pc/begin" | "/pc/finish" | "/pc/confirm") => Route::Pc,
-            (_, p) if p.starts_with("/m/") => Route::Phone,
-            (_, "/r/{code}") => Route::Regcode,
-            (_, "/login/{scheme}" | "/enroll/{scheme}" | "/link/hpki" | "/link/jpki") => Route::Card,
-            _ => return None,
-        })
-    }
-
     /// Whether only refused requests (4xx) count against the address: a
     /// signing system's servers may exchange any number of good codes, a
     /// guesser of secrets or codes is stopped.
@@ -463,15 +447,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn head_is_counted_as_get_and_the_pc_calls_have_a_group() {
-        assert_eq!(Route::of(&Method::HEAD, "/oidc/authorize"), Some(Route::Authorize));
-        assert_eq!(Route::of(&Method::HEAD, "/pc/claim"), Some(Route::QrStart));
-        assert_eq!(Route::of(&Method::HEAD, "/r/{code}"), Some(Route::Regcode));
-        for path in ["/pc/begin", "/pc/finish", "/pc/confirm"] {
-            assert_eq!(Route::of(&Method::POST, path), Some(Route::Pc), "{path}");
-        }
+    fn the_pc_calls_write_and_answer_json() {
         assert!(Route::Pc.writes() && !Route::Pc.pages(&Method::POST));
-        assert_eq!(Route::of(&Method::GET, "/pc/status"), None, "polled by an honest PC every second");
+        assert!(Route::Phone.pages(&Method::GET) && !Route::Phone.pages(&Method::POST));
+        assert!(Route::Token.counts_refusals_only() && !Route::Token.writes());
     }
 
     #[test]
