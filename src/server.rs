@@ -231,14 +231,8 @@ pub fn main_router(app: Arc<App>) -> Router {
         .route("/m/{token}/begin", limit(a, G::Phone, post(fido::phone_begin)))
         .route("/m/{token}/finish", limit(a, G::Phone, post(fido::phone_finish)))
         .route("/m/{token}/failed", limit(a, G::Phone, post(fido::phone_failed)))
-        .route(
-            "/m/{token}/label",
-            limit(a, G::Phone, get(fido::label::label_page).post(fido::label::label_submit)),
-        )
-        .route(
-            "/r/{code}",
-            limit(a, G::Regcode, get(fido::regcode::regcode_page).post(fido::regcode::regcode_submit)),
-        )
+        .route("/m/{token}/label", limit(a, G::Phone, get(fido::label::label_page).post(fido::label::label_submit)))
+        .route("/r/{code}", limit(a, G::Regcode, get(fido::regcode::regcode_page).post(fido::regcode::regcode_submit)))
         .route("/assets/inkan.js", get(pages::script))
         .route("/api/v1/me", get(api::me))
         .route("/api/v1/sign", post(api::sign))

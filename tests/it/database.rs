@@ -85,7 +85,7 @@ fn processes_that_open_a_new_database_at_once_migrate_it_once() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
     }
-    assert_eq!(fresh.psql("SELECT version FROM inkan_schema").expect("version"), vec!["10"]);
+    assert_eq!(fresh.psql("SELECT version FROM inkan_schema").expect("version"), vec!["11"]);
     assert_eq!(fresh.psql("SELECT seq FROM audit_head").expect("head"), vec!["0"]);
 }
 

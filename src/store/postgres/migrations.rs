@@ -348,6 +348,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_timestamps_append_only_delete BEFORE DELETE ON audit_timestamps
         FOR EACH ROW EXECUTE FUNCTION inkan_audit_archived_only();
     "#,
+    // 11: the login methods are the code's to list (`auth::Method`), not the
+    // schema's: a new method needs no migration.
+    r#"
+    ALTER TABLE sessions DROP CONSTRAINT sessions_method_check;
+    ALTER TABLE tickets DROP CONSTRAINT tickets_via_check;
+    "#,
 ];
 
 /// Applies the missing migrations in one transaction, under an advisory lock:

@@ -301,6 +301,60 @@ const MIGRATIONS: &[&str] = &[
         WHEN old.seq > (SELECT coalesce(max(seq), 0) FROM audit_archive)
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     "#,
+    // 11: the login methods are the code's to list (`auth::Method`), not the
+    // schema's: a new method needs no migration. SQLite cannot drop a CHECK:
+    // sessions and tickets are copied (nothing refers to them).
+    r#"
+    CREATE TABLE sessions_v11 (
+        token_hash BLOB PRIMARY KEY,
+        user_id    TEXT NOT NULL REFERENCES users(id),
+        method     TEXT NOT NULL,
+        client_id  TEXT NOT NULL,
+        scope      TEXT NOT NULL,
+        auth_time  INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO sessions_v11 SELECT token_hash, user_id, method, client_id, scope, auth_time, created_at, expires_at
+        FROM sessions;
+    DROP TABLE sessions;
+    ALTER TABLE sessions_v11 RENAME TO sessions;
+    CREATE INDEX sessions_user ON sessions(user_id);
+
+    CREATE TABLE tickets_v11 (
+        id         INTEGER PRIMARY KEY,
+        phone_hash BLOB UNIQUE,
+        pc_hash    BLOB UNIQUE,
+        pc_claimed INTEGER NOT NULL CHECK (pc_claimed IN (0, 1)),
+        phase      INTEGER NOT NULL DEFAULT 0,
+        replace_ok INTEGER NOT NULL DEFAULT 0 CHECK (replace_ok IN (0, 1)),
+        purpose    TEXT NOT NULL CHECK (purpose IN ('login', 'enroll', 'change', 'verify', 'link')),
+        via        TEXT NOT NULL,
+        user_id    TEXT REFERENCES users(id),
+        oidc_req   TEXT,
+        regcode_id INTEGER,
+        action     TEXT NOT NULL CHECK (action IN ('authenticate', 'register', 'none')),
+        step       TEXT NOT NULL CHECK (step IN ('confirm', 'waiting', 'ceremony', 'done', 'collected', 'cancelled')),
+        ceremony   TEXT,
+        error      TEXT,
+        labelled   INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        pc_info    TEXT,
+        decoy_for  TEXT,
+        CHECK (step = 'ceremony' OR ceremony IS NULL),
+        CHECK ((user_id IS NULL) <> (decoy_for IS NULL)),
+        CHECK (decoy_for IS NULL OR (purpose IN ('login', 'change') AND via = 'fido'))
+    ) STRICT;
+    INSERT INTO tickets_v11 SELECT id, phone_hash, pc_hash, pc_claimed, phase, replace_ok, purpose, via, user_id,
+        oidc_req, regcode_id, action, step, ceremony, error, labelled, created_at, expires_at, pc_info, decoy_for
+        FROM tickets;
+    DROP TABLE tickets;
+    ALTER TABLE tickets_v11 RENAME TO tickets;
+    CREATE INDEX tickets_user ON tickets(user_id);
+    CREATE INDEX tickets_decoy ON tickets(decoy_for);
+    CREATE INDEX tickets_expiry ON tickets(expires_at);
+    "#,
 ];
 
 /// Applies the missing migrations, each in its own transaction.
@@ -327,6 +381,40 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A session of schema 10 is kept by schema 11, which takes a login
+    /// method the schema never listed (the code decides which it knows).
+    #[test]
+    fn schema_11_keeps_sessions_and_leaves_the_methods_to_the_code() {
+        let mut conn = Connection::open_in_memory().expect("sqlite");
+        conn.pragma_update(None, "foreign_keys", "ON").expect("foreign keys");
+        for sql in &MIGRATIONS[..10] {
+            conn.execute_batch(sql).expect("migration");
+        }
+        conn.pragma_update(None, "user_version", 10).expect("version");
+        conn.execute_batch(
+            "INSERT INTO users (id, name, qualification, status, created_at) VALUES ('u1', 'n', 'doctor', 'active', 1);
+             INSERT INTO sessions (token_hash, user_id, method, client_id, scope, auth_time, created_at, expires_at)
+                 VALUES (x'01', 'u1', 'jpki', 'c', 'openid sign', 1, 2, 3);",
+        )
+        .expect("rows of schema 10");
+        let refused = conn.execute(
+            "INSERT INTO sessions (token_hash, user_id, method, client_id, scope, auth_time, created_at, expires_at)
+             VALUES (x'02', 'u1', 'passkey', 'c', 'openid', 1, 2, 3)",
+            [],
+        );
+        assert!(refused.is_err(), "schema 10 listed the methods");
+        migrate(&mut conn).expect("migrate");
+        let kept: String =
+            conn.query_row("SELECT method FROM sessions WHERE token_hash = x'01'", [], |r| r.get(0)).expect("kept");
+        assert_eq!(kept, "jpki");
+        conn.execute(
+            "INSERT INTO sessions (token_hash, user_id, method, client_id, scope, auth_time, created_at, expires_at)
+             VALUES (x'02', 'u1', 'passkey', 'c', 'openid', 1, 2, 3)",
+            [],
+        )
+        .expect("a method the schema never listed");
+    }
 
     /// A database of schema 7 with a user and a ticket in it: migrated, the
     /// ticket reads back as it was, and a decoy row fits the new table.
