@@ -92,6 +92,15 @@ pub struct AuthRequest {
     pub expires_at: i64,
 }
 
+impl AuthRequest {
+    /// The method this request asked for (`acr_values`) when it is not
+    /// `method`: a login by `method` must neither start nor finish it. The
+    /// one place that decides it; the pages ask it early to say so.
+    pub fn asked_other_than(&self, method: Method) -> Option<Method> {
+        self.acr.filter(|asked| *asked != method)
+    }
+}
+
 /// Why `/oidc/authorize` refuses.
 #[derive(Debug)]
 pub enum AuthorizeError {
@@ -595,7 +604,7 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
                 "the user who logged in is not the login_hint of the request".into(),
             ));
         }
-        if let Some(asked) = pending.acr.filter(|asked| *asked != method) {
+        if let Some(asked) = pending.asked_other_than(method) {
             return Err(Error::Conflict(format!(
                 "the signing system asked for a {} login (acr_values); a {} login does not finish it",
                 asked.as_str(),

@@ -246,7 +246,7 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
             ));
         }
         // Before any ceremony: a request that asked for a card is not a phone's.
-        if let Some(asked) = request.acr.filter(|a| *a != crate::auth::Method::Fido) {
+        if let Some(asked) = request.asked_other_than(crate::auth::Method::Fido) {
             return Err(Error::Conflict(format!(
                 "the signing system asked for a {} login (acr_values), not a phone",
                 asked.as_str()

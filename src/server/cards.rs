@@ -158,7 +158,7 @@ pub async fn login(
     };
     match app.oidc.pending(req_id).await {
         Ok(p) => {
-            if let Some(asked) = p.acr.filter(|asked| *asked != method) {
+            if let Some(asked) = p.asked_other_than(method) {
                 return pages::wrong_login_method(asked);
             }
         }

@@ -422,18 +422,12 @@ fn check_sign_algo_params(scheme: SignatureScheme, params: Option<&str>) -> Resu
 /// scheme inkan signs CAdES with for this key (`[signing] rsa_scheme` for
 /// RSA, ECDSA for EC) and the entry's hash: a client that asks for another
 /// gets an error, not a signature it would not verify.
-fn check_doc_sign_algo(
-    app: &App,
-    is_rsa: bool,
-    alg: DigestAlgorithm,
-    sign_algo: Option<&str>,
-    params: Option<&str>,
-) -> Result<()> {
-    let ours = match (is_rsa, app.config.signing.rsa_scheme) {
-        (false, _) => SignatureScheme::Ecdsa(alg),
-        (true, crate::config::RsaScheme::Pss) => SignatureScheme::RsaPss(alg),
-        (true, crate::config::RsaScheme::Pkcs1v15) => SignatureScheme::RsaPkcs1v15(alg),
-    };
+/// Checks a CAdES entry's `signAlgo` and its parameters against `ours`, the
+/// scheme the signing pipeline signs with for this signer and digest
+/// ([`crate::signing::Signer`]'s, never derived again here).
+fn check_doc_sign_algo(ours: SignatureScheme, sign_algo: Option<&str>, params: Option<&str>) -> Result<()> {
+    let alg = ours.digest_algorithm();
+    let is_rsa = !matches!(ours, SignatureScheme::Ecdsa(_));
     if let Some(sign_algo) = sign_algo {
         if scheme_for(sign_algo, Some(alg), is_rsa)? != ours {
             return Err(Error::Invalid(format!(

@@ -206,7 +206,7 @@ pub async fn login_form(State(app): State<Arc<App>>, Query(params): Query<HashMa
         Err(Error::NotFound(..)) => return login_request_page(&app, true),
         Err(e) => return e.into_response(),
     };
-    if let Some(asked) = request.acr.filter(|a| *a != Method::Fido) {
+    if let Some(asked) = request.asked_other_than(Method::Fido) {
         return pages::wrong_login_method(asked);
     }
     app.templates.render(
@@ -243,7 +243,7 @@ pub async fn login_start(
     };
     match app.oidc.pending(req).await {
         Ok(r) => {
-            if let Some(asked) = r.acr.filter(|a| *a != Method::Fido) {
+            if let Some(asked) = r.asked_other_than(Method::Fido) {
                 return pages::wrong_login_method(asked);
             }
         }

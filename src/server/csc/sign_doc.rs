@@ -196,6 +196,16 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
         )));
     }
     let is_rsa = principal.key.as_ref().is_some_and(|k| k.algorithm.is_rsa());
+    // The scheme the pipeline signs CAdES with for this signer (without a
+    // key: no check here, the pipeline refuses).
+    let signer = match principal.key {
+        Some(_) => Some(app.signing.signer(&principal).await?),
+        None => None,
+    };
+    let cades_algo = |alg: DigestAlgorithm, sign_algo: Option<&str>, params: Option<&str>| match &signer {
+        Some(s) => check_doc_sign_algo(s.cades.scheme(alg), sign_algo, params),
+        None => Ok(()),
+    };
     for dd in req.document_digests.iter().flatten() {
         let (format, level) = check_format(&dd.signature_format, dd.conformance_level.as_deref())?;
         let alg = dd
@@ -206,7 +216,7 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
             .ok_or_else(|| invalid("hashAlgorithmOID"))?;
         let format = match format {
             DocFormat::Cades => {
-                check_doc_sign_algo(&app, is_rsa, alg, dd.sign_algo.as_deref(), dd.sign_algo_params.as_deref())?;
+                cades_algo(alg, dd.sign_algo.as_deref(), dd.sign_algo_params.as_deref())?;
                 Format::CadesDetached
             }
             DocFormat::Xades => {
@@ -231,13 +241,7 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
         let content = Base64::decode_vec(&doc.document).map_err(|_| invalid("document"))?;
         match format {
             DocFormat::Cades => {
-                check_doc_sign_algo(
-                    &app,
-                    is_rsa,
-                    DigestAlgorithm::Sha256,
-                    doc.sign_algo.as_deref(),
-                    doc.sign_algo_params.as_deref(),
-                )?;
+                cades_algo(DigestAlgorithm::Sha256, doc.sign_algo.as_deref(), doc.sign_algo_params.as_deref())?;
                 let attached = match doc.signed_envelope_property.as_deref().unwrap_or("Detached") {
                     "Detached" => false,
                     "Attached" | "Enveloping" => true,
