@@ -77,8 +77,8 @@ impl Kind {
     pub fn names(&self) -> (&'static str, &'static str) {
         match self {
             Kind::Login { .. } => ("login", "fido"),
-            Kind::CardEnroll { card: Method::Jpki } => ("enroll", "jpki"),
-            Kind::CardEnroll { .. } => ("enroll", "hpki"),
+            // Each card as itself: a kind never stores one method as another.
+            Kind::CardEnroll { card } => ("enroll", card.as_str()),
             Kind::CodeEnroll { .. } => ("enroll", "regcode"),
             Kind::CodeVerify { .. } => ("verify", "regcode"),
             Kind::Change => ("change", "fido"),

@@ -279,3 +279,26 @@ fn confirmation_numbers_are_four_digits_per_phase_for_pc_tickets_only() {
     assert_eq!(Ticket::new(Kind::Link, "u", false, true, NOW, LIFE, Some(pc)).confirmation(), None);
     assert_eq!(Ticket::new(Kind::Change, "u", true, true, NOW, LIFE, None).confirmation(), None);
 }
+
+#[test]
+fn every_kind_is_stored_as_itself_and_read_back() {
+    let kinds = [
+        Kind::Login { request: "r".into() },
+        Kind::CardEnroll { card: Method::Hpki },
+        Kind::CardEnroll { card: Method::Jpki },
+        Kind::CodeEnroll { code: 7 },
+        Kind::CodeVerify { code: 7 },
+        Kind::Change,
+        Kind::Link,
+    ];
+    for kind in kinds {
+        let (purpose, via) = kind.names();
+        let back = Kind::from_names(purpose, via, kind.request().map(str::to_owned), kind.code()).expect("known");
+        assert_eq!(back, kind);
+    }
+    // A card enrollment by a phone is no kind: stored as itself, it is not
+    // read back as an HPKI card.
+    let (purpose, via) = Kind::CardEnroll { card: Method::Fido }.names();
+    assert_eq!(via, "fido");
+    assert!(Kind::from_names(purpose, via, None, None).is_err());
+}
