@@ -209,7 +209,7 @@ async fn try_send_new(
 /// step that failed.
 async fn card_login(main_port: u16, card_port: u16, client_id: &str, secret: &str) -> Result<String, String> {
     let verifier = inkan::auth::random_token();
-    let challenge = inkan::auth::b64url(&inkan::auth::token_hash(&verifier));
+    let challenge = inkan::encoding::b64url(&inkan::auth::token_hash(&verifier));
     let q = format!("/oidc/authorize?response_type=code&client_id={client_id}&redirect_uri=https%3A%2F%2Frx.example%2Fcb&scope=openid%20sign&code_challenge={challenge}&code_challenge_method=S256&acr_values=hpki");
     let (status, loc, _) = try_send_new(main_port, tls_config(None), "GET", &q, &[], Vec::new()).await?;
     let loc = loc.ok_or_else(|| format!("authorize answered {status}"))?;

@@ -80,8 +80,3 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
-
-/// base64url without padding.
-pub fn b64url(data: &[u8]) -> String {
-    Base64UrlUnpadded::encode_string(data)
-}

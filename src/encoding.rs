@@ -1,5 +1,13 @@
 //! Text encodings of bytes that inkan writes and reads in more than one
-//! place: lower-case hexadecimal (digests in audit rows, ids, segments).
+//! place: lower-case hexadecimal (digests in audit rows, ids, segments) and
+//! base64url without padding (tokens, JOSE, WebAuthn ids).
+
+use base64ct::{Base64UrlUnpadded, Encoding};
+
+/// base64url without padding.
+pub fn b64url(data: &[u8]) -> String {
+    Base64UrlUnpadded::encode_string(data)
+}
 
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {

@@ -23,8 +23,9 @@ use crate::storage::{StoreError, Transactions};
 use super::clients::Client;
 use super::clients::ClientsTx;
 use super::sessions::{self, Sessions, SessionsTx};
+use super::token_hash;
 use super::Method;
-use super::{b64url, token_hash};
+use crate::encoding::b64url;
 
 /// How long an authorization request may take to finish (the user logs in meanwhile).
 pub const REQUEST_LIFETIME_MS: i64 = 10 * 60 * 1000;

@@ -23,7 +23,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use webauthn_rs::prelude::Passkey;
 
-use crate::auth::b64url;
+use crate::encoding::b64url;
 use crate::error::{Error, Result};
 
 /// The public key of every decoy passkey (COSE EC2, P-256, base64url x and y).

@@ -10,10 +10,10 @@ use webauthn_rs::prelude::Passkey;
 
 use crate::audit::AuditStore;
 use crate::audit::{self, Event};
-use crate::auth::b64url;
 use crate::auth::sessions::SessionStore;
 use crate::auth::Method;
 use crate::clock::rfc3339;
+use crate::encoding::b64url;
 use crate::error::Result;
 use crate::storage::{StoreError, Transaction, Transactions};
 use crate::users::UserStore;

@@ -16,13 +16,13 @@ use serde::Serialize;
 use webauthn_rs::prelude::Passkey;
 
 use crate::audit::{self, Event};
-use crate::auth::b64url;
 use crate::auth::cards::{CardAuth, CardsTx};
 use crate::auth::oidc::{Provider, ProviderTx};
 use crate::auth::Method;
 use crate::auth::{random_token, token_hash};
 use crate::clock::{rfc3339, Clock};
 use crate::config::Config;
+use crate::encoding::b64url;
 use crate::error::{Credential, Error, Forbidden, Gone, Missing, Result};
 use crate::storage::Transactions;
 

@@ -38,8 +38,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::auth::b64url;
 use crate::auth::Method;
+use crate::encoding::b64url;
 use crate::storage::StoreError;
 
 /// What the ticket is for.

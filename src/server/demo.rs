@@ -13,9 +13,10 @@ use base64ct::{Base64, Encoding};
 use inkan_keystore::DigestAlgorithm;
 
 use crate::auth::oidc::Grant;
-use crate::auth::{b64url, random_token, token_hash};
+use crate::auth::{random_token, token_hash};
 use crate::clock::rfc3339;
 use crate::config::Config;
+use crate::encoding::b64url;
 use crate::signing::{Activation, EpsInput, Format, Payload, Request};
 
 use super::error::ApiError;

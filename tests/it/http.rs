@@ -356,7 +356,7 @@ pub fn register_client(env: &Env) -> OidcClient {
 /// PKCE pair (verifier, S256 challenge).
 pub fn pkce() -> (String, String) {
     let verifier = inkan::auth::random_token();
-    let challenge = inkan::auth::b64url(&inkan::auth::token_hash(&verifier));
+    let challenge = inkan::encoding::b64url(&inkan::auth::token_hash(&verifier));
     (verifier, challenge)
 }
 
