@@ -572,6 +572,9 @@ pub struct Verification {
     pub unsealed_since: Option<i64>,
     /// Exported seals ([`seal::heads`]) checked against the log.
     pub heads_checked: usize,
+    /// Exported seals of rows archived since: not in the live log, so not
+    /// checked by this walk.
+    pub heads_archived: usize,
     /// The row of the last seal the token recorded, found in the log as it
     /// was sealed (with the token only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -664,6 +667,7 @@ pub async fn verify<T: AuditTx + ?Sized>(
     let mut heads: std::collections::VecDeque<&Seal> = {
         // An export appended to a file again holds seals twice: once each;
         // those of archived rows are the archive's to check.
+        v.heads_archived = heads.iter().filter(|h| h.seq <= base).count();
         let mut sorted: Vec<&Seal> = heads.iter().filter(|h| h.seq > base).collect();
         sorted.sort_by(|a, b| a.seq.cmp(&b.seq).then_with(|| a.hash.cmp(&b.hash)));
         sorted.dedup_by(|a, b| a.seq == b.seq && a.hash == b.hash);

@@ -318,7 +318,16 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         if !at_start && !audit::seal::needs_seal(self.store.as_ref()).await? {
             return Ok(None);
         }
-        audit::seal::seal_head(self.store.as_ref(), &self.keystore, &self.seal_anchor, self.clock.now_ms()).await
+        let seal = audit::seal::seal_head(self.store.as_ref(), &self.keystore, &self.seal_anchor, self.clock.now_ms());
+        // The token's record may wait for its lock (a backup holds it while
+        // it copies the token and the database): not on a worker that
+        // requests need.
+        match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(seal))
+            }
+            _ => seal.await,
+        }
     }
 
     /// Time-stamps the audit log at its newest seal ([`audit::stamp`]) when

@@ -518,6 +518,9 @@ impl Keystore {
                     Error::Pkcs11 { function, rv } => Error::TokenUnavailable {
                         reason: format!("{function} returned {rv} for token {:?}", self.label),
                     },
+                    Error::Interface { reason } => {
+                        Error::TokenUnavailable { reason: format!("{reason} for token {:?}", self.label) }
+                    }
                     other => other,
                 });
             }

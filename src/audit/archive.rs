@@ -72,6 +72,20 @@ enum Line {
     End { last: i64, hash: String, seal_mac: String },
 }
 
+/// A digest fed as a writer.
+struct DigestWriter<'a>(&'a mut Sha256);
+
+impl Write for DigestWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// What [`archive`] did.
 #[derive(Clone, Debug, Serialize)]
 pub struct Archival {
@@ -189,6 +203,21 @@ pub async fn archive<T: AuditTx + ?Sized>(
     let first = base + 1;
     let name = format!("audit-{first:012}-{:012}.jsonl", end.seq);
     std::fs::create_dir_all(dir).map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+    // One archive at a time writes into a directory (cron jobs on several
+    // nodes sharing it): the lock is released when this run ends or dies.
+    let lock_path = dir.join(".inkan-archive.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::Unavailable(format!("cannot open {}: {e}", lock_path.display())))?;
+    if lock.try_lock().is_err() {
+        return Err(Error::Conflict(format!(
+            "another `inkan audit archive` is writing into {}: let it finish, then run this one again",
+            dir.display()
+        )));
+    }
     let (path, partial) = (dir.join(&name), dir.join(format!("{name}.partial")));
     if path.exists() {
         return Err(Error::Conflict(format!(
@@ -271,13 +300,26 @@ pub async fn archive<T: AuditTx + ?Sized>(
     file.sync_all().map_err(|e| Error::Unavailable(format!("cannot sync the segment: {e}")))?;
     std::fs::rename(&partial, &path).map_err(|e| Error::Unavailable(format!("cannot name the segment: {e}")))?;
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::Unavailable(format!("{e}")))?;
+    let segment = hasher.finalize().to_vec();
+    // The file as it is on disk, read back, before any row goes.
+    let mut on_disk = Sha256::new();
+    let mut file =
+        std::fs::File::open(&path).map_err(|e| Error::Unavailable(format!("cannot read the segment: {e}")))?;
+    std::io::copy(&mut file, &mut DigestWriter(&mut on_disk))
+        .map_err(|e| Error::Unavailable(format!("cannot read the segment: {e}")))?;
+    if on_disk.finalize()[..] != segment[..] {
+        return Err(Error::Unavailable(format!(
+            "{} is not what was written: nothing archived (check the disk, then run this again)",
+            path.display()
+        )));
+    }
 
     let mut record = Archived {
         first,
         seq: end.seq,
         hash: end.hash.clone(),
         seal_mac: end.mac.clone(),
-        segment: hasher.finalize().to_vec(),
+        segment,
         file: name,
         at: now_ms,
         prev_mac: previous.as_ref().map(|a| a.mac.clone()).unwrap_or_default(),

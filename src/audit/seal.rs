@@ -314,6 +314,17 @@ pub async fn seal_head<T: AuditTx + ?Sized>(
         // when they were archived).
         if let Some((anchor_seq, anchor_hash)) = anchor.get().filter(|(seq, _)| *seq > 0) {
             let archived = tx.audit_archived().await?.filter(|a| a.seq >= anchor_seq);
+            if let Some(a) = &archived {
+                // A record forged to delete rows under it: refused.
+                let mac = keystore.seal(&[super::archive_input(a)])?;
+                if !mac.first().is_some_and(|m| bool::from(subtle::ConstantTimeEq::ct_eq(&m[..], &a.mac[..]))) {
+                    let reason = format!(
+                        "the archive record of rows {}-{} was not made by this token's seal key: rows were removed",
+                        a.first, a.seq
+                    );
+                    return Err(refuse(keystore, a.seq, reason, now));
+                }
+            }
             let found = match &archived {
                 Some(a) if a.seq == anchor_seq => Some(a.hash.clone()),
                 Some(_) => Some(anchor_hash.clone()),

@@ -407,5 +407,11 @@ pub(super) fn verified_text(v: &audit::Verification, now: i64) -> String {
             v.unsealed
         ));
     }
+    if v.heads_archived > 0 {
+        text.push_str(&format!(
+            "; {} exported seals are of archived rows and were not checked against the live log",
+            v.heads_archived
+        ));
+    }
     text
 }

@@ -67,7 +67,8 @@ pub async fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<Output, CliError> {
     let Some(_) = &restored.database else {
         if let backup::Database::External(how) = &restored.manifest.database {
             text.push_str(&format!(
-                "\nthe database is not in the backup: restore what `{how}` made, then run `inkan audit verify`"
+                "\nthe database is not in the backup: restore what `{how}` made, then end the sessions it holds \
+                 (`inkan session revoke --all`) and run `inkan audit verify`"
             ));
         }
         return Ok(Output::new(text, json!({ "restored": restored, "sessions_ended": null, "audit": null })));
@@ -76,11 +77,16 @@ pub async fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<Output, CliError> {
     let anchor = crate::audit::seal::sealed_head(store.as_ref()).await?;
     // Sessions revoked after the backup would live again: every one ends.
     let ended = crate::auth::sessions::revoke(store.tx(), ctx.now_ms(), &ctx.actor, None, None).await?;
-    if let Some(anchor) = anchor {
+    // The token is used only if it came from the backup: an HSM (not in a
+    // backup) may be the one production still seals with, and its record of
+    // the last seal is ahead of any backup; sealing against it here would
+    // move that record, or write a refusal into it, for every node.
+    let restored_token = restored.softhsm_conf.is_some();
+    let keystore = if restored_token { Some(ctx.keystore()?) } else { None };
+    if let (Some(anchor), true) = (anchor, restored_token) {
         ctx.seal_after(anchor).await?;
     }
-    let keystore = ctx.keystore()?;
-    let v = super::audit::verified(ctx, store.tx(), Some(&keystore), &[]).await?;
+    let v = super::audit::verified(ctx, store.tx(), keystore.as_ref(), &[]).await?;
     if let Some(b) = &v.broken {
         return Err(CliError {
             message: format!(
@@ -94,5 +100,11 @@ pub async fn restore(ctx: &Ctx, args: RestoreArgs) -> Result<Output, CliError> {
         "\n{ended} auth sessions ended (users log in again)\n{}",
         super::audit::verified_text(&v, ctx.now_ms())
     ));
+    if !restored_token {
+        text.push_str(
+            "\nthe token is not in the backup (an HSM): its seals were not checked and nothing was sealed here; \
+             `inkan audit verify` with the token tells whether the HSM's record of its last seal is in this database",
+        );
+    }
     Ok(Output::new(text, json!({ "restored": restored, "sessions_ended": ended, "audit": v })))
 }

@@ -443,13 +443,24 @@ fn old_audit_rows_move_to_sealed_segments_that_verify_and_every_tampering_is_cau
     assert_eq!(checked["archive"]["segments"], 2);
     assert_eq!(checked["archive"]["rows"].as_i64(), Some(two));
     assert!(checked["archive"]["seals"].as_u64().is_some_and(|n| n >= 2), "{checked}");
+    // One archive at a time in a directory (cron jobs on several nodes).
+    let held = std::fs::File::open(dir.join(".inkan-archive.lock")).expect("the archive's lock file");
+    held.lock().expect("held by another run");
+    let run = env.run(&["audit", "archive", "--out", s(&dir), "--before", "2100-01-01"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("another `inkan audit archive` is writing"), "{}", run.stderr);
+    drop(held);
     // Nothing older than --before: nothing archived, nothing changed.
     let none = env.json(&["audit", "archive", "--out", s(&dir), "--before", "2000-01-01"]);
     assert!(none["archived"].is_null());
 
     // A flipped byte in a segment, a missing segment: caught by name.
     let files: Vec<std::path::PathBuf> = {
-        let mut f: Vec<_> = std::fs::read_dir(&dir).expect("dir").map(|e| e.expect("e").path()).collect();
+        let mut f: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .map(|e| e.expect("e").path())
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("audit-")))
+            .collect();
         f.sort();
         f
     };
