@@ -36,6 +36,9 @@ const DATABASE: &str = "inkan.db";
 const TOKEN: &str = "token";
 /// The PINs file's copy in a backup.
 const PINS: &str = "token-pins.toml";
+/// Written first and removed with the manifest's arrival: only a directory
+/// holding it is an incomplete backup that may be cleared.
+const INCOMPLETE: &str = ".inkan-backup-incomplete";
 
 /// A backup's description (`manifest.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -165,12 +168,18 @@ fn softhsm_token_dir(conf: &Path) -> Result<PathBuf> {
         .ok_or_else(|| Error::Invalid(format!("{} names no directories.tokendir", conf.display())))
 }
 
-/// Whether `dir` holds only what a backup writes (an incomplete one may be
-/// cleared and taken again).
+/// Whether `dir` is a backup that was cut short: it carries the marker a
+/// backup writes first, and nothing but what a backup writes (so that a
+/// directory of other files is never cleared).
 fn only_backup_files(dir: &Path) -> Result<bool> {
+    if !dir.join(INCOMPLETE).exists() {
+        return Ok(false);
+    }
     for entry in fs::read_dir(dir).map_err(|e| io("cannot read", dir, e))? {
         let name = entry.map_err(|e| io("cannot read", dir, e))?.file_name();
-        if ![DATABASE, TOKEN, PINS].iter().any(|n| name == *n) && !name.to_string_lossy().starts_with(MANIFEST) {
+        let ours = [DATABASE, TOKEN, PINS, INCOMPLETE].iter().any(|n| name == *n)
+            || name.to_string_lossy().starts_with(MANIFEST);
+        if !ours {
             return Ok(false);
         }
     }
@@ -206,7 +215,7 @@ pub async fn backup(config: &Config, store: &dyn Store, out: &Path, now_ms: i64)
                 )));
             }
             // A backup killed before its manifest: taken again from the start.
-            for name in [DATABASE, TOKEN, PINS] {
+            for name in [DATABASE, TOKEN, PINS, INCOMPLETE] {
                 let p = out.join(name);
                 let removed = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
                 match removed {
@@ -218,6 +227,16 @@ pub async fn backup(config: &Config, store: &dyn Store, out: &Path, now_ms: i64)
         }
     }
     private_dir(out)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The owner's only, also a directory that existed (empty) before.
+        fs::set_permissions(out, fs::Permissions::from_mode(0o700)).map_err(|e| io("cannot restrict", out, e))?;
+    }
+    fs::write(
+        out.join(INCOMPLETE),
+        b"an inkan backup being taken: cleared by the next run if this one was cut short\n",
+    )
+    .map_err(|e| io("cannot write", &out.join(INCOMPLETE), e))?;
     let audit_rows_at_least = {
         let mut tx = store.tx().read().await?;
         let head = crate::audit::AuditStore::audit_head(&mut *tx).await?;
@@ -250,7 +269,7 @@ pub async fn backup(config: &Config, store: &dyn Store, out: &Path, now_ms: i64)
     let mut paths = Vec::new();
     files_under(out, out, &mut paths)?;
     let mut files = Vec::with_capacity(paths.len());
-    for rel in paths.iter().filter(|p| !p.starts_with(MANIFEST)) {
+    for rel in paths.iter().filter(|p| !p.starts_with(MANIFEST) && !p.starts_with(INCOMPLETE)) {
         let (bytes, sha256) = sha256_file(&out.join(rel))?;
         files.push(FileEntry { path: rel.to_string_lossy().replace('\\', "/"), bytes, sha256 });
     }
@@ -273,6 +292,7 @@ pub async fn backup(config: &Config, store: &dyn Store, out: &Path, now_ms: i64)
         f.sync_all().map_err(|e| io("cannot sync", &tmp, e))?;
     }
     fs::rename(&tmp, out.join(MANIFEST)).map_err(|e| io("cannot write", &out.join(MANIFEST), e))?;
+    fs::remove_file(out.join(INCOMPLETE)).map_err(|e| io("cannot remove", &out.join(INCOMPLETE), e))?;
     fs::File::open(out).and_then(|d| d.sync_all()).map_err(|e| io("cannot sync", out, e))?;
     Ok(Taken { manifest, replaced_incomplete })
 }

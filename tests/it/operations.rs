@@ -391,8 +391,13 @@ fn a_backup_taken_under_signing_load_restores_elsewhere_signs_and_verifies() {
     assert!(!third.exists(), "nothing made from an altered backup");
     // A second backup into the same directory is refused; an incomplete one is taken again.
     assert!(env.fails(&["backup", "--out", s(&out)]).contains("already holds a backup"));
+    // A run cut short leaves its marker and no manifest: taken again. A
+    // directory without the marker is never cleared.
     std::fs::remove_file(out.join("manifest.json")).expect("rm");
+    assert!(env.fails(&["backup", "--out", s(&out)]).contains("is not an incomplete backup"));
+    std::fs::write(out.join(".inkan-backup-incomplete"), "").expect("marker");
     let again = env.json(&["backup", "--out", s(&out)]);
+    assert!(!out.join(".inkan-backup-incomplete").exists());
     assert!(again["files"].as_array().is_some_and(|f| f.len() >= 3));
     env.run_with(&["restore", s(&out)], &[("INKAN_DATA_DIR", s(&third))]);
     assert!(third.join("inkan.db").exists());
