@@ -27,7 +27,7 @@ impl RequestId {
             static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
             bytes[4..].copy_from_slice(&NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_be_bytes());
         }
-        RequestId(bytes.iter().map(|b| format!("{b:02x}")).collect())
+        RequestId(crate::encoding::hex(&bytes))
     }
 
     /// An id a balancer sent, if it is well formed.

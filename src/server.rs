@@ -70,13 +70,15 @@ async fn observe(State(trusted): State<Arc<[crate::config::IpNet]>>, req: Reques
         .and_then(|_| req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).and_then(RequestId::parse))
         .unwrap_or_default();
     let method = req.method().clone();
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
+    // The router's shared string (no copy unless the line is written).
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let span = tracing::info_span!("request", request_id = %id);
     let mut resp = id.clone().scope(next.run(req)).instrument(span.clone()).await;
     if let Ok(v) = HeaderValue::from_str(id.as_str()) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
     span.in_scope(|| {
+        let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
         tracing::info!(
             target: "inkan::access",
             method = %method,
