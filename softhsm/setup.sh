@@ -5,7 +5,8 @@
 #     --deps-only also what the test suite uses: PyJWT (pip) as a stock OIDC
 #     client, xmlsec1 (Debian) and signxml (pip) as XAdES verifiers nobody
 #     here wrote, certomancer (pip: the tests' time-stamp authority) and
-#     pyHanko (pip: a CAdES validator), curl, and Chromium (Debian's package,
+#     pyHanko (pip: a CAdES validator), openapi-spec-validator (pip: checks
+#     the OpenAPI document), curl, and Chromium (Debian's package,
 #     never a downloaded browser) with
 #     Node.js and playwright-core (tests/browser, pinned by its package-lock.json),
 #     and Debian's PostgreSQL server (the tests start throwaway clusters of
@@ -65,10 +66,13 @@ if [ "${1:-}" = "--deps-only" ] && ! python3 -c 'import jwt, cryptography' >/dev
 fi
 # Python tools of the tests, pinned: signxml verifies XAdES (the signer's
 # certificate pinned), certomancer is the time-stamp authority the tests
-# start, pyHanko validates CAdES with its time-stamps.
-pydeps=('signxml==5.2.0' 'certomancer[web-api]==0.16.0' 'pyhanko==0.38.0' 'pyhanko-certvalidator==0.33.0')
-if [ "${1:-}" = "--deps-only" ] && ! python3 -c 'import signxml, lxml, certomancer, werkzeug, pyhanko' >/dev/null 2>&1; then
-  echo "installing signxml, certomancer and pyHanko for the tests ..." >&2
+# start, pyHanko validates CAdES with its time-stamps, openapi-spec-validator
+# checks the OpenAPI document.
+pydeps=('signxml==5.2.0' 'certomancer[web-api]==0.16.0' 'pyhanko==0.38.0' 'pyhanko-certvalidator==0.33.0'
+        'openapi-spec-validator==0.7.1')
+if [ "${1:-}" = "--deps-only" ] \
+  && ! python3 -c 'import signxml, lxml, certomancer, werkzeug, pyhanko, openapi_spec_validator' >/dev/null 2>&1; then
+  echo "installing signxml, certomancer, pyHanko and openapi-spec-validator for the tests ..." >&2
   python3 -m pip install -q --disable-pip-version-check "${pydeps[@]}" >/dev/null 2>&1 \
     || python3 -m pip install -q --break-system-packages "${pydeps[@]}" >/dev/null
 fi

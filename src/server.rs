@@ -23,6 +23,7 @@ pub mod fido;
 pub mod health;
 pub mod limits;
 pub mod oidc;
+pub mod openapi;
 pub mod pages;
 pub mod proxy;
 pub mod slots;
@@ -44,6 +45,9 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+use utoipa_axum::routes;
 
 use crate::auth::cards::CardAuth;
 use crate::config::Config;
@@ -194,19 +198,47 @@ fn limit<S: Clone + Send + Sync + 'static>(
     methods.layer(axum::middleware::from_fn_with_state((Arc::clone(app), group), limited))
 }
 
+/// The routes of the OpenAPI document: each handler routed by its own
+/// `#[utoipa::path]`, so that the document and the router are one list
+/// ([`openapi`]).
+fn documented(app: &Arc<App>) -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
+    let csc = || {
+        OpenApiRouter::new()
+            .routes(routes!(csc::info))
+            .routes(routes!(csc::credentials_list))
+            .routes(routes!(csc::credentials_info))
+            .routes(routes!(csc::credentials_authorize))
+            .routes(routes!(csc::sign_hash))
+            .routes(routes!(csc::sign_doc::sign_doc))
+    };
+    let token_group = |(schemas, paths, methods): UtoipaMethodRouter<Arc<App>>| {
+        (schemas, paths, limit(app, limits::Route::Token, methods))
+    };
+    OpenApiRouter::with_openapi(openapi::Base::openapi())
+        .routes(routes!(api::me))
+        .routes(routes!(api::sign))
+        .routes(routes!(api::sign_hashes))
+        .routes(routes!(verify::verify))
+        .routes(routes!(verify::extend))
+        .routes(token_group(routes!(oidc::token)))
+        .routes(token_group(routes!(oidc::revoke)))
+        .routes(routes!(oidc::userinfo))
+        .nest("/csc/v2", csc())
+        .nest("/csc/v1", csc())
+        .split_for_parts()
+}
+
 /// The main listener's routes, each open one tagged with its limit group.
 pub fn main_router(app: Arc<App>) -> Router {
     use limits::Route as G;
-    let csc = |v: &str| {
-        Router::new()
-            .route(&format!("/csc/{v}/info"), post(csc::info))
-            .route(&format!("/csc/{v}/credentials/list"), post(csc::credentials_list))
-            .route(&format!("/csc/{v}/credentials/info"), post(csc::credentials_info))
-            .route(&format!("/csc/{v}/credentials/authorize"), post(csc::credentials_authorize))
-            .route(&format!("/csc/{v}/signatures/signHash"), post(csc::sign_hash))
-            .route(&format!("/csc/{v}/signatures/signDoc"), post(csc::sign_doc::sign_doc))
-    };
     let a = &app;
+    let (api, document) = documented(a);
+    let document = openapi::finish(document, &app.config.server.public_url);
+    let document = bytes::Bytes::from(serde_json::to_vec(&document).unwrap_or_default());
+    let openapi_json = move || {
+        let document = document.clone();
+        async move { ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], document) }
+    };
     Router::new()
         .route("/", get(demo::index))
         .route("/healthz", get(health::healthz))
@@ -215,10 +247,8 @@ pub fn main_router(app: Arc<App>) -> Router {
         .route("/.well-known/openid-configuration", get(oidc::discovery))
         .route("/.well-known/oauth-authorization-server", get(oidc::discovery))
         .route("/oidc/authorize", limit(a, G::Authorize, get(oidc::authorize)))
-        .route("/oidc/token", limit(a, G::Token, post(oidc::token)))
-        .route("/oidc/revoke", limit(a, G::Token, post(oidc::revoke)))
         .route("/oidc/jwks", get(oidc::jwks))
-        .route("/oidc/userinfo", get(oidc::userinfo).post(oidc::userinfo))
+        .route("/openapi.json", get(openapi_json))
         .route("/login/fido", get(fido::login_form).merge(limit(a, G::QrStart, post(fido::login_start))))
         .route("/register", get(fido::register_index))
         .route("/change", get(fido::change_form).merge(limit(a, G::QrStart, post(fido::change_start))))
@@ -236,16 +266,10 @@ pub fn main_router(app: Arc<App>) -> Router {
         .route("/m/{token}/label", limit(a, G::Phone, get(fido::label::label_page).post(fido::label::label_submit)))
         .route("/r/{code}", limit(a, G::Regcode, get(fido::regcode::regcode_page).post(fido::regcode::regcode_submit)))
         .route("/assets/inkan.js", get(pages::script))
-        .route("/api/v1/me", get(api::me))
-        .route("/api/v1/sign", post(api::sign))
-        .route("/api/v1/sign-hashes", post(api::sign_hashes))
-        .route("/api/v1/verify", post(verify::verify))
-        .route("/api/v1/extend", post(verify::extend))
         .route("/demo", get(demo::page))
         .route("/demo/callback", get(demo::callback))
         .route("/demo/sign", post(demo::sign))
-        .merge(csc("v2"))
-        .merge(csc("v1"))
+        .merge(api)
         .fallback(health::not_found)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&app), count))
         .layer(axum::middleware::from_fn_with_state(sends_hsts(&app.config.server.public_url), harden))

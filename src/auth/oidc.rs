@@ -401,7 +401,7 @@ pub struct Grant<'a> {
 }
 
 /// The tokens of a successful exchange.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Tokens {
     /// The bearer token: the auth session.
     pub access_token: String,

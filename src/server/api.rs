@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64ct::{Base64, Encoding};
 use inkan_keystore::DigestAlgorithm;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::clock::rfc3339;
 use crate::error::{Error, Result};
@@ -21,7 +21,63 @@ use crate::signing::{Activation, EpsInput, Format, Level, Payload, Request, MAX_
 use super::body::{drain, read_json, read_limited, BodyDocument};
 use super::state::App;
 
-/// `GET /api/v1/me`
+/// The answer of `GET /api/v1/me`: the session's user, its login and its key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    /// The user's ID (the ID token's `sub`).
+    pub user_id: String,
+    /// The user's name as registered.
+    pub name: String,
+    /// `doctor`, `pharmacist`, ...: the HPKI qualification.
+    pub qualification: String,
+    /// How the session was opened: `hpki`, `jpki` or `fido` (the ID token's `acr`).
+    pub method: String,
+    /// The signing system the session was opened for.
+    pub client_id: String,
+    /// When the user logged in (RFC 3339).
+    pub auth_time: String,
+    /// When the session ends (RFC 3339).
+    pub session_expires_at: String,
+    /// The active key's certificate; null when the user has no active key.
+    pub certificate: Option<MeCertificate>,
+}
+
+/// The certificate of the key a session signs with.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MeCertificate {
+    /// The key generation (a key rotation makes the next).
+    pub generation: i64,
+    /// The subject's distinguished name.
+    pub subject: String,
+    /// The issuer's distinguished name.
+    pub issuer: String,
+    /// The serial number in hex.
+    pub serial: String,
+    /// The end of its validity.
+    pub not_after: String,
+    /// The certificate in PEM.
+    pub pem: String,
+}
+
+/// The answer of `POST /api/v1/sign-hashes` and of CSC's `signatures/signHash`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Signatures {
+    /// One base64 signature per hash, in the order of the hashes.
+    pub signatures: Vec<String>,
+}
+
+/// `GET /api/v1/me`: who the bearer token's session is, and its key.
+#[utoipa::path(
+    get,
+    path = "/api/v1/me",
+    tag = "signing",
+    operation_id = "me",
+    security(("session" = [])),
+    responses(
+        (status = 200, description = "The session's user and key", body = Me),
+        (status = 401, description = "No session, or it has ended or was revoked", body = super::error::ErrorBody),
+    )
+)]
 pub async fn me(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response> {
     let principal = app.principal(&headers).await?;
     let user = crate::users::get(app.store.as_ref(), &principal.user_id).await?;
@@ -31,33 +87,34 @@ pub async fn me(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Respo
             let signer = app.signing.signer(&principal).await?;
             let cert =
                 <x509_cert::Certificate as der::Decode>::from_der(signer.certificate()).map_err(Error::internal)?;
-            json!({
-                "generation": signer.generation,
-                "subject": cert.tbs_certificate().subject().to_string(),
-                "issuer": cert.tbs_certificate().issuer().to_string(),
-                "serial": crate::pki::serial_hex(&cert),
-                "not_after": cert.tbs_certificate().validity().not_after.to_string(),
-                "pem": crate::pki::to_pem("CERTIFICATE", signer.certificate()),
+            Some(MeCertificate {
+                generation: signer.generation,
+                subject: cert.tbs_certificate().subject().to_string(),
+                issuer: cert.tbs_certificate().issuer().to_string(),
+                serial: crate::pki::serial_hex(&cert),
+                not_after: cert.tbs_certificate().validity().not_after.to_string(),
+                pem: crate::pki::to_pem("CERTIFICATE", signer.certificate()),
             })
         }
-        None => serde_json::Value::Null,
+        None => None,
     };
-    Ok(Json(json!({
-        "user_id": user.id,
-        "name": user.name,
-        "qualification": user.qualification,
-        "method": principal.method(),
-        "client_id": session.client_id,
-        "auth_time": rfc3339(session.auth_time),
-        "session_expires_at": rfc3339(session.expires_at),
-        "certificate": certificate,
-    }))
+    Ok(Json(Me {
+        user_id: user.id,
+        name: user.name,
+        qualification: user.qualification,
+        method: principal.method().to_string(),
+        client_id: session.client_id.clone(),
+        auth_time: rfc3339(session.auth_time),
+        session_expires_at: rfc3339(session.expires_at),
+        certificate,
+    })
     .into_response())
 }
 
 /// Query of `POST /api/v1/sign`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SignQuery {
     /// `cades` (default) or `xades` (an e-prescription document).
     pub format: Option<String>,
@@ -69,11 +126,35 @@ pub struct SignQuery {
     pub level: Option<String>,
 }
 
-/// `POST /api/v1/sign?format=cades|xades`: CAdES over any document (the
+/// `POST /api/v1/sign?format=cades|xades`: a document signed.
+///
+/// CAdES over any document (the
 /// body, streamed: a detached signature hashes it in constant memory), or
 /// XAdES into an e-prescription document (`application/xml`: the document
 /// comes back signed) or from a prescription CSV (`text/csv` with
 /// `prescription_id`: the minimal document comes back signed).
+#[utoipa::path(
+    post,
+    path = "/api/v1/sign",
+    tag = "signing",
+    operation_id = "sign",
+    security(("session" = [])),
+    params(SignQuery),
+    request_body(
+        description = "CAdES: any document (streamed). XAdES: an e-prescription or dispensing document, or a \
+                       prescription CSV with `prescription_id`.",
+        content(("application/octet-stream"), ("application/xml"), ("text/csv")),
+    ),
+    responses(
+        (status = 200, description = "The CAdES signature (DER), or the signed XML document",
+         content(("application/pkcs7-signature"), ("application/xml"))),
+        (status = 400, description = "A parameter or the document is not right", body = super::error::ErrorBody),
+        (status = 401, description = "No session, or it has ended or was revoked", body = super::error::ErrorBody),
+        (status = 403, description = "No sign scope or no active key", body = super::error::ErrorBody),
+        (status = 413, description = "The body is over the limit", body = super::error::ErrorBody),
+        (status = 503, description = "The token, the store or the TSA is unavailable: retry later", body = super::error::ErrorBody),
+    )
+)]
 pub async fn sign(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -240,7 +321,7 @@ async fn sign_xades(
 }
 
 /// Body of `POST /api/v1/sign-hashes`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SignHashes {
     /// Base64 digests.
@@ -285,7 +366,22 @@ pub fn decode_hashes(hashes: &[String], alg: DigestAlgorithm) -> Result<Vec<Vec<
         .collect()
 }
 
-/// `POST /api/v1/sign-hashes`
+/// `POST /api/v1/sign-hashes`: digests signed, one signature each.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sign-hashes",
+    tag = "signing",
+    operation_id = "signHashes",
+    security(("session" = [])),
+    request_body = SignHashes,
+    responses(
+        (status = 200, description = "One signature per digest", body = Signatures),
+        (status = 400, description = "A parameter or a digest is not right", body = super::error::ErrorBody),
+        (status = 401, description = "No session, or it has ended or was revoked", body = super::error::ErrorBody),
+        (status = 403, description = "No sign scope or no active key", body = super::error::ErrorBody),
+        (status = 503, description = "The token, the store or the TSA is unavailable: retry later", body = super::error::ErrorBody),
+    )
+)]
 pub async fn sign_hashes(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response> {
     let principal = app.principal(&headers).await?;
     // Refused before the body is read (the pipeline checks again).
@@ -320,5 +416,5 @@ pub async fn sign_hashes(State(app): State<Arc<App>>, headers: HeaderMap, body: 
         .await?;
     let signatures: Vec<String> =
         signed.signatures.into_iter().map(|p| Base64::encode_string(&p.into_detached())).collect();
-    Ok(Json(json!({ "signatures": signatures })).into_response())
+    Ok(Json(Signatures { signatures }).into_response())
 }

@@ -79,6 +79,14 @@ pub async fn read_form(body: Body) -> Result<HashMap<String, String>> {
     Ok(out)
 }
 
+/// Reads a form body as [`read_form`] does, into `T` (whose unknown
+/// parameters are ignored, as OAuth asks).
+pub async fn read_form_as<T: DeserializeOwned>(body: Body) -> Result<T> {
+    let form = read_form(body).await?;
+    let fields = form.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
+    serde_json::from_value(serde_json::Value::Object(fields)).map_err(|e| Error::Invalid(format!("invalid form: {e}")))
+}
+
 /// A request body as a document the signing pipeline streams.
 pub struct BodyDocument(pub Body);
 

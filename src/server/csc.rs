@@ -20,8 +20,9 @@ use axum::Json;
 use base64ct::{Base64, Encoding};
 use der::Decode;
 use inkan_keystore::{DigestAlgorithm, SignatureScheme};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 use x509_cert::Certificate;
 
 use crate::auth::principal::Principal;
@@ -29,8 +30,9 @@ use crate::eps::Kind;
 use crate::error::{Error, Result};
 use crate::signing::{Activation, EpsInput, Format, Level, Payload, Request, MAX_HASHES};
 
-use super::api::decode_hashes;
+use super::api::{decode_hashes, Signatures};
 use super::body::{read_json, read_json_or_empty, read_limited};
+use super::error::ErrorBody;
 use super::state::App;
 
 #[cfg(any(fuzzing, test))]
@@ -66,66 +68,177 @@ fn own_credential(principal: &Principal, id: &str) -> Result<i64> {
     }
 }
 
-/// `POST /csc/v2/info` (no authentication).
-pub async fn info(State(app): State<Arc<App>>, body: Body) -> Result<Response> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct Req {
-        lang: Option<String>,
-    }
-    let bytes = read_limited(body, super::body::MAX_OPEN_BODY_BYTES).await?;
-    if !bytes.is_empty() {
-        serde_json::from_slice::<Req>(&bytes).map_err(|e| Error::Invalid(format!("invalid JSON: {e}")))?;
-    }
-    let base = app.config.server.public_url.trim_end_matches('/');
-    Ok(Json(json!({
-        "specs": "2.0.0.2",
-        "name": "inkan",
-        "logo": format!("{base}/static/logo.svg"),
-        "region": "JP",
-        "lang": "ja-JP",
-        "description": "inkan remote signing (HPKI second keys)",
-        "authType": ["oauth2code"],
-        // The issuer (RFC 8414 metadata at /.well-known/oauth-authorization-server):
-        // its endpoints are /oidc/authorize and /oidc/token, not CSC's
-        // /oauth2/..., so no `oauth2` base URL is named.
-        "oauth2Issuer": base,
-        "asynchronousOperationMode": false,
-        "methods": ["credentials/list", "credentials/info", "credentials/authorize", "signatures/signHash", "signatures/signDoc"],
-        "signAlgorithms": { "algos": [oids::SHA256_WITH_RSA, oids::RSA_ENCRYPTION, oids::RSASSA_PSS, oids::ECDSA_SHA256] },
-        "signature_formats": signature_formats(),
-        "conformance_levels": app.signing.levels().iter().map(|l| format!("Ades-{}", l.as_str())).collect::<Vec<_>>(),
-    }))
-    .into_response())
+/// The body of `info` (optional).
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = CscInfoReq)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct InfoAsked {
+    /// The language asked for (inkan answers in ja-JP).
+    lang: Option<String>,
+}
+
+/// The answer of `info`: the service and what it signs.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = CscInfo)]
+#[serde(rename_all = "camelCase")]
+pub struct Info {
+    /// The CSC specification version.
+    specs: &'static str,
+    /// `inkan`.
+    name: &'static str,
+    /// The logo's URL.
+    logo: String,
+    /// `JP`.
+    region: &'static str,
+    /// `ja-JP`.
+    lang: &'static str,
+    /// What the service is.
+    description: &'static str,
+    /// `oauth2code`: inkan's OpenID Connect.
+    auth_type: Vec<&'static str>,
+    /// The issuer (RFC 8414 metadata at `/.well-known/oauth-authorization-server`): its
+    /// endpoints are `/oidc/authorize` and `/oidc/token`, not CSC's `/oauth2/...`, so no
+    /// `oauth2` base URL is named.
+    oauth2_issuer: String,
+    /// Always false.
+    asynchronous_operation_mode: bool,
+    /// The methods this service answers.
+    methods: Vec<&'static str>,
+    /// The signature algorithms (OIDs).
+    sign_algorithms: SignAlgorithms,
+    /// signDoc's formats.
+    #[serde(rename = "signature_formats")]
+    signature_formats: SignatureFormats,
+    /// signDoc's levels (`Ades-B-B`, ...), as far as the TSA and validation data allow.
+    #[serde(rename = "conformance_levels")]
+    conformance_levels: Vec<String>,
+}
+
+/// The signature algorithms of `info`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignAlgorithms {
+    /// OIDs.
+    algos: Vec<&'static str>,
 }
 
 /// The signature formats of signDoc: CAdES (`C`, detached or attached) and
 /// XAdES in the e-prescription profile (`X`: enveloped into the document,
 /// or the signature element alone).
-fn signature_formats() -> Value {
-    json!({ "formats": ["C", "X"], "envelope_properties": [["Detached", "Attached"], ["Enveloped", "Detached"]] })
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignatureFormats {
+    /// `C` and `X`.
+    formats: Vec<&'static str>,
+    /// Per format, its envelope properties.
+    envelope_properties: Vec<Vec<&'static str>>,
 }
 
-/// `credentials/list`
-#[derive(Debug, Default, Deserialize)]
+/// `POST /csc/v2/info`: the service (no authentication).
+#[utoipa::path(
+    post,
+    path = "/info",
+    tag = "csc",
+    operation_id = "cscInfo",
+    request_body = Option<InfoAsked>,
+    responses(
+        (status = 200, description = "The service", body = Info),
+        (status = 400, description = "Not the body CSC names", body = ErrorBody),
+    )
+)]
+pub async fn info(State(app): State<Arc<App>>, body: Body) -> Result<Response> {
+    let bytes = read_limited(body, super::body::MAX_OPEN_BODY_BYTES).await?;
+    if !bytes.is_empty() {
+        serde_json::from_slice::<InfoAsked>(&bytes).map_err(|e| Error::Invalid(format!("invalid JSON: {e}")))?;
+    }
+    let base = app.config.server.public_url.trim_end_matches('/');
+    Ok(Json(Info {
+        specs: "2.0.0.2",
+        name: "inkan",
+        logo: format!("{base}/static/logo.svg"),
+        region: "JP",
+        lang: "ja-JP",
+        description: "inkan remote signing (HPKI second keys)",
+        auth_type: vec!["oauth2code"],
+        oauth2_issuer: base.to_string(),
+        asynchronous_operation_mode: false,
+        methods: vec![
+            "credentials/list",
+            "credentials/info",
+            "credentials/authorize",
+            "signatures/signHash",
+            "signatures/signDoc",
+        ],
+        sign_algorithms: SignAlgorithms {
+            algos: vec![oids::SHA256_WITH_RSA, oids::RSA_ENCRYPTION, oids::RSASSA_PSS, oids::ECDSA_SHA256],
+        },
+        signature_formats: signature_formats(),
+        conformance_levels: app.signing.levels().iter().map(|l| format!("Ades-{}", l.as_str())).collect(),
+    })
+    .into_response())
+}
+
+/// signDoc's formats and their envelope properties.
+fn signature_formats() -> SignatureFormats {
+    SignatureFormats {
+        formats: vec!["C", "X"],
+        envelope_properties: vec![vec!["Detached", "Attached"], vec!["Enveloped", "Detached"]],
+    }
+}
+
+/// The body of `credentials/list` (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[schema(as = CredentialsListReq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[allow(dead_code)]
 struct ListReq {
+    /// The user (only the session's own).
     #[serde(rename = "userID")]
     user_id: Option<String>,
+    /// With the credential's information.
     credential_info: Option<bool>,
+    /// `none`, `single` (default) or `chain`.
     certificates: Option<String>,
+    /// With the certificate's DNs, serial and validity.
     cert_info: Option<bool>,
+    /// With how the credential is authorized.
     auth_info: Option<bool>,
+    /// Accepted; the session has one credential.
     only_valid: Option<bool>,
+    /// Accepted; inkan answers in ja-JP.
     lang: Option<String>,
+    /// Accepted and ignored.
     client_data: Option<String>,
+    /// Accepted; there is one page.
     max_results: Option<u32>,
+    /// Accepted; there is one page.
     page_token: Option<String>,
 }
 
-/// `POST /csc/v2/credentials/list`
+/// The answer of `credentials/list`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialList {
+    /// The session's credential (none without an active key): `<user ID>.g<generation>`.
+    #[serde(rename = "credentialIDs")]
+    credential_ids: Vec<String>,
+    /// With `credentialInfo`: each credential's information.
+    #[serde(rename = "credentialInfos", skip_serializing_if = "Option::is_none")]
+    credential_infos: Option<Vec<CredentialInfo>>,
+}
+
+/// `POST /csc/v2/credentials/list`: the session's credential.
+#[utoipa::path(
+    post,
+    path = "/credentials/list",
+    tag = "csc",
+    operation_id = "cscCredentialsList",
+    security(("session" = [])),
+    request_body = Option<ListReq>,
+    responses(
+        (status = 200, description = "The session's credential", body = CredentialList),
+        (status = 400, description = "A parameter is not right", body = ErrorBody),
+        (status = 401, description = "No session, or it has ended or was revoked", body = ErrorBody),
+    )
+)]
 pub async fn credentials_list(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response> {
     let principal = app.principal(&headers).await?;
     let req: ListReq = read_json_or_empty(body, app.config.server.max_json_bytes).await?;
@@ -135,9 +248,9 @@ pub async fn credentials_list(State(app): State<Arc<App>>, headers: HeaderMap, b
         }
     }
     let ids: Vec<String> = principal.key.iter().map(|k| credential_id(&principal.user_id, k.generation)).collect();
-    let mut out = json!({ "credentialIDs": ids });
-    if req.credential_info == Some(true) && principal.key.is_some() {
-        let info = credential_info(
+    let mut out = CredentialList { credential_ids: ids, credential_infos: None };
+    if let (Some(true), Some(id)) = (req.credential_info, out.credential_ids.first()) {
+        let mut info = credential_info(
             &app,
             &principal,
             req.certificates.as_deref(),
@@ -145,9 +258,8 @@ pub async fn credentials_list(State(app): State<Arc<App>>, headers: HeaderMap, b
             req.auth_info.unwrap_or(false),
         )
         .await?;
-        let mut info = info;
-        info["credentialID"] = json!(ids[0]);
-        out["credentialInfos"] = json!([info]);
+        info.credential_id = Some(id.clone());
+        out.credential_infos = Some(vec![info]);
     }
     Ok(Json(out).into_response())
 }
@@ -158,29 +270,107 @@ fn csc_time(t: &x509_cert::time::Time) -> String {
     format!("{:04}{:02}{:02}{:02}{:02}{:02}Z", dt.year(), dt.month(), dt.day(), dt.hour(), dt.minutes(), dt.seconds())
 }
 
+/// A credential: its key, its certificate and how it is authorized.
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(non_snake_case)]
+pub struct CredentialInfo {
+    /// In `credentials/list` only: the credential's ID.
+    #[serde(rename = "credentialID", skip_serializing_if = "Option::is_none")]
+    credential_id: Option<String>,
+    /// What the credential is.
+    description: &'static str,
+    /// The key.
+    key: KeyInfo,
+    /// The certificate.
+    cert: CertInfo,
+    /// `oauth2code`.
+    #[serde(rename = "authMode")]
+    auth_mode: &'static str,
+    /// `1`: the session suffices; `2`: every signHash needs a SAD bound to its hashes.
+    SCAL: String,
+    /// The most hashes one request signs.
+    multisign: usize,
+    /// `ja-JP`.
+    lang: &'static str,
+    /// signDoc's formats.
+    signature_formats: SignatureFormats,
+    /// The signDoc qualifiers of the e-prescription profile.
+    #[serde(rename = "signatureQualifiers")]
+    signature_qualifiers: Vec<&'static str>,
+    /// With `authInfo`: how the credential is authorized.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<AuthInfo>,
+}
+
+/// A credential's key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyInfo {
+    /// `enabled`.
+    status: &'static str,
+    /// The signature algorithms it signs with (OIDs).
+    algo: Vec<&'static str>,
+    /// Its length in bits.
+    len: u32,
+    /// An EC key's curve (OID).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    curve: Option<&'static str>,
+}
+
+/// A credential's certificate.
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(non_snake_case)]
+pub struct CertInfo {
+    /// `valid` or `expired`.
+    status: &'static str,
+    /// Base64 DER: none, the certificate, or the chain (`certificates`).
+    certificates: Vec<String>,
+    /// With `certInfo`: the issuer's DN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issuerDN: Option<String>,
+    /// With `certInfo`: the serial number in hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    serialNumber: Option<String>,
+    /// With `certInfo`: the subject's DN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subjectDN: Option<String>,
+    /// With `certInfo`: the start of its validity (`YYYYMMDDHHMMSSZ`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    validFrom: Option<String>,
+    /// With `certInfo`: the end of its validity (`YYYYMMDDHHMMSSZ`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    validTo: Option<String>,
+}
+
+/// How a credential is authorized.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuthInfo {
+    /// `oauth2code`.
+    mode: &'static str,
+}
+
 async fn credential_info(
     app: &App,
     principal: &Principal,
     certificates: Option<&str>,
     cert_info: bool,
     auth_info: bool,
-) -> Result<Value> {
+) -> Result<CredentialInfo> {
     let signer = app.signing.signer(principal).await?;
     let cert = Certificate::from_der(signer.certificate()).map_err(Error::internal)?;
     let spki = cert.tbs_certificate().subject_public_key_info();
     let is_ec = spki.algorithm.oid.to_string() == oids::EC_PUBLIC_KEY;
     let (algos, len) = if is_ec {
-        (json!([oids::ECDSA_SHA256, oids::ECDSA_SHA384, oids::ECDSA_SHA512]), 256)
+        (vec![oids::ECDSA_SHA256, oids::ECDSA_SHA384, oids::ECDSA_SHA512], 256)
     } else {
         let bits = rsa_bits(spki);
         (
-            json!([
+            vec![
                 oids::SHA256_WITH_RSA,
                 oids::RSA_ENCRYPTION,
                 oids::SHA384_WITH_RSA,
                 oids::SHA512_WITH_RSA,
-                oids::RSASSA_PSS
-            ]),
+                oids::RSASSA_PSS,
+            ],
             bits,
         )
     };
@@ -197,34 +387,30 @@ async fn credential_info(
         }
         _ => return Err(invalid("certificates")),
     }
-    let mut cert_obj = json!({ "status": status, "certificates": certs });
-    if cert_info {
-        let tbs = cert.tbs_certificate();
-        cert_obj["issuerDN"] = json!(tbs.issuer().to_string());
-        cert_obj["serialNumber"] = json!(crate::pki::serial_hex(&cert));
-        cert_obj["subjectDN"] = json!(tbs.subject().to_string());
-        cert_obj["validFrom"] = json!(csc_time(&tbs.validity().not_before));
-        cert_obj["validTo"] = json!(csc_time(&tbs.validity().not_after));
-    }
-    let scal = app.config.csc.scal.clone();
-    let mut out = json!({
-        "description": "HPKI second key (セカンド鍵)",
-        "key": { "status": "enabled", "algo": algos, "len": len },
-        "cert": cert_obj,
-        "authMode": "oauth2code",
-        "SCAL": scal,
-        "multisign": MAX_HASHES,
-        "lang": "ja-JP",
-        "signature_formats": signature_formats(),
-        "signatureQualifiers": [Kind::Prescription.signature_qualifier(), Kind::Dispensing.signature_qualifier()],
-    });
-    if is_ec {
-        out["key"]["curve"] = json!("1.2.840.10045.3.1.7");
-    }
-    if auth_info {
-        out["auth"] = json!({ "mode": "oauth2code" });
-    }
-    Ok(out)
+    let tbs = cert.tbs_certificate();
+    let shown = |text: String| cert_info.then_some(text);
+    let cert_obj = CertInfo {
+        status,
+        certificates: certs,
+        issuerDN: shown(tbs.issuer().to_string()),
+        serialNumber: shown(crate::pki::serial_hex(&cert)),
+        subjectDN: shown(tbs.subject().to_string()),
+        validFrom: shown(csc_time(&tbs.validity().not_before)),
+        validTo: shown(csc_time(&tbs.validity().not_after)),
+    };
+    Ok(CredentialInfo {
+        credential_id: None,
+        description: "HPKI second key (セカンド鍵)",
+        key: KeyInfo { status: "enabled", algo: algos, len, curve: is_ec.then_some("1.2.840.10045.3.1.7") },
+        cert: cert_obj,
+        auth_mode: "oauth2code",
+        SCAL: app.config.csc.scal.clone(),
+        multisign: MAX_HASHES,
+        lang: "ja-JP",
+        signature_formats: signature_formats(),
+        signature_qualifiers: vec![Kind::Prescription.signature_qualifier(), Kind::Dispensing.signature_qualifier()],
+        auth: auth_info.then_some(AuthInfo { mode: "oauth2code" }),
+    })
 }
 
 fn rsa_bits(spki: &spki::SubjectPublicKeyInfoOwned) -> u32 {
@@ -237,21 +423,41 @@ fn rsa_bits(spki: &spki::SubjectPublicKeyInfoOwned) -> u32 {
         .unwrap_or(2048)
 }
 
-/// `credentials/info`
-#[derive(Debug, Deserialize)]
+/// The body of `credentials/info`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = CredentialsInfoReq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[allow(dead_code)]
 struct InfoReq {
+    /// The credential: `<user ID>.g<generation>` (credentials/list).
     #[serde(rename = "credentialID")]
     credential_id: String,
+    /// `none`, `single` (default) or `chain`.
     certificates: Option<String>,
+    /// With the certificate's DNs, serial and validity.
     cert_info: Option<bool>,
+    /// With how the credential is authorized.
     auth_info: Option<bool>,
+    /// Accepted; inkan answers in ja-JP.
     lang: Option<String>,
+    /// Accepted and ignored.
     client_data: Option<String>,
 }
 
-/// `POST /csc/v2/credentials/info`
+/// `POST /csc/v2/credentials/info`: a credential's key and certificate.
+#[utoipa::path(
+    post,
+    path = "/credentials/info",
+    tag = "csc",
+    operation_id = "cscCredentialsInfo",
+    security(("session" = [])),
+    request_body = InfoReq,
+    responses(
+        (status = 200, description = "The credential", body = CredentialInfo),
+        (status = 400, description = "Not the session's credential, or a parameter is not right", body = ErrorBody),
+        (status = 401, description = "No session, or it has ended or was revoked", body = ErrorBody),
+    )
+)]
 pub async fn credentials_info(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response> {
     let principal = app.principal(&headers).await?;
     let req: InfoReq = read_json(body, app.config.server.max_json_bytes).await?;
@@ -298,29 +504,66 @@ fn hashes_and_alg(
     }
 }
 
-/// `credentials/authorize`
-#[derive(Debug, Deserialize)]
+/// The body of `credentials/authorize` (v1's `hash` and `hashAlgo` too).
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = CredentialsAuthorizeReq)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code, non_snake_case)]
 struct AuthorizeReq {
+    /// The credential: `<user ID>.g<generation>` (credentials/list).
     #[serde(rename = "credentialID")]
     credential_id: String,
+    /// How many signatures the SAD allows (1 to the credential's multisign).
     #[serde(rename = "numSignatures")]
     num_signatures: u32,
+    /// The base64 hashes the SAD (or the signature) is for.
     hashes: Option<Vec<String>>,
+    /// CSC v1's name of `hashes`.
     hash: Option<Vec<String>>,
+    /// The hashes' algorithm (OID); implied by signAlgo when it names one.
     #[serde(rename = "hashAlgorithmOID")]
     hash_algorithm_oid: Option<String>,
+    /// CSC v1's name of `hashAlgorithmOID`.
     #[serde(rename = "hashAlgo")]
     hash_algo: Option<String>,
+    /// Not used: the auth session activates the key.
     PIN: Option<String>,
+    /// Not used: the auth session activates the key.
     OTP: Option<String>,
+    /// Accepted and ignored.
     description: Option<String>,
+    /// Accepted and ignored.
     #[serde(rename = "clientData")]
     client_data: Option<String>,
 }
 
-/// `POST /csc/v2/credentials/authorize`
+/// The answer of `credentials/authorize`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = CredentialsAuthorized)]
+pub struct Authorized {
+    /// The Signature Activation Data: single-use, bound to the hashes given.
+    #[serde(rename = "SAD")]
+    sad: String,
+    /// Seconds it stays valid.
+    #[serde(rename = "expiresIn")]
+    expires_in: i64,
+}
+
+/// `POST /csc/v2/credentials/authorize`: a SAD for the hashes to be signed.
+#[utoipa::path(
+    post,
+    path = "/credentials/authorize",
+    tag = "csc",
+    operation_id = "cscCredentialsAuthorize",
+    security(("session" = [])),
+    request_body = AuthorizeReq,
+    responses(
+        (status = 200, description = "The SAD", body = Authorized),
+        (status = 400, description = "Not the session's credential, or a parameter is not right", body = ErrorBody),
+        (status = 401, description = "No session, or it has ended or was revoked", body = ErrorBody),
+        (status = 403, description = "No sign scope or no active key", body = ErrorBody),
+    )
+)]
 pub async fn credentials_authorize(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response> {
     let principal = app.principal(&headers).await?;
     // Refused before the body is read (the pipeline checks again).
@@ -333,34 +576,46 @@ pub async fn credentials_authorize(State(app): State<Arc<App>>, headers: HeaderM
     let (hashes, _) =
         hashes_and_alg(req.hashes, req.hash, req.hash_algorithm_oid.as_deref(), req.hash_algo.as_deref())?;
     let (sad, lifetime) = app.signing.authorize(&principal, generation, req.num_signatures, hashes).await?;
-    Ok(Json(json!({ "SAD": sad, "expiresIn": lifetime })).into_response())
+    Ok(Json(Authorized { sad, expires_in: lifetime }).into_response())
 }
 
-/// `signatures/signHash`
-#[derive(Debug, Deserialize)]
+/// The body of `signatures/signHash` (v1's `hash` and `hashAlgo` too).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 struct SignHashReq {
+    /// The credential: `<user ID>.g<generation>` (credentials/list).
     #[serde(rename = "credentialID")]
     credential_id: String,
+    /// The SAD of credentials/authorize (required with SCAL 2).
     #[serde(rename = "SAD")]
     sad: Option<String>,
+    /// The base64 hashes the SAD (or the signature) is for.
     hashes: Option<Vec<String>>,
+    /// CSC v1's name of `hashes`.
     hash: Option<Vec<String>>,
+    /// The hashes' algorithm (OID); implied by signAlgo when it names one.
     #[serde(rename = "hashAlgorithmOID")]
     hash_algorithm_oid: Option<String>,
+    /// CSC v1's name of `hashAlgorithmOID`.
     #[serde(rename = "hashAlgo")]
     hash_algo: Option<String>,
+    /// The signature algorithm (OID; credentials/info lists them).
     #[serde(rename = "signAlgo")]
     sign_algo: String,
+    /// Base64 DER parameters (RSASSA-PSS: MGF1 on the same hash, salt the hash length).
     #[serde(rename = "signAlgoParams")]
     sign_algo_params: Option<String>,
+    /// Accepted; inkan answers synchronously (`S`).
     #[serde(rename = "operationMode")]
     operation_mode: Option<String>,
+    /// Accepted; inkan answers synchronously.
     #[serde(rename = "validity_period")]
     validity_period: Option<u64>,
+    /// Accepted; inkan answers synchronously.
     #[serde(rename = "response_uri")]
     response_uri: Option<String>,
+    /// Accepted and ignored.
     #[serde(rename = "clientData")]
     client_data: Option<String>,
 }
@@ -443,7 +698,22 @@ fn check_doc_sign_algo(ours: SignatureScheme, sign_algo: Option<&str>, params: O
     check_sign_algo_params(ours, params)
 }
 
-/// `POST /csc/v2/signatures/signHash`
+/// `POST /csc/v2/signatures/signHash`: raw signature values over hashes.
+#[utoipa::path(
+    post,
+    path = "/signatures/signHash",
+    tag = "csc",
+    operation_id = "cscSignHash",
+    security(("session" = [])),
+    request_body = SignHashReq,
+    responses(
+        (status = 200, description = "One signature value per hash", body = Signatures),
+        (status = 400, description = "A parameter is not right, or the SAD does not cover the hashes", body = ErrorBody),
+        (status = 401, description = "No session, or it has ended or was revoked", body = ErrorBody),
+        (status = 403, description = "No sign scope or no active key", body = ErrorBody),
+        (status = 503, description = "The token or the store is unavailable: retry later", body = ErrorBody),
+    )
+)]
 pub async fn sign_hash(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response> {
     let principal = app.principal(&headers).await?;
     // Refused before the body is read (the pipeline checks again).
@@ -481,5 +751,5 @@ pub async fn sign_hash(State(app): State<Arc<App>>, headers: HeaderMap, body: Bo
         )
         .await?;
     let values: Vec<String> = signed.signatures.into_iter().map(|p| Base64::encode_string(&p.prefix)).collect();
-    Ok(Json(json!({ "signatures": values })).into_response())
+    Ok(Json(Signatures { signatures: values }).into_response())
 }

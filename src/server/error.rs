@@ -8,9 +8,21 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::error::{Credential, Error, Forbidden};
+
+/// The body of every error answer of the API, CSC and OIDC endpoints.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Machine-readable code: `invalid_request`, `invalid_token`, `invalid_client`, `invalid_grant`,
+    /// `insufficient_scope`, `access_denied`, `unsupported_grant_type`, `temporarily_unavailable`,
+    /// `server_error`.
+    pub error: &'static str,
+    /// What the client can do about it.
+    pub error_description: String,
+}
 
 /// An error answer.
 #[derive(Debug)]
@@ -108,7 +120,7 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": self.error, "error_description": self.description });
+        let body = ErrorBody { error: self.error, error_description: self.description };
         let mut resp = (self.status, axum::Json(body)).into_response();
         resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if self.status == StatusCode::SERVICE_UNAVAILABLE {

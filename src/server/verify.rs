@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64ct::{Base64, Encoding};
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
 use super::api::hold;
 use super::body::{drain, read_limited};
@@ -27,19 +28,24 @@ use crate::error::{Error, Result};
 use crate::signing::format::Level;
 
 /// The query of `POST /api/v1/verify`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct VerifyQuery {
     /// The validation time (RFC 3339; default now).
     at: Option<String>,
 }
 
-/// The JSON body of `POST /api/v1/verify`.
-#[derive(Debug, Deserialize)]
+/// The JSON body of `POST /api/v1/verify` and `/api/v1/extend`: a CMS
+/// signature with its detached content.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct VerifyJson {
+pub struct VerifyJson {
+    /// The CMS signature (base64 of DER or PEM).
     signature: String,
+    /// The content of a detached signature (base64).
     content: Option<String>,
+    /// verify only: the validation time (RFC 3339; default now).
     at: Option<String>,
 }
 
@@ -108,7 +114,37 @@ pub(super) async fn read_file(
     Ok(Some(File { input: signature, content, at: req.at, room }))
 }
 
-/// `POST /api/v1/verify`
+/// `POST /api/v1/verify`: a signed file validated.
+///
+/// The answer is the report (200 whatever the indication); a body that is
+/// not a signed file is a 400.
+#[utoipa::path(
+    post,
+    path = "/api/v1/verify",
+    tag = "verification",
+    operation_id = "verify",
+    security(("session" = [])),
+    params(VerifyQuery),
+    request_body(
+        description = "An e-prescription document, a CMS signature (DER or PEM), or JSON with a detached CMS \
+                       signature and its content",
+        content(
+            (VerifyJson = "application/json"),
+            ("application/xml"),
+            ("application/pkcs7-signature"),
+            ("application/pkcs7-mime"),
+            ("application/cms"),
+            ("application/octet-stream"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "The validation report (ETSI TS 119 102-1 indications)", body = crate::verify::Report),
+        (status = 400, description = "Not a signed file inkan reads", body = super::error::ErrorBody),
+        (status = 401, description = "No session, or it has ended or was revoked", body = super::error::ErrorBody),
+        (status = 413, description = "The file is over `[verify] max_bytes`", body = super::error::ErrorBody),
+        (status = 503, description = "No room for the file now: retry later", body = super::error::ErrorBody),
+    )
+)]
 pub async fn verify(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -140,8 +176,9 @@ pub async fn verify(
 }
 
 /// The query of `POST /api/v1/extend`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ExtendQuery {
     /// The level asked: `B-T`, `B-LT` or `B-LTA` (B-LTA on a B-LTA
     /// signature renews its archive time-stamp).
@@ -151,6 +188,38 @@ pub struct ExtendQuery {
 /// `POST /api/v1/extend?level=`: the file extended ([`crate::extend`]),
 /// in the form it came (an XML document, a CMS signature in DER or PEM),
 /// with `X-Inkan-Level` and `X-Inkan-Extended-From`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/extend",
+    tag = "verification",
+    operation_id = "extend",
+    security(("session" = [])),
+    params(ExtendQuery),
+    request_body(
+        description = "The signed file, as for verify (without `at`)",
+        content(
+            (VerifyJson = "application/json"),
+            ("application/xml"),
+            ("application/pkcs7-signature"),
+            ("application/pkcs7-mime"),
+            ("application/cms"),
+            ("application/octet-stream"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "The file extended, in the form it came",
+         content(("application/xml"), ("application/pkcs7-signature"), ("application/x-pem-file")),
+         headers(
+             ("X-Inkan-Level" = String, description = "The level the file has now"),
+             ("X-Inkan-Extended-From" = String, description = "The level it had"),
+         )),
+        (status = 400, description = "Not a signed file inkan reads, or no level", body = super::error::ErrorBody),
+        (status = 401, description = "No session, or it has ended or was revoked", body = super::error::ErrorBody),
+        (status = 403, description = "No sign scope", body = super::error::ErrorBody),
+        (status = 422, description = "The signature does not validate: it is not extended", body = super::error::ErrorBody),
+        (status = 503, description = "The TSA or validation data is unavailable: retry later", body = super::error::ErrorBody),
+    )
+)]
 pub async fn extend(
     State(app): State<Arc<App>>,
     headers: HeaderMap,

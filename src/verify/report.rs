@@ -4,9 +4,10 @@
 use std::time::SystemTime;
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// A validation's conclusion (EN 319 102-1 5.1.3), worst last.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Indication {
     /// Every check passed.
@@ -31,7 +32,7 @@ impl Indication {
 
 /// Why a signature failed or is indeterminate (EN 319 102-1 table 5, the
 /// ones inkan gives).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SubIndication {
     /// Not the format or profile (elements, references, encoding, ids).
@@ -81,7 +82,7 @@ impl SubIndication {
 }
 
 /// One check's result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// It passed.
@@ -95,7 +96,7 @@ pub enum Outcome {
 }
 
 /// One check.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Check {
     /// What was checked (`references`, `signature value`, ...).
     pub check: String,
@@ -186,7 +187,7 @@ impl Check {
 }
 
 /// Who signed, as the certificate says.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, ToSchema)]
 pub struct Signer {
     /// The subject's commonName.
     pub name: String,
@@ -216,7 +217,7 @@ pub struct Signer {
 }
 
 /// A time-stamp found in a signature.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Timestamp {
     /// `signature` or `archive`.
     #[serde(rename = "type")]
@@ -233,7 +234,7 @@ pub struct Timestamp {
 }
 
 /// One signature's validation.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct SignatureReport {
     /// Its `Id` (XAdES), or `signer-N` (CMS).
     pub id: String,
@@ -303,7 +304,7 @@ impl SignatureReport {
 }
 
 /// A validation report.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Report {
     /// The worst of the signatures' (TOTAL_FAILED when there is none).
     pub indication: Indication,

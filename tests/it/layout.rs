@@ -81,6 +81,32 @@ fn the_http_layer_makes_no_token_call_and_opens_no_transaction() {
     }
 }
 
+#[test]
+fn every_api_route_is_routed_through_the_openapi_document() {
+    // The API, CSC and OIDC token routes are registered only by
+    // `routes!(handler)` (their `#[utoipa::path]`), which puts them in the
+    // document too: a plain `.route("/api/...")` would answer without being
+    // documented. The browser flows and the OIDC pages stay plain routes.
+    let documented = ["\"/api/", "\"/csc/", "\"/oidc/token", "\"/oidc/revoke", "\"/oidc/userinfo"];
+    let mut routed = 0;
+    for (path, text) in sources(&root().join("src")) {
+        let code = code(&text);
+        for (at, _) in code.match_indices(".route(") {
+            routed += 1;
+            let rest = code[at + ".route(".len()..].trim_start();
+            for prefix in documented {
+                assert!(
+                    !rest.starts_with(prefix) && !rest.starts_with(&format!("&format!({prefix}")),
+                    "src/{} routes {}… without the OpenAPI document: register it with routes!(handler)",
+                    path.display(),
+                    &rest[..rest.len().min(40)]
+                );
+            }
+        }
+    }
+    assert!(routed > 20, "the check sees the router ({routed} routes)");
+}
+
 /// The module a path of segments names: the longest prefix that is a module.
 fn module_of(modules: &BTreeSet<Vec<String>>, path: &[String]) -> Option<Vec<String>> {
     (1..=path.len()).rev().map(|n| path[..n].to_vec()).find(|p| modules.contains(p))

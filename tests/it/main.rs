@@ -26,6 +26,7 @@ mod http;
 mod keystore;
 mod layout;
 mod nodes;
+mod openapi;
 mod operations;
 mod postgres;
 mod service;

@@ -21,7 +21,7 @@ const CSV: &str = "SJ1\n1,1,1234567,01,inkan試験病院\n5,0000000000000001,ｼ
 
 /// A prescription document as an EMR builds it, with `slot` where the
 /// signature goes (empty: none, inkan adds it).
-fn prescription(id: &str, slot: &str) -> String {
+pub fn prescription(id: &str, slot: &str) -> String {
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Document xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" \
          id=\"Document\" xsi:noNamespaceSchemaLocation=\"EP.xsd\"><Prescription><PrescriptionManagement \

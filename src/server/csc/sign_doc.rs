@@ -4,63 +4,101 @@
 use super::*;
 
 /// One `documentDigests` entry of signDoc.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = SignDocDigests)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub(super) struct DocumentDigests {
+    /// Base64 digests of the documents.
     pub(super) hashes: Vec<String>,
+    /// The digests' algorithm (OID).
     #[serde(rename = "hashAlgorithmOID")]
     pub(super) hash_algorithm_oid: String,
+    /// `C` (CAdES) or `X` (XAdES in the e-prescription profile).
     pub(super) signature_format: String,
+    /// `Ades-B-B` (default), `Ades-B-T`, `Ades-B-LT` or `Ades-B-LTA`.
     pub(super) conformance_level: Option<String>,
+    /// The signature algorithm (OID); it must be the one inkan signs with (credentials/info).
     #[serde(rename = "signAlgo")]
     pub(super) sign_algo: Option<String>,
+    /// Base64 DER parameters of signAlgo.
     #[serde(rename = "signAlgoParams")]
     pub(super) sign_algo_params: Option<String>,
+    /// Accepted; inkan sets the signed properties of the profile.
     pub(super) signed_props: Option<Value>,
+    /// `C`: `Detached` (default) or `Attached`; `X`: `Enveloped` (default) or `Detached`.
     pub(super) signed_envelope_property: Option<String>,
 }
 
 /// One `documents` entry of signDoc.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(as = SignDocDocument)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub(super) struct Document {
+    /// The document (base64).
     document: String,
+    /// `C` (CAdES) or `X` (XAdES in the e-prescription profile).
     signature_format: String,
+    /// `Ades-B-B` (default), `Ades-B-T`, `Ades-B-LT` or `Ades-B-LTA`.
     conformance_level: Option<String>,
+    /// The signature algorithm (OID); it must be the one inkan signs with (credentials/info).
     #[serde(rename = "signAlgo")]
     sign_algo: Option<String>,
+    /// Base64 DER parameters of signAlgo.
     #[serde(rename = "signAlgoParams")]
     sign_algo_params: Option<String>,
+    /// Accepted; inkan sets the signed properties of the profile.
     signed_props: Option<Value>,
+    /// `C`: `Detached` (default) or `Attached`; `X`: `Enveloped` (default) or `Detached`.
     signed_envelope_property: Option<String>,
 }
 
-/// `signatures/signDoc`
-#[derive(Debug, Deserialize)]
+/// The body of `signatures/signDoc`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub(super) struct SignDocReq {
+    /// The credential (`<user ID>.g<generation>`); default the session's.
     #[serde(rename = "credentialID")]
     pub(super) credential_id: Option<String>,
+    /// `jp_eps_prescription` or `jp_eps_dispensing`: the kind of e-prescription for XAdES digests.
     #[serde(rename = "signatureQualifier")]
     pub(super) signature_qualifier: Option<String>,
+    /// The SAD of credentials/authorize (required with SCAL 2).
     #[serde(rename = "SAD")]
     pub(super) sad: Option<String>,
+    /// Digests to sign.
     #[serde(rename = "documentDigests")]
     pub(super) document_digests: Option<Vec<DocumentDigests>>,
+    /// Documents to sign.
     pub(super) documents: Option<Vec<Document>>,
+    /// Accepted; inkan answers synchronously (`S`).
     #[serde(rename = "operationMode")]
     pub(super) operation_mode: Option<String>,
+    /// Accepted; inkan answers synchronously.
     #[serde(rename = "validity_period")]
     pub(super) validity_period: Option<u64>,
+    /// Accepted; inkan answers synchronously.
     #[serde(rename = "response_uri")]
     pub(super) response_uri: Option<String>,
+    /// Accepted and ignored.
     #[serde(rename = "clientData")]
     pub(super) client_data: Option<String>,
+    /// Accepted; validation data is in the signature at B-LT.
     #[serde(rename = "returnValidationInfo")]
     pub(super) return_validation_info: Option<bool>,
+}
+
+/// The answer of `signatures/signDoc`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignDocAnswer {
+    /// For `documents` signed attached or enveloped: each document with its signature (base64).
+    #[serde(rename = "DocumentWithSignature", skip_serializing_if = "Option::is_none")]
+    document_with_signature: Option<Vec<String>>,
+    /// For digests and detached signatures: each signature (base64).
+    #[serde(rename = "SignatureObject", skip_serializing_if = "Option::is_none")]
+    signature_object: Option<Vec<String>>,
 }
 
 /// A signDoc entry's format.
@@ -132,6 +170,21 @@ fn digests_kind(qualifier: Option<&str>) -> Result<Kind> {
 /// One SAD covers every hash of the request (for XAdES, Reference 1's
 /// digest, whether the client sent the document or the digest); the
 /// signatures are made per entry, each through the signing pipeline.
+#[utoipa::path(
+    post,
+    path = "/signatures/signDoc",
+    tag = "csc",
+    operation_id = "cscSignDoc",
+    security(("session" = [])),
+    request_body = SignDocReq,
+    responses(
+        (status = 200, description = "The signed documents or the signature objects", body = SignDocAnswer),
+        (status = 400, description = "A parameter is not right, or the SAD does not cover the hashes", body = ErrorBody),
+        (status = 401, description = "No session, or it has ended or was revoked", body = ErrorBody),
+        (status = 403, description = "No sign scope or no active key", body = ErrorBody),
+        (status = 503, description = "The token, the store or the TSA is unavailable: retry later", body = ErrorBody),
+    )
+)]
 pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response> {
     let principal = app.principal(&headers).await?;
     // Refused before the body is read (the pipeline checks again).
@@ -345,12 +398,9 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
             }
         }
     }
-    let mut out = json!({});
-    if !with_signature.is_empty() {
-        out["DocumentWithSignature"] = json!(with_signature);
-    }
-    if !signature_objects.is_empty() {
-        out["SignatureObject"] = json!(signature_objects);
-    }
+    let out = SignDocAnswer {
+        document_with_signature: (!with_signature.is_empty()).then_some(with_signature),
+        signature_object: (!signature_objects.is_empty()).then_some(signature_objects),
+    };
     Ok((StatusCode::OK, Json(out)).into_response())
 }
