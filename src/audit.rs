@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::storage::{StoreError, Transaction, Transactions};
+use crate::seam::{StoreError, Transaction, Transactions};
 
 /// Every kind of audit row: its name in the log (`as_str`) is written once,
 /// here, and read back by people and tools (`inkan audit tail`, archives).

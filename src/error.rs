@@ -10,7 +10,7 @@
 //! secret.
 
 use crate::pki::trust::CardCertError;
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 /// A domain operation that cannot be done.
 #[derive(Debug, thiserror::Error)]

@@ -467,7 +467,7 @@ fn check_timestamp(
 /// extended file's SHA-256), from which level to which, and the time-stamps
 /// added.
 pub async fn record<T: crate::audit::AuditTx + ?Sized>(
-    store: &dyn crate::storage::Transactions<T>,
+    store: &dyn crate::seam::Transactions<T>,
     actor: &str,
     user_id: Option<&str>,
     extended: &Extended,

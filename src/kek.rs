@@ -22,7 +22,7 @@ use crate::audit::{self, Event};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::storage::Transactions;
+use crate::seam::Transactions;
 use crate::users::{KeyRecord, UsersTx};
 use inkan_keystore::{KekKind, KeyRef, Keystore};
 

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::error::{Error, Missing, Result};
 use crate::pki::profile::Qualification;
 use crate::pki::{self, PkiError, StringKind};
-use crate::storage::Transactions;
+use crate::seam::Transactions;
 use crate::users::{self, KeyRecord, KeyState, User, UsersTx};
 
 /// A key as shown to operators.

@@ -13,7 +13,7 @@
 //!   [`audit`] (the hash chain and its group-commit writer), [`pki`]
 //!   (certificate profiles and checks), [`demo`] and [`setup`], assembled by
 //!   [`service`]. Each area declares the storage it needs as a trait
-//!   ([`storage`]); errors are [`error::Error`].
+//!   (the [`seam`]); errors are [`error::Error`].
 //! - **Infrastructure**: [`inkan_keystore`] (PKCS#11 only), [`store`] (every
 //!   area's storage composed, and its SQLite implementation: nothing else
 //!   names the driver), [`config`], [`clock`], [`metrics`].
@@ -49,11 +49,11 @@ pub mod metrics;
 pub mod pki;
 pub mod request_id;
 pub mod revocation;
+pub mod seam;
 pub mod server;
 pub mod service;
 pub mod setup;
 pub mod signing;
-pub mod storage;
 pub mod store;
 pub mod throttle;
 pub mod tsa;

@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::fido::decoy::Decoys;
 use crate::fido::flows::Phones;
 use crate::metrics::Metrics;
+use crate::seam::Transactions;
 use crate::signing::{AuditSink, Signing};
-use crate::storage::Transactions;
 use crate::store::{Store, Tx};
 
 /// The domain, assembled.

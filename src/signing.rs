@@ -55,7 +55,7 @@ use crate::config::Config;
 use crate::encoding::hex;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::storage::Transactions;
+use crate::seam::Transactions;
 use crate::users::UsersTx;
 
 pub use format::{Level, Parts};

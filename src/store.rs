@@ -1,4 +1,4 @@
-//! The stores: every domain area's storage traits composed into one
+//! The stores: every domain area's storage traits (the [`crate::seam`]) composed into one
 //! transaction type ([`Tx`]) and one store ([`Store`]), and their
 //! implementations.
 //!
@@ -34,7 +34,7 @@ use crate::auth::sessions::{Invalidation, SessionStore};
 use crate::fido::device::DeviceStore;
 use crate::fido::regcode::RegcodeStore;
 use crate::fido::ticket::TicketStore;
-use crate::storage::{StoreError, Transaction, Transactions};
+use crate::seam::{StoreError, Transaction, Transactions};
 use crate::users::UserStore;
 
 /// One transaction over every table the domain keeps.

@@ -13,7 +13,7 @@ use crate::audit::{self, Event};
 use crate::clock::Clock;
 use crate::error::{Error, Forbidden, Missing, Result};
 use crate::pki::profile::Qualification;
-use crate::storage::{StoreError, Transaction, Transactions};
+use crate::seam::{StoreError, Transaction, Transactions};
 
 /// Whether a user may sign and log in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use super::{archive_input, row_hash, seal_input, Archived, AuditTx, Event, Row, Seal, TokenState};
 use crate::encoding::{hex, unhex};
 use crate::error::{Error, Result};
-use crate::storage::Transactions;
+use crate::seam::Transactions;
 
 /// What a segment's header says its format is.
 pub const FORMAT: &str = "inkan-audit-segment-1";

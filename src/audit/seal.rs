@@ -29,7 +29,7 @@ use std::sync::Mutex;
 
 use super::{seal_input, AuditTx, Refusal, Seal, TokenState};
 use crate::error::{Error, Result};
-use crate::storage::Transactions;
+use crate::seam::Transactions;
 use inkan_keystore::Keystore;
 
 /// The row a process sealed last and its hash: what it checks before it

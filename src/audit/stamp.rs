@@ -17,7 +17,7 @@ use x509_cert::Certificate;
 
 use super::{AuditTx, Broken, TimeProof, TimeStamp};
 use crate::error::Result;
-use crate::storage::Transactions;
+use crate::seam::Transactions;
 use crate::tsa::token;
 
 /// Time-stamps the chain at its newest seal, unless that row has a

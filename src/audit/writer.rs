@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use crate::audit::AuditLog;
 use crate::audit::{self, Event};
 use crate::error::Error;
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 /// An audit row owned by the queue.
 #[derive(Clone, Debug)]

@@ -27,7 +27,7 @@ use crate::config::{CardTrustConfig, Config};
 use crate::error::{Credential, Error, Forbidden, Missing, Result};
 use crate::pki::profile::oids;
 use crate::pki::{self, PkiError};
-use crate::storage::{StoreError, Transaction, Transactions};
+use crate::seam::{StoreError, Transaction, Transactions};
 use crate::users::UserStore;
 
 use super::Method;

@@ -7,7 +7,7 @@ use crate::audit::AuditStore;
 use crate::audit::{self, Event};
 use crate::clock::Clock;
 use crate::error::{Credential, Error, Missing, Result};
-use crate::storage::{StoreError, Transaction, Transactions};
+use crate::seam::{StoreError, Transaction, Transactions};
 
 /// A registered client.
 #[derive(Clone, Debug, Serialize)]

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::clock::Clock;
 use crate::config::{Config, IdTokenAlg};
 use crate::error::{Credential, Error, Forbidden, Missing, Result};
-use crate::storage::{StoreError, Transactions};
+use crate::seam::{StoreError, Transactions};
 
 use super::clients::Client;
 use super::clients::ClientsTx;

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 use super::token_hash;
 

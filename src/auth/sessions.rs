@@ -19,7 +19,7 @@ use crate::audit::AuditStore;
 use crate::audit::{self, Event};
 use crate::clock::{rfc3339, Clock};
 use crate::error::{Credential, Error, Result};
-use crate::storage::{StoreError, Transaction, Transactions};
+use crate::seam::{StoreError, Transaction, Transactions};
 use crate::users::UserStore;
 use crate::users::{ActiveKey, UserStatus};
 

@@ -321,7 +321,7 @@ fn tsa_anchors(ctx: &Ctx) -> Option<Vec<x509_cert::Certificate>> {
 /// The chain, seals and token record checked, then the time-stamps.
 pub(super) async fn verified(
     ctx: &Ctx,
-    store: &dyn crate::storage::Transactions<dyn crate::store::Tx>,
+    store: &dyn crate::seam::Transactions<dyn crate::store::Tx>,
     keystore: Option<&inkan_keystore::Keystore>,
     heads: &[audit::Seal],
 ) -> Result<audit::Verification, CliError> {

@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::seam::Transactions;
 use crate::signing::{AuditSink, Signing};
-use crate::storage::Transactions;
 use crate::store::{Store, Tx};
 
 /// A command's result: JSON for scripts, text for people, and the exit

@@ -15,7 +15,7 @@ use crate::auth::Method;
 use crate::clock::rfc3339;
 use crate::encoding::b64url;
 use crate::error::Result;
-use crate::storage::{StoreError, Transaction, Transactions};
+use crate::seam::{StoreError, Transaction, Transactions};
 use crate::users::UserStore;
 
 use super::ticket::TicketStore;

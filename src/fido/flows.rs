@@ -24,7 +24,7 @@ use crate::clock::{rfc3339, Clock};
 use crate::config::Config;
 use crate::encoding::b64url;
 use crate::error::{Credential, Error, Forbidden, Gone, Missing, Result};
-use crate::storage::Transactions;
+use crate::seam::Transactions;
 
 use super::decoy::Decoys;
 use super::device::{self, DevicesTx, Retirement};

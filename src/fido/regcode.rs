@@ -13,7 +13,7 @@ use crate::audit::{self, AuditStore, Event};
 use crate::auth::{random_token, token_hash};
 use crate::clock::rfc3339;
 use crate::error::{Credential, Error, Forbidden, Gone, Missing, Result};
-use crate::storage::{StoreError, Transaction, Transactions};
+use crate::seam::{StoreError, Transaction, Transactions};
 use crate::users::UserStore;
 
 /// Where a code stands.

@@ -40,7 +40,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::Method;
 use crate::encoding::b64url;
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 /// What the ticket is for.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use inkan_keystore::{KeyAlgorithm, KeyRef};
 
 use crate::config::RsaScheme;
 use crate::error::{Error, Result};
-use crate::storage::{Transaction, Transactions};
+use crate::seam::{Transaction, Transactions};
 use crate::users::{ActiveKey, UserStore};
 
 use super::signed_data::SignerIdentity;

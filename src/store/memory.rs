@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use crate::auth::oidc::{AuthRequest, Code, OidcStore};
 use crate::auth::sad::{Sad, SadStore};
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 /// The maps.
 #[derive(Debug, Default)]

@@ -61,7 +61,7 @@ use crate::auth::oidc::OidcStore;
 use crate::auth::sad::SadStore;
 use crate::auth::sessions::Invalidation;
 use crate::config::StoreConfig;
-use crate::storage::{StoreError, Transaction, Transactions};
+use crate::seam::{StoreError, Transaction, Transactions};
 use crate::store::{Store, Tx};
 
 use connect::Connect;

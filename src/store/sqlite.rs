@@ -43,7 +43,7 @@ use crate::auth::oidc::OidcStore;
 use crate::auth::sad::SadStore;
 use crate::auth::sessions::Invalidation;
 use crate::config::Synchronous;
-use crate::storage::{StoreError, Transaction, Transactions};
+use crate::seam::{StoreError, Transaction, Transactions};
 use crate::store::{Store, Tx};
 
 use super::memory::Memory;

@@ -213,7 +213,7 @@ fn write_csr(path: &Path, pem: &str) -> Result<(), CliError> {
 
 /// Whether `csr` is the CSR of the user's active key (a rotation done and imported).
 async fn rotated_already(
-    store: &dyn crate::storage::Transactions<dyn crate::store::Tx>,
+    store: &dyn crate::seam::Transactions<dyn crate::store::Tx>,
     user_id: &str,
     csr: &Path,
 ) -> bool {

@@ -8,7 +8,7 @@ use tokio_postgres::Row as PgRow;
 use super::row::get;
 use super::PgTx;
 use crate::audit::{Archived, AuditStore, ChainedRow, Row, Seal, TimeStamp};
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 /// Reads `seq, at, actor, event, user_id, generation, digest, outcome, detail` (in that order).
 fn row(r: &PgRow) -> Result<Row, StoreError> {

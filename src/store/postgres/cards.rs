@@ -6,7 +6,7 @@ use tokio_postgres::types::ToSql;
 use super::row::get;
 use super::PgTx;
 use crate::auth::cards::{CardStore, HpkiMapping, JpkiLink, SubjectMapping};
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 impl PgTx {
     async fn user_of(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<String>, StoreError> {

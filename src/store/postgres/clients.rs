@@ -6,7 +6,7 @@ use tokio_postgres::Row;
 use super::row::get;
 use super::PgTx;
 use crate::auth::clients::{Client, ClientStore};
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 const COLUMNS: &str = "id, name, secret_hash, redirect_uris, created_at";
 

@@ -11,7 +11,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::{redact_url, StoreConfig};
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 /// How long a request waits for a pooled connection, or for a new one.
 pub const POOL_WAIT: Duration = Duration::from_secs(5);

@@ -6,7 +6,7 @@ use webauthn_rs::prelude::Passkey;
 use super::row::{count_u32, get};
 use super::PgTx;
 use crate::fido::device::{Device, DeviceStore, RetiredDevice, Retirement, RETIRED_KEPT};
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 fn passkey(user_id: &str, json: &str) -> Result<Passkey, StoreError> {
     serde_json::from_str(json)

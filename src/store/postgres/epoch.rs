@@ -23,7 +23,7 @@ use tokio_postgres::Client;
 use super::connect::Connect;
 use crate::auth::sessions::{Invalidation, Stamp};
 use crate::config::StoreConfig;
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 /// The channel of the notifications.
 const CHANNEL: &str = "inkan_auth_epoch";

@@ -8,7 +8,7 @@
 
 use tokio_postgres::Client;
 
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 /// The advisory lock migrations take: "inkan" and 2 (the write lock is 1).
 const MIGRATION_LOCK: i64 = 0x696e_6b61_6e00_0002;

@@ -6,7 +6,7 @@ use tokio_postgres::Row;
 use super::row::{count_u32, get};
 use super::PgTx;
 use crate::fido::regcode::{Regcode, RegcodeStore, Status};
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 const COLUMNS: &str = "id, user_id, password_hash, failures, status, created_at, expires_at";
 

@@ -2,7 +2,7 @@
 
 use tokio_postgres::Row;
 
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 /// Reads column `i` of a row; a value of another type is corrupt data.
 pub fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T, StoreError> {

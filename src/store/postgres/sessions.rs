@@ -7,7 +7,7 @@ use super::row::get;
 use super::PgTx;
 use crate::auth::sessions::{Session, SessionRecord, SessionStore};
 use crate::auth::Method;
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 use crate::users::{parse_algorithm, ActiveKey, UserStatus};
 
 const COLUMNS: &str = "token_hash, user_id, method, client_id, scope, auth_time, created_at, expires_at";

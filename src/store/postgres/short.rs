@@ -13,7 +13,7 @@ use tokio_postgres::types::ToSql;
 use super::row::get;
 use crate::auth::oidc::{AuthRequest, Code, OidcStore};
 use crate::auth::sad::{Sad, SadStore};
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 /// The three tables.
 #[derive(Debug)]

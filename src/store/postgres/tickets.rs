@@ -8,7 +8,7 @@ use tokio_postgres::Row;
 use super::row::get;
 use super::PgTx;
 use crate::fido::ticket::{Kind, PcInfo, Stage, Ticket, TicketStore};
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 /// A decoy's row names its typed ID in `decoy_for` instead of `user_id`.
 const COLUMNS: &str = "id, purpose, via, COALESCE(user_id, decoy_for), oidc_req, regcode_id, action, step, ceremony, \

@@ -5,7 +5,7 @@ use tokio_postgres::Row;
 
 use super::row::get;
 use super::PgTx;
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 use crate::users::{parse_algorithm, KeyRecord, KeyState, KeyStatus, User, UserStatus, UserStore};
 
 const USER_COLUMNS: &str = "id, name, qualification, status, created_at";

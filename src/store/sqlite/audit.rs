@@ -8,7 +8,7 @@ use rusqlite::{params, Connection};
 
 use super::{optional, SqliteTx};
 use crate::audit::{Archived, AuditStore, ChainedRow, Row, Seal, TimeStamp};
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 /// Reads `seq, at, actor, event, user_id, generation, digest, outcome, detail` (in that order).
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {

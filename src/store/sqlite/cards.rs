@@ -7,7 +7,7 @@ use rusqlite::{params, Connection};
 
 use super::{optional, SqliteTx};
 use crate::auth::cards::{CardStore, HpkiMapping, JpkiLink, SubjectMapping};
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 fn user_of(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Option<String>, StoreError> {
     optional(conn.prepare_cached(sql)?.query_row(p, |r| r.get(0)))

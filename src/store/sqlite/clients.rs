@@ -7,7 +7,7 @@ use rusqlite::{params, Connection};
 
 use super::{optional, SqliteTx};
 use crate::auth::clients::{Client, ClientStore};
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 const COLUMNS: &str = "id, name, secret_hash, redirect_uris, created_at";
 

@@ -8,7 +8,7 @@ use webauthn_rs::prelude::Passkey;
 
 use super::{optional, SqliteTx};
 use crate::fido::device::{Device, DeviceStore, RetiredDevice, Retirement, RETIRED_KEPT};
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 fn passkey(user_id: &str, json: &str) -> Result<Passkey, StoreError> {
     serde_json::from_str(json)

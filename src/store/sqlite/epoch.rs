@@ -20,7 +20,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::auth::sessions::{Invalidation, Stamp};
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 /// The epoch file of a database.
 pub fn path_for(store_path: &Path) -> PathBuf {

@@ -2,7 +2,7 @@
 
 use rusqlite::Connection;
 
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 /// Each entry moves the schema one version forward. Never edit a released entry:
 /// append a new one.

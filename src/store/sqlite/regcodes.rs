@@ -7,7 +7,7 @@ use rusqlite::{params, Connection};
 
 use super::{optional, SqliteTx};
 use crate::fido::regcode::{Regcode, RegcodeStore, Status};
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 const COLUMNS: &str = "id, user_id, password_hash, failures, status, created_at, expires_at";
 

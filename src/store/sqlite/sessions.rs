@@ -8,7 +8,7 @@ use rusqlite::{params, Connection};
 use super::{optional, SqliteTx};
 use crate::auth::sessions::{Session, SessionRecord, SessionStore};
 use crate::auth::Method;
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 use crate::users::{parse_algorithm, ActiveKey};
 
 fn method(s: &str) -> Result<Method, StoreError> {

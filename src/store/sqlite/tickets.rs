@@ -9,7 +9,7 @@ use rusqlite::{params, Connection};
 
 use super::{optional, SqliteTx};
 use crate::fido::ticket::{Kind, PcInfo, Stage, Ticket, TicketStore};
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 
 /// A decoy's row names its typed ID in `decoy_for` instead of `user_id`.
 const COLUMNS: &str = "id, purpose, via, COALESCE(user_id, decoy_for), oidc_req, regcode_id, action, step, ceremony, \

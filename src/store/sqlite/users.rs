@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
 use super::{optional, SqliteTx};
-use crate::storage::StoreError;
+use crate::seam::StoreError;
 use crate::users::{parse_algorithm, KeyRecord, KeyState, KeyStatus, User, UserStatus, UserStore};
 
 const USER_COLUMNS: &str = "id, name, qualification, status, created_at";

@@ -1,5 +1,6 @@
-//! The storage seam's parts that every domain area builds on: the error, the
-//! transaction, and how transactions are opened.
+//! The storage seam: what every domain area builds its storage on (the error,
+//! the transaction, and how transactions are opened). The stores that
+//! implement it are in [`crate::store`].
 //!
 //! Each domain area declares the storage it needs as a trait next to its own
 //! code ([`UserStore`](crate::users::UserStore), [`AuditStore`](crate::audit::AuditStore),
@@ -7,7 +8,7 @@
 //! operations take a [`Transactions`] source of any transaction type that has
 //! those traits. [`crate::store`] composes every area's traits into one
 //! transaction type and implements it (SQLite); the domain never names it, so
-//! the dependencies run one way: domain → storage ← store.
+//! the dependencies run one way: domain → seam ← store.
 //!
 //! A transaction is an object: the domain reads, decides and writes inside it,
 //! and [`Transaction::commit`] makes it durable (a transaction dropped without
