@@ -40,7 +40,7 @@ const SEALED: &str = "c.";
 pub fn authorize_keeps_nothing(query: &str) -> bool {
     let mut asked = form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == "acr_values").map(|(_, v)| v);
     match (asked.next(), asked.next()) {
-        (Some(v), None) => matches!(v.split(' ').find_map(Method::parse), Some(Method::Hpki | Method::Jpki)),
+        (Some(v), None) => v.split(' ').find_map(Method::parse).is_some_and(Method::is_card),
         _ => false,
     }
 }
@@ -351,7 +351,7 @@ pub fn id_token_claims(issuer: &str, code: &Code, now: i64, lifetime_s: i64) -> 
         "exp": now / 1000 + lifetime_s,
         "auth_time": code.auth_time / 1000,
         "acr": code.method.as_str(),
-        "amr": [match code.method { Method::Hpki | Method::Jpki => "sc", Method::Fido => "hwk" }],
+        "amr": [code.method.about().amr],
     });
     if let Some(n) = &code.request.nonce {
         claims["nonce"] = json!(n);
@@ -529,7 +529,7 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
             None => None,
         };
         let request = validate_authorize(params, client.as_ref(), now)?;
-        if matches!(request.acr, Some(Method::Hpki | Method::Jpki)) {
+        if request.acr.is_some_and(Method::is_card) {
             return Ok(Authorized { id: self.seal_request(&request), acr: request.acr });
         }
         let id = super::random_token();

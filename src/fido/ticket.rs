@@ -94,15 +94,16 @@ impl Kind {
         request: Option<String>,
         code: Option<i64>,
     ) -> Result<Kind, StoreError> {
-        let kind = match (purpose, via, request, code) {
-            ("login", "fido", Some(request), None) => Kind::Login { request },
-            ("enroll", "hpki", None, None) => Kind::CardEnroll { card: Method::Hpki },
-            ("enroll", "jpki", None, None) => Kind::CardEnroll { card: Method::Jpki },
-            ("enroll", "regcode", None, Some(code)) => Kind::CodeEnroll { code },
-            ("verify", "regcode", None, Some(code)) => Kind::CodeVerify { code },
-            ("change", "fido", None, None) => Kind::Change,
-            ("link", "hpki", None, None) => Kind::Link,
-            (p, v, r, c) => {
+        // A card enrollment names its card as itself (any card method).
+        let card = Method::parse(via).filter(|m| m.is_card());
+        let kind = match (purpose, via, request, code, card) {
+            ("login", "fido", Some(request), None, _) => Kind::Login { request },
+            ("enroll", _, None, None, Some(card)) => Kind::CardEnroll { card },
+            ("enroll", "regcode", None, Some(code), _) => Kind::CodeEnroll { code },
+            ("verify", "regcode", None, Some(code), _) => Kind::CodeVerify { code },
+            ("change", "fido", None, None, _) => Kind::Change,
+            ("link", "hpki", None, None, _) => Kind::Link,
+            (p, v, r, c, _) => {
                 return Err(StoreError::Corrupt(format!(
                     "ticket of unknown kind: purpose {p:?}, via {v:?}, request {}, code {}",
                     if r.is_some() { "set" } else { "unset" },

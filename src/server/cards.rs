@@ -21,20 +21,13 @@ use super::pages;
 use super::state::App;
 use super::tls::PeerCertificates;
 
+/// The card method a path names (`/login/<acr>`, `/enroll/<acr>`).
 fn scheme(path: &str) -> Option<Method> {
-    match path {
-        "hpki" => Some(Method::Hpki),
-        "jpki" => Some(Method::Jpki),
-        _ => None,
-    }
+    Method::parse(path).filter(|m| m.is_card())
 }
 
 fn card_name(method: Method) -> &'static str {
-    if method == Method::Hpki {
-        "HPKIカード"
-    } else {
-        "マイナンバーカード"
-    }
+    method.about().name_ja
 }
 
 fn card_error_ja(e: &CardCertError) -> &'static str {

@@ -84,15 +84,12 @@ pub async fn page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     };
     match principal {
         None => {
-            let links = [
-                ("hpki", "HPKIカードでログイン"),
-                ("jpki", "マイナンバーカードでログイン"),
-                ("fido", "スマートフォンでログイン"),
-                ("", "ログイン方法を選ぶ"),
-            ]
-            .iter()
-            .map(|(acr, label)| format!("<a class=\"button\" href=\"/demo/callback?start={acr}\">{label}</a>"))
-            .collect::<String>();
+            let links = crate::auth::Method::ALL
+                .iter()
+                .map(|m| (m.as_str(), format!("{}でログイン", m.about().name_ja)))
+                .chain([("", "ログイン方法を選ぶ".to_string())])
+                .map(|(acr, label)| format!("<a class=\"button\" href=\"/demo/callback?start={acr}\">{label}</a>"))
+                .collect::<String>();
             pages::page(
                 StatusCode::OK,
                 "デモ署名システム (電子処方箋)",

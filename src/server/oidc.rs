@@ -42,7 +42,7 @@ pub async fn discovery(State(app): State<Arc<App>>) -> Response {
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
-        "acr_values_supported": ["hpki", "jpki", "fido"],
+        "acr_values_supported": Method::ALL.map(Method::as_str),
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "name"],
         "prompt_values_supported": ["login"],
         "ui_locales_supported": ["ja"],
@@ -106,27 +106,32 @@ pub async fn authorize(State(app): State<Arc<App>>, Query(params): Query<HashMap
         Err(AuthorizeError::Failed(e)) => return e.into_response(),
         Err(e) => return Redirect::to(&e.location().unwrap_or_default()).into_response(),
     };
-    let card = app.config.server.card_url.trim_end_matches('/');
+    let card = &app.config.server.card_url;
     let q = oidc::urlencode(&authorized.id);
     match authorized.acr {
-        Some(Method::Hpki) => Redirect::to(&format!("{card}/login/hpki?req={q}")).into_response(),
-        Some(Method::Jpki) => Redirect::to(&format!("{card}/login/jpki?req={q}")).into_response(),
-        Some(Method::Fido) => Redirect::to(&format!("/login/fido?req={q}")).into_response(),
+        Some(method) => Redirect::to(&method.login_url(card, &q)).into_response(),
         None => chooser(card, &q),
     }
 }
 
+/// The methods to choose from, each where its login starts.
 fn chooser(card: &str, q: &str) -> Response {
+    let buttons: String = Method::ALL
+        .iter()
+        .map(|m| {
+            format!(
+                "<a class=\"button\" href=\"{}\">{}でログイン</a>",
+                esc(&m.login_url(card, q)),
+                esc(m.about().name_ja)
+            )
+        })
+        .collect();
     pages::page(
         StatusCode::OK,
         "ログイン方法の選択",
         &format!(
-            "<p>ログインに使う認証方法を選んでください。</p>\
-<a class=\"button\" href=\"{card}/login/hpki?req={q}\">HPKIカードでログイン</a>\
-<a class=\"button\" href=\"{card}/login/jpki?req={q}\">マイナンバーカードでログイン</a>\
-<a class=\"button\" href=\"/login/fido?req={q}\">スマートフォンでログイン</a>\
-<p class=\"note\">カードでログインする場合は、カードをICカードリーダーに置いてから選んでください。</p>",
-            card = esc(card),
+            "<p>ログインに使う認証方法を選んでください。</p>{buttons}\
+<p class=\"note\">カードでログインする場合は、カードをICカードリーダーに置いてから選んでください。</p>"
         ),
     )
 }

@@ -96,12 +96,7 @@ fn html_response(status: StatusCode, html: impl Into<axum::body::Body>, csp: &'s
 /// The page for a login by another method than the signing system asked for
 /// (`acr_values`): the request stays, for the method it asked for.
 pub fn wrong_login_method(asked: crate::auth::Method) -> Response {
-    use crate::auth::Method;
-    let name = match asked {
-        Method::Hpki => "HPKIカード",
-        Method::Jpki => "マイナンバーカード",
-        Method::Fido => "スマートフォン",
-    };
+    let name = asked.about().name_ja;
     error(
         StatusCode::FORBIDDEN,
         "ログイン方法が違います",
