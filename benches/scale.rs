@@ -252,7 +252,7 @@ fn sign_measurement(dir: &Path) {
         .expect("row")
     };
     let rss_before = rss_kib(std::process::id());
-    let digest = DigestAlgorithm::Sha256.digest(b"scale");
+    let digest = inkan::keystore::Digest::of(DigestAlgorithm::Sha256, b"scale");
     let sign = |k: &(KeyRef, KeyAlgorithm)| -> f64 {
         let started = Instant::now();
         ks.sign_digest(&k.0, k.1.default_scheme(DigestAlgorithm::Sha256), &digest).expect("sign");

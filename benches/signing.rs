@@ -176,19 +176,11 @@ fn benches(c: &mut Criterion, s: &Setup) -> Ops {
     let (ks, signer, doc) = (Arc::clone(&s.keystore), Arc::clone(&s.signer), Arc::clone(&document));
     let cades: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
         let now = inkan::clock::Clock::now(&inkan::clock::SystemClock);
-        let digest = DigestAlgorithm::Sha256.digest(&doc);
-        let mut token = |scheme, d: &[u8]| ks.sign_digest(&signer.key, scheme, d);
+        let digest = inkan::keystore::Digest::of(DigestAlgorithm::Sha256, &doc);
+        let mut token = |scheme, d: &inkan::keystore::Digest| ks.sign_digest(&signer.key, scheme, d);
         let encoder = Format::CadesDetached.encoder();
-        let parts = inkan::signing::format::sign(
-            encoder.as_ref(),
-            &signer,
-            DigestAlgorithm::Sha256,
-            &digest,
-            now,
-            None,
-            &mut token,
-        )
-        .expect("cades");
+        let parts =
+            inkan::signing::format::sign(encoder.as_ref(), &signer, &digest, now, None, &mut token).expect("cades");
         let parts = parts.finish(&inkan::signing::format::Unsigned::default()).expect("finish");
         std::hint::black_box(parts.into_detached());
     });
@@ -206,17 +198,8 @@ fn benches(c: &mut Criterion, s: &Setup) -> Ops {
             let digest = document.digest.clone();
             let encoder =
                 inkan::signing::xades::Xades { kind: inkan::eps::Kind::Prescription, document: Some(document) };
-            let mut token = |scheme, d: &[u8]| ks.sign_digest(&signer.key, scheme, d);
-            let parts = inkan::signing::format::sign(
-                &encoder,
-                &signer,
-                DigestAlgorithm::Sha256,
-                &digest,
-                now,
-                None,
-                &mut token,
-            )
-            .expect("xades");
+            let mut token = |scheme, d: &inkan::keystore::Digest| ks.sign_digest(&signer.key, scheme, d);
+            let parts = inkan::signing::format::sign(&encoder, &signer, &digest, now, None, &mut token).expect("xades");
             let parts = parts.finish(&inkan::signing::format::Unsigned::default()).expect("finish");
             std::hint::black_box(parts.document);
         })

@@ -42,8 +42,8 @@ use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use inkan_keystore::{DigestAlgorithm, Keystore, SignatureScheme};
-use sha2::Digest;
+use inkan_keystore::{Digest, DigestAlgorithm, Keystore, SignatureScheme};
+use sha2::Digest as _;
 
 use crate::audit::writer::{AuditWriter, Expected, Record};
 use crate::audit::{self, Event};
@@ -107,21 +107,16 @@ pub trait Document: Send {
 
 /// What to sign.
 pub enum Payload<'a> {
-    /// Digests of the content, made by the caller.
-    Digests {
-        /// Their hash algorithm.
-        alg: DigestAlgorithm,
-        /// The digests.
-        digests: Vec<Vec<u8>>,
-    },
+    /// Digests of the content, made by the caller (each checked for its
+    /// algorithm's length where it was made: [`Digest::new`]), all of one
+    /// algorithm.
+    Digests(Vec<Digest>),
     /// A document the caller holds and has hashed itself: an enveloping
     /// signature is assembled for its length, and the caller puts the document
     /// between the signature's parts.
     Hashed {
-        /// The hash algorithm.
-        alg: DigestAlgorithm,
         /// The document's digest.
-        digest: Vec<u8>,
+        digest: Digest,
         /// The document's length in bytes.
         len: u64,
     },
@@ -431,7 +426,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         principal: &Principal,
         generation: i64,
         num: u32,
-        hashes: Vec<Vec<u8>>,
+        hashes: Vec<Digest>,
     ) -> Result<(String, i64)> {
         principal.require_sign_scope()?;
         let key = principal.active_key()?;
@@ -454,7 +449,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
             sad::Sad {
                 session: session.token_hash.clone(),
                 generation,
-                hashes: (!hashes.is_empty()).then_some(hashes),
+                hashes: (!hashes.is_empty()).then(|| hashes.into_iter().map(Digest::into_bytes).collect()),
                 remaining: num,
                 expires_at: now + self.sad_lifetime_ms,
             },
@@ -473,7 +468,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         principal: &Principal,
         generation: i64,
         sad: Option<&str>,
-        digests: &[Vec<u8>],
+        digests: &[Digest],
     ) -> Result<Option<sad::Taken>> {
         match (sad, principal.session()) {
             (Some(token), Some(session)) => {
@@ -505,10 +500,12 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         // 2. What is signed: digests given, a document hashed as it
         // streams in, or an e-prescription document read and canonicalised.
         match (&request.payload, request.format) {
-            (Payload::Digests { alg, .. }, Format::Xades(Some(_))) if *alg != DigestAlgorithm::Sha256 => {
+            (Payload::Digests(digests), Format::Xades(Some(_)))
+                if digests.iter().any(|d| d.algorithm() != DigestAlgorithm::Sha256) =>
+            {
                 return Err(Error::Invalid("Reference 1 digests are SHA-256 in the e-prescription profile".into()))
             }
-            (Payload::Eps(_), Format::Xades(_)) | (Payload::Digests { .. }, Format::Xades(Some(_))) => {}
+            (Payload::Eps(_), Format::Xades(_)) | (Payload::Digests(_), Format::Xades(Some(_))) => {}
             (Payload::Eps(_), _) => {
                 return Err(Error::Invalid("an e-prescription document is signed with XAdES".into()))
             }
@@ -522,34 +519,19 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         }
         let mut encoder = request.format.encoder();
         let (alg, digests, content_len, content) = match request.payload {
-            Payload::Digests { alg, digests } => {
-                if digests.is_empty() {
+            Payload::Digests(digests) => {
+                let Some(alg) = digests.first().map(Digest::algorithm) else {
                     return Err(Error::Invalid("hashes must hold at least one digest".into()));
-                }
+                };
                 if digests.len() > MAX_HASHES {
                     return Err(Error::Invalid(format!("at most {MAX_HASHES} hashes per request")));
                 }
-                if let Some(d) = digests.iter().find(|d| d.len() != alg.output_len()) {
-                    return Err(Error::Invalid(format!(
-                        "a {} digest has {} bytes, not {}",
-                        alg.name(),
-                        alg.output_len(),
-                        d.len()
-                    )));
+                if digests.iter().any(|d| d.algorithm() != alg) {
+                    return Err(Error::Invalid("the hashes of one request are of one algorithm".into()));
                 }
                 (alg, digests, None, None)
             }
-            Payload::Hashed { alg, digest, len } => {
-                if digest.len() != alg.output_len() {
-                    return Err(Error::Invalid(format!(
-                        "a {} digest has {} bytes, not {}",
-                        alg.name(),
-                        alg.output_len(),
-                        digest.len()
-                    )));
-                }
-                (alg, vec![digest], Some(len), None)
-            }
+            Payload::Hashed { digest, len } => (digest.algorithm(), vec![digest], Some(len), None),
             Payload::Document { source, keep } => {
                 let keep = if encoder.envelops() { keep } else { None };
                 let (digest, len, content) = hash_document(source, keep).await?;
@@ -596,9 +578,8 @@ impl<T: UsersTx + ?Sized> Signing<T> {
             let now = self.clock.now();
             let n = digests.len() as u64;
             let refused = Arc::new(AtomicBool::new(false));
-            let result = self
-                .run(Arc::clone(&signer), encoder, alg, digests.clone(), now, content_len, Arc::clone(&refused))
-                .await;
+            let result =
+                self.run(Arc::clone(&signer), encoder, digests.clone(), now, content_len, Arc::clone(&refused)).await;
             let assembled = match result {
                 Ok(s) => s,
                 Err(e) => {
@@ -666,7 +647,8 @@ impl<T: UsersTx + ?Sized> Signing<T> {
             if let (Some(extra), Some(obj)) = (extra.as_ref().and_then(|d| d.as_object()), detail.as_object_mut()) {
                 obj.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
-            let names: Vec<String> = digests.iter().map(|d| format!("{}:{}", digest_name(alg), hex(d))).collect();
+            let names: Vec<String> =
+                digests.iter().map(|d| format!("{}:{}", digest_name(alg), hex(d.as_bytes()))).collect();
             let signed = Instant::now();
             let audit_seq = self.commit(principal, key.generation, &names, detail, announced).await?;
             self.metrics.audit_wait(signed.elapsed());
@@ -689,8 +671,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         &self,
         signer: Arc<Signer>,
         encoder: Box<dyn format::Encoder>,
-        alg: DigestAlgorithm,
-        digests: Vec<Vec<u8>>,
+        digests: Vec<Digest>,
         at: SystemTime,
         content_len: Option<u64>,
         refused: Arc<AtomicBool>,
@@ -698,7 +679,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         let (ks, metrics) = (Arc::clone(&self.keystore), Arc::clone(&self.metrics));
         let inline = digests.len() <= INLINE_SIGNATURES;
         let work = move || {
-            let mut token = |scheme, digest: &[u8]| {
+            let mut token = |scheme, digest: &Digest| {
                 ks.sign_digest(&signer.key, scheme, digest).inspect_err(|e| {
                     if e.is_unavailable()
                         || matches!(e, inkan_keystore::Error::Pkcs11 { .. } | inkan_keystore::Error::Interface { .. })
@@ -710,10 +691,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
                     }
                 })
             };
-            digests
-                .iter()
-                .map(|d| format::sign(encoder.as_ref(), &signer, alg, d, at, content_len, &mut token))
-                .collect()
+            digests.iter().map(|d| format::sign(encoder.as_ref(), &signer, d, at, content_len, &mut token)).collect()
         };
         if inline {
             work()
@@ -779,7 +757,7 @@ pub async fn operator<T: UsersTx + ?Sized>(
 
 /// Hashes a document with SHA-256 in constant memory, keeping it when asked
 /// (at most `keep` bytes). Returns the digest, the length and the kept bytes.
-async fn hash_document(source: &mut dyn Document, keep: Option<usize>) -> Result<(Vec<u8>, u64, Option<Vec<u8>>)> {
+async fn hash_document(source: &mut dyn Document, keep: Option<usize>) -> Result<(Digest, u64, Option<Vec<u8>>)> {
     let mut hasher = sha2::Sha256::new();
     let mut kept = keep.map(|_| Vec::new());
     let mut len: u64 = 0;
@@ -793,7 +771,7 @@ async fn hash_document(source: &mut dyn Document, keep: Option<usize>) -> Result
             buf.extend_from_slice(&chunk);
         }
     }
-    Ok((hasher.finalize().to_vec(), len, kept))
+    Ok((Digest::sha256(hasher.finalize().into()), len, kept))
 }
 
 #[cfg(test)]

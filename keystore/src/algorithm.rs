@@ -116,7 +116,7 @@ impl DigestAlgorithm {
         }
     }
 
-    /// Hashes `data`.
+    /// Hashes `data` ([`Digest::of`] for a digest to sign).
     pub fn digest(self, data: &[u8]) -> Vec<u8> {
         use sha2::Digest;
         match self {
@@ -187,6 +187,69 @@ impl SignatureScheme {
     }
 }
 
+/// A digest to sign: its algorithm and bytes of that algorithm's length.
+///
+/// The length is checked once, where a digest comes from outside
+/// ([`Digest::new`]: a client's hash); a digest computed here
+/// ([`Digest::of`]) is right by construction. Whatever signs a `Digest`
+/// never checks its length again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Digest {
+    alg: DigestAlgorithm,
+    bytes: Vec<u8>,
+}
+
+/// A digest whose length is not its algorithm's.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a {} digest has {} bytes, not {len}", alg.name(), alg.output_len())]
+pub struct WrongLength {
+    /// The algorithm named.
+    pub alg: DigestAlgorithm,
+    /// The length given.
+    pub len: usize,
+}
+
+impl Digest {
+    /// A digest given as bytes: refused unless it is as long as `alg`'s.
+    pub fn new(alg: DigestAlgorithm, bytes: Vec<u8>) -> std::result::Result<Digest, WrongLength> {
+        if bytes.len() != alg.output_len() {
+            return Err(WrongLength { alg, len: bytes.len() });
+        }
+        Ok(Digest { alg, bytes })
+    }
+
+    /// A SHA-256 digest computed by the caller (a streamed hash).
+    pub fn sha256(bytes: [u8; 32]) -> Digest {
+        Digest { alg: DigestAlgorithm::Sha256, bytes: bytes.to_vec() }
+    }
+
+    /// `data` hashed with `alg`.
+    pub fn of(alg: DigestAlgorithm, data: &[u8]) -> Digest {
+        Digest { alg, bytes: alg.digest(data) }
+    }
+
+    /// Its algorithm.
+    pub fn algorithm(&self) -> DigestAlgorithm {
+        self.alg
+    }
+
+    /// Its bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Its bytes, owned.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
+impl AsRef<[u8]> for Digest {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +280,21 @@ mod tests {
         assert_eq!("rsa2048".parse::<KeyAlgorithm>().ok(), Some(KeyAlgorithm::Rsa2048));
         assert_eq!("SHA-384".parse::<DigestAlgorithm>().ok(), Some(DigestAlgorithm::Sha384));
         assert!("md5".parse::<DigestAlgorithm>().is_err());
+    }
+
+    #[test]
+    fn a_digest_has_its_algorithms_length_or_is_not_made() {
+        for alg in [DigestAlgorithm::Sha256, DigestAlgorithm::Sha384, DigestAlgorithm::Sha512] {
+            let made = Digest::of(alg, b"x");
+            assert_eq!((made.algorithm(), made.as_bytes().len()), (alg, alg.output_len()));
+            assert_eq!(Digest::new(alg, made.as_bytes().to_vec()).ok(), Some(made));
+            let short = Digest::new(alg, vec![0; alg.output_len() - 1]).expect_err("short");
+            assert_eq!(short, WrongLength { alg, len: alg.output_len() - 1 });
+        }
+        assert_eq!(
+            Digest::new(DigestAlgorithm::Sha256, vec![0; 48]).map_err(|e| e.to_string()),
+            Err("a SHA-256 digest has 32 bytes, not 48".to_string())
+        );
+        assert_eq!(Digest::sha256([7; 32]).into_bytes(), vec![7; 32]);
     }
 }

@@ -13,12 +13,12 @@
 //! in again and the operation is retried once.
 //!
 //! ```no_run
-//! use inkan_keystore::{Keystore, KeystoreConfig, KeyAlgorithm, KeyRef, Pin, SignatureScheme, DigestAlgorithm};
+//! use inkan_keystore::{Digest, DigestAlgorithm, Keystore, KeystoreConfig, KeyAlgorithm, KeyRef, Pin, SignatureScheme};
 //! # fn main() -> Result<(), inkan_keystore::Error> {
 //! let ks = Keystore::open(KeystoreConfig::new("/usr/lib/softhsm/libsofthsm2.so", "inkan", Pin::new("1234")))?;
 //! let key = KeyRef::from_id(b"example-key".to_vec());
 //! let generated = ks.generate_key_pair(KeyAlgorithm::Rsa2048, &key, "inkan:999001-jpa")?;
-//! let digest = [0u8; 32];
+//! let digest = Digest::of(DigestAlgorithm::Sha256, b"a document");
 //! let signature = ks.sign_digest(&key, SignatureScheme::RsaPkcs1v15(DigestAlgorithm::Sha256), &digest)?;
 //! # let _ = (generated, signature); Ok(()) }
 //! ```
@@ -35,7 +35,7 @@ mod public_key;
 mod token;
 mod wrapped;
 
-pub use algorithm::{DigestAlgorithm, KeyAlgorithm, SignatureScheme};
+pub use algorithm::{Digest, DigestAlgorithm, KeyAlgorithm, SignatureScheme, WrongLength};
 pub use csr::{build_csr, pss_params_fit, signature_algorithm};
 pub use error::{Error, Result, ReturnValue};
 pub use keystore::{

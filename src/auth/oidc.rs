@@ -703,9 +703,9 @@ impl<T: ProviderTx + ?Sized> Provider<T> {
         let claims = id_token_claims(&self.issuer, &code, now, 3600);
         let input = jws_signing_input(self.alg, &self.kid, &claims);
         let (ks, key, alg) = (Arc::clone(&self.keystore), self.platform_key.clone(), self.alg);
-        let digest = DigestAlgorithm::Sha256.digest(input.as_bytes());
+        let digest = inkan_keystore::Digest::of(DigestAlgorithm::Sha256, input.as_bytes());
         let sig = tokio::task::spawn_blocking(move || match alg {
-            IdTokenAlg::ES256 => ks.sign_ecdsa_p1363(&key, &digest),
+            IdTokenAlg::ES256 => ks.sign_ecdsa_p1363(&key, digest.as_bytes()),
             IdTokenAlg::RS256 => {
                 ks.sign_digest(&key, inkan_keystore::SignatureScheme::RsaPkcs1v15(DigestAlgorithm::Sha256), &digest)
             }

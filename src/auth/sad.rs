@@ -75,7 +75,7 @@ pub async fn consume(
     token: &str,
     session: &[u8],
     generation: i64,
-    hashes: &[Vec<u8>],
+    hashes: &[inkan_keystore::Digest],
     now: i64,
 ) -> Result<Taken> {
     let hash = token_hash(token);
@@ -91,7 +91,7 @@ pub async fn consume(
     }
     if let Some(bound) = &sad.hashes {
         let mut a = bound.clone();
-        let mut b = hashes.to_vec();
+        let mut b: Vec<Vec<u8>> = hashes.iter().map(|d| d.as_bytes().to_vec()).collect();
         a.sort();
         b.sort();
         if a != b {

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::ops::Range;
 
 use base64ct::Encoding;
-use sha2::Digest;
+use inkan_keystore::{Digest, DigestAlgorithm};
 
 use super::kind::Kind;
 use super::{check, csv};
@@ -24,7 +24,7 @@ pub struct Document {
     /// A prescription or a dispensing record.
     pub kind: Kind,
     /// Reference 1's digest: SHA-256 of the inclusive C14N of the target.
-    pub digest: Vec<u8>,
+    pub digest: Digest,
     /// `PrescriptionId` / `DispensingId`, as the document names it.
     pub record_id: Option<String>,
     /// SHA-256 of the signed CSV, lowercase hex.
@@ -83,7 +83,7 @@ impl Document {
         let at = text.len() - csv::MINIMAL_TAIL.len();
         Ok(Document {
             kind: Kind::Prescription,
-            digest: sha2::Sha256::digest(target.as_bytes()).to_vec(),
+            digest: Digest::of(DigestAlgorithm::Sha256, target.as_bytes()),
             record_id: Some(prescription_id.to_owned()),
             csv_sha256,
             ids: ["Document", "PrescriptionManagement", "PrescriptionDocument"].map(str::to_owned).into(),
@@ -110,7 +110,7 @@ impl Document {
     }
 }
 
-type Analysis = (Kind, Vec<u8>, Option<String>, String, Splice);
+type Analysis = (Kind, Digest, Option<String>, String, Splice);
 
 fn analyse(x: &Xml<'_>) -> Result<Analysis> {
     let root = x.root().map_err(invalid)?;
@@ -206,7 +206,7 @@ fn analyse(x: &Xml<'_>) -> Result<Analysis> {
     let record_id = Some(id_of(management, id_element)?);
 
     let canonical = x.inclusive(target).map_err(invalid)?;
-    let digest = sha2::Sha256::digest(&canonical).to_vec();
+    let digest = Digest::of(DigestAlgorithm::Sha256, &canonical);
     Ok((kind, digest, record_id, csv_sha256, splice))
 }
 
@@ -308,8 +308,8 @@ pub(crate) mod tests {
         let (text, signature) = unsigned("Prescription-004_01.xml", "PrescriptionSign");
         let doc = Document::read(text).expect("read");
         assert_eq!(doc.kind, Kind::Prescription);
-        assert_eq!(xml::mime_base64(&doc.digest), "d2AViR1mbbTGkOUKs3/DNI66RLps3c8tE/UDoled78U=\n");
-        assert_eq!(doc.digest, digest_value(&signature));
+        assert_eq!(xml::mime_base64(doc.digest.as_bytes()), "d2AViR1mbbTGkOUKs3/DNI66RLps3c8tE/UDoled78U=\n");
+        assert_eq!(doc.digest.as_bytes(), digest_value(&signature));
         assert_eq!(doc.record_id.as_deref(), Some("1439e0c5-7c1d-4512-861d-263de48417bf"));
         assert_eq!(doc.with_signature(&signature), original, "every byte outside the signature is kept");
         // Signed already: refused.
@@ -323,8 +323,8 @@ pub(crate) mod tests {
         let (text, signature) = unsigned("Dispensing-005_03.xml", "DispensingSign");
         let doc = Document::read(text.clone()).expect("read");
         assert_eq!(doc.kind, Kind::Dispensing);
-        assert_eq!(doc.digest, digest_value(&signature));
-        assert!(xml::mime_base64(&doc.digest).starts_with("qjvcVHTS"));
+        assert_eq!(doc.digest.as_bytes(), digest_value(&signature));
+        assert!(xml::mime_base64(doc.digest.as_bytes()).starts_with("qjvcVHTS"));
         assert_eq!(doc.record_id.as_deref(), Some("024d68dd-074f-4442-8fee-7d8c6c952afd"));
         assert_eq!(doc.with_signature(&signature), original);
         // One byte changed in the doctor's prescription: 422 naming the reference.
@@ -372,14 +372,14 @@ pub(crate) mod tests {
             (&doc.digest, &doc.record_id, &doc.csv_sha256, &doc.ids, &text[..])
         );
         assert_eq!(known.with_signature("<xs:Signature/>"), doc.with_signature("<xs:Signature/>"));
-        assert_eq!(xml::mime_base64(&doc.digest), "d2AViR1mbbTGkOUKs3/DNI66RLps3c8tE/UDoled78U=\n");
+        assert_eq!(xml::mime_base64(doc.digest.as_bytes()), "d2AViR1mbbTGkOUKs3/DNI66RLps3c8tE/UDoled78U=\n");
         // SPEC §1.4's formula, from the CSV alone.
         use base64ct::Encoding;
         let formula = format!(
             "<PrescriptionDocument xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" id=\"PrescriptionDocument\">{}</PrescriptionDocument>",
             base64ct::Base64::encode_string(&csv)
         );
-        assert_eq!(doc.digest, sha2::Sha256::digest(formula.as_bytes()).to_vec());
+        assert_eq!(doc.digest, Digest::of(DigestAlgorithm::Sha256, formula.as_bytes()));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64ct::{Base64, Encoding};
-use inkan_keystore::DigestAlgorithm;
+use inkan_keystore::{Digest, DigestAlgorithm};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -337,8 +337,9 @@ pub struct SignHashes {
     pub level: Option<String>,
 }
 
-/// Decodes base64 digests (standard or URL-safe alphabet) of `alg`.
-pub fn decode_hashes(hashes: &[String], alg: DigestAlgorithm) -> Result<Vec<Vec<u8>>> {
+/// Decodes base64 digests (standard or URL-safe alphabet) of `alg`: the
+/// one place a client's digest is checked for its algorithm's length.
+pub fn decode_hashes(hashes: &[String], alg: DigestAlgorithm) -> Result<Vec<Digest>> {
     if hashes.is_empty() {
         return Err(Error::Invalid("hashes must hold at least one digest".into()));
     }
@@ -353,15 +354,7 @@ pub fn decode_hashes(hashes: &[String], alg: DigestAlgorithm) -> Result<Vec<Vec<
                 .or_else(|_| base64ct::Base64Url::decode_vec(h))
                 .or_else(|_| base64ct::Base64UrlUnpadded::decode_vec(h))
                 .map_err(|_| Error::Invalid(format!("hashes[{i}] is not base64")))?;
-            if bytes.len() != alg.output_len() {
-                return Err(Error::Invalid(format!(
-                    "hashes[{i}] has {} bytes; a {} digest has {}",
-                    bytes.len(),
-                    alg.name(),
-                    alg.output_len()
-                )));
-            }
-            Ok(bytes)
+            Digest::new(alg, bytes).map_err(|e| Error::Invalid(format!("hashes[{i}]: {e}")))
         })
         .collect()
 }
@@ -404,7 +397,7 @@ pub async fn sign_hashes(State(app): State<Arc<App>>, headers: HeaderMap, body: 
         .sign(
             &principal,
             Request {
-                payload: Payload::Digests { alg, digests },
+                payload: Payload::Digests(digests),
                 format,
                 generation: None,
                 activation: Activation::Session,

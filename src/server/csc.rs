@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64ct::{Base64, Encoding};
 use der::Decode;
-use inkan_keystore::{DigestAlgorithm, SignatureScheme};
+use inkan_keystore::{Digest, DigestAlgorithm, SignatureScheme};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
@@ -481,7 +481,7 @@ fn hashes_and_alg(
     hash: Option<Vec<String>>,
     oid: Option<&str>,
     algo: Option<&str>,
-) -> Result<(Vec<Vec<u8>>, Option<DigestAlgorithm>)> {
+) -> Result<(Vec<Digest>, Option<DigestAlgorithm>)> {
     let list = hashes.or(hash);
     let alg = match oid.or(algo) {
         Some(o) => Some(
@@ -740,7 +740,7 @@ pub async fn sign_hash(State(app): State<Arc<App>>, headers: HeaderMap, body: Bo
         .sign(
             &principal,
             Request {
-                payload: Payload::Digests { alg, digests },
+                payload: Payload::Digests(digests),
                 format: Format::Raw(Some(scheme)),
                 generation: Some(generation),
                 activation: Activation::Csc(req.sad.as_deref()),

@@ -327,13 +327,13 @@ pub async fn sign(State(app): State<Arc<App>>, headers: HeaderMap, mut form: Mul
     };
     let result = async {
         let principal = app.sessions.authenticate(&token).await?;
-        let digest = DigestAlgorithm::Sha256.digest(&document);
+        let digest = inkan_keystore::Digest::of(DigestAlgorithm::Sha256, &document);
         let signed = app
             .signing
             .sign(
                 &principal,
                 Request {
-                    payload: Payload::Digests { alg: DigestAlgorithm::Sha256, digests: vec![digest] },
+                    payload: Payload::Digests(vec![digest]),
                     format: Format::CadesDetached,
                     generation: None,
                     activation: Activation::Session,

@@ -12,11 +12,12 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         principal: &Principal,
         generation: i64,
         alg: DigestAlgorithm,
-        digests: &[Vec<u8>],
+        digests: &[inkan_keystore::Digest],
         level: Level,
         e: &Error,
     ) {
-        let names: Vec<String> = digests.iter().map(|d| format!("{}:{}", digest_name(alg), hex(d))).collect();
+        let names: Vec<String> =
+            digests.iter().map(|d| format!("{}:{}", digest_name(alg), hex(d.as_bytes()))).collect();
         let detail = serde_json::json!({ "level": level.as_str(), "reason": e.to_string(), "delivered": false });
         let recorded = async {
             let mut tx = self.store.write().await?;

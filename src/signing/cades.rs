@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use inkan_keystore::DigestAlgorithm;
+use inkan_keystore::{Digest, DigestAlgorithm};
 
 use crate::error::Result;
 
@@ -134,19 +134,19 @@ impl Encoder for Cades {
     fn prepare(
         &self,
         signer: &Arc<Signer>,
-        digest_alg: DigestAlgorithm,
-        message_digest: &[u8],
+        message_digest: &Digest,
         signing_time: SystemTime,
         content_len: Option<u64>,
     ) -> Result<ToBeSigned> {
-        let (attributes, scheme, digest) = prepare(&signer.cades, digest_alg, message_digest, signing_time)?;
+        let digest_alg = message_digest.algorithm();
+        let (attributes, scheme, digest) = prepare(&signer.cades, message_digest, signing_time)?;
         Ok(ToBeSigned {
             scheme,
             digest,
             pending: Box::new(Attributes {
                 signer: Arc::clone(signer),
                 digest_alg,
-                message_digest: message_digest.to_vec(),
+                message_digest: message_digest.as_bytes().to_vec(),
                 attributes,
                 content_len: if self.enveloping { content_len } else { None },
             }),

@@ -25,7 +25,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use inkan_keystore::{DigestAlgorithm, SignatureScheme};
+use inkan_keystore::{Digest, DigestAlgorithm, SignatureScheme};
 
 use crate::error::Result;
 
@@ -39,7 +39,7 @@ pub struct ToBeSigned {
     /// The scheme of the one token call.
     pub scheme: SignatureScheme,
     /// The digest the token signs.
-    pub digest: Vec<u8>,
+    pub digest: Digest,
     /// The format's state until the signature value comes back.
     pub pending: Box<dyn Pending>,
 }
@@ -195,8 +195,7 @@ pub trait Encoder: Send + Sync {
     fn prepare(
         &self,
         signer: &Arc<Signer>,
-        digest_alg: DigestAlgorithm,
-        message_digest: &[u8],
+        message_digest: &Digest,
         signing_time: SystemTime,
         content_len: Option<u64>,
     ) -> Result<ToBeSigned>;
@@ -206,13 +205,12 @@ pub trait Encoder: Send + Sync {
 pub fn sign(
     encoder: &dyn Encoder,
     signer: &Arc<Signer>,
-    digest_alg: DigestAlgorithm,
-    message_digest: &[u8],
+    message_digest: &Digest,
     signing_time: SystemTime,
     content_len: Option<u64>,
     token: &mut TokenSign<'_>,
 ) -> Result<Box<dyn Assembled>> {
-    let to_sign = encoder.prepare(signer, digest_alg, message_digest, signing_time, content_len)?;
+    let to_sign = encoder.prepare(signer, message_digest, signing_time, content_len)?;
     let signature = token(to_sign.scheme, &to_sign.digest)?;
     to_sign.pending.assemble(&signature)
 }

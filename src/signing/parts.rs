@@ -4,7 +4,7 @@
 use inkan_keystore::SignatureScheme;
 
 /// The token's signature with a scheme over a digest: one `C_Sign`.
-pub type TokenSign<'a> = dyn FnMut(SignatureScheme, &[u8]) -> inkan_keystore::Result<Vec<u8>> + 'a;
+pub type TokenSign<'a> = dyn FnMut(SignatureScheme, &inkan_keystore::Digest) -> inkan_keystore::Result<Vec<u8>> + 'a;
 
 /// A finished signature around its (optional) content: `prefix || content ||
 /// suffix` is the whole signature; or, for a signature spliced into a

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use inkan_keystore::{DigestAlgorithm, SignatureScheme};
+use inkan_keystore::{Digest, SignatureScheme};
 
 use crate::error::{Error, Result};
 
@@ -45,11 +45,11 @@ impl Encoder for Raw {
     fn prepare(
         &self,
         signer: &Arc<Signer>,
-        digest_alg: DigestAlgorithm,
-        message_digest: &[u8],
+        message_digest: &Digest,
         _signing_time: SystemTime,
         _content_len: Option<u64>,
     ) -> Result<ToBeSigned> {
+        let digest_alg = message_digest.algorithm();
         let scheme = match self.scheme {
             Some(s) if s.digest_algorithm() != digest_alg || !s.fits(signer.algorithm) => {
                 return Err(Error::Invalid("the signature scheme does not fit the key or the digest".into()))
@@ -57,6 +57,6 @@ impl Encoder for Raw {
             Some(s) => s,
             None => signer.cades.scheme(digest_alg),
         };
-        Ok(ToBeSigned { scheme, digest: message_digest.to_vec(), pending: Box::new(Value) })
+        Ok(ToBeSigned { scheme, digest: message_digest.clone(), pending: Box::new(Value) })
     }
 }

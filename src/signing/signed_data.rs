@@ -26,7 +26,7 @@ mod oid;
 use std::time::SystemTime;
 
 use der::{Decode, Encode};
-use inkan_keystore::{DigestAlgorithm, KeyAlgorithm, KeyRef, Keystore, SignatureScheme};
+use inkan_keystore::{Digest, DigestAlgorithm, KeyAlgorithm, KeyRef, Keystore, SignatureScheme};
 use x509_cert::Certificate;
 
 use crate::config::RsaScheme;
@@ -411,12 +411,12 @@ pub fn attribute(oid: der::oid::ObjectIdentifier, value: &[u8]) -> Result<Vec<u8
 /// attributes' DER `SET OF`). [`assemble`] is the last.
 pub fn prepare(
     identity: &SignerIdentity,
-    digest_alg: DigestAlgorithm,
-    message_digest: &[u8],
+    message_digest: &Digest,
     signing_time: SystemTime,
-) -> Result<(SignedAttributes, SignatureScheme, Vec<u8>)> {
-    let attributes = SignedAttributes::new(identity, message_digest, signing_time)?;
-    let to_sign = digest_alg.digest(&attributes.to_be_signed());
+) -> Result<(SignedAttributes, SignatureScheme, Digest)> {
+    let digest_alg = message_digest.algorithm();
+    let attributes = SignedAttributes::new(identity, message_digest.as_bytes(), signing_time)?;
+    let to_sign = Digest::of(digest_alg, &attributes.to_be_signed());
     Ok((attributes, identity.scheme(digest_alg), to_sign))
 }
 
@@ -426,20 +426,12 @@ pub fn prepare(
 pub fn sign_digest(
     keystore: &Keystore,
     identity: &SignerIdentity,
-    digest_alg: DigestAlgorithm,
-    message_digest: &[u8],
+    message_digest: &Digest,
     signing_time: SystemTime,
 ) -> Result<Vec<u8>> {
-    if message_digest.len() != digest_alg.output_len() {
-        return Err(Error::Invalid(format!(
-            "a {} digest has {} bytes, not {}",
-            digest_alg.name(),
-            digest_alg.output_len(),
-            message_digest.len()
-        )));
-    }
-    let (attributes, scheme, to_sign) = prepare(identity, digest_alg, message_digest, signing_time)?;
+    let (attributes, scheme, to_sign) = prepare(identity, message_digest, signing_time)?;
     let signature = keystore.sign_digest(identity.key(), scheme, &to_sign)?;
+    let digest_alg = message_digest.algorithm();
     Ok(assemble(identity, digest_alg, &attributes, &signature, None, &Extras::default())?.into_detached())
 }
 

@@ -18,7 +18,7 @@ fn documents_are_hashed_in_chunks_and_kept_only_within_the_limit() {
     let data = vec![7u8; 200_000];
     let chunks = || Chunks(data.chunks(32 * 1024).map(Bytes::copy_from_slice).collect());
     let (digest, len, kept) = run(hash_document(&mut chunks(), None)).expect("hash");
-    assert_eq!((digest, len, kept), (DigestAlgorithm::Sha256.digest(&data), 200_000, None));
+    assert_eq!((digest, len, kept), (inkan_keystore::Digest::of(DigestAlgorithm::Sha256, &data), 200_000, None));
     let (_, _, kept) = run(hash_document(&mut chunks(), Some(200_000))).expect("kept");
     assert_eq!(kept.as_deref(), Some(&data[..]));
     let err = run(hash_document(&mut chunks(), Some(100_000))).expect_err("too large");

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use base64ct::{Base64, Encoding};
-use inkan_keystore::{DigestAlgorithm, SignatureScheme};
-use sha2::Digest;
+use inkan_keystore::{Digest, DigestAlgorithm, SignatureScheme};
+use sha2::Digest as _;
 
 use crate::eps::{Document, Kind};
 use crate::error::{Error, Result};
@@ -73,26 +73,25 @@ impl Encoder for Xades {
     fn prepare(
         &self,
         signer: &Arc<Signer>,
-        digest_alg: DigestAlgorithm,
-        message_digest: &[u8],
+        message_digest: &Digest,
         signing_time: SystemTime,
         _content_len: Option<u64>,
     ) -> Result<ToBeSigned> {
-        if digest_alg != DigestAlgorithm::Sha256 {
+        if message_digest.algorithm() != DigestAlgorithm::Sha256 {
             return Err(Error::Invalid("the e-prescription profile's Reference 1 digest is SHA-256".into()));
         }
         let taken = self.document.as_ref().map(|d| &d.ids);
         let ids = Ids::random(taken)?;
         let ec = !signer.algorithm.is_rsa();
         let signature =
-            Template::new(self.kind, &ids, &signer.xml_certificate, &utc(signing_time)?, message_digest, ec);
+            Template::new(self.kind, &ids, &signer.xml_certificate, &utc(signing_time)?, message_digest.as_bytes(), ec);
         Ok(ToBeSigned {
             scheme: if ec {
                 SignatureScheme::Ecdsa(DigestAlgorithm::Sha256)
             } else {
                 SignatureScheme::RsaPkcs1v15(DigestAlgorithm::Sha256)
             },
-            digest: sha2::Sha256::digest(signature.signed_info.c14n.as_bytes()).to_vec(),
+            digest: Digest::of(DigestAlgorithm::Sha256, signature.signed_info.c14n.as_bytes()),
             pending: Box::new(Waiting { signature, document: self.document.clone() }),
         })
     }
@@ -632,7 +631,7 @@ mod tests {
             };
             let certificate = sample(cert);
             let encoded = EncodedCertificate::new(&certificate);
-            let template = Template::new(kind, &ids(ids_hex), &encoded, &time, &doc.digest, false);
+            let template = Template::new(kind, &ids(ids_hex), &encoded, &time, doc.digest.as_bytes(), false);
             let value = signature_value(&signature);
             assert_eq!(template.element(&value, ""), without_unsigned(&signature), "{file}");
             // The signature value verifies over the canonical SignedInfo written here.
@@ -655,8 +654,14 @@ mod tests {
         let doc = Document::read(text).expect("read");
         let ids = Ids::random(Some(&doc.ids)).expect("ids");
         let certificate = EncodedCertificate::new(&sample("extracted-doctor-signer.der"));
-        let template =
-            Template::new(Kind::Prescription, &ids, &certificate, "2026-12-06T00:00:00+00:00", &doc.digest, true);
+        let template = Template::new(
+            Kind::Prescription,
+            &ids,
+            &certificate,
+            "2026-12-06T00:00:00+00:00",
+            doc.digest.as_bytes(),
+            true,
+        );
         let signed = doc.with_signature(&template.element(&[1u8; 64], ""));
         let x = crate::xml::parse(&signed).expect("parse");
         for (id, twin) in [

@@ -45,8 +45,8 @@ fn signatures_over_digests_verify_for_every_hash() {
     let doc = dir.path().join("doc");
     std::fs::write(&doc, b"remote signing with a precomputed digest").expect("doc");
     for alg in [DigestAlgorithm::Sha256, DigestAlgorithm::Sha384, DigestAlgorithm::Sha512] {
-        let digest = alg.digest(&std::fs::read(&doc).expect("doc"));
-        let der = cades::sign_digest(&ks, &id, alg, &digest, SystemTime::now()).expect("sign");
+        let digest = inkan::keystore::Digest::of(alg, &std::fs::read(&doc).expect("doc"));
+        let der = cades::sign_digest(&ks, &id, &digest, SystemTime::now()).expect("sign");
         let sig = dir.path().join(format!("{alg:?}.p7s"));
         std::fs::write(&sig, &der).expect("write");
         let (ok, err) = openssl_verify(&sig, Some(&doc));
@@ -67,7 +67,7 @@ fn signatures_over_digests_verify_for_every_hash() {
         // DER: the SET OF attributes re-encodes to the same bytes (sorted).
         assert!(attrs.to_der().is_ok());
     }
-    let err = cades::sign_digest(&ks, &id, DigestAlgorithm::Sha256, &[0u8; 31], SystemTime::now()).expect_err("short");
+    let err = inkan::keystore::Digest::new(DigestAlgorithm::Sha256, vec![0u8; 31]).expect_err("short");
     assert!(err.to_string().contains("32 bytes"), "{err}");
 }
 
@@ -76,7 +76,7 @@ fn signing_time_comes_from_the_clock() {
     let (ks, _) = token(1);
     let id = signer(&ks, KeyAlgorithm::EcP256);
     let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000); // 2030-03-17
-    let der = cades::sign_digest(&ks, &id, DigestAlgorithm::Sha256, &[7; 32], at).expect("sign");
+    let der = cades::sign_digest(&ks, &id, &inkan::keystore::Digest::sha256([7; 32]), at).expect("sign");
     let ci = cms::content_info::ContentInfo::from_der(&der).expect("ContentInfo");
     let sd: cms::signed_data::SignedData = ci.content.decode_as().expect("SignedData");
     let attrs = sd.signer_infos.0.get(0).expect("signer").signed_attrs.clone().expect("attrs");

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use inkan::keystore::{DigestAlgorithm, Error, KeyAlgorithm, KeyRef, SignatureScheme};
+use inkan::keystore::{Digest, DigestAlgorithm, Error, KeyAlgorithm, KeyRef, SignatureScheme};
 use rsa::signature::Verifier;
 
 use crate::harness::token;
@@ -29,7 +29,7 @@ fn pooled_signing_from_many_threads() {
             std::thread::spawn(move || {
                 for i in 0..10 {
                     let msg = format!("thread {t} message {i}");
-                    let digest = DigestAlgorithm::Sha256.digest(msg.as_bytes());
+                    let digest = Digest::of(DigestAlgorithm::Sha256, msg.as_bytes());
                     let sig = ks
                         .sign_digest(&key, SignatureScheme::RsaPkcs1v15(DigestAlgorithm::Sha256), &digest)
                         .expect("sign");
@@ -48,7 +48,7 @@ fn relogin_after_a_logout_elsewhere() {
     let (ks, label) = token(1);
     let key = KeyRef::from_id(b"relogin".to_vec());
     ks.generate_key_pair(KeyAlgorithm::Rsa2048, &key, "relogin").expect("generate");
-    let digest = [1u8; 32];
+    let digest = Digest::sha256([1u8; 32]);
     let scheme = SignatureScheme::RsaPkcs1v15(DigestAlgorithm::Sha256);
     ks.sign_digest(&key, scheme, &digest).expect("first signature caches the handle");
 
@@ -74,7 +74,7 @@ fn ecdsa_and_pss_signatures_verify() {
     let ec = KeyRef::from_id(b"ec".to_vec());
     let generated = ks.generate_key_pair(KeyAlgorithm::EcP256, &ec, "ec").expect("generate ec");
     let msg = b"ecdsa over P-256";
-    let digest = DigestAlgorithm::Sha256.digest(msg);
+    let digest = Digest::of(DigestAlgorithm::Sha256, msg);
     let sig = ks.sign_digest(&ec, SignatureScheme::Ecdsa(DigestAlgorithm::Sha256), &digest).expect("sign");
     assert_eq!(sig[0], 0x30, "DER Ecdsa-Sig-Value");
     let vk = {
@@ -86,7 +86,7 @@ fn ecdsa_and_pss_signatures_verify() {
 
     let rsa = KeyRef::from_id(b"pss".to_vec());
     let generated = ks.generate_key_pair(KeyAlgorithm::Rsa2048, &rsa, "pss").expect("generate rsa");
-    let digest = DigestAlgorithm::Sha384.digest(msg);
+    let digest = Digest::of(DigestAlgorithm::Sha384, msg);
     let sig = ks.sign_digest(&rsa, SignatureScheme::RsaPss(DigestAlgorithm::Sha384), &digest).expect("pss");
     use rsa::pkcs8::DecodePublicKey;
     let key = rsa::RsaPublicKey::from_public_key_der(&generated.public_key_der).expect("key");
@@ -98,18 +98,24 @@ fn ecdsa_and_pss_signatures_verify() {
 fn errors_say_what_went_wrong() {
     let (ks, _) = token(1);
     let missing = KeyRef::from_id(b"missing".to_vec());
-    let err =
-        ks.sign_digest(&missing, SignatureScheme::RsaPkcs1v15(DigestAlgorithm::Sha256), &[0; 32]).expect_err("no key");
+    let err = ks
+        .sign_digest(&missing, SignatureScheme::RsaPkcs1v15(DigestAlgorithm::Sha256), &Digest::sha256([0; 32]))
+        .expect_err("no key");
     assert!(matches!(err, Error::KeyNotFound { .. }), "{err:?}");
 
     let key = KeyRef::from_id(b"k".to_vec());
     ks.generate_key_pair(KeyAlgorithm::Rsa2048, &key, "k").expect("generate");
+    // A digest of the wrong length cannot be made; one of another algorithm
+    // than the scheme's is refused before the token is asked.
+    let short = inkan::keystore::Digest::new(DigestAlgorithm::Sha256, vec![0; 20]).expect_err("short digest");
+    assert_eq!(short.to_string(), "a SHA-256 digest has 32 bytes, not 20");
     let err = ks
-        .sign_digest(&key, SignatureScheme::RsaPkcs1v15(DigestAlgorithm::Sha256), &[0; 20])
-        .expect_err("short digest");
+        .sign_digest(&key, SignatureScheme::RsaPkcs1v15(DigestAlgorithm::Sha384), &Digest::sha256([0; 32]))
+        .expect_err("another algorithm");
     assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
-    let err =
-        ks.sign_digest(&key, SignatureScheme::Ecdsa(DigestAlgorithm::Sha256), &[0; 32]).expect_err("wrong mechanism");
+    let err = ks
+        .sign_digest(&key, SignatureScheme::Ecdsa(DigestAlgorithm::Sha256), &Digest::sha256([0; 32]))
+        .expect_err("wrong mechanism");
     assert!(matches!(err, Error::MechanismUnsupported { .. }), "{err:?}");
     let err = ks.generate_key_pair(KeyAlgorithm::Rsa2048, &key, "k").expect_err("id taken");
     assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
@@ -142,7 +148,9 @@ fn keys_can_be_listed_by_label_and_destroyed() {
     assert_eq!(found, vec![a.clone(), b.clone()]);
     ks.destroy(&a).expect("destroy");
     assert_eq!(ks.keys_labelled("inkan:u1").expect("list"), vec![b]);
-    let err = ks.sign_digest(&a, SignatureScheme::Ecdsa(DigestAlgorithm::Sha256), &[0; 32]).expect_err("gone");
+    let err = ks
+        .sign_digest(&a, SignatureScheme::Ecdsa(DigestAlgorithm::Sha256), &Digest::sha256([0; 32]))
+        .expect_err("gone");
     assert!(matches!(err, Error::KeyNotFound { .. }), "{err:?}");
 }
 
@@ -212,7 +220,7 @@ fn wrapped_keys_sign_survive_a_restart_and_leave_nothing_in_the_token() {
     assert!(ks.keys_labelled("inkan:w1").expect("list").is_empty(), "no token object per user");
 
     let msg = b"wrapped";
-    let sig = ks.sign_digest(&rsa.key, scheme, &DigestAlgorithm::Sha256.digest(msg)).expect("rsa sign");
+    let sig = ks.sign_digest(&rsa.key, scheme, &Digest::of(DigestAlgorithm::Sha256, msg)).expect("rsa sign");
     assert!(rsa_verify(&rsa.public_key_der, msg, &sig));
     let sig = ks.sign_message(&ec.key, SignatureScheme::Ecdsa(DigestAlgorithm::Sha256), msg).expect("ec sign");
     assert!(ec_verifies(&ec.public_key_der, msg, &sig));
@@ -246,7 +254,7 @@ fn wrapped_keys_sign_survive_a_restart_and_leave_nothing_in_the_token() {
     .expect("reopen");
     let key = KeyRef::from_stored(stored, &binding("w1", 1), &spki);
     assert_eq!(key, rsa.key);
-    let sig = again.sign_digest(&key, scheme, &DigestAlgorithm::Sha256.digest(msg)).expect("after restart");
+    let sig = again.sign_digest(&key, scheme, &Digest::of(DigestAlgorithm::Sha256, msg)).expect("after restart");
     assert!(rsa_verify(&spki, msg, &sig));
     assert_eq!(again.public_key(&key, KeyAlgorithm::Rsa2048).expect("public key"), spki);
     let stats = again.cache_stats();
@@ -431,7 +439,7 @@ fn keys_under_a_trusted_kek_move_to_a_newer_one_and_nowhere_else() {
     let signs = |ks: &inkan::keystore::Keystore, key: &KeyRef, spki: &[u8], rsa: bool| {
         let msg = b"rotated";
         if rsa {
-            let sig = ks.sign_digest(key, scheme, &DigestAlgorithm::Sha256.digest(msg)).expect("rsa sign");
+            let sig = ks.sign_digest(key, scheme, &Digest::of(DigestAlgorithm::Sha256, msg)).expect("rsa sign");
             assert!(rsa_verify(spki, msg, &sig), "signed by its own key");
         } else {
             let sig = ks.sign_message(key, SignatureScheme::Ecdsa(DigestAlgorithm::Sha256), msg).expect("ec sign");

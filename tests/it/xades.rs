@@ -266,7 +266,7 @@ fn csc_sign_doc_signs_xades_documents_and_reference_digests_under_one_sad() {
 
     let doc = prescription("rx-csc", "");
     let parsed = inkan::eps::Document::read(doc.clone().into_bytes()).expect("read");
-    let reference = Base64::encode_string(&parsed.digest);
+    let reference = Base64::encode_string(parsed.digest.as_bytes());
     // SCAL 2: the SAD binds Reference 1's digest, the same in every mode.
     let authorize = |n: u32, hashes: Vec<String>| {
         let r = Client::new().post_json(

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::error::ReturnValue;
+use crate::Digest;
 
 impl Keystore {
     /// Signs a digest with the private key.
@@ -13,17 +14,15 @@ impl Keystore {
     /// - ECDSA: `CKM_ECDSA`, and the token's `r || s` is returned DER-encoded.
     ///
     /// This is the hot path: one pool checkout, a cached handle, one `C_Sign`.
-    pub fn sign_digest(&self, key: &KeyRef, scheme: SignatureScheme, digest: &[u8]) -> Result<Vec<u8>> {
-        let alg = scheme.digest_algorithm();
-        if digest.len() != alg.output_len() {
+    pub fn sign_digest(&self, key: &KeyRef, scheme: SignatureScheme, digest: &Digest) -> Result<Vec<u8>> {
+        if digest.algorithm() != scheme.digest_algorithm() {
             return Err(Error::InvalidInput(format!(
-                "a {} digest has {} bytes, not {}",
-                alg.name(),
-                alg.output_len(),
-                digest.len()
+                "a {} digest cannot be signed with a {} scheme",
+                digest.algorithm().name(),
+                scheme.digest_algorithm().name()
             )));
         }
-        let (mechanism, data) = token_input(scheme, digest);
+        let (mechanism, data) = token_input(scheme, digest.as_bytes());
         let signature = self.sign_raw(key, &mechanism, &data)?;
         finish_signature(scheme, signature)
     }
@@ -78,8 +77,7 @@ impl Keystore {
 
     /// Signs `message` after hashing it in software (for CSRs and other small data).
     pub fn sign_message(&self, key: &KeyRef, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>> {
-        let digest = scheme.digest_algorithm().digest(message);
-        self.sign_digest(key, scheme, &digest)
+        self.sign_digest(key, scheme, &Digest::of(scheme.digest_algorithm(), message))
     }
 }
 

@@ -223,15 +223,15 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
         level: Level,
     }
     enum JobPayload {
-        Digests(DigestAlgorithm, Vec<Vec<u8>>, Format),
-        Enveloping(DigestAlgorithm, Vec<u8>, u64),
+        Digests(Vec<Digest>, Format),
+        Enveloping(Digest, u64),
         Eps(Arc<crate::eps::Document>),
     }
     impl Job {
-        fn hashes(&self) -> Vec<Vec<u8>> {
+        fn hashes(&self) -> Vec<Digest> {
             match &self.payload {
-                JobPayload::Digests(_, h, _) => h.clone(),
-                JobPayload::Enveloping(_, d, _) => vec![d.clone()],
+                JobPayload::Digests(h, _) => h.clone(),
+                JobPayload::Enveloping(d, _) => vec![d.clone()],
                 JobPayload::Eps(doc) => vec![doc.digest.clone()],
             }
         }
@@ -287,7 +287,7 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
         };
         let hashes =
             decode_hashes(&dd.hashes, alg).map_err(|e| Error::Invalid(format!("Invalid parameter hashes: {e}")))?;
-        jobs.push(Job { payload: JobPayload::Digests(alg, hashes, format), out: Out::Object, level });
+        jobs.push(Job { payload: JobPayload::Digests(hashes, format), out: Out::Object, level });
     }
     for doc in req.documents.iter().flatten() {
         let (format, level) = check_format(&doc.signature_format, doc.conformance_level.as_deref())?;
@@ -300,20 +300,12 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
                     "Attached" | "Enveloping" => true,
                     _ => return Err(invalid("signed_envelope_property")),
                 };
-                let digest = DigestAlgorithm::Sha256.digest(&content);
+                let digest = Digest::of(DigestAlgorithm::Sha256, &content);
                 jobs.push(if attached {
                     let len = content.len() as u64;
-                    Job {
-                        payload: JobPayload::Enveloping(DigestAlgorithm::Sha256, digest, len),
-                        out: Out::Around(content),
-                        level,
-                    }
+                    Job { payload: JobPayload::Enveloping(digest, len), out: Out::Around(content), level }
                 } else {
-                    Job {
-                        payload: JobPayload::Digests(DigestAlgorithm::Sha256, vec![digest], Format::CadesDetached),
-                        out: Out::Object,
-                        level,
-                    }
+                    Job { payload: JobPayload::Digests(vec![digest], Format::CadesDetached), out: Out::Object, level }
                 });
             }
             DocFormat::Xades => {
@@ -338,7 +330,7 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
     // Every entry's level must be one that can be made, before the SAD is used.
     for job in &jobs {
         let (format, document) = match &job.payload {
-            JobPayload::Digests(_, _, format) => (*format, None),
+            JobPayload::Digests(_, format) => (*format, None),
             JobPayload::Enveloping(..) => (Format::CadesEnveloping, None),
             JobPayload::Eps(document) => (Format::Xades(None), Some(document)),
         };
@@ -347,14 +339,14 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
             .map_err(|e| Error::Invalid(format!("Invalid parameter conformance_level: {e}")))?;
     }
     // One SAD for the whole request: checked against every hash, once.
-    let all: Vec<Vec<u8>> = jobs.iter().flat_map(Job::hashes).collect();
+    let all: Vec<Digest> = jobs.iter().flat_map(Job::hashes).collect();
     let mut taken = app.signing.activate(&principal, generation, req.sad.as_deref(), &all).await?;
     let mut signature_objects = Vec::new();
     let mut with_signature = Vec::new();
     for Job { payload, out, level } in jobs {
         let (payload, format) = match payload {
-            JobPayload::Digests(alg, digests, format) => (Payload::Digests { alg, digests }, format),
-            JobPayload::Enveloping(alg, digest, len) => (Payload::Hashed { alg, digest, len }, Format::CadesEnveloping),
+            JobPayload::Digests(digests, format) => (Payload::Digests(digests), format),
+            JobPayload::Enveloping(digest, len) => (Payload::Hashed { digest, len }, Format::CadesEnveloping),
             JobPayload::Eps(document) => (Payload::Eps(EpsInput::Read(document)), Format::Xades(None)),
         };
         let signed = app
