@@ -45,7 +45,7 @@ use x509_cert::Certificate;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::revocation::Crls;
-use crate::signing::format::{ArchiveStamp, Level, ValidationData};
+use crate::signing::format::{ArchiveStamp, Family, Level, ValidationData};
 use crate::tsa::{Checked, Tsa};
 use crate::verify::{Indication, Trust};
 
@@ -223,7 +223,7 @@ impl Extender {
         // B-LT: what validates the signature and its time-stamp later. CMS
         // takes any of it that is missing (a CAdES "B-LT" may lack some);
         // an XAdES B-LT has its own, which the last check weighs.
-        if level >= Level::BLT && (from < Level::BLT || signature.format() == "CAdES") {
+        if level >= Level::BLT && (from < Level::BLT || signature.format() == Family::Cades.about().name) {
             let stamp = sts.as_ref().ok_or_else(|| Error::Internal("B-LT without a signature time-stamp".into()))?;
             let tsa_crls = match sts_crls.filter(|_| from >= Level::BT) {
                 Some(g) => g,

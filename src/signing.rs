@@ -85,6 +85,15 @@ pub enum Format {
 }
 
 impl Format {
+    /// Its family: what every interface calls it ([`format::Family::about`]).
+    pub fn family(self) -> format::Family {
+        match self {
+            Format::CadesDetached | Format::CadesEnveloping => format::Family::Cades,
+            Format::Raw(_) => format::Family::Raw,
+            Format::Xades(_) => format::Family::Xades,
+        }
+    }
+
     /// The format's encoder.
     pub fn encoder(self) -> Box<dyn format::Encoder> {
         match self {
@@ -570,7 +579,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         // Steps 4 to 6; an outage in them used nothing up: the client
         // retries with the same SAD.
         let signed: Result<Signed> = async {
-            let format_name = encoder.name();
+            let format_name = encoder.audit_name();
             // 4. The token. (A row is announced to the audit writer, which
             // may wait for it, only when no TSA stands between the token
             // and the commit.)

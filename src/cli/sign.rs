@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::context::{CliError, Ctx, Output};
 use crate::auth::principal::Principal;
 use crate::error::{Error, Result};
+use crate::signing::format::Family;
 use crate::signing::{Activation, Document, EpsInput, Format, Level, Payload, Request, Signing};
 use crate::store::Tx;
 
@@ -30,8 +31,8 @@ pub struct SignArgs {
     /// `cades` (any document: a .p7s), or `xades` (an e-prescription
     /// document, written out signed; or a prescription CSV with
     /// `--prescription-id`).
-    #[arg(long, default_value = "cades", value_parser = ["cades", "xades"])]
-    pub format: String,
+    #[arg(long, default_value = "cades", value_parser = file_family)]
+    pub format: Family,
     /// With `--format xades`: the input is the prescription's CSV, and this
     /// its PrescriptionId; the minimal prescription document is written out signed.
     #[arg(long, value_name = "ID")]
@@ -135,7 +136,7 @@ pub async fn sign_file(
         digest: signed.digests.pop().unwrap_or_default(),
         out: out.display().to_string(),
         attached,
-        format: "cades-bes",
+        format: Family::Cades.about().audit,
         kind: None,
         audit_seq: signed.audit_seq,
     })
@@ -224,6 +225,11 @@ fn content_len(document: &FileDocument) -> u64 {
     f.stream_position().unwrap_or(0)
 }
 
+/// The families `--format` names: those that sign a file.
+fn file_family(name: &str) -> Result<Family, String> {
+    Family::from_api(name, &[Family::Cades, Family::Xades]).map_err(|e| e.to_string())
+}
+
 /// `inkan sign USER INPUT --out OUT [--attached | --format xades [--prescription-id ID]]`
 pub async fn run(ctx: &Ctx, args: SignArgs) -> Result<Output, CliError> {
     let store = ctx.store().await?;
@@ -236,7 +242,7 @@ pub async fn run(ctx: &Ctx, args: SignArgs) -> Result<Output, CliError> {
     let level: Level = args.level.parse()?;
     let signing = ctx.signing(&store)?;
     let input = args.input.display();
-    if args.format == "xades" {
+    if args.format == Family::Xades {
         if args.attached {
             return Err(CliError::from("--attached is for CAdES: XAdES goes into the document"));
         }

@@ -12,6 +12,7 @@ use x509_cert::Certificate;
 
 use super::seam::Extendable;
 use crate::error::{Error, Result};
+use crate::signing::format::Family;
 use crate::signing::format::{ArchiveStamp, Level, ValidationData};
 use crate::signing::signed_data::der_writer::{tlv, Tag};
 use crate::signing::signed_data::{
@@ -203,7 +204,7 @@ impl Cades {
 
 impl Extendable for Cades {
     fn format(&self) -> &'static str {
-        "CAdES"
+        Family::Cades.about().name
     }
 
     /// As the validation reads it ([`crate::verify::cades::level`]).

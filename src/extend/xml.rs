@@ -12,6 +12,7 @@ use inkan_keystore::DigestAlgorithm;
 use super::seam::Extendable;
 use crate::eps::Kind;
 use crate::error::{Error, Result};
+use crate::signing::format::Family;
 use crate::signing::format::{ArchiveStamp, Level, ValidationData};
 use crate::signing::xades;
 use crate::tsa::Checked;
@@ -156,7 +157,7 @@ impl Xades {
 
 impl Extendable for Xades {
     fn format(&self) -> &'static str {
-        "XAdES"
+        Family::Xades.about().name
     }
 
     fn level(&self) -> Level {

@@ -16,6 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::clock::rfc3339;
 use crate::error::{Error, Result};
+use crate::signing::format::Family;
 use crate::signing::{Activation, EpsInput, Format, Level, Payload, Request, MAX_HASHES};
 
 use super::body::{drain, read_json, read_limited, BodyDocument};
@@ -163,15 +164,22 @@ pub async fn sign(
 ) -> Result<Response> {
     let principal = app.principal(&headers).await?;
     let level: Level = q.level.as_deref().unwrap_or("B-B").parse()?;
-    match q.format.as_deref().unwrap_or("cades") {
-        "cades" if q.prescription_id.is_none() => sign_cades(&app, &principal, &headers, q.detached, level, body).await,
-        "cades" => Err(Error::Invalid("prescription_id goes with format=xades".into())),
-        "xades" if q.detached.is_none() => sign_xades(&app, &principal, &headers, q.prescription_id, level, body).await,
-        "xades" => Err(Error::Invalid(
+    let family = match &q.format {
+        Some(name) => Family::from_api(name, &[Family::Cades, Family::Xades])?,
+        None => Family::Cades,
+    };
+    match family {
+        Family::Cades if q.prescription_id.is_none() => {
+            sign_cades(&app, &principal, &headers, q.detached, level, body).await
+        }
+        Family::Cades => Err(Error::Invalid("prescription_id goes with format=xades".into())),
+        Family::Xades if q.detached.is_none() => {
+            sign_xades(&app, &principal, &headers, q.prescription_id, level, body).await
+        }
+        _ => Err(Error::Invalid(
             "detached is a CAdES parameter: XAdES goes into the document (use sign-hashes for the signature alone)"
                 .into(),
         )),
-        other => Err(Error::Invalid(format!("format must be cades or xades, not {other:?}"))),
     }
 }
 
@@ -245,10 +253,13 @@ async fn sign_cades(
     };
     let parts = signed.signatures.pop().ok_or_else(|| Error::Internal("no signature".into()))?;
     let der = parts.around(signed.content.as_deref().unwrap_or_default());
+    let about = Family::Cades.about();
+    let disposition = format!("attachment; filename=\"signature.{}\"", about.extension);
     let mut resp = der.into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pkcs7-signature"));
-    resp.headers_mut()
-        .insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=\"signature.p7s\""));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(about.media_type));
+    if let Ok(value) = HeaderValue::from_str(&disposition) {
+        resp.headers_mut().insert(header::CONTENT_DISPOSITION, value);
+    }
     Ok(resp)
 }
 
@@ -316,7 +327,10 @@ async fn sign_xades(
     let parts = signed.signatures.pop().ok_or_else(|| Error::Internal("no signature".into()))?;
     let document = parts.document.ok_or_else(|| Error::Internal("no signed document".into()))?;
     let mut resp = document.into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml; charset=utf-8"));
+    let media = format!("{}; charset=utf-8", Family::Xades.about().media_type);
+    if let Ok(value) = HeaderValue::from_str(&media) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
     Ok(resp)
 }
 
@@ -381,15 +395,18 @@ pub async fn sign_hashes(State(app): State<Arc<App>>, headers: HeaderMap, body: 
     principal.require_sign_scope()?;
     let req: SignHashes = read_json(body, app.config.server.max_json_bytes).await?;
     let alg: DigestAlgorithm = req.hash_algorithm.as_deref().unwrap_or("SHA-256").parse()?;
-    let format = match (req.format.as_deref().unwrap_or("cades"), req.kind.as_deref()) {
-        ("cades", None) => Format::CadesDetached,
-        ("raw", None) => Format::Raw(None),
-        ("xades", Some(kind)) => Format::Xades(Some(kind.parse()?)),
-        ("xades", None) => {
+    let family = match &req.format {
+        Some(name) => Family::from_api(name, &Family::ALL)?,
+        None => Family::Cades,
+    };
+    let format = match (family, req.kind.as_deref()) {
+        (Family::Cades, None) => Format::CadesDetached,
+        (Family::Raw, None) => Format::Raw(None),
+        (Family::Xades, Some(kind)) => Format::Xades(Some(kind.parse()?)),
+        (Family::Xades, None) => {
             return Err(Error::Invalid("format xades needs the kind: \"prescription\" or \"dispensing\"".into()))
         }
-        ("cades" | "raw", Some(_)) => return Err(Error::Invalid("kind goes with format xades".into())),
-        (other, _) => return Err(Error::Invalid(format!("format must be cades, raw or xades, not {other:?}"))),
+        (Family::Cades | Family::Raw, Some(_)) => return Err(Error::Invalid("kind goes with format xades".into())),
     };
     let digests = decode_hashes(&req.hashes, alg)?;
     let signed = app

@@ -28,6 +28,7 @@ use x509_cert::Certificate;
 use crate::auth::principal::Principal;
 use crate::eps::Kind;
 use crate::error::{Error, Result};
+use crate::signing::format::Family;
 use crate::signing::{Activation, EpsInput, Format, Level, Payload, Request, MAX_HASHES};
 
 use super::api::{decode_hashes, Signatures};
@@ -180,7 +181,7 @@ pub async fn info(State(app): State<Arc<App>>, body: Body) -> Result<Response> {
 /// signDoc's formats and their envelope properties.
 fn signature_formats() -> SignatureFormats {
     SignatureFormats {
-        formats: vec!["C", "X"],
+        formats: Family::ALL.iter().filter_map(|f| f.about().csc).collect(),
         envelope_properties: vec![vec!["Detached", "Attached"], vec!["Enveloped", "Detached"]],
     }
 }

@@ -25,7 +25,7 @@ use super::api::hold;
 use super::body::{drain, read_limited};
 use super::state::App;
 use crate::error::{Error, Result};
-use crate::signing::format::Level;
+use crate::signing::format::{Family, Level};
 
 /// The query of `POST /api/v1/verify`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -259,14 +259,17 @@ pub async fn extend(
         renewed = extended.renewed,
         "signature extended"
     );
-    let media = match (extended.format, extended.bytes.starts_with(b"-----")) {
-        ("XAdES", _) => "application/xml; charset=utf-8",
-        (_, true) => "application/x-pem-file",
-        _ => "application/pkcs7-signature",
+    let xml = extended.format == Family::Xades.about().name;
+    let media = match (xml, extended.bytes.starts_with(b"-----")) {
+        (true, _) => format!("{}; charset=utf-8", Family::Xades.about().media_type),
+        (false, true) => "application/x-pem-file".to_string(),
+        (false, false) => Family::Cades.about().media_type.to_string(),
     };
     let mut resp = extended.bytes.into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(media));
+    if let Ok(value) = HeaderValue::from_str(&media) {
+        h.insert(header::CONTENT_TYPE, value);
+    }
     h.insert("x-inkan-level", HeaderValue::from_static(extended.level));
     h.insert("x-inkan-extended-from", HeaderValue::from_static(extended.from));
     Ok(resp)

@@ -9,7 +9,7 @@ use inkan_keystore::{Digest, DigestAlgorithm};
 
 use crate::error::Result;
 
-use super::format::{Assembled, Encoder, Level, Parts, Pending, ToBeSigned, Unsigned};
+use super::format::{Assembled, Encoder, Family, Parts, Pending, ToBeSigned, Unsigned};
 use super::signed_data::{assemble, prepare, Extras, SignedAttributes};
 use super::signers::Signer;
 
@@ -117,18 +117,12 @@ impl Signature {
 }
 
 impl Encoder for Cades {
-    fn name(&self) -> &'static str {
-        "cades-bes"
+    fn family(&self) -> Family {
+        Family::Cades
     }
 
     fn envelops(&self) -> bool {
         self.enveloping
-    }
-
-    fn check_level(&self, level: Level) -> Result<()> {
-        match level {
-            Level::BB | Level::BT | Level::BLT | Level::BLTA => Ok(()),
-        }
     }
 
     fn prepare(

@@ -153,10 +153,99 @@ impl std::str::FromStr for Level {
     }
 }
 
+/// A family of signature formats, as every interface names it: one row each
+/// ([`Family::about`]) that the API (`format=`), CSC (`signature_format`),
+/// the CLI (`--format`), the audit log, the validation report and the
+/// extension read, instead of a literal of their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// CMS: CAdES baseline signatures (ETSI EN 319 122-1).
+    Cades,
+    /// XML: XAdES in the e-prescription profile (ETSI EN 319 132-1).
+    Xades,
+    /// The bare signature value.
+    Raw,
+}
+
+/// What a format family is called and makes.
+#[derive(Debug)]
+pub struct FamilyAbout {
+    /// Its value of the API's `format=` and the CLI's `--format`.
+    pub api: &'static str,
+    /// Its CSC `signature_format` (`C`, `X`), if signDoc makes it.
+    pub csc: Option<&'static str>,
+    /// Its name in validation reports and extensions (`CAdES`, `XAdES`).
+    pub name: &'static str,
+    /// Its name in the audit log (`cades-bes`, ...).
+    pub audit: &'static str,
+    /// The levels it is made at (XAdES above B-B only into a document).
+    pub levels: &'static [Level],
+    /// The media type of a signature in it.
+    pub media_type: &'static str,
+    /// The file extension of a signature in it.
+    pub extension: &'static str,
+}
+
+impl Family {
+    /// Every family.
+    pub const ALL: [Family; 3] = [Family::Cades, Family::Xades, Family::Raw];
+
+    /// The family's row: the one place it is described.
+    pub fn about(self) -> &'static FamilyAbout {
+        match self {
+            Family::Cades => &FamilyAbout {
+                api: "cades",
+                csc: Some("C"),
+                name: "CAdES",
+                audit: "cades-bes",
+                levels: &Level::ALL,
+                media_type: "application/pkcs7-signature",
+                extension: "p7s",
+            },
+            Family::Xades => &FamilyAbout {
+                api: "xades",
+                csc: Some("X"),
+                name: "XAdES",
+                audit: "xades-bes",
+                levels: &Level::ALL,
+                media_type: "application/xml",
+                extension: "xml",
+            },
+            Family::Raw => &FamilyAbout {
+                api: "raw",
+                csc: None,
+                name: "raw",
+                audit: "raw",
+                levels: &[Level::BB],
+                media_type: "application/octet-stream",
+                extension: "sig",
+            },
+        }
+    }
+
+    /// The family named `name` by the API or the CLI, if it is one of `among`.
+    pub fn from_api(name: &str, among: &[Family]) -> Result<Family> {
+        among.iter().copied().find(|f| f.about().api == name).ok_or_else(|| {
+            let names: Vec<&str> = among.iter().map(|f| f.about().api).collect();
+            crate::error::Error::Invalid(format!("format must be {}, not {name:?}", names.join(" or ")))
+        })
+    }
+
+    /// The family a CSC `signature_format` names.
+    pub fn from_csc(code: &str) -> Option<Family> {
+        Family::ALL.into_iter().find(|f| f.about().csc == Some(code))
+    }
+}
+
 /// One signature format.
 pub trait Encoder: Send + Sync {
+    /// Its family.
+    fn family(&self) -> Family;
+
     /// Its name in the audit log (`cades-bes`, `raw`, `xades-bes`).
-    fn name(&self) -> &'static str;
+    fn audit_name(&self) -> &'static str {
+        self.family().about().audit
+    }
 
     /// Whether the content goes inside the signature.
     fn envelops(&self) -> bool {
@@ -171,16 +260,19 @@ pub trait Encoder: Send + Sync {
     }
 
     /// Checks, before anything is used up, that this format makes signatures
-    /// of `level` (B-B: every format).
+    /// of `level` (its family's levels).
     fn check_level(&self, level: Level) -> Result<()> {
-        match level {
-            Level::BB => Ok(()),
-            other => Err(crate::error::Error::Invalid(format!(
-                "the {} format is made at level B-B only, not {}",
-                self.name(),
-                other.as_str()
-            ))),
+        let levels = self.family().about().levels;
+        if levels.contains(&level) {
+            return Ok(());
         }
+        let names: Vec<&str> = levels.iter().map(|l| l.as_str()).collect();
+        Err(crate::error::Error::Invalid(format!(
+            "the {} format is made at level {} only, not {}",
+            self.audit_name(),
+            names.join(", "),
+            level.as_str()
+        )))
     }
 
     /// What the audit row says of what was signed, beyond its digest (XAdES:

@@ -9,7 +9,7 @@ use inkan_keystore::{Digest, SignatureScheme};
 
 use crate::error::{Error, Result};
 
-use super::format::{Assembled, Encoder, Parts, Pending, ToBeSigned, Unsigned};
+use super::format::{Assembled, Encoder, Family, Parts, Pending, ToBeSigned, Unsigned};
 use super::signers::Signer;
 
 /// The raw format: the credential's default scheme for the digest, or `scheme`.
@@ -38,8 +38,8 @@ impl Assembled for Signature {
 }
 
 impl Encoder for Raw {
-    fn name(&self) -> &'static str {
-        "raw"
+    fn family(&self) -> Family {
+        Family::Raw
     }
 
     fn prepare(

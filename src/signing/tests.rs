@@ -24,3 +24,25 @@ fn documents_are_hashed_in_chunks_and_kept_only_within_the_limit() {
     let err = run(hash_document(&mut chunks(), Some(100_000))).expect_err("too large");
     assert!(matches!(err, Error::TooLarge { limit: 100_000 }), "{err}");
 }
+
+#[test]
+fn every_format_family_is_described_once_and_read_back_by_its_names() {
+    use super::format::Family;
+    for family in Family::ALL {
+        let about = family.about();
+        assert_eq!(Family::from_api(about.api, &Family::ALL).ok(), Some(family));
+        if let Some(code) = about.csc {
+            assert_eq!(Family::from_csc(code), Some(family));
+        }
+        assert!(about.levels.contains(&Level::BB), "{about:?}");
+    }
+    let mut names: Vec<&str> = Family::ALL.iter().map(|f| f.about().api).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), Family::ALL.len(), "one API name per family");
+    assert_eq!(Format::CadesEnveloping.family(), Family::Cades);
+    assert_eq!(Format::Xades(None).family().about().csc, Some("X"));
+    let refused = Family::from_api("raw", &[Family::Cades, Family::Xades]).map_err(|e| e.to_string());
+    assert_eq!(refused, Err("format must be cades or xades, not \"raw\"".to_string()));
+    assert_eq!(Family::from_csc("R"), None);
+}

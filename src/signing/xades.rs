@@ -27,7 +27,9 @@ use crate::eps::{Document, Kind};
 use crate::error::{Error, Result};
 use crate::xml::{escape_attribute, mime_base64, uri, EncodedCertificate, DS, XADES, XADES141};
 
-use super::format::{ArchiveStamp, Assembled, Encoder, Level, Parts, Pending, ToBeSigned, Unsigned, ValidationData};
+use super::format::{
+    ArchiveStamp, Assembled, Encoder, Family, Level, Parts, Pending, ToBeSigned, Unsigned, ValidationData,
+};
 use super::signers::Signer;
 
 /// XAdES-BES of one kind of e-prescription document, into `document` when
@@ -41,8 +43,8 @@ pub struct Xades {
 }
 
 impl Encoder for Xades {
-    fn name(&self) -> &'static str {
-        "xades-bes"
+    fn family(&self) -> Family {
+        Family::Xades
     }
 
     fn permits(&self, signer: &Signer) -> Result<()> {

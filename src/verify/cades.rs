@@ -22,6 +22,7 @@ use x509_cert::ext::pkix::SubjectKeyIdentifier;
 use super::evidence::{self, Pool, Stamp};
 use super::report::{Check, Report, SignatureReport, SubIndication};
 use super::trust::Trust;
+use crate::signing::format::Family;
 use crate::signing::signed_data::{ARCHIVE_TIME_STAMP_V3, ATS_HASH_INDEX_V3, SIGNATURE_TIME_STAMP_TOKEN};
 use crate::tsa::token;
 
@@ -183,7 +184,7 @@ pub fn validate(input: &[u8], content: Option<&[u8]>, trust: &Trust, at: SystemT
         .map(|(i, raw_si)| match SignerInfo::from_der(raw_si) {
             Ok(si) => signer(i, &si, raw_si, &raw, &sd, &content, &pool, trust, at),
             Err(e) => {
-                let mut r = SignatureReport::new(format!("signer-{}", i + 1), "CAdES", at);
+                let mut r = SignatureReport::new(format!("signer-{}", i + 1), Family::Cades.about().name, at);
                 r.checks.push(Check::failed("structure", SubIndication::FormatFailure, format!("the SignerInfo: {e}")));
                 r.conclude();
                 r
@@ -218,7 +219,7 @@ fn signer(
     trust: &Trust,
     at: SystemTime,
 ) -> SignatureReport {
-    let mut r = SignatureReport::new(format!("signer-{}", i + 1), "CAdES", at);
+    let mut r = SignatureReport::new(format!("signer-{}", i + 1), Family::Cades.about().name, at);
     let raw_unsigned = raw_unsigned(raw_si);
     let has = |oid: der::oid::ObjectIdentifier| {
         let der = oid.to_der().unwrap_or_default();

@@ -14,6 +14,7 @@ use super::time::rfc3339;
 use super::trust::Trust;
 use crate::eps::check::{self, Problem};
 use crate::eps::Kind;
+use crate::signing::format::Family;
 use crate::xml::{self, NodeId, Xml, DS, XADES};
 
 /// XAdES 1.4.1's namespace (ArchiveTimeStamp, TimeStampValidationData).
@@ -184,7 +185,7 @@ fn signature(
     enclosing: Option<SystemTime>,
 ) -> (SignatureReport, Option<SystemTime>) {
     let id = x.attribute(node, "Id").unwrap_or(kind.signature_id());
-    let mut r = SignatureReport::new(id, "XAdES", at);
+    let mut r = SignatureReport::new(id, Family::Xades.about().name, at);
     r.kind = Some(kind.as_str());
     let unsigned = unsigned_properties(x, node);
     r.level = level(x, unsigned);

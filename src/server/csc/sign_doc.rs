@@ -101,24 +101,13 @@ pub struct SignDocAnswer {
     signature_object: Option<Vec<String>>,
 }
 
-/// A signDoc entry's format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum DocFormat {
-    /// `C`: CAdES.
-    Cades,
-    /// `X`: XAdES in the e-prescription profile.
-    Xades,
-}
-
-pub(super) fn check_format(format: &str, level: Option<&str>) -> Result<(DocFormat, Level)> {
-    let format = match format {
-        "C" => DocFormat::Cades,
-        "X" => DocFormat::Xades,
-        _ => {
-            return Err(Error::Invalid(
-                "Invalid parameter signature_format: C (CAdES) or X (XAdES, e-prescriptions)".into(),
-            ))
-        }
+/// A signDoc entry's format family (its `signature_format`, CSC's code of
+/// the family) and level.
+pub(super) fn check_format(format: &str, level: Option<&str>) -> Result<(Family, Level)> {
+    let Some(format) = Family::from_csc(format) else {
+        let codes: Vec<String> =
+            Family::ALL.iter().filter_map(|f| f.about().csc.map(|c| format!("{c} ({})", f.about().name))).collect();
+        return Err(Error::Invalid(format!("Invalid parameter signature_format: {}", codes.join(" or "))));
     };
     let level = match level {
         None => Level::BB,
@@ -268,11 +257,13 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
             .and_then(|o| DigestAlgorithm::from_oid(&o))
             .ok_or_else(|| invalid("hashAlgorithmOID"))?;
         let format = match format {
-            DocFormat::Cades => {
+            // signDoc names no raw format (from_csc never gives it).
+            Family::Raw => return Err(invalid("signature_format")),
+            Family::Cades => {
                 cades_algo(alg, dd.sign_algo.as_deref(), dd.sign_algo_params.as_deref())?;
                 Format::CadesDetached
             }
-            DocFormat::Xades => {
+            Family::Xades => {
                 if alg != DigestAlgorithm::Sha256 {
                     return Err(Error::Invalid(
                         "Invalid parameter hashAlgorithmOID: Reference 1 digests are SHA-256".into(),
@@ -293,7 +284,8 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
         let (format, level) = check_format(&doc.signature_format, doc.conformance_level.as_deref())?;
         let content = Base64::decode_vec(&doc.document).map_err(|_| invalid("document"))?;
         match format {
-            DocFormat::Cades => {
+            Family::Raw => return Err(invalid("signature_format")),
+            Family::Cades => {
                 cades_algo(DigestAlgorithm::Sha256, doc.sign_algo.as_deref(), doc.sign_algo_params.as_deref())?;
                 let attached = match doc.signed_envelope_property.as_deref().unwrap_or("Detached") {
                     "Detached" => false,
@@ -308,7 +300,7 @@ pub async fn sign_doc(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
                     Job { payload: JobPayload::Digests(vec![digest], Format::CadesDetached), out: Out::Object, level }
                 });
             }
-            DocFormat::Xades => {
+            Family::Xades => {
                 check_xades_sign_algo(is_rsa, doc.sign_algo.as_deref(), doc.sign_algo_params.as_deref())?;
                 let out = match doc.signed_envelope_property.as_deref().unwrap_or("Enveloped") {
                     "Enveloped" => Out::Spliced,
