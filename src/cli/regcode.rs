@@ -262,35 +262,20 @@ async fn notices(
     }
 }
 
-/// Text for HTML.
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
-}
-
 /// A printable notice (A4, Japanese) with the QR code, the URL, the password
-/// (or where to find it) and the expiry.
+/// (or where to find it) and the expiry, from the pages' templates.
 fn notice(user: &crate::users::User, issued: &regcode::Issued) -> Result<String, CliError> {
     let qr = qrcode::QrCode::new(issued.url.as_bytes())?;
-    let svg = qr.render::<qrcode::render::svg::Color<'_>>().min_dimensions(240, 240).build();
-    let password = match &issued.password {
-        Some(p) => format!("<strong class=\"pw\">{}</strong>", escape(p)),
-        None => "ご自身の生年月日（西暦8桁、例: 19800123）".to_owned(),
+    let qr = qr.render::<qrcode::render::svg::Color<'_>>().min_dimensions(240, 240).build();
+    let ctx = minijinja::context! {
+        user_id => &user.id,
+        name => &user.name,
+        qr,
+        url => &issued.url,
+        password => &issued.password,
+        expires => &issued.expires_at,
     };
-    Ok(format!(
-        "<!doctype html>\n<html lang=\"ja\"><head><meta charset=\"utf-8\">\
-         <title>HPKIセカンド電子証明書 初期登録用QR — {id}</title>\
-         <style>@page{{size:A4;margin:20mm}}body{{font-family:sans-serif;line-height:1.6}}\
-         .pw{{font-size:1.6em;letter-spacing:.15em}}.url{{word-break:break-all;font-size:.85em}}</style></head>\n\
-         <body><h1>HPKIセカンド電子証明書 初期登録用QR</h1>\n\
-         <p>{name} 様（本人ID: {id}）</p>\n\
-         <p>スマートフォンのカメラで下のQRコードを読み取り、表示された画面でパスワードを入力して、\
-         スマートフォンを登録してください。登録できる端末は1台です。</p>\n{svg}\n\
-         <p class=\"url\">URL: {url}</p>\n<p>パスワード: {password}</p>\n\
-         <p>有効期限: {expires}（期限を過ぎたとき、またはパスワードを続けて間違えたときは、再発行を申請してください）</p>\n\
-         <p>このご案内は本人以外に見せないでください。</p></body></html>\n",
-        id = escape(&user.id),
-        name = escape(&user.name),
-        url = escape(&issued.url),
-        expires = escape(&issued.expires_at),
-    ))
+    crate::server::pages::templates()
+        .html("notice.html", "HPKIセカンド電子証明書 初期登録用QR", ctx)
+        .map_err(|e| CliError::from(format!("the notice could not be written: {e}")))
 }

@@ -193,7 +193,7 @@ pub async fn enroll(
         return forged_page();
     }
     let Some(method) = scheme(&scheme_name) else {
-        return app.templates.message(StatusCode::NOT_FOUND, "ページがありません", "このページはありません。", "");
+        return pages::templates().message(StatusCode::NOT_FOUND, "ページがありません", "このページはありません。", "");
     };
     let user_id = match card_user(&app, &peer, method).await {
         Ok(u) => u,
@@ -231,7 +231,7 @@ pub async fn link_hpki(
         Ok(t) => t,
         Err(e) => return card_refused(Method::Hpki, e),
     };
-    app.templates.render(
+    pages::templates().render(
         StatusCode::OK,
         "message.html",
         "マイナンバーカードを登録する",
@@ -255,10 +255,10 @@ pub async fn link_jpki(
         return forged_page();
     }
     let Some(token) = params.get("t") else {
-        return super::fido::not_found_page(&app);
+        return super::fido::not_found_page();
     };
     let invalid = || {
-        app.templates.message(
+        pages::templates().message(
             StatusCode::BAD_REQUEST,
             "手続きが無効です",
             "この手続きは使用済みか、無効です。",
@@ -266,15 +266,15 @@ pub async fn link_jpki(
         )
     };
     match app.phones.link(&app.cards, token, &peer.0).await {
-        Ok(user_id) => app.templates.message(
+        Ok(user_id) => pages::templates().message(
             StatusCode::OK,
             "完了",
             &format!("マイナンバーカードを本人ID {user_id} に登録しました。"),
             "これからはマイナンバーカードでもログインできます。",
         ),
-        Err(Error::Gone(Gone::Expired, _)) => super::fido::expired_page(&app),
+        Err(Error::Gone(Gone::Expired, _)) => super::fido::expired_page(),
         Err(Error::NotFound(Missing::Ticket, _) | Error::Gone(..)) => invalid(),
-        Err(Error::Forbidden(Forbidden::WrongUser, _)) => app.templates.message(
+        Err(Error::Forbidden(Forbidden::WrongUser, _)) => pages::templates().message(
             StatusCode::CONFLICT,
             "登録できません",
             "このマイナンバーカードは、既に別の利用者に登録されています。",

@@ -17,11 +17,15 @@ use crate::auth::{random_token, token_hash};
 use crate::clock::rfc3339;
 use crate::config::Config;
 use crate::encoding::b64url;
+use crate::signing::format::Family;
 use crate::signing::{Activation, EpsInput, Format, Payload, Request};
 
 use super::error::ApiError;
-use super::pages::{self, esc};
+use super::pages;
 use super::state::App;
+
+/// The demo page's title.
+const TITLE: &str = "デモ署名システム (電子処方箋)";
 
 /// What `serve --demo` prints.
 pub fn print_banner(config: &Config, client_id: &str, secret: &str) {
@@ -56,16 +60,8 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// `GET /`: where to go.
 pub async fn index(State(app): State<Arc<App>>) -> Response {
-    let demo =
-        if app.demo_client.is_some() { "<a class=\"button\" href=\"/demo\">デモ署名システム</a>" } else { "" };
-    let demo = format!(
-        "{demo}<a class=\"button\" href=\"/register\">登録サイト(スマートフォン・マイナンバーカードの登録)</a>"
-    );
-    pages::page(
-        StatusCode::OK,
-        "inkan 電子署名基盤",
-        &format!("<p>HPKIセカンド電子証明書によるリモート署名サービスです。</p>{demo}<p class=\"note\">OpenID Connect: <code>/.well-known/openid-configuration</code>、CSC API: <code>/csc/v2/info</code></p>"),
-    )
+    let demo = app.demo_client.is_some();
+    pages::templates().page(StatusCode::OK, "index.html", "inkan 電子署名基盤", minijinja::context! { demo })
 }
 
 /// `GET /demo`
@@ -84,39 +80,24 @@ pub async fn page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     };
     match principal {
         None => {
-            let links = crate::auth::Method::ALL
+            let links: Vec<minijinja::Value> = crate::auth::Method::ALL
                 .iter()
                 .map(|m| (m.as_str(), format!("{}でログイン", m.about().name_ja)))
                 .chain([("", "ログイン方法を選ぶ".to_string())])
-                .map(|(acr, label)| format!("<a class=\"button\" href=\"/demo/callback?start={acr}\">{label}</a>"))
-                .collect::<String>();
-            pages::page(
-                StatusCode::OK,
-                "デモ署名システム (電子処方箋)",
-                &format!("<p>inkan にログインして、文書に電子署名します。</p>{links}"),
-            )
+                .map(|(acr, label)| minijinja::context! { acr, label })
+                .collect();
+            pages::templates().page(StatusCode::OK, "demo.html", TITLE, minijinja::context! { links })
         }
         Some(b) => {
             let name = crate::users::get(app.store.as_ref(), &b.user_id).await.map(|u| u.name).unwrap_or_default();
             let expires = b.session().map(|s| s.expires_at).unwrap_or_default();
-            pages::page(
-                StatusCode::OK,
-                "デモ署名システム (電子処方箋)",
-                &format!(
-                    "<p>{name} さん ({id}) がログイン中です ({method}、{exp} まで有効)。</p>\
-<h2>電子処方箋 (XAdES)</h2><p>医師は見本の処方箋に、薬剤師はその処方箋に基づく調剤結果に署名できます。</p>\
-<form method=\"post\" action=\"/demo/sign\" enctype=\"multipart/form-data\"><input type=\"hidden\" name=\"sample\" value=\"prescription\"><button type=\"submit\">見本の処方箋に署名する (医師)</button></form>\
-<form method=\"post\" action=\"/demo/sign\" enctype=\"multipart/form-data\"><input type=\"hidden\" name=\"sample\" value=\"dispensing\"><button type=\"submit\">調剤結果に署名する (薬剤師)</button></form>\
-<h2>任意の文書 (CAdES)</h2>\
-<form method=\"post\" action=\"/demo/sign\" enctype=\"multipart/form-data\"><p><input type=\"file\" name=\"document\" required></p>\
-<button type=\"submit\">署名する</button></form>\
-<form method=\"post\" action=\"/demo/sign\" enctype=\"multipart/form-data\"><input type=\"hidden\" name=\"logout\" value=\"1\"><button type=\"submit\">ログアウト</button></form>",
-                    name = esc(&name),
-                    id = esc(&b.user_id),
-                    method = esc(b.method()),
-                    exp = esc(&rfc3339(expires)),
-                ),
-            )
+            let ctx = minijinja::context! {
+                name,
+                method => b.method(),
+                user_id => b.user_id,
+                expires => rfc3339(expires),
+            };
+            pages::templates().page(StatusCode::OK, "demo.html", TITLE, ctx)
         }
     }
 }
@@ -267,20 +248,18 @@ async fn sign_sample(app: &App, token: &str, kind: &str) -> Response {
                 *last_prescription().lock().unwrap_or_else(|p| p.into_inner()) = Some(document.clone());
                 ("処方箋", "prescription.xml")
             };
-            let text = String::from_utf8_lossy(&document);
-            pages::page(
-                StatusCode::OK,
-                "署名しました",
-                &format!(
-                    "<table><tr><th>文書</th><td>{what}</td></tr><tr><th>署名者</th><td>{u}</td></tr><tr><th>署名日時</th><td>{t}</td></tr><tr><th>形式</th><td>XAdES-BES (電子処方箋プロファイル)</td></tr></table>\
-<a class=\"button\" download=\"{file}\" href=\"data:application/xml;base64,{b}\">署名済みXML ({file}) をダウンロード</a><a class=\"button\" href=\"/demo\">戻る</a>\
-<details><summary>署名済みXML</summary><pre class=\"xml\">{x}</pre></details>",
-                    u = esc(&bearer.user_id),
-                    t = esc(&rfc3339(app.now_ms())),
-                    b = Base64::encode_string(&document),
-                    x = esc(&text),
-                ),
-            )
+            let ctx = minijinja::context! {
+                document => what,
+                user_id => bearer.user_id,
+                time => rfc3339(app.now_ms()),
+                format => "XAdES-BES (電子処方箋プロファイル)",
+                file,
+                media_type => Family::Xades.about().media_type,
+                base64 => Base64::encode_string(&document),
+                download => format!("署名済みXML ({file}) をダウンロード"),
+                xml => String::from_utf8_lossy(&document),
+            };
+            pages::templates().page(StatusCode::OK, "signed.html", "署名しました", ctx)
         }
         Err(e) => {
             let e = ApiError::from(e);
@@ -348,18 +327,20 @@ pub async fn sign(State(app): State<Arc<App>>, headers: HeaderMap, mut form: Mul
     }
     .await;
     match result {
-        Ok((bearer, der)) => pages::page(
-            StatusCode::OK,
-            "署名しました",
-            &format!(
-                "<table><tr><th>文書</th><td>{f}</td></tr><tr><th>署名者</th><td>{u}</td></tr><tr><th>署名日時</th><td>{t}</td></tr><tr><th>形式</th><td>CAdES-BES (detached)</td></tr></table>\
-<a class=\"button\" download=\"{f}.p7s\" href=\"data:application/pkcs7-signature;base64,{b}\">署名ファイル (.p7s) をダウンロード</a><a class=\"button\" href=\"/demo\">戻る</a>",
-                f = esc(&file_name),
-                u = esc(&bearer.user_id),
-                t = esc(&rfc3339(app.now_ms())),
-                b = Base64::encode_string(&der),
-            ),
-        ),
+        Ok((bearer, der)) => {
+            let about = Family::Cades.about();
+            let ctx = minijinja::context! {
+                file => format!("{file_name}.{}", about.extension),
+                document => file_name,
+                user_id => bearer.user_id,
+                time => rfc3339(app.now_ms()),
+                format => "CAdES-BES (detached)",
+                media_type => about.media_type,
+                base64 => Base64::encode_string(&der),
+                download => format!("署名ファイル (.{}) をダウンロード", about.extension),
+            };
+            pages::templates().page(StatusCode::OK, "signed.html", "署名しました", ctx)
+        }
         Err(e) => {
             let e = ApiError::from(e);
             pages::error(e.status, "署名できませんでした", &e.description, "もう一度ログインしてください。")

@@ -51,8 +51,8 @@ pub fn card(app: &App) -> &str {
     app.config.server.card_url.trim_end_matches('/')
 }
 
-fn msg(app: &App, status: StatusCode, title: &str, message: &str, hint: &str) -> Response {
-    app.templates.message(status, title, message, hint)
+fn msg(status: StatusCode, title: &str, message: &str, hint: &str) -> Response {
+    pages::templates().message(status, title, message, hint)
 }
 
 fn pc_cookie(headers: &HeaderMap) -> Option<String> {
@@ -99,9 +99,8 @@ fn cross_site(app: &App, headers: &HeaderMap) -> bool {
     }
 }
 
-fn forbidden_origin(app: &App) -> Response {
+fn forbidden_origin() -> Response {
     msg(
-        app,
         StatusCode::FORBIDDEN,
         "操作できません",
         "別のサイトから送られた操作は受け付けません。",
@@ -111,30 +110,27 @@ fn forbidden_origin(app: &App) -> Response {
 
 /// The page for a problem with the user an ID names (the registration-code
 /// pages, and what a QR start refuses besides its decoys).
-fn user_page(app: &App, e: Error) -> Response {
+fn user_page(e: Error) -> Response {
     match e {
         Error::NotFound(Missing::User, _) => msg(
-            app,
             StatusCode::NOT_FOUND,
             "本人IDが見つかりません",
             "入力された本人IDは登録されていません。",
             "本人IDを確認して、もう一度入力してください。",
         ),
         Error::Invalid(_) => msg(
-            app,
             StatusCode::NOT_FOUND,
             "本人IDが見つかりません",
             "入力された本人IDは登録されていません。",
             "本人IDを確認して、もう一度入力してください。",
         ),
         Error::Forbidden(Forbidden::Disabled, _) => msg(
-            app,
             StatusCode::FORBIDDEN,
             "利用が停止されています",
             "この利用者は利用停止中です。",
             "認証局(運用者)に連絡してください。",
         ),
-        Error::Forbidden(Forbidden::NoDevice, _) => app.templates.render(
+        Error::Forbidden(Forbidden::NoDevice, _) => pages::templates().render(
             StatusCode::CONFLICT,
             "message.html",
             "スマートフォンが登録されていません",
@@ -147,13 +143,12 @@ fn user_page(app: &App, e: Error) -> Response {
             },
         ),
         Error::Forbidden(Forbidden::WrongUser, _) => msg(
-            app,
             StatusCode::FORBIDDEN,
             "本人IDが一致しません",
             "入力された本人IDと、署名システムが指定した本人IDが一致しません。",
             "ご自身の本人IDでログインしてください。",
         ),
-        Error::NotFound(Missing::Request, _) => login_request_page(app, true),
+        Error::NotFound(Missing::Request, _) => login_request_page(true),
         other => other.into_response(),
     }
 }
@@ -163,53 +158,51 @@ fn user_page(app: &App, e: Error) -> Response {
 /// ([`crate::fido::decoy`]), since these pages are open to anyone, who must
 /// not learn from them which IDs exist. An ID in a form no user can have is
 /// told so (that tells nothing about anyone).
-fn start_refused_page(app: &App, e: Error) -> Response {
+fn start_refused_page(e: Error) -> Response {
     match e {
         Error::Invalid(_) => msg(
-            app,
             StatusCode::BAD_REQUEST,
             "本人IDが正しくありません",
             "本人IDは、半角の英数字とハイフン(-)で64文字以内です(ハイフンで始まりません)。",
             "本人IDを確認して、もう一度入力してください。",
         ),
-        other => user_page(app, other),
+        other => user_page(other),
     }
 }
 
-fn login_request_page(app: &App, exists: bool) -> Response {
+fn login_request_page(exists: bool) -> Response {
     let again = "署名システムからもう一度ログインしてください。";
     if exists {
         msg(
-            app,
             StatusCode::BAD_REQUEST,
             "ログインの有効期限切れ",
             "このログイン要求は無効か、有効期限が切れています。",
             again,
         )
     } else {
-        msg(app, StatusCode::BAD_REQUEST, "ログイン要求がありません", "ログイン要求が見つかりません。", again)
+        msg(StatusCode::BAD_REQUEST, "ログイン要求がありません", "ログイン要求が見つかりません。", again)
     }
 }
 
 /// `GET /register`: the registration site's index.
 pub async fn register_index(State(app): State<Arc<App>>) -> Response {
-    app.templates.render(StatusCode::OK, "register_index.html", "登録サイト", context! { card_url => card(&app) })
+    pages::templates().render(StatusCode::OK, "register_index.html", "登録サイト", context! { card_url => card(&app) })
 }
 
 /// `GET /login/fido?req=`: L1 starts: the user ID on the PC.
 pub async fn login_form(State(app): State<Arc<App>>, Query(params): Query<HashMap<String, String>>) -> Response {
     let Some(req) = params.get("req") else {
-        return login_request_page(&app, false);
+        return login_request_page(false);
     };
     let request = match app.oidc.pending(req).await {
         Ok(r) => r,
-        Err(Error::NotFound(..)) => return login_request_page(&app, true),
+        Err(Error::NotFound(..)) => return login_request_page(true),
         Err(e) => return e.into_response(),
     };
     if let Some(asked) = request.asked_other_than(Method::Fido) {
         return pages::wrong_login_method(asked);
     }
-    app.templates.render(
+    pages::templates().render(
         StatusCode::OK,
         "id_form.html",
         "スマートフォンでログイン",
@@ -231,7 +224,7 @@ pub async fn login_start(
     body: Body,
 ) -> Response {
     if cross_site(&app, &headers) {
-        return forbidden_origin(&app);
+        return forbidden_origin();
     }
     let form = match read_form(body).await {
         Ok(f) => f,
@@ -239,7 +232,7 @@ pub async fn login_start(
     };
     let user_id = form.get("user_id").map(|s| s.trim().to_owned()).unwrap_or_default();
     let Some(req) = form.get("req") else {
-        return login_request_page(&app, false);
+        return login_request_page(false);
     };
     match app.oidc.pending(req).await {
         Ok(r) => {
@@ -247,7 +240,7 @@ pub async fn login_start(
                 return pages::wrong_login_method(asked);
             }
         }
-        Err(Error::NotFound(..)) => return login_request_page(&app, true),
+        Err(Error::NotFound(..)) => return login_request_page(true),
         Err(e) => return e.into_response(),
     }
     let network = addr.as_deref().map(|a| super::address::Network::of(*a));
@@ -260,13 +253,13 @@ pub async fn login_start(
     };
     match app.phones.start_login(&app.oidc, req, &user_id, pc).await {
         Ok(pc) => with_pc_cookie(Redirect::to("/pc").into_response(), &pc, 3600),
-        Err(e) => start_refused_page(&app, e),
+        Err(e) => start_refused_page(e),
     }
 }
 
 /// `GET /change`: D1 starts: the user ID on the PC.
-pub async fn change_form(State(app): State<Arc<App>>) -> Response {
-    app.templates.render(
+pub async fn change_form() -> Response {
+    pages::templates().render(
         StatusCode::OK,
         "id_form.html",
         "スマートフォンを変更する",
@@ -287,7 +280,7 @@ pub async fn change_start(
     body: Body,
 ) -> Response {
     if cross_site(&app, &headers) {
-        return forbidden_origin(&app);
+        return forbidden_origin();
     }
     let form = match read_form(body).await {
         Ok(f) => f,
@@ -304,20 +297,19 @@ pub async fn change_start(
     };
     match app.phones.start_change(&user_id, pc).await {
         Ok(pc) => with_pc_cookie(Redirect::to("/pc").into_response(), &pc, 3600),
-        Err(e) => start_refused_page(&app, e),
+        Err(e) => start_refused_page(e),
     }
 }
 
 /// `GET /pc/claim?h=`: the PC takes its ticket over from the card listener (once).
 pub async fn pc_claim(State(app): State<Arc<App>>, Query(params): Query<HashMap<String, String>>) -> Response {
     let Some(h) = params.get("h") else {
-        return not_found_page(&app);
+        return not_found_page();
     };
     match app.phones.claim(h).await {
         // The cookie gets a fresh token: the one in this URL (and the history) is spent.
         Ok(pc) => with_pc_cookie(Redirect::to("/pc").into_response(), &pc, 3600),
         Err(Error::NotFound(..) | Error::Gone(..)) => msg(
-            &app,
             StatusCode::BAD_REQUEST,
             "このURLは使用済みです",
             "この手続きのURLは既に使われたか、無効です。",
@@ -328,8 +320,8 @@ pub async fn pc_claim(State(app): State<Arc<App>>, Query(params): Query<HashMap<
 }
 
 /// The page for a ticket this browser does not hold.
-pub fn not_found_page(app: &App) -> Response {
-    app.templates.render(
+pub fn not_found_page() -> Response {
+    pages::templates().render(
         StatusCode::NOT_FOUND,
         "message.html",
         "手続きが見つかりません",
@@ -344,8 +336,8 @@ pub fn not_found_page(app: &App) -> Response {
 }
 
 /// The page for an expired QR code.
-pub fn expired_page(app: &App) -> Response {
-    msg(app, StatusCode::GONE, "有効期限切れ", "QRコードの有効期限が切れました。", "最初からやり直してください。")
+pub fn expired_page() -> Response {
+    msg(StatusCode::GONE, "有効期限切れ", "QRコードの有効期限が切れました。", "最初からやり直してください。")
 }
 
 fn qr_svg(text: &str) -> Result<String, Error> {
@@ -416,10 +408,10 @@ fn failure_text(f: &Failure) -> String {
     }
 }
 
-fn pc_ticket_error(app: &App, e: Error) -> Response {
+fn pc_ticket_error(e: Error) -> Response {
     match e {
-        Error::Gone(Gone::Expired, _) => expired_page(app),
-        Error::NotFound(Missing::Ticket, _) => not_found_page(app),
+        Error::Gone(Gone::Expired, _) => expired_page(),
+        Error::NotFound(Missing::Ticket, _) => not_found_page(),
         other => other.into_response(),
     }
 }
@@ -427,11 +419,11 @@ fn pc_ticket_error(app: &App, e: Error) -> Response {
 /// `GET /pc`: the PC side of a ticket.
 pub async fn pc_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let Some(pc) = pc_cookie(&headers) else {
-        return not_found_page(&app);
+        return not_found_page();
     };
     let view = match app.phones.pc_view(&pc).await {
         Ok(v) => v,
-        Err(e) => return pc_ticket_error(&app, e),
+        Err(e) => return pc_ticket_error(e),
     };
     let t = view.ticket;
     let now = app.now_ms();
@@ -471,7 +463,7 @@ pub async fn pc_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
     let left = ((t.expires_at - now).max(0) / 1000) as u64;
     let code = if qr.is_empty() { None } else { t.confirmation() };
     let action = if t.action() == Action::Register { "register" } else { "authenticate" };
-    app.templates.render(
+    pages::templates().render(
         StatusCode::OK,
         "pc.html",
         title,
@@ -534,18 +526,18 @@ pub async fn pc_status(State(app): State<Arc<App>>, headers: HeaderMap) -> Resul
 /// `POST /pc/confirm`: the answer to "replace the registered phone?".
 pub async fn pc_confirm(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     if cross_site(&app, &headers) {
-        return forbidden_origin(&app);
+        return forbidden_origin();
     }
     let form = match read_form(body).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
     let Some(pc) = pc_cookie(&headers) else {
-        return not_found_page(&app);
+        return not_found_page();
     };
     // The ticket first (a browser that holds none gets the page saying so).
     if let Err(e) = app.phones.pc_view(&pc).await {
-        return pc_ticket_error(&app, e);
+        return pc_ticket_error(e);
     }
     let yes = match form.get("answer").map(String::as_str) {
         Some("yes") => true,
@@ -554,17 +546,16 @@ pub async fn pc_confirm(State(app): State<Arc<App>>, headers: HeaderMap, body: B
     };
     match app.phones.answer(&pc, yes).await {
         Ok(_) | Err(Error::Conflict(_)) => Redirect::to("/pc").into_response(),
-        Err(Error::Gone(Gone::Expired, _)) => expired_page(&app),
-        Err(e) => pc_ticket_error(&app, e),
+        Err(Error::Gone(Gone::Expired, _)) => expired_page(),
+        Err(e) => pc_ticket_error(e),
     }
 }
 
 /// The phone pages' answer to a ticket they cannot use.
-fn phone_ticket_page(app: &App, e: Error) -> Response {
+fn phone_ticket_page(e: Error) -> Response {
     match e {
-        Error::Gone(Gone::Expired, _) => expired_page(app),
+        Error::Gone(Gone::Expired, _) => expired_page(),
         Error::NotFound(..) => msg(
-            app,
             StatusCode::NOT_FOUND,
             "QRコードが無効です",
             "このQRコードは無効か、既に使われています。",
@@ -578,26 +569,19 @@ fn phone_ticket_page(app: &App, e: Error) -> Response {
 pub async fn phone_page(State(app): State<Arc<App>>, Path(token): Path<String>) -> Response {
     let t = match app.phones.phone_view(&token).await {
         Ok(t) => t,
-        Err(e) => return phone_ticket_page(&app, e),
+        Err(e) => return phone_ticket_page(e),
     };
     match t.stage {
         Stage::Waiting | Stage::Ceremony(_) => {}
         Stage::Confirm => {
-            return msg(
-                &app,
-                StatusCode::OK,
-                "サインイン完了",
-                "サインインしました。",
-                "PCの画面で操作を続けてください。",
-            )
+            return msg(StatusCode::OK, "サインイン完了", "サインインしました。", "PCの画面で操作を続けてください。")
         }
         Stage::Done | Stage::Collected if t.action() == Action::Register && !t.labelled => {
             return Redirect::to(&format!("/m/{token}/label")).into_response()
         }
-        Stage::Done | Stage::Collected => return finished_page(&app, &t),
+        Stage::Done | Stage::Collected => return finished_page(&t),
         Stage::Cancelled => {
             return msg(
-                &app,
                 StatusCode::GONE,
                 "取り消されました",
                 "この手続きは取り消されました。",
@@ -623,7 +607,7 @@ pub async fn phone_page(State(app): State<Arc<App>>, Path(token): Path<String>) 
             },
         ),
     };
-    app.templates.render(
+    pages::templates().render(
         StatusCode::OK,
         "phone.html",
         title,
@@ -644,14 +628,14 @@ pub async fn phone_page(State(app): State<Arc<App>>, Path(token): Path<String>) 
     )
 }
 
-fn finished_page(app: &App, t: &Ticket) -> Response {
+fn finished_page(t: &Ticket) -> Response {
     let (message, hint) = match (&t.kind, t.action()) {
         (Kind::Login { .. }, _) => ("ログインしました。", "PCの画面に戻ってください。"),
         (Kind::CodeVerify { .. }, _) => ("サインインしました。このスマートフォンは登録済みです。", ""),
         (Kind::CodeEnroll { .. }, _) => ("スマートフォンの登録が完了しました。", ""),
         _ => ("手続きが完了しました。", "PCの画面も完了になります。"),
     };
-    msg(app, StatusCode::OK, "完了", message, hint)
+    msg(StatusCode::OK, "完了", message, hint)
 }
 
 /// The phone script's error (JSON, shown on the phone): Japanese, naming the cause.

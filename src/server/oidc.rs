@@ -21,7 +21,7 @@ use crate::error::{Credential, Error, Result};
 
 use super::body::read_form_as;
 use super::error::{ApiError, ErrorBody};
-use super::pages::{self, esc};
+use super::pages;
 use super::state::App;
 
 /// `GET /.well-known/openid-configuration`
@@ -116,24 +116,11 @@ pub async fn authorize(State(app): State<Arc<App>>, Query(params): Query<HashMap
 
 /// The methods to choose from, each where its login starts.
 fn chooser(card: &str, q: &str) -> Response {
-    let buttons: String = Method::ALL
+    let methods: Vec<minijinja::Value> = Method::ALL
         .iter()
-        .map(|m| {
-            format!(
-                "<a class=\"button\" href=\"{}\">{}でログイン</a>",
-                esc(&m.login_url(card, q)),
-                esc(m.about().name_ja)
-            )
-        })
+        .map(|m| minijinja::context! { url => m.login_url(card, q), name => m.about().name_ja })
         .collect();
-    pages::page(
-        StatusCode::OK,
-        "ログイン方法の選択",
-        &format!(
-            "<p>ログインに使う認証方法を選んでください。</p>{buttons}\
-<p class=\"note\">カードでログインする場合は、カードをICカードリーダーに置いてから選んでください。</p>"
-        ),
-    )
+    pages::templates().page(StatusCode::OK, "chooser.html", "ログイン方法の選択", minijinja::context! { methods })
 }
 
 /// A client's credentials in a form body (`client_secret_post`), when it

@@ -3,22 +3,6 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-/// Escapes text for HTML.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
 /// The pages' style sheet (inline: pages load nothing from elsewhere).
 pub const STYLE: &str = "body{font-family:system-ui,'Hiragino Sans','Noto Sans JP',sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;color:#222;line-height:1.6}\
 h1{font-size:1.4rem;border-bottom:2px solid #a33;padding-bottom:.3rem}\
@@ -28,22 +12,13 @@ input{display:block;width:100%;box-sizing:border-box;padding:.6rem;font-size:1.0
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}\
 h2{font-size:1.1rem;margin-top:1.6rem}pre.xml{white-space:pre-wrap;word-break:break-all;font-size:.75rem;background:#f6f6f6;padding:.5rem}";
 
+/// The policy of pages with the pages' script.
+const SCRIPT_CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; \
+                          img-src 'self' data:; form-action 'self'; frame-ancestors 'none'";
+
 /// The policy of pages without script.
 const STATIC_CSP: &str =
     "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'";
-
-fn page_html(title: &str, body: &str) -> String {
-    format!(
-        "<!DOCTYPE html><html lang=\"ja\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-<title>{t} - inkan</title><style>{STYLE}</style></head><body><h1>{t}</h1>{body}<p class=\"note\">inkan 電子署名基盤</p></body></html>",
-        t = esc(title)
-    )
-}
-
-/// A whole page with a status code. `body` is trusted HTML; escape inputs with [`esc`].
-pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
-    html_response(status, page_html(title, body), STATIC_CSP)
-}
 
 /// The 429 page, rendered once: a flood is answered with it thousands of
 /// times a second.
@@ -53,7 +28,8 @@ pub fn too_many() -> Response {
         &HTML,
         StatusCode::TOO_MANY_REQUESTS,
         "アクセスが集中しています",
-        "<p class=\"error\">短い時間に多くの要求がありました。</p><p>しばらく待ってから、もう一度お試しください。</p>",
+        "短い時間に多くの要求がありました。",
+        "しばらく待ってから、もう一度お試しください。",
     )
 }
 
@@ -65,7 +41,8 @@ pub fn busy() -> Response {
         &HTML,
         StatusCode::SERVICE_UNAVAILABLE,
         "ただいま混雑しています",
-        "<p class=\"error\">ただいまアクセスが集中しているため、受け付けられませんでした。</p><p>しばらく待ってから、もう一度お試しください。ログイン済みの署名システムからの署名は、この間も利用できます。</p>",
+        "ただいまアクセスが集中しているため、受け付けられませんでした。",
+        "しばらく待ってから、もう一度お試しください。ログイン済みの署名システムからの署名は、この間も利用できます。",
     )
 }
 
@@ -73,9 +50,13 @@ fn rendered_once(
     cell: &'static std::sync::OnceLock<bytes::Bytes>,
     status: StatusCode,
     title: &str,
-    body: &str,
+    message: &str,
+    hint: &str,
 ) -> Response {
-    let html = cell.get_or_init(|| bytes::Bytes::from(page_html(title, body)));
+    let html = cell.get_or_init(|| {
+        let ctx = minijinja::context! { message, hint, error => true, noscript => true };
+        bytes::Bytes::from(templates().html("message.html", title, ctx).unwrap_or_default())
+    });
     html_response(status, html.clone(), STATIC_CSP)
 }
 
@@ -105,13 +86,19 @@ pub fn wrong_login_method(asked: crate::auth::Method) -> Response {
     )
 }
 
-/// An error page.
+/// An error page (without script).
 pub fn error(status: StatusCode, title: &str, message: &str, hint: &str) -> Response {
-    page(status, title, &format!("<p class=\"error\">{}</p><p>{}</p>", esc(message), esc(hint)))
+    templates().page(status, "message.html", title, minijinja::context! { message, hint, error => true })
 }
 
-/// The pages rendered from templates (`src/server/templates`, minijinja with
-/// HTML auto-escaping).
+/// The one page renderer: every page is a template (`src/server/templates`,
+/// minijinja with HTML auto-escaping), parsed once per process.
+pub fn templates() -> &'static Templates {
+    static TEMPLATES: std::sync::OnceLock<Templates> = std::sync::OnceLock::new();
+    TEMPLATES.get_or_init(Templates::load)
+}
+
+/// The pages' templates.
 pub struct Templates(minijinja::Environment<'static>);
 
 const TEMPLATES: &[(&str, &str)] = &[
@@ -123,17 +110,24 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("label.html", include_str!("templates/label.html")),
     ("password.html", include_str!("templates/password.html")),
     ("message.html", include_str!("templates/message.html")),
+    ("index.html", include_str!("templates/index.html")),
+    ("chooser.html", include_str!("templates/chooser.html")),
+    ("demo.html", include_str!("templates/demo.html")),
+    ("signed.html", include_str!("templates/signed.html")),
+    ("notice.html", include_str!("templates/notice.html")),
 ];
 
 impl Templates {
-    /// Loads the embedded templates.
-    pub fn new() -> Result<Templates, crate::error::Error> {
+    /// Loads the embedded templates (a unit test renders each; one that did
+    /// not parse would answer 500 and be logged, never stop the server).
+    fn load() -> Templates {
         let mut env = minijinja::Environment::new();
         for (name, source) in TEMPLATES {
-            env.add_template(name, source)
-                .map_err(|e| crate::error::Error::Internal(format!("template {name}: {e}")))?;
+            if let Err(e) = env.add_template(name, source) {
+                tracing::error!("template {name}: {e}");
+            }
         }
-        Ok(Templates(env))
+        Templates(env)
     }
 
     /// Renders a template to HTML (with `title` and the style added).
@@ -142,20 +136,32 @@ impl Templates {
         self.0.get_template(name).and_then(|t| t.render(ctx))
     }
 
-    /// Renders a template into a page.
+    /// Renders a template into a page with the pages' script.
     pub fn render(&self, status: StatusCode, name: &str, title: &str, ctx: minijinja::Value) -> Response {
-        let html = match self.html(name, title, ctx) {
-            Ok(html) => html,
+        self.respond(status, name, title, ctx, SCRIPT_CSP)
+    }
+
+    /// Renders a template into a page without script (its policy allows none).
+    pub fn page(&self, status: StatusCode, name: &str, title: &str, ctx: minijinja::Value) -> Response {
+        let ctx = minijinja::context! { noscript => true, ..ctx };
+        self.respond(status, name, title, ctx, STATIC_CSP)
+    }
+
+    fn respond(
+        &self,
+        status: StatusCode,
+        name: &str,
+        title: &str,
+        ctx: minijinja::Value,
+        csp: &'static str,
+    ) -> Response {
+        match self.html(name, title, ctx) {
+            Ok(html) => html_response(status, html, csp),
             Err(e) => {
                 tracing::error!("template {name}: {e}");
-                return (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
             }
-        };
-        html_response(
-            status,
-            html,
-            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'",
-        )
+        }
     }
 
     /// A message page (`error` styles it as a failure).
@@ -179,8 +185,9 @@ mod tests {
 
     #[test]
     fn every_template_renders_and_escapes() {
-        let t = Templates::new().expect("templates parse");
+        let t = Templates::load();
         for (name, _) in TEMPLATES.iter().filter(|(n, _)| *n != "base.html") {
+            // Every template parsed (a missing one would not render).
             let html = t
                 .html(
                     name,

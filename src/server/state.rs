@@ -1,4 +1,4 @@
-//! The HTTP layer's state: the service, and what only HTTP needs (templates).
+//! The HTTP layer's state: the service, and what only HTTP needs (limits).
 
 use std::ops::Deref;
 
@@ -10,15 +10,12 @@ use crate::error::{Credential, Error, Result};
 use crate::service::Service;
 
 use super::limits::Limits;
-use super::pages::Templates;
 
 /// Everything a request handler needs: the service (its parts are reached
-/// through it, `app.signing`, `app.sessions`, ...) and the page templates.
+/// through it, `app.signing`, `app.sessions`, ...) and the limits.
 pub struct App {
     /// The domain.
     pub service: Service,
-    /// Page templates.
-    pub templates: Templates,
     /// Rate and connection limits.
     pub limits: Limits,
 }
@@ -32,10 +29,10 @@ impl Deref for App {
 }
 
 impl App {
-    /// The service and the templates.
+    /// The service and the limits.
     pub async fn build(config: Config, demo_mode: bool) -> Result<App> {
         let limits = Limits::new(&config.limits);
-        Ok(App { service: Service::open(config, demo_mode).await?, templates: Templates::new()?, limits })
+        Ok(App { service: Service::open(config, demo_mode).await?, limits })
     }
 
     /// Now, in Unix ms.

@@ -14,15 +14,15 @@ use super::*;
 pub async fn label_page(State(app): State<Arc<App>>, Path(token): Path<String>) -> Response {
     let (t, label) = match app.phones.label_view(&token).await {
         Ok(x) => x,
-        Err(e) => return phone_ticket_page(&app, e),
+        Err(e) => return phone_ticket_page(e),
     };
     if t.expired(app.now_ms()) {
-        return expired_page(&app);
+        return expired_page();
     }
     let Some(label) = label else {
         return Redirect::to(&format!("/m/{token}")).into_response();
     };
-    app.templates.render(
+    pages::templates().render(
         StatusCode::OK,
         "label.html",
         "ラベル登録",
@@ -38,7 +38,7 @@ pub async fn label_submit(
     body: Body,
 ) -> Response {
     if cross_site(&app, &headers) {
-        return forbidden_origin(&app);
+        return forbidden_origin();
     }
     let form = match read_form(body).await {
         Ok(f) => f,
@@ -46,11 +46,11 @@ pub async fn label_submit(
     };
     let label = (form.get("answer").map(String::as_str) == Some("ok")).then(|| form.get("label")).flatten();
     match app.phones.label(&token, label.map(String::as_str)).await {
-        Ok((t, _)) if t.expired(app.now_ms()) => expired_page(&app),
+        Ok((t, _)) if t.expired(app.now_ms()) => expired_page(),
         Ok((t, _)) if t.action() != Action::Register || !t.stage.finished() => {
             Redirect::to(&format!("/m/{token}")).into_response()
         }
-        Ok((t, _)) => finished_page(&app, &t),
-        Err(e) => phone_ticket_page(&app, e),
+        Ok((t, _)) => finished_page(&t),
+        Err(e) => phone_ticket_page(e),
     }
 }

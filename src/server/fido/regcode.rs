@@ -11,57 +11,52 @@ use minijinja::context;
 
 use super::*;
 
-fn regcode_error_page(app: &App, e: Error) -> Response {
+fn regcode_error_page(e: Error) -> Response {
     match e {
         Error::NotFound(..) => msg(
-            app,
             StatusCode::NOT_FOUND,
             "登録URLが無効です",
             "この登録URLは無効です。",
             "書面に記載されたURLを確認してください。",
         ),
         Error::Gone(Gone::Expired, _) => msg(
-            app,
             StatusCode::GONE,
             "登録URLの有効期限切れ",
             "この登録URLは有効期限が切れています。",
             "認証局に連絡して、新しい登録URLの発行を受けてください。",
         ),
         Error::Forbidden(Forbidden::Locked, _) => msg(
-            app,
             StatusCode::FORBIDDEN,
             "登録URLはロックされています",
             "パスワードを5回以上間違えたため、この登録URLは使えなくなりました。",
             "認証局に連絡して、新しい登録URLの発行を受けてください。",
         ),
         Error::Gone(Gone::Used, _) => msg(
-            app,
             StatusCode::GONE,
             "登録URLは使用済みです",
             "この登録URLでは既にスマートフォンが登録されています。",
             "スマートフォンを変更する場合は登録サイトから手続きするか、認証局に連絡してください。",
         ),
         Error::Gone(Gone::Revoked, _) => msg(
-            app,
             StatusCode::GONE,
             "登録URLは無効です",
             "この登録URLは無効になりました(新しい登録URLが発行されています)。",
             "最新の書面に記載されたURLを使うか、認証局に連絡してください。",
         ),
-        other => user_page(app, other),
+        other => user_page(other),
     }
 }
 
 /// `GET /r/<code>`: E3: a printed registration URL asks for its password.
 pub async fn regcode_page(State(app): State<Arc<App>>, Path(code): Path<String>) -> Response {
     match app.phones.regcode_check(&code).await {
-        Ok(_) => app.templates.render(
+        Ok(_) => pages::templates().render(
             StatusCode::OK,
             "password.html",
             "スマートフォンの初期登録",
             context! { action => format!("/r/{code}") },
         ),
-        Err(e) => regcode_error_page(&app, e),
+        Err(e) => regcode_error_page(e),
     }
 }
 
@@ -73,7 +68,7 @@ pub async fn regcode_submit(
     body: Body,
 ) -> Response {
     if cross_site(&app, &headers) {
-        return forbidden_origin(&app);
+        return forbidden_origin();
     }
     let form = match read_form(body).await {
         Ok(f) => f,
@@ -82,7 +77,7 @@ pub async fn regcode_submit(
     let password = form.get("password").cloned().unwrap_or_default();
     match app.phones.regcode_open(&code, &password).await {
         Ok(phone) => Redirect::to(&format!("/m/{phone}")).into_response(),
-        Err(Error::Unauthenticated(Credential::Password { left }, _)) => app.templates.render(
+        Err(Error::Unauthenticated(Credential::Password { left }, _)) => pages::templates().render(
             StatusCode::UNAUTHORIZED,
             "password.html",
             "スマートフォンの初期登録",
@@ -91,6 +86,6 @@ pub async fn regcode_submit(
                 error => format!("パスワードが違います。あと{left}回間違えると、この登録URLは使えなくなります。"),
             },
         ),
-        Err(e) => regcode_error_page(&app, e),
+        Err(e) => regcode_error_page(e),
     }
 }
