@@ -28,6 +28,8 @@ pub mod seal;
 pub mod stamp;
 pub mod writer;
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -228,31 +230,34 @@ impl std::fmt::Display for Name {
     }
 }
 
-/// One audit event to append.
+/// One audit event to append: borrowed where it is made in a transaction
+/// ([`append`]), owned (`Event<'static>`) while it waits in the group-commit
+/// writer's queue; stored, it is a [`Row`].
 #[derive(Clone, Debug, Serialize)]
 pub struct Event<'a> {
     /// Who acted: `cli:<os user>`, `client:<client>`, `user:<id>`.
-    pub actor: &'a str,
+    pub actor: Cow<'a, str>,
     /// What happened.
     pub event: Name,
     /// The user concerned.
-    pub user_id: Option<&'a str>,
+    pub user_id: Option<Cow<'a, str>>,
     /// The key generation concerned.
     pub generation: Option<i64>,
     /// For signatures: the signed digest, `sha256:<hex>`.
-    pub digest: Option<&'a str>,
+    pub digest: Option<Cow<'a, str>>,
     /// `ok` or an error class.
-    pub outcome: &'a str,
+    pub outcome: &'static str,
     /// More, as JSON (never a secret).
     pub detail: serde_json::Value,
 }
 
 impl<'a> Event<'a> {
     /// An event of `actor` named `event`, `ok`, about no user, key or
-    /// digest, without detail: fields are then set with `..Event::new(..)`.
-    pub fn new(actor: &'a str, event: Name) -> Event<'a> {
+    /// digest, without detail: fields are then set with `..Event::new(..)`
+    /// or [`Event::user`].
+    pub fn new(actor: impl Into<Cow<'a, str>>, event: Name) -> Event<'a> {
         Event {
-            actor,
+            actor: actor.into(),
             event,
             user_id: None,
             generation: None,
@@ -260,6 +265,18 @@ impl<'a> Event<'a> {
             outcome: "ok",
             detail: serde_json::Value::Null,
         }
+    }
+
+    /// The event about `user_id`.
+    pub fn user(mut self, user_id: impl Into<Cow<'a, str>>) -> Event<'a> {
+        self.user_id = Some(user_id.into());
+        self
+    }
+
+    /// The event with `detail`.
+    pub fn detail(mut self, detail: serde_json::Value) -> Event<'a> {
+        self.detail = detail;
+        self
     }
 }
 
@@ -525,11 +542,11 @@ pub async fn append_groups<A: AuditStore + ?Sized>(
             let row = Row {
                 seq,
                 at: *at,
-                actor: e.actor.to_owned(),
+                actor: e.actor.to_string(),
                 event: e.event.as_str().to_owned(),
-                user_id: e.user_id.map(str::to_owned),
+                user_id: e.user_id.as_deref().map(str::to_owned),
                 generation: e.generation,
-                digest: e.digest.map(str::to_owned),
+                digest: e.digest.as_deref().map(str::to_owned),
                 outcome: e.outcome.to_owned(),
                 detail: if request {
                     let mut detail = e.detail.clone();

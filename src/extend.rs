@@ -478,11 +478,11 @@ pub async fn record<T: crate::audit::AuditTx + ?Sized>(
         &mut *tx,
         now_ms,
         &[crate::audit::Event {
-            actor,
+            actor: actor.into(),
             event: crate::audit::Name::SignatureExtend,
-            user_id,
+            user_id: user_id.map(Into::into),
             generation: None,
-            digest: Some(&extended.digest),
+            digest: Some(extended.digest.as_str().into()),
             outcome: "ok",
             detail: serde_json::json!({
                 "format": extended.format,

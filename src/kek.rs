@@ -265,7 +265,7 @@ async fn record_page<T: UsersTx + ?Sized>(
     }
     for (user_id, generation, reason) in &refused {
         events.push(Event {
-            user_id: Some(user_id),
+            user_id: Some(user_id.into()),
             generation: Some(*generation),
             outcome: "refused",
             detail: serde_json::json!({ "reason": reason, "during": "kek rotate" }),

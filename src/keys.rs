@@ -302,7 +302,7 @@ pub async fn generate_many<T: UsersTx + ?Sized>(
     let events: Vec<Event<'_>> = events_of
         .iter()
         .map(|(user_id, generation, detail)| Event {
-            user_id: Some(user_id),
+            user_id: Some(user_id.into()),
             generation: Some(*generation),
             outcome: "ok",
             detail: detail.clone(),
@@ -505,7 +505,7 @@ pub async fn import_certificate<T: UsersTx + ?Sized>(
     }
     tx.activate_key(user_id, generation, &cert_der, now).await?;
     let mut events = vec![Event {
-        user_id: Some(user_id),
+        user_id: Some(user_id.into()),
         generation: Some(generation),
         outcome: "ok",
         detail: if warnings.is_empty() {
@@ -521,7 +521,7 @@ pub async fn import_certificate<T: UsersTx + ?Sized>(
     }];
     if let Some(old) = retired {
         events.push(Event {
-            user_id: Some(user_id),
+            user_id: Some(user_id.into()),
             generation: Some(old),
             outcome: "ok",
             detail: serde_json::json!({ "reason": "superseded", "by_generation": generation }),
@@ -560,7 +560,7 @@ pub async fn retire<T: UsersTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            user_id: Some(user_id),
+            user_id: Some(user_id.into()),
             generation: Some(generation),
             outcome: "ok",
             detail: serde_json::json!({ "reason": "operator", "was": key.state.as_str() }),

@@ -45,7 +45,7 @@ use bytes::Bytes;
 use inkan_keystore::{Digest, DigestAlgorithm, Keystore, SignatureScheme};
 use sha2::Digest as _;
 
-use crate::audit::writer::{AuditWriter, Expected, Record};
+use crate::audit::writer::{AuditWriter, Expected};
 use crate::audit::{self, Event};
 use crate::auth::principal::Principal;
 use crate::auth::sad;

@@ -290,7 +290,7 @@ pub async fn add<T: UsersTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            user_id: Some(id),
+            user_id: Some(id.into()),
             outcome: "ok",
             detail: serde_json::json!({ "name": user.name, "qualification": user.qualification }),
             ..Event::new(actor, crate::audit::Name::UserAdd)
@@ -431,7 +431,7 @@ pub async fn import<T: UsersTx + ?Sized>(
         let events: Vec<Event<'_>> = added
             .iter()
             .map(|u| Event {
-                user_id: Some(&u.id),
+                user_id: Some(u.id.as_str().into()),
                 outcome: "ok",
                 detail: serde_json::json!({ "name": u.name, "qualification": u.qualification, "via": "import" }),
                 ..Event::new(actor, crate::audit::Name::UserAdd)
@@ -466,7 +466,7 @@ pub async fn set_status<T: UsersTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            user_id: Some(id),
+            user_id: Some(id.into()),
             outcome: "ok",
             detail: serde_json::json!({}),
             ..Event::new(actor, if enabled { crate::audit::Name::UserEnable } else { crate::audit::Name::UserDisable })

@@ -32,30 +32,12 @@ use crate::audit::{self, Event};
 use crate::error::Error;
 use crate::seam::StoreError;
 
-/// An audit row owned by the queue.
-#[derive(Clone, Debug)]
-pub struct Record {
-    /// See [`Event::actor`].
-    pub actor: String,
-    /// See [`Event::event`].
-    pub event: crate::audit::Name,
-    /// See [`Event::user_id`].
-    pub user_id: Option<String>,
-    /// See [`Event::generation`].
-    pub generation: Option<i64>,
-    /// See [`Event::digest`].
-    pub digest: Option<String>,
-    /// See [`Event::outcome`].
-    pub outcome: &'static str,
-    /// See [`Event::detail`].
-    pub detail: serde_json::Value,
-}
-
 struct Job {
     /// When it was queued (the commit window counts from the oldest job).
     queued: Instant,
     at: i64,
-    records: Vec<Record>,
+    /// Its events, owned while they wait.
+    records: Vec<Event<'static>>,
     done: oneshot::Sender<Result<i64, Error>>,
 }
 
@@ -333,7 +315,12 @@ impl AuditWriter {
     /// Commits rows; returns the last sequence number once they are durable.
     /// `announced` is what [`AuditWriter::expect`] returned for them, if anything.
     /// The rows name the HTTPS request they are written for, if any.
-    pub async fn commit(&self, at: i64, mut records: Vec<Record>, announced: Option<Expected>) -> Result<i64, Error> {
+    pub async fn commit(
+        &self,
+        at: i64,
+        mut records: Vec<Event<'static>>,
+        announced: Option<Expected>,
+    ) -> Result<i64, Error> {
         records.iter_mut().for_each(|r| crate::request_id::stamp(&mut r.detail));
         let (done, wait) = oneshot::channel();
         self.queue.push(Job { queued: Instant::now(), at, records, done }, announced);
@@ -344,30 +331,7 @@ impl AuditWriter {
 /// Appends a batch's rows in one transaction and commits it; returns each
 /// job's last sequence number.
 async fn commit_batch(log: &mut dyn AuditLog, batch: &mut [Job]) -> Result<Vec<i64>, StoreError> {
-    // The details move into the events (the rows are the writer's now).
-    let mut details: std::vec::IntoIter<serde_json::Value> = batch
-        .iter_mut()
-        .flat_map(|job| job.records.iter_mut().map(|r| r.detail.take()))
-        .collect::<Vec<_>>()
-        .into_iter();
-    let events: Vec<Vec<Event<'_>>> = batch
-        .iter()
-        .map(|job| {
-            job.records
-                .iter()
-                .map(|r| Event {
-                    actor: &r.actor,
-                    event: r.event,
-                    user_id: r.user_id.as_deref(),
-                    generation: r.generation,
-                    digest: r.digest.as_deref(),
-                    outcome: r.outcome,
-                    detail: details.next().unwrap_or_default(),
-                })
-                .collect()
-        })
-        .collect();
-    let groups: Vec<(i64, &[Event<'_>])> = batch.iter().zip(&events).map(|(job, e)| (job.at, &e[..])).collect();
+    let groups: Vec<(i64, &[Event<'_>])> = batch.iter().map(|job| (job.at, &job.records[..])).collect();
     let mut tx = log.write().await?;
     let seqs = audit::append_groups(&mut *tx, &groups).await?;
     tx.commit().await?;
@@ -472,14 +436,10 @@ mod tests {
         let commit = |n: u32| {
             for i in 0..n {
                 let (done, wait) = oneshot::channel();
-                let record = Record {
-                    actor: "test".into(),
-                    event: crate::audit::Name::Sign,
-                    digest: Some(format!("sha256:{i:064x}")),
-                    outcome: "ok",
+                let record = Event {
+                    digest: Some(format!("sha256:{i:064x}").into()),
                     detail: serde_json::json!({ "i": i }),
-                    user_id: None,
-                    generation: None,
+                    ..Event::new("test", crate::audit::Name::Sign)
                 };
                 writer.queue.push(Job { queued: Instant::now(), at: 0, records: vec![record], done }, None);
                 wait.blocking_recv().expect("answered").expect("committed");

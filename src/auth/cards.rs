@@ -210,7 +210,7 @@ pub async fn hpki_map<T: CardsTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            user_id: Some(user_id),
+            user_id: Some(user_id.into()),
             outcome: "ok",
             detail: serde_json::json!({ "subject": p.subject, "serial": pki::serial_hex(&p.cert) }),
             ..Event::new(actor, crate::audit::Name::HpkiMap)
@@ -239,7 +239,7 @@ pub async fn hpki_unmap<T: CardsTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            user_id: Some(user_id),
+            user_id: Some(user_id.into()),
             outcome: "ok",
             detail: serde_json::json!({ "serial": pki::serial_hex(&p.cert) }),
             ..Event::new(actor, crate::audit::Name::HpkiUnmap)
@@ -296,7 +296,7 @@ pub async fn hpki_map_subject<T: CardsTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            user_id: Some(user_id),
+            user_id: Some(user_id.into()),
             outcome: "ok",
             detail: serde_json::json!({ "serialNumber": value }),
             ..Event::new(actor, crate::audit::Name::HpkiMapSubject)
@@ -336,7 +336,7 @@ pub async fn hpki_unmap_subject<T: CardsTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            user_id: Some(user_id),
+            user_id: Some(user_id.into()),
             outcome: "ok",
             detail: serde_json::json!({ "serialNumber": value }),
             ..Event::new(actor, crate::audit::Name::HpkiUnmapSubject)
@@ -384,7 +384,7 @@ pub async fn jpki_link<T: CardsTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            user_id: Some(user_id),
+            user_id: Some(user_id.into()),
             outcome: "ok",
             detail: serde_json::json!({ "serial": pki::serial_hex(&p.cert) }),
             ..Event::new(actor, crate::audit::Name::JpkiLink)
@@ -418,7 +418,7 @@ pub async fn jpki_unlink<T: CardsTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            user_id: Some(user_id),
+            user_id: Some(user_id.into()),
             outcome: "ok",
             detail: serde_json::json!({ "links": n }),
             ..Event::new(actor, crate::audit::Name::JpkiUnlink)
@@ -553,7 +553,7 @@ async fn renew_line<T: CardsTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            user_id: Some(&user),
+            user_id: Some(user.as_str().into()),
             outcome: "ok",
             detail: serde_json::json!({ "old_serial": serial_hex, "new_serial": pki::serial_hex(&p.cert) }),
             ..Event::new(actor, crate::audit::Name::JpkiRenew)

@@ -155,7 +155,7 @@ pub async fn create<T: SessionsTx + ?Sized>(
     audit::append(
         &mut *tx,
         now,
-        &[Event { user_id: Some(user_id), outcome: "ok", detail: serde_json::json!({ "method": method.as_str(), "client_id": client_id, "expires_at": rfc3339(session.expires_at) }), ..Event::new(&format!("user:{user_id}"), crate::audit::Name::SessionOpen) }],
+        &[Event { user_id: Some(user_id.into()), outcome: "ok", detail: serde_json::json!({ "method": method.as_str(), "client_id": client_id, "expires_at": rfc3339(session.expires_at) }), ..Event::new(format!("user:{user_id}"), crate::audit::Name::SessionOpen) }],
     )
     .await?;
     tx.commit().await?;
@@ -187,8 +187,12 @@ async fn revoke_hash<T: SessionsTx + ?Sized>(
     let Some(user) = tx.delete_session(token_hash).await? else {
         return Ok(false);
     };
-    audit::append(&mut *tx, now, &[Event { user_id: Some(&user), outcome: "ok", detail, ..Event::new(actor, event) }])
-        .await?;
+    audit::append(
+        &mut *tx,
+        now,
+        &[Event { user_id: Some(user.as_str().into()), outcome: "ok", detail, ..Event::new(actor, event) }],
+    )
+    .await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -210,7 +214,7 @@ pub async fn revoke<T: SessionsTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            user_id,
+            user_id: user_id.map(Into::into),
             outcome: "ok",
             detail: serde_json::json!({ "sessions": n, "method": method.map(Method::as_str) }),
             ..Event::new(actor, crate::audit::Name::SessionRevoke)

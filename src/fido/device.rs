@@ -185,7 +185,7 @@ pub async fn install<X: DeviceStore + AuditStore + ?Sized>(
     audit::append(
         &mut *tx,
         now,
-        &[Event { user_id: Some(user_id), outcome: "ok", detail, ..Event::new(actor, event) }],
+        &[Event { user_id: Some(user_id.into()), outcome: "ok", detail, ..Event::new(actor, event) }],
     )
     .await?;
     Ok(old.map(|d| d.credential_id))
@@ -229,7 +229,7 @@ pub async fn remove<T: DevicesTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            user_id: Some(user_id),
+            user_id: Some(user_id.into()),
             outcome: "ok",
             detail: serde_json::json!({ "credential_id": b64url(&device.credential_id), "sessions_revoked": sessions }),
             ..Event::new(actor, crate::audit::Name::FidoRemove)

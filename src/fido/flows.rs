@@ -621,7 +621,7 @@ impl<T: PhonesTx + ?Sized> Phones<T> {
         audit::append(
             &mut *tx,
             now,
-            &[Event { user_id: Some(&t.user_id), outcome: "ok", detail: serde_json::json!({ "purpose": purpose, "credential_id": b64url(&device.credential_id), "counter": result.counter() }), ..Event::new(&format!("user:{}", t.user_id), crate::audit::Name::FidoSignin) }],
+            &[Event { user_id: Some(t.user_id.as_str().into()), outcome: "ok", detail: serde_json::json!({ "purpose": purpose, "credential_id": b64url(&device.credential_id), "counter": result.counter() }), ..Event::new(format!("user:{}", t.user_id), crate::audit::Name::FidoSignin) }],
         )
         .await?;
         tx.commit().await?;

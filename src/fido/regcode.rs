@@ -209,7 +209,7 @@ pub async fn issue<T: RegcodesTx + ?Sized>(
         &mut *tx,
         now,
         &[Event {
-            user_id: Some(user_id),
+            user_id: Some(user_id.into()),
             outcome: "ok",
             detail: serde_json::json!({ "expires_at": rfc3339(expires_at), "replaced": replaced }),
             ..Event::new(actor, crate::audit::Name::RegcodeIssue)
@@ -240,7 +240,11 @@ pub async fn revoke<T: RegcodesTx + ?Sized>(
     audit::append(
         &mut *tx,
         now,
-        &[Event { user_id: Some(user_id), outcome: "ok", ..Event::new(actor, crate::audit::Name::RegcodeRevoke) }],
+        &[Event {
+            user_id: Some(user_id.into()),
+            outcome: "ok",
+            ..Event::new(actor, crate::audit::Name::RegcodeRevoke)
+        }],
     )
     .await?;
     tx.commit().await?;
@@ -348,10 +352,10 @@ pub async fn open<T: RegcodesTx + ?Sized>(
             &mut *tx,
             now,
             &[Event {
-                user_id: Some(&row.user_id),
+                user_id: Some(row.user_id.as_str().into()),
                 outcome: "locked",
                 detail: serde_json::json!({ "failures": failures }),
-                ..Event::new(&format!("user:{}", row.user_id), crate::audit::Name::RegcodeLock)
+                ..Event::new(format!("user:{}", row.user_id), crate::audit::Name::RegcodeLock)
             }],
         )
         .await?;

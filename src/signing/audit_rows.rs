@@ -24,11 +24,11 @@ impl<T: UsersTx + ?Sized> Signing<T> {
             let events: Vec<Event<'_>> = names
                 .iter()
                 .map(|d| Event {
-                    actor: &principal.actor,
+                    actor: principal.actor.as_str().into(),
                     event: crate::audit::Name::SignUndelivered,
-                    user_id: Some(&principal.user_id),
+                    user_id: Some(principal.user_id.as_str().into()),
                     generation: Some(generation),
-                    digest: Some(d),
+                    digest: Some(d.into()),
                     outcome: "failed",
                     detail: detail.clone(),
                 })
@@ -66,7 +66,7 @@ impl<T: UsersTx + ?Sized> Signing<T> {
                 &mut *tx,
                 self.clock.now_ms(),
                 &[Event {
-                    user_id: Some(&principal.user_id),
+                    user_id: Some(principal.user_id.as_str().into()),
                     generation: Some(generation),
                     outcome: "refused",
                     detail: serde_json::json!({ "reason": "the wrapped key's MAC does not match its record" }),
@@ -92,35 +92,20 @@ impl<T: UsersTx + ?Sized> Signing<T> {
         announced: Option<Expected>,
     ) -> Result<i64> {
         let at = self.clock.now_ms();
+        // Owned: the group-commit writer keeps them until its commit.
+        let events: Vec<Event<'static>> = digests
+            .iter()
+            .map(|d| Event {
+                user_id: Some(principal.user_id.clone().into()),
+                generation: Some(generation),
+                digest: Some(d.clone().into()),
+                detail: detail.clone(),
+                ..Event::new(principal.actor.clone(), crate::audit::Name::Sign)
+            })
+            .collect();
         match &self.audit {
-            AuditSink::Writer(w) => {
-                let records = digests
-                    .iter()
-                    .map(|d| Record {
-                        actor: principal.actor.clone(),
-                        event: crate::audit::Name::Sign,
-                        user_id: Some(principal.user_id.clone()),
-                        generation: Some(generation),
-                        digest: Some(d.clone()),
-                        outcome: "ok",
-                        detail: detail.clone(),
-                    })
-                    .collect();
-                w.commit(at, records, announced).await
-            }
+            AuditSink::Writer(w) => w.commit(at, events, announced).await,
             AuditSink::Direct => {
-                let events: Vec<Event<'_>> = digests
-                    .iter()
-                    .map(|d| Event {
-                        actor: &principal.actor,
-                        event: crate::audit::Name::Sign,
-                        user_id: Some(&principal.user_id),
-                        generation: Some(generation),
-                        digest: Some(d),
-                        outcome: "ok",
-                        detail: detail.clone(),
-                    })
-                    .collect();
                 let mut tx = self.store.write().await?;
                 let seq = audit::append(&mut *tx, at, &events).await?;
                 tx.commit().await?;
