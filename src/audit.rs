@@ -280,7 +280,7 @@ impl<'a> Event<'a> {
     }
 }
 
-/// A stored audit row.
+/// A stored audit row, with its links in the hash chain.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
     /// Sequence number.
@@ -302,6 +302,12 @@ pub struct Row {
     pub outcome: String,
     /// JSON text.
     pub detail: String,
+    /// The previous row's hash (not shown in listings).
+    #[serde(skip)]
+    pub prev_hash: Vec<u8>,
+    /// This row's hash: [`row_hash`] of the previous one and this row's columns.
+    #[serde(skip)]
+    pub hash: Vec<u8>,
 }
 
 /// What the token MACs to seal row `seq` with chain hash `hash`, chained to
@@ -415,28 +421,17 @@ pub fn archive_input(a: &Archived) -> Vec<u8> {
     out
 }
 
-/// A row with its chain links, as stored.
-#[derive(Clone, Debug)]
-pub struct ChainedRow {
-    /// The row.
-    pub row: Row,
-    /// The previous row's hash.
-    pub prev_hash: Vec<u8>,
-    /// This row's hash.
-    pub hash: Vec<u8>,
-}
-
 /// What the audit log needs from storage.
 #[async_trait]
 pub trait AuditStore: Send {
     /// The chain's head: the last row's sequence number and hash.
     async fn audit_head(&mut self) -> Result<Option<(i64, Vec<u8>)>, StoreError>;
     /// Inserts one row with its links.
-    async fn insert_audit(&mut self, row: &Row, prev_hash: &[u8], hash: &[u8]) -> Result<(), StoreError>;
+    async fn insert_audit(&mut self, row: &Row) -> Result<(), StoreError>;
     /// Moves the chain's head.
     async fn set_audit_head(&mut self, seq: i64, hash: &[u8]) -> Result<(), StoreError>;
     /// Up to `limit` rows after `after_seq`, in order.
-    async fn audit_rows(&mut self, after_seq: i64, limit: usize) -> Result<Vec<ChainedRow>, StoreError>;
+    async fn audit_rows(&mut self, after_seq: i64, limit: usize) -> Result<Vec<Row>, StoreError>;
     /// The latest rows, newest first (optionally of one user).
     async fn audit_tail(&mut self, user_id: Option<&str>, limit: i64) -> Result<Vec<Row>, StoreError>;
     /// Keeps a seal of the chain (append-only).
@@ -465,12 +460,12 @@ pub trait AuditStore: Send {
     /// Appends rows (in order, already chained to the head) and moves the
     /// head to the last: row by row unless the store can do it at once (a
     /// networked database in one statement).
-    async fn append_audit(&mut self, rows: &[ChainedRow]) -> Result<(), StoreError> {
+    async fn append_audit(&mut self, rows: &[Row]) -> Result<(), StoreError> {
         for r in rows {
-            self.insert_audit(&r.row, &r.prev_hash, &r.hash).await?;
+            self.insert_audit(r).await?;
         }
         if let Some(last) = rows.last() {
-            self.set_audit_head(last.row.seq, &last.hash).await?;
+            self.set_audit_head(last.seq, &last.hash).await?;
         }
         Ok(())
     }
@@ -539,7 +534,7 @@ pub async fn append_groups<A: AuditStore + ?Sized>(
     for (at, events) in groups {
         for e in *events {
             seq += 1;
-            let row = Row {
+            let mut row = Row {
                 seq,
                 at: *at,
                 actor: e.actor.to_string(),
@@ -555,9 +550,12 @@ pub async fn append_groups<A: AuditStore + ?Sized>(
                 } else {
                     e.detail.to_string()
                 },
+                prev_hash: Vec::new(),
+                hash: Vec::new(),
             };
-            let hash = row_hash(&prev, &row).to_vec();
-            rows.push(ChainedRow { row, prev_hash: std::mem::replace(&mut prev, hash.clone()), hash });
+            row.hash = row_hash(&prev, &row).to_vec();
+            row.prev_hash = std::mem::replace(&mut prev, row.hash.clone());
+            rows.push(row);
         }
         last.push(seq);
     }
@@ -710,7 +708,7 @@ pub async fn verify<T: AuditTx + ?Sized>(
     loop {
         let page = tx.audit_rows(expected_seq - 1, VERIFY_PAGE).await?;
         let done = page.len() < VERIFY_PAGE;
-        let last_seq = page.last().map_or(expected_seq - 1, |r| r.row.seq);
+        let last_seq = page.last().map_or(expected_seq - 1, |r| r.seq);
         while !seals_done && seals.back().is_none_or(|s| s.seq <= last_seq) {
             let more = tx.audit_seals(seals_after, VERIFY_PAGE).await?;
             seals_done = more.len() < VERIFY_PAGE;
@@ -721,23 +719,23 @@ pub async fn verify<T: AuditTx + ?Sized>(
         // The token's record missing from the database: reported after the
         // seals before it are checked (an earlier forged seal comes first).
         let mut late = None;
-        for ChainedRow { row, prev_hash, hash } in page {
+        for row in page {
             if row.seq != expected_seq {
                 return broken(v, expected_seq, format!("row {expected_seq} is missing (next row is {})", row.seq));
             }
-            if prev_hash != prev {
+            if row.prev_hash != prev {
                 return broken(
                     v,
                     row.seq,
                     "its prev_hash does not match the previous row: a row before it was changed or removed".into(),
                 );
             }
-            if row_hash(&prev, &row)[..] != hash[..] {
+            if row_hash(&prev, &row)[..] != row.hash[..] {
                 return broken(v, row.seq, "its contents do not match its hash: the row was edited".into());
             }
             if seals.front().is_some_and(|s| s.seq == row.seq) {
                 let seal = seals.pop_front().unwrap_or_else(|| unreachable!("front checked"));
-                if seal.hash != hash {
+                if seal.hash != row.hash {
                     return broken(v, row.seq, recomputed(row.seq));
                 }
                 if seal.prev_mac != prev_mac {
@@ -769,7 +767,7 @@ pub async fn verify<T: AuditTx + ?Sized>(
             }
             while heads.front().is_some_and(|h| h.seq == row.seq) {
                 let head = heads.pop_front().unwrap_or_else(|| unreachable!("front checked"));
-                if head.hash != hash {
+                if head.hash != row.hash {
                     return broken(
                         v,
                         row.seq,
@@ -782,7 +780,7 @@ pub async fn verify<T: AuditTx + ?Sized>(
                 to_check.push(head.clone());
                 v.heads_checked += 1;
             }
-            prev = hash;
+            prev = row.hash;
             expected_seq += 1;
             v.rows += 1;
         }

@@ -254,14 +254,14 @@ pub async fn archive<T: AuditTx + ?Sized>(
         let macs = keystore.seal(&inputs)?;
         let mut seals = seals.into_iter().zip(macs).peekable();
         let mut stamps = tx.audit_timestamps(after, PAGE).await?.into_iter().peekable();
-        for r in page.into_iter().take_while(|r| r.row.seq <= end.seq) {
-            if r.row.seq != after + 1 || r.prev_hash != prev || row_hash(&prev, &r.row)[..] != r.hash[..] {
+        for r in page.into_iter().take_while(|r| r.seq <= end.seq) {
+            if r.seq != after + 1 || r.prev_hash != prev || row_hash(&prev, &r)[..] != r.hash[..] {
                 return Err(bad(format!(
                     "the chain does not verify at row {}: nothing archived; run `inkan audit verify`",
                     after + 1
                 )));
             }
-            let Row { seq, at, actor, event, user_id, generation, digest, outcome, detail } = r.row;
+            let Row { seq, at, actor, event, user_id, generation, digest, outcome, detail, prev_hash: _, hash } = r;
             out.line(&Line::Row {
                 seq,
                 at,
@@ -272,11 +272,11 @@ pub async fn archive<T: AuditTx + ?Sized>(
                 digest,
                 outcome,
                 detail,
-                hash: hex(&r.hash),
+                hash: hex(&hash),
             })?;
             if let Some((s, mac)) = seals.next_if(|(s, _)| s.seq == seq) {
                 let made_here = bool::from(subtle::ConstantTimeEq::ct_eq(&mac[..], &s.mac[..]));
-                if s.prev_mac != prev_mac || s.hash != r.hash || !made_here {
+                if s.prev_mac != prev_mac || s.hash != hash || !made_here {
                     return Err(bad(format!("the seal of row {seq} does not verify: run `inkan audit verify`")));
                 }
                 prev_mac = s.mac.clone();
@@ -286,7 +286,7 @@ pub async fn archive<T: AuditTx + ?Sized>(
                 let token = Base64::encode_string(&t.token);
                 out.line(&Line::Timestamp { seq, hash: hex(&t.hash), token, at: t.at })?;
             }
-            prev = r.hash;
+            prev = hash;
             after = seq;
         }
     }
@@ -469,8 +469,20 @@ fn check_segment(
                 if seq != expected {
                     return Err(broken(n, &format!("row {expected} is missing (next is {seq})")));
                 }
-                let row = Row { seq, at, actor, event, user_id, generation, digest, outcome, detail };
                 let hash = field(n, &hash)?;
+                let row = Row {
+                    seq,
+                    at,
+                    actor,
+                    event,
+                    user_id,
+                    generation,
+                    digest,
+                    outcome,
+                    detail,
+                    prev_hash: prev.clone(),
+                    hash: hash.clone(),
+                };
                 if row_hash(&prev, &row)[..] != hash[..] {
                     return Err(broken(n, &format!("row {seq} does not match its hash: the segment was changed")));
                 }

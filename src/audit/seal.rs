@@ -263,7 +263,7 @@ async fn descends<T: AuditTx + ?Sized>(
 
 /// The hash row `seq` has now.
 pub(super) async fn hash_of<T: AuditTx + ?Sized>(tx: &mut T, seq: i64) -> Result<Option<Vec<u8>>> {
-    Ok(tx.audit_rows(seq - 1, 1).await?.into_iter().find(|r| r.row.seq == seq).map(|r| r.hash))
+    Ok(tx.audit_rows(seq - 1, 1).await?.into_iter().find(|r| r.seq == seq).map(|r| r.hash))
 }
 
 /// Seals the chain's head unless it is sealed already; returns the row

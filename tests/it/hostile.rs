@@ -1216,6 +1216,8 @@ mod audit {
                 digest: (!flag(f[8])).then(|| f[9].to_owned()),
                 outcome: f[10].into(),
                 detail: f[11].into(),
+                prev_hash: Vec::new(),
+                hash: Vec::new(),
             };
             if row.seq == seq {
                 row.detail = r#"{"edited":true}"#.into();

@@ -7,10 +7,10 @@ use tokio_postgres::Row as PgRow;
 
 use super::row::get;
 use super::PgTx;
-use crate::audit::{Archived, AuditStore, ChainedRow, Row, Seal, TimeStamp};
+use crate::audit::{Archived, AuditStore, Row, Seal, TimeStamp};
 use crate::seam::StoreError;
 
-/// Reads `seq, at, actor, event, user_id, generation, digest, outcome, detail` (in that order).
+/// Reads `seq, at, actor, event, user_id, generation, digest, outcome, detail, prev_hash, hash` (in that order).
 fn row(r: &PgRow) -> Result<Row, StoreError> {
     Ok(Row {
         seq: get(r, 0)?,
@@ -22,6 +22,8 @@ fn row(r: &PgRow) -> Result<Row, StoreError> {
         digest: get(r, 6)?,
         outcome: get(r, 7)?,
         detail: get(r, 8)?,
+        prev_hash: get(r, 9)?,
+        hash: get(r, 10)?,
     })
 }
 
@@ -51,7 +53,7 @@ impl AuditStore for PgTx {
         }
     }
 
-    async fn insert_audit(&mut self, row: &Row, prev_hash: &[u8], hash: &[u8]) -> Result<(), StoreError> {
+    async fn insert_audit(&mut self, row: &Row) -> Result<(), StoreError> {
         self.exec(
             "INSERT INTO audit (seq, at, actor, event, user_id, generation, digest, outcome, detail, prev_hash, hash)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -65,8 +67,8 @@ impl AuditStore for PgTx {
                 &row.digest,
                 &row.outcome,
                 &row.detail,
-                &prev_hash,
-                &hash,
+                &row.prev_hash,
+                &row.hash,
             ],
         )
         .await?;
@@ -83,7 +85,7 @@ impl AuditStore for PgTx {
         Ok(())
     }
 
-    async fn audit_rows(&mut self, after_seq: i64, limit: usize) -> Result<Vec<ChainedRow>, StoreError> {
+    async fn audit_rows(&mut self, after_seq: i64, limit: usize) -> Result<Vec<Row>, StoreError> {
         let rows = self
             .rows(
                 "SELECT seq, at, actor, event, user_id, generation, digest, outcome, detail, prev_hash, hash
@@ -91,22 +93,22 @@ impl AuditStore for PgTx {
                 &[&after_seq, &(limit as i64)],
             )
             .await?;
-        rows.iter().map(|r| Ok(ChainedRow { row: row(r)?, prev_hash: get(r, 9)?, hash: get(r, 10)? })).collect()
+        rows.iter().map(row).collect()
     }
 
-    async fn append_audit(&mut self, rows: &[ChainedRow]) -> Result<(), StoreError> {
+    async fn append_audit(&mut self, rows: &[Row]) -> Result<(), StoreError> {
         let Some(last) = rows.last() else { return Ok(()) };
         // One statement (one round trip) for a whole group commit: the rows as
         // arrays, and the head.
-        let seq: Vec<i64> = rows.iter().map(|r| r.row.seq).collect();
-        let at: Vec<i64> = rows.iter().map(|r| r.row.at).collect();
-        let actor: Vec<&str> = rows.iter().map(|r| r.row.actor.as_str()).collect();
-        let event: Vec<&str> = rows.iter().map(|r| r.row.event.as_str()).collect();
-        let user_id: Vec<Option<&str>> = rows.iter().map(|r| r.row.user_id.as_deref()).collect();
-        let generation: Vec<Option<i64>> = rows.iter().map(|r| r.row.generation).collect();
-        let digest: Vec<Option<&str>> = rows.iter().map(|r| r.row.digest.as_deref()).collect();
-        let outcome: Vec<&str> = rows.iter().map(|r| r.row.outcome.as_str()).collect();
-        let detail: Vec<&str> = rows.iter().map(|r| r.row.detail.as_str()).collect();
+        let seq: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        let at: Vec<i64> = rows.iter().map(|r| r.at).collect();
+        let actor: Vec<&str> = rows.iter().map(|r| r.actor.as_str()).collect();
+        let event: Vec<&str> = rows.iter().map(|r| r.event.as_str()).collect();
+        let user_id: Vec<Option<&str>> = rows.iter().map(|r| r.user_id.as_deref()).collect();
+        let generation: Vec<Option<i64>> = rows.iter().map(|r| r.generation).collect();
+        let digest: Vec<Option<&str>> = rows.iter().map(|r| r.digest.as_deref()).collect();
+        let outcome: Vec<&str> = rows.iter().map(|r| r.outcome.as_str()).collect();
+        let detail: Vec<&str> = rows.iter().map(|r| r.detail.as_str()).collect();
         let prev_hash: Vec<&[u8]> = rows.iter().map(|r| r.prev_hash.as_slice()).collect();
         let hash: Vec<&[u8]> = rows.iter().map(|r| r.hash.as_slice()).collect();
         let n = self
@@ -129,7 +131,7 @@ impl AuditStore for PgTx {
                     &detail,
                     &prev_hash,
                     &hash,
-                    &last.row.seq,
+                    &last.seq,
                     &last.hash,
                 ],
             )
@@ -251,7 +253,7 @@ impl AuditStore for PgTx {
         let rows = self
             .rows(
                 &format!(
-                    "SELECT seq, at, actor, event, user_id, generation, digest, outcome, detail FROM audit
+                    "SELECT seq, at, actor, event, user_id, generation, digest, outcome, detail, prev_hash, hash FROM audit
                      WHERE {} ORDER BY seq DESC LIMIT $2",
                     super::user_filter(user_id, "user_id", 1)
                 ),

@@ -7,10 +7,10 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
 use super::{optional, SqliteTx};
-use crate::audit::{Archived, AuditStore, ChainedRow, Row, Seal, TimeStamp};
+use crate::audit::{Archived, AuditStore, Row, Seal, TimeStamp};
 use crate::seam::StoreError;
 
-/// Reads `seq, at, actor, event, user_id, generation, digest, outcome, detail` (in that order).
+/// Reads `seq, at, actor, event, user_id, generation, digest, outcome, detail, prev_hash, hash` (in that order).
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
         seq: r.get(0)?,
@@ -22,6 +22,8 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         digest: r.get(6)?,
         outcome: r.get(7)?,
         detail: r.get(8)?,
+        prev_hash: r.get(9)?,
+        hash: r.get(10)?,
     })
 }
 
@@ -47,7 +49,7 @@ impl<C: DerefMut<Target = Connection> + Send> AuditStore for SqliteTx<C> {
         optional(stmt.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
     }
 
-    async fn insert_audit(&mut self, row: &Row, prev_hash: &[u8], hash: &[u8]) -> Result<(), StoreError> {
+    async fn insert_audit(&mut self, row: &Row) -> Result<(), StoreError> {
         self.writing()?
             .prepare_cached(
                 "INSERT INTO audit (seq, at, actor, event, user_id, generation, digest, outcome, detail, prev_hash, hash)
@@ -63,8 +65,8 @@ impl<C: DerefMut<Target = Connection> + Send> AuditStore for SqliteTx<C> {
                 row.digest,
                 row.outcome,
                 row.detail,
-                prev_hash,
-                hash
+                row.prev_hash,
+                row.hash
             ])?;
         Ok(())
     }
@@ -79,16 +81,12 @@ impl<C: DerefMut<Target = Connection> + Send> AuditStore for SqliteTx<C> {
         Ok(())
     }
 
-    async fn audit_rows(&mut self, after_seq: i64, limit: usize) -> Result<Vec<ChainedRow>, StoreError> {
+    async fn audit_rows(&mut self, after_seq: i64, limit: usize) -> Result<Vec<Row>, StoreError> {
         let mut stmt = self.conn().prepare_cached(
             "SELECT seq, at, actor, event, user_id, generation, digest, outcome, detail, prev_hash, hash
              FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
-        let rows = stmt
-            .query_map(params![after_seq, limit as i64], |r| {
-                Ok(ChainedRow { row: row(r)?, prev_hash: r.get(9)?, hash: r.get(10)? })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = stmt.query_map(params![after_seq, limit as i64], row)?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
@@ -186,7 +184,7 @@ impl<C: DerefMut<Target = Connection> + Send> AuditStore for SqliteTx<C> {
 
     async fn audit_tail(&mut self, user_id: Option<&str>, limit: i64) -> Result<Vec<Row>, StoreError> {
         let mut stmt = self.conn().prepare_cached(&format!(
-            "SELECT seq, at, actor, event, user_id, generation, digest, outcome, detail FROM audit
+            "SELECT seq, at, actor, event, user_id, generation, digest, outcome, detail, prev_hash, hash FROM audit
              WHERE {} ORDER BY seq DESC LIMIT ?2",
             super::user_filter(user_id, "user_id", 1)
         ))?;
