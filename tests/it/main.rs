@@ -7,7 +7,9 @@
 //! - signatures checked by `openssl cms -verify`.
 //!
 //! `hostile.rs` holds the tests of what an attacker without credentials can
-//! do, grouped by attack.
+//! do, grouped by attack. In process, without sockets: the keystore's rooms
+//! (`keystore/`) and the phone flows (`flows.rs`: the domain over a real
+//! SQLite file and a token of the shared SoftHSM pool, a clock the test moves).
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic, clippy::disallowed_methods)]
 
@@ -20,6 +22,7 @@ mod cli;
 mod database;
 mod extend;
 mod fido;
+mod flows;
 mod harness;
 mod hostile;
 mod http;
