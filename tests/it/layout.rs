@@ -82,6 +82,34 @@ fn the_http_layer_makes_no_token_call_and_opens_no_transaction() {
 }
 
 #[test]
+fn no_source_file_is_over_800_lines() {
+    // A file past 800 lines is split by what it does (tests may move to a
+    // `tests.rs` of their own, which this does not count).
+    let mut files = sources(&root().join("src"));
+    let keystore = root().join("keystore/src");
+    let mut stack = vec![keystore.clone()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read");
+                files.push((Path::new("../keystore/src").join(path.strip_prefix(&keystore).expect("under")), text));
+            }
+        }
+    }
+    assert!(files.len() > 100, "the sources were read: {}", files.len());
+    for (path, text) in files {
+        if path.file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
+        }
+        let lines = text.lines().count();
+        assert!(lines <= 800, "src/{} has {lines} lines: split it by what it does", path.display());
+    }
+}
+
+#[test]
 fn every_api_route_is_routed_through_the_openapi_document() {
     // The API, CSC and OIDC token routes are registered only by
     // `routes!(handler)` (their `#[utoipa::path]`), which puts them in the
