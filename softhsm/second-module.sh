@@ -94,11 +94,12 @@ if [ "${1:-test}" = build ]; then
     exit 0
 fi
 
-# Twenty empty slots (one per in-process keystore test token), in a
+# Thirty-two empty slots (one per in-process test token: `PREMADE_TOKENS` in
+# tests/it/harness.rs), in a
 # directory of their own.
 TOKENS=$(mktemp -d)
 trap 'rm -rf "$TOKENS"' EXIT INT TERM
-for i in $(seq 1 20); do
+for i in $(seq 1 32); do
     printf '[[slots]]\nslot = %s\ndbtype = "sqlite"\ndbargs = "%s/token-%s.sql"\n\n' "$i" "$TOKENS" "$i"
 done >"$TOKENS/kryoptic.conf"
 echo "second-module: inkan's keystore tests against $MODULE" >&2

@@ -18,16 +18,21 @@ schema). What it does, as an electronic prescription system would:
 It prints one JSON object with what it found and writes the signed document to
 `--out`. Only Python's standard library is used.
 
-    python3 inkan_client.py --base https://localhost:8443 --ca fixtures/pki/hpki-root.pem \\
+    INKAN_CLIENT_SECRET=... python3 inkan_client.py --base https://localhost:8443 \\
+        --ca fixtures/pki/hpki-root.pem \\
         --card-cert fixtures/pki/holders/hpki-doctor.pem --card-key fixtures/pki/holders/hpki-doctor.key \\
-        --client-id ID --client-secret SECRET --redirect-uri https://rx.example.jp/callback \\
+        --client-id ID --redirect-uri https://rx.example.jp/callback \\
         --prescription rx.xml --out rx-signed.xml
+
+The client secret is read from INKAN_CLIENT_SECRET (never a command-line
+argument: other users of the machine can read those).
 """
 
 import argparse
 import base64
 import hashlib
 import json
+import os
 import secrets
 import ssl
 import sys
@@ -197,11 +202,13 @@ def card_login(api, context, card_context, client_id, client_secret, redirect_ur
     if back.status not in (302, 303):
         raise Refused(f"the card login answered {back.status}: {back.body[:200]!r}")
     location = back.headers["Location"]
+    shown = location.split("?")[0]  # never the code itself
     if not location.startswith(redirect_uri + "?"):
-        raise Refused(f"the card login went to {location}, not the redirect URI")
+        raise Refused(f"the card login went to {shown}, not the redirect URI")
     got = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))
     if got.get("state") != state or "code" not in got:
-        raise Refused(f"the redirect carries no code for this state: {location}")
+        error = got.get("error", "no code")
+        raise Refused(f"the redirect to {shown} carries no code for this state ({error})")
     form = {"grant_type": "authorization_code", "code": got["code"], "redirect_uri": redirect_uri,
             "code_verifier": verifier}
     answer = api.call("token", body=form, content_type="application/x-www-form-urlencoded",
@@ -218,18 +225,21 @@ def main():
     parser.add_argument("--card-cert", required=True, help="the HPKI card's certificate (PEM)")
     parser.add_argument("--card-key", required=True, help="the HPKI card's key (PEM)")
     parser.add_argument("--client-id", required=True)
-    parser.add_argument("--client-secret", required=True)
+
     parser.add_argument("--redirect-uri", required=True)
     parser.add_argument("--prescription", required=True, help="an e-prescription document (XML) to sign")
     parser.add_argument("--out", required=True, help="where the signed document is written")
     args = parser.parse_args()
+    client_secret = os.environ.get("INKAN_CLIENT_SECRET")
+    if not client_secret:
+        parser.error("set INKAN_CLIENT_SECRET to the signing system's client secret")
 
     context = ssl.create_default_context(cafile=args.ca)
     card_context = ssl.create_default_context(cafile=args.ca)
     card_context.load_cert_chain(args.card_cert, args.card_key)
     api = OpenApiClient.load(args.base, context)
 
-    tokens = card_login(api, context, card_context, args.client_id, args.client_secret, args.redirect_uri)
+    tokens = card_login(api, context, card_context, args.client_id, client_secret, args.redirect_uri)
     access = tokens["access_token"]
     me = api.call("me", bearer=access).json()
 
@@ -248,7 +258,7 @@ def main():
     report = report.json()
 
     revoked = api.call("revoke", body={"token": access}, content_type="application/x-www-form-urlencoded",
-                       basic=(args.client_id, args.client_secret))
+                       basic=(args.client_id, client_secret))
     after = api.call("me", bearer=access)
     print(json.dumps({
         "operations": len(api.operations),

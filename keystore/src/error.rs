@@ -56,7 +56,7 @@ pub enum Error {
         /// What did not match.
         reason: String,
     },
-    /// The input cannot be signed as asked (e.g. a digest of the wrong length).
+    /// The input cannot be signed as asked (e.g. a digest of another algorithm than the scheme's).
     #[error("invalid input: {0}")]
     InvalidInput(String),
     /// Any other PKCS#11 failure.

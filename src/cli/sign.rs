@@ -31,7 +31,7 @@ pub struct SignArgs {
     /// `cades` (any document: a .p7s), or `xades` (an e-prescription
     /// document, written out signed; or a prescription CSV with
     /// `--prescription-id`).
-    #[arg(long, default_value = "cades", value_parser = file_family)]
+    #[arg(long, default_value = "cades", value_parser = file_family())]
     pub format: Family,
     /// With `--format xades`: the input is the prescription's CSV, and this
     /// its PrescriptionId; the minimal prescription document is written out signed.
@@ -225,9 +225,14 @@ fn content_len(document: &FileDocument) -> u64 {
     f.stream_position().unwrap_or(0)
 }
 
-/// The families `--format` names: those that sign a file.
-fn file_family(name: &str) -> Result<Family, String> {
-    Family::from_api(name, &[Family::Cades, Family::Xades]).map_err(|e| e.to_string())
+/// The families that sign a file.
+const FILE_FAMILIES: [Family; 2] = [Family::Cades, Family::Xades];
+
+/// `--format`: the API names of [`FILE_FAMILIES`], listed in `--help` and errors.
+fn file_family() -> impl clap::builder::TypedValueParser<Value = Family> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(FILE_FAMILIES.map(|f| f.about().api))
+        .map(|name| FILE_FAMILIES.into_iter().find(|f| f.about().api == name).unwrap_or(Family::Cades))
 }
 
 /// `inkan sign USER INPUT --out OUT [--attached | --format xades [--prescription-id ID]]`

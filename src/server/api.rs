@@ -144,7 +144,7 @@ pub struct SignQuery {
     request_body(
         description = "CAdES: any document (streamed). XAdES: an e-prescription or dispensing document, or a \
                        prescription CSV with `prescription_id`.",
-        content(("application/octet-stream"), ("application/xml"), ("text/csv")),
+        content(("application/octet-stream"), ("application/xml"), ("text/xml"), ("text/csv"), ("*/*")),
     ),
     responses(
         (status = 200, description = "The CAdES signature (DER), or the signed XML document",
@@ -152,7 +152,9 @@ pub struct SignQuery {
         (status = 400, description = "A parameter or the document is not right", body = super::error::ErrorBody),
         (status = 401, description = "No session, or it has ended or was revoked", body = super::error::ErrorBody),
         (status = 403, description = "No sign scope or no active key", body = super::error::ErrorBody),
+        (status = 409, description = "B-LT, B-LTA: a certificate of the chain is revoked", body = super::error::ErrorBody),
         (status = 413, description = "The body is over the limit", body = super::error::ErrorBody),
+        (status = 422, description = "A dispensing record whose doctor's signature does not verify", body = super::error::ErrorBody),
         (status = 503, description = "The token, the store or the TSA is unavailable: retry later", body = super::error::ErrorBody),
     )
 )]
@@ -386,6 +388,7 @@ pub fn decode_hashes(hashes: &[String], alg: DigestAlgorithm) -> Result<Vec<Dige
         (status = 400, description = "A parameter or a digest is not right", body = super::error::ErrorBody),
         (status = 401, description = "No session, or it has ended or was revoked", body = super::error::ErrorBody),
         (status = 403, description = "No sign scope or no active key", body = super::error::ErrorBody),
+        (status = 409, description = "B-LT, B-LTA: a certificate of the chain is revoked", body = super::error::ErrorBody),
         (status = 503, description = "The token, the store or the TSA is unavailable: retry later", body = super::error::ErrorBody),
     )
 )]

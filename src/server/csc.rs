@@ -563,6 +563,7 @@ pub struct Authorized {
         (status = 400, description = "Not the session's credential, or a parameter is not right", body = ErrorBody),
         (status = 401, description = "No session, or it has ended or was revoked", body = ErrorBody),
         (status = 403, description = "No sign scope or no active key", body = ErrorBody),
+        (status = 409, description = "The session holds as many unused SADs as it may", body = ErrorBody),
     )
 )]
 pub async fn credentials_authorize(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Result<Response> {

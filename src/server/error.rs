@@ -17,8 +17,8 @@ use crate::error::{Credential, Error, Forbidden};
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable code: `invalid_request`, `invalid_token`, `invalid_client`, `invalid_grant`,
-    /// `insufficient_scope`, `access_denied`, `unsupported_grant_type`, `temporarily_unavailable`,
-    /// `server_error`.
+    /// `insufficient_scope`, `access_denied`, `unsupported_grant_type`, `too_many_requests`,
+    /// `temporarily_unavailable`, `server_error`.
     pub error: &'static str,
     /// What the client can do about it.
     pub error_description: String,

@@ -10,8 +10,10 @@
 //! own: its title, the security schemes, the server's URL, and distinct
 //! operation IDs for the CSC v1 copies.
 
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{Server, ServerBuilder};
+use utoipa::openapi::{Ref, RefOr, Response, ResponseBuilder, Server, ServerBuilder};
 use utoipa::{Modify, OpenApi};
 
 /// The document's parts that are no handler's.
@@ -69,6 +71,36 @@ impl Modify for SecuritySchemes {
 /// The prefix of the CSC v1 copies.
 const CSC_V1: &str = "/csc/v1/";
 
+/// The v1 methods that take v1's own field names (`hash`, `hashAlgo`).
+const V1_NAMES: [&str; 2] = ["credentials/authorize", "signatures/signHash"];
+
+/// The operations of the routes limited as `/oidc/token` is (failed client
+/// authentications counted): they may answer 429.
+const RATE_LIMITED: [&str; 2] = ["token", "revoke"];
+
+/// An error answer with the error body.
+fn error_answer(description: &str) -> RefOr<Response> {
+    let body = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+    RefOr::T(ResponseBuilder::new().description(description).content("application/json", body).build())
+}
+
+/// The answers every operation may give besides its own (each handler lists
+/// the ones that are its own): 500 and 503 everywhere (the store or the token
+/// can be away), 413 where there is a body, 429 on the rate-limited routes.
+fn shared_answers(id: &str, operation: &mut Operation) {
+    let mut add = |status: &str, description: &str| {
+        operation.responses.responses.entry(status.to_owned()).or_insert_with(|| error_answer(description));
+    };
+    if operation.request_body.is_some() {
+        add("413", "The body is over its limit");
+    }
+    if RATE_LIMITED.contains(&id) {
+        add("429", "Too many refused requests from this address: `too_many_requests`, retry after `Retry-After`");
+    }
+    add("500", "An internal error (the log says more; the body does not)");
+    add("503", "The token or the store is unavailable, or the service is busy: retry after `Retry-After`");
+}
+
 /// The finished document for a service at `public_url`: the routed
 /// operations (`routed`, from the router) with the server's URL, the CSC v1
 /// copies given their own operation IDs (`v1_` before v2's), and a handler
@@ -90,13 +122,16 @@ pub fn finish(mut routed: utoipa::openapi::OpenApi, public_url: &str) -> utoipa:
         for (method, operation) in operations {
             let Some(operation) = operation else { continue };
             let Some(mut id) = operation.operation_id.take() else { continue };
+            shared_answers(&id, operation);
             if v1 {
                 id = format!("v1_{id}");
-                operation.description = Some(format!(
-                    "CSC v1: as under /csc/v2, with v1's `hash` and `hashAlgo` accepted for `hashes` and \
-                     `hashAlgorithmOID`.\n\n{}",
-                    operation.description.take().unwrap_or_default()
-                ));
+                let note = if V1_NAMES.iter().any(|m| path.ends_with(m)) {
+                    "CSC v1: as under /csc/v2 (both take v1's `hash` and `hashAlgo` for `hashes` and \
+                     `hashAlgorithmOID`)."
+                } else {
+                    "CSC v1: as under /csc/v2."
+                };
+                operation.description = Some(format!("{note}\n\n{}", operation.description.take().unwrap_or_default()));
             }
             if !seen.insert(id.clone()) {
                 id = format!("{id}{method}");
@@ -124,5 +159,17 @@ mod tests {
         assert_eq!(json["servers"][0]["url"], "https://inkan.example");
         assert_eq!(json["components"]["securitySchemes"]["session"]["scheme"], "bearer");
         assert_eq!(json["components"]["securitySchemes"]["client"]["scheme"], "basic");
+    }
+
+    #[test]
+    fn every_operation_gets_the_answers_all_share() {
+        let mut operation = Operation::new();
+        operation.request_body = Some(utoipa::openapi::RefOr::T(Default::default()));
+        shared_answers("token", &mut operation);
+        let statuses: Vec<&String> = operation.responses.responses.keys().collect();
+        assert_eq!(statuses, ["413", "429", "500", "503"]);
+        let mut operation = Operation::new();
+        shared_answers("me", &mut operation);
+        assert_eq!(operation.responses.responses.keys().collect::<Vec<_>>(), ["500", "503"]);
     }
 }

@@ -55,7 +55,8 @@ fn rendered_once(
 ) -> Response {
     let html = cell.get_or_init(|| {
         let ctx = minijinja::context! { message, hint, error => true, noscript => true };
-        bytes::Bytes::from(templates().html("message.html", title, ctx).unwrap_or_default())
+        let html = templates().html("message.html", title, ctx);
+        bytes::Bytes::from(html.unwrap_or_else(|_| format!("<!DOCTYPE html><title>{status}</title><p>{message}</p>")))
     });
     html_response(status, html.clone(), STATIC_CSP)
 }
@@ -99,7 +100,11 @@ pub fn templates() -> &'static Templates {
 }
 
 /// The pages' templates.
-pub struct Templates(minijinja::Environment<'static>);
+pub struct Templates {
+    env: minijinja::Environment<'static>,
+    /// The templates that did not parse (none: a unit test renders each).
+    broken: Vec<String>,
+}
 
 const TEMPLATES: &[(&str, &str)] = &[
     ("base.html", include_str!("templates/base.html")),
@@ -118,22 +123,31 @@ const TEMPLATES: &[(&str, &str)] = &[
 ];
 
 impl Templates {
-    /// Loads the embedded templates (a unit test renders each; one that did
-    /// not parse would answer 500 and be logged, never stop the server).
+    /// Loads the embedded templates; one that does not parse is noted
+    /// ([`Templates::check`]: the server does not start with it).
     fn load() -> Templates {
         let mut env = minijinja::Environment::new();
+        let mut broken = Vec::new();
         for (name, source) in TEMPLATES {
             if let Err(e) = env.add_template(name, source) {
-                tracing::error!("template {name}: {e}");
+                broken.push(format!("template {name}: {e}"));
             }
         }
-        Templates(env)
+        Templates { env, broken }
+    }
+
+    /// Whether every template parsed (checked when the server starts).
+    pub fn check(&self) -> Result<(), crate::error::Error> {
+        match self.broken.first() {
+            Some(first) => Err(crate::error::Error::Internal(first.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Renders a template to HTML (with `title` and the style added).
     pub fn html(&self, name: &str, title: &str, ctx: minijinja::Value) -> Result<String, minijinja::Error> {
         let ctx = minijinja::context! { title => title, style => STYLE, ..ctx };
-        self.0.get_template(name).and_then(|t| t.render(ctx))
+        self.env.get_template(name).and_then(|t| t.render(ctx))
     }
 
     /// Renders a template into a page with the pages' script.
@@ -186,6 +200,7 @@ mod tests {
     #[test]
     fn every_template_renders_and_escapes() {
         let t = Templates::load();
+        assert!(t.check().is_ok(), "{:?}", t.broken);
         for (name, _) in TEMPLATES.iter().filter(|(n, _)| *n != "base.html") {
             // Every template parsed (a missing one would not render).
             let html = t

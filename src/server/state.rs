@@ -32,6 +32,8 @@ impl App {
     /// The service and the limits.
     pub async fn build(config: Config, demo_mode: bool) -> Result<App> {
         let limits = Limits::new(&config.limits);
+        // Every page's template parses, or the server does not start.
+        super::pages::templates().check()?;
         Ok(App { service: Service::open(config, demo_mode).await?, limits })
     }
 

@@ -131,6 +131,7 @@ pub(super) async fn read_file(
         content(
             (VerifyJson = "application/json"),
             ("application/xml"),
+            ("text/xml"),
             ("application/pkcs7-signature"),
             ("application/pkcs7-mime"),
             ("application/cms"),
@@ -200,6 +201,7 @@ pub struct ExtendQuery {
         content(
             (VerifyJson = "application/json"),
             ("application/xml"),
+            ("text/xml"),
             ("application/pkcs7-signature"),
             ("application/pkcs7-mime"),
             ("application/cms"),
@@ -216,6 +218,7 @@ pub struct ExtendQuery {
         (status = 400, description = "Not a signed file inkan reads, or no level", body = super::error::ErrorBody),
         (status = 401, description = "No session, or it has ended or was revoked", body = super::error::ErrorBody),
         (status = 403, description = "No sign scope", body = super::error::ErrorBody),
+        (status = 409, description = "A certificate of the chain is revoked", body = super::error::ErrorBody),
         (status = 422, description = "The signature does not validate: it is not extended", body = super::error::ErrorBody),
         (status = 503, description = "The TSA or validation data is unavailable: retry later", body = super::error::ErrorBody),
     )

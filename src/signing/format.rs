@@ -176,6 +176,8 @@ pub struct FamilyAbout {
     pub csc: Option<&'static str>,
     /// Its name in validation reports and extensions (`CAdES`, `XAdES`).
     pub name: &'static str,
+    /// What it is for, after its name in messages (`, e-prescriptions`), if anything.
+    pub note: &'static str,
     /// Its name in the audit log (`cades-bes`, ...).
     pub audit: &'static str,
     /// The levels it is made at (XAdES above B-B only into a document).
@@ -197,6 +199,7 @@ impl Family {
                 api: "cades",
                 csc: Some("C"),
                 name: "CAdES",
+                note: "",
                 audit: "cades-bes",
                 levels: &Level::ALL,
                 media_type: "application/pkcs7-signature",
@@ -206,6 +209,7 @@ impl Family {
                 api: "xades",
                 csc: Some("X"),
                 name: "XAdES",
+                note: ", e-prescriptions",
                 audit: "xades-bes",
                 levels: &Level::ALL,
                 media_type: "application/xml",
@@ -215,6 +219,7 @@ impl Family {
                 api: "raw",
                 csc: None,
                 name: "raw",
+                note: "",
                 audit: "raw",
                 levels: &[Level::BB],
                 media_type: "application/octet-stream",
@@ -227,7 +232,12 @@ impl Family {
     pub fn from_api(name: &str, among: &[Family]) -> Result<Family> {
         among.iter().copied().find(|f| f.about().api == name).ok_or_else(|| {
             let names: Vec<&str> = among.iter().map(|f| f.about().api).collect();
-            crate::error::Error::Invalid(format!("format must be {}, not {name:?}", names.join(" or ")))
+            let listed = match names.split_last() {
+                Some((last, [])) => (*last).to_owned(),
+                Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                None => String::new(),
+            };
+            crate::error::Error::Invalid(format!("format must be {listed}, not {name:?}"))
         })
     }
 

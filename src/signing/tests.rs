@@ -45,4 +45,6 @@ fn every_format_family_is_described_once_and_read_back_by_its_names() {
     let refused = Family::from_api("raw", &[Family::Cades, Family::Xades]).map_err(|e| e.to_string());
     assert_eq!(refused, Err("format must be cades or xades, not \"raw\"".to_string()));
     assert_eq!(Family::from_csc("R"), None);
+    let all = Family::from_api("x", &Family::ALL).map_err(|e| e.to_string());
+    assert_eq!(all, Err("format must be cades, xades or raw, not \"x\"".to_string()));
 }

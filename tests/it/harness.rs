@@ -311,7 +311,7 @@ struct SharedSoftHsm {
 }
 
 /// Tokens made up front; raise when adding in-process keystore tests.
-const PREMADE_TOKENS: usize = 20;
+const PREMADE_TOKENS: usize = 32;
 
 static SOFTHSM: OnceLock<SharedSoftHsm> = OnceLock::new();
 

@@ -82,6 +82,15 @@ fn the_document_is_valid_openapi_and_every_operation_in_it_answers() {
     for name in ["Me", "SignHashes", "Signatures", "Report", "SignDocReq", "SignHashReq", "Tokens", "ErrorBody"] {
         assert!(schemas.contains_key(name), "schema {name}");
     }
+    // Errors are documented: each handler's own, and those all share.
+    let answers = |path: &str, method: &str| -> Vec<String> {
+        doc["paths"][path][method]["responses"].as_object().expect("responses").keys().cloned().collect()
+    };
+    for status in ["400", "401", "403", "409", "413", "422", "500", "503"] {
+        assert!(answers("/api/v1/sign", "post").iter().any(|s| s == status), "sign documents {status}");
+    }
+    assert!(answers("/oidc/token", "post").iter().any(|s| s == "429"), "the token endpoint documents 429");
+    assert!(!answers("/api/v1/me", "get").iter().any(|s| s == "413"), "a GET without a body has no 413");
     let v1 = &schemas["SignHashReq"]["properties"];
     assert!(v1.get("hash").is_some() && v1.get("hashAlgo").is_some(), "CSC v1's names are documented: {v1}");
 
@@ -126,7 +135,8 @@ fn a_python_client_built_from_the_document_logs_in_with_a_card_signs_a_prescript
         .args(["--base", &server.base, "--ca", s(&fixture("hpki-root.pem"))])
         .args(["--card-cert", s(&fixture("holders/hpki-doctor.pem"))])
         .args(["--card-key", s(&fixture("holders/hpki-doctor.key"))])
-        .args(["--client-id", &client.id, "--client-secret", &client.secret, "--redirect-uri", &client.redirect])
+        .args(["--client-id", &client.id, "--redirect-uri", &client.redirect])
+        .env("INKAN_CLIENT_SECRET", &client.secret)
         .args(["--prescription", s(&rx), "--out", s(&signed)])
         .output()
         .expect("python3");

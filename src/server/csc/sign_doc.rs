@@ -105,8 +105,10 @@ pub struct SignDocAnswer {
 /// the family) and level.
 pub(super) fn check_format(format: &str, level: Option<&str>) -> Result<(Family, Level)> {
     let Some(format) = Family::from_csc(format) else {
-        let codes: Vec<String> =
-            Family::ALL.iter().filter_map(|f| f.about().csc.map(|c| format!("{c} ({})", f.about().name))).collect();
+        let codes: Vec<String> = Family::ALL
+            .iter()
+            .filter_map(|f| f.about().csc.map(|c| format!("{c} ({}{})", f.about().name, f.about().note)))
+            .collect();
         return Err(Error::Invalid(format!("Invalid parameter signature_format: {}", codes.join(" or "))));
     };
     let level = match level {
@@ -171,6 +173,8 @@ fn digests_kind(qualifier: Option<&str>) -> Result<Kind> {
         (status = 400, description = "A parameter is not right, or the SAD does not cover the hashes", body = ErrorBody),
         (status = 401, description = "No session, or it has ended or was revoked", body = ErrorBody),
         (status = 403, description = "No sign scope or no active key", body = ErrorBody),
+        (status = 409, description = "B-LT, B-LTA: a certificate of the chain is revoked", body = ErrorBody),
+        (status = 422, description = "A dispensing record whose doctor's signature does not verify", body = ErrorBody),
         (status = 503, description = "The token, the store or the TSA is unavailable: retry later", body = ErrorBody),
     )
 )]
