@@ -7,8 +7,9 @@
 //! `#[utoipa::path]`, registered by the router ([`super::main_router`])
 //! through the same call that routes it, and every schema is the type the
 //! handler reads or answers. This module adds only what is the document's
-//! own: its title, the security schemes, the server's URL, and distinct
-//! operation IDs for the CSC v1 copies.
+//! own: its title, the security schemes, the server's URL, the error answers
+//! every operation shares (413, 429, 500, 503), and distinct operation IDs
+//! for the CSC v1 copies.
 
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::path::Operation;
