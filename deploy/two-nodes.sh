@@ -126,6 +126,7 @@ wait_for() {
     sleep 0.1
   done
   echo "nothing listens on port $1: see $dir/node-*/log" >&2
+  for log in "$dir"/node-*/log; do echo "--- $log" >&2; tail -n 20 "$log" >&2; done
   exit 1
 }
 wait_for "$a_port"

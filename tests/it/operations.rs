@@ -517,19 +517,27 @@ fn the_two_node_recipe_runs_as_written() {
     // deploy/two-nodes.sh, as a new operator runs it: PostgreSQL, the role
     // and database, two nodes on one token, HAProxy in front; then a card
     // login through the front door whose session signs on both nodes.
-    let dir = tempfile::tempdir().expect("tmp");
-    let out = std::process::Command::new(root().join("deploy/two-nodes.sh"))
-        .arg("--check")
-        .arg(dir.path().join("recipe"))
-        .env("INKAN_BIN", env!("CARGO_BIN_EXE_inkan"))
-        .env("INKAN_RECIPE_PG_PORT", crate::http::free_port().to_string())
-        .env("INKAN_RECIPE_A_PORT", free_pair().to_string())
-        .env("INKAN_RECIPE_B_PORT", free_pair().to_string())
-        .env("INKAN_RECIPE_LB_PORT", free_pair().to_string())
-        .env_remove("INKAN_CONFIG")
-        .output()
-        .expect("deploy/two-nodes.sh");
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // The ports are picked free just before; another test of this binary may
+    // take one meanwhile (a node then cannot listen): tried again with new ones.
+    let (out, said) = (1..=3)
+        .map(|_| {
+            let dir = tempfile::tempdir().expect("tmp");
+            let out = std::process::Command::new(root().join("deploy/two-nodes.sh"))
+                .arg("--check")
+                .arg(dir.path().join("recipe"))
+                .env("INKAN_BIN", env!("CARGO_BIN_EXE_inkan"))
+                .env("INKAN_RECIPE_PG_PORT", crate::http::free_port().to_string())
+                .env("INKAN_RECIPE_A_PORT", free_pair().to_string())
+                .env("INKAN_RECIPE_B_PORT", free_pair().to_string())
+                .env("INKAN_RECIPE_LB_PORT", free_pair().to_string())
+                .env_remove("INKAN_CONFIG")
+                .output()
+                .expect("deploy/two-nodes.sh");
+            let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            (out, said)
+        })
+        .find(|(out, said)| out.status.success() || !said.contains("cannot listen"))
+        .unwrap_or_else(|| panic!("the recipe's ports were taken three times"));
     assert!(out.status.success(), "the recipe failed:\n{said}");
     for step in ["1. PostgreSQL", "2. the role and the database", "4. the token and the schema", "6. HAProxy"] {
         assert!(said.contains(step), "{step} missing:\n{said}");
