@@ -69,6 +69,11 @@ impl Domain {
             inkan::pki::profile::Qualification::Doctor,
         ))
         .expect("user");
+        self.code_for(user_id, password)
+    }
+
+    /// A printed registration code with `password` for `user_id`.
+    fn code_for(&self, user_id: &str, password: &str) -> String {
         let issued = self
             .run(regcode::issue(
                 self.store.tx(),
@@ -149,20 +154,7 @@ fn a_ticket_past_its_time_moves_no_further_and_a_registration_has_nothing_to_giv
 
     // A new code's ticket: "giving up" is a sign-in's answer (the PC is
     // told); a registration refuses it and still takes the phone's answer.
-    let code = {
-        let issued = d
-            .run(regcode::issue(
-                d.store.tx(),
-                d.clock.now_ms(),
-                "cli:test",
-                &d.origin,
-                "100002",
-                Password::Given("momo-2026".into()),
-                3_600_000,
-            ))
-            .expect("code");
-        issued.url.rsplit('/').next().expect("code").to_owned()
-    };
+    let code = d.code_for("100002", "momo-2026");
     let phone = d.run(d.phones.regcode_open(&code, "momo-2026")).expect("opened");
     let options = d.run(d.phones.begin(&phone, None)).expect("begin");
     let refused = d.run(d.phones.phone_gave_up(&phone)).expect_err("nothing to give up");
